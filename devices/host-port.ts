@@ -1,0 +1,62 @@
+// The only things a device model may do to, or receive from, its host. Device models are pure:
+// no sockets, no files; backends (storage, network) are injected by whoever builds the model.
+import type { DeviceDescription } from '../proto/wire.js';
+
+/** Everything a device may do to its host. Implemented by the endpoint runtime over a session, and
+ *  by test fakes backed by an ArrayBuffer. */
+export interface HostPort {
+  /** Reads host memory. Rejects with a DmaError when the host's IOMMU refuses. Any length: the port
+   *  splits into MAX_DMA_CHUNK requests. */
+  dmaRead(iova: bigint, len: number): Promise<Uint8Array>;
+  /** Posted write to host memory; lands before any later raiseMsix or register change of this device
+   *  becomes visible (PCIe ordering). The data is copied before returning. */
+  dmaWrite(iova: bigint, data: Uint8Array): void;
+  /** Fires MSI-X vector `vector`. Register changes made before the call are visible to the host
+   *  before the interrupt arrives. */
+  raiseMsix(vector: number): void;
+  /** Resolves when the link can take more posted traffic. Bulk producers await it between chunks. */
+  drain(): Promise<void>;
+  /** A guest (driver) mistake or a notable device event, e.g. trace('test.cmd.unknown', { cmd }). */
+  trace(event: string, fields?: Record<string, unknown>): void;
+}
+
+/** Thrown (rejected) by HostPort.dmaRead when the host refused the access. */
+export class DmaError extends Error {
+  override readonly name = 'DmaError';
+  constructor(
+    readonly iova: bigint,
+    readonly len: number,
+    readonly code: number,
+  ) {
+    super(`DMA refused at 0x${iova.toString(16)} (+${len}): code ${code}`);
+  }
+}
+
+/** A range of a BAR whose contents changed and must be pushed to the host's shadow. */
+export interface DirtyRange {
+  bar: number;
+  offset: number;
+  data: Uint8Array;
+}
+
+/** What the endpoint runtime needs from a device model. */
+export interface DeviceModel {
+  /** The full description sent in Attach. Stable for the life of the model. */
+  readonly description: DeviceDescription;
+  /** The host is connected: the model may now use the port. Called once per attach. */
+  attach(port: HostPort): void;
+  /** The device was removed from the host (detach or session loss). Stop all work. */
+  detach(): void;
+  /** Posted write from the driver; data is 1–8 bytes (CPU access) or longer (string move). */
+  mmioWrite(bar: number, offset: number, data: Uint8Array): void;
+  /** Synchronous read of a volatile range; returns exactly `size` bytes. */
+  mmioRead(bar: number, offset: number, size: number): Uint8Array;
+  /** A config-space write the device must know about (value after the host applied its masks). */
+  configWrite(offset: number, size: number, value: number): void;
+  /** Function-level reset: registers back to power-on values, in-flight work abandoned. */
+  reset(): void;
+  /** Returns and clears the BAR ranges changed since the last call (shadow updates to push). */
+  takeDirty(): DirtyRange[];
+  /** Device-specific counters for stats (may be empty). */
+  counters(): Record<string, number>;
+}

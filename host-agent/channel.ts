@@ -1,0 +1,28 @@
+// The host-agent's view of "the PCI bus": a channel creates devices from Attach descriptions and
+// exchanges data-plane messages with them. `sim` is a software root complex (host-agent/sim/);
+// `kernel` is /dev/pcinet (kernel/). The relay (host-agent/relay.ts) connects a channel to a session.
+import type { DeviceDescription, ErrorCode, Msg } from '../proto/wire.js';
+
+/** Sends a host -> device message (MmioWrite, MmioRead, DmaReadCpl, ConfigWrite, FunctionReset,
+ *  Detach) into the session, in order. */
+export type DeviceSink = (m: Msg) => void;
+
+export interface Channel {
+  readonly name: string;
+  /** Creates device `dev` from its description. Resolves once it is on the bus (the driver may
+   *  already be probing). Rejects with a ProtocolError(ATTACH_FAILED | BAD_CONFIG) when it cannot. */
+  attach(dev: number, desc: DeviceDescription, sink: DeviceSink): Promise<ChannelDevice>;
+  /** Removes every device and releases the channel. */
+  close(): Promise<void>;
+}
+
+export interface ChannelDevice {
+  /** Bus address, e.g. "0000:10:00.0" (kernel) or "sim:00:01.0". */
+  readonly address: string;
+  /** A device -> host message for this device: ShadowUpdate, WritesApplied, MmioReadCpl, DmaRead,
+   *  DmaWrite, Interrupt. In session order. */
+  deliver(m: Msg): void;
+  /** Removes the device: the driver unbinds, in-flight work fails (reads all-ones). `reason` is
+   *  SHUTDOWN for an orderly detach, anything else for a surprise removal. */
+  remove(reason: ErrorCode): Promise<void>;
+}

@@ -1,0 +1,28 @@
+// A transport carries whole frames (encoded pcinet.Frame bytes) between two peers. TCP, TLS,
+// WebSocket and the in-process loop all implement it; the session layer sees nothing else.
+import type { EventEmitter } from 'node:events';
+
+export interface TransportEvents {
+  /** One complete frame, exactly as the peer passed it to send(). */
+  frame: [frame: Uint8Array];
+  /** The send buffer fell below its high-water mark after send() returned false. */
+  drain: [];
+  /** The connection is gone. `err` is a ProtocolError for framing violations, any Error for I/O
+   *  failures, undefined for an orderly close. Emitted once. */
+  close: [err?: Error];
+}
+
+export interface Transport extends EventEmitter<TransportEvents> {
+  /** Queues one frame. Returns false once buffered data is over the high-water mark: the caller
+   *  should stop sending until 'drain'. Never drops. */
+  send(frame: Uint8Array): boolean;
+  /** Stop / restart delivering 'frame' events (inbound backpressure). */
+  pause(): void;
+  resume(): void;
+  /** Idempotent. Emits 'close' (asynchronously) if not closed yet. */
+  close(err?: Error): void;
+  /** Human-readable peer description for logs, e.g. "tls://127.0.0.1:40022". */
+  readonly remote: string;
+  /** "sha256:<hex>" of the peer's public key (SPKI DER) on authenticated transports. */
+  readonly peerFingerprint: string | undefined;
+}
