@@ -18,6 +18,10 @@ export interface HostPort {
   drain(): Promise<void>;
   /** A guest (driver) mistake or a notable device event, e.g. trace('test.cmd.unknown', { cmd }). */
   trace(event: string, fields?: Record<string, unknown>): void;
+  /** BAR contents changed outside a host access (async work finished): the port collects them
+   *  (takeDirty) and pushes them to the host soon, batched with the rest of this tick's traffic.
+   *  Cheap; calling it during a host access or many times is fine. */
+  changed(): void;
 }
 
 /** Thrown (rejected) by HostPort.dmaRead when the host refused the access. */

@@ -1,0 +1,252 @@
+// pcinet test device: the conformance device of devices/test/regs.ts (documented in docs/devices.md),
+// in the spirit of Linux's pci-epf-test. BAR 0 holds registers and the host-owned MSI-X table and
+// PBA; BAR 2 is plain memory. Commands exercise every path of the protocol: interrupts, DMA reads
+// (checksummed), DMA writes (a known pattern), volatile reads (COUNTER) and doorbells.
+//
+// Command semantics chosen here (the register comments in regs.ts are the contract):
+// - Writing a CMD_* value to COMMAND starts it: STATUS becomes BUSY, ERROR 0. Writing 0 starts
+//   nothing (drivers may clear the register). On completion STATUS is DONE, plus ERROR when it
+//   failed (ERROR then holds the ErrorCode), DONE_COUNT counts it, and IRQ_VECTOR fires unless it
+//   is IRQ_NONE. A command completes in the same host batch unless it does DMA.
+// - While BUSY, writes to COMMAND and its arguments are traced (test.cmd.busy) and ignored.
+// - Bad arguments fail the command with BAD_ARGUMENT and a trace, never an exception.
+// - COUNTER increments on every read; a read returns the new value (the first read gives 1).
+import { crc32 } from 'node:zlib';
+import { ErrorCode } from '../../proto/wire.js';
+import { DmaError } from '../host-port.js';
+import {
+  msixCap,
+  PciDevice,
+  pciConfig,
+  pcieCap,
+  pmCap,
+  type RegisterTable,
+  registers,
+} from '../pci/index.js';
+import {
+  CMD,
+  IRQ_NONE,
+  REG,
+  STATUS,
+  TEST_CLASS_CODE,
+  TEST_DEFAULT_VECTORS,
+  TEST_DEVICE_ID,
+  TEST_MAGIC,
+  TEST_MAX_DMA,
+  TEST_MAX_VECTORS,
+  TEST_MEM_BAR,
+  TEST_MEM_BAR_SIZE,
+  TEST_MSIX_PBA,
+  TEST_MSIX_TABLE,
+  TEST_REG_BAR,
+  TEST_REG_BAR_SIZE,
+  TEST_REVISION,
+  TEST_VENDOR_ID,
+  TEST_VERSION,
+  testPattern,
+} from './regs.js';
+
+/** Bytes of a DMA_WRITE handed to the port between drain() waits: small enough that a 4 MiB
+ *  command does not queue 4 MiB at once, large enough to be one full protocol chunk. */
+const DMA_WRITE_BURST = 256 << 10;
+
+export interface TestDeviceOptions {
+  /** MSI-X vectors, 1..64; default 8. */
+  vectors?: number;
+}
+
+const idle = (c: TestDevice, name: string) => c.idle(name);
+
+export const bar0: RegisterTable<TestDevice> = registers<TestDevice>([
+  { name: 'MAGIC', at: REG.MAGIC, size: 4, access: 'ro', reset: TEST_MAGIC },
+  { name: 'VERSION', at: REG.VERSION, size: 4, access: 'ro', reset: TEST_VERSION },
+  { name: 'SCRATCH', at: REG.SCRATCH, size: 4, access: 'rw' },
+  { name: 'COMMAND', at: REG.COMMAND, size: 4, access: 'rw', guard: idle, onWrite: (c, v) => c.command(v) },
+  { name: 'STATUS', at: REG.STATUS, size: 4, access: 'rw1c', mask: STATUS.DONE | STATUS.ERROR },
+  { name: 'ARG', at: REG.ARG, size: 4, access: 'rw', guard: idle },
+  { name: 'IRQ_VECTOR', at: REG.IRQ_VECTOR, size: 4, access: 'rw', reset: IRQ_NONE, guard: idle },
+  { name: 'SRC_ADDR', at: REG.SRC_ADDR, size: 8, access: 'rw', guard: idle },
+  { name: 'DST_ADDR', at: REG.DST_ADDR, size: 8, access: 'rw', guard: idle },
+  { name: 'SIZE', at: REG.SIZE, size: 4, access: 'rw', guard: idle },
+  { name: 'CHECKSUM', at: REG.CHECKSUM, size: 4, access: 'ro' },
+  { name: 'ERROR', at: REG.ERROR, size: 4, access: 'ro' },
+  { name: 'VECTORS', at: REG.VECTORS, size: 4, access: 'ro' },
+  {
+    name: 'COUNTER',
+    at: REG.COUNTER,
+    size: 4,
+    access: 'ro',
+    volatile: true,
+    onRead: (_c, n) => (n + 1) >>> 0,
+  },
+  {
+    name: 'IRQ_DOORBELL',
+    at: REG.IRQ_DOORBELL,
+    size: 4,
+    access: 'wo',
+    doorbell: true,
+    onWrite: (c, v) => c.doorbell(v),
+  },
+  { name: 'DONE_COUNT', at: REG.DONE_COUNT, size: 4, access: 'ro' },
+]);
+
+export function testConfig(vectors: number) {
+  return pciConfig({
+    vendorId: TEST_VENDOR_ID,
+    deviceId: TEST_DEVICE_ID,
+    classCode: TEST_CLASS_CODE,
+    revision: TEST_REVISION,
+    bars: [
+      { index: TEST_REG_BAR, kind: 'mem64', size: TEST_REG_BAR_SIZE },
+      { index: TEST_MEM_BAR, kind: 'mem64', size: TEST_MEM_BAR_SIZE },
+    ],
+    caps: [
+      pcieCap({ type: 'endpoint' }),
+      msixCap({ vectors, bar: TEST_REG_BAR, table: TEST_MSIX_TABLE, pba: TEST_MSIX_PBA }),
+      pmCap(),
+    ],
+  });
+}
+
+export class TestDevice extends PciDevice<TestDevice> {
+  readonly vectors: number;
+  /** Bumped by every reset: async work of an older epoch is abandoned. */
+  #epoch = 0;
+  #busy = false;
+  /** Completion vector of the running command. */
+  #irq = IRQ_NONE;
+  #commands = 0;
+  #failures = 0;
+
+  constructor(o: TestDeviceOptions = {}) {
+    const vectors = o.vectors ?? TEST_DEFAULT_VECTORS;
+    if (!Number.isInteger(vectors) || vectors < 1 || vectors > TEST_MAX_VECTORS) {
+      throw new RangeError(`test device: vectors must be 1..${TEST_MAX_VECTORS}, got ${vectors}`);
+    }
+    super({
+      model: 'test',
+      config: testConfig(vectors),
+      bars: [
+        { index: TEST_REG_BAR, registers: bar0, reset: { VECTORS: vectors } },
+        { index: TEST_MEM_BAR, memory: [{ offset: 0, length: TEST_MEM_BAR_SIZE }] },
+      ],
+    });
+    this.vectors = vectors;
+  }
+
+  get #regs() {
+    return this.bar(TEST_REG_BAR);
+  }
+
+  protected override onReset(): void {
+    this.#epoch++;
+    this.#busy = false;
+    this.#irq = IRQ_NONE;
+  }
+
+  override counters(): Record<string, number> {
+    return { commands: this.#commands, commandFailures: this.#failures };
+  }
+
+  // Register hooks (called from bar0's declarations).
+
+  /** Guard of the command registers: they hold still while a command runs. */
+  idle(reg: string): boolean {
+    if (this.#busy) this.trace('test.cmd.busy', { reg });
+    return !this.#busy;
+  }
+
+  doorbell(vector: number): void {
+    if (vector >= this.vectors) {
+      this.trace('test.doorbell.bad-vector', { vector, vectors: this.vectors });
+      return;
+    }
+    this.host.raiseMsix(vector);
+  }
+
+  command(cmd: number): void {
+    if (cmd === 0) return;
+    const r = this.#regs;
+    this.#commands++;
+    this.#busy = true;
+    r.set32(REG.STATUS, STATUS.BUSY);
+    r.set32(REG.ERROR, ErrorCode.OK);
+    this.#irq = IRQ_NONE;
+    const irq = r.u32(REG.IRQ_VECTOR);
+    if (irq !== IRQ_NONE && irq >= this.vectors) {
+      this.#fail(ErrorCode.BAD_ARGUMENT, 'test.cmd.bad-irq-vector', { vector: irq, vectors: this.vectors });
+      return;
+    }
+    this.#irq = irq;
+    switch (cmd) {
+      case CMD.RAISE_MSIX: {
+        const vector = r.u32(REG.ARG);
+        if (vector >= this.vectors) {
+          this.#fail(ErrorCode.BAD_ARGUMENT, 'test.cmd.bad-vector', { vector, vectors: this.vectors });
+          return;
+        }
+        this.host.raiseMsix(vector);
+        this.#complete(ErrorCode.OK);
+        return;
+      }
+      case CMD.DMA_READ:
+      case CMD.DMA_WRITE: {
+        const size = r.u32(REG.SIZE);
+        if (size < 1 || size > TEST_MAX_DMA) {
+          this.#fail(ErrorCode.BAD_ARGUMENT, 'test.cmd.bad-size', { size, max: TEST_MAX_DMA });
+          return;
+        }
+        if (cmd === CMD.DMA_READ) void this.#dmaRead(this.#epoch, r.u64(REG.SRC_ADDR), size);
+        else void this.#dmaWrite(this.#epoch, r.u64(REG.DST_ADDR), r.u32(REG.ARG), size);
+        return;
+      }
+      default:
+        this.#fail(ErrorCode.BAD_ARGUMENT, 'test.cmd.unknown', { cmd });
+    }
+  }
+
+  async #dmaRead(epoch: number, src: bigint, size: number): Promise<void> {
+    let data: Uint8Array;
+    try {
+      data = await this.host.dmaRead(src, size);
+    } catch (e) {
+      if (epoch !== this.#epoch) return;
+      if (!(e instanceof DmaError)) throw e;
+      this.#fail(ErrorCode.DMA_FAULT, 'test.dma.read-fault', {
+        iova: `0x${e.iova.toString(16)}`,
+        code: e.code,
+      });
+      return;
+    }
+    if (epoch !== this.#epoch) return;
+    this.#regs.set32(REG.CHECKSUM, crc32(data));
+    this.#complete(ErrorCode.OK);
+  }
+
+  /** Posted writes: the host drops refused ones, so a DMA_WRITE always completes OK (the driver
+   *  checks its buffer). Interrupt ordering after the data is the port's job. */
+  async #dmaWrite(epoch: number, dst: bigint, seed: number, size: number): Promise<void> {
+    const data = testPattern(seed, size);
+    for (let off = 0; off < size; off += DMA_WRITE_BURST) {
+      this.host.dmaWrite(BigInt.asUintN(64, dst + BigInt(off)), data.subarray(off, off + DMA_WRITE_BURST));
+      await this.host.drain();
+      if (epoch !== this.#epoch) return;
+    }
+    this.#complete(ErrorCode.OK);
+  }
+
+  #fail(code: ErrorCode, event: string, fields: Record<string, unknown>): void {
+    this.trace(event, fields);
+    this.#complete(code);
+  }
+
+  #complete(code: ErrorCode): void {
+    const r = this.#regs;
+    if (code !== ErrorCode.OK) this.#failures++;
+    r.set32(REG.ERROR, code);
+    r.set32(REG.STATUS, STATUS.DONE | (code === ErrorCode.OK ? 0 : STATUS.ERROR));
+    r.set32(REG.DONE_COUNT, (r.u32(REG.DONE_COUNT) + 1) >>> 0);
+    this.#busy = false;
+    if (this.#irq !== IRQ_NONE) this.host.raiseMsix(this.#irq);
+  }
+}

@@ -1,0 +1,82 @@
+import { expect, describe as group, it } from 'vitest';
+import { TestDevice } from '../devices/test/device.js';
+import {
+  type DeviceFactory,
+  device,
+  deviceHelp,
+  intOption,
+  parseDeviceSpec,
+  splitDeviceSpec,
+} from './device-spec.js';
+
+group('parseDeviceSpec', () => {
+  it('builds the test device with default and given options', () => {
+    const plain = parseDeviceSpec('test');
+    expect(plain).toBeInstanceOf(TestDevice);
+    expect((plain as TestDevice).vectors).toBe(8);
+    expect((parseDeviceSpec('test:vectors=16') as TestDevice).vectors).toBe(16);
+    expect((parseDeviceSpec('test:vectors=0x40') as TestDevice).vectors).toBe(64);
+    expect(plain.description.msixVectors).toBe(8);
+  });
+
+  it('builds a new model each time', () => {
+    expect(parseDeviceSpec('test')).not.toBe(parseDeviceSpec('test'));
+  });
+
+  it.each([
+    ['', 'device "": empty spec'],
+    ['nvme', 'device "nvme": unknown device "nvme" (known: test)'],
+    ['Test', 'device "Test": "Test" is not a device name'],
+    ['test:', `device "test:": nothing after ':'`],
+    ['test:vectors', 'device "test:vectors": option "vectors" needs a value (vectors=...)'],
+    ['test:vectors=', 'device "test:vectors=": option "vectors" has an empty value'],
+    ['test:vectors=4,', 'device "test:vectors=4,": empty option'],
+    ['test:vectors=4,vectors=5', 'device "test:vectors=4,vectors=5": option "vectors" given twice'],
+    ['test:vectorz=4', 'device "test:vectorz=4": test has no option "vectorz" (known: vectors)'],
+    ['test:vectors=65', 'device "test:vectors=65": vectors must be an integer 1..64, got "65"'],
+    ['test:vectors=0', 'device "test:vectors=0": vectors must be an integer 1..64, got "0"'],
+    ['test:vectors=8x', 'device "test:vectors=8x": vectors must be an integer 1..64, got "8x"'],
+    ['test:vectors=-1', 'device "test:vectors=-1": vectors must be an integer 1..64, got "-1"'],
+    ['test:vectors=08', 'device "test:vectors=08": vectors must be an integer 1..64, got "08"'],
+    ['test:=3', 'device "test:=3": "" is not an option name'],
+    ['toString', 'device "toString": "toString" is not a device name'],
+    ['constructor', 'device "constructor": unknown device "constructor"'],
+  ])('refuses %j with one line', (spec, message) => {
+    let err: Error | undefined;
+    try {
+      parseDeviceSpec(spec);
+    } catch (e) {
+      err = e as Error;
+    }
+    expect(err?.message.startsWith(message)).toBe(true);
+    expect(err?.message).not.toContain('\n');
+  });
+
+  it('takes a registry, so other models can register', () => {
+    const made: unknown[] = [];
+    const registry: Record<string, DeviceFactory> = {
+      fake: device({
+        summary: 'a fake',
+        options: { depth: intOption(1, 4, 'how deep') },
+        create: (o) => {
+          made.push(o);
+          return new TestDevice();
+        },
+      }),
+    };
+    parseDeviceSpec('fake:depth=3', registry);
+    expect(made).toEqual([{ depth: 3 }]);
+    expect(() => parseDeviceSpec('test', registry)).toThrow('unknown device "test" (known: fake)');
+    expect(deviceHelp(registry)).toBe('fake  a fake\n  fake:depth=1..4  how deep');
+  });
+
+  it('splits without knowing devices', () => {
+    expect(splitDeviceSpec('virtio-net:mac=52:54:00:12:34:56,mtu=1500')).toEqual({
+      name: 'virtio-net',
+      options: new Map([
+        ['mac', '52:54:00:12:34:56'],
+        ['mtu', '1500'],
+      ]),
+    });
+  });
+});

@@ -1,0 +1,529 @@
+// EndpointRuntime: runs a set of device models for one session. It attaches them (Attach /
+// AttachResult), dispatches the host's messages to them, gives each a HostPort (tagged, chunked
+// DMA; interrupts; drain) and keeps the PCIe ordering promises of docs/PROTOCOL.md:
+//
+// - Before any message of a device goes out, the device's changed BAR bytes go out (ShadowUpdate),
+//   so a register change is visible before a later interrupt, DMA or read completion.
+// - After an inbound batch, each device's changes go out, then WritesApplied{count} if the batch
+//   held writes to its non-doorbell ranges (count: cumulative since attach or FunctionReset).
+// - The session is flushed at the end of each inbound batch and once per tick of async device work,
+//   so messages travel in batches.
+//
+// Peer errors: receive() throws ProtocolError, and so does the 'messages' listener it is attached
+// as; the session (the emitter) must close with err.code. Which errors:
+//   UNKNOWN_DEVICE      a message for a device id that is not attached (never was, attach pending
+//                       or failed, or the host detached it). Messages for a device *we* detached
+//                       are dropped: they crossed our Detach.
+//   BAD_ARGUMENT        a BAR index the device does not have; an offset/size outside the BAR or
+//                       config space; a config write not 1, 2 or 4 bytes
+//   BAD_LENGTH          an empty MmioWrite; a DmaReadCpl whose data is not the requested length
+//   BAD_TAG             a DmaReadCpl for a tag that is not outstanding
+//   UNEXPECTED_MESSAGE  a device -> host message, or an AttachResult for a device not being attached
+//   UNKNOWN_MESSAGE     a message with no body
+// A volatile-read request (MmioRead) outside the device's volatile ranges is the host's mistake
+// too, but a harmless one: it is answered with status BAD_ARGUMENT and traced.
+import type { EventEmitter } from 'node:events';
+import pino, { type Logger } from 'pino';
+import { type DeviceModel, DmaError, type HostPort } from '../devices/host-port.js';
+import {
+  type DeviceDescription,
+  ErrorCode,
+  kindOf,
+  long,
+  MAX_DMA_CHUNK,
+  type Msg,
+  num,
+  ProtocolError,
+  type pcinet,
+  u64,
+} from '../proto/wire.js';
+import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
+
+/** What the runtime needs of a session (proto/session.ts satisfies it). Events:
+ *  'messages' (msgs: Msg[]) — one inbound batch, in order, after the handshake;
+ *  'drain' () — backlogged went false; 'close' (err?: Error) — the session is over. */
+export interface SessionLike extends EventEmitter {
+  /** Queues a sequenced message in the current outbound batch. */
+  send(m: Msg): void;
+  /** Sends the current batch as a frame. */
+  flush(): void;
+  /** The peer is not taking data fast enough: producers should wait for 'drain'. */
+  readonly backlogged: boolean;
+}
+
+export interface RuntimeOptions {
+  log?: Logger;
+  /** Outstanding DmaRead tags per device; more requests wait. Default DEFAULT_DMA_TAGS (64). */
+  maxDmaTags?: number;
+}
+
+export interface AttachOutcome {
+  dev: number;
+  model: string;
+  /** OK, or why the host could not create it (SHUTDOWN: we closed before it answered). */
+  code: ErrorCode;
+  message: string;
+  /** Bus address on the host, e.g. "0000:10:00.0". */
+  address: string;
+}
+
+/** Payload bytes queued in the session before we flush mid-batch: keeps every frame far below
+ *  MAX_FRAME_BYTES (4 MiB) whatever the session's own batching does. */
+export const FLUSH_BYTES = 1 << 20;
+/** Traces of one event per device logged in full before sampling: a driver stuck in a loop of
+ *  mistakes must not flood the log. After the burst, one in TRACE_LOG_EVERY is logged. */
+export const TRACE_LOG_BURST = 20;
+export const TRACE_LOG_EVERY = 1000;
+
+export interface DeviceCounters {
+  mmioWrites: number;
+  mmioReads: number;
+  dmaReadBytes: number;
+  dmaWriteBytes: number;
+  interrupts: number;
+  traces: number;
+}
+
+interface BarInfo {
+  size: number;
+  volatile: { offset: number; length: number }[];
+  doorbell: { offset: number; length: number }[];
+}
+
+type DeviceState = 'pending' | 'attached' | 'failed' | 'unplugged' | 'removed';
+
+class Device {
+  state: DeviceState = 'pending';
+  address = '';
+  /** The host's AttachResult (SHUTDOWN if we unplugged first). */
+  outcome: { code: ErrorCode; message: string } = { code: ErrorCode.OK, message: '' };
+  /** MmioWrites to non-doorbell ranges since attach or FunctionReset. */
+  writes = 0;
+  readonly bars = new Map<number, BarInfo>();
+  readonly configSize: number;
+  readonly vectors: number;
+  readonly counters: DeviceCounters = {
+    mmioWrites: 0,
+    mmioReads: 0,
+    dmaReadBytes: 0,
+    dmaWriteBytes: 0,
+    interrupts: 0,
+    traces: 0,
+  };
+  readonly traceCounts = new Map<string, number>();
+  dma!: DmaReader;
+  port!: HostPort;
+
+  constructor(
+    readonly dev: number,
+    readonly model: DeviceModel,
+  ) {
+    const d: DeviceDescription = model.description;
+    for (const b of d.bars ?? []) {
+      const span = (r: pcinet.IRange) => ({ offset: Number(u64(r.offset)), length: Number(u64(r.length)) });
+      this.bars.set(b.index ?? 0, {
+        size: Number(u64(b.size)),
+        volatile: (b.volatile ?? []).map(span),
+        doorbell: (b.doorbell ?? []).map(span),
+      });
+    }
+    this.configSize = d.config?.length ?? 0;
+    this.vectors = d.msixVectors ?? 0;
+  }
+
+  get name(): string {
+    return this.model.description.model ?? 'device';
+  }
+}
+
+const within = (spans: readonly { offset: number; length: number }[], off: number, len: number) =>
+  spans.some((s) => off >= s.offset && off + len <= s.offset + s.length);
+
+/** Trace fields as log fields: bigints as hex (JSON has no bigint). */
+function loggable(fields: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(fields)) out[k] = typeof v === 'bigint' ? `0x${v.toString(16)}` : v;
+  return out;
+}
+
+export class EndpointRuntime {
+  readonly #session: SessionLike;
+  readonly #log: Logger;
+  readonly #maxTags: number;
+  readonly #devices = new Map<number, Device>();
+  #started = false;
+  #closed = false;
+  #inBatch = false;
+  #flushScheduled = false;
+  /** We sent something since the last flush. */
+  #unflushed = false;
+  #pendingBytes = 0;
+  #drainWaiters: (() => void)[] = [];
+  #attachDone: { resolve(o: AttachOutcome[]): void; reject(e: Error): void } | undefined;
+
+  constructor(session: SessionLike, models: readonly DeviceModel[], options: RuntimeOptions = {}) {
+    this.#session = session;
+    this.#log = options.log ?? pino({ level: 'silent' });
+    this.#maxTags = options.maxDmaTags ?? DEFAULT_DMA_TAGS;
+    models.forEach((m, i) => {
+      const d = new Device(i + 1, m);
+      d.dma = new DmaReader((tag, iova, length) => {
+        d.counters.dmaReadBytes += length;
+        this.#send(d, { dmaRead: { dev: d.dev, tag, iova: long(iova), length } });
+      }, this.#maxTags);
+      d.port = this.#portFor(d);
+      this.#devices.set(d.dev, d);
+    });
+  }
+
+  /** Sends Attach for every device (ids 1..N, in the order given) and resolves when the host has
+   *  answered each. Devices the host refused stay unattached (see the outcomes). Rejects if the
+   *  session closes first. */
+  start(): Promise<AttachOutcome[]> {
+    if (this.#started) throw new Error('EndpointRuntime.start called twice');
+    this.#started = true;
+    const s = this.#session;
+    s.on('messages', (msgs: Msg[]) => this.receive(msgs));
+    s.on('drain', () => this.#drained());
+    s.on('close', (err?: Error) => this.#sessionClosed(err));
+    const done = new Promise<AttachOutcome[]>((resolve, reject) => {
+      this.#attachDone = { resolve, reject };
+    });
+    for (const d of this.#devices.values()) {
+      s.send({ attach: { dev: d.dev, desc: d.model.description } });
+      this.#unflushed = true;
+    }
+    this.#flush();
+    this.#checkAttached();
+    return done;
+  }
+
+  /** Endpoint-side unplug of every device (orderly shutdown): Detach{reason} for each, models
+   *  detached, session flushed. The caller closes the session afterwards. Idempotent. */
+  close(reason: ErrorCode = ErrorCode.SHUTDOWN, message = 'endpoint shutting down'): void {
+    if (this.#closed) return;
+    for (const d of this.#devices.values()) {
+      if (d.state !== 'attached' && d.state !== 'pending') continue;
+      const wasAttached = d.state === 'attached';
+      d.state = 'unplugged';
+      this.#session.send({ detach: { dev: d.dev, reason, message } });
+      this.#unflushed = true;
+      if (wasAttached) this.#unplugModel(d);
+      else d.outcome = { code: ErrorCode.SHUTDOWN, message: 'endpoint closed before AttachResult' };
+    }
+    this.#closed = true;
+    this.#flush();
+    this.#checkAttached();
+  }
+
+  /** Per-device and model counters, as "dev1.mmioWrites", "dev1.test.commands". */
+  counters(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const d of this.#devices.values()) {
+      for (const [k, v] of Object.entries(d.counters)) out[`dev${d.dev}.${k}`] = v;
+      for (const [k, v] of Object.entries(d.model.counters())) out[`dev${d.dev}.${d.name}.${k}`] = v;
+    }
+    return out;
+  }
+
+  /** One inbound batch. Throws ProtocolError when the host broke the protocol (the session must
+   *  then close with its code); messages before the bad one have been applied. */
+  receive(msgs: readonly Msg[]): void {
+    const wrote = new Set<Device>();
+    this.#inBatch = true;
+    try {
+      for (const m of msgs) this.#dispatch(m, wrote);
+      for (const d of this.#devices.values()) {
+        if (d.state !== 'attached') continue;
+        this.#pushShadow(d);
+        if (wrote.has(d)) {
+          this.#session.send({ writesApplied: { dev: d.dev, count: long(d.writes) } });
+          this.#unflushed = true;
+        }
+      }
+    } finally {
+      this.#inBatch = false;
+    }
+    this.#flush();
+  }
+
+  #dispatch(m: Msg, wrote: Set<Device>): void {
+    const kind = kindOf(m);
+    switch (kind) {
+      case 'attachResult':
+        this.#attachResult(m.attachResult!);
+        return;
+      case 'detach': {
+        const d = this.#device(m.detach!.dev);
+        if (!d) return;
+        d.state = 'removed';
+        this.#unplugModel(d);
+        this.#log.info(
+          { dev: d.dev, model: d.name, reason: ErrorCode[m.detach!.reason ?? 0] },
+          'host detached device',
+        );
+        return;
+      }
+      case 'functionReset': {
+        const d = this.#device(m.functionReset!.dev);
+        if (!d) return;
+        d.dma.dropWaiting();
+        d.model.reset();
+        d.writes = 0;
+        return;
+      }
+      case 'mmioWrite': {
+        const w = m.mmioWrite!;
+        const d = this.#device(w.dev);
+        if (!d) return;
+        const data = w.data ?? new Uint8Array(0);
+        if (data.length === 0)
+          throw new ProtocolError(ErrorCode.BAD_LENGTH, `device ${d.dev}: empty MmioWrite`);
+        const bar = w.bar ?? 0;
+        const offset = num(w.offset, 'MmioWrite offset');
+        const info = this.#range(d, bar, offset, data.length, 'MmioWrite');
+        d.counters.mmioWrites++;
+        if (!within(info.doorbell, offset, data.length)) {
+          d.writes++;
+          wrote.add(d);
+        }
+        d.model.mmioWrite(bar, offset, data);
+        return;
+      }
+      case 'mmioRead': {
+        const r = m.mmioRead!;
+        const d = this.#device(r.dev);
+        if (!d) return;
+        const bar = r.bar ?? 0;
+        const offset = num(r.offset, 'MmioRead offset');
+        const size = r.size ?? 0;
+        if (size < 1)
+          throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `device ${d.dev}: MmioRead of ${size} bytes`);
+        const info = this.#range(d, bar, offset, size, 'MmioRead');
+        d.counters.mmioReads++;
+        if (!within(info.volatile, offset, size)) {
+          d.port.trace('endpoint.mmio.read-not-volatile', { bar, offset: `0x${offset.toString(16)}`, size });
+          this.#send(d, { mmioReadCpl: { dev: d.dev, tag: r.tag ?? 0, status: ErrorCode.BAD_ARGUMENT } });
+          return;
+        }
+        const data = d.model.mmioRead(bar, offset, size);
+        if (data.length !== size)
+          throw new Error(`${d.name}: mmioRead returned ${data.length} bytes, not ${size}`);
+        this.#send(d, { mmioReadCpl: { dev: d.dev, tag: r.tag ?? 0, status: ErrorCode.OK, data } }, size);
+        return;
+      }
+      case 'configWrite': {
+        const c = m.configWrite!;
+        const d = this.#device(c.dev);
+        if (!d) return;
+        const offset = c.offset ?? 0;
+        const size = c.size ?? 0;
+        if (![1, 2, 4].includes(size) || offset + size > d.configSize) {
+          throw new ProtocolError(
+            ErrorCode.BAD_ARGUMENT,
+            `device ${d.dev}: ConfigWrite of ${size} bytes at ${offset}`,
+          );
+        }
+        d.model.configWrite(offset, size, (c.value ?? 0) >>> 0);
+        return;
+      }
+      case 'dmaReadCpl': {
+        const c = m.dmaReadCpl!;
+        const d = this.#device(c.dev);
+        if (!d) return;
+        d.dma.complete(c.tag ?? 0, c.status ?? ErrorCode.OK, c.data ?? new Uint8Array(0));
+        return;
+      }
+      case 'statsRequest': {
+        const counters = Object.entries(this.counters()).map(([name, value]) => ({
+          name,
+          value: long(value),
+        }));
+        this.#session.send({ stats: { nonce: m.statsRequest!.nonce, counters } });
+        this.#unflushed = true;
+        return;
+      }
+      // The session's own business, if it lets them through.
+      case 'hello':
+      case 'resume':
+      case 'keepAlive':
+      case 'error':
+        return;
+      case undefined:
+        throw new ProtocolError(ErrorCode.UNKNOWN_MESSAGE, 'message with no body');
+      default:
+        throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `${kind} is sent by endpoints, not hosts`);
+    }
+  }
+
+  #attachResult(r: pcinet.IAttachResult): void {
+    const d = this.#devices.get(r.dev ?? 0);
+    if (d?.state === 'unplugged') return;
+    if (d?.state !== 'pending') {
+      throw new ProtocolError(
+        ErrorCode.UNEXPECTED_MESSAGE,
+        `AttachResult for device ${r.dev}, which is not being attached`,
+      );
+    }
+    const code = r.code ?? ErrorCode.OK;
+    d.outcome = { code, message: r.message ?? '' };
+    if (code === ErrorCode.OK) {
+      d.state = 'attached';
+      d.address = r.address ?? '';
+      d.model.attach(d.port);
+      this.#log.info({ dev: d.dev, model: d.name, address: d.address }, 'device attached');
+    } else {
+      d.state = 'failed';
+      this.#log.warn(
+        { dev: d.dev, model: d.name, code: ErrorCode[code] ?? code, message: r.message },
+        'host refused device',
+      );
+    }
+    this.#checkAttached();
+  }
+
+  /** The attached device `dev`, or undefined for one we unplugged (its messages crossed our
+   *  Detach and are dropped). Anything else is UNKNOWN_DEVICE. */
+  #device(dev: number | null | undefined): Device | undefined {
+    const d = this.#devices.get(dev ?? 0);
+    if (d?.state === 'attached') return d;
+    if (d?.state === 'unplugged') return undefined;
+    const why = d ? `is ${d.state === 'pending' ? 'not attached yet' : d.state}` : 'does not exist';
+    throw new ProtocolError(ErrorCode.UNKNOWN_DEVICE, `device ${dev} ${why}`);
+  }
+
+  #range(d: Device, bar: number, offset: number, len: number, what: string): BarInfo {
+    const info = d.bars.get(bar);
+    if (!info) throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `${what}: device ${d.dev} has no BAR ${bar}`);
+    if (offset + len > info.size) {
+      throw new ProtocolError(
+        ErrorCode.BAD_ARGUMENT,
+        `${what}: [0x${offset.toString(16)}, +${len}) is outside BAR ${bar} of device ${d.dev} (${info.size} bytes)`,
+      );
+    }
+    return info;
+  }
+
+  #checkAttached(): void {
+    if (!this.#attachDone) return;
+    const all = [...this.#devices.values()];
+    if (all.some((d) => d.state === 'pending')) return;
+    const done = this.#attachDone;
+    this.#attachDone = undefined;
+    done.resolve(all.map((d) => ({ dev: d.dev, model: d.name, ...d.outcome, address: d.address })));
+  }
+
+  #portFor(d: Device): HostPort {
+    const live = () => d.state === 'attached';
+    return {
+      dmaRead: (iova, len) =>
+        live() ? d.dma.read(iova, len) : Promise.reject(new DmaError(iova, len, ErrorCode.SHUTDOWN)),
+      dmaWrite: (iova, data) => {
+        if (!live()) return;
+        for (let off = 0; off < data.length; off += MAX_DMA_CHUNK) {
+          const piece = data.slice(off, off + MAX_DMA_CHUNK);
+          d.counters.dmaWriteBytes += piece.length;
+          this.#send(
+            d,
+            { dmaWrite: { dev: d.dev, iova: long(BigInt.asUintN(64, iova + BigInt(off))), data: piece } },
+            piece.length,
+          );
+        }
+      },
+      raiseMsix: (vector) => {
+        if (!live()) return;
+        if (!Number.isInteger(vector) || vector < 0 || vector >= d.vectors) {
+          throw new RangeError(`${d.name}: raiseMsix(${vector}) but the device has ${d.vectors} vectors`);
+        }
+        d.counters.interrupts++;
+        this.#send(d, { interrupt: { dev: d.dev, vector } });
+      },
+      drain: () => {
+        if (!live() || !this.#session.backlogged) return Promise.resolve();
+        return new Promise((resolve) => this.#drainWaiters.push(resolve));
+      },
+      trace: (event, fields = {}) => {
+        d.counters.traces++;
+        const n = (d.traceCounts.get(event) ?? 0) + 1;
+        d.traceCounts.set(event, n);
+        if (n <= TRACE_LOG_BURST || n % TRACE_LOG_EVERY === 0) {
+          this.#log.info({ dev: d.dev, model: d.name, count: n, ...loggable(fields) }, event);
+        }
+      },
+      changed: () => {
+        if (live()) this.#scheduleFlush();
+      },
+    };
+  }
+
+  /** Every message of a device goes through here: its changed BAR bytes first. */
+  #send(d: Device, m: Msg, payload = 0): void {
+    this.#pushShadow(d);
+    this.#session.send(m);
+    this.#unflushed = true;
+    this.#queued(payload);
+  }
+
+  #pushShadow(d: Device): void {
+    for (const r of d.model.takeDirty()) {
+      for (let off = 0; off < r.data.length; off += MAX_DMA_CHUNK) {
+        const data = r.data.subarray(off, off + MAX_DMA_CHUNK);
+        this.#session.send({ shadowUpdate: { dev: d.dev, bar: r.bar, offset: long(r.offset + off), data } });
+        this.#unflushed = true;
+        this.#queued(data.length);
+      }
+    }
+  }
+
+  #queued(bytes: number): void {
+    this.#pendingBytes += bytes;
+    if (this.#pendingBytes >= FLUSH_BYTES) this.#flush();
+    else if (!this.#inBatch) this.#scheduleFlush();
+  }
+
+  /** Async device work: one flush per tick, after every promise continuation of that tick ran. */
+  #scheduleFlush(): void {
+    if (this.#inBatch || this.#flushScheduled || this.#closed) return;
+    this.#flushScheduled = true;
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      if (this.#closed) return;
+      for (const d of this.#devices.values()) if (d.state === 'attached') this.#pushShadow(d);
+      this.#flush();
+    });
+  }
+
+  #flush(): void {
+    if (!this.#unflushed) return;
+    this.#unflushed = false;
+    this.#pendingBytes = 0;
+    this.#session.flush();
+  }
+
+  #drained(): void {
+    const waiters = this.#drainWaiters;
+    this.#drainWaiters = [];
+    for (const w of waiters) w();
+  }
+
+  #unplugModel(d: Device): void {
+    d.dma.close();
+    d.model.detach();
+  }
+
+  #sessionClosed(err?: Error): void {
+    for (const d of this.#devices.values()) {
+      const wasAttached = d.state === 'attached';
+      if (d.state === 'attached' || d.state === 'pending') d.state = 'removed';
+      if (wasAttached) this.#unplugModel(d);
+    }
+    this.#closed = true;
+    this.#drained();
+    if (this.#attachDone) {
+      const done = this.#attachDone;
+      this.#attachDone = undefined;
+      done.reject(err ?? new Error('session closed before every device was attached'));
+    }
+    this.#log.info({ err: err?.message }, 'session closed: devices detached');
+  }
+}

@@ -1,0 +1,87 @@
+// The pcinet command lines the lab runs: the endpoint (on this machine, in the lab's network
+// namespace), the host-agent (in the guest) and `pcinet id`. The CLI is the lead's (cli/main.ts);
+// if its flags change, this file is the only one to adjust.
+import { run } from './proc.js';
+
+/** The port the lab's own endpoint listens on. Any port is free: the namespace is private. */
+export const LAB_ENDPOINT_PORT = 7470;
+/** What a guest reaches this machine's (QEMU's namespace's) 127.0.0.1 as, through slirp. */
+export const SLIRP_HOST = '10.0.2.2';
+
+const ID_TIMEOUT_MS = 30_000;
+
+export interface Security {
+  /** Plain TCP, no identities. */
+  insecure: boolean;
+}
+
+export interface EndpointSpec extends Security {
+  node: string;
+  cli: string;
+  port: number;
+  devices: readonly string[];
+  identityDir?: string;
+  /** Host fingerprints to accept. */
+  allow?: readonly string[];
+  logLevel?: string;
+}
+
+/** Scheme spelled out on both sides: a bare 127.0.0.1:PORT would mean plain TCP to the endpoint
+ *  (loopback) while the guest, dialling 10.0.2.2, would expect TLS. */
+export function endpointArgv(e: EndpointSpec): string[] {
+  const argv = [e.cli, 'endpoint', '--listen', `${e.insecure ? 'tcp' : 'tls'}://127.0.0.1:${e.port}`];
+  for (const d of e.devices) argv.push('--device', d);
+  if (e.insecure) argv.push('--insecure');
+  else {
+    if (!e.identityDir || !e.allow?.length)
+      throw new Error('lab: a TLS endpoint needs an identity and --allow');
+    argv.push('--identity', e.identityDir);
+    for (const fp of e.allow) argv.push('--allow', fp);
+  }
+  if (e.logLevel) argv.push('--log-level', e.logLevel);
+  return [e.node, ...argv];
+}
+
+export interface HostAgentSpec extends Security {
+  node: string;
+  cli: string;
+  /** Address as the guest dials it, e.g. tls://10.0.2.2:7470. */
+  connect: string;
+  identityDir?: string;
+  /** The endpoint's fingerprint. */
+  pin?: string;
+  readyFile: string;
+  logLevel?: string;
+}
+
+export function hostAgentArgv(h: HostAgentSpec): string[] {
+  const argv = [h.cli, 'host', '--connect', h.connect, '--channel', 'kernel', '--ready-file', h.readyFile];
+  if (h.insecure) argv.push('--insecure');
+  if (h.identityDir) argv.push('--identity', h.identityDir);
+  if (h.pin) argv.push('--pin', h.pin);
+  if (h.logLevel) argv.push('--log-level', h.logLevel);
+  return [h.node, ...argv];
+}
+
+/** How the guest dials an endpoint given as seen from this machine: loopback becomes the slirp
+ *  host alias; a scheme, if any, is kept; without one, plain TCP if insecure, else TLS. */
+export function guestDialAddress(endpoint: string, insecure: boolean): string {
+  const m = /^(?:([a-z]+):\/\/)?(\[[^\]]+\]|[^:/]+):(\d+)(\/.*)?$/.exec(endpoint);
+  if (!m) throw new Error(`lab: cannot parse endpoint address "${endpoint}" (want HOST:PORT)`);
+  const [, scheme, host, port, rest] = m;
+  const loopback = host === 'localhost' || host === '[::1]' || /^127\./.test(host);
+  const guestHost = loopback ? SLIRP_HOST : host;
+  return `${scheme ?? (insecure ? 'tcp' : 'tls')}://${guestHost}:${port}${rest ?? ''}`;
+}
+
+/** Creates (on first use) the identity in `dir` and returns its fingerprint ("sha256:…"). */
+export async function identityFingerprint(node: string, cli: string, dir: string): Promise<string> {
+  const r = await run(node, [cli, 'id', '--identity', dir], { timeoutMs: ID_TIMEOUT_MS });
+  const fp = r.stdout.trim().split('\n').pop()?.trim() ?? '';
+  if (r.code !== 0 || !fp) {
+    throw new Error(
+      `lab: \`pcinet id --identity ${dir}\` failed (${r.code}): ${(r.stderr || r.stdout).trim() || 'no output'}`,
+    );
+  }
+  return fp;
+}

@@ -1,0 +1,66 @@
+// Running helper programs with a bound on time and on captured output.
+import { spawn } from 'node:child_process';
+
+/** Captured output kept per stream; enough for any error message, small enough to hold in memory. */
+const MAX_CAPTURE = 1 << 20;
+
+export interface RunResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  timedOut: boolean;
+}
+
+export function run(
+  cmd: string,
+  args: readonly string[],
+  opts: { cwd?: string; timeoutMs: number; env?: NodeJS.ProcessEnv; input?: string },
+): Promise<RunResult> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, {
+      cwd: opts.cwd,
+      env: opts.env ?? process.env,
+      stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout!.on('data', (d: Buffer) => {
+      if (stdout.length < MAX_CAPTURE) stdout += d.toString();
+    });
+    child.stderr!.on('data', (d: Buffer) => {
+      if (stderr.length < MAX_CAPTURE) stderr += d.toString();
+    });
+    if (opts.input !== undefined) child.stdin!.end(opts.input);
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, opts.timeoutMs);
+    child.on('error', (e) => {
+      clearTimeout(timer);
+      reject(new Error(`cannot run ${cmd}: ${e.message}`));
+    });
+    child.on('close', (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code, signal, stdout, stderr, timedOut });
+    });
+  });
+}
+
+/** The last `n` lines of a text, for error messages. */
+export function tail(text: string, n: number): string {
+  const lines = text.replace(/\s+$/, '').split('\n');
+  return lines.slice(Math.max(0, lines.length - n)).join('\n');
+}
+
+export function describeFailure(what: string, r: RunResult, lines = 15): string {
+  const how = r.timedOut ? 'timed out' : r.signal ? `was killed by ${r.signal}` : `exited with ${r.code}`;
+  const out = tail(`${r.stdout}\n${r.stderr}`, lines);
+  return `${what} ${how}${out ? `:\n${out}` : ''}`;
+}
+
+/** A delay that does not keep the process alive; for bounding waits with Promise.race. */
+export function unrefDelay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
