@@ -1,0 +1,134 @@
+// The endpoint process: listens (TCP, TLS, ws, wss), runs the handshake, and serves the device
+// models to one host session at a time. Another host that connects while the devices are held is
+// refused with BUSY; when the session ends (orderly, by error, or after the grace period) the
+// devices are detached and free for the next host.
+import type { Logger } from 'pino';
+import type { DeviceModel } from '../devices/host-port.js';
+import type { Address } from '../proto/address.js';
+import { encodeControl } from '../proto/codec.js';
+import type { Identity } from '../proto/identity.js';
+import { type Session, type SessionOptions, SessionServer } from '../proto/session.js';
+import { type Listener, listenTcp } from '../proto/tcp.js';
+import type { Transport } from '../proto/transport.js';
+import { ErrorCode, ProtocolError } from '../proto/wire.js';
+import { listenWs } from '../proto/ws.js';
+import { EndpointRuntime } from './runtime.js';
+
+export interface EndpointServerOptions {
+  models: readonly DeviceModel[];
+  log: Logger;
+  session?: SessionOptions;
+  /** Outstanding DMA read tags per device. */
+  maxDmaTags?: number;
+}
+
+export interface ServerTls {
+  identity: Identity;
+  /** Host key fingerprints allowed to connect. */
+  allow: readonly string[];
+}
+
+interface Active {
+  session: Session;
+  runtime: EndpointRuntime;
+}
+
+export class EndpointServer {
+  readonly #o: EndpointServerOptions;
+  readonly #log: Logger;
+  readonly #sessions: SessionServer;
+  #listeners: Listener[] = [];
+  #active: Active | undefined;
+  /** Sessions served so far (for tests and logs). */
+  served = 0;
+
+  constructor(options: EndpointServerOptions) {
+    this.#o = options;
+    this.#log = options.log;
+    this.#sessions = new SessionServer(
+      {
+        ...options.session,
+        log: options.log,
+        agent: 'pcinet-endpoint',
+        admit: () =>
+          this.#active
+            ? new ProtocolError(
+                ErrorCode.BUSY,
+                `the devices are held by the session from ${this.#active.session.remote}`,
+              )
+            : undefined,
+      },
+      (s) => this.#serve(s),
+    );
+  }
+
+  /** The session being served, if any. */
+  get active(): Active | undefined {
+    return this.#active;
+  }
+
+  /** Takes a connection from any transport (tests use the loop transport). */
+  accept(t: Transport): void {
+    this.#sessions.accept(t);
+  }
+
+  /** Listens on `addr` (scheme ws/wss: WebSocket, else TCP); TLS when `tls` is given. Resolves
+   *  with the address it listens on. */
+  async listen(addr: Address, tls?: ServerTls): Promise<string> {
+    const refused = (remote: string, why: string) => this.#log.warn({ remote, why }, 'connection refused');
+    const wantsTls = addr.scheme === 'tls' || addr.scheme === 'wss';
+    if (wantsTls && !tls) throw new Error(`${addr.scheme}:// needs an identity`);
+    const l =
+      addr.scheme === 'ws' || addr.scheme === 'wss'
+        ? await listenWs(addr.host, addr.port, addr.path, tls, (t) => this.accept(t), refused)
+        : await listenTcp(
+            addr.host,
+            addr.port,
+            tls,
+            (t) => this.accept(t),
+            refused,
+            (why) => encodeControl(0, [{ error: { code: ErrorCode.AUTH_REFUSED, message: why } }]),
+          );
+    this.#listeners.push(l);
+    return l.address;
+  }
+
+  #serve(session: Session): void {
+    const runtime = new EndpointRuntime(session, this.#o.models, {
+      log: this.#log,
+      maxDmaTags: this.#o.maxDmaTags,
+    });
+    this.#active = { session, runtime };
+    this.served++;
+    session.once('close', (err?: Error) => {
+      if (this.#active?.session === session) this.#active = undefined;
+      this.#log.info({ err: err?.message }, 'session closed; devices free');
+    });
+    runtime.start().then(
+      (outcomes) => {
+        for (const o of outcomes) {
+          if (o.code === ErrorCode.OK)
+            this.#log.info({ dev: o.dev, model: o.model, address: o.address }, 'device attached');
+          else
+            this.#log.warn(
+              { dev: o.dev, model: o.model, code: ErrorCode[o.code], why: o.message },
+              'attach failed',
+            );
+        }
+      },
+      (e: Error) => this.#log.warn({ err: e.message }, 'session ended before every device was attached'),
+    );
+  }
+
+  /** Detaches the devices (Detach to the host), closes the session and the listeners. */
+  async close(): Promise<void> {
+    const a = this.#active;
+    if (a) {
+      a.runtime.close();
+      await a.session.close();
+    }
+    await this.#sessions.close();
+    await Promise.all(this.#listeners.map((l) => l.close()));
+    this.#listeners = [];
+  }
+}

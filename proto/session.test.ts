@@ -1,0 +1,316 @@
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { CutProxy } from '../test/cut-proxy.js';
+import { decodeFrame, encodeControl, encodeMsg, encodeSequenced } from './codec.js';
+import { FrameParser, lengthPrefix } from './framing.js';
+import { loopPair } from './loop.js';
+import { openSession, type Session, type SessionOptions, SessionServer } from './session.js';
+import { dialTcp, type Listener, listenTcp } from './tcp.js';
+import type { Transport } from './transport.js';
+import { ErrorCode, long, type Msg, num, ProtocolError, type pcinet } from './wire.js';
+
+const cleanup: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.splice(0).reverse()) await c();
+});
+
+function closed(s: Session): Promise<Error | undefined> {
+  return new Promise((res) => (s.closed ? res(undefined) : s.once('close', res)));
+}
+
+/** Collects numbered messages (DmaWrite.iova = n) arriving on `s`. */
+function collect(s: Session): number[] {
+  const got: number[] = [];
+  s.on('messages', (msgs: pcinet.Msg[]) => {
+    for (const m of msgs) got.push(num(m.dmaWrite!.iova));
+  });
+  return got;
+}
+
+/** Sends n numbered messages in batches of `batch`, honouring backpressure. */
+async function stream(s: Session, n: number, batch: number, payload = 512): Promise<void> {
+  const data = new Uint8Array(payload).fill(0xa5);
+  for (let i = 0; i < n; ) {
+    while (s.backlogged && !s.closed) await new Promise((r) => s.once('drain', r));
+    if (s.closed) throw new Error('session closed while streaming');
+    for (let k = 0; k < batch && i < n; k++, i++) s.send({ dmaWrite: { dev: 1, iova: long(i), data } });
+    s.flush();
+    await new Promise((r) => setImmediate(r));
+  }
+}
+
+async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+function loopServer(opts: SessionOptions = {}) {
+  const sessions: Session[] = [];
+  const transports: Transport[] = [];
+  const server = new SessionServer(opts, (s) => sessions.push(s));
+  const dial = async () => {
+    const [a, b] = loopPair();
+    transports.push(a);
+    server.accept(b);
+    return a;
+  };
+  cleanup.push(() => server.close());
+  return { server, sessions, dial, transports };
+}
+
+async function tcpServer(opts: SessionOptions = {}) {
+  const sessions: Session[] = [];
+  const server = new SessionServer(opts, (s) => sessions.push(s));
+  const l: Listener = await listenTcp('127.0.0.1', 0, undefined, (t) => server.accept(t));
+  cleanup.push(async () => {
+    await server.close();
+    await l.close();
+  });
+  return { server, sessions, port: l.port };
+}
+
+describe('session over the loop transport', () => {
+  it('handshakes, then carries batches both ways in order', async () => {
+    const { sessions, dial } = loopServer();
+    const host = await openSession(dial);
+    cleanup.push(() => host.close());
+    expect(host.id).toHaveLength(16);
+    const ep = sessions[0]!;
+    expect(Buffer.from(ep.id).equals(Buffer.from(host.id))).toBe(true);
+    const atEp = collect(ep);
+    const atHost = collect(host);
+    await Promise.all([stream(host, 3000, 17), stream(ep, 2000, 50)]);
+    await until(() => atEp.length === 3000 && atHost.length === 2000, 10_000, 'all messages');
+    expect(atEp).toEqual([...Array(3000).keys()]);
+    expect(atHost).toEqual([...Array(2000).keys()]);
+    await until(() => host.stats().replayFrames === 0 && ep.stats().replayFrames === 0, 2000, 'acks');
+  });
+
+  it('an orderly close reaches the peer as a close without error', async () => {
+    const { sessions, dial } = loopServer();
+    const host = await openSession(dial);
+    const ep = sessions[0]!;
+    const seen = closed(ep);
+    await host.close();
+    expect(await seen).toBeUndefined();
+  });
+
+  it('a ProtocolError thrown by a listener closes both sides with its code', async () => {
+    const { sessions, dial } = loopServer();
+    const host = await openSession(dial);
+    sessions[0]!.on('messages', () => {
+      throw new ProtocolError(ErrorCode.UNKNOWN_DEVICE, 'no device 9');
+    });
+    const hostClosed = closed(host);
+    host.send({ interrupt: { dev: 9, vector: 0 } });
+    host.flush();
+    const err = await hostClosed;
+    expect(err).toBeInstanceOf(ProtocolError);
+    expect((err as ProtocolError).code).toBe(ErrorCode.UNKNOWN_DEVICE);
+  });
+
+  it('the grace period ends a session that cannot resume, on both sides, with TIMEOUT', async () => {
+    const { sessions, dial, transports } = loopServer({ graceMs: 300 });
+    let reachable = true;
+    const host = await openSession(
+      async () => {
+        if (!reachable) throw new Error('unreachable');
+        return dial();
+      },
+      { graceMs: 300 },
+    );
+    const [hostErr, epErr] = [closed(host), closed(sessions[0]!)];
+    reachable = false;
+    transports.at(-1)!.close(new Error('cable pulled'));
+    for (const e of [await hostErr, await epErr]) {
+      expect(e).toBeInstanceOf(ProtocolError);
+      expect((e as ProtocolError).code).toBe(ErrorCode.TIMEOUT);
+    }
+  });
+
+  it('resumes after the connection drops: nothing lost, duplicated or reordered', async () => {
+    const { sessions, dial, transports } = loopServer();
+    const host = await openSession(dial);
+    cleanup.push(() => host.close());
+    const ep = sessions[0]!;
+    const atEp = collect(ep);
+    const atHost = collect(host);
+    const cutter = setInterval(() => transports.at(-1)!.close(new Error('cut')), 20);
+    try {
+      await Promise.all([stream(host, 4000, 13), stream(ep, 4000, 29)]);
+      await until(() => atEp.length >= 4000 && atHost.length >= 4000, 20_000, 'all messages');
+    } finally {
+      clearInterval(cutter);
+    }
+    expect(atEp).toEqual([...Array(4000).keys()]);
+    expect(atHost).toEqual([...Array(4000).keys()]);
+    expect(host.stats().resumes).toBeGreaterThanOrEqual(2);
+  });
+});
+
+describe('session over TCP', () => {
+  it('survives repeated cuts of the TCP connection during a long stream', async () => {
+    const { sessions, port } = await tcpServer();
+    const proxy = await CutProxy.start(port);
+    cleanup.push(() => proxy.close());
+    const host = await openSession(() => dialTcp('127.0.0.1', proxy.port));
+    cleanup.push(() => host.close());
+    const ep = sessions[0]!;
+    const atEp = collect(ep);
+    const atHost = collect(host);
+    const cutter = setInterval(() => proxy.cutAll(), 40);
+    const N = 20_000;
+    try {
+      await Promise.all([stream(host, N, 40, 1024), stream(ep, N, 40, 1024)]);
+      await until(() => atEp.length >= N && atHost.length >= N, 60_000, 'all messages');
+    } finally {
+      clearInterval(cutter);
+    }
+    expect(atEp.length).toBe(N);
+    expect(atEp.every((v, i) => v === i)).toBe(true);
+    expect(atHost.every((v, i) => v === i)).toBe(true);
+    expect(proxy.cuts).toBeGreaterThan(2);
+    expect(host.stats().resumes).toBeGreaterThan(1);
+  });
+
+  it('detects a silent peer within deadAfterMs and resumes when it speaks again', async () => {
+    const opts = { keepaliveMs: 50, deadAfterMs: 300 };
+    const { port } = await tcpServer(opts);
+    const proxy = await CutProxy.start(port);
+    cleanup.push(() => proxy.close());
+    const host = await openSession(() => dialTcp('127.0.0.1', proxy.port), opts);
+    cleanup.push(() => host.close());
+    const t0 = Date.now();
+    const lost = new Promise((r) => host.once('disconnected', r));
+    proxy.blackhole(true);
+    await lost;
+    const took = Date.now() - t0;
+    expect(took).toBeGreaterThanOrEqual(250);
+    expect(took).toBeLessThan(2000);
+    proxy.blackhole(false);
+    await new Promise((r) => host.once('resumed', r));
+    expect(host.connected).toBe(true);
+  });
+});
+
+/** A raw TCP peer that speaks bytes we choose, for bad-input tests. */
+async function rawPeer(port: number) {
+  const sock = net.connect(port, '127.0.0.1');
+  await new Promise((r) => sock.once('connect', r));
+  const parser = new FrameParser();
+  const frames: pcinet.Msg[][] = [];
+  sock.on('data', (d) => {
+    for (const f of parser.push(d)) frames.push(decodeFrame(f).msgs);
+  });
+  const ended = new Promise<void>((r) => sock.once('close', () => r()));
+  return {
+    sendFrame(b: Uint8Array) {
+      sock.write(lengthPrefix(b.length));
+      sock.write(b);
+    },
+    raw(b: Uint8Array) {
+      sock.write(b);
+    },
+    end() {
+      sock.end();
+    },
+    frames,
+    ended,
+    /** The code of the Error the server sent before closing. */
+    async errorCode(): Promise<ErrorCode | undefined> {
+      await ended;
+      for (const msgs of frames) for (const m of msgs) if (m.error) return m.error.code ?? 0;
+      return undefined;
+    },
+  };
+}
+
+const hello = (version = 1): Msg => ({ hello: { version, agent: 'raw' } });
+
+describe('bad input closes only the offending session, with a code that names it', () => {
+  const cases: [string, (p: Awaited<ReturnType<typeof rawPeer>>) => void, ErrorCode][] = [
+    ['wrong protocol version', (p) => p.sendFrame(encodeControl(0, [hello(7)])), ErrorCode.BAD_VERSION],
+    [
+      'data before Hello',
+      (p) => p.sendFrame(encodeSequenced(1, 0, [encodeMsg({ interrupt: { dev: 1, vector: 0 } })])),
+      ErrorCode.UNEXPECTED_MESSAGE,
+    ],
+    ['garbage frame', (p) => p.sendFrame(Uint8Array.of(0xff, 0xff, 0xff)), ErrorCode.MALFORMED],
+    [
+      'oversized length prefix',
+      (p) => p.raw(Uint8Array.of(0xff, 0xff, 0xff, 0x7f)),
+      ErrorCode.FRAME_TOO_LARGE,
+    ],
+    ['zero length prefix', (p) => p.raw(Uint8Array.of(0, 0, 0, 0)), ErrorCode.BAD_LENGTH],
+    [
+      'resume of an unknown session',
+      (p) =>
+        p.sendFrame(
+          encodeControl(0, [{ resume: { version: 1, sessionId: new Uint8Array(16), receivedSeq: long(0) } }]),
+        ),
+      ErrorCode.SESSION_UNKNOWN,
+    ],
+    [
+      'out-of-order frame after the handshake',
+      (p) => {
+        p.sendFrame(encodeControl(0, [hello()]));
+        p.sendFrame(encodeSequenced(2, 0, [encodeMsg({ interrupt: { dev: 1, vector: 0 } })]));
+      },
+      ErrorCode.OUT_OF_ORDER,
+    ],
+    [
+      'ack of a frame never sent',
+      (p) => {
+        p.sendFrame(encodeControl(0, [hello()]));
+        p.sendFrame(encodeControl(99, []));
+      },
+      ErrorCode.BAD_ARGUMENT,
+    ],
+    [
+      'unknown message type',
+      (p) => {
+        p.sendFrame(encodeControl(0, [hello()]));
+        p.sendFrame(Uint8Array.from(Buffer.from('08011a039a0600', 'hex')));
+      },
+      ErrorCode.UNKNOWN_MESSAGE,
+    ],
+    [
+      'Hello twice',
+      (p) => {
+        p.sendFrame(encodeControl(0, [hello()]));
+        p.sendFrame(encodeControl(0, [hello()]));
+      },
+      ErrorCode.UNEXPECTED_MESSAGE,
+    ],
+  ];
+
+  it.each(cases)('%s', async (_name, act, code) => {
+    const { sessions, port } = await tcpServer();
+    // A good session is up before and keeps working after.
+    const good = await openSession(() => dialTcp('127.0.0.1', port));
+    cleanup.push(() => good.close());
+    const p = await rawPeer(port);
+    act(p);
+    expect(await p.errorCode()).toBe(code);
+    const got = collect(sessions[0]!);
+    await stream(good, 10, 5);
+    await until(() => got.length === 10, 2000, 'the good session');
+    expect(good.closed).toBe(false);
+  });
+
+  it('a frame cut short by the end of the stream closes the session with BAD_LENGTH', async () => {
+    const { sessions, port } = await tcpServer();
+    const p = await rawPeer(port);
+    p.sendFrame(encodeControl(0, [hello()]));
+    await until(() => sessions.length === 1, 2000, 'session');
+    const err = closed(sessions[0]!);
+    p.raw(Uint8Array.of(100, 0, 0, 0, 1, 2, 3));
+    p.end();
+    const e = await err;
+    expect(e).toBeInstanceOf(ProtocolError);
+    expect((e as ProtocolError).code).toBe(ErrorCode.BAD_LENGTH);
+  });
+});

@@ -1,0 +1,794 @@
+// The session layer: a reliable, ordered, resumable stream of message batches over any Transport.
+//
+// - Every batch the user flushes becomes one sequenced frame (seq = previous + 1). Frames stay in a
+//   bounded replay buffer until the peer acknowledges them (Frame.ack, cumulative; piggybacked on
+//   our own frames, or an ack-only frame when we have nothing to say).
+// - When the connection drops, the host (client) redials and sends Resume{received_seq}; the
+//   endpoint (server) answers with its own. Each side replays what the other has not received, so
+//   nothing is lost, duplicated or reordered. The session is held for the grace period; after it
+//   the session closes with TIMEOUT.
+// - Keep-alives: an idle direction sends KeepAlive; a connection that brings nothing for
+//   deadAfterMs is declared dead and dropped (which starts a resume).
+// - Peer mistakes close the session with Error{code} (docs/PROTOCOL.md). A 'messages' listener may
+//   throw a ProtocolError: the session closes with its code. Anything else it throws is our bug:
+//   logged with its stack, session closed with INTERNAL.
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'node:events';
+import pino, { type Logger } from 'pino';
+import {
+  type DecodedFrame,
+  decodeFrame,
+  encodeControl,
+  encodeMsg,
+  encodeSequenced,
+  framedSize,
+} from './codec.js';
+import type { Transport } from './transport.js';
+import {
+  ErrorCode,
+  long,
+  MAX_FRAME_BYTES,
+  type Msg,
+  num,
+  OUR_CAPABILITIES,
+  PROTOCOL_VERSION,
+  ProtocolError,
+  type pcinet,
+} from './wire.js';
+
+export interface SessionOptions {
+  /** Send a KeepAlive after this long without sending anything. Default 1000. */
+  keepaliveMs?: number;
+  /** A connection that brings nothing for this long is dead. Default 3000. */
+  deadAfterMs?: number;
+  /** How long a dropped connection may be resumed. Default 30 000. */
+  graceMs?: number;
+  /** Unacknowledged bytes above which the session reports backlogged. Default 32 MiB; four times
+   *  this closes the session with REPLAY_OVERFLOW. */
+  replayBytes?: number;
+  /** How long a handshake may take. Default 10 000. */
+  handshakeMs?: number;
+  log?: Logger;
+  /** Free text sent in Hello. */
+  agent?: string;
+}
+
+const DEFAULTS = {
+  keepaliveMs: 1000,
+  deadAfterMs: 3000,
+  graceMs: 30_000,
+  replayBytes: 32 << 20,
+  handshakeMs: 10_000,
+} as const;
+
+/** A batch grows to at most this before it is flushed on its own: frames stay far below the hard
+ *  maximum while still carrying hundreds of messages. */
+export const FRAME_SOFT_BYTES = 1 << 20;
+
+/** How long a received frame may wait for an acknowledgment when we have nothing to send. Short
+ *  enough that the peer's replay buffer never fills on a fast link, long enough to piggyback. */
+const ACK_DELAY_MS = 5;
+
+/** Redial back-off after a dropped connection (host side). */
+const REDIAL_FIRST_MS = 50;
+const REDIAL_MAX_MS = 1000;
+
+export type SessionRole = 'host' | 'endpoint';
+
+export interface SessionStats {
+  framesOut: number;
+  framesIn: number;
+  msgsOut: number;
+  msgsIn: number;
+  bytesOut: number;
+  bytesIn: number;
+  ackOnlyOut: number;
+  keepalivesOut: number;
+  resumes: number;
+  replayedFrames: number;
+  /** Unacknowledged frames / bytes right now. */
+  replayFrames: number;
+  replayBytes: number;
+}
+
+interface Pending {
+  seq: number;
+  bytes: Uint8Array;
+}
+
+type Resolved = Required<Omit<SessionOptions, 'log' | 'agent'>> & { log: Logger; agent: string };
+
+function resolve(o: SessionOptions): Resolved {
+  return {
+    keepaliveMs: o.keepaliveMs ?? DEFAULTS.keepaliveMs,
+    deadAfterMs: o.deadAfterMs ?? DEFAULTS.deadAfterMs,
+    graceMs: o.graceMs ?? DEFAULTS.graceMs,
+    replayBytes: o.replayBytes ?? DEFAULTS.replayBytes,
+    handshakeMs: o.handshakeMs ?? DEFAULTS.handshakeMs,
+    log: o.log ?? pino({ level: 'silent' }),
+    agent: o.agent ?? 'pcinet',
+  };
+}
+
+/** Events: 'messages' (msgs: pcinet.Msg[]) one inbound batch, in order; 'drain' () backlogged went
+ *  false; 'disconnected' (err) the connection dropped, a resume is under way; 'resumed' ();
+ *  'close' (err?: Error) the session is over — undefined for an orderly close by either side. */
+export class Session extends EventEmitter {
+  readonly role: SessionRole;
+  /** 16 bytes chosen by the endpoint. */
+  readonly id: Uint8Array;
+  /** Capability bits both sides set. */
+  readonly capabilities: number;
+  readonly peerAgent: string;
+  /** The authenticated peer key this session was opened with (resumes must present the same). */
+  readonly peerFingerprint: string | undefined;
+  readonly #o: Resolved;
+  readonly #log: Logger;
+  readonly #peerKeepaliveMs: number;
+  /** Host side: how to get a new connection. */
+  readonly #redial: (() => Promise<Transport>) | undefined;
+
+  #t: Transport | undefined;
+  #detach: (() => void) | undefined;
+  #closed = false;
+  #closing = false;
+  #everAttached = false;
+
+  #outSeq = 0;
+  #inSeq = 0;
+  /** Highest ack we have sent. */
+  #ackSent = 0;
+  #replay: Pending[] = [];
+  #replayBytes = 0;
+  #batch: Uint8Array[] = [];
+  #batchBytes = 0;
+  #writeBlocked = false;
+  #reportedBacklog = false;
+  #paused = false;
+
+  #lastRx = Date.now();
+  #lastTx = Date.now();
+  #tick: NodeJS.Timeout | undefined;
+  #ackTimer: NodeJS.Timeout | undefined;
+  #graceTimer: NodeJS.Timeout | undefined;
+  #keepaliveNonce = 0;
+  readonly #stats: SessionStats = {
+    framesOut: 0,
+    framesIn: 0,
+    msgsOut: 0,
+    msgsIn: 0,
+    bytesOut: 0,
+    bytesIn: 0,
+    ackOnlyOut: 0,
+    keepalivesOut: 0,
+    resumes: 0,
+    replayedFrames: 0,
+    replayFrames: 0,
+    replayBytes: 0,
+  };
+
+  /** @internal — use openSession() or SessionServer. */
+  constructor(
+    role: SessionRole,
+    id: Uint8Array,
+    peer: pcinet.IHello,
+    peerFingerprint: string | undefined,
+    options: SessionOptions,
+    redial?: () => Promise<Transport>,
+  ) {
+    super();
+    this.role = role;
+    this.id = id;
+    this.capabilities = Number(peer.capabilities ?? 0) & OUR_CAPABILITIES;
+    this.peerAgent = peer.agent ?? '';
+    this.peerFingerprint = peerFingerprint;
+    this.#o = resolve(options);
+    this.#log = this.#o.log.child({ session: Buffer.from(id).toString('hex').slice(0, 8) });
+    this.#peerKeepaliveMs = peer.keepaliveMs ?? DEFAULTS.keepaliveMs;
+    this.#redial = redial;
+  }
+
+  get closed(): boolean {
+    return this.#closed;
+  }
+
+  get connected(): boolean {
+    return this.#t !== undefined;
+  }
+
+  /** Current connection, for logs. */
+  get remote(): string {
+    return this.#t?.remote ?? '(disconnected)';
+  }
+
+  /** True while producers should wait for 'drain': disconnected, the socket is full, or the peer
+   *  has not acknowledged replayBytes. */
+  get backlogged(): boolean {
+    return this.#closed || !this.#t || this.#writeBlocked || this.#replayBytes > this.#o.replayBytes;
+  }
+
+  /** Queues one sequenced message in the current batch. Ignored once the session is closed (device
+   *  work racing the close). */
+  send(m: Msg): void {
+    if (this.#closed) return;
+    const e = encodeMsg(m);
+    const size = framedSize(e);
+    if (size > MAX_FRAME_BYTES - 64)
+      throw new Error(`session: one message of ${size} bytes cannot be framed`);
+    if (this.#batchBytes + size > FRAME_SOFT_BYTES && this.#batch.length > 0) this.flush();
+    this.#batch.push(e);
+    this.#batchBytes += size;
+  }
+
+  /** Sends the current batch as one frame (nothing if it is empty). */
+  flush(): void {
+    if (this.#closed || this.#batch.length === 0) return;
+    const seq = ++this.#outSeq;
+    const bytes = encodeSequenced(seq, this.#inSeq, this.#batch);
+    this.#stats.msgsOut += this.#batch.length;
+    this.#batch = [];
+    this.#batchBytes = 0;
+    this.#replay.push({ seq, bytes });
+    this.#replayBytes += bytes.length;
+    if (this.#replayBytes > 4 * this.#o.replayBytes) {
+      this.#fail(
+        new ProtocolError(ErrorCode.REPLAY_OVERFLOW, `peer has not acknowledged ${this.#replayBytes} bytes`),
+      );
+      return;
+    }
+    if (this.#t) this.#write(bytes, this.#inSeq);
+    this.#checkDrain();
+  }
+
+  /** Inbound backpressure: stop / restart delivering 'messages'. */
+  pause(): void {
+    this.#paused = true;
+    this.#t?.pause();
+  }
+
+  resume(): void {
+    this.#paused = false;
+    this.#t?.resume();
+  }
+
+  stats(): SessionStats {
+    return { ...this.#stats, replayFrames: this.#replay.length, replayBytes: this.#replayBytes };
+  }
+
+  /** Closes the session. Orderly (no `err`): sends what is batched, waits (bounded) until the peer
+   *  has acknowledged everything, then Error{SHUTDOWN}. With `err`: Error{code} right away. */
+  async close(err?: Error): Promise<void> {
+    if (this.#closed || this.#closing) return;
+    if (err) {
+      this.#fail(err);
+      return;
+    }
+    this.#closing = true;
+    this.flush();
+    const deadline = Date.now() + 2000;
+    while (this.#t && this.#replay.length > 0 && Date.now() < deadline && !this.#closed) {
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    if (this.#closed) return;
+    this.#sendControl({ error: { code: ErrorCode.SHUTDOWN, message: 'closing' } });
+    this.#finish(undefined, true);
+  }
+
+  // ---- connection management -------------------------------------------------------------
+
+  /** @internal Takes a connection whose handshake is done; `peerReceived` is the peer's
+   *  received_seq (0 for a new session). The transport must be paused; it is resumed here. */
+  attach(t: Transport, peerReceived: number): void {
+    if (this.#closed) {
+      t.close();
+      return;
+    }
+    const resumed = this.#everAttached;
+    this.#everAttached = true;
+    this.#dropTransport();
+    if (peerReceived > this.#outSeq) {
+      this.#fail(
+        new ProtocolError(
+          ErrorCode.BAD_ARGUMENT,
+          `peer says it received ${peerReceived}, we sent ${this.#outSeq}`,
+        ),
+      );
+      t.close();
+      return;
+    }
+    this.#acked(peerReceived);
+    if (this.#replay.length > 0 && this.#replay[0]!.seq !== peerReceived + 1) {
+      this.#fail(
+        new ProtocolError(
+          ErrorCode.INTERNAL,
+          `replay starts at ${this.#replay[0]!.seq}, peer has ${peerReceived}`,
+        ),
+      );
+      t.close();
+      return;
+    }
+    clearTimeout(this.#graceTimer);
+    this.#graceTimer = undefined;
+    this.#t = t;
+    this.#writeBlocked = false;
+    const onFrame = (f: Uint8Array) => this.#onFrame(f);
+    const onDrain = () => {
+      this.#writeBlocked = false;
+      this.#checkDrain();
+    };
+    const onClose = (e?: Error) => this.#onTransportClose(t, e);
+    t.on('frame', onFrame);
+    t.on('drain', onDrain);
+    t.on('close', onClose);
+    this.#detach = () => {
+      t.off('frame', onFrame);
+      t.off('drain', onDrain);
+      t.off('close', onClose);
+    };
+    this.#lastRx = Date.now();
+    for (const p of this.#replay) {
+      this.#write(p.bytes, this.#inSeq);
+      if (resumed) this.#stats.replayedFrames++;
+    }
+    if (resumed) {
+      this.#stats.resumes++;
+      this.#log.info({ remote: t.remote, replayed: this.#replay.length }, 'session resumed');
+    }
+    this.#tick ??= setInterval(
+      () => this.#onTick(),
+      Math.max(10, Math.min(this.#o.keepaliveMs, this.#o.deadAfterMs) / 4),
+    );
+    this.#tick.unref?.();
+    if (!this.#paused) t.resume();
+    if (resumed) this.emit('resumed');
+    this.#checkDrain();
+  }
+
+  /** The highest sequenced frame received in order (for Resume). */
+  get receivedSeq(): number {
+    return this.#inSeq;
+  }
+
+  #dropTransport(): Transport | undefined {
+    const t = this.#t;
+    this.#detach?.();
+    this.#detach = undefined;
+    this.#t = undefined;
+    return t;
+  }
+
+  #onTransportClose(t: Transport, e?: Error): void {
+    if (t !== this.#t) return;
+    this.#dropTransport();
+    if (e instanceof ProtocolError) {
+      // The peer broke framing: no resume.
+      this.#fail(e);
+      return;
+    }
+    this.#lost(e ?? new Error('connection closed'));
+  }
+
+  /** The connection is gone but the session is not: hold it for the grace period. */
+  #lost(why: Error): void {
+    if (this.#closed) return;
+    if (this.#closing) {
+      this.#finish(undefined, false);
+      return;
+    }
+    this.#log.warn({ err: why.message }, 'connection lost; resuming');
+    this.emit('disconnected', why);
+    this.#checkDrain();
+    this.#graceTimer ??= setTimeout(() => {
+      this.#fail(new ProtocolError(ErrorCode.TIMEOUT, `no resume within ${this.#o.graceMs} ms`));
+    }, this.#o.graceMs);
+    if (this.#redial) void this.#redialLoop(this.#redial);
+  }
+
+  async #redialLoop(dial: () => Promise<Transport>): Promise<void> {
+    let delay = REDIAL_FIRST_MS;
+    while (!this.#closed && !this.#t) {
+      await new Promise((r) => setTimeout(r, delay));
+      delay = Math.min(2 * delay, REDIAL_MAX_MS);
+      if (this.#closed || this.#t) return;
+      let t: Transport;
+      try {
+        t = await dial();
+      } catch (e) {
+        if (e instanceof ProtocolError && e.code === ErrorCode.AUTH_REFUSED) {
+          this.#fail(e);
+          return;
+        }
+        this.#log.debug({ err: (e as Error).message }, 'redial failed');
+        continue;
+      }
+      if (this.#closed) {
+        t.close();
+        return;
+      }
+      try {
+        t.send(
+          encodeControl(0, [
+            { resume: { version: PROTOCOL_VERSION, sessionId: this.id, receivedSeq: long(this.#inSeq) } },
+          ]),
+        );
+        const f = await firstFrame(t, this.#o.handshakeMs);
+        const m = f.msgs[0];
+        if (m?.error) throw peerError(m.error);
+        if (!m?.resume)
+          throw new ProtocolError(
+            ErrorCode.UNEXPECTED_MESSAGE,
+            `expected Resume, got ${m?.body ?? 'nothing'}`,
+          );
+        checkVersion(m.resume.version);
+        if (Buffer.compare(Buffer.from(m.resume.sessionId ?? []), Buffer.from(this.id)) !== 0) {
+          throw new ProtocolError(ErrorCode.SESSION_UNKNOWN, 'endpoint resumed a different session');
+        }
+        this.attach(t, num(m.resume.receivedSeq, 'received_seq'));
+        this.#onAck(f.ack);
+      } catch (e) {
+        t.close();
+        if (e instanceof ProtocolError && e.code !== ErrorCode.TIMEOUT) {
+          this.#fail(e);
+          return;
+        }
+        this.#log.debug({ err: (e as Error).message }, 'resume attempt failed');
+      }
+    }
+  }
+
+  // ---- inbound -----------------------------------------------------------------------------
+
+  #onFrame(bytes: Uint8Array): void {
+    if (this.#closed) return;
+    this.#lastRx = Date.now();
+    this.#stats.bytesIn += bytes.length;
+    this.#stats.framesIn++;
+    let f: DecodedFrame;
+    try {
+      f = decodeFrame(bytes);
+      this.#onAck(f.ack);
+    } catch (e) {
+      this.#fail(e as Error);
+      return;
+    }
+    if (f.seq === 0) {
+      for (const m of f.msgs) this.#onControl(m);
+      return;
+    }
+    if (f.seq !== this.#inSeq + 1) {
+      this.#fail(new ProtocolError(ErrorCode.OUT_OF_ORDER, `frame ${f.seq} after ${this.#inSeq}`));
+      return;
+    }
+    this.#inSeq = f.seq;
+    this.#stats.msgsIn += f.msgs.length;
+    this.#scheduleAck();
+    try {
+      this.emit('messages', f.msgs);
+    } catch (e) {
+      if (!(e instanceof ProtocolError)) {
+        this.#log.error({ err: e }, 'internal error handling messages');
+        this.#fail(new ProtocolError(ErrorCode.INTERNAL, (e as Error).message));
+        return;
+      }
+      this.#fail(e);
+    }
+  }
+
+  #onAck(ack: number): void {
+    if (ack > this.#outSeq) {
+      throw new ProtocolError(
+        ErrorCode.BAD_ARGUMENT,
+        `ack ${ack} for a frame never sent (last ${this.#outSeq})`,
+      );
+    }
+    if (this.#acked(ack)) this.#checkDrain();
+  }
+
+  /** Drops acknowledged frames from the replay buffer; true if any were. */
+  #acked(ack: number): boolean {
+    let n = 0;
+    while (n < this.#replay.length && this.#replay[n]!.seq <= ack) {
+      this.#replayBytes -= this.#replay[n]!.bytes.length;
+      n++;
+    }
+    if (n > 0) this.#replay.splice(0, n);
+    return n > 0;
+  }
+
+  #onControl(m: pcinet.Msg): void {
+    if (m.keepAlive) {
+      if (!m.keepAlive.reply) this.#sendControl({ keepAlive: { nonce: m.keepAlive.nonce, reply: true } });
+      return;
+    }
+    if (m.error) {
+      const e = m.error;
+      if ((e.code ?? 0) === ErrorCode.SHUTDOWN) {
+        this.#log.info('peer closed the session');
+        this.#finish(undefined, true);
+      } else {
+        this.#finish(peerError(e), true);
+      }
+      return;
+    }
+    this.#fail(new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `${m.body} after the handshake`));
+  }
+
+  // ---- outbound ----------------------------------------------------------------------------
+
+  #write(bytes: Uint8Array, ack: number): void {
+    const t = this.#t!;
+    this.#stats.framesOut++;
+    this.#stats.bytesOut += bytes.length;
+    this.#lastTx = Date.now();
+    if (ack > this.#ackSent) this.#ackSent = ack;
+    if (this.#ackSent >= this.#inSeq) {
+      clearTimeout(this.#ackTimer);
+      this.#ackTimer = undefined;
+    }
+    if (!t.send(bytes)) this.#writeBlocked = true;
+  }
+
+  #sendControl(m: Msg): void {
+    if (!this.#t) return;
+    this.#write(encodeControl(this.#inSeq, [m]), this.#inSeq);
+  }
+
+  #scheduleAck(): void {
+    if (this.#ackTimer) return;
+    this.#ackTimer = setTimeout(() => {
+      this.#ackTimer = undefined;
+      if (this.#t && this.#ackSent < this.#inSeq) {
+        this.#stats.ackOnlyOut++;
+        this.#write(encodeControl(this.#inSeq, []), this.#inSeq);
+      }
+    }, ACK_DELAY_MS);
+  }
+
+  #checkDrain(): void {
+    const b = this.backlogged;
+    if (b) this.#reportedBacklog = true;
+    else if (this.#reportedBacklog) {
+      this.#reportedBacklog = false;
+      this.emit('drain');
+    }
+  }
+
+  #onTick(): void {
+    if (!this.#t) return;
+    const now = Date.now();
+    const dead = Math.max(this.#o.deadAfterMs, 2 * this.#peerKeepaliveMs);
+    if (now - this.#lastRx > dead) {
+      const t = this.#dropTransport()!;
+      t.close(new Error('peer silent'));
+      this.#lost(new Error(`nothing from the peer for ${now - this.#lastRx} ms`));
+      return;
+    }
+    if (now - this.#lastTx >= this.#o.keepaliveMs) {
+      this.#stats.keepalivesOut++;
+      this.#sendControl({ keepAlive: { nonce: long(++this.#keepaliveNonce), reply: false } });
+    }
+  }
+
+  // ---- closing -----------------------------------------------------------------------------
+
+  /** Closes because of `err`: tells the peer why (if connected), then finishes. */
+  #fail(err: Error): void {
+    if (this.#closed) return;
+    const code = err instanceof ProtocolError ? err.code : ErrorCode.INTERNAL;
+    this.#log.warn({ code: ErrorCode[code], err: err.message }, 'closing session');
+    this.#sendControl({ error: { code, message: err.message.slice(0, 500) } });
+    this.#finish(err, true);
+  }
+
+  #finish(err: Error | undefined, closeTransport: boolean): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    clearInterval(this.#tick);
+    clearTimeout(this.#ackTimer);
+    clearTimeout(this.#graceTimer);
+    const t = this.#dropTransport();
+    if (closeTransport) t?.close(err);
+    this.#batch = [];
+    this.emit('close', err);
+  }
+}
+
+function peerError(e: pcinet.IError): ProtocolError {
+  const code = (e.code ?? ErrorCode.INTERNAL) as ErrorCode;
+  return new ProtocolError(code, `peer closed the session: ${e.message ?? ''}`);
+}
+
+function checkVersion(v: number | null | undefined): void {
+  if (v !== PROTOCOL_VERSION) {
+    throw new ProtocolError(
+      ErrorCode.BAD_VERSION,
+      `protocol version ${v ?? 0} (we speak ${PROTOCOL_VERSION})`,
+    );
+  }
+}
+
+/** Waits for the first frame of a connection (a handshake message) and pauses the transport so
+ *  that nothing after it is lost before the session takes over. */
+export function firstFrame(t: Transport, timeoutMs: number): Promise<DecodedFrame> {
+  return new Promise((res, rej) => {
+    const cleanup = () => {
+      clearTimeout(timer);
+      t.off('frame', onFrame);
+      t.off('close', onClose);
+    };
+    const onFrame = (bytes: Uint8Array) => {
+      cleanup();
+      t.pause();
+      try {
+        const f = decodeFrame(bytes);
+        if (f.seq !== 0 || f.msgs.length !== 1) {
+          throw new ProtocolError(
+            ErrorCode.UNEXPECTED_MESSAGE,
+            'the first frame must be one Hello, Resume or Error',
+          );
+        }
+        res(f);
+      } catch (e) {
+        rej(e);
+      }
+    };
+    const onClose = (e?: Error) => {
+      cleanup();
+      rej(e ?? new Error(`${t.remote}: closed during the handshake`));
+    };
+    const timer = setTimeout(() => {
+      cleanup();
+      rej(new ProtocolError(ErrorCode.TIMEOUT, `${t.remote}: no handshake within ${timeoutMs} ms`));
+    }, timeoutMs);
+    t.on('frame', onFrame);
+    t.on('close', onClose);
+  });
+}
+
+/** Host side: dials, says Hello, and returns the session once the endpoint answered. `dial` is
+ *  called again for every reconnect. Rejects with the endpoint's coded refusal (AUTH_REFUSED, BUSY,
+ *  BAD_VERSION …) or the dial error. */
+export async function openSession(
+  dial: () => Promise<Transport>,
+  options: SessionOptions = {},
+): Promise<Session> {
+  const o = resolve(options);
+  const t = await dial();
+  try {
+    t.send(
+      encodeControl(0, [
+        {
+          hello: {
+            version: PROTOCOL_VERSION,
+            capabilities: long(OUR_CAPABILITIES),
+            agent: o.agent,
+            keepaliveMs: o.keepaliveMs,
+          },
+        },
+      ]),
+    );
+    const f = await firstFrame(t, o.handshakeMs);
+    const m = f.msgs[0]!;
+    if (m.error) throw peerError(m.error);
+    if (!m.hello) throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `expected Hello, got ${m.body}`);
+    checkVersion(m.hello.version);
+    const id = m.hello.sessionId ?? new Uint8Array();
+    if (id.length !== 16) throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `session id of ${id.length} bytes`);
+    const s = new Session('host', id, m.hello, t.peerFingerprint, options, dial);
+    s.attach(t, 0);
+    return s;
+  } catch (e) {
+    if (e instanceof ProtocolError && e.code !== ErrorCode.TIMEOUT && !e.message.startsWith('peer closed')) {
+      // Tell the endpoint why we give up (it may log it); best effort.
+      t.send(encodeControl(0, [{ error: { code: e.code, message: e.message.slice(0, 500) } }]));
+    }
+    t.close();
+    throw e;
+  }
+}
+
+export interface SessionServerOptions extends SessionOptions {
+  /** Decides whether a new session may start (e.g. BUSY while another host holds the devices).
+   *  Return a ProtocolError to refuse. */
+  admit?: (peerFingerprint: string | undefined) => ProtocolError | undefined;
+}
+
+/** Endpoint side: runs handshakes on accepted connections, creates sessions and resumes them. */
+export class SessionServer {
+  readonly #o: SessionServerOptions;
+  readonly #log: Logger;
+  readonly #onSession: (s: Session) => void;
+  readonly #sessions = new Map<string, Session>();
+  readonly #pending = new Set<Transport>();
+  #closed = false;
+
+  constructor(options: SessionServerOptions, onSession: (s: Session) => void) {
+    this.#o = options;
+    this.#log = options.log ?? pino({ level: 'silent' });
+    this.#onSession = onSession;
+  }
+
+  get sessions(): Session[] {
+    return [...this.#sessions.values()];
+  }
+
+  /** Takes a new connection; never throws (a bad peer only closes its own connection). */
+  accept(t: Transport): void {
+    if (this.#closed) {
+      t.close();
+      return;
+    }
+    this.#pending.add(t);
+    firstFrame(t, this.#o.handshakeMs ?? DEFAULTS.handshakeMs)
+      .then((f) => this.#handshake(t, f))
+      .catch((e: Error) => this.#refuse(t, e))
+      .finally(() => this.#pending.delete(t));
+  }
+
+  #refuse(t: Transport, e: Error): void {
+    const code = e instanceof ProtocolError ? e.code : ErrorCode.INTERNAL;
+    this.#log.warn({ remote: t.remote, code: ErrorCode[code], err: e.message }, 'handshake refused');
+    t.send(encodeControl(0, [{ error: { code, message: e.message.slice(0, 500) } }]));
+    t.close(e);
+  }
+
+  #handshake(t: Transport, f: DecodedFrame): void {
+    const m = f.msgs[0]!;
+    if (m.error) throw peerError(m.error);
+    if (m.hello) {
+      checkVersion(m.hello.version);
+      if (m.hello.sessionId && m.hello.sessionId.length > 0) {
+        throw new ProtocolError(ErrorCode.BAD_ARGUMENT, 'a new session starts with an empty session id');
+      }
+      const refusal = this.#o.admit?.(t.peerFingerprint);
+      if (refusal) throw refusal;
+      const id = randomBytes(16);
+      const s = new Session('endpoint', id, m.hello, t.peerFingerprint, this.#o);
+      const key = id.toString('hex');
+      this.#sessions.set(key, s);
+      s.once('close', () => this.#sessions.delete(key));
+      t.send(
+        encodeControl(0, [
+          {
+            hello: {
+              version: PROTOCOL_VERSION,
+              capabilities: long(OUR_CAPABILITIES),
+              agent: this.#o.agent ?? 'pcinet',
+              sessionId: id,
+              keepaliveMs: this.#o.keepaliveMs ?? DEFAULTS.keepaliveMs,
+            },
+          },
+        ]),
+      );
+      this.#log.info({ remote: t.remote, peer: m.hello.agent, session: key.slice(0, 8) }, 'session opened');
+      this.#onSession(s);
+      s.attach(t, 0);
+      return;
+    }
+    if (m.resume) {
+      checkVersion(m.resume.version);
+      const key = Buffer.from(m.resume.sessionId ?? []).toString('hex');
+      const s = this.#sessions.get(key);
+      if (!s || s.closed)
+        throw new ProtocolError(ErrorCode.SESSION_UNKNOWN, `no session ${key || '(empty id)'}`);
+      if (s.peerFingerprint !== t.peerFingerprint) {
+        throw new ProtocolError(ErrorCode.AUTH_REFUSED, 'resume from a different host key');
+      }
+      t.send(
+        encodeControl(0, [
+          { resume: { version: PROTOCOL_VERSION, sessionId: s.id, receivedSeq: long(s.receivedSeq) } },
+        ]),
+      );
+      s.attach(t, num(m.resume.receivedSeq, 'received_seq'));
+      return;
+    }
+    throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `${m.body} before Hello`);
+  }
+
+  /** Closes every session (orderly) and refuses new connections. */
+  async close(): Promise<void> {
+    this.#closed = true;
+    for (const t of this.#pending) t.close();
+    await Promise.all([...this.#sessions.values()].map((s) => s.close()));
+  }
+}

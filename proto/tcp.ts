@@ -1,0 +1,264 @@
+// Stream transports: plain TCP and TLS (mutual authentication, peers pinned by key fingerprint).
+// Both carry length-prefixed frames (framing.ts) over a net.Socket / tls.TLSSocket.
+import { EventEmitter } from 'node:events';
+import net from 'node:net';
+import tls from 'node:tls';
+import { encodeControl } from './codec.js';
+import { FrameParser, lengthPrefix } from './framing.js';
+import { fingerprintOf, type Identity } from './identity.js';
+import type { Transport, TransportEvents } from './transport.js';
+import { ErrorCode, ProtocolError } from './wire.js';
+
+/** How long a TLS handshake (including the peer's certificate check) may take. */
+export const HANDSHAKE_TIMEOUT_MS = 10_000;
+
+/** Client side: our identity, and the endpoint fingerprint we accept. */
+export interface TlsClientAuth {
+  identity: Identity;
+  pin: string;
+}
+
+/** Server side: our identity, and the host fingerprints we accept. */
+export interface TlsServerAuth {
+  identity: Identity;
+  allow: readonly string[];
+}
+
+export class SocketTransport extends EventEmitter<TransportEvents> implements Transport {
+  readonly remote: string;
+  readonly peerFingerprint: string | undefined;
+  readonly #socket: net.Socket;
+  readonly #parser = new FrameParser();
+  /** Frames parsed while paused, delivered on resume. */
+  #held: Uint8Array[] = [];
+  #paused = false;
+  #closed = false;
+  /** A framing error: nothing more is read. */
+  #closedForInput = false;
+  #error: Error | undefined;
+
+  constructor(socket: net.Socket, remote: string, peerFingerprint?: string) {
+    super();
+    this.#socket = socket;
+    this.remote = remote;
+    this.peerFingerprint = peerFingerprint;
+    socket.setNoDelay(true);
+    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    socket.on('drain', () => this.emit('drain'));
+    socket.on('error', (e) => {
+      this.#error ??= e;
+    });
+    socket.on('end', () => {
+      if (this.#parser.pending > 0) {
+        this.#error ??= new ProtocolError(
+          ErrorCode.BAD_LENGTH,
+          `stream ended inside a frame (${this.#parser.pending} bytes)`,
+        );
+      }
+    });
+    socket.on('close', () => this.#finish());
+  }
+
+  send(frame: Uint8Array): boolean {
+    if (this.#closed || this.#socket.destroyed) return false;
+    this.#socket.cork();
+    this.#socket.write(lengthPrefix(frame.length));
+    const ok = this.#socket.write(frame);
+    this.#socket.uncork();
+    return ok;
+  }
+
+  pause(): void {
+    this.#paused = true;
+    this.#socket.pause();
+  }
+
+  resume(): void {
+    this.#paused = false;
+    while (!this.#paused && !this.#closed && this.#held.length > 0) this.emit('frame', this.#held.shift()!);
+    if (!this.#paused) this.#socket.resume();
+  }
+
+  close(err?: Error): void {
+    if (this.#closed) return;
+    this.#error ??= err;
+    if (err) this.#socket.destroy();
+    else this.#socket.end();
+    // A peer that never closes its half must not keep us waiting.
+    setTimeout(() => this.#socket.destroy(), 2000).unref();
+  }
+
+  #onData(chunk: Buffer): void {
+    if (this.#closed || this.#closedForInput) return;
+    let frames: Uint8Array[];
+    try {
+      frames = this.#parser.push(chunk);
+    } catch (e) {
+      this.#broken(e as ProtocolError);
+      return;
+    }
+    for (const f of frames) {
+      if (this.#paused || this.#held.length > 0) this.#held.push(f);
+      else this.emit('frame', f);
+    }
+  }
+
+  /** The byte stream cannot be framed any more: tell the peer why (its last frame) and close. */
+  #broken(e: ProtocolError): void {
+    this.#error ??= e;
+    this.#closedForInput = true;
+    this.#socket.pause();
+    const farewell = encodeControl(0, [{ error: { code: e.code, message: e.message } }]);
+    this.#socket.write(lengthPrefix(farewell.length));
+    this.#socket.end(farewell);
+    setTimeout(() => this.#socket.destroy(), 1000).unref();
+  }
+
+  #finish(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.emit('close', this.#error);
+  }
+}
+
+function tlsOptions(identity: Identity): tls.SecureContextOptions {
+  return { key: identity.key, cert: identity.cert, minVersion: 'TLSv1.3' };
+}
+
+/** The authenticated peer's key fingerprint, or undefined if it presented no certificate. */
+export function peerFingerprintOf(socket: tls.TLSSocket): string | undefined {
+  const cert = socket.getPeerX509Certificate();
+  return cert ? fingerprintOf(cert.publicKey) : undefined;
+}
+
+function hostLabel(host: string): string {
+  return net.isIPv6(host) ? `[${host}]` : host;
+}
+
+/** Connects; with `auth`, over TLS, refusing an endpoint whose key is not the pinned one. */
+export function dialTcp(host: string, port: number, auth?: TlsClientAuth): Promise<SocketTransport> {
+  const label = `${auth ? 'tls' : 'tcp'}://${hostLabel(host)}:${port}`;
+  return new Promise((resolve, reject) => {
+    let socket: net.Socket;
+    const fail = (e: Error) => {
+      socket.destroy();
+      reject(e);
+    };
+    const timer = setTimeout(
+      () =>
+        fail(
+          new ProtocolError(ErrorCode.TIMEOUT, `${label}: no connection within ${HANDSHAKE_TIMEOUT_MS} ms`),
+        ),
+      HANDSHAKE_TIMEOUT_MS,
+    );
+    const done = (fp?: string) => {
+      clearTimeout(timer);
+      socket.removeAllListeners('error');
+      resolve(new SocketTransport(socket, label, fp));
+    };
+    if (!auth) {
+      socket = net.connect({ host, port }, () => done());
+    } else {
+      socket = tls.connect({
+        host,
+        port,
+        ...tlsOptions(auth.identity),
+        // The endpoint's certificate is self-signed; trust comes from the pinned key, checked here.
+        rejectUnauthorized: false,
+        servername: net.isIP(host) ? undefined : host,
+      });
+      socket.once('secureConnect', () => {
+        const fp = peerFingerprintOf(socket as tls.TLSSocket);
+        if (fp !== auth.pin) {
+          clearTimeout(timer);
+          fail(
+            new ProtocolError(
+              ErrorCode.AUTH_REFUSED,
+              `${label}: endpoint key ${fp ?? '(none)'} is not the pinned ${auth.pin}`,
+            ),
+          );
+          return;
+        }
+        done(fp);
+      });
+    }
+    socket.once('error', (e) => {
+      clearTimeout(timer);
+      fail(e);
+    });
+  });
+}
+
+export interface Listener {
+  /** Where it listens, e.g. "tls://127.0.0.1:7470" (with the real port when 0 was asked for). */
+  readonly address: string;
+  readonly port: number;
+  close(): Promise<void>;
+}
+
+/** Listens; every accepted (and, with `auth`, authenticated) connection goes to onTransport. A host
+ *  whose key is not allowed is refused before a single frame is read: `onRefused` hears about it and
+ *  the connection gets an Error{AUTH_REFUSED} frame, then closes. */
+export function listenTcp(
+  host: string,
+  port: number,
+  auth: TlsServerAuth | undefined,
+  onTransport: (t: Transport) => void,
+  onRefused: (remote: string, why: string) => void = () => {},
+  refusal: (why: string) => Uint8Array = () => new Uint8Array(),
+): Promise<Listener> {
+  const scheme = auth ? 'tls' : 'tcp';
+  const remoteOf = (s: net.Socket) => `${scheme}://${hostLabel(s.remoteAddress ?? '?')}:${s.remotePort ?? 0}`;
+  const sockets = new Set<net.Socket>();
+  const track = (s: net.Socket) => {
+    sockets.add(s);
+    s.once('close', () => sockets.delete(s));
+  };
+  let server: net.Server;
+  if (!auth) {
+    server = net.createServer((s) => {
+      track(s);
+      onTransport(new SocketTransport(s, remoteOf(s)));
+    });
+  } else {
+    server = tls.createServer({
+      ...tlsOptions(auth.identity),
+      requestCert: true,
+      rejectUnauthorized: false,
+      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
+    });
+    server.on('secureConnection', (s: tls.TLSSocket) => {
+      track(s);
+      const fp = peerFingerprintOf(s);
+      if (!fp || !auth.allow.includes(fp)) {
+        const why = fp ? `host key ${fp} is not allowed` : 'host presented no certificate';
+        onRefused(remoteOf(s), why);
+        const r = refusal(why);
+        if (r.length > 0) s.write(lengthPrefix(r.length));
+        s.end(r);
+        setTimeout(() => s.destroy(), 1000).unref();
+        return;
+      }
+      onTransport(new SocketTransport(s, remoteOf(s), fp));
+    });
+    server.on('tlsClientError', (e, s) => {
+      onRefused(remoteOf(s), `TLS: ${e.message}`);
+    });
+  }
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => {
+      server.off('error', reject);
+      const a = server.address() as net.AddressInfo;
+      resolve({
+        address: `${scheme}://${hostLabel(a.address)}:${a.port}`,
+        port: a.port,
+        close: () =>
+          new Promise<void>((res) => {
+            for (const s of sockets) s.destroy();
+            server.close(() => res());
+          }),
+      });
+    });
+  });
+}
