@@ -30,8 +30,8 @@ export function commandScript(command: string | readonly string[]): string {
 }
 
 /** Sourced by /init: where the kernel image's modules are on this machine (seen over 9p). */
-export function initEnv(modulesDir: string): string {
-  return `LAB_MODULES=${shQuote(modulesDir)}\n`;
+export function initEnv(modulesDir: string, tmpBinds: readonly string[] = []): string {
+  return `LAB_MODULES=${shQuote(modulesDir)}\nLAB_TMP_BINDS=${shQuote(tmpBinds.join(' '))}\n`;
 }
 
 export interface GuestPcinet {

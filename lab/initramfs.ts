@@ -101,6 +101,9 @@ done
 
 mount -t 9p -o trans=virtio,version=9p2000.L,ro,cache=loose,msize=${NINEP_MSIZE} ${TAG_ROOT} ${R} \\
   || die "cannot mount this machine's root over 9p (tag ${TAG_ROOT})"
+# This machine's /tmp stays reachable under /hosttmp, for directories of it the run needs
+# (LAB_TMP_BINDS, e.g. a checkout under /tmp), bound at their own paths after init.env.
+mkdir -p /hosttmp && mount -o bind ${R}/tmp /hosttmp || die "cannot keep this machine's /tmp"
 mount -t tmpfs -o mode=1777 tmpfs ${R}/tmp || die "tmpfs /tmp"
 mount -t tmpfs -o mode=755 tmpfs ${R}/run || die "tmpfs /run"
 mkdir -p ${R}${GUEST_RUN_DIR}
@@ -115,6 +118,9 @@ mount -t tmpfs tmpfs ${R}/dev/shm
 
 # init.env sets LAB_MODULES: the unpacked image's lib/modules/${kver} on this machine.
 . ${R}${GUEST_RUN_DIR}/init.env || die "no init.env in the run directory"
+for p in $LAB_TMP_BINDS; do
+  mkdir -p "${R}$p" && mount -o bind "/hosttmp/\${p#/tmp/}" "${R}$p" || die "cannot bind $p from this machine's /tmp"
+done
 [ -d "${R}$LAB_MODULES" ] || die "modules directory $LAB_MODULES not visible in the guest"
 mount -o bind "${R}$LAB_MODULES" /lib/modules/${kver}
 echo /sbin/modprobe >/proc/sys/kernel/modprobe

@@ -187,8 +187,14 @@ export function guestSees(path: string): boolean {
   return !GUEST_OWN_MOUNTS.some((m) => p === m || p.startsWith(`${m}/`));
 }
 
-function guestVisible(path: string, what: string): string {
+/** `path` as the guest sees it. Directories under this machine's /tmp (a checkout in /tmp, say)
+ *  are bound into the guest's /tmp at the same path: they are added to `tmpBinds`. */
+function guestVisible(path: string, what: string, tmpBinds?: Set<string>): string {
   const p = resolve(path);
+  if (tmpBinds && p.startsWith('/tmp/') && !/\s/.test(p)) {
+    tmpBinds.add(p);
+    return p;
+  }
   if (!guestSees(p)) {
     throw new LabError(
       'prepare',
@@ -388,8 +394,10 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
   }
   phase('prepare', assets.kver);
   const node = guestVisible(process.execPath, 'node');
-  const cwd = guestVisible(o.cwd ?? repoRoot(), 'the working directory');
-  guestVisible(assets.modulesDir, 'the lab cache');
+  const tmpBinds = new Set<string>();
+  const cwd = guestVisible(o.cwd ?? repoRoot(), 'the working directory', tmpBinds);
+  guestVisible(repoRoot(), 'the pcinet checkout', tmpBinds);
+  guestVisible(assets.modulesDir, 'the lab cache', tmpBinds);
   const timeoutMs = o.timeoutMs ?? DEFAULT_TIMEOUT_MS;
 
   const dir = mkdtempSync(join(tmpdir(), 'pcinet-lab-'));
@@ -439,7 +447,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
     }
 
     const path = defaultPath(node);
-    writeFileSync(join(share, 'init.env'), initEnv(assets.modulesDir));
+    writeFileSync(join(share, 'init.env'), initEnv(assets.modulesDir, [...tmpBinds]));
     writeFileSync(
       join(share, 'env.sh'),
       envScript({ PATH: path, HOME: '/tmp', LANG: 'C.UTF-8', TERM: 'dumb', PCINET_LAB: '1', ...o.env }),

@@ -145,6 +145,8 @@ export class Session extends EventEmitter {
   #writeBlocked = false;
   #reportedBacklog = false;
   #paused = false;
+  /** Inbound batches that arrived before a 'messages' listener existed. */
+  #early: pcinet.Msg[][] = [];
 
   #lastRx = Date.now();
   #lastTx = Date.now();
@@ -186,6 +188,9 @@ export class Session extends EventEmitter {
     this.#log = this.#o.log.child({ session: Buffer.from(id).toString('hex').slice(0, 8) });
     this.#peerKeepaliveMs = peer.keepaliveMs ?? DEFAULTS.keepaliveMs;
     this.#redial = redial;
+    this.on('newListener', (event: string) => {
+      if (event === 'messages' && this.#early.length > 0) setImmediate(() => this.#deliverEarly());
+    });
   }
 
   get closed(): boolean {
@@ -462,8 +467,24 @@ export class Session extends EventEmitter {
     this.#inSeq = f.seq;
     this.#stats.msgsIn += f.msgs.length;
     this.#scheduleAck();
+    if (this.#early.length > 0 || this.listenerCount('messages') === 0) {
+      // Nobody listens yet (the owner is still wiring up after the handshake): keep it, in order,
+      // and stop reading until someone does.
+      this.#early.push(f.msgs);
+      this.#t?.pause();
+      return;
+    }
+    this.#deliver(f.msgs);
+  }
+
+  #deliverEarly(): void {
+    while (this.#early.length > 0 && !this.#closed) this.#deliver(this.#early.shift()!);
+    if (!this.#paused) this.#t?.resume();
+  }
+
+  #deliver(msgs: pcinet.Msg[]): void {
     try {
-      this.emit('messages', f.msgs);
+      this.emit('messages', msgs);
     } catch (e) {
       if (!(e instanceof ProtocolError)) {
         this.#log.error({ err: e }, 'internal error handling messages');

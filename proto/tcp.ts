@@ -49,11 +49,10 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
       this.#error ??= e;
     });
     socket.on('end', () => {
+      // A connection cut in the middle of a frame is a lost connection, not a peer error: the
+      // frame was never delivered, and a resume replays it.
       if (this.#parser.pending > 0) {
-        this.#error ??= new ProtocolError(
-          ErrorCode.BAD_LENGTH,
-          `stream ended inside a frame (${this.#parser.pending} bytes)`,
-        );
+        this.#error ??= new Error(`connection ended inside a frame (${this.#parser.pending} bytes)`);
       }
     });
     socket.on('close', () => this.#finish());

@@ -1,0 +1,108 @@
+// What `pcinet endpoint`, `pcinet host` and `pcinet id` do, given parsed flags.
+import { renameSync, writeFileSync } from 'node:fs';
+import type { Logger } from 'pino';
+import { parseDeviceSpec } from '../endpoint/device-spec.js';
+import { EndpointServer } from '../endpoint/server.js';
+import { runHostAgent } from '../host-agent/agent.js';
+import { type Address, isLoopback, parseAddress } from '../proto/address.js';
+import { loadOrCreateIdentity } from '../proto/identity.js';
+import type { SessionOptions } from '../proto/session.js';
+import { UsageError } from './errors.js';
+import type { CommonFlags, EndpointFlags, HostFlags } from './main.js';
+
+/** Whether an address gets TLS: explicit schemes decide; a bare HOST:PORT is plain on loopback and
+ *  TLS elsewhere. Plain transports to other hosts need --insecure. */
+export function wantsTls(addr: Address, insecure: boolean): boolean {
+  if (addr.scheme === 'tls' || addr.scheme === 'wss') return true;
+  const loopback = isLoopback(addr.host);
+  if (addr.scheme === 'tcp' || addr.scheme === 'ws') {
+    if (!loopback && !insecure) {
+      throw new UsageError(`${addr.scheme}:// to ${addr.host} is unencrypted; use tls:// or wss://, or pass --insecure`);
+    }
+    return false;
+  }
+  return !loopback && !insecure;
+}
+
+function address(text: string): Address {
+  try {
+    return parseAddress(text);
+  } catch (e) {
+    throw new UsageError((e as Error).message);
+  }
+}
+
+function sessionOptions(o: CommonFlags, log: Logger): SessionOptions {
+  return { keepaliveMs: o.keepaliveMs, deadAfterMs: o.deadAfterMs, graceMs: o.graceMs, log };
+}
+
+const FINGERPRINT = /^sha256:[0-9a-f]{64}$/;
+
+function checkFingerprint(fp: string, flag: string): string {
+  if (!FINGERPRINT.test(fp)) throw new UsageError(`${flag} ${fp}: expected sha256:<64 hex digits> (see pcinet id)`);
+  return fp;
+}
+
+export async function runId(identityDir: string): Promise<string> {
+  return (await loadOrCreateIdentity(identityDir)).fingerprint;
+}
+
+function untilSignal(): Promise<string> {
+  return new Promise((resolve) => {
+    process.once('SIGINT', () => resolve('SIGINT'));
+    process.once('SIGTERM', () => resolve('SIGTERM'));
+  });
+}
+
+export async function runEndpoint(o: EndpointFlags, log: Logger): Promise<void> {
+  const specs = o.device ?? [];
+  if (specs.length === 0) throw new UsageError('no --device given (e.g. --device test)');
+  const models = specs.map((s) => {
+    try {
+      return parseDeviceSpec(s);
+    } catch (e) {
+      throw new UsageError((e as Error).message);
+    }
+  });
+  const addr = address(o.listen);
+  const tls = wantsTls(addr, o.insecure);
+  const allow = (o.allow ?? []).map((fp) => checkFingerprint(fp, '--allow'));
+  if (tls && allow.length === 0) {
+    throw new UsageError('TLS endpoint needs at least one --allow <host fingerprint> (the host prints it with pcinet id)');
+  }
+  const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
+  const server = new EndpointServer({ models, log, session: sessionOptions(o, log) });
+  const where = await server.listen(addr, identity ? { identity, allow } : undefined);
+  log.info({ address: where, tls, devices: specs, fingerprint: identity?.fingerprint }, 'endpoint listening');
+  const sig = await untilSignal();
+  log.info({ signal: sig }, 'shutting down');
+  await server.close();
+}
+
+/** One JSON line per device, written whole: a reader never sees a partial file (docs/LAB.md). */
+function writeReadyFile(path: string, devices: readonly object[]): void {
+  const tmp = `${path}.tmp`;
+  writeFileSync(tmp, `${devices.map((d) => JSON.stringify(d)).join('\n')}\n`);
+  renameSync(tmp, path);
+}
+
+export async function runHost(o: HostFlags, log: Logger): Promise<number> {
+  const addr = address(o.connect);
+  const tls = wantsTls(addr, o.insecure);
+  if (tls && !o.pin) {
+    throw new UsageError(`connecting to ${addr.host} uses TLS: give the endpoint's fingerprint with --pin`);
+  }
+  if (o.selftest && o.channel !== 'sim') throw new UsageError('--selftest needs --channel sim');
+  const pin = o.pin ? checkFingerprint(o.pin, '--pin') : undefined;
+  const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
+  return runHostAgent({
+    address: addr,
+    tls: identity && pin ? { identity, pin } : undefined,
+    channel: o.channel,
+    selftest: o.selftest,
+    session: sessionOptions(o, log),
+    log,
+    untilSignal: untilSignal(),
+    onReady: o.readyFile ? (devices) => writeReadyFile(o.readyFile!, devices) : undefined,
+  });
+}

@@ -1,0 +1,139 @@
+#!/usr/bin/env node
+// The `pcinet` command. Only argument handling lives here; each command calls into its part.
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { labCommand } from '../lab/cli.js';
+import { readConfigFile, mergeOptions } from './config.js';
+import { EXIT_USAGE, UsageError } from './errors.js';
+import { LOG_LEVELS, type LogLevel, makeLogger } from './log.js';
+import { runEndpoint, runHost, runId } from './commands.js';
+
+const VERSION = '0.1.0';
+
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('must be a positive integer');
+  return n;
+}
+
+function collect(v: string, prev: string[] = []): string[] {
+  return [...prev, v];
+}
+
+function common(cmd: Command): Command {
+  return cmd
+    .option('--config <file>', 'read options from a JSON file (flags win)')
+    .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
+    .option('--identity <dir>', 'identity directory (key + certificate)', defaultIdentityDir())
+    .option('--insecure', 'allow plain TCP/WebSocket to a non-loopback address', false)
+    .option('--keepalive-ms <ms>', 'keep-alive interval', positiveInt, 1000)
+    .option('--dead-after-ms <ms>', 'a silent peer is dead after this long', positiveInt, 3000)
+    .option('--grace-ms <ms>', 'how long a lost connection may be resumed', positiveInt, 30000);
+}
+
+export function defaultIdentityDir(): string {
+  const base = process.env.XDG_CONFIG_HOME ?? `${process.env.HOME ?? '/root'}/.config`;
+  return process.env.PCINET_HOME ?? `${base}/pcinet`;
+}
+
+/** Flags over the --config file; the file's keys are validated by readConfigFile. */
+function options<T extends { config?: string }>(cmd: Command): T & { logLevel: LogLevel } {
+  const cli = cmd.opts<T & { logLevel: LogLevel }>();
+  if (!cli.config) return cli;
+  const merged = mergeOptions(cli, readConfigFile(cli.config), (k) => cmd.getOptionValueSource(k) === 'cli');
+  if (!LOG_LEVELS.includes(merged.logLevel)) throw new UsageError(`unknown log level "${merged.logLevel}"`);
+  return merged;
+}
+
+export function buildProgram(): Command {
+  const program = new Command('pcinet')
+    .description('PCIe devices over the network')
+    .version(VERSION)
+    .showHelpAfterError(false);
+
+  common(
+    program
+      .command('endpoint')
+      .description('serve device models to hosts (the card side)')
+      .option('--listen <addr>', 'HOST:PORT, tcp://, tls://, ws:// or wss:// address', '127.0.0.1:7470')
+      .option('--device <spec>', 'a device to serve, e.g. test or test:vectors=16 (repeatable)', collect)
+      .option('--allow <fingerprint>', "a host's key fingerprint to accept (repeatable)", collect),
+  ).action(async (_o, cmd: Command) => {
+    const o = options<EndpointFlags>(cmd);
+    await runEndpoint(o, makeLogger(o.logLevel, 'endpoint'));
+  });
+
+  common(
+    program
+      .command('host')
+      .description('put an endpoint’s devices on this machine (the workstation side)')
+      .requiredOption('--connect <addr>', "the endpoint's address")
+      .addOption(new Option('--channel <name>', 'where devices appear').choices(['sim', 'kernel']).default('kernel'))
+      .option('--pin <fingerprint>', "the endpoint's key fingerprint (required for TLS)")
+      .option('--selftest', 'sim channel: run the test device selftest and exit 0 only if it passes', false)
+      .option('--ready-file <path>', 'write a JSON line per attached device here once all are attached'),
+  ).action(async (_o, cmd: Command) => {
+    const o = options<HostFlags>(cmd);
+    process.exitCode = await runHost(o, makeLogger(o.logLevel, 'host'));
+  });
+
+  program
+    .command('id')
+    .description("print this machine's key fingerprint (creating the identity on first use)")
+    .option('--identity <dir>', 'identity directory', defaultIdentityDir())
+    .action(async (o: { identity: string }) => {
+      process.stdout.write(`${await runId(o.identity)}\n`);
+    });
+
+  labCommand(program);
+  return program;
+}
+
+export interface CommonFlags {
+  config?: string;
+  logLevel: LogLevel;
+  identity: string;
+  insecure: boolean;
+  keepaliveMs: number;
+  deadAfterMs: number;
+  graceMs: number;
+}
+export interface EndpointFlags extends CommonFlags {
+  listen: string;
+  device?: string[];
+  allow?: string[];
+}
+export interface HostFlags extends CommonFlags {
+  connect: string;
+  channel: 'sim' | 'kernel';
+  pin?: string;
+  selftest: boolean;
+  readyFile?: string;
+}
+
+function usageExit(message: string): never {
+  process.stderr.write(`pcinet: ${message.replace(/^error: /, '')}\n`);
+  process.exit(EXIT_USAGE);
+}
+
+export async function main(argv: string[]): Promise<void> {
+  const program = buildProgram();
+  program.exitOverride();
+  for (const c of program.commands) c.exitOverride();
+  program.configureOutput({ writeErr: () => {}, outputError: () => {} });
+  for (const c of program.commands) c.configureOutput({ writeErr: () => {}, outputError: () => {} });
+  try {
+    await program.parseAsync(argv);
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.exitCode === 0) return; // --help, --version
+      usageExit(e.message);
+    }
+    if (e instanceof UsageError) usageExit(e.message);
+    throw e;
+  }
+}
+
+main(process.argv).catch((e: unknown) => {
+  process.stderr.write(`pcinet: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});

@@ -1,0 +1,270 @@
+// The relay: connects a session to a channel. Attach messages become devices on the channel (and
+// an AttachResult back); device -> host messages go to their device in session order; what the
+// channel's devices send goes out on the session, batched once per tick. A device message is never
+// processed before the Attach in front of it has finished: inbound batches are handled strictly in
+// order, one at a time, and the session is paused while too many wait.
+//
+// Endpoint mistakes (messages for a device that is not attached, host -> device messages) throw
+// ProtocolError from the session's 'messages' listener: the session closes with that code. When the
+// session ends for good, every device is removed (a surprise removal unless the close was orderly).
+import type { EventEmitter } from 'node:events';
+import pino, { type Logger } from 'pino';
+import { ErrorCode, kindOf, type Msg, ProtocolError, type pcinet } from '../proto/wire.js';
+import type { Channel, ChannelDevice } from './channel.js';
+
+/** What the relay needs of a session (proto/session.ts satisfies it). */
+export interface RelaySession extends EventEmitter {
+  send(m: Msg): void;
+  flush(): void;
+  pause(): void;
+  resume(): void;
+  close(err?: Error): Promise<void>;
+  readonly closed: boolean;
+}
+
+/** Inbound batches waiting behind an attach before the session is paused. */
+const MAX_QUEUED_BATCHES = 64;
+
+export interface AttachedDevice {
+  dev: number;
+  model: string;
+  address: string;
+}
+
+export interface FailedAttach {
+  dev: number;
+  model: string;
+  code: ErrorCode;
+  message: string;
+}
+
+export class Relay {
+  readonly #session: RelaySession;
+  readonly #channel: Channel;
+  readonly #log: Logger;
+  readonly #devices = new Map<number, { device: ChannelDevice; model: string }>();
+  /** Devices the endpoint or we removed: late messages for them crossed the Detach. */
+  readonly #gone = new Set<number>();
+  readonly #failed: FailedAttach[] = [];
+  readonly #queue: Msg[][] = [];
+  #pumping = false;
+  #paused = false;
+  #flushScheduled = false;
+  #closed = false;
+  #attaching = 0;
+  #sawAttach = false;
+  #closeError: Error | undefined;
+  readonly #done: Promise<Error | undefined>;
+  #finish!: (e: Error | undefined) => void;
+  /** Called once every Attach received so far has been answered (at least one was). */
+  onSettled: (devices: AttachedDevice[], failed: readonly FailedAttach[]) => void = () => {};
+
+  constructor(session: RelaySession, channel: Channel, log?: Logger) {
+    this.#session = session;
+    this.#channel = channel;
+    this.#log = log ?? pino({ level: 'silent' });
+    this.#done = new Promise((r) => {
+      this.#finish = r;
+    });
+    session.on('messages', (msgs: Msg[]) => this.#receive(msgs));
+    session.on('close', (err?: Error) => void this.#sessionClosed(err));
+  }
+
+  get failed(): readonly FailedAttach[] {
+    return this.#failed;
+  }
+
+  get devices(): AttachedDevice[] {
+    return [...this.#devices.entries()].map(([dev, d]) => ({ dev, model: d.model, address: d.device.address }));
+  }
+
+  /** Resolves when the session has ended and every device is removed: undefined for an orderly
+   *  end, else the session's error. */
+  get done(): Promise<Error | undefined> {
+    return this.#done;
+  }
+
+  #receive(msgs: Msg[]): void {
+    for (const m of msgs) if (m.attach) this.#attaching++;
+    if (!this.#pumping && this.#queue.length === 0) {
+      // Fast path: nothing waits, handle it now (errors go straight back to the session).
+      this.#handle(msgs, 0);
+      return;
+    }
+    this.#queue.push(msgs);
+    if (this.#queue.length >= MAX_QUEUED_BATCHES && !this.#paused) {
+      this.#paused = true;
+      this.#session.pause();
+    }
+  }
+
+  /** Handles a batch from message `from`; an Attach makes the rest wait for it. */
+  #handle(msgs: Msg[], from: number): void {
+    for (let i = from; i < msgs.length; i++) {
+      const m = msgs[i]!;
+      if (m.attach) {
+        const rest = msgs.slice(i + 1);
+        this.#pumping = true;
+        this.#attach(m.attach).then(
+          () => this.#pump(rest),
+          (e: Error) => this.#fail(e),
+        );
+        return;
+      }
+      this.#dispatch(m);
+    }
+    this.#scheduleFlush();
+  }
+
+  /** After an attach: the rest of its batch, then queued batches, until another attach waits. */
+  #pump(rest: Msg[]): void {
+    this.#pumping = false;
+    if (this.#closed) return;
+    const batches = [rest, ...this.#queue.splice(0)];
+    try {
+      for (let b = 0; b < batches.length; b++) {
+        this.#handle(batches[b]!, 0);
+        if (this.#pumping) {
+          // Another attach: put back what follows its batch.
+          this.#queue.unshift(...batches.slice(b + 1));
+          return;
+        }
+      }
+    } catch (e) {
+      this.#fail(e as Error);
+      return;
+    }
+    if (this.#paused) {
+      this.#paused = false;
+      this.#session.resume();
+    }
+  }
+
+  #fail(e: Error): void {
+    if (!(e instanceof ProtocolError)) this.#log.error({ err: e }, 'relay: internal error');
+    void this.#session.close(e);
+  }
+
+  async #attach(a: pcinet.IAttach): Promise<void> {
+    const dev = a.dev ?? 0;
+    const model = a.desc?.model ?? '?';
+    if (this.#devices.has(dev)) throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `Attach of device ${dev}, which is attached`);
+    this.#sawAttach = true;
+    try {
+      if (!a.desc) throw new ProtocolError(ErrorCode.BAD_CONFIG, 'Attach without a description');
+      const device = await this.#channel.attach(dev, a.desc, (m) => this.#fromDevice(dev, m));
+      if (this.#closed) {
+        await device.remove(ErrorCode.SHUTDOWN);
+        return;
+      }
+      this.#gone.delete(dev);
+      this.#devices.set(dev, { device, model });
+      this.#session.send({ attachResult: { dev, code: ErrorCode.OK, address: device.address } });
+      this.#log.info({ dev, model, address: device.address }, 'device attached');
+    } catch (e) {
+      const code =
+        e instanceof ProtocolError && (e.code === ErrorCode.BAD_CONFIG || e.code === ErrorCode.ATTACH_FAILED)
+          ? e.code
+          : ErrorCode.ATTACH_FAILED;
+      const message = e instanceof ProtocolError ? e.message : `${(e as Error).message}`;
+      this.#failed.push({ dev, model, code, message });
+      this.#session.send({ attachResult: { dev, code, message: message.slice(0, 500) } });
+      this.#log.error({ dev, model, code: ErrorCode[code], err: message }, 'attach failed');
+    } finally {
+      this.#attaching--;
+      this.#scheduleFlush();
+    }
+    if (this.#attaching === 0 && this.#sawAttach) this.onSettled(this.devices, this.#failed);
+  }
+
+  /** A message from a device on the channel, towards the endpoint. */
+  #fromDevice(dev: number, m: Msg): void {
+    if (this.#closed) return;
+    this.#session.send(m);
+    if (m.detach) {
+      // The host side removed it (e.g. the kernel unplugged it).
+      this.#devices.delete(dev);
+      this.#gone.add(dev);
+    }
+    this.#scheduleFlush();
+  }
+
+  #dispatch(m: Msg): void {
+    const kind = kindOf(m);
+    switch (kind) {
+      case 'detach': {
+        const dev = m.detach!.dev ?? 0;
+        const d = this.#devices.get(dev);
+        if (!d) {
+          if (this.#gone.has(dev)) return;
+          throw new ProtocolError(ErrorCode.UNKNOWN_DEVICE, `Detach of device ${dev}, which is not attached`);
+        }
+        this.#devices.delete(dev);
+        this.#gone.add(dev);
+        this.#log.info({ dev, address: d.device.address, reason: ErrorCode[m.detach!.reason ?? 0] }, 'endpoint detached device');
+        d.device.remove(m.detach!.reason ?? ErrorCode.SHUTDOWN).catch((e: Error) => this.#log.error({ err: e }, 'remove failed'));
+        return;
+      }
+      case 'shadowUpdate':
+      case 'writesApplied':
+      case 'mmioReadCpl':
+      case 'dmaRead':
+      case 'dmaWrite':
+      case 'interrupt': {
+        const dev = (m[kind] as { dev?: number | null }).dev ?? 0;
+        const d = this.#devices.get(dev);
+        if (!d) {
+          if (this.#gone.has(dev)) return;
+          throw new ProtocolError(ErrorCode.UNKNOWN_DEVICE, `${kind} for device ${dev}, which is not attached`);
+        }
+        d.device.deliver(m);
+        return;
+      }
+      case 'stats':
+        return; // answers to our StatsRequests: the agent listens on the session itself
+      case 'hello':
+      case 'resume':
+      case 'keepAlive':
+      case 'error':
+        return;
+      case undefined:
+        throw new ProtocolError(ErrorCode.UNKNOWN_MESSAGE, 'message with no body');
+      default:
+        throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `${kind} is sent by hosts, not endpoints`);
+    }
+  }
+
+  #scheduleFlush(): void {
+    if (this.#flushScheduled || this.#closed) return;
+    this.#flushScheduled = true;
+    setImmediate(() => {
+      this.#flushScheduled = false;
+      if (!this.#closed) this.#session.flush();
+    });
+  }
+
+  /** Orderly: Detach{SHUTDOWN} for every device, removed from the channel. The caller then closes
+   *  the session. */
+  async detachAll(): Promise<void> {
+    const all = [...this.#devices.entries()];
+    this.#devices.clear();
+    for (const [dev, d] of all) {
+      this.#gone.add(dev);
+      this.#session.send({ detach: { dev, reason: ErrorCode.SHUTDOWN, message: 'host shutting down' } });
+      await d.device.remove(ErrorCode.SHUTDOWN);
+    }
+    if (!this.#session.closed) this.#session.flush();
+  }
+
+  async #sessionClosed(err?: Error): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#closeError = err;
+    const reason = err ? ((err as ProtocolError).code ?? ErrorCode.TIMEOUT) : ErrorCode.SHUTDOWN;
+    const all = [...this.#devices.values()];
+    this.#devices.clear();
+    if (all.length) this.#log.warn({ err: err?.message, devices: all.length }, 'session ended: removing devices');
+    await Promise.all(all.map((d) => d.device.remove(reason).catch((e: Error) => this.#log.error({ err: e }, 'remove failed'))));
+    this.#finish(this.#closeError);
+  }
+}

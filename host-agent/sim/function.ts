@@ -1,0 +1,552 @@
+// SimFunction: one PCI function on the simulated root complex, built from nothing but the
+// endpoint's DeviceDescription — the software twin of what pcinet.ko does for a real bus:
+//
+// - config space from the image with the write masks applied, BAR sizing, and the writes the device
+//   must know about forwarded as ConfigWrite (every write but BARs and ROM, as the module does);
+// - BAR reads served from a shadow the endpoint keeps current (ShadowUpdate), after WritesApplied
+//   has caught up with the writes sent before the read (read-your-writes); volatile ranges read
+//   synchronously from the device (MmioRead / MmioReadCpl);
+// - the MSI-X table and PBA kept here, with per-vector and function masks and pending bits;
+// - DMA through the software IOMMU, refused unless bus mastering is on and a live mapping allows it.
+//
+// Driver mistakes (accesses outside a BAR, bad sizes) throw RangeError: the sim's drivers are ours,
+// so a mistake is a bug in a test. Endpoint mistakes throw ProtocolError: the relay closes the
+// session with its code.
+import type { Logger } from 'pino';
+import {
+  PCI_MSIX_ENTRY_SIZE,
+  PCI_MSIX_FLAGS,
+  PCI_MSIX_FLAGS_ENABLE,
+  PCI_MSIX_FLAGS_MASKALL,
+  PCI_MSIX_PBA,
+  PCI_MSIX_TABLE,
+  PCI_EXP_DEVCTL,
+  PCI_EXP_DEVCTL_BCR_FLR,
+} from '../../devices/pci/caps.js';
+import {
+  PCI_BASE_ADDRESS_0,
+  PCI_CAP_ID_EXP,
+  PCI_CAP_ID_MSIX,
+  PCI_COMMAND,
+  PCI_COMMAND_MASTER,
+  PCI_COMMAND_MEMORY,
+  PCI_ROM_ADDRESS,
+  walkCaps,
+} from '../../devices/pci/config.js';
+import { rd16, rd32, rdN, wrN } from '../../devices/pci/le.js';
+import {
+  type DeviceDescription,
+  ErrorCode,
+  long,
+  MAX_DMA_CHUNK,
+  type Msg,
+  num,
+  ProtocolError,
+  pcinet,
+  u64,
+} from '../../proto/wire.js';
+import type { ChannelDevice, DeviceSink } from '../channel.js';
+import type { SoftIommu } from './iommu.js';
+
+/** How long a read waits for the device (volatile completion, or the write fence). Like a PCIe
+ *  completion timeout: the read then returns all-ones. */
+export const READ_TIMEOUT_MS = 2000;
+
+interface Span {
+  offset: number;
+  length: number;
+}
+
+interface SimBar {
+  index: number;
+  size: number;
+  kind: pcinet.BarKind;
+  prefetchable: boolean;
+  shadow: Uint8Array;
+  volatile: Span[];
+  doorbell: Span[];
+  /** Address the sim assigned (what the BAR register holds). */
+  address: bigint;
+}
+
+export interface SimCounters {
+  mmioWrites: number;
+  shadowReads: number;
+  volatileReads: number;
+  readTimeouts: number;
+  fenceWaits: number;
+  interrupts: number;
+  interruptsPending: number;
+  dmaReadFaults: number;
+  dmaWriteFaults: number;
+  masterAbortDma: number;
+}
+
+const inside = (spans: readonly Span[], off: number, len: number) =>
+  spans.some((s) => off >= s.offset && off + len <= s.offset + s.length);
+const isPow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
+const bad = (why: string): never => {
+  throw new ProtocolError(ErrorCode.BAD_CONFIG, why);
+};
+
+export class SimFunction implements ChannelDevice {
+  readonly address: string;
+  readonly dev: number;
+  readonly model: string;
+  readonly config: Uint8Array;
+  readonly counters: SimCounters = {
+    mmioWrites: 0,
+    shadowReads: 0,
+    volatileReads: 0,
+    readTimeouts: 0,
+    fenceWaits: 0,
+    interrupts: 0,
+    interruptsPending: 0,
+    dmaReadFaults: 0,
+    dmaWriteFaults: 0,
+    masterAbortDma: 0,
+  };
+  /** The driver's interrupt handler; called once per delivered interrupt. */
+  onInterrupt: (vector: number) => void = () => {};
+  /** Called when the device goes away (detach, session loss). */
+  onRemove: (reason: ErrorCode) => void = () => {};
+
+  readonly #wmask: Uint8Array;
+  readonly #w1c: Uint8Array;
+  readonly #bars = new Map<number, SimBar>();
+  readonly #sink: DeviceSink;
+  readonly #iommu: SoftIommu;
+  readonly #log: Logger;
+  /** BAR sizing: a BAR register the driver wrote all-ones to reads back its size mask. */
+  readonly #sizing = new Set<number>();
+  readonly #vectors: number;
+  #msixCap = 0;
+  #msixBar = -1;
+  #table: Span = { offset: 0, length: 0 };
+  #pba: Span = { offset: 0, length: 0 };
+  readonly #msix: Uint8Array;
+  readonly #pending: Uint8Array;
+  #pcieCap = 0;
+
+  #writesSent = 0;
+  #writesApplied = 0;
+  #fences: { count: number; done(gone: boolean): void }[] = [];
+  #nextTag = 1;
+  readonly #reads = new Map<number, { size: number; resolve(d: Uint8Array): void }>();
+  #removed = false;
+
+  constructor(
+    dev: number,
+    desc: DeviceDescription,
+    address: string,
+    sink: DeviceSink,
+    iommu: SoftIommu,
+    log: Logger,
+    /** Where BAR addresses start (each function gets its own window). */
+    window: bigint,
+  ) {
+    this.dev = dev;
+    this.address = address;
+    this.model = desc.model ?? '';
+    this.#sink = sink;
+    this.#iommu = iommu;
+    this.#log = log;
+    const cfg = desc.config ?? new Uint8Array(0);
+    if (cfg.length !== 256 && cfg.length !== 4096) bad(`config space of ${cfg.length} bytes (want 256 or 4096)`);
+    if (desc.configWmask?.length !== cfg.length || desc.configW1cmask?.length !== cfg.length) {
+      bad('config write masks are not the size of config space');
+    }
+    this.config = cfg.slice();
+    this.#wmask = desc.configWmask!.slice();
+    this.#w1c = desc.configW1cmask!.slice();
+
+    let next = window;
+    for (const b of desc.bars ?? []) {
+      const index = b.index ?? 0;
+      const size = num(b.size, 'BAR size');
+      const kind = b.kind ?? pcinet.BarKind.BAR_NONE;
+      if (index > 5 || this.#bars.has(index)) bad(`BAR ${index} is out of range or given twice`);
+      if (kind !== pcinet.BarKind.BAR_MEM32 && kind !== pcinet.BarKind.BAR_MEM64) {
+        bad(`BAR ${index}: only memory BARs are supported (kind ${kind})`);
+      }
+      if (kind === pcinet.BarKind.BAR_MEM64 && index === 5) bad('BAR 5 cannot be 64-bit');
+      if (!isPow2(size) || size < 16 || size > 1 << 30) bad(`BAR ${index}: size ${size} is not a power of two in 16..1 GiB`);
+      const span = (r: pcinet.IRange): Span => {
+        const s = { offset: num(r.offset, 'range offset'), length: num(r.length, 'range length') };
+        if (s.length === 0 || s.offset + s.length > size) bad(`BAR ${index}: range [${s.offset}, +${s.length}) is outside`);
+        return s;
+      };
+      const shadow = new Uint8Array(size);
+      if ((b.shadow?.length ?? 0) > size) bad(`BAR ${index}: shadow larger than the BAR`);
+      if (b.shadow) shadow.set(b.shadow);
+      next = (next + BigInt(size) - 1n) & ~(BigInt(size) - 1n);
+      this.#bars.set(index, {
+        index,
+        size,
+        kind,
+        prefetchable: b.prefetchable ?? false,
+        shadow,
+        volatile: (b.volatile ?? []).map(span),
+        doorbell: (b.doorbell ?? []).map(span),
+        address: next,
+      });
+      next += BigInt(size);
+    }
+    for (const b of this.#bars.values()) {
+      if (b.kind === pcinet.BarKind.BAR_MEM64 && this.#bars.has(b.index + 1)) {
+        bad(`BAR ${b.index} is 64-bit, so BAR ${b.index + 1} cannot exist`);
+      }
+    }
+
+    this.#vectors = desc.msixVectors ?? 0;
+    for (const c of walkCaps(this.config)) {
+      if (c.id === PCI_CAP_ID_EXP) this.#pcieCap = c.offset;
+      if (c.id !== PCI_CAP_ID_MSIX) continue;
+      this.#msixCap = c.offset;
+      const n = (rd16(this.config, c.offset + PCI_MSIX_FLAGS) & 0x7ff) + 1;
+      if (n !== this.#vectors) bad(`msix_vectors is ${this.#vectors} but the MSI-X capability says ${n}`);
+      const table = rd32(this.config, c.offset + PCI_MSIX_TABLE);
+      const pba = rd32(this.config, c.offset + PCI_MSIX_PBA);
+      this.#msixBar = table & 7;
+      if ((pba & 7) !== this.#msixBar) bad('MSI-X table and PBA in different BARs are not supported');
+      this.#table = { offset: table & ~7, length: n * PCI_MSIX_ENTRY_SIZE };
+      this.#pba = { offset: pba & ~7, length: Math.ceil(n / 64) * 8 };
+      const bar = this.#bars.get(this.#msixBar);
+      if (!bar) bad(`MSI-X table in BAR ${this.#msixBar}, which does not exist`);
+      for (const s of [this.#table, this.#pba]) {
+        if (s.offset + s.length > bar!.size) bad('MSI-X table or PBA outside its BAR');
+      }
+    }
+    if (this.#vectors > 0 && this.#msixCap === 0) bad(`msix_vectors is ${this.#vectors} but there is no MSI-X capability`);
+    this.#msix = new Uint8Array(this.#vectors * PCI_MSIX_ENTRY_SIZE);
+    for (let v = 0; v < this.#vectors; v++) this.#msix[v * PCI_MSIX_ENTRY_SIZE + 12] = 1; // masked
+    this.#pending = new Uint8Array(this.#pba.length);
+  }
+
+  get removed(): boolean {
+    return this.#removed;
+  }
+
+  get vectors(): number {
+    return this.#vectors;
+  }
+
+  barSize(bar: number): number {
+    return this.#bars.get(bar)?.size ?? 0;
+  }
+
+  // ---- config space (the driver's side) ----
+
+  configRead(offset: number, size: number): number {
+    this.#checkConfig(offset, size);
+    const bar = this.#barRegister(offset);
+    if (bar) {
+      const regs = new Uint8Array(8);
+      this.#barValue(bar, regs);
+      return Number(rdN(regs, offset - (PCI_BASE_ADDRESS_0 + 4 * bar.index), size));
+    }
+    return Number(rdN(this.config, offset, size));
+  }
+
+  configWrite(offset: number, size: number, value: number): void {
+    this.#checkConfig(offset, size);
+    const bar = this.#barRegister(offset);
+    if (bar === null) return;
+    if (bar) {
+      // Sizing: all-ones in the low dword reads back the size mask; anything else sets the address
+      // (which the sim chose already and keeps: the driver only ever sizes).
+      const low = offset === PCI_BASE_ADDRESS_0 + 4 * bar.index;
+      if (low && size === 4 && value >>> 0 === 0xffffffff) this.#sizing.add(bar.index);
+      else this.#sizing.delete(bar.index);
+      return;
+    }
+    if (offset >= PCI_ROM_ADDRESS && offset < PCI_ROM_ADDRESS + 4) return;
+    const before = this.config.slice(offset, offset + size);
+    for (let i = 0; i < size; i++) {
+      const b = (value >>> (8 * i)) & 0xff;
+      const o = offset + i;
+      const kept = before[i] & ~this.#wmask[o];
+      this.config[o] = ((kept | (b & this.#wmask[o])) & ~(b & this.#w1c[o])) & 0xff;
+    }
+    const now = Number(rdN(this.config, offset, size)) >>> 0;
+    this.#sink({ configWrite: { dev: this.dev, offset, size, value: now } });
+    if (this.#pcieCap && this.#overlaps(offset, size, this.#pcieCap + PCI_EXP_DEVCTL, 2)) {
+      const devctl = rd16(this.config, this.#pcieCap + PCI_EXP_DEVCTL);
+      if (devctl & PCI_EXP_DEVCTL_BCR_FLR) {
+        wrN(this.config, this.#pcieCap + PCI_EXP_DEVCTL, 2, devctl & ~PCI_EXP_DEVCTL_BCR_FLR);
+        this.#functionReset();
+      }
+    }
+    if (this.#msixCap && this.#overlaps(offset, size, this.#msixCap + PCI_MSIX_FLAGS, 2)) this.#deliverPending();
+  }
+
+  #functionReset(): void {
+    this.#sink({ functionReset: { dev: this.dev } });
+    this.#writesSent = 0;
+    this.#writesApplied = 0;
+    this.#pending.fill(0);
+    for (let v = 0; v < this.#vectors; v++) {
+      this.#msix.fill(0, v * PCI_MSIX_ENTRY_SIZE, v * PCI_MSIX_ENTRY_SIZE + 12);
+      this.#msix[v * PCI_MSIX_ENTRY_SIZE + 12] = 1;
+    }
+  }
+
+  #overlaps(off: number, len: number, at: number, n: number): boolean {
+    return off < at + n && at < off + len;
+  }
+
+  #checkConfig(offset: number, size: number): void {
+    if (![1, 2, 4].includes(size) || offset % size !== 0 || offset < 0 || offset + size > this.config.length) {
+      throw new RangeError(`${this.address}: config access of ${size} bytes at 0x${offset.toString(16)}`);
+    }
+  }
+
+  /** The BAR whose register holds `offset`; null for a BAR register no BAR uses (reads as the
+   *  image, writes ignored); undefined outside the BAR registers. */
+  #barRegister(offset: number): SimBar | null | undefined {
+    if (offset < PCI_BASE_ADDRESS_0 || offset >= PCI_BASE_ADDRESS_0 + 24) return undefined;
+    const i = Math.floor((offset - PCI_BASE_ADDRESS_0) / 4);
+    const b = this.#bars.get(i);
+    if (b) return b;
+    const low = this.#bars.get(i - 1);
+    return low?.kind === pcinet.BarKind.BAR_MEM64 ? low : null;
+  }
+
+  /** The 4 or 8 bytes of a BAR's register(s). */
+  #barValue(b: SimBar, out: Uint8Array): void {
+    const flags = BigInt(rd32(this.config, PCI_BASE_ADDRESS_0 + 4 * b.index) & 0xf);
+    const value = this.#sizing.has(b.index) ? ~(BigInt(b.size) - 1n) & 0xffff_ffff_ffff_fff0n : b.address;
+    wrN(out, 0, 8, (value & ~0xfn) | flags);
+  }
+
+  // ---- MMIO (the driver's side) ----
+
+  #bar(bar: number, offset: number, size: number): SimBar {
+    const b = this.#bars.get(bar);
+    if (!b || offset < 0 || size < 1 || offset + size > b.size) {
+      throw new RangeError(`${this.address}: MMIO of ${size} bytes at BAR ${bar} + 0x${offset.toString(16)} is outside`);
+    }
+    return b;
+  }
+
+  #memoryEnabled(): boolean {
+    return (rd16(this.config, PCI_COMMAND) & PCI_COMMAND_MEMORY) !== 0;
+  }
+
+  #hostOwned(bar: number, offset: number, size: number): 'table' | 'pba' | undefined {
+    if (bar !== this.#msixBar) return undefined;
+    if (inside([this.#table], offset, size)) return 'table';
+    if (inside([this.#pba], offset, size)) return 'pba';
+    if (this.#overlaps(offset, size, this.#table.offset, this.#table.length)) {
+      throw new RangeError(`${this.address}: MMIO straddles the MSI-X table`);
+    }
+    return undefined;
+  }
+
+  /** A posted write: 1, 2, 4 or 8 bytes, or longer (a string move). */
+  write(bar: number, offset: number, data: Uint8Array): void {
+    const b = this.#bar(bar, offset, data.length);
+    if (this.#removed || !this.#memoryEnabled()) return; // master abort: dropped
+    const owned = this.#hostOwned(bar, offset, data.length);
+    if (owned === 'table') {
+      this.#msix.set(data, offset - this.#table.offset);
+      this.#deliverPending();
+      return;
+    }
+    if (owned === 'pba') return; // read-only
+    this.counters.mmioWrites++;
+    if (!inside(b.doorbell, offset, data.length)) this.#writesSent++;
+    this.#sink({ mmioWrite: { dev: this.dev, bar, offset: long(offset), data: data.slice() } });
+  }
+
+  /** A read of `size` (1, 2, 4, 8) bytes. All-ones when the device is gone or does not answer. */
+  async read(bar: number, offset: number, size: number): Promise<Uint8Array> {
+    const b = this.#bar(bar, offset, size);
+    if (![1, 2, 4, 8].includes(size)) throw new RangeError(`${this.address}: MMIO read of ${size} bytes`);
+    if (this.#removed || !this.#memoryEnabled()) return new Uint8Array(size).fill(0xff);
+    const owned = this.#hostOwned(bar, offset, size);
+    if (owned === 'table') return this.#msix.slice(offset - this.#table.offset, offset - this.#table.offset + size);
+    if (owned === 'pba') return this.#pending.slice(offset - this.#pba.offset, offset - this.#pba.offset + size);
+    if (inside(b.volatile, offset, size)) {
+      this.counters.volatileReads++;
+      const tag = this.#nextTag;
+      this.#nextTag = (this.#nextTag % 0xffff_ffff) + 1;
+      const data = new Promise<Uint8Array>((resolve) => this.#reads.set(tag, { size, resolve }));
+      this.#sink({ mmioRead: { dev: this.dev, tag, bar, offset: long(offset), size } });
+      return this.#bounded(data, () => this.#reads.delete(tag), size);
+    }
+    this.counters.shadowReads++;
+    if (this.#writesApplied < this.#writesSent) {
+      this.counters.fenceWaits++;
+      const count = this.#writesSent;
+      const fenced = new Promise<Uint8Array>((resolve) =>
+        this.#fences.push({
+          count,
+          done: (gone) => resolve(gone ? new Uint8Array(size).fill(0xff) : b.shadow.slice(offset, offset + size)),
+        }),
+      );
+      return this.#bounded(fenced, () => {}, size);
+    }
+    return b.shadow.slice(offset, offset + size);
+  }
+
+  async #bounded(p: Promise<Uint8Array>, abandon: () => void, size: number): Promise<Uint8Array> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<Uint8Array>((resolve) => {
+      timer = setTimeout(() => {
+        abandon();
+        this.counters.readTimeouts++;
+        this.#log.warn({ address: this.address }, 'MMIO read timed out: returning all-ones');
+        resolve(new Uint8Array(size).fill(0xff));
+      }, READ_TIMEOUT_MS);
+    });
+    try {
+      return await Promise.race([p, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  async read32(bar: number, offset: number): Promise<number> {
+    return rd32(await this.read(bar, offset, 4), 0);
+  }
+
+  async read64(bar: number, offset: number): Promise<bigint> {
+    return rdN(await this.read(bar, offset, 8), 0, 8) as bigint;
+  }
+
+  write32(bar: number, offset: number, value: number): void {
+    const d = new Uint8Array(4);
+    wrN(d, 0, 4, value >>> 0);
+    this.write(bar, offset, d);
+  }
+
+  write64(bar: number, offset: number, value: bigint): void {
+    const d = new Uint8Array(8);
+    wrN(d, 0, 8, value);
+    this.write(bar, offset, d);
+  }
+
+  // ---- MSI-X ----
+
+  #vectorMasked(v: number): boolean {
+    return (this.#msix[v * PCI_MSIX_ENTRY_SIZE + 12] & 1) !== 0;
+  }
+
+  #msixControl(): number {
+    return this.#msixCap ? rd16(this.config, this.#msixCap + PCI_MSIX_FLAGS) : 0;
+  }
+
+  #blocked(v: number): boolean {
+    const ctl = this.#msixControl();
+    return !(ctl & PCI_MSIX_FLAGS_ENABLE) || (ctl & PCI_MSIX_FLAGS_MASKALL) !== 0 || this.#vectorMasked(v);
+  }
+
+  #deliverPending(): void {
+    for (let v = 0; v < this.#vectors; v++) {
+      const bit = 1 << (v % 8);
+      if (!(this.#pending[v >> 3] & bit) || this.#blocked(v)) continue;
+      this.#pending[v >> 3] &= ~bit;
+      this.#fire(v);
+    }
+  }
+
+  #fire(v: number): void {
+    this.counters.interrupts++;
+    this.onInterrupt(v);
+  }
+
+  /** Pending bits of the PBA, for tests. */
+  pending(v: number): boolean {
+    return (this.#pending[v >> 3] & (1 << (v % 8))) !== 0;
+  }
+
+  // ---- device -> host (from the session, via the relay) ----
+
+  deliver(m: Msg): void {
+    if (this.#removed) return;
+    if (m.shadowUpdate) {
+      const u = m.shadowUpdate;
+      const data = u.data ?? new Uint8Array(0);
+      const b = this.#deviceRange(u.bar ?? 0, num(u.offset, 'ShadowUpdate offset'), data.length, 'ShadowUpdate');
+      b.shadow.set(data, num(u.offset));
+    } else if (m.writesApplied) {
+      const count = num(m.writesApplied.count, 'WritesApplied count');
+      if (count > this.#writesSent) {
+        throw new ProtocolError(
+          ErrorCode.BAD_ARGUMENT,
+          `${this.address}: WritesApplied ${count}, but only ${this.#writesSent} writes were sent`,
+        );
+      }
+      this.#writesApplied = Math.max(this.#writesApplied, count);
+      const ready = this.#fences.filter((f) => f.count <= this.#writesApplied);
+      this.#fences = this.#fences.filter((f) => f.count > this.#writesApplied);
+      for (const f of ready) f.done(false);
+    } else if (m.mmioReadCpl) {
+      const c = m.mmioReadCpl;
+      const r = this.#reads.get(c.tag ?? 0);
+      if (!r) return; // late completion of a read that timed out
+      this.#reads.delete(c.tag ?? 0);
+      const data = c.data ?? new Uint8Array(0);
+      if ((c.status ?? 0) !== ErrorCode.OK) r.resolve(new Uint8Array(r.size).fill(0xff));
+      else if (data.length !== r.size) {
+        throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: MmioReadCpl of ${data.length} bytes for a ${r.size}-byte read`);
+      } else r.resolve(data.slice());
+    } else if (m.dmaRead) {
+      const r = m.dmaRead;
+      const len = r.length ?? 0;
+      if (len < 1 || len > MAX_DMA_CHUNK) {
+        throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: DmaRead of ${len} bytes`);
+      }
+      const data = this.#master() ? this.#iommu.deviceRead(u64(r.iova), len) : undefined;
+      if (data) this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.OK, data } });
+      else {
+        this.counters.dmaReadFaults++;
+        this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.DMA_FAULT } });
+      }
+    } else if (m.dmaWrite) {
+      const w = m.dmaWrite;
+      const data = w.data ?? new Uint8Array(0);
+      if (data.length > MAX_DMA_CHUNK) {
+        throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: DmaWrite of ${data.length} bytes`);
+      }
+      if (!this.#master() || !this.#iommu.deviceWrite(u64(w.iova), data)) this.counters.dmaWriteFaults++;
+    } else if (m.interrupt) {
+      const v = m.interrupt.vector ?? 0;
+      if (v >= this.#vectors) {
+        throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `${this.address}: Interrupt ${v}, but the device has ${this.#vectors} vectors`);
+      }
+      if (this.#blocked(v)) {
+        this.counters.interruptsPending++;
+        this.#pending[v >> 3] |= 1 << (v % 8);
+      } else this.#fire(v);
+    } else {
+      throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `${this.address}: not a device -> host message`);
+    }
+  }
+
+  #master(): boolean {
+    const on = (rd16(this.config, PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+    if (!on) this.counters.masterAbortDma++;
+    return on;
+  }
+
+  #deviceRange(bar: number, offset: number, len: number, what: string): SimBar {
+    const b = this.#bars.get(bar);
+    if (!b || offset + len > b.size) {
+      throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `${this.address}: ${what} of ${len} bytes at BAR ${bar} + 0x${offset.toString(16)} is outside`);
+    }
+    return b;
+  }
+
+  async remove(reason: ErrorCode): Promise<void> {
+    if (this.#removed) return;
+    this.#removed = true;
+    for (const r of this.#reads.values()) r.resolve(new Uint8Array(r.size).fill(0xff));
+    this.#reads.clear();
+    for (const f of this.#fences) f.done(true);
+    this.#fences = [];
+    this.#log.info({ address: this.address, reason: ErrorCode[reason] }, 'sim device removed');
+    this.onRemove(reason);
+  }
+}

@@ -1,0 +1,147 @@
+// The simulated host's memory and its software IOMMU. Host memory is one ArrayBuffer handed out in
+// pages; the device never sees a memory address, only IOVAs of live mappings. A device access is
+// honoured only when the whole range lies inside one live mapping that allows its direction;
+// everything else is refused and counted, like the kernel module's DMA sandbox (kernel/dma.c).
+
+export const PAGE = 4096;
+
+export type DmaDirection = 'to-device' | 'from-device' | 'bidirectional';
+
+/** A buffer of host memory: `bytes` is a view the driver reads and writes directly. */
+export interface HostBuffer {
+  readonly addr: number;
+  readonly bytes: Uint8Array;
+}
+
+interface Mapping {
+  iova: bigint;
+  len: number;
+  addr: number;
+  dir: DmaDirection;
+}
+
+export interface IommuCounters {
+  maps: number;
+  unmaps: number;
+  readFaults: number;
+  writeFaults: number;
+  readBytes: number;
+  writeBytes: number;
+}
+
+const pages = (len: number) => Math.max(1, Math.ceil(len / PAGE));
+
+/** Host RAM with a first-fit page allocator. */
+export class SimMemory {
+  readonly bytes: Uint8Array;
+  /** Page -> run length for allocated runs. */
+  readonly #runs = new Map<number, number>();
+  readonly #used: Uint8Array;
+
+  constructor(size: number) {
+    if (size % PAGE !== 0 || size <= 0) throw new RangeError(`sim memory: ${size} is not a positive multiple of ${PAGE}`);
+    this.bytes = new Uint8Array(size);
+    this.#used = new Uint8Array(size / PAGE);
+  }
+
+  /** Page-aligned, zeroed. Throws when memory is exhausted (a driver bug in tests). */
+  alloc(len: number): HostBuffer {
+    const n = pages(len);
+    let run = 0;
+    for (let p = 0; p < this.#used.length; p++) {
+      run = this.#used[p] ? 0 : run + 1;
+      if (run === n) {
+        const first = p - n + 1;
+        this.#used.fill(1, first, first + n);
+        this.#runs.set(first, n);
+        const addr = first * PAGE;
+        this.bytes.fill(0, addr, addr + n * PAGE);
+        return { addr, bytes: this.bytes.subarray(addr, addr + len) };
+      }
+    }
+    throw new RangeError(`sim memory: no ${n} free pages`);
+  }
+
+  free(b: HostBuffer): void {
+    const first = b.addr / PAGE;
+    const n = this.#runs.get(first);
+    if (n === undefined) throw new Error(`sim memory: free of 0x${b.addr.toString(16)}, which is not allocated`);
+    this.#runs.delete(first);
+    this.#used.fill(0, first, first + n);
+  }
+}
+
+/** IOVAs start high and never overlap physical addresses, so a device that uses an address it was
+ *  not given faults instead of hitting memory by chance. */
+const IOVA_BASE = 0x10_0000_0000n;
+
+export class SoftIommu {
+  readonly counters: IommuCounters = { maps: 0, unmaps: 0, readFaults: 0, writeFaults: 0, readBytes: 0, writeBytes: 0 };
+  readonly #memory: SimMemory;
+  /** Sorted by iova. */
+  #maps: Mapping[] = [];
+  #next = IOVA_BASE;
+
+  constructor(memory: SimMemory) {
+    this.#memory = memory;
+  }
+
+  get live(): number {
+    return this.#maps.length;
+  }
+
+  /** Maps [buf.addr + offset, +len) for the device; returns its IOVA. IOVAs are never reused, so a
+   *  stale IOVA always faults. */
+  map(buf: HostBuffer, dir: DmaDirection, offset = 0, len = buf.bytes.length - offset): bigint {
+    if (offset < 0 || len <= 0 || offset + len > buf.bytes.length) {
+      throw new RangeError(`iommu: map of [${offset}, +${len}) outside a ${buf.bytes.length}-byte buffer`);
+    }
+    const addr = buf.addr + offset;
+    // Keep the page offset, as a real IOMMU does.
+    const iova = this.#next + BigInt(addr % PAGE);
+    this.#next += BigInt(pages((addr % PAGE) + len) * PAGE + PAGE); // a guard page between mappings
+    this.#maps.push({ iova, len, addr, dir });
+    this.counters.maps++;
+    return iova;
+  }
+
+  unmap(iova: bigint): void {
+    const i = this.#maps.findIndex((m) => m.iova === iova);
+    if (i < 0) throw new Error(`iommu: unmap of 0x${iova.toString(16)}, which is not mapped`);
+    this.#maps.splice(i, 1);
+    this.counters.unmaps++;
+  }
+
+  #find(iova: bigint, len: number, device: 'read' | 'write'): number | undefined {
+    const need: DmaDirection = device === 'read' ? 'to-device' : 'from-device';
+    for (const m of this.#maps) {
+      if (iova < m.iova || iova + BigInt(len) > m.iova + BigInt(m.len)) continue;
+      if (m.dir !== 'bidirectional' && m.dir !== need) return undefined;
+      return m.addr + Number(iova - m.iova);
+    }
+    return undefined;
+  }
+
+  /** The device reads host memory: a copy, or undefined when refused. */
+  deviceRead(iova: bigint, len: number): Uint8Array | undefined {
+    const at = len > 0 ? this.#find(iova, len, 'read') : undefined;
+    if (at === undefined) {
+      this.counters.readFaults++;
+      return undefined;
+    }
+    this.counters.readBytes += len;
+    return this.#memory.bytes.slice(at, at + len);
+  }
+
+  /** The device writes host memory; false when refused. */
+  deviceWrite(iova: bigint, data: Uint8Array): boolean {
+    const at = data.length > 0 ? this.#find(iova, data.length, 'write') : undefined;
+    if (at === undefined) {
+      this.counters.writeFaults++;
+      return false;
+    }
+    this.counters.writeBytes += data.length;
+    this.#memory.bytes.set(data, at);
+    return true;
+  }
+}

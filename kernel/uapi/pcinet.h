@@ -1,0 +1,180 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * pcinet: the record format of /dev/pcinet, the channel between pcinet.ko and the host-agent.
+ * docs/KERNEL-ABI.md explains every record; host-agent/kernel/abi.ts mirrors this file.
+ *
+ * One open file is one PCI function. The host-agent write()s records (PCINET_W_*) and read()s
+ * records (PCINET_R_*); poll() says when a read would return something. Every record starts with
+ * struct pcinet_hdr; `len` is the whole record in bytes including the header, a multiple of 8.
+ * A write() carries one or more whole records; a read() returns as many whole records as fit in
+ * the buffer (at least one: a buffer smaller than the next record gets -EINVAL). All integers are
+ * little-endian. Reserved fields and padding must be zero.
+ */
+#ifndef _UAPI_PCINET_H
+#define _UAPI_PCINET_H
+
+#include <linux/types.h>
+
+#define PCINET_ABI_VERSION	1
+
+/* Largest data payload of one record (MMIO string moves, DMA). Bigger DMA is split by the agent. */
+#define PCINET_MAX_DATA		65536
+#define PCINET_CONFIG_SIZE	4096
+#define PCINET_NUM_BARS		6
+
+struct pcinet_hdr {
+	__le16 type;		/* PCINET_W_* or PCINET_R_* */
+	__le16 flags;		/* zero */
+	__le32 len;		/* whole record, multiple of 8, >= 8 */
+};
+
+/* ---- host-agent -> kernel (write) ---- */
+enum {
+	PCINET_W_ATTACH = 1,		/* first record on a file: the device description */
+	PCINET_W_RANGE = 2,		/* volatile or doorbell range of a BAR; before START only */
+	PCINET_W_SHADOW = 3,		/* new contents of a BAR range (initial shadow, updates) */
+	PCINET_W_START = 4,		/* put the device on the bus; then R_ATTACHED is readable */
+	PCINET_W_WRITES_APPLIED = 5,	/* the device applied this many non-doorbell MMIO writes */
+	PCINET_W_MMIO_READ_CPL = 6,	/* answer to R_MMIO_READ */
+	PCINET_W_DMA_READ = 7,		/* device reads host memory; answered by R_DMA_READ_CPL */
+	PCINET_W_DMA_WRITE = 8,		/* device writes host memory (posted) */
+	PCINET_W_INTERRUPT = 9,		/* device raises an MSI-X vector */
+};
+
+enum pcinet_bar_kind {
+	PCINET_BAR_NONE = 0,
+	PCINET_BAR_MEM32 = 1,
+	PCINET_BAR_MEM64 = 2,		/* occupies index and index + 1 */
+	PCINET_BAR_IO = 3,		/* refused by this version */
+};
+
+#define PCINET_BAR_PREFETCH	0x1
+
+struct pcinet_bar_desc {
+	__le64 size;		/* power of two, >= 4096 for memory BARs; 0 for none */
+	__le32 kind;		/* enum pcinet_bar_kind */
+	__le32 flags;		/* PCINET_BAR_PREFETCH */
+};
+
+struct pcinet_w_attach {
+	struct pcinet_hdr hdr;
+	__le32 abi_version;	/* PCINET_ABI_VERSION */
+	__le32 msix_vectors;	/* must match the MSI-X capability in config (0: none) */
+	struct pcinet_bar_desc bars[PCINET_NUM_BARS];
+	__u8 config[PCINET_CONFIG_SIZE];	/* BAR registers hold flag bits only */
+	__u8 wmask[PCINET_CONFIG_SIZE];		/* bits the driver may write */
+	__u8 w1cmask[PCINET_CONFIG_SIZE];	/* bits a driver write of 1 clears */
+};
+
+enum pcinet_range_kind {
+	PCINET_RANGE_VOLATILE = 1,	/* reads go to the device (R_MMIO_READ) */
+	PCINET_RANGE_DOORBELL = 2,	/* writes do not change readable state: no read fence */
+};
+
+struct pcinet_w_range {
+	struct pcinet_hdr hdr;
+	__le32 bar;
+	__le32 kind;		/* enum pcinet_range_kind */
+	__le64 offset;
+	__le64 length;
+};
+
+struct pcinet_w_shadow {
+	struct pcinet_hdr hdr;
+	__le32 bar;
+	__le32 size;		/* bytes of data, 1..PCINET_MAX_DATA */
+	__le64 offset;
+	__u8 data[];		/* size bytes, then zero padding to a multiple of 8 */
+};
+
+struct pcinet_w_writes_applied {
+	struct pcinet_hdr hdr;
+	__le64 count;		/* cumulative since START (never decreases) */
+};
+
+enum pcinet_status {
+	PCINET_STATUS_OK = 0,
+	PCINET_STATUS_ERROR = 1,	/* completion with error: reads return all-ones */
+};
+
+struct pcinet_w_mmio_read_cpl {
+	struct pcinet_hdr hdr;
+	__le32 tag;		/* from R_MMIO_READ */
+	__le32 status;		/* enum pcinet_status */
+	__le64 data;		/* the first `size` bytes are the value */
+};
+
+struct pcinet_w_dma_read {
+	struct pcinet_hdr hdr;
+	__le32 tag;		/* echoed in R_DMA_READ_CPL */
+	__le32 size;		/* 1..PCINET_MAX_DATA */
+	__le64 iova;
+};
+
+struct pcinet_w_dma_write {
+	struct pcinet_hdr hdr;
+	__le32 size;		/* 1..PCINET_MAX_DATA */
+	__le32 reserved;
+	__le64 iova;
+	__u8 data[];		/* size bytes, then zero padding to a multiple of 8 */
+};
+
+struct pcinet_w_interrupt {
+	struct pcinet_hdr hdr;
+	__le32 vector;		/* < msix_vectors */
+	__le32 reserved;
+};
+
+/* ---- kernel -> host-agent (read) ---- */
+enum {
+	PCINET_R_ATTACHED = 0x81,	/* the device is on the bus at this address */
+	PCINET_R_MMIO_WRITE = 0x82,	/* a driver write to a BAR (posted) */
+	PCINET_R_MMIO_READ = 0x83,	/* a driver read of a volatile range; answer with W_MMIO_READ_CPL */
+	PCINET_R_CONFIG_WRITE = 0x84,	/* a driver config write (not BARs or ROM), value after masks */
+	PCINET_R_DMA_READ_CPL = 0x85,	/* answer to W_DMA_READ */
+	PCINET_R_FUNCTION_RESET = 0x86,	/* function-level reset by the driver or the PCI core */
+};
+
+struct pcinet_r_attached {
+	struct pcinet_hdr hdr;
+	__le32 domain;
+	__u8 bus;
+	__u8 devfn;
+	__le16 reserved;
+};
+
+struct pcinet_r_mmio_write {
+	struct pcinet_hdr hdr;
+	__le32 bar;
+	__le32 size;		/* 1, 2, 4, 8, or longer for string moves (<= PCINET_MAX_DATA) */
+	__le64 offset;
+	__u8 data[];		/* size bytes, then zero padding to a multiple of 8 */
+};
+
+struct pcinet_r_mmio_read {
+	struct pcinet_hdr hdr;
+	__le32 tag;
+	__le32 bar;
+	__le32 size;		/* 1, 2, 4 or 8 */
+	__le32 reserved;
+	__le64 offset;
+};
+
+struct pcinet_r_config_write {
+	struct pcinet_hdr hdr;
+	__le32 offset;
+	__le32 size;		/* 1, 2 or 4 */
+	__le32 value;		/* the register's new contents */
+	__le32 reserved;
+};
+
+struct pcinet_r_dma_read_cpl {
+	struct pcinet_hdr hdr;
+	__le32 tag;
+	__le32 status;		/* enum pcinet_status: ERROR when the IOMMU refused */
+	__le32 size;		/* bytes of data (the requested size; 0 on error) */
+	__le32 reserved;
+	__u8 data[];		/* size bytes, then zero padding to a multiple of 8 */
+};
+
+#endif /* _UAPI_PCINET_H */

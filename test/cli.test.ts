@@ -1,0 +1,184 @@
+// The `pcinet` command as a user runs it: real processes, real sockets (loopback), the built CLI
+// (dist/cli/main.js, which `npm test` builds first).
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { repoRoot } from '../lab/paths.js';
+
+const CLI = join(repoRoot(), 'dist/cli/main.js');
+const dir = mkdtempSync(join(tmpdir(), 'pcinet-cli-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const children: ChildProcess[] = [];
+afterEach(() => {
+  for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
+});
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function pcinet(args: string[], timeoutMs = 30_000): Promise<Result> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    children.push(c);
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d) => (stdout += d));
+    c.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => c.kill('SIGKILL'), timeoutMs);
+    c.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Starts `pcinet endpoint` and resolves once it listens. */
+async function endpoint(args: string[]): Promise<ChildProcess> {
+  const c = spawn(process.execPath, [CLI, 'endpoint', '--log-level', 'info', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  children.push(c);
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`endpoint did not start: ${out}`)), 15_000);
+    const onData = (d: Buffer) => {
+      out += d;
+      if (out.includes('endpoint listening')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    };
+    c.stdout!.on('data', onData);
+    c.stderr!.on('data', onData);
+    c.on('exit', (code) => reject(new Error(`endpoint exited ${code}: ${out}`)));
+  });
+  return c;
+}
+
+describe('pcinet host --selftest against pcinet endpoint', () => {
+  it('passes over plain TCP on loopback and exits 0', { timeout: 60_000 }, async () => {
+    const port = await freePort();
+    await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test', '--device', 'test:vectors=32']);
+    const r = await pcinet(['host', '--connect', `127.0.0.1:${port}`, '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/^selftest sim:00:00.0: PASS/m);
+    expect(r.stdout).toMatch(/^selftest sim:00:01.0: PASS/m);
+    expect(r.stdout).toMatch(/msix.every-vector +32 vectors, each fired once per raise/);
+    expect(r.stdout).not.toMatch(/FAIL/);
+  });
+
+  it('passes over WebSockets', { timeout: 60_000 }, async () => {
+    const port = await freePort();
+    await endpoint(['--listen', `ws://127.0.0.1:${port}/pcinet`, '--device', 'test']);
+    const r = await pcinet(['host', '--connect', `ws://127.0.0.1:${port}/pcinet`, '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).toMatch(/PASS/);
+  });
+
+  it('passes over TLS with pinned identities; a wrong pin is refused before any device', { timeout: 60_000 }, async () => {
+    const host = (await pcinet(['id', '--identity', join(dir, 'host')])).stdout.trim();
+    const ep = (await pcinet(['id', '--identity', join(dir, 'ep')])).stdout.trim();
+    expect(host).toMatch(/^sha256:[0-9a-f]{64}$/);
+    expect((await pcinet(['id', '--identity', join(dir, 'host')])).stdout.trim()).toBe(host);
+    const port = await freePort();
+    await endpoint(['--listen', `tls://127.0.0.1:${port}`, '--device', 'test', '--identity', join(dir, 'ep'), '--allow', host]);
+    const ok = await pcinet(['host', '--connect', `tls://127.0.0.1:${port}`, '--pin', ep, '--identity', join(dir, 'host'), '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    expect(ok.code).toBe(0);
+    expect(ok.stdout).toMatch(/PASS/);
+    const wrong = await pcinet(['host', '--connect', `tls://127.0.0.1:${port}`, '--pin', host, '--identity', join(dir, 'host'), '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stdout).not.toMatch(/selftest/);
+    expect(wrong.stderr).toMatch(/AUTH_REFUSED.*is not the pinned/);
+  });
+
+  it('refuses a second host with BUSY while the first holds the devices', { timeout: 30_000 }, async () => {
+    const port = await freePort();
+    await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test']);
+    const first = spawn(process.execPath, [CLI, 'host', '--connect', `127.0.0.1:${port}`, '--channel', 'sim', '--log-level', 'warn']);
+    children.push(first);
+    await new Promise((r) => setTimeout(r, 1500));
+    const second = await pcinet(['host', '--connect', `127.0.0.1:${port}`, '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    expect(second.code).toBe(1);
+    expect(second.stderr).toMatch(/BUSY/);
+  });
+});
+
+describe('pcinet host lifecycle', () => {
+  it('writes the ready file atomically and exits 0 within 10 s of SIGTERM', { timeout: 60_000 }, async () => {
+    const port = await freePort();
+    await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test', '--device', 'test']);
+    const ready = join(dir, 'ready');
+    const c = spawn(process.execPath, [CLI, 'host', '--connect', `127.0.0.1:${port}`, '--channel', 'sim', '--ready-file', ready, '--log-level', 'warn'], { stdio: 'inherit' });
+    children.push(c);
+    const end = Date.now() + 20_000;
+    while (!existsSync(ready) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    const lines = readFileSync(ready, 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l));
+    expect(lines).toEqual([
+      { dev: 1, model: 'test', address: 'sim:00:00.0' },
+      { dev: 2, model: 'test', address: 'sim:00:01.0' },
+    ]);
+    const t0 = Date.now();
+    c.kill('SIGTERM');
+    const code = await new Promise((r) => c.on('exit', r));
+    expect(code).toBe(0);
+    expect(Date.now() - t0).toBeLessThan(10_000);
+  });
+});
+
+describe('bad input: one clear line, exit 2', () => {
+  const cases: [string, string[], RegExp][] = [
+    ['unknown flag', ['host', '--connect', '127.0.0.1:1', '--bogus'], /unknown option '--bogus'/],
+    ['bad address', ['host', '--connect', 'nonsense'], /nonsense/],
+    ['plain TCP to another host', ['host', '--connect', 'tcp://192.0.2.1:7470', '--channel', 'sim'], /unencrypted.*--insecure/],
+    ['TLS without a pin', ['host', '--connect', 'tls://127.0.0.1:7470', '--channel', 'sim'], /--pin/],
+    ['selftest on the kernel channel', ['host', '--connect', '127.0.0.1:7470', '--channel', 'kernel', '--selftest'], /--selftest needs --channel sim/],
+    ['unknown device', ['endpoint', '--device', 'toaster'], /unknown device "toaster"/],
+    ['bad device option', ['endpoint', '--device', 'test:vectors=0'], /vectors must be an integer 1\.\.64/],
+    ['no device', ['endpoint'], /no --device/],
+    ['TLS endpoint without --allow', ['endpoint', '--listen', 'tls://127.0.0.1:7470', '--device', 'test'], /--allow/],
+    ['bad log level', ['endpoint', '--device', 'test', '--log-level', 'loud'], /loud/],
+  ];
+  for (const [what, args, msg] of cases) {
+    it(what, async () => {
+      const r = await pcinet(args);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toMatch(msg);
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+      expect(r.stderr).toMatch(/^pcinet: /);
+    });
+  }
+
+  it('bad config files', async () => {
+    const bad = join(dir, 'bad.json');
+    for (const [text, msg] of [
+      ['{not json', /not valid JSON/],
+      ['[]', /must hold a JSON object/],
+      ['{"lisen": "x"}', /unknown key "lisen"/],
+      ['{"device": "test"}', /"device" must be a string\[\]/],
+    ] as const) {
+      writeFileSync(bad, text);
+      const r = await pcinet(['endpoint', '--config', bad]);
+      expect(r.code, text).toBe(2);
+      expect(r.stderr, text).toMatch(msg);
+      expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
+    }
+    const r = await pcinet(['endpoint', '--config', join(dir, 'missing.json')]);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/cannot read config file/);
+  });
+});

@@ -1,0 +1,735 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pcinet_test: a plain PCI driver for the pcinet conformance device (docs/devices.md, register
+ * map in pcinet_test_regs.h), in the spirit of Linux's pci-endpoint-test. It exercises every path
+ * through pcinet the way a real driver does (MMIO of every size, string MMIO, MSI-X, coherent and
+ * streaming DMA) and exposes each as a debugfs file under
+ * /sys/kernel/debug/pcinet_test/<pci address>/ for the end-to-end tests (README.md).
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/crc32.h>
+#include <linux/debugfs.h>
+#include <linux/dma-mapping.h>
+#include <linux/interrupt.h>
+#include <linux/io.h>
+#include <linux/kthread.h>
+#include <linux/module.h>
+#include <linux/pci.h>
+#include <linux/sched/task.h>
+#include <linux/seq_file.h>
+#include <linux/slab.h>
+#include <linux/string.h>
+
+#include "pcinet_test_regs.h"
+
+/* An interrupt crosses the network and back: generous, but a lost one must not hang a test. */
+#define RAISE_TIMEOUT		(2 * HZ)
+/* A 4 MiB DMA through a TCG guest and TLS; still bounded. */
+#define CMD_TIMEOUT		(30 * HZ)
+/* stress: iterations per CPU are capped so that a write cannot start an endless test. */
+#define STRESS_MAX_ITERATIONS	100000
+/* stress: each CPU owns this many bytes of BAR 2, so their accesses never overlap. */
+#define STRESS_STRIDE		256
+/* The vector commands complete on. */
+#define CMD_VECTOR		0
+/* Room for one line of result text. */
+#define RESULT_LEN		160
+
+struct ptest;
+
+struct ptest_vec {
+	struct ptest *t;
+	atomic_t count;
+	char name[32];
+};
+
+/* One debugfs file that runs an operation on write and shows its last result on read. */
+struct ptest_op {
+	struct ptest *t;
+	int (*run)(struct ptest *t, u64 arg, u64 arg2, char *result);
+	char result[RESULT_LEN];
+};
+
+enum { OP_DMA_READ, OP_DMA_WRITE, OP_DMA_FAULT, OP_STRESS, OP_MEMTEST, OP_COUNT };
+
+struct ptest {
+	struct pci_dev *pdev;
+	void __iomem *regs;
+	void __iomem *mem;
+	int nvec;
+	struct ptest_vec *vec;
+	wait_queue_head_t irq_wait;
+	struct mutex lock;	/* one command (or stress run) at a time */
+	struct dentry *dir;
+	struct ptest_op ops[OP_COUNT];
+};
+
+static struct dentry *ptest_root;
+
+static irqreturn_t ptest_irq(int irq, void *data)
+{
+	struct ptest_vec *v = data;
+
+	atomic_inc(&v->count);
+	wake_up_all(&v->t->irq_wait);
+	return IRQ_HANDLED;
+}
+
+/* The zlib/IEEE CRC-32 the device computes. */
+static u32 zlib_crc32(const void *buf, size_t len)
+{
+	return ~crc32_le(~0U, buf, len);
+}
+
+/* testPattern() of devices/test/regs.ts: xorshift32 seeded by seed (0 counts as 1). */
+static void test_pattern(u8 *out, size_t len, u32 seed)
+{
+	u32 x = seed ? seed : 1;
+	size_t i, b;
+
+	for (i = 0; i < len; i += 4) {
+		x ^= x << 13;
+		x ^= x >> 17;
+		x ^= x << 5;
+		for (b = 0; b < 4 && i + b < len; b++)
+			out[i + b] = x >> (8 * b);
+	}
+}
+
+/*
+ * Starts a command with the registers already set, and waits (bounded) for its completion
+ * interrupt on CMD_VECTOR. Returns STATUS, or -ETIMEDOUT.
+ */
+static int run_command(struct ptest *t, u32 cmd)
+{
+	int before = atomic_read(&t->vec[CMD_VECTOR].count);
+	u32 status;
+
+	writel(STATUS_DONE | STATUS_ERROR, t->regs + REG_STATUS);
+	writel(CMD_VECTOR, t->regs + REG_IRQ_VECTOR);
+	writel(cmd, t->regs + REG_COMMAND);
+	if (!wait_event_timeout(t->irq_wait, atomic_read(&t->vec[CMD_VECTOR].count) != before,
+				CMD_TIMEOUT)) {
+		status = readl(t->regs + REG_STATUS);
+		dev_warn(&t->pdev->dev, "command %u: no interrupt (STATUS %#x)\n", cmd, status);
+		return -ETIMEDOUT;
+	}
+	return readl(t->regs + REG_STATUS);
+}
+
+/* dma_read: the device reads a buffer we filled (streaming mapping) and checksums it. */
+static int op_dma_read(struct ptest *t, u64 size, u64 seed, char *result)
+{
+	struct device *dev = &t->pdev->dev;
+	u32 want, got;
+	dma_addr_t iova;
+	u8 *buf;
+	int status;
+
+	if (size < 1 || size > TEST_MAX_DMA)
+		return -EINVAL;
+	buf = kmalloc(size, GFP_KERNEL | __GFP_NOWARN);
+	if (!buf)
+		return -ENOMEM;
+	test_pattern(buf, size, seed ^ 0x5a5a5a5a);
+	want = zlib_crc32(buf, size);
+	iova = dma_map_single(dev, buf, size, DMA_TO_DEVICE);
+	if (dma_mapping_error(dev, iova)) {
+		kfree(buf);
+		return -ENOMEM;
+	}
+	writeq(iova, t->regs + REG_SRC_ADDR);
+	writel(size, t->regs + REG_SIZE);
+	status = run_command(t, CMD_DMA_READ);
+	dma_unmap_single(dev, iova, size, DMA_TO_DEVICE);
+	kfree(buf);
+	if (status < 0)
+		return status;
+	got = readl(t->regs + REG_CHECKSUM);
+	if (status != STATUS_DONE || got != want) {
+		snprintf(result, RESULT_LEN, "fail size=%llu status=%#x error=%u crc=%#010x want=%#010x\n",
+			 size, status, readl(t->regs + REG_ERROR), got, want);
+		return -EIO;
+	}
+	snprintf(result, RESULT_LEN, "ok size=%llu crc=%#010x\n", size, got);
+	return 0;
+}
+
+/* dma_write: the device writes its test pattern into a coherent buffer; we check every byte. */
+static int op_dma_write(struct ptest *t, u64 size, u64 seed, char *result)
+{
+	struct device *dev = &t->pdev->dev;
+	u8 *buf, *want;
+	dma_addr_t iova;
+	size_t i;
+	int status, ret = 0;
+
+	if (size < 1 || size > TEST_MAX_DMA)
+		return -EINVAL;
+	want = kvmalloc(size, GFP_KERNEL);
+	if (!want)
+		return -ENOMEM;
+	buf = dma_alloc_coherent(dev, size, &iova, GFP_KERNEL | __GFP_NOWARN);
+	if (!buf) {
+		kvfree(want);
+		return -ENOMEM;
+	}
+	test_pattern(want, size, seed);
+	memset(buf, ~want[0], size);	/* so that a missing write shows */
+	writeq(iova, t->regs + REG_DST_ADDR);
+	writel(size, t->regs + REG_SIZE);
+	writel(seed, t->regs + REG_ARG);
+	status = run_command(t, CMD_DMA_WRITE);
+	if (status < 0) {
+		ret = status;
+	} else {
+		for (i = 0; i < size && buf[i] == want[i]; i++)
+			;
+		if (status != STATUS_DONE || i < size) {
+			snprintf(result, RESULT_LEN,
+				 "fail size=%llu seed=%llu status=%#x first-difference=%zu\n",
+				 size, seed, status, i);
+			ret = -EIO;
+		} else {
+			snprintf(result, RESULT_LEN, "ok size=%llu seed=%llu\n", size, seed);
+		}
+	}
+	dma_free_coherent(dev, size, buf, iova);
+	kvfree(want);
+	return ret;
+}
+
+/* dma_fault: DMA_READ at an IOVA with no live mapping must fail with DMA_FAULT. */
+static int op_dma_fault(struct ptest *t, u64 iova, u64 unused, char *result)
+{
+	struct device *dev = &t->pdev->dev;
+	int status;
+	u32 error;
+
+	if (!iova) {		/* use after unmap */
+		void *page = (void *)__get_free_page(GFP_KERNEL);
+		dma_addr_t a;
+
+		if (!page)
+			return -ENOMEM;
+		a = dma_map_single(dev, page, PAGE_SIZE, DMA_TO_DEVICE);
+		if (dma_mapping_error(dev, a)) {
+			free_page((unsigned long)page);
+			return -ENOMEM;
+		}
+		dma_unmap_single(dev, a, PAGE_SIZE, DMA_TO_DEVICE);
+		free_page((unsigned long)page);
+		iova = a;
+	}
+	writeq(iova, t->regs + REG_SRC_ADDR);
+	writel(PAGE_SIZE, t->regs + REG_SIZE);
+	status = run_command(t, CMD_DMA_READ);
+	if (status < 0)
+		return status;
+	error = readl(t->regs + REG_ERROR);
+	if (status != (STATUS_DONE | STATUS_ERROR) || error != TEST_ERR_DMA_FAULT) {
+		snprintf(result, RESULT_LEN, "fail iova=%#llx status=%#x error=%u\n", iova, status, error);
+		return -EIO;
+	}
+	snprintf(result, RESULT_LEN, "ok iova=%#llx status=%#x error=%u\n", iova, status, error);
+	return 0;
+}
+
+struct stress_ctx {
+	struct ptest *t;
+	struct task_struct *task;
+	unsigned int cpu;
+	unsigned long iterations;
+	unsigned long mismatches;
+	char first[96];
+	struct completion done;
+};
+
+/* One CPU's share: 32- and 64-bit writes and read-backs in its own slice of BAR 2, and MAGIC. */
+static int stress_thread(void *data)
+{
+	struct stress_ctx *c = data;
+	void __iomem *slice = c->t->mem + c->cpu * STRESS_STRIDE;
+	unsigned long i;
+
+	for (i = 0; i < c->iterations; i++) {
+		unsigned int off = (i * 8) % STRESS_STRIDE;
+		u64 want = ((u64)c->cpu << 56) | ((u64)i << 20) | off, got;
+		u32 magic;
+
+		if (i & 1) {
+			writeq(want, slice + off);
+			got = readq(slice + off);
+		} else {
+			writel((u32)want, slice + off);
+			got = readl(slice + off);
+			want = (u32)want;
+		}
+		magic = readl(c->t->regs + REG_MAGIC);
+		if (got != want || magic != TEST_MAGIC) {
+			if (!c->mismatches++)
+				snprintf(c->first, sizeof(c->first),
+					 "cpu %u offset %#x wrote %#llx read %#llx magic %#x",
+					 c->cpu, off, want, got, magic);
+		}
+	}
+	complete(&c->done);
+	/* wait for kthread_stop() so that the caller owns our exit */
+	set_current_state(TASK_INTERRUPTIBLE);
+	while (!kthread_should_stop()) {
+		schedule();
+		set_current_state(TASK_INTERRUPTIBLE);
+	}
+	__set_current_state(TASK_RUNNING);
+	return 0;
+}
+
+/* stress: a kthread per online CPU (up to what BAR 2 has room for), all doing MMIO at once. */
+static int op_stress(struct ptest *t, u64 iterations, u64 unused, char *result)
+{
+	unsigned int max = TEST_MEM_BAR_SIZE / STRESS_STRIDE, n = 0, i, cpu;
+	unsigned long mismatches = 0;
+	struct stress_ctx *ctx;
+	const char *first = "";
+	int ret = 0;
+
+	if (iterations < 1 || iterations > STRESS_MAX_ITERATIONS)
+		return -EINVAL;
+	ctx = kcalloc(max, sizeof(*ctx), GFP_KERNEL);
+	if (!ctx)
+		return -ENOMEM;
+	for_each_online_cpu(cpu) {
+		if (n == max)
+			break;
+		ctx[n] = (struct stress_ctx){ .t = t, .cpu = n, .iterations = iterations };
+		init_completion(&ctx[n].done);
+		ctx[n].task = kthread_create_on_cpu(stress_thread, &ctx[n], cpu, "pcinet_stress/%u");
+		if (IS_ERR(ctx[n].task)) {
+			ret = PTR_ERR(ctx[n].task);
+			break;
+		}
+		get_task_struct(ctx[n].task);	/* kthread_stop() below may come after it exited */
+		n++;
+	}
+	for (i = 0; i < n; i++)
+		wake_up_process(ctx[i].task);
+	for (i = 0; i < n; i++) {
+		/* each access is bounded by pcinet; this only reports a test that got stuck */
+		if (!wait_for_completion_timeout(&ctx[i].done, CMD_TIMEOUT + iterations * HZ / 100))
+			dev_warn(&t->pdev->dev, "stress: slot %u did not finish in time\n", i);
+	}
+	for (i = 0; i < n; i++) {
+		kthread_stop(ctx[i].task);
+		put_task_struct(ctx[i].task);
+		if (ctx[i].mismatches && !mismatches)
+			first = ctx[i].first;
+		mismatches += ctx[i].mismatches;
+	}
+	if (!ret && mismatches) {
+		snprintf(result, RESULT_LEN, "fail cpus=%u iterations=%llu mismatches=%lu first: %s\n",
+			 n, iterations, mismatches, first);
+		ret = -EIO;
+	} else if (!ret) {
+		snprintf(result, RESULT_LEN, "ok cpus=%u iterations=%llu\n", n, iterations);
+	}
+	kfree(ctx);
+	return ret;
+}
+
+/* memtest: string MMIO (memcpy_toio, memcpy_fromio, memset_io) on BAR 2 at an odd offset. */
+static int op_memtest(struct ptest *t, u64 size, u64 seed, char *result)
+{
+	/* odd: the accessors' unaligned head and tail moves run too */
+	unsigned int off = 3, i;
+	u8 *want, *got;
+	int ret = 0;
+
+	if (size < 1 || size > TEST_MEM_BAR_SIZE - off)
+		return -EINVAL;
+	want = kvmalloc(size, GFP_KERNEL);
+	got = kvmalloc(size, GFP_KERNEL);
+	if (!want || !got) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	memset_io(t->mem + off, 0xa5, size);
+	memcpy_fromio(got, t->mem + off, size);
+	for (i = 0; i < size && got[i] == 0xa5; i++)
+		;
+	if (i < size) {
+		snprintf(result, RESULT_LEN, "fail memset_io size=%llu offset=%u read=%#x\n",
+			 size, off + i, got[i]);
+		ret = -EIO;
+		goto out;
+	}
+	test_pattern(want, size, seed);
+	memcpy_toio(t->mem + off, want, size);
+	memcpy_fromio(got, t->mem + off, size);
+	for (i = 0; i < size && got[i] == want[i]; i++)
+		;
+	if (i < size) {
+		snprintf(result, RESULT_LEN, "fail memcpy size=%llu offset=%u read=%#x want=%#x\n",
+			 size, off + i, got[i], want[i]);
+		ret = -EIO;
+		goto out;
+	}
+	snprintf(result, RESULT_LEN, "ok size=%llu\n", size);
+out:
+	kvfree(got);
+	kvfree(want);
+	return ret;
+}
+
+/* Operation files: write "ARG [ARG2]" to run, read the last result. */
+static ssize_t op_write(struct file *file, const char __user *ubuf, size_t len, loff_t *ppos)
+{
+	struct ptest_op *op = file->private_data;
+	char buf[64], result[RESULT_LEN] = "", *p = buf, *word;
+	u64 args[2] = { 0, 0 };
+	int ret, n = 0;
+
+	if (len >= sizeof(buf))
+		return -EINVAL;
+	if (copy_from_user(buf, ubuf, len))
+		return -EFAULT;
+	buf[len] = 0;
+	while ((word = strsep(&p, " \t\n")) != NULL) {
+		if (!*word)
+			continue;
+		if (n == ARRAY_SIZE(args) || kstrtou64(word, 0, &args[n++]))
+			return -EINVAL;
+	}
+	if (!n)
+		return -EINVAL;
+	mutex_lock(&op->t->lock);
+	ret = op->run(op->t, args[0], args[1], result);
+	if (!result[0])
+		snprintf(result, RESULT_LEN, "fail %d\n", ret);
+	strscpy(op->result, result, RESULT_LEN);
+	mutex_unlock(&op->t->lock);
+	return ret ? ret : len;
+}
+
+static ssize_t op_read(struct file *file, char __user *ubuf, size_t len, loff_t *ppos)
+{
+	struct ptest_op *op = file->private_data;
+	char result[RESULT_LEN];
+
+	mutex_lock(&op->t->lock);
+	strscpy(result, op->result[0] ? op->result : "none\n", RESULT_LEN);
+	mutex_unlock(&op->t->lock);
+	return simple_read_from_buffer(ubuf, len, ppos, result, strlen(result));
+}
+
+static const struct file_operations op_fops = {
+	.owner = THIS_MODULE,
+	.open = simple_open,
+	.read = op_read,
+	.write = op_write,
+	.llseek = default_llseek,
+};
+
+/* Register files */
+static int magic_get(void *data, u64 *val)
+{
+	struct ptest *t = data;
+
+	*val = readl(t->regs + REG_MAGIC);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(magic_fops, magic_get, NULL, "0x%08llx\n");
+
+static int scratch_get(void *data, u64 *val)
+{
+	struct ptest *t = data;
+
+	*val = readl(t->regs + REG_SCRATCH);
+	return 0;
+}
+
+static int scratch_set(void *data, u64 val)
+{
+	struct ptest *t = data;
+
+	writel(val, t->regs + REG_SCRATCH);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(scratch_fops, scratch_get, scratch_set, "0x%08llx\n");
+
+static int counter_get(void *data, u64 *val)
+{
+	struct ptest *t = data;
+
+	*val = readl(t->regs + REG_COUNTER);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(counter_fops, counter_get, NULL, "%llu\n");
+
+/* raise: doorbell vector N, then wait for it, unless it is masked (it stays pending). */
+static int raise_set(void *data, u64 n)
+{
+	struct ptest *t = data;
+	void __iomem *ctrl;
+	int before;
+
+	if (n >= t->nvec)
+		return -EINVAL;
+	ctrl = t->regs + TEST_MSIX_TABLE + n * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL;
+	before = atomic_read(&t->vec[n].count);
+	writel(n, t->regs + REG_IRQ_DOORBELL);
+	if (readl(ctrl) & PCI_MSIX_ENTRY_CTRL_MASKBIT)
+		return 0;
+	if (!wait_event_timeout(t->irq_wait, atomic_read(&t->vec[n].count) != before, RAISE_TIMEOUT))
+		return -ETIMEDOUT;
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(raise_fops, NULL, raise_set, "%llu\n");
+
+/*
+ * mask/unmask: the vector control bit of the MSI-X table entry, written directly so that the
+ * device-side semantics (PBA, delivery on unmask) are what is tested, not the IRQ core's lazy
+ * disable. The MSI core does not know; it may rewrite the bit when it reprograms the entry.
+ */
+static int msix_mask(struct ptest *t, u64 n, bool mask)
+{
+	void __iomem *ctrl;
+	u32 v;
+
+	if (n >= t->nvec)
+		return -EINVAL;
+	ctrl = t->regs + TEST_MSIX_TABLE + n * PCI_MSIX_ENTRY_SIZE + PCI_MSIX_ENTRY_VECTOR_CTRL;
+	v = readl(ctrl);
+	v = mask ? v | PCI_MSIX_ENTRY_CTRL_MASKBIT : v & ~PCI_MSIX_ENTRY_CTRL_MASKBIT;
+	writel(v, ctrl);
+	return 0;
+}
+
+/* Masked vectors as a bit mask, read from the table. */
+static int mask_get(void *data, u64 *val)
+{
+	struct ptest *t = data;
+	int i;
+
+	*val = 0;
+	for (i = 0; i < t->nvec; i++)
+		if (readl(t->regs + TEST_MSIX_TABLE + i * PCI_MSIX_ENTRY_SIZE +
+			  PCI_MSIX_ENTRY_VECTOR_CTRL) & PCI_MSIX_ENTRY_CTRL_MASKBIT)
+			*val |= BIT_ULL(i);
+	return 0;
+}
+
+static int mask_set(void *data, u64 n)
+{
+	return msix_mask(data, n, true);
+}
+DEFINE_DEBUGFS_ATTRIBUTE(mask_fops, mask_get, mask_set, "0x%016llx\n");
+
+/* unmask: if the vector was pending, its interrupt must arrive (bounded wait). */
+static int unmask_set(void *data, u64 n)
+{
+	struct ptest *t = data;
+	bool pending;
+	int before, ret;
+
+	if (n >= t->nvec)
+		return -EINVAL;
+	pending = readq(t->regs + TEST_MSIX_PBA) & BIT_ULL(n);
+	before = atomic_read(&t->vec[n].count);
+	ret = msix_mask(t, n, false);
+	if (ret || !pending)
+		return ret;
+	if (!wait_event_timeout(t->irq_wait, atomic_read(&t->vec[n].count) != before, RAISE_TIMEOUT))
+		return -ETIMEDOUT;
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(unmask_fops, mask_get, unmask_set, "0x%016llx\n");
+
+static int pba_get(void *data, u64 *val)
+{
+	struct ptest *t = data;
+
+	*val = readq(t->regs + TEST_MSIX_PBA);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(pba_fops, pba_get, NULL, "0x%016llx\n");
+
+static int irq_counts_show(struct seq_file *s, void *unused)
+{
+	struct ptest *t = s->private;
+	int i;
+
+	for (i = 0; i < t->nvec; i++)
+		seq_printf(s, "%d %d\n", i, atomic_read(&t->vec[i].count));
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(irq_counts);
+
+static int info_show(struct seq_file *s, void *unused)
+{
+	struct ptest *t = s->private;
+
+	seq_printf(s, "magic 0x%08x\nversion %u\nvectors %u\nmsix %d\nstatus %#x\nerror %u\ndone_count %u\n",
+		   readl(t->regs + REG_MAGIC), readl(t->regs + REG_VERSION),
+		   readl(t->regs + REG_VECTORS), t->nvec, readl(t->regs + REG_STATUS),
+		   readl(t->regs + REG_ERROR), readl(t->regs + REG_DONE_COUNT));
+	return 0;
+}
+DEFINE_SHOW_ATTRIBUTE(info);
+
+static void ptest_debugfs(struct ptest *t)
+{
+	static const char *const names[OP_COUNT] = { "dma_read", "dma_write", "dma_fault", "stress",
+						     "memtest" };
+	static int (*const runs[OP_COUNT])(struct ptest *, u64, u64, char *) = {
+		op_dma_read, op_dma_write, op_dma_fault, op_stress, op_memtest };
+	int i;
+
+	t->dir = debugfs_create_dir(pci_name(t->pdev), ptest_root);
+	debugfs_create_file("info", 0444, t->dir, t, &info_fops);
+	debugfs_create_file_unsafe("magic", 0444, t->dir, t, &magic_fops);
+	debugfs_create_file_unsafe("scratch", 0644, t->dir, t, &scratch_fops);
+	debugfs_create_file_unsafe("counter", 0444, t->dir, t, &counter_fops);
+	debugfs_create_file("irq_counts", 0444, t->dir, t, &irq_counts_fops);
+	debugfs_create_file_unsafe("raise", 0200, t->dir, t, &raise_fops);
+	debugfs_create_file_unsafe("mask", 0644, t->dir, t, &mask_fops);
+	debugfs_create_file_unsafe("unmask", 0644, t->dir, t, &unmask_fops);
+	debugfs_create_file_unsafe("pba", 0444, t->dir, t, &pba_fops);
+	for (i = 0; i < OP_COUNT; i++) {
+		t->ops[i].t = t;
+		t->ops[i].run = runs[i];
+		debugfs_create_file(names[i], 0644, t->dir, &t->ops[i], &op_fops);
+	}
+}
+
+static void ptest_free_irqs(struct ptest *t, int n)
+{
+	while (n-- > 0)
+		free_irq(pci_irq_vector(t->pdev, n), &t->vec[n]);
+}
+
+static int ptest_probe(struct pci_dev *pdev, const struct pci_device_id *id)
+{
+	struct device *dev = &pdev->dev;
+	struct ptest *t;
+	u32 magic;
+	int ret, i;
+
+	t = devm_kzalloc(dev, sizeof(*t), GFP_KERNEL);
+	if (!t)
+		return -ENOMEM;
+	t->pdev = pdev;
+	init_waitqueue_head(&t->irq_wait);
+	mutex_init(&t->lock);
+	pci_set_drvdata(pdev, t);
+
+	ret = pci_enable_device(pdev);
+	if (ret)
+		return ret;
+	ret = pci_request_regions(pdev, KBUILD_MODNAME);
+	if (ret)
+		goto err_disable;
+	t->regs = pci_iomap(pdev, TEST_REG_BAR, 0);
+	t->mem = pci_iomap(pdev, TEST_MEM_BAR, 0);
+	if (!t->regs || !t->mem) {
+		ret = -ENOMEM;
+		goto err_unmap;
+	}
+	magic = readl(t->regs + REG_MAGIC);
+	if (magic != TEST_MAGIC) {
+		dev_err(dev, "bad MAGIC %#x\n", magic);
+		ret = -ENODEV;
+		goto err_unmap;
+	}
+	ret = dma_set_mask_and_coherent(dev, DMA_BIT_MASK(64));
+	if (ret)
+		goto err_unmap;
+	pci_set_master(pdev);
+
+	t->nvec = pci_alloc_irq_vectors(pdev, 1, TEST_MAX_VECTORS, PCI_IRQ_MSIX);
+	if (t->nvec < 0) {
+		ret = t->nvec;
+		goto err_master;
+	}
+	t->vec = devm_kcalloc(dev, t->nvec, sizeof(*t->vec), GFP_KERNEL);
+	if (!t->vec) {
+		ret = -ENOMEM;
+		goto err_vectors;
+	}
+	for (i = 0; i < t->nvec; i++) {
+		t->vec[i].t = t;
+		snprintf(t->vec[i].name, sizeof(t->vec[i].name), "pcinet_test-%s-%d", pci_name(pdev), i);
+		ret = request_irq(pci_irq_vector(pdev, i), ptest_irq, 0, t->vec[i].name, &t->vec[i]);
+		if (ret) {
+			ptest_free_irqs(t, i);
+			goto err_vectors;
+		}
+	}
+	ptest_debugfs(t);
+	dev_info(dev, "version %u, %d MSI-X vectors\n", readl(t->regs + REG_VERSION), t->nvec);
+	return 0;
+
+err_vectors:
+	pci_free_irq_vectors(pdev);
+err_master:
+	pci_clear_master(pdev);
+err_unmap:
+	if (t->mem)
+		pci_iounmap(pdev, t->mem);
+	if (t->regs)
+		pci_iounmap(pdev, t->regs);
+	pci_release_regions(pdev);
+err_disable:
+	pci_disable_device(pdev);
+	return ret;
+}
+
+static void ptest_remove(struct pci_dev *pdev)
+{
+	struct ptest *t = pci_get_drvdata(pdev);
+
+	debugfs_remove_recursive(t->dir);	/* waits for file operations in progress */
+	ptest_free_irqs(t, t->nvec);
+	pci_free_irq_vectors(pdev);
+	pci_clear_master(pdev);
+	pci_iounmap(pdev, t->mem);
+	pci_iounmap(pdev, t->regs);
+	pci_release_regions(pdev);
+	pci_disable_device(pdev);
+}
+
+static const struct pci_device_id ptest_ids[] = {
+	{ PCI_DEVICE(TEST_VENDOR_ID, TEST_DEVICE_ID) },
+	{ }
+};
+MODULE_DEVICE_TABLE(pci, ptest_ids);
+
+static struct pci_driver ptest_driver = {
+	.name = KBUILD_MODNAME,
+	.id_table = ptest_ids,
+	.probe = ptest_probe,
+	.remove = ptest_remove,
+};
+
+static int __init ptest_init(void)
+{
+	int ret;
+
+	ptest_root = debugfs_create_dir(KBUILD_MODNAME, NULL);
+	ret = pci_register_driver(&ptest_driver);
+	if (ret)
+		debugfs_remove_recursive(ptest_root);
+	return ret;
+}
+
+static void __exit ptest_exit(void)
+{
+	pci_unregister_driver(&ptest_driver);
+	debugfs_remove_recursive(ptest_root);
+}
+
+module_init(ptest_init);
+module_exit(ptest_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("pcinet conformance test device driver");
