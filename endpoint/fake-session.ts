@@ -20,9 +20,11 @@ export class FakeSession extends EventEmitter implements SessionLike {
     if (was && !v) this.emit('drain');
   }
 
+  /** Keeps a copy of the message's data, as the real session's encoding does. */
   send(m: Msg): void {
-    this.sent.push(m);
-    this.#batch.push(m);
+    const kept = m.dmaWrite ? { dmaWrite: { ...m.dmaWrite, data: m.dmaWrite.data?.slice() } } : m;
+    this.sent.push(kept);
+    this.#batch.push(kept);
   }
 
   flush(): void {

@@ -43,7 +43,8 @@ import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
  *  'messages' (msgs: Msg[]) — one inbound batch, in order, after the handshake;
  *  'drain' () — backlogged went false; 'close' (err?: Error) — the session is over. */
 export interface SessionLike extends EventEmitter {
-  /** Queues a sequenced message in the current outbound batch. */
+  /** Queues a sequenced message in the current outbound batch. Encodes (copies) it before
+   *  returning: the caller may reuse any buffer the message refers to. */
   send(m: Msg): void;
   /** Sends the current batch as a frame. */
   flush(): void;
@@ -421,7 +422,8 @@ export class EndpointRuntime {
       dmaWrite: (iova, data) => {
         if (!live()) return;
         for (let off = 0; off < data.length; off += MAX_DMA_CHUNK) {
-          const piece = data.slice(off, off + MAX_DMA_CHUNK);
+          // No copy here: session.send encodes (copies) the message before returning.
+          const piece = data.subarray(off, off + MAX_DMA_CHUNK);
           d.counters.dmaWriteBytes += piece.length;
           this.#send(
             d,

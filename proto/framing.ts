@@ -55,7 +55,8 @@ export class FrameParser {
       this.#buffered -= n;
       return r;
     }
-    const r = new Uint8Array(n);
+    // Every byte is overwritten below: skip the zero fill (frames are up to 4 MiB).
+    const r: Uint8Array = Buffer.allocUnsafeSlow(n);
     let at = 0;
     while (at < n) {
       const c = this.#chunks[0]!;

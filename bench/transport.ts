@@ -1,0 +1,153 @@
+// bench/transport: streaming DMA between the host-agent (sim channel, this process) and a real
+// `pcinet endpoint` process over TCP loopback, side by side with raw socket throughput between two
+// processes measured in the same run. Prints a table; asserts nothing.
+//
+//   npm run bench                      # both directions, 256 MiB each
+//   node dist/bench/transport.js --mib 1024 --rounds 3
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createServer } from 'node:net';
+import { join } from 'node:path';
+import pino from 'pino';
+import { CMD, REG, STATUS, TEST_MAX_DMA, TEST_REG_BAR } from '../devices/test/regs.js';
+import { Relay } from '../host-agent/relay.js';
+import { SimChannel } from '../host-agent/sim/channel.js';
+import { TestDriver } from '../host-agent/sim/test-driver.js';
+import { repoRoot } from '../lab/paths.js';
+import { openSession } from '../proto/session.js';
+import { dialTcp } from '../proto/tcp.js';
+import { rawSocketThroughput } from './raw-socket.js';
+
+interface Options {
+  mib: number;
+  rounds: number;
+  /** Test devices streaming at once (each runs one command at a time). */
+  devices: number;
+}
+
+function parseArgs(argv: string[]): Options {
+  const o: Options = { mib: 256, rounds: 3, devices: 4 };
+  for (let i = 0; i < argv.length; i++) {
+    const v = Number(argv[i + 1]);
+    if (argv[i] === '--mib' && v > 0) o.mib = v;
+    else if (argv[i] === '--rounds' && v > 0) o.rounds = v;
+    else if (argv[i] === '--devices' && v > 0 && v <= 16) o.devices = v;
+    else throw new Error(`bench/transport: bad argument ${argv[i]} (use --mib N, --rounds N, --devices 1..16)`);
+    i++;
+  }
+  return o;
+}
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = createServer().listen(0, '127.0.0.1', () => {
+      const port = (s.address() as { port: number }).port;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+async function startEndpoint(port: number, devices: number): Promise<ChildProcess> {
+  const cli = join(repoRoot(), 'dist/cli/main.js');
+  const c = spawn(process.execPath, [...(process.env.PCINET_BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PCINET_BENCH_PROF}`] : []), cli, 'endpoint', '--listen', `127.0.0.1:${port}`, ...Array(devices).fill(['--device', 'test']).flat(), '--log-level', 'info'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  await new Promise<void>((resolve, reject) => {
+    let out = '';
+    // Logs go to stderr; keep draining it so the endpoint never blocks on a full pipe.
+    c.stderr!.on('data', (d) => {
+      out += d;
+      if (out.includes('endpoint listening')) resolve();
+    });
+    c.on('exit', (code) => reject(new Error(`endpoint exited ${code}`)));
+  });
+  return c;
+}
+
+/** Moves `totalBytes` with DMA commands of TEST_MAX_DMA bytes in direction `cmd`, one command at a
+ *  time on one device. */
+async function stream(driver: TestDriver, channel: SimChannel, cmd: number, totalBytes: number): Promise<number> {
+  const size = TEST_MAX_DMA;
+  const buf = channel.memory.alloc(size);
+  const iova = channel.iommu.map(buf, 'bidirectional');
+  buf.bytes.fill(0x5a);
+  const count = Math.max(1, Math.round(totalBytes / size));
+  const f = driver.fn;
+  try {
+    for (let i = 0; i < count; i++) {
+      const { status } = await driver.command(cmd, 0, () => {
+        f.write64(TEST_REG_BAR, cmd === CMD.DMA_READ ? REG.SRC_ADDR : REG.DST_ADDR, iova);
+        f.write32(TEST_REG_BAR, REG.SIZE, size);
+        f.write32(TEST_REG_BAR, REG.ARG, i + 1);
+      });
+      if (status !== STATUS.DONE) throw new Error(`DMA command ${cmd} failed: status 0x${status.toString(16)}`);
+    }
+    return count * size;
+  } finally {
+    channel.iommu.unmap(iova);
+    channel.memory.free(buf);
+  }
+}
+
+/** Bytes per second of every device streaming its share of `totalBytes` at once. */
+async function dmaThroughput(drivers: TestDriver[], channel: SimChannel, cmd: number, totalBytes: number): Promise<number> {
+  const start = process.hrtime.bigint();
+  const moved = await Promise.all(drivers.map((d) => stream(d, channel, cmd, totalBytes / drivers.length)));
+  return moved.reduce((a, b) => a + b, 0) / (Number(process.hrtime.bigint() - start) / 1e9);
+}
+
+const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+const mbs = (bps: number) => (bps / 1e6).toFixed(0).padStart(7);
+
+async function main(): Promise<void> {
+  const o = parseArgs(process.argv.slice(2));
+  const total = o.mib << 20;
+  const log = pino({ level: 'silent' });
+  const port = await freePort();
+  const endpoint = await startEndpoint(port, o.devices);
+  const channel = new SimChannel({ log, memory: (o.devices + 1) * TEST_MAX_DMA });
+  const session = await openSession(() => dialTcp('127.0.0.1', port), { log });
+  try {
+    const relay = new Relay(session, channel, log);
+    await new Promise<void>((r) => {
+      relay.onSettled = () => r();
+    });
+    const drivers = channel.functions.map((f) => new TestDriver(f, channel.memory, channel.iommu));
+    for (const d of drivers) d.probe();
+    const rows: { name: string; ours: number[]; raw: number[] }[] = [
+      { name: 'DMA write (device -> host)', ours: [], raw: [] },
+      { name: 'DMA read  (host -> device)', ours: [], raw: [] },
+    ];
+    // Warm up both paths, then interleave rounds so machine noise hits both alike.
+    await dmaThroughput(drivers, channel, CMD.DMA_WRITE, 16 << 20);
+    await rawSocketThroughput(16 << 20, 256 << 10);
+    for (let r = 0; r < o.rounds; r++) {
+      for (const [i, cmd] of [CMD.DMA_WRITE, CMD.DMA_READ].entries()) {
+        rows[i]!.ours.push(await dmaThroughput(drivers, channel, cmd, total));
+        rows[i]!.raw.push(await rawSocketThroughput(total, 256 << 10));
+      }
+    }
+    const stats = session.stats();
+    process.stdout.write(
+      `bench/transport: ${o.mib} MiB per measurement, median of ${o.rounds} rounds, TCP loopback, ` +
+        `${o.devices} test devices streaming ${TEST_MAX_DMA >> 20} MiB DMA commands at once; raw: one TCP stream between two processes\n\n` +
+        `${'path'.padEnd(28)} ${'pcinet MB/s'.padStart(11)} ${'raw MB/s'.padStart(9)}  ratio\n`,
+    );
+    for (const row of rows) {
+      const ours = median(row.ours);
+      const raw = median(row.raw);
+      process.stdout.write(`${row.name.padEnd(28)} ${mbs(ours).padStart(11)} ${mbs(raw).padStart(9)}  ${(ours / raw).toFixed(2)}\n`);
+    }
+    process.stdout.write(
+      `\nsession: ${stats.framesOut} frames out, ${stats.framesIn} in; ${(stats.bytesIn / 2 ** 20).toFixed(0)} MiB in, ` +
+        `${(stats.bytesOut / 2 ** 20).toFixed(0)} MiB out\n`,
+    );
+  } finally {
+    await session.close();
+    endpoint.kill('SIGTERM');
+  }
+}
+
+main().catch((e: unknown) => {
+  process.stderr.write(`bench/transport: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+});
