@@ -3,6 +3,7 @@ import { TestDevice } from '../devices/test/device.js';
 import {
   type DeviceFactory,
   device,
+  defaultMac,
   deviceHelp,
   intOption,
   parseDeviceSpec,
@@ -25,7 +26,7 @@ group('parseDeviceSpec', () => {
 
   it.each([
     ['', 'device "": empty spec'],
-    ['nvme', 'device "nvme": unknown device "nvme" (known: test)'],
+    ['toaster', 'device "toaster": unknown device "toaster" (known: '],
     ['Test', 'device "Test": "Test" is not a device name'],
     ['test:', `device "test:": nothing after ':'`],
     ['test:vectors', 'device "test:vectors": option "vectors" needs a value (vectors=...)'],
@@ -78,5 +79,21 @@ group('parseDeviceSpec', () => {
         ['mtu', '1500'],
       ]),
     });
+  });
+});
+
+group('virtio-net specs', () => {
+  it('needs a TAP name and checks MAC and MTU', () => {
+    expect(() => parseDeviceSpec('virtio-net')).toThrow('device "virtio-net": virtio-net needs tap=NAME');
+    expect(() => parseDeviceSpec('virtio-net:tap=x,mac=01:00:00:00:00:01')).toThrow('mac must be a unicast address');
+    expect(() => parseDeviceSpec('virtio-net:tap=x,mac=52:54')).toThrow('mac must be six hex bytes');
+    expect(() => parseDeviceSpec('virtio-net:tap=x,mtu=20')).toThrow('mtu must be an integer 68..65535');
+    expect(() => parseDeviceSpec('virtio-net:tap=way-too-long-name')).toThrow('is not 1..15 letters');
+  });
+
+  it('derives a stable locally administered MAC from the TAP name', () => {
+    expect([...defaultMac('pcn0')]).toEqual([...defaultMac('pcn0')]);
+    expect(defaultMac('pcn0')).not.toEqual(defaultMac('pcn1'));
+    expect([...defaultMac('pcn0').subarray(0, 3)]).toEqual([0x52, 0x54, 0x00]);
   });
 });

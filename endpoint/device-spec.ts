@@ -3,6 +3,8 @@
 // names the spec and the problem.
 import type { DeviceModel } from '../devices/host-port.js';
 import { TestDevice } from '../devices/test/device.js';
+import { VirtioNet } from '../devices/virtio-net/device.js';
+import { checkTapName, TapBackend } from './backends/tap.js';
 import { TEST_DEFAULT_VECTORS, TEST_MAX_VECTORS } from '../devices/test/regs.js';
 
 /** Parses one option value; throws Error("<what it must be>") when it is bad. */
@@ -46,12 +48,47 @@ export function intOption(min: number, max: number, help: string): OptionParser<
   };
 }
 
+/** A MAC address aa:bb:cc:dd:ee:ff (unicast). */
+export const macOption: OptionParser<Uint8Array> = {
+  syntax: 'xx:xx:xx:xx:xx:xx',
+  help: 'MAC address (default: 52:54:00 and three bytes derived from the TAP name)',
+  parse(value) {
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(value)) throw new Error('must be six hex bytes separated by colons');
+    const mac = Uint8Array.from(value.split(':').map((b) => Number.parseInt(b, 16)));
+    if (mac[0]! & 1) throw new Error('must be a unicast address (first byte even)');
+    return mac;
+  },
+};
+
+/** A stable, locally administered MAC for a TAP name: the guest keeps its address across restarts. */
+export function defaultMac(name: string): Uint8Array {
+  let h = 2166136261;
+  for (const c of name) h = Math.imul(h ^ c.charCodeAt(0), 16777619) >>> 0;
+  return Uint8Array.of(0x52, 0x54, 0x00, (h >>> 16) & 0xff, (h >>> 8) & 0xff, h & 0xff);
+}
+
 /** The device models `--device` knows. nvme and virtio-net add themselves here. */
 export const DEVICES: Readonly<Record<string, DeviceFactory>> = {
   test: device({
     summary: 'the conformance device (docs/devices.md): registers, MSI-X, DMA, volatile reads, doorbells',
     options: { vectors: intOption(1, TEST_MAX_VECTORS, `MSI-X vectors (default ${TEST_DEFAULT_VECTORS})`) },
     create: (o) => new TestDevice({ vectors: o.vectors }),
+  }),
+  'virtio-net': device({
+    summary: 'a virtio 1.x network card whose wire is a TAP interface on this machine (docs/devices.md)',
+    options: {
+      tap: {
+        syntax: 'NAME',
+        help: 'TAP interface to use, created if absent (required)',
+        parse: (v: string) => checkTapName(v),
+      } satisfies OptionParser<string>,
+      mac: macOption,
+      mtu: intOption(68, 65535, 'MTU the driver is told (default 1500)'),
+    },
+    create: (o) => {
+      if (!o.tap) throw new Error('virtio-net needs tap=NAME (the TAP interface frames go to)');
+      return new VirtioNet({ mac: o.mac ?? defaultMac(o.tap), mtu: o.mtu, backend: new TapBackend(o.tap) });
+    },
   }),
 };
 
@@ -117,7 +154,11 @@ export function parseDeviceSpec(
       throw new Error(`device "${spec}": ${key} ${(e as Error).message}, got "${raw}"`);
     }
   }
-  return factory.create(parsed);
+  try {
+    return factory.create(parsed);
+  } catch (e) {
+    throw new Error(`device "${spec}": ${(e as Error).message}`);
+  }
 }
 
 /** Help text: one line per device and option. */

@@ -1,0 +1,360 @@
+// virtio-net driven the way Linux's virtio_pci_modern + virtio_net drive it: capabilities, feature
+// negotiation, queue setup in host memory (FakeHost), RX buffers, TX chains, the used ring, event
+// index suppression, link changes, reset.
+import { describe, expect, it } from 'vitest';
+import { walkCaps } from '../pci/config.js';
+import { FakeBus, FakeHost } from '../pci/fake-host.js';
+import { leBytes, rd16, rd32, wr16, wr32, wr64 } from '../pci/le.js';
+import {
+  CC,
+  DEVICE_CFG,
+  NO_VECTOR,
+  NOTIFY,
+  NOTIFY_MULTIPLIER,
+  STATUS_ACKNOWLEDGE,
+  STATUS_DRIVER,
+  STATUS_DRIVER_OK,
+  STATUS_FEATURES_OK,
+  STATUS_NEEDS_RESET,
+  VIRTIO_F_EVENT_IDX,
+  VIRTIO_F_VERSION_1,
+} from '../virtio/pci.js';
+import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../virtio/virtqueue.js';
+import {
+  NET_CFG,
+  NET_HDR_SIZE,
+  type NetBackend,
+  RX_BACKLOG,
+  RX_QUEUE,
+  TX_QUEUE,
+  VIRTIO_NET_F_MRG_RXBUF,
+  VIRTIO_NET_S_LINK_UP,
+  VirtioNet,
+} from './device.js';
+
+const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
+
+class Wire implements NetBackend {
+  sent: Uint8Array[] = [];
+  onReceive: ((frame: Uint8Array) => void) | undefined;
+  send(frame: Uint8Array): void {
+    this.sent.push(frame.slice());
+  }
+  close(): void {}
+}
+
+/** Guest memory layout: per queue 16 descriptors, rings, and buffers. */
+const QSIZE = 16;
+
+class Driver {
+  readonly host = new FakeHost({ memory: 1 << 20 });
+  readonly wire = new Wire();
+  readonly dev: VirtioNet;
+  readonly bus: FakeBus;
+  readonly q: { desc: bigint; avail: bigint; used: bigint; buf: bigint; availIdx: number; usedSeen: number }[] = [];
+
+  constructor(o: { features?: bigint } = {}) {
+    this.dev = new VirtioNet({ mac: MAC, backend: this.wire });
+    this.bus = new FakeBus(this.dev, this.host);
+    this.status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
+    const offered = this.deviceFeatures();
+    const want = o.features ?? offered;
+    this.bus.write32(0, CC.GFSELECT, 0);
+    this.bus.write32(0, CC.GF, Number(want & 0xffffffffn));
+    this.bus.write32(0, CC.GFSELECT, 1);
+    this.bus.write32(0, CC.GF, Number(want >> 32n));
+    this.status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+  }
+
+  deviceFeatures(): bigint {
+    this.bus.write32(0, CC.DFSELECT, 0);
+    const lo = this.bus.read32(0, CC.DF);
+    this.bus.write32(0, CC.DFSELECT, 1);
+    const hi = this.bus.read32(0, CC.DF);
+    return (BigInt(hi) << 32n) | BigInt(lo);
+  }
+
+  status(v?: number): number {
+    if (v !== undefined) this.bus.write(0, CC.STATUS, Uint8Array.of(v));
+    return this.bus.read(0, CC.STATUS, 1)[0]!;
+  }
+
+  mem(addr: bigint): number {
+    return Number(addr - this.host.base);
+  }
+
+  setupQueues(): void {
+    for (let q = 0; q < 2; q++) {
+      const base = this.host.base + BigInt(q * 0x40000);
+      const s = { desc: base, avail: base + 0x1000n, used: base + 0x2000n, buf: base + 0x10000n, availIdx: 0, usedSeen: 0 };
+      this.q.push(s);
+      this.bus.write(0, CC.Q_SELECT, leBytes(q, 2));
+      expect(rd16(this.bus.read(0, CC.Q_SIZE, 2), 0)).toBe(256);
+      this.bus.write(0, CC.Q_SIZE, leBytes(QSIZE, 2));
+      this.bus.write(0, CC.Q_MSIX, leBytes(q + 1, 2));
+      // Linux writes 64-bit addresses as two 32-bit halves.
+      for (const [reg, v] of [[CC.Q_DESC, s.desc], [CC.Q_AVAIL, s.avail], [CC.Q_USED, s.used]] as const) {
+        this.bus.write32(0, reg, Number(v & 0xffffffffn));
+        this.bus.write32(0, reg + 4, Number(v >> 32n));
+      }
+      this.bus.write(0, CC.Q_ENABLE, leBytes(1, 2));
+      expect(rd16(this.bus.read(0, CC.Q_ENABLE, 2), 0)).toBe(1);
+    }
+    this.bus.write(0, CC.MSIX, leBytes(0, 2));
+    this.status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
+  }
+
+  desc(q: number, i: number, addr: bigint, len: number, flags: number, next = 0): void {
+    const at = this.mem(this.q[q]!.desc) + 16 * i;
+    const m = this.host.memory;
+    wr64(m, at, addr);
+    wr32(m, at + 8, len);
+    wr16(m, at + 12, flags);
+    wr16(m, at + 14, next);
+  }
+
+  /** Makes head `head` available and notifies. */
+  offer(q: number, ...heads: number[]): void {
+    const s = this.q[q]!;
+    const m = this.host.memory;
+    for (const head of heads) {
+      wr16(m, this.mem(s.avail) + 4 + 2 * (s.availIdx % QSIZE), head);
+      s.availIdx = (s.availIdx + 1) & 0xffff;
+    }
+    wr16(m, this.mem(s.avail) + 2, s.availIdx);
+    this.bus.write(0, NOTIFY + q * NOTIFY_MULTIPLIER, leBytes(q, 2));
+  }
+
+  /** Sets used_event (event index) for queue q. */
+  usedEvent(q: number, v: number): void {
+    wr16(this.host.memory, this.mem(this.q[q]!.avail) + 4 + 2 * QSIZE, v);
+  }
+
+  /** New used elements since the last call. */
+  used(q: number): { id: number; len: number }[] {
+    const s = this.q[q]!;
+    const m = this.host.memory;
+    const idx = rd16(m, this.mem(s.used) + 2);
+    const out: { id: number; len: number }[] = [];
+    for (; s.usedSeen !== idx; s.usedSeen = (s.usedSeen + 1) & 0xffff) {
+      const at = this.mem(s.used) + 4 + 8 * (s.usedSeen % QSIZE);
+      out.push({ id: rd32(m, at), len: rd32(m, at + 4) });
+    }
+    return out;
+  }
+
+  /** Posts RX buffers 0..n-1 of `size` bytes each. */
+  postRx(n: number, size: number): void {
+    const s = this.q[RX_QUEUE]!;
+    for (let i = 0; i < n; i++) this.desc(RX_QUEUE, i, s.buf + BigInt(i * 0x1000), size, VRING_DESC_F_WRITE);
+    this.offer(RX_QUEUE, ...Array.from({ length: n }, (_, i) => i));
+  }
+
+  rxBuffer(i: number, len: number): Uint8Array {
+    const at = this.mem(this.q[RX_QUEUE]!.buf) + i * 0x1000;
+    return this.host.memory.slice(at, at + len);
+  }
+
+  /** Queues a frame for TX in descriptor `i` (header and data in one buffer). */
+  transmit(i: number, frame: Uint8Array): void {
+    const s = this.q[TX_QUEUE]!;
+    const addr = s.buf + BigInt(i * 0x1000);
+    this.host.memory.set(new Uint8Array(NET_HDR_SIZE), this.mem(addr));
+    this.host.memory.set(frame, this.mem(addr) + NET_HDR_SIZE);
+    this.desc(TX_QUEUE, i, addr, NET_HDR_SIZE + frame.length, 0);
+    this.offer(TX_QUEUE, i);
+  }
+}
+
+const frame = (n: number, seed = 1) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff);
+
+describe('virtio-net', () => {
+  it('is found through its capabilities: IDs, class, virtio vendor caps', () => {
+    const d = new Driver();
+    const cfg = d.dev.config.image;
+    expect(rd16(cfg, 0)).toBe(0x1af4);
+    expect(rd16(cfg, 2)).toBe(0x1041);
+    expect(rd32(cfg, 8) >>> 8).toBe(0x020000);
+    const vendor = walkCaps(cfg).filter((c) => c.id === 0x09).map((c) => cfg[c.offset + 3]);
+    expect(vendor).toEqual([1, 2, 3, 4]); // common, notify, ISR, device
+    expect([...d.bus.read(0, DEVICE_CFG + NET_CFG.MAC, 6)]).toEqual([...MAC]);
+    expect(rd16(d.bus.read(0, DEVICE_CFG + NET_CFG.MTU, 2), 0)).toBe(1500);
+  });
+
+  it('negotiates: offers VERSION_1 and ACCESS_PLATFORM; refuses unoffered features', () => {
+    const d = new Driver();
+    expect(d.deviceFeatures() & (1n << 32n)).not.toBe(0n);
+    expect(d.deviceFeatures() & (1n << 33n)).not.toBe(0n);
+    expect(d.status() & STATUS_FEATURES_OK).toBe(STATUS_FEATURES_OK);
+    const bad = new Driver({ features: (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << 60n) });
+    expect(bad.status() & STATUS_FEATURES_OK).toBe(0);
+    expect(bad.host.traced('virtio.features.refused')).toBe(1);
+    const legacy = new Driver({ features: 1n << 5n });
+    expect(legacy.status() & STATUS_FEATURES_OK).toBe(0);
+  });
+
+  it('transmits frames to the backend and returns the buffers', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    d.transmit(0, frame(60));
+    d.transmit(1, frame(1514, 3));
+    await d.bus.settle();
+    expect(d.wire.sent).toEqual([frame(60), frame(1514, 3)]);
+    expect(d.used(TX_QUEUE).map((u) => u.id)).toEqual([0, 1]);
+  });
+
+  it('receives into posted buffers with num_buffers = 1 and interrupts the RX vector', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    d.postRx(4, 2048);
+    await d.bus.settle();
+    d.wire.onReceive!(frame(100, 9));
+    await d.bus.settle();
+    const used = d.used(RX_QUEUE);
+    expect(used).toEqual([{ id: 0, len: NET_HDR_SIZE + 100 }]);
+    const buf = d.rxBuffer(0, NET_HDR_SIZE + 100);
+    expect(rd16(buf, 10)).toBe(1);
+    expect(buf.subarray(NET_HDR_SIZE)).toEqual(frame(100, 9));
+    expect(d.host.interrupts).toContain(RX_QUEUE + 1);
+  });
+
+  it('merges small RX buffers for a large frame', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    d.postRx(4, 512);
+    d.wire.onReceive!(frame(1400, 5));
+    await d.bus.settle();
+    const used = d.used(RX_QUEUE);
+    expect(used.map((u) => u.id)).toEqual([0, 1, 2]);
+    expect(used.reduce((n, u) => n + u.len, 0)).toBe(NET_HDR_SIZE + 1400);
+    const joined = new Uint8Array(3 * 512);
+    for (let i = 0; i < 3; i++) joined.set(d.rxBuffer(i, 512), i * 512);
+    expect(rd16(joined, 10)).toBe(3);
+    expect(joined.subarray(NET_HDR_SIZE, NET_HDR_SIZE + 1400)).toEqual(frame(1400, 5));
+  });
+
+  it('holds frames in a bounded backlog until buffers come, then counts drops', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    for (let i = 0; i < RX_BACKLOG + 5; i++) d.wire.onReceive!(frame(64, i));
+    await d.bus.settle();
+    expect(d.dev.counters()).toMatchObject({ rxDropNoBuffer: 5, rxBacklog: RX_BACKLOG, rxFrames: 0 });
+    d.postRx(QSIZE, 2048);
+    await d.bus.settle();
+    expect(d.used(RX_QUEUE)).toHaveLength(QSIZE);
+    expect(d.dev.counters()).toMatchObject({ rxFrames: QSIZE, rxBacklog: RX_BACKLOG - QSIZE });
+    expect(d.rxBuffer(0, NET_HDR_SIZE + 64).subarray(NET_HDR_SIZE)).toEqual(frame(64, 0));
+  });
+
+  it('without mergeable buffers a frame too big for a buffer is dropped and counted', async () => {
+    const d = new Driver({ features: (1n << BigInt(VIRTIO_F_VERSION_1)) | (1n << 5n) });
+    d.setupQueues();
+    expect(d.dev.has(VIRTIO_NET_F_MRG_RXBUF)).toBe(false);
+    d.postRx(2, 256);
+    d.wire.onReceive!(frame(1000));
+    d.wire.onReceive!(frame(100));
+    await d.bus.settle();
+    expect(d.used(RX_QUEUE)).toEqual([{ id: 0, len: NET_HDR_SIZE + 100 }]);
+    expect(d.dev.counters()).toMatchObject({ rxDropTooBig: 1, rxFrames: 1 });
+  });
+
+  it('follows chained and indirect TX descriptors', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    const s = d.q[TX_QUEUE]!;
+    const f = frame(300, 4);
+    // Chain: header in descriptor 0, data split over 1 and 2.
+    d.host.memory.set(new Uint8Array(NET_HDR_SIZE), d.mem(s.buf));
+    d.host.memory.set(f.subarray(0, 100), d.mem(s.buf) + 0x100);
+    d.host.memory.set(f.subarray(100), d.mem(s.buf) + 0x200);
+    d.desc(TX_QUEUE, 0, s.buf, NET_HDR_SIZE, VRING_DESC_F_NEXT, 1);
+    d.desc(TX_QUEUE, 1, s.buf + 0x100n, 100, VRING_DESC_F_NEXT, 2);
+    d.desc(TX_QUEUE, 2, s.buf + 0x200n, 200, 0);
+    d.offer(TX_QUEUE, 0);
+    // Indirect: a table of two descriptors at buf + 0x800.
+    const table = s.buf + 0x800n;
+    const t = d.mem(table);
+    wr64(d.host.memory, t, s.buf);
+    wr32(d.host.memory, t + 8, NET_HDR_SIZE);
+    wr16(d.host.memory, t + 12, VRING_DESC_F_NEXT);
+    wr16(d.host.memory, t + 14, 1);
+    wr64(d.host.memory, t + 16, s.buf + 0x200n);
+    wr32(d.host.memory, t + 24, 200);
+    d.desc(TX_QUEUE, 3, table, 32, VRING_DESC_F_INDIRECT);
+    d.offer(TX_QUEUE, 3);
+    await d.bus.settle();
+    expect(d.wire.sent).toEqual([f, f.subarray(100)]);
+  });
+
+  it('a chain that loops breaks the queue: traced, NEEDS_RESET, reset recovers', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    const s = d.q[TX_QUEUE]!;
+    d.desc(TX_QUEUE, 0, s.buf, 64, VRING_DESC_F_NEXT, 1);
+    d.desc(TX_QUEUE, 1, s.buf, 64, VRING_DESC_F_NEXT, 0);
+    d.offer(TX_QUEUE, 0);
+    await d.bus.settle();
+    expect(d.host.traced('virtio.queue.broken')).toBe(1);
+    expect(d.status() & STATUS_NEEDS_RESET).toBe(STATUS_NEEDS_RESET);
+    d.status(0);
+    expect(d.status()).toBe(0);
+    d.bus.write(0, CC.Q_SELECT, leBytes(1, 2));
+    expect(rd16(d.bus.read(0, CC.Q_ENABLE, 2), 0)).toBe(0);
+    expect(rd16(d.bus.read(0, CC.Q_MSIX, 2), 0)).toBe(NO_VECTOR);
+  });
+
+  it('suppresses interrupts with the event index', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    expect(d.dev.has(VIRTIO_F_EVENT_IDX)).toBe(true);
+    d.usedEvent(TX_QUEUE, 5); // interrupt only when used idx passes 5
+    for (let i = 0; i < 3; i++) {
+      d.transmit(i, frame(60, i));
+      await d.bus.settle();
+    }
+    expect(d.host.interrupts.filter((v) => v === TX_QUEUE + 1)).toHaveLength(0);
+    for (let i = 3; i < 6; i++) {
+      d.transmit(i, frame(60, i));
+      await d.bus.settle();
+    }
+    expect(d.host.interrupts.filter((v) => v === TX_QUEUE + 1)).toHaveLength(1);
+    // The device asked to be kicked at the next buffer: avail_event = 6.
+    expect(rd16(d.host.memory, d.mem(d.q[TX_QUEUE]!.used) + 4 + 8 * QSIZE)).toBe(6);
+  });
+
+  it('link down and up: status bit, config generation, config interrupt, RX drops while down', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    d.postRx(2, 2048);
+    const gen = d.bus.read(0, CC.CFGGEN, 1)[0]!;
+    d.dev.setLink(false);
+    expect(rd16(d.bus.read(0, DEVICE_CFG + NET_CFG.STATUS, 2), 0)).toBe(0);
+    expect(d.bus.read(0, CC.CFGGEN, 1)[0]).toBe(gen + 1);
+    expect(d.host.interrupts).toContain(0);
+    d.wire.onReceive!(frame(60));
+    await d.bus.settle();
+    expect(d.dev.counters()).toMatchObject({ rxDropLinkDown: 1, rxFrames: 0 });
+    d.dev.setLink(true);
+    expect(rd16(d.bus.read(0, DEVICE_CFG + NET_CFG.STATUS, 2), 0)).toBe(VIRTIO_NET_S_LINK_UP);
+    d.wire.onReceive!(frame(60));
+    await d.bus.settle();
+    expect(d.dev.counters()).toMatchObject({ rxFrames: 1 });
+  });
+
+  it('survives driver mistakes: bad queue size, bad vector, enable without rings, kick of a disabled queue', () => {
+    const d = new Driver();
+    d.bus.write(0, CC.Q_SELECT, leBytes(0, 2));
+    d.bus.write(0, CC.Q_SIZE, leBytes(100, 2));
+    expect(rd16(d.bus.read(0, CC.Q_SIZE, 2), 0)).toBe(256);
+    d.bus.write(0, CC.Q_MSIX, leBytes(99, 2));
+    expect(rd16(d.bus.read(0, CC.Q_MSIX, 2), 0)).toBe(NO_VECTOR);
+    d.bus.write(0, CC.Q_ENABLE, leBytes(1, 2));
+    expect(rd16(d.bus.read(0, CC.Q_ENABLE, 2), 0)).toBe(0);
+    d.bus.write(0, NOTIFY, leBytes(0, 2));
+    d.bus.write(0, CC.Q_SELECT, leBytes(7, 2));
+    expect(rd16(d.bus.read(0, CC.Q_SIZE, 2), 0)).toBe(0);
+    for (const e of ['virtio.queue.bad-size', 'virtio.msix.bad-vector', 'virtio.queue.enable-without-rings', 'virtio.queue.kick-ignored']) {
+      expect(d.host.traced(e), e).toBe(1);
+    }
+  });
+});

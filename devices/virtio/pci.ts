@@ -1,0 +1,465 @@
+// virtio-pci 1.x (modern) transport (virtio 1.2 §4.1) on the declarative PCI core: the common,
+// notify, ISR and device-config structures in BAR 0, found through vendor capabilities; MSI-X for
+// the config change and per-queue vectors; feature negotiation; split virtqueues. A device type
+// (virtio-net, later virtio-blk or console) supplies its device ID, features, config registers and
+// what to do with a kicked queue.
+//
+// BAR 0 (64-bit, 32 KiB):  0x0000 common config · 0x1000 ISR · 0x2000 device config ·
+//                          0x3000 notify (4 bytes per queue) · 0x4000 MSI-X table · 0x6000 PBA
+//
+// Guest mistakes (traced, survived): features the device did not offer (FEATURES_OK refused),
+// a queue enabled with a bad size or address (the queue stays off), a vector past the table (reads
+// back NO_VECTOR), kicks of a disabled or broken queue.
+import {
+  msixCap,
+  PciDevice,
+  pciConfig,
+  pcieCap,
+  pmCap,
+  type Register,
+  registers,
+  vendorCap,
+} from '../pci/index.js';
+import { leBytes } from '../pci/le.js';
+import { isExpected, SplitQueue } from './virtqueue.js';
+
+export const VIRTIO_VENDOR_ID = 0x1af4;
+export const VIRTIO_PCI_DEVICE_BASE = 0x1040;
+
+export const VIRTIO_F_INDIRECT_DESC = 28;
+export const VIRTIO_F_EVENT_IDX = 29;
+export const VIRTIO_F_VERSION_1 = 32;
+export const VIRTIO_F_ACCESS_PLATFORM = 33;
+
+export const STATUS_ACKNOWLEDGE = 1;
+export const STATUS_DRIVER = 2;
+export const STATUS_DRIVER_OK = 4;
+export const STATUS_FEATURES_OK = 8;
+export const STATUS_NEEDS_RESET = 64;
+export const STATUS_FAILED = 128;
+
+export const NO_VECTOR = 0xffff;
+
+export const VIRTIO_BAR = 0;
+export const VIRTIO_BAR_SIZE = 0x8000;
+export const COMMON = 0x0000;
+export const ISR = 0x1000;
+export const DEVICE_CFG = 0x2000;
+export const NOTIFY = 0x3000;
+export const NOTIFY_MULTIPLIER = 4;
+export const MSIX_TABLE = 0x4000;
+export const MSIX_PBA = 0x6000;
+
+/** Common configuration structure offsets (§4.1.4.3). */
+export const CC = {
+  DFSELECT: 0x00,
+  DF: 0x04,
+  GFSELECT: 0x08,
+  GF: 0x0c,
+  MSIX: 0x10,
+  NUMQ: 0x12,
+  STATUS: 0x14,
+  CFGGEN: 0x15,
+  Q_SELECT: 0x16,
+  Q_SIZE: 0x18,
+  Q_MSIX: 0x1a,
+  Q_ENABLE: 0x1c,
+  Q_NOFF: 0x1e,
+  Q_DESC: 0x20,
+  Q_AVAIL: 0x28,
+  Q_USED: 0x30,
+} as const;
+
+const CFG_COMMON = 1;
+const CFG_NOTIFY = 2;
+const CFG_ISR = 3;
+const CFG_DEVICE = 4;
+
+export interface VirtioOptions<Self> {
+  model: string;
+  /** Virtio device ID (1 = net, 2 = block …); the PCI device ID is 0x1040 + it. */
+  deviceType: number;
+  classCode: number;
+  /** Device-specific feature bits offered (transport bits are added here). */
+  features: bigint;
+  /** Maximum size of each queue (a power of two). */
+  queueSizes: number[];
+  /** Device config registers, offsets relative to the device config structure. */
+  config: Register<Self>[];
+  configSize: number;
+}
+
+interface QueueState {
+  size: number;
+  maxSize: number;
+  vector: number;
+  enabled: boolean;
+  desc: bigint;
+  avail: bigint;
+  used: bigint;
+  ring: SplitQueue | undefined;
+  /** A kick arrived while the queue was being serviced. */
+  again: boolean;
+  running: boolean;
+}
+
+const hex = (v: number | bigint) => `0x${v.toString(16)}`;
+const isPow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
+
+function cap(cfgType: number, offset: number, length: number, extra: number[] = []): Uint8Array {
+  // virtio_pci_cap after cap_vndr/cap_next/cap_len: cfg_type, bar, id, padding[2], offset, length.
+  const b = new Uint8Array(13 + extra.length * 4);
+  b[0] = cfgType;
+  b[1] = VIRTIO_BAR;
+  b.set(leBytes(offset, 4), 5);
+  b.set(leBytes(length, 4), 9);
+  extra.forEach((v, i) => b.set(leBytes(v, 4), 13 + 4 * i));
+  return b;
+}
+
+export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extends PciDevice<Self> {
+  readonly offered: bigint;
+  readonly #queues: QueueState[];
+  #driverFeatures = 0n;
+  #isr = 0;
+  #epoch = 0;
+
+  constructor(o: VirtioOptions<Self>) {
+    const nq = o.queueSizes.length;
+    const vectors = nq + 1;
+    const offered =
+      o.features |
+      (1n << BigInt(VIRTIO_F_VERSION_1)) |
+      (1n << BigInt(VIRTIO_F_ACCESS_PLATFORM)) |
+      (1n << BigInt(VIRTIO_F_EVENT_IDX)) |
+      (1n << BigInt(VIRTIO_F_INDIRECT_DESC));
+    const common: Register<Self>[] = [
+      { name: 'DFSELECT', at: CC.DFSELECT, size: 4, access: 'rw', onWrite: (c, v) => c.#selectFeatures(v) },
+      { name: 'DF', at: CC.DF, size: 4, access: 'ro', reset: Number(offered & 0xffffffffn) },
+      { name: 'GFSELECT', at: CC.GFSELECT, size: 4, access: 'rw', onWrite: (c, v) => c.#selectDriverFeatures(v) },
+      { name: 'GF', at: CC.GF, size: 4, access: 'rw', onWrite: (c, v) => c.#setDriverFeatures(v) },
+      { name: 'MSIX', at: CC.MSIX, size: 2, access: 'rw', reset: NO_VECTOR, onWrite: (c, v) => c.#setConfigVector(v) },
+      { name: 'NUMQ', at: CC.NUMQ, size: 2, access: 'ro', reset: nq },
+      { name: 'STATUS', at: CC.STATUS, size: 1, access: 'rw', onWrite: (c, v, old) => c.#setStatus(v, old) },
+      { name: 'CFGGEN', at: CC.CFGGEN, size: 1, access: 'ro' },
+      { name: 'Q_SELECT', at: CC.Q_SELECT, size: 2, access: 'rw', onWrite: (c) => c.#loadQueue() },
+      { name: 'Q_SIZE', at: CC.Q_SIZE, size: 2, access: 'rw', reset: o.queueSizes[0], onWrite: (c, v) => c.#queueField('size', v) },
+      { name: 'Q_MSIX', at: CC.Q_MSIX, size: 2, access: 'rw', reset: NO_VECTOR, onWrite: (c, v) => c.#queueField('vector', v) },
+      { name: 'Q_ENABLE', at: CC.Q_ENABLE, size: 2, access: 'rw', onWrite: (c, v) => c.#queueField('enabled', v) },
+      { name: 'Q_NOFF', at: CC.Q_NOFF, size: 2, access: 'ro' },
+      { name: 'Q_DESC', at: CC.Q_DESC, size: 8, access: 'rw', onWrite: (c, v) => c.#queueAddr('desc', v) },
+      { name: 'Q_AVAIL', at: CC.Q_AVAIL, size: 8, access: 'rw', onWrite: (c, v) => c.#queueAddr('avail', v) },
+      { name: 'Q_USED', at: CC.Q_USED, size: 8, access: 'rw', onWrite: (c, v) => c.#queueAddr('used', v) },
+    ];
+    const isr: Register<Self> = {
+      name: 'ISR',
+      at: ISR,
+      size: 1,
+      access: 'ro',
+      volatile: true,
+      onRead: (c) => c.#readIsr(),
+    };
+    const notify: Register<Self>[] = o.queueSizes.map((_, q) => ({
+      name: `NOTIFY${q}`,
+      at: NOTIFY + q * NOTIFY_MULTIPLIER,
+      size: 2,
+      access: 'wo',
+      doorbell: true,
+      onWrite: (c: Self) => c.#kick(q),
+    }));
+    const deviceCfg = o.config.map((r) => ({ ...r, at: r.at + DEVICE_CFG }) as Register<Self>);
+    super({
+      model: o.model,
+      config: pciConfig({
+        vendorId: VIRTIO_VENDOR_ID,
+        deviceId: VIRTIO_PCI_DEVICE_BASE + o.deviceType,
+        subsystemVendorId: VIRTIO_VENDOR_ID,
+        subsystemId: VIRTIO_PCI_DEVICE_BASE + o.deviceType,
+        classCode: o.classCode,
+        revision: 1,
+        bars: [{ index: VIRTIO_BAR, kind: 'mem64', size: VIRTIO_BAR_SIZE, prefetchable: false }],
+        caps: [
+          pcieCap({ type: 'endpoint' }),
+          msixCap({ vectors, bar: VIRTIO_BAR, table: MSIX_TABLE, pba: MSIX_PBA }),
+          pmCap(),
+          vendorCap(cap(CFG_COMMON, COMMON, 0x38), 'virtio-common'),
+          vendorCap(cap(CFG_NOTIFY, NOTIFY, nq * NOTIFY_MULTIPLIER, [NOTIFY_MULTIPLIER]), 'virtio-notify'),
+          vendorCap(cap(CFG_ISR, ISR, 1), 'virtio-isr'),
+          vendorCap(cap(CFG_DEVICE, DEVICE_CFG, o.configSize), 'virtio-device'),
+        ],
+      }),
+      bars: [{ index: VIRTIO_BAR, registers: registers<Self>([...common, isr, ...notify, ...deviceCfg]) }],
+    });
+    for (const s of o.queueSizes) if (!isPow2(s) || s > 32768) throw new Error(`${o.model}: queue size ${s}`);
+    this.offered = offered;
+    this.#queues = o.queueSizes.map((maxSize) => ({
+      size: maxSize,
+      maxSize,
+      vector: NO_VECTOR,
+      enabled: false,
+      desc: 0n,
+      avail: 0n,
+      used: 0n,
+      ring: undefined,
+      again: false,
+      running: false,
+    }));
+  }
+
+  get #regs() {
+    return this.bar(VIRTIO_BAR);
+  }
+
+  get status(): number {
+    return this.#regs.u8(CC.STATUS);
+  }
+
+  /** Features both sides agreed on (valid once FEATURES_OK is set). */
+  get negotiated(): bigint {
+    return this.#driverFeatures & this.offered;
+  }
+
+  has(bit: number): boolean {
+    return (this.negotiated & (1n << BigInt(bit))) !== 0n;
+  }
+
+  get driverOk(): boolean {
+    return (this.status & STATUS_DRIVER_OK) !== 0 && (this.status & STATUS_NEEDS_RESET) === 0;
+  }
+
+  /** The split queue `q`, if the driver enabled it. */
+  protected queue(q: number): SplitQueue | undefined {
+    return this.#queues[q]?.ring;
+  }
+
+  /** Service a kicked queue; called again if kicked while running. Errors that are not guest
+   *  mistakes or DMA refusals propagate (bugs). */
+  protected abstract serviceQueue(q: number, ring: SplitQueue, epoch: number): Promise<void>;
+  /** The device was reset (status 0, FLR, attach): drop device state. */
+  protected abstract onDeviceReset(): void;
+
+  /** Has work of `epoch` been abandoned by a reset? */
+  protected stale(epoch: number): boolean {
+    return epoch !== this.#epoch || !this.attached;
+  }
+
+  protected get epoch(): number {
+    return this.#epoch;
+  }
+
+  /** Raises queue q's vector (after its used-ring writes, which the port orders first). */
+  protected interruptQueue(q: number): void {
+    this.#isr |= 1;
+    const v = this.#queues[q]!.vector;
+    if (v !== NO_VECTOR) this.host.raiseMsix(v);
+  }
+
+  /** Device config changed: bump the generation, raise the config vector. */
+  protected configChanged(): void {
+    const r = this.#regs;
+    r.set8(CC.CFGGEN, (r.u8(CC.CFGGEN) + 1) & 0xff);
+    this.#isr |= 2;
+    const v = r.u16(CC.MSIX);
+    if (v !== NO_VECTOR && this.driverOk) this.host.raiseMsix(v);
+  }
+
+  /** Schedules service of queue q (a kick, or the device has new work for it). */
+  protected kick(q: number): void {
+    this.#kick(q);
+  }
+
+  protected override onReset(): void {
+    this.#reset();
+  }
+
+  #reset(): void {
+    this.#epoch++;
+    this.#driverFeatures = 0n;
+    this.#isr = 0;
+    for (const q of this.#queues) {
+      Object.assign(q, { size: q.maxSize, vector: NO_VECTOR, enabled: false, desc: 0n, avail: 0n, used: 0n, ring: undefined, again: false, running: false });
+    }
+    this.onDeviceReset();
+  }
+
+  #selectFeatures(sel: number): void {
+    const word = sel < 2 ? Number((this.offered >> BigInt(32 * sel)) & 0xffffffffn) : 0;
+    this.#regs.set32(CC.DF, word);
+  }
+
+  #selectDriverFeatures(sel: number): void {
+    const word = sel < 2 ? Number((this.#driverFeatures >> BigInt(32 * sel)) & 0xffffffffn) : 0;
+    this.#regs.set32(CC.GF, word);
+  }
+
+  #setDriverFeatures(v: number): void {
+    const sel = this.#regs.u32(CC.GFSELECT);
+    if (sel > 1) {
+      if (v !== 0) this.trace('virtio.features.unknown-word', { select: sel, value: hex(v) });
+      return;
+    }
+    if (this.status & STATUS_FEATURES_OK) {
+      this.trace('virtio.features.after-features-ok', { value: hex(v) });
+      return;
+    }
+    const shift = BigInt(32 * sel);
+    this.#driverFeatures = (this.#driverFeatures & ~(0xffffffffn << shift)) | (BigInt(v >>> 0) << shift);
+  }
+
+  #setConfigVector(v: number): void {
+    if (v !== NO_VECTOR && v >= this.#queues.length + 1) {
+      this.trace('virtio.msix.bad-vector', { vector: v });
+      this.#regs.set16(CC.MSIX, NO_VECTOR);
+    }
+  }
+
+  #setStatus(v: number, old: number): void {
+    const r = this.#regs;
+    if (v === 0) {
+      // Device reset (§2.4): the driver polls until STATUS reads 0. PCI config is untouched.
+      this.#reset();
+      r.set8(CC.STATUS, 0);
+      r.set16(CC.MSIX, NO_VECTOR);
+      r.set32(CC.GF, 0);
+      r.set16(CC.Q_SELECT, 0);
+      this.#loadQueue();
+      return;
+    }
+    if (old & ~v & 0xff) {
+      this.trace('virtio.status.cleared-bits', { old: hex(old), value: hex(v) });
+      r.set8(CC.STATUS, old | v);
+    }
+    if (v & STATUS_FEATURES_OK && !(old & STATUS_FEATURES_OK)) {
+      const extra = this.#driverFeatures & ~this.offered;
+      const v1 = (this.#driverFeatures >> BigInt(VIRTIO_F_VERSION_1)) & 1n;
+      if (extra !== 0n || v1 === 0n) {
+        this.trace('virtio.features.refused', { features: hex(this.#driverFeatures), unoffered: hex(extra) });
+        r.set8(CC.STATUS, (old | v) & ~STATUS_FEATURES_OK);
+      }
+    }
+    if (v & STATUS_DRIVER_OK && !(old & STATUS_DRIVER_OK)) this.onDriverOk();
+  }
+
+  /** DRIVER_OK was set: the device may start using its queues. */
+  protected onDriverOk(): void {}
+
+  #selected(): QueueState | undefined {
+    const q = this.#queues[this.#regs.u16(CC.Q_SELECT)];
+    return q;
+  }
+
+  #loadQueue(): void {
+    const r = this.#regs;
+    const sel = r.u16(CC.Q_SELECT);
+    const q = this.#queues[sel];
+    // A queue that does not exist reads queue_size 0 (§4.1.4.3.1).
+    r.set16(CC.Q_SIZE, q ? q.size : 0);
+    r.set16(CC.Q_MSIX, q ? q.vector : NO_VECTOR);
+    r.set16(CC.Q_ENABLE, q?.enabled ? 1 : 0);
+    r.set16(CC.Q_NOFF, q ? sel : 0);
+    r.set64(CC.Q_DESC, q?.desc ?? 0n);
+    r.set64(CC.Q_AVAIL, q?.avail ?? 0n);
+    r.set64(CC.Q_USED, q?.used ?? 0n);
+  }
+
+  #queueField(field: 'size' | 'vector' | 'enabled', v: number): void {
+    const q = this.#selected();
+    const r = this.#regs;
+    if (!q) {
+      this.trace('virtio.queue.no-such-queue', { queue: r.u16(CC.Q_SELECT) });
+      this.#loadQueue();
+      return;
+    }
+    if (q.enabled && field !== 'vector') {
+      this.trace('virtio.queue.changed-while-enabled', { field });
+      this.#loadQueue();
+      return;
+    }
+    if (field === 'size') {
+      if (!isPow2(v) || v > q.maxSize) {
+        this.trace('virtio.queue.bad-size', { size: v, max: q.maxSize });
+        r.set16(CC.Q_SIZE, q.size);
+        return;
+      }
+      q.size = v;
+    } else if (field === 'vector') {
+      if (v !== NO_VECTOR && v >= this.#queues.length + 1) {
+        this.trace('virtio.msix.bad-vector', { vector: v });
+        r.set16(CC.Q_MSIX, NO_VECTOR);
+        q.vector = NO_VECTOR;
+        return;
+      }
+      q.vector = v;
+    } else if (v === 1) {
+      if (q.desc === 0n || q.avail === 0n || q.used === 0n) {
+        this.trace('virtio.queue.enable-without-rings', { queue: r.u16(CC.Q_SELECT) });
+        r.set16(CC.Q_ENABLE, 0);
+        return;
+      }
+      q.enabled = true;
+      q.ring = new SplitQueue(
+        {
+          size: q.size,
+          desc: q.desc,
+          driver: q.avail,
+          device: q.used,
+          eventIdx: this.has(VIRTIO_F_EVENT_IDX),
+          indirect: this.has(VIRTIO_F_INDIRECT_DESC),
+        },
+        () => this.host,
+      );
+    } else if (v !== 0) {
+      this.trace('virtio.queue.bad-enable', { value: v });
+      r.set16(CC.Q_ENABLE, q.enabled ? 1 : 0);
+    }
+  }
+
+  #queueAddr(field: 'desc' | 'avail' | 'used', v: bigint): void {
+    const q = this.#selected();
+    if (!q || q.enabled) {
+      this.trace('virtio.queue.address-ignored', { field });
+      this.#loadQueue();
+      return;
+    }
+    q[field] = v;
+  }
+
+  #readIsr(): number {
+    const v = this.#isr;
+    this.#isr = 0;
+    return v;
+  }
+
+  #kick(q: number): void {
+    const s = this.#queues[q];
+    if (!s?.ring || !this.driverOk) {
+      this.trace('virtio.queue.kick-ignored', { queue: q, enabled: s?.enabled ?? false });
+      return;
+    }
+    if (s.running) {
+      s.again = true;
+      return;
+    }
+    s.running = true;
+    const epoch = this.#epoch;
+    const ring = s.ring;
+    const run = async () => {
+      try {
+        do {
+          s.again = false;
+          await this.serviceQueue(q, ring, epoch);
+        } while (s.again && !this.stale(epoch) && !ring.broken);
+      } catch (e) {
+        if (!isExpected(e)) throw e;
+        if (e instanceof Error && !this.stale(epoch)) this.trace('virtio.queue.stopped', { queue: q, why: e.message });
+        if (ring.broken && !this.stale(epoch)) {
+          this.#regs.set8(CC.STATUS, this.status | STATUS_NEEDS_RESET);
+          this.configChanged();
+        }
+      } finally {
+        if (!this.stale(epoch)) s.running = false;
+      }
+    };
+    void run();
+  }
+}

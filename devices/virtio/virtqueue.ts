@@ -1,0 +1,209 @@
+// A split virtqueue (virtio 1.x §2.7) seen from the device, over DMA. Every access to the rings is
+// a HostPort DMA: reads cost a round trip to the host, writes are posted. So a kick reads the whole
+// available ring and the whole descriptor table at once (two reads in flight together), and
+// completions are published as posted writes followed by one read of used_event.
+//
+// Driver mistakes (a head or next index out of range, a loop in a chain, an indirect table of a bad
+// size, a readable descriptor after a writable one) are traced, and the queue stops until the device
+// is reset ("needs reset"): the spec allows no better, and nothing is ever guessed.
+import { DmaError, type HostPort } from '../host-port.js';
+import { rd16, rd32, rd64, wr16, wr32 } from '../pci/le.js';
+
+export const VRING_DESC_F_NEXT = 1;
+export const VRING_DESC_F_WRITE = 2;
+export const VRING_DESC_F_INDIRECT = 4;
+const DESC_SIZE = 16;
+/** Longest chain we follow (the spec bounds chains by the queue size; indirect tables too). */
+const MAX_CHAIN = 1024;
+
+export interface Segment {
+  addr: bigint;
+  len: number;
+}
+
+/** One buffer the driver made available: device-readable segments, then device-writable ones. */
+export interface Chain {
+  head: number;
+  readable: Segment[];
+  writable: Segment[];
+}
+
+export interface QueueConfig {
+  size: number;
+  desc: bigint;
+  driver: bigint;
+  device: bigint;
+  eventIdx: boolean;
+  indirect: boolean;
+}
+
+/** vring_need_event: should the device interrupt, having moved used idx from old to next? */
+export function needEvent(event: number, next: number, old: number): boolean {
+  return ((next - event - 1) & 0xffff) < ((next - old) & 0xffff);
+}
+
+export class QueueBroken extends Error {
+  override readonly name = 'QueueBroken';
+}
+
+export class SplitQueue {
+  readonly #c: QueueConfig;
+  readonly #port: () => HostPort;
+  /** Next available-ring index to take. */
+  #lastAvail = 0;
+  /** Next used-ring index to fill. */
+  #usedIdx = 0;
+  /** used idx when we last decided about an interrupt. */
+  #signalledUsed = 0;
+  /** Heads made available but not yet consumed, from the last ring read. */
+  #pending: number[] = [];
+  #table: Uint8Array | undefined;
+  broken = false;
+
+  constructor(c: QueueConfig, port: () => HostPort) {
+    this.#c = c;
+    this.#port = port;
+  }
+
+  get size(): number {
+    return this.#c.size;
+  }
+
+  /** Reads the available ring (and the descriptor table) when nothing is pending. Returns the
+   *  number of chains ready to pop. */
+  async refresh(): Promise<number> {
+    if (this.broken) return 0;
+    if (this.#pending.length > 0) return this.#pending.length;
+    const { size, driver, desc } = this.#c;
+    const [ring, table] = await Promise.all([
+      this.#port().dmaRead(driver, 4 + 2 * size),
+      this.#port().dmaRead(desc, DESC_SIZE * size),
+    ]);
+    const idx = rd16(ring, 2);
+    const n = (idx - this.#lastAvail) & 0xffff;
+    if (n > size) throw this.#break('avail.idx moved by more than the queue size', { idx, last: this.#lastAvail });
+    for (let i = 0; i < n; i++) this.#pending.push(rd16(ring, 4 + 2 * ((this.#lastAvail + i) % size)));
+    this.#table = table;
+    return n;
+  }
+
+  /** Takes the next available chain, or undefined when the ring is empty (call refresh first). */
+  async pop(): Promise<Chain | undefined> {
+    if (this.broken || this.#pending.length === 0) return undefined;
+    const head = this.#pending.shift()!;
+    this.#lastAvail = (this.#lastAvail + 1) & 0xffff;
+    if (head >= this.#c.size) throw this.#break('avail ring names a descriptor past the table', { head });
+    const chain: Chain = { head, readable: [], writable: [] };
+    let table = this.#table!;
+    let count = this.#c.size;
+    let i = head;
+    let indirect = false;
+    for (let steps = 0; ; steps++) {
+      if (steps >= MAX_CHAIN || steps >= count) throw this.#break('descriptor chain loops', { head });
+      const at = i * DESC_SIZE;
+      const addr = rd64(table, at);
+      const len = rd32(table, at + 8);
+      const flags = rd16(table, at + 12);
+      const next = rd16(table, at + 14);
+      if (flags & VRING_DESC_F_INDIRECT) {
+        if (indirect || !this.#c.indirect) throw this.#break('indirect descriptor not allowed here', { head });
+        if (len === 0 || len % DESC_SIZE) throw this.#break('indirect table length', { head, len });
+        if (flags & VRING_DESC_F_NEXT) throw this.#break('indirect descriptor with NEXT', { head });
+        table = await this.#port().dmaRead(addr, len);
+        count = len / DESC_SIZE;
+        indirect = true;
+        i = 0;
+        steps = -1;
+        continue;
+      }
+      if (len > 0) {
+        if (flags & VRING_DESC_F_WRITE) chain.writable.push({ addr, len });
+        else if (chain.writable.length > 0) throw this.#break('readable descriptor after a writable one', { head });
+        else chain.readable.push({ addr, len });
+      }
+      if (!(flags & VRING_DESC_F_NEXT)) break;
+      if (next >= count) throw this.#break('next index past the table', { head, next });
+      i = next;
+    }
+    return chain;
+  }
+
+  /** Reads every readable byte of a chain. */
+  async read(chain: Chain): Promise<Uint8Array> {
+    const parts = await Promise.all(chain.readable.map((s) => this.#port().dmaRead(s.addr, s.len)));
+    if (parts.length === 1) return parts[0]!;
+    const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+
+  /** Writes `data` into the chain's writable segments from `offset`; returns bytes written. */
+  write(chain: Chain, data: Uint8Array, offset = 0): number {
+    let skip = offset;
+    let done = 0;
+    for (const s of chain.writable) {
+      if (done >= data.length) break;
+      if (skip >= s.len) {
+        skip -= s.len;
+        continue;
+      }
+      const n = Math.min(s.len - skip, data.length - done);
+      this.#port().dmaWrite(s.addr + BigInt(skip), data.subarray(done, done + n));
+      done += n;
+      skip = 0;
+    }
+    return done;
+  }
+
+  /** Puts a used element (head, bytes written) in the used ring and publishes used idx. */
+  push(head: number, written: number): void {
+    const { size, device } = this.#c;
+    const elem = new Uint8Array(8);
+    wr32(elem, 0, head);
+    wr32(elem, 4, written);
+    this.#port().dmaWrite(device + BigInt(4 + 8 * (this.#usedIdx % size)), elem);
+    this.#usedIdx = (this.#usedIdx + 1) & 0xffff;
+    const idx = new Uint8Array(2);
+    wr16(idx, 0, this.#usedIdx);
+    this.#port().dmaWrite(device + 2n, idx);
+  }
+
+  /** With event index: tells the driver to kick once avail idx passes what we consumed. */
+  publishAvailEvent(): void {
+    if (!this.#c.eventIdx) return;
+    const v = new Uint8Array(2);
+    wr16(v, 0, this.#lastAvail);
+    this.#port().dmaWrite(this.#c.device + BigInt(4 + 8 * this.#c.size), v);
+  }
+
+  /** Whether the driver wants an interrupt for what was pushed since the last call (reads
+   *  used_event or avail.flags after the posted used-ring writes, which the host applies first). */
+  async shouldInterrupt(): Promise<boolean> {
+    const old = this.#signalledUsed;
+    const next = this.#usedIdx;
+    if (old === next) return false;
+    this.#signalledUsed = next;
+    const { size, driver } = this.#c;
+    if (this.#c.eventIdx) {
+      const ev = await this.#port().dmaRead(driver + BigInt(4 + 2 * size), 2);
+      return needEvent(rd16(ev, 0), next, old);
+    }
+    const flags = await this.#port().dmaRead(driver, 2);
+    return (rd16(flags, 0) & 1) === 0; // VRING_AVAIL_F_NO_INTERRUPT
+  }
+
+  #break(why: string, fields: Record<string, unknown>): QueueBroken {
+    this.broken = true;
+    this.#port().trace('virtio.queue.broken', { why, ...fields });
+    return new QueueBroken(why);
+  }
+}
+
+/** True for errors that mean "stop this work quietly": DMA refused, queue broken, device gone. */
+export function isExpected(e: unknown): boolean {
+  return e instanceof DmaError || e instanceof QueueBroken;
+}
