@@ -15,13 +15,12 @@ import type { Transport } from '../proto/transport.js';
 import { ErrorCode } from '../proto/wire.js';
 import { dialWs } from '../proto/ws.js';
 import type { Channel } from './channel.js';
+import { openKernelChannel } from './kernel/channel.js';
 import { type AttachedDevice, Relay } from './relay.js';
 import { SimChannel } from './sim/channel.js';
 import { type Check, TestDriver } from './sim/test-driver.js';
 
 const VERSION = '0.1.0';
-/** host-agent/kernel/channel.ts, imported by name so the sim works where it is not built. */
-const KERNEL_CHANNEL = './kernel/channel.js';
 /** After SIGTERM, give up on an orderly goodbye after this long (the lab waits 10 s). */
 const STOP_MS = 5000;
 
@@ -46,9 +45,7 @@ export function dialer(address: Address, tls?: { identity: Identity; pin: string
 
 async function openChannel(name: 'sim' | 'kernel', log: Logger): Promise<Channel> {
   if (name === 'sim') return new SimChannel({ log });
-  // Loaded only when asked for: the kernel channel opens /dev/pcinet.
-  const kernel: { openKernelChannel(o: { log: Logger }): Promise<Channel> } = await import(KERNEL_CHANNEL);
-  return kernel.openKernelChannel({ log });
+  return openKernelChannel({ log });
 }
 
 export function formatChecks(checks: readonly Check[]): string {

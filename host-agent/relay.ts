@@ -152,7 +152,12 @@ export class Relay {
     this.#sawAttach = true;
     try {
       if (!a.desc) throw new ProtocolError(ErrorCode.BAD_CONFIG, 'Attach without a description');
-      const device = await this.#channel.attach(dev, a.desc, (m) => this.#fromDevice(dev, m));
+      // The bus may talk about the device before attach() returns (config writes while the kernel
+      // scans it): those go out after our AttachResult, which the endpoint must see first.
+      let early: Msg[] | undefined = [];
+      const device = await this.#channel.attach(dev, a.desc, (m) => (early ? early.push(m) : this.#fromDevice(dev, m)));
+      const held = early;
+      early = undefined;
       if (this.#closed) {
         await device.remove(ErrorCode.SHUTDOWN);
         return;
@@ -160,6 +165,7 @@ export class Relay {
       this.#gone.delete(dev);
       this.#devices.set(dev, { device, model });
       this.#session.send({ attachResult: { dev, code: ErrorCode.OK, address: device.address } });
+      for (const m of held) this.#fromDevice(dev, m);
       this.#log.info({ dev, model, address: device.address }, 'device attached');
     } catch (e) {
       const code =

@@ -39,6 +39,7 @@ enum {
 	PCINET_W_DMA_READ = 7,		/* device reads host memory; answered by R_DMA_READ_CPL */
 	PCINET_W_DMA_WRITE = 8,		/* device writes host memory (posted) */
 	PCINET_W_INTERRUPT = 9,		/* device raises an MSI-X vector */
+	PCINET_W_DETACH = 10,		/* remove the device now; read() then returns 0 (end of file) */
 };
 
 enum pcinet_bar_kind {

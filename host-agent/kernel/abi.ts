@@ -1,0 +1,217 @@
+// The /dev/pcinet record format, mirrored from kernel/uapi/pcinet.h (docs/KERNEL-ABI.md). Every
+// record: u16 type, u16 flags (0), u32 len (whole record, multiple of 8); little-endian.
+import { pcinet } from '../../proto/wire.js';
+
+export const ABI_VERSION = 1;
+export const MAX_DATA = 65536;
+export const CONFIG_SIZE = 4096;
+export const NUM_BARS = 6;
+export const HDR = 8;
+
+export const W = {
+  ATTACH: 1,
+  RANGE: 2,
+  SHADOW: 3,
+  START: 4,
+  WRITES_APPLIED: 5,
+  MMIO_READ_CPL: 6,
+  DMA_READ: 7,
+  DMA_WRITE: 8,
+  INTERRUPT: 9,
+  DETACH: 10,
+} as const;
+
+export const R = {
+  ATTACHED: 0x81,
+  MMIO_WRITE: 0x82,
+  MMIO_READ: 0x83,
+  CONFIG_WRITE: 0x84,
+  DMA_READ_CPL: 0x85,
+  FUNCTION_RESET: 0x86,
+} as const;
+
+export const BAR_KIND = { NONE: 0, MEM32: 1, MEM64: 2, IO: 3 } as const;
+export const RANGE_VOLATILE = 1;
+export const RANGE_DOORBELL = 2;
+export const STATUS_OK = 0;
+export const STATUS_ERROR = 1;
+
+/** sizeof(struct pcinet_w_attach): header, version, vectors, 6 BARs of 16 bytes, three images. */
+export const ATTACH_SIZE = HDR + 8 + NUM_BARS * 16 + 3 * CONFIG_SIZE;
+
+const pad8 = (n: number) => (n + 7) & ~7;
+
+function record(type: number, bodyLen: number): { buf: Buffer; body: number } {
+  const len = pad8(HDR + bodyLen);
+  const buf = Buffer.alloc(len);
+  buf.writeUInt16LE(type, 0);
+  buf.writeUInt32LE(len, 4);
+  return { buf, body: HDR };
+}
+
+export interface AttachBar {
+  index: number;
+  size: bigint;
+  kind: number;
+  prefetchable: boolean;
+}
+
+export function attachRecord(o: {
+  vectors: number;
+  bars: AttachBar[];
+  config: Uint8Array;
+  wmask: Uint8Array;
+  w1cmask: Uint8Array;
+}): Buffer {
+  const { buf } = record(W.ATTACH, ATTACH_SIZE - HDR);
+  buf.writeUInt32LE(ABI_VERSION, 8);
+  buf.writeUInt32LE(o.vectors, 12);
+  for (const b of o.bars) {
+    const at = 16 + 16 * b.index;
+    buf.writeBigUInt64LE(b.size, at);
+    buf.writeUInt32LE(b.kind, at + 8);
+    buf.writeUInt32LE(b.prefetchable ? 1 : 0, at + 12);
+  }
+  const images = 16 + 16 * NUM_BARS;
+  buf.set(o.config.subarray(0, CONFIG_SIZE), images);
+  buf.set(o.wmask.subarray(0, CONFIG_SIZE), images + CONFIG_SIZE);
+  buf.set(o.w1cmask.subarray(0, CONFIG_SIZE), images + 2 * CONFIG_SIZE);
+  return buf;
+}
+
+export function rangeRecord(bar: number, kind: number, offset: bigint, length: bigint): Buffer {
+  const { buf } = record(W.RANGE, 24);
+  buf.writeUInt32LE(bar, 8);
+  buf.writeUInt32LE(kind, 12);
+  buf.writeBigUInt64LE(offset, 16);
+  buf.writeBigUInt64LE(length, 24);
+  return buf;
+}
+
+/** Shadow contents; `data` at most MAX_DATA bytes (callers split). */
+export function shadowRecord(bar: number, offset: bigint, data: Uint8Array): Buffer {
+  const { buf } = record(W.SHADOW, 16 + data.length);
+  buf.writeUInt32LE(bar, 8);
+  buf.writeUInt32LE(data.length, 12);
+  buf.writeBigUInt64LE(offset, 16);
+  buf.set(data, 24);
+  return buf;
+}
+
+export function emptyRecord(type: number): Buffer {
+  return record(type, 0).buf;
+}
+
+export function writesAppliedRecord(count: bigint): Buffer {
+  const { buf } = record(W.WRITES_APPLIED, 8);
+  buf.writeBigUInt64LE(count, 8);
+  return buf;
+}
+
+export function mmioReadCplRecord(tag: number, ok: boolean, data: Uint8Array): Buffer {
+  const { buf } = record(W.MMIO_READ_CPL, 16);
+  buf.writeUInt32LE(tag, 8);
+  buf.writeUInt32LE(ok ? STATUS_OK : STATUS_ERROR, 12);
+  buf.set(data.subarray(0, 8), 16);
+  return buf;
+}
+
+export function dmaReadRecord(tag: number, iova: bigint, size: number): Buffer {
+  const { buf } = record(W.DMA_READ, 16);
+  buf.writeUInt32LE(tag, 8);
+  buf.writeUInt32LE(size, 12);
+  buf.writeBigUInt64LE(iova, 16);
+  return buf;
+}
+
+export function dmaWriteRecord(iova: bigint, data: Uint8Array): Buffer {
+  const { buf } = record(W.DMA_WRITE, 16 + data.length);
+  buf.writeUInt32LE(data.length, 8);
+  buf.writeBigUInt64LE(iova, 16);
+  buf.set(data, 24);
+  return buf;
+}
+
+export function interruptRecord(vector: number): Buffer {
+  const { buf } = record(W.INTERRUPT, 8);
+  buf.writeUInt32LE(vector, 8);
+  return buf;
+}
+
+/** A record read from the kernel. */
+export type KernelRecord =
+  | { type: 'attached'; domain: number; bus: number; devfn: number }
+  | { type: 'mmio-write'; bar: number; offset: bigint; data: Uint8Array }
+  | { type: 'mmio-read'; tag: number; bar: number; size: number; offset: bigint }
+  | { type: 'config-write'; offset: number; size: number; value: number }
+  | { type: 'dma-read-cpl'; tag: number; ok: boolean; data: Uint8Array }
+  | { type: 'function-reset' };
+
+export class AbiError extends Error {
+  override readonly name = 'AbiError';
+}
+
+/** Splits what one read() returned into records. Throws AbiError on anything inconsistent (a
+ *  kernel/agent version mismatch: nothing to recover). */
+export function parseRecords(buf: Uint8Array): KernelRecord[] {
+  const v = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
+  const out: KernelRecord[] = [];
+  for (let at = 0; at < v.length; ) {
+    if (v.length - at < HDR) throw new AbiError(`truncated record header at ${at}`);
+    const type = v.readUInt16LE(at);
+    const len = v.readUInt32LE(at + 4);
+    if (len < HDR || len % 8 || len > v.length - at) throw new AbiError(`record of type 0x${type.toString(16)} has length ${len}`);
+    const r = v.subarray(at, at + len);
+    const need = (n: number) => {
+      if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
+    };
+    switch (type) {
+      case R.ATTACHED:
+        need(16);
+        out.push({ type: 'attached', domain: r.readUInt32LE(8), bus: r[12]!, devfn: r[13]! });
+        break;
+      case R.MMIO_WRITE: {
+        need(24);
+        const size = r.readUInt32LE(12);
+        need(24 + size);
+        out.push({ type: 'mmio-write', bar: r.readUInt32LE(8), offset: r.readBigUInt64LE(16), data: Uint8Array.prototype.slice.call(r, 24, 24 + size) });
+        break;
+      }
+      case R.MMIO_READ:
+        need(32);
+        out.push({ type: 'mmio-read', tag: r.readUInt32LE(8), bar: r.readUInt32LE(12), size: r.readUInt32LE(16), offset: r.readBigUInt64LE(24) });
+        break;
+      case R.CONFIG_WRITE:
+        need(24);
+        out.push({ type: 'config-write', offset: r.readUInt32LE(8), size: r.readUInt32LE(12), value: r.readUInt32LE(16) });
+        break;
+      case R.DMA_READ_CPL: {
+        need(24);
+        const size = r.readUInt32LE(16);
+        need(24 + size);
+        out.push({ type: 'dma-read-cpl', tag: r.readUInt32LE(8), ok: r.readUInt32LE(12) === STATUS_OK, data: Uint8Array.prototype.slice.call(r, 24, 24 + size) });
+        break;
+      }
+      case R.FUNCTION_RESET:
+        out.push({ type: 'function-reset' });
+        break;
+      default:
+        throw new AbiError(`unknown record type 0x${type.toString(16)}`);
+    }
+    at += len;
+  }
+  return out;
+}
+
+export function barKind(k: pcinet.BarKind | null | undefined): number {
+  switch (k) {
+    case pcinet.BarKind.BAR_MEM32:
+      return BAR_KIND.MEM32;
+    case pcinet.BarKind.BAR_MEM64:
+      return BAR_KIND.MEM64;
+    case pcinet.BarKind.BAR_IO:
+      return BAR_KIND.IO;
+    default:
+      return BAR_KIND.NONE;
+  }
+}

@@ -1,0 +1,324 @@
+// The `kernel` channel: each device is one open file of /dev/pcinet (kernel/pcinet.c). Attach
+// writes the description as records and waits for R_ATTACHED; afterwards a read loop turns kernel
+// records into messages for the endpoint and deliver() turns the endpoint's messages into records.
+// Plain fs.read/fs.write on the descriptor: no native addon. A read blocks in the thread pool until
+// the kernel has records; W_DETACH ends it (read returns 0), so removal never hangs on it.
+import { close, open, read, write } from 'node:fs';
+import type { Logger } from 'pino';
+import {
+  type DeviceDescription,
+  ErrorCode,
+  long,
+  MAX_DMA_CHUNK,
+  type Msg,
+  num,
+  ProtocolError,
+  u64,
+} from '../../proto/wire.js';
+import type { Channel, ChannelDevice, DeviceSink } from '../channel.js';
+import {
+  AbiError,
+  attachRecord,
+  barKind,
+  dmaReadRecord,
+  dmaWriteRecord,
+  emptyRecord,
+  interruptRecord,
+  type KernelRecord,
+  MAX_DATA,
+  mmioReadCplRecord,
+  parseRecords,
+  RANGE_DOORBELL,
+  RANGE_VOLATILE,
+  rangeRecord,
+  shadowRecord,
+  W,
+  writesAppliedRecord,
+} from './abi.js';
+
+export const DEFAULT_DEVICE = '/dev/pcinet';
+/** How long the kernel may take to put a device on the bus (the driver's probe runs meanwhile). */
+const ATTACH_TIMEOUT_MS = 30_000;
+const READ_BUFFER = 1 << 20;
+
+const openFd = (path: string) =>
+  new Promise<number>((resolve, reject) => open(path, 'r+', (e, fd) => (e ? reject(e) : resolve(fd))));
+const closeFd = (fd: number) => new Promise<void>((resolve) => close(fd, () => resolve()));
+
+/** Writes every byte of `buf` (write() may take whole records only in part). */
+function writeAll(fd: number, buf: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (at: number) => {
+      if (at >= buf.length) return resolve();
+      write(fd, buf, at, buf.length - at, null, (e, n) => (e ? reject(e) : step(at + n)));
+    };
+    step(0);
+  });
+}
+
+function errnoText(e: NodeJS.ErrnoException): string {
+  const why: Record<string, string> = {
+    ENOENT: 'no /dev/pcinet: is pcinet.ko loaded? (insmod kernel/pcinet.ko)',
+    EACCES: 'permission denied (/dev/pcinet is root-only)',
+    EPROTO: 'the module speaks another ABI version than this host-agent',
+    EOPNOTSUPP: 'the module does not support this device (see the kernel log)',
+    EINVAL: 'the module refused the description (see the kernel log)',
+    ENOMEM: 'out of memory or address space (see the kernel log)',
+  };
+  return why[e.code ?? ''] ?? `${e.code ?? ''} ${e.message}`.trim();
+}
+
+class KernelDevice implements ChannelDevice {
+  address = '';
+  readonly #fd: number;
+  readonly #dev: number;
+  readonly #sink: DeviceSink;
+  readonly #log: Logger;
+  /** Records for the kernel, written in order by one writer. */
+  #writes: Promise<void> = Promise.resolve();
+  #gone = false;
+  #onAttached: ((r: Extract<KernelRecord, { type: 'attached' }>) => void) | undefined;
+  #nextTag = 1;
+  /** Our DmaRead tags (in 64 KiB pieces) -> the endpoint's request. */
+  readonly #dmaReads = new Map<number, { tag: number; parts: (Uint8Array | undefined)[]; left: number; failed: boolean }>();
+  readonly #pieceOf = new Map<number, { req: number; index: number }>();
+  #reqSeq = 0;
+
+  constructor(fd: number, dev: number, sink: DeviceSink, log: Logger) {
+    this.#fd = fd;
+    this.#dev = dev;
+    this.#sink = sink;
+    this.#log = log;
+  }
+
+  /** Writes the description and START; resolves with the bus address. */
+  async start(desc: DeviceDescription): Promise<string> {
+    const bars = desc.bars ?? [];
+    const records: Buffer[] = [
+      attachRecord({
+        vectors: desc.msixVectors ?? 0,
+        bars: bars.map((b) => ({ index: b.index ?? 0, size: u64(b.size), kind: barKind(b.kind), prefetchable: b.prefetchable ?? false })),
+        config: pad(desc.config),
+        wmask: pad(desc.configWmask),
+        w1cmask: pad(desc.configW1cmask),
+      }),
+    ];
+    for (const b of bars) {
+      const bar = b.index ?? 0;
+      for (const r of b.volatile ?? []) records.push(rangeRecord(bar, RANGE_VOLATILE, u64(r.offset), u64(r.length)));
+      for (const r of b.doorbell ?? []) records.push(rangeRecord(bar, RANGE_DOORBELL, u64(r.offset), u64(r.length)));
+      const shadow = b.shadow ?? new Uint8Array(0);
+      for (let at = 0; at < shadow.length; at += MAX_DATA) {
+        records.push(shadowRecord(bar, BigInt(at), shadow.subarray(at, at + MAX_DATA)));
+      }
+    }
+    records.push(emptyRecord(W.START));
+    const attached = new Promise<Extract<KernelRecord, { type: 'attached' }>>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new ProtocolError(ErrorCode.ATTACH_FAILED, `no R_ATTACHED within ${ATTACH_TIMEOUT_MS} ms`)), ATTACH_TIMEOUT_MS);
+      this.#onAttached = (r) => {
+        clearTimeout(timer);
+        resolve(r);
+      };
+    });
+    try {
+      await writeAll(this.#fd, Buffer.concat(records));
+    } catch (e) {
+      throw new ProtocolError(ErrorCode.ATTACH_FAILED, `/dev/pcinet: ${errnoText(e as NodeJS.ErrnoException)}`);
+    }
+    this.#readLoop();
+    const a = await attached;
+    this.address = `${a.domain.toString(16).padStart(4, '0')}:${a.bus.toString(16).padStart(2, '0')}:${(a.devfn >> 3).toString(16).padStart(2, '0')}.${a.devfn & 7}`;
+    return this.address;
+  }
+
+  #readLoop(): void {
+    const buf = Buffer.allocUnsafe(READ_BUFFER);
+    const next = () => {
+      read(this.#fd, buf, 0, READ_BUFFER, null, (e, n) => {
+        if (e || n === 0) {
+          if (e && !this.#gone) this.#log.error({ address: this.address, err: e.message }, '/dev/pcinet read failed');
+          this.#lost(e ? `read failed: ${e.message}` : undefined);
+          return;
+        }
+        try {
+          for (const r of parseRecords(buf.subarray(0, n))) this.#fromKernel(r);
+        } catch (err) {
+          if (!(err instanceof AbiError)) throw err;
+          this.#log.error({ address: this.address, err: err.message }, '/dev/pcinet sent a record we do not understand');
+          void this.remove(ErrorCode.INTERNAL);
+          return;
+        }
+        next();
+      });
+    };
+    next();
+  }
+
+  /** The kernel ended the device (or reading failed): tell the endpoint unless we removed it. */
+  #lost(why: string | undefined): void {
+    if (this.#gone) return;
+    this.#gone = true;
+    this.#sink({ detach: { dev: this.#dev, reason: ErrorCode.INTERNAL, message: why ?? 'the kernel removed the device' } });
+    void closeFd(this.#fd);
+  }
+
+  #fromKernel(r: KernelRecord): void {
+    const dev = this.#dev;
+    switch (r.type) {
+      case 'attached':
+        this.#onAttached?.(r);
+        this.#onAttached = undefined;
+        return;
+      case 'mmio-write':
+        this.#sink({ mmioWrite: { dev, bar: r.bar, offset: long(r.offset), data: r.data } });
+        return;
+      case 'mmio-read':
+        this.#sink({ mmioRead: { dev, tag: r.tag, bar: r.bar, offset: long(r.offset), size: r.size } });
+        return;
+      case 'config-write':
+        this.#sink({ configWrite: { dev, offset: r.offset, size: r.size, value: r.value } });
+        return;
+      case 'function-reset':
+        this.#sink({ functionReset: { dev } });
+        return;
+      case 'dma-read-cpl': {
+        const piece = this.#pieceOf.get(r.tag);
+        if (!piece) throw new AbiError(`DMA read completion for tag ${r.tag}, which is not outstanding`);
+        this.#pieceOf.delete(r.tag);
+        const req = this.#dmaReads.get(piece.req)!;
+        if (r.ok) req.parts[piece.index] = r.data;
+        else req.failed = true;
+        if (--req.left > 0) return;
+        this.#dmaReads.delete(piece.req);
+        if (req.failed) {
+          this.#sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.DMA_FAULT } });
+          return;
+        }
+        const data = Buffer.concat(req.parts as Uint8Array[]);
+        this.#sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.OK, data } });
+        return;
+      }
+    }
+  }
+
+  #write(buf: Buffer): void {
+    this.#writes = this.#writes.then(async () => {
+      if (this.#gone) return;
+      try {
+        await writeAll(this.#fd, buf);
+      } catch (e) {
+        this.#log.error({ address: this.address, err: errnoText(e as NodeJS.ErrnoException) }, '/dev/pcinet refused a record');
+        this.#lost(`write failed: ${(e as Error).message}`);
+      }
+    });
+  }
+
+  deliver(m: Msg): void {
+    if (this.#gone) return;
+    if (m.shadowUpdate) {
+      const u = m.shadowUpdate;
+      const data = u.data ?? new Uint8Array(0);
+      const off = u64(u.offset);
+      for (let at = 0; at < data.length; at += MAX_DATA) {
+        this.#write(shadowRecord(u.bar ?? 0, off + BigInt(at), data.subarray(at, at + MAX_DATA)));
+      }
+    } else if (m.writesApplied) {
+      this.#write(writesAppliedRecord(u64(m.writesApplied.count)));
+    } else if (m.mmioReadCpl) {
+      const c = m.mmioReadCpl;
+      this.#write(mmioReadCplRecord(c.tag ?? 0, (c.status ?? 0) === ErrorCode.OK, c.data ?? new Uint8Array(0)));
+    } else if (m.dmaRead) {
+      const r = m.dmaRead;
+      const len = r.length ?? 0;
+      if (len < 1 || len > MAX_DMA_CHUNK) throw new ProtocolError(ErrorCode.BAD_LENGTH, `DmaRead of ${len} bytes`);
+      const req = ++this.#reqSeq;
+      const pieces = Math.ceil(len / MAX_DATA);
+      this.#dmaReads.set(req, { tag: r.tag ?? 0, parts: new Array(pieces), left: pieces, failed: false });
+      const iova = u64(r.iova);
+      for (let i = 0; i < pieces; i++) {
+        const tag = this.#nextTag;
+        this.#nextTag = (this.#nextTag % 0xffff_ffff) + 1;
+        this.#pieceOf.set(tag, { req, index: i });
+        const size = Math.min(MAX_DATA, len - i * MAX_DATA);
+        this.#write(dmaReadRecord(tag, BigInt.asUintN(64, iova + BigInt(i * MAX_DATA)), size));
+      }
+    } else if (m.dmaWrite) {
+      const w = m.dmaWrite;
+      const data = w.data ?? new Uint8Array(0);
+      const iova = u64(w.iova);
+      for (let at = 0; at < data.length; at += MAX_DATA) {
+        this.#write(dmaWriteRecord(BigInt.asUintN(64, iova + BigInt(at)), data.subarray(at, at + MAX_DATA)));
+      }
+    } else if (m.interrupt) {
+      this.#write(interruptRecord(m.interrupt.vector ?? 0));
+    } else {
+      throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'not a device -> host message');
+    }
+  }
+
+  async remove(reason: ErrorCode): Promise<void> {
+    if (this.#gone) return;
+    this.#log.info({ address: this.address, reason: ErrorCode[reason] }, 'removing device');
+    const detach = emptyRecord(W.DETACH);
+    await this.#writes;
+    this.#gone = true;
+    try {
+      await writeAll(this.#fd, detach);
+    } catch {
+      // Already detached by the kernel: closing below removes whatever is left.
+    }
+    await closeFd(this.#fd);
+  }
+}
+
+function pad(b: Uint8Array | null | undefined): Uint8Array {
+  const out = new Uint8Array(4096);
+  if (b) out.set(b.subarray(0, 4096));
+  return out;
+}
+
+class KernelChannel implements Channel {
+  readonly name = 'kernel';
+  readonly #path: string;
+  readonly #log: Logger;
+  readonly #devices = new Set<KernelDevice>();
+
+  constructor(path: string, log: Logger) {
+    this.#path = path;
+    this.#log = log;
+  }
+
+  async attach(dev: number, desc: DeviceDescription, sink: DeviceSink): Promise<ChannelDevice> {
+    let fd: number;
+    try {
+      fd = await openFd(this.#path);
+    } catch (e) {
+      throw new ProtocolError(ErrorCode.ATTACH_FAILED, `${this.#path}: ${errnoText(e as NodeJS.ErrnoException)}`);
+    }
+    const d = new KernelDevice(fd, dev, sink, this.#log);
+    try {
+      await d.start(desc);
+    } catch (e) {
+      await d.remove(ErrorCode.ATTACH_FAILED);
+      throw e;
+    }
+    this.#devices.add(d);
+    return d;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all([...this.#devices].map((d) => d.remove(ErrorCode.SHUTDOWN)));
+    this.#devices.clear();
+  }
+}
+
+/** Opens the kernel channel. Fails early, with one clear line, if /dev/pcinet is not usable. */
+export async function openKernelChannel(o: { log: Logger; path?: string }): Promise<Channel> {
+  const path = o.path ?? DEFAULT_DEVICE;
+  try {
+    await closeFd(await openFd(path));
+  } catch (e) {
+    throw new Error(`${path}: ${errnoText(e as NodeJS.ErrnoException)}`);
+  }
+  return new KernelChannel(path, o.log);
+}

@@ -1,0 +1,755 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pcinet: a PCI function whose device lives on another machine.
+ *
+ * One open file of /dev/pcinet is one PCI function. The host-agent writes the function's
+ * description (config space image, write masks, BARs), then START: the function appears on a
+ * virtual PCI root bus of its own, in a PCI domain of its own, with its config space served from
+ * the image by this module's pci_ops and its BARs in an unused physical window. Closing the file
+ * removes it. Records: kernel/uapi/pcinet.h, explained in docs/KERNEL-ABI.md.
+ *
+ * This version serves config space (BAR sizing, masks, the capability chain as given) and reports
+ * the config writes and function resets the device must know about. MMIO trapping, MSI-X delivery
+ * and the DMA sandbox are not in it yet: BAR accesses reach no device (reads return what the
+ * physical window returns), DMA requests are refused and counted, interrupts are counted.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/fs.h>
+#include <linux/idr.h>
+#include <linux/ioport.h>
+#include <linux/miscdevice.h>
+#include <linux/module.h>
+#include <linux/mutex.h>
+#include <linux/pci.h>
+#include <linux/poll.h>
+#include <linux/sched/signal.h>
+#include <linux/slab.h>
+#include <linux/spinlock.h>
+#include <linux/uaccess.h>
+#include <linux/vmalloc.h>
+#include <linux/wait.h>
+
+#include "uapi/pcinet.h"
+
+/* Bytes of records waiting for read() before producers that may sleep wait for the reader. */
+#define PCINET_QUEUE_BYTES	(1u << 20)
+/* The largest record either way: an attach (three config images) or a data record. */
+#define PCINET_MAX_RECORD	max_t(size_t, sizeof(struct pcinet_w_attach), \
+				      sizeof(struct pcinet_w_dma_write) + PCINET_MAX_DATA)
+#define PCINET_MAX_RANGES	64
+#define PCINET_MAX_VECTORS	2048
+#define PCINET_MAX_BAR		(1ull << 28)	/* 256 MiB: a shadow of each BAR is kept in memory */
+/* BAR windows live above 512 GiB, where RAM and firmware never are on the machines we target,
+ * and below 1 TiB, the smallest physical address width (40 bits) of x86-64 CPUs we support. */
+#define PCINET_WINDOW_MIN	(1ull << 39)
+#define PCINET_WINDOW_MAX	((1ull << 40) - 1)
+#define PCINET_DOMAIN_FIRST	0x10
+#define PCINET_DOMAIN_LAST	0xffff
+
+enum pcinet_state { PN_NEW, PN_ATTACHED, PN_STARTED, PN_DETACHED };
+
+struct pcinet_rec {
+	struct list_head node;
+	size_t len;
+	u8 data[];
+};
+
+struct pcinet_range {
+	u32 bar;
+	u32 kind;
+	u64 offset;
+	u64 length;
+};
+
+struct pcinet_bar {
+	u64 size;		/* 0: no BAR */
+	u32 kind;
+	u32 flags;
+	u64 addr;		/* what the BAR register holds */
+	bool sizing_lo;		/* the driver wrote all-ones: reads return the size mask */
+	bool sizing_hi;
+	u8 *shadow;
+};
+
+struct pcinet_fn {
+	struct mutex lock;	/* write() and state changes */
+	enum pcinet_state state;
+
+	spinlock_t qlock;	/* the read queue; taken under pci_lock (irqs off) */
+	struct list_head queue;
+	size_t queued;
+	wait_queue_head_t readq;
+	wait_queue_head_t writeq;
+
+	u32 msix_vectors;
+	struct pcinet_bar bars[PCINET_NUM_BARS];
+	u8 config[PCINET_CONFIG_SIZE];
+	u8 wmask[PCINET_CONFIG_SIZE];
+	u8 w1cmask[PCINET_CONFIG_SIZE];
+	u16 pcie_cap;		/* offset of the PCIe capability, 0 if none */
+	struct pcinet_range ranges[PCINET_MAX_RANGES];
+	unsigned int nranges;
+
+	int domain;
+	struct resource window;
+	struct resource busn;
+	struct pci_sysdata sysdata;
+	struct pci_bus *bus;
+
+	u64 writes_applied;
+	/* Counted, not yet served (see the header comment). */
+	atomic64_t dma_refused;
+	atomic64_t interrupts;
+	atomic64_t lost_records;
+};
+
+static DEFINE_IDA(pcinet_domains);
+
+/* ---- the read queue ---- */
+
+/* Queues a record for read(). May be called with pci_lock held (config accessors): never sleeps.
+ * Records are small there; if memory runs out the record is lost and counted. */
+static void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len)
+{
+	struct pcinet_rec *r;
+	unsigned long flags;
+
+	r = kmalloc(struct_size(r, data, len), GFP_ATOMIC);
+	if (!r) {
+		atomic64_inc(&fn->lost_records);
+		pr_warn_ratelimited("out of memory: a record for the host-agent is lost\n");
+		return;
+	}
+	r->len = len;
+	memcpy(r->data, rec, len);
+	spin_lock_irqsave(&fn->qlock, flags);
+	list_add_tail(&r->node, &fn->queue);
+	fn->queued += len;
+	spin_unlock_irqrestore(&fn->qlock, flags);
+	wake_up_interruptible(&fn->readq);
+}
+
+static void pcinet_hdr(struct pcinet_hdr *h, u16 type, size_t len)
+{
+	h->type = cpu_to_le16(type);
+	h->flags = 0;
+	h->len = cpu_to_le32(len);
+}
+
+/* ---- config space ---- */
+
+static int pcinet_bar_of(struct pcinet_fn *fn, int where, bool *hi)
+{
+	int i;
+
+	if (where < PCI_BASE_ADDRESS_0 || where >= PCI_BASE_ADDRESS_5 + 4)
+		return -1;
+	i = (where - PCI_BASE_ADDRESS_0) / 4;
+	*hi = false;
+	if (fn->bars[i].size)
+		return i;
+	if (i > 0 && fn->bars[i - 1].kind == PCINET_BAR_MEM64) {
+		*hi = true;
+		return i - 1;
+	}
+	return -2;	/* a BAR register no BAR uses */
+}
+
+static u32 pcinet_bar_dword(struct pcinet_bar *b, bool hi)
+{
+	u64 mask = ~(b->size - 1);
+	u32 flags = (b->kind == PCINET_BAR_MEM64 ? PCI_BASE_ADDRESS_MEM_TYPE_64 : 0) |
+		    (b->flags & PCINET_BAR_PREFETCH ? PCI_BASE_ADDRESS_MEM_PREFETCH : 0);
+
+	if (hi)
+		return b->sizing_hi ? upper_32_bits(mask) : upper_32_bits(b->addr);
+	return ((b->sizing_lo ? lower_32_bits(mask) : lower_32_bits(b->addr)) &
+		PCI_BASE_ADDRESS_MEM_MASK) | flags;
+}
+
+static struct pcinet_fn *pcinet_fn_of(struct pci_bus *bus)
+{
+	return container_of(bus->sysdata, struct pcinet_fn, sysdata);
+}
+
+static int pcinet_cfg_read(struct pci_bus *bus, unsigned int devfn, int where, int size, u32 *val)
+{
+	struct pcinet_fn *fn = pcinet_fn_of(bus);
+	bool hi;
+	int bar;
+	u32 v = 0;
+	int i;
+
+	if (devfn != 0 || where < 0 || where + size > PCINET_CONFIG_SIZE) {
+		*val = ~0u;
+		return PCIBIOS_DEVICE_NOT_FOUND;
+	}
+	bar = pcinet_bar_of(fn, where & ~3, &hi);
+	if (bar >= 0) {
+		v = pcinet_bar_dword(&fn->bars[bar], hi) >> (8 * (where & 3));
+	} else if (bar == -2 || (where >= PCI_ROM_ADDRESS && where < PCI_ROM_ADDRESS + 4)) {
+		v = 0;
+	} else {
+		for (i = 0; i < size; i++)
+			v |= (u32)fn->config[where + i] << (8 * i);
+	}
+	*val = size == 4 ? v : v & ((1u << (8 * size)) - 1);
+	return PCIBIOS_SUCCESSFUL;
+}
+
+static void pcinet_bar_write(struct pcinet_bar *b, bool hi, int shift, int size, u32 val)
+{
+	u32 all = size == 4 ? ~0u : (1u << (8 * size)) - 1;
+	u32 cur = pcinet_bar_dword(b, hi);
+
+	/* Merge a partial write into the dword as it reads now. */
+	val = (cur & ~(all << shift)) | ((val & all) << shift);
+	if (hi) {
+		b->sizing_hi = val == ~0u;
+		if (!b->sizing_hi)
+			b->addr = ((u64)val << 32) | lower_32_bits(b->addr);
+	} else {
+		b->sizing_lo = (val | 0xf) == ~0u;
+		if (!b->sizing_lo)
+			b->addr = (b->addr & ~0xffffffffull) | (val & ~(u32)0xf & lower_32_bits(~(b->size - 1)));
+	}
+}
+
+static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, int size, u32 val)
+{
+	struct pcinet_fn *fn = pcinet_fn_of(bus);
+	struct pcinet_r_config_write rec = {};
+	bool hi, flr = false;
+	u32 now = 0;
+	int bar, i;
+
+	if (devfn != 0 || where < 0 || where + size > PCINET_CONFIG_SIZE)
+		return PCIBIOS_DEVICE_NOT_FOUND;
+	bar = pcinet_bar_of(fn, where & ~3, &hi);
+	if (bar >= 0) {
+		pcinet_bar_write(&fn->bars[bar], hi, 8 * (where & 3), size, val);
+		return PCIBIOS_SUCCESSFUL;
+	}
+	if (bar == -2 || (where >= PCI_ROM_ADDRESS && where < PCI_ROM_ADDRESS + 4))
+		return PCIBIOS_SUCCESSFUL;
+	for (i = 0; i < size; i++) {
+		u8 b = val >> (8 * i);
+		u8 *c = &fn->config[where + i];
+
+		*c = (*c & ~fn->wmask[where + i]) | (b & fn->wmask[where + i]);
+		*c &= ~(b & fn->w1cmask[where + i]);
+		now |= (u32)*c << (8 * i);
+	}
+	if (fn->pcie_cap && where <= fn->pcie_cap + PCI_EXP_DEVCTL + 1 &&
+	    where + size > fn->pcie_cap + PCI_EXP_DEVCTL + 1) {
+		u8 *hi_byte = &fn->config[fn->pcie_cap + PCI_EXP_DEVCTL + 1];
+
+		if (*hi_byte & (PCI_EXP_DEVCTL_BCR_FLR >> 8)) {
+			/* FLR is self-clearing: the function is reset and the bit reads 0. */
+			*hi_byte &= ~(PCI_EXP_DEVCTL_BCR_FLR >> 8);
+			flr = true;
+		}
+	}
+	pcinet_hdr(&rec.hdr, PCINET_R_CONFIG_WRITE, sizeof(rec));
+	rec.offset = cpu_to_le32(where);
+	rec.size = cpu_to_le32(size);
+	rec.value = cpu_to_le32(now);
+	pcinet_queue(fn, &rec, sizeof(rec));
+	if (flr) {
+		struct pcinet_hdr reset;
+
+		pcinet_hdr(&reset, PCINET_R_FUNCTION_RESET, sizeof(reset));
+		pcinet_queue(fn, &reset, sizeof(reset));
+	}
+	return PCIBIOS_SUCCESSFUL;
+}
+
+static struct pci_ops pcinet_pci_ops = {
+	.read = pcinet_cfg_read,
+	.write = pcinet_cfg_write,
+};
+
+/* ---- records from the host-agent ---- */
+
+static int pcinet_attach(struct pcinet_fn *fn, const struct pcinet_w_attach *a)
+{
+	u8 pos, id;
+	int i, ttl;
+
+	if (fn->state != PN_NEW)
+		return -EBUSY;
+	if (le32_to_cpu(a->abi_version) != PCINET_ABI_VERSION) {
+		pr_warn("attach: ABI version %u, this module speaks %u\n",
+			le32_to_cpu(a->abi_version), PCINET_ABI_VERSION);
+		return -EPROTO;
+	}
+	fn->msix_vectors = le32_to_cpu(a->msix_vectors);
+	if (fn->msix_vectors > PCINET_MAX_VECTORS)
+		return -EINVAL;
+	if ((a->config[PCI_HEADER_TYPE] & 0x7f) != PCI_HEADER_TYPE_NORMAL)
+		return -EINVAL;
+	for (i = 0; i < PCINET_NUM_BARS; i++) {
+		u64 size = le64_to_cpu(a->bars[i].size);
+		u32 kind = le32_to_cpu(a->bars[i].kind);
+		u32 flags = le32_to_cpu(a->bars[i].flags);
+
+		if (kind == PCINET_BAR_NONE) {
+			if (size || flags)
+				return -EINVAL;
+			continue;
+		}
+		if (kind == PCINET_BAR_MEM32 || kind == PCINET_BAR_IO) {
+			pr_warn("attach: BAR %d: only 64-bit memory BARs are supported\n", i);
+			return -EOPNOTSUPP;
+		}
+		if (kind != PCINET_BAR_MEM64 || i == PCINET_NUM_BARS - 1 ||
+		    !is_power_of_2(size) || size < PAGE_SIZE || size > PCINET_MAX_BAR ||
+		    (flags & ~PCINET_BAR_PREFETCH))
+			return -EINVAL;
+		if (le32_to_cpu(a->bars[i + 1].kind) != PCINET_BAR_NONE)
+			return -EINVAL;
+	}
+	for (i = 0; i < PCINET_NUM_BARS; i++) {
+		struct pcinet_bar *b = &fn->bars[i];
+
+		b->size = le64_to_cpu(a->bars[i].size);
+		b->kind = le32_to_cpu(a->bars[i].kind);
+		b->flags = le32_to_cpu(a->bars[i].flags);
+		if (!b->size)
+			continue;
+		b->shadow = vzalloc(b->size);
+		if (!b->shadow)
+			goto err_shadow;
+	}
+	memcpy(fn->config, a->config, PCINET_CONFIG_SIZE);
+	memcpy(fn->wmask, a->wmask, PCINET_CONFIG_SIZE);
+	memcpy(fn->w1cmask, a->w1cmask, PCINET_CONFIG_SIZE);
+	/* The capability chain is the device's business, but we need the PCIe one for FLR. */
+	pos = (fn->config[PCI_STATUS] & PCI_STATUS_CAP_LIST) ? fn->config[PCI_CAPABILITY_LIST] & ~3 : 0;
+	for (ttl = 48; pos >= 0x40 && ttl; ttl--) {
+		id = fn->config[pos];
+		if (id == PCI_CAP_ID_EXP) {
+			fn->pcie_cap = pos;
+			break;
+		}
+		pos = fn->config[pos + 1] & ~3;
+	}
+	fn->state = PN_ATTACHED;
+	return 0;
+
+err_shadow:
+	for (i = 0; i < PCINET_NUM_BARS; i++) {
+		vfree(fn->bars[i].shadow);
+		fn->bars[i] = (struct pcinet_bar){};
+	}
+	return -ENOMEM;
+}
+
+static int pcinet_range(struct pcinet_fn *fn, const struct pcinet_w_range *r)
+{
+	u32 bar = le32_to_cpu(r->bar), kind = le32_to_cpu(r->kind);
+	u64 off = le64_to_cpu(r->offset), len = le64_to_cpu(r->length);
+
+	if (fn->state != PN_ATTACHED)
+		return -EBUSY;
+	if (bar >= PCINET_NUM_BARS || !fn->bars[bar].size || !len ||
+	    off >= fn->bars[bar].size || len > fn->bars[bar].size - off ||
+	    (kind != PCINET_RANGE_VOLATILE && kind != PCINET_RANGE_DOORBELL))
+		return -EINVAL;
+	if (fn->nranges == PCINET_MAX_RANGES)
+		return -ENOSPC;
+	fn->ranges[fn->nranges++] = (struct pcinet_range){ bar, kind, off, len };
+	return 0;
+}
+
+static int pcinet_shadow(struct pcinet_fn *fn, const struct pcinet_w_shadow *s, size_t len)
+{
+	u32 bar = le32_to_cpu(s->bar), size = le32_to_cpu(s->size);
+	u64 off = le64_to_cpu(s->offset);
+
+	if (fn->state == PN_NEW)
+		return -EBUSY;
+	if (bar >= PCINET_NUM_BARS || !fn->bars[bar].size || !size || size > PCINET_MAX_DATA ||
+	    sizeof(*s) + size > len || len - sizeof(*s) - size >= 8 ||
+	    off >= fn->bars[bar].size || size > fn->bars[bar].size - off)
+		return -EINVAL;
+	memcpy(fn->bars[bar].shadow + off, s->data, size);
+	return 0;
+}
+
+static int pcinet_start(struct pcinet_fn *fn)
+{
+	struct pcinet_r_attached rec = {};
+	resource_size_t total = 0, align = PAGE_SIZE;
+	LIST_HEAD(resources);
+	struct pci_bus *bus;
+	u64 at;
+	int i, ret;
+
+	if (fn->state != PN_ATTACHED)
+		return -EBUSY;
+	for (i = 0; i < PCINET_NUM_BARS; i++) {
+		total += fn->bars[i].size;
+		align = max_t(resource_size_t, align, fn->bars[i].size);
+	}
+	if (!total)
+		total = PAGE_SIZE;	/* a function without BARs still gets a (tiny) window */
+	total = roundup_pow_of_two(total);
+
+	ret = ida_alloc_range(&pcinet_domains, PCINET_DOMAIN_FIRST, PCINET_DOMAIN_LAST, GFP_KERNEL);
+	if (ret < 0)
+		return ret;
+	fn->domain = ret;
+
+	fn->window.name = "pcinet BARs";
+	fn->window.flags = IORESOURCE_MEM | IORESOURCE_MEM_64;
+	ret = allocate_resource(&iomem_resource, &fn->window, total, PCINET_WINDOW_MIN,
+				min_t(u64, PCINET_WINDOW_MAX,
+				      (1ull << boot_cpu_data.x86_phys_bits) - 1),
+				align, NULL, NULL);
+	if (ret) {
+		pr_warn("no free physical window of %llu bytes for the BARs\n", (u64)total);
+		goto err_domain;
+	}
+	/* Firmware-style assignment: largest BAR first, each naturally aligned. */
+	at = fn->window.start;
+	for (;;) {
+		int best = -1;
+
+		for (i = 0; i < PCINET_NUM_BARS; i++)
+			if (fn->bars[i].size && !fn->bars[i].addr &&
+			    (best < 0 || fn->bars[i].size > fn->bars[best].size))
+				best = i;
+		if (best < 0)
+			break;
+		fn->bars[best].addr = at;
+		at += fn->bars[best].size;
+	}
+
+	fn->busn.name = "pcinet bus";
+	fn->busn.start = 0;
+	fn->busn.end = 0;
+	fn->busn.flags = IORESOURCE_BUS;
+	pci_add_resource(&resources, &fn->window);
+	pci_add_resource(&resources, &fn->busn);
+	fn->sysdata.domain = fn->domain;
+	fn->sysdata.node = NUMA_NO_NODE;
+
+	pci_lock_rescan_remove();
+	bus = pci_create_root_bus(NULL, 0, &pcinet_pci_ops, &fn->sysdata, &resources);
+	if (!bus) {
+		pci_unlock_rescan_remove();
+		pci_free_resource_list(&resources);
+		ret = -ENOMEM;
+		goto err_window;
+	}
+	fn->bus = bus;
+	pci_scan_child_bus(bus);
+	pci_bus_claim_resources(bus);
+	pci_bus_add_devices(bus);
+	pci_unlock_rescan_remove();
+
+	fn->state = PN_STARTED;
+	pcinet_hdr(&rec.hdr, PCINET_R_ATTACHED, sizeof(rec));
+	rec.domain = cpu_to_le32(fn->domain);
+	rec.bus = bus->number;
+	rec.devfn = 0;
+	pcinet_queue(fn, &rec, sizeof(rec));
+	pr_info("%04x:%02x:00.0 attached (%04x:%04x)\n", fn->domain, bus->number,
+		fn->config[0] | fn->config[1] << 8, fn->config[2] | fn->config[3] << 8);
+	return 0;
+
+err_window:
+	release_resource(&fn->window);
+err_domain:
+	ida_free(&pcinet_domains, fn->domain);
+	for (i = 0; i < PCINET_NUM_BARS; i++)
+		fn->bars[i].addr = 0;
+	return ret;
+}
+
+/* Surprise removal: the driver unbinds, the function and its bus go away. */
+static void pcinet_remove(struct pcinet_fn *fn)
+{
+	if (fn->state == PN_STARTED) {
+		pci_lock_rescan_remove();
+		pci_stop_root_bus(fn->bus);
+		pci_remove_root_bus(fn->bus);
+		pci_unlock_rescan_remove();
+		release_resource(&fn->window);
+		ida_free(&pcinet_domains, fn->domain);
+		pr_info("%04x:00:00.0 removed (DMA refused %lld, interrupts %lld, lost records %lld)\n",
+			fn->domain, atomic64_read(&fn->dma_refused), atomic64_read(&fn->interrupts),
+			atomic64_read(&fn->lost_records));
+	}
+	fn->state = PN_DETACHED;
+	wake_up_interruptible_all(&fn->readq);
+}
+
+static int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *d)
+{
+	struct pcinet_r_dma_read_cpl rec = {};
+	u32 size = le32_to_cpu(d->size);
+
+	if (fn->state != PN_STARTED)
+		return -EBUSY;
+	if (!size || size > PCINET_MAX_DATA)
+		return -EINVAL;
+	/* No DMA sandbox in this version: every request is refused, as an IOMMU would. */
+	atomic64_inc(&fn->dma_refused);
+	pcinet_hdr(&rec.hdr, PCINET_R_DMA_READ_CPL, sizeof(rec));
+	rec.tag = d->tag;
+	rec.status = cpu_to_le32(PCINET_STATUS_ERROR);
+	pcinet_queue(fn, &rec, sizeof(rec));
+	return 0;
+}
+
+static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
+{
+	const struct pcinet_hdr *h = buf;
+
+	switch (le16_to_cpu(h->type)) {
+	case PCINET_W_ATTACH:
+		if (len != ALIGN(sizeof(struct pcinet_w_attach), 8))
+			return -EINVAL;
+		return pcinet_attach(fn, buf);
+	case PCINET_W_RANGE:
+		if (len != sizeof(struct pcinet_w_range))
+			return -EINVAL;
+		return pcinet_range(fn, buf);
+	case PCINET_W_SHADOW:
+		if (len < sizeof(struct pcinet_w_shadow))
+			return -EINVAL;
+		return pcinet_shadow(fn, buf, len);
+	case PCINET_W_START:
+		if (len != sizeof(struct pcinet_hdr))
+			return -EINVAL;
+		return pcinet_start(fn);
+	case PCINET_W_WRITES_APPLIED: {
+		const struct pcinet_w_writes_applied *w = buf;
+
+		if (len != sizeof(*w))
+			return -EINVAL;
+		if (fn->state != PN_STARTED)
+			return -EBUSY;
+		if (le64_to_cpu(w->count) < fn->writes_applied)
+			return -EINVAL;
+		fn->writes_applied = le64_to_cpu(w->count);
+		return 0;
+	}
+	case PCINET_W_MMIO_READ_CPL:
+		if (len != sizeof(struct pcinet_w_mmio_read_cpl))
+			return -EINVAL;
+		/* No read is ever outstanding in this version: a late or stray completion. */
+		return fn->state == PN_STARTED ? 0 : -EBUSY;
+	case PCINET_W_DMA_READ:
+		if (len != sizeof(struct pcinet_w_dma_read))
+			return -EINVAL;
+		return pcinet_dma_read(fn, buf);
+	case PCINET_W_DMA_WRITE: {
+		const struct pcinet_w_dma_write *d = buf;
+		u32 size;
+
+		if (len < sizeof(*d))
+			return -EINVAL;
+		size = le32_to_cpu(d->size);
+		if (!size || size > PCINET_MAX_DATA || len != ALIGN(sizeof(*d) + size, 8))
+			return -EINVAL;
+		if (fn->state != PN_STARTED)
+			return -EBUSY;
+		atomic64_inc(&fn->dma_refused);
+		return 0;
+	}
+	case PCINET_W_INTERRUPT: {
+		const struct pcinet_w_interrupt *w = buf;
+
+		if (len != sizeof(*w) || w->reserved)
+			return -EINVAL;
+		if (fn->state != PN_STARTED)
+			return -EBUSY;
+		if (le32_to_cpu(w->vector) >= fn->msix_vectors)
+			return -EINVAL;
+		atomic64_inc(&fn->interrupts);
+		return 0;
+	}
+	case PCINET_W_DETACH:
+		if (len != sizeof(struct pcinet_hdr))
+			return -EINVAL;
+		if (fn->state == PN_DETACHED)
+			return -EBUSY;
+		pcinet_remove(fn);
+		return 0;
+	default:
+		return -EINVAL;
+	}
+}
+
+static ssize_t pcinet_write(struct file *file, const char __user *ubuf, size_t count, loff_t *ppos)
+{
+	struct pcinet_fn *fn = file->private_data;
+	struct pcinet_hdr h;
+	size_t done = 0;
+	void *buf;
+	int ret = 0;
+
+	buf = kvmalloc(PCINET_MAX_RECORD + 8, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	mutex_lock(&fn->lock);
+	while (done < count) {
+		size_t len;
+
+		if (count - done < sizeof(h) || copy_from_user(&h, ubuf + done, sizeof(h))) {
+			ret = count - done < sizeof(h) ? -EINVAL : -EFAULT;
+			break;
+		}
+		len = le32_to_cpu(h.len);
+		if (len < sizeof(h) || len % 8 || len > count - done || len > PCINET_MAX_RECORD + 8 ||
+		    h.flags) {
+			ret = -EINVAL;
+			break;
+		}
+		if (copy_from_user(buf, ubuf + done, len)) {
+			ret = -EFAULT;
+			break;
+		}
+		ret = pcinet_record(fn, buf, len);
+		if (ret)
+			break;
+		done += len;
+	}
+	mutex_unlock(&fn->lock);
+	kvfree(buf);
+	/* Records before a bad one were applied: report them; the next write() gets the error. */
+	return done ? done : ret;
+}
+
+static ssize_t pcinet_read(struct file *file, char __user *ubuf, size_t count, loff_t *ppos)
+{
+	struct pcinet_fn *fn = file->private_data;
+	struct pcinet_rec *r;
+	size_t done = 0;
+	int ret;
+
+	for (;;) {
+		spin_lock_irq(&fn->qlock);
+		if (!list_empty(&fn->queue))
+			break;
+		spin_unlock_irq(&fn->qlock);
+		if (READ_ONCE(fn->state) == PN_DETACHED)
+			return 0;
+		if (file->f_flags & O_NONBLOCK)
+			return -EAGAIN;
+		ret = wait_event_interruptible(fn->readq, READ_ONCE(fn->queued) > 0 ||
+					       READ_ONCE(fn->state) == PN_DETACHED);
+		if (ret)
+			return ret;
+	}
+	/* qlock held, queue not empty. Copy whole records; never sleep with the lock held. */
+	while (!list_empty(&fn->queue)) {
+		r = list_first_entry(&fn->queue, struct pcinet_rec, node);
+		if (r->len > count - done)
+			break;
+		list_del(&r->node);
+		fn->queued -= r->len;
+		spin_unlock_irq(&fn->qlock);
+		if (copy_to_user(ubuf + done, r->data, r->len)) {
+			/* Put it back: nothing is lost because the reader's buffer was bad. */
+			spin_lock_irq(&fn->qlock);
+			list_add(&r->node, &fn->queue);
+			fn->queued += r->len;
+			spin_unlock_irq(&fn->qlock);
+			return done ? done : -EFAULT;
+		}
+		done += r->len;
+		kfree(r);
+		spin_lock_irq(&fn->qlock);
+	}
+	spin_unlock_irq(&fn->qlock);
+	wake_up_interruptible(&fn->writeq);
+	return done ? done : -EINVAL;	/* the buffer cannot hold the next record */
+}
+
+static __poll_t pcinet_poll(struct file *file, poll_table *wait)
+{
+	struct pcinet_fn *fn = file->private_data;
+	__poll_t mask = EPOLLOUT | EPOLLWRNORM;
+
+	poll_wait(file, &fn->readq, wait);
+	if (READ_ONCE(fn->queued) > 0)
+		mask |= EPOLLIN | EPOLLRDNORM;
+	if (READ_ONCE(fn->state) == PN_DETACHED)
+		mask |= EPOLLHUP;
+	return mask;
+}
+
+static int pcinet_open(struct inode *inode, struct file *file)
+{
+	struct pcinet_fn *fn;
+
+	fn = kvzalloc(sizeof(*fn), GFP_KERNEL);
+	if (!fn)
+		return -ENOMEM;
+	mutex_init(&fn->lock);
+	spin_lock_init(&fn->qlock);
+	INIT_LIST_HEAD(&fn->queue);
+	init_waitqueue_head(&fn->readq);
+	init_waitqueue_head(&fn->writeq);
+	fn->state = PN_NEW;
+	file->private_data = fn;
+	return stream_open(inode, file);
+}
+
+static int pcinet_release(struct inode *inode, struct file *file)
+{
+	struct pcinet_fn *fn = file->private_data;
+	struct pcinet_rec *r, *tmp;
+	int i;
+
+	pcinet_remove(fn);
+	list_for_each_entry_safe(r, tmp, &fn->queue, node)
+		kfree(r);
+	for (i = 0; i < PCINET_NUM_BARS; i++)
+		vfree(fn->bars[i].shadow);
+	kvfree(fn);
+	return 0;
+}
+
+static const struct file_operations pcinet_fops = {
+	.owner = THIS_MODULE,
+	.open = pcinet_open,
+	.release = pcinet_release,
+	.read = pcinet_read,
+	.write = pcinet_write,
+	.poll = pcinet_poll,
+	.llseek = no_llseek,
+};
+
+static struct miscdevice pcinet_misc = {
+	.minor = MISC_DYNAMIC_MINOR,
+	.name = "pcinet",
+	.fops = &pcinet_fops,
+	.mode = 0600,
+};
+
+static int __init pcinet_init(void)
+{
+	BUILD_BUG_ON(sizeof(struct pcinet_w_attach) % 8);
+	BUILD_BUG_ON(sizeof(struct pcinet_r_attached) % 8);
+	BUILD_BUG_ON(sizeof(struct pcinet_w_mmio_read_cpl) % 8);
+	return misc_register(&pcinet_misc);
+}
+
+static void __exit pcinet_exit(void)
+{
+	misc_deregister(&pcinet_misc);
+	ida_destroy(&pcinet_domains);
+}
+
+module_init(pcinet_init);
+module_exit(pcinet_exit);
+
+MODULE_LICENSE("GPL");
+MODULE_DESCRIPTION("pcinet: PCIe devices over the network");
+MODULE_AUTHOR("pcinet developers");
