@@ -8,133 +8,112 @@
  * the image by this module's pci_ops and its BARs in an unused physical window. Closing the file
  * removes it. Records: kernel/uapi/pcinet.h, explained in docs/KERNEL-ABI.md.
  *
- * This version serves config space (BAR sizing, masks, the capability chain as given) and reports
- * the config writes and function resets the device must know about. MMIO trapping, MSI-X delivery
- * and the DMA sandbox are not in it yet: BAR accesses reach no device (reads return what the
- * physical window returns), DMA requests are refused and counted, interrupts are counted.
+ * This file: the channel (records in and out), the bus, config space, removal. The BARs are
+ * trapped and served by mmio.c, MSI-X by msix.c, DMA by dma.c (internal.h).
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/fs.h>
 #include <linux/idr.h>
-#include <linux/ioport.h>
 #include <linux/miscdevice.h>
 #include <linux/module.h>
-#include <linux/mutex.h>
-#include <linux/pci.h>
 #include <linux/poll.h>
 #include <linux/sched/signal.h>
 #include <linux/slab.h>
-#include <linux/spinlock.h>
 #include <linux/uaccess.h>
 #include <linux/vmalloc.h>
-#include <linux/wait.h>
 
-#include "uapi/pcinet.h"
-
-/* Bytes of records waiting for read() before producers that may sleep wait for the reader. */
-#define PCINET_QUEUE_BYTES	(1u << 20)
-/* The largest record either way: an attach (three config images) or a data record. */
-#define PCINET_MAX_RECORD	max_t(size_t, sizeof(struct pcinet_w_attach), \
-				      sizeof(struct pcinet_w_dma_write) + PCINET_MAX_DATA)
-#define PCINET_MAX_RANGES	64
-#define PCINET_MAX_VECTORS	2048
-#define PCINET_MAX_BAR		(1ull << 28)	/* 256 MiB: a shadow of each BAR is kept in memory */
-/* BAR windows live above 512 GiB, where RAM and firmware never are on the machines we target,
- * and below 1 TiB, the smallest physical address width (40 bits) of x86-64 CPUs we support. */
-#define PCINET_WINDOW_MIN	(1ull << 39)
-#define PCINET_WINDOW_MAX	((1ull << 40) - 1)
-#define PCINET_DOMAIN_FIRST	0x10
-#define PCINET_DOMAIN_LAST	0xffff
-
-enum pcinet_state { PN_NEW, PN_ATTACHED, PN_STARTED, PN_DETACHED };
-
-struct pcinet_rec {
-	struct list_head node;
-	size_t len;
-	u8 data[];
-};
-
-struct pcinet_range {
-	u32 bar;
-	u32 kind;
-	u64 offset;
-	u64 length;
-};
-
-struct pcinet_bar {
-	u64 size;		/* 0: no BAR */
-	u32 kind;
-	u32 flags;
-	u64 addr;		/* what the BAR register holds */
-	bool sizing_lo;		/* the driver wrote all-ones: reads return the size mask */
-	bool sizing_hi;
-	u8 *shadow;
-};
-
-struct pcinet_fn {
-	struct mutex lock;	/* write() and state changes */
-	enum pcinet_state state;
-
-	spinlock_t qlock;	/* the read queue; taken under pci_lock (irqs off) */
-	struct list_head queue;
-	size_t queued;
-	wait_queue_head_t readq;
-	wait_queue_head_t writeq;
-
-	u32 msix_vectors;
-	struct pcinet_bar bars[PCINET_NUM_BARS];
-	u8 config[PCINET_CONFIG_SIZE];
-	u8 wmask[PCINET_CONFIG_SIZE];
-	u8 w1cmask[PCINET_CONFIG_SIZE];
-	u16 pcie_cap;		/* offset of the PCIe capability, 0 if none */
-	struct pcinet_range ranges[PCINET_MAX_RANGES];
-	unsigned int nranges;
-
-	int domain;
-	struct resource window;
-	struct resource busn;
-	struct pci_sysdata sysdata;
-	struct pci_bus *bus;
-
-	u64 writes_applied;
-	/* Counted, not yet served (see the header comment). */
-	atomic64_t dma_refused;
-	atomic64_t interrupts;
-	atomic64_t lost_records;
-};
+#include "internal.h"
 
 static DEFINE_IDA(pcinet_domains);
 
 /* ---- the read queue ---- */
 
-/* Queues a record for read(). May be called with pci_lock held (config accessors): never sleeps.
- * Records are small there; if memory runs out the record is lost and counted. */
-static void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len)
+static struct pcinet_rec *pcinet_rec_new(struct pcinet_fn *fn, const void *rec, size_t len,
+					 gfp_t gfp)
 {
-	struct pcinet_rec *r;
-	unsigned long flags;
+	struct pcinet_rec *r = kmalloc(struct_size(r, data, len), gfp);
 
-	r = kmalloc(struct_size(r, data, len), GFP_ATOMIC);
 	if (!r) {
-		atomic64_inc(&fn->lost_records);
+		atomic64_inc(&fn->stats.lost_records);
 		pr_warn_ratelimited("out of memory: a record for the host-agent is lost\n");
-		return;
+		return NULL;
 	}
 	r->len = len;
 	memcpy(r->data, rec, len);
+	return r;
+}
+
+static void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
+{
+	unsigned long flags;
+
 	spin_lock_irqsave(&fn->qlock, flags);
 	list_add_tail(&r->node, &fn->queue);
-	fn->queued += len;
+	fn->queued += r->len;
 	spin_unlock_irqrestore(&fn->qlock, flags);
 	wake_up_interruptible(&fn->readq);
 }
 
-static void pcinet_hdr(struct pcinet_hdr *h, u16 type, size_t len)
+/*
+ * Queues a record for read() from a context that cannot sleep: config accessors (pci_lock held)
+ * and the MMIO fault path. When the reader is behind by more than PCINET_QUEUE_BYTES, waits for
+ * it (busy, bounded by 100 ms: the fault path cannot sleep) and counts the wait; the record is
+ * queued either way, so nothing is lost.
+ */
+void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len)
 {
-	h->type = cpu_to_le16(type);
-	h->flags = 0;
-	h->len = cpu_to_le32(len);
+	struct pcinet_rec *r;
+
+	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES && READ_ONCE(fn->state) == PN_STARTED) {
+		u64 until = ktime_get_ns() + 100 * NSEC_PER_MSEC;
+
+		atomic64_inc(&fn->stats.queue_waits);
+		while (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES &&
+		       READ_ONCE(fn->state) == PN_STARTED) {
+			if (ktime_get_ns() > until) {
+				atomic64_inc(&fn->stats.queue_overruns);
+				break;
+			}
+			cpu_relax();
+		}
+	}
+	r = pcinet_rec_new(fn, rec, len, GFP_ATOMIC);
+	if (r)
+		pcinet_rec_add(fn, r);
+}
+
+/* Queues a record for read() from process context: waits (interruptibly) while the reader is
+ * behind, so a flood of completions cannot grow the queue without bound. */
+void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len)
+{
+	struct pcinet_rec *r;
+
+	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES) {
+		atomic64_inc(&fn->stats.queue_waits);
+		wait_event_interruptible_timeout(fn->writeq,
+						 READ_ONCE(fn->queued) <= PCINET_QUEUE_BYTES ||
+						 READ_ONCE(fn->state) != PN_STARTED, HZ);
+	}
+	r = pcinet_rec_new(fn, rec, len, GFP_KERNEL);
+	if (r)
+		pcinet_rec_add(fn, r);
+}
+
+/* The range of `kind` that holds [off, off + size) of a BAR, or NULL. */
+const struct pcinet_range *pcinet_range_at(struct pcinet_fn *fn, u32 bar, u64 off, u32 size,
+					   u32 kind)
+{
+	unsigned int i;
+
+	for (i = 0; i < fn->nranges; i++) {
+		const struct pcinet_range *r = &fn->ranges[i];
+
+		if (r->bar == bar && r->kind == kind && off >= r->offset &&
+		    off + size <= r->offset + r->length)
+			return r;
+	}
+	return NULL;
 }
 
 /* ---- config space ---- */
@@ -246,8 +225,9 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 		u8 *hi_byte = &fn->config[fn->pcie_cap + PCI_EXP_DEVCTL + 1];
 
 		if (*hi_byte & (PCI_EXP_DEVCTL_BCR_FLR >> 8)) {
-			/* FLR is self-clearing: the function is reset and the bit reads 0. */
-			*hi_byte &= ~(PCI_EXP_DEVCTL_BCR_FLR >> 8);
+			/* The function's registers return to their image (FLR itself reads 0); the
+			 * BAR registers keep their addresses, which the PCI core restores anyway. */
+			memcpy(fn->config, fn->config_init, PCINET_CONFIG_SIZE);
 			flr = true;
 		}
 	}
@@ -255,13 +235,15 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 	rec.offset = cpu_to_le32(where);
 	rec.size = cpu_to_le32(size);
 	rec.value = cpu_to_le32(now);
-	pcinet_queue(fn, &rec, sizeof(rec));
+	pcinet_queue_atomic(fn, &rec, sizeof(rec));
 	if (flr) {
 		struct pcinet_hdr reset;
 
+		pcinet_msix_reset(fn);
 		pcinet_hdr(&reset, PCINET_R_FUNCTION_RESET, sizeof(reset));
-		pcinet_queue(fn, &reset, sizeof(reset));
+		pcinet_queue_atomic(fn, &reset, sizeof(reset));
 	}
+	pcinet_msix_config_written(fn, where, size);
 	return PCIBIOS_SUCCESSFUL;
 }
 
@@ -272,10 +254,25 @@ static struct pci_ops pcinet_pci_ops = {
 
 /* ---- records from the host-agent ---- */
 
+/* Offset of the first capability with this ID in the config image, or 0. */
+u16 pcinet_find_cap(struct pcinet_fn *fn, u8 id)
+{
+	u8 pos = 0;
+	int ttl;
+
+	if (fn->config[PCI_STATUS] & PCI_STATUS_CAP_LIST)
+		pos = fn->config[PCI_CAPABILITY_LIST] & ~3;
+	for (ttl = 48; pos >= 0x40 && ttl; ttl--) {
+		if (fn->config[pos] == id)
+			return pos;
+		pos = fn->config[pos + 1] & ~3;
+	}
+	return 0;
+}
+
 static int pcinet_attach(struct pcinet_fn *fn, const struct pcinet_w_attach *a)
 {
-	u8 pos, id;
-	int i, ttl;
+	int i, ret;
 
 	if (fn->state != PN_NEW)
 		return -EBUSY;
@@ -323,27 +320,25 @@ static int pcinet_attach(struct pcinet_fn *fn, const struct pcinet_w_attach *a)
 			goto err_shadow;
 	}
 	memcpy(fn->config, a->config, PCINET_CONFIG_SIZE);
+	memcpy(fn->config_init, a->config, PCINET_CONFIG_SIZE);
 	memcpy(fn->wmask, a->wmask, PCINET_CONFIG_SIZE);
 	memcpy(fn->w1cmask, a->w1cmask, PCINET_CONFIG_SIZE);
 	/* The capability chain is the device's business, but we need the PCIe one for FLR. */
-	pos = (fn->config[PCI_STATUS] & PCI_STATUS_CAP_LIST) ? fn->config[PCI_CAPABILITY_LIST] & ~3 : 0;
-	for (ttl = 48; pos >= 0x40 && ttl; ttl--) {
-		id = fn->config[pos];
-		if (id == PCI_CAP_ID_EXP) {
-			fn->pcie_cap = pos;
-			break;
-		}
-		pos = fn->config[pos + 1] & ~3;
-	}
+	fn->pcie_cap = pcinet_find_cap(fn, PCI_CAP_ID_EXP);
+	ret = pcinet_msix_attach(fn);
+	if (ret)
+		goto err_free;
 	fn->state = PN_ATTACHED;
 	return 0;
 
 err_shadow:
+	ret = -ENOMEM;
+err_free:
 	for (i = 0; i < PCINET_NUM_BARS; i++) {
 		vfree(fn->bars[i].shadow);
 		fn->bars[i] = (struct pcinet_bar){};
 	}
-	return -ENOMEM;
+	return ret;
 }
 
 static int pcinet_range(struct pcinet_fn *fn, const struct pcinet_w_range *r)
@@ -374,8 +369,7 @@ static int pcinet_shadow(struct pcinet_fn *fn, const struct pcinet_w_shadow *s, 
 	    sizeof(*s) + size > len || len - sizeof(*s) - size >= 8 ||
 	    off >= fn->bars[bar].size || size > fn->bars[bar].size - off)
 		return -EINVAL;
-	memcpy(fn->bars[bar].shadow + off, s->data, size);
-	return 0;
+	return pcinet_shadow_update(fn, bar, off, s->data, size);
 }
 
 static int pcinet_start(struct pcinet_fn *fn)
@@ -397,6 +391,9 @@ static int pcinet_start(struct pcinet_fn *fn)
 		total = PAGE_SIZE;	/* a function without BARs still gets a (tiny) window */
 	total = roundup_pow_of_two(total);
 
+	ret = pcinet_dma_init(fn);
+	if (ret)
+		return ret;
 	ret = ida_alloc_range(&pcinet_domains, PCINET_DOMAIN_FIRST, PCINET_DOMAIN_LAST, GFP_KERNEL);
 	if (ret < 0)
 		return ret;
@@ -436,20 +433,36 @@ static int pcinet_start(struct pcinet_fn *fn)
 	fn->sysdata.domain = fn->domain;
 	fn->sysdata.node = NUMA_NO_NODE;
 
+	ret = pcinet_msix_start(fn);
+	if (ret) {
+		pci_free_resource_list(&resources);
+		goto err_window;
+	}
 	pci_lock_rescan_remove();
 	bus = pci_create_root_bus(NULL, 0, &pcinet_pci_ops, &fn->sysdata, &resources);
 	if (!bus) {
 		pci_unlock_rescan_remove();
 		pci_free_resource_list(&resources);
 		ret = -ENOMEM;
-		goto err_window;
+		goto err_msix;
 	}
 	fn->bus = bus;
+	/* The function inherits the bus's MSI domain when it is added (pcibios_device_add). */
+	if (fn->msi_domain)
+		dev_set_msi_domain(&bus->dev, fn->msi_domain);
 	pci_scan_child_bus(bus);
 	pci_bus_claim_resources(bus);
-	pci_bus_add_devices(bus);
+	fn->pdev = pci_get_slot(bus, 0);
+	if (fn->pdev)
+		pcinet_dma_set_ops(fn, fn->pdev);
 	pci_unlock_rescan_remove();
+	if (!fn->pdev) {
+		pr_warn("the PCI core did not find the function on the new bus\n");
+		ret = -ENODEV;
+		goto err_bus;
+	}
 
+	pcinet_mmio_start(fn);
 	fn->state = PN_STARTED;
 	pcinet_hdr(&rec.hdr, PCINET_R_ATTACHED, sizeof(rec));
 	rec.domain = cpu_to_le32(fn->domain);
@@ -458,7 +471,19 @@ static int pcinet_start(struct pcinet_fn *fn)
 	pcinet_queue(fn, &rec, sizeof(rec));
 	pr_info("%04x:%02x:00.0 attached (%04x:%04x)\n", fn->domain, bus->number,
 		fn->config[0] | fn->config[1] << 8, fn->config[2] | fn->config[3] << 8);
+	/* Drivers bind from a worker: their probe does MMIO, which needs the host-agent reading
+	 * this file, and it is still in the write() that carried W_START. */
+	schedule_work(&fn->add_work);
 	return 0;
+
+err_bus:
+	pci_lock_rescan_remove();
+	pci_stop_root_bus(bus);
+	pci_remove_root_bus(bus);
+	pci_unlock_rescan_remove();
+	fn->bus = NULL;
+err_msix:
+	pcinet_msix_stop(fn);
 
 err_window:
 	release_resource(&fn->window);
@@ -466,43 +491,53 @@ err_domain:
 	ida_free(&pcinet_domains, fn->domain);
 	for (i = 0; i < PCINET_NUM_BARS; i++)
 		fn->bars[i].addr = 0;
+	pcinet_dma_exit(fn);
 	return ret;
 }
 
-/* Surprise removal: the driver unbinds, the function and its bus go away. */
+static void pcinet_add_work(struct work_struct *work)
+{
+	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, add_work);
+
+	pci_lock_rescan_remove();
+	pci_bus_add_devices(fn->bus);
+	pci_unlock_rescan_remove();
+}
+
+/*
+ * Surprise removal: from now on the function answers nothing (MMIO reads return all-ones,
+ * writes go nowhere, waiting reads give up), the driver unbinds, the function and its bus go.
+ */
 static void pcinet_remove(struct pcinet_fn *fn)
 {
+	struct pcinet_counters *c = &fn->stats;
+
 	if (fn->state == PN_STARTED) {
+		WRITE_ONCE(fn->state, PN_DETACHED);
+		wake_up_interruptible_all(&fn->writeq);
+		cancel_work_sync(&fn->add_work);
 		pci_lock_rescan_remove();
 		pci_stop_root_bus(fn->bus);
 		pci_remove_root_bus(fn->bus);
 		pci_unlock_rescan_remove();
+		pcinet_mmio_stop(fn);
+		pcinet_msix_stop(fn);
+		pci_dev_put(fn->pdev);
+		fn->pdev = NULL;
+		pcinet_dma_exit(fn);
 		release_resource(&fn->window);
 		ida_free(&pcinet_domains, fn->domain);
-		pr_info("%04x:00:00.0 removed (DMA refused %lld, interrupts %lld, lost records %lld)\n",
-			fn->domain, atomic64_read(&fn->dma_refused), atomic64_read(&fn->interrupts),
-			atomic64_read(&fn->lost_records));
+		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld\n",
+			fn->domain, atomic64_read(&c->mmio_writes), atomic64_read(&c->mmio_reads),
+			atomic64_read(&c->volatile_reads), atomic64_read(&c->read_timeouts),
+			atomic64_read(&c->queue_waits), atomic64_read(&c->queue_overruns),
+			atomic64_read(&c->lost_records), atomic64_read(&c->emulate_failures),
+			atomic64_read(&c->interrupts), atomic64_read(&c->interrupts_pending),
+			atomic64_read(&c->interrupts_dropped), atomic64_read(&c->dma_bytes),
+			atomic64_read(&c->dma_refused));
 	}
-	fn->state = PN_DETACHED;
+	WRITE_ONCE(fn->state, PN_DETACHED);
 	wake_up_interruptible_all(&fn->readq);
-}
-
-static int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *d)
-{
-	struct pcinet_r_dma_read_cpl rec = {};
-	u32 size = le32_to_cpu(d->size);
-
-	if (fn->state != PN_STARTED)
-		return -EBUSY;
-	if (!size || size > PCINET_MAX_DATA)
-		return -EINVAL;
-	/* No DMA sandbox in this version: every request is refused, as an IOMMU would. */
-	atomic64_inc(&fn->dma_refused);
-	pcinet_hdr(&rec.hdr, PCINET_R_DMA_READ_CPL, sizeof(rec));
-	rec.tag = d->tag;
-	rec.status = cpu_to_le32(PCINET_STATUS_ERROR);
-	pcinet_queue(fn, &rec, sizeof(rec));
-	return 0;
 }
 
 static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
@@ -533,20 +568,28 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 			return -EINVAL;
 		if (fn->state != PN_STARTED)
 			return -EBUSY;
-		if (le64_to_cpu(w->count) < fn->writes_applied)
+		if (le64_to_cpu(w->count) < atomic64_read(&fn->writes_applied) ||
+		    le64_to_cpu(w->count) > atomic64_read(&fn->writes_sent))
 			return -EINVAL;
-		fn->writes_applied = le64_to_cpu(w->count);
+		atomic64_set_release(&fn->writes_applied, le64_to_cpu(w->count));
 		return 0;
 	}
 	case PCINET_W_MMIO_READ_CPL:
 		if (len != sizeof(struct pcinet_w_mmio_read_cpl))
 			return -EINVAL;
-		/* No read is ever outstanding in this version: a late or stray completion. */
-		return fn->state == PN_STARTED ? 0 : -EBUSY;
+		if (fn->state != PN_STARTED)
+			return -EBUSY;
+		return pcinet_mmio_read_cpl(fn, buf);
 	case PCINET_W_DMA_READ:
-		if (len != sizeof(struct pcinet_w_dma_read))
+	{
+		const struct pcinet_w_dma_read *d = buf;
+
+		if (len != sizeof(*d) || !d->size || le32_to_cpu(d->size) > PCINET_MAX_DATA)
 			return -EINVAL;
-		return pcinet_dma_read(fn, buf);
+		if (fn->state != PN_STARTED)
+			return -EBUSY;
+		return pcinet_dma_read(fn, d);
+	}
 	case PCINET_W_DMA_WRITE: {
 		const struct pcinet_w_dma_write *d = buf;
 		u32 size;
@@ -556,10 +599,11 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 		size = le32_to_cpu(d->size);
 		if (!size || size > PCINET_MAX_DATA || len != ALIGN(sizeof(*d) + size, 8))
 			return -EINVAL;
+		if (d->reserved)
+			return -EINVAL;
 		if (fn->state != PN_STARTED)
 			return -EBUSY;
-		atomic64_inc(&fn->dma_refused);
-		return 0;
+		return pcinet_dma_write(fn, d);
 	}
 	case PCINET_W_INTERRUPT: {
 		const struct pcinet_w_interrupt *w = buf;
@@ -570,8 +614,7 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 			return -EBUSY;
 		if (le32_to_cpu(w->vector) >= fn->msix_vectors)
 			return -EINVAL;
-		atomic64_inc(&fn->interrupts);
-		return 0;
+		return pcinet_msix_raise(fn, le32_to_cpu(w->vector));
 	}
 	case PCINET_W_DETACH:
 		if (len != sizeof(struct pcinet_hdr))
@@ -693,7 +736,12 @@ static int pcinet_open(struct inode *inode, struct file *file)
 		return -ENOMEM;
 	mutex_init(&fn->lock);
 	spin_lock_init(&fn->qlock);
+	spin_lock_init(&fn->shadow_lock);
+	spin_lock_init(&fn->reads_lock);
+	spin_lock_init(&fn->msix_lock);
 	INIT_LIST_HEAD(&fn->queue);
+	INIT_LIST_HEAD(&fn->live);
+	INIT_WORK(&fn->add_work, pcinet_add_work);
 	init_waitqueue_head(&fn->readq);
 	init_waitqueue_head(&fn->writeq);
 	fn->state = PN_NEW;
@@ -712,6 +760,7 @@ static int pcinet_release(struct inode *inode, struct file *file)
 		kfree(r);
 	for (i = 0; i < PCINET_NUM_BARS; i++)
 		vfree(fn->bars[i].shadow);
+	pcinet_msix_free(fn);
 	kvfree(fn);
 	return 0;
 }
@@ -737,13 +786,22 @@ static int __init pcinet_init(void)
 {
 	BUILD_BUG_ON(sizeof(struct pcinet_w_attach) % 8);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_attached) % 8);
+	int ret;
+
 	BUILD_BUG_ON(sizeof(struct pcinet_w_mmio_read_cpl) % 8);
-	return misc_register(&pcinet_misc);
+	ret = pcinet_mmio_init();
+	if (ret)
+		return ret;
+	ret = misc_register(&pcinet_misc);
+	if (ret)
+		pcinet_mmio_exit();
+	return ret;
 }
 
 static void __exit pcinet_exit(void)
 {
 	misc_deregister(&pcinet_misc);
+	pcinet_mmio_exit();
 	ida_destroy(&pcinet_domains);
 }
 

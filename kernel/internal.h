@@ -1,0 +1,192 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * pcinet: what the parts of the module share. core.c owns the file, the bus and config space;
+ * mmio.c traps the BAR mappings and serves MMIO; msix.c keeps the MSI-X table and delivers
+ * interrupts; dma.c is the DMA sandbox. Records: uapi/pcinet.h, docs/KERNEL-ABI.md.
+ */
+#ifndef PCINET_INTERNAL_H
+#define PCINET_INTERNAL_H
+
+#include <linux/atomic.h>
+#include <linux/ioport.h>
+#include <linux/irq_work.h>
+#include <linux/list.h>
+#include <linux/mutex.h>
+#include <linux/pci.h>
+#include <linux/spinlock.h>
+#include <linux/wait.h>
+#include <linux/workqueue.h>
+
+#include "uapi/pcinet.h"
+
+/* Bytes of records waiting for read() before producers wait for the reader (bounded). */
+#define PCINET_QUEUE_BYTES	(1u << 20)
+/* The largest record either way: an attach (three config images) or a data record. */
+#define PCINET_MAX_RECORD	max_t(size_t, sizeof(struct pcinet_w_attach), \
+				      sizeof(struct pcinet_w_dma_write) + PCINET_MAX_DATA)
+#define PCINET_MAX_RANGES	64
+#define PCINET_MAX_VECTORS	2048
+#define PCINET_MAX_BAR		(1ull << 28)	/* 256 MiB: a shadow of each BAR is kept in memory */
+/* BAR windows live above 512 GiB, where RAM and firmware never are on the machines we target,
+ * and below 1 TiB, the smallest physical address width (40 bits) of x86-64 CPUs we support. */
+#define PCINET_WINDOW_MIN	(1ull << 39)
+#define PCINET_WINDOW_MAX	((1ull << 40) - 1)
+#define PCINET_DOMAIN_FIRST	0x10
+#define PCINET_DOMAIN_LAST	0xffff
+/* Volatile MMIO reads in flight per function (one per CPU is the most a driver can do). */
+#define PCINET_READ_SLOTS	64
+/* Interrupt raises queued for delivery per function. */
+#define PCINET_RING_SIZE	4096
+
+enum pcinet_state { PN_NEW, PN_ATTACHED, PN_STARTED, PN_DETACHED };
+
+struct pcinet_rec {
+	struct list_head node;
+	size_t len;
+	u8 data[];
+};
+
+struct pcinet_range {
+	u32 bar;
+	u32 kind;
+	u64 offset;
+	u64 length;
+};
+
+struct pcinet_bar {
+	u64 size;		/* 0: no BAR */
+	u32 kind;
+	u32 flags;
+	u64 addr;		/* what the BAR register holds */
+	bool sizing_lo;		/* the driver wrote all-ones: reads return the size mask */
+	bool sizing_hi;
+	u8 *shadow;
+};
+
+/* A volatile MMIO read waiting for its W_MMIO_READ_CPL. */
+struct pcinet_read_slot {
+	u32 tag;		/* 0: free */
+	u32 size;
+	int status;		/* 0 waiting, 1 done, -1 error completion */
+	u64 data;
+};
+
+struct pcinet_counters {
+	atomic64_t mmio_writes;		/* forwarded to the host-agent */
+	atomic64_t mmio_reads;		/* served from the shadow */
+	atomic64_t volatile_reads;	/* round trips */
+	atomic64_t read_timeouts;	/* volatile reads and fences that got all-ones */
+	atomic64_t queue_waits;		/* writers that found the queue full and waited */
+	atomic64_t queue_overruns;	/* ... and gave up waiting (the record was still queued) */
+	atomic64_t lost_records;	/* out of memory in atomic context */
+	atomic64_t emulate_failures;	/* instructions the emulator refused */
+	atomic64_t interrupts;		/* delivered to the driver */
+	atomic64_t interrupts_pending;	/* raised while masked (delivered on unmask) */
+	atomic64_t interrupts_dropped;	/* raised while MSI-X was disabled */
+	atomic64_t dma_refused;		/* DMA outside live mappings or against their direction */
+	atomic64_t dma_bytes;		/* DMA done, both directions */
+};
+
+struct pcinet_dma;
+
+struct pcinet_fn {
+	struct mutex lock;	/* write() and state changes */
+	enum pcinet_state state;
+
+	spinlock_t qlock;	/* the read queue; taken in atomic context (pci_lock, MMIO faults) */
+	struct list_head queue;
+	size_t queued;
+	wait_queue_head_t readq;
+	wait_queue_head_t writeq;
+
+	u32 msix_vectors;
+	struct pcinet_bar bars[PCINET_NUM_BARS];
+	u8 config[PCINET_CONFIG_SIZE];
+	u8 config_init[PCINET_CONFIG_SIZE];	/* the image as attached, for FLR */
+	u8 wmask[PCINET_CONFIG_SIZE];
+	u8 w1cmask[PCINET_CONFIG_SIZE];
+	u16 pcie_cap;		/* offset of the PCIe capability, 0 if none */
+	struct pcinet_range ranges[PCINET_MAX_RANGES];
+	unsigned int nranges;
+
+	int domain;
+	struct resource window;
+	struct resource busn;
+	struct pci_sysdata sysdata;
+	struct pci_bus *bus;
+	struct pci_dev *pdev;	/* the function once scanned (a reference is held) */
+	struct work_struct add_work;	/* binds drivers after W_START */
+
+	/* MMIO (mmio.c) */
+	struct list_head live;	/* on the list of started functions (RCU) */
+	spinlock_t shadow_lock;	/* BAR shadows against W_SHADOW */
+	atomic64_t writes_sent;	/* non-doorbell MMIO writes queued */
+	atomic64_t writes_applied;
+	spinlock_t reads_lock;
+	u32 next_tag;
+	struct pcinet_read_slot reads[PCINET_READ_SLOTS];
+
+	/* MSI-X (msix.c) */
+	u16 msix_cap;		/* offset of the MSI-X capability, 0 if none */
+	int msix_bar;
+	u64 msix_table;		/* offset of the table in msix_bar */
+	u64 msix_pba;		/* offset of the PBA in msix_bar */
+	spinlock_t msix_lock;	/* entries, pending, ring */
+	u32 *msix_entries;	/* vectors * 4 dwords: address lo/hi, data, vector control */
+	unsigned long *msix_pending;
+	u16 *ring;		/* raises waiting for delivery, in order */
+	unsigned int ring_head, ring_count;
+	wait_queue_head_t ring_wait;
+	struct irq_work irq_work;
+	raw_spinlock_t deliver_lock;
+	struct fwnode_handle *msi_fwnode;
+	struct irq_domain *msi_domain;
+
+	/* DMA (dma.c) */
+	struct pcinet_dma *dma;
+
+	struct pcinet_counters stats;
+};
+
+static inline void pcinet_hdr(struct pcinet_hdr *h, u16 type, size_t len)
+{
+	h->type = cpu_to_le16(type);
+	h->flags = 0;
+	h->len = cpu_to_le32(len);
+}
+
+/* core.c */
+void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len);
+void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len);
+u16 pcinet_find_cap(struct pcinet_fn *fn, u8 id);
+const struct pcinet_range *pcinet_range_at(struct pcinet_fn *fn, u32 bar, u64 off, u32 size,
+					   u32 kind);
+
+/* mmio.c */
+int pcinet_mmio_init(void);
+void pcinet_mmio_exit(void);
+void pcinet_mmio_start(struct pcinet_fn *fn);
+void pcinet_mmio_stop(struct pcinet_fn *fn);
+int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_cpl *c);
+int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
+
+/* msix.c */
+int pcinet_msix_attach(struct pcinet_fn *fn);
+void pcinet_msix_free(struct pcinet_fn *fn);
+bool pcinet_msix_owns(struct pcinet_fn *fn, u32 bar, u64 off, u32 size);
+void pcinet_msix_read(struct pcinet_fn *fn, u64 off, void *val, u32 size);
+void pcinet_msix_write(struct pcinet_fn *fn, u64 off, const void *val, u32 size);
+void pcinet_msix_config_written(struct pcinet_fn *fn, int where, int size);
+int pcinet_msix_raise(struct pcinet_fn *fn, u32 vector);
+void pcinet_msix_reset(struct pcinet_fn *fn);
+int pcinet_msix_start(struct pcinet_fn *fn);
+void pcinet_msix_stop(struct pcinet_fn *fn);
+
+/* dma.c */
+int pcinet_dma_init(struct pcinet_fn *fn);
+void pcinet_dma_set_ops(struct pcinet_fn *fn, struct pci_dev *pdev);
+int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *d);
+int pcinet_dma_write(struct pcinet_fn *fn, const struct pcinet_w_dma_write *d);
+void pcinet_dma_exit(struct pcinet_fn *fn);
+
+#endif /* PCINET_INTERNAL_H */

@@ -1,0 +1,577 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pcinet: trapping the BAR mappings and serving MMIO.
+ *
+ * The BARs sit in a physical window no memory or device answers. When a driver maps part of a
+ * BAR (ioremap and friends all end in mmiotrace_ioremap(), which a kprobe watches), the mapping's
+ * page table entries are cleared, so every access faults. The x86 fault handler offers kernel
+ * faults to kmmio_handler() first whenever kmmio is active (kmmio_count > 0): a second kprobe
+ * there takes the faults on our mappings, emulates the instruction (emulate.c) against the
+ * device and returns "handled", skipping kmmio itself. We keep kmmio_count raised for as long as
+ * the module is loaded; faults that are not ours are passed to kmmio when someone else (the
+ * mmiotrace tracer) uses it, and otherwise answered "not kmmio's" without entering it, because
+ * kmmio's tables are only initialised once the tracer has run. iounmap() calls
+ * mmiotrace_iounmap() first: a third kprobe restores the entries before the area is freed.
+ *
+ * An access is served in the faulting context, which cannot sleep:
+ * - writes become R_MMIO_WRITE records (posted; pcinet_queue_atomic() waits, bounded, for a slow
+ *   reader and never drops);
+ * - reads of ranges the device declared volatile become R_MMIO_READ and busy-wait for the
+ *   completion, bounded by read_timeout_ms, then read all-ones like a PCIe completion timeout;
+ * - other reads come from the shadow the endpoint keeps current, after a read fence: the device
+ *   must have applied every earlier non-doorbell write (W_WRITES_APPLIED), so a driver that writes
+ *   a register and reads it back sees the device's answer;
+ * - the MSI-X table and PBA are served by msix.c.
+ * A function that is gone (removed, or memory decoding off) reads all-ones and ignores writes.
+ * The busy-waits need another CPU to run the host-agent: pcinet wants at least two CPUs.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/kprobes.h>
+#include <linux/ktime.h>
+#include <linux/moduleparam.h>
+#include <linux/rculist.h>
+#include <linux/slab.h>
+#include <linux/smp.h>
+#include <asm/pgtable.h>
+#include <asm/tlbflush.h>
+
+#include "emulate.h"
+#include "internal.h"
+
+static unsigned int read_timeout_ms = 500;
+module_param(read_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(read_timeout_ms,
+		 "How long a driver's MMIO read waits for the device before it reads all-ones (ms)");
+
+/* One trapped mapping of (part of) a BAR. */
+struct pcinet_map {
+	struct list_head node;
+	struct pcinet_fn __rcu *fn;	/* NULL once the function is gone */
+	unsigned long virt;		/* page-aligned start */
+	unsigned long len;		/* page multiple */
+	u64 phys;			/* physical address of virt */
+	u32 bar;
+	u64 bar_off;			/* BAR offset of virt */
+	pteval_t pte_flags;		/* flags of the 4 KiB entries we cleared */
+	pmdval_t pmd_flags;		/* flags of the 2 MiB entries we cleared */
+	struct rcu_head rcu;
+};
+
+static LIST_HEAD(pcinet_live);		/* started functions (RCU) */
+static LIST_HEAD(pcinet_maps);		/* trapped mappings (RCU) */
+static DEFINE_SPINLOCK(pcinet_lists_lock);
+static unsigned int *pcinet_kmmio_count;
+
+/* ---- page table entries of trapped mappings ---- */
+
+static void pcinet_flush_tlb(void *unused)
+{
+	__flush_tlb_all();
+}
+
+/* Clears the entries of [m->virt, m->virt + m->len). Returns false if a level is unexpected. */
+static bool pcinet_map_protect(struct pcinet_map *m)
+{
+	unsigned long addr = m->virt, end = m->virt + m->len;
+	unsigned int level;
+	pte_t *pte;
+
+	while (addr < end) {
+		pte = lookup_address(addr, &level);
+		if (!pte || (level != PG_LEVEL_4K && level != PG_LEVEL_2M))
+			return false;
+		if (level == PG_LEVEL_2M) {
+			pmd_t *pmd = (pmd_t *)pte;
+
+			if (!IS_ALIGNED(addr, PMD_SIZE) || end - addr < PMD_SIZE || !pmd_present(*pmd))
+				return false;
+			m->pmd_flags = pmd_flags(*pmd);
+			pmd_clear(pmd);
+			addr += PMD_SIZE;
+		} else {
+			if (!pte_present(*pte))
+				return false;
+			m->pte_flags = pte_flags(*pte);
+			pte_clear(&init_mm, addr, pte);
+			addr += PAGE_SIZE;
+		}
+	}
+	return true;
+}
+
+/* Puts back the entries of [from, to) of a mapping (those that were cleared). */
+static void pcinet_map_unprotect(struct pcinet_map *m, unsigned long from, unsigned long to)
+{
+	unsigned long addr = from;
+	unsigned int level;
+	pte_t *pte;
+
+	while (addr < to) {
+		u64 phys = m->phys + (addr - m->virt);
+
+		pte = lookup_address(addr, &level);
+		if (!pte)
+			break;
+		if (level == PG_LEVEL_2M) {
+			pmd_t *pmd = (pmd_t *)pte;
+
+			if (pmd_none(*pmd))
+				set_pmd(pmd, __pmd((phys & PHYSICAL_PMD_PAGE_MASK) | m->pmd_flags));
+			addr = ALIGN(addr + 1, PMD_SIZE);
+		} else {
+			if (pte_none(*pte))
+				set_pte(pte, __pte((phys & PTE_PFN_MASK) | m->pte_flags));
+			addr += PAGE_SIZE;
+		}
+	}
+}
+
+/* ---- serving an access ---- */
+
+static bool pcinet_fn_live(struct pcinet_fn *fn)
+{
+	return READ_ONCE(fn->state) == PN_STARTED &&
+	       (READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MEMORY);
+}
+
+/* Busy-waits until *count >= target; false on timeout or when the function goes. */
+static bool pcinet_spin_until(struct pcinet_fn *fn, atomic64_t *count, s64 target)
+{
+	u64 until = ktime_get_ns() + (u64)READ_ONCE(read_timeout_ms) * NSEC_PER_MSEC;
+
+	while (atomic64_read_acquire(count) < target) {
+		if (READ_ONCE(fn->state) != PN_STARTED || ktime_get_ns() > until)
+			return false;
+		cpu_relax();
+	}
+	return true;
+}
+
+static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size)
+{
+	struct pcinet_r_mmio_read rec = {};
+	struct pcinet_read_slot *slot = NULL;
+	u64 until, data = ~0ull;
+	unsigned long flags;
+	unsigned int i;
+	int status;
+	u32 tag;
+
+	atomic64_inc(&fn->stats.volatile_reads);
+	spin_lock_irqsave(&fn->reads_lock, flags);
+	for (i = 0; i < PCINET_READ_SLOTS; i++) {
+		if (!fn->reads[i].tag) {
+			slot = &fn->reads[i];
+			break;
+		}
+	}
+	if (slot) {
+		/* The slot index in the low bits, a generation above, never 0. */
+		fn->next_tag = (fn->next_tag + 1) & 0x3ffffff;
+		if (!fn->next_tag)
+			fn->next_tag = 1;
+		tag = fn->next_tag << 6 | i;
+		slot->tag = tag;
+		slot->size = size;
+		slot->status = 0;
+	}
+	spin_unlock_irqrestore(&fn->reads_lock, flags);
+	if (!slot) {
+		atomic64_inc(&fn->stats.read_timeouts);
+		memset(val, 0xff, size);
+		return;
+	}
+
+	pcinet_hdr(&rec.hdr, PCINET_R_MMIO_READ, sizeof(rec));
+	rec.tag = cpu_to_le32(tag);
+	rec.bar = cpu_to_le32(bar);
+	rec.size = cpu_to_le32(size);
+	rec.offset = cpu_to_le64(off);
+	pcinet_queue_atomic(fn, &rec, sizeof(rec));
+
+	until = ktime_get_ns() + (u64)READ_ONCE(read_timeout_ms) * NSEC_PER_MSEC;
+	while (!smp_load_acquire(&slot->status)) {
+		if (READ_ONCE(fn->state) != PN_STARTED || ktime_get_ns() > until)
+			break;
+		cpu_relax();
+	}
+	spin_lock_irqsave(&fn->reads_lock, flags);
+	status = slot->status;
+	if (status > 0)
+		data = slot->data;
+	slot->tag = 0;
+	spin_unlock_irqrestore(&fn->reads_lock, flags);
+	if (!status) {
+		atomic64_inc(&fn->stats.read_timeouts);
+		pr_warn_ratelimited("%04x:00:00.0: MMIO read of BAR %u +0x%llx timed out: all-ones\n",
+				    fn->domain, bar, off);
+	}
+	memcpy(val, &data, size);
+}
+
+int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_cpl *c)
+{
+	u32 tag = le32_to_cpu(c->tag), status = le32_to_cpu(c->status);
+	struct pcinet_read_slot *slot = &fn->reads[tag % PCINET_READ_SLOTS];
+	unsigned long flags;
+
+	if (status != PCINET_STATUS_OK && status != PCINET_STATUS_ERROR)
+		return -EINVAL;
+	spin_lock_irqsave(&fn->reads_lock, flags);
+	/* A completion for a read that already timed out finds its slot reused or free. */
+	if (tag && slot->tag == tag && !slot->status) {
+		slot->data = le64_to_cpu(c->data);
+		smp_store_release(&slot->status, status == PCINET_STATUS_OK ? 1 : -1);
+	}
+	spin_unlock_irqrestore(&fn->reads_lock, flags);
+	return 0;
+}
+
+int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&fn->shadow_lock, flags);
+	memcpy(fn->bars[bar].shadow + off, data, size);
+	spin_unlock_irqrestore(&fn->shadow_lock, flags);
+	return 0;
+}
+
+static void pcinet_serve_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size)
+{
+	unsigned long flags;
+
+	if (pcinet_msix_owns(fn, bar, off, size)) {
+		pcinet_msix_read(fn, off, val, size);
+		return;
+	}
+	if (pcinet_range_at(fn, bar, off, size, PCINET_RANGE_VOLATILE)) {
+		if (size > 8) {		/* a 16-byte SSE load: two device reads */
+			pcinet_volatile_read(fn, bar, off, val, 8);
+			pcinet_volatile_read(fn, bar, off + 8, val + 8, size - 8);
+		} else {
+			pcinet_volatile_read(fn, bar, off, val, size);
+		}
+		return;
+	}
+	atomic64_inc(&fn->stats.mmio_reads);
+	if (!pcinet_spin_until(fn, &fn->writes_applied, atomic64_read(&fn->writes_sent))) {
+		if (READ_ONCE(fn->state) == PN_STARTED) {
+			atomic64_inc(&fn->stats.read_timeouts);
+			pr_warn_ratelimited("%04x:00:00.0: the device did not apply earlier writes in time: BAR %u +0x%llx reads all-ones\n",
+					    fn->domain, bar, off);
+		}
+		memset(val, 0xff, size);
+		return;
+	}
+	spin_lock_irqsave(&fn->shadow_lock, flags);
+	memcpy(val, fn->bars[bar].shadow + off, size);
+	spin_unlock_irqrestore(&fn->shadow_lock, flags);
+}
+
+static void pcinet_serve_write(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size)
+{
+	struct {
+		struct pcinet_r_mmio_write w;
+		u8 data[16];
+	} rec = {};
+
+	if (pcinet_msix_owns(fn, bar, off, size)) {
+		pcinet_msix_write(fn, off, val, size);
+		return;
+	}
+	pcinet_hdr(&rec.w.hdr, PCINET_R_MMIO_WRITE, ALIGN(sizeof(rec.w) + size, 8));
+	rec.w.bar = cpu_to_le32(bar);
+	rec.w.size = cpu_to_le32(size);
+	rec.w.offset = cpu_to_le64(off);
+	memcpy(rec.data, val, size);
+	atomic64_inc(&fn->stats.mmio_writes);
+	if (!pcinet_range_at(fn, bar, off, size, PCINET_RANGE_DOORBELL))
+		atomic64_inc(&fn->writes_sent);
+	pcinet_queue_atomic(fn, &rec, ALIGN(sizeof(rec.w) + size, 8));
+}
+
+/* Translates a faulting address to its function and BAR offset; false if it is outside. */
+static struct pcinet_fn *pcinet_map_target(struct pcinet_map *m, unsigned long addr, u32 size,
+					   u64 *off)
+{
+	struct pcinet_fn *fn = rcu_dereference(m->fn);
+
+	if (!fn)
+		return NULL;
+	*off = m->bar_off + (addr - m->virt);
+	if (*off + size > fn->bars[m->bar].size)
+		return NULL;
+	return fn;
+}
+
+static int pcinet_op_read(void *ctx, unsigned long addr, void *val, unsigned int size)
+{
+	struct pcinet_map *m = ctx;
+	struct pcinet_fn *fn;
+	u64 off;
+
+	fn = pcinet_map_target(m, addr, size, &off);
+	if (!fn || !pcinet_fn_live(fn)) {
+		memset(val, 0xff, size);	/* master abort */
+		return 0;
+	}
+	pcinet_serve_read(fn, m->bar, off, val, size);
+	return 0;
+}
+
+static int pcinet_op_write(void *ctx, unsigned long addr, const void *val, unsigned int size)
+{
+	struct pcinet_map *m = ctx;
+	struct pcinet_fn *fn;
+	u64 off;
+
+	fn = pcinet_map_target(m, addr, size, &off);
+	if (fn && pcinet_fn_live(fn))
+		pcinet_serve_write(fn, m->bar, off, val, size);
+	return 0;
+}
+
+static const struct pcinet_mmio_ops pcinet_mmio_ops = {
+	.read = pcinet_op_read,
+	.write = pcinet_op_write,
+};
+
+/* ---- the kprobes ---- */
+
+static struct pcinet_map *pcinet_map_find(unsigned long addr)
+{
+	struct pcinet_map *m;
+
+	list_for_each_entry_rcu(m, &pcinet_maps, node)
+		if (addr - m->virt < m->len)
+			return m;
+	return NULL;
+}
+
+/* Where kmmio_handler() "returns" from when we answered in its place. */
+static noinline notrace int pcinet_fault_handled(void)
+{
+	return 1;
+}
+
+static noinline notrace int pcinet_fault_not_kmmio(void)
+{
+	return 0;
+}
+
+/* kmmio_handler(struct pt_regs *regs, unsigned long addr), at entry. */
+static int pcinet_fault_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	struct pt_regs *fregs = (struct pt_regs *)regs->di;
+	unsigned long addr = regs->si;
+	struct pcinet_map *m;
+	int ret;
+
+	if (user_mode(fregs))
+		goto not_ours;
+	rcu_read_lock();
+	m = pcinet_map_find(addr);
+	/* An instruction fetch from a BAR is a bug like any other: let the fault path oops. */
+	if (!m || fregs->ip - m->virt < m->len) {
+		rcu_read_unlock();
+		goto not_ours;
+	}
+	ret = pcinet_emulate(fregs, addr, &pcinet_mmio_ops, m);
+	if (ret) {
+		struct pcinet_fn *fn = rcu_dereference(m->fn);
+
+		if (fn)
+			atomic64_inc(&fn->stats.emulate_failures);
+		/* Let the instruction run against the (unbacked) window: the page stays unprotected
+		 * and the device no longer sees it, but the kernel survives. */
+		pr_err_ratelimited("cannot emulate the instruction at %pS accessing 0x%lx (%d): that BAR page is no longer trapped\n",
+				   (void *)fregs->ip, addr, ret);
+		pcinet_map_unprotect(m, addr & PAGE_MASK, (addr & PAGE_MASK) + PAGE_SIZE);
+	}
+	rcu_read_unlock();
+	regs->ip = (unsigned long)pcinet_fault_handled;
+	return 1;
+
+not_ours:
+	if (READ_ONCE(*pcinet_kmmio_count) > 1)
+		return 0;	/* the mmiotrace tracer is active: kmmio decides */
+	regs->ip = (unsigned long)pcinet_fault_not_kmmio;
+	return 1;
+}
+
+/* mmiotrace_ioremap(resource_size_t offset, unsigned long size, void __iomem *addr), at entry:
+ * the mapping exists and ioremap has not returned yet. */
+static int pcinet_ioremap_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	u64 phys = regs->di & PAGE_MASK;
+	unsigned long virt = regs->dx & PAGE_MASK;
+	unsigned long len = PAGE_ALIGN(regs->dx + regs->si) - virt;
+	struct pcinet_map *m = NULL;
+	struct pcinet_fn *fn;
+	unsigned long flags;
+	int i;
+
+	rcu_read_lock();
+	list_for_each_entry_rcu(fn, &pcinet_live, live) {
+		for (i = 0; i < PCINET_NUM_BARS; i++) {
+			struct pcinet_bar *b = &fn->bars[i];
+
+			if (!b->size || phys - b->addr >= b->size)
+				continue;
+			m = kzalloc(sizeof(*m), GFP_ATOMIC);
+			if (!m)
+				break;
+			RCU_INIT_POINTER(m->fn, fn);
+			m->virt = virt;
+			m->len = min_t(u64, len, b->addr + b->size - phys);
+			m->phys = phys;
+			m->bar = i;
+			m->bar_off = phys - b->addr;
+			break;
+		}
+		if (i < PCINET_NUM_BARS)
+			break;
+	}
+	if (m && !pcinet_map_protect(m)) {
+		pcinet_map_unprotect(m, m->virt, m->virt + m->len);
+		pr_err("%04x:00:00.0: cannot trap the mapping of BAR %u at %px: the driver's accesses will not reach the device\n",
+		       fn->domain, m->bar, (void *)m->virt);
+		kfree(m);
+		m = NULL;
+	} else if (!m && i < PCINET_NUM_BARS) {
+		pr_err("out of memory trapping a BAR mapping\n");
+	}
+	rcu_read_unlock();
+	if (!m)
+		return 0;
+	spin_lock_irqsave(&pcinet_lists_lock, flags);
+	list_add_rcu(&m->node, &pcinet_maps);
+	spin_unlock_irqrestore(&pcinet_lists_lock, flags);
+	/* Nobody has used the mapping yet, but a CPU may have loaded its entries speculatively. */
+	on_each_cpu(pcinet_flush_tlb, NULL, 1);
+	return 0;
+}
+
+/* mmiotrace_iounmap(volatile void __iomem *addr), at entry: the mapping still exists. */
+static int pcinet_iounmap_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	struct pcinet_map *m;
+	unsigned long flags;
+
+	spin_lock_irqsave(&pcinet_lists_lock, flags);
+	list_for_each_entry(m, &pcinet_maps, node) {
+		if (regs->di - m->virt < m->len) {
+			list_del_rcu(&m->node);
+			pcinet_map_unprotect(m, m->virt, m->virt + m->len);
+			kfree_rcu(m, rcu);
+			break;
+		}
+	}
+	spin_unlock_irqrestore(&pcinet_lists_lock, flags);
+	return 0;
+}
+
+static struct kprobe pcinet_kp_fault = {
+	.symbol_name = "kmmio_handler",
+	.pre_handler = pcinet_fault_pre,
+};
+
+static struct kprobe pcinet_kp_ioremap = {
+	.symbol_name = "mmiotrace_ioremap",
+	.pre_handler = pcinet_ioremap_pre,
+};
+
+static struct kprobe pcinet_kp_iounmap = {
+	.symbol_name = "mmiotrace_iounmap",
+	.pre_handler = pcinet_iounmap_pre,
+};
+
+static struct kprobe *pcinet_kprobes[] = {
+	&pcinet_kp_fault, &pcinet_kp_ioremap, &pcinet_kp_iounmap,
+};
+
+/* kallsyms_lookup_name() is not exported; a kprobe on it tells us where it is. */
+static unsigned long pcinet_lookup(const char *name)
+{
+	struct kprobe kp = { .symbol_name = "kallsyms_lookup_name" };
+	unsigned long (*lookup)(const char *name);
+	int ret;
+
+	ret = register_kprobe(&kp);
+	if (ret < 0)
+		return 0;
+	lookup = (void *)kp.addr;
+	unregister_kprobe(&kp);
+	return lookup(name);
+}
+
+void pcinet_mmio_start(struct pcinet_fn *fn)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&pcinet_lists_lock, flags);
+	list_add_rcu(&fn->live, &pcinet_live);
+	spin_unlock_irqrestore(&pcinet_lists_lock, flags);
+}
+
+/* The function is gone: its mappings (drivers should have unmapped them) read all-ones. */
+void pcinet_mmio_stop(struct pcinet_fn *fn)
+{
+	struct pcinet_map *m;
+	unsigned long flags;
+	int left = 0;
+
+	spin_lock_irqsave(&pcinet_lists_lock, flags);
+	list_del_rcu(&fn->live);
+	list_for_each_entry(m, &pcinet_maps, node) {
+		if (rcu_access_pointer(m->fn) == fn) {
+			RCU_INIT_POINTER(m->fn, NULL);
+			left++;
+		}
+	}
+	spin_unlock_irqrestore(&pcinet_lists_lock, flags);
+	if (left)
+		pr_warn("%04x:00:00.0: %d BAR mappings outlive the device; they read all-ones\n",
+			fn->domain, left);
+	/* No fault handler is still serving this function when we return. */
+	synchronize_rcu();
+}
+
+int pcinet_mmio_init(void)
+{
+	int ret;
+
+	pcinet_kmmio_count = (unsigned int *)pcinet_lookup("kmmio_count");
+	if (!pcinet_kmmio_count) {
+		pr_err("kmmio_count not found: this kernel needs CONFIG_MMIOTRACE and CONFIG_KALLSYMS_ALL\n");
+		return -ENOENT;
+	}
+	ret = register_kprobes(pcinet_kprobes, ARRAY_SIZE(pcinet_kprobes));
+	if (ret) {
+		pr_err("cannot hook the MMIO fault path (kprobes: %d)\n", ret);
+		return ret;
+	}
+	/* Makes the fault handler offer kernel faults to kmmio_handler(), i.e. to us. */
+	WRITE_ONCE(*pcinet_kmmio_count, READ_ONCE(*pcinet_kmmio_count) + 1);
+	return 0;
+}
+
+void pcinet_mmio_exit(void)
+{
+	struct pcinet_map *m, *tmp;
+	unsigned long flags;
+
+	WRITE_ONCE(*pcinet_kmmio_count, READ_ONCE(*pcinet_kmmio_count) - 1);
+	unregister_kprobes(pcinet_kprobes, ARRAY_SIZE(pcinet_kprobes));
+	/* Mappings a driver leaked: give them back their entries before our code goes away. */
+	spin_lock_irqsave(&pcinet_lists_lock, flags);
+	list_for_each_entry_safe(m, tmp, &pcinet_maps, node) {
+		list_del_rcu(&m->node);
+		pcinet_map_unprotect(m, m->virt, m->virt + m->len);
+		kfree_rcu(m, rcu);
+	}
+	spin_unlock_irqrestore(&pcinet_lists_lock, flags);
+	rcu_barrier();
+}
