@@ -228,6 +228,8 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 			/* The function's registers return to their image (FLR itself reads 0); the
 			 * BAR registers keep their addresses, which the PCI core restores anyway. */
 			memcpy(fn->config, fn->config_init, PCINET_CONFIG_SIZE);
+			atomic64_set(&fn->writes_sent, 0);
+			atomic64_set(&fn->writes_applied, 0);
 			flr = true;
 		}
 	}
@@ -563,15 +565,17 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 		return pcinet_start(fn);
 	case PCINET_W_WRITES_APPLIED: {
 		const struct pcinet_w_writes_applied *w = buf;
+		u64 count;
 
 		if (len != sizeof(*w))
 			return -EINVAL;
 		if (fn->state != PN_STARTED)
 			return -EBUSY;
-		if (le64_to_cpu(w->count) < atomic64_read(&fn->writes_applied) ||
-		    le64_to_cpu(w->count) > atomic64_read(&fn->writes_sent))
-			return -EINVAL;
-		atomic64_set_release(&fn->writes_applied, le64_to_cpu(w->count));
+		/* Counts restart at 0 on a function reset, and a count from before the reset can
+		 * still be on its way: never move backwards, never past what was sent. */
+		count = min_t(u64, le64_to_cpu(w->count), atomic64_read(&fn->writes_sent));
+		if (count > atomic64_read(&fn->writes_applied))
+			atomic64_set_release(&fn->writes_applied, count);
 		return 0;
 	}
 	case PCINET_W_MMIO_READ_CPL:
