@@ -1,5 +1,6 @@
 #!/usr/bin/env node
 // The `pcinet` command. Only argument handling lives here; each command calls into its part.
+import './threadpool.js';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { labCommand } from '../lab/cli.js';
 import { readConfigFile, mergeOptions } from './config.js';

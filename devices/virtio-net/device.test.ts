@@ -37,6 +37,7 @@ const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
 class Wire implements NetBackend {
   sent: Uint8Array[] = [];
   onReceive: ((frame: Uint8Array) => void) | undefined;
+  onLink: ((up: boolean) => void) | undefined;
   send(frame: Uint8Array): void {
     this.sent.push(frame.slice());
   }
@@ -339,6 +340,17 @@ describe('virtio-net', () => {
     d.wire.onReceive!(frame(60));
     await d.bus.settle();
     expect(d.dev.counters()).toMatchObject({ rxFrames: 1 });
+  });
+
+  it('the backend’s link state drives the link: down at creation, then its changes', () => {
+    const wire = new Wire();
+    Object.assign(wire, { linkUp: false });
+    const dev = new VirtioNet({ mac: MAC, backend: wire });
+    expect(dev.linkUp).toBe(false);
+    wire.onLink!(true);
+    expect(dev.linkUp).toBe(true);
+    wire.onLink!(false);
+    expect(dev.linkUp).toBe(false);
   });
 
   it('survives driver mistakes: bad queue size, bad vector, enable without rings, kick of a disabled queue', () => {

@@ -31,6 +31,10 @@ export interface NetBackend {
   send(frame: Uint8Array): void | Promise<void>;
   /** Set by the device: frames for the driver. */
   onReceive: ((frame: Uint8Array) => void) | undefined;
+  /** Set by the device: the backend's side of the link went down or up (the card's admin). */
+  onLink?: ((up: boolean) => void) | undefined;
+  /** The backend's link state now (undefined: it has none; the link stays up). */
+  readonly linkUp?: boolean | undefined;
   close(): void;
 }
 
@@ -99,6 +103,8 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
     this.mtu = mtu;
     this.#backend = o.backend;
     this.#backend.onReceive = (f) => this.receive(f);
+    this.#backend.onLink = (up) => this.setLink(up);
+    if (this.#backend.linkUp === false) this.setLink(false);
   }
 
   override counters(): Record<string, number> {

@@ -53,3 +53,37 @@ it.skipIf(!root)('says what is wrong with a bad interface', async () => {
   expect(() => new TapBackend('no spaces allowed')).toThrow(/is not 1\.\.15 letters/);
   expect(() => checkTapName('a'.repeat(16))).toThrow(/1\.\.15/);
 });
+
+const linkScript = (dist: string) => `
+import { execFileSync } from 'node:child_process';
+import { TapBackend } from '${dist}';
+const tap = new TapBackend('pcn1');
+const seen = [tap.linkUp];
+const timer = setTimeout(() => { console.log('timeout', seen.join(',')); process.exit(1); }, 5000);
+tap.onLink = (up) => {
+  seen.push(up);
+  if (seen.length === 2) execFileSync('ip', ['link', 'set', 'pcn1', 'down']);
+  if (seen.length === 3) {
+    console.log('link', seen.join(','));
+    clearTimeout(timer);
+    tap.close();
+    process.exit(0);
+  }
+};
+execFileSync('ip', ['link', 'set', 'pcn1', 'up']);
+`;
+
+it.skipIf(!root)('the link follows the TAP’s administrative state', { timeout: 20_000 }, async () => {
+  const dist = join(repoRoot(), 'dist/endpoint/backends/tap.js');
+  const out = await new Promise<{ code: number; text: string }>((resolve) => {
+    execFile(
+      'unshare',
+      ['-n', process.execPath, '--input-type=module', '-e', linkScript(dist)],
+      { timeout: 15_000, cwd: repoRoot() },
+      (err, stdout, stderr) => resolve({ code: err ? 1 : 0, text: stdout + stderr }),
+    );
+  });
+  // Created down, brought up by the card, taken down again.
+  expect(out.text).toMatch(/^link false,true,false$/m);
+  expect(out.code).toBe(0);
+});
