@@ -120,6 +120,11 @@ export interface RunInLabOptions {
   startedAt?: number;
   /** Stops the run (QEMU is killed, everything cleaned up); rejects with kind 'aborted'. */
   signal?: AbortSignal;
+  /** Runs on this machine once the lab's endpoint listens, before the guest boots: set up "the
+   *  card" (e.g. address a TAP the endpoint created, start a server). `card.wrap(argv)` gives an
+   *  argv that runs inside the lab's network namespace. The cleanup it returns runs after the
+   *  guest is gone. Not with `endpoint` (the caller's namespace is its own business then). */
+  card?: (card: { wrap(argv: readonly string[]): string[] }) => Promise<(() => Promise<void>) | void>;
 }
 
 export interface LabResult {
@@ -406,6 +411,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
   let netns: PrivateNetns | undefined;
   let endpoint: Endpoint | undefined;
   let qemu: ChildProcess | undefined;
+  let cardCleanup: (() => Promise<void>) | undefined;
   const ports: SerialPort[] = [];
   try {
     let guestPcinet: GuestPcinet | undefined;
@@ -421,6 +427,8 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
         netns = await PrivateNetns.create(timeoutMs / 1000 + 60);
         endpoint = await startEndpoint(netns, assets, o, dir, hostFp);
         phase('endpoint', `127.0.0.1:${LAB_ENDPOINT_PORT}`);
+        const ns = netns;
+        if (o.card) cardCleanup = (await o.card({ wrap: (argv) => ns.wrap(argv) })) ?? undefined;
       }
       const connect = external
         ? guestDialAddress(o.endpoint!, !!o.insecure)
@@ -585,6 +593,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
   } finally {
     await stop(qemu);
     for (const p of ports) p.close();
+    await cardCleanup?.().catch(() => {});
     await stop(endpoint?.proc);
     await netns?.close();
     if (!o.keepRunDir) rmSync(dir, { recursive: true, force: true });
