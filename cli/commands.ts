@@ -17,7 +17,9 @@ export function wantsTls(addr: Address, insecure: boolean): boolean {
   const loopback = isLoopback(addr.host);
   if (addr.scheme === 'tcp' || addr.scheme === 'ws') {
     if (!loopback && !insecure) {
-      throw new UsageError(`${addr.scheme}:// to ${addr.host} is unencrypted; use tls:// or wss://, or pass --insecure`);
+      throw new UsageError(
+        `${addr.scheme}:// to ${addr.host} is unencrypted; use tls:// or wss://, or pass --insecure`,
+      );
     }
     return false;
   }
@@ -39,7 +41,8 @@ function sessionOptions(o: CommonFlags, log: Logger): SessionOptions {
 const FINGERPRINT = /^sha256:[0-9a-f]{64}$/;
 
 function checkFingerprint(fp: string, flag: string): string {
-  if (!FINGERPRINT.test(fp)) throw new UsageError(`${flag} ${fp}: expected sha256:<64 hex digits> (see pcinet id)`);
+  if (!FINGERPRINT.test(fp))
+    throw new UsageError(`${flag} ${fp}: expected sha256:<64 hex digits> (see pcinet id)`);
   return fp;
 }
 
@@ -68,7 +71,9 @@ export async function runEndpoint(o: EndpointFlags, log: Logger): Promise<void> 
   const tls = wantsTls(addr, o.insecure);
   const allow = (o.allow ?? []).map((fp) => checkFingerprint(fp, '--allow'));
   if (tls && allow.length === 0) {
-    throw new UsageError('TLS endpoint needs at least one --allow <host fingerprint> (the host prints it with pcinet id)');
+    throw new UsageError(
+      'TLS endpoint needs at least one --allow <host fingerprint> (the host prints it with pcinet id)',
+    );
   }
   const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
   const server = new EndpointServer({ models, log, session: sessionOptions(o, log) });
@@ -93,6 +98,7 @@ export async function runHost(o: HostFlags, log: Logger): Promise<number> {
     throw new UsageError(`connecting to ${addr.host} uses TLS: give the endpoint's fingerprint with --pin`);
   }
   if (o.selftest && o.channel !== 'sim') throw new UsageError('--selftest needs --channel sim');
+  if (o.selftest && o.reconnect) throw new UsageError('--reconnect and --selftest do not go together');
   const pin = o.pin ? checkFingerprint(o.pin, '--pin') : undefined;
   const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
   return runHostAgent({
@@ -104,5 +110,6 @@ export async function runHost(o: HostFlags, log: Logger): Promise<number> {
     log,
     untilSignal: untilSignal(),
     onReady: o.readyFile ? (devices) => writeReadyFile(o.readyFile!, devices) : undefined,
+    reconnect: o.reconnect,
   });
 }

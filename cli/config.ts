@@ -21,6 +21,7 @@ export const CONFIG_KEYS: Record<string, Kind> = {
   deadAfterMs: 'number',
   graceMs: 'number',
   readyFile: 'string',
+  reconnect: 'boolean',
 };
 
 export function readConfigFile(path: string): Record<string, unknown> {

@@ -7,7 +7,13 @@ export type LogLevel = (typeof LOG_LEVELS)[number];
 
 export function makeLogger(level: LogLevel, name: string): Logger {
   const stream = process.stderr.isTTY
-    ? pretty({ destination: 2, colorize: true, ignore: 'pid,hostname', translateTime: 'HH:MM:ss.l', sync: true })
+    ? pretty({
+        destination: 2,
+        colorize: true,
+        ignore: 'pid,hostname',
+        translateTime: 'HH:MM:ss.l',
+        sync: true,
+      })
     : pino.destination({ dest: 2, sync: true });
   return pino({ level, name, base: undefined }, stream);
 }

@@ -3,10 +3,10 @@
 import './threadpool.js';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { labCommand } from '../lab/cli.js';
-import { readConfigFile, mergeOptions } from './config.js';
+import { runEndpoint, runHost, runId } from './commands.js';
+import { mergeOptions, readConfigFile } from './config.js';
 import { EXIT_USAGE, UsageError } from './errors.js';
 import { LOG_LEVELS, type LogLevel, makeLogger } from './log.js';
-import { runEndpoint, runHost, runId } from './commands.js';
 
 const VERSION = '0.1.0';
 
@@ -68,10 +68,17 @@ export function buildProgram(): Command {
       .command('host')
       .description('put an endpoint’s devices on this machine (the workstation side)')
       .requiredOption('--connect <addr>', "the endpoint's address")
-      .addOption(new Option('--channel <name>', 'where devices appear').choices(['sim', 'kernel']).default('kernel'))
+      .addOption(
+        new Option('--channel <name>', 'where devices appear').choices(['sim', 'kernel']).default('kernel'),
+      )
       .option('--pin <fingerprint>', "the endpoint's key fingerprint (required for TLS)")
       .option('--selftest', 'sim channel: run the test device selftest and exit 0 only if it passes', false)
-      .option('--ready-file <path>', 'write a JSON line per attached device here once all are attached'),
+      .option('--ready-file <path>', 'write a JSON line per attached device here once all are attached')
+      .option(
+        '--reconnect',
+        'when the endpoint is lost for good, keep redialling and attach its devices again',
+        false,
+      ),
   ).action(async (_o, cmd: Command) => {
     const o = options<HostFlags>(cmd);
     process.exitCode = await runHost(o, makeLogger(o.logLevel, 'host'));
@@ -109,6 +116,7 @@ export interface HostFlags extends CommonFlags {
   pin?: string;
   selftest: boolean;
   readyFile?: string;
+  reconnect: boolean;
 }
 
 function usageExit(message: string): never {

@@ -1,7 +1,8 @@
 // The host-agent process (`pcinet host`): dials the endpoint, opens a resumable session, opens the
 // channel (sim or kernel) and relays between them until a signal, the endpoint, or a lost session
 // ends it. With --selftest (sim channel) it runs the test device's selftest on every test device
-// and exits with its verdict.
+// and exits with its verdict. With reconnect, losing the endpoint removes its devices and the
+// agent redials (backoff up to RECONNECT_MAX_MS) until it is back, then attaches them again.
 //
 // Exit status: 0 orderly end or selftest passed; 1 the session failed, an attach failed, or the
 // selftest failed. (2, bad usage, is the CLI's.)
@@ -34,13 +35,21 @@ export interface HostAgentOptions {
   log: Logger;
   /** Resolves (with the signal's name) when the process should stop. */
   untilSignal: Promise<string>;
-  /** Every device of the first attach round is on the bus. */
+  /** Every device of an attach round is on the bus (again after each reconnect). */
   onReady?: (devices: AttachedDevice[]) => void;
+  /** When the endpoint goes away for good (resume refused or the grace period over), keep
+   *  redialling and attach its devices again when it is back, instead of exiting. Not with
+   *  the selftest. The first session must open, or the agent exits 1. */
+  reconnect?: boolean;
 }
 
-export function dialer(address: Address, tls?: { identity: Identity; pin: string }): () => Promise<Transport> {
+export function dialer(
+  address: Address,
+  tls?: { identity: Identity; pin: string },
+): () => Promise<Transport> {
   const ws = address.scheme === 'ws' || address.scheme === 'wss';
-  return () => (ws ? dialWs(address.host, address.port, address.path, tls) : dialTcp(address.host, address.port, tls));
+  return () =>
+    ws ? dialWs(address.host, address.port, address.path, tls) : dialTcp(address.host, address.port, tls);
 }
 
 async function openChannel(name: 'sim' | 'kernel', log: Logger): Promise<Channel> {
@@ -54,7 +63,11 @@ export function formatChecks(checks: readonly Check[]): string {
 }
 
 /** Runs the selftest on every test device of a sim channel; true when every check passed. */
-export async function runSelftest(channel: SimChannel, log: Logger, out: (line: string) => void): Promise<boolean> {
+export async function runSelftest(
+  channel: SimChannel,
+  log: Logger,
+  out: (line: string) => void,
+): Promise<boolean> {
   const fns = channel.functions.filter((f) => f.model === 'test');
   if (fns.length === 0) {
     out('selftest: the endpoint serves no test device (start it with --device test)');
@@ -68,16 +81,64 @@ export async function runSelftest(channel: SimChannel, log: Logger, out: (line: 
     const checks = await driver.selftest();
     const passed = checks.every((c) => c.ok);
     ok &&= passed;
-    out(`selftest ${fn.address}: ${passed ? 'PASS' : 'FAIL'} (${checks.length} checks, ${Date.now() - started} ms)`);
+    out(
+      `selftest ${fn.address}: ${passed ? 'PASS' : 'FAIL'} (${checks.length} checks, ${Date.now() - started} ms)`,
+    );
     out(formatChecks(checks));
     log.info({ address: fn.address, passed, checks: checks.length }, 'selftest done');
   }
   return ok;
 }
 
+/** Redial delays after the endpoint went away: doubling from the first to the last. */
+const RECONNECT_FIRST_MS = 250;
+const RECONNECT_MAX_MS = 5000;
+
 export async function runHostAgent(o: HostAgentOptions): Promise<number> {
   const log = o.log;
   const channel = await openChannel(o.channel, log);
+  const reconnect = (o.reconnect ?? false) && !o.selftest;
+  const signalled = o.untilSignal.then((name) => ({ kind: 'signal' as const, name }));
+  let delay = RECONNECT_FIRST_MS;
+  let rounds = 0;
+  for (;;) {
+    const r = await serveSession(o, channel, { mustOpen: rounds++ === 0, reconnect }, signalled);
+    if (r.kind === 'done') {
+      await channel.close();
+      return r.code;
+    }
+    if (r.attached) delay = RECONNECT_FIRST_MS;
+    // The endpoint is gone (or not back yet): its devices were surprise-removed. Try again.
+    log.warn({ retryMs: delay }, 'endpoint lost; reconnecting');
+    let timer: NodeJS.Timeout | undefined;
+    const wait = new Promise<'retry'>((resolve) => {
+      timer = setTimeout(() => resolve('retry'), delay);
+    });
+    const next = await Promise.race([wait, signalled]);
+    clearTimeout(timer);
+    if (next !== 'retry') {
+      log.info({ signal: next.name }, 'stopping');
+      await channel.close();
+      return 0;
+    }
+    delay = Math.min(delay * 2, RECONNECT_MAX_MS);
+  }
+}
+
+type Served = { kind: 'done'; code: number } | { kind: 'lost'; attached: boolean };
+
+/**
+ * One session: open it, relay until it ends. 'done' with the exit status when the process should
+ * end (a signal, the selftest's verdict, a failed first dial, or any end without `reconnect`);
+ * 'lost' when the endpoint went away and the caller tries again.
+ */
+async function serveSession(
+  o: HostAgentOptions,
+  channel: Channel,
+  round: { mustOpen: boolean; reconnect: boolean },
+  signalled: Promise<{ kind: 'signal'; name: string }>,
+): Promise<Served> {
+  const log = o.log;
   let session: Session;
   try {
     session = await openSession(dialer(o.address, o.tls), {
@@ -86,29 +147,40 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
       agent: `pcinet-host/${VERSION} (${hostname()})`,
     });
   } catch (e) {
-    await channel.close();
     log.error({ err: (e as Error).message }, 'cannot open a session with the endpoint');
-    return 1;
+    return round.mustOpen || !round.reconnect ? { kind: 'done', code: 1 } : { kind: 'lost', attached: false };
   }
   log.info({ endpoint: session.remote, peer: session.peerAgent }, 'session open');
   session.on('disconnected', (e: Error) => log.warn({ err: e.message }, 'connection lost; resuming'));
   session.on('resumed', () => log.info({ endpoint: session.remote }, 'session resumed'));
 
   const relay = new Relay(session, channel, log);
+  let attached = false;
   const settled = new Promise<boolean>((resolve) => {
     relay.onSettled = (devices, failed) => {
       relay.onSettled = () => {};
-      for (const f of failed) log.error({ dev: f.dev, model: f.model, code: ErrorCode[f.code], err: f.message }, 'device not attached');
+      for (const f of failed)
+        log.error(
+          { dev: f.dev, model: f.model, code: ErrorCode[f.code], err: f.message },
+          'device not attached',
+        );
+      attached = devices.length > 0;
       if (failed.length === 0) o.onReady?.(devices);
       resolve(failed.length === 0);
     };
   });
 
-  type Outcome = { kind: 'ready'; ok: boolean } | { kind: 'ended'; err: Error | undefined } | { kind: 'signal'; name: string };
+  type Outcome =
+    | { kind: 'ready'; ok: boolean }
+    | { kind: 'ended'; err: Error | undefined }
+    | { kind: 'signal'; name: string };
   const ended = relay.done.then((err): Outcome => ({ kind: 'ended', err }));
-  const signalled = o.untilSignal.then((name): Outcome => ({ kind: 'signal', name }));
 
-  let outcome = await Promise.race([settled.then((ok): Outcome => ({ kind: 'ready', ok })), ended, signalled]);
+  let outcome: Outcome = await Promise.race([
+    settled.then((ok): Outcome => ({ kind: 'ready', ok })),
+    ended,
+    signalled,
+  ]);
   let code = 0;
   if (outcome.kind === 'ready') {
     if (!outcome.ok) code = 1;
@@ -125,15 +197,14 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
   if (outcome.kind === 'ended') {
     if (outcome.err) log.error({ err: outcome.err.message }, 'session ended');
     else log.info('endpoint closed the session');
-    await channel.close();
-    return outcome.err ? 1 : code;
+    if (round.reconnect) return { kind: 'lost', attached };
+    return { kind: 'done', code: outcome.err ? 1 : code };
   }
   if (outcome.kind === 'signal') log.info({ signal: outcome.name }, 'stopping');
   // Orderly: devices detached, session closed after the endpoint acknowledged everything.
   const stop = (async () => {
     await relay.detachAll();
     await session.close();
-    await channel.close();
   })();
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<void>((resolve) => {
@@ -145,6 +216,5 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
   await Promise.race([stop, late]);
   clearTimeout(timer);
   if (!session.closed) await session.close(new Error('host stopping'));
-  await channel.close();
-  return code;
+  return { kind: 'done', code };
 }

@@ -50,7 +50,9 @@ async function freePort(): Promise<number> {
 
 /** Starts `pcinet endpoint` and resolves once it listens. */
 async function endpoint(args: string[]): Promise<ChildProcess> {
-  const c = spawn(process.execPath, [CLI, 'endpoint', '--log-level', 'info', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const c = spawn(process.execPath, [CLI, 'endpoint', '--log-level', 'info', ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   children.push(c);
   await new Promise<void>((resolve, reject) => {
     let out = '';
@@ -73,7 +75,16 @@ describe('pcinet host --selftest against pcinet endpoint', () => {
   it('passes over plain TCP on loopback and exits 0', { timeout: 60_000 }, async () => {
     const port = await freePort();
     await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test', '--device', 'test:vectors=32']);
-    const r = await pcinet(['host', '--connect', `127.0.0.1:${port}`, '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    const r = await pcinet([
+      'host',
+      '--connect',
+      `127.0.0.1:${port}`,
+      '--channel',
+      'sim',
+      '--selftest',
+      '--log-level',
+      'warn',
+    ]);
     expect(r.stderr).toBe('');
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/^selftest sim:00:00.0: PASS/m);
@@ -85,22 +96,68 @@ describe('pcinet host --selftest against pcinet endpoint', () => {
   it('passes over WebSockets', { timeout: 60_000 }, async () => {
     const port = await freePort();
     await endpoint(['--listen', `ws://127.0.0.1:${port}/pcinet`, '--device', 'test']);
-    const r = await pcinet(['host', '--connect', `ws://127.0.0.1:${port}/pcinet`, '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    const r = await pcinet([
+      'host',
+      '--connect',
+      `ws://127.0.0.1:${port}/pcinet`,
+      '--channel',
+      'sim',
+      '--selftest',
+      '--log-level',
+      'warn',
+    ]);
     expect(r.code).toBe(0);
     expect(r.stdout).toMatch(/PASS/);
   });
 
-  it('passes over TLS with pinned identities; a wrong pin is refused before any device', { timeout: 60_000 }, async () => {
+  it('passes over TLS with pinned identities; a wrong pin is refused before any device', {
+    timeout: 60_000,
+  }, async () => {
     const host = (await pcinet(['id', '--identity', join(dir, 'host')])).stdout.trim();
     const ep = (await pcinet(['id', '--identity', join(dir, 'ep')])).stdout.trim();
     expect(host).toMatch(/^sha256:[0-9a-f]{64}$/);
     expect((await pcinet(['id', '--identity', join(dir, 'host')])).stdout.trim()).toBe(host);
     const port = await freePort();
-    await endpoint(['--listen', `tls://127.0.0.1:${port}`, '--device', 'test', '--identity', join(dir, 'ep'), '--allow', host]);
-    const ok = await pcinet(['host', '--connect', `tls://127.0.0.1:${port}`, '--pin', ep, '--identity', join(dir, 'host'), '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    await endpoint([
+      '--listen',
+      `tls://127.0.0.1:${port}`,
+      '--device',
+      'test',
+      '--identity',
+      join(dir, 'ep'),
+      '--allow',
+      host,
+    ]);
+    const ok = await pcinet([
+      'host',
+      '--connect',
+      `tls://127.0.0.1:${port}`,
+      '--pin',
+      ep,
+      '--identity',
+      join(dir, 'host'),
+      '--channel',
+      'sim',
+      '--selftest',
+      '--log-level',
+      'warn',
+    ]);
     expect(ok.code).toBe(0);
     expect(ok.stdout).toMatch(/PASS/);
-    const wrong = await pcinet(['host', '--connect', `tls://127.0.0.1:${port}`, '--pin', host, '--identity', join(dir, 'host'), '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    const wrong = await pcinet([
+      'host',
+      '--connect',
+      `tls://127.0.0.1:${port}`,
+      '--pin',
+      host,
+      '--identity',
+      join(dir, 'host'),
+      '--channel',
+      'sim',
+      '--selftest',
+      '--log-level',
+      'warn',
+    ]);
     expect(wrong.code).toBe(1);
     expect(wrong.stdout).not.toMatch(/selftest/);
     expect(wrong.stderr).toMatch(/AUTH_REFUSED.*is not the pinned/);
@@ -109,10 +166,28 @@ describe('pcinet host --selftest against pcinet endpoint', () => {
   it('refuses a second host with BUSY while the first holds the devices', { timeout: 30_000 }, async () => {
     const port = await freePort();
     await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test']);
-    const first = spawn(process.execPath, [CLI, 'host', '--connect', `127.0.0.1:${port}`, '--channel', 'sim', '--log-level', 'warn']);
+    const first = spawn(process.execPath, [
+      CLI,
+      'host',
+      '--connect',
+      `127.0.0.1:${port}`,
+      '--channel',
+      'sim',
+      '--log-level',
+      'warn',
+    ]);
     children.push(first);
     await new Promise((r) => setTimeout(r, 1500));
-    const second = await pcinet(['host', '--connect', `127.0.0.1:${port}`, '--channel', 'sim', '--selftest', '--log-level', 'warn']);
+    const second = await pcinet([
+      'host',
+      '--connect',
+      `127.0.0.1:${port}`,
+      '--channel',
+      'sim',
+      '--selftest',
+      '--log-level',
+      'warn',
+    ]);
     expect(second.code).toBe(1);
     expect(second.stderr).toMatch(/BUSY/);
   });
@@ -123,11 +198,29 @@ describe('pcinet host lifecycle', () => {
     const port = await freePort();
     await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test', '--device', 'test']);
     const ready = join(dir, 'ready');
-    const c = spawn(process.execPath, [CLI, 'host', '--connect', `127.0.0.1:${port}`, '--channel', 'sim', '--ready-file', ready, '--log-level', 'warn'], { stdio: 'inherit' });
+    const c = spawn(
+      process.execPath,
+      [
+        CLI,
+        'host',
+        '--connect',
+        `127.0.0.1:${port}`,
+        '--channel',
+        'sim',
+        '--ready-file',
+        ready,
+        '--log-level',
+        'warn',
+      ],
+      { stdio: 'inherit' },
+    );
     children.push(c);
     const end = Date.now() + 20_000;
     while (!existsSync(ready) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
-    const lines = readFileSync(ready, 'utf8').trimEnd().split('\n').map((l) => JSON.parse(l));
+    const lines = readFileSync(ready, 'utf8')
+      .trimEnd()
+      .split('\n')
+      .map((l) => JSON.parse(l));
     expect(lines).toEqual([
       { dev: 1, model: 'test', address: 'sim:00:00.0' },
       { dev: 2, model: 'test', address: 'sim:00:01.0' },
@@ -140,17 +233,82 @@ describe('pcinet host lifecycle', () => {
   });
 });
 
+describe('pcinet host --reconnect', () => {
+  it('attaches the devices again when a killed endpoint comes back', { timeout: 60_000 }, async () => {
+    const port = await freePort();
+    const first = await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test']);
+    const ready = join(dir, 'ready-reconnect');
+    const c = spawn(
+      process.execPath,
+      [
+        CLI,
+        'host',
+        '--connect',
+        `127.0.0.1:${port}`,
+        '--channel',
+        'sim',
+        '--ready-file',
+        ready,
+        '--reconnect',
+        '--log-level',
+        'info',
+        '--grace-ms',
+        '2000',
+      ],
+      { stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    children.push(c);
+    let log = '';
+    c.stderr!.on('data', (d) => (log += d));
+    const until = async (what: () => boolean, ms: number) => {
+      const end = Date.now() + ms;
+      while (!what() && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+      return what();
+    };
+    expect(await until(() => existsSync(ready), 20_000)).toBe(true);
+    rmSync(ready);
+    first.kill('SIGKILL');
+    expect(await until(() => /endpoint lost; reconnecting/.test(log), 10_000)).toBe(true);
+    // Down for a while: the agent keeps trying; then a new endpoint on the same address.
+    await new Promise((r) => setTimeout(r, 1000));
+    expect(c.exitCode).toBeNull();
+    await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test', '--device', 'test']);
+    expect(await until(() => existsSync(ready), 20_000)).toBe(true);
+    const lines = readFileSync(ready, 'utf8').trimEnd().split('\n');
+    expect(lines).toHaveLength(2);
+    c.kill('SIGTERM');
+    expect(await new Promise((r) => c.on('exit', r))).toBe(0);
+  });
+});
+
 describe('bad input: one clear line, exit 2', () => {
   const cases: [string, string[], RegExp][] = [
     ['unknown flag', ['host', '--connect', '127.0.0.1:1', '--bogus'], /unknown option '--bogus'/],
     ['bad address', ['host', '--connect', 'nonsense'], /nonsense/],
-    ['plain TCP to another host', ['host', '--connect', 'tcp://192.0.2.1:7470', '--channel', 'sim'], /unencrypted.*--insecure/],
+    [
+      'plain TCP to another host',
+      ['host', '--connect', 'tcp://192.0.2.1:7470', '--channel', 'sim'],
+      /unencrypted.*--insecure/,
+    ],
     ['TLS without a pin', ['host', '--connect', 'tls://127.0.0.1:7470', '--channel', 'sim'], /--pin/],
-    ['selftest on the kernel channel', ['host', '--connect', '127.0.0.1:7470', '--channel', 'kernel', '--selftest'], /--selftest needs --channel sim/],
+    [
+      'selftest on the kernel channel',
+      ['host', '--connect', '127.0.0.1:7470', '--channel', 'kernel', '--selftest'],
+      /--selftest needs --channel sim/,
+    ],
+    [
+      'selftest with reconnect',
+      ['host', '--connect', '127.0.0.1:7470', '--channel', 'sim', '--selftest', '--reconnect'],
+      /--reconnect and --selftest/,
+    ],
     ['unknown device', ['endpoint', '--device', 'toaster'], /unknown device "toaster"/],
     ['bad device option', ['endpoint', '--device', 'test:vectors=0'], /vectors must be an integer 1\.\.64/],
     ['no device', ['endpoint'], /no --device/],
-    ['TLS endpoint without --allow', ['endpoint', '--listen', 'tls://127.0.0.1:7470', '--device', 'test'], /--allow/],
+    [
+      'TLS endpoint without --allow',
+      ['endpoint', '--listen', 'tls://127.0.0.1:7470', '--device', 'test'],
+      /--allow/,
+    ],
     ['bad log level', ['endpoint', '--device', 'test', '--log-level', 'loud'], /loud/],
   ];
   for (const [what, args, msg] of cases) {

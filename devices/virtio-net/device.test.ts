@@ -52,7 +52,14 @@ class Driver {
   readonly wire = new Wire();
   readonly dev: VirtioNet;
   readonly bus: FakeBus;
-  readonly q: { desc: bigint; avail: bigint; used: bigint; buf: bigint; availIdx: number; usedSeen: number }[] = [];
+  readonly q: {
+    desc: bigint;
+    avail: bigint;
+    used: bigint;
+    buf: bigint;
+    availIdx: number;
+    usedSeen: number;
+  }[] = [];
 
   constructor(o: { features?: bigint } = {}) {
     this.dev = new VirtioNet({ mac: MAC, backend: this.wire });
@@ -87,14 +94,25 @@ class Driver {
   setupQueues(): void {
     for (let q = 0; q < 2; q++) {
       const base = this.host.base + BigInt(q * 0x40000);
-      const s = { desc: base, avail: base + 0x1000n, used: base + 0x2000n, buf: base + 0x10000n, availIdx: 0, usedSeen: 0 };
+      const s = {
+        desc: base,
+        avail: base + 0x1000n,
+        used: base + 0x2000n,
+        buf: base + 0x10000n,
+        availIdx: 0,
+        usedSeen: 0,
+      };
       this.q.push(s);
       this.bus.write(0, CC.Q_SELECT, leBytes(q, 2));
       expect(rd16(this.bus.read(0, CC.Q_SIZE, 2), 0)).toBe(256);
       this.bus.write(0, CC.Q_SIZE, leBytes(QSIZE, 2));
       this.bus.write(0, CC.Q_MSIX, leBytes(q + 1, 2));
       // Linux writes 64-bit addresses as two 32-bit halves.
-      for (const [reg, v] of [[CC.Q_DESC, s.desc], [CC.Q_AVAIL, s.avail], [CC.Q_USED, s.used]] as const) {
+      for (const [reg, v] of [
+        [CC.Q_DESC, s.desc],
+        [CC.Q_AVAIL, s.avail],
+        [CC.Q_USED, s.used],
+      ] as const) {
         this.bus.write32(0, reg, Number(v & 0xffffffffn));
         this.bus.write32(0, reg + 4, Number(v >> 32n));
       }
@@ -176,7 +194,9 @@ describe('virtio-net', () => {
     expect(rd16(cfg, 0)).toBe(0x1af4);
     expect(rd16(cfg, 2)).toBe(0x1041);
     expect(rd32(cfg, 8) >>> 8).toBe(0x020000);
-    const vendor = walkCaps(cfg).filter((c) => c.id === 0x09).map((c) => cfg[c.offset + 3]);
+    const vendor = walkCaps(cfg)
+      .filter((c) => c.id === 0x09)
+      .map((c) => cfg[c.offset + 3]);
     expect(vendor).toEqual([1, 2, 3, 4]); // common, notify, ISR, device
     expect([...d.bus.read(0, DEVICE_CFG + NET_CFG.MAC, 6)]).toEqual([...MAC]);
     expect(rd16(d.bus.read(0, DEVICE_CFG + NET_CFG.MTU, 2), 0)).toBe(1500);
@@ -365,7 +385,12 @@ describe('virtio-net', () => {
     d.bus.write(0, NOTIFY, leBytes(0, 2));
     d.bus.write(0, CC.Q_SELECT, leBytes(7, 2));
     expect(rd16(d.bus.read(0, CC.Q_SIZE, 2), 0)).toBe(0);
-    for (const e of ['virtio.queue.bad-size', 'virtio.msix.bad-vector', 'virtio.queue.enable-without-rings', 'virtio.queue.kick-ignored']) {
+    for (const e of [
+      'virtio.queue.bad-size',
+      'virtio.msix.bad-vector',
+      'virtio.queue.enable-without-rings',
+      'virtio.queue.kick-ignored',
+    ]) {
       expect(d.host.traced(e), e).toBe(1);
     }
   });

@@ -7,8 +7,8 @@
 // ready, they are dropped and counted (rxDropNoBuffer, rxDropLinkDown, rxDropNotReady).
 import type { Register } from '../pci/index.js';
 import { wr16 } from '../pci/le.js';
-import type { Chain, SplitQueue } from '../virtio/virtqueue.js';
 import { VirtioPciDevice } from '../virtio/pci.js';
+import type { Chain, SplitQueue } from '../virtio/virtqueue.js';
 
 export const VIRTIO_NET_F_MTU = 3;
 export const VIRTIO_NET_F_MAC = 5;
@@ -79,9 +79,16 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
   constructor(o: VirtioNetOptions) {
     if (o.mac.length !== 6) throw new RangeError('virtio-net: a MAC address is 6 bytes');
     const mtu = o.mtu ?? 1500;
-    if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535) throw new RangeError(`virtio-net: MTU ${mtu} is not 68..65535`);
+    if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535)
+      throw new RangeError(`virtio-net: MTU ${mtu} is not 68..65535`);
     const config: Register<VirtioNet>[] = [
-      ...[...o.mac].map((b, i) => ({ name: `MAC${i}`, at: NET_CFG.MAC + i, size: 1 as const, access: 'ro' as const, reset: b })),
+      ...[...o.mac].map((b, i) => ({
+        name: `MAC${i}`,
+        at: NET_CFG.MAC + i,
+        size: 1 as const,
+        access: 'ro' as const,
+        reset: b,
+      })),
       { name: 'NET_STATUS', at: NET_CFG.STATUS, size: 2, access: 'ro', reset: VIRTIO_NET_S_LINK_UP },
       { name: 'MAX_VQ_PAIRS', at: NET_CFG.MAX_VQ_PAIRS, size: 2, access: 'ro', reset: 1 },
       { name: 'MTU', at: NET_CFG.MTU, size: 2, access: 'ro', reset: mtu },

@@ -46,7 +46,11 @@ function loadLibc(): NonNullable<typeof libc> {
     const lib = koffi.load('libc.so.6');
     libc = {
       ioctl: lib.func('int ioctl(int fd, unsigned long req, ...)') as unknown as Ioctl,
-      socket: lib.func('int socket(int domain, int type, int protocol)') as unknown as (d: number, t: number, p: number) => number,
+      socket: lib.func('int socket(int domain, int type, int protocol)') as unknown as (
+        d: number,
+        t: number,
+        p: number,
+      ) => number,
       poll: lib.func('int poll(uint8_t *fds, unsigned long nfds, int timeout)') as unknown as AsyncPoll,
     };
   }
@@ -77,7 +81,13 @@ function tunSetIff(fd: number, name: string): void {
   if (r < 0) {
     const errno = koffi.errno();
     const why =
-      errno === 1 ? 'operation not permitted (needs CAP_NET_ADMIN, e.g. root)' : errno === 16 ? 'the interface is busy (another process has it open)' : errno === 22 ? 'invalid argument (is it a TUN, not a TAP, interface?)' : `errno ${errno}`;
+      errno === 1
+        ? 'operation not permitted (needs CAP_NET_ADMIN, e.g. root)'
+        : errno === 16
+          ? 'the interface is busy (another process has it open)'
+          : errno === 22
+            ? 'invalid argument (is it a TUN, not a TAP, interface?)'
+            : `errno ${errno}`;
     throw new Error(`tap ${name}: TUNSETIFF failed: ${why}`);
   }
 }
@@ -192,4 +202,3 @@ export class TapBackend implements NetBackend {
     for (const w of this.#waiters.splice(0)) w();
   }
 }
-

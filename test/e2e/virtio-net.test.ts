@@ -62,7 +62,9 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
     assets = await prepareLab({ modules: true });
   }, 30 * 60_000);
 
-  it('binds virtio_net with the endpoint’s MAC, pings, runs iperf3 both ways, sees the link flap', { timeout: RUN_TIMEOUT_MS + 60_000 }, async () => {
+  it('binds virtio_net with the endpoint’s MAC, pings, runs iperf3 both ways, sees the link flap', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
     const procs: ChildProcess[] = [];
     const r = await runInLab({
       assets,
@@ -72,7 +74,14 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
       card: async (card) => {
         await run(card.wrap(['ip', 'addr', 'add', `${CARD}/24`, 'dev', TAP]));
         await run(card.wrap(['ip', 'link', 'set', TAP, 'up']));
-        const [iperf, ...iperfArgs] = card.wrap(['timeout', String(RUN_TIMEOUT_MS / 1000), 'iperf3', '-s', '-B', CARD]);
+        const [iperf, ...iperfArgs] = card.wrap([
+          'timeout',
+          String(RUN_TIMEOUT_MS / 1000),
+          'iperf3',
+          '-s',
+          '-B',
+          CARD,
+        ]);
         procs.push(spawn(iperf!, iperfArgs, { stdio: 'ignore' }));
         const [node, ...nodeArgs] = card.wrap([process.execPath, '-e', flapper]);
         procs.push(spawn(node!, nodeArgs, { stdio: 'ignore' }));
@@ -88,7 +97,9 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
     expect(r.stdout).toMatch(/^carrier-up-at-start$/m);
     expect(r.stdout).toMatch(/^100 packets transmitted, 100 received, 0% packet loss/m);
     // iperf3's summary lines: sender and receiver, both directions.
-    const rates = [...r.stdout.matchAll(/([\d.]+) Mbits\/sec\s+\d*\s*(sender|receiver)$/gm)].map((m) => Number(m[1]));
+    const rates = [...r.stdout.matchAll(/([\d.]+) Mbits\/sec\s+\d*\s*(sender|receiver)$/gm)].map((m) =>
+      Number(m[1]),
+    );
     expect(rates.length).toBeGreaterThanOrEqual(4);
     for (const rate of rates) expect(rate).toBeGreaterThan(0);
     expect(r.stdout).toMatch(/^carrier-down-seen$/m);

@@ -1,0 +1,138 @@
+// The NVMe controller in the lab with the real stack: Linux's own nvme driver binds through
+// pcinet.ko, nvme-cli talks to it, ext4 lives on it, fio verifies it, discards reach the card's
+// backing file. The backing file is on this machine (the card), so the test reads it afterwards.
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { type LabAssets, prepareLab } from '../../lab/prepare.js';
+import { runInLab } from '../../lab/run.js';
+
+const root = process.getuid?.() === 0;
+const RUN_TIMEOUT_MS = 300_000;
+const SERIAL = 'PCINET0E2E';
+const MODEL = 'pcinet e2e disk';
+const FW = '0.9.1';
+
+/** The block device of the first namespace of the controller at PCI address $PCINET_LAB_DEVICES. */
+const findDisk = [
+  'set -e',
+  'dev=$PCINET_LAB_DEVICES',
+  'ctrl=$(ls /sys/bus/pci/devices/$dev/nvme/)',
+  'for i in $(seq 50); do [ -e "/dev/$ctrl"n1 ] && break; sleep 0.1; done',
+  'disk=/dev/"$ctrl"n1',
+  'echo "ctrl=$ctrl disk=$disk driver=$(basename $(readlink /sys/bus/pci/devices/$dev/driver))"',
+];
+
+/** A file of MARKED_BLOCKS 4 KiB blocks, each saying which it is: findable in the disk image. */
+const MARKED_BLOCKS = 256;
+const markedBlock = (n: number) =>
+  Buffer.from(`pcinet e2e block ${String(n).padStart(6, '0')} `.repeat(4096 / 24).padEnd(4096, '.'));
+const markedBlocks = () => Array.from({ length: MARKED_BLOCKS }, (_, n) => markedBlock(n));
+const writeMarked = `const b = (n) => Buffer.from(("pcinet e2e block " + String(n).padStart(6, "0") + " ").repeat(4096 / 24).padEnd(4096, ".")); require("fs").writeFileSync(process.argv[1], Buffer.concat(Array.from({ length: ${MARKED_BLOCKS} }, (_, n) => b(n))));`;
+
+describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', () => {
+  let assets: LabAssets;
+  const dir = mkdtempSync(join(tmpdir(), 'pcinet-nvme-e2e-'));
+  beforeAll(async () => {
+    assets = await prepareLab({ modules: true });
+  }, 30 * 60_000);
+  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('nvme binds; id-ctrl/id-ns show the endpoint’s values; smart-log counts I/O; ext4 round trip', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const file = join(dir, 'disk.img');
+    const r = await runInLab({
+      assets,
+      devices: [`nvme:file=${file},size=64M,serial=${SERIAL},model=${MODEL.replaceAll(' ', '_')},fw=${FW}`],
+      command: [
+        ...findDisk,
+        'nvme id-ctrl /dev/$ctrl | grep -E "^(sn|mn|fr) "',
+        'nvme id-ns $disk | grep -E "^nsze|in use"',
+        'before=$(nvme smart-log /dev/$ctrl | grep -E "^host_write_commands" | tr -dc 0-9)',
+        'mkfs.ext4 -q -F $disk',
+        'mkdir -p /tmp/mnt && mount $disk /tmp/mnt',
+        'mkdir -p /tmp/mnt/tree/a/b',
+        'for i in $(seq 1 40); do head -c $((i * 7919)) /dev/urandom > /tmp/mnt/tree/a/b/f$i; done',
+        `node -e '${writeMarked}' /tmp/mnt/tree/marked`,
+        '(cd /tmp/mnt/tree && find . -type f | sort | xargs sha256sum) > /tmp/sums',
+        'sync; umount /tmp/mnt',
+        'mount $disk /tmp/mnt',
+        '(cd /tmp/mnt/tree && sha256sum -c --quiet /tmp/sums) && echo checksums-ok',
+        'umount /tmp/mnt',
+        'after=$(nvme smart-log /dev/$ctrl | grep -E "^host_write_commands" | tr -dc 0-9)',
+        'echo "writes before=$before after=$after"',
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/driver=nvme$/m);
+    expect(r.stdout).toMatch(new RegExp(`^sn\\s+: ${SERIAL}\\s*$`, 'm'));
+    expect(r.stdout).toMatch(new RegExp(`^mn\\s+: ${MODEL.replaceAll(' ', '_')}\\s*$`, 'm'));
+    expect(r.stdout).toMatch(new RegExp(`^fr\\s+: ${FW.replaceAll('.', '\\.')}\\s*$`, 'm'));
+    expect(r.stdout).toMatch(/^nsze\s+: 0x20000$/m); // 64 MiB of 512-byte blocks
+    expect(r.stdout).toMatch(/^checksums-ok$/m);
+    const w = /^writes before=(\d+) after=(\d+)$/m.exec(r.stdout);
+    expect(Number(w?.[2])).toBeGreaterThan(Number(w?.[1]) + 10);
+    // The same bytes are in the card's backing file: every block of the marked file is in it.
+    const image = readFileSync(file);
+    expect(image.length).toBe(64 << 20);
+    const missing = markedBlocks().filter((b) => !image.includes(b)).length;
+    expect(missing).toBe(0);
+  });
+
+  it('fio with crc32c verification: random writes 4K–128K, iodepth 32, two jobs', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const r = await runInLab({
+      assets,
+      devices: [`nvme:file=${join(dir, 'fio.img')},size=128M`],
+      command: [
+        ...findDisk,
+        'fio --name=verify --filename=$disk --direct=1 --ioengine=libaio --rw=randwrite --bsrange=4k-128k ' +
+          '--iodepth=32 --numjobs=2 --size=24M --offset_increment=48M --verify=crc32c --verify_fatal=1 ' +
+          '--do_verify=1 --group_reporting --output-format=terse --terse-version=3 | cut -d";" -f1-5',
+        'echo fio-status=$?',
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/^3;fio-\S+;verify;0;0$/m); // terse v3: version;fio;jobname;groupid;error
+    expect(r.stdout).toMatch(/^fio-status=0$/m);
+  });
+
+  it('blkdiscard and fstrim give the space back in the card’s backing file', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const file = join(dir, 'trim.img');
+    let most = 0;
+    const poll = setInterval(() => {
+      try {
+        most = Math.max(most, statSync(file).blocks * 512);
+      } catch {}
+    }, 100);
+    const r = await runInLab({
+      assets,
+      devices: [`nvme:file=${file},size=64M`],
+      command: [
+        ...findDisk,
+        'dd if=/dev/urandom of=$disk bs=1M count=32 oflag=direct status=none',
+        'sleep 1',
+        'blkdiscard $disk && echo discarded',
+        'mkfs.ext4 -q -F -E nodiscard $disk && mkdir -p /tmp/mnt && mount $disk /tmp/mnt',
+        'head -c 8000000 /dev/urandom > /tmp/mnt/x && sync && rm /tmp/mnt/x && sync',
+        'sleep 1',
+        'fstrim -v /tmp/mnt && umount /tmp/mnt',
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+    }).finally(() => clearInterval(poll));
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/^discarded$/m);
+    expect(r.stdout).toMatch(/: \d+(\.\d+)? \w*B \(\d+ bytes\) trimmed/m);
+    const final = statSync(file).blocks * 512;
+    expect(most).toBeGreaterThanOrEqual(32 << 20);
+    expect(final).toBeLessThan(8 << 20);
+    console.log(`backing file allocated: at most ${most >> 20} MiB, at the end ${final >> 20} MiB`);
+  });
+});
