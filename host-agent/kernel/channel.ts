@@ -11,7 +11,6 @@ import {
   long,
   MAX_DMA_CHUNK,
   type Msg,
-  num,
   ProtocolError,
   u64,
 } from '../../proto/wire.js';
@@ -80,7 +79,10 @@ class KernelDevice implements ChannelDevice {
   #onAttached: ((r: Extract<KernelRecord, { type: 'attached' }>) => void) | undefined;
   #nextTag = 1;
   /** Our DmaRead tags (in 64 KiB pieces) -> the endpoint's request. */
-  readonly #dmaReads = new Map<number, { tag: number; parts: (Uint8Array | undefined)[]; left: number; failed: boolean }>();
+  readonly #dmaReads = new Map<
+    number,
+    { tag: number; parts: (Uint8Array | undefined)[]; left: number; failed: boolean }
+  >();
   readonly #pieceOf = new Map<number, { req: number; index: number }>();
   #reqSeq = 0;
 
@@ -97,7 +99,12 @@ class KernelDevice implements ChannelDevice {
     const records: Buffer[] = [
       attachRecord({
         vectors: desc.msixVectors ?? 0,
-        bars: bars.map((b) => ({ index: b.index ?? 0, size: u64(b.size), kind: barKind(b.kind), prefetchable: b.prefetchable ?? false })),
+        bars: bars.map((b) => ({
+          index: b.index ?? 0,
+          size: u64(b.size),
+          kind: barKind(b.kind),
+          prefetchable: b.prefetchable ?? false,
+        })),
         config: pad(desc.config),
         wmask: pad(desc.configWmask),
         w1cmask: pad(desc.configW1cmask),
@@ -105,8 +112,10 @@ class KernelDevice implements ChannelDevice {
     ];
     for (const b of bars) {
       const bar = b.index ?? 0;
-      for (const r of b.volatile ?? []) records.push(rangeRecord(bar, RANGE_VOLATILE, u64(r.offset), u64(r.length)));
-      for (const r of b.doorbell ?? []) records.push(rangeRecord(bar, RANGE_DOORBELL, u64(r.offset), u64(r.length)));
+      for (const r of b.volatile ?? [])
+        records.push(rangeRecord(bar, RANGE_VOLATILE, u64(r.offset), u64(r.length)));
+      for (const r of b.doorbell ?? [])
+        records.push(rangeRecord(bar, RANGE_DOORBELL, u64(r.offset), u64(r.length)));
       const shadow = b.shadow ?? new Uint8Array(0);
       for (let at = 0; at < shadow.length; at += MAX_DATA) {
         records.push(shadowRecord(bar, BigInt(at), shadow.subarray(at, at + MAX_DATA)));
@@ -114,7 +123,11 @@ class KernelDevice implements ChannelDevice {
     }
     records.push(emptyRecord(W.START));
     const attached = new Promise<Extract<KernelRecord, { type: 'attached' }>>((resolve, reject) => {
-      const timer = setTimeout(() => reject(new ProtocolError(ErrorCode.ATTACH_FAILED, `no R_ATTACHED within ${ATTACH_TIMEOUT_MS} ms`)), ATTACH_TIMEOUT_MS);
+      const timer = setTimeout(
+        () =>
+          reject(new ProtocolError(ErrorCode.ATTACH_FAILED, `no R_ATTACHED within ${ATTACH_TIMEOUT_MS} ms`)),
+        ATTACH_TIMEOUT_MS,
+      );
       this.#onAttached = (r) => {
         clearTimeout(timer);
         resolve(r);
@@ -123,7 +136,10 @@ class KernelDevice implements ChannelDevice {
     try {
       await writeAll(this.#fd, Buffer.concat(records));
     } catch (e) {
-      throw new ProtocolError(ErrorCode.ATTACH_FAILED, `/dev/pcinet: ${errnoText(e as NodeJS.ErrnoException)}`);
+      throw new ProtocolError(
+        ErrorCode.ATTACH_FAILED,
+        `/dev/pcinet: ${errnoText(e as NodeJS.ErrnoException)}`,
+      );
     }
     this.#readLoop();
     const a = await attached;
@@ -136,7 +152,8 @@ class KernelDevice implements ChannelDevice {
     const next = () => {
       read(this.#fd, buf, 0, READ_BUFFER, null, (e, n) => {
         if (e || n === 0) {
-          if (e && !this.#gone) this.#log.error({ address: this.address, err: e.message }, '/dev/pcinet read failed');
+          if (e && !this.#gone)
+            this.#log.error({ address: this.address, err: e.message }, '/dev/pcinet read failed');
           this.#lost(e ? `read failed: ${e.message}` : undefined);
           return;
         }
@@ -144,7 +161,10 @@ class KernelDevice implements ChannelDevice {
           for (const r of parseRecords(buf.subarray(0, n))) this.#fromKernel(r);
         } catch (err) {
           if (!(err instanceof AbiError)) throw err;
-          this.#log.error({ address: this.address, err: err.message }, '/dev/pcinet sent a record we do not understand');
+          this.#log.error(
+            { address: this.address, err: err.message },
+            '/dev/pcinet sent a record we do not understand',
+          );
           void this.remove(ErrorCode.INTERNAL);
           return;
         }
@@ -158,7 +178,9 @@ class KernelDevice implements ChannelDevice {
   #lost(why: string | undefined): void {
     if (this.#gone) return;
     this.#gone = true;
-    this.#sink({ detach: { dev: this.#dev, reason: ErrorCode.INTERNAL, message: why ?? 'the kernel removed the device' } });
+    this.#sink({
+      detach: { dev: this.#dev, reason: ErrorCode.INTERNAL, message: why ?? 'the kernel removed the device' },
+    });
     void closeFd(this.#fd);
   }
 
@@ -207,7 +229,10 @@ class KernelDevice implements ChannelDevice {
       try {
         await writeAll(this.#fd, buf);
       } catch (e) {
-        this.#log.error({ address: this.address, err: errnoText(e as NodeJS.ErrnoException) }, '/dev/pcinet refused a record');
+        this.#log.error(
+          { address: this.address, err: errnoText(e as NodeJS.ErrnoException) },
+          '/dev/pcinet refused a record',
+        );
         this.#lost(`write failed: ${(e as Error).message}`);
       }
     });
@@ -226,11 +251,14 @@ class KernelDevice implements ChannelDevice {
       this.#write(writesAppliedRecord(u64(m.writesApplied.count)));
     } else if (m.mmioReadCpl) {
       const c = m.mmioReadCpl;
-      this.#write(mmioReadCplRecord(c.tag ?? 0, (c.status ?? 0) === ErrorCode.OK, c.data ?? new Uint8Array(0)));
+      this.#write(
+        mmioReadCplRecord(c.tag ?? 0, (c.status ?? 0) === ErrorCode.OK, c.data ?? new Uint8Array(0)),
+      );
     } else if (m.dmaRead) {
       const r = m.dmaRead;
       const len = r.length ?? 0;
-      if (len < 1 || len > MAX_DMA_CHUNK) throw new ProtocolError(ErrorCode.BAD_LENGTH, `DmaRead of ${len} bytes`);
+      if (len < 1 || len > MAX_DMA_CHUNK)
+        throw new ProtocolError(ErrorCode.BAD_LENGTH, `DmaRead of ${len} bytes`);
       const req = ++this.#reqSeq;
       const pieces = Math.ceil(len / MAX_DATA);
       this.#dmaReads.set(req, { tag: r.tag ?? 0, parts: new Array(pieces), left: pieces, failed: false });
@@ -293,7 +321,10 @@ class KernelChannel implements Channel {
     try {
       fd = await openFd(this.#path);
     } catch (e) {
-      throw new ProtocolError(ErrorCode.ATTACH_FAILED, `${this.#path}: ${errnoText(e as NodeJS.ErrnoException)}`);
+      throw new ProtocolError(
+        ErrorCode.ATTACH_FAILED,
+        `${this.#path}: ${errnoText(e as NodeJS.ErrnoException)}`,
+      );
     }
     const d = new KernelDevice(fd, dev, sink, this.#log);
     try {

@@ -14,14 +14,14 @@
 // session with its code.
 import type { Logger } from 'pino';
 import {
+  PCI_EXP_DEVCTL,
+  PCI_EXP_DEVCTL_BCR_FLR,
   PCI_MSIX_ENTRY_SIZE,
   PCI_MSIX_FLAGS,
   PCI_MSIX_FLAGS_ENABLE,
   PCI_MSIX_FLAGS_MASKALL,
   PCI_MSIX_PBA,
   PCI_MSIX_TABLE,
-  PCI_EXP_DEVCTL,
-  PCI_EXP_DEVCTL_BCR_FLR,
 } from '../../devices/pci/caps.js';
 import {
   PCI_BASE_ADDRESS_0,
@@ -152,7 +152,8 @@ export class SimFunction implements ChannelDevice {
     this.#iommu = iommu;
     this.#log = log;
     const cfg = desc.config ?? new Uint8Array(0);
-    if (cfg.length !== 256 && cfg.length !== 4096) bad(`config space of ${cfg.length} bytes (want 256 or 4096)`);
+    if (cfg.length !== 256 && cfg.length !== 4096)
+      bad(`config space of ${cfg.length} bytes (want 256 or 4096)`);
     if (desc.configWmask?.length !== cfg.length || desc.configW1cmask?.length !== cfg.length) {
       bad('config write masks are not the size of config space');
     }
@@ -170,10 +171,12 @@ export class SimFunction implements ChannelDevice {
         bad(`BAR ${index}: only memory BARs are supported (kind ${kind})`);
       }
       if (kind === pcinet.BarKind.BAR_MEM64 && index === 5) bad('BAR 5 cannot be 64-bit');
-      if (!isPow2(size) || size < 16 || size > 1 << 30) bad(`BAR ${index}: size ${size} is not a power of two in 16..1 GiB`);
+      if (!isPow2(size) || size < 16 || size > 1 << 30)
+        bad(`BAR ${index}: size ${size} is not a power of two in 16..1 GiB`);
       const span = (r: pcinet.IRange): Span => {
         const s = { offset: num(r.offset, 'range offset'), length: num(r.length, 'range length') };
-        if (s.length === 0 || s.offset + s.length > size) bad(`BAR ${index}: range [${s.offset}, +${s.length}) is outside`);
+        if (s.length === 0 || s.offset + s.length > size)
+          bad(`BAR ${index}: range [${s.offset}, +${s.length}) is outside`);
         return s;
       };
       const shadow = new Uint8Array(size);
@@ -217,7 +220,8 @@ export class SimFunction implements ChannelDevice {
         if (s.offset + s.length > bar!.size) bad('MSI-X table or PBA outside its BAR');
       }
     }
-    if (this.#vectors > 0 && this.#msixCap === 0) bad(`msix_vectors is ${this.#vectors} but there is no MSI-X capability`);
+    if (this.#vectors > 0 && this.#msixCap === 0)
+      bad(`msix_vectors is ${this.#vectors} but there is no MSI-X capability`);
     this.#msix = new Uint8Array(this.#vectors * PCI_MSIX_ENTRY_SIZE);
     for (let v = 0; v < this.#vectors; v++) this.#msix[v * PCI_MSIX_ENTRY_SIZE + 12] = 1; // masked
     this.#pending = new Uint8Array(this.#pba.length);
@@ -266,7 +270,7 @@ export class SimFunction implements ChannelDevice {
       const b = (value >>> (8 * i)) & 0xff;
       const o = offset + i;
       const kept = before[i] & ~this.#wmask[o];
-      this.config[o] = ((kept | (b & this.#wmask[o])) & ~(b & this.#w1c[o])) & 0xff;
+      this.config[o] = (kept | (b & this.#wmask[o])) & ~(b & this.#w1c[o]) & 0xff;
     }
     const now = Number(rdN(this.config, offset, size)) >>> 0;
     this.#sink({ configWrite: { dev: this.dev, offset, size, value: now } });
@@ -277,7 +281,8 @@ export class SimFunction implements ChannelDevice {
         this.#functionReset();
       }
     }
-    if (this.#msixCap && this.#overlaps(offset, size, this.#msixCap + PCI_MSIX_FLAGS, 2)) this.#deliverPending();
+    if (this.#msixCap && this.#overlaps(offset, size, this.#msixCap + PCI_MSIX_FLAGS, 2))
+      this.#deliverPending();
   }
 
   #functionReset(): void {
@@ -296,7 +301,12 @@ export class SimFunction implements ChannelDevice {
   }
 
   #checkConfig(offset: number, size: number): void {
-    if (![1, 2, 4].includes(size) || offset % size !== 0 || offset < 0 || offset + size > this.config.length) {
+    if (
+      ![1, 2, 4].includes(size) ||
+      offset % size !== 0 ||
+      offset < 0 ||
+      offset + size > this.config.length
+    ) {
       throw new RangeError(`${this.address}: config access of ${size} bytes at 0x${offset.toString(16)}`);
     }
   }
@@ -324,7 +334,9 @@ export class SimFunction implements ChannelDevice {
   #bar(bar: number, offset: number, size: number): SimBar {
     const b = this.#bars.get(bar);
     if (!b || offset < 0 || size < 1 || offset + size > b.size) {
-      throw new RangeError(`${this.address}: MMIO of ${size} bytes at BAR ${bar} + 0x${offset.toString(16)} is outside`);
+      throw new RangeError(
+        `${this.address}: MMIO of ${size} bytes at BAR ${bar} + 0x${offset.toString(16)} is outside`,
+      );
     }
     return b;
   }
@@ -365,8 +377,10 @@ export class SimFunction implements ChannelDevice {
     if (![1, 2, 4, 8].includes(size)) throw new RangeError(`${this.address}: MMIO read of ${size} bytes`);
     if (this.#removed || !this.#memoryEnabled()) return new Uint8Array(size).fill(0xff);
     const owned = this.#hostOwned(bar, offset, size);
-    if (owned === 'table') return this.#msix.slice(offset - this.#table.offset, offset - this.#table.offset + size);
-    if (owned === 'pba') return this.#pending.slice(offset - this.#pba.offset, offset - this.#pba.offset + size);
+    if (owned === 'table')
+      return this.#msix.slice(offset - this.#table.offset, offset - this.#table.offset + size);
+    if (owned === 'pba')
+      return this.#pending.slice(offset - this.#pba.offset, offset - this.#pba.offset + size);
     if (inside(b.volatile, offset, size)) {
       this.counters.volatileReads++;
       const tag = this.#nextTag;
@@ -382,7 +396,8 @@ export class SimFunction implements ChannelDevice {
       const fenced = new Promise<Uint8Array>((resolve) =>
         this.#fences.push({
           count,
-          done: (gone) => resolve(gone ? new Uint8Array(size).fill(0xff) : b.shadow.slice(offset, offset + size)),
+          done: (gone) =>
+            resolve(gone ? new Uint8Array(size).fill(0xff) : b.shadow.slice(offset, offset + size)),
         }),
       );
       return this.#bounded(fenced, () => {}, size);
@@ -468,7 +483,12 @@ export class SimFunction implements ChannelDevice {
     if (m.shadowUpdate) {
       const u = m.shadowUpdate;
       const data = u.data ?? new Uint8Array(0);
-      const b = this.#deviceRange(u.bar ?? 0, num(u.offset, 'ShadowUpdate offset'), data.length, 'ShadowUpdate');
+      const b = this.#deviceRange(
+        u.bar ?? 0,
+        num(u.offset, 'ShadowUpdate offset'),
+        data.length,
+        'ShadowUpdate',
+      );
       b.shadow.set(data, num(u.offset));
     } else if (m.writesApplied) {
       const count = num(m.writesApplied.count, 'WritesApplied count');
@@ -490,7 +510,10 @@ export class SimFunction implements ChannelDevice {
       const data = c.data ?? new Uint8Array(0);
       if ((c.status ?? 0) !== ErrorCode.OK) r.resolve(new Uint8Array(r.size).fill(0xff));
       else if (data.length !== r.size) {
-        throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: MmioReadCpl of ${data.length} bytes for a ${r.size}-byte read`);
+        throw new ProtocolError(
+          ErrorCode.BAD_LENGTH,
+          `${this.address}: MmioReadCpl of ${data.length} bytes for a ${r.size}-byte read`,
+        );
       } else r.resolve(data.slice());
     } else if (m.dmaRead) {
       const r = m.dmaRead;
@@ -514,7 +537,10 @@ export class SimFunction implements ChannelDevice {
     } else if (m.interrupt) {
       const v = m.interrupt.vector ?? 0;
       if (v >= this.#vectors) {
-        throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `${this.address}: Interrupt ${v}, but the device has ${this.#vectors} vectors`);
+        throw new ProtocolError(
+          ErrorCode.BAD_ARGUMENT,
+          `${this.address}: Interrupt ${v}, but the device has ${this.#vectors} vectors`,
+        );
       }
       if (this.#blocked(v)) {
         this.counters.interruptsPending++;
@@ -534,7 +560,10 @@ export class SimFunction implements ChannelDevice {
   #deviceRange(bar: number, offset: number, len: number, what: string): SimBar {
     const b = this.#bars.get(bar);
     if (!b || offset + len > b.size) {
-      throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `${this.address}: ${what} of ${len} bytes at BAR ${bar} + 0x${offset.toString(16)} is outside`);
+      throw new ProtocolError(
+        ErrorCode.BAD_ARGUMENT,
+        `${this.address}: ${what} of ${len} bytes at BAR ${bar} + 0x${offset.toString(16)} is outside`,
+      );
     }
     return b;
   }
