@@ -517,6 +517,7 @@ static void pcinet_remove(struct pcinet_fn *fn)
 	if (fn->state == PN_STARTED) {
 		WRITE_ONCE(fn->state, PN_DETACHED);
 		wake_up_interruptible_all(&fn->writeq);
+		wake_up_all(&fn->mmioq);
 		cancel_work_sync(&fn->add_work);
 		pci_lock_rescan_remove();
 		pci_stop_root_bus(fn->bus);
@@ -529,11 +530,12 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		pcinet_dma_exit(fn);
 		release_resource(&fn->window);
 		ida_free(&pcinet_domains, fn->domain);
-		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld\n",
+		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld\n",
 			fn->domain, atomic64_read(&c->mmio_writes), atomic64_read(&c->mmio_reads),
 			atomic64_read(&c->volatile_reads), atomic64_read(&c->read_timeouts),
 			atomic64_read(&c->queue_waits), atomic64_read(&c->queue_overruns),
 			atomic64_read(&c->lost_records), atomic64_read(&c->emulate_failures),
+			atomic64_read(&c->deferred), atomic64_read(&c->spun),
 			atomic64_read(&c->interrupts), atomic64_read(&c->interrupts_pending),
 			atomic64_read(&c->interrupts_dropped), atomic64_read(&c->dma_bytes),
 			atomic64_read(&c->dma_refused));
@@ -574,8 +576,10 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 		/* Counts restart at 0 on a function reset, and a count from before the reset can
 		 * still be on its way: never move backwards, never past what was sent. */
 		count = min_t(u64, le64_to_cpu(w->count), atomic64_read(&fn->writes_sent));
-		if (count > atomic64_read(&fn->writes_applied))
+		if (count > atomic64_read(&fn->writes_applied)) {
 			atomic64_set_release(&fn->writes_applied, count);
+			wake_up_all(&fn->mmioq);
+		}
 		return 0;
 	}
 	case PCINET_W_MMIO_READ_CPL:
@@ -748,6 +752,7 @@ static int pcinet_open(struct inode *inode, struct file *file)
 	INIT_WORK(&fn->add_work, pcinet_add_work);
 	init_waitqueue_head(&fn->readq);
 	init_waitqueue_head(&fn->writeq);
+	init_waitqueue_head(&fn->mmioq);
 	fn->state = PN_NEW;
 	file->private_data = fn;
 	return stream_open(inode, file);

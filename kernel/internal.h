@@ -80,6 +80,8 @@ struct pcinet_counters {
 	atomic64_t queue_overruns;	/* ... and gave up waiting (the record was still queued) */
 	atomic64_t lost_records;	/* out of memory in atomic context */
 	atomic64_t emulate_failures;	/* instructions the emulator refused */
+	atomic64_t deferred;		/* accesses that waited asleep in the faulting task */
+	atomic64_t spun;		/* accesses that waited busy in the fault handler */
 	atomic64_t interrupts;		/* delivered to the driver */
 	atomic64_t interrupts_pending;	/* raised while masked (delivered on unmask) */
 	atomic64_t interrupts_dropped;	/* raised while MSI-X was disabled */
@@ -122,6 +124,7 @@ struct pcinet_fn {
 	spinlock_t shadow_lock;	/* BAR shadows against W_SHADOW */
 	atomic64_t writes_sent;	/* non-doorbell MMIO writes queued */
 	atomic64_t writes_applied;
+	wait_queue_head_t mmioq;	/* deferred accesses waiting for fences and completions */
 	spinlock_t reads_lock;
 	u32 next_tag;
 	struct pcinet_read_slot reads[PCINET_READ_SLOTS];

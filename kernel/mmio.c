@@ -16,14 +16,22 @@
  * An access is served in the faulting context, which cannot sleep:
  * - writes become R_MMIO_WRITE records (posted; pcinet_queue_atomic() waits, bounded, for a slow
  *   reader and never drops);
- * - reads of ranges the device declared volatile become R_MMIO_READ and busy-wait for the
- *   completion, bounded by read_timeout_ms, then read all-ones like a PCIe completion timeout;
+ * - reads of ranges the device declared volatile become R_MMIO_READ and wait for the completion,
+ *   bounded (read_timeout_ms, atomic_timeout_ms), then read all-ones like a PCIe completion
+ *   timeout;
  * - other reads come from the shadow the endpoint keeps current, after a read fence: the device
  *   must have applied every earlier non-doorbell write (W_WRITES_APPLIED), so a driver that writes
  *   a register and reads it back sees the device's answer;
  * - the MSI-X table and PBA are served by msix.c.
  * A function that is gone (removed, or memory decoding off) reads all-ones and ignores writes.
- * The busy-waits need another CPU to run the host-agent: pcinet wants at least two CPUs.
+ *
+ * Waiting: an access that has to wait for the device (fence, volatile read, a full queue) in a
+ * context that may sleep (interrupts on, no locks, not atomic: preempt_count() equal to what the
+ * kprobe itself adds, measured at load time) leaves the fault handler through defer.S and waits
+ * asleep in the faulting task, so every CPU of the machine can be in such a wait while the
+ * host-agent still runs. Only atomic contexts (interrupt handlers, code under spinlocks)
+ * busy-wait in the fault handler, bounded by atomic_timeout_ms; those need another CPU to run the
+ * host-agent.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -31,18 +39,33 @@
 #include <linux/ktime.h>
 #include <linux/moduleparam.h>
 #include <linux/rculist.h>
+#include <linux/sched.h>
 #include <linux/slab.h>
 #include <linux/smp.h>
+#include <linux/srcu.h>
+#include <linux/uaccess.h>
+#include <linux/vmalloc.h>
 #include <asm/pgtable.h>
 #include <asm/tlbflush.h>
 
 #include "emulate.h"
 #include "internal.h"
 
-static unsigned int read_timeout_ms = 500;
+static unsigned int read_timeout_ms = 5000;
 module_param(read_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(read_timeout_ms,
-		 "How long a driver's MMIO read waits for the device before it reads all-ones (ms)");
+		 "How long a driver's MMIO read waits (asleep) for the device before it reads all-ones (ms)");
+static unsigned int atomic_timeout_ms = 1000;
+module_param(atomic_timeout_ms, uint, 0644);
+MODULE_PARM_DESC(atomic_timeout_ms,
+		 "The same for reads in atomic context, which wait busy with interrupts off (ms)");
+
+/* How an access may wait for the device. */
+enum pcinet_wait {
+	PN_SPIN,	/* atomic context: busy-wait, bounded */
+	PN_NOWAIT,	/* first try in the fault handler: -EAGAIN instead of waiting */
+	PN_SLEEP,	/* the faulting task, back from defer.S: sleep, bounded */
+};
 
 /* One trapped mapping of (part of) a BAR. */
 struct pcinet_map {
@@ -55,13 +78,30 @@ struct pcinet_map {
 	u64 bar_off;			/* BAR offset of virt */
 	pteval_t pte_flags;		/* flags of the 4 KiB entries we cleared */
 	pmdval_t pmd_flags;		/* flags of the 2 MiB entries we cleared */
+	bool calibrate;			/* the load-time probe of the fault path */
 	struct rcu_head rcu;
+};
+
+/* A fault handed to the faulting task (defer.S): where it was, what it touched. */
+struct pcinet_deferred {
+	struct task_struct *task;	/* NULL: free */
+	unsigned long ip;
+	unsigned long addr;
 };
 
 static LIST_HEAD(pcinet_live);		/* started functions (RCU) */
 static LIST_HEAD(pcinet_maps);		/* trapped mappings (RCU) */
 static DEFINE_SPINLOCK(pcinet_lists_lock);
 static unsigned int *pcinet_kmmio_count;
+/* Deferred accesses and the maps and functions they use are protected by this SRCU. */
+DEFINE_STATIC_SRCU(pcinet_srcu);
+static DEFINE_SPINLOCK(pcinet_deferred_lock);
+static struct pcinet_deferred pcinet_deferred[64];
+/* preempt_count() inside our kprobe when the faulting context was preemptible; -1: unknown. */
+static int pcinet_kprobe_preempt = -1;
+
+void pcinet_defer_tramp(void);
+void pcinet_deferred_access(struct pt_regs *regs);
 
 /* ---- page table entries of trapped mappings ---- */
 
@@ -135,11 +175,22 @@ static bool pcinet_fn_live(struct pcinet_fn *fn)
 	       (READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MEMORY);
 }
 
-/* Busy-waits until *count >= target; false on timeout or when the function goes. */
-static bool pcinet_spin_until(struct pcinet_fn *fn, atomic64_t *count, s64 target)
+/* Waits until *count >= target; false on timeout or when the function goes. */
+static bool pcinet_wait_count(struct pcinet_fn *fn, atomic64_t *count, s64 target,
+			      enum pcinet_wait how)
 {
-	u64 until = ktime_get_ns() + (u64)READ_ONCE(read_timeout_ms) * NSEC_PER_MSEC;
+	unsigned long timeout = msecs_to_jiffies(READ_ONCE(read_timeout_ms));
+	u64 until;
 
+
+	if (atomic64_read_acquire(count) >= target)
+		return true;
+	atomic64_inc(how == PN_SLEEP ? &fn->stats.deferred : &fn->stats.spun);
+	if (how == PN_SLEEP)
+		return wait_event_timeout(fn->mmioq, atomic64_read_acquire(count) >= target ||
+					  READ_ONCE(fn->state) != PN_STARTED, timeout) &&
+		       atomic64_read_acquire(count) >= target;
+	until = ktime_get_ns() + (u64)READ_ONCE(atomic_timeout_ms) * NSEC_PER_MSEC;
 	while (atomic64_read_acquire(count) < target) {
 		if (READ_ONCE(fn->state) != PN_STARTED || ktime_get_ns() > until)
 			return false;
@@ -148,7 +199,8 @@ static bool pcinet_spin_until(struct pcinet_fn *fn, atomic64_t *count, s64 targe
 	return true;
 }
 
-static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size)
+static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size,
+				 enum pcinet_wait how)
 {
 	struct pcinet_r_mmio_read rec = {};
 	struct pcinet_read_slot *slot = NULL;
@@ -188,13 +240,19 @@ static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *v
 	rec.bar = cpu_to_le32(bar);
 	rec.size = cpu_to_le32(size);
 	rec.offset = cpu_to_le64(off);
-	pcinet_queue_atomic(fn, &rec, sizeof(rec));
-
-	until = ktime_get_ns() + (u64)READ_ONCE(read_timeout_ms) * NSEC_PER_MSEC;
-	while (!smp_load_acquire(&slot->status)) {
-		if (READ_ONCE(fn->state) != PN_STARTED || ktime_get_ns() > until)
-			break;
-		cpu_relax();
+	if (how == PN_SLEEP) {
+		pcinet_queue(fn, &rec, sizeof(rec));
+		wait_event_timeout(fn->mmioq, smp_load_acquire(&slot->status) ||
+				   READ_ONCE(fn->state) != PN_STARTED,
+				   msecs_to_jiffies(READ_ONCE(read_timeout_ms)));
+	} else {
+		pcinet_queue_atomic(fn, &rec, sizeof(rec));
+		until = ktime_get_ns() + (u64)READ_ONCE(atomic_timeout_ms) * NSEC_PER_MSEC;
+		while (!smp_load_acquire(&slot->status)) {
+			if (READ_ONCE(fn->state) != PN_STARTED || ktime_get_ns() > until)
+				break;
+			cpu_relax();
+		}
 	}
 	spin_lock_irqsave(&fn->reads_lock, flags);
 	status = slot->status;
@@ -225,6 +283,7 @@ int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_c
 		smp_store_release(&slot->status, status == PCINET_STATUS_OK ? 1 : -1);
 	}
 	spin_unlock_irqrestore(&fn->reads_lock, flags);
+	wake_up_all(&fn->mmioq);
 	return 0;
 }
 
@@ -238,50 +297,63 @@ int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *dat
 	return 0;
 }
 
-static void pcinet_serve_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size)
+static int pcinet_serve_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size,
+			     enum pcinet_wait how)
 {
 	unsigned long flags;
+	s64 target;
 
 	if (pcinet_msix_owns(fn, bar, off, size)) {
 		pcinet_msix_read(fn, off, val, size);
-		return;
+		return 0;
 	}
 	if (pcinet_range_at(fn, bar, off, size, PCINET_RANGE_VOLATILE)) {
+		if (how == PN_NOWAIT)
+			return -EAGAIN;
 		if (size > 8) {		/* a 16-byte SSE load: two device reads */
-			pcinet_volatile_read(fn, bar, off, val, 8);
-			pcinet_volatile_read(fn, bar, off + 8, val + 8, size - 8);
+			pcinet_volatile_read(fn, bar, off, val, 8, how);
+			pcinet_volatile_read(fn, bar, off + 8, val + 8, size - 8, how);
 		} else {
-			pcinet_volatile_read(fn, bar, off, val, size);
+			pcinet_volatile_read(fn, bar, off, val, size, how);
 		}
-		return;
+		return 0;
 	}
+	/* The fence: every write sent before this read, by any CPU, applied by the device. */
+	target = atomic64_read(&fn->writes_sent);
+	if (how == PN_NOWAIT && atomic64_read_acquire(&fn->writes_applied) < target)
+		return -EAGAIN;
 	atomic64_inc(&fn->stats.mmio_reads);
-	if (!pcinet_spin_until(fn, &fn->writes_applied, atomic64_read(&fn->writes_sent))) {
+	if (!pcinet_wait_count(fn, &fn->writes_applied, target, how)) {
 		if (READ_ONCE(fn->state) == PN_STARTED) {
 			atomic64_inc(&fn->stats.read_timeouts);
 			pr_warn_ratelimited("%04x:00:00.0: the device did not apply earlier writes in time: BAR %u +0x%llx reads all-ones\n",
 					    fn->domain, bar, off);
 		}
 		memset(val, 0xff, size);
-		return;
+		return 0;
 	}
 	spin_lock_irqsave(&fn->shadow_lock, flags);
 	memcpy(val, fn->bars[bar].shadow + off, size);
 	spin_unlock_irqrestore(&fn->shadow_lock, flags);
+	return 0;
 }
 
-static void pcinet_serve_write(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size)
+static int pcinet_serve_write(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size,
+			      enum pcinet_wait how)
 {
 	struct {
 		struct pcinet_r_mmio_write w;
 		u8 data[16];
 	} rec = {};
+	size_t len = ALIGN(sizeof(rec.w) + size, 8);
 
 	if (pcinet_msix_owns(fn, bar, off, size)) {
 		pcinet_msix_write(fn, off, val, size);
-		return;
+		return 0;
 	}
-	pcinet_hdr(&rec.w.hdr, PCINET_R_MMIO_WRITE, ALIGN(sizeof(rec.w) + size, 8));
+	if (how == PN_NOWAIT && READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES)
+		return -EAGAIN;
+	pcinet_hdr(&rec.w.hdr, PCINET_R_MMIO_WRITE, len);
 	rec.w.bar = cpu_to_le32(bar);
 	rec.w.size = cpu_to_le32(size);
 	rec.w.offset = cpu_to_le64(off);
@@ -289,14 +361,19 @@ static void pcinet_serve_write(struct pcinet_fn *fn, u32 bar, u64 off, const voi
 	atomic64_inc(&fn->stats.mmio_writes);
 	if (!pcinet_range_at(fn, bar, off, size, PCINET_RANGE_DOORBELL))
 		atomic64_inc(&fn->writes_sent);
-	pcinet_queue_atomic(fn, &rec, ALIGN(sizeof(rec.w) + size, 8));
+	if (how == PN_SLEEP)
+		pcinet_queue(fn, &rec, len);
+	else
+		pcinet_queue_atomic(fn, &rec, len);
+	return 0;
 }
 
 /* Translates a faulting address to its function and BAR offset; false if it is outside. */
 static struct pcinet_fn *pcinet_map_target(struct pcinet_map *m, unsigned long addr, u32 size,
 					   u64 *off)
 {
-	struct pcinet_fn *fn = rcu_dereference(m->fn);
+	/* Under RCU in the fault handler, under pcinet_srcu in a deferred access. */
+	struct pcinet_fn *fn = rcu_dereference_raw(m->fn);
 
 	if (!fn)
 		return NULL;
@@ -306,7 +383,8 @@ static struct pcinet_fn *pcinet_map_target(struct pcinet_map *m, unsigned long a
 	return fn;
 }
 
-static int pcinet_op_read(void *ctx, unsigned long addr, void *val, unsigned int size)
+static int pcinet_op_read(void *ctx, unsigned long addr, void *val, unsigned int size,
+			  enum pcinet_wait how)
 {
 	struct pcinet_map *m = ctx;
 	struct pcinet_fn *fn;
@@ -317,11 +395,11 @@ static int pcinet_op_read(void *ctx, unsigned long addr, void *val, unsigned int
 		memset(val, 0xff, size);	/* master abort */
 		return 0;
 	}
-	pcinet_serve_read(fn, m->bar, off, val, size);
-	return 0;
+	return pcinet_serve_read(fn, m->bar, off, val, size, how);
 }
 
-static int pcinet_op_write(void *ctx, unsigned long addr, const void *val, unsigned int size)
+static int pcinet_op_write(void *ctx, unsigned long addr, const void *val, unsigned int size,
+			   enum pcinet_wait how)
 {
 	struct pcinet_map *m = ctx;
 	struct pcinet_fn *fn;
@@ -329,14 +407,29 @@ static int pcinet_op_write(void *ctx, unsigned long addr, const void *val, unsig
 
 	fn = pcinet_map_target(m, addr, size, &off);
 	if (fn && pcinet_fn_live(fn))
-		pcinet_serve_write(fn, m->bar, off, val, size);
+		return pcinet_serve_write(fn, m->bar, off, val, size, how);
 	return 0;
 }
 
-static const struct pcinet_mmio_ops pcinet_mmio_ops = {
-	.read = pcinet_op_read,
-	.write = pcinet_op_write,
-};
+#define PCINET_OPS(name, how)								\
+static int pcinet_##name##_read(void *ctx, unsigned long addr, void *val,		\
+				unsigned int size)					\
+{											\
+	return pcinet_op_read(ctx, addr, val, size, how);				\
+}											\
+static int pcinet_##name##_write(void *ctx, unsigned long addr, const void *val,	\
+				 unsigned int size)					\
+{											\
+	return pcinet_op_write(ctx, addr, val, size, how);				\
+}											\
+static const struct pcinet_mmio_ops pcinet_##name##_ops = {				\
+	.read = pcinet_##name##_read,							\
+	.write = pcinet_##name##_write,							\
+}
+
+PCINET_OPS(spin, PN_SPIN);
+PCINET_OPS(nowait, PN_NOWAIT);
+PCINET_OPS(sleep, PN_SLEEP);
 
 /* ---- the kprobes ---- */
 
@@ -361,16 +454,100 @@ static noinline notrace int pcinet_fault_not_kmmio(void)
 	return 0;
 }
 
+/* Instruction emulation failed: let it run against the (unbacked) window. The page stays
+ * unprotected and the device no longer sees it, but the kernel survives. */
+static void pcinet_emulation_failed(struct pcinet_map *m, struct pt_regs *fregs,
+				    unsigned long addr, int ret)
+{
+	struct pcinet_fn *fn = rcu_dereference_check(m->fn, 1);
+
+	if (fn)
+		atomic64_inc(&fn->stats.emulate_failures);
+	pr_err_ratelimited("cannot emulate the instruction at %pS accessing 0x%lx (%d): that BAR page is no longer trapped\n",
+			   (void *)fregs->ip, addr, ret);
+	pcinet_map_unprotect(m, addr & PAGE_MASK, (addr & PAGE_MASK) + PAGE_SIZE);
+}
+
+/* May the faulting context (we run in the fault handler, inside our kprobe) sleep? */
+static bool pcinet_may_sleep(struct pt_regs *fregs)
+{
+	return pcinet_kprobe_preempt >= 0 && preempt_count() == pcinet_kprobe_preempt &&
+	       (fregs->flags & X86_EFLAGS_IF) && !pagefault_disabled() &&
+	       !rcu_preempt_depth() && task_is_running(current) && !(current->flags & PF_EXITING);
+}
+
+/* Hands the access to the faulting task: the fault returns into defer.S. */
+static bool pcinet_defer(struct pt_regs *fregs, unsigned long addr)
+{
+	struct pcinet_deferred *d = NULL;
+	unsigned long flags;
+	unsigned int i;
+
+	spin_lock_irqsave(&pcinet_deferred_lock, flags);
+	for (i = 0; i < ARRAY_SIZE(pcinet_deferred); i++) {
+		if (!pcinet_deferred[i].task) {
+			d = &pcinet_deferred[i];
+			d->task = current;
+			d->ip = fregs->ip;
+			d->addr = addr;
+			break;
+		}
+	}
+	spin_unlock_irqrestore(&pcinet_deferred_lock, flags);
+	if (!d)
+		return false;
+	fregs->ip = (unsigned long)pcinet_defer_tramp;
+	return true;
+}
+
+/* Called by defer.S in the faulting task, which may sleep: emulates the access on regs. */
+void pcinet_deferred_access(struct pt_regs *regs)
+{
+	struct pcinet_map *m;
+	unsigned long flags, addr = 0;
+	unsigned int i;
+	int idx, ret;
+
+	spin_lock_irqsave(&pcinet_deferred_lock, flags);
+	for (i = 0; i < ARRAY_SIZE(pcinet_deferred); i++) {
+		if (pcinet_deferred[i].task == current) {
+			regs->ip = pcinet_deferred[i].ip;
+			addr = pcinet_deferred[i].addr;
+			pcinet_deferred[i].task = NULL;
+			break;
+		}
+	}
+	spin_unlock_irqrestore(&pcinet_deferred_lock, flags);
+	/* defer.S is only ever entered through pcinet_defer() for this task. */
+	BUG_ON(i == ARRAY_SIZE(pcinet_deferred));
+	regs->cs = __KERNEL_CS;
+	regs->ss = __KERNEL_DS;
+
+	idx = srcu_read_lock(&pcinet_srcu);
+	rcu_read_lock();
+	m = pcinet_map_find(addr);
+	rcu_read_unlock();
+	/* Unmapped meanwhile: the instruction runs again and faults like any other access. */
+	if (m) {
+		ret = pcinet_emulate(regs, addr, &pcinet_sleep_ops, m);
+		if (ret)
+			pcinet_emulation_failed(m, regs, addr, ret);
+	}
+	srcu_read_unlock(&pcinet_srcu, idx);
+}
+
 /* kmmio_handler(struct pt_regs *regs, unsigned long addr), at entry. */
 static int pcinet_fault_pre(struct kprobe *p, struct pt_regs *regs)
 {
 	struct pt_regs *fregs = (struct pt_regs *)regs->di;
 	unsigned long addr = regs->si;
+	bool may_sleep;
 	struct pcinet_map *m;
 	int ret;
 
 	if (user_mode(fregs))
 		goto not_ours;
+	may_sleep = pcinet_may_sleep(fregs);
 	rcu_read_lock();
 	m = pcinet_map_find(addr);
 	/* An instruction fetch from a BAR is a bug like any other: let the fault path oops. */
@@ -378,18 +555,24 @@ static int pcinet_fault_pre(struct kprobe *p, struct pt_regs *regs)
 		rcu_read_unlock();
 		goto not_ours;
 	}
-	ret = pcinet_emulate(fregs, addr, &pcinet_mmio_ops, m);
-	if (ret) {
-		struct pcinet_fn *fn = rcu_dereference(m->fn);
+	if (m->calibrate) {
+		WRITE_ONCE(pcinet_kprobe_preempt, preempt_count());
+		ret = pcinet_emulate(fregs, addr, &pcinet_spin_ops, m);
+	} else if (may_sleep) {
+		unsigned long cx = fregs->cx, si = fregs->si, di = fregs->di;
 
-		if (fn)
-			atomic64_inc(&fn->stats.emulate_failures);
-		/* Let the instruction run against the (unbacked) window: the page stays unprotected
-		 * and the device no longer sees it, but the kernel survives. */
-		pr_err_ratelimited("cannot emulate the instruction at %pS accessing 0x%lx (%d): that BAR page is no longer trapped\n",
-				   (void *)fregs->ip, addr, ret);
-		pcinet_map_unprotect(m, addr & PAGE_MASK, (addr & PAGE_MASK) + PAGE_SIZE);
+		ret = pcinet_emulate(fregs, addr, &pcinet_nowait_ops, m);
+		if (ret == -EAGAIN && (fregs->cx != cx || fregs->si != si || fregs->di != di))
+			ret = 0;	/* a string move stopped part way: running it again goes on */
+		else if (ret == -EAGAIN && pcinet_defer(fregs, addr))
+			ret = 0;
+		else if (ret == -EAGAIN)
+			ret = pcinet_emulate(fregs, addr, &pcinet_spin_ops, m);
+	} else {
+		ret = pcinet_emulate(fregs, addr, &pcinet_spin_ops, m);
 	}
+	if (ret)
+		pcinet_emulation_failed(m, fregs, addr, ret);
 	rcu_read_unlock();
 	regs->ip = (unsigned long)pcinet_fault_handled;
 	return 1;
@@ -399,6 +582,54 @@ not_ours:
 		return 0;	/* the mmiotrace tracer is active: kmmio decides */
 	regs->ip = (unsigned long)pcinet_fault_not_kmmio;
 	return 1;
+}
+
+/*
+ * Learns preempt_count() inside our kprobe for a fault taken where sleeping is fine (module load
+ * is such a place): the fault path adds nothing, the kprobe machinery adds what we measure.
+ */
+static int pcinet_calibrate(void)
+{
+	struct pcinet_map *m;
+	unsigned long flags;
+	void *page;
+	u32 v;
+
+	page = vmalloc(PAGE_SIZE);
+	m = kzalloc(sizeof(*m), GFP_KERNEL);
+	if (!page || !m) {
+		vfree(page);
+		kfree(m);
+		return -ENOMEM;
+	}
+	m->virt = (unsigned long)page;
+	m->len = PAGE_SIZE;
+	m->phys = page_to_phys(vmalloc_to_page(page));
+	m->calibrate = true;
+	if (!pcinet_map_protect(m)) {
+		vfree(page);
+		kfree(m);
+		return -EFAULT;
+	}
+	on_each_cpu(pcinet_flush_tlb, NULL, 1);
+	spin_lock_irqsave(&pcinet_lists_lock, flags);
+	list_add_rcu(&m->node, &pcinet_maps);
+	spin_unlock_irqrestore(&pcinet_lists_lock, flags);
+
+	v = READ_ONCE(*(u32 *)page);	/* faults; answered all-ones */
+
+	spin_lock_irqsave(&pcinet_lists_lock, flags);
+	list_del_rcu(&m->node);
+	spin_unlock_irqrestore(&pcinet_lists_lock, flags);
+	pcinet_map_unprotect(m, m->virt, m->virt + m->len);
+	synchronize_rcu();
+	kfree(m);
+	vfree(page);
+	if (v != ~0u || pcinet_kprobe_preempt < 0) {
+		pr_err("the MMIO fault path did not work at load time\n");
+		return -EIO;
+	}
+	return 0;
 }
 
 /* mmiotrace_ioremap(resource_size_t offset, unsigned long size, void __iomem *addr), at entry:
@@ -454,6 +685,19 @@ static int pcinet_ioremap_pre(struct kprobe *p, struct pt_regs *regs)
 	return 0;
 }
 
+static void pcinet_map_free_srcu(struct rcu_head *head)
+{
+	struct pcinet_map *m = container_of(head, struct pcinet_map, rcu);
+
+	/* Deferred accesses are done with it; now the fault handler's RCU readers. */
+	kfree_rcu(m, rcu);
+}
+
+static void pcinet_map_free(struct pcinet_map *m)
+{
+	call_srcu(&pcinet_srcu, &m->rcu, pcinet_map_free_srcu);
+}
+
 /* mmiotrace_iounmap(volatile void __iomem *addr), at entry: the mapping still exists. */
 static int pcinet_iounmap_pre(struct kprobe *p, struct pt_regs *regs)
 {
@@ -465,7 +709,7 @@ static int pcinet_iounmap_pre(struct kprobe *p, struct pt_regs *regs)
 		if (regs->di - m->virt < m->len) {
 			list_del_rcu(&m->node);
 			pcinet_map_unprotect(m, m->virt, m->virt + m->len);
-			kfree_rcu(m, rcu);
+			pcinet_map_free(m);
 			break;
 		}
 	}
@@ -535,14 +779,20 @@ void pcinet_mmio_stop(struct pcinet_fn *fn)
 	if (left)
 		pr_warn("%04x:00:00.0: %d BAR mappings outlive the device; they read all-ones\n",
 			fn->domain, left);
-	/* No fault handler is still serving this function when we return. */
+	/* No fault handler or deferred access is still serving this function when we return. */
+	wake_up_all(&fn->mmioq);
 	synchronize_rcu();
+	synchronize_srcu(&pcinet_srcu);
 }
 
 int pcinet_mmio_init(void)
 {
 	int ret;
 
+	/* defer.S lays out struct pt_regs by hand. */
+	BUILD_BUG_ON(offsetof(struct pt_regs, r15) != 0 || offsetof(struct pt_regs, di) != 112 ||
+		     offsetof(struct pt_regs, ip) != 128 || offsetof(struct pt_regs, flags) != 144 ||
+		     offsetof(struct pt_regs, sp) != 152 || sizeof(struct pt_regs) != 168);
 	pcinet_kmmio_count = (unsigned int *)pcinet_lookup("kmmio_count");
 	if (!pcinet_kmmio_count) {
 		pr_err("kmmio_count not found: this kernel needs CONFIG_MMIOTRACE and CONFIG_KALLSYMS_ALL\n");
@@ -555,6 +805,11 @@ int pcinet_mmio_init(void)
 	}
 	/* Makes the fault handler offer kernel faults to kmmio_handler(), i.e. to us. */
 	WRITE_ONCE(*pcinet_kmmio_count, READ_ONCE(*pcinet_kmmio_count) + 1);
+	ret = pcinet_calibrate();
+	if (ret) {
+		pcinet_mmio_exit();
+		return ret;
+	}
 	return 0;
 }
 
@@ -570,8 +825,9 @@ void pcinet_mmio_exit(void)
 	list_for_each_entry_safe(m, tmp, &pcinet_maps, node) {
 		list_del_rcu(&m->node);
 		pcinet_map_unprotect(m, m->virt, m->virt + m->len);
-		kfree_rcu(m, rcu);
+		pcinet_map_free(m);
 	}
 	spin_unlock_irqrestore(&pcinet_lists_lock, flags);
+	srcu_barrier(&pcinet_srcu);
 	rcu_barrier();
 }
