@@ -52,6 +52,8 @@ export interface HostAgentSpec extends Security {
   pin?: string;
   readyFile: string;
   logLevel?: string;
+  /** Keep going when the endpoint is lost: redial, attach its devices again. */
+  reconnect?: boolean;
 }
 
 export function hostAgentArgv(h: HostAgentSpec): string[] {
@@ -60,6 +62,7 @@ export function hostAgentArgv(h: HostAgentSpec): string[] {
   if (h.identityDir) argv.push('--identity', h.identityDir);
   if (h.pin) argv.push('--pin', h.pin);
   if (h.logLevel) argv.push('--log-level', h.logLevel);
+  if (h.reconnect) argv.push('--reconnect');
   return [h.node, ...argv];
 }
 

@@ -124,7 +124,19 @@ export interface RunInLabOptions {
    *  card" (e.g. address a TAP the endpoint created, start a server). `card.wrap(argv)` gives an
    *  argv that runs inside the lab's network namespace. The cleanup it returns runs after the
    *  guest is gone. Not with `endpoint` (the caller's namespace is its own business then). */
-  card?: (card: { wrap(argv: readonly string[]): string[] }) => Promise<(() => Promise<void>) | void>;
+  card?: (card: LabCard) => Promise<(() => Promise<void>) | void>;
+  /** The guest's host-agent redials a lost endpoint and attaches its devices again
+   *  (`pcinet host --reconnect`). */
+  reconnect?: boolean;
+}
+
+/** What a `card` hook may do on this machine. */
+export interface LabCard {
+  /** An argv that runs `argv` inside the lab's network namespace. */
+  wrap(argv: readonly string[]): string[];
+  /** Kills the endpoint with SIGKILL and starts it again (same identity, devices, port); resolves
+   *  when the new one listens. */
+  restartEndpoint(): Promise<void>;
 }
 
 export interface LabResult {
@@ -428,7 +440,18 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
         endpoint = await startEndpoint(netns, assets, o, dir, hostFp);
         phase('endpoint', `127.0.0.1:${LAB_ENDPOINT_PORT}`);
         const ns = netns;
-        if (o.card) cardCleanup = (await o.card({ wrap: (argv) => ns.wrap(argv) })) ?? undefined;
+        let earlierLogs = '';
+        const restartEndpoint = async () => {
+          const old = endpoint!;
+          const exited = new Promise((r) => old.proc.once('exit', r));
+          old.proc.kill('SIGKILL');
+          await exited;
+          earlierLogs += `${old.log()}\n--- endpoint killed and restarted ---\n`;
+          const next = await startEndpoint(ns, assets, o, dir, hostFp);
+          endpoint = { ...next, log: () => earlierLogs + next.log() };
+        };
+        if (o.card)
+          cardCleanup = (await o.card({ wrap: (argv) => ns.wrap(argv), restartEndpoint })) ?? undefined;
       }
       const connect = external
         ? guestDialAddress(o.endpoint!, !!o.insecure)
@@ -444,6 +467,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
           pin: o.insecure ? undefined : (o.pin ?? endpoint?.fingerprint),
           readyFile: READY_FILE,
           logLevel: o.logLevel,
+          reconnect: o.reconnect,
         }),
         expectDevices: external ? undefined : devices.length,
         readyTimeoutS: READY_TIMEOUT_S,

@@ -16,7 +16,9 @@ describe.skipIf(!root)('pcinet.ko: the device on a real Linux PCI bus', () => {
     assets = await prepareLab({ modules: true });
   }, 30 * 60_000);
 
-  it('lspci lists the test device with the endpoint’s IDs, class ff00, and its BARs', { timeout: RUN_TIMEOUT_MS + 30_000 }, async () => {
+  it('lspci lists the test device with the endpoint’s IDs, class ff00, and its BARs', {
+    timeout: RUN_TIMEOUT_MS + 30_000,
+  }, async () => {
     const r = await runInLab({
       assets,
       devices: ['test:vectors=16'],
@@ -26,7 +28,9 @@ describe.skipIf(!root)('pcinet.ko: the device on a real Linux PCI bus', () => {
     expect(r.code, r.stderr).toBe(0);
     const dev = /^dev=(\S+)$/m.exec(r.stdout)?.[1];
     expect(dev).toMatch(/^00[1-9a-f][0-9a-f]:00:00\.0$/);
-    expect(r.stdout).toMatch(new RegExp(`^${dev} Unassigned class \\[ff00\\]: .*\\[7063:0001\\] \\(rev 01\\)$`, 'm'));
+    expect(r.stdout).toMatch(
+      new RegExp(`^${dev} Unassigned class \\[ff00\\]: .*\\[7063:0001\\] \\(rev 01\\)$`, 'm'),
+    );
     expect(r.stdout).toMatch(/Region 0: Memory at [0-9a-f]+ \(64-bit, non-prefetchable\) \[size=16K\]/);
     expect(r.stdout).toMatch(/Region 2: Memory at [0-9a-f]+ \(64-bit, non-prefetchable\) \[size=64K\]/);
     expect(r.stdout).toMatch(/Capabilities: \[[0-9a-f]+\] MSI-X: Enable\+ Count=16 Masked-/);
@@ -39,7 +43,9 @@ describe.skipIf(!root)('pcinet.ko: the device on a real Linux PCI bus', () => {
     expect(r.guestLog).toMatch(/pcinet: [0-9a-f]{4}:00:00\.0 removed/);
   });
 
-  it('survives config-space abuse from user space: BAR sizing, masks, setpci', { timeout: RUN_TIMEOUT_MS + 30_000 }, async () => {
+  it('survives config-space abuse from user space: BAR sizing, masks, setpci', {
+    timeout: RUN_TIMEOUT_MS + 30_000,
+  }, async () => {
     const r = await runInLab({
       assets,
       devices: ['test'],

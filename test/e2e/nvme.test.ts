@@ -1,12 +1,14 @@
 // The NVMe controller in the lab with the real stack: Linux's own nvme driver binds through
 // pcinet.ko, nvme-cli talks to it, ext4 lives on it, fio verifies it, discards reach the card's
 // backing file. The backing file is on this machine (the card), so the test reads it afterwards.
+import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
 import { runInLab } from '../../lab/run.js';
+import { askCard, startCardControl } from './card-control.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 300_000;
@@ -134,5 +136,46 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
     expect(most).toBeGreaterThanOrEqual(32 << 20);
     expect(final).toBeLessThan(8 << 20);
     console.log(`backing file allocated: at most ${most >> 20} MiB, at the end ${final >> 20} MiB`);
+  });
+
+  it('endpoint killed and restarted during I/O: the disk comes back with the data flushed before', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const procs: ChildProcess[] = [];
+    const r = await runInLab({
+      assets,
+      devices: [`nvme:file=${join(dir, 'restart.img')},size=64M`],
+      reconnect: true,
+      command: [
+        ...findDisk,
+        'head -c 4194304 /dev/urandom > /tmp/marker',
+        'dd if=/tmp/marker of=$disk bs=1M oflag=direct conv=fsync status=none && sync',
+        'fio --name=busy --filename=$disk --direct=1 --ioengine=libaio --rw=randwrite --bs=4k --iodepth=8 ' +
+          '--offset=32M --size=32M --time_based --runtime=20 > /tmp/fio.log 2>&1 &',
+        'sleep 2',
+        askCard('restart'),
+        'wait || true',
+        'for i in $(seq 600); do c=$(ls /sys/bus/pci/drivers/nvme/ | grep -E "^[0-9a-f]{4}:" | head -1) && [ -n "$c" ] && ' +
+          'n=$(ls /sys/bus/pci/devices/$c/nvme/ 2>/dev/null) && [ -e /dev/"$n"n1 ] && break; sleep 0.1; done',
+        'echo "back as /dev/$n"n1',
+        'dd if=/dev/"$n"n1 bs=1M count=4 iflag=direct status=none | cmp - /tmp/marker && echo flushed-data-intact',
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+      card: async (card) => {
+        procs.push(
+          startCardControl(card, async (word) => {
+            if (word !== 'restart') throw new Error(`unknown command ${word}`);
+            await card.restartEndpoint();
+          }),
+        );
+        return async () => {
+          for (const p of procs) p.kill('SIGKILL');
+        };
+      },
+    });
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/^card: restart ok$/m);
+    expect(r.stdout).toMatch(/^flushed-data-intact$/m);
+    expect(r.endpointLog).toMatch(/endpoint killed and restarted/);
   });
 });

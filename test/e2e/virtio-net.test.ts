@@ -6,7 +6,8 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { type LabCard, runInLab } from '../../lab/run.js';
+import { askCard, startCardControl } from './card-control.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 240_000;
@@ -106,5 +107,53 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
     expect(r.stdout).toMatch(/^carrier-up-seen$/m);
     expect(r.stdout).toMatch(/^5 packets transmitted, 5 received/m);
     console.log(`virtio-net iperf3 (Mbit/s): ${rates.join(' ')}`);
+  });
+
+  it('comes back without a guest reboot when the endpoint is killed and restarted', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const procs: ChildProcess[] = [];
+    const addressTap = async (card: LabCard) => {
+      await run(card.wrap(['ip', 'addr', 'add', `${CARD}/24`, 'dev', TAP]));
+      await run(card.wrap(['ip', 'link', 'set', TAP, 'up']));
+    };
+    const r = await runInLab({
+      assets,
+      devices: [`virtio-net:tap=${TAP},mac=${MAC}`],
+      reconnect: true,
+      command: [
+        'set -e',
+        `nic() { for n in /sys/class/net/*; do [ "$(cat $n/address)" = "${MAC}" ] && basename $n && return 0; done; return 1; }`,
+        'carrier() { for i in $(seq 100); do [ "$(cat /sys/class/net/$1/carrier 2>/dev/null)" = 1 ] && return 0; sleep 0.1; done; return 1; }',
+        `up() { ifc=$(nic); ip addr add ${GUEST}/24 dev $ifc; ip link set $ifc up; carrier $ifc; echo "up $ifc index $(cat /sys/class/net/$ifc/ifindex)"; }`,
+        'up; before=$(cat /sys/class/net/$ifc/ifindex)',
+        `ping -c 5 -i 0.2 -W 2 ${CARD} | grep "packets transmitted"`,
+        askCard('restart'),
+        'for i in $(seq 600); do n=$(nic) && [ "$(cat /sys/class/net/$n/ifindex)" != "$before" ] && break; sleep 0.1; done',
+        'up',
+        `ping -c 5 -i 0.2 -W 5 ${CARD} | grep "packets transmitted"`,
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+      card: async (card) => {
+        await addressTap(card);
+        procs.push(
+          startCardControl(card, async (word) => {
+            if (word !== 'restart') throw new Error(`unknown command ${word}`);
+            await card.restartEndpoint();
+            await addressTap(card);
+          }),
+        );
+        return async () => {
+          for (const p of procs) p.kill('SIGKILL');
+        };
+      },
+    });
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    const ups = [...r.stdout.matchAll(/^up (\S+) index (\d+)$/gm)];
+    expect(ups).toHaveLength(2);
+    expect(ups[1]![2]).not.toBe(ups[0]![2]); // a new interface: the device was attached again
+    expect(r.stdout).toMatch(/^card: restart ok$/m);
+    expect([...r.stdout.matchAll(/^5 packets transmitted, 5 received/gm)]).toHaveLength(2);
+    expect(r.endpointLog).toMatch(/endpoint killed and restarted/);
   });
 });

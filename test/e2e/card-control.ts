@@ -1,0 +1,38 @@
+// A control port on "the card" for lab tests: the guest connects to 10.0.2.2:PORT (QEMU user
+// networking maps it to the lab namespace's loopback), sends a command word, and gets "ok" once
+// the test (on this machine) has carried it out — e.g. restarting the endpoint mid-I/O.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import type { LabCard } from '../../lab/run.js';
+
+export const CONTROL_PORT = 7998;
+
+/** Guest shell line: sends `word` to the control port and waits (bounded) for "ok". */
+export const askCard = (word: string, timeoutS = 60) =>
+  `node -e "const s = require('net').connect(${CONTROL_PORT}, '10.0.2.2', () => s.write('${word}\\n')); ` +
+  `s.on('data', (d) => { if (String(d).includes('ok')) { console.log('card: ${word} ok'); process.exit(0); } }); ` +
+  `setTimeout(() => { console.log('card: ${word} timed out'); process.exit(1); }, ${timeoutS * 1000});"`;
+
+const server = `
+const net = require('node:net');
+const rl = require('node:readline').createInterface({ input: process.stdin });
+let waiting = [];
+rl.on('line', (l) => { if (l === 'ok') for (const c of waiting.splice(0)) c.end('ok\\n'); });
+net.createServer((c) => c.on('data', (d) => {
+  waiting.push(c);
+  process.stdout.write(String(d).trim().split('\\n')[0] + '\\n');
+})).listen(${CONTROL_PORT}, '127.0.0.1');
+process.stdin.on('end', () => process.exit(0));
+`;
+
+/** Starts the control port in the lab's namespace; `handle` carries out each command word. */
+export function startCardControl(card: LabCard, handle: (word: string) => Promise<void>): ChildProcess {
+  const [node, ...args] = card.wrap([process.execPath, '-e', server]);
+  const proc = spawn(node!, args, { stdio: ['pipe', 'pipe', 'inherit'] });
+  createInterface({ input: proc.stdout! }).on('line', (word) => {
+    handle(word)
+      .then(() => proc.stdin!.write('ok\n'))
+      .catch((e: Error) => console.error(`card control: ${word}: ${e.message}`));
+  });
+  return proc;
+}
