@@ -25,6 +25,19 @@ for a in $PCINET_LAB_DEVICES; do
     for irq in $(ls "$d/msi_irqs"); do grep -E "^ *$irq:" /proc/interrupts; done
   fi
 done
+for a in $PCINET_LAB_DEVICES; do
+  t=/sys/kernel/debug/pcinet_test/$a
+  [ -e /sys/kernel/debug/pcinet_test ] || mount -t debugfs none /sys/kernel/debug 2>/dev/null
+  [ -d "$t" ] || continue
+  hr "$a: the test driver (test/kmod) at work"
+  echo "MAGIC register:            $(cat $t/magic)      (a shadow read: no round trip)"
+  echo "COUNTER register:          $(cat $t/counter), $(cat $t/counter)  (volatile: each read asks the endpoint)"
+  n=$(awk '/^msix/ { print $2 }' $t/info)
+  for v in $(seq 0 $((n - 1))); do echo $v > $t/raise; done
+  echo "raised every MSI-X vector: $(awk '{ s += $2 } END { print s }' $t/irq_counts) interrupts received"
+  echo 1048576 > $t/dma_read 2>/dev/null; echo "DMA, device reads 1 MiB:  $(cat $t/dma_read)"
+  echo 1048576 > $t/dma_write 2>/dev/null; echo "DMA, device writes 1 MiB: $(cat $t/dma_write)"
+done
 hr "pcinet.ko"
 grep -E '^pcinet ' /proc/modules
 hr "kernel messages about pcinet"
