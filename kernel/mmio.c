@@ -830,4 +830,8 @@ void pcinet_mmio_exit(void)
 	spin_unlock_irqrestore(&pcinet_lists_lock, flags);
 	srcu_barrier(&pcinet_srcu);
 	rcu_barrier();
+	/* No task is still between a fault and defer.S's return (it holds no lock we could wait
+	 * on there, and may have been preempted): wait until every task has passed a voluntary
+	 * context switch. */
+	synchronize_rcu_tasks();
 }
