@@ -79,6 +79,8 @@ export const TRACE_LOG_EVERY = 1000;
 export interface DeviceCounters {
   mmioWrites: number;
   mmioReads: number;
+  /** DmaRead requests sent: each is a round trip to the host. */
+  dmaReads: number;
   dmaReadBytes: number;
   dmaWriteBytes: number;
   interrupts: number;
@@ -106,6 +108,7 @@ class Device {
   readonly counters: DeviceCounters = {
     mmioWrites: 0,
     mmioReads: 0,
+    dmaReads: 0,
     dmaReadBytes: 0,
     dmaWriteBytes: 0,
     interrupts: 0,
@@ -169,6 +172,7 @@ export class EndpointRuntime {
     models.forEach((m, i) => {
       const d = new Device(i + 1, m);
       d.dma = new DmaReader((tag, iova, length) => {
+        d.counters.dmaReads++;
         d.counters.dmaReadBytes += length;
         this.#send(d, { dmaRead: { dev: d.dev, tag, iova: long(iova), length } });
       }, this.#maxTags);

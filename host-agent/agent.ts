@@ -13,7 +13,7 @@ import type { Identity } from '../proto/identity.js';
 import { openSession, type Session, type SessionOptions } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import type { Transport } from '../proto/transport.js';
-import { ErrorCode } from '../proto/wire.js';
+import { ErrorCode, long, type Msg, num } from '../proto/wire.js';
 import { dialWs } from '../proto/ws.js';
 import type { Channel } from './channel.js';
 import { openKernelChannel } from './kernel/channel.js';
@@ -90,6 +90,36 @@ export async function runSelftest(
   return ok;
 }
 
+/**
+ * SIGUSR1 logs statistics: this session's (frames, messages, bytes, resumes) and the endpoint's
+ * counters (per device: MMIO, DMA requests and bytes, interrupts), fetched with a StatsRequest.
+ * Returns the function that stops listening.
+ */
+function statsOnSignal(session: Session, log: Logger): () => void {
+  let nonce = 0;
+  const onSignal = () => {
+    nonce++;
+    log.info({ session: session.stats() }, 'session statistics');
+    session.send({ statsRequest: { nonce: long(nonce) } });
+    session.flush();
+  };
+  const onMessages = (msgs: Msg[]) => {
+    for (const m of msgs) {
+      if (!m.stats) continue;
+      const counters = Object.fromEntries(
+        (m.stats.counters ?? []).map((c) => [c.name ?? '', num(c.value, 'counter')]),
+      );
+      log.info({ nonce: num(m.stats.nonce, 'nonce'), counters }, 'endpoint statistics');
+    }
+  };
+  process.on('SIGUSR1', onSignal);
+  session.on('messages', onMessages);
+  return () => {
+    process.off('SIGUSR1', onSignal);
+    session.off('messages', onMessages);
+  };
+}
+
 /** Redial delays after the endpoint went away: doubling from the first to the last. */
 const RECONNECT_FIRST_MS = 250;
 const RECONNECT_MAX_MS = 5000;
@@ -155,6 +185,8 @@ async function serveSession(
   session.on('resumed', () => log.info({ endpoint: session.remote }, 'session resumed'));
 
   const relay = new Relay(session, channel, log);
+  const stopStats = statsOnSignal(session, log);
+  relay.done.then(stopStats, stopStats);
   let attached = false;
   const settled = new Promise<boolean>((resolve) => {
     relay.onSettled = (devices, failed) => {

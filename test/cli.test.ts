@@ -233,6 +233,46 @@ describe('pcinet host lifecycle', () => {
   });
 });
 
+describe('pcinet host statistics', () => {
+  it('logs session and endpoint counters on SIGUSR1', { timeout: 60_000 }, async () => {
+    const port = await freePort();
+    await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test']);
+    const ready = join(dir, 'ready-stats');
+    const c = spawn(
+      process.execPath,
+      [
+        CLI,
+        'host',
+        '--connect',
+        `127.0.0.1:${port}`,
+        '--channel',
+        'sim',
+        '--ready-file',
+        ready,
+        '--log-level',
+        'info',
+      ],
+      {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      },
+    );
+    children.push(c);
+    let log = '';
+    c.stderr!.on('data', (d) => (log += d));
+    const end = Date.now() + 20_000;
+    while (!existsSync(ready) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    c.kill('SIGUSR1');
+    while (!/endpoint statistics/.test(log) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    expect(log).toMatch(/session statistics/);
+    const line = log.split('\n').find((l) => l.includes('endpoint statistics'))!;
+    const counters = JSON.parse(line).counters as Record<string, number>;
+    expect(counters['dev1.mmioWrites']).toBeGreaterThanOrEqual(0);
+    expect(counters).toHaveProperty('dev1.dmaReads');
+    c.kill('SIGTERM');
+    expect(await new Promise((r) => c.on('exit', r))).toBe(0);
+  });
+});
+
 describe('pcinet host --reconnect', () => {
   it('attaches the devices again when a killed endpoint comes back', { timeout: 60_000 }, async () => {
     const port = await freePort();
