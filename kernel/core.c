@@ -32,7 +32,7 @@ static DEFINE_IDA(pcinet_domains);
 static struct pcinet_rec *pcinet_rec_new(struct pcinet_fn *fn, const void *rec, size_t len,
 					 gfp_t gfp)
 {
-	struct pcinet_rec *r = kmalloc(struct_size(r, data, len), gfp);
+	struct pcinet_rec *r = kvmalloc(struct_size(r, data, len), gfp);
 
 	if (!r) {
 		atomic64_inc(&fn->stats.lost_records);
@@ -83,21 +83,40 @@ void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len)
 		pcinet_rec_add(fn, r);
 }
 
-/* Queues a record for read() from process context: waits (interruptibly) while the reader is
- * behind, so a flood of completions cannot grow the queue without bound. */
-void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len)
+/* A record of `len` bytes for the caller to fill and pcinet_rec_queue(); process context. */
+struct pcinet_rec *pcinet_rec_alloc(struct pcinet_fn *fn, size_t len)
 {
-	struct pcinet_rec *r;
+	struct pcinet_rec *r = kvmalloc(struct_size(r, data, len), GFP_KERNEL);
 
+	if (r)
+		r->len = len;
+	return r;
+}
+
+/* Queues a record from process context: waits (interruptibly, bounded) while the reader is
+ * behind, so a flood of completions cannot grow the queue without bound. */
+void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r)
+{
 	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES) {
 		atomic64_inc(&fn->stats.queue_waits);
 		wait_event_interruptible_timeout(fn->writeq,
 						 READ_ONCE(fn->queued) <= PCINET_QUEUE_BYTES ||
 						 READ_ONCE(fn->state) != PN_STARTED, HZ);
 	}
-	r = pcinet_rec_new(fn, rec, len, GFP_KERNEL);
-	if (r)
-		pcinet_rec_add(fn, r);
+	pcinet_rec_add(fn, r);
+}
+
+void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len)
+{
+	struct pcinet_rec *r = pcinet_rec_alloc(fn, len);
+
+	if (!r) {
+		atomic64_inc(&fn->stats.lost_records);
+		pr_warn_ratelimited("out of memory: a record for the host-agent is lost\n");
+		return;
+	}
+	memcpy(r->data, rec, len);
+	pcinet_rec_queue(fn, r);
 }
 
 /* The range of `kind` that holds [off, off + size) of a BAR, or NULL. */
@@ -525,9 +544,9 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		pci_unlock_rescan_remove();
 		pcinet_mmio_stop(fn);
 		pcinet_msix_stop(fn);
+		pcinet_dma_exit(fn);
 		pci_dev_put(fn->pdev);
 		fn->pdev = NULL;
-		pcinet_dma_exit(fn);
 		release_resource(&fn->window);
 		ida_free(&pcinet_domains, fn->domain);
 		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld\n",
@@ -714,7 +733,7 @@ static ssize_t pcinet_read(struct file *file, char __user *ubuf, size_t count, l
 			return done ? done : -EFAULT;
 		}
 		done += r->len;
-		kfree(r);
+		kvfree(r);
 		spin_lock_irq(&fn->qlock);
 	}
 	spin_unlock_irq(&fn->qlock);
@@ -766,7 +785,7 @@ static int pcinet_release(struct inode *inode, struct file *file)
 
 	pcinet_remove(fn);
 	list_for_each_entry_safe(r, tmp, &fn->queue, node)
-		kfree(r);
+		kvfree(r);
 	for (i = 0; i < PCINET_NUM_BARS; i++)
 		vfree(fn->bars[i].shadow);
 	pcinet_msix_free(fn);

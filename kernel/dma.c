@@ -1,39 +1,379 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pcinet: the DMA sandbox. Not built yet: every endpoint DMA request is refused (an error
- * completion for reads) and counted, as an IOMMU with no mappings would.
+ * pcinet: the DMA sandbox, a software IOMMU for the function.
+ *
+ * The function gets dma_map_ops of its own. Every coherent allocation and streaming mapping gets
+ * an I/O virtual address from the function's IOVA domain (below 4 GiB and below the device's DMA
+ * mask, never 0), never a physical address, and is entered in the live mapping table with its
+ * direction. The endpoint's DMA (W_DMA_READ, W_DMA_WRITE) is honoured only when every byte lies
+ * in live mappings whose direction allows it (the device reads TO_DEVICE and BIDIRECTIONAL
+ * mappings, writes FROM_DEVICE and BIDIRECTIONAL ones); an access may run across adjacent
+ * mappings, as a scatterlist's segments are. Anything else is refused as a whole, counted, and
+ * reads get an error completion. Copies happen under the table's lock, so a mapping cannot go
+ * away under them; the sync ops have nothing to do, as the data is copied when the device
+ * accesses it.
+ *
+ * Scatterlists map segment by segment (one IOVA range each): the driver gets back as many DMA
+ * segments as it gave, and a device that walks them (PRP lists, descriptor chains) sees the
+ * addresses the driver wrote.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/dma-map-ops.h>
+#include <linux/highmem.h>
+#include <linux/iova.h>
+#include <linux/rbtree.h>
+#include <linux/scatterlist.h>
+#include <linux/slab.h>
+
 #include "internal.h"
+
+/* The IOVA space: [4 KiB, 4 GiB), whatever the device's mask (which must allow 32 bits). */
+#define PCINET_IOVA_LIMIT	DMA_BIT_MASK(32)
+
+struct pcinet_dma_map {
+	struct rb_node node;
+	dma_addr_t iova;		/* first byte (page offset of phys kept) */
+	size_t size;
+	phys_addr_t phys;		/* physically contiguous */
+	enum dma_data_direction dir;
+	unsigned long pfn;		/* IOVA page frame of the allocation */
+};
+
+struct pcinet_dma {
+	spinlock_t lock;		/* maps; taken from any context */
+	struct rb_root maps;
+	unsigned long live;
+	struct iova_domain iovad;
+};
+
+static struct pcinet_fn *pcinet_dma_fn(struct device *dev)
+{
+	return container_of(to_pci_dev(dev)->bus->sysdata, struct pcinet_fn, sysdata);
+}
+
+/* The mapping holding iova, or NULL. Lock held. */
+static struct pcinet_dma_map *pcinet_dma_find(struct pcinet_dma *d, dma_addr_t iova)
+{
+	struct rb_node *n = d->maps.rb_node;
+
+	while (n) {
+		struct pcinet_dma_map *m = rb_entry(n, struct pcinet_dma_map, node);
+
+		if (iova < m->iova)
+			n = n->rb_left;
+		else if (iova - m->iova >= m->size)
+			n = n->rb_right;
+		else
+			return m;
+	}
+	return NULL;
+}
+
+static void pcinet_dma_insert(struct pcinet_dma *d, struct pcinet_dma_map *m)
+{
+	struct rb_node **link = &d->maps.rb_node, *parent = NULL;
+
+	while (*link) {
+		parent = *link;
+		if (m->iova < rb_entry(parent, struct pcinet_dma_map, node)->iova)
+			link = &parent->rb_left;
+		else
+			link = &parent->rb_right;
+	}
+	rb_link_node(&m->node, parent, link);
+	rb_insert_color(&m->node, &d->maps);
+}
+
+/* Maps [phys, phys + size) for the device; DMA_MAPPING_ERROR when out of space or memory. */
+static dma_addr_t pcinet_dma_map(struct device *dev, phys_addr_t phys, size_t size,
+				 enum dma_data_direction dir, u64 mask)
+{
+	struct pcinet_fn *fn = pcinet_dma_fn(dev);
+	struct pcinet_dma *d = fn->dma;
+	unsigned long pages, flags;
+	struct pcinet_dma_map *m;
+	struct iova *iova;
+
+	if (!d || !size || dir == DMA_NONE)
+		return DMA_MAPPING_ERROR;
+	pages = PAGE_ALIGN(offset_in_page(phys) + size) >> PAGE_SHIFT;
+	m = kmalloc(sizeof(*m), GFP_ATOMIC);
+	if (!m)
+		return DMA_MAPPING_ERROR;
+	iova = alloc_iova(&d->iovad, pages, min_t(u64, mask, PCINET_IOVA_LIMIT) >> PAGE_SHIFT, true);
+	if (!iova) {
+		kfree(m);
+		dev_warn_ratelimited(dev, "pcinet: out of IOVA space (%lu pages wanted)\n", pages);
+		return DMA_MAPPING_ERROR;
+	}
+	m->pfn = iova->pfn_lo;
+	m->iova = ((dma_addr_t)m->pfn << PAGE_SHIFT) + offset_in_page(phys);
+	m->size = size;
+	m->phys = phys;
+	m->dir = dir;
+	spin_lock_irqsave(&d->lock, flags);
+	pcinet_dma_insert(d, m);
+	d->live++;
+	spin_unlock_irqrestore(&d->lock, flags);
+	return m->iova;
+}
+
+static void pcinet_dma_unmap(struct device *dev, dma_addr_t iova, size_t size)
+{
+	struct pcinet_dma *d = pcinet_dma_fn(dev)->dma;
+	struct pcinet_dma_map *m;
+	unsigned long flags;
+
+	if (!d)
+		return;
+	spin_lock_irqsave(&d->lock, flags);
+	m = pcinet_dma_find(d, iova);
+	if (m && m->iova == iova) {
+		rb_erase(&m->node, &d->maps);
+		d->live--;
+	}
+	spin_unlock_irqrestore(&d->lock, flags);
+	/* A driver unmapping what it never mapped is a driver bug, not ours. */
+	if (!m || m->iova != iova) {
+		dev_warn_ratelimited(dev, "pcinet: unmap of %pad, which is not mapped\n", &iova);
+		return;
+	}
+	if (m->size != size)
+		dev_warn_ratelimited(dev, "pcinet: unmap of %pad with size %zu, mapped with %zu\n",
+				     &iova, size, m->size);
+	free_iova(&d->iovad, m->pfn);
+	kfree(m);
+}
+
+/* ---- dma_map_ops ---- */
+
+static void *pcinet_dma_alloc(struct device *dev, size_t size, dma_addr_t *handle, gfp_t gfp,
+			      unsigned long attrs)
+{
+	struct page *page;
+
+	size = PAGE_ALIGN(size);
+	page = alloc_pages(gfp | __GFP_ZERO, get_order(size));
+	if (!page)
+		return NULL;
+	*handle = pcinet_dma_map(dev, page_to_phys(page), size, DMA_BIDIRECTIONAL,
+				 dev->coherent_dma_mask);
+	if (*handle == DMA_MAPPING_ERROR) {
+		__free_pages(page, get_order(size));
+		return NULL;
+	}
+	return page_address(page);
+}
+
+static void pcinet_dma_free(struct device *dev, size_t size, void *vaddr, dma_addr_t handle,
+			    unsigned long attrs)
+{
+	size = PAGE_ALIGN(size);
+	pcinet_dma_unmap(dev, handle, size);
+	__free_pages(virt_to_page(vaddr), get_order(size));
+}
+
+static dma_addr_t pcinet_dma_map_page(struct device *dev, struct page *page, unsigned long off,
+				      size_t size, enum dma_data_direction dir,
+				      unsigned long attrs)
+{
+	return pcinet_dma_map(dev, page_to_phys(page) + off, size, dir, dma_get_mask(dev));
+}
+
+static void pcinet_dma_unmap_page(struct device *dev, dma_addr_t handle, size_t size,
+				  enum dma_data_direction dir, unsigned long attrs)
+{
+	pcinet_dma_unmap(dev, handle, size);
+}
+
+static void pcinet_dma_unmap_sg(struct device *dev, struct scatterlist *sgl, int nents,
+				enum dma_data_direction dir, unsigned long attrs)
+{
+	struct scatterlist *sg;
+	int i;
+
+	for_each_sg(sgl, sg, nents, i)
+		pcinet_dma_unmap(dev, sg_dma_address(sg), sg_dma_len(sg));
+}
+
+static int pcinet_dma_map_sg(struct device *dev, struct scatterlist *sgl, int nents,
+			     enum dma_data_direction dir, unsigned long attrs)
+{
+	struct scatterlist *sg;
+	int i;
+
+	for_each_sg(sgl, sg, nents, i) {
+		sg_dma_address(sg) = pcinet_dma_map(dev, sg_phys(sg), sg->length, dir,
+						    dma_get_mask(dev));
+		sg_dma_len(sg) = sg->length;
+		if (sg_dma_address(sg) == DMA_MAPPING_ERROR) {
+			pcinet_dma_unmap_sg(dev, sgl, i, dir, attrs);
+			return -ENOMEM;
+		}
+	}
+	return nents;
+}
+
+static int pcinet_dma_supported(struct device *dev, u64 mask)
+{
+	return mask >= PCINET_IOVA_LIMIT;
+}
+
+static u64 pcinet_dma_required_mask(struct device *dev)
+{
+	return PCINET_IOVA_LIMIT;
+}
+
+static const struct dma_map_ops pcinet_dma_ops = {
+	.alloc = pcinet_dma_alloc,
+	.free = pcinet_dma_free,
+	.map_page = pcinet_dma_map_page,
+	.unmap_page = pcinet_dma_unmap_page,
+	.map_sg = pcinet_dma_map_sg,
+	.unmap_sg = pcinet_dma_unmap_sg,
+	.dma_supported = pcinet_dma_supported,
+	.get_required_mask = pcinet_dma_required_mask,
+};
+
+/* ---- the endpoint's accesses ---- */
+
+/*
+ * Copies between buf and [iova, iova + size) if every byte is in live mappings that allow
+ * `want` (DMA_TO_DEVICE: the device reads; DMA_FROM_DEVICE: it writes). Returns 0, or -EFAULT
+ * with nothing copied.
+ */
+static int pcinet_dma_access(struct pcinet_fn *fn, u64 iova, void *buf, u32 size,
+			     enum dma_data_direction want, const char **why)
+{
+	struct pcinet_dma *d = fn->dma;
+	struct pcinet_dma_map *m;
+	unsigned long flags;
+	u64 at;
+	u32 done;
+
+	*why = "no live mapping";
+	if (!d || iova + size < iova)
+		return -EFAULT;
+	spin_lock_irqsave(&d->lock, flags);
+	for (at = iova; at < iova + size; at = m->iova + m->size) {
+		m = pcinet_dma_find(d, at);
+		if (!m)
+			goto refuse;
+		if (m->dir != DMA_BIDIRECTIONAL && m->dir != want) {
+			*why = want == DMA_TO_DEVICE ? "read of a device-write-only mapping" :
+						       "write to a device-read-only mapping";
+			goto refuse;
+		}
+	}
+	for (done = 0; done < size; ) {
+		phys_addr_t phys;
+		u32 n;
+		void *p;
+
+		m = pcinet_dma_find(d, iova + done);
+		phys = m->phys + (iova + done - m->iova);
+		n = min_t(u64, size - done, m->iova + m->size - (iova + done));
+		n = min_t(u32, n, PAGE_SIZE - offset_in_page(phys));
+		p = kmap_local_page(pfn_to_page(PHYS_PFN(phys)));
+		if (want == DMA_TO_DEVICE)
+			memcpy(buf + done, p + offset_in_page(phys), n);
+		else
+			memcpy(p + offset_in_page(phys), buf + done, n);
+		kunmap_local(p);
+		done += n;
+	}
+	spin_unlock_irqrestore(&d->lock, flags);
+	atomic64_add(size, &fn->stats.dma_bytes);
+	return 0;
+
+refuse:
+	spin_unlock_irqrestore(&d->lock, flags);
+	atomic64_inc(&fn->stats.dma_refused);
+	pr_warn_ratelimited("%04x:00:00.0: DMA %s of %u bytes at 0x%llx refused: %s\n",
+			    fn->domain, want == DMA_TO_DEVICE ? "read" : "write", size, iova, *why);
+	return -EFAULT;
+}
+
+int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *r)
+{
+	u32 size = le32_to_cpu(r->size);
+	struct pcinet_r_dma_read_cpl *c;
+	struct pcinet_rec *rec;
+	const char *why;
+
+	rec = pcinet_rec_alloc(fn, ALIGN(sizeof(*c) + size, 8));
+	if (!rec)
+		return -ENOMEM;
+	c = (struct pcinet_r_dma_read_cpl *)rec->data;
+	memset(c, 0, rec->len);
+	c->tag = r->tag;
+	if (pcinet_dma_access(fn, le64_to_cpu(r->iova), c->data, size, DMA_TO_DEVICE, &why)) {
+		rec->len = sizeof(*c);
+		c->status = cpu_to_le32(PCINET_STATUS_ERROR);
+	} else {
+		c->size = cpu_to_le32(size);
+	}
+	pcinet_hdr(&c->hdr, PCINET_R_DMA_READ_CPL, rec->len);
+	pcinet_rec_queue(fn, rec);
+	return 0;
+}
+
+int pcinet_dma_write(struct pcinet_fn *fn, const struct pcinet_w_dma_write *w)
+{
+	const char *why;
+
+	/* A refused posted write is dropped, as a PCIe root complex drops it: counted above. */
+	pcinet_dma_access(fn, le64_to_cpu(w->iova), (void *)w->data, le32_to_cpu(w->size),
+			  DMA_FROM_DEVICE, &why);
+	return 0;
+}
+
+/* ---- lifetime ---- */
 
 int pcinet_dma_init(struct pcinet_fn *fn)
 {
+	struct pcinet_dma *d;
+	int ret;
+
+	ret = iova_cache_get();
+	if (ret)
+		return ret;
+	d = kzalloc(sizeof(*d), GFP_KERNEL);
+	if (!d) {
+		iova_cache_put();
+		return -ENOMEM;
+	}
+	spin_lock_init(&d->lock);
+	d->maps = RB_ROOT;
+	/* IOVA page 0 stays unused: a zero DMA address is a classic driver bug to catch. */
+	init_iova_domain(&d->iovad, PAGE_SIZE, 1);
+	fn->dma = d;
 	return 0;
 }
 
 void pcinet_dma_set_ops(struct pcinet_fn *fn, struct pci_dev *pdev)
 {
+	set_dma_ops(&pdev->dev, &pcinet_dma_ops);
 }
 
-int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *d)
-{
-	struct pcinet_r_dma_read_cpl rec = {};
-
-	atomic64_inc(&fn->stats.dma_refused);
-	pcinet_hdr(&rec.hdr, PCINET_R_DMA_READ_CPL, sizeof(rec));
-	rec.tag = d->tag;
-	rec.status = cpu_to_le32(PCINET_STATUS_ERROR);
-	pcinet_queue(fn, &rec, sizeof(rec));
-	return 0;
-}
-
-int pcinet_dma_write(struct pcinet_fn *fn, const struct pcinet_w_dma_write *d)
-{
-	atomic64_inc(&fn->stats.dma_refused);
-	return 0;
-}
-
+/* After the function left the bus: what is still mapped, the driver leaked. */
 void pcinet_dma_exit(struct pcinet_fn *fn)
 {
+	struct pcinet_dma *d = fn->dma;
+	struct pcinet_dma_map *m, *tmp;
+
+	if (!d)
+		return;
+	if (fn->pdev)
+		set_dma_ops(&fn->pdev->dev, NULL);
+	if (d->live)
+		pr_warn("%04x:00:00.0: the driver left %lu DMA mappings behind\n", fn->domain,
+			d->live);
+	rbtree_postorder_for_each_entry_safe(m, tmp, &d->maps, node)
+		kfree(m);
+	put_iova_domain(&d->iovad);
+	kfree(d);
+	iova_cache_put();
+	fn->dma = NULL;
 }

@@ -161,6 +161,8 @@ static inline void pcinet_hdr(struct pcinet_hdr *h, u16 type, size_t len)
 /* core.c */
 void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len);
 void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len);
+struct pcinet_rec *pcinet_rec_alloc(struct pcinet_fn *fn, size_t len);
+void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r);
 u16 pcinet_find_cap(struct pcinet_fn *fn, u8 id);
 const struct pcinet_range *pcinet_range_at(struct pcinet_fn *fn, u32 bar, u64 off, u32 size,
 					   u32 kind);
