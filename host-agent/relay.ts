@@ -185,7 +185,9 @@ export class Relay {
 
   /** A message from a device on the channel, towards the endpoint. */
   #fromDevice(dev: number, m: Msg): void {
-    if (this.#closed) return;
+    // After Detach the endpoint must hear nothing more of the device: what the bus still says
+    // while the driver unbinds (a write, a config notice) has no device to go to.
+    if (this.#closed || this.#gone.has(dev)) return;
     this.#session.send(m);
     if (m.detach) {
       // The host side removed it (e.g. the kernel unplugged it).

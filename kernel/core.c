@@ -412,6 +412,15 @@ static int pcinet_start(struct pcinet_fn *fn)
 		total = PAGE_SIZE;	/* a function without BARs still gets a (tiny) window */
 	total = roundup_pow_of_two(total);
 
+	for (i = 0; i < PCINET_NUM_BARS; i++) {
+		if (!fn->bars[i].size)
+			continue;
+		if (!fn->bars[i].reset)
+			fn->bars[i].reset = vmalloc(fn->bars[i].size);
+		if (!fn->bars[i].reset)
+			return -ENOMEM;	/* freed with the shadows at release */
+		memcpy(fn->bars[i].reset, fn->bars[i].shadow, fn->bars[i].size);
+	}
 	ret = pcinet_dma_init(fn);
 	if (ret)
 		return ret;
@@ -786,8 +795,10 @@ static int pcinet_release(struct inode *inode, struct file *file)
 	pcinet_remove(fn);
 	list_for_each_entry_safe(r, tmp, &fn->queue, node)
 		kvfree(r);
-	for (i = 0; i < PCINET_NUM_BARS; i++)
+	for (i = 0; i < PCINET_NUM_BARS; i++) {
 		vfree(fn->bars[i].shadow);
+		vfree(fn->bars[i].reset);
+	}
 	pcinet_msix_free(fn);
 	kvfree(fn);
 	return 0;

@@ -61,6 +61,7 @@ struct pcinet_bar {
 	bool sizing_lo;		/* the driver wrote all-ones: reads return the size mask */
 	bool sizing_hi;
 	u8 *shadow;
+	u8 *reset;		/* the shadow as it was at W_START: what a gone function reads */
 };
 
 /* A volatile MMIO read waiting for its W_MMIO_READ_CPL. */

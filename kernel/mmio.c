@@ -297,6 +297,22 @@ int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *dat
 	return 0;
 }
 
+/*
+ * A read of a function that is gone (removed while its driver unbinds): the MSI-X table as the
+ * driver left it, all-ones for volatile ranges, and the power-on contents of the rest (the shadow
+ * as it was at W_START). Drivers that wait for a reset to show (Linux 6.1's virtio_pci polls the
+ * device status for 0 with no end) then finish unbinding instead of spinning on all-ones.
+ */
+static void pcinet_gone_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size)
+{
+	if (pcinet_msix_owns(fn, bar, off, size))
+		pcinet_msix_read(fn, off, val, size);
+	else if (!fn->bars[bar].reset || pcinet_range_at(fn, bar, off, size, PCINET_RANGE_VOLATILE))
+		memset(val, 0xff, size);
+	else
+		memcpy(val, fn->bars[bar].reset + off, size);
+}
+
 static int pcinet_serve_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size,
 			     enum pcinet_wait how)
 {
@@ -324,11 +340,13 @@ static int pcinet_serve_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, 
 		return -EAGAIN;
 	atomic64_inc(&fn->stats.mmio_reads);
 	if (!pcinet_wait_count(fn, &fn->writes_applied, target, how)) {
-		if (READ_ONCE(fn->state) == PN_STARTED) {
-			atomic64_inc(&fn->stats.read_timeouts);
-			pr_warn_ratelimited("%04x:00:00.0: the device did not apply earlier writes in time: BAR %u +0x%llx reads all-ones\n",
-					    fn->domain, bar, off);
+		if (READ_ONCE(fn->state) != PN_STARTED) {
+			pcinet_gone_read(fn, bar, off, val, size);
+			return 0;
 		}
+		atomic64_inc(&fn->stats.read_timeouts);
+		pr_warn_ratelimited("%04x:00:00.0: the device did not apply earlier writes in time: BAR %u +0x%llx reads all-ones\n",
+				    fn->domain, bar, off);
 		memset(val, 0xff, size);
 		return 0;
 	}
@@ -391,6 +409,10 @@ static int pcinet_op_read(void *ctx, unsigned long addr, void *val, unsigned int
 	u64 off;
 
 	fn = pcinet_map_target(m, addr, size, &off);
+	if (fn && READ_ONCE(fn->state) != PN_STARTED) {
+		pcinet_gone_read(fn, m->bar, off, val, size);
+		return 0;
+	}
 	if (!fn || !pcinet_fn_live(fn)) {
 		memset(val, 0xff, size);	/* master abort */
 		return 0;

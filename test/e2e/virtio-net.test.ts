@@ -40,6 +40,7 @@ setTimeout(() => process.exit(0), ${RUN_TIMEOUT_MS});
 const guestScript = [
   'set -e',
   'dev=$PCINET_LAB_DEVICES',
+  'for i in $(seq 100); do ls /sys/bus/pci/devices/$dev/virtio*/net/ > /dev/null 2>&1 && break; sleep 0.1; done',
   'ifc=$(ls /sys/bus/pci/devices/$dev/virtio*/net/)',
   'echo "ifc=$ifc driver=$(basename $(readlink /sys/class/net/$ifc/device/driver))"',
   'ip -o link show $ifc',
