@@ -25,13 +25,13 @@ function run(argv: string[]): Promise<void> {
   );
 }
 
-/** On the card: a TCP port that, when told "flap", takes the TAP down for 2 s. */
+/** On the card: a TCP port that, when told "flap", takes the TAP down for 3 s. */
 const flapper = `
 const { execFileSync } = require('node:child_process');
 const server = require('node:net').createServer((c) => c.on('data', (d) => {
   if (!String(d).includes('flap')) return;
   execFileSync('ip', ['link', 'set', '${TAP}', 'down']);
-  setTimeout(() => execFileSync('ip', ['link', 'set', '${TAP}', 'up']), 2000);
+  setTimeout(() => execFileSync('ip', ['link', 'set', '${TAP}', 'up']), 3000);
 }));
 server.listen(${FLAP_PORT}, '${CARD}');
 setTimeout(() => process.exit(0), ${RUN_TIMEOUT_MS});
@@ -52,8 +52,11 @@ const guestScript = [
   `ping -c 100 -i 0.02 -W 2 ${CARD}`,
   `iperf3 -c ${CARD} -t 10 -f m | tail -4`,
   `iperf3 -c ${CARD} -t 10 -f m -R | tail -4`,
+  // Sample the carrier from before the request until well after the card's 3 s flap.
+  '(for i in $(seq 240); do cat /sys/class/net/$ifc/carrier; sleep 0.05; done > /tmp/carrier) & sampler=$!',
   `node -e "require('net').connect(${FLAP_PORT}, '${CARD}', function () { this.end('flap') })"`,
-  'carrier 0 && echo carrier-down-seen',
+  'wait $sampler',
+  'grep -q "^0$" /tmp/carrier && echo carrier-down-seen',
   'carrier 1 && echo carrier-up-seen',
   `ping -c 5 -i 0.2 -W 2 ${CARD} | grep -E "packets transmitted"`,
 ].join('\n');
@@ -130,7 +133,7 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
         'up; before=$(cat /sys/class/net/$ifc/ifindex)',
         `ping -c 5 -i 0.2 -W 2 ${CARD} | grep "packets transmitted"`,
         askCard('restart'),
-        'for i in $(seq 600); do n=$(nic) && [ "$(cat /sys/class/net/$n/ifindex)" != "$before" ] && break; sleep 0.1; done',
+        'for i in $(seq 600); do n=$(nic) && idx=$(cat /sys/class/net/$n/ifindex 2>/dev/null) && [ "$idx" != "$before" ] && break; sleep 0.1; done',
         'up',
         `ping -c 5 -i 0.2 -W 5 ${CARD} | grep "packets transmitted"`,
       ].join('\n'),
@@ -149,7 +152,14 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
         };
       },
     });
-    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(
+      r.code,
+      `${r.stdout}\n${r.stderr}\n${r.guestLog
+        .split('\n')
+        .filter((l) => /pcinet|virtio|eth/.test(l))
+        .slice(-30)
+        .join('\n')}\n${r.hostAgentLog.slice(-3000)}`,
+    ).toBe(0);
     const ups = [...r.stdout.matchAll(/^up (\S+) index (\d+)$/gm)];
     expect(ups).toHaveLength(2);
     expect(ups[1]![2]).not.toBe(ups[0]![2]); // a new interface: the device was attached again
