@@ -67,7 +67,7 @@ async function main(): Promise<void> {
         procs.push(spawn(cmd!, rest, { stdio: 'ignore' }));
       }
       return async () => {
-        for (const p of procs) p.kill('SIGKILL');
+        for (const p of procs) p.kill('SIGTERM'); // timeout(1) passes it on to iperf3
       };
     },
   });

@@ -1,7 +1,7 @@
 // Reference for bench/transport: raw TCP throughput between two processes over loopback. The sink
 // runs in a child process (this file, run with `sink`), the source in the caller's process.
 import { fork } from 'node:child_process';
-import { createServer, connect, type AddressInfo } from 'node:net';
+import { type AddressInfo, connect, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
 /** Streams `totalBytes` in `chunkBytes` writes to a child process and returns bytes per second,

@@ -31,7 +31,8 @@ function parseArgs(argv: string[]): Options {
     if (argv[i] === '--mib' && v > 0) o.mib = v;
     else if (argv[i] === '--rounds' && v > 0) o.rounds = v;
     else if (argv[i] === '--devices' && v > 0 && v <= 16) o.devices = v;
-    else throw new Error(`bench/transport: bad argument ${argv[i]} (use --mib N, --rounds N, --devices 1..16)`);
+    else
+      throw new Error(`bench/transport: bad argument ${argv[i]} (use --mib N, --rounds N, --devices 1..16)`);
     i++;
   }
   return o;
@@ -48,9 +49,24 @@ async function freePort(): Promise<number> {
 
 async function startEndpoint(port: number, devices: number): Promise<ChildProcess> {
   const cli = join(repoRoot(), 'dist/cli/main.js');
-  const c = spawn(process.execPath, [...(process.env.PCINET_BENCH_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PCINET_BENCH_PROF}`] : []), cli, 'endpoint', '--listen', `127.0.0.1:${port}`, ...Array(devices).fill(['--device', 'test']).flat(), '--log-level', 'info'], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
+  const c = spawn(
+    process.execPath,
+    [
+      ...(process.env.PCINET_BENCH_PROF
+        ? ['--cpu-prof', `--cpu-prof-dir=${process.env.PCINET_BENCH_PROF}`]
+        : []),
+      cli,
+      'endpoint',
+      '--listen',
+      `127.0.0.1:${port}`,
+      ...Array(devices).fill(['--device', 'test']).flat(),
+      '--log-level',
+      'info',
+    ],
+    {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  );
   await new Promise<void>((resolve, reject) => {
     let out = '';
     // Logs go to stderr; keep draining it so the endpoint never blocks on a full pipe.
@@ -65,7 +81,12 @@ async function startEndpoint(port: number, devices: number): Promise<ChildProces
 
 /** Moves `totalBytes` with DMA commands of TEST_MAX_DMA bytes in direction `cmd`, one command at a
  *  time on one device. */
-async function stream(driver: TestDriver, channel: SimChannel, cmd: number, totalBytes: number): Promise<number> {
+async function stream(
+  driver: TestDriver,
+  channel: SimChannel,
+  cmd: number,
+  totalBytes: number,
+): Promise<number> {
   const size = TEST_MAX_DMA;
   const buf = channel.memory.alloc(size);
   const iova = channel.iommu.map(buf, 'bidirectional');
@@ -79,7 +100,8 @@ async function stream(driver: TestDriver, channel: SimChannel, cmd: number, tota
         f.write32(TEST_REG_BAR, REG.SIZE, size);
         f.write32(TEST_REG_BAR, REG.ARG, i + 1);
       });
-      if (status !== STATUS.DONE) throw new Error(`DMA command ${cmd} failed: status 0x${status.toString(16)}`);
+      if (status !== STATUS.DONE)
+        throw new Error(`DMA command ${cmd} failed: status 0x${status.toString(16)}`);
     }
     return count * size;
   } finally {
@@ -89,7 +111,12 @@ async function stream(driver: TestDriver, channel: SimChannel, cmd: number, tota
 }
 
 /** Bytes per second of every device streaming its share of `totalBytes` at once. */
-async function dmaThroughput(drivers: TestDriver[], channel: SimChannel, cmd: number, totalBytes: number): Promise<number> {
+async function dmaThroughput(
+  drivers: TestDriver[],
+  channel: SimChannel,
+  cmd: number,
+  totalBytes: number,
+): Promise<number> {
   const start = process.hrtime.bigint();
   const moved = await Promise.all(drivers.map((d) => stream(d, channel, cmd, totalBytes / drivers.length)));
   return moved.reduce((a, b) => a + b, 0) / (Number(process.hrtime.bigint() - start) / 1e9);
@@ -135,7 +162,9 @@ async function main(): Promise<void> {
     for (const row of rows) {
       const ours = median(row.ours);
       const raw = median(row.raw);
-      process.stdout.write(`${row.name.padEnd(28)} ${mbs(ours).padStart(11)} ${mbs(raw).padStart(9)}  ${(ours / raw).toFixed(2)}\n`);
+      process.stdout.write(
+        `${row.name.padEnd(28)} ${mbs(ours).padStart(11)} ${mbs(raw).padStart(9)}  ${(ours / raw).toFixed(2)}\n`,
+      );
     }
     process.stdout.write(
       `\nsession: ${stats.framesOut} frames out, ${stats.framesIn} in; ${(stats.bytesIn / 2 ** 20).toFixed(0)} MiB in, ` +

@@ -169,7 +169,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
           }),
         );
         return async () => {
-          for (const p of procs) p.kill('SIGKILL');
+          for (const p of procs) p.kill('SIGTERM');
         };
       },
     });

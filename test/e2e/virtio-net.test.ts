@@ -91,7 +91,7 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
         const [node, ...nodeArgs] = card.wrap([process.execPath, '-e', flapper]);
         procs.push(spawn(node!, nodeArgs, { stdio: 'ignore' }));
         return async () => {
-          for (const p of procs) p.kill('SIGKILL');
+          for (const p of procs) p.kill('SIGTERM'); // timeout(1) passes it on to iperf3
         };
       },
     });
@@ -148,7 +148,7 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
           }),
         );
         return async () => {
-          for (const p of procs) p.kill('SIGKILL');
+          for (const p of procs) p.kill('SIGTERM'); // timeout(1) passes it on to iperf3
         };
       },
     });
