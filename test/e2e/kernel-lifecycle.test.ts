@@ -1,0 +1,99 @@
+// pcinet.ko's lifecycle and robustness in the lab: attach/detach cycles then rmmod; random and
+// malformed records from user space; the host-agent killed with SIGKILL while the driver is busy.
+// Any oops, WARN or BUG in the guest log fails a run (lab/README.md).
+import { join } from 'node:path';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { repoRoot } from '../../lab/paths.js';
+import { type LabAssets, prepareLab } from '../../lab/prepare.js';
+import { runInLab } from '../../lab/run.js';
+
+const root = process.getuid?.() === 0;
+const RUN_TIMEOUT_MS = 240_000;
+const REPO = repoRoot();
+const fixture = (name: string) => join(REPO, 'test/e2e/fixtures', name);
+const FUZZ_RECORDS = 12_000;
+
+describe.skipIf(!root)('pcinet.ko lifecycle', () => {
+  let assets: LabAssets;
+  beforeAll(async () => {
+    assets = await prepareLab({ modules: true });
+  }, 30 * 60_000);
+
+  it('20 attach/detach cycles, then rmmod, with a clean log', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const r = await runInLab({
+      assets,
+      command: [
+        'set -e',
+        `insmod ${assets.pcinetKo}`,
+        `node ${fixture('kernel-cycles.mjs')} ${REPO} 20`,
+        'rmmod pcinet && echo rmmod-ok',
+        'echo "attached $(dmesg | grep -c "pcinet: .* attached") removed $(dmesg | grep -c "pcinet: .* removed")"',
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect([...r.stdout.matchAll(/^cycle \d+ attached [0-9a-f]{4}:00:00\.0$/gm)]).toHaveLength(20);
+    expect(r.stdout).toMatch(/^cycles done 20$/m);
+    expect(r.stdout).toMatch(/^rmmod-ok$/m);
+    expect(r.stdout).toMatch(/^attached 20 removed 20$/m);
+  });
+
+  it(`${FUZZ_RECORDS} random and malformed records: only errors, the module still works`, {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const seed = Date.now() % 1_000_000;
+    const r = await runInLab({
+      assets,
+      command: [
+        'set -e',
+        `insmod ${assets.pcinetKo}`,
+        `node ${fixture('kernel-fuzz.mjs')} ${REPO} ${FUZZ_RECORDS} ${seed}`,
+        `node ${fixture('kernel-cycles.mjs')} ${REPO} 1`,
+        'rmmod pcinet && echo rmmod-ok',
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
+    expect(r.code, `seed ${seed}\n${r.stdout}\n${r.stderr}`).toBe(0);
+    const line = new RegExp(`^fuzz seed ${seed} records ${FUZZ_RECORDS} read \\d+ bytes (.*)$`, 'm').exec(
+      r.stdout,
+    );
+    expect(line, r.stdout).not.toBeNull();
+    const outcomes = Object.fromEntries(line![1]!.split(' ').map((kv) => kv.split('=') as [string, string]));
+    // Errnos the ABI documents, and successes; nothing else.
+    for (const k of Object.keys(outcomes))
+      expect(['ok', 'EINVAL', 'EBUSY', 'EPROTO', 'EOPNOTSUPP', 'ENOSPC', 'ENOMEM']).toContain(k);
+    expect(Number(outcomes.EINVAL)).toBeGreaterThan(FUZZ_RECORDS / 4);
+    expect(Number(outcomes.ok)).toBeGreaterThan(0);
+    expect(r.stdout).toMatch(/^cycle 0 attached/m);
+    expect(r.stdout).toMatch(/^rmmod-ok$/m);
+    console.log(`fuzz (seed ${seed}): ${line![1]}`);
+  });
+
+  it('host-agent killed with SIGKILL while the driver is busy: removed, no oops, rmmod works', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const r = await runInLab({
+      assets,
+      devices: ['test'],
+      command: [
+        'mount -t debugfs none /sys/kernel/debug',
+        'dev=$PCINET_LAB_DEVICES; d=/sys/kernel/debug/pcinet_test/$dev',
+        '(echo 100000 > $d/stress; echo "stress exit $?") &',
+        '(for i in $(seq 50); do echo 4194304 > $d/dma_read || break; done; echo "dma loop exit $?") &',
+        'sleep 3',
+        'pkill -KILL -f "main.js host" && echo agent-killed',
+        'wait',
+        'for i in $(seq 100); do [ -e /sys/bus/pci/devices/$dev ] || break; sleep 0.1; done',
+        '[ -e /sys/bus/pci/devices/$dev ] && echo still-there || echo device-removed',
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
+    // The lab's own teardown then finds the agent gone and rmmods pcinet_test and pcinet.
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    expect(r.stdout).toMatch(/^agent-killed$/m);
+    expect(r.stdout).toMatch(/^device-removed$/m);
+    expect(r.guestLog).toMatch(/pcinet: [0-9a-f]{4}:00:00\.0 removed: /);
+  });
+});
