@@ -1,11 +1,15 @@
 // Device specs on the command line: NAME[:key=value,...], e.g. `test`, `test:vectors=16`. Each
 // device model registers a factory with its options; a bad spec is an Error with one line that
 // names the spec and the problem.
+import { unlinkSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import type { DeviceModel } from '../devices/host-port.js';
+import { NvmeController } from '../devices/nvme/controller.js';
 import { TestDevice } from '../devices/test/device.js';
-import { VirtioNet } from '../devices/virtio-net/device.js';
-import { checkTapName, TapBackend } from './backends/tap.js';
 import { TEST_DEFAULT_VECTORS, TEST_MAX_VECTORS } from '../devices/test/regs.js';
+import { VirtioNet } from '../devices/virtio-net/device.js';
+import { type BlockBackend, FileBackend, MemoryBackend, parseSize } from './backends/block.js';
+import { checkTapName, TapBackend } from './backends/tap.js';
 
 /** Parses one option value; throws Error("<what it must be>") when it is bad. */
 export interface OptionParser<T> {
@@ -53,7 +57,8 @@ export const macOption: OptionParser<Uint8Array> = {
   syntax: 'xx:xx:xx:xx:xx:xx',
   help: 'MAC address (default: 52:54:00 and three bytes derived from the TAP name)',
   parse(value) {
-    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(value)) throw new Error('must be six hex bytes separated by colons');
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(value))
+      throw new Error('must be six hex bytes separated by colons');
     const mac = Uint8Array.from(value.split(':').map((b) => Number.parseInt(b, 16)));
     if (mac[0]! & 1) throw new Error('must be a unicast address (first byte even)');
     return mac;
@@ -67,12 +72,87 @@ export function defaultMac(name: string): Uint8Array {
   return Uint8Array.of(0x52, 0x54, 0x00, (h >>> 16) & 0xff, (h >>> 8) & 0xff, h & 0xff);
 }
 
-/** The device models `--device` knows. nvme and virtio-net add themselves here. */
+/** A size with an optional K, M, G or T suffix. */
+export const sizeOption: OptionParser<number> = {
+  syntax: 'SIZE',
+  help: 'bytes, with K, M, G or T (powers of 1024)',
+  parse: (v) => parseSize(v),
+};
+
+/** Text of 1..max printable ASCII characters ('_' stands for a space: specs split on commas). */
+function textOption(max: number, help: string): OptionParser<string> {
+  return {
+    syntax: 'TEXT',
+    help,
+    parse(v) {
+      if (!/^[\x21-\x7e]+$/.test(v) || v.length > max)
+        throw new Error(`must be 1..${max} printable ASCII characters`);
+      return v.replaceAll('_', ' ');
+    },
+  };
+}
+
+const pathOption = (help: string): OptionParser<string> => ({
+  syntax: 'PATH',
+  help,
+  parse(v) {
+    if (!v.startsWith('/')) throw new Error('must be an absolute path');
+    return v;
+  },
+});
+
+/** The NVMe namespace's storage, from exactly one of file=, path=, mem=, or size= alone. */
+function nvmeBackend(o: { file?: string; path?: string; mem?: number; size?: number }): BlockBackend {
+  const given = [o.file, o.path, o.mem].filter((x) => x !== undefined).length;
+  if (given > 1) throw new Error('give one of file=, path= and mem=');
+  if (o.file) return FileBackend.open(o.file, { size: o.size });
+  if (o.path) return FileBackend.open(o.path, { size: o.size });
+  if (o.mem !== undefined) return new MemoryBackend(o.mem);
+  if (o.size === undefined)
+    throw new Error('nvme needs file=PATH[,size=SIZE], path=/dev/..., mem=SIZE or size=SIZE');
+  // size= alone: a temporary file, unlinked at once so that it goes when the endpoint does.
+  const tmp = `${tmpdir()}/pcinet-nvme-${process.pid}-${Date.now()}.img`;
+  const b = FileBackend.open(tmp, { size: o.size });
+  unlinkSync(tmp);
+  return b;
+}
+
+/** The device models `--device` knows. */
 export const DEVICES: Readonly<Record<string, DeviceFactory>> = {
   test: device({
     summary: 'the conformance device (docs/devices.md): registers, MSI-X, DMA, volatile reads, doorbells',
     options: { vectors: intOption(1, TEST_MAX_VECTORS, `MSI-X vectors (default ${TEST_DEFAULT_VECTORS})`) },
     create: (o) => new TestDevice({ vectors: o.vectors }),
+  }),
+  nvme: device({
+    summary: 'an NVMe SSD with one namespace stored in a file, a block device or memory (docs/devices.md)',
+    options: {
+      file: pathOption('image file; created sparse with size= if absent'),
+      path: pathOption('block device, e.g. /dev/zvol/tank/disk'),
+      mem: sizeOption,
+      size: sizeOption,
+      lba: {
+        syntax: '512|4096',
+        help: 'LBA size (default 512)',
+        parse(v: string) {
+          if (v !== '512' && v !== '4096') throw new Error('must be 512 or 4096');
+          return Number(v);
+        },
+      } satisfies OptionParser<number>,
+      serial: textOption(20, 'serial number (default PCINET0001)'),
+      model: textOption(40, "model name, '_' for spaces (default pcinet NVMe)"),
+      fw: textOption(8, 'firmware revision (default 0.1.0)'),
+      queues: intOption(1, 32, 'I/O queue pairs (default 8)'),
+    },
+    create: (o) =>
+      new NvmeController({
+        backend: nvmeBackend(o),
+        lbaSize: o.lba,
+        serial: o.serial,
+        model: o.model,
+        firmware: o.fw,
+        queues: o.queues,
+      }),
   }),
   'virtio-net': device({
     summary: 'a virtio 1.x network card whose wire is a TAP interface on this machine (docs/devices.md)',

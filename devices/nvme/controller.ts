@@ -1,0 +1,873 @@
+// An NVMe 1.4 controller with one namespace, for Linux's unmodified nvme driver and nvme-cli
+// (docs/devices.md, "NVMe"). BAR 0: the controller registers, doorbells from 0x1000 (stride 4),
+// the MSI-X table and PBA (host-owned). Queues live in host memory and are reached by DMA: a tail
+// doorbell makes the controller fetch the new entries in one read, run them concurrently (up to
+// MAX_INFLIGHT per queue), and post completions with phase tags, then the queue's vector.
+//
+// Storage is an injected BlockBackend (a file, a block device, memory). Driver mistakes get the
+// status the specification gives and a trace; nothing the driver writes can make the model throw.
+import { DmaError } from '../host-port.js';
+import {
+  msixCap,
+  PciDevice,
+  pciConfig,
+  pcieCap,
+  pmCap,
+  type Register,
+  type RegisterTable,
+  rd16,
+  rd32,
+  rd64,
+  registers,
+  wr16,
+  wr32,
+  wr64,
+} from '../pci/index.js';
+import { type BlockBackend, BlockError } from './backend.js';
+import {
+  ADMIN,
+  BAR_SIZE,
+  CC,
+  CNS,
+  CQE_SIZE,
+  CSTS,
+  DNR,
+  FEAT,
+  IO,
+  LOG,
+  MSIX_PBA,
+  MSIX_TABLE,
+  NVME_CLASS_CODE,
+  NVME_DEVICE_ID,
+  NVME_VENDOR_ID,
+  PAGE,
+  REG,
+  SC,
+  SQE_SIZE,
+} from './spec.js';
+
+/** Entries per queue (CAP.MQES is this minus one). */
+export const MAX_QUEUE_ENTRIES = 1024;
+/** Commands of one submission queue running at once. */
+export const MAX_INFLIGHT = 64;
+/** Largest transfer: 2^MDTS pages. */
+export const MDTS = 6;
+const MAX_TRANSFER = PAGE << MDTS;
+/** Async event requests held at once (AERL + 1). */
+const AER_LIMIT = 4;
+const NSID = 1;
+
+export interface NvmeOptions {
+  backend: BlockBackend;
+  /** 512 or 4096. */
+  lbaSize?: number;
+  serial?: string;
+  model?: string;
+  firmware?: string;
+  /** I/O queue pairs, 1..32; default 8. */
+  queues?: number;
+}
+
+interface Sq {
+  id: number;
+  base: bigint;
+  size: number;
+  cqid: number;
+  head: number;
+  tail: number;
+  inflight: number;
+  fetching: boolean;
+}
+
+interface Cq {
+  id: number;
+  base: bigint;
+  size: number;
+  vector: number;
+  ien: boolean;
+  head: number;
+  tail: number;
+  phase: number;
+  /** Completions waiting for room (the driver has not consumed the queue). */
+  waiting: Uint8Array[];
+}
+
+/** A command's outcome: status (SCT << 8 | SC, maybe DNR), and dword 0. */
+interface Done {
+  status: number;
+  dw0?: number;
+}
+
+const ok = (dw0 = 0): Done => ({ status: SC.SUCCESS, dw0 });
+/** Not completed now: an async event request waits for an event. */
+const HELD = -1;
+const fail = (status: number, dnr = true): Done => ({ status: status | (dnr ? DNR : 0) });
+
+class CommandError extends Error {
+  constructor(readonly done: Done) {
+    super('nvme command failed');
+  }
+}
+
+/** An ASCII field of identify data: space padded, never NUL. */
+function ascii(b: Uint8Array, at: number, len: number, text: string): void {
+  for (let i = 0; i < len; i++) b[at + i] = i < text.length ? text.charCodeAt(i) & 0x7f : 0x20;
+}
+
+function dataUnits(bytes: number): bigint {
+  return BigInt(Math.ceil(bytes / 512_000));
+}
+
+export class NvmeController extends PciDevice<NvmeController> {
+  readonly backend: BlockBackend;
+  readonly lbaSize: number;
+  readonly blocks: number;
+  readonly serial: string;
+  readonly modelName: string;
+  readonly firmware: string;
+  readonly maxQueues: number;
+  readonly #sqs = new Map<number, Sq>();
+  readonly #cqs = new Map<number, Cq>();
+  readonly #features = new Map<number, number>();
+  #aers: number[] = [];
+  /** Bumped by every controller reset: work of an older epoch is dropped. */
+  #epoch = 0;
+  #irqPending = new Set<number>();
+  #irqScheduled = false;
+  #startedAt = Date.now();
+  readonly stats = {
+    readBytes: 0,
+    writtenBytes: 0,
+    readCommands: 0,
+    writeCommands: 0,
+    otherCommands: 0,
+    busyMs: 0,
+    mediaErrors: 0,
+    errors: 0,
+    unsafeShutdowns: 0,
+    shutdowns: 0,
+    resets: 0,
+  };
+
+  constructor(o: NvmeOptions) {
+    const lbaSize = o.lbaSize ?? 512;
+    if (lbaSize !== 512 && lbaSize !== 4096)
+      throw new RangeError(`nvme: lba must be 512 or 4096, not ${lbaSize}`);
+    const queues = o.queues ?? 8;
+    if (!Number.isInteger(queues) || queues < 1 || queues > 32)
+      throw new RangeError(`nvme: queues must be 1..32, not ${queues}`);
+    if (o.backend.size < lbaSize || o.backend.size % lbaSize) {
+      throw new RangeError(
+        `nvme: ${o.backend.name} has ${o.backend.size} bytes, not a multiple of the ${lbaSize}-byte LBA`,
+      );
+    }
+    const vectors = queues + 1;
+    super({
+      model: 'nvme',
+      config: pciConfig({
+        vendorId: NVME_VENDOR_ID,
+        deviceId: NVME_DEVICE_ID,
+        classCode: NVME_CLASS_CODE,
+        revision: 1,
+        bars: [{ index: 0, kind: 'mem64', size: BAR_SIZE }],
+        caps: [
+          pcieCap({ type: 'endpoint' }),
+          msixCap({ vectors, bar: 0, table: MSIX_TABLE, pba: MSIX_PBA }),
+          pmCap(),
+        ],
+      }),
+      bars: [{ index: 0, registers: nvmeRegisters(queues) }],
+    });
+    this.backend = o.backend;
+    this.lbaSize = lbaSize;
+    this.blocks = o.backend.size / lbaSize;
+    this.serial = (o.serial ?? 'PCINET0001').slice(0, 20);
+    this.modelName = (o.model ?? 'pcinet NVMe').slice(0, 40);
+    this.firmware = (o.firmware ?? '0.1.0').slice(0, 8);
+    this.maxQueues = queues;
+  }
+
+  override counters(): Record<string, number> {
+    return { ...this.stats, ioQueues: Math.max(0, this.#sqs.size - 1) };
+  }
+
+  get #regs() {
+    return this.bar(0);
+  }
+
+  protected override onReset(): void {
+    this.#resetController();
+  }
+
+  override detach(): void {
+    // The host is gone without a shutdown notification: keep what was written.
+    if (this.#sqs.size) this.stats.unsafeShutdowns++;
+    void this.backend.flush().catch(() => {});
+    super.detach();
+  }
+
+  #resetController(): void {
+    this.#epoch++;
+    this.#sqs.clear();
+    this.#cqs.clear();
+    this.#aers = [];
+    this.#irqPending.clear();
+    this.#features.clear();
+    this.#features.set(FEAT.VOLATILE_WC, 1);
+    this.#features.set(FEAT.NUM_QUEUES, ((this.maxQueues - 1) << 16) | (this.maxQueues - 1));
+    this.#features.set(FEAT.ARBITRATION, 0);
+    this.#features.set(FEAT.POWER_MGMT, 0);
+    this.#features.set(FEAT.TEMP_THRESHOLD, 343);
+    this.#features.set(FEAT.ERROR_RECOVERY, 0);
+    this.#features.set(FEAT.IRQ_COALESCE, 0);
+    this.#features.set(FEAT.WRITE_ATOMIC, 0);
+    this.#features.set(FEAT.ASYNC_EVENT, 0);
+  }
+
+  // ---- registers ----
+
+  /** CC written: enable, disable (reset), shutdown. */
+  ccWritten(cc: number, old: number): void {
+    const r = this.#regs;
+    const shn = (cc & CC.SHN_MASK) >>> CC.SHN_SHIFT;
+    if (cc & CC.EN && !(old & CC.EN)) this.#enable(cc);
+    else if (!(cc & CC.EN) && old & CC.EN) {
+      this.stats.resets++;
+      this.#resetController();
+      r.set32(REG.CSTS, r.u32(REG.CSTS) & ~(CSTS.RDY | CSTS.CFS));
+    }
+    if (shn && !((old & CC.SHN_MASK) >>> CC.SHN_SHIFT)) void this.#shutdown(this.#epoch);
+  }
+
+  #enable(cc: number): void {
+    const r = this.#regs;
+    const aqa = r.u32(REG.AQA);
+    const asqs = (aqa & 0xfff) + 1;
+    const acqs = ((aqa >>> 16) & 0xfff) + 1;
+    const asq = r.u64(REG.ASQ);
+    const acq = r.u64(REG.ACQ);
+    const mps = (cc >>> CC.MPS_SHIFT) & 0xf;
+    const css = (cc >>> 4) & 0x7;
+    const bad =
+      asqs < 2
+        ? 'admin SQ size'
+        : acqs < 2
+          ? 'admin CQ size'
+          : !asq || asq & 0xfffn
+            ? 'ASQ'
+            : !acq || acq & 0xfffn
+              ? 'ACQ'
+              : mps !== 0
+                ? 'CC.MPS (only 4 KiB pages)'
+                : css !== 0
+                  ? 'CC.CSS'
+                  : undefined;
+    if (bad) {
+      this.trace('nvme.enable.bad', { what: bad });
+      r.set32(REG.CSTS, r.u32(REG.CSTS) | CSTS.CFS);
+      return;
+    }
+    this.#resetController();
+    this.#cqs.set(0, {
+      id: 0,
+      base: acq,
+      size: acqs,
+      vector: 0,
+      ien: true,
+      head: 0,
+      tail: 0,
+      phase: 1,
+      waiting: [],
+    });
+    this.#sqs.set(0, {
+      id: 0,
+      base: asq,
+      size: asqs,
+      cqid: 0,
+      head: 0,
+      tail: 0,
+      inflight: 0,
+      fetching: false,
+    });
+    this.#startedAt = Date.now();
+    r.set32(REG.CSTS, (r.u32(REG.CSTS) & ~(CSTS.CFS | (3 << 2))) | CSTS.RDY);
+  }
+
+  async #shutdown(epoch: number): Promise<void> {
+    const r = this.#regs;
+    r.set32(REG.CSTS, (r.u32(REG.CSTS) & ~(3 << 2)) | CSTS.SHST_OCCURRING);
+    try {
+      await this.backend.flush();
+    } catch (e) {
+      this.trace('nvme.shutdown.flush-failed', { err: (e as Error).message });
+    }
+    if (epoch !== this.#epoch || !this.attached) return;
+    this.stats.shutdowns++;
+    r.set32(REG.CSTS, (r.u32(REG.CSTS) & ~(3 << 2)) | CSTS.SHST_COMPLETE);
+  }
+
+  /** A doorbell: y = queue id, cq = head doorbell of CQ y, else tail doorbell of SQ y. */
+  doorbell(y: number, cq: boolean, value: number): void {
+    if (!(this.#regs.u32(REG.CSTS) & CSTS.RDY)) {
+      this.trace('nvme.doorbell.not-ready', { queue: y, cq });
+      return;
+    }
+    if (cq) {
+      const q = this.#cqs.get(y);
+      if (!q || value >= q.size) {
+        this.trace('nvme.doorbell.bad-cq', { queue: y, value });
+        return;
+      }
+      q.head = value;
+      this.#postWaiting(q);
+      return;
+    }
+    const q = this.#sqs.get(y);
+    if (!q || value >= q.size) {
+      this.trace('nvme.doorbell.bad-sq', { queue: y, value });
+      return;
+    }
+    q.tail = value;
+    void this.#fetch(q, this.#epoch);
+  }
+
+  // ---- submission ----
+
+  async #fetch(sq: Sq, epoch: number): Promise<void> {
+    if (sq.fetching) return;
+    sq.fetching = true;
+    try {
+      while (
+        sq.head !== sq.tail &&
+        sq.inflight < MAX_INFLIGHT &&
+        epoch === this.#epoch &&
+        this.#sqs.get(sq.id) === sq
+      ) {
+        const upto = sq.tail > sq.head ? sq.tail : sq.size;
+        const n = Math.min(upto - sq.head, MAX_INFLIGHT - sq.inflight);
+        let entries: Uint8Array;
+        try {
+          entries = await this.host.dmaRead(sq.base + BigInt(sq.head * SQE_SIZE), n * SQE_SIZE);
+        } catch (e) {
+          if (!(e instanceof DmaError)) throw e;
+          // The queue itself is unreachable: nothing can be completed on it.
+          this.trace('nvme.sq.unreadable', { queue: sq.id, iova: `0x${e.iova.toString(16)}` });
+          this.#fatal(epoch);
+          return;
+        }
+        if (epoch !== this.#epoch || this.#sqs.get(sq.id) !== sq) return;
+        for (let i = 0; i < n; i++) {
+          sq.head = (sq.head + 1) % sq.size;
+          sq.inflight++;
+          void this.#run(sq, entries.subarray(i * SQE_SIZE, (i + 1) * SQE_SIZE), epoch);
+        }
+      }
+    } finally {
+      sq.fetching = false;
+    }
+  }
+
+  /** The controller cannot go on (a queue in memory it cannot reach): CSTS.CFS, the driver resets. */
+  #fatal(epoch: number): void {
+    if (epoch !== this.#epoch) return;
+    this.#regs.set32(REG.CSTS, this.#regs.u32(REG.CSTS) | CSTS.CFS);
+  }
+
+  async #run(sq: Sq, sqe: Uint8Array, epoch: number): Promise<void> {
+    const cid = rd16(sqe, 2);
+    const started = Date.now();
+    let done: Done;
+    try {
+      done = sq.id === 0 ? await this.#admin(sqe) : await this.#io(sqe);
+    } catch (e) {
+      if (e instanceof CommandError) done = e.done;
+      else if (e instanceof DmaError) {
+        this.trace('nvme.dma.refused', { queue: sq.id, iova: `0x${e.iova.toString(16)}`, len: e.len });
+        done = fail(SC.DATA_XFER_ERROR, false);
+      } else if (e instanceof BlockError) done = this.#backendError(e);
+      else throw e;
+    }
+    this.stats.busyMs += Date.now() - started;
+    sq.inflight--;
+    if (epoch !== this.#epoch || this.#sqs.get(sq.id) !== sq) return;
+    if (done.status === HELD) return;
+    if (done.status !== SC.SUCCESS) this.stats.errors++;
+    this.#complete(sq, cid, done);
+    if (sq.head !== sq.tail) void this.#fetch(sq, epoch);
+  }
+
+  #backendError(e: BlockError): Done {
+    this.stats.mediaErrors++;
+    this.trace('nvme.backend.error', { code: e.code, err: e.message });
+    if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return fail(SC.CAP_EXCEEDED);
+    if (e.code === 'EIO')
+      return fail(e.message.includes('read') ? SC.UNRECOVERED_READ : SC.WRITE_FAULT, false);
+    return fail(SC.INTERNAL, false);
+  }
+
+  // ---- completion ----
+
+  #complete(sq: Sq, cid: number, done: Done): void {
+    const cq = this.#cqs.get(sq.cqid);
+    if (!cq) return; // deleted under it
+    const cqe = new Uint8Array(CQE_SIZE);
+    wr32(cqe, 0, done.dw0 ?? 0);
+    wr16(cqe, 8, sq.head);
+    wr16(cqe, 10, sq.id);
+    wr16(cqe, 12, cid);
+    wr16(cqe, 14, done.status << 1);
+    cq.waiting.push(cqe);
+    this.#postWaiting(cq);
+  }
+
+  #postWaiting(cq: Cq): void {
+    let posted = false;
+    while (cq.waiting.length && (cq.tail + 1) % cq.size !== cq.head) {
+      const cqe = cq.waiting.shift()!;
+      cqe[14] = (cqe[14]! & 0xfe) | cq.phase;
+      this.host.dmaWrite(cq.base + BigInt(cq.tail * CQE_SIZE), cqe);
+      cq.tail++;
+      if (cq.tail === cq.size) {
+        cq.tail = 0;
+        cq.phase ^= 1;
+      }
+      posted = true;
+    }
+    if (posted && cq.ien) this.#interrupt(cq.vector);
+  }
+
+  /** One interrupt per vector per tick, however many completions it covers. */
+  #interrupt(vector: number): void {
+    this.#irqPending.add(vector);
+    if (this.#irqScheduled) return;
+    this.#irqScheduled = true;
+    queueMicrotask(() => {
+      this.#irqScheduled = false;
+      for (const v of this.#irqPending) this.host.raiseMsix(v);
+      this.#irqPending.clear();
+    });
+  }
+
+  // ---- data transfer ----
+
+  /** The host memory segments of a PRP1/PRP2 transfer of `len` bytes. */
+  async #prps(prp1: bigint, prp2: bigint, len: number): Promise<{ iova: bigint; len: number }[]> {
+    const segs: { iova: bigint; len: number }[] = [];
+    const first = Math.min(len, PAGE - Number(prp1 & BigInt(PAGE - 1)));
+    segs.push({ iova: prp1, len: first });
+    let left = len - first;
+    if (left === 0) return segs;
+    if (left <= PAGE) {
+      if (prp2 & BigInt(PAGE - 1)) throw new CommandError(fail(SC.INVALID_PRP_OFFSET));
+      segs.push({ iova: prp2, len: left });
+      return segs;
+    }
+    if (prp2 & 7n) throw new CommandError(fail(SC.INVALID_PRP_OFFSET));
+    let list = prp2;
+    while (left > 0) {
+      const slots = (PAGE - Number(list & BigInt(PAGE - 1))) / 8;
+      const need = Math.ceil(left / PAGE);
+      const take = need > slots ? slots : need;
+      const raw = await this.host.dmaRead(list, take * 8);
+      const last = need > slots ? take - 1 : take; // the last slot of a full list page chains
+      for (let i = 0; i < last; i++) {
+        const e = rd64(raw, i * 8);
+        if (e & BigInt(PAGE - 1)) throw new CommandError(fail(SC.INVALID_PRP_OFFSET));
+        const n = Math.min(PAGE, left);
+        const prev = segs[segs.length - 1]!;
+        if (prev.iova + BigInt(prev.len) === e) prev.len += n;
+        else segs.push({ iova: e, len: n });
+        left -= n;
+      }
+      if (need > slots) list = rd64(raw, (take - 1) * 8);
+    }
+    return segs;
+  }
+
+  async #toHost(sqe: Uint8Array, data: Uint8Array): Promise<void> {
+    const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), data.length);
+    let at = 0;
+    for (const s of segs) {
+      this.host.dmaWrite(s.iova, data.subarray(at, at + s.len));
+      at += s.len;
+    }
+  }
+
+  async #fromHost(sqe: Uint8Array, len: number): Promise<Uint8Array> {
+    const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+    if (segs.length === 1) return this.host.dmaRead(segs[0]!.iova, len);
+    const parts = await Promise.all(segs.map((s) => this.host.dmaRead(s.iova, s.len)));
+    const out = new Uint8Array(len);
+    let at = 0;
+    for (const p of parts) {
+      out.set(p, at);
+      at += p.length;
+    }
+    return out;
+  }
+
+  // ---- admin commands ----
+
+  async #admin(sqe: Uint8Array): Promise<Done> {
+    const opcode = sqe[0]!;
+    const cdw10 = rd32(sqe, 40);
+    const cdw11 = rd32(sqe, 44);
+    if ((sqe[1]! >>> 6) & 3) return fail(SC.INVALID_FIELD); // SGLs: not offered
+    this.stats.otherCommands++;
+    switch (opcode) {
+      case ADMIN.IDENTIFY:
+        return this.#identify(sqe, cdw10 & 0xff, rd32(sqe, 4));
+      case ADMIN.GET_LOG_PAGE:
+        return this.#getLogPage(sqe, cdw10, cdw11);
+      case ADMIN.CREATE_CQ:
+        return this.#createCq(sqe, cdw10, cdw11);
+      case ADMIN.CREATE_SQ:
+        return this.#createSq(sqe, cdw10, cdw11);
+      case ADMIN.DELETE_SQ:
+        return this.#deleteSq(cdw10 & 0xffff);
+      case ADMIN.DELETE_CQ:
+        return this.#deleteCq(cdw10 & 0xffff);
+      case ADMIN.SET_FEATURES:
+        return this.#setFeature(cdw10 & 0xff, cdw11);
+      case ADMIN.GET_FEATURES:
+        return this.#getFeature(cdw10 & 0xff, (cdw10 >>> 8) & 7);
+      case ADMIN.ASYNC_EVENT:
+        if (this.#aers.length >= AER_LIMIT) return fail(SC.AER_LIMIT);
+        this.#aers.push(rd16(sqe, 2));
+        return { status: HELD }; // until an event (none is generated yet) or a reset
+      case ADMIN.ABORT:
+        return ok(1); // bit 0: not aborted (commands here finish quickly)
+      default:
+        this.trace('nvme.admin.bad-opcode', { opcode });
+        return fail(SC.INVALID_OPCODE);
+    }
+  }
+
+  async #identify(sqe: Uint8Array, cns: number, nsid: number): Promise<Done> {
+    const b = new Uint8Array(PAGE);
+    switch (cns) {
+      case CNS.CONTROLLER:
+        this.#identifyController(b);
+        break;
+      case CNS.NAMESPACE:
+        if (nsid !== NSID) return fail(SC.INVALID_NS);
+        this.#identifyNamespace(b);
+        break;
+      case CNS.ACTIVE_NS_LIST:
+        if (nsid < NSID) wr32(b, 0, NSID);
+        break;
+      case CNS.NS_DESCRIPTORS:
+        if (nsid !== NSID) return fail(SC.INVALID_NS);
+        // EUI-64, NGUID, UUID: derived from the serial, stable across restarts.
+        b.set([1, 8, 0, 0], 0);
+        b.set(this.#uid(8), 4);
+        b.set([2, 16, 0, 0], 12);
+        b.set(this.#uid(16), 16);
+        b.set([3, 16, 0, 0], 32);
+        b.set(this.#uid(16, 0x40), 36);
+        break;
+      default:
+        this.trace('nvme.identify.bad-cns', { cns });
+        return fail(SC.INVALID_FIELD);
+    }
+    await this.#toHost(sqe, b);
+    return ok();
+  }
+
+  #uid(len: number, salt = 0): Uint8Array {
+    const out = new Uint8Array(len);
+    let h = 0x811c9dc5 ^ salt;
+    for (let i = 0; i < len; i++) {
+      for (const c of `${this.serial}/${i}`) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0;
+      out[i] = h & 0xff;
+    }
+    return out;
+  }
+
+  #identifyController(b: Uint8Array): void {
+    wr16(b, 0, NVME_VENDOR_ID);
+    wr16(b, 2, NVME_VENDOR_ID);
+    ascii(b, 4, 20, this.serial);
+    ascii(b, 24, 40, this.modelName);
+    ascii(b, 64, 8, this.firmware);
+    b[72] = 6; // recommended arbitration burst
+    b[77] = MDTS;
+    wr16(b, 78, 1); // controller id
+    wr32(b, 80, 0x00010400); // version 1.4
+    b[258] = 3; // abort limit: 4
+    b[259] = AER_LIMIT - 1;
+    b[260] = 0x03; // one firmware slot, read-only
+    b[262] = 63; // error log entries: 64
+    wr16(b, 266, 343); // warning temperature: 70 C
+    wr16(b, 268, 358); // critical temperature: 85 C
+    b[512] = 0x66; // SQ entries: 64 bytes
+    b[513] = 0x44; // CQ entries: 16 bytes
+    wr32(b, 516, 1); // namespaces
+    wr16(b, 520, (1 << 2) | (1 << 3)); // ONCS: dataset management, write zeroes
+    b[525] = 1; // volatile write cache present
+    ascii(b, 768, 256, `nqn.2026-11.dev.pcinet:nvme:${this.serial}`);
+    for (let i = 768 + `nqn.2026-11.dev.pcinet:nvme:${this.serial}`.length; i < 1024; i++) b[i] = 0;
+    wr16(b, 2048, 500); // power state 0: 5 W
+  }
+
+  #identifyNamespace(b: Uint8Array): void {
+    const blocks = BigInt(this.blocks);
+    wr64(b, 0, blocks);
+    wr64(b, 8, blocks);
+    wr64(b, 16, blocks);
+    b[24] = 1; // NSFEAT: thin provisioning (deallocate frees space)
+    b[25] = 0; // one LBA format
+    b[26] = 0; // format 0 in use
+    b[33] = 0x09; // DLFEAT: deallocated blocks read zeros; write zeroes may deallocate
+    b.set(this.#uid(16), 104); // NGUID
+    b.set(this.#uid(8), 120); // EUI-64
+    b[130] = this.lbaSize === 4096 ? 12 : 9; // LBA format 0: data size 2^n
+  }
+
+  async #getLogPage(sqe: Uint8Array, cdw10: number, cdw11: number): Promise<Done> {
+    const lid = cdw10 & 0xff;
+    const dwords = (((cdw11 & 0xffff) << 16) | (cdw10 >>> 16)) + 1;
+    const offset = Number(rd64(sqe, 48));
+    const len = dwords * 4;
+    if (len > MAX_TRANSFER) return fail(SC.INVALID_FIELD);
+    let page: Uint8Array;
+    switch (lid) {
+      case LOG.ERROR:
+        page = new Uint8Array(64 * 64);
+        break;
+      case LOG.SMART:
+        page = this.#smartLog();
+        break;
+      case LOG.FW_SLOT:
+        page = new Uint8Array(512);
+        page[0] = 1;
+        ascii(page, 8, 8, this.firmware);
+        break;
+      default:
+        this.trace('nvme.log.bad-lid', { lid });
+        return fail(SC.INVALID_LOG_PAGE);
+    }
+    if (offset % 4 || offset > page.length) return fail(SC.INVALID_FIELD);
+    const out = new Uint8Array(len);
+    out.set(page.subarray(offset, offset + len));
+    await this.#toHost(sqe, out);
+    return ok();
+  }
+
+  #smartLog(): Uint8Array {
+    const b = new Uint8Array(512);
+    const s = this.stats;
+    wr16(b, 1, 300); // composite temperature: 27 C
+    b[3] = 100; // available spare
+    b[4] = 10; // spare threshold
+    const u128 = (at: number, v: bigint) => wr64(b, at, v);
+    u128(32, dataUnits(s.readBytes));
+    u128(48, dataUnits(s.writtenBytes));
+    u128(64, BigInt(s.readCommands));
+    u128(80, BigInt(s.writeCommands));
+    u128(96, BigInt(Math.floor(s.busyMs / 60_000)));
+    u128(112, BigInt(1 + s.resets));
+    u128(128, BigInt(Math.floor((Date.now() - this.#startedAt) / 3_600_000)));
+    u128(144, BigInt(s.unsafeShutdowns));
+    u128(160, BigInt(s.mediaErrors));
+    u128(176, BigInt(s.errors));
+    return b;
+  }
+
+  #createCq(sqe: Uint8Array, cdw10: number, cdw11: number): Done {
+    const qid = cdw10 & 0xffff;
+    const size = (cdw10 >>> 16) + 1;
+    const vector = cdw11 >>> 16;
+    const base = rd64(sqe, 24);
+    if (qid === 0 || qid > this.maxQueues || this.#cqs.has(qid)) return fail(SC.QID_INVALID);
+    if (size < 2 || size > MAX_QUEUE_ENTRIES) return fail(SC.QUEUE_SIZE);
+    if (!(cdw11 & 1)) return fail(SC.INVALID_FIELD); // only physically contiguous queues (CAP.CQR)
+    if (vector > this.maxQueues) return fail(SC.INVALID_VECTOR);
+    if (base & BigInt(PAGE - 1) || !base) return fail(SC.INVALID_PRP_OFFSET);
+    this.#cqs.set(qid, {
+      id: qid,
+      base,
+      size,
+      vector,
+      ien: (cdw11 & 2) !== 0,
+      head: 0,
+      tail: 0,
+      phase: 1,
+      waiting: [],
+    });
+    return ok();
+  }
+
+  #createSq(sqe: Uint8Array, cdw10: number, cdw11: number): Done {
+    const qid = cdw10 & 0xffff;
+    const size = (cdw10 >>> 16) + 1;
+    const cqid = cdw11 >>> 16;
+    const base = rd64(sqe, 24);
+    if (cqid === 0 || !this.#cqs.has(cqid)) return fail(SC.CQ_INVALID);
+    if (qid === 0 || qid > this.maxQueues || this.#sqs.has(qid)) return fail(SC.QID_INVALID);
+    if (size < 2 || size > MAX_QUEUE_ENTRIES) return fail(SC.QUEUE_SIZE);
+    if (!(cdw11 & 1)) return fail(SC.INVALID_FIELD);
+    if (base & BigInt(PAGE - 1) || !base) return fail(SC.INVALID_PRP_OFFSET);
+    this.#sqs.set(qid, { id: qid, base, size, cqid, head: 0, tail: 0, inflight: 0, fetching: false });
+    return ok();
+  }
+
+  #deleteSq(qid: number): Done {
+    if (qid === 0 || !this.#sqs.has(qid)) return fail(SC.QID_INVALID);
+    this.#sqs.delete(qid); // its running commands complete nowhere
+    return ok();
+  }
+
+  #deleteCq(qid: number): Done {
+    if (qid === 0 || !this.#cqs.has(qid)) return fail(SC.QID_INVALID);
+    for (const sq of this.#sqs.values()) if (sq.cqid === qid) return fail(SC.INVALID_QUEUE_DELETION);
+    this.#cqs.delete(qid);
+    return ok();
+  }
+
+  #setFeature(fid: number, value: number): Done {
+    switch (fid) {
+      case FEAT.NUM_QUEUES: {
+        const nsq = Math.min((value & 0xffff) + 1, this.maxQueues);
+        const ncq = Math.min((value >>> 16) + 1, this.maxQueues);
+        if ((value & 0xffff) === 0xffff || value >>> 16 === 0xffff) return fail(SC.INVALID_FIELD);
+        this.#features.set(fid, ((ncq - 1) << 16) | (nsq - 1));
+        return ok(((ncq - 1) << 16) | (nsq - 1));
+      }
+      case FEAT.VOLATILE_WC:
+        this.#features.set(fid, value & 1);
+        if (!(value & 1)) void this.backend.flush().catch(() => {});
+        return ok();
+      case FEAT.ARBITRATION:
+      case FEAT.POWER_MGMT:
+      case FEAT.TEMP_THRESHOLD:
+      case FEAT.ERROR_RECOVERY:
+      case FEAT.IRQ_COALESCE:
+      case FEAT.WRITE_ATOMIC:
+      case FEAT.ASYNC_EVENT:
+        if (fid === FEAT.POWER_MGMT && (value & 0x1f) !== 0) return fail(SC.INVALID_FIELD); // one power state
+        this.#features.set(fid, value);
+        return ok();
+      case FEAT.IRQ_CONFIG:
+        if ((value & 0xffff) > this.maxQueues) return fail(SC.INVALID_FIELD);
+        return ok();
+      default:
+        this.trace('nvme.feature.unsupported', { fid, set: true });
+        return fail(SC.INVALID_FIELD);
+    }
+  }
+
+  #getFeature(fid: number, sel: number): Done {
+    if (sel === 3) return ok(0x4); // capabilities: changeable, not saveable, not per namespace
+    if (fid === FEAT.IRQ_CONFIG) return ok(0);
+    const v = this.#features.get(fid);
+    if (v === undefined) {
+      this.trace('nvme.feature.unsupported', { fid, set: false });
+      return fail(SC.INVALID_FIELD);
+    }
+    return ok(v);
+  }
+
+  // ---- NVM commands ----
+
+  async #io(sqe: Uint8Array): Promise<Done> {
+    const opcode = sqe[0]!;
+    const nsid = rd32(sqe, 4);
+    if ((sqe[1]! >>> 6) & 3) return fail(SC.INVALID_FIELD);
+    if (opcode === IO.FLUSH) {
+      if (nsid !== NSID && nsid !== 0xffffffff) return fail(SC.INVALID_NS);
+      this.stats.otherCommands++;
+      await this.backend.flush();
+      return ok();
+    }
+    if (opcode !== IO.READ && opcode !== IO.WRITE && opcode !== IO.WRITE_ZEROES && opcode !== IO.DSM) {
+      this.trace('nvme.io.bad-opcode', { opcode });
+      return fail(SC.INVALID_OPCODE);
+    }
+    if (nsid !== NSID) return fail(SC.INVALID_NS);
+    if (opcode === IO.DSM) return this.#dsm(sqe);
+    const slba = rd64(sqe, 40);
+    const cdw12 = rd32(sqe, 48);
+    const nlb = (cdw12 & 0xffff) + 1;
+    if (slba + BigInt(nlb) > BigInt(this.blocks)) return fail(SC.LBA_RANGE);
+    const offset = Number(slba) * this.lbaSize;
+    const len = nlb * this.lbaSize;
+    if (opcode === IO.WRITE_ZEROES) {
+      this.stats.otherCommands++;
+      await this.backend.writeZeroes(offset, len);
+      return ok();
+    }
+    if (len > MAX_TRANSFER) return fail(SC.INVALID_FIELD);
+    const fua = (cdw12 & (1 << 30)) !== 0;
+    if (opcode === IO.READ) {
+      const data = await this.backend.read(offset, len);
+      await this.#toHost(sqe, data);
+      this.stats.readCommands++;
+      this.stats.readBytes += len;
+      return ok();
+    }
+    const data = await this.#fromHost(sqe, len);
+    await this.backend.write(offset, data);
+    if (fua || this.#features.get(FEAT.VOLATILE_WC) === 0) await this.backend.flush();
+    this.stats.writeCommands++;
+    this.stats.writtenBytes += len;
+    return ok();
+  }
+
+  async #dsm(sqe: Uint8Array): Promise<Done> {
+    const ranges = (rd32(sqe, 40) & 0xff) + 1;
+    const attrs = rd32(sqe, 44);
+    this.stats.otherCommands++;
+    const list = await this.#fromHost(sqe, ranges * 16);
+    if (!(attrs & 4)) return ok(); // only deallocate does anything here
+    for (let i = 0; i < ranges; i++) {
+      const nlb = rd32(list, i * 16 + 4);
+      const slba = rd64(list, i * 16 + 8);
+      if (nlb === 0) continue;
+      if (slba + BigInt(nlb) > BigInt(this.blocks)) return fail(SC.LBA_RANGE);
+      await this.backend.discard(Number(slba) * this.lbaSize, nlb * this.lbaSize);
+    }
+    return ok();
+  }
+}
+
+/** BAR 0's registers, with a doorbell pair per queue (admin and `queues` I/O queues). */
+function nvmeRegisters(queues: number): RegisterTable<NvmeController> {
+  const cap =
+    BigInt(MAX_QUEUE_ENTRIES - 1) | // MQES
+    (1n << 16n) | // CQR: queues must be physically contiguous
+    (20n << 24n) | // TO: 10 s to become ready, in 500 ms units
+    (1n << 37n); // CSS: the NVM command set
+  const regs: Register<NvmeController>[] = [
+    { name: 'CAP', at: REG.CAP, size: 8, access: 'ro', reset: cap },
+    { name: 'VS', at: REG.VS, size: 4, access: 'ro', reset: 0x00010400 },
+    { name: 'INTMS', at: REG.INTMS, size: 4, access: 'rw' }, // MSI-X: masks are in the table
+    { name: 'INTMC', at: REG.INTMC, size: 4, access: 'rw' },
+    {
+      name: 'CC',
+      at: REG.CC,
+      size: 4,
+      access: 'rw',
+      mask: 0x00fffff1,
+      onWrite: (c, v, old) => c.ccWritten(v, old),
+    },
+    { name: 'CSTS', at: REG.CSTS, size: 4, access: 'ro' },
+    { name: 'NSSR', at: REG.NSSR, size: 4, access: 'ro' },
+    { name: 'AQA', at: REG.AQA, size: 4, access: 'rw', mask: 0x0fff0fff },
+    { name: 'ASQ', at: REG.ASQ, size: 8, access: 'rw', mask: ~0xfffn & ((1n << 64n) - 1n) },
+    { name: 'ACQ', at: REG.ACQ, size: 8, access: 'rw', mask: ~0xfffn & ((1n << 64n) - 1n) },
+  ];
+  for (let y = 0; y <= queues; y++) {
+    for (const cq of [false, true]) {
+      regs.push({
+        name: `${cq ? 'CQ' : 'SQ'}${y}${cq ? 'HDBL' : 'TDBL'}`,
+        at: REG.DOORBELLS + (2 * y + (cq ? 1 : 0)) * 4,
+        size: 4,
+        access: 'wo',
+        doorbell: true,
+        onWrite: (c, v) => c.doorbell(y, cq, v),
+      });
+    }
+  }
+  return registers(regs);
+}

@@ -1,0 +1,265 @@
+// Block storage for the NVMe model: a file (sparse, created with `size=` if absent), a block
+// device (a disk, a partition, a ZFS zvol), or memory. Every call is asynchronous and runs off
+// the event loop (fs/promises, or koffi's async calls in the thread pool). flush() reaches stable
+// storage (fdatasync). discard() gives the space back: FALLOC_FL_PUNCH_HOLE on files and block
+// devices (the kernel turns it into a discard that reads back zeros); writeZeroes() does the
+// same, or writes zeros where the file system cannot punch holes.
+import {
+  close,
+  closeSync,
+  constants,
+  fdatasync,
+  ftruncateSync,
+  openSync,
+  read,
+  statSync,
+  unlink,
+  write,
+} from 'node:fs';
+import { promisify } from 'node:util';
+import koffi from 'koffi';
+import { type BlockBackend, BlockError } from '../../devices/nvme/backend.js';
+
+export { type BlockBackend, BlockError };
+
+function ioError(what: string, e: unknown): BlockError {
+  const err = e as NodeJS.ErrnoException;
+  return new BlockError(err.code ?? 'EIO', `${what}: ${err.message}`);
+}
+
+const FALLOC_FL_KEEP_SIZE = 0x01;
+const FALLOC_FL_PUNCH_HOLE = 0x02;
+const BLKGETSIZE64 = 0x80081272;
+
+interface AsyncFn {
+  async(...args: unknown[]): void;
+}
+let libc: { fallocate: AsyncFn; ioctl: (fd: number, req: number, ...a: unknown[]) => number } | undefined;
+function loadLibc(): NonNullable<typeof libc> {
+  if (!libc) {
+    const lib = koffi.load('libc.so.6');
+    libc = {
+      fallocate: lib.func(
+        'int fallocate(int fd, int mode, int64_t offset, int64_t len)',
+      ) as unknown as AsyncFn,
+      ioctl: lib.func('int ioctl(int fd, unsigned long req, ...)') as unknown as (
+        fd: number,
+        req: number,
+        ...a: unknown[]
+      ) => number,
+    };
+  }
+  return libc;
+}
+
+/** fallocate(2) in the thread pool; resolves with errno (0 on success). */
+function fallocate(fd: number, mode: number, offset: number, length: number): Promise<number> {
+  return new Promise((resolve, reject) => {
+    loadLibc().fallocate.async(fd, mode, offset, length, (err: unknown, r: number) => {
+      if (err) reject(err);
+      else resolve(r < 0 ? koffi.errno() || 5 : 0);
+    });
+  });
+}
+
+/** Parses SIZE with an optional K, M, G or T suffix (powers of 1024). */
+export function parseSize(text: string): number {
+  const m = /^(\d+)([KMGT]?)$/i.exec(text.trim());
+  if (!m) throw new Error(`"${text}" is not a size (e.g. 512M, 4G)`);
+  const n = Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
+  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`size "${text}" is out of range`);
+  return n;
+}
+
+const readAt = promisify(read);
+const writeAt = promisify(write);
+const datasync = promisify(fdatasync);
+
+/** A file or a block device. Opened synchronously (at startup); every I/O is asynchronous. */
+export class FileBackend implements BlockBackend {
+  readonly #fd: number;
+  readonly #deleteOnClose: string | undefined;
+  #canPunch = true;
+  #closed = false;
+
+  private constructor(
+    fd: number,
+    readonly size: number,
+    readonly name: string,
+    deleteOnClose?: string,
+  ) {
+    this.#fd = fd;
+    this.#deleteOnClose = deleteOnClose;
+  }
+
+  /**
+   * Opens `path`. A regular file that does not exist is created (sparse) with `size` bytes; one
+   * that exists must have that size if it is given. A block device's size is its own (`size`, if
+   * given, must match). Errors are one line naming the path.
+   */
+  static open(path: string, o: { size?: number; deleteOnClose?: boolean } = {}): FileBackend {
+    let st: ReturnType<typeof statSync> | undefined;
+    try {
+      st = statSync(path);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`${path}: ${(e as Error).message}`);
+    }
+    if (!st && o.size === undefined) throw new Error(`${path} does not exist (give size= to create it)`);
+    if (st && !st.isFile() && !st.isBlockDevice())
+      throw new Error(`${path} is neither a regular file nor a block device`);
+    let fd: number;
+    try {
+      fd = openSync(
+        path,
+        st ? constants.O_RDWR : constants.O_RDWR | constants.O_CREAT | constants.O_EXCL,
+        0o600,
+      );
+    } catch (e) {
+      throw new Error(`${path}: cannot open: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+    try {
+      let size: number;
+      if (st?.isBlockDevice()) {
+        const out = Buffer.alloc(8);
+        if (loadLibc().ioctl(fd, BLKGETSIZE64, 'uint8_t *', out) < 0)
+          throw new Error(`${path}: cannot get the device's size`);
+        size = Number(out.readBigUInt64LE(0));
+        if (o.size !== undefined && o.size !== size)
+          throw new Error(`${path} has ${size} bytes, not size=${o.size}`);
+      } else if (st) {
+        size = Number(st.size);
+        if (o.size !== undefined && o.size !== size) {
+          throw new Error(`${path} has ${size} bytes, not size=${o.size} (remove it or give its size)`);
+        }
+      } else {
+        size = o.size!;
+        ftruncateSync(fd, size);
+      }
+      if (size <= 0) throw new Error(`${path} is empty`);
+      const kind = st?.isBlockDevice() ? 'block device' : 'file';
+      return new FileBackend(fd, size, `${kind} ${path}`, o.deleteOnClose ? path : undefined);
+    } catch (e) {
+      closeSync(fd);
+      throw e;
+    }
+  }
+
+  #check(offset: number, length: number): void {
+    if (this.#closed) throw new BlockError('EBADF', `${this.name}: closed`);
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new BlockError('EINVAL', `${this.name}: [${offset}, +${length}) is outside ${this.size} bytes`);
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    this.#check(offset, length);
+    const buf = Buffer.allocUnsafe(length);
+    let done = 0;
+    try {
+      while (done < length) {
+        const { bytesRead } = await readAt(this.#fd, buf, done, length - done, offset + done);
+        if (bytesRead === 0) {
+          buf.fill(0, done); // a file shorter than its size reads zeros past its end
+          break;
+        }
+        done += bytesRead;
+      }
+    } catch (e) {
+      throw ioError(`${this.name}: read at ${offset}`, e);
+    }
+    return buf;
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.#check(offset, data.length);
+    let done = 0;
+    try {
+      while (done < data.length) {
+        const { bytesWritten } = await writeAt(this.#fd, data, done, data.length - done, offset + done);
+        done += bytesWritten;
+      }
+    } catch (e) {
+      throw ioError(`${this.name}: write at ${offset}`, e);
+    }
+  }
+
+  async flush(): Promise<void> {
+    if (this.#closed) throw new BlockError('EBADF', `${this.name}: closed`);
+    try {
+      await datasync(this.#fd);
+    } catch (e) {
+      throw ioError(`${this.name}: flush`, e);
+    }
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    this.#check(offset, length);
+    if (length === 0) return;
+    if (this.#canPunch) {
+      const errno = await fallocate(this.#fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
+      if (errno === 0) return;
+      if (errno !== 95 /* EOPNOTSUPP */)
+        throw new BlockError('EIO', `${this.name}: punching a hole failed (errno ${errno})`);
+      this.#canPunch = false; // this file system cannot: zeros it is
+    }
+    await this.#zero(offset, length);
+  }
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    await this.discard(offset, length);
+  }
+
+  async #zero(offset: number, length: number): Promise<void> {
+    const chunk = Buffer.alloc(Math.min(length, 1 << 20));
+    for (let at = 0; at < length; at += chunk.length) {
+      await this.write(offset + at, chunk.subarray(0, Math.min(chunk.length, length - at)));
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await promisify(close)(this.#fd);
+    if (this.#deleteOnClose) await promisify(unlink)(this.#deleteOnClose).catch(() => {});
+  }
+}
+
+/** RAM: for tests and throwaway disks. */
+export class MemoryBackend implements BlockBackend {
+  readonly name = 'memory';
+  readonly #bytes: Uint8Array;
+
+  constructor(readonly size: number) {
+    if (!Number.isSafeInteger(size) || size <= 0) throw new Error(`memory backend: bad size ${size}`);
+    this.#bytes = new Uint8Array(size);
+  }
+
+  #check(offset: number, length: number): void {
+    if (offset < 0 || length < 0 || offset + length > this.size) {
+      throw new BlockError('EINVAL', `memory: [${offset}, +${length}) is outside ${this.size} bytes`);
+    }
+  }
+
+  async read(offset: number, length: number): Promise<Uint8Array> {
+    this.#check(offset, length);
+    return this.#bytes.slice(offset, offset + length);
+  }
+
+  async write(offset: number, data: Uint8Array): Promise<void> {
+    this.#check(offset, data.length);
+    this.#bytes.set(data, offset);
+  }
+
+  async flush(): Promise<void> {}
+
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    this.#check(offset, length);
+    this.#bytes.fill(0, offset, offset + length);
+  }
+
+  async discard(offset: number, length: number): Promise<void> {
+    await this.writeZeroes(offset, length);
+  }
+
+  async close(): Promise<void> {}
+}
