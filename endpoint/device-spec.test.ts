@@ -1,9 +1,13 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { expect, describe as group, it } from 'vitest';
+import { NvmeController } from '../devices/nvme/controller.js';
 import { TestDevice } from '../devices/test/device.js';
 import {
   type DeviceFactory,
-  device,
   defaultMac,
+  device,
   deviceHelp,
   intOption,
   parseDeviceSpec,
@@ -85,7 +89,9 @@ group('parseDeviceSpec', () => {
 group('virtio-net specs', () => {
   it('needs a TAP name and checks MAC and MTU', () => {
     expect(() => parseDeviceSpec('virtio-net')).toThrow('device "virtio-net": virtio-net needs tap=NAME');
-    expect(() => parseDeviceSpec('virtio-net:tap=x,mac=01:00:00:00:00:01')).toThrow('mac must be a unicast address');
+    expect(() => parseDeviceSpec('virtio-net:tap=x,mac=01:00:00:00:00:01')).toThrow(
+      'mac must be a unicast address',
+    );
     expect(() => parseDeviceSpec('virtio-net:tap=x,mac=52:54')).toThrow('mac must be six hex bytes');
     expect(() => parseDeviceSpec('virtio-net:tap=x,mtu=20')).toThrow('mtu must be an integer 68..65535');
     expect(() => parseDeviceSpec('virtio-net:tap=way-too-long-name')).toThrow('is not 1..15 letters');
@@ -95,5 +101,47 @@ group('virtio-net specs', () => {
     expect([...defaultMac('pcn0')]).toEqual([...defaultMac('pcn0')]);
     expect(defaultMac('pcn0')).not.toEqual(defaultMac('pcn1'));
     expect([...defaultMac('pcn0').subarray(0, 3)]).toEqual([0x52, 0x54, 0x00]);
+  });
+});
+
+group('nvme specs', () => {
+  it('builds a controller on memory, a temporary file, or a named file', async () => {
+    const m = parseDeviceSpec(
+      'nvme:mem=1M,serial=S1,model=My_Disk,fw=2.0,lba=4096,queues=2',
+    ) as NvmeController;
+    expect(m).toBeInstanceOf(NvmeController);
+    expect([m.serial, m.modelName, m.firmware, m.lbaSize, m.blocks, m.maxQueues]).toEqual([
+      'S1',
+      'My Disk',
+      '2.0',
+      4096,
+      256,
+      2,
+    ]);
+    const t = parseDeviceSpec('nvme:size=64K') as NvmeController;
+    expect(t.blocks).toBe(128);
+    await t.backend.close();
+    const dir = mkdtempSync(join(tmpdir(), 'pcinet-spec-'));
+    try {
+      const f = parseDeviceSpec(`nvme:file=${dir}/d.img,size=1M`) as NvmeController;
+      expect(f.backend.name).toBe(`file ${dir}/d.img`);
+      await f.backend.close();
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('says what is wrong, in one line', () => {
+    expect(() => parseDeviceSpec('nvme')).toThrow(
+      'device "nvme": nvme needs file=PATH[,size=SIZE], path=/dev/..., mem=SIZE or size=SIZE',
+    );
+    expect(() => parseDeviceSpec('nvme:file=disk.img,size=1M')).toThrow('file must be an absolute path');
+    expect(() => parseDeviceSpec('nvme:mem=1M,lba=1024')).toThrow('lba must be 512 or 4096');
+    expect(() => parseDeviceSpec('nvme:mem=1M,file=/x')).toThrow('give one of file=, path= and mem=');
+    expect(() => parseDeviceSpec('nvme:mem=12X')).toThrow('mem "12X" is not a size');
+    expect(() => parseDeviceSpec('nvme:file=/nonexistent/dir/d.img,size=1M')).toThrow(
+      /device "nvme:file=\/nonexistent\/dir\/d\.img,size=1M": \/nonexistent\/dir\/d\.img: cannot open: ENOENT/,
+    );
+    expect(() => parseDeviceSpec('nvme:mem=1000')).toThrow('not a multiple of the 512-byte LBA');
   });
 });

@@ -103,6 +103,9 @@ const ok = (dw0 = 0): Done => ({ status: SC.SUCCESS, dw0 });
 const HELD = -1;
 const fail = (status: number, dnr = true): Done => ({ status: status | (dnr ? DNR : 0) });
 
+/** The controller was reset while the command ran: it ends without a trace of it. */
+class Abandoned extends Error {}
+
 class CommandError extends Error {
   constructor(readonly done: Done) {
     super('nvme command failed');
@@ -378,8 +381,12 @@ export class NvmeController extends PciDevice<NvmeController> {
     const started = Date.now();
     let done: Done;
     try {
-      done = sq.id === 0 ? await this.#admin(sqe) : await this.#io(sqe);
+      done = sq.id === 0 ? await this.#admin(sqe, epoch) : await this.#io(sqe, epoch);
     } catch (e) {
+      if (e instanceof Abandoned) {
+        sq.inflight--;
+        return;
+      }
       if (e instanceof CommandError) done = e.done;
       else if (e instanceof DmaError) {
         this.trace('nvme.dma.refused', { queue: sq.id, iova: `0x${e.iova.toString(16)}`, len: e.len });
@@ -484,8 +491,10 @@ export class NvmeController extends PciDevice<NvmeController> {
     return segs;
   }
 
-  async #toHost(sqe: Uint8Array, data: Uint8Array): Promise<void> {
+  /** Writes `data` to the command's PRPs, unless the controller was reset meanwhile. */
+  async #toHost(sqe: Uint8Array, data: Uint8Array, epoch: number): Promise<void> {
     const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), data.length);
+    if (epoch !== this.#epoch) throw new Abandoned();
     let at = 0;
     for (const s of segs) {
       this.host.dmaWrite(s.iova, data.subarray(at, at + s.len));
@@ -508,7 +517,7 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   // ---- admin commands ----
 
-  async #admin(sqe: Uint8Array): Promise<Done> {
+  async #admin(sqe: Uint8Array, epoch: number): Promise<Done> {
     const opcode = sqe[0]!;
     const cdw10 = rd32(sqe, 40);
     const cdw11 = rd32(sqe, 44);
@@ -516,9 +525,9 @@ export class NvmeController extends PciDevice<NvmeController> {
     this.stats.otherCommands++;
     switch (opcode) {
       case ADMIN.IDENTIFY:
-        return this.#identify(sqe, cdw10 & 0xff, rd32(sqe, 4));
+        return this.#identify(sqe, cdw10 & 0xff, rd32(sqe, 4), epoch);
       case ADMIN.GET_LOG_PAGE:
-        return this.#getLogPage(sqe, cdw10, cdw11);
+        return this.#getLogPage(sqe, cdw10, cdw11, epoch);
       case ADMIN.CREATE_CQ:
         return this.#createCq(sqe, cdw10, cdw11);
       case ADMIN.CREATE_SQ:
@@ -543,7 +552,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     }
   }
 
-  async #identify(sqe: Uint8Array, cns: number, nsid: number): Promise<Done> {
+  async #identify(sqe: Uint8Array, cns: number, nsid: number, epoch: number): Promise<Done> {
     const b = new Uint8Array(PAGE);
     switch (cns) {
       case CNS.CONTROLLER:
@@ -570,7 +579,7 @@ export class NvmeController extends PciDevice<NvmeController> {
         this.trace('nvme.identify.bad-cns', { cns });
         return fail(SC.INVALID_FIELD);
     }
-    await this.#toHost(sqe, b);
+    await this.#toHost(sqe, b, epoch);
     return ok();
   }
 
@@ -624,7 +633,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     b[130] = this.lbaSize === 4096 ? 12 : 9; // LBA format 0: data size 2^n
   }
 
-  async #getLogPage(sqe: Uint8Array, cdw10: number, cdw11: number): Promise<Done> {
+  async #getLogPage(sqe: Uint8Array, cdw10: number, cdw11: number, epoch: number): Promise<Done> {
     const lid = cdw10 & 0xff;
     const dwords = (((cdw11 & 0xffff) << 16) | (cdw10 >>> 16)) + 1;
     const offset = Number(rd64(sqe, 48));
@@ -650,7 +659,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     if (offset % 4 || offset > page.length) return fail(SC.INVALID_FIELD);
     const out = new Uint8Array(len);
     out.set(page.subarray(offset, offset + len));
-    await this.#toHost(sqe, out);
+    await this.#toHost(sqe, out, epoch);
     return ok();
   }
 
@@ -770,7 +779,7 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   // ---- NVM commands ----
 
-  async #io(sqe: Uint8Array): Promise<Done> {
+  async #io(sqe: Uint8Array, epoch: number): Promise<Done> {
     const opcode = sqe[0]!;
     const nsid = rd32(sqe, 4);
     if ((sqe[1]! >>> 6) & 3) return fail(SC.INVALID_FIELD);
@@ -801,7 +810,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     const fua = (cdw12 & (1 << 30)) !== 0;
     if (opcode === IO.READ) {
       const data = await this.backend.read(offset, len);
-      await this.#toHost(sqe, data);
+      await this.#toHost(sqe, data, epoch);
       this.stats.readCommands++;
       this.stats.readBytes += len;
       return ok();

@@ -153,7 +153,7 @@ export class FileBackend implements BlockBackend {
 
   async read(offset: number, length: number): Promise<Uint8Array> {
     this.#check(offset, length);
-    const buf = Buffer.allocUnsafe(length);
+    const buf = new Uint8Array(length);
     let done = 0;
     try {
       while (done < length) {

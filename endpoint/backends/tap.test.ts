@@ -34,19 +34,23 @@ tap.onReceive = (f) => {
 tap.send(arp);
 `;
 
-it.skipIf(!root)('a frame written to the TAP reaches the kernel and its answer comes back', { timeout: 20_000 }, async () => {
-  const dist = join(repoRoot(), 'dist/endpoint/backends/tap.js');
-  const out = await new Promise<{ code: number; text: string }>((resolve) => {
-    execFile(
-      'unshare',
-      ['-n', process.execPath, '--input-type=module', '-e', script(dist)],
-      { timeout: 15_000, cwd: repoRoot() },
-      (err, stdout, stderr) => resolve({ code: err ? 1 : 0, text: stdout + stderr }),
-    );
-  });
-  expect(out.text).toMatch(/^arp-reply from ([0-9a-f]{2}:){5}[0-9a-f]{2}$/m);
-  expect(out.code).toBe(0);
-});
+it.skipIf(!root)(
+  'a frame written to the TAP reaches the kernel and its answer comes back',
+  { timeout: 20_000 },
+  async () => {
+    const dist = join(repoRoot(), 'dist/endpoint/backends/tap.js');
+    const out = await new Promise<{ code: number; text: string }>((resolve) => {
+      execFile(
+        'unshare',
+        ['-n', process.execPath, '--input-type=module', '-e', script(dist)],
+        { timeout: 15_000, cwd: repoRoot() },
+        (err, stdout, stderr) => resolve({ code: err ? 1 : 0, text: stdout + stderr }),
+      );
+    });
+    expect(out.text).toMatch(/^arp-reply from ([0-9a-f]{2}:){5}[0-9a-f]{2}$/m);
+    expect(out.code).toBe(0);
+  },
+);
 
 it.skipIf(!root)('says what is wrong with a bad interface', async () => {
   const { TapBackend } = await import('./tap.js');

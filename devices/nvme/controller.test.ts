@@ -1,0 +1,384 @@
+// The NVMe controller driven as Linux's nvme driver drives it: registers through FakeBus (the
+// host's shadow), queues and data in FakeHost memory, storage in a MemoryBackend (or one that
+// fails on purpose). Each helper below is one step a driver takes.
+import { describe, expect, it } from 'vitest';
+import { MemoryBackend } from '../../endpoint/backends/block.js';
+import { FakeBus, FakeHost, settle } from '../pci/fake-host.js';
+import { rd16, rd32, rd64, wr16, wr32, wr64 } from '../pci/le.js';
+import { type BlockBackend, BlockError } from './backend.js';
+import { NvmeController } from './controller.js';
+import { ADMIN, CC, CNS, CSTS, FEAT, IO, LOG, REG, SC } from './spec.js';
+
+const MEM = 8 << 20;
+const BASE = 0x1000_0000n;
+const ASQ = BASE;
+const ACQ = BASE + 0x1000n;
+const IOSQ = BASE + 0x2000n;
+const IOCQ = BASE + 0x3000n;
+const SCRATCH = BASE + 0x10000n; // identify pages, PRP lists
+const DATA = BASE + 0x100000n;
+const QSIZE = 16;
+
+interface Cqe {
+  dw0: number;
+  sqhd: number;
+  sqid: number;
+  cid: number;
+  status: number;
+}
+
+class Driver {
+  readonly host = new FakeHost({ memory: MEM, base: BASE });
+  readonly bus: FakeBus;
+  readonly dev: NvmeController;
+  readonly tails = new Map<number, number>();
+  readonly heads = new Map<number, number>();
+  readonly phases = new Map<number, number>();
+  #cid = 0;
+
+  constructor(backend: BlockBackend = new MemoryBackend(4 << 20), o: { lbaSize?: number } = {}) {
+    this.dev = new NvmeController({
+      backend,
+      lbaSize: o.lbaSize,
+      serial: 'SN-TEST',
+      model: 'Model X',
+      firmware: 'FW1',
+      queues: 4,
+    });
+    this.bus = new FakeBus(this.dev, this.host);
+  }
+
+  mem(iova: bigint, len: number): Uint8Array {
+    const off = Number(iova - BASE);
+    return this.host.memory.subarray(off, off + len);
+  }
+
+  csts(): number {
+    return this.bus.read32(0, REG.CSTS);
+  }
+
+  async enable(): Promise<void> {
+    this.bus.write32(0, REG.AQA, ((QSIZE - 1) << 16) | (QSIZE - 1));
+    this.bus.write64(0, REG.ASQ, ASQ);
+    this.bus.write64(0, REG.ACQ, ACQ);
+    this.bus.write32(0, REG.CC, CC.EN | (6 << 16) | (4 << 20));
+    for (const q of [0, 1]) {
+      this.tails.set(q, 0);
+      this.heads.set(q, 0);
+      this.phases.set(q, 1);
+    }
+    await this.bus.settle();
+  }
+
+  /** Builds an SQE. */
+  sqe(opcode: number, f: { nsid?: number; prp1?: bigint; prp2?: bigint; cdw?: number[] } = {}): Uint8Array {
+    const b = new Uint8Array(64);
+    b[0] = opcode;
+    wr16(b, 2, ++this.#cid & 0xffff);
+    wr32(b, 4, f.nsid ?? 0);
+    wr64(b, 24, f.prp1 ?? 0n);
+    wr64(b, 32, f.prp2 ?? 0n);
+    (f.cdw ?? []).forEach((v, i) => wr32(b, 40 + 4 * i, v >>> 0));
+    return b;
+  }
+
+  /** Submits on queue q (0 admin, 1 I/O), rings the doorbell, waits, reaps one completion. */
+  async submit(q: number, sqe: Uint8Array): Promise<Cqe> {
+    const sqBase = q === 0 ? ASQ : IOSQ;
+    const tail = this.tails.get(q)!;
+    this.mem(sqBase + BigInt(tail * 64), 64).set(sqe);
+    this.tails.set(q, (tail + 1) % QSIZE);
+    this.bus.write32(0, REG.DOORBELLS + 8 * q, this.tails.get(q)!);
+    for (let i = 0; i < 20; i++) await settle();
+    const cqe = this.reap(q);
+    if (!cqe) throw new Error(`no completion on queue ${q}`);
+    return cqe;
+  }
+
+  reap(q: number): Cqe | undefined {
+    const cqBase = q === 0 ? ACQ : IOCQ;
+    const head = this.heads.get(q)!;
+    const e = this.mem(cqBase + BigInt(head * 16), 16);
+    if ((rd16(e, 14) & 1) !== this.phases.get(q)) return undefined;
+    const next = (head + 1) % QSIZE;
+    if (next === 0) this.phases.set(q, this.phases.get(q)! ^ 1);
+    this.heads.set(q, next);
+    this.bus.write32(0, REG.DOORBELLS + 8 * q + 4, next);
+    return {
+      dw0: rd32(e, 0),
+      sqhd: rd16(e, 8),
+      sqid: rd16(e, 10),
+      cid: rd16(e, 12),
+      status: rd16(e, 14) >>> 1,
+    };
+  }
+
+  async ioQueues(): Promise<void> {
+    expect(
+      (
+        await this.submit(
+          0,
+          this.sqe(ADMIN.CREATE_CQ, { prp1: IOCQ, cdw: [((QSIZE - 1) << 16) | 1, (1 << 16) | 3] }),
+        )
+      ).status,
+    ).toBe(0);
+    expect(
+      (
+        await this.submit(
+          0,
+          this.sqe(ADMIN.CREATE_SQ, { prp1: IOSQ, cdw: [((QSIZE - 1) << 16) | 1, (1 << 16) | 1] }),
+        )
+      ).status,
+    ).toBe(0);
+  }
+
+  rw(opcode: number, slba: number, nlb: number, prp1: bigint, prp2 = 0n, fua = false): Uint8Array {
+    return this.sqe(opcode, { nsid: 1, prp1, prp2, cdw: [slba, 0, (nlb - 1) | (fua ? 1 << 30 : 0)] });
+  }
+}
+
+const sc = (status: number) => status & 0x7ff; // without DNR
+const pattern = (len: number, seed: number) =>
+  Uint8Array.from({ length: len }, (_, i) => (i * 31 + seed) & 0xff);
+
+describe('NVMe controller', () => {
+  it('enables: CSTS.RDY after CC.EN with valid admin queues; a bad ASQ is a fatal status', async () => {
+    const d = new Driver();
+    expect(d.bus.read64(0, REG.CAP) & 0xffffn).toBe(1023n);
+    expect(d.bus.read32(0, REG.VS)).toBe(0x10400);
+    await d.enable();
+    expect(d.csts() & CSTS.RDY).toBe(CSTS.RDY);
+    d.bus.write32(0, REG.CC, 0);
+    await d.bus.settle();
+    expect(d.csts() & CSTS.RDY).toBe(0);
+
+    const bad = new Driver();
+    bad.bus.write32(0, REG.AQA, 0x000f000f);
+    bad.bus.write64(0, REG.ASQ, 0n);
+    bad.bus.write64(0, REG.ACQ, ACQ);
+    bad.bus.write32(0, REG.CC, CC.EN);
+    await bad.bus.settle();
+    expect(bad.csts() & (CSTS.RDY | CSTS.CFS)).toBe(CSTS.CFS);
+    expect(bad.host.traced('nvme.enable.bad')).toBe(1);
+  });
+
+  it('identifies the controller and the namespace with the configured values', async () => {
+    const d = new Driver(new MemoryBackend(8 << 20), { lbaSize: 4096 });
+    await d.enable();
+    expect((await d.submit(0, d.sqe(ADMIN.IDENTIFY, { prp1: SCRATCH, cdw: [CNS.CONTROLLER] }))).status).toBe(
+      0,
+    );
+    const c = d.mem(SCRATCH, 4096);
+    const text = (at: number, len: number) => String.fromCharCode(...c.subarray(at, at + len)).trimEnd();
+    expect(text(4, 20)).toBe('SN-TEST');
+    expect(text(24, 40)).toBe('Model X');
+    expect(text(64, 8)).toBe('FW1');
+    expect(c[77]).toBe(6);
+    expect(rd32(c, 516)).toBe(1);
+    expect(
+      (await d.submit(0, d.sqe(ADMIN.IDENTIFY, { nsid: 1, prp1: SCRATCH, cdw: [CNS.NAMESPACE] }))).status,
+    ).toBe(0);
+    expect(rd64(d.mem(SCRATCH, 8), 0)).toBe(2048n); // 8 MiB of 4 KiB blocks
+    expect(d.mem(SCRATCH, 4096)[130]).toBe(12);
+    expect(
+      (await d.submit(0, d.sqe(ADMIN.IDENTIFY, { prp1: SCRATCH, cdw: [CNS.ACTIVE_NS_LIST] }))).status,
+    ).toBe(0);
+    expect(rd32(d.mem(SCRATCH, 8), 0)).toBe(1);
+    expect(
+      (await d.submit(0, d.sqe(ADMIN.IDENTIFY, { nsid: 1, prp1: SCRATCH, cdw: [CNS.NS_DESCRIPTORS] })))
+        .status,
+    ).toBe(0);
+    expect([...d.mem(SCRATCH, 2)]).toEqual([1, 8]);
+    expect(
+      sc((await d.submit(0, d.sqe(ADMIN.IDENTIFY, { nsid: 2, prp1: SCRATCH, cdw: [CNS.NAMESPACE] }))).status),
+    ).toBe(SC.INVALID_NS);
+    expect(sc((await d.submit(0, d.sqe(ADMIN.IDENTIFY, { prp1: SCRATCH, cdw: [0x55] }))).status)).toBe(
+      SC.INVALID_FIELD,
+    );
+  });
+
+  it('reads and writes through PRP lists across pages, at an offset, with FUA', async () => {
+    const backend = new MemoryBackend(4 << 20);
+    const d = new Driver(backend);
+    await d.enable();
+    await d.ioQueues();
+    // 20 KiB starting 512 bytes into a page: PRP1 + a list of 5 entries.
+    const len = 20 << 10;
+    const buf = DATA + 512n;
+    const list = SCRATCH;
+    for (let i = 0; i < 5; i++) wr64(d.mem(list + BigInt(8 * i), 8), 0, DATA + BigInt((i + 1) * 4096));
+    const data = pattern(len, 7);
+    d.mem(buf, len).set(data);
+    const w = await d.submit(1, d.rw(IO.WRITE, 100, len / 512, buf, list, true));
+    expect(w).toMatchObject({ status: 0, sqid: 1 });
+    expect(await backend.read(100 * 512, len)).toEqual(data);
+    d.mem(buf, len).fill(0);
+    expect((await d.submit(1, d.rw(IO.READ, 100, len / 512, buf, list))).status).toBe(0);
+    expect(d.mem(buf, len)).toEqual(data);
+    // Two pages: PRP2 is the second page itself.
+    expect((await d.submit(1, d.rw(IO.READ, 0, 16, DATA, DATA + 0x10000n))).status).toBe(0);
+    expect(d.host.interrupts).toContain(1);
+  });
+
+  it('answers driver mistakes with the status the specification gives', async () => {
+    const d = new Driver();
+    await d.enable();
+    expect(sc((await d.submit(0, d.sqe(0x7f))).status)).toBe(SC.INVALID_OPCODE);
+    expect(
+      sc(
+        (
+          await d.submit(
+            0,
+            d.sqe(ADMIN.CREATE_SQ, { prp1: IOSQ, cdw: [((QSIZE - 1) << 16) | 1, (1 << 16) | 1] }),
+          )
+        ).status,
+      ),
+    ).toBe(SC.CQ_INVALID);
+    expect(
+      sc(
+        (await d.submit(0, d.sqe(ADMIN.CREATE_CQ, { prp1: IOCQ, cdw: [((QSIZE - 1) << 16) | 9, 1] }))).status,
+      ),
+    ).toBe(SC.QID_INVALID);
+    expect(
+      sc((await d.submit(0, d.sqe(ADMIN.CREATE_CQ, { prp1: IOCQ, cdw: [(4096 << 16) | 1, 1] }))).status),
+    ).toBe(SC.QUEUE_SIZE);
+    expect(
+      sc(
+        (
+          await d.submit(
+            0,
+            d.sqe(ADMIN.CREATE_CQ, { prp1: IOCQ, cdw: [((QSIZE - 1) << 16) | 1, (9 << 16) | 1] }),
+          )
+        ).status,
+      ),
+    ).toBe(SC.INVALID_VECTOR);
+    expect(sc((await d.submit(0, d.sqe(ADMIN.DELETE_SQ, { cdw: [3] }))).status)).toBe(SC.QID_INVALID);
+    expect(
+      sc((await d.submit(0, d.sqe(ADMIN.GET_LOG_PAGE, { prp1: SCRATCH, cdw: [0x7f | (127 << 16)] }))).status),
+    ).toBe(SC.INVALID_LOG_PAGE);
+    expect(sc((await d.submit(0, d.sqe(ADMIN.GET_FEATURES, { cdw: [0x55] }))).status)).toBe(SC.INVALID_FIELD);
+    await d.ioQueues();
+    expect(sc((await d.submit(0, d.sqe(ADMIN.DELETE_CQ, { cdw: [1] }))).status)).toBe(
+      SC.INVALID_QUEUE_DELETION,
+    );
+    const r = await d.submit(1, d.rw(IO.READ, 8192, 1, DATA)); // past the 4 MiB namespace
+    expect(sc(r.status)).toBe(SC.LBA_RANGE);
+    expect(r.status & 0x4000).toBe(0x4000); // do not retry
+    expect(sc((await d.submit(1, d.sqe(IO.READ, { nsid: 2, prp1: DATA }))).status)).toBe(SC.INVALID_NS);
+    expect(sc((await d.submit(1, d.sqe(0x7e, { nsid: 1 }))).status)).toBe(SC.INVALID_OPCODE);
+    expect(sc((await d.submit(1, d.rw(IO.READ, 0, 16, DATA, DATA + 0x123n))).status)).toBe(
+      SC.INVALID_PRP_OFFSET,
+    );
+    // Memory the host refuses (outside FakeHost's memory): a data transfer error, retryable.
+    const x = await d.submit(1, d.rw(IO.WRITE, 0, 8, 0x9000_0000n));
+    expect(x.status).toBe(SC.DATA_XFER_ERROR);
+    expect(d.host.traced('nvme.dma.refused')).toBe(1);
+    // Doorbells of queues that do not exist are traced and ignored.
+    d.bus.write32(0, REG.DOORBELLS + 8 * 3, 1);
+    expect(d.host.traced('nvme.doorbell.bad-sq')).toBe(1);
+  });
+
+  it('deallocates and writes zeroes; SMART counts the I/O; features stick', async () => {
+    const backend = new MemoryBackend(4 << 20);
+    await backend.write(0, pattern(64 << 10, 3));
+    const d = new Driver(backend);
+    await d.enable();
+    await d.ioQueues();
+    const ranges = d.mem(SCRATCH, 32);
+    wr32(ranges, 4, 8); // 8 blocks at LBA 0
+    wr64(ranges, 8, 0n);
+    wr32(ranges, 20, 16); // 16 blocks at LBA 64
+    wr64(ranges, 24, 64n);
+    expect((await d.submit(1, d.sqe(IO.DSM, { nsid: 1, prp1: SCRATCH, cdw: [1, 4] }))).status).toBe(0);
+    expect(await backend.read(0, 4096)).toEqual(new Uint8Array(4096));
+    expect(await backend.read(64 * 512, 8192)).toEqual(new Uint8Array(8192));
+    expect((await backend.read(4096, 16))[0]).not.toBe(0);
+    expect((await d.submit(1, d.sqe(IO.WRITE_ZEROES, { nsid: 1, cdw: [100, 0, 7] }))).status).toBe(0);
+    expect(await backend.read(100 * 512, 4096)).toEqual(new Uint8Array(4096));
+    await d.submit(1, d.rw(IO.READ, 0, 8, DATA));
+    await d.submit(1, d.rw(IO.WRITE, 0, 8, DATA));
+    expect(
+      (await d.submit(0, d.sqe(ADMIN.GET_LOG_PAGE, { prp1: SCRATCH, cdw: [LOG.SMART | (127 << 16)] })))
+        .status,
+    ).toBe(0);
+    const smart = d.mem(SCRATCH, 512);
+    expect(rd64(smart, 64)).toBe(1n); // host read commands
+    expect(rd64(smart, 80)).toBe(1n); // host write commands
+    expect(rd64(smart, 32)).toBe(1n); // data units read (rounded up)
+    expect(
+      (await d.submit(0, d.sqe(ADMIN.SET_FEATURES, { cdw: [FEAT.NUM_QUEUES, (7 << 16) | 7] }))).dw0,
+    ).toBe((3 << 16) | 3);
+    expect((await d.submit(0, d.sqe(ADMIN.SET_FEATURES, { cdw: [FEAT.VOLATILE_WC, 0] }))).status).toBe(0);
+    expect((await d.submit(0, d.sqe(ADMIN.GET_FEATURES, { cdw: [FEAT.VOLATILE_WC] }))).dw0).toBe(0);
+  });
+
+  it('shuts down only after the backend has flushed; flushes on FUA and Flush', async () => {
+    let flushes = 0;
+    let release: (() => void) | undefined;
+    const mem = new MemoryBackend(1 << 20);
+    const backend: BlockBackend = Object.assign(Object.create(mem) as BlockBackend, {
+      flush: () => {
+        flushes++;
+        return new Promise<void>((r) => (release = r));
+      },
+    });
+    const d = new Driver(backend);
+    await d.enable();
+    d.bus.write32(0, REG.CC, CC.EN | (1 << CC.SHN_SHIFT) | (6 << 16) | (4 << 20));
+    await d.bus.settle();
+    expect(d.csts() & (3 << 2)).toBe(CSTS.SHST_OCCURRING);
+    release!();
+    await d.bus.settle();
+    expect(d.csts() & (3 << 2)).toBe(CSTS.SHST_COMPLETE);
+    expect(flushes).toBe(1);
+  });
+
+  it('maps backend errors to media and capacity statuses and keeps going', async () => {
+    const mem = new MemoryBackend(1 << 20);
+    let fail: string | undefined;
+    const backend: BlockBackend = Object.assign(Object.create(mem) as BlockBackend, {
+      write: (off: number, data: Uint8Array) =>
+        fail ? Promise.reject(new BlockError(fail, 'write: injected')) : mem.write(off, data),
+      read: (off: number, len: number) =>
+        fail ? Promise.reject(new BlockError(fail, 'read: injected')) : mem.read(off, len),
+    });
+    const d = new Driver(backend);
+    await d.enable();
+    await d.ioQueues();
+    fail = 'EIO';
+    expect((await d.submit(1, d.rw(IO.WRITE, 0, 1, DATA))).status).toBe(SC.WRITE_FAULT);
+    expect((await d.submit(1, d.rw(IO.READ, 0, 1, DATA))).status).toBe(SC.UNRECOVERED_READ);
+    fail = 'ENOSPC';
+    expect(sc((await d.submit(1, d.rw(IO.WRITE, 0, 1, DATA))).status)).toBe(SC.CAP_EXCEEDED);
+    fail = undefined;
+    expect((await d.submit(1, d.rw(IO.WRITE, 0, 1, DATA))).status).toBe(0);
+    expect(d.dev.counters().mediaErrors).toBe(3);
+  });
+
+  it('a reset drops commands in flight: nothing completes into the old queues', async () => {
+    let release: (() => void) | undefined;
+    const mem = new MemoryBackend(1 << 20);
+    const backend: BlockBackend = Object.assign(Object.create(mem) as BlockBackend, {
+      read: (off: number, len: number) =>
+        new Promise<Uint8Array>((r) => (release = () => r(new Uint8Array(len).fill(off & 0xff)))),
+    });
+    const d = new Driver(backend);
+    await d.enable();
+    await d.ioQueues();
+    const sqe = d.rw(IO.READ, 0, 1, DATA);
+    d.mem(IOSQ, 64).set(sqe);
+    d.bus.write32(0, REG.DOORBELLS + 8, 1);
+    await d.bus.settle();
+    d.bus.write32(0, REG.CC, 0); // reset with the read still running
+    await d.bus.settle();
+    const writesBefore = d.host.events.filter((e) => e.kind === 'dma-write').length;
+    release!();
+    await d.bus.settle();
+    expect(d.host.events.filter((e) => e.kind === 'dma-write').length).toBe(writesBefore);
+    await d.enable();
+    expect(d.csts() & CSTS.RDY).toBe(CSTS.RDY);
+    expect((await d.submit(0, d.sqe(ADMIN.IDENTIFY, { prp1: SCRATCH, cdw: [CNS.CONTROLLER] }))).status).toBe(
+      0,
+    );
+  });
+});
