@@ -3,6 +3,7 @@
 import './threadpool.js';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { labCommand } from '../lab/cli.js';
+import { runZfsDemo } from '../lab/demo-zfs.js';
 import { runEndpoint, runHost, runId } from './commands.js';
 import { mergeOptions, readConfigFile } from './config.js';
 import { EXIT_USAGE, UsageError } from './errors.js';
@@ -93,6 +94,14 @@ export function buildProgram(): Command {
     });
 
   labCommand(program);
+  program
+    .command('demo')
+    .description('scripted demos on the lab')
+    .command('zfs')
+    .description('a ZFS pool on the card (zfs-fuse) shown to the lab workstation as one NVMe disk')
+    .action(async () => {
+      process.exitCode = await runZfsDemo();
+    });
   return program;
 }
 

@@ -6,9 +6,9 @@ import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { askCard, startCardControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
 import { runInLab } from '../../lab/run.js';
-import { askCard, startCardControl } from './card-control.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 300_000;

@@ -5,9 +5,9 @@
 // and up (`ip link set` on the TAP, asked for over the NIC itself).
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { askCard, startCardControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
 import { type LabCard, runInLab } from '../../lab/run.js';
-import { askCard, startCardControl } from './card-control.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 240_000;

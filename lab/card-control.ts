@@ -1,9 +1,9 @@
-// A control port on "the card" for lab tests: the guest connects to 10.0.2.2:PORT (QEMU user
+// A control port on "the card" for lab tests and demos: the guest connects to 10.0.2.2:PORT (QEMU user
 // networking maps it to the lab namespace's loopback), sends a command word, and gets "ok" once
 // the test (on this machine) has carried it out — e.g. restarting the endpoint mid-I/O.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
-import type { LabCard } from '../../lab/run.js';
+import type { LabCard } from './run.js';
 
 export const CONTROL_PORT = 7998;
 

@@ -1,0 +1,172 @@
+// `pcinet demo zfs`: a ZFS pool on the card shown to the workstation as one plain NVMe disk.
+//
+// On this machine (the card): zfs-fuse (real ZFS over FUSE), a raidz pool of three file vdevs,
+// a compressed dataset, and in it the file that backs the NVMe namespace. In the lab guest (the
+// workstation): the disk is formatted and mounted, files are written in rounds; after each round
+// the card prints the dataset's space and compression ratio next to the workstation's df. At the
+// end: zpool status. Everything is created in a temporary directory and destroyed afterwards.
+//
+// A real card does the same with OpenZFS and a zvol (docs/ZFS.md): --device nvme:path=/dev/zvol/…
+import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { askCard, startCardControl } from './card-control.js';
+import { prepareLab } from './prepare.js';
+import { runInLab } from './run.js';
+
+const VDEV_BYTES = 512 << 20;
+const DISK_BYTES = 768 << 20;
+const ROUNDS = 3;
+
+function sh(argv: string[], timeoutMs = 60_000): Promise<string> {
+  return new Promise((resolve, reject) =>
+    execFile(argv[0]!, argv.slice(1), { timeout: timeoutMs }, (e, out, err) =>
+      e ? reject(new Error(`${argv.join(' ')}: ${(err || e.message).trim()}`)) : resolve(out),
+    ),
+  );
+}
+
+async function need(tool: string, pkg: string): Promise<void> {
+  try {
+    await sh(['sh', '-c', `command -v ${tool}`]);
+  } catch {
+    throw new Error(`demo zfs: ${tool} not found (apt-get install ${pkg})`);
+  }
+}
+
+/** The guest's part: format, mount, write rounds of files, ask the card for its numbers. */
+function guestScript(): string {
+  return [
+    'set -e',
+    'dev=$PCINET_LAB_DEVICES',
+    'ctrl=$(ls /sys/bus/pci/devices/$dev/nvme/)',
+    'for i in $(seq 50); do [ -e /dev/"$ctrl"n1 ] && break; sleep 0.1; done',
+    'disk=/dev/"$ctrl"n1',
+    'echo "== workstation: $(nvme list | grep $disk)"',
+    'mkfs.ext4 -q -F -E nodiscard $disk && mkdir -p /tmp/zdisk && mount $disk /tmp/zdisk',
+    'echo "== workstation: ext4 on $disk: $(df -h /tmp/zdisk | tail -1)"',
+    askCard('stats'),
+    `for r in $(seq 1 ${ROUNDS}); do`,
+    '  mkdir -p /tmp/zdisk/round$r',
+    '  for f in $(seq 1 20); do cat /usr/share/common-licenses/* /usr/share/common-licenses/* > /tmp/zdisk/round$r/text$f; done',
+    '  head -c 4000000 /dev/urandom > /tmp/zdisk/round$r/random.bin',
+    '  sync',
+    '  echo "== workstation: round $r written: $(du -sh /tmp/zdisk | cut -f1) in $(find /tmp/zdisk -type f | wc -l) files; df: $(df -h /tmp/zdisk | tail -1 | tr -s " " | cut -d" " -f3) used"',
+    `  ${askCard('stats')}`,
+    'done',
+    'umount /tmp/zdisk',
+  ].join('\n');
+}
+
+/** The pool stays busy for a moment after its last user (the endpoint) exits. */
+async function destroyPool(pool: string): Promise<void> {
+  for (let i = 0; ; i++) {
+    try {
+      await sh(['zfs', 'unmount', '-a']).catch(() => {});
+      await sh(['zpool', 'destroy', '-f', pool]);
+      return;
+    } catch (e) {
+      if (i >= 20) throw e;
+      await new Promise((r) => setTimeout(r, 500));
+    }
+  }
+}
+
+export interface ZfsDemoOptions {
+  /** Where the demo's lines go (default stdout). */
+  out?: (line: string) => void;
+}
+
+/** Runs the demo; resolves with the lab command's exit status. */
+export async function runZfsDemo(o: ZfsDemoOptions = {}): Promise<number> {
+  const out = o.out ?? ((l: string) => process.stdout.write(`${l}\n`));
+  for (const [tool, pkg] of [
+    ['zfs-fuse', 'zfs-fuse'],
+    ['zpool', 'zfs-fuse'],
+    ['zfs', 'zfs-fuse'],
+  ] as const) {
+    await need(tool, pkg);
+  }
+  const dir = mkdtempSync(join(tmpdir(), 'pcinet-zfs-'));
+  const pool = `pcinet${process.pid}`;
+  let daemon: ChildProcess | undefined;
+  let poolCreated = false;
+  try {
+    const running = await sh(['sh', '-c', 'pgrep -x zfs-fuse || true']);
+    if (!running.trim()) {
+      daemon = spawn('zfs-fuse', ['--no-daemon'], { stdio: 'ignore' });
+      for (let i = 0; i < 50; i++) {
+        if (
+          await sh(['zpool', 'list']).then(
+            () => true,
+            () => false,
+          )
+        )
+          break;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+    }
+    const vdevs = [1, 2, 3].map((i) => join(dir, `vdev${i}`));
+    for (const v of vdevs) {
+      writeFileSync(v, '');
+      truncateSync(v, VDEV_BYTES);
+    }
+    await sh(['zpool', 'create', '-m', join(dir, 'pool'), pool, 'raidz', ...vdevs]);
+    poolCreated = true;
+    await sh(['zfs', 'create', '-o', 'compression=gzip', `${pool}/disks`]);
+    const image = join(dir, 'pool', 'disks', 'nvme.img');
+    out(
+      `== card: raidz pool ${pool} of 3 × ${VDEV_BYTES >> 20} MiB file vdevs, dataset ${pool}/disks (compression=gzip)`,
+    );
+    out(`== card: the workstation's disk is ${image} (${DISK_BYTES >> 20} MiB, sparse)`);
+
+    const stats = async () => {
+      // ZFS accounts space when a transaction group commits; a snapshot forces one now.
+      await sh(['zfs', 'snapshot', `${pool}/disks@now`]);
+      await sh(['zfs', 'destroy', `${pool}/disks@now`]);
+      const ds = (await sh(['zfs', 'get', '-H', '-o', 'value', 'used,compressratio', `${pool}/disks`]))
+        .trim()
+        .split('\n');
+      const pl = (await sh(['zpool', 'list', '-H', '-o', 'alloc,free', pool])).trim().split('\t');
+      out(
+        `== card: dataset ${pool}/disks uses ${ds[0]}, compression ratio ${ds[1]}; pool allocated ${pl[0]}, free ${pl[1]}`,
+      );
+    };
+    const procs: ChildProcess[] = [];
+    let partial = '';
+    const assets = await prepareLab({ modules: true });
+    const r = await runInLab({
+      assets,
+      devices: [`nvme:file=${image},size=${DISK_BYTES},serial=ZFSDEMO,model=pcinet_disk_on_ZFS`],
+      command: guestScript(),
+      timeoutMs: 600_000,
+      onOutput: (chunk) => {
+        partial += chunk.toString();
+        const lines = partial.split('\n');
+        partial = lines.pop()!;
+        for (const line of lines) if (line.trim() && !line.startsWith('card: ')) out(line);
+      },
+      card: async (card) => {
+        procs.push(
+          startCardControl(card, async (word) => {
+            if (word === 'stats') await stats();
+          }),
+        );
+        return async () => {
+          for (const p of procs) p.kill('SIGTERM');
+        };
+      },
+    });
+    out(`== card: zpool status ${pool}`);
+    for (const l of (await sh(['zpool', 'status', pool])).trimEnd().split('\n')) out(l);
+    return r.code;
+  } finally {
+    if (poolCreated) await destroyPool(pool).catch((e: Error) => out(`demo zfs: cleanup: ${e.message}`));
+    if (daemon) {
+      daemon.kill('SIGTERM');
+      await new Promise((r) => setTimeout(r, 500));
+    }
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
