@@ -3,6 +3,7 @@
 import './threadpool.js';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
 import { labCommand } from '../lab/cli.js';
+import { runVpnDemo } from '../lab/demo-vpn.js';
 import { runZfsDemo } from '../lab/demo-zfs.js';
 import { runEndpoint, runHost, runId } from './commands.js';
 import { mergeOptions, readConfigFile } from './config.js';
@@ -94,13 +95,19 @@ export function buildProgram(): Command {
     });
 
   labCommand(program);
-  program
-    .command('demo')
-    .description('scripted demos on the lab')
+  const demo = program.command('demo').description('scripted demos on the lab');
+  demo
     .command('zfs')
     .description('a ZFS pool on the card (zfs-fuse) shown to the lab workstation as one NVMe disk')
     .action(async () => {
       process.exitCode = await runZfsDemo();
+    });
+  demo
+    .command('vpn')
+    .description("a NIC whose WireGuard VPN runs on the card: the workstation's traffic leaves it encrypted")
+    .action(async () => {
+      const r = await runVpnDemo();
+      process.exitCode = r.code !== 0 ? r.code : r.problems.length === 0 ? 0 : 1;
     });
   return program;
 }

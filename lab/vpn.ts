@@ -12,7 +12,7 @@
 // here, held by processes that die after `lifetimeS` even if this one is killed; wireguard-go and
 // tcpdump run under timeout(1) for the same reason.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdtempSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
@@ -21,9 +21,14 @@ import { describeFailure, run, tail, unrefDelay } from './proc.js';
 import { type CaptureSummary, plaintextProblems, readPcap, summarize } from './vpn-pcap.js';
 
 /** The workstation's subnet, on the TAP. */
-const WORKSTATION_NET = { gateway: '10.77.0.1', workstation: '10.77.0.2', prefix: 24, cidr: '10.77.0.0/24' };
+export const WORKSTATION_NET = {
+  gateway: '10.77.0.1',
+  workstation: '10.77.0.2',
+  prefix: 24,
+  cidr: '10.77.0.0/24',
+};
 /** Behind the VPN server. */
-const HIDDEN_NET = { server: '10.78.0.1', host: '10.78.0.2', prefix: 24, cidr: '10.78.0.0/24' };
+export const HIDDEN_NET = { server: '10.78.0.1', host: '10.78.0.2', prefix: 24, cidr: '10.78.0.0/24' };
 /** The tunnel's own addresses (for `ping` across it and for diagnostics; routing needs none). */
 const TUNNEL_NET = { card: '10.99.0.1', server: '10.99.0.2', prefix: 24, cidr: '10.99.0.0/24' };
 /** The uplink, card ↔ VPN server: TEST-NET-1 (RFC 5737), never routed anywhere real. */
@@ -38,7 +43,7 @@ const UPLINK_MTU = 1500;
  * holds when the real uplink is IPv6. The TAP gets the same MTU so that the workstation never
  * sends a packet the tunnel would have to refuse (DF) or fragment.
  */
-const TUNNEL_MTU = UPLINK_MTU - 80;
+export const TUNNEL_MTU = UPLINK_MTU - 80;
 /** Interface names inside the namespaces made here (private to them, so fixed). */
 const IF = {
   cardUplink: 'vpn-uplink',
@@ -60,6 +65,8 @@ const WG_SOCKET_DIR = '/var/run/wireguard';
 const CAPTURE_BUFFER_KIB = 8192;
 /** Bytes kept per packet: whole pings and all headers; a bulk TCP stream stays a few MB. */
 const DEFAULT_SNAPLEN = 256;
+/** Output kept per helper process, for error messages and tcpdump's statistics. */
+const MAX_DAEMON_OUTPUT = 1 << 16;
 
 /** What the card's namespace must offer: lab/netns.ts's PrivateNetns has it. */
 export interface Netns {
@@ -69,7 +76,9 @@ export interface Netns {
 export interface VpnOptions {
   /** The card's network namespace; default this process's, which must not be the machine's own. */
   card?: Netns;
-  /** The TAP the endpoint's virtio-net attaches to (`--device virtio-net:tap=NAME`). */
+  /** The TAP the endpoint's virtio-net attaches to (`--device virtio-net:tap=NAME,mtu=1420`):
+   *  created (persistent) if absent and deleted on stop; if it exists (the endpoint made it),
+   *  configured and left in place on stop, without our address. */
   tapName?: string;
   /** Upper bound on every namespace and process started here, even if this process dies. */
   lifetimeS?: number;
@@ -97,8 +106,12 @@ export interface VpnTopology {
   mtu: number;
   workstation: { addr: string; prefix: number; gateway: string };
   hiddenHost: string;
+  /** The subnet behind the VPN server: the workstation routes it via `workstation.gateway`. */
+  hiddenNet: string;
   uplink: { card: string; server: string; ifname: string };
   wgPort: number;
+  /** wireguard-go's interfaces (`wg show NAME` works from anywhere: it talks to their sockets). */
+  wgInterfaces: { card: string; server: string };
   /** Subnets that must never appear on the uplink. */
   privateNets: readonly string[];
   /** The VPN server's and the hidden host's namespaces (wrap() to run commands there). */
@@ -145,7 +158,7 @@ export function missingVpnTools(): string[] {
 }
 
 /** The namespace file behind a wrap(): the place `ip link … netns` moves an interface to. */
-function netnsPath(ns: Netns): string {
+export function netnsPath(ns: Netns): string {
   const arg = ns.wrap([]).find((a) => a.startsWith('--net='));
   if (!arg) throw new Error('vpn: cannot tell which network namespace this is');
   return arg.slice('--net='.length);
@@ -153,18 +166,39 @@ function netnsPath(ns: Netns): string {
 
 const here: Netns = { wrap: (argv) => [...argv] };
 
-async function exec(ns: Netns, argv: readonly string[], input?: string): Promise<string> {
-  const [cmd, ...args] = ns.wrap(argv);
-  const r = await run(cmd, args, { timeoutMs: CMD_TIMEOUT_MS, input });
-  if (r.code !== 0) throw new Error(describeFailure(`vpn: ${argv.join(' ')}`, r, 5));
+/** Interfaces of this process's network namespace (/proc/self/net is per namespace, unlike sysfs). */
+export function interfacesHere(): string[] {
+  return readFileSync('/proc/self/net/dev', 'utf8')
+    .split('\n')
+    .slice(2)
+    .map((l) => l.split(':')[0].trim())
+    .filter((n) => n !== '');
+}
+
+/** A command as one string of words (no quoting: none of ours needs any) or as an argv. */
+type Command = string | readonly string[];
+
+function argvOf(command: Command): readonly string[] {
+  return typeof command === 'string' ? command.trim().split(/\s+/) : command;
+}
+
+function runIn(ns: Netns, command: Command, input?: string) {
+  const [cmd, ...args] = ns.wrap(argvOf(command));
+  return run(cmd, args, { timeoutMs: CMD_TIMEOUT_MS, input });
+}
+
+async function exec(ns: Netns, command: Command, input?: string): Promise<string> {
+  const r = await runIn(ns, command, input);
+  if (r.code !== 0) throw new Error(describeFailure(`vpn: ${argvOf(command).join(' ')}`, r, 5));
   return r.stdout;
 }
 
-/** A long-running helper (wireguard-go, tcpdump), bounded by timeout(1), its stderr kept. */
+/** A long-running helper (wireguard-go, tcpdump), bounded by timeout(1), its output kept. */
 class Daemon {
   readonly #child: ChildProcess;
   readonly #exited: Promise<void>;
-  stderr = '';
+  /** stdout and stderr together: wireguard-go logs to stdout, tcpdump to stderr. */
+  output = '';
   exit: string | undefined;
 
   constructor(
@@ -174,10 +208,12 @@ class Daemon {
     lifetimeS: number,
   ) {
     const [cmd, ...args] = ns.wrap(['timeout', '--signal=TERM', `${Math.ceil(lifetimeS)}`, ...argv]);
-    this.#child = spawn(cmd, args, { stdio: ['ignore', 'ignore', 'pipe'] });
-    this.#child.stderr!.on('data', (d: Buffer) => {
-      if (this.stderr.length < 1 << 16) this.stderr += d.toString();
-    });
+    this.#child = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    const keep = (d: Buffer) => {
+      if (this.output.length < MAX_DAEMON_OUTPUT) this.output += d.toString();
+    };
+    this.#child.stdout!.on('data', keep);
+    this.#child.stderr!.on('data', keep);
     this.#exited = new Promise((resolve) => {
       this.#child.once('error', (e) => {
         this.exit = `could not start: ${e.message}`;
@@ -194,7 +230,7 @@ class Daemon {
   async waitFor(what: string, ready: () => boolean, timeoutMs = DAEMON_READY_MS): Promise<void> {
     const deadline = Date.now() + timeoutMs;
     while (!ready()) {
-      if (this.exit !== undefined) throw new Error(`vpn: ${this.name} ${this.exit}: ${tail(this.stderr, 5)}`);
+      if (this.exit !== undefined) throw new Error(`vpn: ${this.name} ${this.exit}: ${tail(this.output, 5)}`);
       if (Date.now() > deadline) throw new Error(`vpn: ${this.name}: no ${what} after ${timeoutMs} ms`);
       await unrefDelay(POLL_MS);
     }
@@ -216,6 +252,10 @@ class Teardown {
   readonly #steps: { what: string; fn: () => Promise<void> | void }[] = [];
   #done: Promise<void> | undefined;
 
+  get started(): boolean {
+    return this.#done !== undefined;
+  }
+
   push(what: string, fn: () => Promise<void> | void): void {
     this.#steps.push({ what, fn });
   }
@@ -223,7 +263,7 @@ class Teardown {
   run(): Promise<void> {
     this.#done ??= (async () => {
       const errors: string[] = [];
-      for (const step of this.#steps.reverse()) {
+      for (const step of this.#steps.slice().reverse()) {
         try {
           await step.fn();
         } catch (e) {
@@ -253,9 +293,10 @@ async function wgKeys(dir: string, who: string): Promise<{ privateFile: string; 
 }
 
 async function startWireGuard(ns: Netns, name: string, lifetimeS: number, teardown: Teardown): Promise<void> {
+  const socket = join(WG_SOCKET_DIR, `${name}.sock`);
+  if (existsSync(socket)) throw new Error(`vpn: ${socket} exists: another wireguard-go named ${name}?`);
   const wg = new Daemon(`wireguard-go ${name}`, ns, ['wireguard-go', '--foreground', name], lifetimeS);
   teardown.push(`stop wireguard-go ${name}`, () => wg.stop());
-  const socket = join(WG_SOCKET_DIR, `${name}.sock`);
   await wg.waitFor('control socket', () => existsSync(socket));
 }
 
@@ -264,246 +305,200 @@ export async function startVpnTopology(opts: VpnOptions = {}): Promise<VpnTopolo
   if (missing.length > 0) throw new Error(`vpn: ${missing.join('; ')}`);
   if (process.getuid?.() !== 0) throw new Error('vpn: needs root (network namespaces, TAP, WireGuard)');
   const card = opts.card ?? here;
-  if (!opts.card && readlinkSync('/proc/self/ns/net') === readlinkSync('/proc/1/ns/net')) {
+  const others = opts.card ? [] : interfacesHere().filter((i) => i !== 'lo');
+  if (others.length > 0) {
     throw new Error(
-      "vpn: this is the machine's own network namespace; run under `unshare -n` or pass `card`",
+      `vpn: this process's network namespace has ${others.join(', ')}: the machine's own network? ` +
+        'Run under `unshare -n` or pass `card`',
     );
   }
-  const tapName = opts.tapName ?? 'pcnvpn0';
-  if (!/^[A-Za-z0-9_-]{1,15}$/.test(tapName)) throw new Error(`vpn: bad TAP name "${tapName}"`);
+  const tap = opts.tapName ?? 'pcnvpn0';
+  if (!/^[A-Za-z0-9_-]{1,15}$/.test(tap)) throw new Error(`vpn: bad TAP name "${tap}"`);
   const lifetimeS = opts.lifetimeS ?? 3600;
   const log = opts.log ?? (() => {});
   const tag = runTag();
   const wgCard = `wgcard${tag}`;
   const wgServer = `wgsrv${tag}`;
+  const { cardUplink, serverUplink, serverHidden, hidden: hiddenIf } = IF;
+  const ws = WORKSTATION_NET;
+  const hn = HIDDEN_NET;
+  const tn = TUNNEL_NET;
+  const up = UPLINK_NET;
 
   const teardown = new Teardown();
-  const captures = new Set<Capture>();
   try {
+    // The endpoint creates its TAP when it starts, if absent: the lab starts it before calling
+    // here, so an existing TAP is adopted (and only our address taken off it again).
+    const existing = await runIn(card, `ip -d link show dev ${tap}`);
+    if (existing.code === 0 && !/\btun type tap\b/.test(existing.stdout)) {
+      throw new Error(`vpn: ${tap} exists in the card's namespace and is not a TAP`);
+    }
+    const adoptTap = existing.code === 0;
     const dir = mkdtempSync(join(tmpdir(), 'pcinet-vpn-'));
     teardown.push('remove the key and capture directory', () =>
       rmSync(dir, { recursive: true, force: true }),
     );
-
-    const probe = await run(
-      card.wrap(['ip', 'link', 'show', 'dev', tapName])[0],
-      card.wrap(['ip', 'link', 'show', 'dev', tapName]).slice(1),
-      {
-        timeoutMs: CMD_TIMEOUT_MS,
-      },
-    );
-    if (probe.code === 0) throw new Error(`vpn: ${tapName} already exists in the card's namespace`);
 
     const server = await PrivateNetns.create(lifetimeS);
     teardown.push('close the vpn-server namespace', () => server.close());
     const hidden = await PrivateNetns.create(lifetimeS);
     teardown.push('close the hidden-host namespace', () => hidden.close());
     for (const ns of [server, hidden]) {
-      await exec(ns, [
-        'sysctl',
-        '-qw',
-        'net.ipv6.conf.all.disable_ipv6=1',
-        'net.ipv6.conf.default.disable_ipv6=1',
-      ]);
+      await exec(ns, 'sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1');
     }
-    log(`vpn: namespaces vpn-server and hidden-host (tag ${tag})`);
+    log(`vpn: namespaces vpn-server and hidden-host (run ${tag})`);
 
     // The uplink. IPv6 off before it comes up: no router solicitations or MLD reports in captures.
-    await exec(card, [
-      'ip',
-      'link',
-      'add',
-      IF.cardUplink,
-      'type',
-      'veth',
-      'peer',
-      'name',
-      IF.serverUplink,
-      'netns',
-      netnsPath(server),
-    ]);
-    teardown.push(`delete ${IF.cardUplink}`, () => deleteLink(card, IF.cardUplink));
-    await exec(card, ['sysctl', '-qw', `net.ipv6.conf.${IF.cardUplink}.disable_ipv6=1`]);
-    await exec(server, ['sysctl', '-qw', `net.ipv6.conf.${IF.serverUplink}.disable_ipv6=1`]);
-    await exec(card, ['ip', 'addr', 'add', `${UPLINK_NET.card}/${UPLINK_NET.prefix}`, 'dev', IF.cardUplink]);
-    await exec(card, ['ip', 'link', 'set', IF.cardUplink, 'mtu', `${UPLINK_MTU}`, 'up']);
-    await exec(server, [
-      'ip',
-      'addr',
-      'add',
-      `${UPLINK_NET.server}/${UPLINK_NET.prefix}`,
-      'dev',
-      IF.serverUplink,
-    ]);
-    await exec(server, ['ip', 'link', 'set', IF.serverUplink, 'mtu', `${UPLINK_MTU}`, 'up']);
+    await exec(
+      card,
+      `ip link add ${cardUplink} type veth peer name ${serverUplink} netns ${netnsPath(server)}`,
+    );
+    teardown.push(`delete ${cardUplink}`, () => deleteLink(card, cardUplink));
+    await exec(card, `sysctl -qw net.ipv6.conf.${cardUplink}.disable_ipv6=1`);
+    await exec(server, `sysctl -qw net.ipv6.conf.${serverUplink}.disable_ipv6=1`);
+    await exec(card, `ip addr add ${up.card}/${up.prefix} dev ${cardUplink}`);
+    await exec(card, `ip link set ${cardUplink} mtu ${UPLINK_MTU} up`);
+    await exec(server, `ip addr add ${up.server}/${up.prefix} dev ${serverUplink}`);
+    await exec(server, `ip link set ${serverUplink} mtu ${UPLINK_MTU} up`);
 
-    // Server ↔ hidden host.
-    await exec(server, [
-      'ip',
-      'link',
-      'add',
-      IF.serverHidden,
-      'type',
-      'veth',
-      'peer',
-      'name',
-      IF.hidden,
-      'netns',
-      netnsPath(hidden),
-    ]);
-    await exec(server, [
-      'ip',
-      'addr',
-      'add',
-      `${HIDDEN_NET.server}/${HIDDEN_NET.prefix}`,
-      'dev',
-      IF.serverHidden,
-    ]);
-    await exec(server, ['ip', 'link', 'set', IF.serverHidden, 'up']);
-    await exec(hidden, ['ip', 'addr', 'add', `${HIDDEN_NET.host}/${HIDDEN_NET.prefix}`, 'dev', IF.hidden]);
-    await exec(hidden, ['ip', 'link', 'set', IF.hidden, 'up']);
-    await exec(hidden, ['ip', 'route', 'add', 'default', 'via', HIDDEN_NET.server]);
+    // Server ↔ hidden host; the hidden host knows no way out but the server.
+    await exec(
+      server,
+      `ip link add ${serverHidden} type veth peer name ${hiddenIf} netns ${netnsPath(hidden)}`,
+    );
+    await exec(server, `ip addr add ${hn.server}/${hn.prefix} dev ${serverHidden}`);
+    await exec(server, `ip link set ${serverHidden} up`);
+    await exec(hidden, `ip addr add ${hn.host}/${hn.prefix} dev ${hiddenIf}`);
+    await exec(hidden, `ip link set ${hiddenIf} up`);
+    await exec(hidden, `ip route add default via ${hn.server}`);
 
-    // The TAP, persistent so that the endpoint attaches to it by name; the workstation's gateway.
-    await exec(card, ['ip', 'tuntap', 'add', 'mode', 'tap', 'name', tapName]);
-    teardown.push(`delete ${tapName}`, () => deleteLink(card, tapName));
-    await exec(card, [
-      'ip',
-      'addr',
-      'add',
-      `${WORKSTATION_NET.gateway}/${WORKSTATION_NET.prefix}`,
-      'dev',
-      tapName,
-    ]);
-    await exec(card, ['ip', 'link', 'set', tapName, 'mtu', `${TUNNEL_MTU}`, 'up']);
+    // The TAP, made persistent so that the endpoint attaches to it by name: the workstation's
+    // gateway, with the tunnel's MTU.
+    if (adoptTap) {
+      log(`vpn: ${tap} exists (the endpoint's?): configuring it`);
+    } else {
+      await exec(card, `ip tuntap add mode tap name ${tap}`);
+      teardown.push(`delete ${tap}`, () => deleteLink(card, tap));
+    }
+    await exec(card, `ip addr add ${ws.gateway}/${ws.prefix} dev ${tap}`);
+    if (adoptTap) teardown.push(`unaddress ${tap}`, () => unaddress(card, tap, `${ws.gateway}/${ws.prefix}`));
+    await exec(card, `ip link set ${tap} mtu ${TUNNEL_MTU} up`);
 
-    // WireGuard: fresh keys, the card dials the server; cryptokey routing = AllowedIPs.
+    // WireGuard: fresh keys; the card dials the server. AllowedIPs is the routing table inside the
+    // tunnel: the card sends the hidden subnet to the server, the server the workstation's back.
     const cardKeys = await wgKeys(dir, 'card');
     const serverKeys = await wgKeys(dir, 'server');
     await startWireGuard(card, wgCard, lifetimeS, teardown);
     await startWireGuard(server, wgServer, lifetimeS, teardown);
     await exec(server, [
-      'wg',
-      'set',
-      wgServer,
-      'private-key',
+      ...argvOf(`wg set ${wgServer} listen-port ${WG_PORT} private-key`),
       serverKeys.privateFile,
-      'listen-port',
-      `${WG_PORT}`,
-      'peer',
-      cardKeys.publicKey,
-      'allowed-ips',
-      `${TUNNEL_NET.card}/32,${WORKSTATION_NET.cidr}`,
+      ...argvOf(`peer ${cardKeys.publicKey} allowed-ips ${tn.card}/32,${ws.cidr}`),
     ]);
     await exec(card, [
-      'wg',
-      'set',
-      wgCard,
-      'private-key',
+      ...argvOf(`wg set ${wgCard} private-key`),
       cardKeys.privateFile,
-      'peer',
-      serverKeys.publicKey,
-      'endpoint',
-      `${UPLINK_NET.server}:${WG_PORT}`,
-      'allowed-ips',
-      `${TUNNEL_NET.server}/32,${HIDDEN_NET.cidr}`,
+      ...argvOf(
+        `peer ${serverKeys.publicKey} endpoint ${up.server}:${WG_PORT} allowed-ips ${tn.server}/32,${hn.cidr}`,
+      ),
     ]);
     for (const [ns, ifname, addr] of [
-      [card, wgCard, TUNNEL_NET.card],
-      [server, wgServer, TUNNEL_NET.server],
+      [card, wgCard, tn.card],
+      [server, wgServer, tn.server],
     ] as const) {
-      await exec(ns, ['ip', 'addr', 'add', `${addr}/${TUNNEL_NET.prefix}`, 'dev', ifname]);
-      await exec(ns, ['ip', 'link', 'set', ifname, 'mtu', `${TUNNEL_MTU}`, 'up']);
+      await exec(ns, `ip addr add ${addr}/${tn.prefix} dev ${ifname}`);
+      await exec(ns, `ip link set ${ifname} mtu ${TUNNEL_MTU} up`);
     }
-    await exec(card, ['ip', 'route', 'add', HIDDEN_NET.cidr, 'dev', wgCard]);
-    await exec(server, ['ip', 'route', 'add', WORKSTATION_NET.cidr, 'dev', wgServer]);
+    await exec(card, `ip route add ${hn.cidr} dev ${wgCard}`);
+    await exec(server, `ip route add ${ws.cidr} dev ${wgServer}`);
 
-    // Forwarding: TAP ↔ wg on the card, wg ↔ hidden link on the server. The card's old value is
-    // put back: its namespace is the caller's.
-    const oldForward = (await exec(card, ['sysctl', '-n', 'net.ipv4.ip_forward'])).trim();
-    teardown.push('restore ip_forward on the card', () =>
-      exec(card, ['sysctl', '-qw', `net.ipv4.ip_forward=${oldForward}`]).then(() => {}),
-    );
-    await exec(card, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
-    await exec(server, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+    // Forwarding: TAP ↔ wg on the card, wg ↔ hidden link on the server. No NAT: the server routes
+    // the workstation's subnet back into the tunnel. The card's namespace is the caller's, so its
+    // old value is put back.
+    const oldForward = (await exec(card, 'sysctl -n net.ipv4.ip_forward')).trim();
+    teardown.push('restore ip_forward on the card', async () => {
+      await exec(card, `sysctl -qw net.ipv4.ip_forward=${oldForward}`);
+    });
+    await exec(card, 'sysctl -qw net.ipv4.ip_forward=1');
+    await exec(server, 'sysctl -qw net.ipv4.ip_forward=1');
+    // ip_forward turned forwarding on for every interface. For IPv4 that flag is checked on the
+    // interface a packet arrives on (ip_route_input_slow): off on both ends of the uplink, nothing
+    // that comes in plaintext over the uplink is routed on — the hidden host is reachable through
+    // the tunnel only, and the workstation gets nothing from the uplink that did not come through
+    // it. No firewall needed.
+    await exec(card, `sysctl -qw net.ipv4.conf.${cardUplink}.forwarding=0`);
+    await exec(server, `sysctl -qw net.ipv4.conf.${serverUplink}.forwarding=0`);
     log(
-      `vpn: ${tapName} ${WORKSTATION_NET.gateway}/${WORKSTATION_NET.prefix} → ${wgCard} ⇒ ${wgServer} → ${HIDDEN_NET.host}`,
+      `vpn: ${tap} ${ws.gateway}/${ws.prefix} → ${wgCard} ⇒ ${up.server}:${WG_PORT} ${wgServer} → ${hn.host}`,
     );
 
     const where: Record<CapturePoint, [Netns, string]> = {
-      uplink: [card, IF.cardUplink],
+      uplink: [card, cardUplink],
       tunnel: [server, wgServer],
-      hidden: [hidden, IF.hidden],
+      hidden: [hidden, hiddenIf],
     };
-    let captureCount = 0;
-    const privateNets = [WORKSTATION_NET.cidr, HIDDEN_NET.cidr, TUNNEL_NET.cidr];
+    let captures = 0;
+    const privateNets = [ws.cidr, hn.cidr, tn.cidr];
 
-    const topology: VpnTopology = {
-      tapName,
+    return {
+      tapName: tap,
       mtu: TUNNEL_MTU,
-      workstation: {
-        addr: WORKSTATION_NET.workstation,
-        prefix: WORKSTATION_NET.prefix,
-        gateway: WORKSTATION_NET.gateway,
-      },
-      hiddenHost: HIDDEN_NET.host,
-      uplink: { card: UPLINK_NET.card, server: UPLINK_NET.server, ifname: IF.cardUplink },
+      workstation: { addr: ws.workstation, prefix: ws.prefix, gateway: ws.gateway },
+      hiddenHost: hn.host,
+      hiddenNet: hn.cidr,
+      uplink: { card: up.card, server: up.server, ifname: cardUplink },
       wgPort: WG_PORT,
+      wgInterfaces: { card: wgCard, server: wgServer },
       privateNets,
       server,
       hidden,
       async capture(point, copts = {}) {
+        if (teardown.started) throw new Error('vpn: the topology is stopped');
         const [ns, ifname] = where[point];
-        const file = join(dir, `${point}-${++captureCount}.pcap`);
+        const file = join(dir, `${point}-${++captures}.pcap`);
         const snapLen = copts.snapLen ?? DEFAULT_SNAPLEN;
-        // -Z root: tcpdump would otherwise drop to its own user, who cannot write in our 0700 directory.
-        const d = new Daemon(
-          `tcpdump on ${point}`,
-          ns,
-          [
-            'tcpdump',
-            '-i',
-            ifname,
-            '-n',
-            '-s',
-            `${snapLen}`,
-            '-B',
-            `${CAPTURE_BUFFER_KIB}`,
-            '-Z',
-            'root',
-            '-w',
-            file,
-          ],
-          lifetimeS,
-        );
+        // -Z root: tcpdump would otherwise drop to its own user, who cannot write in our 0700
+        // directory. --immediate-mode: without it packets wait in a kernel block until it fills or
+        // a second passes, and those of the last second are lost when the capture stops.
+        const argv = [
+          ...argvOf(
+            `tcpdump -i ${ifname} -n -s ${snapLen} -B ${CAPTURE_BUFFER_KIB} --immediate-mode -Z root -w`,
+          ),
+          file,
+        ];
+        const d = new Daemon(`tcpdump on ${point}`, ns, argv, lifetimeS);
         teardown.push(`stop tcpdump on ${point}`, () => d.stop());
-        await d.waitFor('"listening on"', () => d.stderr.includes('listening on'));
-        const c: Capture = {
+        await d.waitFor('"listening on"', () => d.output.includes('listening on'));
+        return {
           point,
           async stop() {
-            captures.delete(c);
-            // SIGINT: tcpdump flushes its buffer and prints its statistics.
+            // SIGINT: tcpdump flushes what it buffered and prints its statistics.
             await d.stop('SIGINT');
             if (!existsSync(file))
-              throw new Error(`vpn: tcpdump on ${point} ${d.exit}: ${tail(d.stderr, 5)}`);
+              throw new Error(`vpn: tcpdump on ${point} ${d.exit}: ${tail(d.output, 5)}`);
             const summary = summarize(readPcap(await readFile(file)), {
               wgPort: WG_PORT,
               marker: copts.marker,
             });
-            const dropped = Number(/(\d+) packets? dropped by kernel/.exec(d.stderr)?.[1] ?? 0);
+            const dropped = Number(/(\d+) packets? dropped by kernel/.exec(d.output)?.[1] ?? 0);
             return { ...summary, point, file, dropped };
           },
         };
-        captures.add(c);
-        return c;
       },
       plaintextProblems: (s) => plaintextProblems(s, { privateNets }),
       stop: () => teardown.run(),
     };
-    return topology;
   } catch (e) {
     await teardown.run().catch((cleanup: Error) => log(cleanup.message));
     throw e;
+  }
+}
+
+/** Takes an address off an interface; an interface that is gone (the endpoint exited) is fine. */
+async function unaddress(ns: Netns, ifname: string, cidr: string): Promise<void> {
+  const r = await runIn(ns, `ip addr del ${cidr} dev ${ifname}`);
+  if (r.code !== 0 && !/Cannot find device|does not exist|Cannot assign/.test(r.stderr)) {
+    throw new Error(describeFailure(`ip addr del ${cidr} dev ${ifname}`, r, 3));
   }
 }
 
