@@ -75,7 +75,11 @@ export class Relay {
   }
 
   get devices(): AttachedDevice[] {
-    return [...this.#devices.entries()].map(([dev, d]) => ({ dev, model: d.model, address: d.device.address }));
+    return [...this.#devices.entries()].map(([dev, d]) => ({
+      dev,
+      model: d.model,
+      address: d.device.address,
+    }));
   }
 
   /** Resolves when the session has ended and every device is removed: undefined for an orderly
@@ -148,14 +152,17 @@ export class Relay {
   async #attach(a: pcinet.IAttach): Promise<void> {
     const dev = a.dev ?? 0;
     const model = a.desc?.model ?? '?';
-    if (this.#devices.has(dev)) throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `Attach of device ${dev}, which is attached`);
+    if (this.#devices.has(dev))
+      throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `Attach of device ${dev}, which is attached`);
     this.#sawAttach = true;
     try {
       if (!a.desc) throw new ProtocolError(ErrorCode.BAD_CONFIG, 'Attach without a description');
       // The bus may talk about the device before attach() returns (config writes while the kernel
       // scans it): those go out after our AttachResult, which the endpoint must see first.
       let early: Msg[] | undefined = [];
-      const device = await this.#channel.attach(dev, a.desc, (m) => (early ? early.push(m) : this.#fromDevice(dev, m)));
+      const device = await this.#channel.attach(dev, a.desc, (m) =>
+        early ? early.push(m) : this.#fromDevice(dev, m),
+      );
       const held = early;
       early = undefined;
       if (this.#closed) {
@@ -209,8 +216,13 @@ export class Relay {
         }
         this.#devices.delete(dev);
         this.#gone.add(dev);
-        this.#log.info({ dev, address: d.device.address, reason: ErrorCode[m.detach!.reason ?? 0] }, 'endpoint detached device');
-        d.device.remove(m.detach!.reason ?? ErrorCode.SHUTDOWN).catch((e: Error) => this.#log.error({ err: e }, 'remove failed'));
+        this.#log.info(
+          { dev, address: d.device.address, reason: ErrorCode[m.detach!.reason ?? 0] },
+          'endpoint detached device',
+        );
+        d.device
+          .remove(m.detach!.reason ?? ErrorCode.SHUTDOWN)
+          .catch((e: Error) => this.#log.error({ err: e }, 'remove failed'));
         return;
       }
       case 'shadowUpdate':
@@ -223,7 +235,10 @@ export class Relay {
         const d = this.#devices.get(dev);
         if (!d) {
           if (this.#gone.has(dev)) return;
-          throw new ProtocolError(ErrorCode.UNKNOWN_DEVICE, `${kind} for device ${dev}, which is not attached`);
+          throw new ProtocolError(
+            ErrorCode.UNKNOWN_DEVICE,
+            `${kind} for device ${dev}, which is not attached`,
+          );
         }
         d.device.deliver(m);
         return;
@@ -271,8 +286,13 @@ export class Relay {
     const reason = err ? ((err as ProtocolError).code ?? ErrorCode.TIMEOUT) : ErrorCode.SHUTDOWN;
     const all = [...this.#devices.values()];
     this.#devices.clear();
-    if (all.length) this.#log.warn({ err: err?.message, devices: all.length }, 'session ended: removing devices');
-    await Promise.all(all.map((d) => d.device.remove(reason).catch((e: Error) => this.#log.error({ err: e }, 'remove failed'))));
+    if (all.length)
+      this.#log.warn({ err: err?.message, devices: all.length }, 'session ended: removing devices');
+    await Promise.all(
+      all.map((d) =>
+        d.device.remove(reason).catch((e: Error) => this.#log.error({ err: e }, 'remove failed')),
+      ),
+    );
     this.#finish(this.#closeError);
   }
 }

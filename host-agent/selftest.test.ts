@@ -84,7 +84,8 @@ describe('selftest through the sim channel', () => {
     const model = models[0]!;
     const real = model.mmioWrite.bind(model);
     model.mmioWrite = (bar, offset, data) => {
-      if (bar === TEST_REG_BAR && offset === REG.IRQ_DOORBELL && data[0] === 3) data = Uint8Array.of(4, 0, 0, 0);
+      if (bar === TEST_REG_BAR && offset === REG.IRQ_DOORBELL && data[0] === 3)
+        data = Uint8Array.of(4, 0, 0, 0);
       real(bar, offset, data);
     };
     const d = new TestDriver(fn, channel.memory, channel.iommu);

@@ -9,9 +9,26 @@ const fresh = (f) => existsSync(f) && statSync(f).mtimeMs >= statSync(src).mtime
 if (fresh(js) && fresh(dts)) process.exit(0);
 mkdirSync('proto/gen', { recursive: true });
 const bin = 'node_modules/protobufjs-cli/bin';
-execFileSync(process.execPath, [`${bin}/pbjs`, '-t', 'static-module', '-w', 'es6', '--es6',
-  '--force-long', '--no-verify', '--no-convert', '--no-delimited', '--no-typeurl', '-o', js, src],
-  { stdio: 'inherit' });
+execFileSync(
+  process.execPath,
+  [
+    `${bin}/pbjs`,
+    '-t',
+    'static-module',
+    '-w',
+    'es6',
+    '--es6',
+    '--force-long',
+    '--no-verify',
+    '--no-convert',
+    '--no-delimited',
+    '--no-typeurl',
+    '-o',
+    js,
+    src,
+  ],
+  { stdio: 'inherit' },
+);
 // Node's ESM loader needs the file extension, and protobufjs/minimal is CommonJS (default export).
 const code = readFileSync(js, 'utf8').replace(
   'import * as $protobuf from "protobufjs/minimal";',

@@ -78,7 +78,7 @@ class Driver {
     wr32(b, 4, f.nsid ?? 0);
     wr64(b, 24, f.prp1 ?? 0n);
     wr64(b, 32, f.prp2 ?? 0n);
-    (f.cdw ?? []).forEach((v, i) => wr32(b, 40 + 4 * i, v >>> 0));
+    for (const [i, v] of (f.cdw ?? []).entries()) wr32(b, 40 + 4 * i, v >>> 0);
     return b;
   }
 

@@ -113,7 +113,7 @@ function cap(cfgType: number, offset: number, length: number, extra: number[] = 
   b[1] = VIRTIO_BAR;
   b.set(leBytes(offset, 4), 5);
   b.set(leBytes(length, 4), 9);
-  extra.forEach((v, i) => b.set(leBytes(v, 4), 13 + 4 * i));
+  for (const [i, v] of extra.entries()) b.set(leBytes(v, 4), 13 + 4 * i);
   return b;
 }
 
@@ -136,16 +136,49 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
     const common: Register<Self>[] = [
       { name: 'DFSELECT', at: CC.DFSELECT, size: 4, access: 'rw', onWrite: (c, v) => c.#selectFeatures(v) },
       { name: 'DF', at: CC.DF, size: 4, access: 'ro', reset: Number(offered & 0xffffffffn) },
-      { name: 'GFSELECT', at: CC.GFSELECT, size: 4, access: 'rw', onWrite: (c, v) => c.#selectDriverFeatures(v) },
+      {
+        name: 'GFSELECT',
+        at: CC.GFSELECT,
+        size: 4,
+        access: 'rw',
+        onWrite: (c, v) => c.#selectDriverFeatures(v),
+      },
       { name: 'GF', at: CC.GF, size: 4, access: 'rw', onWrite: (c, v) => c.#setDriverFeatures(v) },
-      { name: 'MSIX', at: CC.MSIX, size: 2, access: 'rw', reset: NO_VECTOR, onWrite: (c, v) => c.#setConfigVector(v) },
+      {
+        name: 'MSIX',
+        at: CC.MSIX,
+        size: 2,
+        access: 'rw',
+        reset: NO_VECTOR,
+        onWrite: (c, v) => c.#setConfigVector(v),
+      },
       { name: 'NUMQ', at: CC.NUMQ, size: 2, access: 'ro', reset: nq },
       { name: 'STATUS', at: CC.STATUS, size: 1, access: 'rw', onWrite: (c, v, old) => c.#setStatus(v, old) },
       { name: 'CFGGEN', at: CC.CFGGEN, size: 1, access: 'ro' },
       { name: 'Q_SELECT', at: CC.Q_SELECT, size: 2, access: 'rw', onWrite: (c) => c.#loadQueue() },
-      { name: 'Q_SIZE', at: CC.Q_SIZE, size: 2, access: 'rw', reset: o.queueSizes[0], onWrite: (c, v) => c.#queueField('size', v) },
-      { name: 'Q_MSIX', at: CC.Q_MSIX, size: 2, access: 'rw', reset: NO_VECTOR, onWrite: (c, v) => c.#queueField('vector', v) },
-      { name: 'Q_ENABLE', at: CC.Q_ENABLE, size: 2, access: 'rw', onWrite: (c, v) => c.#queueField('enabled', v) },
+      {
+        name: 'Q_SIZE',
+        at: CC.Q_SIZE,
+        size: 2,
+        access: 'rw',
+        reset: o.queueSizes[0],
+        onWrite: (c, v) => c.#queueField('size', v),
+      },
+      {
+        name: 'Q_MSIX',
+        at: CC.Q_MSIX,
+        size: 2,
+        access: 'rw',
+        reset: NO_VECTOR,
+        onWrite: (c, v) => c.#queueField('vector', v),
+      },
+      {
+        name: 'Q_ENABLE',
+        at: CC.Q_ENABLE,
+        size: 2,
+        access: 'rw',
+        onWrite: (c, v) => c.#queueField('enabled', v),
+      },
       { name: 'Q_NOFF', at: CC.Q_NOFF, size: 2, access: 'ro' },
       { name: 'Q_DESC', at: CC.Q_DESC, size: 8, access: 'rw', onWrite: (c, v) => c.#queueAddr('desc', v) },
       { name: 'Q_AVAIL', at: CC.Q_AVAIL, size: 8, access: 'rw', onWrite: (c, v) => c.#queueAddr('avail', v) },
@@ -277,7 +310,17 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
     this.#driverFeatures = 0n;
     this.#isr = 0;
     for (const q of this.#queues) {
-      Object.assign(q, { size: q.maxSize, vector: NO_VECTOR, enabled: false, desc: 0n, avail: 0n, used: 0n, ring: undefined, again: false, running: false });
+      Object.assign(q, {
+        size: q.maxSize,
+        vector: NO_VECTOR,
+        enabled: false,
+        desc: 0n,
+        avail: 0n,
+        used: 0n,
+        ring: undefined,
+        again: false,
+        running: false,
+      });
     }
     this.onDeviceReset();
   }
@@ -451,7 +494,8 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
         } while (s.again && !this.stale(epoch) && !ring.broken);
       } catch (e) {
         if (!isExpected(e)) throw e;
-        if (e instanceof Error && !this.stale(epoch)) this.trace('virtio.queue.stopped', { queue: q, why: e.message });
+        if (e instanceof Error && !this.stale(epoch))
+          this.trace('virtio.queue.stopped', { queue: q, why: e.message });
         if (ring.broken && !this.stale(epoch)) {
           this.#regs.set8(CC.STATUS, this.status | STATUS_NEEDS_RESET);
           this.configChanged();

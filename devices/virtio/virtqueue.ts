@@ -81,7 +81,8 @@ export class SplitQueue {
     ]);
     const idx = rd16(ring, 2);
     const n = (idx - this.#lastAvail) & 0xffff;
-    if (n > size) throw this.#break('avail.idx moved by more than the queue size', { idx, last: this.#lastAvail });
+    if (n > size)
+      throw this.#break('avail.idx moved by more than the queue size', { idx, last: this.#lastAvail });
     for (let i = 0; i < n; i++) this.#pending.push(rd16(ring, 4 + 2 * ((this.#lastAvail + i) % size)));
     this.#table = table;
     return n;
@@ -106,7 +107,8 @@ export class SplitQueue {
       const flags = rd16(table, at + 12);
       const next = rd16(table, at + 14);
       if (flags & VRING_DESC_F_INDIRECT) {
-        if (indirect || !this.#c.indirect) throw this.#break('indirect descriptor not allowed here', { head });
+        if (indirect || !this.#c.indirect)
+          throw this.#break('indirect descriptor not allowed here', { head });
         if (len === 0 || len % DESC_SIZE) throw this.#break('indirect table length', { head, len });
         if (flags & VRING_DESC_F_NEXT) throw this.#break('indirect descriptor with NEXT', { head });
         table = await this.#port().dmaRead(addr, len);
@@ -118,7 +120,8 @@ export class SplitQueue {
       }
       if (len > 0) {
         if (flags & VRING_DESC_F_WRITE) chain.writable.push({ addr, len });
-        else if (chain.writable.length > 0) throw this.#break('readable descriptor after a writable one', { head });
+        else if (chain.writable.length > 0)
+          throw this.#break('readable descriptor after a writable one', { head });
         else chain.readable.push({ addr, len });
       }
       if (!(flags & VRING_DESC_F_NEXT)) break;

@@ -160,7 +160,8 @@ export function parseRecords(buf: Uint8Array): KernelRecord[] {
     if (v.length - at < HDR) throw new AbiError(`truncated record header at ${at}`);
     const type = v.readUInt16LE(at);
     const len = v.readUInt32LE(at + 4);
-    if (len < HDR || len % 8 || len > v.length - at) throw new AbiError(`record of type 0x${type.toString(16)} has length ${len}`);
+    if (len < HDR || len % 8 || len > v.length - at)
+      throw new AbiError(`record of type 0x${type.toString(16)} has length ${len}`);
     const r = v.subarray(at, at + len);
     const need = (n: number) => {
       if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
@@ -174,22 +175,43 @@ export function parseRecords(buf: Uint8Array): KernelRecord[] {
         need(24);
         const size = r.readUInt32LE(12);
         need(24 + size);
-        out.push({ type: 'mmio-write', bar: r.readUInt32LE(8), offset: r.readBigUInt64LE(16), data: Uint8Array.prototype.slice.call(r, 24, 24 + size) });
+        out.push({
+          type: 'mmio-write',
+          bar: r.readUInt32LE(8),
+          offset: r.readBigUInt64LE(16),
+          data: Uint8Array.prototype.slice.call(r, 24, 24 + size),
+        });
         break;
       }
       case R.MMIO_READ:
         need(32);
-        out.push({ type: 'mmio-read', tag: r.readUInt32LE(8), bar: r.readUInt32LE(12), size: r.readUInt32LE(16), offset: r.readBigUInt64LE(24) });
+        out.push({
+          type: 'mmio-read',
+          tag: r.readUInt32LE(8),
+          bar: r.readUInt32LE(12),
+          size: r.readUInt32LE(16),
+          offset: r.readBigUInt64LE(24),
+        });
         break;
       case R.CONFIG_WRITE:
         need(24);
-        out.push({ type: 'config-write', offset: r.readUInt32LE(8), size: r.readUInt32LE(12), value: r.readUInt32LE(16) });
+        out.push({
+          type: 'config-write',
+          offset: r.readUInt32LE(8),
+          size: r.readUInt32LE(12),
+          value: r.readUInt32LE(16),
+        });
         break;
       case R.DMA_READ_CPL: {
         need(24);
         const size = r.readUInt32LE(16);
         need(24 + size);
-        out.push({ type: 'dma-read-cpl', tag: r.readUInt32LE(8), ok: r.readUInt32LE(12) === STATUS_OK, data: Uint8Array.prototype.slice.call(r, 24, 24 + size) });
+        out.push({
+          type: 'dma-read-cpl',
+          tag: r.readUInt32LE(8),
+          ok: r.readUInt32LE(12) === STATUS_OK,
+          data: Uint8Array.prototype.slice.call(r, 24, 24 + size),
+        });
         break;
       }
       case R.FUNCTION_RESET:

@@ -43,11 +43,21 @@ export class SimChannel implements Channel {
 
   async attach(dev: number, desc: DeviceDescription, sink: DeviceSink): Promise<ChannelDevice> {
     if (this.#closed) throw new ProtocolError(ErrorCode.ATTACH_FAILED, 'the sim channel is closed');
-    if (this.#functions.get(dev)?.removed === false) throw new ProtocolError(ErrorCode.ATTACH_FAILED, `device ${dev} is already attached`);
-    if (this.#slots >= MAX_FUNCTIONS) throw new ProtocolError(ErrorCode.ATTACH_FAILED, `the sim bus is full (${MAX_FUNCTIONS} slots)`);
+    if (this.#functions.get(dev)?.removed === false)
+      throw new ProtocolError(ErrorCode.ATTACH_FAILED, `device ${dev} is already attached`);
+    if (this.#slots >= MAX_FUNCTIONS)
+      throw new ProtocolError(ErrorCode.ATTACH_FAILED, `the sim bus is full (${MAX_FUNCTIONS} slots)`);
     const slot = this.#slots++;
     const address = `sim:00:${slot.toString(16).padStart(2, '0')}.0`;
-    const fn = new SimFunction(dev, desc, address, sink, this.iommu, this.#log, WINDOW_BASE + BigInt(slot) * WINDOW_SIZE);
+    const fn = new SimFunction(
+      dev,
+      desc,
+      address,
+      sink,
+      this.iommu,
+      this.#log,
+      WINDOW_BASE + BigInt(slot) * WINDOW_SIZE,
+    );
     this.#functions.set(dev, fn);
     this.onAttach(fn);
     return fn;

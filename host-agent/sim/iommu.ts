@@ -39,7 +39,8 @@ export class SimMemory {
   readonly #used: Uint8Array;
 
   constructor(size: number) {
-    if (size % PAGE !== 0 || size <= 0) throw new RangeError(`sim memory: ${size} is not a positive multiple of ${PAGE}`);
+    if (size % PAGE !== 0 || size <= 0)
+      throw new RangeError(`sim memory: ${size} is not a positive multiple of ${PAGE}`);
     this.bytes = new Uint8Array(size);
     this.#used = new Uint8Array(size / PAGE);
   }
@@ -65,7 +66,8 @@ export class SimMemory {
   free(b: HostBuffer): void {
     const first = b.addr / PAGE;
     const n = this.#runs.get(first);
-    if (n === undefined) throw new Error(`sim memory: free of 0x${b.addr.toString(16)}, which is not allocated`);
+    if (n === undefined)
+      throw new Error(`sim memory: free of 0x${b.addr.toString(16)}, which is not allocated`);
     this.#runs.delete(first);
     this.#used.fill(0, first, first + n);
   }
@@ -76,7 +78,14 @@ export class SimMemory {
 const IOVA_BASE = 0x10_0000_0000n;
 
 export class SoftIommu {
-  readonly counters: IommuCounters = { maps: 0, unmaps: 0, readFaults: 0, writeFaults: 0, readBytes: 0, writeBytes: 0 };
+  readonly counters: IommuCounters = {
+    maps: 0,
+    unmaps: 0,
+    readFaults: 0,
+    writeFaults: 0,
+    readBytes: 0,
+    writeBytes: 0,
+  };
   readonly #memory: SimMemory;
   /** Sorted by iova. */
   #maps: Mapping[] = [];

@@ -76,13 +76,19 @@ export class TestDriver {
     const device = f.configRead(PCI_DEVICE_ID, 2);
     const cls = f.configRead(PCI_CLASS_PROG - 1, 4) >>> 8;
     if (vendor !== TEST_VENDOR_ID || device !== TEST_DEVICE_ID || cls !== TEST_CLASS_CODE) {
-      throw new Error(`${f.address}: IDs ${hex(vendor)}:${hex(device)} class ${hex(cls)} are not the test device's`);
+      throw new Error(
+        `${f.address}: IDs ${hex(vendor)}:${hex(device)} class ${hex(cls)} are not the test device's`,
+      );
     }
     f.configWrite(PCI_COMMAND, 2, f.configRead(PCI_COMMAND, 2) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
     const cap = walkCaps(f.config).find((c) => c.id === PCI_CAP_ID_MSIX);
     if (!cap) throw new Error(`${f.address}: no MSI-X capability`);
     for (let v = 0; v < f.vectors; v++) this.setMask(v, false);
-    f.configWrite(cap.offset + PCI_MSIX_FLAGS, 2, f.configRead(cap.offset + PCI_MSIX_FLAGS, 2) | PCI_MSIX_FLAGS_ENABLE);
+    f.configWrite(
+      cap.offset + PCI_MSIX_FLAGS,
+      2,
+      f.configRead(cap.offset + PCI_MSIX_FLAGS, 2) | PCI_MSIX_FLAGS_ENABLE,
+    );
   }
 
   /** Sets or clears the mask bit in MSI-X table entry `v` (address/data are the sim's: the vector). */
@@ -124,7 +130,10 @@ export class TestDriver {
     setup();
     f.write32(TEST_REG_BAR, REG.COMMAND, cmd);
     await this.waitIrq(irq, before + 1, `command ${cmd}`);
-    return { status: await f.read32(TEST_REG_BAR, REG.STATUS), error: await f.read32(TEST_REG_BAR, REG.ERROR) };
+    return {
+      status: await f.read32(TEST_REG_BAR, REG.STATUS),
+      error: await f.read32(TEST_REG_BAR, REG.ERROR),
+    };
   }
 
   #buffer(len: number, dir: DmaDirection) {
@@ -152,7 +161,11 @@ export class TestDriver {
       const want = crc32(b.buf.bytes) >>> 0;
       const got = await this.fn.read32(TEST_REG_BAR, REG.CHECKSUM);
       const ok = status === STATUS.DONE && error === 0 && got === want;
-      return { name: `dma.read ${size}`, ok, detail: `status ${hex(status)} error ${error} crc ${hex(got)} want ${hex(want)}` };
+      return {
+        name: `dma.read ${size}`,
+        ok,
+        detail: `status ${hex(status)} error ${error} crc ${hex(got)} want ${hex(want)}`,
+      };
     } finally {
       b.release();
     }
@@ -170,7 +183,11 @@ export class TestDriver {
       const want = testPattern(seed, size);
       const diff = b.buf.bytes.findIndex((x, i) => x !== want[i]);
       const ok = status === STATUS.DONE && error === 0 && diff < 0;
-      return { name: `dma.write ${size}`, ok, detail: `status ${hex(status)} error ${error}${diff < 0 ? '' : ` first difference at ${diff}`}` };
+      return {
+        name: `dma.write ${size}`,
+        ok,
+        detail: `status ${hex(status)} error ${error}${diff < 0 ? '' : ` first difference at ${diff}`}`,
+      };
     } finally {
       b.release();
     }
@@ -230,7 +247,12 @@ export class TestDriver {
       for (let v = 0; v < f.vectors; v++) await this.waitIrq(v, snapshot[v] + 1, `doorbell ${v} again`);
       await f.read32(TEST_REG_BAR, REG.MAGIC);
       const extra = this.irqCounts.findIndex((n, v) => n !== snapshot[v] + 1);
-      return [extra < 0, extra < 0 ? `${f.vectors} vectors, each fired once per raise` : `vector ${extra} fired ${this.irqCounts[extra] - snapshot[extra]} times`];
+      return [
+        extra < 0,
+        extra < 0
+          ? `${f.vectors} vectors, each fired once per raise`
+          : `vector ${extra} fired ${this.irqCounts[extra] - snapshot[extra]} times`,
+      ];
     });
     await check('msix.masked-then-unmasked', async () => {
       const v = f.vectors - 1;
@@ -245,7 +267,9 @@ export class TestDriver {
       return [held && this.irqCounts[v] === before + 1 && !f.pending(v), `held while masked: ${held}`];
     });
     await check('msix.command-completion', async () => {
-      const { status, error } = await this.command(CMD.RAISE_MSIX, 0, () => f.write32(TEST_REG_BAR, REG.ARG, 1 % f.vectors));
+      const { status, error } = await this.command(CMD.RAISE_MSIX, 0, () =>
+        f.write32(TEST_REG_BAR, REG.ARG, 1 % f.vectors),
+      );
       return [status === STATUS.DONE && error === 0, `status ${hex(status)} error ${error}`];
     });
     for (const [size, seed] of [
@@ -270,7 +294,10 @@ export class TestDriver {
         f.write64(TEST_REG_BAR, REG.SRC_ADDR, b.iova);
         f.write32(TEST_REG_BAR, REG.SIZE, 4096);
       });
-      return [status === (STATUS.DONE | STATUS.ERROR) && error === ErrorCode.DMA_FAULT, `status ${hex(status)} error ${error}`];
+      return [
+        status === (STATUS.DONE | STATUS.ERROR) && error === ErrorCode.DMA_FAULT,
+        `status ${hex(status)} error ${error}`,
+      ];
     });
     await check('dma.wrong-direction-refused', async () => {
       const b = this.#buffer(4096, 'from-device');
@@ -279,7 +306,10 @@ export class TestDriver {
           f.write64(TEST_REG_BAR, REG.SRC_ADDR, b.iova);
           f.write32(TEST_REG_BAR, REG.SIZE, 4096);
         });
-        return [status === (STATUS.DONE | STATUS.ERROR) && error === ErrorCode.DMA_FAULT, `status ${hex(status)} error ${error}`];
+        return [
+          status === (STATUS.DONE | STATUS.ERROR) && error === ErrorCode.DMA_FAULT,
+          `status ${hex(status)} error ${error}`,
+        ];
       } finally {
         b.release();
       }
