@@ -1,8 +1,9 @@
 // The host-agent process (`pcinet host`): dials the endpoint, opens a resumable session, opens the
 // channel (sim or kernel) and relays between them until a signal, the endpoint, or a lost session
 // ends it. With --selftest (sim channel) it runs the test device's selftest on every test device
-// and exits with its verdict. With reconnect, losing the endpoint removes its devices and the
-// agent redials (backoff up to RECONNECT_MAX_MS) until it is back, then attaches them again.
+// and exits with its verdict. With reconnect, losing the endpoint parks its devices (link down, if
+// the channel can; else they are removed) and the agent redials (backoff up to RECONNECT_MAX_MS)
+// until it is back, then brings them up again (host-agent/parking.ts).
 //
 // Exit status: 0 orderly end or selftest passed; 1 the session failed, an attach failed, or the
 // selftest failed. (2, bad usage, is the CLI's.)
@@ -10,13 +11,14 @@ import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { Address } from '../proto/address.js';
 import type { Identity } from '../proto/identity.js';
-import { openSession, type Session, type SessionOptions } from '../proto/session.js';
+import { DEFAULT_GRACE_MS, openSession, type Session, type SessionOptions } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import type { Transport } from '../proto/transport.js';
 import { ErrorCode, long, type Msg, num } from '../proto/wire.js';
 import { dialWs } from '../proto/ws.js';
 import type { Channel } from './channel.js';
 import { openKernelChannel } from './kernel/channel.js';
+import { Parking } from './parking.js';
 import { type AttachedDevice, Relay } from './relay.js';
 import { SimChannel } from './sim/channel.js';
 import { type Check, TestDriver } from './sim/test-driver.js';
@@ -128,12 +130,17 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
   const log = o.log;
   const channel = await openChannel(o.channel, log);
   const reconnect = (o.reconnect ?? false) && !o.selftest;
+  // Devices wait on the bus, link down, for as long as a session would wait for a resume.
+  const parking = reconnect
+    ? new Parking({ graceMs: o.session.graceMs ?? DEFAULT_GRACE_MS, log })
+    : undefined;
   const signalled = o.untilSignal.then((name) => ({ kind: 'signal' as const, name }));
   let delay = RECONNECT_FIRST_MS;
   let rounds = 0;
   for (;;) {
-    const r = await serveSession(o, channel, { mustOpen: rounds++ === 0, reconnect }, signalled);
+    const r = await serveSession(o, channel, { mustOpen: rounds++ === 0, reconnect, parking }, signalled);
     if (r.kind === 'done') {
+      await parking?.evictAll('the host-agent is stopping');
       await channel.close();
       return r.code;
     }
@@ -148,6 +155,7 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
     clearTimeout(timer);
     if (next !== 'retry') {
       log.info({ signal: next.name }, 'stopping');
+      await parking?.evictAll('the host-agent is stopping');
       await channel.close();
       return 0;
     }
@@ -165,7 +173,7 @@ type Served = { kind: 'done'; code: number } | { kind: 'lost'; attached: boolean
 async function serveSession(
   o: HostAgentOptions,
   channel: Channel,
-  round: { mustOpen: boolean; reconnect: boolean },
+  round: { mustOpen: boolean; reconnect: boolean; parking: Parking | undefined },
   signalled: Promise<{ kind: 'signal'; name: string }>,
 ): Promise<Served> {
   const log = o.log;
@@ -184,7 +192,7 @@ async function serveSession(
   session.on('disconnected', (e: Error) => log.warn({ err: e.message }, 'connection lost; resuming'));
   session.on('resumed', () => log.info({ endpoint: session.remote }, 'session resumed'));
 
-  const relay = new Relay(session, channel, log);
+  const relay = new Relay(session, channel, log, round.parking);
   const stopStats = statsOnSignal(session, log);
   relay.done.then(stopStats, stopStats);
   let attached = false;
@@ -197,6 +205,8 @@ async function serveSession(
           'device not attached',
         );
       attached = devices.length > 0;
+      // Devices the endpoint came back without are not coming back.
+      void round.parking?.evictAll('the endpoint no longer has them');
       if (failed.length === 0) o.onReady?.(devices);
       resolve(failed.length === 0);
     };

@@ -25,4 +25,11 @@ export interface ChannelDevice {
   /** Removes the device: the driver unbinds, in-flight work fails (reads all-ones). `reason` is
    *  SHUTDOWN for an orderly detach, anything else for a surprise removal. */
   remove(reason: ErrorCode): Promise<void>;
+  /** The endpoint is gone for now: the device stays on the bus and its driver is told (PCI error
+   *  recovery); nothing it does reaches anyone, and what it says is dropped. Absent when the
+   *  channel cannot keep a device without its endpoint (host-agent/parking.ts). */
+  linkDown?(): Promise<void>;
+  /** A fresh instance of the same device (power-on state, description `desc`) is behind it again;
+   *  its messages go to `sink` from now on. The driver resets and resumes it. */
+  linkUp?(desc: DeviceDescription, sink: DeviceSink): Promise<void>;
 }

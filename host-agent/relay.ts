@@ -6,11 +6,14 @@
 //
 // Endpoint mistakes (messages for a device that is not attached, host -> device messages) throw
 // ProtocolError from the session's 'messages' listener: the session closes with that code. When the
-// session ends for good, every device is removed (a surprise removal unless the close was orderly).
+// session ends for good, every device is removed (a surprise removal unless the close was orderly),
+// or, given a Parking (the agent reconnects), kept on the bus with its link down; an Attach of the
+// same device by the next session brings it back (host-agent/parking.ts).
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
 import { ErrorCode, kindOf, type Msg, ProtocolError, type pcinet } from '../proto/wire.js';
-import type { Channel, ChannelDevice } from './channel.js';
+import type { Channel, ChannelDevice, DeviceSink } from './channel.js';
+import type { Parking } from './parking.js';
 
 /** What the relay needs of a session (proto/session.ts satisfies it). */
 export interface RelaySession extends EventEmitter {
@@ -42,7 +45,11 @@ export class Relay {
   readonly #session: RelaySession;
   readonly #channel: Channel;
   readonly #log: Logger;
-  readonly #devices = new Map<number, { device: ChannelDevice; model: string }>();
+  readonly #devices = new Map<
+    number,
+    { device: ChannelDevice; model: string; desc: pcinet.IDeviceDescription }
+  >();
+  readonly #parking: Parking | undefined;
   /** Devices the endpoint or we removed: late messages for them crossed the Detach. */
   readonly #gone = new Set<number>();
   readonly #failed: FailedAttach[] = [];
@@ -59,10 +66,11 @@ export class Relay {
   /** Called once every Attach received so far has been answered (at least one was). */
   onSettled: (devices: AttachedDevice[], failed: readonly FailedAttach[]) => void = () => {};
 
-  constructor(session: RelaySession, channel: Channel, log?: Logger) {
+  constructor(session: RelaySession, channel: Channel, log?: Logger, parking?: Parking) {
     this.#session = session;
     this.#channel = channel;
     this.#log = log ?? pino({ level: 'silent' });
+    this.#parking = parking;
     this.#done = new Promise((r) => {
       this.#finish = r;
     });
@@ -160,9 +168,20 @@ export class Relay {
       // The bus may talk about the device before attach() returns (config writes while the kernel
       // scans it): those go out after our AttachResult, which the endpoint must see first.
       let early: Msg[] | undefined = [];
-      const device = await this.#channel.attach(dev, a.desc, (m) =>
-        early ? early.push(m) : this.#fromDevice(dev, m),
-      );
+      const sink: DeviceSink = (m) => (early ? early.push(m) : this.#fromDevice(dev, m));
+      const parked = await this.#parking?.take(dev, a.desc, model);
+      let recovered: ChannelDevice | undefined;
+      if (parked) {
+        try {
+          await parked.device.linkUp!(a.desc, sink);
+          recovered = parked.device;
+          this.#log.info({ dev, model, address: recovered.address }, 'endpoint back: link up');
+        } catch (e) {
+          this.#log.error({ dev, err: (e as Error).message }, 'link up failed: attaching afresh');
+          await parked.device.remove(ErrorCode.INTERNAL).catch(() => {});
+        }
+      }
+      const device = recovered ?? (await this.#channel.attach(dev, a.desc, sink));
       const held = early;
       early = undefined;
       if (this.#closed) {
@@ -170,7 +189,7 @@ export class Relay {
         return;
       }
       this.#gone.delete(dev);
-      this.#devices.set(dev, { device, model });
+      this.#devices.set(dev, { device, model, desc: a.desc });
       this.#session.send({ attachResult: { dev, code: ErrorCode.OK, address: device.address } });
       for (const m of held) this.#fromDevice(dev, m);
       this.#log.info({ dev, model, address: device.address }, 'device attached');
@@ -284,12 +303,19 @@ export class Relay {
     this.#closed = true;
     this.#closeError = err;
     const reason = err ? ((err as ProtocolError).code ?? ErrorCode.TIMEOUT) : ErrorCode.SHUTDOWN;
-    const all = [...this.#devices.values()];
+    let all = [...this.#devices.entries()];
     this.#devices.clear();
+    if (err && this.#parking) {
+      // Lost, not closed: keep what can wait for the endpoint's return.
+      const kept = await Promise.all(
+        all.map(([dev, d]) => this.#parking!.park(dev, { device: d.device, model: d.model, desc: d.desc })),
+      );
+      all = all.filter((_, i) => !kept[i]);
+    }
     if (all.length)
       this.#log.warn({ err: err?.message, devices: all.length }, 'session ended: removing devices');
     await Promise.all(
-      all.map((d) =>
+      all.map(([, d]) =>
         d.device.remove(reason).catch((e: Error) => this.#log.error({ err: e }, 'remove failed')),
       ),
     );

@@ -48,6 +48,12 @@ static void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
 {
 	unsigned long flags;
 
+	if (READ_ONCE(fn->link_down)) {
+		/* Nobody to tell: the endpoint that comes back starts from its power-on state. */
+		atomic64_inc(&fn->stats.link_dropped);
+		kvfree(r);
+		return;
+	}
 	spin_lock_irqsave(&fn->qlock, flags);
 	list_add_tail(&r->node, &fn->queue);
 	fn->queued += r->len;
@@ -70,7 +76,7 @@ void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len)
 
 		atomic64_inc(&fn->stats.queue_waits);
 		while (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES &&
-		       READ_ONCE(fn->state) == PN_STARTED) {
+		       READ_ONCE(fn->state) == PN_STARTED && !READ_ONCE(fn->link_down)) {
 			if (ktime_get_ns() > until) {
 				atomic64_inc(&fn->stats.queue_overruns);
 				break;
@@ -101,7 +107,8 @@ void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r)
 		atomic64_inc(&fn->stats.queue_waits);
 		wait_event_interruptible_timeout(fn->writeq,
 						 READ_ONCE(fn->queued) <= PCINET_QUEUE_BYTES ||
-						 READ_ONCE(fn->state) != PN_STARTED, HZ);
+						 READ_ONCE(fn->state) != PN_STARTED ||
+						 READ_ONCE(fn->link_down), HZ);
 	}
 	pcinet_rec_add(fn, r);
 }
@@ -183,6 +190,11 @@ static int pcinet_cfg_read(struct pci_bus *bus, unsigned int devfn, int where, i
 		*val = ~0u;
 		return PCIBIOS_DEVICE_NOT_FOUND;
 	}
+	if (READ_ONCE(fn->link_down)) {
+		/* As over a PCIe link that is down: all-ones, so pci_device_is_present() says no. */
+		*val = size == 4 ? ~0u : (1u << (8 * size)) - 1;
+		return PCIBIOS_SUCCESSFUL;
+	}
 	bar = pcinet_bar_of(fn, where & ~3, &hi);
 	if (bar >= 0) {
 		v = pcinet_bar_dword(&fn->bars[bar], hi) >> (8 * (where & 3));
@@ -224,6 +236,8 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 
 	if (devfn != 0 || where < 0 || where + size > PCINET_CONFIG_SIZE)
 		return PCIBIOS_DEVICE_NOT_FOUND;
+	if (READ_ONCE(fn->link_down))
+		return PCIBIOS_SUCCESSFUL;	/* goes nowhere; W_LINK_UP resets the image */
 	bar = pcinet_bar_of(fn, where & ~3, &hi);
 	if (bar >= 0) {
 		pcinet_bar_write(&fn->bars[bar], hi, 8 * (where & 3), size, val);
@@ -534,6 +548,127 @@ static void pcinet_add_work(struct work_struct *work)
 	pci_unlock_rescan_remove();
 }
 
+/* ---- link loss and recovery ---- */
+
+/* Drops every record not yet read: they were for the endpoint that is gone. */
+static void pcinet_purge_queue(struct pcinet_fn *fn)
+{
+	struct pcinet_rec *r, *tmp;
+	LIST_HEAD(old);
+
+	spin_lock_irq(&fn->qlock);
+	list_splice_init(&fn->queue, &old);
+	fn->queued = 0;
+	spin_unlock_irq(&fn->qlock);
+	list_for_each_entry_safe(r, tmp, &old, node) {
+		atomic64_inc(&fn->stats.link_dropped);
+		kvfree(r);
+	}
+	wake_up_interruptible_all(&fn->writeq);
+}
+
+/*
+ * What AER does when a link fails (drivers/pci/pcie/err.c): the channel is frozen and the driver
+ * is told, so it stops touching the device and parks its I/O until a reset. A driver that cannot
+ * recover this way (no error handlers, or it says so) is unbound now, while the function reads as
+ * absent, so its remove path gives up on the device instead of waiting for it; it is bound again
+ * when the link is back.
+ */
+static void pcinet_link_down_work(struct work_struct *work)
+{
+	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, link_down_work);
+	struct pci_dev *pdev = fn->pdev;
+	const struct pci_error_handlers *eh;
+	pci_ers_result_t vote = PCI_ERS_RESULT_NONE;
+	bool bound;
+
+	device_lock(&pdev->dev);
+	pdev->error_state = pci_channel_io_frozen;
+	bound = pdev->driver;
+	eh = bound ? pdev->driver->err_handler : NULL;
+	if (eh && eh->error_detected)
+		vote = eh->error_detected(pdev, pci_channel_io_frozen);
+	fn->link_recoverable = bound && (vote == PCI_ERS_RESULT_NEED_RESET ||
+					 vote == PCI_ERS_RESULT_CAN_RECOVER);
+	device_unlock(&pdev->dev);
+	if (fn->link_recoverable) {
+		pci_info(pdev, "link down: the driver waits for a reset\n");
+	} else if (bound) {
+		pci_info(pdev, "link down: the driver cannot recover; unbinding it until the link is back\n");
+		device_release_driver(&pdev->dev);
+	}
+}
+
+/*
+ * A fresh device is behind the function. A driver waiting for a reset gets slot_reset() and
+ * resume(), as after a secondary bus reset; if it fails to recover, it is unbound. Then any
+ * function without a driver is offered to the drivers again.
+ */
+static void pcinet_link_up_work(struct work_struct *work)
+{
+	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, link_up_work);
+	struct pci_dev *pdev = fn->pdev;
+	const struct pci_error_handlers *eh;
+	pci_ers_result_t vote = PCI_ERS_RESULT_RECOVERED;
+	bool failed = false;
+
+	device_lock(&pdev->dev);
+	pdev->error_state = pci_channel_io_normal;
+	if (fn->link_recoverable && pdev->driver) {
+		eh = pdev->driver->err_handler;
+		if (eh->slot_reset)
+			vote = eh->slot_reset(pdev);
+		if (vote == PCI_ERS_RESULT_RECOVERED && eh->resume)
+			eh->resume(pdev);
+		failed = vote != PCI_ERS_RESULT_RECOVERED;
+	}
+	device_unlock(&pdev->dev);
+	if (failed) {
+		pci_warn(pdev, "link up: the driver did not recover; binding it again\n");
+		device_release_driver(&pdev->dev);
+	}
+	if (!pdev->dev.driver && device_attach(&pdev->dev) < 0)
+		pci_warn(pdev, "link up: binding a driver failed\n");
+	pci_info(pdev, "link up: %s\n", !pdev->dev.driver ? "no driver" :
+		 fn->link_recoverable && !failed ? "recovered" : "driver bound again");
+}
+
+static int pcinet_link_down(struct pcinet_fn *fn)
+{
+	if (fn->state != PN_STARTED || fn->link_down)
+		return -EBUSY;
+	if (!fn->link_wq) {
+		fn->link_wq = alloc_ordered_workqueue("pcinet%d-link", 0, fn->domain);
+		if (!fn->link_wq)
+			return -ENOMEM;
+	}
+	atomic64_inc(&fn->stats.link_downs);
+	WRITE_ONCE(fn->link_down, true);
+	pcinet_purge_queue(fn);
+	pcinet_mmio_link_down(fn);
+	queue_work(fn->link_wq, &fn->link_down_work);
+	return 0;
+}
+
+/*
+ * The agent has written the new device's initial shadow (W_SHADOW) before this. The function
+ * returns to its power-on state as after an FLR: config image, MSI-X table, write counters. The
+ * BAR registers keep their addresses; the driver's recovery restores the rest.
+ */
+static int pcinet_link_up(struct pcinet_fn *fn)
+{
+	if (fn->state != PN_STARTED || !fn->link_down)
+		return -EBUSY;
+	pcinet_purge_queue(fn);
+	memcpy(fn->config, fn->config_init, PCINET_CONFIG_SIZE);
+	pcinet_msix_reset(fn);
+	atomic64_set(&fn->writes_sent, 0);
+	atomic64_set(&fn->writes_applied, 0);
+	WRITE_ONCE(fn->link_down, false);
+	queue_work(fn->link_wq, &fn->link_up_work);
+	return 0;
+}
+
 /*
  * Surprise removal: from now on the function answers nothing (MMIO reads return all-ones,
  * writes go nowhere, waiting reads give up), the driver unbinds, the function and its bus go.
@@ -547,6 +682,12 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		wake_up_interruptible_all(&fn->writeq);
 		wake_up_all(&fn->mmioq);
 		cancel_work_sync(&fn->add_work);
+		if (fn->link_wq) {
+			/* Recovery still running finds the function gone and finishes quickly. */
+			flush_workqueue(fn->link_wq);
+			destroy_workqueue(fn->link_wq);
+			fn->link_wq = NULL;
+		}
 		pci_lock_rescan_remove();
 		pci_stop_root_bus(fn->bus);
 		pci_remove_root_bus(fn->bus);
@@ -558,7 +699,7 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		fn->pdev = NULL;
 		release_resource(&fn->window);
 		ida_free(&pcinet_domains, fn->domain);
-		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld\n",
+		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld\n",
 			fn->domain, atomic64_read(&c->mmio_writes), atomic64_read(&c->mmio_reads),
 			atomic64_read(&c->volatile_reads), atomic64_read(&c->read_timeouts),
 			atomic64_read(&c->queue_waits), atomic64_read(&c->queue_overruns),
@@ -566,7 +707,8 @@ static void pcinet_remove(struct pcinet_fn *fn)
 			atomic64_read(&c->deferred), atomic64_read(&c->spun),
 			atomic64_read(&c->interrupts), atomic64_read(&c->interrupts_pending),
 			atomic64_read(&c->interrupts_dropped), atomic64_read(&c->dma_bytes),
-			atomic64_read(&c->dma_refused));
+			atomic64_read(&c->dma_refused), atomic64_read(&c->link_downs),
+			atomic64_read(&c->link_dropped));
 	}
 	WRITE_ONCE(fn->state, PN_DETACHED);
 	wake_up_interruptible_all(&fn->readq);
@@ -652,6 +794,14 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 			return -EINVAL;
 		return pcinet_msix_raise(fn, le32_to_cpu(w->vector));
 	}
+	case PCINET_W_LINK_DOWN:
+		if (len != sizeof(struct pcinet_hdr))
+			return -EINVAL;
+		return pcinet_link_down(fn);
+	case PCINET_W_LINK_UP:
+		if (len != sizeof(struct pcinet_hdr))
+			return -EINVAL;
+		return pcinet_link_up(fn);
 	case PCINET_W_DETACH:
 		if (len != sizeof(struct pcinet_hdr))
 			return -EINVAL;
@@ -778,6 +928,8 @@ static int pcinet_open(struct inode *inode, struct file *file)
 	INIT_LIST_HEAD(&fn->queue);
 	INIT_LIST_HEAD(&fn->live);
 	INIT_WORK(&fn->add_work, pcinet_add_work);
+	INIT_WORK(&fn->link_down_work, pcinet_link_down_work);
+	INIT_WORK(&fn->link_up_work, pcinet_link_up_work);
 	init_waitqueue_head(&fn->readq);
 	init_waitqueue_head(&fn->writeq);
 	init_waitqueue_head(&fn->mmioq);

@@ -88,6 +88,8 @@ struct pcinet_counters {
 	atomic64_t interrupts_dropped;	/* raised while MSI-X was disabled */
 	atomic64_t dma_refused;		/* DMA outside live mappings or against their direction */
 	atomic64_t dma_bytes;		/* DMA done, both directions */
+	atomic64_t link_downs;		/* W_LINK_DOWN: the endpoint was lost */
+	atomic64_t link_dropped;	/* MMIO writes and records dropped while the link was down */
 };
 
 struct pcinet_dma;
@@ -119,6 +121,13 @@ struct pcinet_fn {
 	struct pci_bus *bus;
 	struct pci_dev *pdev;	/* the function once scanned (a reference is held) */
 	struct work_struct add_work;	/* binds drivers after W_START */
+
+	/* Link loss and recovery (W_LINK_DOWN, W_LINK_UP): the driver's PCI error handlers. */
+	bool link_down;			/* READ_ONCE: accesses do not reach the endpoint */
+	struct workqueue_struct *link_wq;	/* ordered: the down work runs before the up work */
+	struct work_struct link_down_work;
+	struct work_struct link_up_work;
+	bool link_recoverable;		/* error_detected() asked for a reset */
 
 	/* MMIO (mmio.c) */
 	struct list_head live;	/* on the list of started functions (RCU) */
@@ -174,6 +183,7 @@ void pcinet_mmio_exit(void);
 void pcinet_mmio_start(struct pcinet_fn *fn);
 void pcinet_mmio_stop(struct pcinet_fn *fn);
 int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_cpl *c);
+void pcinet_mmio_link_down(struct pcinet_fn *fn);
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
 
 /* msix.c */

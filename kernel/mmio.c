@@ -24,6 +24,8 @@
  *   a register and reads it back sees the device's answer;
  * - the MSI-X table and PBA are served by msix.c.
  * A function that is gone (removed, or memory decoding off) reads all-ones and ignores writes.
+ * While the link is down (W_LINK_DOWN) a function reads as a removed one does (pcinet_gone_read)
+ * and its writes are dropped and counted: nothing reaches an endpoint that is not there.
  *
  * Waiting: an access that has to wait for the device (fence, volatile read, a full queue) in a
  * context that may sleep (interrupts on, no locks, not atomic: preempt_count() equal to what the
@@ -188,11 +190,13 @@ static bool pcinet_wait_count(struct pcinet_fn *fn, atomic64_t *count, s64 targe
 	atomic64_inc(how == PN_SLEEP ? &fn->stats.deferred : &fn->stats.spun);
 	if (how == PN_SLEEP)
 		return wait_event_timeout(fn->mmioq, atomic64_read_acquire(count) >= target ||
-					  READ_ONCE(fn->state) != PN_STARTED, timeout) &&
+					  READ_ONCE(fn->state) != PN_STARTED ||
+					  READ_ONCE(fn->link_down), timeout) &&
 		       atomic64_read_acquire(count) >= target;
 	until = ktime_get_ns() + (u64)READ_ONCE(atomic_timeout_ms) * NSEC_PER_MSEC;
 	while (atomic64_read_acquire(count) < target) {
-		if (READ_ONCE(fn->state) != PN_STARTED || ktime_get_ns() > until)
+		if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down) ||
+		    ktime_get_ns() > until)
 			return false;
 		cpu_relax();
 	}
@@ -243,13 +247,14 @@ static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *v
 	if (how == PN_SLEEP) {
 		pcinet_queue(fn, &rec, sizeof(rec));
 		wait_event_timeout(fn->mmioq, smp_load_acquire(&slot->status) ||
-				   READ_ONCE(fn->state) != PN_STARTED,
+				   READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down),
 				   msecs_to_jiffies(READ_ONCE(read_timeout_ms)));
 	} else {
 		pcinet_queue_atomic(fn, &rec, sizeof(rec));
 		until = ktime_get_ns() + (u64)READ_ONCE(atomic_timeout_ms) * NSEC_PER_MSEC;
 		while (!smp_load_acquire(&slot->status)) {
-			if (READ_ONCE(fn->state) != PN_STARTED || ktime_get_ns() > until)
+			if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down) ||
+			    ktime_get_ns() > until)
 				break;
 			cpu_relax();
 		}
@@ -260,7 +265,9 @@ static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *v
 		data = slot->data;
 	slot->tag = 0;
 	spin_unlock_irqrestore(&fn->reads_lock, flags);
-	if (!status) {
+	if (!status && READ_ONCE(fn->link_down)) {
+		status = -1;	/* the link went down: no completion will come */
+	} else if (!status) {
 		atomic64_inc(&fn->stats.read_timeouts);
 		pr_warn_ratelimited("%04x:00:00.0: MMIO read of BAR %u +0x%llx timed out: all-ones\n",
 				    fn->domain, bar, off);
@@ -285,6 +292,34 @@ int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_c
 	spin_unlock_irqrestore(&fn->reads_lock, flags);
 	wake_up_all(&fn->mmioq);
 	return 0;
+}
+
+/*
+ * The link went down: reads waiting for the device get error completions (all-ones), and the
+ * shadows start over from zero, ready for the next device's initial contents (W_SHADOW before
+ * W_LINK_UP; like an Attach description, bytes it does not give are zero). Meanwhile reads are
+ * served by pcinet_gone_read(), not from the shadows.
+ */
+void pcinet_mmio_link_down(struct pcinet_fn *fn)
+{
+	unsigned long flags;
+	unsigned int i;
+
+	/* Not under shadow_lock (a BAR may be large): from here on nobody reads the shadows, and
+	 * W_SHADOW comes in under fn->lock, which we hold. A read that began before link_down was
+	 * set may see a mix, which is what a read racing a dying device deserves. */
+	for (i = 0; i < PCINET_NUM_BARS; i++) {
+		if (fn->bars[i].shadow)
+			memset(fn->bars[i].shadow, 0, fn->bars[i].size);
+	}
+
+	spin_lock_irqsave(&fn->reads_lock, flags);
+	for (i = 0; i < PCINET_READ_SLOTS; i++) {
+		if (fn->reads[i].tag && !fn->reads[i].status)
+			smp_store_release(&fn->reads[i].status, -1);
+	}
+	spin_unlock_irqrestore(&fn->reads_lock, flags);
+	wake_up_all(&fn->mmioq);
 }
 
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size)
@@ -323,6 +358,10 @@ static int pcinet_serve_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, 
 		pcinet_msix_read(fn, off, val, size);
 		return 0;
 	}
+	if (READ_ONCE(fn->link_down)) {
+		pcinet_gone_read(fn, bar, off, val, size);
+		return 0;
+	}
 	if (pcinet_range_at(fn, bar, off, size, PCINET_RANGE_VOLATILE)) {
 		if (how == PN_NOWAIT)
 			return -EAGAIN;
@@ -340,7 +379,7 @@ static int pcinet_serve_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, 
 		return -EAGAIN;
 	atomic64_inc(&fn->stats.mmio_reads);
 	if (!pcinet_wait_count(fn, &fn->writes_applied, target, how)) {
-		if (READ_ONCE(fn->state) != PN_STARTED) {
+		if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down)) {
 			pcinet_gone_read(fn, bar, off, val, size);
 			return 0;
 		}
@@ -367,6 +406,10 @@ static int pcinet_serve_write(struct pcinet_fn *fn, u32 bar, u64 off, const void
 
 	if (pcinet_msix_owns(fn, bar, off, size)) {
 		pcinet_msix_write(fn, off, val, size);
+		return 0;
+	}
+	if (READ_ONCE(fn->link_down)) {
+		atomic64_inc(&fn->stats.link_dropped);
 		return 0;
 	}
 	if (how == PN_NOWAIT && READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES)

@@ -53,10 +53,13 @@ export interface SessionOptions {
   agent?: string;
 }
 
+/** How long a lost connection may be resumed (and a host keeps devices of a lost endpoint). */
+export const DEFAULT_GRACE_MS = 30_000;
+
 const DEFAULTS = {
   keepaliveMs: 1000,
   deadAfterMs: 3000,
-  graceMs: 30_000,
+  graceMs: DEFAULT_GRACE_MS,
   replayBytes: 32 << 20,
   handshakeMs: 10_000,
 } as const;

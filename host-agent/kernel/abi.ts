@@ -19,6 +19,8 @@ export const W = {
   DMA_WRITE: 8,
   INTERRUPT: 9,
   DETACH: 10,
+  LINK_DOWN: 11,
+  LINK_UP: 12,
 } as const;
 
 export const R = {

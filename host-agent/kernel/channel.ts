@@ -71,7 +71,7 @@ class KernelDevice implements ChannelDevice {
   address = '';
   readonly #fd: number;
   readonly #dev: number;
-  readonly #sink: DeviceSink;
+  #sink: DeviceSink;
   readonly #log: Logger;
   /** Records for the kernel, written in order by one writer. */
   #writes: Promise<void> = Promise.resolve();
@@ -84,6 +84,8 @@ class KernelDevice implements ChannelDevice {
     { tag: number; parts: (Uint8Array | undefined)[]; left: number; failed: boolean }
   >();
   readonly #pieceOf = new Map<number, { req: number; index: number }>();
+  /** Tags of DMA reads asked for before the link went down: their completions are dropped. */
+  readonly #staleTags = new Set<number>();
   #reqSeq = 0;
 
   constructor(fd: number, dev: number, sink: DeviceSink, log: Logger) {
@@ -116,12 +118,8 @@ class KernelDevice implements ChannelDevice {
         records.push(rangeRecord(bar, RANGE_VOLATILE, u64(r.offset), u64(r.length)));
       for (const r of b.doorbell ?? [])
         records.push(rangeRecord(bar, RANGE_DOORBELL, u64(r.offset), u64(r.length)));
-      const shadow = b.shadow ?? new Uint8Array(0);
-      for (let at = 0; at < shadow.length; at += MAX_DATA) {
-        records.push(shadowRecord(bar, BigInt(at), shadow.subarray(at, at + MAX_DATA)));
-      }
     }
-    records.push(emptyRecord(W.START));
+    records.push(...initialShadow(desc), emptyRecord(W.START));
     const attached = new Promise<Extract<KernelRecord, { type: 'attached' }>>((resolve, reject) => {
       const timer = setTimeout(
         () =>
@@ -204,6 +202,7 @@ class KernelDevice implements ChannelDevice {
         this.#sink({ functionReset: { dev } });
         return;
       case 'dma-read-cpl': {
+        if (this.#staleTags.delete(r.tag)) return;
         const piece = this.#pieceOf.get(r.tag);
         if (!piece) throw new AbiError(`DMA read completion for tag ${r.tag}, which is not outstanding`);
         this.#pieceOf.delete(r.tag);
@@ -284,6 +283,30 @@ class KernelDevice implements ChannelDevice {
     }
   }
 
+  async linkDown(): Promise<void> {
+    if (this.#gone) throw new Error('the device is gone');
+    // Whatever the kernel said before it heard of the link loss was for the old endpoint.
+    this.#sink = () => {};
+    for (const tag of this.#pieceOf.keys()) this.#staleTags.add(tag);
+    this.#pieceOf.clear();
+    this.#dmaReads.clear();
+    this.#write(emptyRecord(W.LINK_DOWN));
+    await this.#writes;
+    if (this.#gone) throw new Error('the kernel refused W_LINK_DOWN');
+    this.#log.warn({ address: this.address }, 'link down: the driver is told (PCI error recovery)');
+  }
+
+  async linkUp(desc: DeviceDescription, sink: DeviceSink): Promise<void> {
+    if (this.#gone) throw new Error('the device is gone');
+    // The kernel queues nothing while the link is down, so everything read from now on is the
+    // new instance's business.
+    this.#sink = sink;
+    this.#write(Buffer.concat([...initialShadow(desc), emptyRecord(W.LINK_UP)]));
+    await this.#writes;
+    if (this.#gone) throw new Error('the kernel refused W_LINK_UP');
+    this.#log.info({ address: this.address }, 'link up: the driver resets the device');
+  }
+
   async remove(reason: ErrorCode): Promise<void> {
     if (this.#gone) return;
     this.#log.info({ address: this.address, reason: ErrorCode[reason] }, 'removing device');
@@ -297,6 +320,18 @@ class KernelDevice implements ChannelDevice {
     }
     await closeFd(this.#fd);
   }
+}
+
+/** W_SHADOW records with the BARs' contents as the description gives them. */
+function initialShadow(desc: DeviceDescription): Buffer[] {
+  const records: Buffer[] = [];
+  for (const b of desc.bars ?? []) {
+    const shadow = b.shadow ?? new Uint8Array(0);
+    for (let at = 0; at < shadow.length; at += MAX_DATA) {
+      records.push(shadowRecord(b.index ?? 0, BigInt(at), shadow.subarray(at, at + MAX_DATA)));
+    }
+  }
+  return records;
 }
 
 function pad(b: Uint8Array | null | undefined): Uint8Array {

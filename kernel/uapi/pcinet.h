@@ -40,6 +40,8 @@ enum {
 	PCINET_W_DMA_WRITE = 8,		/* device writes host memory (posted) */
 	PCINET_W_INTERRUPT = 9,		/* device raises an MSI-X vector */
 	PCINET_W_DETACH = 10,		/* remove the device now; read() then returns 0 (end of file) */
+	PCINET_W_LINK_DOWN = 11,	/* the device is unreachable (endpoint lost); error recovery */
+	PCINET_W_LINK_UP = 12,		/* a fresh device (in its power-on state) is behind it again */
 };
 
 enum pcinet_bar_kind {

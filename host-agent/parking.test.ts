@@ -1,0 +1,177 @@
+// Devices parked while their endpoint is away: the relay keeps them (link down) when a session is
+// lost, hands them back (link up) when the next session attaches the same device, and removes them
+// when the endpoint comes back with another device, without them, or not in time. The bus is the
+// sim channel; its devices are wrapped to record the link calls the kernel channel would turn into
+// W_LINK_DOWN / W_LINK_UP.
+import pino from 'pino';
+import { afterEach, describe, expect, it } from 'vitest';
+import { TestDevice } from '../devices/test/device.js';
+import { EndpointServer } from '../endpoint/server.js';
+import { loopPair } from '../proto/loop.js';
+import { openSession, type Session } from '../proto/session.js';
+import { type DeviceDescription, ErrorCode, long, ProtocolError } from '../proto/wire.js';
+import type { Channel, ChannelDevice, DeviceSink } from './channel.js';
+import { differs, Parking } from './parking.js';
+import { Relay } from './relay.js';
+import { SimChannel } from './sim/channel.js';
+
+const log = pino({ level: 'silent' });
+const cleanup: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.splice(0).reverse()) await c();
+});
+
+/** The sim channel, its devices able to go link down and up (as the kernel channel's are). */
+class LinkChannel implements Channel {
+  readonly name = 'sim+link';
+  readonly sim = new SimChannel({ log });
+  readonly events: string[] = [];
+  attaches = 0;
+
+  async attach(dev: number, desc: DeviceDescription, sink: DeviceSink): Promise<ChannelDevice> {
+    this.attaches++;
+    let current = sink;
+    const inner = await this.sim.attach(dev, desc, (m) => current(m));
+    const events = this.events;
+    return {
+      get address() {
+        return inner.address;
+      },
+      deliver: (m) => inner.deliver(m),
+      async remove(reason) {
+        events.push(`remove ${ErrorCode[reason]}`);
+        await inner.remove(reason);
+      },
+      async linkDown() {
+        events.push('down');
+        current = () => {};
+      },
+      async linkUp(d, s) {
+        events.push(`up vectors=${d.msixVectors}`);
+        current = s;
+      },
+    };
+  }
+
+  close(): Promise<void> {
+    return this.sim.close();
+  }
+}
+
+async function endpoint(vectors: number): Promise<{ session: Session; server: EndpointServer }> {
+  const server = new EndpointServer({ models: [new TestDevice({ vectors })], log });
+  const session = await openSession(
+    async () => {
+      const [a, b] = loopPair();
+      server.accept(b);
+      return a;
+    },
+    { log },
+  );
+  cleanup.push(async () => {
+    if (!session.closed) await session.close();
+    await server.close();
+  });
+  return { session, server };
+}
+
+/** A relay over a session to a fresh endpoint; resolves once its attach round settled. */
+async function serve(channel: Channel, parking: Parking, vectors = 4) {
+  const { session } = await endpoint(vectors);
+  const relay = new Relay(session, channel, log, parking);
+  await new Promise<void>((resolve) => {
+    relay.onSettled = () => resolve();
+  });
+  return { session, relay };
+}
+
+const lose = (session: Session) => session.close(new ProtocolError(ErrorCode.TIMEOUT, 'endpoint lost'));
+
+describe('parking devices while the endpoint is away', () => {
+  it('keeps the device through a lost session and brings it back for the same device', async () => {
+    const channel = new LinkChannel();
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ graceMs: 10_000, log });
+    const first = await serve(channel, parking);
+    const address = first.relay.devices[0]!.address;
+    await lose(first.session);
+    await first.relay.done;
+    expect(channel.events).toEqual(['down']);
+    expect(parking.size).toBe(1);
+
+    const second = await serve(channel, parking);
+    expect(channel.events).toEqual(['down', 'up vectors=4']);
+    expect(channel.attaches).toBe(1); // no new function on the bus
+    expect(second.relay.devices).toEqual([{ dev: 1, model: 'test', address }]);
+    expect(parking.size).toBe(0);
+  });
+
+  it('removes the parked device when the endpoint comes back with another one', async () => {
+    const channel = new LinkChannel();
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ graceMs: 10_000, log });
+    const first = await serve(channel, parking, 4);
+    await lose(first.session);
+    await first.relay.done;
+    await serve(channel, parking, 8);
+    expect(channel.events).toEqual(['down', 'remove TIMEOUT']);
+    expect(channel.attaches).toBe(2);
+  });
+
+  it('removes parked devices when the grace period ends', async () => {
+    const channel = new LinkChannel();
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ graceMs: 50, log });
+    const first = await serve(channel, parking);
+    await lose(first.session);
+    await first.relay.done;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(channel.events).toEqual(['down', 'remove TIMEOUT']);
+    expect(parking.size).toBe(0);
+  });
+
+  it('an orderly close removes the device instead of parking it', async () => {
+    const channel = new LinkChannel();
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ graceMs: 10_000, log });
+    const first = await serve(channel, parking);
+    await first.session.close();
+    await first.relay.done;
+    expect(channel.events).toEqual(['remove SHUTDOWN']);
+    expect(parking.size).toBe(0);
+  });
+
+  it('without link support the device is removed, as before', async () => {
+    const channel = new SimChannel({ log });
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ graceMs: 10_000, log });
+    const first = await serve(channel, parking);
+    await lose(first.session);
+    await first.relay.done;
+    expect(parking.size).toBe(0);
+    expect(channel.functions).toHaveLength(0);
+  });
+});
+
+describe('differs', () => {
+  const base: DeviceDescription = {
+    model: 'test',
+    msixVectors: 4,
+    config: new Uint8Array([1, 2, 3]),
+    bars: [{ index: 0, size: long(4096), kind: 1, volatile: [{ offset: long(0), length: long(8) }] }],
+  };
+  it('accepts the same description', () => {
+    expect(differs(base, { ...base, config: new Uint8Array([1, 2, 3]) })).toBeUndefined();
+  });
+  it('names what changed', () => {
+    expect(differs(base, { ...base, msixVectors: 8 })).toBe('MSI-X vector count');
+    expect(differs(base, { ...base, config: new Uint8Array([1, 2, 4]) })).toBe('config space');
+    expect(differs(base, { ...base, bars: [{ ...base.bars![0]!, size: long(8192) }] })).toBe('BAR layout');
+    expect(
+      differs(base, {
+        ...base,
+        bars: [{ ...base.bars![0]!, volatile: [{ offset: long(0), length: long(16) }] }],
+      }),
+    ).toBe('BAR layout');
+  });
+});

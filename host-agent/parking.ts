@@ -1,0 +1,115 @@
+// Devices kept on the bus while their endpoint is away. When a session ends for good (the
+// endpoint was restarted and refused to resume, or did not come back within the session's grace
+// period) and the agent reconnects, a device whose channel can do it goes "link down" instead of
+// being removed: the driver hears of it through PCI error recovery and keeps its state (a mounted
+// filesystem on an NVMe disk, a configured network interface). When the endpoint is back and
+// attaches the same device again, the parked device comes back "link up" with the new instance
+// behind it; the driver resets it. Devices that do not come back within `graceMs`, or that the
+// returning endpoint no longer has, are removed as before.
+import type { Logger } from 'pino';
+import { type DeviceDescription, ErrorCode } from '../proto/wire.js';
+import type { ChannelDevice } from './channel.js';
+
+export interface ParkedDevice {
+  device: ChannelDevice;
+  model: string;
+  desc: DeviceDescription;
+}
+
+export class Parking {
+  readonly #parked = new Map<number, ParkedDevice>();
+  readonly #graceMs: number;
+  readonly #log: Logger;
+  #timer: NodeJS.Timeout | undefined;
+
+  constructor(o: { graceMs: number; log: Logger }) {
+    this.#graceMs = o.graceMs;
+    this.#log = o.log;
+  }
+
+  get size(): number {
+    return this.#parked.size;
+  }
+
+  /** Takes the device's link down and keeps it; false if the channel cannot (remove it then). */
+  async park(dev: number, p: ParkedDevice): Promise<boolean> {
+    if (!p.device.linkDown) return false;
+    try {
+      await p.device.linkDown();
+    } catch (e) {
+      this.#log.error(
+        { dev, address: p.device.address, err: (e as Error).message },
+        'cannot take the link down',
+      );
+      return false;
+    }
+    this.#parked.set(dev, p);
+    this.#log.warn(
+      { dev, model: p.model, address: p.device.address, graceMs: this.#graceMs },
+      'endpoint lost: device kept on the bus, link down',
+    );
+    this.#timer ??= setTimeout(() => {
+      this.#timer = undefined;
+      void this.evictAll('the endpoint did not come back in time');
+    }, this.#graceMs);
+    return true;
+  }
+
+  /** The parked device `dev` if `desc` describes the same device; an incompatible one is removed. */
+  async take(dev: number, desc: DeviceDescription, model: string): Promise<ParkedDevice | undefined> {
+    const p = this.#parked.get(dev);
+    if (!p) return undefined;
+    this.#parked.delete(dev);
+    this.#stopTimerIfEmpty();
+    const why = p.model !== model ? `model ${model}, was ${p.model}` : differs(p.desc, desc);
+    if (why === undefined) return p;
+    this.#log.warn({ dev, address: p.device.address, why }, 'the endpoint came back with another device');
+    await this.#remove(p);
+    return undefined;
+  }
+
+  /** Removes every parked device (surprise removal). */
+  async evictAll(why: string): Promise<void> {
+    const all = [...this.#parked.values()];
+    this.#parked.clear();
+    this.#stopTimerIfEmpty();
+    if (all.length) this.#log.warn({ devices: all.length, why }, 'removing parked devices');
+    await Promise.all(all.map((p) => this.#remove(p)));
+  }
+
+  async #remove(p: ParkedDevice): Promise<void> {
+    await p.device
+      .remove(ErrorCode.TIMEOUT)
+      .catch((e: Error) => this.#log.error({ err: e.message, address: p.device.address }, 'remove failed'));
+  }
+
+  #stopTimerIfEmpty(): void {
+    if (this.#parked.size > 0 || !this.#timer) return;
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+}
+
+const bytesEqual = (a?: Uint8Array | null, b?: Uint8Array | null) =>
+  Buffer.compare(Buffer.from(a ?? []), Buffer.from(b ?? [])) === 0;
+
+const rangesKey = (r?: readonly { offset?: unknown; length?: unknown }[] | null) =>
+  (r ?? []).map((x) => `${String(x.offset)}+${String(x.length)}`).join(',');
+
+/** Why `b` is not the device `a` describes (its driver could not simply reset it), or undefined. */
+export function differs(a: DeviceDescription, b: DeviceDescription): string | undefined {
+  if ((a.msixVectors ?? 0) !== (b.msixVectors ?? 0)) return 'MSI-X vector count';
+  if (!bytesEqual(a.config, b.config)) return 'config space';
+  if (!bytesEqual(a.configWmask, b.configWmask) || !bytesEqual(a.configW1cmask, b.configW1cmask))
+    return 'config write masks';
+  const bars = (d: DeviceDescription) =>
+    (d.bars ?? [])
+      .map(
+        (x) =>
+          `${x.index}:${String(x.size)}:${x.kind}:${x.prefetchable ?? false}:` +
+          `${rangesKey(x.volatile)}:${rangesKey(x.doorbell)}`,
+      )
+      .join(';');
+  if (bars(a) !== bars(b)) return 'BAR layout';
+  return undefined;
+}
