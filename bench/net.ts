@@ -47,7 +47,7 @@ async function main(): Promise<void> {
     timeoutMs: (8 * seconds + 120) * 1000,
     command: [
       'set -e',
-      `ifc=$(for n in /sys/class/net/*; do [ "$(cat $n/address)" = "${MAC}" ] && basename $n; done)`,
+      `ifc=$(grep -lx ${MAC} /sys/class/net/*/address | cut -d/ -f5)`,
       `ip addr add ${GUEST}/24 dev $ifc && ip link set $ifc up`,
       'for i in $(seq 100); do [ "$(cat /sys/class/net/$ifc/carrier)" = 1 ] && break; sleep 0.1; done',
       `ping -c 3 -W 2 ${CARD} > /dev/null`,

@@ -819,12 +819,9 @@ static ssize_t pcinet_write(struct file *file, const char __user *ubuf, size_t c
 	struct pcinet_fn *fn = file->private_data;
 	struct pcinet_hdr h;
 	size_t done = 0;
-	void *buf;
+	void *buf = fn->wbuf;
 	int ret = 0;
 
-	buf = kvmalloc(PCINET_MAX_RECORD + 8, GFP_KERNEL);
-	if (!buf)
-		return -ENOMEM;
 	mutex_lock(&fn->lock);
 	while (done < count) {
 		size_t len;
@@ -849,7 +846,6 @@ static ssize_t pcinet_write(struct file *file, const char __user *ubuf, size_t c
 		done += len;
 	}
 	mutex_unlock(&fn->lock);
-	kvfree(buf);
 	/* Records before a bad one were applied: report them; the next write() gets the error. */
 	return done ? done : ret;
 }
@@ -920,6 +916,12 @@ static int pcinet_open(struct inode *inode, struct file *file)
 	fn = kvzalloc(sizeof(*fn), GFP_KERNEL);
 	if (!fn)
 		return -ENOMEM;
+	/* Every write() copies its records through this: allocated once, not per call. */
+	fn->wbuf = kvmalloc(PCINET_MAX_RECORD + 8, GFP_KERNEL);
+	if (!fn->wbuf) {
+		kvfree(fn);
+		return -ENOMEM;
+	}
 	mutex_init(&fn->lock);
 	spin_lock_init(&fn->qlock);
 	spin_lock_init(&fn->shadow_lock);
@@ -952,6 +954,7 @@ static int pcinet_release(struct inode *inode, struct file *file)
 		vfree(fn->bars[i].reset);
 	}
 	pcinet_msix_free(fn);
+	kvfree(fn->wbuf);
 	kvfree(fn);
 	return 0;
 }

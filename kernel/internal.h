@@ -96,6 +96,7 @@ struct pcinet_dma;
 
 struct pcinet_fn {
 	struct mutex lock;	/* write() and state changes */
+	void *wbuf;		/* one record being written; under lock */
 	enum pcinet_state state;
 
 	spinlock_t qlock;	/* the read queue; taken in atomic context (pci_lock, MMIO faults) */

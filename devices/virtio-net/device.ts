@@ -167,16 +167,21 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
 
   async #transmit(ring: SplitQueue, epoch: number): Promise<void> {
     for (;;) {
-      let n = await ring.refresh();
-      if (n === 0) {
-        // Ask for a kick at the next buffer, then look once more: it may have come meanwhile.
-        ring.publishAvailEvent();
-        n = await ring.refresh();
-        if (n === 0) break;
-      }
-      for (let chain = await ring.pop(); chain; chain = await ring.pop()) {
-        const data = await ring.read(chain);
-        if (this.stale(epoch)) return;
+      // Ask for a kick at the next buffer before looking (so none is missed), and decide about
+      // the interrupt for what the previous round completed from the same read.
+      ring.publishAvailEvent();
+      const n = await ring.refresh(true);
+      if (this.stale(epoch)) return;
+      if (ring.interruptDue()) this.interruptQueue(TX_QUEUE);
+      if (n === 0) break;
+      // Every chain's indirect table, then every frame's bytes, in flight at once: two round
+      // trips for the batch, whatever its size.
+      const chains = await ring.popAll();
+      const frames = await Promise.all(chains.map((c) => ring.read(c)));
+      if (this.stale(epoch)) return;
+      for (let i = 0; i < chains.length; i++) {
+        const chain = chains[i]!;
+        const data = frames[i]!;
         ring.push(chain.head, 0);
         if (data.length <= NET_HDR_SIZE) {
           this.trace('virtio-net.tx.short', { bytes: data.length });
@@ -191,8 +196,10 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
         this.counters_.txBytes += frame.length;
         await this.#backend.send(frame);
       }
-      if (await ring.shouldInterrupt()) this.interruptQueue(TX_QUEUE);
       if (this.stale(epoch)) return;
+      // The driver frees sent buffers on this interrupt, and TCP waits for that (small queues):
+      // do not make it wait for another ring read.
+      if (ring.interruptNow()) this.interruptQueue(TX_QUEUE);
     }
   }
 
@@ -206,10 +213,9 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
       while (this.#capacity() < need && (mergeable || this.#held.length === 0)) {
         let chain = await ring.pop();
         if (!chain) {
-          if ((await ring.refresh()) === 0) {
-            ring.publishAvailEvent();
-            if ((await ring.refresh()) === 0) break;
-          }
+          // Ask for a kick at the next buffer, then look: it may have come meanwhile.
+          ring.publishAvailEvent();
+          if ((await ring.refresh(true)) === 0) break;
           chain = await ring.pop();
           if (!chain) break;
         }
@@ -229,7 +235,8 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
       this.#deliver(ring, frame, need);
       delivered++;
     }
-    if (delivered > 0 && (await ring.shouldInterrupt())) this.interruptQueue(RX_QUEUE);
+    if (delivered > 0 && (ring.interruptNow() || (await ring.shouldInterrupt())))
+      this.interruptQueue(RX_QUEUE);
   }
 
   #capacity(): number {

@@ -1,7 +1,10 @@
 // A split virtqueue (virtio 1.x §2.7) seen from the device, over DMA. Every access to the rings is
-// a HostPort DMA: reads cost a round trip to the host, writes are posted. So a kick reads the whole
-// available ring and the whole descriptor table at once (two reads in flight together), and
-// completions are published as posted writes followed by one read of used_event.
+// a HostPort DMA: reads cost a round trip to the host, writes are posted. So a ring read takes the
+// whole driver area (flags, idx, the ring and used_event) and the whole descriptor table at once
+// (two reads in flight together). Completions are published as posted writes; whether the driver
+// wants an interrupt for them is decided from the next ring read issued after them (the host
+// applies posted writes before a later read, so that read sees the driver's answer to them), so a
+// busy queue pays no extra round trip for interrupt suppression.
 //
 // Driver mistakes (a head or next index out of range, a loop in a chain, an indirect table of a bad
 // size, a readable descriptor after a writable one) are traced, and the queue stops until the device
@@ -58,6 +61,10 @@ export class SplitQueue {
   /** Heads made available but not yet consumed, from the last ring read. */
   #pending: number[] = [];
   #table: Uint8Array | undefined;
+  /** From the last ring read: avail.flags, used_event, and our used idx when it was issued. */
+  #availFlags = 0;
+  #usedEvent = 0;
+  #usedIdxAtRead = 0;
   broken = false;
 
   constructor(c: QueueConfig, port: () => HostPort) {
@@ -69,23 +76,41 @@ export class SplitQueue {
     return this.#c.size;
   }
 
-  /** Reads the available ring (and the descriptor table) when nothing is pending. Returns the
-   *  number of chains ready to pop. */
-  async refresh(): Promise<number> {
+  /** Reads the available ring (and the descriptor table) when nothing is pending, or always with
+   *  `force` (to see new buffers and the driver's interrupt wishes after our completions).
+   *  Returns the number of chains ready to pop. */
+  async refresh(force = false): Promise<number> {
     if (this.broken) return 0;
-    if (this.#pending.length > 0) return this.#pending.length;
+    if (this.#pending.length > 0 && !force) return this.#pending.length;
     const { size, driver, desc } = this.#c;
+    const usedIdx = this.#usedIdx;
     const [ring, table] = await Promise.all([
-      this.#port().dmaRead(driver, 4 + 2 * size),
+      this.#port().dmaRead(driver, 6 + 2 * size),
       this.#port().dmaRead(desc, DESC_SIZE * size),
     ]);
     const idx = rd16(ring, 2);
     const n = (idx - this.#lastAvail) & 0xffff;
     if (n > size)
       throw this.#break('avail.idx moved by more than the queue size', { idx, last: this.#lastAvail });
+    this.#pending = [];
     for (let i = 0; i < n; i++) this.#pending.push(rd16(ring, 4 + 2 * ((this.#lastAvail + i) % size)));
     this.#table = table;
+    this.#availFlags = rd16(ring, 0);
+    this.#usedEvent = rd16(ring, 4 + 2 * size);
+    this.#usedIdxAtRead = usedIdx;
     return n;
+  }
+
+  /** Whether the driver wants an interrupt for the completions the last ring read was issued
+   *  after (those since the previous decision). Later completions are decided by a later read. */
+  interruptDue(): boolean {
+    const old = this.#signalledUsed;
+    const next = this.#usedIdxAtRead;
+    // Nothing new since the last decision (interruptNow may already have covered this read).
+    if (((next - old) & 0xffff) === 0 || ((next - old) & 0xffff) > this.#c.size) return false;
+    this.#signalledUsed = next;
+    if (this.#c.eventIdx) return needEvent(this.#usedEvent, next, old);
+    return (this.#availFlags & 1) === 0; // VRING_AVAIL_F_NO_INTERRUPT
   }
 
   /** Takes the next available chain, or undefined when the ring is empty (call refresh first). */
@@ -93,9 +118,23 @@ export class SplitQueue {
     if (this.broken || this.#pending.length === 0) return undefined;
     const head = this.#pending.shift()!;
     this.#lastAvail = (this.#lastAvail + 1) & 0xffff;
+    return this.#walk(head, this.#table!);
+  }
+
+  /** Takes every available chain; their indirect tables are read all at once (one round trip
+   *  for the lot instead of one per chain). In ring order. */
+  async popAll(): Promise<Chain[]> {
+    if (this.broken) return [];
+    const heads = this.#pending.splice(0);
+    this.#lastAvail = (this.#lastAvail + heads.length) & 0xffff;
+    const table = this.#table!;
+    return Promise.all(heads.map((h) => this.#walk(h, table)));
+  }
+
+  /** Follows the chain starting at `head` in the descriptor table `table`. */
+  async #walk(head: number, table: Uint8Array): Promise<Chain> {
     if (head >= this.#c.size) throw this.#break('avail ring names a descriptor past the table', { head });
     const chain: Chain = { head, readable: [], writable: [] };
-    let table = this.#table!;
     let count = this.#c.size;
     let i = head;
     let indirect = false;
@@ -183,20 +222,28 @@ export class SplitQueue {
     this.#port().dmaWrite(this.#c.device + BigInt(4 + 8 * this.#c.size), v);
   }
 
-  /** Whether the driver wants an interrupt for what was pushed since the last call (reads
-   *  used_event or avail.flags after the posted used-ring writes, which the host applies first). */
-  async shouldInterrupt(): Promise<boolean> {
+  /**
+   * An interrupt now for everything pushed so far, if the driver's wishes as last read say so.
+   * Those may be stale, but only in one direction that matters: a driver that has since asked for
+   * fewer interrupts gets one it did not need (it finds the used ring unchanged or already
+   * handled); one that asked for more is served by the next decision from a fresh read, because
+   * nothing is marked signalled unless this says yes. Saves a round trip before the interrupt.
+   */
+  interruptNow(): boolean {
     const old = this.#signalledUsed;
     const next = this.#usedIdx;
     if (old === next) return false;
-    this.#signalledUsed = next;
-    const { size, driver } = this.#c;
-    if (this.#c.eventIdx) {
-      const ev = await this.#port().dmaRead(driver + BigInt(4 + 2 * size), 2);
-      return needEvent(rd16(ev, 0), next, old);
-    }
-    const flags = await this.#port().dmaRead(driver, 2);
-    return (rd16(flags, 0) & 1) === 0; // VRING_AVAIL_F_NO_INTERRUPT
+    const want = this.#c.eventIdx ? needEvent(this.#usedEvent, next, old) : (this.#availFlags & 1) === 0;
+    if (want) this.#signalledUsed = next;
+    return want;
+  }
+
+  /** Whether the driver wants an interrupt for everything pushed so far: one ring read after the
+   *  posted used-ring writes (which also picks up new buffers). */
+  async shouldInterrupt(): Promise<boolean> {
+    if (this.#signalledUsed === this.#usedIdx) return false;
+    await this.refresh(true);
+    return this.interruptDue();
   }
 
   #break(why: string, fields: Record<string, unknown>): QueueBroken {

@@ -39,6 +39,8 @@ export const DEFAULT_DEVICE = '/dev/pcinet';
 /** How long the kernel may take to put a device on the bus (the driver's probe runs meanwhile). */
 const ATTACH_TIMEOUT_MS = 30_000;
 const READ_BUFFER = 1 << 20;
+/** Most bytes of records given to one write(). */
+const WRITE_BATCH = 1 << 20;
 
 const openFd = (path: string) =>
   new Promise<number>((resolve, reject) => open(path, 'r+', (e, fd) => (e ? reject(e) : resolve(fd))));
@@ -73,8 +75,10 @@ class KernelDevice implements ChannelDevice {
   readonly #dev: number;
   #sink: DeviceSink;
   readonly #log: Logger;
-  /** Records for the kernel, written in order by one writer. */
-  #writes: Promise<void> = Promise.resolve();
+  /** Records for the kernel not yet written, in order; one writer drains them, as many as are
+   *  waiting in one write() (each write() costs a thread-pool trip and a system call). */
+  #queue: Buffer[] = [];
+  #writing: Promise<void> | undefined;
   #gone = false;
   #onAttached: ((r: Extract<KernelRecord, { type: 'attached' }>) => void) | undefined;
   #nextTag = 1;
@@ -223,18 +227,39 @@ class KernelDevice implements ChannelDevice {
   }
 
   #write(buf: Buffer): void {
-    this.#writes = this.#writes.then(async () => {
-      if (this.#gone) return;
-      try {
-        await writeAll(this.#fd, buf);
-      } catch (e) {
-        this.#log.error(
-          { address: this.address, err: errnoText(e as NodeJS.ErrnoException) },
-          '/dev/pcinet refused a record',
-        );
-        this.#lost(`write failed: ${(e as Error).message}`);
+    this.#queue.push(buf);
+    this.#writing ??= this.#drain();
+  }
+
+  /** Resolves when everything queued so far is written (or the device is gone). */
+  get #writes(): Promise<void> {
+    return this.#writing ?? Promise.resolve();
+  }
+
+  async #drain(): Promise<void> {
+    try {
+      while (this.#queue.length > 0 && !this.#gone) {
+        let n = 0;
+        let bytes = 0;
+        while (n < this.#queue.length && (n === 0 || bytes + this.#queue[n]!.length <= WRITE_BATCH)) {
+          bytes += this.#queue[n]!.length;
+          n++;
+        }
+        const batch = this.#queue.splice(0, n);
+        try {
+          await writeAll(this.#fd, batch.length === 1 ? batch[0]! : Buffer.concat(batch, bytes));
+        } catch (e) {
+          this.#log.error(
+            { address: this.address, err: errnoText(e as NodeJS.ErrnoException) },
+            '/dev/pcinet refused a record',
+          );
+          this.#lost(`write failed: ${(e as Error).message}`);
+        }
       }
-    });
+    } finally {
+      this.#writing = undefined;
+      this.#queue = [];
+    }
   }
 
   deliver(m: Msg): void {
