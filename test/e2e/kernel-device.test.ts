@@ -40,48 +40,55 @@ describe.skipIf(!root)('pcinet.ko with a real driver: MMIO, MSI-X, DMA, concurre
     assets = await prepareLab({ modules: true });
   }, 30 * 60_000);
 
-  it('passes every check of the test driver', { timeout: RUN_TIMEOUT_MS + 60_000 }, async () => {
-    const r = await runInLab({
-      assets,
-      devices: [`test:vectors=${VECTORS}`],
-      command: script,
-      timeoutMs: RUN_TIMEOUT_MS,
-    });
-    const out = r.stdout;
-    expect(r.code, `${out}\n${r.stderr}`).toBe(0);
-    // MMIO: a shadow read, a write read back through the fence, a volatile register.
-    expect(out).toMatch(/^magic 0x544e4350$/m);
-    expect(out).toMatch(/^scratch 0x5ca1ab1e$/m);
-    const counter = /^counter (\d+) (\d+) (\d+)$/m.exec(out)!.slice(1).map(Number);
-    expect(counter[1]).toBe(counter[0]! + 1);
-    expect(counter[2]).toBe(counter[0]! + 2);
-    // MSI-X: every vector's handler ran exactly once per raise.
-    expect(out).not.toMatch(/raise \d+ failed/);
-    const irqs = /^irqs (.*)$/m.exec(out)![1]!.trim().split(/\s+/).map(Number);
-    for (let v = 0; v < VECTORS; v++) expect([irqs[2 * v], irqs[2 * v + 1]]).toEqual([v, 3]);
-    const masked = /^masked pba=0x([0-9a-f]+) count=(\d+) before=(\d+)$/m.exec(out)!;
-    expect(BigInt(`0x${masked[1]}`) & (1n << 5n)).toBe(1n << 5n);
-    expect(masked[2]).toBe(masked[3]);
-    const unmasked = /^unmasked pba=0x([0-9a-f]+) count=(\d+)$/m.exec(out)!;
-    expect(BigInt(`0x${unmasked[1]}`) & (1n << 5n)).toBe(0n);
-    expect(Number(unmasked[2])).toBe(Number(masked[3]) + 1);
-    // DMA both ways, checksummed by the driver; outside any mapping: refused.
-    for (const n of DMA_SIZES) {
-      expect(out).toMatch(new RegExp(`^dma_read ok size=${n} `, 'm'));
-      expect(out).toMatch(new RegExp(`^dma_write ok size=${n} seed=11`, 'm'));
-    }
-    expect(out).toMatch(/^dma_fault ok iova=0x[0-9a-f]+ status=0x3 error=13$/m);
-    expect(r.guestLog).toMatch(
-      /pcinet: [0-9a-f]{4}:00:00\.0: DMA read of \d+ bytes at 0x[0-9a-f]+ refused: no live mapping/,
-    );
-    // Both CPUs hammering the BARs at once; string MMIO with unaligned head and tail.
-    expect(out).toMatch(/^stress ok cpus=2 iterations=2000$/m);
-    expect(out).toMatch(/^memtest ok size=65533$/m);
-    // The removal line accounts for it: nothing lost, nothing the emulator refused.
-    const removed = /pcinet: [0-9a-f]{4}:00:00\.0 removed: (.*)$/m.exec(r.guestLog)?.[1] ?? '';
-    expect(removed).toMatch(/lost 0;/);
-    expect(removed).toMatch(/emulation failures 0;/);
-    expect(removed).toMatch(/refused 1; link downs 0 dropped 0$/);
-    console.log(`pcinet.ko counters: ${removed}`);
-  });
+  // The PC machine the lab defaults to, and q35 (PCIe root complex, another interrupt and config
+  // space setup around our own root bus).
+  it.each(['pc', 'q35'] as const)(
+    'passes every check of the test driver (%s)',
+    { timeout: RUN_TIMEOUT_MS + 60_000 },
+    async (machine) => {
+      const r = await runInLab({
+        assets,
+        machine,
+        devices: [`test:vectors=${VECTORS}`],
+        command: script,
+        timeoutMs: RUN_TIMEOUT_MS,
+      });
+      const out = r.stdout;
+      expect(r.code, `${out}\n${r.stderr}`).toBe(0);
+      // MMIO: a shadow read, a write read back through the fence, a volatile register.
+      expect(out).toMatch(/^magic 0x544e4350$/m);
+      expect(out).toMatch(/^scratch 0x5ca1ab1e$/m);
+      const counter = /^counter (\d+) (\d+) (\d+)$/m.exec(out)!.slice(1).map(Number);
+      expect(counter[1]).toBe(counter[0]! + 1);
+      expect(counter[2]).toBe(counter[0]! + 2);
+      // MSI-X: every vector's handler ran exactly once per raise.
+      expect(out).not.toMatch(/raise \d+ failed/);
+      const irqs = /^irqs (.*)$/m.exec(out)![1]!.trim().split(/\s+/).map(Number);
+      for (let v = 0; v < VECTORS; v++) expect([irqs[2 * v], irqs[2 * v + 1]]).toEqual([v, 3]);
+      const masked = /^masked pba=0x([0-9a-f]+) count=(\d+) before=(\d+)$/m.exec(out)!;
+      expect(BigInt(`0x${masked[1]}`) & (1n << 5n)).toBe(1n << 5n);
+      expect(masked[2]).toBe(masked[3]);
+      const unmasked = /^unmasked pba=0x([0-9a-f]+) count=(\d+)$/m.exec(out)!;
+      expect(BigInt(`0x${unmasked[1]}`) & (1n << 5n)).toBe(0n);
+      expect(Number(unmasked[2])).toBe(Number(masked[3]) + 1);
+      // DMA both ways, checksummed by the driver; outside any mapping: refused.
+      for (const n of DMA_SIZES) {
+        expect(out).toMatch(new RegExp(`^dma_read ok size=${n} `, 'm'));
+        expect(out).toMatch(new RegExp(`^dma_write ok size=${n} seed=11`, 'm'));
+      }
+      expect(out).toMatch(/^dma_fault ok iova=0x[0-9a-f]+ status=0x3 error=13$/m);
+      expect(r.guestLog).toMatch(
+        /pcinet: [0-9a-f]{4}:00:00\.0: DMA read of \d+ bytes at 0x[0-9a-f]+ refused: no live mapping/,
+      );
+      // Both CPUs hammering the BARs at once; string MMIO with unaligned head and tail.
+      expect(out).toMatch(/^stress ok cpus=2 iterations=2000$/m);
+      expect(out).toMatch(/^memtest ok size=65533$/m);
+      // The removal line accounts for it: nothing lost, nothing the emulator refused.
+      const removed = /pcinet: [0-9a-f]{4}:00:00\.0 removed: (.*)$/m.exec(r.guestLog)?.[1] ?? '';
+      expect(removed).toMatch(/lost 0;/);
+      expect(removed).toMatch(/emulation failures 0;/);
+      expect(removed).toMatch(/refused 1; link downs 0 dropped 0$/);
+      console.log(`pcinet.ko counters: ${removed}`);
+    },
+  );
 });
