@@ -226,6 +226,19 @@ static void pcinet_bar_write(struct pcinet_bar *b, bool hi, int shift, int size,
 	}
 }
 
+/*
+ * The function's registers as at power-on, as after an FLR: config space from the attached image,
+ * the MSI-X table masked, write counters from 0. The BAR registers keep their addresses (the PCI
+ * core restores them anyway).
+ */
+static void pcinet_power_on(struct pcinet_fn *fn)
+{
+	memcpy(fn->config, fn->config_init, PCINET_CONFIG_SIZE);
+	pcinet_msix_reset(fn);
+	atomic64_set(&fn->writes_sent, 0);
+	atomic64_set(&fn->writes_applied, 0);
+}
+
 static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, int size, u32 val)
 {
 	struct pcinet_fn *fn = pcinet_fn_of(bus);
@@ -258,11 +271,8 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 		u8 *hi_byte = &fn->config[fn->pcie_cap + PCI_EXP_DEVCTL + 1];
 
 		if (*hi_byte & (PCI_EXP_DEVCTL_BCR_FLR >> 8)) {
-			/* The function's registers return to their image (FLR itself reads 0); the
-			 * BAR registers keep their addresses, which the PCI core restores anyway. */
-			memcpy(fn->config, fn->config_init, PCINET_CONFIG_SIZE);
-			atomic64_set(&fn->writes_sent, 0);
-			atomic64_set(&fn->writes_applied, 0);
+			/* FLR itself reads 0 afterwards: it is in no image. */
+			pcinet_power_on(fn);
 			flr = true;
 		}
 	}
@@ -274,7 +284,6 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 	if (flr) {
 		struct pcinet_hdr reset;
 
-		pcinet_msix_reset(fn);
 		pcinet_hdr(&reset, PCINET_R_FUNCTION_RESET, sizeof(reset));
 		pcinet_queue_atomic(fn, &reset, sizeof(reset));
 	}
@@ -652,18 +661,15 @@ static int pcinet_link_down(struct pcinet_fn *fn)
 
 /*
  * The agent has written the new device's initial shadow (W_SHADOW) before this. The function
- * returns to its power-on state as after an FLR: config image, MSI-X table, write counters. The
- * BAR registers keep their addresses; the driver's recovery restores the rest.
+ * returns to its power-on state; the driver's recovery restores the rest.
  */
 static int pcinet_link_up(struct pcinet_fn *fn)
 {
 	if (fn->state != PN_STARTED || !fn->link_down)
 		return -EBUSY;
+	/* A record that raced W_LINK_DOWN (queued by a CPU that had not yet seen it) is stale. */
 	pcinet_purge_queue(fn);
-	memcpy(fn->config, fn->config_init, PCINET_CONFIG_SIZE);
-	pcinet_msix_reset(fn);
-	atomic64_set(&fn->writes_sent, 0);
-	atomic64_set(&fn->writes_applied, 0);
+	pcinet_power_on(fn);
 	WRITE_ONCE(fn->link_down, false);
 	queue_work(fn->link_wq, &fn->link_up_work);
 	return 0;

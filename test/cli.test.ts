@@ -49,6 +49,26 @@ async function freePort(): Promise<number> {
 }
 
 /** Starts `pcinet endpoint` and resolves once it listens. */
+/** `pcinet host` on the sim channel against 127.0.0.1:port, writing its ready file; log collected. */
+function simHost(port: number, ready: string, extra: string[]): { c: ChildProcess; log: () => string } {
+  const c = spawn(
+    process.execPath,
+    [CLI, 'host', '--connect', `127.0.0.1:${port}`, '--channel', 'sim', '--ready-file', ready, ...extra],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
+  children.push(c);
+  let log = '';
+  c.stderr!.on('data', (d) => (log += d));
+  return { c, log: () => log };
+}
+
+/** Polls `what` until true or `ms` pass; its last answer. */
+async function until(what: () => boolean, ms: number): Promise<boolean> {
+  const end = Date.now() + ms;
+  while (!what() && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+  return what();
+}
+
 async function endpoint(args: string[]): Promise<ChildProcess> {
   const c = spawn(process.execPath, [CLI, 'endpoint', '--log-level', 'info', ...args], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -198,25 +218,8 @@ describe('pcinet host lifecycle', () => {
     const port = await freePort();
     await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test', '--device', 'test']);
     const ready = join(dir, 'ready');
-    const c = spawn(
-      process.execPath,
-      [
-        CLI,
-        'host',
-        '--connect',
-        `127.0.0.1:${port}`,
-        '--channel',
-        'sim',
-        '--ready-file',
-        ready,
-        '--log-level',
-        'warn',
-      ],
-      { stdio: 'inherit' },
-    );
-    children.push(c);
-    const end = Date.now() + 20_000;
-    while (!existsSync(ready) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    const { c } = simHost(port, ready, ['--log-level', 'warn']);
+    await until(() => existsSync(ready), 20_000);
     const lines = readFileSync(ready, 'utf8')
       .trimEnd()
       .split('\n')
@@ -238,33 +241,14 @@ describe('pcinet host statistics', () => {
     const port = await freePort();
     await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test']);
     const ready = join(dir, 'ready-stats');
-    const c = spawn(
-      process.execPath,
-      [
-        CLI,
-        'host',
-        '--connect',
-        `127.0.0.1:${port}`,
-        '--channel',
-        'sim',
-        '--ready-file',
-        ready,
-        '--log-level',
-        'info',
-      ],
-      {
-        stdio: ['ignore', 'ignore', 'pipe'],
-      },
-    );
-    children.push(c);
-    let log = '';
-    c.stderr!.on('data', (d) => (log += d));
-    const end = Date.now() + 20_000;
-    while (!existsSync(ready) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
+    const { c, log } = simHost(port, ready, ['--log-level', 'info']);
+    await until(() => existsSync(ready), 20_000);
     c.kill('SIGUSR1');
-    while (!/endpoint statistics/.test(log) && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
-    expect(log).toMatch(/session statistics/);
-    const line = log.split('\n').find((l) => l.includes('endpoint statistics'))!;
+    await until(() => /endpoint statistics/.test(log()), 20_000);
+    expect(log()).toMatch(/session statistics/);
+    const line = log()
+      .split('\n')
+      .find((l) => l.includes('endpoint statistics'))!;
     const counters = JSON.parse(line).counters as Record<string, number>;
     expect(counters['dev1.mmioWrites']).toBeGreaterThanOrEqual(0);
     expect(counters).toHaveProperty('dev1.dmaReads');
@@ -278,37 +262,11 @@ describe('pcinet host --reconnect', () => {
     const port = await freePort();
     const first = await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test']);
     const ready = join(dir, 'ready-reconnect');
-    const c = spawn(
-      process.execPath,
-      [
-        CLI,
-        'host',
-        '--connect',
-        `127.0.0.1:${port}`,
-        '--channel',
-        'sim',
-        '--ready-file',
-        ready,
-        '--reconnect',
-        '--log-level',
-        'info',
-        '--grace-ms',
-        '2000',
-      ],
-      { stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    children.push(c);
-    let log = '';
-    c.stderr!.on('data', (d) => (log += d));
-    const until = async (what: () => boolean, ms: number) => {
-      const end = Date.now() + ms;
-      while (!what() && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
-      return what();
-    };
+    const { c, log } = simHost(port, ready, ['--reconnect', '--log-level', 'info', '--grace-ms', '2000']);
     expect(await until(() => existsSync(ready), 20_000)).toBe(true);
     rmSync(ready);
     first.kill('SIGKILL');
-    expect(await until(() => /endpoint lost; reconnecting/.test(log), 10_000)).toBe(true);
+    expect(await until(() => /endpoint lost; reconnecting/.test(log()), 10_000)).toBe(true);
     // Down for a while: the agent keeps trying; then a new endpoint on the same address.
     await new Promise((r) => setTimeout(r, 1000));
     expect(c.exitCode).toBeNull();

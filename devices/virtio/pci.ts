@@ -103,6 +103,20 @@ interface QueueState {
   running: boolean;
 }
 
+/** A queue as after a device reset: driver-chosen size back to the maximum, nothing set up. */
+const resetQueue = (maxSize: number): QueueState => ({
+  size: maxSize,
+  maxSize,
+  vector: NO_VECTOR,
+  enabled: false,
+  desc: 0n,
+  avail: 0n,
+  used: 0n,
+  ring: undefined,
+  again: false,
+  running: false,
+});
+
 const hex = (v: number | bigint) => `0x${v.toString(16)}`;
 const isPow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
 
@@ -225,18 +239,7 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
     });
     for (const s of o.queueSizes) if (!isPow2(s) || s > 32768) throw new Error(`${o.model}: queue size ${s}`);
     this.offered = offered;
-    this.#queues = o.queueSizes.map((maxSize) => ({
-      size: maxSize,
-      maxSize,
-      vector: NO_VECTOR,
-      enabled: false,
-      desc: 0n,
-      avail: 0n,
-      used: 0n,
-      ring: undefined,
-      again: false,
-      running: false,
-    }));
+    this.#queues = o.queueSizes.map(resetQueue);
   }
 
   get #regs() {
@@ -309,19 +312,8 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
     this.#epoch++;
     this.#driverFeatures = 0n;
     this.#isr = 0;
-    for (const q of this.#queues) {
-      Object.assign(q, {
-        size: q.maxSize,
-        vector: NO_VECTOR,
-        enabled: false,
-        desc: 0n,
-        avail: 0n,
-        used: 0n,
-        ring: undefined,
-        again: false,
-        running: false,
-      });
-    }
+    // In place: a service still running holds its queue object and sees it reset.
+    for (const q of this.#queues) Object.assign(q, resetQueue(q.maxSize));
     this.onDeviceReset();
   }
 

@@ -3,7 +3,7 @@
 // records into messages for the endpoint and deliver() turns the endpoint's messages into records.
 // Plain fs.read/fs.write on the descriptor: no native addon. A read blocks in the thread pool until
 // the kernel has records; W_DETACH ends it (read returns 0), so removal never hangs on it.
-import { close, open, read, write } from 'node:fs';
+import { close, open, read, writev } from 'node:fs';
 import type { Logger } from 'pino';
 import {
   type DeviceDescription,
@@ -46,14 +46,21 @@ const openFd = (path: string) =>
   new Promise<number>((resolve, reject) => open(path, 'r+', (e, fd) => (e ? reject(e) : resolve(fd))));
 const closeFd = (fd: number) => new Promise<void>((resolve) => close(fd, () => resolve()));
 
-/** Writes every byte of `buf` (write() may take whole records only in part). */
-function writeAll(fd: number, buf: Buffer): Promise<void> {
+/** Writes every byte of `bufs` (whole records each) in as few system calls as the kernel allows:
+ *  writev() takes them without a copy; a write stops early only at a record the kernel refused, and
+ *  the next call starts there and gets the error. */
+function writeAll(fd: number, bufs: readonly Buffer[]): Promise<void> {
   return new Promise((resolve, reject) => {
-    const step = (at: number) => {
-      if (at >= buf.length) return resolve();
-      write(fd, buf, at, buf.length - at, null, (e, n) => (e ? reject(e) : step(at + n)));
+    const step = (rest: readonly Buffer[]) => {
+      if (rest.length === 0) return resolve();
+      writev(fd, rest, null, (e, n) => {
+        if (e) return reject(e);
+        let i = 0;
+        while (i < rest.length && n >= rest[i]!.length) n -= rest[i++]!.length;
+        step(n > 0 ? [rest[i]!.subarray(n), ...rest.slice(i + 1)] : rest.slice(i));
+      });
     };
-    step(0);
+    step(bufs);
   });
 }
 
@@ -136,7 +143,7 @@ class KernelDevice implements ChannelDevice {
       };
     });
     try {
-      await writeAll(this.#fd, Buffer.concat(records));
+      await writeAll(this.#fd, records);
     } catch (e) {
       throw new ProtocolError(
         ErrorCode.ATTACH_FAILED,
@@ -247,7 +254,7 @@ class KernelDevice implements ChannelDevice {
         }
         const batch = this.#queue.splice(0, n);
         try {
-          await writeAll(this.#fd, batch.length === 1 ? batch[0]! : Buffer.concat(batch, bytes));
+          await writeAll(this.#fd, batch);
         } catch (e) {
           this.#log.error(
             { address: this.address, err: errnoText(e as NodeJS.ErrnoException) },
@@ -339,7 +346,7 @@ class KernelDevice implements ChannelDevice {
     await this.#writes;
     this.#gone = true;
     try {
-      await writeAll(this.#fd, detach);
+      await writeAll(this.#fd, [detach]);
     } catch {
       // Already detached by the kernel: closing below removes whatever is left.
     }
