@@ -7,33 +7,20 @@
 // end: zpool status. Everything is created in a temporary directory and destroyed afterwards.
 //
 // A real card does the same with OpenZFS and a zvol (docs/ZFS.md): --device nvme:path=/dev/zvol/…
-import { type ChildProcess, execFile, spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { askCard, startCardControl } from './card-control.js';
 import { prepareLab } from './prepare.js';
+import { missingTools, runOk } from './proc.js';
 import { runInLab } from './run.js';
 
 const VDEV_BYTES = 512 << 20;
 const DISK_BYTES = 768 << 20;
 const ROUNDS = 3;
 
-function sh(argv: string[], timeoutMs = 60_000): Promise<string> {
-  return new Promise((resolve, reject) =>
-    execFile(argv[0]!, argv.slice(1), { timeout: timeoutMs }, (e, out, err) =>
-      e ? reject(new Error(`${argv.join(' ')}: ${(err || e.message).trim()}`)) : resolve(out),
-    ),
-  );
-}
-
-async function need(tool: string, pkg: string): Promise<void> {
-  try {
-    await sh(['sh', '-c', `command -v ${tool}`]);
-  } catch {
-    throw new Error(`demo zfs: ${tool} not found (apt-get install ${pkg})`);
-  }
-}
+const sh = (argv: string[]) => runOk(argv);
 
 /** The guest's part: format, mount, write rounds of files, ask the card for its numbers. */
 function guestScript(): string {
@@ -81,13 +68,12 @@ export interface ZfsDemoOptions {
 /** Runs the demo; resolves with the lab command's exit status. */
 export async function runZfsDemo(o: ZfsDemoOptions = {}): Promise<number> {
   const out = o.out ?? ((l: string) => process.stdout.write(`${l}\n`));
-  for (const [tool, pkg] of [
+  const missing = missingTools([
     ['zfs-fuse', 'zfs-fuse'],
     ['zpool', 'zfs-fuse'],
     ['zfs', 'zfs-fuse'],
-  ] as const) {
-    await need(tool, pkg);
-  }
+  ]);
+  if (missing.length > 0) throw new Error(`demo zfs: ${missing.join('; ')}`);
   const dir = mkdtempSync(join(tmpdir(), 'pcinet-zfs-'));
   const pool = `pcinet${process.pid}`;
   let daemon: ChildProcess | undefined;

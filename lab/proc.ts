@@ -1,5 +1,7 @@
 // Running helper programs with a bound on time and on captured output.
 import { spawn } from 'node:child_process';
+import { accessSync, constants } from 'node:fs';
+import { delimiter, join } from 'node:path';
 
 /** Captured output kept per stream; enough for any error message, small enough to hold in memory. */
 const MAX_CAPTURE = 1 << 20;
@@ -63,4 +65,32 @@ export function describeFailure(what: string, r: RunResult, lines = 15): string 
 /** A delay that does not keep the process alive; for bounding waits with Promise.race. */
 export function unrefDelay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms).unref());
+}
+
+/** Runs argv; its stdout, or an error naming the command, how it ended and its last lines. */
+export async function runOk(
+  argv: readonly string[],
+  opts: { timeoutMs?: number; input?: string; what?: string } = {},
+): Promise<string> {
+  const [cmd, ...args] = argv;
+  const r = await run(cmd!, args, { timeoutMs: opts.timeoutMs ?? 60_000, input: opts.input });
+  if (r.code !== 0) throw new Error(describeFailure(opts.what ?? argv.join(' '), r, 5));
+  return r.stdout;
+}
+
+function onPath(cmd: string): boolean {
+  for (const dir of (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(delimiter)) {
+    try {
+      accessSync(join(dir, cmd), constants.X_OK);
+      return true;
+    } catch {}
+  }
+  return false;
+}
+
+/** One line per [command, Debian package] not on PATH: "wg not found: apt-get install wireguard-tools". */
+export function missingTools(tools: readonly (readonly [string, string])[]): string[] {
+  return tools
+    .filter(([cmd]) => !onPath(cmd))
+    .map(([cmd, pkg]) => `${cmd} not found: apt-get install ${pkg}`);
 }

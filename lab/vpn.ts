@@ -12,12 +12,12 @@
 // here, held by processes that die after `lifetimeS` even if this one is killed; wireguard-go and
 // tcpdump run under timeout(1) for the same reason.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { accessSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { delimiter, join } from 'node:path';
+import { join } from 'node:path';
 import { PrivateNetns } from './netns.js';
-import { describeFailure, run, tail, unrefDelay } from './proc.js';
+import { describeFailure, missingTools, run, runOk, tail, unrefDelay } from './proc.js';
 import { type CaptureSummary, plaintextProblems, readPcap, summarize } from './vpn-pcap.js';
 
 /** The workstation's subnet, on the TAP. */
@@ -138,21 +138,9 @@ const TOOLS: readonly (readonly [string, string])[] = [
   ['tcpdump', 'tcpdump'],
 ];
 
-function onPath(cmd: string): boolean {
-  for (const dir of (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(delimiter)) {
-    try {
-      accessSync(join(dir, cmd), constants.X_OK);
-      return true;
-    } catch {}
-  }
-  return false;
-}
-
 /** One line per missing prerequisite, e.g. "wireguard-go not found: apt-get install wireguard-go". */
 export function missingVpnTools(): string[] {
-  const missing = TOOLS.filter(([cmd]) => !onPath(cmd)).map(
-    ([cmd, pkg]) => `${cmd} not found: apt-get install ${pkg}`,
-  );
+  const missing = missingTools(TOOLS);
   if (!existsSync('/dev/net/tun')) missing.push('/dev/net/tun is missing: modprobe tun');
   return missing;
 }
@@ -182,15 +170,14 @@ function argvOf(command: Command): readonly string[] {
   return typeof command === 'string' ? command.trim().split(/\s+/) : command;
 }
 
-function runIn(ns: Netns, command: Command, input?: string) {
+function runIn(ns: Netns, command: Command) {
   const [cmd, ...args] = ns.wrap(argvOf(command));
-  return run(cmd, args, { timeoutMs: CMD_TIMEOUT_MS, input });
+  return run(cmd, args, { timeoutMs: CMD_TIMEOUT_MS });
 }
 
-async function exec(ns: Netns, command: Command, input?: string): Promise<string> {
-  const r = await runIn(ns, command, input);
-  if (r.code !== 0) throw new Error(describeFailure(`vpn: ${argvOf(command).join(' ')}`, r, 5));
-  return r.stdout;
+function exec(ns: Netns, command: Command, input?: string): Promise<string> {
+  const argv = argvOf(command);
+  return runOk(ns.wrap(argv), { timeoutMs: CMD_TIMEOUT_MS, input, what: `vpn: ${argv.join(' ')}` });
 }
 
 /** A long-running helper (wireguard-go, tcpdump), bounded by timeout(1), its output kept. */
@@ -504,8 +491,7 @@ async function unaddress(ns: Netns, ifname: string, cidr: string): Promise<void>
 
 /** Deletes an interface; one that is already gone is fine. */
 async function deleteLink(ns: Netns, ifname: string): Promise<void> {
-  const [cmd, ...args] = ns.wrap(['ip', 'link', 'del', 'dev', ifname]);
-  const r = await run(cmd, args, { timeoutMs: CMD_TIMEOUT_MS });
+  const r = await runIn(ns, ['ip', 'link', 'del', 'dev', ifname]);
   if (r.code !== 0 && !/Cannot find device|does not exist/.test(r.stderr)) {
     throw new Error(describeFailure(`ip link del ${ifname}`, r, 3));
   }
