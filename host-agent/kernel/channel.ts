@@ -64,12 +64,13 @@ function writeAll(fd: number, bufs: readonly Buffer[]): Promise<void> {
   });
 }
 
+/** One line for an errno from /dev/pcinet. (Node names errno 95, the module's EOPNOTSUPP, ENOTSUP.) */
 function errnoText(e: NodeJS.ErrnoException): string {
   const why: Record<string, string> = {
     ENOENT: 'no /dev/pcinet: is pcinet.ko loaded? (insmod kernel/pcinet.ko)',
     EACCES: 'permission denied (/dev/pcinet is root-only)',
     EPROTO: 'the module speaks another ABI version than this host-agent',
-    EOPNOTSUPP: 'the module does not support this device (see the kernel log)',
+    ENOTSUP: 'the module does not support this device (see the kernel log)',
     EINVAL: 'the module refused the description (see the kernel log)',
     ENOMEM: 'out of memory or address space (see the kernel log)',
   };
