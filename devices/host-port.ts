@@ -1,6 +1,7 @@
 // The only things a device model may do to, or receive from, its host. Device models are pure:
 // no sockets, no files; backends (storage, network) are injected by whoever builds the model.
-import type { DeviceDescription } from '../proto/wire.js';
+import type { DeviceDescription } from './description.js';
+import type { PushRule } from './push.js';
 
 /** Everything a device may do to its host. Implemented by the endpoint runtime over a session, and
  *  by test fakes backed by an ArrayBuffer. */
@@ -22,17 +23,28 @@ export interface HostPort {
    *  (takeDirty) and pushes them to the host soon, batched with the rest of this tick's traffic.
    *  Cheap; calling it during a host access or many times is fine. */
   changed(): void;
+  /** Declares (or with `undefined` removes) push rule `id` (0..MAX_PUSH_RULES-1; docs/PUSH.md): the
+   *  host may then send what the rule's doorbell makes the device read, and dmaRead is served from
+   *  those bytes. A hint only: reads return the same bytes with or without it. Set a rule before the
+   *  driver can ring its doorbell (while handling the register write or command that set the queue
+   *  up), remove it when the queue goes away. */
+  setPushRule(id: number, rule: PushRule | undefined): void;
 }
 
-/** Thrown (rejected) by HostPort.dmaRead when the host refused the access. */
+/** Why a dmaRead failed: the host refused the access (no live mapping, wrong direction), or the
+ *  device is no longer attached (detach, session loss) and nothing can be read. */
+export type DmaFault = 'refused' | 'shutdown';
+
+/** Thrown (rejected) by HostPort.dmaRead when the read cannot be done. */
 export class DmaError extends Error {
   override readonly name = 'DmaError';
   constructor(
     readonly iova: bigint,
     readonly len: number,
-    readonly code: number,
+    readonly fault: DmaFault,
   ) {
-    super(`DMA refused at 0x${iova.toString(16)} (+${len}): code ${code}`);
+    const what = fault === 'refused' ? 'refused by the host' : 'abandoned: the device is detached';
+    super(`DMA read at 0x${iova.toString(16)} (+${len}) ${what}`);
   }
 }
 
@@ -45,7 +57,8 @@ export interface DirtyRange {
 
 /** What the endpoint runtime needs from a device model. */
 export interface DeviceModel {
-  /** The full description sent in Attach. Stable for the life of the model. */
+  /** What the host builds the function from (the endpoint sends it in Attach). Stable for the life of
+   *  the model. */
   readonly description: DeviceDescription;
   /** The host is connected: the model may now use the port. Called once per attach. */
   attach(port: HostPort): void;

@@ -2,8 +2,14 @@
 // of tags outstanding (the PCIe analogue: a requester's limited tag space). Requests beyond the
 // bound wait in order. The runtime feeds completions back in; anything inconsistent is the host
 // breaking the protocol.
-import { DmaError } from '../devices/host-port.js';
+import { DmaError, type DmaFault } from '../devices/host-port.js';
 import { ErrorCode, MAX_DMA_CHUNK, ProtocolError } from '../proto/wire.js';
+
+/** A refused DmaReadCpl's status as the model sees it: the host shutting down abandons the read,
+ *  anything else (DMA_FAULT from its IOMMU, mostly) is a refusal. */
+export function dmaFault(status: ErrorCode): DmaFault {
+  return status === ErrorCode.SHUTDOWN ? 'shutdown' : 'refused';
+}
 
 /** Default outstanding DmaRead tags per device: enough to keep a 256 KiB-chunked 16 MiB read in
  *  flight on a fast link, few enough that one device cannot flood the host's IOMMU path. */
@@ -59,7 +65,7 @@ export class DmaReader {
 
   read(iova: bigint, len: number): Promise<Uint8Array> {
     if (!Number.isSafeInteger(len) || len < 0) return Promise.reject(new RangeError(`dmaRead length ${len}`));
-    if (this.#closed) return Promise.reject(new DmaError(iova, len, ErrorCode.SHUTDOWN));
+    if (this.#closed) return Promise.reject(new DmaError(iova, len, 'shutdown'));
     if (len === 0) return Promise.resolve(new Uint8Array(0));
     return new Promise((resolve, reject) => {
       const req: Request = {
@@ -98,7 +104,7 @@ export class DmaReader {
         // The first refused chunk fails the request; its chunks not yet sent are not sent.
         r.failed = true;
         this.#queue = this.#queue.filter((q) => q.req !== r);
-        r.reject(new DmaError(r.iova + BigInt(c.offset), c.len, status));
+        r.reject(new DmaError(r.iova + BigInt(c.offset), c.len, dmaFault(status)));
       }
     }
     this.#issue();
@@ -124,7 +130,7 @@ export class DmaReader {
   #fail(r: Request): void {
     if (r.failed) return;
     r.failed = true;
-    r.reject(new DmaError(r.iova, r.len, ErrorCode.SHUTDOWN));
+    r.reject(new DmaError(r.iova, r.len, 'shutdown'));
   }
 
   #issue(): void {

@@ -1,7 +1,7 @@
 // A session for tests of the runtime: captures what is sent, frame by frame (one frame per flush),
 // and delivers hand-built host batches.
 import { EventEmitter } from 'node:events';
-import { kindOf, type Msg, u64 } from '../proto/wire.js';
+import { kindOf, type Msg, OUR_CAPABILITIES, u64 } from '../proto/wire.js';
 import type { SessionLike } from './runtime.js';
 
 export class FakeSession extends EventEmitter implements SessionLike {
@@ -9,6 +9,8 @@ export class FakeSession extends EventEmitter implements SessionLike {
   readonly frames: Msg[][] = [];
   #batch: Msg[] = [];
   #backlogged = false;
+  /** As negotiated in Hello: everything we implement, unless a test says otherwise. */
+  capabilities: number = OUR_CAPABILITIES;
 
   get backlogged(): boolean {
     return this.#backlogged;
@@ -77,6 +79,8 @@ export function summary(msgs: readonly Msg[]): string[] {
         return `attach ${m.attach!.dev}`;
       case 'detach':
         return `detach ${m.detach!.dev}`;
+      case 'pushRule':
+        return `pushRule ${m.pushRule!.id} ${m.pushRule!.kind ?? 0}`;
       default:
         return String(k);
     }

@@ -7,6 +7,7 @@ import { leBytes, rd32 } from '../devices/pci/le.js';
 import { TestDevice } from '../devices/test/device.js';
 import { CMD, REG, STATUS, testPattern } from '../devices/test/regs.js';
 import { ErrorCode, long, MAX_DMA_CHUNK, type Msg, ProtocolError, pcinet, u64 } from '../proto/wire.js';
+import { wireDescription } from './describe.js';
 import { FakeSession, summary } from './fake-session.js';
 import { EndpointRuntime, FLUSH_BYTES, type RuntimeOptions, TRACE_LOG_BURST } from './runtime.js';
 
@@ -92,7 +93,7 @@ group('EndpointRuntime: attach', () => {
     const started = runtime.start();
     expect(session.frames.length).toBe(1);
     expect(summary(session.frames[0])).toEqual(['attach 1', 'attach 2']);
-    expect(session.frames[0][1].attach!.desc).toBe(b.description);
+    expect(session.frames[0][1].attach!.desc).toEqual(wireDescription(b.description));
     session.deliver(ok(1, '0000:10:00.0'));
     expect(a.attached).toBe(true);
     session.deliver({ attachResult: { dev: 2, code: ErrorCode.BAD_CONFIG, message: 'no room' } });
@@ -275,7 +276,7 @@ group('EndpointRuntime: DMA', () => {
     expect(first.length).toBe(1);
     session.deliver({ dmaReadCpl: { dev: 1, tag: first[0].dmaRead!.tag, status: ErrorCode.DMA_FAULT } });
     await expect(p).rejects.toBeInstanceOf(DmaError);
-    await expect(p).rejects.toMatchObject({ code: ErrorCode.DMA_FAULT, iova: 0x1000n });
+    await expect(p).rejects.toMatchObject({ fault: 'refused', iova: 0x1000n });
     expect(session.sent.filter((m) => m.dmaRead).length).toBe(1);
   });
 
@@ -382,7 +383,7 @@ group('EndpointRuntime: DMA', () => {
     const r = session.sent.find((m) => m.dmaRead)!.dmaRead!;
     session.deliver({ functionReset: { dev: 1 } });
     expect(probe.resets).toBe(1);
-    await expect(p).rejects.toMatchObject({ code: ErrorCode.SHUTDOWN });
+    await expect(p).rejects.toMatchObject({ fault: 'shutdown' });
     session.deliver({
       dmaReadCpl: { dev: 1, tag: r.tag, status: ErrorCode.OK, data: new Uint8Array(MAX_DMA_CHUNK) },
     });
@@ -504,7 +505,7 @@ group('EndpointRuntime: detach and close', () => {
     session.close();
     expect(probe.port).toBeUndefined();
     expect(dev.attached).toBe(false);
-    await expect(p).rejects.toMatchObject({ code: ErrorCode.SHUTDOWN });
+    await expect(p).rejects.toMatchObject({ fault: 'shutdown' });
     // A port that outlived the session goes nowhere.
     port.raiseMsix(1);
     await settle();
@@ -558,5 +559,122 @@ group('EndpointRuntime: detach and close', () => {
     expect(u64(stats.nonce)).toBe(9n);
     const byName = Object.fromEntries(stats.counters!.map((c) => [c.name, Number(u64(c.value))]));
     expect(byName).toMatchObject({ 'dev1.mmioWrites': 1, 'dev1.test.probes': 1, 'dev1.interrupts': 0 });
+  });
+});
+
+group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
+  const rule = {
+    kind: 'nvme-sq',
+    bar: 0,
+    doorbell: 0x1008,
+    base: 0x10000n,
+    entries: 16,
+    dataMax: 0,
+    lbaShift: 9,
+  } as const;
+  const push = (iova: bigint, data: Uint8Array, r = 1): Msg => ({
+    push: { dev: 1, iova: long(iova), data, rule: r },
+  });
+  const sqes = Uint8Array.from({ length: 128 }, (_, i) => i);
+
+  /** A probe with rule 1 set and confirmed by the host. */
+  async function withRule() {
+    const probe = new Probe();
+    const w = await world([probe]);
+    probe.port!.setPushRule(1, rule);
+    w.session.deliver({ pushRuleSet: { dev: 1, id: 1 } });
+    return { ...w, probe, port: probe.port! };
+  }
+  const dmaReads = (s: FakeSession) => s.sent.filter((m) => m.dmaRead).length;
+
+  it('sends the rule as PushRule, and nothing when the host did not offer CAP_PUSH_RULES', async () => {
+    const probe = new Probe();
+    const { session } = await world([probe]);
+    probe.port!.setPushRule(1, rule);
+    probe.port!.setPushRule(2, undefined);
+    await settle();
+    expect(session.sent.map((m) => m.pushRule)).toMatchObject([
+      { dev: 1, id: 1, kind: pcinet.PushKind.PUSH_NVME_SQ, bar: 0, entries: 16, lbaShift: 9 },
+      { dev: 1, id: 2, kind: pcinet.PushKind.PUSH_NONE },
+    ]);
+    expect(u64(session.sent[0]!.pushRule!.offset)).toBe(0x1008n);
+    expect(u64(session.sent[0]!.pushRule!.ring)).toBe(0x10000n);
+    expect(() => probe.port!.setPushRule(128, rule)).toThrow(RangeError);
+
+    const other = new Probe();
+    const w = await world([other]);
+    w.session.capabilities = 0;
+    other.port!.setPushRule(1, rule);
+    await settle();
+    expect(w.session.sent).toEqual([]);
+  });
+
+  it('serves a covered read from pushed bytes without a round trip, each byte once', async () => {
+    const { session, runtime, port } = await withRule();
+    session.deliver(push(0x10000n, sqes));
+    expect(await port.dmaRead(0x10040n, 64)).toEqual(sqes.subarray(64));
+    expect(dmaReads(session)).toBe(0);
+    // The same memory again goes to the host: it may have changed since.
+    void port.dmaRead(0x10040n, 64);
+    await settle();
+    expect(summary(session.sent)).toContain('dmaRead 0x10040+64');
+    expect(runtime.counters()).toMatchObject({
+      'dev1.pushHits': 1,
+      'dev1.pushHitBytes': 64,
+      'dev1.pushBytes': 128,
+    });
+  });
+
+  it('falls back to a DMA read when pushed bytes cover only part of a read', async () => {
+    const { session, port } = await withRule();
+    session.deliver(push(0x10000n, sqes));
+    void port.dmaRead(0x10040n, 128);
+    await settle();
+    expect(summary(session.sent).filter((s) => s.startsWith('dmaRead'))).toEqual(['dmaRead 0x10040+128']);
+  });
+
+  it('forgets pushed bytes of an unmapped buffer (PushDrop), and those the device wrote over', async () => {
+    const { session, port } = await withRule();
+    session.deliver(push(0x10000n, sqes), { pushDrop: { dev: 1, iova: long(0x10000n), length: long(64) } });
+    void port.dmaRead(0x10000n, 64);
+    port.dmaWrite(0x10050n, new Uint8Array(4));
+    void port.dmaRead(0x10040n, 64);
+    await settle();
+    expect(summary(session.sent).filter((s) => s.startsWith('dmaRead'))).toEqual([
+      'dmaRead 0x10000+64',
+      'dmaRead 0x10040+64',
+    ]);
+  });
+
+  it('discards pushes of a changed rule until the host confirms it, and forgets what it pushed', async () => {
+    const { session, runtime, port } = await withRule();
+    session.deliver(push(0x10000n, sqes.subarray(0, 64)));
+    port.setPushRule(1, { ...rule, base: 0x20000n }); // the queue was deleted and created again
+    // Pushed under the old rule before the host applied the change: stale.
+    session.deliver(push(0x10040n, sqes.subarray(64)));
+    session.deliver({ pushRuleSet: { dev: 1, id: 1 } });
+    session.deliver(push(0x20000n, sqes));
+    void port.dmaRead(0x10000n, 64);
+    void port.dmaRead(0x10040n, 64);
+    expect(await port.dmaRead(0x20000n, 128)).toEqual(sqes);
+    await settle();
+    expect(summary(session.sent).filter((s) => s.startsWith('dmaRead'))).toEqual([
+      'dmaRead 0x10000+64',
+      'dmaRead 0x10040+64',
+    ]);
+    expect(runtime.counters()['dev1.pushStale']).toBe(1);
+    expect(protocolCode(() => session.deliver({ pushRuleSet: { dev: 1, id: 1 } }))).toBe(
+      ErrorCode.UNEXPECTED_MESSAGE,
+    );
+  });
+
+  it('forgets everything at a function reset; refuses empty pushes and rule ids past 127', async () => {
+    const { session, port } = await withRule();
+    session.deliver(push(0x10000n, sqes), { functionReset: { dev: 1 } });
+    void port.dmaRead(0x10000n, 64);
+    await settle();
+    expect(dmaReads(session)).toBe(1);
+    expect(protocolCode(() => session.deliver(push(0x10000n, new Uint8Array(0))))).toBe(ErrorCode.BAD_LENGTH);
+    expect(protocolCode(() => session.deliver(push(0x10000n, sqes, 128)))).toBe(ErrorCode.BAD_ARGUMENT);
   });
 });

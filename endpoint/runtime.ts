@@ -25,8 +25,9 @@
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
 import { type DeviceModel, DmaError, type HostPort } from '../devices/host-port.js';
+import { MAX_PUSH_RULES, type PushRule } from '../devices/push.js';
 import {
-  type DeviceDescription,
+  Capability,
   ErrorCode,
   kindOf,
   long,
@@ -34,10 +35,12 @@ import {
   type Msg,
   num,
   ProtocolError,
-  type pcinet,
+  pcinet,
   u64,
 } from '../proto/wire.js';
+import { wireDescription } from './describe.js';
 import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
+import { PushCache } from './push-cache.js';
 
 /** What the runtime needs of a session (proto/session.ts satisfies it). Events:
  *  'messages' (msgs: Msg[]) — one inbound batch, in order, after the handshake;
@@ -50,6 +53,8 @@ export interface SessionLike extends EventEmitter {
   flush(): void;
   /** The peer is not taking data fast enough: producers should wait for 'drain'. */
   readonly backlogged: boolean;
+  /** Capability bits both sides set in Hello (CAP_PUSH_RULES: models' push rules are sent). */
+  readonly capabilities?: number;
 }
 
 export interface RuntimeOptions {
@@ -85,6 +90,13 @@ export interface DeviceCounters {
   dmaWriteBytes: number;
   interrupts: number;
   traces: number;
+  /** DMA reads served from pushed bytes (no round trip), and their bytes. */
+  pushHits: number;
+  pushHitBytes: number;
+  /** Bytes the host pushed; PushDrops received; pushes discarded (their rule had changed). */
+  pushBytes: number;
+  pushDrops: number;
+  pushStale: number;
 }
 
 interface BarInfo {
@@ -113,7 +125,16 @@ class Device {
     dmaWriteBytes: 0,
     interrupts: 0,
     traces: 0,
+    pushHits: 0,
+    pushHitBytes: 0,
+    pushBytes: 0,
+    pushDrops: 0,
+    pushStale: 0,
   };
+  /** What the host pushed and the device has not read yet. */
+  readonly pushed = new PushCache();
+  /** Rule id -> changes the host has not confirmed (PushRuleSet) yet: its pushes are stale. */
+  readonly ruleChanges = new Map<number, number>();
   readonly traceCounts = new Map<string, number>();
   dma!: DmaReader;
   port!: HostPort;
@@ -122,26 +143,51 @@ class Device {
     readonly dev: number,
     readonly model: DeviceModel,
   ) {
-    const d: DeviceDescription = model.description;
-    for (const b of d.bars ?? []) {
-      const span = (r: pcinet.IRange) => ({ offset: Number(u64(r.offset)), length: Number(u64(r.length)) });
-      this.bars.set(b.index ?? 0, {
-        size: Number(u64(b.size)),
-        volatile: (b.volatile ?? []).map(span),
-        doorbell: (b.doorbell ?? []).map(span),
-      });
+    const d = model.description;
+    for (const b of d.bars) {
+      this.bars.set(b.index, { size: b.size, volatile: [...b.volatile], doorbell: [...b.doorbell] });
     }
-    this.configSize = d.config?.length ?? 0;
-    this.vectors = d.msixVectors ?? 0;
+    this.configSize = d.config.length;
+    this.vectors = d.msixVectors;
   }
 
   get name(): string {
-    return this.model.description.model ?? 'device';
+    return this.model.description.model;
   }
 }
 
 const within = (spans: readonly { offset: number; length: number }[], off: number, len: number) =>
   spans.some((s) => off >= s.offset && off + len <= s.offset + s.length);
+
+/** A model's push rule as the wire's PushRule (kind NONE removes rule `id`). */
+function pushRuleMsg(dev: number, id: number, r: PushRule | undefined): pcinet.IPushRule {
+  if (!r) return { dev, id, kind: pcinet.PushKind.PUSH_NONE };
+  if (r.kind === 'nvme-sq') {
+    return {
+      dev,
+      id,
+      kind: pcinet.PushKind.PUSH_NVME_SQ,
+      bar: r.bar,
+      offset: long(r.doorbell),
+      ring: long(r.base),
+      entries: r.entries,
+      dataMax: r.dataMax,
+      lbaShift: r.lbaShift,
+    };
+  }
+  return {
+    dev,
+    id,
+    kind: pcinet.PushKind.PUSH_VIRTQ,
+    bar: r.bar,
+    offset: long(r.notify),
+    ring: long(r.desc),
+    avail: long(r.avail),
+    entries: r.size,
+    dataMax: r.dataMax,
+    indirect: r.indirect,
+  };
+}
 
 /** Trace fields as log fields: bigints as hex (JSON has no bigint). */
 function loggable(fields: Record<string, unknown>): Record<string, unknown> {
@@ -195,7 +241,7 @@ export class EndpointRuntime {
       this.#attachDone = { resolve, reject };
     });
     for (const d of this.#devices.values()) {
-      s.send({ attach: { dev: d.dev, desc: d.model.description } });
+      s.send({ attach: { dev: d.dev, desc: wireDescription(d.model.description) } });
       this.#unflushed = true;
     }
     this.#flush();
@@ -272,6 +318,7 @@ export class EndpointRuntime {
       case 'functionReset': {
         const d = this.#device(m.functionReset!.dev);
         if (!d) return;
+        d.pushed.clear();
         d.dma.dropWaiting();
         d.model.reset();
         d.writes = 0;
@@ -337,6 +384,46 @@ export class EndpointRuntime {
         const d = this.#device(c.dev);
         if (!d) return;
         d.dma.complete(c.tag ?? 0, c.status ?? ErrorCode.OK, c.data ?? new Uint8Array(0));
+        return;
+      }
+      case 'push': {
+        const p = m.push!;
+        const d = this.#device(p.dev);
+        if (!d) return;
+        const data = p.data ?? new Uint8Array(0);
+        const rule = p.rule ?? 0;
+        if (data.length === 0) throw new ProtocolError(ErrorCode.BAD_LENGTH, `device ${d.dev}: empty Push`);
+        if (rule >= MAX_PUSH_RULES)
+          throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `device ${d.dev}: Push of rule ${rule}`);
+        if (d.ruleChanges.has(rule)) {
+          d.counters.pushStale++;
+          return;
+        }
+        d.counters.pushBytes += data.length;
+        d.pushed.add(u64(p.iova), data, rule);
+        return;
+      }
+      case 'pushDrop': {
+        const p = m.pushDrop!;
+        const d = this.#device(p.dev);
+        if (!d) return;
+        d.counters.pushDrops++;
+        d.pushed.drop(u64(p.iova), u64(p.length));
+        return;
+      }
+      case 'pushRuleSet': {
+        const p = m.pushRuleSet!;
+        const d = this.#device(p.dev);
+        if (!d) return;
+        const id = p.id ?? 0;
+        const n = d.ruleChanges.get(id);
+        if (n === undefined)
+          throw new ProtocolError(
+            ErrorCode.UNEXPECTED_MESSAGE,
+            `PushRuleSet for rule ${id}, which did not change`,
+          );
+        if (n > 1) d.ruleChanges.set(id, n - 1);
+        else d.ruleChanges.delete(id);
         return;
       }
       case 'statsRequest': {
@@ -421,10 +508,17 @@ export class EndpointRuntime {
   #portFor(d: Device): HostPort {
     const live = () => d.state === 'attached';
     return {
-      dmaRead: (iova, len) =>
-        live() ? d.dma.read(iova, len) : Promise.reject(new DmaError(iova, len, ErrorCode.SHUTDOWN)),
+      dmaRead: (iova, len) => {
+        if (!live()) return Promise.reject(new DmaError(iova, len, 'shutdown'));
+        const hit = d.pushed.take(iova, len);
+        if (!hit) return d.dma.read(iova, len);
+        d.counters.pushHits++;
+        d.counters.pushHitBytes += len;
+        return Promise.resolve(hit);
+      },
       dmaWrite: (iova, data) => {
         if (!live()) return;
+        d.pushed.drop(iova, data.length);
         for (let off = 0; off < data.length; off += MAX_DMA_CHUNK) {
           // No copy here: session.send encodes (copies) the message before returning.
           const piece = data.subarray(off, off + MAX_DMA_CHUNK);
@@ -458,6 +552,14 @@ export class EndpointRuntime {
       },
       changed: () => {
         if (live()) this.#scheduleFlush();
+      },
+      setPushRule: (id, rule) => {
+        if (!Number.isInteger(id) || id < 0 || id >= MAX_PUSH_RULES)
+          throw new RangeError(`${d.name}: push rule id ${id} (0..${MAX_PUSH_RULES - 1})`);
+        if (!live() || !((this.#session.capabilities ?? 0) & Capability.CAP_PUSH_RULES)) return;
+        d.ruleChanges.set(id, (d.ruleChanges.get(id) ?? 0) + 1);
+        d.pushed.dropRule(id);
+        this.#send(d, { pushRule: pushRuleMsg(d.dev, id, rule) });
       },
     };
   }
@@ -513,6 +615,7 @@ export class EndpointRuntime {
   }
 
   #unplugModel(d: Device): void {
+    d.pushed.clear();
     d.dma.close();
     d.model.detach();
   }

@@ -249,7 +249,8 @@ export class Relay {
       case 'mmioReadCpl':
       case 'dmaRead':
       case 'dmaWrite':
-      case 'interrupt': {
+      case 'interrupt':
+      case 'pushRule': {
         const dev = (m[kind] as { dev?: number | null }).dev ?? 0;
         const d = this.#devices.get(dev);
         if (!d) {

@@ -44,7 +44,9 @@ static struct pcinet_rec *pcinet_rec_new(struct pcinet_fn *fn, const void *rec, 
 	return r;
 }
 
-static void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
+/* Queues a record without waiting (callers bound their own output); dropped while the link
+ * is down. Any context. */
+void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
 {
 	unsigned long flags;
 
@@ -57,6 +59,30 @@ static void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
 	spin_lock_irqsave(&fn->qlock, flags);
 	list_add_tail(&r->node, &fn->queue);
 	fn->queued += r->len;
+	spin_unlock_irqrestore(&fn->qlock, flags);
+	wake_up_interruptible(&fn->readq);
+}
+
+/* pcinet_rec_add() for a list of records, emptied: queued together, in order, one wake-up. */
+void pcinet_rec_add_list(struct pcinet_fn *fn, struct list_head *recs)
+{
+	struct pcinet_rec *r, *tmp;
+	unsigned long flags;
+	size_t bytes = 0;
+
+	if (READ_ONCE(fn->link_down)) {
+		list_for_each_entry_safe(r, tmp, recs, node) {
+			list_del(&r->node);
+			atomic64_inc(&fn->stats.link_dropped);
+			kvfree(r);
+		}
+		return;
+	}
+	list_for_each_entry(r, recs, node)
+		bytes += r->len;
+	spin_lock_irqsave(&fn->qlock, flags);
+	list_splice_tail_init(recs, &fn->queue);
+	fn->queued += bytes;
 	spin_unlock_irqrestore(&fn->qlock, flags);
 	wake_up_interruptible(&fn->readq);
 }
@@ -228,13 +254,14 @@ static void pcinet_bar_write(struct pcinet_bar *b, bool hi, int shift, int size,
 
 /*
  * The function's registers as at power-on, as after an FLR: config space from the attached image,
- * the MSI-X table masked, write counters from 0. The BAR registers keep their addresses (the PCI
- * core restores them anyway).
+ * the MSI-X table masked, write counters from 0, no push rules. The BAR registers keep their
+ * addresses (the PCI core restores them anyway).
  */
 static void pcinet_power_on(struct pcinet_fn *fn)
 {
 	memcpy(fn->config, fn->config_init, PCINET_CONFIG_SIZE);
 	pcinet_msix_reset(fn);
+	pcinet_push_clear(fn);
 	atomic64_set(&fn->writes_sent, 0);
 	atomic64_set(&fn->writes_applied, 0);
 }
@@ -653,6 +680,8 @@ static int pcinet_link_down(struct pcinet_fn *fn)
 	}
 	atomic64_inc(&fn->stats.link_downs);
 	WRITE_ONCE(fn->link_down, true);
+	/* After link_down is set: a doorbell still pushing finishes first, its records dropped. */
+	pcinet_push_clear(fn);
 	pcinet_purge_queue(fn);
 	pcinet_mmio_link_down(fn);
 	queue_work(fn->link_wq, &fn->link_down_work);
@@ -685,6 +714,7 @@ static void pcinet_remove(struct pcinet_fn *fn)
 
 	if (fn->state == PN_STARTED) {
 		WRITE_ONCE(fn->state, PN_DETACHED);
+		pcinet_push_clear(fn);
 		wake_up_interruptible_all(&fn->writeq);
 		wake_up_all(&fn->mmioq);
 		cancel_work_sync(&fn->add_work);
@@ -705,7 +735,7 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		fn->pdev = NULL;
 		release_resource(&fn->window);
 		ida_free(&pcinet_domains, fn->domain);
-		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld\n",
+		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld; pushes %lld bytes %lld skipped refused %lld budget %lld nomem %lld busy %lld; push drops %lld\n",
 			fn->domain, atomic64_read(&c->mmio_writes), atomic64_read(&c->mmio_reads),
 			atomic64_read(&c->volatile_reads), atomic64_read(&c->read_timeouts),
 			atomic64_read(&c->queue_waits), atomic64_read(&c->queue_overruns),
@@ -714,7 +744,10 @@ static void pcinet_remove(struct pcinet_fn *fn)
 			atomic64_read(&c->interrupts), atomic64_read(&c->interrupts_pending),
 			atomic64_read(&c->interrupts_dropped), atomic64_read(&c->dma_bytes),
 			atomic64_read(&c->dma_refused), atomic64_read(&c->link_downs),
-			atomic64_read(&c->link_dropped));
+			atomic64_read(&c->link_dropped), atomic64_read(&c->pushes),
+			atomic64_read(&c->push_bytes), atomic64_read(&c->push_refused),
+			atomic64_read(&c->push_over_budget), atomic64_read(&c->push_nomem),
+			atomic64_read(&c->push_busy), atomic64_read(&c->push_drops));
 	}
 	WRITE_ONCE(fn->state, PN_DETACHED);
 	wake_up_interruptible_all(&fn->readq);
@@ -808,6 +841,10 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 		if (len != sizeof(struct pcinet_hdr))
 			return -EINVAL;
 		return pcinet_link_up(fn);
+	case PCINET_W_PUSH_RULE:
+		if (len != sizeof(struct pcinet_w_push_rule))
+			return -EINVAL;
+		return pcinet_push_rule(fn, buf);
 	case PCINET_W_DETACH:
 		if (len != sizeof(struct pcinet_hdr))
 			return -EINVAL;
@@ -933,6 +970,7 @@ static int pcinet_open(struct inode *inode, struct file *file)
 	spin_lock_init(&fn->shadow_lock);
 	spin_lock_init(&fn->reads_lock);
 	spin_lock_init(&fn->msix_lock);
+	spin_lock_init(&fn->push_lock);
 	INIT_LIST_HEAD(&fn->queue);
 	INIT_LIST_HEAD(&fn->live);
 	INIT_WORK(&fn->add_work, pcinet_add_work);
@@ -989,6 +1027,11 @@ static int __init pcinet_init(void)
 	int ret;
 
 	BUILD_BUG_ON(sizeof(struct pcinet_w_mmio_read_cpl) % 8);
+	/* The push records' sizes are part of the ABI (host-agent/kernel/abi.ts). */
+	BUILD_BUG_ON(sizeof(struct pcinet_w_push_rule) != 64);
+	BUILD_BUG_ON(sizeof(struct pcinet_r_push) != 24);
+	BUILD_BUG_ON(sizeof(struct pcinet_r_push_drop) != 24);
+	BUILD_BUG_ON(sizeof(struct pcinet_r_push_rule_set) != 16);
 	ret = pcinet_mmio_init();
 	if (ret)
 		return ret;

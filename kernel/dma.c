@@ -16,6 +16,12 @@
  * Scatterlists map segment by segment (one IOVA range each): the driver gets back as many DMA
  * segments as it gave, and a device that walks them (PRP lists, descriptor chains) sees the
  * addresses the driver wrote.
+ *
+ * Push rules (push.c) copy memory the device is about to read with pcinet_dma_peek(): the same
+ * check as the device's reads, but a refusal is no error (the range is simply not pushed). A
+ * mapping a push copied from is marked; when the driver unmaps it, push.c sends R_PUSH_DROP so
+ * the endpoint forgets those bytes. That record is queued after the table's lock is dropped:
+ * push.c holds its own lock around peeks and takes this one inside it, never the other way.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -38,6 +44,7 @@ struct pcinet_dma_map {
 	phys_addr_t phys;		/* physically contiguous */
 	enum dma_data_direction dir;
 	unsigned long pfn;		/* IOVA page frame of the allocation */
+	bool pushed;			/* a push copied from it (under the lock): drop on unmap */
 };
 
 struct pcinet_dma {
@@ -121,8 +128,10 @@ static dma_addr_t pcinet_dma_map(struct device *dev, phys_addr_t phys, size_t si
 
 static void pcinet_dma_unmap(struct device *dev, dma_addr_t iova, size_t size)
 {
-	struct pcinet_dma *d = pcinet_dma_fn(dev)->dma;
+	struct pcinet_fn *fn = pcinet_dma_fn(dev);
+	struct pcinet_dma *d = fn->dma;
 	struct pcinet_dma_map *m;
+	bool found = false, pushed = false;
 	unsigned long flags;
 
 	if (!d)
@@ -132,16 +141,21 @@ static void pcinet_dma_unmap(struct device *dev, dma_addr_t iova, size_t size)
 	if (m && m->iova == iova) {
 		rb_erase(&m->node, &d->maps);
 		d->live--;
+		found = true;
+		pushed = m->pushed;
 	}
 	spin_unlock_irqrestore(&d->lock, flags);
 	/* A driver unmapping what it never mapped is a driver bug, not ours. */
-	if (!m || m->iova != iova) {
+	if (!found) {
 		dev_warn_ratelimited(dev, "pcinet: unmap of %pad, which is not mapped\n", &iova);
 		return;
 	}
 	if (m->size != size)
 		dev_warn_ratelimited(dev, "pcinet: unmap of %pad with size %zu, mapped with %zu\n",
 				     &iova, size, m->size);
+	/* Before the IOVA can be handed out again, so the drop cannot hit a newer mapping's pushes. */
+	if (pushed)
+		pcinet_push_unmapped(fn, m->iova, m->size);
 	free_iova(&d->iovad, m->pfn);
 	kfree(m);
 }
@@ -239,40 +253,44 @@ static const struct dma_map_ops pcinet_dma_ops = {
 /* ---- the endpoint's accesses ---- */
 
 /*
- * Copies between buf and [iova, iova + size) if every byte is in live mappings that allow
- * `want` (DMA_TO_DEVICE: the device reads; DMA_FROM_DEVICE: it writes). Returns 0, or -EFAULT
- * with nothing copied.
+ * Whether every byte of [iova, iova + size) is in live mappings that allow `want`
+ * (DMA_TO_DEVICE: the device reads; DMA_FROM_DEVICE: it writes). Lock held.
  */
-static int pcinet_dma_access(struct pcinet_fn *fn, u64 iova, void *buf, u32 size,
-			     enum dma_data_direction want, const char **why)
+static bool pcinet_dma_allowed(struct pcinet_dma *d, u64 iova, u32 size,
+			       enum dma_data_direction want, const char **why)
 {
-	struct pcinet_dma *d = fn->dma;
 	struct pcinet_dma_map *m;
-	unsigned long flags;
 	u64 at;
-	u32 done;
 
 	*why = "no live mapping";
-	if (!d || iova + size < iova)
-		return -EFAULT;
-	spin_lock_irqsave(&d->lock, flags);
+	if (iova + size < iova)
+		return false;
 	for (at = iova; at < iova + size; at = m->iova + m->size) {
 		m = pcinet_dma_find(d, at);
 		if (!m)
-			goto refuse;
+			return false;
 		if (m->dir != DMA_BIDIRECTIONAL && m->dir != want) {
 			*why = want == DMA_TO_DEVICE ? "read of a device-write-only mapping" :
 						       "write to a device-read-only mapping";
-			goto refuse;
+			return false;
 		}
 	}
+	return true;
+}
+
+/* Copies between buf and an allowed range (pcinet_dma_allowed); marks the mappings read from
+ * when `mark`. Lock held. */
+static void pcinet_dma_copy(struct pcinet_dma *d, u64 iova, void *buf, u32 size,
+			    enum dma_data_direction want, bool mark)
+{
+	u32 done;
+
 	for (done = 0; done < size; ) {
-		phys_addr_t phys;
+		struct pcinet_dma_map *m = pcinet_dma_find(d, iova + done);
+		phys_addr_t phys = m->phys + (iova + done - m->iova);
 		u32 n;
 		void *p;
 
-		m = pcinet_dma_find(d, iova + done);
-		phys = m->phys + (iova + done - m->iova);
 		n = min_t(u64, size - done, m->iova + m->size - (iova + done));
 		n = min_t(u32, n, PAGE_SIZE - offset_in_page(phys));
 		p = kmap_local_page(pfn_to_page(PHYS_PFN(phys)));
@@ -281,18 +299,78 @@ static int pcinet_dma_access(struct pcinet_fn *fn, u64 iova, void *buf, u32 size
 		else
 			memcpy(p + offset_in_page(phys), buf + done, n);
 		kunmap_local(p);
+		if (mark)
+			m->pushed = true;
 		done += n;
 	}
+}
+
+/*
+ * Copies between buf and [iova, iova + size) if every byte is in live mappings that allow
+ * `want`. Returns 0, or -EFAULT with nothing copied.
+ */
+static int pcinet_dma_access(struct pcinet_fn *fn, u64 iova, void *buf, u32 size,
+			     enum dma_data_direction want)
+{
+	struct pcinet_dma *d = fn->dma;
+	const char *why = "no live mapping";
+	unsigned long flags;
+
+	if (!d)
+		goto refused;
+	spin_lock_irqsave(&d->lock, flags);
+	if (!pcinet_dma_allowed(d, iova, size, want, &why)) {
+		spin_unlock_irqrestore(&d->lock, flags);
+		goto refused;
+	}
+	pcinet_dma_copy(d, iova, buf, size, want, false);
 	spin_unlock_irqrestore(&d->lock, flags);
 	atomic64_add(size, &fn->stats.dma_bytes);
 	return 0;
 
-refuse:
-	spin_unlock_irqrestore(&d->lock, flags);
+refused:
 	atomic64_inc(&fn->stats.dma_refused);
 	pr_warn_ratelimited("%04x:00:00.0: DMA %s of %u bytes at 0x%llx refused: %s\n",
-			    fn->domain, want == DMA_TO_DEVICE ? "read" : "write", size, iova, *why);
+			    fn->domain, want == DMA_TO_DEVICE ? "read" : "write", size, iova, why);
 	return -EFAULT;
+}
+
+/*
+ * For push rules: copies [iova, iova + size) to buf if the device may read every byte, as its
+ * own reads are checked, but quietly (a range that cannot be pushed is no error, and is not a
+ * DMA refusal). buf NULL: only checks. `mark`: the mappings are remembered as pushed from, for
+ * R_PUSH_DROP. Any context.
+ */
+bool pcinet_dma_peek(struct pcinet_fn *fn, u64 iova, void *buf, u32 size, bool mark)
+{
+	struct pcinet_dma *d = fn->dma;
+	unsigned long flags;
+	const char *why;
+	bool ok;
+
+	if (!d)
+		return false;
+	spin_lock_irqsave(&d->lock, flags);
+	ok = pcinet_dma_allowed(d, iova, size, DMA_TO_DEVICE, &why);
+	if (ok && buf)
+		pcinet_dma_copy(d, iova, buf, size, DMA_TO_DEVICE, mark);
+	spin_unlock_irqrestore(&d->lock, flags);
+	return ok;
+}
+
+/* The endpoint forgot every push (reset, link loss): unmaps need not tell it any more. */
+void pcinet_dma_forget_pushes(struct pcinet_fn *fn)
+{
+	struct pcinet_dma *d = fn->dma;
+	struct rb_node *n;
+	unsigned long flags;
+
+	if (!d)
+		return;
+	spin_lock_irqsave(&d->lock, flags);
+	for (n = rb_first(&d->maps); n; n = rb_next(n))
+		rb_entry(n, struct pcinet_dma_map, node)->pushed = false;
+	spin_unlock_irqrestore(&d->lock, flags);
 }
 
 int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *r)
@@ -300,7 +378,6 @@ int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *r)
 	u32 size = le32_to_cpu(r->size);
 	struct pcinet_r_dma_read_cpl *c;
 	struct pcinet_rec *rec;
-	const char *why;
 
 	rec = pcinet_rec_alloc(fn, ALIGN(sizeof(*c) + size, 8));
 	if (!rec)
@@ -308,7 +385,7 @@ int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *r)
 	c = (struct pcinet_r_dma_read_cpl *)rec->data;
 	memset(c, 0, rec->len);
 	c->tag = r->tag;
-	if (pcinet_dma_access(fn, le64_to_cpu(r->iova), c->data, size, DMA_TO_DEVICE, &why)) {
+	if (pcinet_dma_access(fn, le64_to_cpu(r->iova), c->data, size, DMA_TO_DEVICE)) {
 		rec->len = sizeof(*c);
 		c->status = cpu_to_le32(PCINET_STATUS_ERROR);
 	} else {
@@ -321,11 +398,9 @@ int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *r)
 
 int pcinet_dma_write(struct pcinet_fn *fn, const struct pcinet_w_dma_write *w)
 {
-	const char *why;
-
 	/* A refused posted write is dropped, as a PCIe root complex drops it: counted above. */
 	pcinet_dma_access(fn, le64_to_cpu(w->iova), (void *)w->data, le32_to_cpu(w->size),
-			  DMA_FROM_DEVICE, &why);
+			  DMA_FROM_DEVICE);
 	return 0;
 }
 

@@ -2,7 +2,10 @@
 /*
  * pcinet: what the parts of the module share. core.c owns the file, the bus and config space;
  * mmio.c traps the BAR mappings and serves MMIO; msix.c keeps the MSI-X table and delivers
- * interrupts; dma.c is the DMA sandbox. Records: uapi/pcinet.h, docs/KERNEL-ABI.md.
+ * interrupts; dma.c is the DMA sandbox; push.c (with push-walk.c) pushes what a doorbell makes
+ * the device read. Records: uapi/pcinet.h, docs/KERNEL-ABI.md.
+ *
+ * Spinlocks that nest, outermost first: push_lock, the DMA table's lock, qlock.
  */
 #ifndef PCINET_INTERNAL_H
 #define PCINET_INTERNAL_H
@@ -18,6 +21,7 @@
 #include <linux/workqueue.h>
 
 #include "uapi/pcinet.h"
+#include "push-walk.h"
 
 /* Bytes of records waiting for read() before producers wait for the reader (bounded). */
 #define PCINET_QUEUE_BYTES	(1u << 20)
@@ -90,6 +94,13 @@ struct pcinet_counters {
 	atomic64_t dma_bytes;		/* DMA done, both directions */
 	atomic64_t link_downs;		/* W_LINK_DOWN: the endpoint was lost */
 	atomic64_t link_dropped;	/* MMIO writes and records dropped while the link was down */
+	atomic64_t pushes;		/* R_PUSH records queued */
+	atomic64_t push_bytes;		/* ... and their data bytes */
+	atomic64_t push_refused;	/* ranges not pushed: not all in live device-readable maps */
+	atomic64_t push_over_budget;	/* ranges not pushed: past a doorbell's bytes or steps */
+	atomic64_t push_nomem;		/* ranges not pushed: no memory (GFP_ATOMIC) */
+	atomic64_t push_busy;		/* doorbells that pushed nothing: the read queue was full */
+	atomic64_t push_drops;		/* R_PUSH_DROP records queued */
 };
 
 struct pcinet_dma;
@@ -159,6 +170,11 @@ struct pcinet_fn {
 	/* DMA (dma.c) */
 	struct pcinet_dma *dma;
 
+	/* Push rules (push.c): taken in the MMIO fault path, interrupts off, and by DMA unmaps. */
+	spinlock_t push_lock;
+	unsigned int push_count;	/* rules set; READ_ONCE: none, nothing to look at */
+	struct pcinet_push_rule push_rules[PCINET_MAX_PUSH_RULES];
+
 	struct pcinet_counters stats;
 };
 
@@ -172,6 +188,8 @@ static inline void pcinet_hdr(struct pcinet_hdr *h, u16 type, size_t len)
 /* core.c */
 void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len);
 void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len);
+void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r);
+void pcinet_rec_add_list(struct pcinet_fn *fn, struct list_head *recs);
 struct pcinet_rec *pcinet_rec_alloc(struct pcinet_fn *fn, size_t len);
 void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r);
 u16 pcinet_find_cap(struct pcinet_fn *fn, u8 id);
@@ -205,5 +223,13 @@ void pcinet_dma_set_ops(struct pcinet_fn *fn, struct pci_dev *pdev);
 int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *d);
 int pcinet_dma_write(struct pcinet_fn *fn, const struct pcinet_w_dma_write *d);
 void pcinet_dma_exit(struct pcinet_fn *fn);
+bool pcinet_dma_peek(struct pcinet_fn *fn, u64 iova, void *buf, u32 size, bool mark);
+void pcinet_dma_forget_pushes(struct pcinet_fn *fn);
+
+/* push.c */
+int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w);
+void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
+void pcinet_push_unmapped(struct pcinet_fn *fn, u64 iova, u64 len);
+void pcinet_push_clear(struct pcinet_fn *fn);
 
 #endif /* PCINET_INTERNAL_H */

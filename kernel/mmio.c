@@ -15,7 +15,8 @@
  *
  * An access is served in the faulting context, which cannot sleep:
  * - writes become R_MMIO_WRITE records (posted; pcinet_queue_atomic() waits, bounded, for a slow
- *   reader and never drops);
+ *   reader and never drops); a write to a push rule's doorbell is preceded by its R_PUSH records
+ *   (push.c);
  * - reads of ranges the device declared volatile become R_MMIO_READ and wait for the completion,
  *   bounded (read_timeout_ms, atomic_timeout_ms), then read all-ones like a PCIe completion
  *   timeout;
@@ -414,6 +415,9 @@ static int pcinet_serve_write(struct pcinet_fn *fn, u32 bar, u64 off, const void
 	}
 	if (how == PN_NOWAIT && READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES)
 		return -EAGAIN;
+	/* This attempt queues the write (an -EAGAIN above is retried asleep, and pushes nothing):
+	 * what a doorbell makes the device read goes in front of it. */
+	pcinet_push_doorbell(fn, bar, off, val, size);
 	pcinet_hdr(&rec.w.hdr, PCINET_R_MMIO_WRITE, len);
 	rec.w.bar = cpu_to_le32(bar);
 	rec.w.size = cpu_to_le32(size);

@@ -180,6 +180,30 @@ static void pcinet_irq_work(struct irq_work *work)
 	wake_up(&fn->ring_wait);
 }
 
+/*
+ * Delivery runs on another CPU than the host-agent's write(): a driver's handler may wait (busy,
+ * interrupts off) for the host-agent — a volatile read of an interrupt status register, a read
+ * fence — and the host-agent writes records from its event loop, so a handler run on top of that
+ * write() would wait for the very thread it interrupted until atomic_timeout_ms.
+ */
+static void pcinet_msix_kick_here(void *info)
+{
+	struct pcinet_fn *fn = info;
+
+	irq_work_queue(&fn->irq_work);
+}
+
+static void pcinet_msix_kick(struct pcinet_fn *fn)
+{
+	int self = get_cpu();
+	unsigned int other = cpumask_any_but(cpu_online_mask, self);
+
+	/* Not waiting: the IPI queues the irq_work there; pcinet_msix_stop() flushes both. */
+	if (other >= nr_cpu_ids || smp_call_function_single(other, pcinet_msix_kick_here, fn, 0))
+		irq_work_queue(&fn->irq_work);
+	put_cpu();
+}
+
 /* W_INTERRUPT: process context (write()). */
 int pcinet_msix_raise(struct pcinet_fn *fn, u32 vector)
 {
@@ -199,7 +223,7 @@ int pcinet_msix_raise(struct pcinet_fn *fn, u32 vector)
 		atomic64_inc(&fn->stats.interrupts_pending);
 	}
 	spin_unlock_irqrestore(&fn->msix_lock, flags);
-	irq_work_queue(&fn->irq_work);
+	pcinet_msix_kick(fn);
 	return 0;
 }
 
@@ -349,6 +373,8 @@ void pcinet_msix_stop(struct pcinet_fn *fn)
 	spin_lock_irqsave(&fn->msix_lock, flags);
 	fn->ring_count = 0;
 	spin_unlock_irqrestore(&fn->msix_lock, flags);
+	/* Every CPU has run its queued IPIs (a kick may still name fn), then the work they queued. */
+	kick_all_cpus_sync();
 	irq_work_sync(&fn->irq_work);
 	if (fn->msi_domain) {
 		irq_domain_remove(fn->msi_domain);

@@ -22,7 +22,8 @@ export const MAX_FRAME_BYTES = 4 << 20;
 export const MAX_DMA_CHUNK = 256 << 10;
 
 /** Capabilities this implementation sets in Hello. */
-export const OUR_CAPABILITIES = Capability.CAP_WRITES_APPLIED | Capability.CAP_STATS;
+export const OUR_CAPABILITIES =
+  Capability.CAP_WRITES_APPLIED | Capability.CAP_STATS | Capability.CAP_PUSH_RULES;
 
 /** The peer broke the protocol (or refused us): the session closes with `code`. */
 export class ProtocolError extends Error {

@@ -142,6 +142,40 @@ const pattern = (len: number, seed: number) =>
   Uint8Array.from({ length: len }, (_, i) => (i * 31 + seed) & 0xff);
 
 describe('NVMe controller', () => {
+  it('declares push rules: the admin SQ at enable, I/O SQs with their write data, none after reset', async () => {
+    const d = new Driver(new MemoryBackend(4 << 20), { lbaSize: 4096 });
+    await d.enable();
+    expect([...d.host.pushRules]).toEqual([
+      [
+        0,
+        {
+          kind: 'nvme-sq',
+          bar: 0,
+          doorbell: REG.DOORBELLS,
+          base: ASQ,
+          entries: QSIZE,
+          dataMax: 0,
+          lbaShift: 12,
+        },
+      ],
+    ]);
+    await d.ioQueues();
+    expect(d.host.pushRules.get(1)).toEqual({
+      kind: 'nvme-sq',
+      bar: 0,
+      doorbell: REG.DOORBELLS + 8,
+      base: IOSQ,
+      entries: QSIZE,
+      dataMax: 128 << 10,
+      lbaShift: 12,
+    });
+    expect((await d.submit(0, d.sqe(ADMIN.DELETE_SQ, { cdw: [1] }))).status).toBe(0);
+    expect([...d.host.pushRules.keys()]).toEqual([0]);
+    d.bus.write32(0, REG.CC, 0);
+    await d.bus.settle();
+    expect(d.host.pushRules.size).toBe(0);
+  });
+
   it('enables: CSTS.RDY after CC.EN with valid admin queues; a bad ASQ is a fatal status', async () => {
     const d = new Driver();
     expect(d.bus.read64(0, REG.CAP) & 0xffffn).toBe(1023n);
@@ -218,6 +252,31 @@ describe('NVMe controller', () => {
     // Two pages: PRP2 is the second page itself.
     expect((await d.submit(1, d.rw(IO.READ, 0, 16, DATA, DATA + 0x10000n))).status).toBe(0);
     expect(d.host.interrupts).toContain(1);
+  });
+
+  it('follows a PRP list chained across list pages, and refuses a chain pointer with an offset', async () => {
+    const backend = new MemoryBackend(4 << 20);
+    const d = new Driver(backend);
+    await d.enable();
+    await d.ioQueues();
+    // 16 KiB from a page boundary: PRP1 + 3 list entries. The list starts 16 bytes before the end
+    // of its page, so its second slot chains to a list page holding the last two entries.
+    const len = 16 << 10;
+    const first = SCRATCH + 0x1000n - 16n;
+    const next = SCRATCH + 0x3000n;
+    wr64(d.mem(first, 8), 0, DATA + 0x1000n);
+    wr64(d.mem(first + 8n, 8), 0, next);
+    wr64(d.mem(next, 8), 0, DATA + 0x2000n);
+    wr64(d.mem(next + 8n, 8), 0, DATA + 0x3000n);
+    const data = pattern(len, 3);
+    d.mem(DATA, len).set(data);
+    expect((await d.submit(1, d.rw(IO.WRITE, 64, len / 512, DATA, first))).status).toBe(0);
+    expect(await backend.read(64 * 512, len)).toEqual(data);
+    // A chain into the middle of a page (here: back into the list itself) is the driver's mistake.
+    wr64(d.mem(first + 8n, 8), 0, first);
+    expect(sc((await d.submit(1, d.rw(IO.WRITE, 64, len / 512, DATA, first))).status)).toBe(
+      SC.INVALID_PRP_OFFSET,
+    );
   });
 
   it('answers driver mistakes with the status the specification gives', async () => {

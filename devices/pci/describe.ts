@@ -1,35 +1,23 @@
-// The DeviceDescription sent in Attach: config space, masks, BARs with their initial shadow and
-// their volatile and doorbell ranges. The host builds the PCI function from this and nothing else.
-import { type DeviceDescription, long, pcinet } from '../../proto/wire.js';
-import type { BarKindName, PciConfig } from './config.js';
+// The description of a PciDevice (devices/description.ts): config space, masks, BARs with their
+// power-on contents and their volatile and doorbell ranges. The host builds the PCI function from
+// this and nothing else.
+import type { BarDescription, DeviceDescription } from '../description.js';
+import type { PciConfig } from './config.js';
 import type { Span } from './registers.js';
 
 export interface BarContents {
   index: number;
-  /** Power-on contents; trailing zeros are not sent. */
+  /** Power-on contents. */
   shadow: Uint8Array;
   volatile?: readonly Span[];
   doorbell?: readonly Span[];
 }
 
-const KIND: Record<BarKindName, pcinet.BarKind> = {
-  mem32: pcinet.BarKind.BAR_MEM32,
-  mem64: pcinet.BarKind.BAR_MEM64,
-  io: pcinet.BarKind.BAR_IO,
-};
-
-function trimZeros(b: Uint8Array): Uint8Array {
-  let n = b.length;
-  while (n > 0 && b[n - 1] === 0) n--;
-  return b.slice(0, n);
-}
-
-const ranges = (s: readonly Span[] = []) =>
-  s.map((r) => ({ offset: long(r.offset), length: long(r.length) }));
+const copy = (s: readonly Span[] = []): Span[] => s.map((r) => ({ offset: r.offset, length: r.length }));
 
 /** Builds the description. Every BAR of `config` needs its contents; throws otherwise (our bug). */
 export function describe(model: string, config: PciConfig, bars: readonly BarContents[]): DeviceDescription {
-  const out: pcinet.IBar[] = config.bars.map((b) => {
+  const out: BarDescription[] = config.bars.map((b) => {
     const c = bars.find((x) => x.index === b.index);
     if (!c) throw new Error(`describe: no contents for BAR ${b.index}`);
     if (c.shadow.length > b.size) throw new Error(`describe: BAR ${b.index} contents exceed ${b.size} bytes`);
@@ -40,12 +28,12 @@ export function describe(model: string, config: PciConfig, bars: readonly BarCon
     }
     return {
       index: b.index,
-      kind: KIND[b.kind],
+      kind: b.kind,
       prefetchable: b.prefetchable ?? false,
-      size: long(b.size),
-      shadow: trimZeros(c.shadow),
-      volatile: ranges(c.volatile),
-      doorbell: ranges(c.doorbell),
+      size: b.size,
+      shadow: c.shadow.slice(),
+      volatile: copy(c.volatile),
+      doorbell: copy(c.doorbell),
     };
   });
   return {

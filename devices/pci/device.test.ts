@@ -1,5 +1,4 @@
 import { expect, describe as group, it } from 'vitest';
-import { u64 } from '../../proto/wire.js';
 import { msixCap } from './caps.js';
 import { PCI_COMMAND, pciConfig } from './config.js';
 import { PciDevice } from './device.js';
@@ -84,12 +83,12 @@ function world() {
 group('PciDevice', () => {
   it('describes power-on contents, instance reset values, volatile and doorbell ranges', () => {
     const d = new Toy(0x77).description;
-    const b0 = d.bars![0];
+    const b0 = d.bars[0];
     expect(d.model).toBe('toy');
-    expect([...b0.shadow!.subarray(0, 4)]).toEqual([0x34, 0x12, 0, 0]);
-    expect(b0.shadow![0x28]).toBe(0x77);
-    expect(b0.volatile!.map((r) => [u64(r.offset), u64(r.length)])).toEqual([[0x1cn, 4n]]);
-    expect(b0.doorbell!.map((r) => [u64(r.offset), u64(r.length)])).toEqual([[0x18n, 4n]]);
+    expect([...b0.shadow.subarray(0, 4)]).toEqual([0x34, 0x12, 0, 0]);
+    expect(b0.shadow[0x28]).toBe(0x77);
+    expect(b0.volatile).toEqual([{ offset: 0x1c, length: 4 }]);
+    expect(b0.doorbell).toEqual([{ offset: 0x18, length: 4 }]);
     expect(d.msixVectors).toBe(4);
   });
 

@@ -11,8 +11,7 @@
 //   pci.mmio.host-owned   write to the MSI-X table or PBA (the host should have kept it)
 //   pci.mmio.outside-bar  access past the end of the BAR, or to a BAR that does not exist
 //   pci.config.outside    ConfigWrite past the end of config space
-import type { DeviceDescription } from '../../proto/wire.js';
-import { ErrorCode } from '../../proto/wire.js';
+import type { DeviceDescription } from '../description.js';
 import { type DeviceModel, type DirtyRange, DmaError, type HostPort } from '../host-port.js';
 import { BarStorage } from './bar.js';
 import { msixSizes } from './caps.js';
@@ -57,12 +56,13 @@ const hex = (v: number | bigint) => `0x${v.toString(16)}`;
 
 /** The port of a detached device: async work that outlived the attachment goes nowhere. */
 const DETACHED: HostPort = {
-  dmaRead: (iova, len) => Promise.reject(new DmaError(iova, len, ErrorCode.SHUTDOWN)),
+  dmaRead: (iova, len) => Promise.reject(new DmaError(iova, len, 'shutdown')),
   dmaWrite: () => {},
   raiseMsix: () => {},
   drain: () => Promise.resolve(),
   trace: () => {},
   changed: () => {},
+  setPushRule: () => {},
 };
 
 /** Base of declarative device models. `Self` is the subclass: register hooks receive it. */

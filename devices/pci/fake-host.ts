@@ -2,8 +2,8 @@
 // and traces are recorded, and FakeBus plays the host's side of MMIO (a shadow of every BAR kept
 // current from takeDirty(), volatile reads sent to the device) so tests drive a device through its
 // registers exactly as a driver would.
-import { ErrorCode, u64 } from '../../proto/wire.js';
 import { type DeviceModel, DmaError, type HostPort } from '../host-port.js';
+import type { PushRule } from '../push.js';
 import { leBytes, rd32, rd64 } from './le.js';
 
 export interface FakeHostOptions {
@@ -44,7 +44,7 @@ export class FakeHost implements HostPort {
     const off = this.#at(iova, len);
     if (off === undefined) {
       this.events.push({ kind: 'dma-fault', dir: 'read', iova, len });
-      throw new DmaError(iova, len, ErrorCode.DMA_FAULT);
+      throw new DmaError(iova, len, 'refused');
     }
     this.events.push({ kind: 'dma-read', iova, len });
     return this.memory.slice(off, off + len);
@@ -77,6 +77,14 @@ export class FakeHost implements HostPort {
     this.changes++;
   }
 
+  /** The push rules the device declared, by id (docs/PUSH.md). */
+  readonly pushRules = new Map<number, PushRule>();
+
+  setPushRule(id: number, rule: PushRule | undefined): void {
+    if (rule) this.pushRules.set(id, rule);
+    else this.pushRules.delete(id);
+  }
+
   get interrupts(): number[] {
     return this.events.flatMap((e) => (e.kind === 'msix' ? [e.vector] : []));
   }
@@ -104,14 +112,11 @@ export class FakeBus {
     readonly device: DeviceModel,
     readonly host = new FakeHost(),
   ) {
-    for (const b of device.description.bars ?? []) {
-      const shadow = new Uint8Array(Number(u64(b.size)));
-      shadow.set(b.shadow ?? new Uint8Array());
-      this.shadows.set(b.index ?? 0, shadow);
-      this.#volatile.set(
-        b.index ?? 0,
-        (b.volatile ?? []).map((r) => ({ offset: Number(u64(r.offset)), length: Number(u64(r.length)) })),
-      );
+    for (const b of device.description.bars) {
+      const shadow = new Uint8Array(b.size);
+      shadow.set(b.shadow);
+      this.shadows.set(b.index, shadow);
+      this.#volatile.set(b.index, [...b.volatile]);
     }
     device.attach(this.host);
   }

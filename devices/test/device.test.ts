@@ -1,6 +1,5 @@
 import { crc32 } from 'node:zlib';
 import { expect, describe as group, it } from 'vitest';
-import { ErrorCode } from '../../proto/wire.js';
 import { FakeBus, FakeHost } from '../pci/fake-host.js';
 import { TestDevice } from './device.js';
 import {
@@ -8,6 +7,7 @@ import {
   IRQ_NONE,
   REG,
   STATUS,
+  TEST_ERR,
   TEST_MAGIC,
   TEST_MAX_DMA,
   TEST_MEM_BAR,
@@ -104,7 +104,7 @@ group('test device', () => {
     wr(REG.ARG, 8);
     wr(REG.COMMAND, CMD.RAISE_MSIX);
     expect(rd(REG.STATUS)).toBe(STATUS.DONE | STATUS.ERROR);
-    expect(rd(REG.ERROR)).toBe(ErrorCode.BAD_ARGUMENT);
+    expect(rd(REG.ERROR)).toBe(TEST_ERR.BAD_ARGUMENT);
     expect(host.interrupts).toEqual([2]);
     expect(host.traces.at(-1)).toEqual({ event: 'test.cmd.bad-vector', fields: { vector: 8, vectors: 8 } });
   });
@@ -114,7 +114,7 @@ group('test device', () => {
     wr(REG.IRQ_VECTOR, 8);
     wr(REG.ARG, 1);
     wr(REG.COMMAND, CMD.RAISE_MSIX);
-    expect(rd(REG.ERROR)).toBe(ErrorCode.BAD_ARGUMENT);
+    expect(rd(REG.ERROR)).toBe(TEST_ERR.BAD_ARGUMENT);
     expect(rd(REG.STATUS)).toBe(STATUS.DONE | STATUS.ERROR);
     expect(host.interrupts).toEqual([]);
     expect(host.traced('test.cmd.bad-irq-vector')).toBe(1);
@@ -126,7 +126,7 @@ group('test device', () => {
     expect(rd(REG.STATUS)).toBe(0);
     wr(REG.COMMAND, 99);
     expect(rd(REG.STATUS)).toBe(STATUS.DONE | STATUS.ERROR);
-    expect(rd(REG.ERROR)).toBe(ErrorCode.BAD_ARGUMENT);
+    expect(rd(REG.ERROR)).toBe(TEST_ERR.BAD_ARGUMENT);
     expect(rd(REG.DONE_COUNT)).toBe(1);
     expect(host.traces).toEqual([{ event: 'test.cmd.unknown', fields: { cmd: 99 } }]);
   });
@@ -173,7 +173,7 @@ group('test device', () => {
     wr(REG.COMMAND, CMD.DMA_READ);
     await bus.settle();
     expect(rd(REG.STATUS)).toBe(STATUS.DONE | STATUS.ERROR);
-    expect(rd(REG.ERROR)).toBe(ErrorCode.DMA_FAULT);
+    expect(rd(REG.ERROR)).toBe(TEST_ERR.DMA_FAULT);
     expect(host.interrupts).toEqual([0]);
     expect(host.traced('test.dma.read-fault')).toBe(1);
   });
@@ -185,7 +185,7 @@ group('test device', () => {
       wr(REG.COMMAND, cmd);
       await bus.settle();
       expect(rd(REG.STATUS)).toBe(STATUS.DONE | STATUS.ERROR);
-      expect(rd(REG.ERROR)).toBe(ErrorCode.BAD_ARGUMENT);
+      expect(rd(REG.ERROR)).toBe(TEST_ERR.BAD_ARGUMENT);
     }
     expect(host.traced('test.cmd.bad-size')).toBe(2);
     expect(host.events.filter((e) => e.kind !== 'msix')).toEqual([]);

@@ -6,13 +6,12 @@
 // Command semantics chosen here (the register comments in regs.ts are the contract):
 // - Writing a CMD_* value to COMMAND starts it: STATUS becomes BUSY, ERROR 0. Writing 0 starts
 //   nothing (drivers may clear the register). On completion STATUS is DONE, plus ERROR when it
-//   failed (ERROR then holds the ErrorCode), DONE_COUNT counts it, and IRQ_VECTOR fires unless it
+//   failed (ERROR then holds a TEST_ERR code), DONE_COUNT counts it, and IRQ_VECTOR fires unless it
 //   is IRQ_NONE. A command completes in the same host batch unless it does DMA.
 // - While BUSY, writes to COMMAND and its arguments are traced (test.cmd.busy) and ignored.
 // - Bad arguments fail the command with BAD_ARGUMENT and a trace, never an exception.
 // - COUNTER increments on every read; a read returns the new value (the first read gives 1).
 import { crc32 } from 'node:zlib';
-import { ErrorCode } from '../../proto/wire.js';
 import { DmaError } from '../host-port.js';
 import {
   msixCap,
@@ -31,6 +30,7 @@ import {
   TEST_CLASS_CODE,
   TEST_DEFAULT_VECTORS,
   TEST_DEVICE_ID,
+  TEST_ERR,
   TEST_MAGIC,
   TEST_MAX_DMA,
   TEST_MAX_VECTORS,
@@ -43,6 +43,7 @@ import {
   TEST_REVISION,
   TEST_VENDOR_ID,
   TEST_VERSION,
+  type TestErr,
   testPattern,
 } from './regs.js';
 
@@ -170,11 +171,11 @@ export class TestDevice extends PciDevice<TestDevice> {
     this.#commands++;
     this.#busy = true;
     r.set32(REG.STATUS, STATUS.BUSY);
-    r.set32(REG.ERROR, ErrorCode.OK);
+    r.set32(REG.ERROR, TEST_ERR.OK);
     this.#irq = IRQ_NONE;
     const irq = r.u32(REG.IRQ_VECTOR);
     if (irq !== IRQ_NONE && irq >= this.vectors) {
-      this.#fail(ErrorCode.BAD_ARGUMENT, 'test.cmd.bad-irq-vector', { vector: irq, vectors: this.vectors });
+      this.#fail(TEST_ERR.BAD_ARGUMENT, 'test.cmd.bad-irq-vector', { vector: irq, vectors: this.vectors });
       return;
     }
     this.#irq = irq;
@@ -182,18 +183,18 @@ export class TestDevice extends PciDevice<TestDevice> {
       case CMD.RAISE_MSIX: {
         const vector = r.u32(REG.ARG);
         if (vector >= this.vectors) {
-          this.#fail(ErrorCode.BAD_ARGUMENT, 'test.cmd.bad-vector', { vector, vectors: this.vectors });
+          this.#fail(TEST_ERR.BAD_ARGUMENT, 'test.cmd.bad-vector', { vector, vectors: this.vectors });
           return;
         }
         this.host.raiseMsix(vector);
-        this.#complete(ErrorCode.OK);
+        this.#complete(TEST_ERR.OK);
         return;
       }
       case CMD.DMA_READ:
       case CMD.DMA_WRITE: {
         const size = r.u32(REG.SIZE);
         if (size < 1 || size > TEST_MAX_DMA) {
-          this.#fail(ErrorCode.BAD_ARGUMENT, 'test.cmd.bad-size', { size, max: TEST_MAX_DMA });
+          this.#fail(TEST_ERR.BAD_ARGUMENT, 'test.cmd.bad-size', { size, max: TEST_MAX_DMA });
           return;
         }
         if (cmd === CMD.DMA_READ) void this.#dmaRead(this.#epoch, r.u64(REG.SRC_ADDR), size);
@@ -201,7 +202,7 @@ export class TestDevice extends PciDevice<TestDevice> {
         return;
       }
       default:
-        this.#fail(ErrorCode.BAD_ARGUMENT, 'test.cmd.unknown', { cmd });
+        this.#fail(TEST_ERR.BAD_ARGUMENT, 'test.cmd.unknown', { cmd });
     }
   }
 
@@ -212,15 +213,15 @@ export class TestDevice extends PciDevice<TestDevice> {
     } catch (e) {
       if (epoch !== this.#epoch) return;
       if (!(e instanceof DmaError)) throw e;
-      this.#fail(ErrorCode.DMA_FAULT, 'test.dma.read-fault', {
+      this.#fail(TEST_ERR.DMA_FAULT, 'test.dma.read-fault', {
         iova: `0x${e.iova.toString(16)}`,
-        code: e.code,
+        fault: e.fault,
       });
       return;
     }
     if (epoch !== this.#epoch) return;
     this.#regs.set32(REG.CHECKSUM, crc32(data));
-    this.#complete(ErrorCode.OK);
+    this.#complete(TEST_ERR.OK);
   }
 
   /** Posted writes: the host drops refused ones, so a DMA_WRITE always completes OK (the driver
@@ -232,19 +233,19 @@ export class TestDevice extends PciDevice<TestDevice> {
       await this.host.drain();
       if (epoch !== this.#epoch) return;
     }
-    this.#complete(ErrorCode.OK);
+    this.#complete(TEST_ERR.OK);
   }
 
-  #fail(code: ErrorCode, event: string, fields: Record<string, unknown>): void {
+  #fail(code: TestErr, event: string, fields: Record<string, unknown>): void {
     this.trace(event, fields);
     this.#complete(code);
   }
 
-  #complete(code: ErrorCode): void {
+  #complete(code: TestErr): void {
     const r = this.#regs;
-    if (code !== ErrorCode.OK) this.#failures++;
+    if (code !== TEST_ERR.OK) this.#failures++;
     r.set32(REG.ERROR, code);
-    r.set32(REG.STATUS, STATUS.DONE | (code === ErrorCode.OK ? 0 : STATUS.ERROR));
+    r.set32(REG.STATUS, STATUS.DONE | (code === TEST_ERR.OK ? 0 : STATUS.ERROR));
     r.set32(REG.DONE_COUNT, (r.u32(REG.DONE_COUNT) + 1) >>> 0);
     this.#busy = false;
     if (this.#irq !== IRQ_NONE) this.host.raiseMsix(this.#irq);

@@ -35,7 +35,7 @@ export const REG = {
   DST_ADDR: 0x28, // rw  64-bit: host IOVA written by CMD_DMA_WRITE
   SIZE: 0x30, // rw  bytes for the DMA commands (1..TEST_MAX_DMA)
   CHECKSUM: 0x34, // ro  CRC-32 (zlib/IEEE) of the bytes CMD_DMA_READ read
-  ERROR: 0x38, // ro  ErrorCode of the last failed command (0 when the last succeeded)
+  ERROR: 0x38, // ro  TEST_ERR code of the last failed command (0 when the last succeeded)
   VECTORS: 0x3c, // ro  number of MSI-X vectors
   COUNTER: 0x40, // ro, volatile: increments on every read (proves reads reach the device)
   IRQ_DOORBELL: 0x44, // wo, doorbell: writing N raises vector N at once
@@ -59,6 +59,15 @@ export const STATUS = {
   ERROR: 1 << 1, // the last command failed; ERROR holds the code
   BUSY: 1 << 2, // a command is running (read-only bit)
 } as const;
+
+/** Values of ERROR: the numbers of proto/pcinet.proto's ErrorCode, so one code means the same in the
+ *  register and on the wire (test/kmod's TEST_ERR_*; endpoint/describe.test.ts checks they match). */
+export const TEST_ERR = {
+  OK: 0,
+  BAD_ARGUMENT: 12, // a command argument is out of range
+  DMA_FAULT: 13, // the host refused the DMA read
+} as const;
+export type TestErr = (typeof TEST_ERR)[keyof typeof TEST_ERR];
 
 /** The bytes CMD_DMA_WRITE writes: a xorshift32 stream seeded by ARG (seed 0 is treated as 1), each
  *  32-bit state stored little-endian. */

@@ -11,6 +11,7 @@ import {
   NO_VECTOR,
   NOTIFY,
   NOTIFY_MULTIPLIER,
+  PUSH_CHAIN_MAX,
   STATUS_ACKNOWLEDGE,
   STATUS_DRIVER,
   STATUS_DRIVER_OK,
@@ -212,6 +213,24 @@ describe('virtio-net', () => {
     expect(bad.host.traced('virtio.features.refused')).toBe(1);
     const legacy = new Driver({ features: 1n << 5n });
     expect(legacy.status() & STATUS_FEATURES_OK).toBe(0);
+  });
+
+  it('declares a push rule per enabled queue (ring, table, readable chains) and drops them at reset', () => {
+    const d = new Driver();
+    d.setupQueues();
+    expect([...d.host.pushRules.keys()]).toEqual([0, 1]);
+    expect(d.host.pushRules.get(1)).toEqual({
+      kind: 'virtq',
+      bar: 0,
+      notify: NOTIFY + NOTIFY_MULTIPLIER,
+      desc: d.q[1]!.desc,
+      avail: d.q[1]!.avail,
+      size: QSIZE,
+      dataMax: PUSH_CHAIN_MAX,
+      indirect: true,
+    });
+    d.status(0);
+    expect(d.host.pushRules.size).toBe(0);
   });
 
   it('transmits frames to the backend and returns the buffers', async () => {

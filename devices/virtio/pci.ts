@@ -40,6 +40,10 @@ export const STATUS_FAILED = 128;
 
 export const NO_VECTOR = 0xffff;
 
+/** Chains whose device-readable bytes fit this are pushed with the kick (docs/PUSH.md): a TX frame
+ *  with its header (a 64 KiB GSO frame included) then costs no data read. */
+export const PUSH_CHAIN_MAX = 65536 + 4096;
+
 export const VIRTIO_BAR = 0;
 export const VIRTIO_BAR_SIZE = 0x8000;
 export const COMMON = 0x0000;
@@ -313,7 +317,10 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
     this.#driverFeatures = 0n;
     this.#isr = 0;
     // In place: a service still running holds its queue object and sees it reset.
-    for (const q of this.#queues) Object.assign(q, resetQueue(q.maxSize));
+    for (const [i, q] of this.#queues.entries()) {
+      if (q.enabled) this.host.setPushRule(i, undefined);
+      Object.assign(q, resetQueue(q.maxSize));
+    }
     this.onDeviceReset();
   }
 
@@ -443,6 +450,17 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
         },
         () => this.host,
       );
+      const index = r.u16(CC.Q_SELECT);
+      this.host.setPushRule(index, {
+        kind: 'virtq',
+        bar: VIRTIO_BAR,
+        notify: NOTIFY + index * NOTIFY_MULTIPLIER,
+        desc: q.desc,
+        avail: q.avail,
+        size: q.size,
+        dataMax: PUSH_CHAIN_MAX,
+        indirect: this.has(VIRTIO_F_INDIRECT_DESC),
+      });
     } else if (v !== 0) {
       this.trace('virtio.queue.bad-enable', { value: v });
       r.set16(CC.Q_ENABLE, q.enabled ? 1 : 0);

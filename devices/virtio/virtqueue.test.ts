@@ -31,6 +31,7 @@ function memoryPort() {
     drain: async () => {},
     trace() {},
     changed() {},
+    setPushRule() {},
   };
   return {
     mem,

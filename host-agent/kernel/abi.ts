@@ -21,6 +21,7 @@ export const W = {
   DETACH: 10,
   LINK_DOWN: 11,
   LINK_UP: 12,
+  PUSH_RULE: 13,
 } as const;
 
 export const R = {
@@ -30,6 +31,9 @@ export const R = {
   CONFIG_WRITE: 0x84,
   DMA_READ_CPL: 0x85,
   FUNCTION_RESET: 0x86,
+  PUSH: 0x87,
+  PUSH_DROP: 0x88,
+  PUSH_RULE_SET: 0x89,
 } as const;
 
 export const BAR_KIND = { NONE: 0, MEM32: 1, MEM64: 2, IO: 3 } as const;
@@ -37,6 +41,14 @@ export const RANGE_VOLATILE = 1;
 export const RANGE_DOORBELL = 2;
 export const STATUS_OK = 0;
 export const STATUS_ERROR = 1;
+
+/** Push rules (docs/PUSH.md): enum pcinet_push_kind, PCINET_PUSH_F_INDIRECT, the limits. */
+export const PUSH_KIND = { NONE: 0, NVME_SQ: 1, VIRTQ: 2 } as const;
+export const PUSH_F_INDIRECT = 1;
+export const MAX_PUSH_RULES = 128;
+export const PUSH_MAX_BYTES = 256 * 1024;
+/** sizeof(struct pcinet_w_push_rule). */
+export const PUSH_RULE_SIZE = 64;
 
 /** sizeof(struct pcinet_w_attach): header, version, vectors, 6 BARs of 16 bytes, three images. */
 export const ATTACH_SIZE = HDR + 8 + NUM_BARS * 16 + 3 * CONFIG_SIZE;
@@ -140,6 +152,33 @@ export function interruptRecord(vector: number): Buffer {
   return buf;
 }
 
+/** W_PUSH_RULE: installs, replaces or (kind NONE) removes rule `id`; answered by R_PUSH_RULE_SET. */
+export function pushRuleRecord(o: {
+  id: number;
+  kind: number;
+  bar: number;
+  entries: number;
+  offset: bigint;
+  ring: bigint;
+  avail: bigint;
+  dataMax: number;
+  lbaShift: number;
+  flags: number;
+}): Buffer {
+  const { buf } = record(W.PUSH_RULE, PUSH_RULE_SIZE - HDR);
+  buf.writeUInt32LE(o.id, 8);
+  buf.writeUInt32LE(o.kind, 12);
+  buf.writeUInt32LE(o.bar, 16);
+  buf.writeUInt32LE(o.entries, 20);
+  buf.writeBigUInt64LE(o.offset, 24);
+  buf.writeBigUInt64LE(o.ring, 32);
+  buf.writeBigUInt64LE(o.avail, 40);
+  buf.writeUInt32LE(o.dataMax, 48);
+  buf.writeUInt32LE(o.lbaShift, 52);
+  buf.writeUInt32LE(o.flags, 56);
+  return buf;
+}
+
 /** A record read from the kernel. */
 export type KernelRecord =
   | { type: 'attached'; domain: number; bus: number; devfn: number }
@@ -147,7 +186,10 @@ export type KernelRecord =
   | { type: 'mmio-read'; tag: number; bar: number; size: number; offset: bigint }
   | { type: 'config-write'; offset: number; size: number; value: number }
   | { type: 'dma-read-cpl'; tag: number; ok: boolean; data: Uint8Array }
-  | { type: 'function-reset' };
+  | { type: 'function-reset' }
+  | { type: 'push'; rule: number; iova: bigint; data: Uint8Array }
+  | { type: 'push-drop'; iova: bigint; length: bigint }
+  | { type: 'push-rule-set'; id: number };
 
 export class AbiError extends Error {
   override readonly name = 'AbiError';
@@ -218,6 +260,26 @@ export function parseRecords(buf: Uint8Array): KernelRecord[] {
       }
       case R.FUNCTION_RESET:
         out.push({ type: 'function-reset' });
+        break;
+      case R.PUSH: {
+        need(24);
+        const size = r.readUInt32LE(8);
+        need(24 + size);
+        out.push({
+          type: 'push',
+          rule: r.readUInt32LE(12),
+          iova: r.readBigUInt64LE(16),
+          data: Uint8Array.prototype.slice.call(r, 24, 24 + size),
+        });
+        break;
+      }
+      case R.PUSH_DROP:
+        need(24);
+        out.push({ type: 'push-drop', iova: r.readBigUInt64LE(8), length: r.readBigUInt64LE(16) });
+        break;
+      case R.PUSH_RULE_SET:
+        need(16);
+        out.push({ type: 'push-rule-set', id: r.readUInt32LE(8) });
         break;
       default:
         throw new AbiError(`unknown record type 0x${type.toString(16)}`);

@@ -3,7 +3,7 @@
 // records into messages for the endpoint and deliver() turns the endpoint's messages into records.
 // Plain fs.read/fs.write on the descriptor: no native addon. A read blocks in the thread pool until
 // the kernel has records; W_DETACH ends it (read returns 0), so removal never hangs on it.
-import { close, open, read, writev } from 'node:fs';
+import { close, open, read, writev, writevSync } from 'node:fs';
 import type { Logger } from 'pino';
 import {
   type DeviceDescription,
@@ -15,6 +15,7 @@ import {
   u64,
 } from '../../proto/wire.js';
 import type { Channel, ChannelDevice, DeviceSink } from '../channel.js';
+import { checkPushRule } from '../push-rule.js';
 import {
   AbiError,
   attachRecord,
@@ -26,7 +27,9 @@ import {
   type KernelRecord,
   MAX_DATA,
   mmioReadCplRecord,
+  PUSH_F_INDIRECT,
   parseRecords,
+  pushRuleRecord,
   RANGE_DOORBELL,
   RANGE_VOLATILE,
   rangeRecord,
@@ -64,6 +67,17 @@ function writeAll(fd: number, bufs: readonly Buffer[]): Promise<void> {
   });
 }
 
+/** writeAll from the event loop, for records the kernel takes without waiting for us. */
+function writeAllSync(fd: number, bufs: readonly Buffer[]): void {
+  let rest = bufs;
+  while (rest.length > 0) {
+    let n = writevSync(fd, rest as Buffer[]);
+    let i = 0;
+    while (i < rest.length && n >= rest[i]!.length) n -= rest[i++]!.length;
+    rest = n > 0 ? [rest[i]!.subarray(n), ...rest.slice(i + 1)] : rest.slice(i);
+  }
+}
+
 /** One line for an errno from /dev/pcinet. (Node names errno 95, the module's EOPNOTSUPP, ENOTSUP.) */
 function errnoText(e: NodeJS.ErrnoException): string {
   const why: Record<string, string> = {
@@ -87,6 +101,8 @@ class KernelDevice implements ChannelDevice {
    *  waiting in one write() (each write() costs a thread-pool trip and a system call). */
   #queue: Buffer[] = [];
   #writing: Promise<void> | undefined;
+  /** Records in #queue the kernel may wait for us while taking (see #write). */
+  readonly #mayWait = new Set<Buffer>();
   #gone = false;
   #onAttached: ((r: Extract<KernelRecord, { type: 'attached' }>) => void) | undefined;
   #nextTag = 1;
@@ -99,6 +115,8 @@ class KernelDevice implements ChannelDevice {
   /** Tags of DMA reads asked for before the link went down: their completions are dropped. */
   readonly #staleTags = new Set<number>();
   #reqSeq = 0;
+  /** The description the device was attached (or last brought up) with. */
+  #desc: DeviceDescription = {};
 
   constructor(fd: number, dev: number, sink: DeviceSink, log: Logger) {
     this.#fd = fd;
@@ -109,6 +127,7 @@ class KernelDevice implements ChannelDevice {
 
   /** Writes the description and START; resolves with the bus address. */
   async start(desc: DeviceDescription): Promise<string> {
+    this.#desc = desc;
     const bars = desc.bars ?? [];
     const records: Buffer[] = [
       attachRecord({
@@ -213,6 +232,15 @@ class KernelDevice implements ChannelDevice {
       case 'function-reset':
         this.#sink({ functionReset: { dev } });
         return;
+      case 'push':
+        this.#sink({ push: { dev, iova: long(r.iova), data: r.data, rule: r.rule } });
+        return;
+      case 'push-drop':
+        this.#sink({ pushDrop: { dev, iova: long(r.iova), length: long(r.length) } });
+        return;
+      case 'push-rule-set':
+        this.#sink({ pushRuleSet: { dev, id: r.id } });
+        return;
       case 'dma-read-cpl': {
         if (this.#staleTags.delete(r.tag)) return;
         const piece = this.#pieceOf.get(r.tag);
@@ -234,9 +262,15 @@ class KernelDevice implements ChannelDevice {
     }
   }
 
-  #write(buf: Buffer): void {
+  /** Queues a record; the writer starts after the current batch of messages has been delivered,
+   *  so a frame's data, completion and interrupt reach the kernel in one write(). `mayWait`: the
+   *  kernel may wait for *us* while taking it (W_DMA_READ queues a completion for read() and waits
+   *  while the read queue is full; link changes run error recovery): such batches are written from
+   *  the thread pool, everything else straight from the event loop. */
+  #write(buf: Buffer, mayWait = false): void {
     this.#queue.push(buf);
-    this.#writing ??= this.#drain();
+    if (mayWait) this.#mayWait.add(buf);
+    this.#writing ??= Promise.resolve().then(() => this.#drain());
   }
 
   /** Resolves when everything queued so far is written (or the device is gone). */
@@ -249,13 +283,18 @@ class KernelDevice implements ChannelDevice {
       while (this.#queue.length > 0 && !this.#gone) {
         let n = 0;
         let bytes = 0;
+        let wait = false;
         while (n < this.#queue.length && (n === 0 || bytes + this.#queue[n]!.length <= WRITE_BATCH)) {
           bytes += this.#queue[n]!.length;
+          wait ||= this.#mayWait.delete(this.#queue[n]!);
           n++;
         }
         const batch = this.#queue.splice(0, n);
         try {
-          await writeAll(this.#fd, batch);
+          // A data-plane write() returns in microseconds: a trip through the thread pool (two
+          // thread switches) would cost more than the system call itself.
+          if (wait) await writeAll(this.#fd, batch);
+          else writeAllSync(this.#fd, batch);
         } catch (e) {
           this.#log.error(
             { address: this.address, err: errnoText(e as NodeJS.ErrnoException) },
@@ -267,6 +306,7 @@ class KernelDevice implements ChannelDevice {
     } finally {
       this.#writing = undefined;
       this.#queue = [];
+      this.#mayWait.clear();
     }
   }
 
@@ -300,7 +340,7 @@ class KernelDevice implements ChannelDevice {
         this.#nextTag = (this.#nextTag % 0xffff_ffff) + 1;
         this.#pieceOf.set(tag, { req, index: i });
         const size = Math.min(MAX_DATA, len - i * MAX_DATA);
-        this.#write(dmaReadRecord(tag, BigInt.asUintN(64, iova + BigInt(i * MAX_DATA)), size));
+        this.#write(dmaReadRecord(tag, BigInt.asUintN(64, iova + BigInt(i * MAX_DATA)), size), true);
       }
     } else if (m.dmaWrite) {
       const w = m.dmaWrite;
@@ -311,6 +351,22 @@ class KernelDevice implements ChannelDevice {
       }
     } else if (m.interrupt) {
       this.#write(interruptRecord(m.interrupt.vector ?? 0));
+    } else if (m.pushRule) {
+      const p = checkPushRule(m.pushRule, this.#desc);
+      this.#write(
+        pushRuleRecord({
+          id: p.id ?? 0,
+          kind: p.kind ?? 0,
+          bar: p.bar ?? 0,
+          entries: p.entries ?? 0,
+          offset: u64(p.offset),
+          ring: u64(p.ring),
+          avail: u64(p.avail),
+          dataMax: p.dataMax ?? 0,
+          lbaShift: p.lbaShift ?? 0,
+          flags: p.indirect ? PUSH_F_INDIRECT : 0,
+        }),
+      );
     } else {
       throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'not a device -> host message');
     }
@@ -323,7 +379,7 @@ class KernelDevice implements ChannelDevice {
     for (const tag of this.#pieceOf.keys()) this.#staleTags.add(tag);
     this.#pieceOf.clear();
     this.#dmaReads.clear();
-    this.#write(emptyRecord(W.LINK_DOWN));
+    this.#write(emptyRecord(W.LINK_DOWN), true);
     await this.#writes;
     if (this.#gone) throw new Error('the kernel refused W_LINK_DOWN');
     this.#log.warn({ address: this.address }, 'link down: the driver is told (PCI error recovery)');
@@ -334,7 +390,8 @@ class KernelDevice implements ChannelDevice {
     // The kernel queues nothing while the link is down, so everything read from now on is the
     // new instance's business.
     this.#sink = sink;
-    this.#write(Buffer.concat([...initialShadow(desc), emptyRecord(W.LINK_UP)]));
+    this.#desc = desc;
+    this.#write(Buffer.concat([...initialShadow(desc), emptyRecord(W.LINK_UP)]), true);
     await this.#writes;
     if (this.#gone) throw new Error('the kernel refused W_LINK_UP');
     this.#log.info({ address: this.address }, 'link up: the driver resets the device');

@@ -7,7 +7,10 @@
 //   has caught up with the writes sent before the read (read-your-writes); volatile ranges read
 //   synchronously from the device (MmioRead / MmioReadCpl);
 // - the MSI-X table and PBA kept here, with per-vector and function masks and pending bits;
-// - DMA through the software IOMMU, refused unless bus mastering is on and a live mapping allows it.
+// - DMA through the software IOMMU, refused unless bus mastering is on and a live mapping allows it;
+// - push rules (docs/PUSH.md, host-agent/sim/push.ts): a driver write to a rule's doorbell is
+//   preceded by Push messages carrying what the device is about to read, and unmapping a mapping
+//   pushed from sends PushDrop.
 //
 // Driver mistakes (accesses outside a BAR, bad sizes) throw RangeError: the sim's drivers are ours,
 // so a mistake is a bug in a test. Endpoint mistakes throw ProtocolError: the relay closes the
@@ -34,6 +37,7 @@ import {
   walkCaps,
 } from '../../devices/pci/config.js';
 import { rd16, rd32, rdN, wrN } from '../../devices/pci/le.js';
+import type { PushRule } from '../../devices/push.js';
 import {
   type DeviceDescription,
   ErrorCode,
@@ -46,7 +50,9 @@ import {
   u64,
 } from '../../proto/wire.js';
 import type { ChannelDevice, DeviceSink } from '../channel.js';
-import type { SoftIommu } from './iommu.js';
+import { checkPushRule } from '../push-rule.js';
+import type { PushWatcher, SoftIommu } from './iommu.js';
+import { type Peek, PushRules } from './push.js';
 
 /** How long a read waits for the device (volatile completion, or the write fence). Like a PCIe
  *  completion timeout: the read then returns all-ones. */
@@ -80,6 +86,13 @@ export interface SimCounters {
   dmaReadFaults: number;
   dmaWriteFaults: number;
   masterAbortDma: number;
+  /** Push messages sent, and their bytes. */
+  pushes: number;
+  pushBytes: number;
+  /** Ranges a push rule did not push: not device-readable, or over the budget of a doorbell. */
+  pushSkipped: number;
+  /** PushDrop messages sent (a mapping pushed from was unmapped). */
+  pushDrops: number;
 }
 
 const inside = (spans: readonly Span[], off: number, len: number) =>
@@ -105,6 +118,10 @@ export class SimFunction implements ChannelDevice {
     dmaReadFaults: 0,
     dmaWriteFaults: 0,
     masterAbortDma: 0,
+    pushes: 0,
+    pushBytes: 0,
+    pushSkipped: 0,
+    pushDrops: 0,
   };
   /** The driver's interrupt handler; called once per delivered interrupt. */
   onInterrupt: (vector: number) => void = () => {};
@@ -134,6 +151,15 @@ export class SimFunction implements ChannelDevice {
   #nextTag = 1;
   readonly #reads = new Map<number, { size: number; resolve(d: Uint8Array): void }>();
   #removed = false;
+  /** What the endpoint said about the device: push rules are checked against it. */
+  readonly #desc: DeviceDescription;
+  readonly #rules = new PushRules();
+  readonly #peek: Peek = (iova, len) => this.#iommu.peek(iova, len);
+  /** Registered with the IOMMU for each mapping this function pushed from. */
+  readonly #pushDropped: PushWatcher = (iova, length) => {
+    this.counters.pushDrops++;
+    this.#sink({ pushDrop: { dev: this.dev, iova: long(iova), length: long(length) } });
+  };
 
   constructor(
     dev: number,
@@ -148,6 +174,7 @@ export class SimFunction implements ChannelDevice {
     this.dev = dev;
     this.address = address;
     this.model = desc.model ?? '';
+    this.#desc = desc;
     this.#sink = sink;
     this.#iommu = iommu;
     this.#log = log;
@@ -287,6 +314,9 @@ export class SimFunction implements ChannelDevice {
 
   #functionReset(): void {
     this.#sink({ functionReset: { dev: this.dev } });
+    // The endpoint forgets every push on FunctionReset, and models set their rules again when the
+    // driver sets the queues up again (docs/PUSH.md "Rules").
+    this.#forgetPushes();
     this.#writesSent = 0;
     this.#writesApplied = 0;
     this.#pending.fill(0);
@@ -368,7 +398,27 @@ export class SimFunction implements ChannelDevice {
     if (owned === 'pba') return; // read-only
     this.counters.mmioWrites++;
     if (!inside(b.doorbell, offset, data.length)) this.#writesSent++;
+    this.#push(bar, offset, data);
     this.#sink({ mmioWrite: { dev: this.dev, bar, offset: long(offset), data: data.slice() } });
+  }
+
+  /** The pushes a write triggers, sent in front of it (docs/PUSH.md "Rules"). None without bus
+   *  mastering: the device could not read the memory then, so neither may a push. */
+  #push(bar: number, offset: number, data: Uint8Array): void {
+    if (this.#rules.size === 0 || !(rd16(this.config, PCI_COMMAND) & PCI_COMMAND_MASTER)) return;
+    const pushes = this.#rules.onWrite(bar, offset, data, this.#peek);
+    this.counters.pushSkipped = this.#rules.skipped;
+    for (const p of pushes) {
+      this.#iommu.markPushed(p.iova, p.data.length, this.#pushDropped);
+      this.counters.pushes++;
+      this.counters.pushBytes += p.data.length;
+      this.#sink({ push: { dev: this.dev, iova: long(p.iova), data: p.data, rule: p.rule } });
+    }
+  }
+
+  #forgetPushes(): void {
+    this.#rules.clear();
+    this.#iommu.forgetPushes(this.#pushDropped);
   }
 
   /** A read of `size` (1, 2, 4, 8) bytes. All-ones when the device is gone or does not answer. */
@@ -534,6 +584,8 @@ export class SimFunction implements ChannelDevice {
         throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: DmaWrite of ${data.length} bytes`);
       }
       if (!this.#master() || !this.#iommu.deviceWrite(u64(w.iova), data)) this.counters.dmaWriteFaults++;
+    } else if (m.pushRule) {
+      this.#setPushRule(m.pushRule);
     } else if (m.interrupt) {
       const v = m.interrupt.vector ?? 0;
       if (v >= this.#vectors) {
@@ -549,6 +601,35 @@ export class SimFunction implements ChannelDevice {
     } else {
       throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `${this.address}: not a device -> host message`);
     }
+  }
+
+  /** A PushRule from the endpoint, checked as the kernel channel checks it (host-agent/push-rule.ts,
+   *  the limits pcinet.ko enforces on W_PUSH_RULE): a rule the host cannot apply is the endpoint
+   *  breaking the protocol. Answered with PushRuleSet, after which no push comes from the rule as
+   *  it was (docs/PUSH.md "Rules"). */
+  #setPushRule(m: pcinet.IPushRule): void {
+    const p = checkPushRule(m, this.#desc);
+    const id = p.id ?? 0;
+    const bar = p.bar ?? 0;
+    const entries = p.entries ?? 0;
+    const dataMax = p.dataMax ?? 0;
+    // Checked: the doorbell lies inside a BAR of at most 1 GiB, so it is a safe number.
+    const at = Number(u64(p.offset));
+    let rule: PushRule | undefined;
+    if (p.kind === pcinet.PushKind.PUSH_NVME_SQ) {
+      const lbaShift = p.lbaShift ?? 0;
+      rule = { kind: 'nvme-sq', bar, doorbell: at, base: u64(p.ring), entries, dataMax, lbaShift };
+    } else if (p.kind === pcinet.PushKind.PUSH_VIRTQ) {
+      const [desc, avail, indirect] = [u64(p.ring), u64(p.avail), p.indirect ?? false];
+      rule = { kind: 'virtq', bar, notify: at, desc, avail, size: entries, dataMax, indirect };
+    }
+    this.#rules.set(id, rule);
+    this.#sink({ pushRuleSet: { dev: this.dev, id } });
+  }
+
+  /** Push rules, for tests. */
+  get pushRules(): PushRules {
+    return this.#rules;
   }
 
   #master(): boolean {
@@ -571,6 +652,7 @@ export class SimFunction implements ChannelDevice {
   async remove(reason: ErrorCode): Promise<void> {
     if (this.#removed) return;
     this.#removed = true;
+    this.#forgetPushes();
     for (const r of this.#reads.values()) r.resolve(new Uint8Array(r.size).fill(0xff));
     this.#reads.clear();
     for (const f of this.#fences) f.done(true);

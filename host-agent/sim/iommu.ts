@@ -2,6 +2,8 @@
 // pages; the device never sees a memory address, only IOVAs of live mappings. A device access is
 // honoured only when the whole range lies inside one live mapping that allows its direction;
 // everything else is refused and counted, like the kernel module's DMA sandbox (kernel/dma.c).
+// Push rules (docs/PUSH.md) read through the same check without counting, and a mapping that was
+// pushed from tells whoever pushed when the driver unmaps it.
 
 export const PAGE = 4096;
 
@@ -13,11 +15,17 @@ export interface HostBuffer {
   readonly bytes: Uint8Array;
 }
 
+/** Told when a mapping that something was pushed from is unmapped, with that mapping's IOVA and
+ *  length (docs/PUSH.md "Unmapped"): the pushed copies must not outlive the memory. */
+export type PushWatcher = (iova: bigint, length: number) => void;
+
 interface Mapping {
   iova: bigint;
   len: number;
   addr: number;
   dir: DmaDirection;
+  /** Functions that pushed from it. Functions share the IOMMU, so there may be several. */
+  pushedBy?: Set<PushWatcher>;
 }
 
 export interface IommuCounters {
@@ -117,8 +125,10 @@ export class SoftIommu {
   unmap(iova: bigint): void {
     const i = this.#maps.findIndex((m) => m.iova === iova);
     if (i < 0) throw new Error(`iommu: unmap of 0x${iova.toString(16)}, which is not mapped`);
-    this.#maps.splice(i, 1);
+    const [m] = this.#maps.splice(i, 1);
     this.counters.unmaps++;
+    // After the mapping is gone, so a watcher that looks finds it unmapped.
+    for (const w of m.pushedBy ?? []) w(m.iova, m.len);
   }
 
   #find(iova: bigint, len: number, device: 'read' | 'write'): number | undefined {
@@ -140,6 +150,30 @@ export class SoftIommu {
     }
     this.counters.readBytes += len;
     return this.#memory.bytes.slice(at, at + len);
+  }
+
+  /** What a device read of [iova, iova + len) would return now, for a push: the same check (whole
+   *  range in one live mapping the device may read; mappings never adjoin here, a guard page lies
+   *  between them, so that is "every byte in live mappings"), but neither counted nor a fault. */
+  peek(iova: bigint, len: number): Uint8Array | undefined {
+    const at = len > 0 ? this.#find(iova, len, 'read') : undefined;
+    return at === undefined ? undefined : this.#memory.bytes.slice(at, at + len);
+  }
+
+  /** `watcher` pushed [iova, iova + len): every live mapping holding part of it will call it when
+   *  unmapped. */
+  markPushed(iova: bigint, len: number, watcher: PushWatcher): void {
+    const end = iova + BigInt(len);
+    for (const m of this.#maps) {
+      if (iova >= m.iova + BigInt(m.len) || m.iova >= end) continue;
+      m.pushedBy ??= new Set();
+      m.pushedBy.add(watcher);
+    }
+  }
+
+  /** `watcher` no longer cares (its function was reset or removed: the endpoint forgot its pushes). */
+  forgetPushes(watcher: PushWatcher): void {
+    for (const m of this.#maps) m.pushedBy?.delete(watcher);
   }
 
   /** The device writes host memory; false when refused. */

@@ -42,6 +42,7 @@ enum {
 	PCINET_W_DETACH = 10,		/* remove the device now; read() then returns 0 (end of file) */
 	PCINET_W_LINK_DOWN = 11,	/* the device is unreachable (endpoint lost); error recovery */
 	PCINET_W_LINK_UP = 12,		/* a fresh device (in its power-on state) is behind it again */
+	PCINET_W_PUSH_RULE = 13,	/* install, replace or remove a push rule (docs/PUSH.md) */
 };
 
 enum pcinet_bar_kind {
@@ -128,6 +129,42 @@ struct pcinet_w_interrupt {
 	__le32 reserved;
 };
 
+/*
+ * Push rules (docs/PUSH.md). A rule names a doorbell (a BAR offset) and the ring behind it. When
+ * the driver writes that doorbell, the module copies what the device is about to read — the new
+ * ring entries and, up to data_max bytes each, the buffers they name that the device reads — from
+ * live device-readable mappings into R_PUSH records queued *before* the R_MMIO_WRITE of the
+ * doorbell. Bytes that are not in such mappings are not pushed (the device falls back to a DMA
+ * read). A mapping that was pushed from sends R_PUSH_DROP when the driver unmaps it. Every
+ * W_PUSH_RULE applied is answered by R_PUSH_RULE_SET.
+ */
+#define PCINET_MAX_PUSH_RULES	128
+/* Most bytes pushed for one doorbell write, all records together. */
+#define PCINET_PUSH_MAX_BYTES	(256 * 1024)
+
+enum pcinet_push_kind {
+	PCINET_PUSH_NONE = 0,		/* removes rule `id` */
+	PCINET_PUSH_NVME_SQ = 1,	/* NVMe submission queue: 64-byte SQEs, tail doorbell */
+	PCINET_PUSH_VIRTQ = 2,		/* virtio split virtqueue: notify register */
+};
+
+#define PCINET_PUSH_F_INDIRECT	0x1	/* virtq: the device accepts indirect descriptor tables */
+
+struct pcinet_w_push_rule {
+	struct pcinet_hdr hdr;
+	__le32 id;		/* < PCINET_MAX_PUSH_RULES; a rule with this id is replaced */
+	__le32 kind;		/* enum pcinet_push_kind */
+	__le32 bar;
+	__le32 entries;		/* NVMe: SQ size (2..65536); virtq: queue size (power of two <= 32768) */
+	__le64 offset;		/* BAR offset of the doorbell (NVMe SQ tail; virtio notify address) */
+	__le64 ring;		/* IOVA: NVMe SQ base; virtq descriptor table */
+	__le64 avail;		/* IOVA: virtq driver area (avail ring); 0 for NVMe */
+	__le32 data_max;	/* most payload bytes pushed per entry (0: entries only) */
+	__le32 lba_shift;	/* NVMe: log2 of the LBA size (9..12); 0 for virtq */
+	__le32 flags;		/* PCINET_PUSH_F_* */
+	__le32 reserved;
+};
+
 /* ---- kernel -> host-agent (read) ---- */
 enum {
 	PCINET_R_ATTACHED = 0x81,	/* the device is on the bus at this address */
@@ -136,6 +173,9 @@ enum {
 	PCINET_R_CONFIG_WRITE = 0x84,	/* a driver config write (not BARs or ROM), value after masks */
 	PCINET_R_DMA_READ_CPL = 0x85,	/* answer to W_DMA_READ */
 	PCINET_R_FUNCTION_RESET = 0x86,	/* function-level reset by the driver or the PCI core */
+	PCINET_R_PUSH = 0x87,		/* host memory the device is about to read (push rules) */
+	PCINET_R_PUSH_DROP = 0x88,	/* a mapping pushed from is gone: forget its pushed bytes */
+	PCINET_R_PUSH_RULE_SET = 0x89,	/* a W_PUSH_RULE was applied: later R_PUSH of `id` follow it */
 };
 
 struct pcinet_r_attached {
@@ -178,6 +218,28 @@ struct pcinet_r_dma_read_cpl {
 	__le32 size;		/* bytes of data (the requested size; 0 on error) */
 	__le32 reserved;
 	__u8 data[];		/* size bytes, then zero padding to a multiple of 8 */
+};
+
+struct pcinet_r_push {
+	struct pcinet_hdr hdr;
+	__le32 size;		/* bytes of data, 1..PCINET_MAX_DATA */
+	__le32 rule;		/* the rule that pushed it */
+	__le64 iova;
+	__u8 data[];		/* size bytes, then zero padding to a multiple of 8 */
+};
+
+struct pcinet_r_push_drop {
+	struct pcinet_hdr hdr;
+	__le64 iova;		/* the unmapped mapping */
+	__le64 length;
+};
+
+/* One per W_PUSH_RULE applied (set, replace or remove), in order: every R_PUSH of rule `id`
+ * queued before it was made under the rule as it was before. */
+struct pcinet_r_push_rule_set {
+	struct pcinet_hdr hdr;
+	__le32 id;
+	__le32 reserved;
 };
 
 #endif /* _UAPI_PCINET_H */

@@ -1,0 +1,44 @@
+// Push rules (docs/PUSH.md): a device tells its host which memory a doorbell will make it read, so
+// the host can send those bytes with the doorbell instead of waiting for the device's DMA reads.
+// Models declare rules through HostPort.setPushRule as the driver sets queues up; they keep reading
+// memory as before (the endpoint serves the reads from pushed bytes when it can).
+
+/** NVMe memory page size the PRP walk assumes (CC.MPS = 0; Linux's NVME_CTRL_PAGE_SIZE). */
+export const PUSH_PAGE = 4096;
+/** Rule ids a device may use: 0..MAX_PUSH_RULES-1 (PCINET_MAX_PUSH_RULES). */
+export const MAX_PUSH_RULES = 128;
+/** Most bytes pushed for one doorbell write (PCINET_PUSH_MAX_BYTES). */
+export const PUSH_MAX_BYTES = 256 << 10;
+
+/** An NVMe submission queue: SQEs from the tail doorbell, and the data of NVM Writes. */
+export interface NvmeSqRule {
+  kind: 'nvme-sq';
+  bar: number;
+  /** BAR offset of the SQ tail doorbell. */
+  doorbell: number;
+  /** IOVA of entry 0. */
+  base: bigint;
+  entries: number;
+  /** Largest write (bytes) whose data is pushed; 0 for the admin queue. */
+  dataMax: number;
+  /** log2 of the LBA size of I/O commands. */
+  lbaShift: number;
+}
+
+/** A virtio split virtqueue: avail ring and descriptors on a notify, and readable buffers. */
+export interface VirtqRule {
+  kind: 'virtq';
+  bar: number;
+  /** BAR offset of the queue's notify address. */
+  notify: number;
+  /** IOVA of the descriptor table. */
+  desc: bigint;
+  /** IOVA of the driver area (avail ring). */
+  avail: bigint;
+  size: number;
+  /** Largest chain (device-readable bytes) whose buffers are pushed; 0: ring and table only. */
+  dataMax: number;
+  indirect: boolean;
+}
+
+export type PushRule = NvmeSqRule | VirtqRule;

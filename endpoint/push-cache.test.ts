@@ -1,0 +1,110 @@
+import fc from 'fast-check';
+import { describe, expect, it } from 'vitest';
+import { PushCache } from './push-cache.js';
+
+const bytes = (n: number, seed = 1) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff);
+
+describe('PushCache', () => {
+  it('serves a read covered by one push, once', () => {
+    const c = new PushCache();
+    const data = bytes(64);
+    c.add(0x1000n, data, 1);
+    expect(c.take(0x1010n, 16)).toEqual(data.subarray(16, 32));
+    // Those 16 bytes are consumed; the rest is still there.
+    expect(c.take(0x1010n, 16)).toBeUndefined();
+    expect(c.take(0x1000n, 16)).toEqual(data.subarray(0, 16));
+    expect(c.take(0x1020n, 32)).toEqual(data.subarray(32));
+    expect(c.bytes).toBe(0);
+    expect(c.segments).toBe(0);
+  });
+
+  it('serves a read across adjacent pushes (a data buffer pushed in pieces) and not across a gap', () => {
+    const c = new PushCache();
+    c.add(0x2000n, bytes(4096, 1), 0);
+    c.add(0x3000n, bytes(4096, 2), 0);
+    c.add(0x5000n, bytes(4096, 3), 0);
+    const got = c.take(0x2800n, 4096)!;
+    expect(got.subarray(0, 2048)).toEqual(bytes(4096, 1).subarray(2048));
+    expect(got.subarray(2048)).toEqual(bytes(4096, 2).subarray(0, 2048));
+    expect(c.take(0x3800n, 0x2000)).toBeUndefined(); // 0x4000 was never pushed
+    expect(c.bytes).toBe(2048 + 2048 + 4096);
+  });
+
+  it('keeps the newest bytes where pushes overlap', () => {
+    const c = new PushCache();
+    c.add(0x1000n, new Uint8Array(32).fill(1), 0);
+    c.add(0x1008n, new Uint8Array(8).fill(2), 0);
+    expect([...c.take(0x1000n, 32)!]).toEqual([
+      ...new Array(8).fill(1),
+      ...new Array(8).fill(2),
+      ...new Array(16).fill(1),
+    ]);
+  });
+
+  it('copies what it keeps: the buffer a push arrived in may be reused', () => {
+    const c = new PushCache();
+    const frame = bytes(16);
+    c.add(0n, frame, 0);
+    frame.fill(0);
+    expect(c.take(0n, 16)).toEqual(bytes(16));
+  });
+
+  it('drop forgets a range (an unmapped buffer), dropRule what one rule pushed', () => {
+    const c = new PushCache();
+    c.add(0x1000n, bytes(0x100), 1);
+    c.add(0x4000n, bytes(0x100), 2);
+    c.drop(0x1080n, 0x10n);
+    expect(c.take(0x1000n, 0x100)).toBeUndefined();
+    expect(c.take(0x1000n, 0x80)).toEqual(bytes(0x100).subarray(0, 0x80));
+    c.dropRule(2);
+    expect(c.take(0x4000n, 1)).toBeUndefined();
+    expect(c.bytes).toBe(0x100 - 0x80 - 0x10);
+    c.clear();
+    expect(c.bytes).toBe(0);
+  });
+
+  it('evicts the oldest bytes beyond its bound', () => {
+    const c = new PushCache(8192);
+    c.add(0x1000n, bytes(4096, 1), 0);
+    c.add(0x9000n, bytes(4096, 2), 0);
+    c.add(0x5000n, bytes(4096, 3), 0);
+    expect(c.evicted).toBe(1);
+    expect(c.take(0x1000n, 1)).toBeUndefined();
+    expect(c.take(0x9000n, 4096)).toEqual(bytes(4096, 2));
+    expect(c.take(0x5000n, 4096)).toEqual(bytes(4096, 3));
+  });
+
+  it('agrees with a byte map under random pushes, drops and takes', () => {
+    const op = fc.oneof(
+      fc.record({ k: fc.constant('add' as const), at: fc.nat(512), len: fc.integer({ min: 1, max: 96 }) }),
+      fc.record({ k: fc.constant('drop' as const), at: fc.nat(512), len: fc.integer({ min: 1, max: 96 }) }),
+      fc.record({ k: fc.constant('take' as const), at: fc.nat(512), len: fc.integer({ min: 1, max: 96 }) }),
+    );
+    fc.assert(
+      fc.property(fc.array(op, { maxLength: 60 }), (ops) => {
+        const c = new PushCache();
+        const model = new Map<number, number>();
+        let n = 0;
+        for (const o of ops) {
+          if (o.k === 'add') {
+            const data = Uint8Array.from({ length: o.len }, () => ++n & 0xff);
+            c.add(BigInt(o.at), data, 0);
+            for (const [i, b] of data.entries()) model.set(o.at + i, b);
+          } else if (o.k === 'drop') {
+            c.drop(BigInt(o.at), o.len);
+            for (let i = 0; i < o.len; i++) model.delete(o.at + i);
+          } else {
+            const want: number[] = [];
+            for (let i = 0; i < o.len; i++) if (model.has(o.at + i)) want.push(model.get(o.at + i)!);
+            const got = c.take(BigInt(o.at), o.len);
+            if (want.length === o.len) {
+              expect(got && [...got]).toEqual(want);
+              for (let i = 0; i < o.len; i++) model.delete(o.at + i);
+            } else expect(got).toBeUndefined();
+          }
+          expect(c.bytes).toBe(model.size);
+        }
+      }),
+    );
+  });
+});

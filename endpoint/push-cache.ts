@@ -1,0 +1,138 @@
+// PushCache: the host memory a host pushed to one device (docs/PUSH.md), kept until the device reads
+// it. A read is served only when pushed bytes cover all of it, and each byte is served once: a
+// second read of the same memory goes to the host and sees what is there now. Bytes are forgotten
+// when the mapping they came from is unmapped (PushDrop), when the device writes over them, when the
+// rule that pushed them changes, and oldest first when the cache is full.
+
+/** Bytes kept per device. A QD32 burst of 128 KiB writes is 4 MiB; more than that waits in the
+ *  device's own queue limits anyway. Reads of evicted bytes fall back to DMA. */
+export const PUSH_CACHE_BYTES = 8 << 20;
+
+interface Seg {
+  start: bigint;
+  end: bigint;
+  data: Uint8Array;
+  rule: number;
+  /** Insertion order, for eviction. */
+  seq: number;
+}
+
+export class PushCache {
+  readonly #max: number;
+  /** Sorted by start, never overlapping. */
+  #segs: Seg[] = [];
+  #bytes = 0;
+  #seq = 0;
+  evicted = 0;
+
+  constructor(maxBytes = PUSH_CACHE_BYTES) {
+    this.#max = maxBytes;
+  }
+
+  get bytes(): number {
+    return this.#bytes;
+  }
+
+  get segments(): number {
+    return this.#segs.length;
+  }
+
+  /** Pushed bytes at `iova` (copied: the frame they came in is not kept alive). Newer bytes replace
+   *  older ones where they overlap. */
+  add(iova: bigint, data: Uint8Array, rule: number): void {
+    if (data.length === 0) return;
+    const end = iova + BigInt(data.length);
+    this.#cut(iova, end);
+    const seg: Seg = { start: iova, end, data: data.slice(), rule, seq: this.#seq++ };
+    this.#segs.splice(this.#firstEndingAfter(iova), 0, seg);
+    this.#bytes += data.length;
+    while (this.#bytes > this.#max) this.#evictOldest();
+  }
+
+  /** The `len` bytes at `iova` if pushed bytes cover every one of them, which are then forgotten;
+   *  otherwise undefined and nothing changes. */
+  take(iova: bigint, len: number): Uint8Array | undefined {
+    if (len <= 0) return undefined;
+    const end = iova + BigInt(len);
+    let i = this.#firstEndingAfter(iova);
+    const first = this.#segs[i];
+    if (!first || first.start > iova) return undefined;
+    // Fast path: one segment holds it all (the usual case: an SQE run, one data buffer).
+    if (first.end >= end) {
+      const from = Number(iova - first.start);
+      const out = first.data.subarray(from, from + len);
+      this.#cut(iova, end);
+      return out;
+    }
+    let at = first.end;
+    for (i++; at < end; i++) {
+      const s = this.#segs[i];
+      if (!s || s.start !== at) return undefined;
+      at = s.end;
+    }
+    const out = new Uint8Array(len);
+    for (let j = this.#firstEndingAfter(iova), got = 0; got < len; j++) {
+      const s = this.#segs[j]!;
+      const from = s.start < iova ? Number(iova - s.start) : 0;
+      const n = Math.min(s.data.length - from, len - got);
+      out.set(s.data.subarray(from, from + n), got);
+      got += n;
+    }
+    this.#cut(iova, end);
+    return out;
+  }
+
+  /** Forgets pushed bytes in [iova, iova + len). */
+  drop(iova: bigint, len: bigint | number): void {
+    this.#cut(iova, iova + BigInt(len));
+  }
+
+  /** Forgets everything rule `rule` pushed. */
+  dropRule(rule: number): void {
+    const keep = this.#segs.filter((s) => s.rule !== rule);
+    for (const s of this.#segs) if (s.rule === rule) this.#bytes -= s.data.length;
+    this.#segs = keep;
+  }
+
+  clear(): void {
+    this.#segs = [];
+    this.#bytes = 0;
+  }
+
+  /** Index of the first segment whose end is past `at`. */
+  #firstEndingAfter(at: bigint): number {
+    let lo = 0;
+    let hi = this.#segs.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if (this.#segs[mid]!.end <= at) lo = mid + 1;
+      else hi = mid;
+    }
+    return lo;
+  }
+
+  /** Removes [start, end) from every segment, splitting where needed. */
+  #cut(start: bigint, end: bigint): void {
+    let i = this.#firstEndingAfter(start);
+    while (i < this.#segs.length) {
+      const s = this.#segs[i]!;
+      if (s.start >= end) break;
+      const pieces: Seg[] = [];
+      if (s.start < start)
+        pieces.push({ ...s, end: start, data: s.data.subarray(0, Number(start - s.start)) });
+      if (s.end > end) pieces.push({ ...s, start: end, data: s.data.subarray(Number(end - s.start)) });
+      const kept = pieces.reduce((n, p) => n + p.data.length, 0);
+      this.#bytes -= s.data.length - kept;
+      this.#segs.splice(i, 1, ...pieces);
+      i += pieces.length;
+    }
+  }
+
+  #evictOldest(): void {
+    let oldest = 0;
+    for (let i = 1; i < this.#segs.length; i++) if (this.#segs[i]!.seq < this.#segs[oldest]!.seq) oldest = i;
+    const [s] = this.#segs.splice(oldest, 1);
+    this.#bytes -= s!.data.length;
+    this.evicted++;
+  }
+}

@@ -1,0 +1,59 @@
+// The soft IOMMU's side of push rules (docs/PUSH.md "Bounds", "Unmapped"): a push reads through the
+// device's read check without counting as a device access, and a mapping pushed from tells each
+// function that pushed from it when the driver unmaps it.
+import { describe, expect, it } from 'vitest';
+import { PAGE, SimMemory, SoftIommu } from './iommu.js';
+
+function world() {
+  const memory = new SimMemory(1 << 20);
+  const iommu = new SoftIommu(memory);
+  return { memory, iommu };
+}
+
+describe('SoftIommu for push rules', () => {
+  it('peeks what a device read would return, refuses what it would refuse, and counts nothing', () => {
+    const { memory, iommu } = world();
+    const buf = memory.alloc(2 * PAGE);
+    buf.bytes.fill(7);
+    const toDevice = iommu.map(buf, 'to-device', 100, 1000);
+    const both = iommu.map(buf, 'bidirectional');
+    const fromDevice = iommu.map(buf, 'from-device');
+    const copy = iommu.peek(toDevice, 1000);
+    expect(copy).toEqual(new Uint8Array(1000).fill(7));
+    copy![0] = 9; // a copy, not a view of host memory
+    expect(buf.bytes[100]).toBe(7);
+    expect(iommu.peek(both + 8000n, 192)).toHaveLength(192);
+    expect(iommu.peek(toDevice, 1001)).toBeUndefined(); // one byte past the mapping
+    expect(iommu.peek(toDevice - 1n, 2)).toBeUndefined();
+    expect(iommu.peek(fromDevice, 16)).toBeUndefined(); // the device may only write it
+    expect(iommu.peek(toDevice, 0)).toBeUndefined();
+    iommu.unmap(both);
+    expect(iommu.peek(both, 16)).toBeUndefined();
+    expect(iommu.counters).toMatchObject({ readFaults: 0, readBytes: 0 });
+    // The device's own read of the same memory is counted as before.
+    expect(iommu.deviceRead(fromDevice, 16)).toBeUndefined();
+    expect(iommu.counters.readFaults).toBe(1);
+  });
+
+  it('tells each watcher of a mapping pushed from, once, with the whole mapping, when it is unmapped', () => {
+    const { memory, iommu } = world();
+    const a = iommu.map(memory.alloc(PAGE), 'to-device', 16, 256);
+    const b = iommu.map(memory.alloc(PAGE), 'to-device');
+    const c = iommu.map(memory.alloc(PAGE), 'to-device');
+    const heard: string[] = [];
+    const one = (iova: bigint, len: number) => heard.push(`one ${iova - a} ${len}`);
+    const two = (iova: bigint, len: number) => heard.push(`two ${iova - a} ${len}`);
+    iommu.markPushed(a + 10n, 20, one);
+    iommu.markPushed(a + 100n, 20, one); // twice from one mapping: still one drop
+    iommu.markPushed(a, 256, two);
+    iommu.markPushed(b, 64, two);
+    iommu.forgetPushes(two); // a function reset: its pushes are forgotten by the endpoint
+    iommu.markPushed(b, 64, two);
+    iommu.unmap(c); // never pushed from
+    expect(heard).toEqual([]);
+    iommu.unmap(a);
+    expect(heard).toEqual(['one 0 256']);
+    iommu.unmap(b);
+    expect(heard).toEqual(['one 0 256', `two ${b - a} ${PAGE}`]);
+  });
+});

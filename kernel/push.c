@@ -1,0 +1,358 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pcinet: push rules (docs/PUSH.md). The endpoint declares rules (W_PUSH_RULE): "this doorbell
+ * makes the device read that ring". When the driver writes the doorbell, mmio.c calls
+ * pcinet_push_doorbell() before it queues the R_MMIO_WRITE, and the bytes the device is about to
+ * read go in front of it as R_PUSH records, copied from the DMA sandbox at that moment. Which
+ * bytes is push-walk.c's business; this file keeps the rules, copies, builds and queues records.
+ *
+ * Pushes are an optimisation: they never wait and never fail the write. When the read queue is
+ * full they are skipped; when memory is short (GFP_ATOMIC: this runs in the MMIO fault path with
+ * interrupts off) a range is skipped; every skip is counted.
+ *
+ * Ordering, all under fn->push_lock, which is taken with interrupts off and nests outside the
+ * DMA table's lock and the read queue's lock:
+ * - a doorbell holds it from its first copy until its records are on the read queue, so the
+ *   R_PUSH_DROP of an unmap that raced with the copy (pcinet_push_unmapped() takes the lock
+ *   before queueing) comes after the pushes it cancels;
+ * - W_PUSH_RULE installs the rule and queues R_PUSH_RULE_SET under it, so every push of the old
+ *   rule is before the answer and every push of the new one after it, as the endpoint expects.
+ */
+#define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
+
+#include <linux/list.h>
+#include <linux/log2.h>
+#include <linux/slab.h>
+
+#include "internal.h"
+
+/* ---- W_PUSH_RULE ---- */
+
+/* Rule slots in use; READ_ONCE in the write path, which skips everything when it is 0. */
+static void pcinet_push_count(struct pcinet_fn *fn)
+{
+	unsigned int i, n = 0;
+
+	for (i = 0; i < PCINET_MAX_PUSH_RULES; i++)
+		n += fn->push_rules[i].kind != PCINET_PUSH_NONE;
+	WRITE_ONCE(fn->push_count, n);
+}
+
+static int pcinet_push_check(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w,
+			     struct pcinet_push_rule *r)
+{
+	r->kind = le32_to_cpu(w->kind);
+	r->bar = le32_to_cpu(w->bar);
+	r->entries = le32_to_cpu(w->entries);
+	r->offset = le64_to_cpu(w->offset);
+	r->ring = le64_to_cpu(w->ring);
+	r->avail = le64_to_cpu(w->avail);
+	r->data_max = le32_to_cpu(w->data_max);
+	r->lba_shift = le32_to_cpu(w->lba_shift);
+	r->flags = le32_to_cpu(w->flags);
+	r->last = 0;
+
+	switch (r->kind) {
+	case PCINET_PUSH_NONE:
+		/* A removal names only its id: the other fields are whatever the endpoint's
+		 * message held (the host-agent checks nothing else either, push-rule.ts). */
+		*r = (struct pcinet_push_rule){};
+		return 0;
+	case PCINET_PUSH_NVME_SQ:
+		if (r->entries < 2 || r->entries > 65536 || r->lba_shift < 9 || r->lba_shift > 12 ||
+		    r->avail || r->flags)
+			return -EINVAL;
+		break;
+	case PCINET_PUSH_VIRTQ:
+		if (!is_power_of_2(r->entries) || r->entries > 32768 || r->lba_shift ||
+		    (r->flags & ~PCINET_PUSH_F_INDIRECT))
+			return -EINVAL;
+		break;
+	default:
+		return -EINVAL;
+	}
+	/* The doorbell's 4 bytes inside the BAR; ring addresses are the driver's business: a
+	 * wrong one is refused by the DMA check at every push, like the device's own reads. */
+	if (r->bar >= PCINET_NUM_BARS || !fn->bars[r->bar].size ||
+	    r->offset >= fn->bars[r->bar].size || fn->bars[r->bar].size - r->offset < 4 ||
+	    r->data_max > PCINET_PUSH_MAX_BYTES)
+		return -EINVAL;
+	return 0;
+}
+
+/* W_PUSH_RULE: installs, replaces or removes rule `id`, and answers R_PUSH_RULE_SET. */
+int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w)
+{
+	struct pcinet_r_push_rule_set *set;
+	struct pcinet_push_rule r;
+	struct pcinet_rec *rec;
+	unsigned long flags;
+	u32 id = le32_to_cpu(w->id);
+	int ret;
+
+	if (fn->state == PN_NEW)
+		return -EBUSY;
+	if (id >= PCINET_MAX_PUSH_RULES || w->reserved)
+		return -EINVAL;
+	ret = pcinet_push_check(fn, w, &r);
+	if (ret)
+		return ret;
+	/* Removed: nothing triggers rules any more, and nobody waits for the answer. */
+	if (fn->state == PN_DETACHED)
+		return 0;
+	rec = pcinet_rec_alloc(fn, sizeof(*set));
+	if (!rec)
+		return -ENOMEM;
+	set = (struct pcinet_r_push_rule_set *)rec->data;
+	pcinet_hdr(&set->hdr, PCINET_R_PUSH_RULE_SET, sizeof(*set));
+	set->id = cpu_to_le32(id);
+	set->reserved = 0;
+
+	spin_lock_irqsave(&fn->push_lock, flags);
+	fn->push_rules[id] = r;
+	pcinet_push_count(fn);
+	pcinet_rec_add(fn, rec);
+	spin_unlock_irqrestore(&fn->push_lock, flags);
+	return 0;
+}
+
+/*
+ * Function reset, link down or up, removal: the endpoint forgets every push and its models set
+ * their rules again, so the rules go, and so do the marks that would send R_PUSH_DROP. Any
+ * context (an FLR comes through a config write, under pci_lock).
+ */
+void pcinet_push_clear(struct pcinet_fn *fn)
+{
+	unsigned long flags;
+
+	spin_lock_irqsave(&fn->push_lock, flags);
+	memset(fn->push_rules, 0, sizeof(fn->push_rules));
+	WRITE_ONCE(fn->push_count, 0);
+	pcinet_dma_forget_pushes(fn);
+	spin_unlock_irqrestore(&fn->push_lock, flags);
+}
+
+/* ---- building R_PUSH records ---- */
+
+/* One doorbell write's records, built with push_lock held, queued all at once. */
+struct pcinet_push_ctx {
+	struct pcinet_fn *fn;
+	struct list_head recs;		/* finished records, in order */
+	struct pcinet_rec *cur;		/* the record being filled; off the list, it may move */
+	u32 cap;			/* data bytes cur has room for */
+	u32 rule, size;			/* cur's rule and data bytes so far */
+	u64 iova;			/* cur's first byte */
+	u64 records, bytes;
+	u32 refused, nomem;
+};
+
+static struct pcinet_r_push *pcinet_push_of(struct pcinet_rec *r)
+{
+	return (struct pcinet_r_push *)r->data;
+}
+
+/* A record with room for `cap` data bytes: new (old NULL) or old grown; NULL if no memory. */
+static struct pcinet_rec *pcinet_push_alloc(struct pcinet_rec *old, u32 cap)
+{
+	struct pcinet_rec *r;
+
+	return krealloc(old, struct_size(r, data, sizeof(struct pcinet_r_push) + ALIGN(cap, 8)),
+			GFP_ATOMIC | __GFP_NOWARN);
+}
+
+static void pcinet_push_close(struct pcinet_push_ctx *c)
+{
+	struct pcinet_rec *r = c->cur;
+	struct pcinet_r_push *p;
+
+	if (!r)
+		return;
+	p = pcinet_push_of(r);
+	r->len = ALIGN(sizeof(*p) + c->size, 8);
+	pcinet_hdr(&p->hdr, PCINET_R_PUSH, r->len);
+	p->size = cpu_to_le32(c->size);
+	p->rule = cpu_to_le32(c->rule);
+	p->iova = cpu_to_le64(c->iova);
+	memset(p->data + c->size, 0, r->len - sizeof(*p) - c->size);
+	list_add_tail(&r->node, &c->recs);
+	c->records++;
+	c->bytes += c->size;
+	c->cur = NULL;
+}
+
+static bool pcinet_push_peek(void *ctx, u64 iova, void *buf, u32 len)
+{
+	struct pcinet_push_ctx *c = ctx;
+
+	return pcinet_dma_peek(c->fn, iova, buf, len, false);
+}
+
+/*
+ * Copies [iova, iova + len) into records: appended to the current one when it is the same
+ * rule's and this range continues it, cut every PCINET_MAX_DATA bytes from the start of such a
+ * run (as host-agent/sim/push.ts cuts them). A range that is not pushed leaves the current record
+ * open, so the next one may still continue it. Returns the bytes pushed.
+ */
+static u32 pcinet_push_copy(void *ctx, u32 rule, u64 iova, u32 len)
+{
+	struct pcinet_push_ctx *c = ctx;
+	bool join = c->cur && c->rule == rule && c->iova + c->size == iova;
+	u32 room = join ? PCINET_MAX_DATA - c->size : PCINET_MAX_DATA;
+	u32 done = 0;
+
+	/* A range that goes into more than one record is checked whole first: a range is pushed
+	 * whole or not at all (only a mapping going away meanwhile can cut it short). */
+	if (len > room && !pcinet_dma_peek(c->fn, iova, NULL, len, false)) {
+		c->refused++;
+		return 0;
+	}
+	while (done < len) {
+		struct pcinet_rec *r;
+		u32 n;
+
+		if (join && c->size < PCINET_MAX_DATA) {
+			n = min_t(u32, len - done, PCINET_MAX_DATA - c->size);
+			if (c->size + n > c->cap) {
+				/* Runs are rare (contiguous pages) and short: grow by doubling. */
+				u32 cap = min_t(u32, PCINET_MAX_DATA, max(c->size + n, 2 * c->cap));
+
+				r = pcinet_push_alloc(c->cur, cap);
+				if (!r)
+					goto nomem;
+				c->cur = r;
+				c->cap = cap;
+			}
+			if (!pcinet_dma_peek(c->fn, iova + done,
+					     pcinet_push_of(c->cur)->data + c->size, n, true))
+				goto refused;
+			c->size += n;
+		} else {
+			n = min_t(u32, len - done, PCINET_MAX_DATA);
+			r = pcinet_push_alloc(NULL, n);
+			if (!r)
+				goto nomem;
+			if (!pcinet_dma_peek(c->fn, iova + done, pcinet_push_of(r)->data, n, true)) {
+				kfree(r);
+				goto refused;
+			}
+			pcinet_push_close(c);
+			c->cur = r;
+			c->cap = n;
+			c->rule = rule;
+			c->iova = iova + done;
+			c->size = n;
+			join = true;
+		}
+		done += n;
+	}
+	return done;
+
+refused:
+	c->refused++;
+	return done;
+nomem:
+	c->nomem++;
+	return done;
+}
+
+static const struct pcinet_push_walk_ops pcinet_push_ops = {
+	.peek = pcinet_push_peek,
+	.push = pcinet_push_copy,
+};
+
+/*
+ * The driver is writing `size` bytes `val` at `off` of BAR `bar`, and the write is about to be
+ * queued (mmio.c calls this once per write, on the attempt that queues it). Queues the pushes of
+ * every rule on that doorbell, in id order, sharing one budget. Any context; never waits.
+ */
+void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size)
+{
+	struct pcinet_push_ctx c = { .fn = fn };
+	struct pcinet_push_walker w = {
+		.ops = &pcinet_push_ops,
+		.ctx = &c,
+		.left = PCINET_PUSH_MAX_BYTES,
+		.steps = PCINET_PUSH_MAX_STEPS,
+	};
+	struct pcinet_counters *s = &fn->stats;
+	unsigned long flags;
+	bool hit = false;
+	u32 id;
+
+	if (!READ_ONCE(fn->push_count))
+		return;
+	/* No bus mastering: the device could not read the memory now, so no push may either. The
+	 * rules stay where they are, as in the sim channel. */
+	if (!(READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MASTER))
+		return;
+	INIT_LIST_HEAD(&c.recs);
+	/* The reader is behind: push nothing, but move `last` on as if pushed, so a later doorbell
+	 * does not push entries the device has long read (stale bytes it might be served later). */
+	w.dry = READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES;
+
+	spin_lock_irqsave(&fn->push_lock, flags);
+	for (id = 0; id < PCINET_MAX_PUSH_RULES; id++) {
+		struct pcinet_push_rule *r = &fn->push_rules[id];
+
+		if (r->kind == PCINET_PUSH_NONE || r->bar != bar || r->offset != off)
+			continue;
+		hit = true;
+		pcinet_push_walk(&w, id, r, val, size);
+	}
+	pcinet_push_close(&c);
+	if (!list_empty(&c.recs))
+		pcinet_rec_add_list(fn, &c.recs);
+	spin_unlock_irqrestore(&fn->push_lock, flags);
+
+	if (!hit)
+		return;
+	if (w.dry)
+		atomic64_inc(&s->push_busy);
+	if (c.records) {
+		atomic64_add(c.records, &s->pushes);
+		atomic64_add(c.bytes, &s->push_bytes);
+	}
+	if (c.refused || w.unreadable)
+		atomic64_add(c.refused + w.unreadable, &s->push_refused);
+	if (w.over_budget || w.exhausted)
+		atomic64_add(w.over_budget + w.exhausted, &s->push_over_budget);
+	if (c.nomem)
+		atomic64_add(c.nomem, &s->push_nomem);
+}
+
+/*
+ * The driver unmapped [iova, iova + len), which a push copied from: tell the endpoint to forget
+ * those bytes. Called by dma.c after it dropped its lock, from any context (drivers unmap in
+ * interrupt handlers), never waits: the queue may run over its bound by these 24-byte records,
+ * at most one per mapping pushed from.
+ */
+void pcinet_push_unmapped(struct pcinet_fn *fn, u64 iova, u64 len)
+{
+	struct pcinet_r_push_drop *d;
+	struct pcinet_rec *r;
+	unsigned long flags;
+
+	/* The endpoint forgets everything on removal and link loss. */
+	if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down))
+		return;
+	r = kmalloc(struct_size(r, data, sizeof(*d)), GFP_ATOMIC | __GFP_NOWARN);
+	if (!r) {
+		/* The endpoint may then serve the copy to a read issued later, as a device that
+		 * prefetched would; say so, it is the one case where a push outlives its mapping. */
+		atomic64_inc(&fn->stats.lost_records);
+		pr_warn_ratelimited("%04x:00:00.0: out of memory: R_PUSH_DROP for 0x%llx+0x%llx lost\n",
+				    fn->domain, iova, len);
+		return;
+	}
+	r->len = sizeof(*d);
+	d = (struct pcinet_r_push_drop *)r->data;
+	pcinet_hdr(&d->hdr, PCINET_R_PUSH_DROP, sizeof(*d));
+	d->iova = cpu_to_le64(iova);
+	d->length = cpu_to_le64(len);
+	/* A doorbell that copied from this mapping before it was unmapped still holds the lock
+	 * until its R_PUSH records are queued: the drop goes after them. */
+	spin_lock_irqsave(&fn->push_lock, flags);
+	pcinet_rec_add(fn, r);
+	spin_unlock_irqrestore(&fn->push_lock, flags);
+	atomic64_inc(&fn->stats.push_drops);
+}
