@@ -2,14 +2,18 @@
 // NIC's traffic itself travels (guest → QEMU user networking → the card's loopback), in the same
 // lab run. Prints a table and the ratio; asserts nothing.
 //
-//   node dist/bench/net.js [--seconds 10]
+//   node dist/bench/net.js [--seconds 10] [--chart FILE] [--log]
 //
 // Needs root (the lab). The NIC's frames go guest → virtio_net → pcinet.ko → host-agent → TCP/TLS
 // → endpoint → TAP on the card; the reference runs the same iperf3 over guest → slirp → card
-// directly, which is the transport pcinet rides on.
+// directly, which is the transport pcinet rides on. The chart (--chart, default
+// bench/results/net.svg) has the same figures.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { prepareLab } from '../lab/prepare.js';
+import { join, resolve } from 'node:path';
+import { repoRoot } from '../lab/paths.js';
+import { ensurePackages, prepareLab } from '../lab/prepare.js';
 import { type LabCard, runInLab } from '../lab/run.js';
+import { writeChart } from './chart.js';
 
 const TAP = 'pnb0';
 const MAC = '52:54:00:be:4c:01';
@@ -17,12 +21,27 @@ const CARD = '10.77.0.1';
 const GUEST = '10.77.0.2';
 const DIRECT_PORT = 5299;
 
-function parseArgs(argv: string[]): { seconds: number } {
-  const o = { seconds: 10 };
-  for (let i = 0; i < argv.length; i += 2) {
-    const v = Number(argv[i + 1]);
-    if (argv[i] === '--seconds' && v > 0 && v <= 120) o.seconds = v;
-    else throw new Error(`bench/net: bad argument ${argv[i]} (use --seconds 1..120)`);
+interface Args {
+  seconds: number;
+  chart: string;
+  log: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const o: Args = { seconds: 10, chart: join(repoRoot(), 'bench', 'results', 'net.svg'), log: false };
+  const usage = 'use --seconds 1..120, --chart FILE, --log';
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--log') {
+      o.log = true;
+      continue;
+    }
+    const v = argv[++i];
+    if (v === undefined) throw new Error(`bench/net: ${a} needs a value (${usage})`);
+    const n = Number(v);
+    if (a === '--seconds' && n > 0 && n <= 120) o.seconds = n;
+    else if (a === '--chart') o.chart = resolve(v);
+    else throw new Error(`bench/net: bad argument ${a} ${v} (${usage})`);
   }
   return o;
 }
@@ -36,7 +55,10 @@ function run(argv: string[]): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const { seconds } = parseArgs(process.argv.slice(2));
+  const args = parseArgs(process.argv.slice(2));
+  const { seconds } = args;
+  // iperf3 runs on both sides from this machine's root (the guest sees it over 9p).
+  await ensurePackages(['iperf3'], (l) => console.error(`bench/net: ${l}`));
   const assets = await prepareLab({ modules: true });
   const procs: ChildProcess[] = [];
   const iperf = (label: string, target: string, extra: string) =>
@@ -88,6 +110,18 @@ async function main(): Promise<void> {
       `${what.padEnd(14)}  ${nic.toFixed(1).padStart(7)} Mb/s  ${direct.toFixed(1).padStart(9)} Mb/s   ${(nic / direct).toFixed(2)}`,
     );
   }
+  writeChart(args.chart, {
+    title: 'iperf3 through the pcinet NIC vs the path it rides on',
+    notes: [
+      `lab guest: QEMU TCG, 2 vCPUs; iperf3 TCP, ${seconds} s each; ${new Date().toISOString().slice(0, 10)}`,
+      'pcinet NIC: virtio_net → pcinet.ko → host-agent → TLS → endpoint → TAP; transport path: guest → QEMU user networking → the card',
+      ...(args.log ? ['log scale'] : []),
+    ],
+    series: ['pcinet NIC', 'transport path'],
+    groups: rows.map(([what, nic, direct]) => ({ label: what, unit: 'Mb/s', values: [nic, direct] })),
+    scale: args.log ? 'log' : 'linear',
+  });
+  console.log(`chart: ${args.chart}`);
 }
 
 main().catch((e: Error) => {

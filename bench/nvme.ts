@@ -1,122 +1,451 @@
-// bench/nvme: pcinet's NVMe controller (file backend on the card) side by side with the kernel's
-// NVMe/TCP (nvmet-tcp target in the same guest, file on tmpfs, nvme-tcp initiator over loopback),
-// in one lab run: dd O_DIRECT at queue depth 1 with 4K and 128K blocks, both directions, and fio 4K
-// random reads at queue depth 32. Also the network round trips per 4K I/O at QD1, from the
-// endpoint's counters (SIGUSR1 to the host-agent before and after). Prints a table; asserts
-// nothing.
+// bench/nvme: pcinet's NVMe controller side by side with other block devices on the same path, in
+// one lab run (QEMU TCG guest = the workstation, this machine's private network namespace = the
+// card). Prints a table and writes an SVG chart; asserts nothing.
 //
-//   node dist/bench/nvme.js [--mib 64] [--seconds 10]
-import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { prepareLab } from '../lab/prepare.js';
-import { runInLab } from '../lab/run.js';
+// Columns:
+// - pcinet TCP: a second endpoint in the card's namespace on tcp://127.0.0.1:7471 and a second
+//   host-agent in the guest dialling tcp://10.0.2.2:7471 — the command lines runInLab itself uses
+//   with `insecure: true` (lab/commands.ts), so both transports are measured in the same boot;
+// - pcinet TLS: the lab's own endpoint and host-agent (tls://10.0.2.2:7470);
+// - NBD: Debian's nbd-server in the card's namespace on 127.0.0.1:10809, the guest's nbd driver and
+//   nbd-client dialling 10.0.2.2:10809: guest → QEMU user networking → the card's loopback, exactly
+//   the path the host-agent takes to its endpoint;
+// - NVMe/TCP (kernel-only bound): nvmet-tcp and nvme-tcp over the guest's own loopback; it never
+//   crosses the network, so it bounds what the guest's kernel can do, not what the path allows.
+// Every disk is backed by a sparse file of the same size on tmpfs (this machine's /dev/shm for the
+// card's three, the guest's /tmp for NVMe/TCP).
+//
+// Rows: dd O_DIRECT at QD1 (4K and 128K, both directions), fio 4K random reads at QD32 (IOPS), fio
+// 128K sequential reads and writes at QD8 (MB/s). Per phase for pcinet, from the endpoint's
+// counters (SIGUSR1 to the host-agent before and after) and /proc/PID/stat of the host-agent in
+// the guest: DMA read round trips, pushed-byte hits, pushed bytes and push drops (when the endpoint
+// counts them), MMIO writes, interrupts and host-agent CPU time, each per I/O; and what the other,
+// idle host-agent cost meanwhile (two share the guest's vCPUs).
+//
+//   node dist/bench/nvme.js [--mib 64] [--seconds 10] [--chart FILE] [--log]
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { endpointArgv, hostAgentArgv, LAB_ENDPOINT_PORT, SLIRP_HOST } from '../lab/commands.js';
+import { HOST_AGENT_LOG } from '../lab/guest-script.js';
+import { GUEST_RUN_DIR, repoRoot } from '../lab/paths.js';
+import { ensurePackages, type LabAssets, prepareLab } from '../lab/prepare.js';
+import { runOk, tail, unrefDelay } from '../lab/proc.js';
+import { type LabCard, runInLab } from '../lab/run.js';
+import { formatValue, writeChart } from './chart.js';
+import { DISKS, type Disk, guestScript, scriptBoundS, type Test, tests } from './nvme-guest.js';
 
-function parseArgs(argv: string[]): { mib: number; seconds: number } {
-  const o = { mib: 64, seconds: 10 };
-  for (let i = 0; i < argv.length; i += 2) {
-    const v = Number(argv[i + 1]);
-    if (argv[i] === '--mib' && v >= 8 && v <= 1024) o.mib = v;
-    else if (argv[i] === '--seconds' && v > 0 && v <= 120) o.seconds = v;
-    else throw new Error(`bench/nvme: bad argument ${argv[i]} (use --mib 8..1024, --seconds 1..120)`);
+/** Tools this machine needs: the guest runs this machine's binaries (its root over 9p). */
+const PACKAGES = ['fio', 'nvme-cli', 'nbd-server', 'nbd-client'] as const;
+/** The card's files live here: tmpfs, like the guest's /tmp that backs NVMe/TCP. */
+const TMPFS = '/dev/shm';
+/** The bench's plain-TCP endpoint: next to the lab's own, in the same private namespace. */
+const TCP_PORT = LAB_ENDPOINT_PORT + 1;
+/** IANA's NBD port; the namespace is private, so it is free. */
+const NBD_PORT = 10809;
+const NBD_EXPORT = 'pcinet-bench';
+const TCP_READY = '/tmp/pcinet-tcp-ready';
+const TCP_SERIAL = 'PCINETTCP1';
+/** The card's servers must listen within this. */
+const LISTEN_WAIT_MS = 20_000;
+const LISTEN_POLL_MS = 100;
+const STOP_WAIT_MS = 3000;
+/** Boot (~10 s), the lab's attach (≤ 60 s) and teardown (≤ 40 s), with room. */
+const LAB_OVERHEAD_S = 150;
+/** st column of /proc/net/tcp (include/net/tcp_states.h: TCP_LISTEN = 10). */
+const TCP_LISTEN = '0A';
+
+const COLUMNS: Record<Disk, string> = {
+  tcp: 'pcinet TCP',
+  tls: 'pcinet TLS',
+  nbd: 'NBD',
+  kernel: 'NVMe/TCP (kernel-only bound)',
+};
+
+interface Args {
+  mib: number;
+  seconds: number;
+  chart: string;
+  log: boolean;
+}
+
+function parseArgs(argv: string[]): Args {
+  const o: Args = {
+    mib: 64,
+    seconds: 10,
+    chart: join(repoRoot(), 'bench', 'results', 'nvme.svg'),
+    log: false,
+  };
+  const usage = 'use --mib 8..256, --seconds 1..120, --chart FILE, --log';
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--log') {
+      o.log = true;
+      continue;
+    }
+    const v = argv[++i];
+    if (v === undefined) throw new Error(`bench/nvme: ${a} needs a value (${usage})`);
+    const n = Number(v);
+    // The guest's 1 GiB holds the NVMe/TCP reference's file in tmpfs: up to 2 × 256 MiB of it.
+    if (a === '--mib' && Number.isInteger(n) && n >= 8 && n <= 256) o.mib = n;
+    else if (a === '--seconds' && n >= 1 && n <= 120) o.seconds = n;
+    else if (a === '--chart') o.chart = resolve(v);
+    else throw new Error(`bench/nvme: bad argument ${a} ${v} (${usage})`);
   }
   return o;
 }
 
-const QD1_4K_IOS = 2000;
+/** A long-running process on the card: output kept for error messages, stopped by cleanup. */
+interface CardProc {
+  name: string;
+  proc: ChildProcess;
+  log: () => string;
+}
 
-/** The guest side: prints "RESULT <disk> <test> <value>" lines. */
-function guestScript(mib: number, seconds: number): string {
-  return `
-set -e
-dev=$PCINET_LAB_DEVICES
-pcinet=/dev/$(ls /sys/bus/pci/devices/$dev/nvme/)n1
-modprobe nvmet; modprobe nvmet-tcp; modprobe nvme-tcp
-mountpoint -q /sys/kernel/config || mount -t configfs none /sys/kernel/config
-truncate -s ${mib * 2}M /tmp/ref.img
-S=/sys/kernel/config/nvmet/subsystems/pcinet-ref
-mkdir $S && echo 1 > $S/attr_allow_any_host
-mkdir $S/namespaces/1
-echo -n /tmp/ref.img > $S/namespaces/1/device_path
-echo 1 > $S/namespaces/1/buffered_io
-echo 1 > $S/namespaces/1/enable
-P=/sys/kernel/config/nvmet/ports/1
-mkdir $P
-echo ipv4 > $P/addr_adrfam; echo tcp > $P/addr_trtype; echo 127.0.0.1 > $P/addr_traddr; echo 4420 > $P/addr_trsvcid
-ln -s $S $P/subsystems/pcinet-ref
-nvme connect -t tcp -a 127.0.0.1 -s 4420 -n pcinet-ref > /dev/null
-ref=
-for i in $(seq 100); do
-  for c in /sys/class/nvme/*; do [ "$(cat $c/subsysnqn)" = pcinet-ref ] && [ -e /dev/$(basename $c)n1 ] && ref=/dev/$(basename $c)n1; done
-  [ -n "$ref" ] && break; sleep 0.1
-done
-[ -n "$ref" ] || { echo "no NVMe/TCP disk"; exit 1; }
-mbps() { sed -n 's/.* s, \\([0-9.]*\\) \\([kMG]\\)B\\/s$/\\1 \\2/p' | awk '{ v = $1; if ($2 == "k") v /= 1000; if ($2 == "G") v *= 1000; print v }'; }
-stats() { pkill -USR1 -f "main.js host" || true; sleep 1; }
-for d in $pcinet $ref; do
-  name=$([ $d = $pcinet ] && echo pcinet || echo nvme-tcp)
-  [ $name = pcinet ] && stats
-  echo "RESULT $name read-4k-qd1 $(dd if=$d of=/dev/null bs=4k count=${QD1_4K_IOS} iflag=direct 2>&1 | mbps)"
-  [ $name = pcinet ] && stats
-  echo "RESULT $name write-4k-qd1 $(dd if=/dev/zero of=$d bs=4k count=${QD1_4K_IOS} oflag=direct 2>&1 | mbps)"
-  echo "RESULT $name read-128k-qd1 $(dd if=$d of=/dev/null bs=128k count=$((${mib} * 8)) iflag=direct 2>&1 | mbps)"
-  echo "RESULT $name write-128k-qd1 $(dd if=/dev/zero of=$d bs=128k count=$((${mib} * 8)) oflag=direct 2>&1 | mbps)"
-  iops=$(fio --name=rr --filename=$d --direct=1 --ioengine=libaio --rw=randread --bs=4k --iodepth=32 \\
-    --size=${mib}M --runtime=${seconds} --time_based --output-format=terse --terse-version=3 | cut -d';' -f8)
-  echo "RESULT $name randread-4k-qd32-iops $iops"
-done
-nvme disconnect -n pcinet-ref > /dev/null
-`;
+function startOnCard(card: LabCard, name: string, argv: string[], lifetimeS: number, cwd: string): CardProc {
+  // timeout(1) bounds it even if this process dies, and passes SIGTERM on.
+  const [cmd, ...args] = card.wrap(['timeout', String(lifetimeS), ...argv]);
+  const proc = spawn(cmd!, args, { cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  let log = '';
+  const keep = (d: Buffer) => {
+    if (log.length < 1 << 20) log += d.toString();
+  };
+  proc.stdout!.on('data', keep);
+  proc.stderr!.on('data', keep);
+  proc.on('error', (e) => keep(Buffer.from(`cannot run ${argv[0]}: ${e.message}\n`)));
+  return { name, proc, log: () => log };
+}
+
+async function stopOnCard(p: CardProc): Promise<void> {
+  if (p.proc.exitCode !== null || p.proc.signalCode !== null) return;
+  const exited = new Promise((r) => p.proc.once('exit', r));
+  p.proc.kill('SIGTERM');
+  if (await Promise.race([exited.then(() => true), unrefDelay(STOP_WAIT_MS).then(() => false)])) return;
+  p.proc.kill('SIGKILL');
+  await Promise.race([exited, unrefDelay(STOP_WAIT_MS)]);
+}
+
+/** Ports in LISTEN state in the namespace (/proc/net/tcp as a process in it sees it). */
+async function listeningPorts(card: LabCard): Promise<Set<number>> {
+  const table = await runOk(card.wrap(['cat', '/proc/net/tcp']), { timeoutMs: 10_000 });
+  const ports = new Set<number>();
+  for (const line of table.split('\n').slice(1)) {
+    const [, local, , state] = line.trim().split(/\s+/);
+    if (local && state === TCP_LISTEN) ports.add(Number.parseInt(local.split(':')[1]!, 16));
+  }
+  return ports;
+}
+
+/** The card's side of the bench: the plain-TCP endpoint and nbd-server, both listening. */
+async function startCard(
+  card: LabCard,
+  o: { assets: LabAssets; dir: string; diskBytes: number; lifetimeS: number; procs: CardProc[] },
+): Promise<() => Promise<void>> {
+  const cleanup = async () => {
+    await Promise.all(o.procs.map(stopOnCard));
+  };
+  try {
+    const endpoint = endpointArgv({
+      node: process.execPath,
+      cli: o.assets.cli!,
+      port: TCP_PORT,
+      // Its own serial: two controllers with one serial are one NVM subsystem to Linux, which then
+      // rejects the second for its duplicate controller ID.
+      devices: [`nvme:file=${join(o.dir, 'pcinet-tcp.img')},size=${o.diskBytes},serial=${TCP_SERIAL}`],
+      insecure: true,
+    });
+    o.procs.push(startOnCard(card, 'the plain-TCP endpoint', endpoint, o.lifetimeS, o.dir));
+    // nbd-server's new-style config: listen on the namespace's loopback (slirp's 10.0.2.2), one
+    // export; without `user` it keeps running as root.
+    const image = join(o.dir, 'nbd.img');
+    writeFileSync(image, '');
+    truncateSync(image, o.diskBytes);
+    const conf = join(o.dir, 'nbd-server.conf');
+    writeFileSync(
+      conf,
+      `[generic]\nlistenaddr = 127.0.0.1\nport = ${NBD_PORT}\n\n[${NBD_EXPORT}]\nexportname = ${image}\n`,
+    );
+    // -d: stay in the foreground (each client is still served by a child of its own).
+    o.procs.push(startOnCard(card, 'nbd-server', ['nbd-server', '-C', conf, '-d'], o.lifetimeS, o.dir));
+    const deadline = Date.now() + LISTEN_WAIT_MS;
+    for (;;) {
+      const dead = o.procs.find((p) => p.proc.exitCode !== null || p.proc.signalCode !== null);
+      if (dead) throw new Error(`bench/nvme: ${dead.name} exited before listening:\n${tail(dead.log(), 20)}`);
+      const ports = await listeningPorts(card);
+      if (ports.has(TCP_PORT) && ports.has(NBD_PORT)) break;
+      if (Date.now() > deadline) {
+        const logs = o.procs.map((p) => `--- ${p.name} ---\n${tail(p.log(), 20)}`).join('\n');
+        throw new Error(`bench/nvme: the card's servers did not listen within ${LISTEN_WAIT_MS} ms\n${logs}`);
+      }
+      await unrefDelay(LISTEN_POLL_MS);
+    }
+    return cleanup;
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}
+
+// ---- the guest's output ----
+
+type Counters = Record<string, number>;
+
+interface Parsed {
+  clkTck: number;
+  /** "disk test" → the phase's dd or fio output lines. */
+  out: Map<string, string[]>;
+  failed: Map<string, string>;
+  /** "disk test before|after" → the endpoint's counters. */
+  stats: Map<string, Counters>;
+  /** "disk test" → both host-agents' CPU (clock ticks) and the phase's wall time. */
+  cpu: Map<string, PhaseCpu>;
+}
+
+interface PhaseCpu {
+  tcp: number;
+  tls: number;
+  ms: number;
+}
+
+function parse(stdout: string): Parsed {
+  const p: Parsed = { clkTck: 100, out: new Map(), failed: new Map(), stats: new Map(), cpu: new Map() };
+  for (const line of stdout.split('\n')) {
+    let m = /^CLK_TCK (\d+)$/.exec(line);
+    if (m) p.clkTck = Number(m[1]);
+    m = /^OUT (\S+ \S+) (.*)$/.exec(line);
+    if (m) p.out.set(m[1]!, [...(p.out.get(m[1]!) ?? []), m[2]!]);
+    m = /^FAILED (\S+ \S+) (\d+)$/.exec(line);
+    if (m) {
+      const why =
+        m[2] === '124' ? 'stopped at its time bound; the rate is of the I/Os done by then' : `exit ${m[2]}`;
+      p.failed.set(m[1]!, why);
+    }
+    m = /^CPU (\S+ \S+) (-?\d+) (-?\d+) (\d+)$/.exec(line);
+    if (m) p.cpu.set(m[1]!, { tcp: Number(m[2]), tls: Number(m[3]), ms: Number(m[4]) });
+    m = /^STATS (\S+ \S+ \S+) .*"counters":(\{[^}]*\})/.exec(line);
+    if (m) p.stats.set(m[1]!, JSON.parse(m[2]!) as Counters);
+  }
+  return p;
+}
+
+interface Measured {
+  /** MB/s or IOPS, as the test's unit says. */
+  value: number;
+  ios: number;
+}
+
+/** The phase's figure from dd's summary line or fio's terse v3 line (fields 6–8 read, 47–49 write:
+ *  KiB moved, KiB/s, IOPS). */
+function measured(t: Test, lines: readonly string[]): Measured | undefined {
+  if (t.tool === 'dd') {
+    for (const l of lines) {
+      const m = /^(\d+) bytes .* copied, ([\d.e+-]+) s,/.exec(l);
+      if (m && Number(m[2]) > 0)
+        return { value: Number(m[1]) / Number(m[2]) / 1e6, ios: Number(m[1]) / t.bs };
+    }
+    return undefined;
+  }
+  const f = lines.find((l) => l.startsWith('3;'))?.split(';');
+  if (!f) return undefined;
+  const at = t.rw === 'write' ? 46 : 5;
+  const [kib, kibps, iops] = [Number(f[at]), Number(f[at + 1]), Number(f[at + 2])];
+  if (!(kib > 0)) return undefined;
+  return { value: t.unit === 'IOPS' ? iops : (kibps * 1024) / 1e6, ios: (kib * 1024) / t.bs };
+}
+
+/** Sum over the endpoint's devices ("dev1.dmaReads", …) of one counter's change in a phase. */
+function delta(p: Parsed, key: string, counter: string): number | undefined {
+  const before = p.stats.get(`${key} before`);
+  const after = p.stats.get(`${key} after`);
+  if (!before || !after) return undefined;
+  const re = new RegExp(`^dev\\d+\\.${counter}$`);
+  let sum = 0;
+  let seen = false;
+  for (const [k, v] of Object.entries(after)) {
+    if (!re.test(k)) continue;
+    seen = true;
+    sum += v - (before[k] ?? 0);
+  }
+  return seen ? sum : undefined;
+}
+
+function table(rows: string[][], rightFrom = 1): string {
+  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
+  return rows
+    .map((r) =>
+      r.map((cell, c) => (c < rightFrom ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '),
+    )
+    .join('\n');
+}
+
+/** Clock ticks over a wall time, as % of one CPU. */
+const percent = (ticks: number, ms: number, clkTck: number) =>
+  ms > 0 ? `${((ticks / clkTck / (ms / 1000)) * 100).toFixed(1)} %` : '?';
+
+const fmtRatio = (a: number | undefined, b: number | undefined) =>
+  a !== undefined && b !== undefined && b > 0 ? (a / b).toFixed(2) : '?';
+
+/** Per-I/O counters of the endpoint, with the push counters only when the endpoint has them. */
+const PER_IO: readonly { counter: string; label: string; push?: boolean; digits?: number }[] = [
+  { counter: 'dmaReads', label: 'DMA read RTs' },
+  { counter: 'pushHits', label: 'push hits', push: true },
+  { counter: 'pushBytes', label: 'push bytes', push: true, digits: 0 },
+  { counter: 'pushDrops', label: 'push drops', push: true },
+  { counter: 'mmioWrites', label: 'MMIO writes' },
+  { counter: 'interrupts', label: 'interrupts' },
+];
+
+function report(args: Args, kver: string, p: Parsed): void {
+  const all = tests(args.mib);
+  const results = new Map<string, Measured>();
+  for (const t of all) {
+    for (const d of DISKS) {
+      const m = measured(t, p.out.get(`${d} ${t.key}`) ?? []);
+      if (m) results.set(`${d} ${t.key}`, m);
+    }
+  }
+  const value = (d: Disk, t: Test) => results.get(`${d} ${t.key}`)?.value;
+  const shown = (d: Disk, t: Test) => {
+    const v = value(d, t);
+    return v === undefined ? '?' : t.unit === 'IOPS' ? v.toFixed(0) : formatValue(v);
+  };
+  console.log(
+    `bench/nvme: one lab run (QEMU TCG, 2 vCPUs, Debian ${kver}); ${args.mib * 2} MiB sparse tmpfs file behind every disk; ` +
+      `fio ${args.seconds} s per phase`,
+  );
+  console.log(
+    `  pcinet TLS: the lab's endpoint, tls://${SLIRP_HOST}:${LAB_ENDPOINT_PORT}; pcinet TCP: a second endpoint and host-agent ` +
+      `in the same run, tcp://${SLIRP_HOST}:${TCP_PORT} (runInLab's insecure command lines)`,
+  );
+  console.log(
+    `  NBD: nbd-server on the card's 127.0.0.1:${NBD_PORT}, the guest's nbd-client to ${SLIRP_HOST}:${NBD_PORT} ` +
+      '(the same slirp path as the host-agent); NVMe/TCP: nvmet-tcp over the guest loopback, never crosses the network',
+  );
+  console.log('');
+  const rows = [['test', 'unit', ...DISKS.map((d) => COLUMNS[d]), 'TCP/NBD', 'TLS/TCP']];
+  for (const t of all) {
+    rows.push([
+      t.label,
+      t.unit,
+      ...DISKS.map((d) => shown(d, t)),
+      fmtRatio(value('tcp', t), value('nbd', t)),
+      fmtRatio(value('tls', t), value('tcp', t)),
+    ]);
+  }
+  console.log(table(rows, 2));
+  for (const [key, why] of p.failed) console.log(`  ${key}: ${why}`);
+
+  const hasPush = [...p.stats.values()].some((c) =>
+    Object.keys(c).some((k) => /\.push(Hits|Bytes|Drops)$/.test(k)),
+  );
+  const perIo = PER_IO.filter((c) => hasPush || !c.push);
+  console.log('');
+  console.log(
+    `pcinet per I/O: the endpoint's counters (SIGUSR1 to the host-agent before and after each phase) and the ` +
+      `host-agent's utime+stime from /proc/PID/stat in the guest (CLK_TCK ${p.clkTck})` +
+      (hasPush ? '' : '; no push counters in this endpoint'),
+  );
+  const other = { tcp: 'tls', tls: 'tcp' } as const;
+  const prow = [['transport', 'test', 'I/Os', ...perIo.map((c) => c.label), 'CPU ms', 'other HA CPU']];
+  for (const d of ['tcp', 'tls'] as const) {
+    for (const t of all) {
+      const key = `${d} ${t.key}`;
+      const ios = results.get(key)?.ios;
+      const per = (n: number | undefined, digits = 2) =>
+        n === undefined || !ios ? '?' : (n / ios).toFixed(digits);
+      const cpu = p.cpu.get(key);
+      prow.push([
+        COLUMNS[d],
+        t.label,
+        ios === undefined ? '?' : ios.toFixed(0),
+        ...perIo.map((c) => per(delta(p, key, c.counter), c.digits)),
+        per(cpu && (cpu[d] * 1000) / p.clkTck),
+        cpu ? percent(cpu[other[d]], cpu.ms, p.clkTck) : '?',
+      ]);
+    }
+  }
+  console.log(table(prow, 2));
+  // Two host-agents share the guest's two vCPUs: what the idle ones cost while the others ran.
+  const idle = { tcp: 0, tls: 0, ms: 0 };
+  for (const t of all) {
+    for (const d of ['nbd', 'kernel'] as const) {
+      const c = p.cpu.get(`${d} ${t.key}`);
+      if (!c) continue;
+      idle.tcp += c.tcp;
+      idle.tls += c.tls;
+      idle.ms += c.ms;
+    }
+  }
+  console.log(
+    `  CPU ms: the transport's own host-agent per I/O; other HA CPU: the other (idle) host-agent during the ` +
+      `phase, % of one vCPU. While NBD and NVMe/TCP ran, the idle host-agents used ` +
+      `${percent(idle.tcp, idle.ms, p.clkTck)} (TCP) and ${percent(idle.tls, idle.ms, p.clkTck)} (TLS).`,
+  );
+
+  writeChart(args.chart, {
+    title: 'pcinet NVMe vs NBD on the same path, and the kernel’s NVMe/TCP in the guest',
+    notes: [
+      `lab guest: QEMU TCG, 2 vCPUs, Debian ${kver}; ${args.mib * 2} MiB tmpfs-backed disks; fio ${args.seconds} s per phase; ${new Date().toISOString().slice(0, 10)}`,
+      'pcinet and NBD: guest → QEMU user networking → the card; NVMe/TCP: the guest’s loopback only (kernel-only bound)',
+      args.log
+        ? 'log scale, one axis for all rows (mixed units: read each bar’s value)'
+        : 'each row scaled to its own largest value; the values are on the bars',
+    ],
+    series: DISKS.map((d) => COLUMNS[d]),
+    groups: all.map((t) => ({ label: t.label, unit: t.unit, values: DISKS.map((d) => value(d, t)) })),
+    scale: args.log ? 'log' : 'group',
+  });
+  console.log('');
+  console.log(`chart: ${args.chart}`);
 }
 
 async function main(): Promise<void> {
-  const { mib, seconds } = parseArgs(process.argv.slice(2));
-  const dir = mkdtempSync(join(tmpdir(), 'pcinet-bench-nvme-'));
+  const args = parseArgs(process.argv.slice(2));
+  await ensurePackages(PACKAGES, (l) => console.error(`bench/nvme: ${l}`));
+  const assets = await prepareLab({ modules: true });
+  if (assets.pcinetUnavailable) throw new Error(`bench/nvme: pcinet cannot run: ${assets.pcinetUnavailable}`);
+  const timeoutS = scriptBoundS(args.mib, args.seconds) + LAB_OVERHEAD_S;
+  const diskBytes = args.mib * 2 * (1 << 20);
+  const dir = mkdtempSync(join(TMPFS, 'pcinet-bench-nvme-'));
+  const procs: CardProc[] = [];
+  const cardLogs = () => procs.map((p) => `--- ${p.name} ---\n${tail(p.log(), 20)}`).join('\n');
   try {
-    const assets = await prepareLab({ modules: true });
     const r = await runInLab({
       assets,
-      devices: [`nvme:file=${join(dir, 'disk.img')},size=${mib * 2}M`],
-      command: guestScript(mib, seconds),
-      timeoutMs: (6 * seconds + 600) * 1000,
+      devices: [`nvme:file=${join(dir, 'pcinet-tls.img')},size=${diskBytes}`],
+      command: guestScript({
+        mib: args.mib,
+        seconds: args.seconds,
+        tcpHostArgv: hostAgentArgv({
+          node: process.execPath,
+          cli: assets.cli!,
+          connect: `tcp://${SLIRP_HOST}:${TCP_PORT}`,
+          insecure: true,
+          readyFile: TCP_READY,
+        }),
+        tcpReadyFile: TCP_READY,
+        nbdHost: SLIRP_HOST,
+        nbdPort: NBD_PORT,
+        nbdExport: NBD_EXPORT,
+        tlsConnect: `tls://${SLIRP_HOST}:${LAB_ENDPOINT_PORT}`,
+        tlsLog: `${GUEST_RUN_DIR}/${HOST_AGENT_LOG}`,
+      }),
+      timeoutMs: timeoutS * 1000,
+      // The guest's progress lines and errors, as they come.
+      onOutput: (chunk, stream) => {
+        if (stream === 'stderr') process.stderr.write(chunk);
+      },
+      card: (card) => startCard(card, { assets, dir, diskBytes, lifetimeS: timeoutS + 60, procs }),
+    }).catch((e: Error) => {
+      throw new Error(`${e.message}\n${cardLogs()}`);
     });
-    if (r.code !== 0)
-      throw new Error(`bench/nvme: the lab run failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
-    const results = new Map<string, number>();
-    for (const m of r.stdout.matchAll(/^RESULT (\S+) (\S+) ([\d.]+)$/gm))
-      results.set(`${m[1]} ${m[2]}`, Number(m[3]));
-    const tests: [string, string, string][] = [
-      ['read-4k-qd1', 'dd 4K read, QD1', 'MB/s'],
-      ['write-4k-qd1', 'dd 4K write, QD1', 'MB/s'],
-      ['read-128k-qd1', 'dd 128K read, QD1', 'MB/s'],
-      ['write-128k-qd1', 'dd 128K write, QD1', 'MB/s'],
-      ['randread-4k-qd32-iops', 'fio 4K randread, QD32', 'IOPS'],
-    ];
-    console.log(
-      `bench/nvme: lab guest (QEMU TCG, 2 vCPUs); pcinet file backend vs nvmet-tcp on tmpfs over loopback`,
-    );
-    console.log('test                      pcinet        NVMe/TCP      ratio');
-    for (const [key, label, unit] of tests) {
-      const a = results.get(`pcinet ${key}`);
-      const b = results.get(`nvme-tcp ${key}`);
-      const fmt = (v: number | undefined) =>
-        (v === undefined ? '?' : v.toFixed(unit === 'IOPS' ? 0 : 1)).padStart(8);
-      const ratio = a !== undefined && b ? (a / b).toFixed(2) : '?';
-      console.log(`${label.padEnd(24)}  ${fmt(a)} ${unit.padEnd(4)}  ${fmt(b)} ${unit.padEnd(4)}  ${ratio}`);
-    }
-    // Round trips per 4K read at QD1: the endpoint's DmaRead requests during that phase.
-    const snaps = [...r.hostAgentLog.matchAll(/"counters":(\{[^}]*\}),"msg":"endpoint statistics"/g)].map(
-      (m) => JSON.parse(m[1]!) as Record<string, number>,
-    );
-    if (snaps.length >= 2) {
-      const d = (k: string) => (snaps[1]![k] ?? 0) - (snaps[0]![k] ?? 0);
-      console.log(
-        `4K read at QD1: ${(d('dev1.dmaReads') / QD1_4K_IOS).toFixed(2)} endpoint→host DMA reads (round trips) and ` +
-          `${(d('dev1.mmioWrites') / QD1_4K_IOS).toFixed(2)} MMIO writes per I/O`,
+    if (r.code !== 0) {
+      throw new Error(
+        `bench/nvme: the guest's script failed (${r.code}; its stderr is above); its stdout ends:\n` +
+          `${tail(r.stdout, 20)}\n${cardLogs()}`,
       );
-    } else {
-      console.log('4K read at QD1: round trips unknown (no endpoint statistics in the host-agent log)');
     }
+    report(args, assets.kver, parse(r.stdout));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
