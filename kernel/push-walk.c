@@ -25,6 +25,7 @@
 /* NVMe: the SQE, the Write opcode, the memory page size PRPs are walked in (CC.MPS = 0). */
 #define SQE_SIZE		64
 #define NVME_CMD_WRITE		0x01
+#define NVME_CMD_READ		0x02
 #define NVME_PAGE		4096u
 
 /* virtio: a split-queue descriptor and its flags. */
@@ -92,33 +93,38 @@ static bool walk_push(struct pcinet_push_walker *w, u32 rule, u64 iova, u64 len)
 
 /* ---- NVME_SQ ---- */
 
-/* The data of one NVM Write, in the order the controller walks PRP1/PRP2 (controller.ts #prps). */
-static void walk_nvme_write(struct pcinet_push_walker *w, u32 id,
-			    const struct pcinet_push_rule *r, const u8 *sqe)
+/*
+ * The PRP list pages of one NVM Read or Write and, for a Write that fits data_max and the budget,
+ * its data, in the order the controller walks PRP1/PRP2 (controller.ts #prps).
+ */
+static void walk_nvme_rw(struct pcinet_push_walker *w, u32 id,
+			 const struct pcinet_push_rule *r, const u8 *sqe)
 {
 	u64 prp1 = rd64(sqe + 24), prp2 = rd64(sqe + 32), list;
 	u32 first, left, slots, need, take, pages, i;
+	bool data = sqe[0] == NVME_CMD_WRITE;
 	u8 e[8];
 	u64 len;
 
 	if (r->lba_shift > 12)
 		return;		/* refused when the rule was set; the walk does not rely on it */
 	len = (u64)(rd16(sqe + 48) + 1) << r->lba_shift;
-	if (len > r->data_max)
-		return;
-	if (len > w->left) {
+	if (len > r->data_max) {
+		data = false;
+	} else if (data && len > w->left) {
 		/* "if the push budget allows it": a command's data goes whole or not at all */
 		w->over_budget++;
-		return;
+		data = false;
 	}
 	first = min_u32(len, NVME_PAGE - prp1 % NVME_PAGE);
-	walk_push(w, id, prp1, first);
+	if (data)
+		walk_push(w, id, prp1, first);
 	left = len - first;
 	if (!left)
 		return;
 	if (left <= NVME_PAGE) {
 		/* PRP2 is the second page: offset bits make the controller fail the command */
-		if (prp2 % NVME_PAGE == 0)
+		if (data && prp2 % NVME_PAGE == 0)
 			walk_push(w, id, prp2, left);
 		return;
 	}
@@ -149,7 +155,8 @@ static void walk_nvme_write(struct pcinet_push_walker *w, u32 id,
 			if (page % NVME_PAGE)
 				return;
 			n = min_u32(left, NVME_PAGE);
-			walk_push(w, id, page, n);
+			if (data)
+				walk_push(w, id, page, n);
 			left -= n;
 		}
 		if (need <= slots)
@@ -199,8 +206,8 @@ static void walk_nvme(struct pcinet_push_walker *w, u32 id, struct pcinet_push_r
 					return;
 				continue;
 			}
-			if (sqe[0] == NVME_CMD_WRITE)
-				walk_nvme_write(w, id, r, sqe);
+			if (sqe[0] == NVME_CMD_WRITE || sqe[0] == NVME_CMD_READ)
+				walk_nvme_rw(w, id, r, sqe);
 		}
 	}
 }

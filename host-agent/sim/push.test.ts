@@ -253,10 +253,10 @@ describe('NVME_SQ push rules', () => {
     ]);
   });
 
-  it('pushes the full first list page of a write of more than 512 pages only if the budget allows', () => {
+  it('pushes the list pages but not the data of a write of more than 512 pages (over the budget)', () => {
     const w = world();
     // 520 pages (2 MiB + 32 KiB): two list pages, 512 + 8 slots. More than the budget, so the data
-    // is not pushed at all; the entry is.
+    // is not pushed at all; the entry and both list pages are (the controller reads them first).
     const sq = nvmeQueue(w, 4, { dataMax: 4 << 20 });
     const data = w.buffer(520 * PAGE);
     const pg = (i: number) => data.iova + BigInt(i * PAGE);
@@ -267,8 +267,30 @@ describe('NVME_SQ push rules', () => {
     const first = prpList(w, [...Array.from({ length: 511 }, (_, i) => pg(1 + i)), second.iova]);
     expect(first.bytes.length).toBe(PAGE);
     sq.put(0, sqe(OP_WRITE, { prp1: pg(0), prp2: first.iova, nlb: 519 }));
-    expect(spans(w.ring(0, SQ_DB, 1))).toEqual([[3, sq.iova, 64]]);
+    expect(spans(w.ring(0, SQ_DB, 1))).toEqual([
+      [3, sq.iova, 64],
+      [3, first.iova, PAGE],
+      [3, second.iova, 8 * 8],
+    ]);
     expect(w.rules.skipped).toBe(1);
+  });
+
+  it('pushes the PRP list of a read, never its data pages (the device writes them)', () => {
+    const w = world();
+    const sq = nvmeQueue(w, 4);
+    const data = w.buffer(32 * PAGE, 'from-device');
+    const pg = (i: number) => data.iova + BigInt(i * PAGE);
+    const list = prpList(
+      w,
+      Array.from({ length: 31 }, (_, i) => pg(1 + i)),
+    );
+    sq.put(0, sqe(OP_READ, { prp1: pg(0), prp2: list.iova, nlb: 31 }));
+    sq.put(1, sqe(OP_READ, { prp1: pg(0), prp2: pg(1), nlb: 1 })); // two pages: no list
+    expect(spans(w.ring(0, SQ_DB, 2))).toEqual([
+      [3, sq.iova, 128],
+      [3, list.iova, 31 * 8],
+    ]);
+    expect(w.rules.skipped).toBe(0);
   });
 
   it('does not push the data of a write larger than data_max', () => {
@@ -334,8 +356,9 @@ describe('NVME_SQ push rules', () => {
       [3, a.list.iova, 31 * 8],
       [3, a.pg(1), PUSH_RECORD_BYTES],
       [3, a.pg(1) + BigInt(PUSH_RECORD_BYTES), 31 * PAGE - PUSH_RECORD_BYTES],
+      [3, writes[1]!.list.iova, 31 * 8],
     ]);
-    // The second 128 KiB did not fit what was left: not pushed at all.
+    // The second 128 KiB did not fit what was left: its data is not pushed at all, its list is.
     expect(w.rules.skipped).toBe(1);
   });
 

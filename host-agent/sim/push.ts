@@ -32,6 +32,7 @@ export const PUSH_RECORD_BYTES = 64 << 10;
 const SQE_SIZE = 64;
 /** NVM Command Set Specification 1.0, §3.2.6: Write. */
 const NVME_CMD_WRITE = 0x01;
+const NVME_CMD_READ = 0x02;
 /** virtio 1.2 §2.7.5: a split-queue descriptor and its flags. */
 const DESC_SIZE = 16;
 const VIRTQ_DESC_F_NEXT = 1;
@@ -207,32 +208,35 @@ export class PushRules {
     for (const sqes of pushed) {
       for (let o = 0; sqes && o + SQE_SIZE <= sqes.length; o += SQE_SIZE) {
         if (!this.#step(d)) return;
-        if (sqes[o] === NVME_CMD_WRITE) this.#nvmeWrite(d, id, r, sqes.subarray(o, o + SQE_SIZE));
+        if (sqes[o] === NVME_CMD_WRITE || sqes[o] === NVME_CMD_READ)
+          this.#nvmeRw(d, id, r, sqes.subarray(o, o + SQE_SIZE));
       }
     }
   }
 
-  /** The data of one NVM Write, walked as the controller walks PRP1/PRP2 (devices/nvme). */
-  #nvmeWrite(d: Doorbell, id: number, r: NvmeSqRule, sqe: Uint8Array): void {
+  /** The PRP list pages of one NVM Read or Write and, for a Write that fits dataMax and the
+   *  budget, its data, walked as the controller walks PRP1/PRP2 (devices/nvme). */
+  #nvmeRw(d: Doorbell, id: number, r: NvmeSqRule, sqe: Uint8Array): void {
     // Refused when the rule was set (9..12); the walk does not rely on it. NLB is 0's based
     // (bytes 48-49 of CDW12).
     if (!Number.isInteger(r.lbaShift) || r.lbaShift < 0 || r.lbaShift > 12) return;
     const len = (rd16(sqe, 48) + 1) * 2 ** r.lbaShift;
-    if (!(len <= r.dataMax)) return;
-    if (len > d.left) {
+    let data = sqe[0] === NVME_CMD_WRITE;
+    if (!(len <= r.dataMax)) data = false;
+    else if (data && len > d.left) {
       // "the push budget allows it": a command's data is pushed whole or not at all.
       this.#skipped++;
-      return;
+      data = false;
     }
     const prp1 = rd64(sqe, 24);
     const prp2 = rd64(sqe, 32);
     const first = Math.min(len, PUSH_PAGE - Number(prp1 % PAGE));
-    this.#take(d, id, prp1, first);
+    if (data) this.#take(d, id, prp1, first);
     let left = len - first;
     if (left === 0) return;
     if (left <= PUSH_PAGE) {
       if (prp2 % PAGE !== 0n) return; // offset bits in PRP2: the controller fails the command
-      this.#take(d, id, prp2, left);
+      if (data) this.#take(d, id, prp2, left);
       return;
     }
     // PRP2 points into a list page: it may start mid-page, but on an entry (8 bytes); the
@@ -254,7 +258,7 @@ export class PushRules {
         const page = rd64(entries, 8 * i);
         if (page % PAGE !== 0n) return;
         const n = Math.min(PUSH_PAGE, left);
-        this.#take(d, id, page, n);
+        if (data) this.#take(d, id, page, n);
         left -= n;
       }
       if (need <= slots) return;
