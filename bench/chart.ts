@@ -145,6 +145,7 @@ export function barChartSvg(c: BarChart): string {
   const out: string[] = [];
   out.push(
     `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}">`,
+    `<title>${esc(c.title)}</title>`,
     `<rect width="${width}" height="${height}" fill="#fff"/>`,
     `<text x="${LEFT}" y="18" ${FONT} font-size="15" font-weight="bold">${esc(c.title)}</text>`,
   );
