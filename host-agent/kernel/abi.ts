@@ -45,8 +45,8 @@ export const STATUS_ERROR = 1;
 /** Push rules (docs/PUSH.md): enum pcinet_push_kind, PCINET_PUSH_F_INDIRECT, the limits. */
 export const PUSH_KIND = { NONE: 0, NVME_SQ: 1, VIRTQ: 2 } as const;
 export const PUSH_F_INDIRECT = 1;
-export const MAX_PUSH_RULES = 128;
-export const PUSH_MAX_BYTES = 256 * 1024;
+// One source for the limits the models and the sim use too; abi.test.ts checks them against C.
+export { MAX_PUSH_RULES, PUSH_MAX_BYTES } from '../../devices/push.js';
 /** sizeof(struct pcinet_w_push_rule). */
 export const PUSH_RULE_SIZE = 64;
 

@@ -23,10 +23,11 @@ import {
   type PushRule,
   type VirtqRule,
 } from '../../devices/push.js';
+import { MAX_DATA } from '../kernel/abi.js';
 
 /** Most bytes one Push carries: R_PUSH's data limit (PCINET_MAX_DATA), so a larger range becomes
  *  several pushes of consecutive IOVAs exactly as the kernel's records do (docs/PUSH.md "Bounds"). */
-export const PUSH_RECORD_BYTES = 64 << 10;
+export const PUSH_RECORD_BYTES = MAX_DATA;
 
 /** NVMe Base Specification 2.0, §4.2: a submission queue entry is 64 bytes. */
 const SQE_SIZE = 64;
