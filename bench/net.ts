@@ -9,10 +9,9 @@
 // directly, which is the transport pcinet rides on. The chart (--chart, default
 // bench/results/net.svg) has the same figures.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
-import { join, resolve } from 'node:path';
-import { repoRoot } from '../lab/paths.js';
 import { ensurePackages, prepareLab } from '../lab/prepare.js';
 import { type LabCard, runInLab } from '../lab/run.js';
+import { parseBenchArgs } from './args.js';
 import { writeChart } from './chart.js';
 
 const TAP = 'pnb0';
@@ -20,31 +19,6 @@ const MAC = '52:54:00:be:4c:01';
 const CARD = '10.77.0.1';
 const GUEST = '10.77.0.2';
 const DIRECT_PORT = 5299;
-
-interface Args {
-  seconds: number;
-  chart: string;
-  log: boolean;
-}
-
-function parseArgs(argv: string[]): Args {
-  const o: Args = { seconds: 10, chart: join(repoRoot(), 'bench', 'results', 'net.svg'), log: false };
-  const usage = 'use --seconds 1..120, --chart FILE, --log';
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--log') {
-      o.log = true;
-      continue;
-    }
-    const v = argv[++i];
-    if (v === undefined) throw new Error(`bench/net: ${a} needs a value (${usage})`);
-    const n = Number(v);
-    if (a === '--seconds' && n > 0 && n <= 120) o.seconds = n;
-    else if (a === '--chart') o.chart = resolve(v);
-    else throw new Error(`bench/net: bad argument ${a} ${v} (${usage})`);
-  }
-  return o;
-}
 
 function run(argv: string[]): Promise<void> {
   return new Promise((resolve, reject) =>
@@ -55,7 +29,9 @@ function run(argv: string[]): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2));
+  const args = parseBenchArgs('net', process.argv.slice(2), {
+    seconds: { value: 10, range: '1..120', ok: (n) => n > 0 && n <= 120 },
+  });
   const { seconds } = args;
   // iperf3 runs on both sides from this machine's root (the guest sees it over 9p).
   await ensurePackages(['iperf3'], (l) => console.error(`bench/net: ${l}`));

@@ -25,13 +25,14 @@
 //   node dist/bench/nvme.js [--mib 64] [--seconds 10] [--chart FILE] [--log]
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { endpointArgv, hostAgentArgv, LAB_ENDPOINT_PORT, SLIRP_HOST } from '../lab/commands.js';
 import { HOST_AGENT_LOG } from '../lab/guest-script.js';
-import { GUEST_RUN_DIR, repoRoot } from '../lab/paths.js';
+import { GUEST_RUN_DIR } from '../lab/paths.js';
 import { ensurePackages, type LabAssets, prepareLab } from '../lab/prepare.js';
 import { runOk, tail, unrefDelay } from '../lab/proc.js';
 import { type LabCard, runInLab } from '../lab/run.js';
+import { parseBenchArgs } from './args.js';
 import { formatValue, writeChart } from './chart.js';
 import { DISKS, type Disk, guestScript, scriptBoundS, type Test, tests } from './nvme-guest.js';
 
@@ -61,39 +62,6 @@ const COLUMNS: Record<Disk, string> = {
   nbd: 'NBD',
   kernel: 'NVMe/TCP (kernel-only bound)',
 };
-
-interface Args {
-  mib: number;
-  seconds: number;
-  chart: string;
-  log: boolean;
-}
-
-function parseArgs(argv: string[]): Args {
-  const o: Args = {
-    mib: 64,
-    seconds: 10,
-    chart: join(repoRoot(), 'bench', 'results', 'nvme.svg'),
-    log: false,
-  };
-  const usage = 'use --mib 8..256, --seconds 1..120, --chart FILE, --log';
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (a === '--log') {
-      o.log = true;
-      continue;
-    }
-    const v = argv[++i];
-    if (v === undefined) throw new Error(`bench/nvme: ${a} needs a value (${usage})`);
-    const n = Number(v);
-    // The guest's 1 GiB holds the NVMe/TCP reference's file in tmpfs: up to 2 × 256 MiB of it.
-    if (a === '--mib' && Number.isInteger(n) && n >= 8 && n <= 256) o.mib = n;
-    else if (a === '--seconds' && n >= 1 && n <= 120) o.seconds = n;
-    else if (a === '--chart') o.chart = resolve(v);
-    else throw new Error(`bench/nvme: bad argument ${a} ${v} (${usage})`);
-  }
-  return o;
-}
 
 /** A long-running process on the card: output kept for error messages, stopped by cleanup. */
 interface CardProc {
@@ -295,7 +263,11 @@ const PER_IO: readonly { counter: string; label: string; push?: boolean; digits?
   { counter: 'interrupts', label: 'interrupts' },
 ];
 
-function report(args: Args, kver: string, p: Parsed): void {
+function report(
+  args: { mib: number; seconds: number; chart: string; log: boolean },
+  kver: string,
+  p: Parsed,
+): void {
   const all = tests(args.mib);
   const results = new Map<string, Measured>();
   for (const t of all) {
@@ -400,7 +372,11 @@ function report(args: Args, kver: string, p: Parsed): void {
 }
 
 async function main(): Promise<void> {
-  const args = parseArgs(process.argv.slice(2));
+  const args = parseBenchArgs('nvme', process.argv.slice(2), {
+    // The guest's 1 GiB holds the NVMe/TCP reference's file in tmpfs: up to 2 × 256 MiB of it.
+    mib: { value: 64, range: '8..256', ok: (n) => Number.isInteger(n) && n >= 8 && n <= 256 },
+    seconds: { value: 10, range: '1..120', ok: (n) => n >= 1 && n <= 120 },
+  });
   await ensurePackages(PACKAGES, (l) => console.error(`bench/nvme: ${l}`));
   const assets = await prepareLab({ modules: true });
   if (assets.pcinetUnavailable) throw new Error(`bench/nvme: pcinet cannot run: ${assets.pcinetUnavailable}`);

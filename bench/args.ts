@@ -1,0 +1,38 @@
+// The command line every bench shares: numeric options with their bounds, `--chart FILE` (default
+// bench/results/NAME.svg) and `--log`. Anything else is an error naming the usage.
+import { join, resolve } from 'node:path';
+import { repoRoot } from '../lab/paths.js';
+
+export interface NumberOption {
+  value: number;
+  /** What the option accepts, e.g. "1..120", and the test for it. */
+  range: string;
+  ok: (n: number) => boolean;
+}
+
+export function parseBenchArgs<K extends string>(
+  bench: string,
+  argv: readonly string[],
+  numbers: Record<K, NumberOption>,
+): Record<K, number> & { chart: string; log: boolean } {
+  const values = Object.fromEntries(Object.entries<NumberOption>(numbers).map(([k, o]) => [k, o.value]));
+  const o = { ...values, chart: join(repoRoot(), 'bench', 'results', `${bench}.svg`), log: false };
+  const usage = `use ${Object.entries<NumberOption>(numbers)
+    .map(([k, n]) => `--${k} ${n.range}`)
+    .join(', ')}, --chart FILE, --log`;
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a === '--log') {
+      o.log = true;
+      continue;
+    }
+    const v = argv[++i];
+    if (v === undefined) throw new Error(`bench/${bench}: ${a} needs a value (${usage})`);
+    const name = a.slice(2);
+    const spec = a.startsWith('--') ? (numbers as Record<string, NumberOption>)[name] : undefined;
+    if (spec?.ok(Number(v))) (o as Record<string, unknown>)[name] = Number(v);
+    else if (a === '--chart') o.chart = resolve(v);
+    else throw new Error(`bench/${bench}: bad argument ${a} ${v} (${usage})`);
+  }
+  return o as Record<K, number> & { chart: string; log: boolean };
+}
