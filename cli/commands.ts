@@ -111,5 +111,6 @@ export async function runHost(o: HostFlags, log: Logger): Promise<number> {
     untilSignal: untilSignal(),
     onReady: o.readyFile ? (devices) => writeReadyFile(o.readyFile!, devices) : undefined,
     reconnect: o.reconnect,
+    kernelLink: o.kernelLink,
   });
 }

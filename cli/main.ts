@@ -80,6 +80,10 @@ export function buildProgram(): Command {
         '--reconnect',
         'when the endpoint is lost for good, keep redialling and attach its devices again',
         false,
+      )
+      .option(
+        '--no-kernel-link',
+        'kernel channel over plain TCP: keep the data plane in the host-agent instead of pcinet.ko’s own connection',
       ),
   ).action(async (_o, cmd: Command) => {
     const o = options<HostFlags>(cmd);
@@ -133,6 +137,7 @@ export interface HostFlags extends CommonFlags {
   selftest: boolean;
   readyFile?: string;
   reconnect: boolean;
+  kernelLink: boolean;
 }
 
 function usageExit(message: string): never {

@@ -22,6 +22,7 @@
 //   UNKNOWN_MESSAGE     a message with no body
 // A volatile-read request (MmioRead) outside the device's volatile ranges is the host's mistake
 // too, but a harmless one: it is answered with status BAD_ARGUMENT and traced.
+import { randomBytes } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
 import { type DeviceModel, DmaError, type HostPort } from '../devices/host-port.js';
@@ -40,6 +41,7 @@ import {
 } from '../proto/wire.js';
 import { wireDescription } from './describe.js';
 import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
+import type { KernelLink } from './link.js';
 import { PushCache } from './push-cache.js';
 
 /** What the runtime needs of a session (proto/session.ts satisfies it). Events:
@@ -55,12 +57,24 @@ export interface SessionLike extends EventEmitter {
   readonly backlogged: boolean;
   /** Capability bits both sides set in Hello (CAP_PUSH_RULES: models' push rules are sent). */
   readonly capabilities?: number;
+  /** Ends the session with an error (a kernel link broke the protocol). */
+  close?(err?: Error): unknown;
+}
+
+/** Where a device's messages go: the session, or the device's kernel link. */
+interface Outlet {
+  send(m: Msg): void;
+  flush(): void;
+  readonly backlogged: boolean;
 }
 
 export interface RuntimeOptions {
   log?: Logger;
   /** Outstanding DmaRead tags per device; more requests wait. Default DEFAULT_DMA_TAGS (64). */
   maxDmaTags?: number;
+  /** Offer kernel links (Attach.link_token) when the session has CAP_KERNEL_LINK: the server
+   *  passes links it accepts to bindLink(). */
+  links?: boolean;
 }
 
 export interface AttachOutcome {
@@ -138,6 +152,9 @@ class Device {
   readonly traceCounts = new Map<string, number>();
   dma!: DmaReader;
   port!: HostPort;
+  /** Offered in Attach: a kernel link that presents it carries this device's data plane. */
+  linkToken: Uint8Array | undefined;
+  link: KernelLink | undefined;
 
   constructor(
     readonly dev: number,
@@ -210,11 +227,15 @@ export class EndpointRuntime {
   #pendingBytes = 0;
   #drainWaiters: (() => void)[] = [];
   #attachDone: { resolve(o: AttachOutcome[]): void; reject(e: Error): void } | undefined;
+  readonly #links: boolean;
+  /** Kernel links written to since their last flush. */
+  readonly #unflushedLinks = new Set<KernelLink>();
 
   constructor(session: SessionLike, models: readonly DeviceModel[], options: RuntimeOptions = {}) {
     this.#session = session;
     this.#log = options.log ?? pino({ level: 'silent' });
     this.#maxTags = options.maxDmaTags ?? DEFAULT_DMA_TAGS;
+    this.#links = options.links ?? false;
     models.forEach((m, i) => {
       const d = new Device(i + 1, m);
       d.dma = new DmaReader((tag, iova, length) => {
@@ -240,13 +261,39 @@ export class EndpointRuntime {
     const done = new Promise<AttachOutcome[]>((resolve, reject) => {
       this.#attachDone = { resolve, reject };
     });
+    const links = this.#links && ((s.capabilities ?? 0) & Capability.CAP_KERNEL_LINK) !== 0;
     for (const d of this.#devices.values()) {
-      s.send({ attach: { dev: d.dev, desc: wireDescription(d.model.description) } });
+      d.linkToken = links ? randomBytes(16) : undefined;
+      s.send({
+        attach: { dev: d.dev, desc: wireDescription(d.model.description), linkToken: d.linkToken },
+      });
       this.#unflushed = true;
     }
     this.#flush();
     this.#checkAttached();
     return done;
+  }
+
+  /** A kernel link presenting `token` (its hello): true if it belongs to a device being attached,
+   *  which then sends and receives its data plane on it once the host's AttachResult says so. */
+  bindLink(token: Uint8Array, link: KernelLink): boolean {
+    if (this.#closed) return false;
+    const d = [...this.#devices.values()].find(
+      (x) => x.state === 'pending' && !x.link && x.linkToken && Buffer.from(x.linkToken).equals(token),
+    );
+    if (!d) return false;
+    d.link = link;
+    link.accept(d.dev);
+    link.on('drain', () => this.#drained());
+    link.once('close', (err?: Error) => {
+      if (d.link !== link) return;
+      if (d.state === 'attached')
+        this.#log.warn({ dev: d.dev, model: d.name, err: err?.message }, 'kernel link closed');
+      // A link the kernel broke the protocol on ends the session like any host mistake.
+      if (err instanceof ProtocolError) void this.#session.close?.(err);
+    });
+    this.#log.info({ dev: d.dev, model: d.name, remote: link.remote }, 'kernel link open');
+    return true;
   }
 
   /** Endpoint-side unplug of every device (orderly shutdown): Detach{reason} for each, models
@@ -287,10 +334,7 @@ export class EndpointRuntime {
       for (const d of this.#devices.values()) {
         if (d.state !== 'attached') continue;
         this.#pushShadow(d);
-        if (wrote.has(d)) {
-          this.#session.send({ writesApplied: { dev: d.dev, count: long(d.writes) } });
-          this.#unflushed = true;
-        }
+        if (wrote.has(d)) this.#out(d).send({ writesApplied: { dev: d.dev, count: long(d.writes) } });
       }
     } finally {
       this.#inBatch = false;
@@ -459,11 +503,26 @@ export class EndpointRuntime {
     }
     const code = r.code ?? ErrorCode.OK;
     d.outcome = { code, message: r.message ?? '' };
+    if (code === ErrorCode.OK && r.link && !d.link) {
+      throw new ProtocolError(
+        ErrorCode.UNEXPECTED_MESSAGE,
+        `AttachResult for device ${d.dev} names a kernel link that never reached us`,
+      );
+    }
+    if (d.link && !(code === ErrorCode.OK && r.link)) {
+      // The host's kernel could not finish what it started: the session carries the device.
+      d.link.close();
+      d.link = undefined;
+    }
     if (code === ErrorCode.OK) {
       d.state = 'attached';
       d.address = r.address ?? '';
       d.model.attach(d.port);
-      this.#log.info({ dev: d.dev, model: d.name, address: d.address }, 'device attached');
+      this.#log.info(
+        { dev: d.dev, model: d.name, address: d.address, kernelLink: !!d.link },
+        'device attached',
+      );
+      d.link?.start((msgs) => this.receive(msgs));
     } else {
       d.state = 'failed';
       this.#log.warn(
@@ -539,7 +598,7 @@ export class EndpointRuntime {
         this.#send(d, { interrupt: { dev: d.dev, vector } });
       },
       drain: () => {
-        if (!live() || !this.#session.backlogged) return Promise.resolve();
+        if (!live() || !this.#out(d).backlogged) return Promise.resolve();
         return new Promise((resolve) => this.#drainWaiters.push(resolve));
       },
       trace: (event, fields = {}) => {
@@ -564,11 +623,20 @@ export class EndpointRuntime {
     };
   }
 
+  /** The device's outlet: its kernel link if it has one, else the session (marked for flushing). */
+  #out(d: Device): Outlet {
+    if (d.link) {
+      this.#unflushedLinks.add(d.link);
+      return d.link;
+    }
+    this.#unflushed = true;
+    return this.#session;
+  }
+
   /** Every message of a device goes through here: its changed BAR bytes first. */
   #send(d: Device, m: Msg, payload = 0): void {
     this.#pushShadow(d);
-    this.#session.send(m);
-    this.#unflushed = true;
+    this.#out(d).send(m);
     this.#queued(payload);
   }
 
@@ -576,8 +644,7 @@ export class EndpointRuntime {
     for (const r of d.model.takeDirty()) {
       for (let off = 0; off < r.data.length; off += MAX_DMA_CHUNK) {
         const data = r.data.subarray(off, off + MAX_DMA_CHUNK);
-        this.#session.send({ shadowUpdate: { dev: d.dev, bar: r.bar, offset: long(r.offset + off), data } });
-        this.#unflushed = true;
+        this.#out(d).send({ shadowUpdate: { dev: d.dev, bar: r.bar, offset: long(r.offset + off), data } });
         this.#queued(data.length);
       }
     }
@@ -602,9 +669,11 @@ export class EndpointRuntime {
   }
 
   #flush(): void {
+    this.#pendingBytes = 0;
+    for (const l of this.#unflushedLinks) l.flush();
+    this.#unflushedLinks.clear();
     if (!this.#unflushed) return;
     this.#unflushed = false;
-    this.#pendingBytes = 0;
     this.#session.flush();
   }
 
@@ -622,6 +691,7 @@ export class EndpointRuntime {
 
   #sessionClosed(err?: Error): void {
     for (const d of this.#devices.values()) {
+      d.link?.close();
       const wasAttached = d.state === 'attached';
       if (d.state === 'attached' || d.state === 'pending') d.state = 'removed';
       if (wasAttached) this.#unplugModel(d);

@@ -2,16 +2,20 @@
 // models to one host session at a time. Another host that connects while the devices are held is
 // refused with BUSY; when the session ends (orderly, by error, or after the grace period) the
 // devices are detached and free for the next host.
+
+import type net from 'node:net';
 import type { Logger } from 'pino';
 import type { DeviceModel } from '../devices/host-port.js';
 import type { Address } from '../proto/address.js';
 import { encodeControl } from '../proto/codec.js';
 import type { Identity } from '../proto/identity.js';
+import { ABI_VERSION } from '../proto/kernel-abi.js';
 import { type Session, type SessionOptions, SessionServer } from '../proto/session.js';
-import { type Listener, listenTcp } from '../proto/tcp.js';
+import { type LinkHello, type Listener, listenTcp } from '../proto/tcp.js';
 import type { Transport } from '../proto/transport.js';
-import { ErrorCode, ProtocolError } from '../proto/wire.js';
+import { Capability, ErrorCode, OUR_CAPABILITIES, ProtocolError } from '../proto/wire.js';
 import { listenWs } from '../proto/ws.js';
+import { KernelLink } from './link.js';
 import { EndpointRuntime } from './runtime.js';
 
 export interface EndpointServerOptions {
@@ -50,6 +54,8 @@ export class EndpointServer {
         ...options.session,
         log: options.log,
         agent: 'pcinet-endpoint',
+        // Kernel links arrive on the plain-TCP listener; a host offers them only over plain TCP.
+        capabilities: OUR_CAPABILITIES | Capability.CAP_KERNEL_LINK,
         admit: () =>
           this.#active
             ? new ProtocolError(
@@ -88,15 +94,32 @@ export class EndpointServer {
             (t) => this.accept(t),
             refused,
             (why) => encodeControl(0, [{ error: { code: ErrorCode.AUTH_REFUSED, message: why } }]),
+            tls ? undefined : (socket, hello) => this.#link(socket, hello),
           );
     this.#listeners.push(l);
     return l.address;
+  }
+
+  /** A connection pcinet.ko opened for a device of the active session (docs/KERNEL-ABI.md). */
+  #link(socket: net.Socket, hello: LinkHello): void {
+    const remote = `${socket.remoteAddress}:${socket.remotePort}`;
+    const refuse = (why: string) => {
+      this.#log.warn({ remote, why }, 'kernel link refused');
+      socket.destroy();
+    };
+    if (hello.abiVersion !== ABI_VERSION) {
+      refuse(`record format version ${hello.abiVersion}, we speak ${ABI_VERSION}`);
+      return;
+    }
+    const link = new KernelLink(socket);
+    if (!this.#active?.runtime.bindLink(hello.token, link)) refuse('no device is waiting for it');
   }
 
   #serve(session: Session): void {
     const runtime = new EndpointRuntime(session, this.#o.models, {
       log: this.#log,
       maxDmaTags: this.#o.maxDmaTags,
+      links: true,
     });
     this.#active = { session, runtime };
     this.served++;

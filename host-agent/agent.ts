@@ -7,6 +7,7 @@
 //
 // Exit status: 0 orderly end or selftest passed; 1 the session failed, an attach failed, or the
 // selftest failed. (2, bad usage, is the CLI's.)
+import { lookup } from 'node:dns/promises';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import type { Address } from '../proto/address.js';
@@ -14,9 +15,9 @@ import type { Identity } from '../proto/identity.js';
 import { DEFAULT_GRACE_MS, openSession, type Session, type SessionOptions } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import type { Transport } from '../proto/transport.js';
-import { ErrorCode, long, type Msg, num } from '../proto/wire.js';
+import { Capability, ErrorCode, long, type Msg, num, OUR_CAPABILITIES } from '../proto/wire.js';
 import { dialWs } from '../proto/ws.js';
-import type { Channel } from './channel.js';
+import type { Channel, LinkTarget } from './channel.js';
 import { openKernelChannel } from './kernel/channel.js';
 import { Parking } from './parking.js';
 import { type AttachedDevice, Relay } from './relay.js';
@@ -43,6 +44,9 @@ export interface HostAgentOptions {
    *  redialling and attach its devices again when it is back, instead of exiting. Not with
    *  the selftest. The first session must open, or the agent exits 1. */
   reconnect?: boolean;
+  /** Kernel channel over plain TCP: let pcinet.ko carry each device's data plane on a connection
+   *  of its own (docs/KERNEL-ABI.md, W_CONNECT). Default true. */
+  kernelLink?: boolean;
 }
 
 export function dialer(
@@ -122,6 +126,48 @@ function statsOnSignal(session: Session, log: Logger): () => void {
   };
 }
 
+/** Where the kernel's links go: the endpoint's address, resolved now, when links are possible (the
+ *  kernel channel, plain TCP). */
+async function linkTarget(o: HostAgentOptions): Promise<Omit<LinkTarget, 'token'> | undefined> {
+  const scheme = o.address.scheme ?? 'tcp';
+  if (o.channel !== 'kernel' || o.kernelLink === false || o.tls || scheme !== 'tcp') return undefined;
+  try {
+    const a = await lookup(o.address.host);
+    const address = a.family === 4 ? Uint8Array.from(a.address.split('.').map(Number)) : ipv6Bytes(a.address);
+    return { host: a.address, family: a.family === 4 ? 4 : 6, address, port: o.address.port };
+  } catch (e) {
+    o.log.warn(
+      { host: o.address.host, err: (e as Error).message },
+      'cannot resolve the endpoint: no kernel link',
+    );
+    return undefined;
+  }
+}
+
+/** The 16 bytes of an IPv6 address in text form. */
+function ipv6Bytes(text: string): Uint8Array {
+  const [head = '', tail = ''] = text.split('::');
+  const groups = (part: string) => (part ? part.split(':') : []);
+  let h = groups(head);
+  let t = groups(tail);
+  const v4 = (t.length ? t : h).at(-1);
+  const extra: string[] = [];
+  if (v4?.includes('.')) {
+    const b = v4.split('.').map(Number);
+    extra.push(((b[0]! << 8) | b[1]!).toString(16), ((b[2]! << 8) | b[3]!).toString(16));
+    if (t.length) t = [...t.slice(0, -1), ...extra];
+    else h = [...h.slice(0, -1), ...extra];
+  }
+  const all = text.includes('::') ? [...h, ...Array(8 - h.length - t.length).fill('0'), ...t] : h;
+  const out = new Uint8Array(16);
+  all.forEach((g, i) => {
+    const v = Number.parseInt(g, 16);
+    out[2 * i] = v >> 8;
+    out[2 * i + 1] = v & 0xff;
+  });
+  return out;
+}
+
 /** Redial delays after the endpoint went away: doubling from the first to the last. */
 const RECONNECT_FIRST_MS = 250;
 const RECONNECT_MAX_MS = 5000;
@@ -177,12 +223,14 @@ async function serveSession(
   signalled: Promise<{ kind: 'signal'; name: string }>,
 ): Promise<Served> {
   const log = o.log;
+  const link = await linkTarget(o);
   let session: Session;
   try {
     session = await openSession(dialer(o.address, o.tls), {
       ...o.session,
       log,
       agent: `pcinet-host/${VERSION} (${hostname()})`,
+      capabilities: link ? OUR_CAPABILITIES | Capability.CAP_KERNEL_LINK : OUR_CAPABILITIES,
     });
   } catch (e) {
     log.error({ err: (e as Error).message }, 'cannot open a session with the endpoint');
@@ -192,7 +240,13 @@ async function serveSession(
   session.on('disconnected', (e: Error) => log.warn({ err: e.message }, 'connection lost; resuming'));
   session.on('resumed', () => log.info({ endpoint: session.remote }, 'session resumed'));
 
-  const relay = new Relay(session, channel, log, round.parking);
+  const relay = new Relay(
+    session,
+    channel,
+    log,
+    round.parking,
+    session.capabilities & Capability.CAP_KERNEL_LINK ? link : undefined,
+  );
   const stopStats = statsOnSignal(session, log);
   relay.done.then(stopStats, stopStats);
   let attached = false;

@@ -7,11 +7,29 @@ import type { DeviceDescription, ErrorCode, Msg } from '../proto/wire.js';
  *  Detach) into the session, in order. */
 export type DeviceSink = (m: Msg) => void;
 
+/** Where a kernel link goes (docs/KERNEL-ABI.md, W_CONNECT): the endpoint's resolved address. */
+export interface LinkTarget {
+  host: string;
+  family: 4 | 6;
+  /** 4 or 16 bytes. */
+  address: Uint8Array;
+  port: number;
+  /** The device's Attach.link_token. */
+  token: Uint8Array;
+}
+
+export interface AttachOptions {
+  /** Carry the device's data plane on a kernel link to the endpoint, if the channel can. */
+  link?: LinkTarget;
+  /** The kernel link failed after it was open: the device is link down already. */
+  onLinkLost?: (why: string) => void;
+}
+
 export interface Channel {
   readonly name: string;
   /** Creates device `dev` from its description. Resolves once it is on the bus (the driver may
    *  already be probing). Rejects with a ProtocolError(ATTACH_FAILED | BAD_CONFIG) when it cannot. */
-  attach(dev: number, desc: DeviceDescription, sink: DeviceSink): Promise<ChannelDevice>;
+  attach(dev: number, desc: DeviceDescription, sink: DeviceSink, o?: AttachOptions): Promise<ChannelDevice>;
   /** Removes every device and releases the channel. */
   close(): Promise<void>;
 }
@@ -19,6 +37,8 @@ export interface Channel {
 export interface ChannelDevice {
   /** Bus address, e.g. "0000:10:00.0" (kernel) or "sim:00:01.0". */
   readonly address: string;
+  /** Its data plane is on a kernel link: deliver() is not called for it. */
+  readonly linked?: boolean;
   /** A device -> host message for this device: ShadowUpdate, WritesApplied, MmioReadCpl, DmaRead,
    *  DmaWrite, Interrupt. In session order. */
   deliver(m: Msg): void;
@@ -31,5 +51,5 @@ export interface ChannelDevice {
   linkDown?(): Promise<void>;
   /** A fresh instance of the same device (power-on state, description `desc`) is behind it again;
    *  its messages go to `sink` from now on. The driver resets and resumes it. */
-  linkUp?(desc: DeviceDescription, sink: DeviceSink): Promise<void>;
+  linkUp?(desc: DeviceDescription, sink: DeviceSink, o?: AttachOptions): Promise<void>;
 }

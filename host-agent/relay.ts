@@ -12,7 +12,7 @@
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
 import { ErrorCode, kindOf, type Msg, ProtocolError, type pcinet } from '../proto/wire.js';
-import type { Channel, ChannelDevice, DeviceSink } from './channel.js';
+import type { AttachOptions, Channel, ChannelDevice, DeviceSink, LinkTarget } from './channel.js';
 import type { Parking } from './parking.js';
 
 /** What the relay needs of a session (proto/session.ts satisfies it). */
@@ -66,11 +66,21 @@ export class Relay {
   /** Called once every Attach received so far has been answered (at least one was). */
   onSettled: (devices: AttachedDevice[], failed: readonly FailedAttach[]) => void = () => {};
 
-  constructor(session: RelaySession, channel: Channel, log?: Logger, parking?: Parking) {
+  /** Where kernel links go (the endpoint's address), when the channel may open them. */
+  readonly #link: Omit<LinkTarget, 'token'> | undefined;
+
+  constructor(
+    session: RelaySession,
+    channel: Channel,
+    log?: Logger,
+    parking?: Parking,
+    link?: Omit<LinkTarget, 'token'>,
+  ) {
     this.#session = session;
     this.#channel = channel;
     this.#log = log ?? pino({ level: 'silent' });
     this.#parking = parking;
+    this.#link = link;
     this.#done = new Promise((r) => {
       this.#finish = r;
     });
@@ -170,10 +180,11 @@ export class Relay {
       let early: Msg[] | undefined = [];
       const sink: DeviceSink = (m) => (early ? early.push(m) : this.#fromDevice(dev, m));
       const parked = await this.#parking?.take(dev, a.desc, model);
+      const opts = this.#linkOptions(dev, a);
       let recovered: ChannelDevice | undefined;
       if (parked) {
         try {
-          await parked.device.linkUp!(a.desc, sink);
+          await parked.device.linkUp!(a.desc, sink, opts);
           recovered = parked.device;
           this.#log.info({ dev, model, address: recovered.address }, 'endpoint back: link up');
         } catch (e) {
@@ -181,7 +192,7 @@ export class Relay {
           await parked.device.remove(ErrorCode.INTERNAL).catch(() => {});
         }
       }
-      const device = recovered ?? (await this.#channel.attach(dev, a.desc, sink));
+      const device = recovered ?? (await this.#channel.attach(dev, a.desc, sink, opts));
       const held = early;
       early = undefined;
       if (this.#closed) {
@@ -190,7 +201,9 @@ export class Relay {
       }
       this.#gone.delete(dev);
       this.#devices.set(dev, { device, model, desc: a.desc });
-      this.#session.send({ attachResult: { dev, code: ErrorCode.OK, address: device.address } });
+      this.#session.send({
+        attachResult: { dev, code: ErrorCode.OK, address: device.address, link: device.linked ?? false },
+      });
       for (const m of held) this.#fromDevice(dev, m);
       this.#log.info({ dev, model, address: device.address }, 'device attached');
     } catch (e) {
@@ -207,6 +220,22 @@ export class Relay {
       this.#scheduleFlush();
     }
     if (this.#attaching === 0 && this.#sawAttach) this.onSettled(this.devices, this.#failed);
+  }
+
+  /** A kernel link for the device when the endpoint offered one (a token) and we can open it.
+   *  Its failure ends the session: the device is link down already, and what follows (parking
+   *  until the endpoint is back, or removal) is what any lost session gets. */
+  #linkOptions(dev: number, a: pcinet.IAttach): AttachOptions {
+    const token = a.linkToken;
+    if (!this.#link || !token || token.length === 0) return {};
+    return {
+      link: { ...this.#link, token },
+      onLinkLost: (why) => {
+        if (this.#closed) return;
+        this.#log.warn({ dev, why }, 'kernel link lost: ending the session');
+        void this.#session.close(new ProtocolError(ErrorCode.LINK_LOST, why));
+      },
+    };
   }
 
   /** A message from a device on the channel, towards the endpoint. */

@@ -152,6 +152,24 @@ void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len)
 	pcinet_rec_queue(fn, r);
 }
 
+/* A record for read() only, ahead of the data records (R_ATTACHED, R_LINK_CLOSED); process
+ * context. */
+void pcinet_queue_ctl(struct pcinet_fn *fn, const void *rec, size_t len)
+{
+	struct pcinet_rec *r = pcinet_rec_alloc(fn, len);
+
+	if (!r) {
+		atomic64_inc(&fn->stats.lost_records);
+		pr_warn_ratelimited("out of memory: a record for the host-agent is lost\n");
+		return;
+	}
+	memcpy(r->data, rec, len);
+	spin_lock_irq(&fn->qlock);
+	list_add_tail(&r->node, &fn->ctl);
+	spin_unlock_irq(&fn->qlock);
+	wake_up_interruptible(&fn->readq);
+}
+
 /* The range of `kind` that holds [off, off + size) of a BAR, or NULL. */
 const struct pcinet_range *pcinet_range_at(struct pcinet_fn *fn, u32 bar, u64 off, u32 size,
 					   u32 kind)
@@ -548,7 +566,7 @@ static int pcinet_start(struct pcinet_fn *fn)
 	rec.domain = cpu_to_le32(fn->domain);
 	rec.bus = bus->number;
 	rec.devfn = 0;
-	pcinet_queue(fn, &rec, sizeof(rec));
+	pcinet_queue_ctl(fn, &rec, sizeof(rec));
 	pr_info("%04x:%02x:00.0 attached (%04x:%04x)\n", fn->domain, bus->number,
 		fn->config[0] | fn->config[1] << 8, fn->config[2] | fn->config[3] << 8);
 	/* Drivers bind from a worker: their probe does MMIO, which needs the host-agent reading
@@ -669,10 +687,12 @@ static void pcinet_link_up_work(struct work_struct *work)
 		 fn->link_recoverable && !failed ? "recovered" : "driver bound again");
 }
 
-static int pcinet_link_down(struct pcinet_fn *fn)
+/* W_LINK_DOWN, or the kernel link failed. Under lock. */
+int pcinet_link_down(struct pcinet_fn *fn)
 {
 	if (fn->state != PN_STARTED || fn->link_down)
 		return -EBUSY;
+	pcinet_link_close(fn);
 	if (!fn->link_wq) {
 		fn->link_wq = alloc_ordered_workqueue("pcinet%d-link", 0, fn->domain);
 		if (!fn->link_wq)
@@ -699,6 +719,8 @@ static int pcinet_link_up(struct pcinet_fn *fn)
 	/* A record that raced W_LINK_DOWN (queued by a CPU that had not yet seen it) is stale. */
 	pcinet_purge_queue(fn);
 	pcinet_power_on(fn);
+	/* Without a new W_CONNECT the data plane comes back to read() and write(). */
+	fn->linked = fn->link != NULL;
 	WRITE_ONCE(fn->link_down, false);
 	queue_work(fn->link_wq, &fn->link_up_work);
 	return 0;
@@ -712,6 +734,7 @@ static void pcinet_remove(struct pcinet_fn *fn)
 {
 	struct pcinet_counters *c = &fn->stats;
 
+	pcinet_link_close(fn);
 	if (fn->state == PN_STARTED) {
 		WRITE_ONCE(fn->state, PN_DETACHED);
 		pcinet_push_clear(fn);
@@ -836,6 +859,9 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 	case PCINET_W_LINK_DOWN:
 		if (len != sizeof(struct pcinet_hdr))
 			return -EINVAL;
+		/* A failed kernel link may have taken it down before the host-agent heard of it. */
+		if (fn->linked && fn->link_down && fn->state == PN_STARTED)
+			return 0;
 		return pcinet_link_down(fn);
 	case PCINET_W_LINK_UP:
 		if (len != sizeof(struct pcinet_hdr))
@@ -845,6 +871,13 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 		if (len != sizeof(struct pcinet_w_push_rule))
 			return -EINVAL;
 		return pcinet_push_rule(fn, buf);
+	case PCINET_W_CONNECT: {
+		const struct pcinet_w_connect *w = buf;
+
+		if (len != sizeof(*w))
+			return -EINVAL;
+		return pcinet_link_connect(fn, w);
+	}
 	case PCINET_W_DETACH:
 		if (len != sizeof(struct pcinet_hdr))
 			return -EINVAL;
@@ -854,6 +887,27 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 		return 0;
 	default:
 		return -EINVAL;
+	}
+}
+
+/* A record the endpoint sent on the kernel link: data-plane records only. Under lock. */
+int pcinet_link_record(struct pcinet_fn *fn, const void *buf, size_t len)
+{
+	const struct pcinet_hdr *h = buf;
+
+	switch (le16_to_cpu(h->type)) {
+	case PCINET_W_SHADOW:
+	case PCINET_W_WRITES_APPLIED:
+	case PCINET_W_MMIO_READ_CPL:
+	case PCINET_W_DMA_READ:
+	case PCINET_W_DMA_WRITE:
+	case PCINET_W_INTERRUPT:
+	case PCINET_W_PUSH_RULE:
+		if (fn->state != PN_STARTED || fn->link_down)
+			return -EBUSY;
+		return pcinet_record(fn, buf, len);
+	default:
+		return -EPROTO;
 	}
 }
 
@@ -889,44 +943,64 @@ static ssize_t pcinet_write(struct file *file, const char __user *ubuf, size_t c
 		done += len;
 	}
 	mutex_unlock(&fn->lock);
+	pcinet_link_reap(fn);
 	/* Records before a bad one were applied: report them; the next write() gets the error. */
 	return done ? done : ret;
+}
+
+/* What read() serves: control records first, then (unless the data plane is on a link) the rest. */
+static bool pcinet_readable(struct pcinet_fn *fn)
+{
+	return !list_empty_careful(&fn->ctl) || (!READ_ONCE(fn->linked) && READ_ONCE(fn->queued) > 0);
+}
+
+/* The next record for read(), or NULL; qlock held. */
+static struct list_head *pcinet_read_list(struct pcinet_fn *fn)
+{
+	if (!list_empty(&fn->ctl))
+		return &fn->ctl;
+	if (!fn->linked && !list_empty(&fn->queue))
+		return &fn->queue;
+	return NULL;
 }
 
 static ssize_t pcinet_read(struct file *file, char __user *ubuf, size_t count, loff_t *ppos)
 {
 	struct pcinet_fn *fn = file->private_data;
+	struct list_head *from;
 	struct pcinet_rec *r;
 	size_t done = 0;
 	int ret;
 
 	for (;;) {
 		spin_lock_irq(&fn->qlock);
-		if (!list_empty(&fn->queue))
+		if (pcinet_read_list(fn))
 			break;
 		spin_unlock_irq(&fn->qlock);
 		if (READ_ONCE(fn->state) == PN_DETACHED)
 			return 0;
 		if (file->f_flags & O_NONBLOCK)
 			return -EAGAIN;
-		ret = wait_event_interruptible(fn->readq, READ_ONCE(fn->queued) > 0 ||
+		ret = wait_event_interruptible(fn->readq, pcinet_readable(fn) ||
 					       READ_ONCE(fn->state) == PN_DETACHED);
 		if (ret)
 			return ret;
 	}
-	/* qlock held, queue not empty. Copy whole records; never sleep with the lock held. */
-	while (!list_empty(&fn->queue)) {
-		r = list_first_entry(&fn->queue, struct pcinet_rec, node);
+	/* qlock held, a record waiting. Copy whole records; never sleep with the lock held. */
+	while ((from = pcinet_read_list(fn))) {
+		r = list_first_entry(from, struct pcinet_rec, node);
 		if (r->len > count - done)
 			break;
 		list_del(&r->node);
-		fn->queued -= r->len;
+		if (from == &fn->queue)
+			fn->queued -= r->len;
 		spin_unlock_irq(&fn->qlock);
 		if (copy_to_user(ubuf + done, r->data, r->len)) {
 			/* Put it back: nothing is lost because the reader's buffer was bad. */
 			spin_lock_irq(&fn->qlock);
-			list_add(&r->node, &fn->queue);
-			fn->queued += r->len;
+			list_add(&r->node, from);
+			if (from == &fn->queue)
+				fn->queued += r->len;
 			spin_unlock_irq(&fn->qlock);
 			return done ? done : -EFAULT;
 		}
@@ -945,7 +1019,7 @@ static __poll_t pcinet_poll(struct file *file, poll_table *wait)
 	__poll_t mask = EPOLLOUT | EPOLLWRNORM;
 
 	poll_wait(file, &fn->readq, wait);
-	if (READ_ONCE(fn->queued) > 0)
+	if (pcinet_readable(fn))
 		mask |= EPOLLIN | EPOLLRDNORM;
 	if (READ_ONCE(fn->state) == PN_DETACHED)
 		mask |= EPOLLHUP;
@@ -972,6 +1046,8 @@ static int pcinet_open(struct inode *inode, struct file *file)
 	spin_lock_init(&fn->msix_lock);
 	spin_lock_init(&fn->push_lock);
 	INIT_LIST_HEAD(&fn->queue);
+	INIT_LIST_HEAD(&fn->ctl);
+	INIT_LIST_HEAD(&fn->dead_links);
 	INIT_LIST_HEAD(&fn->live);
 	INIT_WORK(&fn->add_work, pcinet_add_work);
 	INIT_WORK(&fn->link_down_work, pcinet_link_down_work);
@@ -990,8 +1066,14 @@ static int pcinet_release(struct inode *inode, struct file *file)
 	struct pcinet_rec *r, *tmp;
 	int i;
 
+	/* The kernel link's receive thread applies records under the lock too. */
+	mutex_lock(&fn->lock);
 	pcinet_remove(fn);
+	mutex_unlock(&fn->lock);
+	pcinet_link_reap(fn);
 	list_for_each_entry_safe(r, tmp, &fn->queue, node)
+		kvfree(r);
+	list_for_each_entry_safe(r, tmp, &fn->ctl, node)
 		kvfree(r);
 	for (i = 0; i < PCINET_NUM_BARS; i++) {
 		vfree(fn->bars[i].shadow);
@@ -1032,6 +1114,9 @@ static int __init pcinet_init(void)
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push) != 24);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push_drop) != 24);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push_rule_set) != 16);
+	BUILD_BUG_ON(sizeof(struct pcinet_w_connect) != 48);
+	BUILD_BUG_ON(sizeof(struct pcinet_link_hello) != 32);
+	BUILD_BUG_ON(sizeof(struct pcinet_r_link_closed) != 16);
 	ret = pcinet_mmio_init();
 	if (ret)
 		return ret;

@@ -3,7 +3,8 @@
  * pcinet: what the parts of the module share. core.c owns the file, the bus and config space;
  * mmio.c traps the BAR mappings and serves MMIO; msix.c keeps the MSI-X table and delivers
  * interrupts; dma.c is the DMA sandbox; push.c (with push-walk.c) pushes what a doorbell makes
- * the device read. Records: uapi/pcinet.h, docs/KERNEL-ABI.md.
+ * the device read; link.c carries the data plane on a TCP connection of its own (W_CONNECT).
+ * Records: uapi/pcinet.h, docs/KERNEL-ABI.md.
  *
  * Spinlocks that nest, outermost first: push_lock, the DMA table's lock, qlock.
  */
@@ -175,6 +176,12 @@ struct pcinet_fn {
 	unsigned int push_count;	/* rules set; READ_ONCE: none, nothing to look at */
 	struct pcinet_push_rule push_rules[PCINET_MAX_PUSH_RULES];
 
+	/* The kernel link (link.c), under lock. */
+	struct pcinet_link *link;	/* the data connection, or NULL */
+	bool linked;			/* W_CONNECT was applied: the data plane is on links */
+	struct list_head dead_links;	/* closed links, stopped by pcinet_link_reap() */
+	struct list_head ctl;		/* records read() serves even when linked (qlock) */
+
 	struct pcinet_counters stats;
 };
 
@@ -192,6 +199,9 @@ void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r);
 void pcinet_rec_add_list(struct pcinet_fn *fn, struct list_head *recs);
 struct pcinet_rec *pcinet_rec_alloc(struct pcinet_fn *fn, size_t len);
 void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r);
+void pcinet_queue_ctl(struct pcinet_fn *fn, const void *rec, size_t len);
+int pcinet_link_record(struct pcinet_fn *fn, const void *buf, size_t len);
+int pcinet_link_down(struct pcinet_fn *fn);
 u16 pcinet_find_cap(struct pcinet_fn *fn, u8 id);
 const struct pcinet_range *pcinet_range_at(struct pcinet_fn *fn, u32 bar, u64 off, u32 size,
 					   u32 kind);
@@ -231,5 +241,10 @@ int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w);
 void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 void pcinet_push_unmapped(struct pcinet_fn *fn, u64 iova, u64 len);
 void pcinet_push_clear(struct pcinet_fn *fn);
+
+/* link.c */
+int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w);
+void pcinet_link_close(struct pcinet_fn *fn);
+void pcinet_link_reap(struct pcinet_fn *fn);
 
 #endif /* PCINET_INTERNAL_H */

@@ -54,6 +54,8 @@ export interface HostAgentSpec extends Security {
   logLevel?: string;
   /** Keep going when the endpoint is lost: redial, attach its devices again. */
   reconnect?: boolean;
+  /** false: `--no-kernel-link` (plain TCP keeps the data plane in the host-agent). */
+  kernelLink?: boolean;
 }
 
 export function hostAgentArgv(h: HostAgentSpec): string[] {
@@ -63,6 +65,7 @@ export function hostAgentArgv(h: HostAgentSpec): string[] {
   if (h.pin) argv.push('--pin', h.pin);
   if (h.logLevel) argv.push('--log-level', h.logLevel);
   if (h.reconnect) argv.push('--reconnect');
+  if (h.kernelLink === false) argv.push('--no-kernel-link');
   return [h.node, ...argv];
 }
 

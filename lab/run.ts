@@ -128,6 +128,8 @@ export interface RunInLabOptions {
   /** The guest's host-agent redials a lost endpoint and attaches its devices again
    *  (`pcinet host --reconnect`). */
   reconnect?: boolean;
+  /** false: the host-agent keeps the data plane even over plain TCP (`--no-kernel-link`). */
+  kernelLink?: boolean;
 }
 
 /** What a `card` hook may do on this machine. */
@@ -468,6 +470,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
           readyFile: READY_FILE,
           logLevel: o.logLevel,
           reconnect: o.reconnect,
+          kernelLink: o.kernelLink,
         }),
         expectDevices: external ? undefined : devices.length,
         readyTimeoutS: READY_TIMEOUT_S,

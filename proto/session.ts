@@ -51,6 +51,9 @@ export interface SessionOptions {
   log?: Logger;
   /** Free text sent in Hello. */
   agent?: string;
+  /** Capability bits we set in Hello. Default OUR_CAPABILITIES; CAP_KERNEL_LINK is added only by
+   *  a side that can use it (the host-agent on the kernel channel, the endpoint's server). */
+  capabilities?: number;
 }
 
 /** How long a lost connection may be resumed (and a host keeps devices of a lost endpoint). */
@@ -101,6 +104,8 @@ interface Pending {
 
 type Resolved = Required<Omit<SessionOptions, 'log' | 'agent'>> & { log: Logger; agent: string };
 
+const ourCapabilities = (o: SessionOptions) => o.capabilities ?? OUR_CAPABILITIES;
+
 function resolve(o: SessionOptions): Resolved {
   return {
     keepaliveMs: o.keepaliveMs ?? DEFAULTS.keepaliveMs,
@@ -110,6 +115,7 @@ function resolve(o: SessionOptions): Resolved {
     handshakeMs: o.handshakeMs ?? DEFAULTS.handshakeMs,
     log: o.log ?? pino({ level: 'silent' }),
     agent: o.agent ?? 'pcinet',
+    capabilities: ourCapabilities(o),
   };
 }
 
@@ -184,7 +190,7 @@ export class Session extends EventEmitter {
     super();
     this.role = role;
     this.id = id;
-    this.capabilities = Number(peer.capabilities ?? 0) & OUR_CAPABILITIES;
+    this.capabilities = Number(peer.capabilities ?? 0) & ourCapabilities(options);
     this.peerAgent = peer.agent ?? '';
     this.peerFingerprint = peerFingerprint;
     this.#o = resolve(options);
@@ -684,7 +690,7 @@ export async function openSession(
         {
           hello: {
             version: PROTOCOL_VERSION,
-            capabilities: long(OUR_CAPABILITIES),
+            capabilities: long(o.capabilities),
             agent: o.agent,
             keepaliveMs: o.keepaliveMs,
           },
@@ -776,7 +782,7 @@ export class SessionServer {
           {
             hello: {
               version: PROTOCOL_VERSION,
-              capabilities: long(OUR_CAPABILITIES),
+              capabilities: long(ourCapabilities(this.#o)),
               agent: this.#o.agent ?? 'pcinet',
               sessionId: id,
               keepaliveMs: this.#o.keepaliveMs ?? DEFAULTS.keepaliveMs,

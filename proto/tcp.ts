@@ -6,6 +6,7 @@ import tls from 'node:tls';
 import { encodeControl } from './codec.js';
 import { FrameParser, lengthPrefix } from './framing.js';
 import { fingerprintOf, type Identity } from './identity.js';
+import { LINK_HELLO_SIZE, LINK_MAGIC } from './kernel-abi.js';
 import type { Transport, TransportEvents } from './transport.js';
 import { ErrorCode, ProtocolError } from './wire.js';
 
@@ -195,9 +196,53 @@ export interface Listener {
   close(): Promise<void>;
 }
 
+/** A kernel link's first bytes (struct pcinet_link_hello, docs/KERNEL-ABI.md). */
+export interface LinkHello {
+  token: Uint8Array;
+  abiVersion: number;
+}
+
+/** How long a connection may take to show whether it is a session or a kernel link. */
+const SNIFF_MS = HANDSHAKE_TIMEOUT_MS;
+
+/** Takes the first bytes of a plain-TCP connection: a kernel link's hello goes to onLink (with the
+ *  socket, paused), anything else is a session's first frame and the socket goes to onSession
+ *  with those bytes put back. No frame can start with the magic: as a length it is far over
+ *  MAX_FRAME_BYTES. */
+function sniff(
+  s: net.Socket,
+  onSession: () => void,
+  onLink: (socket: net.Socket, hello: LinkHello) => void,
+): void {
+  let got = Buffer.alloc(0);
+  const timer = setTimeout(() => s.destroy(), SNIFF_MS);
+  const onData = (chunk: Buffer) => {
+    got = Buffer.concat([got, chunk]);
+    const n = Math.min(got.length, LINK_MAGIC.length);
+    if (!got.subarray(0, n).equals(LINK_MAGIC.subarray(0, n))) {
+      done();
+      s.unshift(got);
+      onSession();
+      return;
+    }
+    if (got.length < LINK_HELLO_SIZE) return;
+    done();
+    if (got.length > LINK_HELLO_SIZE) s.unshift(got.subarray(LINK_HELLO_SIZE));
+    onLink(s, { token: Uint8Array.prototype.slice.call(got, 8, 24), abiVersion: got.readUInt32LE(24) });
+  };
+  const done = () => {
+    clearTimeout(timer);
+    s.off('data', onData);
+    s.pause();
+  };
+  s.on('data', onData);
+  s.once('close', () => clearTimeout(timer));
+}
+
 /** Listens; every accepted (and, with `auth`, authenticated) connection goes to onTransport. A host
  *  whose key is not allowed is refused before a single frame is read: `onRefused` hears about it and
- *  the connection gets an Error{AUTH_REFUSED} frame, then closes. */
+ *  the connection gets an Error{AUTH_REFUSED} frame, then closes. Plain TCP with `onLink`: kernel
+ *  links (connections opened by pcinet.ko) go there instead. */
 export function listenTcp(
   host: string,
   port: number,
@@ -205,6 +250,7 @@ export function listenTcp(
   onTransport: (t: Transport) => void,
   onRefused: (remote: string, why: string) => void = () => {},
   refusal: (why: string) => Uint8Array = () => new Uint8Array(),
+  onLink?: (socket: net.Socket, hello: LinkHello) => void,
 ): Promise<Listener> {
   const scheme = auth ? 'tls' : 'tcp';
   const remoteOf = (s: net.Socket) => `${scheme}://${hostLabel(s.remoteAddress ?? '?')}:${s.remotePort ?? 0}`;
@@ -217,7 +263,12 @@ export function listenTcp(
   if (!auth) {
     server = net.createServer((s) => {
       track(s);
-      onTransport(new SocketTransport(s, remoteOf(s)));
+      const session = () => {
+        onTransport(new SocketTransport(s, remoteOf(s)));
+        s.resume();
+      };
+      if (onLink) sniff(s, session, onLink);
+      else session();
     });
   } else {
     server = tls.createServer({

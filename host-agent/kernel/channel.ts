@@ -6,37 +6,24 @@
 import { close, open, read, writev, writevSync } from 'node:fs';
 import type { Logger } from 'pino';
 import {
-  type DeviceDescription,
-  ErrorCode,
-  long,
-  MAX_DMA_CHUNK,
-  type Msg,
-  ProtocolError,
-  u64,
-} from '../../proto/wire.js';
-import type { Channel, ChannelDevice, DeviceSink } from '../channel.js';
-import { checkPushRule } from '../push-rule.js';
-import {
   AbiError,
   attachRecord,
   barKind,
-  dmaReadRecord,
-  dmaWriteRecord,
+  connectRecord,
   emptyRecord,
-  interruptRecord,
   type KernelRecord,
   MAX_DATA,
-  mmioReadCplRecord,
-  PUSH_F_INDIRECT,
   parseRecords,
-  pushRuleRecord,
   RANGE_DOORBELL,
   RANGE_VOLATILE,
   rangeRecord,
   shadowRecord,
   W,
-  writesAppliedRecord,
-} from './abi.js';
+} from '../../proto/kernel-abi.js';
+import { RecordTranslator } from '../../proto/kernel-link.js';
+import { type DeviceDescription, ErrorCode, type Msg, ProtocolError, u64 } from '../../proto/wire.js';
+import type { AttachOptions, Channel, ChannelDevice, DeviceSink } from '../channel.js';
+import { checkPushRule } from '../push-rule.js';
 
 export const DEFAULT_DEVICE = '/dev/pcinet';
 /** How long the kernel may take to put a device on the bus (the driver's probe runs meanwhile). */
@@ -91,11 +78,13 @@ function errnoText(e: NodeJS.ErrnoException): string {
   return why[e.code ?? ''] ?? `${e.code ?? ''} ${e.message}`.trim();
 }
 
+/** How long pcinet.ko may take to connect a kernel link and hear the endpoint's answer. */
+const LINK_CONNECT_MS = 10_000;
+
 class KernelDevice implements ChannelDevice {
   address = '';
   readonly #fd: number;
   readonly #dev: number;
-  #sink: DeviceSink;
   readonly #log: Logger;
   /** Records for the kernel not yet written, in order; one writer drains them, as many as are
    *  waiting in one write() (each write() costs a thread-pool trip and a system call). */
@@ -105,28 +94,30 @@ class KernelDevice implements ChannelDevice {
   readonly #mayWait = new Set<Buffer>();
   #gone = false;
   #onAttached: ((r: Extract<KernelRecord, { type: 'attached' }>) => void) | undefined;
-  #nextTag = 1;
-  /** Our DmaRead tags (in 64 KiB pieces) -> the endpoint's request. */
-  readonly #dmaReads = new Map<
-    number,
-    { tag: number; parts: (Uint8Array | undefined)[]; left: number; failed: boolean }
-  >();
-  readonly #pieceOf = new Map<number, { req: number; index: number }>();
-  /** Tags of DMA reads asked for before the link went down: their completions are dropped. */
-  readonly #staleTags = new Set<number>();
-  #reqSeq = 0;
+  readonly #records: RecordTranslator;
   /** The description the device was attached (or last brought up) with. */
   #desc: DeviceDescription = {};
+  /** The data plane is on a kernel link (W_CONNECT): nothing but control records come here. */
+  linked = false;
+  /** The kernel took the link down itself (its link failed). */
+  #kernelLinkDown = false;
+  #onLinkLost: ((why: string) => void) | undefined;
 
   constructor(fd: number, dev: number, sink: DeviceSink, log: Logger) {
     this.#fd = fd;
     this.#dev = dev;
-    this.#sink = sink;
     this.#log = log;
+    this.#records = new RecordTranslator({
+      dev,
+      sink,
+      write: (r, mayWait) => this.#write(r, mayWait),
+      checkPushRule: (p) => checkPushRule(p, this.#desc),
+    });
   }
 
-  /** Writes the description and START; resolves with the bus address. */
-  async start(desc: DeviceDescription): Promise<string> {
+  /** Writes the description, the kernel link if asked for, and START; resolves with the bus
+   *  address. */
+  async start(desc: DeviceDescription, o: AttachOptions = {}): Promise<string> {
     this.#desc = desc;
     const bars = desc.bars ?? [];
     const records: Buffer[] = [
@@ -150,7 +141,7 @@ class KernelDevice implements ChannelDevice {
       for (const r of b.doorbell ?? [])
         records.push(rangeRecord(bar, RANGE_DOORBELL, u64(r.offset), u64(r.length)));
     }
-    records.push(...initialShadow(desc), emptyRecord(W.START));
+    records.push(...initialShadow(desc));
     const attached = new Promise<Extract<KernelRecord, { type: 'attached' }>>((resolve, reject) => {
       const timer = setTimeout(
         () =>
@@ -164,6 +155,8 @@ class KernelDevice implements ChannelDevice {
     });
     try {
       await writeAll(this.#fd, records);
+      await this.#connect(o);
+      await writeAll(this.#fd, [emptyRecord(W.START)]);
     } catch (e) {
       throw new ProtocolError(
         ErrorCode.ATTACH_FAILED,
@@ -174,6 +167,37 @@ class KernelDevice implements ChannelDevice {
     const a = await attached;
     this.address = `${a.domain.toString(16).padStart(4, '0')}:${a.bus.toString(16).padStart(2, '0')}:${(a.devfn >> 3).toString(16).padStart(2, '0')}.${a.devfn & 7}`;
     return this.address;
+  }
+
+  /** W_CONNECT when a link is asked for. A link the kernel cannot open is not fatal: the data
+   *  plane then stays on the session, through us. */
+  async #connect(o: AttachOptions): Promise<void> {
+    this.linked = false;
+    this.#kernelLinkDown = false;
+    this.#onLinkLost = o.onLinkLost;
+    const t = o.link;
+    if (!t) return;
+    try {
+      await writeAll(this.#fd, [
+        connectRecord({
+          family: t.family,
+          address: t.address,
+          port: t.port,
+          timeoutMs: LINK_CONNECT_MS,
+          token: t.token,
+        }),
+      ]);
+      this.linked = true;
+      this.#log.info(
+        { dev: this.#dev, endpoint: `${t.host}:${t.port}` },
+        'kernel link open: the data plane bypasses the host-agent',
+      );
+    } catch (e) {
+      this.#log.warn(
+        { dev: this.#dev, err: errnoText(e as NodeJS.ErrnoException) },
+        'no kernel link: the data plane goes through the host-agent',
+      );
+    }
   }
 
   #readLoop(): void {
@@ -207,58 +231,29 @@ class KernelDevice implements ChannelDevice {
   #lost(why: string | undefined): void {
     if (this.#gone) return;
     this.#gone = true;
-    this.#sink({
+    this.#records.sink({
       detach: { dev: this.#dev, reason: ErrorCode.INTERNAL, message: why ?? 'the kernel removed the device' },
     });
     void closeFd(this.#fd);
   }
 
   #fromKernel(r: KernelRecord): void {
-    const dev = this.#dev;
     switch (r.type) {
       case 'attached':
         this.#onAttached?.(r);
         this.#onAttached = undefined;
         return;
-      case 'mmio-write':
-        this.#sink({ mmioWrite: { dev, bar: r.bar, offset: long(r.offset), data: r.data } });
-        return;
-      case 'mmio-read':
-        this.#sink({ mmioRead: { dev, tag: r.tag, bar: r.bar, offset: long(r.offset), size: r.size } });
-        return;
-      case 'config-write':
-        this.#sink({ configWrite: { dev, offset: r.offset, size: r.size, value: r.value } });
-        return;
-      case 'function-reset':
-        this.#sink({ functionReset: { dev } });
-        return;
-      case 'push':
-        this.#sink({ push: { dev, iova: long(r.iova), data: r.data, rule: r.rule } });
-        return;
-      case 'push-drop':
-        this.#sink({ pushDrop: { dev, iova: long(r.iova), length: long(r.length) } });
-        return;
-      case 'push-rule-set':
-        this.#sink({ pushRuleSet: { dev, id: r.id } });
-        return;
-      case 'dma-read-cpl': {
-        if (this.#staleTags.delete(r.tag)) return;
-        const piece = this.#pieceOf.get(r.tag);
-        if (!piece) throw new AbiError(`DMA read completion for tag ${r.tag}, which is not outstanding`);
-        this.#pieceOf.delete(r.tag);
-        const req = this.#dmaReads.get(piece.req)!;
-        if (r.ok) req.parts[piece.index] = r.data;
-        else req.failed = true;
-        if (--req.left > 0) return;
-        this.#dmaReads.delete(piece.req);
-        if (req.failed) {
-          this.#sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.DMA_FAULT } });
-          return;
-        }
-        const data = Buffer.concat(req.parts as Uint8Array[]);
-        this.#sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.OK, data } });
+      case 'link-closed': {
+        // The kernel has taken the link down (the driver is told); whoever owns the session
+        // decides between waiting for the endpoint and removing the device.
+        this.#kernelLinkDown = true;
+        const why = `kernel link of ${this.address} lost (errno ${r.error})`;
+        this.#log.warn({ address: this.address, errno: r.error }, 'kernel link lost: link down');
+        this.#onLinkLost?.(why);
         return;
       }
+      default:
+        this.#records.fromKernel(r);
     }
   }
 
@@ -312,85 +307,31 @@ class KernelDevice implements ChannelDevice {
 
   deliver(m: Msg): void {
     if (this.#gone) return;
-    if (m.shadowUpdate) {
-      const u = m.shadowUpdate;
-      const data = u.data ?? new Uint8Array(0);
-      const off = u64(u.offset);
-      for (let at = 0; at < data.length; at += MAX_DATA) {
-        this.#write(shadowRecord(u.bar ?? 0, off + BigInt(at), data.subarray(at, at + MAX_DATA)));
-      }
-    } else if (m.writesApplied) {
-      this.#write(writesAppliedRecord(u64(m.writesApplied.count)));
-    } else if (m.mmioReadCpl) {
-      const c = m.mmioReadCpl;
-      this.#write(
-        mmioReadCplRecord(c.tag ?? 0, (c.status ?? 0) === ErrorCode.OK, c.data ?? new Uint8Array(0)),
-      );
-    } else if (m.dmaRead) {
-      const r = m.dmaRead;
-      const len = r.length ?? 0;
-      if (len < 1 || len > MAX_DMA_CHUNK)
-        throw new ProtocolError(ErrorCode.BAD_LENGTH, `DmaRead of ${len} bytes`);
-      const req = ++this.#reqSeq;
-      const pieces = Math.ceil(len / MAX_DATA);
-      this.#dmaReads.set(req, { tag: r.tag ?? 0, parts: new Array(pieces), left: pieces, failed: false });
-      const iova = u64(r.iova);
-      for (let i = 0; i < pieces; i++) {
-        const tag = this.#nextTag;
-        this.#nextTag = (this.#nextTag % 0xffff_ffff) + 1;
-        this.#pieceOf.set(tag, { req, index: i });
-        const size = Math.min(MAX_DATA, len - i * MAX_DATA);
-        this.#write(dmaReadRecord(tag, BigInt.asUintN(64, iova + BigInt(i * MAX_DATA)), size), true);
-      }
-    } else if (m.dmaWrite) {
-      const w = m.dmaWrite;
-      const data = w.data ?? new Uint8Array(0);
-      const iova = u64(w.iova);
-      for (let at = 0; at < data.length; at += MAX_DATA) {
-        this.#write(dmaWriteRecord(BigInt.asUintN(64, iova + BigInt(at)), data.subarray(at, at + MAX_DATA)));
-      }
-    } else if (m.interrupt) {
-      this.#write(interruptRecord(m.interrupt.vector ?? 0));
-    } else if (m.pushRule) {
-      const p = checkPushRule(m.pushRule, this.#desc);
-      this.#write(
-        pushRuleRecord({
-          id: p.id ?? 0,
-          kind: p.kind ?? 0,
-          bar: p.bar ?? 0,
-          entries: p.entries ?? 0,
-          offset: u64(p.offset),
-          ring: u64(p.ring),
-          avail: u64(p.avail),
-          dataMax: p.dataMax ?? 0,
-          lbaShift: p.lbaShift ?? 0,
-          flags: p.indirect ? PUSH_F_INDIRECT : 0,
-        }),
-      );
-    } else {
-      throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'not a device -> host message');
-    }
+    this.#records.toKernel(m);
   }
 
   async linkDown(): Promise<void> {
     if (this.#gone) throw new Error('the device is gone');
     // Whatever the kernel said before it heard of the link loss was for the old endpoint.
-    this.#sink = () => {};
-    for (const tag of this.#pieceOf.keys()) this.#staleTags.add(tag);
-    this.#pieceOf.clear();
-    this.#dmaReads.clear();
-    this.#write(emptyRecord(W.LINK_DOWN), true);
-    await this.#writes;
-    if (this.#gone) throw new Error('the kernel refused W_LINK_DOWN');
+    this.#records.sink = () => {};
+    this.#records.forget();
+    this.#onLinkLost = undefined;
+    if (!this.#kernelLinkDown) {
+      this.#write(emptyRecord(W.LINK_DOWN), true);
+      await this.#writes;
+      if (this.#gone) throw new Error('the kernel refused W_LINK_DOWN');
+    }
     this.#log.warn({ address: this.address }, 'link down: the driver is told (PCI error recovery)');
   }
 
-  async linkUp(desc: DeviceDescription, sink: DeviceSink): Promise<void> {
+  async linkUp(desc: DeviceDescription, sink: DeviceSink, o: AttachOptions = {}): Promise<void> {
     if (this.#gone) throw new Error('the device is gone');
     // The kernel queues nothing while the link is down, so everything read from now on is the
     // new instance's business.
-    this.#sink = sink;
+    this.#records.sink = sink;
     this.#desc = desc;
+    await this.#writes;
+    await this.#connect(o);
     this.#write(Buffer.concat([...initialShadow(desc), emptyRecord(W.LINK_UP)]), true);
     await this.#writes;
     if (this.#gone) throw new Error('the kernel refused W_LINK_UP');
@@ -441,7 +382,12 @@ class KernelChannel implements Channel {
     this.#log = log;
   }
 
-  async attach(dev: number, desc: DeviceDescription, sink: DeviceSink): Promise<ChannelDevice> {
+  async attach(
+    dev: number,
+    desc: DeviceDescription,
+    sink: DeviceSink,
+    o: AttachOptions = {},
+  ): Promise<ChannelDevice> {
     let fd: number;
     try {
       fd = await openFd(this.#path);
@@ -453,7 +399,7 @@ class KernelChannel implements Channel {
     }
     const d = new KernelDevice(fd, dev, sink, this.#log);
     try {
-      await d.start(desc);
+      await d.start(desc, o);
     } catch (e) {
       await d.remove(ErrorCode.ATTACH_FAILED);
       throw e;

@@ -23,7 +23,7 @@ import {
   type PushRule,
   type VirtqRule,
 } from '../../devices/push.js';
-import { MAX_DATA } from '../kernel/abi.js';
+import { MAX_DATA } from '../../proto/kernel-abi.js';
 
 /** Most bytes one Push carries: R_PUSH's data limit (PCINET_MAX_DATA), so a larger range becomes
  *  several pushes of consecutive IOVAs exactly as the kernel's records do (docs/PUSH.md "Bounds"). */

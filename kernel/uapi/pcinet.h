@@ -43,6 +43,7 @@ enum {
 	PCINET_W_LINK_DOWN = 11,	/* the device is unreachable (endpoint lost); error recovery */
 	PCINET_W_LINK_UP = 12,		/* a fresh device (in its power-on state) is behind it again */
 	PCINET_W_PUSH_RULE = 13,	/* install, replace or remove a push rule (docs/PUSH.md) */
+	PCINET_W_CONNECT = 14,		/* carry the data plane on a TCP connection of the module's */
 };
 
 enum pcinet_bar_kind {
@@ -176,6 +177,7 @@ enum {
 	PCINET_R_PUSH = 0x87,		/* host memory the device is about to read (push rules) */
 	PCINET_R_PUSH_DROP = 0x88,	/* a mapping pushed from is gone: forget its pushed bytes */
 	PCINET_R_PUSH_RULE_SET = 0x89,	/* a W_PUSH_RULE was applied: later R_PUSH of `id` follow it */
+	PCINET_R_LINK_CLOSED = 0x8a,	/* the data connection failed; the link is down (read() only) */
 };
 
 struct pcinet_r_attached {
@@ -239,6 +241,43 @@ struct pcinet_r_push_drop {
 struct pcinet_r_push_rule_set {
 	struct pcinet_hdr hdr;
 	__le32 id;
+	__le32 reserved;
+};
+
+/* ---- the kernel link: the data plane on a TCP connection (docs/KERNEL-ABI.md) ---- */
+
+/*
+ * W_CONNECT: the module connects to the endpoint itself and, from then on, every data-plane
+ * record of the function travels on that connection instead of read()/write(): R_* records
+ * (all but R_ATTACHED and R_LINK_CLOSED, which stay on the file) are sent as they are queued,
+ * and W_WRITES_APPLIED, W_MMIO_READ_CPL, W_DMA_READ, W_DMA_WRITE, W_INTERRUPT, W_SHADOW and
+ * W_PUSH_RULE records received on it are applied as if written to the file. The connection
+ * starts with struct pcinet_link_hello from the module; the endpoint answers with the 8 bytes
+ * of PCINET_LINK_MAGIC or closes it. Allowed before W_START, or while the link is down.
+ */
+#define PCINET_LINK_MAGIC	"PCINETL1"	/* 8 bytes, no terminator on the wire */
+#define PCINET_LINK_TOKEN	16
+
+struct pcinet_w_connect {
+	struct pcinet_hdr hdr;
+	__le16 family;		/* AF_INET (2) or AF_INET6 (10) */
+	__be16 port;		/* network byte order */
+	__le32 timeout_ms;	/* connect and hello, 1..60000 */
+	__u8 addr[16];		/* IPv4: the first 4 bytes, the rest zero */
+	__u8 token[PCINET_LINK_TOKEN];	/* from the endpoint: names the device */
+};
+
+struct pcinet_link_hello {
+	__u8 magic[8];		/* PCINET_LINK_MAGIC */
+	__u8 token[PCINET_LINK_TOKEN];
+	__le32 abi_version;	/* PCINET_ABI_VERSION */
+	__le32 reserved;
+};
+
+struct pcinet_r_link_closed {
+	struct pcinet_hdr hdr;
+	__le32 error;		/* positive errno: ECONNRESET the peer closed it, EPROTO it broke
+				 * the record format, or what the socket reported */
 	__le32 reserved;
 };
 

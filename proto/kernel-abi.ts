@@ -1,6 +1,8 @@
 // The /dev/pcinet record format, mirrored from kernel/uapi/pcinet.h (docs/KERNEL-ABI.md). Every
-// record: u16 type, u16 flags (0), u32 len (whole record, multiple of 8); little-endian.
-import { pcinet } from '../../proto/wire.js';
+// record: u16 type, u16 flags (0), u32 len (whole record, multiple of 8); little-endian. The same
+// records are the wire format of the kernel link (W_CONNECT): pcinet.ko sends its R_* records to
+// the endpoint, which answers with W_* records (proto/kernel-link.ts).
+import { pcinet } from './wire.js';
 
 export const ABI_VERSION = 1;
 export const MAX_DATA = 65536;
@@ -22,6 +24,7 @@ export const W = {
   LINK_DOWN: 11,
   LINK_UP: 12,
   PUSH_RULE: 13,
+  CONNECT: 14,
 } as const;
 
 export const R = {
@@ -34,6 +37,7 @@ export const R = {
   PUSH: 0x87,
   PUSH_DROP: 0x88,
   PUSH_RULE_SET: 0x89,
+  LINK_CLOSED: 0x8a,
 } as const;
 
 export const BAR_KIND = { NONE: 0, MEM32: 1, MEM64: 2, IO: 3 } as const;
@@ -46,9 +50,18 @@ export const STATUS_ERROR = 1;
 export const PUSH_KIND = { NONE: 0, NVME_SQ: 1, VIRTQ: 2 } as const;
 export const PUSH_F_INDIRECT = 1;
 // One source for the limits the models and the sim use too; abi.test.ts checks them against C.
-export { MAX_PUSH_RULES, PUSH_MAX_BYTES } from '../../devices/push.js';
+export { MAX_PUSH_RULES, PUSH_MAX_BYTES } from '../devices/push.js';
 /** sizeof(struct pcinet_w_push_rule). */
 export const PUSH_RULE_SIZE = 64;
+
+/** The kernel link: the hello's magic (also the endpoint's answer), token length, sizes. */
+export const LINK_MAGIC = Buffer.from('PCINETL1', 'latin1');
+export const LINK_TOKEN = 16;
+/** sizeof(struct pcinet_link_hello), sizeof(struct pcinet_w_connect). */
+export const LINK_HELLO_SIZE = 32;
+export const CONNECT_SIZE = 48;
+/** Largest record either way (an attach, or a DMA write with MAX_DATA bytes). */
+export const MAX_RECORD = Math.max(HDR + 8 + 6 * 16 + 3 * 4096, HDR + 16 + MAX_DATA);
 
 /** sizeof(struct pcinet_w_attach): header, version, vectors, 6 BARs of 16 bytes, three images. */
 export const ATTACH_SIZE = HDR + 8 + NUM_BARS * 16 + 3 * CONFIG_SIZE;
@@ -179,6 +192,23 @@ export function pushRuleRecord(o: {
   return buf;
 }
 
+/** W_CONNECT: carry the data plane on a TCP connection to `address` (IPv4 or IPv6). */
+export function connectRecord(o: {
+  family: 4 | 6;
+  address: Uint8Array;
+  port: number;
+  timeoutMs: number;
+  token: Uint8Array;
+}): Buffer {
+  const { buf } = record(W.CONNECT, CONNECT_SIZE - HDR);
+  buf.writeUInt16LE(o.family === 4 ? 2 : 10, 8);
+  buf.writeUInt16BE(o.port, 10);
+  buf.writeUInt32LE(o.timeoutMs, 12);
+  buf.set(o.address.subarray(0, 16), 16);
+  buf.set(o.token.subarray(0, LINK_TOKEN), 32);
+  return buf;
+}
+
 /** A record read from the kernel. */
 export type KernelRecord =
   | { type: 'attached'; domain: number; bus: number; devfn: number }
@@ -189,7 +219,8 @@ export type KernelRecord =
   | { type: 'function-reset' }
   | { type: 'push'; rule: number; iova: bigint; data: Uint8Array }
   | { type: 'push-drop'; iova: bigint; length: bigint }
-  | { type: 'push-rule-set'; id: number };
+  | { type: 'push-rule-set'; id: number }
+  | { type: 'link-closed'; error: number };
 
 export class AbiError extends Error {
   override readonly name = 'AbiError';
@@ -280,6 +311,10 @@ export function parseRecords(buf: Uint8Array): KernelRecord[] {
       case R.PUSH_RULE_SET:
         need(16);
         out.push({ type: 'push-rule-set', id: r.readUInt32LE(8) });
+        break;
+      case R.LINK_CLOSED:
+        need(16);
+        out.push({ type: 'link-closed', error: r.readUInt32LE(8) });
         break;
       default:
         throw new AbiError(`unknown record type 0x${type.toString(16)}`);

@@ -4,13 +4,19 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import {
+  ABI_VERSION,
   AbiError,
   ATTACH_SIZE,
+  CONNECT_SIZE,
+  connectRecord,
   dmaReadRecord,
   dmaWriteRecord,
   emptyRecord,
   interruptRecord,
   type KernelRecord,
+  LINK_HELLO_SIZE,
+  LINK_MAGIC,
+  LINK_TOKEN,
   MAX_DATA,
   MAX_PUSH_RULES,
   mmioReadCplRecord,
@@ -25,7 +31,7 @@ import {
   shadowRecord,
   W,
   writesAppliedRecord,
-} from './abi.js';
+} from './kernel-abi.js';
 
 const hex = (s: string) => Uint8Array.from(Buffer.from(s.replace(/\s+/g, ''), 'hex'));
 const toHex = (b: Uint8Array) => Buffer.from(b).toString('hex');
@@ -155,6 +161,15 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     ['r_push_drop', 'length'],
     ['r_push_rule_set', 'id'],
     ['r_push_rule_set', 'reserved'],
+    ['w_connect', 'family'],
+    ['w_connect', 'port'],
+    ['w_connect', 'timeout_ms'],
+    ['w_connect', 'addr'],
+    ['w_connect', 'token'],
+    ['link_hello', 'magic'],
+    ['link_hello', 'token'],
+    ['link_hello', 'abi_version'],
+    ['r_link_closed', 'error'],
   ];
   const structs = [
     'w_attach',
@@ -174,6 +189,9 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     'r_push',
     'r_push_drop',
     'r_push_rule_set',
+    'w_connect',
+    'link_hello',
+    'r_link_closed',
   ];
   const numbers = [
     'PCINET_W_PUSH_RULE',
@@ -187,6 +205,10 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     'PCINET_MAX_PUSH_RULES',
     'PCINET_PUSH_MAX_BYTES',
     'PCINET_MAX_DATA',
+    'PCINET_W_CONNECT',
+    'PCINET_R_LINK_CLOSED',
+    'PCINET_LINK_TOKEN',
+    'PCINET_ABI_VERSION',
   ];
 
   const c = (() => {
@@ -204,12 +226,13 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
         'int main(void) {',
         'printf("{\\n");',
         ...lines,
+        'printf("\\"magic\\": \\"%s\\",\\n", PCINET_LINK_MAGIC);',
         'printf("\\"end\\": 0}\\n");',
         'return 0;',
         '}',
       ].join('\n');
       writeFileSync(join(dir, 'layout.c'), src);
-      const kernel = resolve(import.meta.dirname, '../../kernel');
+      const kernel = resolve(import.meta.dirname, '../kernel');
       execFileSync('cc', [
         '-Wall',
         '-Werror',
@@ -252,6 +275,38 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     expect(c['sizeof w_interrupt']).toBe(interruptRecord(0).length);
     expect(c['sizeof w_push_rule']).toBe(PUSH_RULE_SIZE);
     expect(emptyRecord(W.START).length).toBe(8);
+  });
+
+  it('the kernel link: W_CONNECT fields, the hello, R_LINK_CLOSED', () => {
+    expect(c.PCINET_W_CONNECT).toBe(W.CONNECT);
+    expect(c.PCINET_R_LINK_CLOSED).toBe(R.LINK_CLOSED);
+    expect(c.PCINET_LINK_TOKEN).toBe(LINK_TOKEN);
+    expect(c.PCINET_ABI_VERSION).toBe(ABI_VERSION);
+    expect((c as unknown as { magic: string }).magic).toBe(LINK_MAGIC.toString('latin1'));
+    expect(c['sizeof link_hello']).toBe(LINK_HELLO_SIZE);
+    expect(c['link_hello.magic']).toBe(0);
+    expect(c['link_hello.token']).toBe(8);
+    expect(c['link_hello.abi_version']).toBe(24);
+    const token = Uint8Array.from({ length: 16 }, (_, i) => i + 1);
+    const b = connectRecord({
+      family: 4,
+      address: Uint8Array.of(10, 0, 2, 2),
+      port: 7470,
+      timeoutMs: 5000,
+      token,
+    });
+    expect(b.length).toBe(c['sizeof w_connect']);
+    expect(b.length).toBe(CONNECT_SIZE);
+    expect(b.readUInt16LE(c['w_connect.family']!)).toBe(2);
+    expect(b.readUInt16BE(c['w_connect.port']!)).toBe(7470);
+    expect(b.readUInt32LE(c['w_connect.timeout_ms']!)).toBe(5000);
+    expect([...b.subarray(c['w_connect.addr']!, c['w_connect.addr']! + 4)]).toEqual([10, 0, 2, 2]);
+    expect([...b.subarray(c['w_connect.token']!, c['w_connect.token']! + 16)]).toEqual([...token]);
+    const closed = Buffer.alloc(c['sizeof r_link_closed']!);
+    closed.writeUInt16LE(R.LINK_CLOSED, 0);
+    closed.writeUInt32LE(closed.length, 4);
+    closed.writeUInt32LE(104, c['r_link_closed.error']!);
+    expect(parseRecords(closed)).toEqual([{ type: 'link-closed', error: 104 }]);
   });
 
   it('W_PUSH_RULE fields sit where pushRuleRecord writes them', () => {

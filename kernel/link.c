@@ -1,0 +1,352 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * pcinet: the kernel link. W_CONNECT makes the module connect to the endpoint itself; from then
+ * on the function's data plane travels on that TCP connection as the same records /dev/pcinet
+ * carries, and the host-agent only keeps the control plane (attach, link state, removal). A
+ * transmit thread sends the read queue as it fills; a receive thread applies what the endpoint
+ * sends exactly as write() would. This takes the host-agent's process off the path of every
+ * I/O: one trip through the network stack each way and no user-space wake-up per record.
+ *
+ * Lifetime: a link belongs to fn->link under fn->lock. Closing it (peer error, EOF, W_LINK_DOWN,
+ * removal) shuts the socket down and moves it to fn->dead_links; its threads are stopped and it
+ * is freed by pcinet_link_reap(), called with fn->lock *not* held (the receive thread takes it
+ * to apply records). A link that fails on its own takes the function's link down (PCI error
+ * recovery) and tells the host-agent with R_LINK_CLOSED on the file.
+ */
+#define pr_fmt(fmt) "pcinet: " fmt
+
+#include <linux/in.h>
+#include <linux/in6.h>
+#include <linux/kthread.h>
+#include <linux/net.h>
+#include <linux/sched.h>
+#include <linux/slab.h>
+#include <linux/socket.h>
+#include <linux/tcp.h>
+#include <linux/uio.h>
+#include <net/sock.h>
+
+#include "internal.h"
+
+/* Records sent with one sendmsg(): a doorbell's pushes and write arrive as one segment train. */
+#define PCINET_LINK_BATCH	64
+/* Bytes received with one recvmsg(): many completions, and always one whole record. */
+#define PCINET_LINK_RXBUF	(256 * 1024)
+#define PCINET_LINK_TIMEOUT_MAX	60000
+
+static atomic_t pcinet_link_ids = ATOMIC_INIT(0);
+
+struct pcinet_link {
+	struct pcinet_fn *fn;
+	struct socket *sock;
+	struct task_struct *rx;
+	struct task_struct *tx;
+	struct list_head node;	/* on fn->dead_links once closed */
+	bool closing;		/* READ_ONCE: the threads stop */
+	u8 *rxbuf;
+};
+
+/* Threads end only through kthread_stop(): once their work is over they wait for it. */
+static void pcinet_link_idle(void)
+{
+	set_current_state(TASK_INTERRUPTIBLE);
+	while (!kthread_should_stop()) {
+		schedule();
+		set_current_state(TASK_INTERRUPTIBLE);
+	}
+	__set_current_state(TASK_RUNNING);
+}
+
+/* Under fn->lock. Shuts the socket down (wakes both threads) and retires the link. */
+static void pcinet_link_retire(struct pcinet_fn *fn, struct pcinet_link *l)
+{
+	WRITE_ONCE(l->closing, true);
+	kernel_sock_shutdown(l->sock, SHUT_RDWR);
+	list_add_tail(&l->node, &fn->dead_links);
+	fn->link = NULL;
+	wake_up_interruptible_all(&fn->readq);
+	wake_up_interruptible_all(&fn->writeq);
+}
+
+/* Under fn->lock: the host-agent closes the link (W_LINK_DOWN, removal). */
+void pcinet_link_close(struct pcinet_fn *fn)
+{
+	if (fn->link)
+		pcinet_link_retire(fn, fn->link);
+}
+
+/* A thread of `l` saw the connection fail: the endpoint is unreachable. */
+static void pcinet_link_failed(struct pcinet_link *l, int err)
+{
+	struct pcinet_fn *fn = l->fn;
+	struct pcinet_r_link_closed rec = {};
+
+	mutex_lock(&fn->lock);
+	if (fn->link != l) {
+		mutex_unlock(&fn->lock);
+		return;		/* already closed by someone else */
+	}
+	pcinet_link_retire(fn, l);
+	if (fn->state == PN_STARTED && !fn->link_down)
+		pcinet_link_down(fn);
+	pcinet_hdr(&rec.hdr, PCINET_R_LINK_CLOSED, sizeof(rec));
+	rec.error = cpu_to_le32(-err);
+	pcinet_queue_ctl(fn, &rec, sizeof(rec));
+	mutex_unlock(&fn->lock);
+	pr_warn("%04x:00:00.0 kernel link lost (error %d): link down\n", fn->domain, err);
+}
+
+static int pcinet_link_tx(void *arg)
+{
+	struct pcinet_link *l = arg;
+	struct pcinet_fn *fn = l->fn;
+	struct pcinet_rec *recs[PCINET_LINK_BATCH];
+	struct kvec vec[PCINET_LINK_BATCH];
+	int err = 0;
+
+	while (!kthread_should_stop() && !READ_ONCE(l->closing)) {
+		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
+		unsigned int n = 0, i;
+		size_t bytes = 0;
+
+		wait_event_interruptible(fn->readq, READ_ONCE(fn->queued) > 0 ||
+					 READ_ONCE(l->closing) || kthread_should_stop());
+		spin_lock_irq(&fn->qlock);
+		while (n < PCINET_LINK_BATCH && !list_empty(&fn->queue)) {
+			struct pcinet_rec *r = list_first_entry(&fn->queue, struct pcinet_rec, node);
+
+			list_del(&r->node);
+			fn->queued -= r->len;
+			recs[n] = r;
+			vec[n].iov_base = r->data;
+			vec[n].iov_len = r->len;
+			bytes += r->len;
+			n++;
+		}
+		spin_unlock_irq(&fn->qlock);
+		if (!n)
+			continue;
+		wake_up_interruptible(&fn->writeq);
+		iov_iter_kvec(&msg.msg_iter, ITER_SOURCE, vec, n, bytes);
+		while (msg_data_left(&msg) && !err) {
+			int ret = sock_sendmsg(l->sock, &msg);
+
+			if (ret <= 0)
+				err = ret ? ret : -EPIPE;
+		}
+		for (i = 0; i < n; i++)
+			kvfree(recs[i]);
+		if (err)
+			break;
+	}
+	if (err && !READ_ONCE(l->closing))
+		pcinet_link_failed(l, err);
+	pcinet_link_idle();
+	return 0;
+}
+
+/* Applies the whole records at the start of buf[0, have); returns the bytes used or an error. */
+static int pcinet_link_apply(struct pcinet_link *l, const u8 *buf, size_t have)
+{
+	struct pcinet_fn *fn = l->fn;
+	size_t done = 0;
+	int ret = 0;
+
+	mutex_lock(&fn->lock);
+	while (have - done >= sizeof(struct pcinet_hdr)) {
+		const struct pcinet_hdr *h = (const void *)(buf + done);
+		size_t len = le32_to_cpu(h->len);
+
+		if (len < sizeof(*h) || len % 8 || len > PCINET_MAX_RECORD + 8 || h->flags) {
+			ret = -EPROTO;
+			break;
+		}
+		if (len > have - done)
+			break;
+		if (fn->link != l) {
+			ret = -ECANCELED;
+			break;
+		}
+		ret = pcinet_link_record(fn, buf + done, len);
+		if (ret)
+			break;
+		done += len;
+	}
+	mutex_unlock(&fn->lock);
+	return ret ? ret : done;
+}
+
+static int pcinet_link_rx(void *arg)
+{
+	struct pcinet_link *l = arg;
+	size_t have = 0;
+	int err = 0;
+
+	while (!kthread_should_stop() && !READ_ONCE(l->closing)) {
+		struct msghdr msg = {};
+		struct kvec vec = {
+			.iov_base = l->rxbuf + have,
+			.iov_len = PCINET_LINK_RXBUF - have,
+		};
+		int ret = kernel_recvmsg(l->sock, &msg, &vec, 1, vec.iov_len, 0);
+
+		if (ret <= 0) {
+			err = ret ? ret : -ECONNRESET;
+			break;
+		}
+		have += ret;
+		ret = pcinet_link_apply(l, l->rxbuf, have);
+		if (ret < 0) {
+			err = ret;
+			break;
+		}
+		have -= ret;
+		memmove(l->rxbuf, l->rxbuf + ret, have);
+	}
+	if (err == -EPROTO || err == -EINVAL || err == -EBUSY)
+		pr_warn_ratelimited("kernel link: the endpoint sent a bad record (error %d)\n", err);
+	if (err && err != -ECANCELED && !READ_ONCE(l->closing))
+		pcinet_link_failed(l, err);
+	pcinet_link_idle();
+	return 0;
+}
+
+/* Sends the hello and waits for the endpoint's answer (the socket's timeouts bound both). */
+static int pcinet_link_hello(struct socket *sock, const struct pcinet_w_connect *w)
+{
+	struct pcinet_link_hello hello = {};
+	struct kvec vec = { .iov_base = &hello, .iov_len = sizeof(hello) };
+	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
+	u8 ack[8];
+	int ret;
+
+	memcpy(hello.magic, PCINET_LINK_MAGIC, sizeof(hello.magic));
+	memcpy(hello.token, w->token, sizeof(hello.token));
+	hello.abi_version = cpu_to_le32(PCINET_ABI_VERSION);
+	ret = kernel_sendmsg(sock, &msg, &vec, 1, sizeof(hello));
+	if (ret != sizeof(hello))
+		return ret < 0 ? ret : -EPIPE;
+	memset(&msg, 0, sizeof(msg));
+	vec.iov_base = ack;
+	vec.iov_len = sizeof(ack);
+	ret = kernel_recvmsg(sock, &msg, &vec, 1, sizeof(ack), MSG_WAITALL);
+	if (ret < 0)
+		return ret == -EAGAIN ? -ETIMEDOUT : ret;
+	if (ret != sizeof(ack) || memcmp(ack, PCINET_LINK_MAGIC, sizeof(ack)))
+		return -ECONNREFUSED;	/* the endpoint does not know the token */
+	return 0;
+}
+
+/* W_CONNECT, under fn->lock. */
+int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w)
+{
+	struct sockaddr_storage ss = {};
+	u16 family = le16_to_cpu(w->family);
+	u32 timeout = le32_to_cpu(w->timeout_ms);
+	struct pcinet_link *l;
+	struct socket *sock;
+	int addrlen, id, ret;
+
+	if (!(fn->state == PN_ATTACHED || (fn->state == PN_STARTED && fn->link_down)) || fn->link)
+		return -EBUSY;
+	if (!timeout || timeout > PCINET_LINK_TIMEOUT_MAX || !w->port)
+		return -EINVAL;
+	if (family == AF_INET) {
+		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
+
+		if (memchr_inv(w->addr + 4, 0, sizeof(w->addr) - 4))
+			return -EINVAL;
+		sin->sin_family = AF_INET;
+		sin->sin_port = w->port;
+		memcpy(&sin->sin_addr, w->addr, 4);
+		addrlen = sizeof(*sin);
+	} else if (family == AF_INET6) {
+		struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)&ss;
+
+		sin6->sin6_family = AF_INET6;
+		sin6->sin6_port = w->port;
+		memcpy(&sin6->sin6_addr, w->addr, 16);
+		addrlen = sizeof(*sin6);
+	} else {
+		return -EAFNOSUPPORT;
+	}
+
+	l = kzalloc(sizeof(*l), GFP_KERNEL);
+	if (!l)
+		return -ENOMEM;
+	l->fn = fn;
+	INIT_LIST_HEAD(&l->node);
+	l->rxbuf = kvmalloc(PCINET_LINK_RXBUF, GFP_KERNEL);
+	if (!l->rxbuf) {
+		ret = -ENOMEM;
+		goto err_free;
+	}
+	/* In the writer's network namespace, holding a reference to it like any socket. */
+	ret = sock_create(family, SOCK_STREAM, IPPROTO_TCP, &sock);
+	if (ret)
+		goto err_free;
+	l->sock = sock;
+	sock->sk->sk_sndtimeo = msecs_to_jiffies(timeout);
+	sock->sk->sk_rcvtimeo = msecs_to_jiffies(timeout);
+	tcp_sock_set_nodelay(sock->sk);
+	ret = kernel_connect(sock, (struct sockaddr *)&ss, addrlen, 0);
+	if (ret) {
+		if (ret == -EINPROGRESS || ret == -EAGAIN)
+			ret = -ETIMEDOUT;
+		goto err_sock;
+	}
+	ret = pcinet_link_hello(sock, w);
+	if (ret)
+		goto err_sock;
+	/* From now on the threads block as long as the peer makes them; closing wakes them. */
+	sock->sk->sk_sndtimeo = MAX_SCHEDULE_TIMEOUT;
+	sock->sk->sk_rcvtimeo = MAX_SCHEDULE_TIMEOUT;
+	/* A peer that vanishes without a FIN is noticed within a minute, not TCP's fifteen. */
+	tcp_sock_set_keepidle(sock->sk, 10);
+	tcp_sock_set_keepintvl(sock->sk, 5);
+	tcp_sock_set_keepcnt(sock->sk, 6);
+	sock_set_keepalive(sock->sk);
+
+	id = atomic_inc_return(&pcinet_link_ids);
+	l->rx = kthread_create(pcinet_link_rx, l, "pcinet-rx/%d", id);
+	if (IS_ERR(l->rx)) {
+		ret = PTR_ERR(l->rx);
+		goto err_sock;
+	}
+	l->tx = kthread_create(pcinet_link_tx, l, "pcinet-tx/%d", id);
+	if (IS_ERR(l->tx)) {
+		ret = PTR_ERR(l->tx);
+		kthread_stop(l->rx);
+		goto err_sock;
+	}
+	fn->link = l;
+	fn->linked = true;
+	wake_up_process(l->rx);
+	wake_up_process(l->tx);
+	return 0;
+
+err_sock:
+	sock_release(sock);
+err_free:
+	kvfree(l->rxbuf);
+	kfree(l);
+	return ret;
+}
+
+/* Stops the threads of closed links and frees them; fn->lock must not be held. */
+void pcinet_link_reap(struct pcinet_fn *fn)
+{
+	struct pcinet_link *l, *tmp;
+	LIST_HEAD(dead);
+
+	mutex_lock(&fn->lock);
+	list_splice_init(&fn->dead_links, &dead);
+	mutex_unlock(&fn->lock);
+	list_for_each_entry_safe(l, tmp, &dead, node) {
+		kthread_stop(l->rx);
+		kthread_stop(l->tx);
+		sock_release(l->sock);
+		kvfree(l->rxbuf);
+		kfree(l);
+	}
+}

@@ -1,0 +1,208 @@
+// Kernel records <-> session messages for one device. The host-agent's kernel channel uses it on
+// /dev/pcinet; the endpoint uses it on a kernel link, where pcinet.ko sends the same records over
+// TCP (W_CONNECT, docs/KERNEL-ABI.md): either way a record from the kernel becomes the message the
+// endpoint runtime handles, and a message from the runtime becomes the records the kernel applies.
+// Also here: the byte-stream framing of records on a link.
+import {
+  AbiError,
+  dmaReadRecord,
+  dmaWriteRecord,
+  HDR,
+  interruptRecord,
+  type KernelRecord,
+  MAX_DATA,
+  MAX_RECORD,
+  mmioReadCplRecord,
+  PUSH_F_INDIRECT,
+  pushRuleRecord,
+  shadowRecord,
+  writesAppliedRecord,
+} from './kernel-abi.js';
+import { ErrorCode, long, MAX_DMA_CHUNK, type Msg, ProtocolError, type pcinet, u64 } from './wire.js';
+
+export interface TranslatorOptions {
+  /** Device id the messages carry. */
+  dev: number;
+  /** Where messages made from the kernel's records go (in order). */
+  sink: (m: Msg) => void;
+  /** Where records made from messages go; `mayWait`: the kernel may wait for its reader while
+   *  applying it (W_DMA_READ queues a completion). */
+  write: (record: Buffer, mayWait: boolean) => void;
+  /** Checks (and may normalise) a device's push rule before it reaches the kernel. */
+  checkPushRule?: (p: pcinet.IPushRule) => pcinet.IPushRule;
+}
+
+/** One device's translation both ways. DMA reads longer than a record are split into MAX_DATA
+ *  pieces with tags of our own and put together again. */
+export class RecordTranslator {
+  readonly #o: TranslatorOptions;
+  #nextTag = 1;
+  /** Our tags (one per piece) -> the endpoint's request. */
+  readonly #dmaReads = new Map<
+    number,
+    { tag: number; parts: (Uint8Array | undefined)[]; left: number; failed: boolean }
+  >();
+  readonly #pieceOf = new Map<number, { req: number; index: number }>();
+  /** Tags of DMA reads asked for before forget(): their completions are dropped. */
+  readonly #staleTags = new Set<number>();
+  #reqSeq = 0;
+  sink: (m: Msg) => void;
+
+  constructor(o: TranslatorOptions) {
+    this.#o = o;
+    this.sink = o.sink;
+  }
+
+  /** A record from the kernel (not R_ATTACHED or R_LINK_CLOSED, the channel's own business).
+   *  Throws AbiError for a completion nobody asked for. */
+  fromKernel(r: KernelRecord): void {
+    const dev = this.#o.dev;
+    switch (r.type) {
+      case 'mmio-write':
+        this.sink({ mmioWrite: { dev, bar: r.bar, offset: long(r.offset), data: r.data } });
+        return;
+      case 'mmio-read':
+        this.sink({ mmioRead: { dev, tag: r.tag, bar: r.bar, offset: long(r.offset), size: r.size } });
+        return;
+      case 'config-write':
+        this.sink({ configWrite: { dev, offset: r.offset, size: r.size, value: r.value } });
+        return;
+      case 'function-reset':
+        this.sink({ functionReset: { dev } });
+        return;
+      case 'push':
+        this.sink({ push: { dev, iova: long(r.iova), data: r.data, rule: r.rule } });
+        return;
+      case 'push-drop':
+        this.sink({ pushDrop: { dev, iova: long(r.iova), length: long(r.length) } });
+        return;
+      case 'push-rule-set':
+        this.sink({ pushRuleSet: { dev, id: r.id } });
+        return;
+      case 'dma-read-cpl':
+        this.#dmaReadCpl(r);
+        return;
+      case 'attached':
+      case 'link-closed':
+        throw new AbiError(`${r.type} is not a data-plane record`);
+    }
+  }
+
+  #dmaReadCpl(r: Extract<KernelRecord, { type: 'dma-read-cpl' }>): void {
+    if (this.#staleTags.delete(r.tag)) return;
+    const piece = this.#pieceOf.get(r.tag);
+    if (!piece) throw new AbiError(`DMA read completion for tag ${r.tag}, which is not outstanding`);
+    this.#pieceOf.delete(r.tag);
+    const req = this.#dmaReads.get(piece.req)!;
+    if (r.ok) req.parts[piece.index] = r.data;
+    else req.failed = true;
+    if (--req.left > 0) return;
+    this.#dmaReads.delete(piece.req);
+    const dev = this.#o.dev;
+    if (req.failed) {
+      this.sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.DMA_FAULT } });
+      return;
+    }
+    const data = req.parts.length === 1 ? req.parts[0]! : Buffer.concat(req.parts as Uint8Array[]);
+    this.sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.OK, data } });
+  }
+
+  /** A device -> host message as records. Throws ProtocolError for anything else. */
+  toKernel(m: Msg): void {
+    const write = this.#o.write;
+    if (m.shadowUpdate) {
+      const u = m.shadowUpdate;
+      const data = u.data ?? new Uint8Array(0);
+      const off = u64(u.offset);
+      for (let at = 0; at < data.length; at += MAX_DATA) {
+        write(shadowRecord(u.bar ?? 0, off + BigInt(at), data.subarray(at, at + MAX_DATA)), false);
+      }
+    } else if (m.writesApplied) {
+      write(writesAppliedRecord(u64(m.writesApplied.count)), false);
+    } else if (m.mmioReadCpl) {
+      const c = m.mmioReadCpl;
+      write(
+        mmioReadCplRecord(c.tag ?? 0, (c.status ?? 0) === ErrorCode.OK, c.data ?? new Uint8Array(0)),
+        false,
+      );
+    } else if (m.dmaRead) {
+      const r = m.dmaRead;
+      const len = r.length ?? 0;
+      if (len < 1 || len > MAX_DMA_CHUNK)
+        throw new ProtocolError(ErrorCode.BAD_LENGTH, `DmaRead of ${len} bytes`);
+      const req = ++this.#reqSeq;
+      const pieces = Math.ceil(len / MAX_DATA);
+      this.#dmaReads.set(req, { tag: r.tag ?? 0, parts: new Array(pieces), left: pieces, failed: false });
+      const iova = u64(r.iova);
+      for (let i = 0; i < pieces; i++) {
+        const tag = this.#nextTag;
+        this.#nextTag = (this.#nextTag % 0xffff_ffff) + 1;
+        this.#pieceOf.set(tag, { req, index: i });
+        const size = Math.min(MAX_DATA, len - i * MAX_DATA);
+        write(dmaReadRecord(tag, BigInt.asUintN(64, iova + BigInt(i * MAX_DATA)), size), true);
+      }
+    } else if (m.dmaWrite) {
+      const w = m.dmaWrite;
+      const data = w.data ?? new Uint8Array(0);
+      const iova = u64(w.iova);
+      for (let at = 0; at < data.length; at += MAX_DATA) {
+        write(dmaWriteRecord(BigInt.asUintN(64, iova + BigInt(at)), data.subarray(at, at + MAX_DATA)), false);
+      }
+    } else if (m.interrupt) {
+      write(interruptRecord(m.interrupt.vector ?? 0), false);
+    } else if (m.pushRule) {
+      const p = this.#o.checkPushRule ? this.#o.checkPushRule(m.pushRule) : m.pushRule;
+      write(
+        pushRuleRecord({
+          id: p.id ?? 0,
+          kind: p.kind ?? 0,
+          bar: p.bar ?? 0,
+          entries: p.entries ?? 0,
+          offset: u64(p.offset),
+          ring: u64(p.ring),
+          avail: u64(p.avail),
+          dataMax: p.dataMax ?? 0,
+          lbaShift: p.lbaShift ?? 0,
+          flags: p.indirect ? PUSH_F_INDIRECT : 0,
+        }),
+        false,
+      );
+    } else {
+      throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, 'not a device -> host message');
+    }
+  }
+
+  /** The device's other end is gone (link down): completions of reads asked for so far are
+   *  dropped when they come. */
+  forget(): void {
+    for (const tag of this.#pieceOf.keys()) this.#staleTags.add(tag);
+    this.#pieceOf.clear();
+    this.#dmaReads.clear();
+  }
+}
+
+/** Cuts a byte stream into whole records (a kernel link carries them back to back). */
+export class RecordStream {
+  #held: Buffer | undefined;
+
+  /** The whole records completed by `chunk` (one buffer, possibly empty). Throws AbiError for a
+   *  header no record can have. */
+  push(chunk: Buffer): Buffer {
+    const buf = this.#held ? Buffer.concat([this.#held, chunk]) : chunk;
+    let at = 0;
+    while (buf.length - at >= HDR) {
+      const len = buf.readUInt32LE(at + 4);
+      if (len < HDR || len % 8 || len > MAX_RECORD + 8 || buf.readUInt16LE(at + 2) !== 0)
+        throw new AbiError(`record of type 0x${buf.readUInt16LE(at).toString(16)} has length ${len}`);
+      if (len > buf.length - at) break;
+      at += len;
+    }
+    this.#held = at < buf.length ? Buffer.from(buf.subarray(at)) : undefined;
+    return buf.subarray(0, at);
+  }
+
+  /** Bytes of an unfinished record. */
+  get pending(): number {
+    return this.#held?.length ?? 0;
+  }
+}
