@@ -2,10 +2,11 @@
 // NIC's traffic itself travels (guest → QEMU user networking → the card's loopback), in the same
 // lab run. Prints a table and the ratio; asserts nothing.
 //
-//   node dist/bench/net.js [--seconds 10] [--chart FILE] [--log]
+//   node dist/bench/net.js [--seconds 10] [--tls] [--chart FILE] [--log]
 //
-// Needs root (the lab). The NIC's frames go guest → virtio_net → pcinet.ko → host-agent → TCP/TLS
-// → endpoint → TAP on the card; the reference runs the same iperf3 over guest → slirp → card
+// Needs root (the lab). The NIC's frames go guest → virtio_net → pcinet.ko → its kernel link (plain
+// TCP, the default) → endpoint → TAP on the card; with --tls, pcinet.ko → host-agent → TLS →
+// endpoint instead; the reference runs the same iperf3 over guest → slirp → card
 // directly, which is the transport pcinet rides on. The chart (--chart, default
 // bench/results/net.svg) has the same figures.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
@@ -29,9 +30,15 @@ function run(argv: string[]): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const args = parseBenchArgs('net', process.argv.slice(2), {
-    seconds: { value: 10, range: '1..120', ok: (n) => n > 0 && n <= 120 },
-  });
+  const args = parseBenchArgs(
+    'net',
+    process.argv.slice(2),
+    { seconds: { value: 10, range: '1..120', ok: (n) => n > 0 && n <= 120 } },
+    ['tls'],
+  );
+  const path = args.tls
+    ? 'virtio_net → pcinet.ko → host-agent → TLS → endpoint → TAP'
+    : 'virtio_net → pcinet.ko → kernel link (TCP) → endpoint → TAP';
   const { seconds } = args;
   // iperf3 runs on both sides from this machine's root (the guest sees it over 9p).
   await ensurePackages(['iperf3'], (l) => console.error(`bench/net: ${l}`));
@@ -41,6 +48,7 @@ async function main(): Promise<void> {
     `iperf3 -c ${target} ${extra} -t ${seconds} -f m | grep -E "(sender|receiver)$" | sed "s/^/${label} /"`;
   const r = await runInLab({
     assets,
+    insecure: !args.tls,
     devices: [`virtio-net:tap=${TAP},mac=${MAC}`],
     timeoutMs: (8 * seconds + 120) * 1000,
     command: [
@@ -79,7 +87,7 @@ async function main(): Promise<void> {
     ['guest → card', rate('nic-up'), rate('direct-up')],
     ['card → guest', rate('nic-down'), rate('direct-down')],
   ] as const;
-  console.log(`bench/net: iperf3 TCP, ${seconds} s each, lab guest (QEMU TCG, 2 vCPUs)`);
+  console.log(`bench/net: iperf3 TCP, ${seconds} s each, lab guest (QEMU TCG, 2 vCPUs); pcinet NIC: ${path}`);
   console.log('direction       pcinet NIC   transport path   ratio');
   for (const [what, nic, direct] of rows) {
     console.log(
@@ -90,7 +98,7 @@ async function main(): Promise<void> {
     title: 'iperf3 through the pcinet NIC vs the path it rides on',
     notes: [
       `lab guest: QEMU TCG, 2 vCPUs; iperf3 TCP, ${seconds} s each; ${new Date().toISOString().slice(0, 10)}`,
-      'pcinet NIC: virtio_net → pcinet.ko → host-agent → TLS → endpoint → TAP; transport path: guest → QEMU user networking → the card',
+      `pcinet NIC: ${path}; transport path: guest → QEMU user networking → the card`,
       ...(args.log ? ['log scale'] : []),
     ],
     series: ['pcinet NIC', 'transport path'],

@@ -254,14 +254,17 @@ const fmtRatio = (a: number | undefined, b: number | undefined) =>
   a !== undefined && b !== undefined && b > 0 ? (a / b).toFixed(2) : '?';
 
 /** Per-I/O counters of the endpoint, with the push counters only when the endpoint has them. */
-const PER_IO: readonly { counter: string; label: string; push?: boolean; digits?: number }[] = [
-  { counter: 'dmaReads', label: 'DMA read RTs' },
-  { counter: 'pushHits', label: 'push hits', push: true },
-  { counter: 'pushBytes', label: 'push bytes', push: true, digits: 0 },
-  { counter: 'pushDrops', label: 'push drops', push: true },
-  { counter: 'mmioWrites', label: 'MMIO writes' },
-  { counter: 'interrupts', label: 'interrupts' },
-];
+const PER_IO: readonly { counter: string; label: string; push?: boolean; link?: boolean; digits?: number }[] =
+  [
+    { counter: 'dmaReads', label: 'DMA read RTs' },
+    { counter: 'pushHits', label: 'push hits', push: true },
+    { counter: 'pushBytes', label: 'push bytes', push: true, digits: 0 },
+    { counter: 'pushDrops', label: 'push drops', push: true },
+    { counter: 'mmioWrites', label: 'MMIO writes' },
+    { counter: 'interrupts', label: 'interrupts' },
+    // Kernel link only: from the request's arrival at the endpoint to its reply leaving it.
+    { counter: 'linkReplyUs', label: 'endpoint µs', link: true, digits: 0 },
+  ];
 
 function report(
   args: { mib: number; seconds: number; chart: string; log: boolean },
@@ -310,7 +313,8 @@ function report(
   const hasPush = [...p.stats.values()].some((c) =>
     Object.keys(c).some((k) => /\.push(Hits|Bytes|Drops)$/.test(k)),
   );
-  const perIo = PER_IO.filter((c) => hasPush || !c.push);
+  const hasLink = [...p.stats.values()].some((c) => Object.keys(c).some((k) => /\.linkReplyUs$/.test(k)));
+  const perIo = PER_IO.filter((c) => (hasPush || !c.push) && (hasLink || !c.link));
   console.log('');
   console.log(
     `pcinet per I/O: the endpoint's counters (SIGUSR1 to the host-agent before and after each phase) and the ` +

@@ -20,6 +20,12 @@ export class KernelLink extends EventEmitter {
   #deliver: ((msgs: Msg[]) => void) | undefined;
   #closed = false;
   #error: Error | undefined;
+  /** When the last inbound records arrived, until something goes out (hrtime, ns). */
+  #lastIn: bigint | undefined;
+  /** Replies: writes that followed inbound records, and the time from those records to the write,
+   *  in µs (what the endpoint and its backend spend per request; the rest of an I/O's time is the
+   *  host and the network). */
+  readonly stats = { replies: 0, replyUs: 0 };
 
   /** `socket` is paused, its hello read; nothing is read until start(). */
   constructor(socket: net.Socket) {
@@ -75,6 +81,11 @@ export class KernelLink extends EventEmitter {
     const out = this.#out.length === 1 ? this.#out[0]! : Buffer.concat(this.#out);
     this.#out = [];
     this.#socket.write(out);
+    if (this.#lastIn !== undefined) {
+      this.stats.replies++;
+      this.stats.replyUs += Number(process.hrtime.bigint() - this.#lastIn) / 1000;
+      this.#lastIn = undefined;
+    }
   }
 
   get backlogged(): boolean {
@@ -92,6 +103,7 @@ export class KernelLink extends EventEmitter {
     try {
       const whole = this.#stream.push(chunk);
       if (whole.length === 0) return;
+      this.#lastIn = process.hrtime.bigint();
       for (const r of parseRecords(whole)) this.#records.fromKernel(r);
       const msgs = this.#inbound;
       this.#inbound = [];

@@ -320,6 +320,10 @@ export class EndpointRuntime {
     for (const d of this.#devices.values()) {
       for (const [k, v] of Object.entries(d.counters)) out[`dev${d.dev}.${k}`] = v;
       for (const [k, v] of Object.entries(d.model.counters())) out[`dev${d.dev}.${d.name}.${k}`] = v;
+      if (d.link) {
+        out[`dev${d.dev}.linkReplies`] = d.link.stats.replies;
+        out[`dev${d.dev}.linkReplyUs`] = Math.round(d.link.stats.replyUs);
+      }
     }
     return out;
   }

@@ -1109,7 +1109,7 @@ static int __init pcinet_init(void)
 	int ret;
 
 	BUILD_BUG_ON(sizeof(struct pcinet_w_mmio_read_cpl) % 8);
-	/* The push records' sizes are part of the ABI (host-agent/kernel/abi.ts). */
+	/* The push records' sizes are part of the ABI (proto/kernel-abi.ts). */
 	BUILD_BUG_ON(sizeof(struct pcinet_w_push_rule) != 64);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push) != 24);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push_drop) != 24);

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
 /*
  * pcinet: the record format of /dev/pcinet, the channel between pcinet.ko and the host-agent.
- * docs/KERNEL-ABI.md explains every record; host-agent/kernel/abi.ts mirrors this file.
+ * docs/KERNEL-ABI.md explains every record; proto/kernel-abi.ts mirrors this file.
  *
  * One open file is one PCI function. The host-agent write()s records (PCINET_W_*) and read()s
  * records (PCINET_R_*); poll() says when a read would return something. Every record starts with

@@ -84,25 +84,36 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
     expect(missing).toBe(0);
   });
 
-  it('fio with crc32c verification: random writes 4K–128K, iodepth 32, two jobs', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
-  }, async () => {
-    const r = await runInLab({
-      assets,
-      devices: [`nvme:file=${join(dir, 'fio.img')},size=128M`],
-      command: [
-        ...findDisk,
-        'fio --name=verify --filename=$disk --direct=1 --ioengine=libaio --rw=randwrite --bsrange=4k-128k ' +
-          '--iodepth=32 --numjobs=2 --size=24M --offset_increment=48M --verify=crc32c --verify_fatal=1 ' +
-          '--do_verify=1 --group_reporting --output-format=terse --terse-version=3 | cut -d";" -f1-5',
-        'echo fio-status=$?',
-      ].join('\n'),
-      timeoutMs: RUN_TIMEOUT_MS,
+  // TLS (the lab's default) keeps the data plane in the host-agent; plain TCP puts it on the kernel
+  // link (pcinet.ko's own connection to the endpoint, W_CONNECT).
+  for (const link of [false, true]) {
+    it(`fio with crc32c verification: random writes 4K–128K, iodepth 32, two jobs (${link ? 'kernel link' : 'TLS, through the host-agent'})`, {
+      timeout: RUN_TIMEOUT_MS + 60_000,
+    }, async () => {
+      const r = await runInLab({
+        assets,
+        insecure: link,
+        devices: [`nvme:file=${join(dir, `fio-${link}.img`)},size=128M`],
+        command: [
+          ...findDisk,
+          'fio --name=verify --filename=$disk --direct=1 --ioengine=libaio --rw=randwrite --bsrange=4k-128k ' +
+            '--iodepth=32 --numjobs=2 --size=24M --offset_increment=48M --verify=crc32c --verify_fatal=1 ' +
+            '--do_verify=1 --group_reporting --output-format=terse --terse-version=3 | cut -d";" -f1-5',
+          'echo fio-status=$?',
+        ].join('\n'),
+        timeoutMs: RUN_TIMEOUT_MS,
+      });
+      expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+      expect(r.stdout).toMatch(/^3;fio-\S+;verify;0;0$/m); // terse v3: version;fio;jobname;groupid;error
+      expect(r.stdout).toMatch(/^fio-status=0$/m);
+      if (link) {
+        expect(r.hostAgentLog).toMatch(/kernel link open/);
+        expect(r.endpointLog).toMatch(/"kernelLink":true.*device attached/);
+      } else {
+        expect(r.hostAgentLog).not.toMatch(/kernel link open/);
+      }
     });
-    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
-    expect(r.stdout).toMatch(/^3;fio-\S+;verify;0;0$/m); // terse v3: version;fio;jobname;groupid;error
-    expect(r.stdout).toMatch(/^fio-status=0$/m);
-  });
+  }
 
   it('blkdiscard and fstrim give the space back in the card’s backing file', {
     timeout: RUN_TIMEOUT_MS + 60_000,
@@ -138,58 +149,63 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
     console.log(`backing file allocated: at most ${most >> 20} MiB, at the end ${final >> 20} MiB`);
   });
 
-  it('endpoint killed and restarted during I/O: the driver resets the controller, the mounted filesystem carries on', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
-  }, async () => {
-    const procs: ChildProcess[] = [];
-    const r = await runInLab({
-      assets,
-      devices: [`nvme:file=${join(dir, 'restart.img')},size=64M`],
-      reconnect: true,
-      command: [
-        ...findDisk,
-        'mkfs.ext4 -q -F $disk && mkdir -p /tmp/m && mount $disk /tmp/m',
-        'head -c 4194304 /dev/urandom > /tmp/m/flushed && sync',
-        'before=$(md5sum < /tmp/m/flushed)',
-        // Writes in flight when the endpoint dies, verified after: none may be lost.
-        'fio --name=busy --filename=/tmp/m/busy --size=6M --rw=randwrite --bs=4k --iodepth=8 --ioengine=libaio ' +
-          '--direct=1 --verify=crc32c --do_verify=1 > /tmp/fio.log 2>&1 & fio=$!',
-        'sleep 3',
-        askCard('restart'),
-        'if wait $fio; then echo fio-verified; else cat /tmp/fio.log; fi',
-        'echo "after: ctrl=$(ls /sys/bus/pci/devices/$dev/nvme/) state=$(cat /sys/class/nvme/$ctrl/state)"',
-        '[ "$(md5sum < /tmp/m/flushed)" = "$before" ] && echo flushed-data-intact',
-        'echo more > /tmp/m/after && sync && cat /tmp/m/after',
-        'umount /tmp/m && e2fsck -fn $disk > /tmp/fsck.log 2>&1 && echo fsck-clean || cat /tmp/fsck.log',
-        'dmesg | grep -E "pcinet|nvme" | grep -iE "link|reset" || true',
-      ].join('\n'),
-      timeoutMs: RUN_TIMEOUT_MS,
-      card: async (card) => {
-        procs.push(
-          startCardControl(card, async (word) => {
-            if (word !== 'restart') throw new Error(`unknown command ${word}`);
-            await card.restartEndpoint();
-          }),
-        );
-        return async () => {
-          for (const p of procs) p.kill('SIGTERM');
-        };
-      },
+  for (const link of [false, true]) {
+    it(`endpoint killed and restarted during I/O: the driver resets the controller, the mounted filesystem carries on (${link ? 'kernel link' : 'TLS'})`, {
+      timeout: RUN_TIMEOUT_MS + 60_000,
+    }, async () => {
+      const procs: ChildProcess[] = [];
+      const r = await runInLab({
+        assets,
+        insecure: link,
+        devices: [`nvme:file=${join(dir, `restart-${link}.img`)},size=64M`],
+        reconnect: true,
+        command: [
+          ...findDisk,
+          'mkfs.ext4 -q -F $disk && mkdir -p /tmp/m && mount $disk /tmp/m',
+          'head -c 4194304 /dev/urandom > /tmp/m/flushed && sync',
+          'before=$(md5sum < /tmp/m/flushed)',
+          // Writes in flight when the endpoint dies, verified after: none may be lost.
+          'fio --name=busy --filename=/tmp/m/busy --size=6M --rw=randwrite --bs=4k --iodepth=8 --ioengine=libaio ' +
+            '--direct=1 --verify=crc32c --do_verify=1 > /tmp/fio.log 2>&1 & fio=$!',
+          'sleep 3',
+          askCard('restart'),
+          'if wait $fio; then echo fio-verified; else cat /tmp/fio.log; fi',
+          'echo "after: ctrl=$(ls /sys/bus/pci/devices/$dev/nvme/) state=$(cat /sys/class/nvme/$ctrl/state)"',
+          '[ "$(md5sum < /tmp/m/flushed)" = "$before" ] && echo flushed-data-intact',
+          'echo more > /tmp/m/after && sync && cat /tmp/m/after',
+          'umount /tmp/m && e2fsck -fn $disk > /tmp/fsck.log 2>&1 && echo fsck-clean || cat /tmp/fsck.log',
+          'dmesg | grep -E "pcinet|nvme" | grep -iE "link|reset" || true',
+        ].join('\n'),
+        timeoutMs: RUN_TIMEOUT_MS,
+        card: async (card) => {
+          procs.push(
+            startCardControl(card, async (word) => {
+              if (word !== 'restart') throw new Error(`unknown command ${word}`);
+              await card.restartEndpoint();
+            }),
+          );
+          return async () => {
+            for (const p of procs) p.kill('SIGTERM');
+          };
+        },
+      });
+      const out = `${r.stdout}\n${r.stderr}`;
+      expect(r.code, out).toBe(0);
+      expect(r.stdout).toMatch(/^card: restart ok$/m);
+      expect(r.endpointLog).toMatch(/endpoint killed and restarted/);
+      // The same controller, reset by its driver through PCI error recovery, not a new one.
+      const ctrl = /^ctrl=(nvme\d+) /m.exec(r.stdout)?.[1];
+      expect(r.stdout, out).toMatch(new RegExp(`^after: ctrl=${ctrl} state=live$`, 'm'));
+      expect(r.stdout, out).toMatch(/link down: the driver waits for a reset/);
+      expect(r.stdout, out).toMatch(/restart after slot reset/);
+      expect(r.stdout, out).toMatch(/link up: recovered/);
+      expect(r.stdout, out).toMatch(/^fio-verified$/m);
+      expect(r.stdout, out).toMatch(/^flushed-data-intact$/m);
+      expect(r.stdout, out).toMatch(/^more$/m);
+      expect(r.stdout, out).toMatch(/^fsck-clean$/m);
+      expect(r.hostAgentLog).toMatch(/endpoint back: link up/);
+      // With a kernel link, the kernel saw the endpoint go first and took the link down itself.
+      if (link) expect(r.hostAgentLog).toMatch(/kernel link lost/);
     });
-    const out = `${r.stdout}\n${r.stderr}`;
-    expect(r.code, out).toBe(0);
-    expect(r.stdout).toMatch(/^card: restart ok$/m);
-    expect(r.endpointLog).toMatch(/endpoint killed and restarted/);
-    // The same controller, reset by its driver through PCI error recovery, not a new one.
-    const ctrl = /^ctrl=(nvme\d+) /m.exec(r.stdout)?.[1];
-    expect(r.stdout, out).toMatch(new RegExp(`^after: ctrl=${ctrl} state=live$`, 'm'));
-    expect(r.stdout, out).toMatch(/link down: the driver waits for a reset/);
-    expect(r.stdout, out).toMatch(/restart after slot reset/);
-    expect(r.stdout, out).toMatch(/link up: recovered/);
-    expect(r.stdout, out).toMatch(/^fio-verified$/m);
-    expect(r.stdout, out).toMatch(/^flushed-data-intact$/m);
-    expect(r.stdout, out).toMatch(/^more$/m);
-    expect(r.stdout, out).toMatch(/^fsck-clean$/m);
-    expect(r.hostAgentLog).toMatch(/endpoint back: link up/);
-  });
+  }
 });

@@ -1,0 +1,129 @@
+import { describe, expect, it } from 'vitest';
+import { AbiError, HDR, MAX_DATA, parseRecords, R, W } from './kernel-abi.js';
+import { RecordStream, RecordTranslator } from './kernel-link.js';
+import { ErrorCode, long, type Msg, ProtocolError } from './wire.js';
+
+function translator() {
+  const msgs: Msg[] = [];
+  const records: { r: Buffer; mayWait: boolean }[] = [];
+  const t = new RecordTranslator({
+    dev: 3,
+    sink: (m) => msgs.push(m),
+    write: (r, mayWait) => records.push({ r, mayWait }),
+  });
+  return { t, msgs, records };
+}
+
+function dmaReadCpl(tag: number, data: Uint8Array | undefined): Buffer {
+  const size = data?.length ?? 0;
+  const b = Buffer.alloc(24 + ((size + 7) & ~7));
+  b.writeUInt16LE(R.DMA_READ_CPL, 0);
+  b.writeUInt32LE(b.length, 4);
+  b.writeUInt32LE(tag, 8);
+  b.writeUInt32LE(data ? 0 : 1, 12);
+  b.writeUInt32LE(size, 16);
+  if (data) b.set(data, 24);
+  return b;
+}
+
+describe('RecordTranslator', () => {
+  it('splits a DMA read into record-sized pieces and answers once with the whole', () => {
+    const { t, msgs, records } = translator();
+    const len = 2 * MAX_DATA + 100;
+    t.toKernel({ dmaRead: { dev: 3, tag: 42, iova: long(0x10000n), length: len } });
+    expect(records.map((x) => [x.r.readUInt16LE(0), x.r.readUInt32LE(12), x.mayWait])).toEqual([
+      [W.DMA_READ, MAX_DATA, true],
+      [W.DMA_READ, MAX_DATA, true],
+      [W.DMA_READ, 100, true],
+    ]);
+    const tags = records.map((x) => x.r.readUInt32LE(8));
+    expect(records.map((x) => x.r.readBigUInt64LE(16))).toEqual([
+      0x10000n,
+      0x10000n + BigInt(MAX_DATA),
+      0x10000n + 2n * BigInt(MAX_DATA),
+    ]);
+    // Out of order: the pieces still land in place.
+    const piece = (i: number, n: number) => new Uint8Array(n).fill(i + 1);
+    for (const i of [2, 0, 1]) {
+      for (const r of parseRecords(dmaReadCpl(tags[i]!, piece(i, i === 2 ? 100 : MAX_DATA)))) t.fromKernel(r);
+      if (i !== 1) expect(msgs).toEqual([]);
+    }
+    expect(msgs.length).toBe(1);
+    const c = msgs[0]!.dmaReadCpl!;
+    expect(c.tag).toBe(42);
+    expect(c.status).toBe(ErrorCode.OK);
+    expect(c.data!.length).toBe(len);
+    expect([c.data![0], c.data![MAX_DATA], c.data![len - 1]]).toEqual([1, 2, 3]);
+  });
+
+  it('a refused piece fails the whole read; a completion nobody asked for is an ABI error', () => {
+    const { t, msgs, records } = translator();
+    t.toKernel({ dmaRead: { dev: 3, tag: 9, iova: long(0), length: MAX_DATA + 8 } });
+    const tags = records.map((x) => x.r.readUInt32LE(8));
+    for (const r of parseRecords(dmaReadCpl(tags[0]!, undefined))) t.fromKernel(r);
+    for (const r of parseRecords(dmaReadCpl(tags[1]!, new Uint8Array(8)))) t.fromKernel(r);
+    expect(msgs.map((m) => m.dmaReadCpl?.status)).toEqual([ErrorCode.DMA_FAULT]);
+    expect(() => {
+      for (const r of parseRecords(dmaReadCpl(999, new Uint8Array(8)))) t.fromKernel(r);
+    }).toThrow(AbiError);
+  });
+
+  it('after forget(), completions of earlier reads are dropped', () => {
+    const { t, msgs, records } = translator();
+    t.toKernel({ dmaRead: { dev: 3, tag: 1, iova: long(0), length: 8 } });
+    t.forget();
+    for (const r of parseRecords(dmaReadCpl(records[0]!.r.readUInt32LE(8), new Uint8Array(8))))
+      t.fromKernel(r);
+    expect(msgs).toEqual([]);
+  });
+
+  it('DMA writes and shadow updates are cut at MAX_DATA; host -> device messages are refused', () => {
+    const { t, records } = translator();
+    t.toKernel({ dmaWrite: { dev: 3, iova: long(0x1000n), data: new Uint8Array(MAX_DATA + 1) } });
+    t.toKernel({ shadowUpdate: { dev: 3, bar: 2, offset: long(8), data: new Uint8Array(MAX_DATA * 2) } });
+    expect(records.map((x) => [x.r.readUInt16LE(0), x.mayWait])).toEqual([
+      [W.DMA_WRITE, false],
+      [W.DMA_WRITE, false],
+      [W.SHADOW, false],
+      [W.SHADOW, false],
+    ]);
+    expect(records[1]!.r.readBigUInt64LE(16)).toBe(0x1000n + BigInt(MAX_DATA));
+    expect(records[3]!.r.readBigUInt64LE(16)).toBe(8n + BigInt(MAX_DATA));
+    expect(() =>
+      t.toKernel({ mmioWrite: { dev: 3, bar: 0, offset: long(0), data: new Uint8Array(4) } }),
+    ).toThrow(ProtocolError);
+  });
+});
+
+describe('RecordStream', () => {
+  const rec = (type: number, body: number) => {
+    const b = Buffer.alloc(HDR + body);
+    b.writeUInt16LE(type, 0);
+    b.writeUInt32LE(b.length, 4);
+    return b;
+  };
+
+  it('gives whole records only, however the bytes are cut', () => {
+    const all = Buffer.concat([rec(R.FUNCTION_RESET, 0), rec(R.PUSH_RULE_SET, 8), rec(R.FUNCTION_RESET, 0)]);
+    for (let cut = 0; cut <= all.length; cut++) {
+      const s = new RecordStream();
+      const a = s.push(all.subarray(0, cut));
+      const b = s.push(all.subarray(cut));
+      expect(Buffer.concat([a, b])).toEqual(all);
+      expect(s.pending).toBe(0);
+      expect(a.length % 8).toBe(0);
+    }
+  });
+
+  it('refuses a length no record can have, and flags', () => {
+    const bad = rec(R.FUNCTION_RESET, 0);
+    bad.writeUInt32LE(12, 4);
+    expect(() => new RecordStream().push(bad)).toThrow(AbiError);
+    const flagged = rec(R.FUNCTION_RESET, 0);
+    flagged.writeUInt16LE(1, 2);
+    expect(() => new RecordStream().push(flagged)).toThrow(AbiError);
+    const huge = rec(R.FUNCTION_RESET, 0);
+    huge.writeUInt32LE(1 << 30, 4);
+    expect(() => new RecordStream().push(huge)).toThrow(AbiError);
+  });
+});
