@@ -6,7 +6,9 @@
 // - pcinet TCP: a second endpoint in the card's namespace on tcp://127.0.0.1:7471 and a second
 //   host-agent in the guest dialling tcp://10.0.2.2:7471 — the command lines runInLab itself uses
 //   with `insecure: true` (lab/commands.ts), so both transports are measured in the same boot;
-// - pcinet TLS: the lab's own endpoint and host-agent (tls://10.0.2.2:7470);
+// - pcinet TLS: the lab's own endpoint and host-agent (tls://10.0.2.2:7470); both pcinet columns
+//   carry the data plane on pcinet.ko's kernel link (sealed on TLS) unless --no-link, which
+//   keeps it in the host-agents (--no-kernel-link) to measure that path in the same way;
 // - NBD: Debian's nbd-server in the card's namespace on 127.0.0.1:10809, the guest's nbd driver and
 //   nbd-client dialling 10.0.2.2:10809: guest → QEMU user networking → the card's loopback, exactly
 //   the path the host-agent takes to its endpoint;
@@ -22,7 +24,7 @@
 // counts them), MMIO writes, interrupts and host-agent CPU time, each per I/O; and what the other,
 // idle host-agent cost meanwhile (two share the guest's vCPUs).
 //
-//   node dist/bench/nvme.js [--mib 64] [--seconds 10] [--chart FILE] [--log]
+//   node dist/bench/nvme.js [--mib 64] [--seconds 10] [--no-link] [--chart FILE] [--log]
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -267,7 +269,7 @@ const PER_IO: readonly { counter: string; label: string; push?: boolean; link?: 
   ];
 
 function report(
-  args: { mib: number; seconds: number; chart: string; log: boolean },
+  args: { mib: number; seconds: number; chart: string; log: boolean; 'no-link': boolean },
   kver: string,
   p: Parsed,
 ): void {
@@ -289,7 +291,8 @@ function report(
       `fio ${args.seconds} s per phase`,
   );
   console.log(
-    `  pcinet TLS: the lab's endpoint, tls://${SLIRP_HOST}:${LAB_ENDPOINT_PORT}; pcinet TCP: a second endpoint and host-agent ` +
+    `  data plane: ${args['no-link'] ? 'through the host-agents (--no-kernel-link)' : "on pcinet.ko's kernel links (sealed with AES-256-GCM on TLS)"}\n` +
+      `  pcinet TLS: the lab's endpoint, tls://${SLIRP_HOST}:${LAB_ENDPOINT_PORT}; pcinet TCP: a second endpoint and host-agent ` +
       `in the same run, tcp://${SLIRP_HOST}:${TCP_PORT} (runInLab's insecure command lines)`,
   );
   console.log(
@@ -376,11 +379,16 @@ function report(
 }
 
 async function main(): Promise<void> {
-  const args = parseBenchArgs('nvme', process.argv.slice(2), {
-    // The guest's 1 GiB holds the NVMe/TCP reference's file in tmpfs: up to 2 × 256 MiB of it.
-    mib: { value: 64, range: '8..256', ok: (n) => Number.isInteger(n) && n >= 8 && n <= 256 },
-    seconds: { value: 10, range: '1..120', ok: (n) => n >= 1 && n <= 120 },
-  });
+  const args = parseBenchArgs(
+    'nvme',
+    process.argv.slice(2),
+    {
+      // The guest's 1 GiB holds the NVMe/TCP reference's file in tmpfs: up to 2 × 256 MiB of it.
+      mib: { value: 64, range: '8..256', ok: (n) => Number.isInteger(n) && n >= 8 && n <= 256 },
+      seconds: { value: 10, range: '1..120', ok: (n) => n >= 1 && n <= 120 },
+    },
+    ['no-link'],
+  );
   await ensurePackages(PACKAGES, (l) => console.error(`bench/nvme: ${l}`));
   const assets = await prepareLab({ modules: true });
   if (assets.pcinetUnavailable) throw new Error(`bench/nvme: pcinet cannot run: ${assets.pcinetUnavailable}`);
@@ -393,6 +401,7 @@ async function main(): Promise<void> {
     const r = await runInLab({
       assets,
       devices: [`nvme:file=${join(dir, 'pcinet-tls.img')},size=${diskBytes}`],
+      kernelLink: !args['no-link'],
       command: guestScript({
         mib: args.mib,
         seconds: args.seconds,
@@ -402,6 +411,7 @@ async function main(): Promise<void> {
           connect: `tcp://${SLIRP_HOST}:${TCP_PORT}`,
           insecure: true,
           readyFile: TCP_READY,
+          kernelLink: !args['no-link'],
         }),
         tcpReadyFile: TCP_READY,
         nbdHost: SLIRP_HOST,

@@ -83,7 +83,7 @@ export function buildProgram(): Command {
       )
       .option(
         '--no-kernel-link',
-        'kernel channel over plain TCP: keep the data plane in the host-agent instead of pcinet.ko’s own connection',
+        'kernel channel: keep the data plane in the host-agent instead of pcinet.ko’s own connection to the endpoint',
       ),
   ).action(async (_o, cmd: Command) => {
     const o = options<HostFlags>(cmd);

@@ -1,12 +1,17 @@
 // The endpoint's side of kernel links, against a scripted pcinet.ko: a host session over TCP that
 // offers CAP_KERNEL_LINK, and a second connection speaking the kernel's records the way link.c
 // does (hello, the endpoint's answer, records both ways).
+import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import pino from 'pino';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { TestDevice } from '../devices/test/device.js';
 import { REG } from '../devices/test/regs.js';
-import { ABI_VERSION, LINK_HELLO_SIZE, LINK_MAGIC, R, W } from '../proto/kernel-abi.js';
+import { type Identity, loadOrCreateIdentity } from '../proto/identity.js';
+import { ABI_VERSION, LINK_HELLO_SIZE, LINK_MAGIC, R, SEAL_TAG, W } from '../proto/kernel-abi.js';
 import { RecordStream } from '../proto/kernel-link.js';
 import { openSession, type Session } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
@@ -22,11 +27,46 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.close()));
 });
 
-async function endpoint(): Promise<number> {
+async function endpoint(tls?: { identity: Identity; allow: string[] }): Promise<number> {
   const server = new EndpointServer({ models: [new TestDevice()], log });
   servers.push(server);
-  const where = await server.listen({ scheme: 'tcp', host: '127.0.0.1', port: 0, path: '/' });
+  const where = await server.listen(
+    { scheme: tls ? 'tls' : 'tcp', host: '127.0.0.1', port: 0, path: '/' },
+    tls,
+  );
   return Number(where.split(':').at(-1));
+}
+
+/** What pcinet.ko does on a sealed link (kernel/link.c), written independently of endpoint/link.ts
+ *  from the header's description: length, AES-256-GCM ciphertext, tag; the nonce is the
+ *  direction byte, three zeros and the le64 frame number. */
+function sealFrame(key: Uint8Array, seq: number, text: Buffer, direction = 0): Buffer {
+  const len = Buffer.alloc(4);
+  len.writeUInt32LE(text.length + SEAL_TAG);
+  const iv = Buffer.alloc(12);
+  iv[0] = direction;
+  iv.writeBigUInt64LE(BigInt(seq), 4);
+  const c = createCipheriv('aes-256-gcm', key, iv);
+  c.setAAD(len);
+  return Buffer.concat([len, c.update(text), c.final(), c.getAuthTag()]);
+}
+
+function openFrames(key: Uint8Array, bytes: Buffer): Buffer[] {
+  const out: Buffer[] = [];
+  let seq = 0;
+  for (let at = 0; bytes.length - at >= 4; ) {
+    const len = bytes.readUInt32LE(at);
+    if (bytes.length - at - 4 < len) break;
+    const iv = Buffer.alloc(12);
+    iv[0] = 1;
+    iv.writeBigUInt64LE(BigInt(seq++), 4);
+    const d = createDecipheriv('aes-256-gcm', key, iv);
+    d.setAAD(bytes.subarray(at, at + 4));
+    d.setAuthTag(bytes.subarray(at + 4 + len - SEAL_TAG, at + 4 + len));
+    out.push(Buffer.concat([d.update(bytes.subarray(at + 4, at + 4 + len - SEAL_TAG)), d.final()]));
+    at += 4 + len;
+  }
+  return out;
 }
 
 /** Messages of the session as they come, and a way to wait for one. */
@@ -48,7 +88,7 @@ function inbox(session: Session) {
 }
 
 /** A scripted kernel link: hello out, then records both ways. */
-async function kernelLink(port: number, token: Uint8Array) {
+async function kernelLink(port: number, token: Uint8Array, sealed = false) {
   const s = net.connect({ host: '127.0.0.1', port });
   sockets.push(s);
   await new Promise<void>((r, j) => s.once('connect', r).once('error', j));
@@ -59,6 +99,8 @@ async function kernelLink(port: number, token: Uint8Array) {
   s.write(hello);
   const stream = new RecordStream();
   const records: Buffer[] = [];
+  /** Everything after the answer, as it came (sealed links: frames). */
+  let raw = Buffer.alloc(0);
   let answer = Buffer.alloc(0);
   let closed = false;
   const waiters: (() => void)[] = [];
@@ -70,6 +112,11 @@ async function kernelLink(port: number, token: Uint8Array) {
       const need = 8 - answer.length;
       answer = Buffer.concat([answer, chunk.subarray(0, need)]);
       chunk = chunk.subarray(need);
+    }
+    raw = Buffer.concat([raw, chunk]);
+    if (sealed) {
+      wake();
+      return;
     }
     const whole = stream.push(chunk);
     for (let at = 0; at < whole.length; at += whole.readUInt32LE(at + 4)) {
@@ -100,6 +147,9 @@ async function kernelLink(port: number, token: Uint8Array) {
     },
     records,
     until,
+    get raw() {
+      return raw;
+    },
     get closed() {
       return closed;
     },
@@ -130,8 +180,8 @@ function mmioRead(tag: number, bar: number, offset: number): Buffer {
 
 const typeOf = (r: Buffer) => r.readUInt16LE(0);
 
-async function hostSession(port: number, link: boolean) {
-  const session = await openSession(() => dialTcp('127.0.0.1', port), {
+async function hostSession(port: number, link: boolean, tls?: { identity: Identity; pin: string }) {
+  const session = await openSession(() => dialTcp('127.0.0.1', port, tls), {
     log,
     capabilities: link ? OUR_CAPABILITIES | Capability.CAP_KERNEL_LINK : OUR_CAPABILITIES,
   });
@@ -216,5 +266,77 @@ describe('kernel links at the endpoint', () => {
     k.socket.write(bad);
     await expect(k.until(() => false)).rejects.toThrow(/closed the link/);
     await session.close();
+  });
+
+  describe('on a TLS session: sealed links', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'pcinet-link-'));
+    let ids: Identity[];
+    afterAll(() => rmSync(dir, { recursive: true, force: true }));
+    const setup = async () => {
+      ids ??= await Promise.all(['endpoint', 'host'].map((n) => loadOrCreateIdentity(join(dir, n))));
+      const port = await endpoint({ identity: ids[0]!, allow: [ids[1]!.fingerprint] });
+      return hostSession(port, true, { identity: ids[1]!, pin: ids[0]!.fingerprint }).then((h) => ({
+        ...h,
+        port,
+      }));
+    };
+
+    it('the Attach carries a key, and the link speaks sealed frames both ways', async () => {
+      const { session, attach, port } = await setup();
+      const key = attach.linkKey!;
+      expect(key.length).toBe(32);
+      const k = await kernelLink(port, attach.linkToken!, true);
+      expect(await k.accepted()).toBe(true);
+      session.send({
+        attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
+      });
+      session.flush();
+      // One frame of two records, sent a byte at a time: the endpoint puts frames together.
+      const frame = sealFrame(
+        key,
+        0,
+        Buffer.concat([mmioWrite(0, REG.SCRATCH, 7), mmioRead(9, 0, REG.COUNTER)]),
+      );
+      for (const b of frame) k.socket.write(Buffer.of(b));
+      const texts = async () => {
+        await k.until(() => {
+          try {
+            const t = Buffer.concat(openFrames(key, k.raw));
+            return t.includes(Buffer.from([W.MMIO_READ_CPL, 0]));
+          } catch {
+            return false;
+          }
+        });
+        return Buffer.concat(openFrames(key, k.raw));
+      };
+      const text = await texts();
+      const s = new RecordStream();
+      const types: number[] = [];
+      const whole = s.push(text);
+      for (let at = 0; at < whole.length; at += whole.readUInt32LE(at + 4))
+        types.push(whole.readUInt16LE(at));
+      expect(types).toContain(W.WRITES_APPLIED);
+      expect(types).toContain(W.MMIO_READ_CPL);
+      await session.close();
+    });
+
+    it('a frame under the wrong key, or replayed, closes the link', async () => {
+      for (const bad of ['key', 'replay'] as const) {
+        const { session, attach, port } = await setup();
+        const key = attach.linkKey!;
+        const k = await kernelLink(port, attach.linkToken!, true);
+        expect(await k.accepted()).toBe(true);
+        session.send({
+          attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
+        });
+        session.flush();
+        const good = sealFrame(key, 0, mmioWrite(0, REG.SCRATCH, 1));
+        if (bad === 'key')
+          k.socket.write(sealFrame(new Uint8Array(32).fill(1), 0, mmioWrite(0, REG.SCRATCH, 1)));
+        else k.socket.write(Buffer.concat([good, good]));
+        await expect(k.until(() => false)).rejects.toThrow(/closed the link/);
+        await session.close();
+      }
+    });
   });
 });

@@ -2,10 +2,13 @@
 // (W_CONNECT, docs/KERNEL-ABI.md). It carries the kernel's own records both ways, so the host's
 // data plane never passes through its host-agent. Inbound records become the messages the runtime
 // handles; the runtime's messages for the device become records (proto/kernel-link.ts). The
-// runtime uses it in place of the session for everything the device says.
+// runtime uses it in place of the session for everything the device says. On an encrypted
+// session the link is sealed: frames of whole records under AES-256-GCM with a key the session
+// carried (kernel/uapi/pcinet.h, PCINET_LINK_F_SEAL).
+import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
-import { AbiError, LINK_MAGIC, parseRecords } from '../proto/kernel-abi.js';
+import { AbiError, HDR, LINK_MAGIC, parseRecords, SEAL_MAX, SEAL_TAG } from '../proto/kernel-abi.js';
 import { RecordStream, RecordTranslator } from '../proto/kernel-link.js';
 import type { Msg } from '../proto/wire.js';
 
@@ -15,6 +18,11 @@ export class KernelLink extends EventEmitter {
   readonly #socket: net.Socket;
   readonly #stream = new RecordStream();
   #records: RecordTranslator | undefined;
+  #key: Uint8Array | undefined;
+  #txSeq = 0n;
+  #rxSeq = 0n;
+  /** Sealed links: bytes of a frame not complete yet. */
+  #sealedIn: Buffer = Buffer.alloc(0);
   #out: Buffer[] = [];
   #inbound: Msg[] = [];
   #deliver: ((msgs: Msg[]) => void) | undefined;
@@ -45,8 +53,10 @@ export class KernelLink extends EventEmitter {
     });
   }
 
-  /** Tells pcinet.ko the link is accepted (the hello's magic back) for device `dev`. */
-  accept(dev: number): void {
+  /** Tells pcinet.ko the link is accepted (the hello's magic back) for device `dev`; sealed
+   *  with `key` when given. */
+  accept(dev: number, key?: Uint8Array): void {
+    this.#key = key;
     this.#records = new RecordTranslator({
       dev,
       sink: (m) => this.#inbound.push(m),
@@ -78,7 +88,7 @@ export class KernelLink extends EventEmitter {
       this.#out = [];
       return;
     }
-    const out = this.#out.length === 1 ? this.#out[0]! : Buffer.concat(this.#out);
+    const out = this.#key ? this.#seal(this.#out) : Buffer.concat(this.#out);
     this.#out = [];
     this.#socket.write(out);
     if (this.#lastIn !== undefined) {
@@ -98,10 +108,54 @@ export class KernelLink extends EventEmitter {
     this.#socket.destroy();
   }
 
+  /** Frames of whole records, at most SEAL_MAX bytes each, sealed. */
+  #seal(records: Buffer[]): Buffer {
+    const frames: Buffer[] = [];
+    for (let i = 0; i < records.length; ) {
+      let n = 0;
+      let bytes = 0;
+      while (i + n < records.length && (n === 0 || bytes + records[i + n]!.length <= SEAL_MAX)) {
+        bytes += records[i + n]!.length;
+        n++;
+      }
+      const text = Buffer.concat(records.slice(i, i + n));
+      i += n;
+      const len = Buffer.alloc(4);
+      len.writeUInt32LE(text.length + SEAL_TAG);
+      const c = createCipheriv('aes-256-gcm', this.#key!, nonce(1, this.#txSeq++));
+      c.setAAD(len);
+      frames.push(len, c.update(text), c.final(), c.getAuthTag());
+    }
+    return Buffer.concat(frames);
+  }
+
+  /** Sealed frames completed by `chunk`, opened: whole records. Throws on a forged frame. */
+  #open(chunk: Buffer): Buffer {
+    const buf = this.#sealedIn.length ? Buffer.concat([this.#sealedIn, chunk]) : chunk;
+    const texts: Buffer[] = [];
+    let at = 0;
+    while (buf.length - at >= 4) {
+      const len = buf.readUInt32LE(at);
+      if (len < SEAL_TAG + HDR || len > SEAL_MAX + SEAL_TAG)
+        throw new AbiError(`sealed frame of ${len} bytes`);
+      if (buf.length - at - 4 < len) break;
+      const d = createDecipheriv('aes-256-gcm', this.#key!, nonce(0, this.#rxSeq++));
+      d.setAAD(buf.subarray(at, at + 4));
+      d.setAuthTag(buf.subarray(at + 4 + len - SEAL_TAG, at + 4 + len));
+      const text = Buffer.concat([d.update(buf.subarray(at + 4, at + 4 + len - SEAL_TAG)), d.final()]);
+      const whole = new RecordStream().push(text);
+      if (whole.length !== text.length) throw new AbiError('a sealed frame ends inside a record');
+      texts.push(text);
+      at += 4 + len;
+    }
+    this.#sealedIn = Buffer.from(buf.subarray(at));
+    return texts.length === 1 ? texts[0]! : Buffer.concat(texts);
+  }
+
   #onData(chunk: Buffer): void {
     if (this.#closed || !this.#records || !this.#deliver) return;
     try {
-      const whole = this.#stream.push(chunk);
+      const whole = this.#key ? this.#open(chunk) : this.#stream.push(chunk);
       if (whole.length === 0) return;
       this.#lastIn = process.hrtime.bigint();
       for (const r of parseRecords(whole)) this.#records.fromKernel(r);
@@ -114,4 +168,12 @@ export class KernelLink extends EventEmitter {
       );
     }
   }
+}
+
+/** A sealed frame's nonce: direction (0 module to endpoint, 1 back), three zeros, le64 number. */
+function nonce(direction: 0 | 1, seq: bigint): Buffer {
+  const n = Buffer.alloc(12);
+  n[0] = direction;
+  n.writeBigUInt64LE(seq, 4);
+  return n;
 }

@@ -75,6 +75,8 @@ export interface RuntimeOptions {
   /** Offer kernel links (Attach.link_token) when the session has CAP_KERNEL_LINK: the server
    *  passes links it accepts to bindLink(). */
   links?: boolean;
+  /** The session is encrypted: links are sealed with a key sent in the Attach (link_key). */
+  sealLinks?: boolean;
 }
 
 export interface AttachOutcome {
@@ -154,6 +156,7 @@ class Device {
   port!: HostPort;
   /** Offered in Attach: a kernel link that presents it carries this device's data plane. */
   linkToken: Uint8Array | undefined;
+  linkKey: Uint8Array | undefined;
   link: KernelLink | undefined;
 
   constructor(
@@ -228,6 +231,7 @@ export class EndpointRuntime {
   #drainWaiters: (() => void)[] = [];
   #attachDone: { resolve(o: AttachOutcome[]): void; reject(e: Error): void } | undefined;
   readonly #links: boolean;
+  readonly #sealLinks: boolean;
   /** Kernel links written to since their last flush. */
   readonly #unflushedLinks = new Set<KernelLink>();
 
@@ -236,6 +240,7 @@ export class EndpointRuntime {
     this.#log = options.log ?? pino({ level: 'silent' });
     this.#maxTags = options.maxDmaTags ?? DEFAULT_DMA_TAGS;
     this.#links = options.links ?? false;
+    this.#sealLinks = options.sealLinks ?? false;
     models.forEach((m, i) => {
       const d = new Device(i + 1, m);
       d.dma = new DmaReader((tag, iova, length) => {
@@ -264,8 +269,14 @@ export class EndpointRuntime {
     const links = this.#links && ((s.capabilities ?? 0) & Capability.CAP_KERNEL_LINK) !== 0;
     for (const d of this.#devices.values()) {
       d.linkToken = links ? randomBytes(16) : undefined;
+      d.linkKey = links && this.#sealLinks ? randomBytes(32) : undefined;
       s.send({
-        attach: { dev: d.dev, desc: wireDescription(d.model.description), linkToken: d.linkToken },
+        attach: {
+          dev: d.dev,
+          desc: wireDescription(d.model.description),
+          linkToken: d.linkToken,
+          linkKey: d.linkKey,
+        },
       });
       this.#unflushed = true;
     }
@@ -283,7 +294,7 @@ export class EndpointRuntime {
     );
     if (!d) return false;
     d.link = link;
-    link.accept(d.dev);
+    link.accept(d.dev, d.linkKey);
     link.on('drain', () => this.#drained());
     link.once('close', (err?: Error) => {
       if (d.link !== link) return;

@@ -54,7 +54,8 @@ export class EndpointServer {
         ...options.session,
         log: options.log,
         agent: 'pcinet-endpoint',
-        // Kernel links arrive on the plain-TCP listener; a host offers them only over plain TCP.
+        // Kernel links arrive on the TCP and TLS listeners (sealed on TLS); a host offers them
+        // only there.
         capabilities: OUR_CAPABILITIES | Capability.CAP_KERNEL_LINK,
         admit: () =>
           this.#active
@@ -94,7 +95,7 @@ export class EndpointServer {
             (t) => this.accept(t),
             refused,
             (why) => encodeControl(0, [{ error: { code: ErrorCode.AUTH_REFUSED, message: why } }]),
-            tls ? undefined : (socket, hello) => this.#link(socket, hello),
+            (socket, hello) => this.#link(socket, hello),
           );
     this.#listeners.push(l);
     return l.address;
@@ -120,6 +121,8 @@ export class EndpointServer {
       log: this.#log,
       maxDmaTags: this.#o.maxDmaTags,
       links: true,
+      // Authenticated sessions are TLS: their links are sealed.
+      sealLinks: session.peerFingerprint !== undefined,
     });
     this.#active = { session, runtime };
     this.served++;

@@ -44,8 +44,8 @@ export interface HostAgentOptions {
    *  redialling and attach its devices again when it is back, instead of exiting. Not with
    *  the selftest. The first session must open, or the agent exits 1. */
   reconnect?: boolean;
-  /** Kernel channel over plain TCP: let pcinet.ko carry each device's data plane on a connection
-   *  of its own (docs/KERNEL-ABI.md, W_CONNECT). Default true. */
+  /** Kernel channel over TCP or TLS: let pcinet.ko carry each device's data plane on a connection
+   *  of its own (docs/KERNEL-ABI.md, W_CONNECT; sealed on TLS). Default true. */
   kernelLink?: boolean;
 }
 
@@ -127,14 +127,24 @@ function statsOnSignal(session: Session, log: Logger): () => void {
 }
 
 /** Where the kernel's links go: the endpoint's address, resolved now, when links are possible (the
- *  kernel channel, plain TCP). */
-async function linkTarget(o: HostAgentOptions): Promise<Omit<LinkTarget, 'token'> | undefined> {
-  const scheme = o.address.scheme ?? 'tcp';
-  if (o.channel !== 'kernel' || o.kernelLink === false || o.tls || scheme !== 'tcp') return undefined;
+ *  kernel channel, TCP or TLS; sealed on TLS). */
+async function linkTarget(
+  o: HostAgentOptions,
+): Promise<(Omit<LinkTarget, 'token' | 'key'> & { sealed: boolean }) | undefined> {
+  // WebSocket endpoints listen on HTTP: no link there.
+  const scheme = o.address.scheme ?? (o.tls ? 'tls' : 'tcp');
+  if (o.channel !== 'kernel' || o.kernelLink === false || (scheme !== 'tcp' && scheme !== 'tls'))
+    return undefined;
   try {
     const a = await lookup(o.address.host);
     const address = a.family === 4 ? Uint8Array.from(a.address.split('.').map(Number)) : ipv6Bytes(a.address);
-    return { host: a.address, family: a.family === 4 ? 4 : 6, address, port: o.address.port };
+    return {
+      host: a.address,
+      family: a.family === 4 ? 4 : 6,
+      address,
+      port: o.address.port,
+      sealed: !!o.tls,
+    };
   } catch (e) {
     o.log.warn(
       { host: o.address.host, err: (e as Error).message },

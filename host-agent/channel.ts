@@ -16,6 +16,8 @@ export interface LinkTarget {
   port: number;
   /** The device's Attach.link_token. */
   token: Uint8Array;
+  /** Attach.link_key: the link's frames are sealed with it (encrypted sessions). */
+  key?: Uint8Array;
 }
 
 export interface AttachOptions {

@@ -66,15 +66,16 @@ export class Relay {
   /** Called once every Attach received so far has been answered (at least one was). */
   onSettled: (devices: AttachedDevice[], failed: readonly FailedAttach[]) => void = () => {};
 
-  /** Where kernel links go (the endpoint's address), when the channel may open them. */
-  readonly #link: Omit<LinkTarget, 'token'> | undefined;
+  /** Where kernel links go (the endpoint's address), when the channel may open them; `sealed`:
+   *  the session is encrypted, so a link must be too. */
+  readonly #link: (Omit<LinkTarget, 'token' | 'key'> & { sealed: boolean }) | undefined;
 
   constructor(
     session: RelaySession,
     channel: Channel,
     log?: Logger,
     parking?: Parking,
-    link?: Omit<LinkTarget, 'token'>,
+    link?: Omit<LinkTarget, 'token' | 'key'> & { sealed: boolean },
   ) {
     this.#session = session;
     this.#channel = channel;
@@ -228,8 +229,18 @@ export class Relay {
   #linkOptions(dev: number, a: pcinet.IAttach): AttachOptions {
     const token = a.linkToken;
     if (!this.#link || !token || token.length === 0) return {};
+    const { sealed, ...target } = this.#link;
+    const key = a.linkKey?.length ? a.linkKey : undefined;
+    if (sealed && key?.length !== 32) {
+      // An encrypted session's data plane never goes out in the clear.
+      this.#log.warn(
+        { dev },
+        'the endpoint offered a kernel link without a key: keeping the data plane here',
+      );
+      return {};
+    }
     return {
-      link: { ...this.#link, token },
+      link: { ...target, token, key },
       onLinkLost: (why) => {
         if (this.#closed) return;
         this.#log.warn({ dev, why }, 'kernel link lost: ending the session');

@@ -872,11 +872,15 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 			return -EINVAL;
 		return pcinet_push_rule(fn, buf);
 	case PCINET_W_CONNECT: {
-		const struct pcinet_w_connect *w = buf;
+		struct pcinet_w_connect *w = (void *)buf;	/* fn->wbuf: ours to scrub */
+		int ret;
 
 		if (len != sizeof(*w))
 			return -EINVAL;
-		return pcinet_link_connect(fn, w);
+		ret = pcinet_link_connect(fn, w);
+		/* The transform has its own copy: the key does not linger in the write buffer. */
+		memzero_explicit(w->key, sizeof(w->key));
+		return ret;
 	}
 	case PCINET_W_DETACH:
 		if (len != sizeof(struct pcinet_hdr))
@@ -1114,7 +1118,7 @@ static int __init pcinet_init(void)
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push) != 24);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push_drop) != 24);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push_rule_set) != 16);
-	BUILD_BUG_ON(sizeof(struct pcinet_w_connect) != 48);
+	BUILD_BUG_ON(sizeof(struct pcinet_w_connect) != 88);
 	BUILD_BUG_ON(sizeof(struct pcinet_link_hello) != 32);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_link_closed) != 16);
 	ret = pcinet_mmio_init();

@@ -15,15 +15,18 @@
  */
 #define pr_fmt(fmt) "pcinet: " fmt
 
+#include <crypto/aead.h>
 #include <linux/in.h>
 #include <linux/in6.h>
 #include <linux/kthread.h>
 #include <linux/net.h>
+#include <linux/scatterlist.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
 #include <linux/socket.h>
 #include <linux/tcp.h>
 #include <linux/uio.h>
+#include <asm/unaligned.h>
 #include <net/sock.h>
 
 #include "internal.h"
@@ -44,7 +47,40 @@ struct pcinet_link {
 	struct list_head node;	/* on fn->dead_links once closed */
 	bool closing;		/* READ_ONCE: the threads stop */
 	u8 *rxbuf;
+	/* Sealed links (PCINET_LINK_F_SEAL): AES-256-GCM, one frame per send. */
+	struct crypto_aead *aead;
+	u8 *txbuf;
+	u64 tx_seq;
+	u64 rx_seq;
 };
+
+enum { PCINET_SEAL_TO_ENDPOINT = 0, PCINET_SEAL_TO_HOST = 1 };
+
+/*
+ * Seals or opens one frame in place: frame[0..4) the length (additional data), then `textlen`
+ * bytes of records and the tag. Process context. Opening fails with -EBADMSG on a bad tag.
+ */
+static int pcinet_seal(struct pcinet_link *l, u8 *frame, size_t textlen, bool seal)
+{
+	struct scatterlist sg;
+	struct aead_request *req;
+	DECLARE_CRYPTO_WAIT(wait);
+	u8 iv[12] = {};
+	int ret;
+
+	iv[0] = seal ? PCINET_SEAL_TO_ENDPOINT : PCINET_SEAL_TO_HOST;
+	put_unaligned_le64(seal ? l->tx_seq++ : l->rx_seq++, iv + 4);
+	req = aead_request_alloc(l->aead, GFP_KERNEL);
+	if (!req)
+		return -ENOMEM;
+	sg_init_one(&sg, frame, 4 + textlen + PCINET_SEAL_TAG);
+	aead_request_set_callback(req, CRYPTO_TFM_REQ_MAY_SLEEP, crypto_req_done, &wait);
+	aead_request_set_ad(req, 4);
+	aead_request_set_crypt(req, &sg, &sg, seal ? textlen : textlen + PCINET_SEAL_TAG, iv);
+	ret = crypto_wait_req(seal ? crypto_aead_encrypt(req) : crypto_aead_decrypt(req), &wait);
+	aead_request_free(req);
+	return ret;
+}
 
 /* Threads end only through kthread_stop(): once their work is over they wait for it. */
 static void pcinet_link_idle(void)
@@ -106,7 +142,7 @@ static int pcinet_link_tx(void *arg)
 
 	while (!kthread_should_stop() && !READ_ONCE(l->closing)) {
 		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
-		unsigned int n = 0, i;
+		unsigned int n = 0, n_vec, i;
 		size_t bytes = 0;
 
 		wait_event_interruptible(fn->readq, READ_ONCE(fn->queued) > 0 ||
@@ -115,6 +151,9 @@ static int pcinet_link_tx(void *arg)
 		while (n < PCINET_LINK_BATCH && !list_empty(&fn->queue)) {
 			struct pcinet_rec *r = list_first_entry(&fn->queue, struct pcinet_rec, node);
 
+			/* A sealed frame holds whole records, at most PCINET_SEAL_MAX bytes. */
+			if (l->aead && n && bytes + r->len > PCINET_SEAL_MAX)
+				break;
 			list_del(&r->node);
 			fn->queued -= r->len;
 			recs[n] = r;
@@ -127,7 +166,23 @@ static int pcinet_link_tx(void *arg)
 		if (!n)
 			continue;
 		wake_up_interruptible(&fn->writeq);
-		iov_iter_kvec(&msg.msg_iter, ITER_SOURCE, vec, n, bytes);
+		if (l->aead) {
+			u8 *p = l->txbuf + 4;
+
+			for (i = 0; i < n; i++) {
+				memcpy(p, recs[i]->data, recs[i]->len);
+				p += recs[i]->len;
+			}
+			put_unaligned_le32(bytes + PCINET_SEAL_TAG, l->txbuf);
+			err = pcinet_seal(l, l->txbuf, bytes, true);
+			vec[0].iov_base = l->txbuf;
+			vec[0].iov_len = 4 + bytes + PCINET_SEAL_TAG;
+			bytes = vec[0].iov_len;
+			n_vec = 1;
+		} else {
+			n_vec = n;
+		}
+		iov_iter_kvec(&msg.msg_iter, ITER_SOURCE, vec, n_vec, bytes);
 		while (msg_data_left(&msg) && !err) {
 			int ret = sock_sendmsg(l->sock, &msg);
 
@@ -176,6 +231,36 @@ static int pcinet_link_apply(struct pcinet_link *l, const u8 *buf, size_t have)
 	return ret ? ret : done;
 }
 
+/* Opens and applies the whole sealed frames at the start of rxbuf[0, have); returns the bytes
+ * used or an error (-EBADMSG: forged or damaged). */
+static int pcinet_link_open(struct pcinet_link *l, size_t have)
+{
+	size_t done = 0;
+
+	while (have - done >= 4) {
+		u8 *frame = l->rxbuf + done;
+		size_t len = get_unaligned_le32(frame), text;
+		int ret;
+
+		if (len < PCINET_SEAL_TAG + sizeof(struct pcinet_hdr) ||
+		    len > PCINET_SEAL_MAX + PCINET_SEAL_TAG)
+			return -EPROTO;
+		if (len > have - done - 4)
+			break;
+		text = len - PCINET_SEAL_TAG;
+		ret = pcinet_seal(l, frame, text, false);
+		if (ret)
+			return ret;
+		ret = pcinet_link_apply(l, frame + 4, text);
+		if (ret < 0)
+			return ret;
+		if (ret != text)
+			return -EPROTO;	/* a frame holds whole records */
+		done += 4 + len;
+	}
+	return done;
+}
+
 static int pcinet_link_rx(void *arg)
 {
 	struct pcinet_link *l = arg;
@@ -195,7 +280,7 @@ static int pcinet_link_rx(void *arg)
 			break;
 		}
 		have += ret;
-		ret = pcinet_link_apply(l, l->rxbuf, have);
+		ret = l->aead ? pcinet_link_open(l, have) : pcinet_link_apply(l, l->rxbuf, have);
 		if (ret < 0) {
 			err = ret;
 			break;
@@ -203,6 +288,8 @@ static int pcinet_link_rx(void *arg)
 		have -= ret;
 		memmove(l->rxbuf, l->rxbuf + ret, have);
 	}
+	if (err == -EBADMSG)
+		pr_warn_ratelimited("kernel link: a sealed frame failed authentication\n");
 	if (err == -EPROTO || err == -EINVAL || err == -EBUSY)
 		pr_warn_ratelimited("kernel link: the endpoint sent a bad record (error %d)\n", err);
 	if (err && err != -ECANCELED && !READ_ONCE(l->closing))
@@ -237,6 +324,15 @@ static int pcinet_link_hello(struct socket *sock, const struct pcinet_w_connect 
 	return 0;
 }
 
+static void pcinet_link_free(struct pcinet_link *l)
+{
+	if (l->aead)
+		crypto_free_aead(l->aead);
+	kfree(l->txbuf);
+	kvfree(l->rxbuf);
+	kfree(l);
+}
+
 /* W_CONNECT, under fn->lock. */
 int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w)
 {
@@ -249,7 +345,8 @@ int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w)
 
 	if (!(fn->state == PN_ATTACHED || (fn->state == PN_STARTED && fn->link_down)) || fn->link)
 		return -EBUSY;
-	if (!timeout || timeout > PCINET_LINK_TIMEOUT_MAX || !w->port)
+	if (!timeout || timeout > PCINET_LINK_TIMEOUT_MAX || !w->port || w->reserved ||
+	    (le32_to_cpu(w->flags) & ~PCINET_LINK_F_SEAL))
 		return -EINVAL;
 	if (family == AF_INET) {
 		struct sockaddr_in *sin = (struct sockaddr_in *)&ss;
@@ -276,8 +373,25 @@ int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w)
 		return -ENOMEM;
 	l->fn = fn;
 	INIT_LIST_HEAD(&l->node);
-	l->rxbuf = kvmalloc(PCINET_LINK_RXBUF, GFP_KERNEL);
-	if (!l->rxbuf) {
+	if (le32_to_cpu(w->flags) & PCINET_LINK_F_SEAL) {
+		l->aead = crypto_alloc_aead("gcm(aes)", 0, 0);
+		if (IS_ERR(l->aead)) {
+			ret = PTR_ERR(l->aead);
+			l->aead = NULL;
+			goto err_free;
+		}
+		ret = crypto_aead_setkey(l->aead, w->key, sizeof(w->key));
+		if (!ret)
+			ret = crypto_aead_setauthsize(l->aead, PCINET_SEAL_TAG);
+		if (ret)
+			goto err_free;
+		/* Linear buffers: each frame is one scatterlist entry. */
+		l->txbuf = kmalloc(4 + PCINET_SEAL_MAX + PCINET_SEAL_TAG, GFP_KERNEL);
+		l->rxbuf = kmalloc(PCINET_LINK_RXBUF, GFP_KERNEL);
+	} else {
+		l->rxbuf = kvmalloc(PCINET_LINK_RXBUF, GFP_KERNEL);
+	}
+	if (!l->rxbuf || (l->aead && !l->txbuf)) {
 		ret = -ENOMEM;
 		goto err_free;
 	}
@@ -328,8 +442,7 @@ int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w)
 err_sock:
 	sock_release(sock);
 err_free:
-	kvfree(l->rxbuf);
-	kfree(l);
+	pcinet_link_free(l);
 	return ret;
 }
 
@@ -346,7 +459,6 @@ void pcinet_link_reap(struct pcinet_fn *fn)
 		kthread_stop(l->rx);
 		kthread_stop(l->tx);
 		sock_release(l->sock);
-		kvfree(l->rxbuf);
-		kfree(l);
+		pcinet_link_free(l);
 	}
 }

@@ -14,7 +14,9 @@ import {
   emptyRecord,
   interruptRecord,
   type KernelRecord,
+  LINK_F_SEAL,
   LINK_HELLO_SIZE,
+  LINK_KEY,
   LINK_MAGIC,
   LINK_TOKEN,
   MAX_DATA,
@@ -28,6 +30,8 @@ import {
   pushRuleRecord,
   R,
   rangeRecord,
+  SEAL_MAX,
+  SEAL_TAG,
   shadowRecord,
   W,
   writesAppliedRecord,
@@ -166,6 +170,8 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     ['w_connect', 'timeout_ms'],
     ['w_connect', 'addr'],
     ['w_connect', 'token'],
+    ['w_connect', 'flags'],
+    ['w_connect', 'key'],
     ['link_hello', 'magic'],
     ['link_hello', 'token'],
     ['link_hello', 'abi_version'],
@@ -209,6 +215,10 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     'PCINET_R_LINK_CLOSED',
     'PCINET_LINK_TOKEN',
     'PCINET_ABI_VERSION',
+    'PCINET_LINK_F_SEAL',
+    'PCINET_LINK_KEY',
+    'PCINET_SEAL_MAX',
+    'PCINET_SEAL_TAG',
   ];
 
   const c = (() => {
@@ -302,6 +312,25 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     expect(b.readUInt32LE(c['w_connect.timeout_ms']!)).toBe(5000);
     expect([...b.subarray(c['w_connect.addr']!, c['w_connect.addr']! + 4)]).toEqual([10, 0, 2, 2]);
     expect([...b.subarray(c['w_connect.token']!, c['w_connect.token']! + 16)]).toEqual([...token]);
+    expect(b.readUInt32LE(c['w_connect.flags']!)).toBe(0);
+    const key = Uint8Array.from({ length: 32 }, (_, i) => 100 + i);
+    const sealed = connectRecord({
+      family: 6,
+      address: new Uint8Array(16),
+      port: 1,
+      timeoutMs: 1,
+      token,
+      key,
+    });
+    expect(sealed.readUInt16LE(c['w_connect.family']!)).toBe(10);
+    expect(sealed.readUInt32LE(c['w_connect.flags']!)).toBe(c.PCINET_LINK_F_SEAL);
+    expect([...sealed.subarray(c['w_connect.key']!, c['w_connect.key']! + 32)]).toEqual([...key]);
+    expect([c.PCINET_LINK_F_SEAL, c.PCINET_LINK_KEY, c.PCINET_SEAL_MAX, c.PCINET_SEAL_TAG]).toEqual([
+      LINK_F_SEAL,
+      LINK_KEY,
+      SEAL_MAX,
+      SEAL_TAG,
+    ]);
     const closed = Buffer.alloc(c['sizeof r_link_closed']!);
     closed.writeUInt16LE(R.LINK_CLOSED, 0);
     closed.writeUInt32LE(closed.length, 4);

@@ -57,9 +57,15 @@ export const PUSH_RULE_SIZE = 64;
 /** The kernel link: the hello's magic (also the endpoint's answer), token length, sizes. */
 export const LINK_MAGIC = Buffer.from('PCINETL1', 'latin1');
 export const LINK_TOKEN = 16;
+export const LINK_KEY = 32;
+/** W_CONNECT flags: sealed frames (AES-256-GCM, kernel/uapi/pcinet.h). */
+export const LINK_F_SEAL = 1;
+/** Most record bytes in one sealed frame, and the tag after them. */
+export const SEAL_MAX = 256 * 1024 - 64;
+export const SEAL_TAG = 16;
 /** sizeof(struct pcinet_link_hello), sizeof(struct pcinet_w_connect). */
 export const LINK_HELLO_SIZE = 32;
-export const CONNECT_SIZE = 48;
+export const CONNECT_SIZE = 88;
 /** Largest record either way (an attach, or a DMA write with MAX_DATA bytes). */
 export const MAX_RECORD = Math.max(HDR + 8 + 6 * 16 + 3 * 4096, HDR + 16 + MAX_DATA);
 
@@ -192,13 +198,15 @@ export function pushRuleRecord(o: {
   return buf;
 }
 
-/** W_CONNECT: carry the data plane on a TCP connection to `address` (IPv4 or IPv6). */
+/** W_CONNECT: carry the data plane on a TCP connection to `address` (IPv4 or IPv6); sealed with
+ *  `key` when one is given. */
 export function connectRecord(o: {
   family: 4 | 6;
   address: Uint8Array;
   port: number;
   timeoutMs: number;
   token: Uint8Array;
+  key?: Uint8Array;
 }): Buffer {
   const { buf } = record(W.CONNECT, CONNECT_SIZE - HDR);
   buf.writeUInt16LE(o.family === 4 ? 2 : 10, 8);
@@ -206,6 +214,10 @@ export function connectRecord(o: {
   buf.writeUInt32LE(o.timeoutMs, 12);
   buf.set(o.address.subarray(0, 16), 16);
   buf.set(o.token.subarray(0, LINK_TOKEN), 32);
+  if (o.key) {
+    buf.writeUInt32LE(LINK_F_SEAL, 48);
+    buf.set(o.key.subarray(0, LINK_KEY), 56);
+  }
   return buf;
 }
 

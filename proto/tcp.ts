@@ -2,6 +2,7 @@
 // Both carry length-prefixed frames (framing.ts) over a net.Socket / tls.TLSSocket.
 import { EventEmitter } from 'node:events';
 import net from 'node:net';
+import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { encodeControl } from './codec.js';
 import { FrameParser, lengthPrefix } from './framing.js';
@@ -82,10 +83,16 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
   close(err?: Error): void {
     if (this.#closed) return;
     this.#error ??= err;
-    if (err) this.#socket.destroy();
-    else this.#socket.end();
+    if (err) {
+      // Nothing more is read; what was sent (the Error frame telling the peer why) still goes
+      // out before the connection closes: a TLS socket over a stream (listenTcp's) writes later
+      // than the call, and destroying it now would lose it.
+      this.#closedForInput = true;
+      this.#socket.pause();
+    }
+    this.#socket.end();
     // A peer that never closes its half must not keep us waiting.
-    setTimeout(() => this.#socket.destroy(), 2000).unref();
+    setTimeout(() => this.#socket.destroy(), err ? 1000 : 2000).unref();
   }
 
   #onData(chunk: Buffer): void {
@@ -205,10 +212,10 @@ export interface LinkHello {
 /** How long a connection may take to show whether it is a session or a kernel link. */
 const SNIFF_MS = HANDSHAKE_TIMEOUT_MS;
 
-/** Takes the first bytes of a plain-TCP connection: a kernel link's hello goes to onLink (with the
+/** Takes the first bytes of an accepted connection: a kernel link's hello goes to onLink (with the
  *  socket, paused), anything else is a session's first frame and the socket goes to onSession
- *  with those bytes put back. No frame can start with the magic: as a length it is far over
- *  MAX_FRAME_BYTES. */
+ *  with those bytes put back. No frame can start with the magic (as a length it is far over
+ *  MAX_FRAME_BYTES), nor a TLS ClientHello (its first byte is 0x16). */
 function sniff(
   s: net.Socket,
   onSession: () => void,
@@ -241,8 +248,9 @@ function sniff(
 
 /** Listens; every accepted (and, with `auth`, authenticated) connection goes to onTransport. A host
  *  whose key is not allowed is refused before a single frame is read: `onRefused` hears about it and
- *  the connection gets an Error{AUTH_REFUSED} frame, then closes. Plain TCP with `onLink`: kernel
- *  links (connections opened by pcinet.ko) go there instead. */
+ *  the connection gets an Error{AUTH_REFUSED} frame, then closes. With `onLink`, kernel links
+ *  (connections pcinet.ko opened, which start with its hello instead of a frame or a TLS
+ *  ClientHello) go there instead. */
 export function listenTcp(
   host: string,
   port: number,
@@ -259,42 +267,59 @@ export function listenTcp(
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
   };
-  let server: net.Server;
-  if (!auth) {
-    server = net.createServer((s) => {
-      track(s);
-      const session = () => {
-        onTransport(new SocketTransport(s, remoteOf(s)));
-        s.resume();
-      };
-      if (onLink) sniff(s, session, onLink);
-      else session();
-    });
-  } else {
-    server = tls.createServer({
-      ...tlsOptions(auth.identity),
+  const secureContext = auth ? tls.createSecureContext(tlsOptions(auth.identity)) : undefined;
+  /** TLS on an accepted socket; the host must present an allowed key. */
+  const startTls = (raw: net.Socket, a: TlsServerAuth) => {
+    const remote = remoteOf(raw);
+    // The socket may hold bytes sniff() put back, and a TLSSocket over a net.Socket reads its
+    // handle, past them: it reads through a stream instead. That stream does not tell the
+    // TLSSocket when the connection closes, so the raw socket does.
+    const s = new tls.TLSSocket(Duplex.from({ readable: raw, writable: raw }), {
+      isServer: true,
+      secureContext,
       requestCert: true,
       rejectUnauthorized: false,
-      handshakeTimeout: HANDSHAKE_TIMEOUT_MS,
     });
-    server.on('secureConnection', (s: tls.TLSSocket) => {
-      track(s);
+    raw.once('close', () => s.destroy());
+    let secure = false;
+    const timer = setTimeout(() => {
+      onRefused(remote, `TLS: no handshake within ${HANDSHAKE_TIMEOUT_MS} ms`);
+      raw.destroy();
+    }, HANDSHAKE_TIMEOUT_MS);
+    s.on('error', (e) => {
+      if (secure) return; // the transport's own business from then on
+      clearTimeout(timer);
+      onRefused(remote, `TLS: ${e.message}`);
+      raw.destroy();
+    });
+    s.once('secure', () => {
+      secure = true;
+      clearTimeout(timer);
       const fp = peerFingerprintOf(s);
-      if (!fp || !auth.allow.includes(fp)) {
+      if (!fp || !a.allow.includes(fp)) {
         const why = fp ? `host key ${fp} is not allowed` : 'host presented no certificate';
-        onRefused(remoteOf(s), why);
+        onRefused(remote, why);
         const r = refusal(why);
         if (r.length > 0) s.write(lengthPrefix(r.length));
         s.end(r);
-        setTimeout(() => s.destroy(), 1000).unref();
+        setTimeout(() => raw.destroy(), 1000).unref();
         return;
       }
-      onTransport(new SocketTransport(s, remoteOf(s), fp));
+      onTransport(new SocketTransport(s, remote, fp));
     });
-    server.on('tlsClientError', (e, s) => {
-      onRefused(remoteOf(s), `TLS: ${e.message}`);
-    });
-  }
+    raw.resume();
+  };
+  const server = net.createServer((s) => {
+    track(s);
+    s.setNoDelay(true);
+    const session = () => {
+      if (auth) return startTls(s, auth);
+      onTransport(new SocketTransport(s, remoteOf(s)));
+      s.resume();
+    };
+    if (onLink) sniff(s, session, onLink);
+    else session();
+  });
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(port, host, () => {

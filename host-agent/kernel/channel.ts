@@ -185,11 +185,12 @@ class KernelDevice implements ChannelDevice {
           port: t.port,
           timeoutMs: LINK_CONNECT_MS,
           token: t.token,
+          key: t.key,
         }),
       ]);
       this.linked = true;
       this.#log.info(
-        { dev: this.#dev, endpoint: `${t.host}:${t.port}` },
+        { dev: this.#dev, endpoint: `${t.host}:${t.port}`, sealed: !!t.key },
         'kernel link open: the data plane bypasses the host-agent',
       );
     } catch (e) {

@@ -257,6 +257,19 @@ struct pcinet_r_push_rule_set {
  */
 #define PCINET_LINK_MAGIC	"PCINETL1"	/* 8 bytes, no terminator on the wire */
 #define PCINET_LINK_TOKEN	16
+#define PCINET_LINK_KEY		32
+
+#define PCINET_LINK_F_SEAL	0x1	/* sealed frames (below) */
+
+/*
+ * Sealed frames (PCINET_LINK_F_SEAL), after the hello and its answer, both ways: le32 length of
+ * what follows, the frame's records encrypted with AES-256-GCM under `key`, the 16-byte tag. The
+ * length counts ciphertext and tag (at most PCINET_SEAL_MAX + 16) and is the additional data. The
+ * nonce: 0 (module to endpoint) or 1 (endpoint to module), three zero bytes, then the frame's
+ * number in its direction as le64, from 0. A frame holds whole records.
+ */
+#define PCINET_SEAL_MAX		(256 * 1024 - 64)
+#define PCINET_SEAL_TAG		16
 
 struct pcinet_w_connect {
 	struct pcinet_hdr hdr;
@@ -265,6 +278,9 @@ struct pcinet_w_connect {
 	__le32 timeout_ms;	/* connect and hello, 1..60000 */
 	__u8 addr[16];		/* IPv4: the first 4 bytes, the rest zero */
 	__u8 token[PCINET_LINK_TOKEN];	/* from the endpoint: names the device */
+	__le32 flags;		/* PCINET_LINK_F_* */
+	__le32 reserved;
+	__u8 key[PCINET_LINK_KEY];	/* PCINET_LINK_F_SEAL: the frames' key; zero otherwise */
 };
 
 struct pcinet_link_hello {

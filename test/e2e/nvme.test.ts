@@ -84,16 +84,27 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
     expect(missing).toBe(0);
   });
 
-  // TLS (the lab's default) keeps the data plane in the host-agent; plain TCP puts it on the kernel
-  // link (pcinet.ko's own connection to the endpoint, W_CONNECT).
-  for (const link of [false, true]) {
-    it(`fio with crc32c verification: random writes 4K–128K, iodepth 32, two jobs (${link ? 'kernel link' : 'TLS, through the host-agent'})`, {
+  // The data plane three ways: on pcinet.ko's kernel link sealed (TLS, the lab's default) or in the
+  // clear (plain TCP), and through the host-agent (--no-kernel-link).
+  const paths = [
+    { name: 'sealed kernel link, TLS', insecure: false, kernelLink: true, sealed: true },
+    { name: 'kernel link, plain TCP', insecure: true, kernelLink: true, sealed: false },
+    { name: 'through the host-agent, TLS', insecure: false, kernelLink: false, sealed: false },
+  ];
+  /** The host-agent's log says which path the device's data plane took. */
+  const tookPath = (hostAgentLog: string, p: (typeof paths)[number]) => {
+    if (!p.kernelLink) expect(hostAgentLog).not.toMatch(/kernel link open/);
+    else expect(hostAgentLog).toMatch(new RegExp(`"sealed":${p.sealed},"msg":"kernel link open`));
+  };
+  for (const p of paths) {
+    it(`fio with crc32c verification: random writes 4K–128K, iodepth 32, two jobs (${p.name})`, {
       timeout: RUN_TIMEOUT_MS + 60_000,
     }, async () => {
       const r = await runInLab({
         assets,
-        insecure: link,
-        devices: [`nvme:file=${join(dir, `fio-${link}.img`)},size=128M`],
+        insecure: p.insecure,
+        kernelLink: p.kernelLink,
+        devices: [`nvme:file=${join(dir, `fio-${p.insecure}-${p.kernelLink}.img`)},size=128M`],
         command: [
           ...findDisk,
           'fio --name=verify --filename=$disk --direct=1 --ioengine=libaio --rw=randwrite --bsrange=4k-128k ' +
@@ -106,12 +117,8 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
       expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
       expect(r.stdout).toMatch(/^3;fio-\S+;verify;0;0$/m); // terse v3: version;fio;jobname;groupid;error
       expect(r.stdout).toMatch(/^fio-status=0$/m);
-      if (link) {
-        expect(r.hostAgentLog).toMatch(/kernel link open/);
-        expect(r.endpointLog).toMatch(/"kernelLink":true.*device attached/);
-      } else {
-        expect(r.hostAgentLog).not.toMatch(/kernel link open/);
-      }
+      tookPath(r.hostAgentLog, p);
+      expect(r.endpointLog).toMatch(`"kernelLink":${p.kernelLink}`);
     });
   }
 
@@ -149,15 +156,16 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
     console.log(`backing file allocated: at most ${most >> 20} MiB, at the end ${final >> 20} MiB`);
   });
 
-  for (const link of [false, true]) {
-    it(`endpoint killed and restarted during I/O: the driver resets the controller, the mounted filesystem carries on (${link ? 'kernel link' : 'TLS'})`, {
+  for (const p of [paths[0]!, paths[2]!]) {
+    it(`endpoint killed and restarted during I/O: the driver resets the controller, the mounted filesystem carries on (${p.name})`, {
       timeout: RUN_TIMEOUT_MS + 60_000,
     }, async () => {
       const procs: ChildProcess[] = [];
       const r = await runInLab({
         assets,
-        insecure: link,
-        devices: [`nvme:file=${join(dir, `restart-${link}.img`)},size=64M`],
+        insecure: p.insecure,
+        kernelLink: p.kernelLink,
+        devices: [`nvme:file=${join(dir, `restart-${p.kernelLink}.img`)},size=64M`],
         reconnect: true,
         command: [
           ...findDisk,
@@ -205,7 +213,8 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
       expect(r.stdout, out).toMatch(/^fsck-clean$/m);
       expect(r.hostAgentLog).toMatch(/endpoint back: link up/);
       // With a kernel link, the kernel saw the endpoint go first and took the link down itself.
-      if (link) expect(r.hostAgentLog).toMatch(/kernel link lost/);
+      tookPath(r.hostAgentLog, p);
+      if (p.kernelLink) expect(r.hostAgentLog).toMatch(/kernel link lost/);
     });
   }
 });
