@@ -2,11 +2,11 @@
 // NIC's traffic itself travels (guest → QEMU user networking → the card's loopback), in the same
 // lab run. Prints a table and the ratio; asserts nothing.
 //
-//   node dist/bench/net.js [--seconds 10] [--tls] [--chart FILE] [--log]
+//   node dist/bench/net.js [--seconds 10] [--tls] [--no-link] [--chart FILE] [--log]
 //
-// Needs root (the lab). The NIC's frames go guest → virtio_net → pcinet.ko → its kernel link (plain
-// TCP, the default) → endpoint → TAP on the card; with --tls, pcinet.ko → host-agent → TLS →
-// endpoint instead; the reference runs the same iperf3 over guest → slirp → card
+// Needs root (the lab). The NIC's frames go guest → virtio_net → pcinet.ko → its kernel link →
+// endpoint → TAP on the card: plain TCP by default, sealed on a TLS session with --tls; --no-link
+// sends them through the host-agent instead; the reference runs the same iperf3 over guest → slirp → card
 // directly, which is the transport pcinet rides on. The chart (--chart, default
 // bench/results/net.svg) has the same figures.
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
@@ -34,11 +34,10 @@ async function main(): Promise<void> {
     'net',
     process.argv.slice(2),
     { seconds: { value: 10, range: '1..120', ok: (n) => n > 0 && n <= 120 } },
-    ['tls'],
+    ['tls', 'no-link'],
   );
-  const path = args.tls
-    ? 'virtio_net → pcinet.ko → host-agent → TLS → endpoint → TAP'
-    : 'virtio_net → pcinet.ko → kernel link (TCP) → endpoint → TAP';
+  const hop = args['no-link'] ? 'host-agent → session' : 'kernel link';
+  const path = `virtio_net → pcinet.ko → ${hop} (${args.tls ? 'TLS' : 'TCP'}) → endpoint → TAP`;
   const { seconds } = args;
   // iperf3 runs on both sides from this machine's root (the guest sees it over 9p).
   await ensurePackages(['iperf3'], (l) => console.error(`bench/net: ${l}`));
@@ -49,6 +48,7 @@ async function main(): Promise<void> {
   const r = await runInLab({
     assets,
     insecure: !args.tls,
+    kernelLink: !args['no-link'],
     devices: [`virtio-net:tap=${TAP},mac=${MAC}`],
     timeoutMs: (8 * seconds + 120) * 1000,
     command: [
