@@ -84,6 +84,12 @@ export class DmaReader {
     });
   }
 
+  /** The host memory outstanding read `tag` asked for, if it is outstanding. */
+  rangeOf(tag: number): { iova: bigint; len: number } | undefined {
+    const c = this.#outstanding.get(tag);
+    return c && { iova: c.req.iova + BigInt(c.offset), len: c.len };
+  }
+
   /** A DmaReadCpl. Throws ProtocolError for a tag that is not outstanding or a wrong length. */
   complete(tag: number, status: ErrorCode, data: Uint8Array): void {
     const c = this.#outstanding.get(tag);

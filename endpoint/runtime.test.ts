@@ -646,6 +646,31 @@ group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
     ]);
   });
 
+  it('a read completion overtakes older pushes of its range: a ring index never goes backwards', async () => {
+    const { session, port } = await withRule();
+    // The device reads the index itself (no push yet); meanwhile the driver rings the doorbell
+    // and the host pushes the index as it was then (5); the completion, read later, says 6.
+    const first = port.dmaRead(0x10000n, 2);
+    await settle();
+    const tag = session.sent.find((m) => m.dmaRead)!.dmaRead!.tag!;
+    session.deliver(push(0x10000n, Uint8Array.of(5, 0)), {
+      dmaReadCpl: { dev: 1, tag, status: ErrorCode.OK, data: Uint8Array.of(6, 0) },
+    });
+    expect(await first).toEqual(Uint8Array.of(6, 0));
+    // The next read must not be served the stale 5: it goes to the host.
+    session.reset();
+    void port.dmaRead(0x10000n, 2);
+    await settle();
+    expect(summary(session.sent).filter((x) => x.startsWith('dmaRead'))).toEqual(['dmaRead 0x10000+2']);
+    // A push that arrives after the completion is newer, and is served.
+    const tag2 = session.sent.find((m) => m.dmaRead)!.dmaRead!.tag!;
+    session.deliver(
+      { dmaReadCpl: { dev: 1, tag: tag2, status: ErrorCode.OK, data: Uint8Array.of(6, 0) } },
+      push(0x10000n, Uint8Array.of(7, 0)),
+    );
+    expect(await port.dmaRead(0x10000n, 2)).toEqual(Uint8Array.of(7, 0));
+  });
+
   it('discards pushes of a changed rule until the host confirms it, and forgets what it pushed', async () => {
     const { session, runtime, port } = await withRule();
     session.deliver(push(0x10000n, sqes.subarray(0, 64)));

@@ -442,6 +442,11 @@ export class EndpointRuntime {
         const c = m.dmaReadCpl!;
         const d = this.#device(c.dev);
         if (!d) return;
+        // The host read this memory after it pushed whatever of it arrived before this completion:
+        // those pushed bytes are older than what the device now sees, and serving them later
+        // would take it back in time (a ring index moving backwards).
+        const r = d.dma.rangeOf(c.tag ?? 0);
+        if (r) d.pushed.drop(r.iova, r.len);
         d.dma.complete(c.tag ?? 0, c.status ?? ErrorCode.OK, c.data ?? new Uint8Array(0));
         return;
       }

@@ -49,6 +49,8 @@ struct pcinet_link {
 	u8 *rxbuf;
 	/* Sealed links (PCINET_LINK_F_SEAL): AES-256-GCM, one frame per send. */
 	struct crypto_aead *aead;
+	struct aead_request *txreq;	/* one per direction: each thread reuses its own */
+	struct aead_request *rxreq;
 	u8 *txbuf;
 	u64 tx_seq;
 	u64 rx_seq;
@@ -62,24 +64,18 @@ enum { PCINET_SEAL_TO_ENDPOINT = 0, PCINET_SEAL_TO_HOST = 1 };
  */
 static int pcinet_seal(struct pcinet_link *l, u8 *frame, size_t textlen, bool seal)
 {
+	struct aead_request *req = seal ? l->txreq : l->rxreq;
 	struct scatterlist sg;
-	struct aead_request *req;
 	DECLARE_CRYPTO_WAIT(wait);
 	u8 iv[12] = {};
-	int ret;
 
 	iv[0] = seal ? PCINET_SEAL_TO_ENDPOINT : PCINET_SEAL_TO_HOST;
 	put_unaligned_le64(seal ? l->tx_seq++ : l->rx_seq++, iv + 4);
-	req = aead_request_alloc(l->aead, GFP_KERNEL);
-	if (!req)
-		return -ENOMEM;
 	sg_init_one(&sg, frame, 4 + textlen + PCINET_SEAL_TAG);
 	aead_request_set_callback(req, CRYPTO_TFM_REQ_MAY_SLEEP, crypto_req_done, &wait);
 	aead_request_set_ad(req, 4);
 	aead_request_set_crypt(req, &sg, &sg, seal ? textlen : textlen + PCINET_SEAL_TAG, iv);
-	ret = crypto_wait_req(seal ? crypto_aead_encrypt(req) : crypto_aead_decrypt(req), &wait);
-	aead_request_free(req);
-	return ret;
+	return crypto_wait_req(seal ? crypto_aead_encrypt(req) : crypto_aead_decrypt(req), &wait);
 }
 
 /* Threads end only through kthread_stop(): once their work is over they wait for it. */
@@ -326,6 +322,8 @@ static int pcinet_link_hello(struct socket *sock, const struct pcinet_w_connect 
 
 static void pcinet_link_free(struct pcinet_link *l)
 {
+	aead_request_free(l->txreq);
+	aead_request_free(l->rxreq);
 	if (l->aead)
 		crypto_free_aead(l->aead);
 	kfree(l->txbuf);
@@ -385,13 +383,15 @@ int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w)
 			ret = crypto_aead_setauthsize(l->aead, PCINET_SEAL_TAG);
 		if (ret)
 			goto err_free;
+		l->txreq = aead_request_alloc(l->aead, GFP_KERNEL);
+		l->rxreq = aead_request_alloc(l->aead, GFP_KERNEL);
 		/* Linear buffers: each frame is one scatterlist entry. */
 		l->txbuf = kmalloc(4 + PCINET_SEAL_MAX + PCINET_SEAL_TAG, GFP_KERNEL);
 		l->rxbuf = kmalloc(PCINET_LINK_RXBUF, GFP_KERNEL);
 	} else {
 		l->rxbuf = kvmalloc(PCINET_LINK_RXBUF, GFP_KERNEL);
 	}
-	if (!l->rxbuf || (l->aead && !l->txbuf)) {
+	if (!l->rxbuf || (l->aead && (!l->txbuf || !l->txreq || !l->rxreq))) {
 		ret = -ENOMEM;
 		goto err_free;
 	}
