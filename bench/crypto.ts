@@ -92,6 +92,7 @@ async function main(): Promise<void> {
   for (const [kernel, node] of algos) {
     for (const size of SIZES) {
       const g = guest.get(`${kernel} ${size}`);
+      nodeRate(node, size, Math.min(0.5, args.seconds)); // warm-up: JIT and OpenSSL's first calls
       const n = nodeRate(node, size, args.seconds);
       rows.push([
         node,
