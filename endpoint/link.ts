@@ -72,10 +72,6 @@ export class KernelLink extends EventEmitter {
     this.#socket.resume();
   }
 
-  get closed(): boolean {
-    return this.#closed;
-  }
-
   /** Queues a device -> host message (dropped once the link is gone: nobody is listening). */
   send(m: Msg): void {
     if (this.#closed || !this.#records) return;

@@ -10,14 +10,14 @@
 import { lookup } from 'node:dns/promises';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
-import type { Address } from '../proto/address.js';
+import { type Address, ipBytes } from '../proto/address.js';
 import type { Identity } from '../proto/identity.js';
 import { DEFAULT_GRACE_MS, openSession, type Session, type SessionOptions } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import type { Transport } from '../proto/transport.js';
 import { Capability, ErrorCode, long, type Msg, num, OUR_CAPABILITIES } from '../proto/wire.js';
 import { dialWs } from '../proto/ws.js';
-import type { Channel, LinkTarget } from './channel.js';
+import type { Channel, LinkEndpoint } from './channel.js';
 import { openKernelChannel } from './kernel/channel.js';
 import { Parking } from './parking.js';
 import { type AttachedDevice, Relay } from './relay.js';
@@ -128,20 +128,18 @@ function statsOnSignal(session: Session, log: Logger): () => void {
 
 /** Where the kernel's links go: the endpoint's address, resolved now, when links are possible (the
  *  kernel channel, TCP or TLS; sealed on TLS). */
-async function linkTarget(
-  o: HostAgentOptions,
-): Promise<(Omit<LinkTarget, 'token' | 'key'> & { sealed: boolean }) | undefined> {
+async function linkTarget(o: HostAgentOptions): Promise<LinkEndpoint | undefined> {
   // WebSocket endpoints listen on HTTP: no link there.
   const scheme = o.address.scheme ?? (o.tls ? 'tls' : 'tcp');
   if (o.channel !== 'kernel' || o.kernelLink === false || (scheme !== 'tcp' && scheme !== 'tls'))
     return undefined;
   try {
     const a = await lookup(o.address.host);
-    const address = a.family === 4 ? Uint8Array.from(a.address.split('.').map(Number)) : ipv6Bytes(a.address);
+    const ip = ipBytes(a.address);
     return {
       host: a.address,
-      family: a.family === 4 ? 4 : 6,
-      address,
+      family: ip.family,
+      address: ip.bytes,
       port: o.address.port,
       sealed: !!o.tls,
     };
@@ -152,30 +150,6 @@ async function linkTarget(
     );
     return undefined;
   }
-}
-
-/** The 16 bytes of an IPv6 address in text form. */
-function ipv6Bytes(text: string): Uint8Array {
-  const [head = '', tail = ''] = text.split('::');
-  const groups = (part: string) => (part ? part.split(':') : []);
-  let h = groups(head);
-  let t = groups(tail);
-  const v4 = (t.length ? t : h).at(-1);
-  const extra: string[] = [];
-  if (v4?.includes('.')) {
-    const b = v4.split('.').map(Number);
-    extra.push(((b[0]! << 8) | b[1]!).toString(16), ((b[2]! << 8) | b[3]!).toString(16));
-    if (t.length) t = [...t.slice(0, -1), ...extra];
-    else h = [...h.slice(0, -1), ...extra];
-  }
-  const all = text.includes('::') ? [...h, ...Array(8 - h.length - t.length).fill('0'), ...t] : h;
-  const out = new Uint8Array(16);
-  all.forEach((g, i) => {
-    const v = Number.parseInt(g, 16);
-    out[2 * i] = v >> 8;
-    out[2 * i + 1] = v & 0xff;
-  });
-  return out;
 }
 
 /** Redial delays after the endpoint went away: doubling from the first to the last. */

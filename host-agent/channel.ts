@@ -20,6 +20,10 @@ export interface LinkTarget {
   key?: Uint8Array;
 }
 
+/** Where a channel's kernel links go, before the endpoint names a device (token, key); `sealed`:
+ *  the session is encrypted, so a link must be too. */
+export type LinkEndpoint = Omit<LinkTarget, 'token' | 'key'> & { sealed: boolean };
+
 export interface AttachOptions {
   /** Carry the device's data plane on a kernel link to the endpoint, if the channel can. */
   link?: LinkTarget;

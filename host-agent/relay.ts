@@ -12,7 +12,7 @@
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
 import { ErrorCode, kindOf, type Msg, ProtocolError, type pcinet } from '../proto/wire.js';
-import type { AttachOptions, Channel, ChannelDevice, DeviceSink, LinkTarget } from './channel.js';
+import type { AttachOptions, Channel, ChannelDevice, DeviceSink, LinkEndpoint } from './channel.js';
 import type { Parking } from './parking.js';
 
 /** What the relay needs of a session (proto/session.ts satisfies it). */
@@ -66,17 +66,10 @@ export class Relay {
   /** Called once every Attach received so far has been answered (at least one was). */
   onSettled: (devices: AttachedDevice[], failed: readonly FailedAttach[]) => void = () => {};
 
-  /** Where kernel links go (the endpoint's address), when the channel may open them; `sealed`:
-   *  the session is encrypted, so a link must be too. */
-  readonly #link: (Omit<LinkTarget, 'token' | 'key'> & { sealed: boolean }) | undefined;
+  /** Where kernel links go (the endpoint's address), when the channel may open them. */
+  readonly #link: LinkEndpoint | undefined;
 
-  constructor(
-    session: RelaySession,
-    channel: Channel,
-    log?: Logger,
-    parking?: Parking,
-    link?: Omit<LinkTarget, 'token' | 'key'> & { sealed: boolean },
-  ) {
+  constructor(session: RelaySession, channel: Channel, log?: Logger, parking?: Parking, link?: LinkEndpoint) {
     this.#session = session;
     this.#channel = channel;
     this.#log = log ?? pino({ level: 'silent' });

@@ -141,29 +141,20 @@ void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r)
 
 void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len)
 {
-	struct pcinet_rec *r = pcinet_rec_alloc(fn, len);
+	struct pcinet_rec *r = pcinet_rec_new(fn, rec, len, GFP_KERNEL);
 
-	if (!r) {
-		atomic64_inc(&fn->stats.lost_records);
-		pr_warn_ratelimited("out of memory: a record for the host-agent is lost\n");
-		return;
-	}
-	memcpy(r->data, rec, len);
-	pcinet_rec_queue(fn, r);
+	if (r)
+		pcinet_rec_queue(fn, r);
 }
 
 /* A record for read() only, ahead of the data records (R_ATTACHED, R_LINK_CLOSED); process
  * context. */
 void pcinet_queue_ctl(struct pcinet_fn *fn, const void *rec, size_t len)
 {
-	struct pcinet_rec *r = pcinet_rec_alloc(fn, len);
+	struct pcinet_rec *r = pcinet_rec_new(fn, rec, len, GFP_KERNEL);
 
-	if (!r) {
-		atomic64_inc(&fn->stats.lost_records);
-		pr_warn_ratelimited("out of memory: a record for the host-agent is lost\n");
+	if (!r)
 		return;
-	}
-	memcpy(r->data, rec, len);
 	spin_lock_irq(&fn->qlock);
 	list_add_tail(&r->node, &fn->ctl);
 	spin_unlock_irq(&fn->qlock);

@@ -47,3 +47,29 @@ export function formatAddress(a: Address, scheme: Scheme): string {
   const path = scheme === 'ws' || scheme === 'wss' ? a.path : '';
   return `${scheme}://${host}:${a.port}${path}`;
 }
+
+/** The bytes of an IP address in text form, as a socket address holds them (network order): 4 for
+ *  IPv4, 16 for IPv6 (with `::` and a trailing dotted quad). Throws for anything else. */
+export function ipBytes(text: string): { family: 4 | 6; bytes: Uint8Array } {
+  const family = isIP(text);
+  if (family === 4) return { family, bytes: Uint8Array.from(text.split('.').map(Number)) };
+  if (family !== 6) throw new Error(`"${text}" is not an IP address`);
+  const groups = (part: string) => {
+    const g = part ? part.split(':') : [];
+    const last = g.at(-1);
+    if (!last?.includes('.')) return g;
+    const b = last.split('.').map(Number);
+    return [...g.slice(0, -1), ((b[0]! << 8) | b[1]!).toString(16), ((b[2]! << 8) | b[3]!).toString(16)];
+  };
+  const [head = '', tail] = text.split('::');
+  const h = groups(head);
+  const t = tail === undefined ? [] : groups(tail);
+  const all = tail === undefined ? h : [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t];
+  const bytes = new Uint8Array(16);
+  all.forEach((g, i) => {
+    const v = Number.parseInt(g, 16);
+    bytes[2 * i] = v >> 8;
+    bytes[2 * i + 1] = v & 0xff;
+  });
+  return { family, bytes };
+}

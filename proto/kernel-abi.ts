@@ -253,23 +253,26 @@ export function parseRecords(buf: Uint8Array): KernelRecord[] {
     const need = (n: number) => {
       if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
     };
+    /** The data after a 24-byte head whose size field is at `sizeAt` (a copy: `buf` is reused). */
+    const payload = (sizeAt: number) => {
+      need(24);
+      const size = r.readUInt32LE(sizeAt);
+      need(24 + size);
+      return Uint8Array.prototype.slice.call(r, 24, 24 + size) as Uint8Array;
+    };
     switch (type) {
       case R.ATTACHED:
         need(16);
         out.push({ type: 'attached', domain: r.readUInt32LE(8), bus: r[12]!, devfn: r[13]! });
         break;
-      case R.MMIO_WRITE: {
-        need(24);
-        const size = r.readUInt32LE(12);
-        need(24 + size);
+      case R.MMIO_WRITE:
         out.push({
           type: 'mmio-write',
           bar: r.readUInt32LE(8),
           offset: r.readBigUInt64LE(16),
-          data: Uint8Array.prototype.slice.call(r, 24, 24 + size),
+          data: payload(12),
         });
         break;
-      }
       case R.MMIO_READ:
         need(32);
         out.push({
@@ -289,33 +292,20 @@ export function parseRecords(buf: Uint8Array): KernelRecord[] {
           value: r.readUInt32LE(16),
         });
         break;
-      case R.DMA_READ_CPL: {
-        need(24);
-        const size = r.readUInt32LE(16);
-        need(24 + size);
+      case R.DMA_READ_CPL:
         out.push({
           type: 'dma-read-cpl',
           tag: r.readUInt32LE(8),
           ok: r.readUInt32LE(12) === STATUS_OK,
-          data: Uint8Array.prototype.slice.call(r, 24, 24 + size),
+          data: payload(16),
         });
         break;
-      }
       case R.FUNCTION_RESET:
         out.push({ type: 'function-reset' });
         break;
-      case R.PUSH: {
-        need(24);
-        const size = r.readUInt32LE(8);
-        need(24 + size);
-        out.push({
-          type: 'push',
-          rule: r.readUInt32LE(12),
-          iova: r.readBigUInt64LE(16),
-          data: Uint8Array.prototype.slice.call(r, 24, 24 + size),
-        });
+      case R.PUSH:
+        out.push({ type: 'push', rule: r.readUInt32LE(12), iova: r.readBigUInt64LE(16), data: payload(8) });
         break;
-      }
       case R.PUSH_DROP:
         need(24);
         out.push({ type: 'push-drop', iova: r.readBigUInt64LE(8), length: r.readBigUInt64LE(16) });
