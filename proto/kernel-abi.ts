@@ -253,7 +253,8 @@ export function parseRecords(buf: Uint8Array): KernelRecord[] {
     const need = (n: number) => {
       if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
     };
-    /** The data after a 24-byte head whose size field is at `sizeAt` (a copy: `buf` is reused). */
+    /** The data after a 24-byte head whose size field is at `sizeAt` (a copy: `buf` is reused).
+     *  Called before the head's other fields are read: it checks the head is there. */
     const payload = (sizeAt: number) => {
       need(24);
       const size = r.readUInt32LE(sizeAt);
@@ -292,20 +293,24 @@ export function parseRecords(buf: Uint8Array): KernelRecord[] {
           value: r.readUInt32LE(16),
         });
         break;
-      case R.DMA_READ_CPL:
+      case R.DMA_READ_CPL: {
+        const data = payload(16);
         out.push({
           type: 'dma-read-cpl',
           tag: r.readUInt32LE(8),
           ok: r.readUInt32LE(12) === STATUS_OK,
-          data: payload(16),
+          data,
         });
         break;
+      }
       case R.FUNCTION_RESET:
         out.push({ type: 'function-reset' });
         break;
-      case R.PUSH:
-        out.push({ type: 'push', rule: r.readUInt32LE(12), iova: r.readBigUInt64LE(16), data: payload(8) });
+      case R.PUSH: {
+        const data = payload(8);
+        out.push({ type: 'push', rule: r.readUInt32LE(12), iova: r.readBigUInt64LE(16), data });
         break;
+      }
       case R.PUSH_DROP:
         need(24);
         out.push({ type: 'push-drop', iova: r.readBigUInt64LE(8), length: r.readBigUInt64LE(16) });
