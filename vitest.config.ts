@@ -2,7 +2,7 @@ import { defineConfig } from 'vitest/config';
 
 export default defineConfig({
   test: {
-    include: ['{proto,devices,endpoint,host-agent,cli,test,lab}/**/*.test.ts'],
+    include: ['{proto,devices,endpoint,host-agent,cli,test,lab,bench}/**/*.test.ts'],
     exclude: ['dist/**', 'node_modules/**'],
     testTimeout: 60_000,
     hookTimeout: 60_000,

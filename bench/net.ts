@@ -1,6 +1,7 @@
 // bench/net: iperf3 through pcinet's virtio-net NIC, side by side with iperf3 over the path the
 // NIC's traffic itself travels (guest → QEMU user networking → the card's loopback), in the same
-// lab run. Prints a table and the ratio; asserts nothing.
+// lab run. Two NICs: one with checksum and TSO offloads (the default), one with offloads=off (every
+// frame at most the MTU). Prints a table and the ratio; asserts nothing.
 //
 //   node dist/bench/net.js [--seconds 10] [--tls] [--no-link] [--chart FILE] [--log]
 //
@@ -14,12 +15,48 @@ import { ensurePackages, prepareLab } from '../lab/prepare.js';
 import { type LabCard, runInLab } from '../lab/run.js';
 import { parseBenchArgs } from './args.js';
 import { writeChart } from './chart.js';
+import { type Counters, counterDelta, parseStats, statsShell } from './guest-stats.js';
 
-const TAP = 'pnb0';
-const MAC = '52:54:00:be:4c:01';
-const CARD = '10.77.0.1';
-const GUEST = '10.77.0.2';
+/** The NICs: TAP on the card, MAC, subnet, device options. */
+const NICS = [
+  { label: 'nic', tap: 'pnb0', mac: '52:54:00:be:4c:01', net: '10.77.0', spec: '' },
+  { label: 'plain', tap: 'pnb1', mac: '52:54:00:be:4c:02', net: '10.78.0', spec: ',offloads=off' },
+] as const;
 const DIRECT_PORT = 5299;
+
+/** Per frame the driver sent (up) or received (down), from the endpoint's counters. */
+const PER_FRAME = [
+  { counter: 'mmioWrites', label: 'MMIO writes', digits: 2 },
+  { counter: 'dmaReads', label: 'DMA read RTs', digits: 2 },
+  { counter: 'pushHits', label: 'push hits', digits: 2 },
+  { counter: 'pushBytes', label: 'push bytes', digits: 0 },
+  { counter: 'interrupts', label: 'interrupts', digits: 2 },
+  { counter: 'linkReplyUs', label: 'endpoint µs', digits: 0 },
+] as const;
+
+function breakdown(stats: Map<string, Counters>): void {
+  console.log(
+    "\nper frame (the endpoint's counters around each run; up: per frame sent, down: per frame received)",
+  );
+  console.log(`run          frames   bytes/frame  ${PER_FRAME.map((c) => c.label.padStart(12)).join(' ')}`);
+  for (const n of NICS) {
+    for (const dir of ['up', 'down'] as const) {
+      const phase = `${n.label} ${dir}`;
+      const kind = dir === 'up' ? 'tx' : 'rx';
+      const frames = counterDelta(stats, phase, `virtio-net.${kind}Frames`);
+      const bytes = counterDelta(stats, phase, `virtio-net.${kind}Bytes`);
+      if (!frames) {
+        console.log(`${phase.padEnd(11)}  no counters`);
+        continue;
+      }
+      const per = (v: number | undefined, digits: number) =>
+        v === undefined ? '?' : (v / frames).toFixed(digits);
+      console.log(
+        `${phase.padEnd(11)}  ${String(frames).padStart(6)}  ${per(bytes, 0).padStart(12)}  ${PER_FRAME.map((c) => per(counterDelta(stats, phase, c.counter), c.digits).padStart(12)).join(' ')}`,
+      );
+    }
+  }
+}
 
 function run(argv: string[]): Promise<void> {
   return new Promise((resolve, reject) =>
@@ -49,24 +86,36 @@ async function main(): Promise<void> {
     assets,
     insecure: !args.tls,
     kernelLink: !args['no-link'],
-    devices: [`virtio-net:tap=${TAP},mac=${MAC}`],
-    timeoutMs: (8 * seconds + 120) * 1000,
+    devices: NICS.map((n) => `virtio-net:tap=${n.tap},mac=${n.mac}${n.spec}`),
+    timeoutMs: (12 * seconds + 150) * 1000,
     command: [
+      statsShell,
+      // The lab's host-agent (its log is its standard output) answers SIGUSR1 with the endpoint's
+      // counters.
+      `ha=$(pid_of " host --connect ") && halog=$(readlink /proc/$ha/fd/1)`,
       'set -e',
-      `ifc=$(grep -lx ${MAC} /sys/class/net/*/address | cut -d/ -f5)`,
-      `ip addr add ${GUEST}/24 dev $ifc && ip link set $ifc up`,
-      'for i in $(seq 100); do [ "$(cat /sys/class/net/$ifc/carrier)" = 1 ] && break; sleep 0.1; done',
-      `ping -c 3 -W 2 ${CARD} > /dev/null`,
-      iperf('nic-up', CARD, ''),
-      iperf('nic-down', CARD, '-R'),
+      ...NICS.flatMap((n) => [
+        `ifc=$(grep -lx ${n.mac} /sys/class/net/*/address | cut -d/ -f5)`,
+        `ip addr add ${n.net}.2/24 dev $ifc && ip link set $ifc up`,
+        'for i in $(seq 100); do [ "$(cat /sys/class/net/$ifc/carrier)" = 1 ] && break; sleep 0.1; done',
+        `ping -c 3 -W 2 ${n.net}.1 > /dev/null`,
+        `ethtool -k $ifc 2>/dev/null | grep -E "^(tx-checksumming|tcp-segmentation-offload|rx-checksumming):" | sed "s/^/${n.label}-offload /" || true`,
+        ...(['up', 'down'] as const).flatMap((dir) => [
+          `stats $ha $halog ${n.label} ${dir} before`,
+          iperf(`${n.label}-${dir}`, `${n.net}.1`, dir === 'down' ? '-R' : ''),
+          `stats $ha $halog ${n.label} ${dir} after`,
+        ]),
+      ]),
       iperf('direct-up', '10.0.2.2', `-p ${DIRECT_PORT}`),
       iperf('direct-down', '10.0.2.2', `-p ${DIRECT_PORT} -R`),
     ].join('\n'),
     card: async (card: LabCard) => {
-      await run(card.wrap(['ip', 'addr', 'add', `${CARD}/24`, 'dev', TAP]));
-      await run(card.wrap(['ip', 'link', 'set', TAP, 'up']));
+      for (const n of NICS) {
+        await run(card.wrap(['ip', 'addr', 'add', `${n.net}.1/24`, 'dev', n.tap]));
+        await run(card.wrap(['ip', 'link', 'set', n.tap, 'up']));
+      }
       for (const args of [
-        ['-s', '-B', CARD],
+        ...NICS.map((n) => ['-s', '-B', `${n.net}.1`]),
         ['-s', '-B', '127.0.0.1', '-p', String(DIRECT_PORT)],
       ]) {
         const [cmd, ...rest] = card.wrap(['timeout', String(8 * seconds + 60), 'iperf3', ...args]);
@@ -84,16 +133,19 @@ async function main(): Promise<void> {
     return Number(m[1]);
   };
   const rows = [
-    ['guest → card', rate('nic-up'), rate('direct-up')],
-    ['card → guest', rate('nic-down'), rate('direct-down')],
+    ['guest → card', rate('nic-up'), rate('plain-up'), rate('direct-up')],
+    ['card → guest', rate('nic-down'), rate('plain-down'), rate('direct-down')],
   ] as const;
+  for (const l of r.stdout.split('\n').filter((l) => / *-offload /.test(l))) console.log(l);
   console.log(`bench/net: iperf3 TCP, ${seconds} s each, lab guest (QEMU TCG, 2 vCPUs); pcinet NIC: ${path}`);
-  console.log('direction       pcinet NIC   transport path   ratio');
-  for (const [what, nic, direct] of rows) {
+  console.log('direction       pcinet NIC   no offloads   transport path   ratio');
+  const mb = (v: number, w: number) => `${v.toFixed(1).padStart(w)} Mb/s`;
+  for (const [what, nic, plain, direct] of rows) {
     console.log(
-      `${what.padEnd(14)}  ${nic.toFixed(1).padStart(7)} Mb/s  ${direct.toFixed(1).padStart(9)} Mb/s   ${(nic / direct).toFixed(2)}`,
+      `${what.padEnd(14)}  ${mb(nic, 7)}  ${mb(plain, 7)}  ${mb(direct, 9)}   ${(nic / direct).toFixed(2)}`,
     );
   }
+  breakdown(parseStats(r.stdout));
   writeChart(args.chart, {
     title: 'iperf3 through the pcinet NIC vs the path it rides on',
     notes: [
@@ -101,8 +153,12 @@ async function main(): Promise<void> {
       `pcinet NIC: ${path}; transport path: guest → QEMU user networking → the card`,
       ...(args.log ? ['log scale'] : []),
     ],
-    series: ['pcinet NIC', 'transport path'],
-    groups: rows.map(([what, nic, direct]) => ({ label: what, unit: 'Mb/s', values: [nic, direct] })),
+    series: ['pcinet NIC', 'pcinet NIC, offloads=off', 'transport path'],
+    groups: rows.map(([what, nic, plain, direct]) => ({
+      label: what,
+      unit: 'Mb/s',
+      values: [nic, plain, direct],
+    })),
     scale: args.log ? 'log' : 'linear',
   });
   console.log(`chart: ${args.chart}`);

@@ -10,6 +10,7 @@
 //   CPU DISK TEST TCP TLS MS              utime+stime of the two host-agents during the phase (clock
 //                                         ticks), and the phase's wall time (ms)
 import { shQuote } from '../lab/guest-script.js';
+import { STATS_WAIT_S, statsShell } from './guest-stats.js';
 
 export type Disk = 'tcp' | 'tls' | 'nbd' | 'kernel';
 export const DISKS: readonly Disk[] = ['tcp', 'tls', 'nbd', 'kernel'];
@@ -30,8 +31,6 @@ export interface Test {
 
 /** 4K I/Os per dd phase at QD1: ~8 MB, enough for a stable rate, short at pcinet's ~0.5 MB/s. */
 export const QD1_4K_IOS = 2000;
-/** The host-agent answers SIGUSR1 within a round trip; this bounds a lost answer. */
-export const STATS_WAIT_S = 10;
 /** The plain-TCP host-agent's attach: the lab allows its own as long (READY_TIMEOUT_S). */
 const ATTACH_WAIT_S = 60;
 /** A driver's probe and the namespace scan after attach (or connect) under TCG: the lab allows a
@@ -169,23 +168,7 @@ echo "CLK_TCK $(getconf CLK_TCK)"
 say() { echo "bench/nvme: $*" >&2; }
 
 # ---- helpers ----
-# The first process whose command line contains "$1".
-pid_of() {
-  for p in /proc/[0-9]*; do
-    case "$(tr '\\0' ' ' 2>/dev/null < $p/cmdline)" in *"$1"*) echo \${p#/proc/}; return 0 ;; esac
-  done
-  return 1
-}
-# wait_for S COMMAND...: runs COMMAND every 0.1 s until it succeeds; fails after S seconds (wall
-# clock: under TCG on a busy machine a loop's iterations are far slower than their sleeps).
-wait_for() {
-  end=$(($(date +%s) + $1))
-  shift
-  until "$@"; do
-    [ $(date +%s) -lt $end ] || return 1
-    sleep 0.1
-  done
-}
+${statsShell}
 # The block device of the NVMe controller at PCI address $1, once it has one.
 has_disk() {
   c=$(ls /sys/bus/pci/devices/$1/nvme/ 2> /dev/null | head -n 1)
@@ -202,18 +185,10 @@ nvme_disk() {
 }
 # utime + stime (clock ticks) of process $1, all its threads.
 cpu() { sed 's/.*) //' /proc/$1/stat | awk '{ print $12 + $13 }'; }
-# stats DISK TEST WHEN: SIGUSR1 to the disk's host-agent, then its next "endpoint statistics" line.
-stats_lines() { grep -c '"endpoint statistics"' "$log" || true; }
-more_stats() { [ "$(stats_lines)" -gt "$n" ]; }
-stats() {
+# stats DISK TEST WHEN: the endpoint's counters from the disk's host-agent.
+disk_stats() {
   eval "pid=\\$ha_$1 log=\\$log_$1"
-  n=$(stats_lines)
-  kill -USR1 $pid
-  if wait_for ${STATS_WAIT_S} more_stats; then
-    echo "STATS $1 $2 $3 $(grep '"endpoint statistics"' "$log" | tail -n 1)"
-  else
-    echo "NOSTATS $1 $2 $3"
-  fi
+  stats $pid $log "$1 $2 $3"
 }
 # measure DISK TEST BOUND COMMAND...: one phase, at most BOUND seconds; both host-agents' CPU time
 # and the wall time around it, and for the pcinet disks the endpoint's counters.
@@ -222,13 +197,13 @@ measure() {
   shift 3
   say "$disk $test"
   eval "pid=\\$ha_$disk"
-  [ -z "$pid" ] || stats $disk $test before
+  [ -z "$pid" ] || disk_stats $disk $test before
   c_tcp=$(cpu $ha_tcp) c_tls=$(cpu $ha_tls) w=$(date +%s%N)
   rc=0
   # SIGINT at the bound: dd and fio stop and report what they did until then.
   out=$(timeout -s INT -k 30 $bound "$@" 2>&1) || rc=$?
   echo "CPU $disk $test $(($(cpu $ha_tcp) - c_tcp)) $(($(cpu $ha_tls) - c_tls)) $((($(date +%s%N) - w) / 1000000))"
-  [ -z "$pid" ] || stats $disk $test after
+  [ -z "$pid" ] || disk_stats $disk $test after
   echo "$out" | sed "s|^|OUT $disk $test |"
   [ $rc -eq 0 ] || echo "FAILED $disk $test $rc"
 }

@@ -36,6 +36,7 @@ import { runOk, tail, unrefDelay } from '../lab/proc.js';
 import { type LabCard, runInLab } from '../lab/run.js';
 import { parseBenchArgs } from './args.js';
 import { formatValue, writeChart } from './chart.js';
+import { type Counters, counterDelta, parseStats } from './guest-stats.js';
 import { DISKS, type Disk, guestScript, scriptBoundS, type Test, tests } from './nvme-guest.js';
 
 /** Tools this machine needs: the guest runs this machine's binaries (its root over 9p). */
@@ -158,8 +159,6 @@ async function startCard(
 
 // ---- the guest's output ----
 
-type Counters = Record<string, number>;
-
 interface Parsed {
   clkTck: number;
   /** "disk test" → the phase's dd or fio output lines. */
@@ -178,7 +177,13 @@ interface PhaseCpu {
 }
 
 function parse(stdout: string): Parsed {
-  const p: Parsed = { clkTck: 100, out: new Map(), failed: new Map(), stats: new Map(), cpu: new Map() };
+  const p: Parsed = {
+    clkTck: 100,
+    out: new Map(),
+    failed: new Map(),
+    stats: parseStats(stdout),
+    cpu: new Map(),
+  };
   for (const line of stdout.split('\n')) {
     let m = /^CLK_TCK (\d+)$/.exec(line);
     if (m) p.clkTck = Number(m[1]);
@@ -192,8 +197,6 @@ function parse(stdout: string): Parsed {
     }
     m = /^CPU (\S+ \S+) (-?\d+) (-?\d+) (\d+)$/.exec(line);
     if (m) p.cpu.set(m[1]!, { tcp: Number(m[2]), tls: Number(m[3]), ms: Number(m[4]) });
-    m = /^STATS (\S+ \S+ \S+) .*"counters":(\{[^}]*\})/.exec(line);
-    if (m) p.stats.set(m[1]!, JSON.parse(m[2]!) as Counters);
   }
   return p;
 }
@@ -223,20 +226,9 @@ function measured(t: Test, lines: readonly string[]): Measured | undefined {
   return { value: t.unit === 'IOPS' ? iops : (kibps * 1024) / 1e6, ios: (kib * 1024) / t.bs };
 }
 
-/** Sum over the endpoint's devices ("dev1.dmaReads", …) of one counter's change in a phase. */
+/** One counter's change over the endpoint's devices during a phase. */
 function delta(p: Parsed, key: string, counter: string): number | undefined {
-  const before = p.stats.get(`${key} before`);
-  const after = p.stats.get(`${key} after`);
-  if (!before || !after) return undefined;
-  const re = new RegExp(`^dev\\d+\\.${counter}$`);
-  let sum = 0;
-  let seen = false;
-  for (const [k, v] of Object.entries(after)) {
-    if (!re.test(k)) continue;
-    seen = true;
-    sum += v - (before[k] ?? 0);
-  }
-  return seen ? sum : undefined;
+  return counterDelta(p.stats, key, counter);
 }
 
 function table(rows: string[][], rightFrom = 1): string {

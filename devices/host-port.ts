@@ -1,7 +1,7 @@
 // The only things a device model may do to, or receive from, its host. Device models are pure:
 // no sockets, no files; backends (storage, network) are injected by whoever builds the model.
 import type { DeviceDescription } from './description.js';
-import type { PushRule } from './push.js';
+import type { PushRule, VirtqRound } from './push.js';
 
 /** Everything a device may do to its host. Implemented by the endpoint runtime over a session, and
  *  by test fakes backed by an ArrayBuffer. */
@@ -29,6 +29,10 @@ export interface HostPort {
    *  driver can ring its doorbell (while handling the register write or command that set the queue
    *  up), remove it when the queue goes away. */
   setPushRule(id: number, rule: PushRule | undefined): void;
+  /** Present when the host ends virtqueue rounds (docs/PUSH.md "Virtqueue rounds"): posted like a
+   *  DMA write, after every write made before it. Absent: the device reads the ring itself to decide
+   *  interrupts and to find buffers no notify announced. */
+  virtqRound?(round: VirtqRound): void;
 }
 
 /** Why a dmaRead failed: the host refused the access (no live mapping, wrong direction), or the

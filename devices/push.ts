@@ -42,3 +42,21 @@ export interface VirtqRule {
 }
 
 export type PushRule = NvmeSqRule | VirtqRule;
+
+/**
+ * The end of a round of service of the virtqueue behind push rule `rule`, done by the host
+ * (HostPort.virtqRound; docs/PUSH.md "Virtqueue rounds") after the used-ring and avail_event writes
+ * the device made before it: what one more ring read over the network would have told the device.
+ */
+export interface VirtqRound {
+  rule: number;
+  /** Raise this vector if the driver wants an interrupt for used idx having moved from oldUsed to
+   *  newUsed (used_event with eventIdx, else avail.flags); undefined: no decision. */
+  vector: number | undefined;
+  oldUsed: number;
+  newUsed: number;
+  eventIdx: boolean;
+  /** If the driver made buffers available past what the rule last pushed (no notify announced
+   *  them), push them and write this value to the rule's doorbell; undefined: no recheck. */
+  kick: number | undefined;
+}

@@ -52,6 +52,18 @@ export function intOption(min: number, max: number, help: string): OptionParser<
   };
 }
 
+/** on or off. */
+export function switchOption(help: string): OptionParser<boolean> {
+  return {
+    syntax: 'on|off',
+    help,
+    parse(value) {
+      if (value !== 'on' && value !== 'off') throw new Error('must be on or off');
+      return value === 'on';
+    },
+  };
+}
+
 /** A MAC address aa:bb:cc:dd:ee:ff (unicast). */
 export const macOption: OptionParser<Uint8Array> = {
   syntax: 'xx:xx:xx:xx:xx:xx',
@@ -164,10 +176,17 @@ export const DEVICES: Readonly<Record<string, DeviceFactory>> = {
       } satisfies OptionParser<string>,
       mac: macOption,
       mtu: intOption(68, 65535, 'MTU the driver is told (default 1500)'),
+      offloads: switchOption('checksum and TSO offloads through the TAP (default on)'),
     },
     create: (o) => {
       if (!o.tap) throw new Error('virtio-net needs tap=NAME (the TAP interface frames go to)');
-      return new VirtioNet({ mac: o.mac ?? defaultMac(o.tap), mtu: o.mtu, backend: new TapBackend(o.tap) });
+      const offloads = o.offloads ?? true;
+      return new VirtioNet({
+        mac: o.mac ?? defaultMac(o.tap),
+        mtu: o.mtu,
+        offloads,
+        backend: new TapBackend(o.tap, { netHeader: offloads }),
+      });
     },
   }),
 };

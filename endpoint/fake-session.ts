@@ -81,6 +81,10 @@ export function summary(msgs: readonly Msg[]): string[] {
         return `detach ${m.detach!.dev}`;
       case 'pushRule':
         return `pushRule ${m.pushRule!.id} ${m.pushRule!.kind ?? 0}`;
+      case 'virtqDone': {
+        const v = m.virtqDone!;
+        return `virtqDone ${v.rule ?? 0} ${v.oldUsed ?? 0}->${v.newUsed ?? 0}${v.interrupt ? ` irq ${v.vector ?? 0}` : ''}${v.recheck ? ` kick ${v.kick ?? 0}` : ''}`;
+      }
       default:
         return String(k);
     }

@@ -74,6 +74,52 @@ describe('PushCache', () => {
     expect(c.take(0x5000n, 4096)).toEqual(bytes(4096, 3));
   });
 
+  it('serves staged pushes only from their commit (the doorbell write), all of them at once', () => {
+    const c = new PushCache();
+    c.add(0x1000n, bytes(64, 1), 0); // an older doorbell's table, unread
+    c.stage(0x1000n, bytes(64, 2), 0); // this doorbell's table …
+    c.stage(0x2000n, bytes(16, 3), 0); // … and its ring
+    expect(c.staged).toBe(80);
+    expect(c.take(0x2000n, 16)).toBeUndefined();
+    expect(c.take(0x1000n, 64)).toEqual(bytes(64, 1));
+    c.stage(0x1000n, bytes(64, 4), 0);
+    c.commit();
+    expect([c.staged, c.bytes]).toEqual([0, 80]);
+    expect(c.take(0x2000n, 16)).toEqual(bytes(16, 3));
+    expect(c.take(0x1000n, 64)).toEqual(bytes(64, 4)); // staged later, newer
+  });
+
+  it('drops staged bytes too: a read completion or an unmap between a push and its doorbell', () => {
+    const c = new PushCache();
+    c.stage(0x1000n, bytes(64, 1), 0);
+    c.stage(0x3000n, bytes(64, 2), 1);
+    c.drop(0x1010n, 16);
+    c.dropRule(1);
+    c.commit();
+    expect(c.bytes).toBe(48);
+    expect(c.take(0x1000n, 16)).toEqual(bytes(64, 1).subarray(0, 16));
+    expect(c.take(0x1010n, 16)).toBeUndefined();
+    expect(c.take(0x1020n, 32)).toEqual(bytes(64, 1).subarray(32));
+    expect(c.take(0x3000n, 1)).toBeUndefined();
+    c.stage(0x4000n, bytes(8), 0);
+    c.clear();
+    c.commit();
+    expect(c.bytes).toBe(0);
+  });
+
+  it('evicts a doorbell’s pushes together', () => {
+    const c = new PushCache(8192);
+    c.stage(0x1000n, bytes(2048, 1), 0);
+    c.stage(0x8000n, bytes(2048, 2), 0);
+    c.commit();
+    c.add(0x5000n, bytes(4096, 3), 0);
+    c.add(0x9000n, bytes(1024, 4), 0);
+    expect(c.evicted).toBe(2);
+    expect(c.take(0x8000n, 1)).toBeUndefined();
+    expect(c.take(0x1000n, 1)).toBeUndefined();
+    expect(c.take(0x5000n, 4096)).toEqual(bytes(4096, 3));
+  });
+
   it('agrees with a byte map under random pushes, drops and takes', () => {
     const op = fc.oneof(
       fc.record({ k: fc.constant('add' as const), at: fc.nat(512), len: fc.integer({ min: 1, max: 96 }) }),

@@ -3,6 +3,11 @@
 // second read of the same memory goes to the host and sees what is there now. Bytes are forgotten
 // when the mapping they came from is unmapped (PushDrop), when the device writes over them, when the
 // rule that pushed them changes, and oldest first when the cache is full.
+//
+// A doorbell's pushes become readable together, when its MMIO write arrives (commit): the host
+// sends them in front of that write, and a device that read while only some had arrived could pair
+// a virtqueue's new driver area with a descriptor table left from an older doorbell — and send
+// frames to buffers long returned. Until then they are staged; drops apply to staged bytes too.
 
 /** Bytes kept per device. A QD32 burst of 128 KiB writes is 4 MiB; more than that waits in the
  *  device's own queue limits anyway. Reads of evicted bytes fall back to DMA. */
@@ -17,12 +22,21 @@ interface Seg {
   seq: number;
 }
 
+interface Staged {
+  start: bigint;
+  data: Uint8Array;
+  rule: number;
+}
+
 export class PushCache {
   readonly #max: number;
   /** Sorted by start, never overlapping. */
   #segs: Seg[] = [];
   #bytes = 0;
   #seq = 0;
+  /** Pushes waiting for their doorbell's write, in arrival order. */
+  #staged: Staged[] = [];
+  #stagedBytes = 0;
   evicted = 0;
 
   constructor(maxBytes = PUSH_CACHE_BYTES) {
@@ -37,16 +51,46 @@ export class PushCache {
     return this.#segs.length;
   }
 
-  /** Pushed bytes at `iova` (copied: the frame they came in is not kept alive). Newer bytes replace
-   *  older ones where they overlap. */
+  /** Pushed bytes at `iova`, readable at once (a doorbell of its own). */
   add(iova: bigint, data: Uint8Array, rule: number): void {
+    this.stage(iova, data, rule);
+    this.commit();
+  }
+
+  /** Pushed bytes at `iova` (copied: the frame they came in is not kept alive), readable from the
+   *  next commit. A batch past the cache's size is committed as it goes (the oldest bytes go). */
+  stage(iova: bigint, data: Uint8Array, rule: number): void {
     if (data.length === 0) return;
-    const end = iova + BigInt(data.length);
-    this.#cut(iova, end);
-    const seg: Seg = { start: iova, end, data: data.slice(), rule, seq: this.#seq++ };
-    this.#segs.splice(this.#firstEndingAfter(iova), 0, seg);
-    this.#bytes += data.length;
+    if (this.#stagedBytes + data.length > this.#max) this.commit();
+    this.#staged.push({ start: iova, data: data.slice(), rule });
+    this.#stagedBytes += data.length;
+  }
+
+  /** The doorbell's write came: its staged pushes become readable, newer bytes replacing older
+   *  ones where they overlap. One batch, evicted together. */
+  commit(): void {
+    if (this.#staged.length === 0) return;
+    const seq = this.#seq++;
+    for (const p of this.#staged) {
+      const end = p.start + BigInt(p.data.length);
+      this.#cut(p.start, end);
+      this.#segs.splice(this.#firstEndingAfter(p.start), 0, {
+        start: p.start,
+        end,
+        data: p.data,
+        rule: p.rule,
+        seq,
+      });
+      this.#bytes += p.data.length;
+    }
+    this.#staged = [];
+    this.#stagedBytes = 0;
     while (this.#bytes > this.#max) this.#evictOldest();
+  }
+
+  /** Bytes staged, waiting for their doorbell's write. */
+  get staged(): number {
+    return this.#stagedBytes;
   }
 
   /** The `len` bytes at `iova` if pushed bytes cover every one of them, which are then forgotten;
@@ -82,21 +126,39 @@ export class PushCache {
     return out;
   }
 
-  /** Forgets pushed bytes in [iova, iova + len). */
+  /** Forgets pushed bytes in [iova, iova + len), staged ones included. */
   drop(iova: bigint, len: bigint | number): void {
-    this.#cut(iova, iova + BigInt(len));
+    const end = iova + BigInt(len);
+    this.#cut(iova, end);
+    if (this.#staged.length === 0) return;
+    const kept: Staged[] = [];
+    for (const p of this.#staged) {
+      const pEnd = p.start + BigInt(p.data.length);
+      if (pEnd <= iova || p.start >= end) {
+        kept.push(p);
+        continue;
+      }
+      if (p.start < iova) kept.push({ ...p, data: p.data.subarray(0, Number(iova - p.start)) });
+      if (pEnd > end) kept.push({ ...p, start: end, data: p.data.subarray(Number(end - p.start)) });
+    }
+    this.#staged = kept;
+    this.#stagedBytes = kept.reduce((n, p) => n + p.data.length, 0);
   }
 
-  /** Forgets everything rule `rule` pushed. */
+  /** Forgets everything rule `rule` pushed, staged or not. */
   dropRule(rule: number): void {
     const keep = this.#segs.filter((s) => s.rule !== rule);
     for (const s of this.#segs) if (s.rule === rule) this.#bytes -= s.data.length;
     this.#segs = keep;
+    this.#staged = this.#staged.filter((p) => p.rule !== rule);
+    this.#stagedBytes = this.#staged.reduce((n, p) => n + p.data.length, 0);
   }
 
   clear(): void {
     this.#segs = [];
     this.#bytes = 0;
+    this.#staged = [];
+    this.#stagedBytes = 0;
   }
 
   /** Index of the first segment whose end is past `at`. */
@@ -128,11 +190,17 @@ export class PushCache {
     }
   }
 
+  /** Forgets the oldest batch whole: half a doorbell's pushes could pair new bytes with old. */
   #evictOldest(): void {
-    let oldest = 0;
-    for (let i = 1; i < this.#segs.length; i++) if (this.#segs[i]!.seq < this.#segs[oldest]!.seq) oldest = i;
-    const [s] = this.#segs.splice(oldest, 1);
-    this.#bytes -= s!.data.length;
-    this.evicted++;
+    let oldest = this.#segs[0]!.seq;
+    for (const s of this.#segs) if (s.seq < oldest) oldest = s.seq;
+    const keep: Seg[] = [];
+    for (const s of this.#segs) {
+      if (s.seq === oldest) {
+        this.#bytes -= s.data.length;
+        this.evicted++;
+      } else keep.push(s);
+    }
+    this.#segs = keep;
   }
 }

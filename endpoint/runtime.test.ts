@@ -576,6 +576,10 @@ group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
     push: { dev: 1, iova: long(iova), data, rule: r },
   });
   const sqes = Uint8Array.from({ length: 128 }, (_, i) => i);
+  /** The doorbell write the host sends after a doorbell's pushes: they become readable with it. */
+  const doorbell = (): Msg => ({
+    mmioWrite: { dev: 1, bar: 0, offset: long(0x1008), data: Uint8Array.of(1, 0, 0, 0) },
+  });
 
   /** A probe with rule 1 set and confirmed by the host. */
   async function withRule() {
@@ -611,7 +615,7 @@ group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
 
   it('serves a covered read from pushed bytes without a round trip, each byte once', async () => {
     const { session, runtime, port } = await withRule();
-    session.deliver(push(0x10000n, sqes));
+    session.deliver(push(0x10000n, sqes), doorbell());
     expect(await port.dmaRead(0x10040n, 64)).toEqual(sqes.subarray(64));
     expect(dmaReads(session)).toBe(0);
     // The same memory again goes to the host: it may have changed since.
@@ -625,9 +629,26 @@ group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
     });
   });
 
+  it('makes a doorbell’s pushes readable together, when its write arrives', async () => {
+    const { session, port } = await withRule();
+    // A virtqueue's table and then its driver area, pushed for one notify: a read between them
+    // (or before the write) must not pair the new area with what an older notify left.
+    session.deliver(push(0x10000n, sqes.subarray(0, 64)));
+    void port.dmaRead(0x10000n, 64);
+    await settle();
+    expect(dmaReads(session)).toBe(1);
+    session.deliver(push(0x10000n, sqes.subarray(0, 64)), push(0x10040n, sqes.subarray(64)));
+    void port.dmaRead(0x10040n, 64);
+    await settle();
+    expect(dmaReads(session)).toBe(2);
+    session.deliver(doorbell());
+    expect(await port.dmaRead(0x10000n, 128)).toEqual(sqes);
+    expect(dmaReads(session)).toBe(2);
+  });
+
   it('falls back to a DMA read when pushed bytes cover only part of a read', async () => {
     const { session, port } = await withRule();
-    session.deliver(push(0x10000n, sqes));
+    session.deliver(push(0x10000n, sqes), doorbell());
     void port.dmaRead(0x10040n, 128);
     await settle();
     expect(summary(session.sent).filter((s) => s.startsWith('dmaRead'))).toEqual(['dmaRead 0x10040+128']);
@@ -635,7 +656,9 @@ group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
 
   it('forgets pushed bytes of an unmapped buffer (PushDrop), and those the device wrote over', async () => {
     const { session, port } = await withRule();
-    session.deliver(push(0x10000n, sqes), { pushDrop: { dev: 1, iova: long(0x10000n), length: long(64) } });
+    session.deliver(push(0x10000n, sqes), doorbell(), {
+      pushDrop: { dev: 1, iova: long(0x10000n), length: long(64) },
+    });
     void port.dmaRead(0x10000n, 64);
     port.dmaWrite(0x10050n, new Uint8Array(4));
     void port.dmaRead(0x10040n, 64);
@@ -653,7 +676,7 @@ group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
     const first = port.dmaRead(0x10000n, 2);
     await settle();
     const tag = session.sent.find((m) => m.dmaRead)!.dmaRead!.tag!;
-    session.deliver(push(0x10000n, Uint8Array.of(5, 0)), {
+    session.deliver(push(0x10000n, Uint8Array.of(5, 0)), doorbell(), {
       dmaReadCpl: { dev: 1, tag, status: ErrorCode.OK, data: Uint8Array.of(6, 0) },
     });
     expect(await first).toEqual(Uint8Array.of(6, 0));
@@ -667,18 +690,19 @@ group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
     session.deliver(
       { dmaReadCpl: { dev: 1, tag: tag2, status: ErrorCode.OK, data: Uint8Array.of(6, 0) } },
       push(0x10000n, Uint8Array.of(7, 0)),
+      doorbell(),
     );
     expect(await port.dmaRead(0x10000n, 2)).toEqual(Uint8Array.of(7, 0));
   });
 
   it('discards pushes of a changed rule until the host confirms it, and forgets what it pushed', async () => {
     const { session, runtime, port } = await withRule();
-    session.deliver(push(0x10000n, sqes.subarray(0, 64)));
+    session.deliver(push(0x10000n, sqes.subarray(0, 64)), doorbell());
     port.setPushRule(1, { ...rule, base: 0x20000n }); // the queue was deleted and created again
     // Pushed under the old rule before the host applied the change: stale.
-    session.deliver(push(0x10040n, sqes.subarray(64)));
+    session.deliver(push(0x10040n, sqes.subarray(64)), doorbell());
     session.deliver({ pushRuleSet: { dev: 1, id: 1 } });
-    session.deliver(push(0x20000n, sqes));
+    session.deliver(push(0x20000n, sqes), doorbell());
     void port.dmaRead(0x10000n, 64);
     void port.dmaRead(0x10040n, 64);
     expect(await port.dmaRead(0x20000n, 128)).toEqual(sqes);
@@ -695,7 +719,7 @@ group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
 
   it('forgets everything at a function reset; refuses empty pushes and rule ids past 127', async () => {
     const { session, port } = await withRule();
-    session.deliver(push(0x10000n, sqes), { functionReset: { dev: 1 } });
+    session.deliver(push(0x10000n, sqes), doorbell(), { functionReset: { dev: 1 } });
     void port.dmaRead(0x10000n, 64);
     await settle();
     expect(dmaReads(session)).toBe(1);

@@ -113,6 +113,8 @@ export interface DeviceCounters {
   pushBytes: number;
   pushDrops: number;
   pushStale: number;
+  /** Virtqueue rounds the host ended (VirtqDone sent). */
+  virtqRounds: number;
 }
 
 interface BarInfo {
@@ -146,6 +148,7 @@ class Device {
     pushBytes: 0,
     pushDrops: 0,
     pushStale: 0,
+    virtqRounds: 0,
   };
   /** What the host pushed and the device has not read yet. */
   readonly pushed = new PushCache();
@@ -394,6 +397,8 @@ export class EndpointRuntime {
         const offset = num(w.offset, 'MmioWrite offset');
         const info = this.#range(d, bar, offset, data.length, 'MmioWrite');
         d.counters.mmioWrites++;
+        // The pushes in front of it (if it is a doorbell) become readable together.
+        d.pushed.commit();
         if (!within(info.doorbell, offset, data.length)) {
           d.writes++;
           wrote.add(d);
@@ -464,7 +469,7 @@ export class EndpointRuntime {
           return;
         }
         d.counters.pushBytes += data.length;
-        d.pushed.add(u64(p.iova), data, rule);
+        d.pushed.stage(u64(p.iova), data, rule);
         return;
       }
       case 'pushDrop': {
@@ -586,7 +591,9 @@ export class EndpointRuntime {
 
   #portFor(d: Device): HostPort {
     const live = () => d.state === 'attached';
-    return {
+    const caps = this.#session.capabilities ?? 0;
+    const rounds = (caps & Capability.CAP_PUSH_RULES) !== 0 && (caps & Capability.CAP_VIRTQ_ROUNDS) !== 0;
+    const port: HostPort = {
       dmaRead: (iova, len) => {
         if (!live()) return Promise.reject(new DmaError(iova, len, 'shutdown'));
         const hit = d.pushed.take(iova, len);
@@ -641,6 +648,32 @@ export class EndpointRuntime {
         this.#send(d, { pushRule: pushRuleMsg(d.dev, id, rule) });
       },
     };
+    if (rounds) {
+      port.virtqRound = (r) => {
+        if (!Number.isInteger(r.rule) || r.rule < 0 || r.rule >= MAX_PUSH_RULES)
+          throw new RangeError(`${d.name}: virtqRound for push rule ${r.rule}`);
+        if (r.vector !== undefined && (!Number.isInteger(r.vector) || r.vector < 0 || r.vector >= d.vectors))
+          throw new RangeError(
+            `${d.name}: virtqRound for vector ${r.vector} but the device has ${d.vectors}`,
+          );
+        if (!live()) return;
+        d.counters.virtqRounds++;
+        this.#send(d, {
+          virtqDone: {
+            dev: d.dev,
+            rule: r.rule,
+            interrupt: r.vector !== undefined,
+            vector: r.vector ?? 0,
+            oldUsed: r.oldUsed & 0xffff,
+            newUsed: r.newUsed & 0xffff,
+            eventIdx: r.eventIdx,
+            recheck: r.kick !== undefined,
+            kick: r.kick ?? 0,
+          },
+        });
+      };
+    }
+    return port;
   }
 
   /** The device's outlet: its kernel link if it has one, else the session (marked for flushing). */

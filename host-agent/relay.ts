@@ -283,7 +283,8 @@ export class Relay {
       case 'dmaRead':
       case 'dmaWrite':
       case 'interrupt':
-      case 'pushRule': {
+      case 'pushRule':
+      case 'virtqDone': {
         const dev = (m[kind] as { dev?: number | null }).dev ?? 0;
         const d = this.#devices.get(dev);
         if (!d) {

@@ -749,7 +749,7 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		fn->pdev = NULL;
 		release_resource(&fn->window);
 		ida_free(&pcinet_domains, fn->domain);
-		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld; pushes %lld bytes %lld skipped refused %lld budget %lld nomem %lld busy %lld; push drops %lld\n",
+		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld; pushes %lld bytes %lld skipped refused %lld budget %lld nomem %lld busy %lld; push drops %lld; virtq rounds %lld irqs skipped %lld kicks %lld\n",
 			fn->domain, atomic64_read(&c->mmio_writes), atomic64_read(&c->mmio_reads),
 			atomic64_read(&c->volatile_reads), atomic64_read(&c->read_timeouts),
 			atomic64_read(&c->queue_waits), atomic64_read(&c->queue_overruns),
@@ -761,7 +761,9 @@ static void pcinet_remove(struct pcinet_fn *fn)
 			atomic64_read(&c->link_dropped), atomic64_read(&c->pushes),
 			atomic64_read(&c->push_bytes), atomic64_read(&c->push_refused),
 			atomic64_read(&c->push_over_budget), atomic64_read(&c->push_nomem),
-			atomic64_read(&c->push_busy), atomic64_read(&c->push_drops));
+			atomic64_read(&c->push_busy), atomic64_read(&c->push_drops),
+			atomic64_read(&c->vq_rounds), atomic64_read(&c->vq_irqs_skipped),
+			atomic64_read(&c->vq_kicks));
 	}
 	WRITE_ONCE(fn->state, PN_DETACHED);
 	wake_up_interruptible_all(&fn->readq);
@@ -862,6 +864,10 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 		if (len != sizeof(struct pcinet_w_push_rule))
 			return -EINVAL;
 		return pcinet_push_rule(fn, buf);
+	case PCINET_W_VIRTQ_DONE:
+		if (len != sizeof(struct pcinet_w_virtq_done))
+			return -EINVAL;
+		return pcinet_virtq_done(fn, buf);
 	case PCINET_W_CONNECT: {
 		struct pcinet_w_connect *w = (void *)buf;	/* fn->wbuf: ours to scrub */
 		int ret;
@@ -898,6 +904,7 @@ int pcinet_link_record(struct pcinet_fn *fn, const void *buf, size_t len)
 	case PCINET_W_DMA_WRITE:
 	case PCINET_W_INTERRUPT:
 	case PCINET_W_PUSH_RULE:
+	case PCINET_W_VIRTQ_DONE:
 		if (fn->state != PN_STARTED || fn->link_down)
 			return -EBUSY;
 		return pcinet_record(fn, buf, len);

@@ -102,6 +102,9 @@ struct pcinet_counters {
 	atomic64_t push_nomem;		/* ranges not pushed: no memory (GFP_ATOMIC) */
 	atomic64_t push_busy;		/* doorbells that pushed nothing: the read queue was full */
 	atomic64_t push_drops;		/* R_PUSH_DROP records queued */
+	atomic64_t vq_rounds;		/* W_VIRTQ_DONE applied */
+	atomic64_t vq_irqs_skipped;	/* ... whose interrupt the driver did not want */
+	atomic64_t vq_kicks;		/* ... that found buffers no notify announced: kicked */
 };
 
 struct pcinet_dma;
@@ -213,6 +216,7 @@ void pcinet_mmio_start(struct pcinet_fn *fn);
 void pcinet_mmio_stop(struct pcinet_fn *fn);
 int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_cpl *c);
 void pcinet_mmio_link_down(struct pcinet_fn *fn);
+void pcinet_mmio_kick(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
 
 /* msix.c */
@@ -241,6 +245,7 @@ int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w);
 void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 void pcinet_push_unmapped(struct pcinet_fn *fn, u64 iova, u64 len);
 void pcinet_push_clear(struct pcinet_fn *fn);
+int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w);
 
 /* link.c */
 int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w);

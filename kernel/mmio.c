@@ -433,6 +433,15 @@ static int pcinet_serve_write(struct pcinet_fn *fn, u32 bar, u64 off, const void
 	return 0;
 }
 
+/*
+ * A doorbell write the module makes on the driver's behalf (push.c, W_VIRTQ_DONE): queued, its
+ * pushes in front, exactly as the driver's own write of `val` at `off` would be. Process context.
+ */
+void pcinet_mmio_kick(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size)
+{
+	pcinet_serve_write(fn, bar, off, val, size, PN_SLEEP);
+}
+
 /* Translates a faulting address to its function and BAR offset; false if it is outside. */
 static struct pcinet_fn *pcinet_map_target(struct pcinet_map *m, unsigned long addr, u32 size,
 					   u64 *off)

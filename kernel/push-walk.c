@@ -298,8 +298,12 @@ static void walk_virtq(struct pcinet_push_walker *w, u32 id, struct pcinet_push_
 	r->last = idx;
 	if (w->dry)
 		return;
+	/*
+	 * The table only with the driver area: a table pushed alone would outlive the ring it goes
+	 * with, and a later ring read from memory would be paired with descriptors older than it.
+	 */
 	area = walk_push(w, id, r->avail, 6 + 2ull * size);
-	table = walk_push(w, id, r->ring, (u64)DESC_SIZE * size);
+	table = area && walk_push(w, id, r->ring, (u64)DESC_SIZE * size);
 	/* Without data or indirect tables to push, walking chains could push nothing. */
 	if (!area || !table || (!r->data_max && !(r->flags & PCINET_PUSH_F_INDIRECT)))
 		return;

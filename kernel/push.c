@@ -23,6 +23,7 @@
 #include <linux/list.h>
 #include <linux/log2.h>
 #include <linux/slab.h>
+#include <uapi/linux/virtio_ring.h>
 
 #include "internal.h"
 
@@ -130,6 +131,80 @@ void pcinet_push_clear(struct pcinet_fn *fn)
 	WRITE_ONCE(fn->push_count, 0);
 	pcinet_dma_forget_pushes(fn);
 	spin_unlock_irqrestore(&fn->push_lock, flags);
+}
+
+/* ---- W_VIRTQ_DONE ---- */
+
+/* vring_need_event(): has used idx, moving from old to new, passed the driver's used_event? */
+static bool pcinet_need_event(u16 event, u16 new, u16 old)
+{
+	return (u16)(new - event - 1) < (u16)(new - old);
+}
+
+/*
+ * The device ended a round of the virtqueue behind rule `id` (uapi pcinet.h, docs/PUSH.md
+ * "Virtqueue rounds"). Its used-ring and avail_event writes came before this record and are
+ * applied; the barrier pairs with the driver's between publishing avail idx or used_event and
+ * reading avail_event or used idx, so either the driver sees our writes or we see its.
+ * Process context (write() or the link's receive thread).
+ */
+int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w)
+{
+	u32 id = le32_to_cpu(w->id), flags = le32_to_cpu(w->flags);
+	u32 vector = le32_to_cpu(w->vector);
+	u16 old = le16_to_cpu(w->old_used), new = le16_to_cpu(w->new_used);
+	struct pcinet_push_rule r;
+	unsigned long irqf;
+	bool want = true;
+	__le16 v;
+
+	if (id >= PCINET_MAX_PUSH_RULES ||
+	    (flags & ~(PCINET_VQ_F_INTERRUPT | PCINET_VQ_F_EVENT_IDX | PCINET_VQ_F_RECHECK)) ||
+	    w->reserved[0] || w->reserved[1] || w->reserved[2] ||
+	    ((flags & PCINET_VQ_F_INTERRUPT) && vector >= fn->msix_vectors))
+		return -EINVAL;
+	if (fn->state != PN_STARTED)
+		return -EBUSY;
+	atomic64_inc(&fn->stats.vq_rounds);
+	spin_lock_irqsave(&fn->push_lock, irqf);
+	r = fn->push_rules[id];
+	spin_unlock_irqrestore(&fn->push_lock, irqf);
+	smp_mb();
+
+	if ((flags & PCINET_VQ_F_INTERRUPT) && old != new) {
+		/* An unreadable driver area (a rule gone, the ring unmapped) gets the interrupt: one
+		 * too many is harmless, one too few hangs the driver. */
+		if (r.kind == PCINET_PUSH_VIRTQ) {
+			if (flags & PCINET_VQ_F_EVENT_IDX) {
+				if (pcinet_dma_peek(fn, r.avail + 4 + 2 * (u64)r.entries, &v, sizeof(v), false))
+					want = pcinet_need_event(le16_to_cpu(v), new, old);
+			} else if (pcinet_dma_peek(fn, r.avail, &v, sizeof(v), false)) {
+				want = !(le16_to_cpu(v) & VRING_AVAIL_F_NO_INTERRUPT);
+			}
+		}
+		if (want)
+			pcinet_msix_raise(fn, vector);
+		else
+			atomic64_inc(&fn->stats.vq_irqs_skipped);
+	}
+
+	/* Without bus mastering a notify pushes nothing and `last` stays: a kick would only bring
+	 * the device back here, round after round. */
+	if ((flags & PCINET_VQ_F_RECHECK) && r.kind == PCINET_PUSH_VIRTQ &&
+	    (READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MASTER) &&
+	    pcinet_dma_peek(fn, r.avail + 2, &v, sizeof(v), false)) {
+		u16 n = le16_to_cpu(v) - (u16)r.last;
+
+		/* A jump past the ring size is a broken ring: the device finds it on its next
+		 * notify; kicking it here would not help. */
+		if (n && n <= r.entries) {
+			__le16 kick = w->kick;
+
+			atomic64_inc(&fn->stats.vq_kicks);
+			pcinet_mmio_kick(fn, r.bar, r.offset, &kick, sizeof(kick));
+		}
+	}
+	return 0;
 }
 
 /* ---- building R_PUSH records ---- */

@@ -33,6 +33,9 @@ import {
   SEAL_MAX,
   SEAL_TAG,
   shadowRecord,
+  VIRTQ_DONE_SIZE,
+  VQ_F,
+  virtqDoneRecord,
   W,
   writesAppliedRecord,
 } from './kernel-abi.js';
@@ -146,6 +149,9 @@ const cc = (() => {
 
 describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
   const fields: [string, string][] = [
+    ...['id', 'flags', 'vector', 'old_used', 'new_used', 'kick'].map(
+      (f) => ['w_virtq_done', f] as [string, string],
+    ),
     ['w_push_rule', 'id'],
     ['w_push_rule', 'kind'],
     ['w_push_rule', 'bar'],
@@ -198,6 +204,7 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     'w_connect',
     'link_hello',
     'r_link_closed',
+    'w_virtq_done',
   ];
   const numbers = [
     'PCINET_W_PUSH_RULE',
@@ -219,6 +226,10 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     'PCINET_LINK_KEY',
     'PCINET_SEAL_MAX',
     'PCINET_SEAL_TAG',
+    'PCINET_W_VIRTQ_DONE',
+    'PCINET_VQ_F_INTERRUPT',
+    'PCINET_VQ_F_EVENT_IDX',
+    'PCINET_VQ_F_RECHECK',
   ];
 
   const c = (() => {
@@ -285,6 +296,34 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     expect(c['sizeof w_interrupt']).toBe(interruptRecord(0).length);
     expect(c['sizeof w_push_rule']).toBe(PUSH_RULE_SIZE);
     expect(emptyRecord(W.START).length).toBe(8);
+  });
+
+  it('W_VIRTQ_DONE: number, flags, field offsets', () => {
+    expect(c.PCINET_W_VIRTQ_DONE).toBe(W.VIRTQ_DONE);
+    expect([c.PCINET_VQ_F_INTERRUPT, c.PCINET_VQ_F_EVENT_IDX, c.PCINET_VQ_F_RECHECK]).toEqual([
+      VQ_F.INTERRUPT,
+      VQ_F.EVENT_IDX,
+      VQ_F.RECHECK,
+    ]);
+    expect(c['sizeof w_virtq_done']).toBe(VIRTQ_DONE_SIZE);
+    const b = virtqDoneRecord({ id: 3, flags: 7, vector: 2, oldUsed: 0x1fffe, newUsed: 5, kick: 1 });
+    expect(b.length).toBe(VIRTQ_DONE_SIZE);
+    for (const [f, at, v] of [
+      ['id', 8, 3],
+      ['flags', 12, 7],
+      ['vector', 16, 2],
+    ] as const) {
+      expect(c[`w_virtq_done.${f}`]).toBe(at);
+      expect(b.readUInt32LE(at)).toBe(v);
+    }
+    for (const [f, at, v] of [
+      ['old_used', 20, 0xfffe],
+      ['new_used', 22, 5],
+      ['kick', 24, 1],
+    ] as const) {
+      expect(c[`w_virtq_done.${f}`]).toBe(at);
+      expect(b.readUInt16LE(at)).toBe(v);
+    }
   });
 
   it('the kernel link: W_CONNECT fields, the hello, R_LINK_CLOSED', () => {

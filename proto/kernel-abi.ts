@@ -4,7 +4,7 @@
 // the endpoint, which answers with W_* records (proto/kernel-link.ts).
 import { pcinet } from './wire.js';
 
-export const ABI_VERSION = 1;
+export const ABI_VERSION = 2;
 export const MAX_DATA = 65536;
 export const CONFIG_SIZE = 4096;
 export const NUM_BARS = 6;
@@ -25,6 +25,7 @@ export const W = {
   LINK_UP: 12,
   PUSH_RULE: 13,
   CONNECT: 14,
+  VIRTQ_DONE: 15,
 } as const;
 
 export const R = {
@@ -53,6 +54,9 @@ export const PUSH_F_INDIRECT = 1;
 export { MAX_PUSH_RULES, PUSH_MAX_BYTES } from '../devices/push.js';
 /** sizeof(struct pcinet_w_push_rule). */
 export const PUSH_RULE_SIZE = 64;
+/** W_VIRTQ_DONE (docs/PUSH.md, "Virtqueue rounds"): its flags and size. */
+export const VQ_F = { INTERRUPT: 1, EVENT_IDX: 2, RECHECK: 4 } as const;
+export const VIRTQ_DONE_SIZE = 32;
 
 /** The kernel link: the hello's magic (also the endpoint's answer), token length, sizes. */
 export const LINK_MAGIC = Buffer.from('PCINETL1', 'latin1');
@@ -168,6 +172,25 @@ export function dmaWriteRecord(iova: bigint, data: Uint8Array): Buffer {
 export function interruptRecord(vector: number): Buffer {
   const { buf } = record(W.INTERRUPT, 8);
   buf.writeUInt32LE(vector, 8);
+  return buf;
+}
+
+/** W_VIRTQ_DONE: the device ended a round of the virtqueue behind push rule `id`. */
+export function virtqDoneRecord(o: {
+  id: number;
+  flags: number;
+  vector: number;
+  oldUsed: number;
+  newUsed: number;
+  kick: number;
+}): Buffer {
+  const { buf } = record(W.VIRTQ_DONE, VIRTQ_DONE_SIZE - HDR);
+  buf.writeUInt32LE(o.id, 8);
+  buf.writeUInt32LE(o.flags, 12);
+  buf.writeUInt32LE(o.vector, 16);
+  buf.writeUInt16LE(o.oldUsed & 0xffff, 20);
+  buf.writeUInt16LE(o.newUsed & 0xffff, 22);
+  buf.writeUInt16LE(o.kick & 0xffff, 24);
   return buf;
 }
 

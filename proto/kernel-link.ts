@@ -16,6 +16,8 @@ import {
   PUSH_F_INDIRECT,
   pushRuleRecord,
   shadowRecord,
+  VQ_F,
+  virtqDoneRecord,
   writesAppliedRecord,
 } from './kernel-abi.js';
 import { ErrorCode, long, MAX_DMA_CHUNK, type Msg, ProtocolError, type pcinet, u64 } from './wire.js';
@@ -150,6 +152,22 @@ export class RecordTranslator {
       }
     } else if (m.interrupt) {
       write(interruptRecord(m.interrupt.vector ?? 0), false);
+    } else if (m.virtqDone) {
+      const v = m.virtqDone;
+      write(
+        virtqDoneRecord({
+          id: v.rule ?? 0,
+          flags:
+            (v.interrupt ? VQ_F.INTERRUPT : 0) |
+            (v.eventIdx ? VQ_F.EVENT_IDX : 0) |
+            (v.recheck ? VQ_F.RECHECK : 0),
+          vector: v.vector ?? 0,
+          oldUsed: v.oldUsed ?? 0,
+          newUsed: v.newUsed ?? 0,
+          kick: v.kick ?? 0,
+        }),
+        false,
+      );
     } else if (m.pushRule) {
       const p = this.#o.checkPushRule ? this.#o.checkPushRule(m.pushRule) : m.pushRule;
       write(

@@ -23,7 +23,10 @@ export const MAX_DMA_CHUNK = 256 << 10;
 
 /** Capabilities this implementation sets in Hello. */
 export const OUR_CAPABILITIES =
-  Capability.CAP_WRITES_APPLIED | Capability.CAP_STATS | Capability.CAP_PUSH_RULES;
+  Capability.CAP_WRITES_APPLIED |
+  Capability.CAP_STATS |
+  Capability.CAP_PUSH_RULES |
+  Capability.CAP_VIRTQ_ROUNDS;
 
 /** The peer broke the protocol (or refused us): the session closes with `code`. */
 export class ProtocolError extends Error {

@@ -3,21 +3,26 @@
 // current from takeDirty(), volatile reads sent to the device) so tests drive a device through its
 // registers exactly as a driver would.
 import { type DeviceModel, DmaError, type HostPort } from '../host-port.js';
-import type { PushRule } from '../push.js';
-import { leBytes, rd32, rd64 } from './le.js';
+import type { PushRule, VirtqRound } from '../push.js';
+import { needEvent } from '../virtio/virtqueue.js';
+import { leBytes, rd16, rd32, rd64 } from './le.js';
 
 export interface FakeHostOptions {
   /** Bytes of host memory; default 1 MiB. */
   memory?: number;
   /** IOVA of its first byte; default 0x1000_0000. Everything else faults. */
   base?: bigint;
+  /** The host ends virtqueue rounds (HostPort.virtqRound); default true. */
+  rounds?: boolean;
 }
 
 export type HostEvent =
   | { kind: 'dma-read'; iova: bigint; len: number }
   | { kind: 'dma-write'; iova: bigint; len: number }
   | { kind: 'dma-fault'; dir: 'read' | 'write'; iova: bigint; len: number }
-  | { kind: 'msix'; vector: number };
+  | { kind: 'msix'; vector: number }
+  | { kind: 'round'; round: VirtqRound }
+  | { kind: 'kick'; rule: number };
 
 export class FakeHost implements HostPort {
   readonly memory: Uint8Array;
@@ -27,9 +32,53 @@ export class FakeHost implements HostPort {
   /** How often the device said it changed BAR contents on its own. */
   changes = 0;
 
+  /** Set by FakeBus: a doorbell write the host makes for the driver (a round's recheck). */
+  onKick: ((bar: number, offset: number, data: Uint8Array) => void) | undefined;
+  /** Per virtq rule: avail idx at the driver's last notify (what a push would have taken). */
+  readonly #notifiedIdx = new Map<number, number>();
+  virtqRound?: (round: VirtqRound) => void;
+
   constructor(o: FakeHostOptions = {}) {
     this.memory = new Uint8Array(new ArrayBuffer(o.memory ?? 1 << 20));
     this.base = o.base ?? 0x1000_0000n;
+    if (o.rounds !== false) this.virtqRound = (r) => this.#round(r);
+  }
+
+  #rd16(iova: bigint): number | undefined {
+    const off = this.#at(iova, 2);
+    return off === undefined ? undefined : rd16(this.memory, off);
+  }
+
+  /** FakeBus saw a write at (bar, offset): a virtq rule's notify takes the ring as it is now. */
+  notified(bar: number, offset: number): void {
+    for (const [id, r] of this.pushRules) {
+      if (r.kind !== 'virtq' || r.bar !== bar || r.notify !== offset) continue;
+      const idx = this.#rd16(r.avail + 2n);
+      if (idx !== undefined) this.#notifiedIdx.set(id, idx);
+    }
+  }
+
+  /** What pcinet.ko does with W_VIRTQ_DONE (docs/PUSH.md "Virtqueue rounds"). */
+  #round(round: VirtqRound): void {
+    this.events.push({ kind: 'round', round });
+    const r = this.pushRules.get(round.rule);
+    const q = r?.kind === 'virtq' ? r : undefined;
+    if (round.vector !== undefined && round.oldUsed !== round.newUsed) {
+      const w = q && this.#rd16(round.eventIdx ? q.avail + BigInt(4 + 2 * q.size) : q.avail);
+      const want =
+        w === undefined || (round.eventIdx ? needEvent(w, round.newUsed, round.oldUsed) : (w & 1) === 0);
+      if (want) this.raiseMsix(round.vector);
+    }
+    if (round.kick === undefined || !q) return;
+    const idx = this.#rd16(q.avail + 2n);
+    const last = this.#notifiedIdx.get(round.rule) ?? 0;
+    const n = idx === undefined ? 0 : (idx - last) & 0xffff;
+    if (n === 0 || n > q.size) return;
+    this.#notifiedIdx.set(round.rule, idx!);
+    this.events.push({ kind: 'kick', rule: round.rule });
+    const kick = leBytes(round.kick, 2);
+    // Later, like a record the host queues: not inside the device's own call.
+    setImmediate(() => this.onKick?.(q.bar, q.notify, kick));
   }
 
   /** Offset into memory of [iova, +len), or undefined when any of it is outside. */
@@ -118,6 +167,7 @@ export class FakeBus {
       this.shadows.set(b.index, shadow);
       this.#volatile.set(b.index, [...b.volatile]);
     }
+    host.onKick = (bar, offset, data) => this.write(bar, offset, data);
     device.attach(this.host);
   }
 
@@ -127,6 +177,7 @@ export class FakeBus {
   }
 
   write(bar: number, offset: number, data: Uint8Array): void {
+    this.host.notified(bar, offset);
     this.device.mmioWrite(bar, offset, data);
     this.sync();
   }

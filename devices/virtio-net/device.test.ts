@@ -1,7 +1,7 @@
 // virtio-net driven the way Linux's virtio_pci_modern + virtio_net drive it: capabilities, feature
 // negotiation, queue setup in host memory (FakeHost), RX buffers, TX chains, the used ring, event
 // index suppression, link changes, reset.
-import { describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { walkCaps } from '../pci/config.js';
 import { FakeBus, FakeHost } from '../pci/fake-host.js';
 import { leBytes, rd16, rd32, wr16, wr32, wr64 } from '../pci/le.js';
@@ -23,11 +23,22 @@ import {
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../virtio/virtqueue.js';
 import {
   NET_CFG,
+  NET_HDR_F_DATA_VALID,
+  NET_HDR_F_NEEDS_CSUM,
+  NET_HDR_GSO_ECN,
+  NET_HDR_GSO_TCPV4,
+  NET_HDR_GSO_TCPV6,
   NET_HDR_SIZE,
   type NetBackend,
   RX_BACKLOG,
   RX_QUEUE,
+  type RxOffloads,
   TX_QUEUE,
+  VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_TSO4,
+  VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
   VIRTIO_NET_F_MRG_RXBUF,
   VIRTIO_NET_S_LINK_UP,
   VirtioNet,
@@ -37,6 +48,12 @@ const MAC = Uint8Array.of(0x52, 0x54, 0x00, 0x12, 0x34, 0x56);
 
 class Wire implements NetBackend {
   sent: Uint8Array[] = [];
+  /** Offloads set by the device, in order. */
+  offloads: RxOffloads[] = [];
+  constructor(readonly netHeader = false) {}
+  setOffloads(o: RxOffloads): void {
+    this.offloads.push(o);
+  }
   onReceive: ((frame: Uint8Array) => void) | undefined;
   onLink: ((up: boolean) => void) | undefined;
   send(frame: Uint8Array): void {
@@ -47,10 +64,12 @@ class Wire implements NetBackend {
 
 /** Guest memory layout: per queue 16 descriptors, rings, and buffers. */
 const QSIZE = 16;
+/** Whether the FakeHost ends virtqueue rounds: every test runs both ways. */
+let hostRounds = true;
 
 class Driver {
-  readonly host = new FakeHost({ memory: 1 << 20 });
-  readonly wire = new Wire();
+  readonly host: FakeHost;
+  readonly wire: Wire;
   readonly dev: VirtioNet;
   readonly bus: FakeBus;
   readonly q: {
@@ -62,8 +81,10 @@ class Driver {
     usedSeen: number;
   }[] = [];
 
-  constructor(o: { features?: bigint } = {}) {
-    this.dev = new VirtioNet({ mac: MAC, backend: this.wire });
+  constructor(o: { features?: bigint; netHeader?: boolean; offloads?: boolean } = {}) {
+    this.host = new FakeHost({ memory: 1 << 20, rounds: hostRounds });
+    this.wire = new Wire(o.netHeader);
+    this.dev = new VirtioNet({ mac: MAC, backend: this.wire, offloads: o.offloads });
     this.bus = new FakeBus(this.dev, this.host);
     this.status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
     const offered = this.deviceFeatures();
@@ -133,6 +154,17 @@ class Driver {
     wr16(m, at + 14, next);
   }
 
+  /** Makes heads available without a notify (as a driver that read an old avail_event). */
+  offerQuietly(q: number, ...heads: number[]): void {
+    const s = this.q[q]!;
+    const m = this.host.memory;
+    for (const head of heads) {
+      wr16(m, this.mem(s.avail) + 4 + 2 * (s.availIdx % QSIZE), head);
+      s.availIdx = (s.availIdx + 1) & 0xffff;
+    }
+    wr16(m, this.mem(s.avail) + 2, s.availIdx);
+  }
+
   /** Makes head `head` available and notifies. */
   offer(q: number, ...heads: number[]): void {
     const s = this.q[q]!;
@@ -176,10 +208,10 @@ class Driver {
   }
 
   /** Queues a frame for TX in descriptor `i` (header and data in one buffer). */
-  transmit(i: number, frame: Uint8Array): void {
+  transmit(i: number, frame: Uint8Array, hdr: Uint8Array = new Uint8Array(NET_HDR_SIZE)): void {
     const s = this.q[TX_QUEUE]!;
     const addr = s.buf + BigInt(i * 0x1000);
-    this.host.memory.set(new Uint8Array(NET_HDR_SIZE), this.mem(addr));
+    this.host.memory.set(hdr, this.mem(addr));
     this.host.memory.set(frame, this.mem(addr) + NET_HDR_SIZE);
     this.desc(TX_QUEUE, i, addr, NET_HDR_SIZE + frame.length, 0);
     this.offer(TX_QUEUE, i);
@@ -187,8 +219,31 @@ class Driver {
 }
 
 const frame = (n: number, seed = 1) => Uint8Array.from({ length: n }, (_, i) => (i * 7 + seed) & 0xff);
+const bit = (b: number) => 1n << BigInt(b);
 
-describe('virtio-net', () => {
+/** A virtio net header: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset. */
+function netHdr(flags: number, gso: number, gsoSize = 0): Uint8Array {
+  const h = new Uint8Array(NET_HDR_SIZE);
+  h[0] = flags;
+  h[1] = gso;
+  wr16(h, 2, 54);
+  wr16(h, 4, gsoSize);
+  wr16(h, 6, 34);
+  wr16(h, 8, 16);
+  return h;
+}
+const withHdr = (h: Uint8Array, f: Uint8Array) => {
+  const out = new Uint8Array(h.length + f.length);
+  out.set(h);
+  out.set(f, h.length);
+  return out;
+};
+
+describe.each([true, false])('virtio-net, host ends rounds: %s', (rounds) => {
+  beforeAll(() => {
+    hostRounds = rounds;
+  });
+
   it('is found through its capabilities: IDs, class, virtio vendor caps', () => {
     const d = new Driver();
     const cfg = d.dev.config.image;
@@ -343,6 +398,43 @@ describe('virtio-net', () => {
     expect(rd16(d.bus.read(0, CC.Q_MSIX, 2), 0)).toBe(NO_VECTOR);
   });
 
+  it('TX: one ring read per notify when the host ends rounds, which decides the interrupt', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    d.transmit(0, frame(60));
+    await d.bus.settle();
+    const avail = d.q[TX_QUEUE]!.avail;
+    const ringReads = d.host.events.filter((e) => e.kind === 'dma-read' && e.iova === avail).length;
+    const rounds = d.host.events.flatMap((e) => (e.kind === 'round' ? [e.round] : []));
+    if (rounds.length > 0) expect(hostRounds).toBe(true);
+    if (hostRounds) {
+      expect(ringReads).toBe(1);
+      expect(rounds).toEqual([
+        { rule: TX_QUEUE, vector: TX_QUEUE + 1, oldUsed: 0, newUsed: 1, eventIdx: true, kick: TX_QUEUE },
+      ]);
+    } else {
+      expect(ringReads).toBe(2); // the re-read after the completion
+    }
+    expect(d.wire.sent).toEqual([frame(60)]);
+    expect(d.host.interrupts).toContain(TX_QUEUE + 1);
+  });
+
+  it('a buffer made available without a notify while the device was busy is still sent', async () => {
+    const d = new Driver();
+    d.setupQueues();
+    // The device reads the ring when notified; the second frame comes right after that read,
+    // without a notify of its own (the driver saw avail_event before the device moved it).
+    d.transmit(0, frame(60, 1));
+    const s = d.q[TX_QUEUE]!;
+    d.host.memory.set(new Uint8Array(NET_HDR_SIZE), d.mem(s.buf + 0x1000n));
+    d.host.memory.set(frame(70, 2), d.mem(s.buf + 0x1000n) + NET_HDR_SIZE);
+    d.desc(TX_QUEUE, 1, s.buf + 0x1000n, NET_HDR_SIZE + 70, 0);
+    d.offerQuietly(TX_QUEUE, 1);
+    for (let i = 0; i < 5 && d.wire.sent.length < 2; i++) await d.bus.settle();
+    expect(d.wire.sent).toEqual([frame(60, 1), frame(70, 2)]);
+    if (hostRounds) expect(d.host.events.filter((e) => e.kind === 'kick')).toHaveLength(1);
+  });
+
   it('suppresses interrupts with the event index', async () => {
     const d = new Driver();
     d.setupQueues();
@@ -412,5 +504,109 @@ describe('virtio-net', () => {
     ]) {
       expect(d.host.traced(e), e).toBe(1);
     }
+  });
+
+  describe('offloads', () => {
+    const OFFLOADS = [0, 1, 7, 8, 9, 11, 12, 13].reduce((f, b) => f | bit(b), 0n);
+
+    it('are offered only with a backend that takes net headers, and not when turned off', () => {
+      expect(new Driver().deviceFeatures() & OFFLOADS).toBe(0n);
+      expect(new Driver({ netHeader: true }).deviceFeatures() & OFFLOADS).toBe(OFFLOADS);
+      expect(new Driver({ netHeader: true, offloads: false }).deviceFeatures() & OFFLOADS).toBe(0n);
+    });
+
+    it('tell the backend what the driver takes when it is ready, and nothing after a reset', () => {
+      const d = new Driver({ netHeader: true });
+      d.setupQueues();
+      expect(d.wire.offloads.at(-1)).toEqual({ csum: true, tso4: true, tso6: true, ecn: true });
+      d.status(0);
+      expect(d.wire.offloads.at(-1)).toEqual({ csum: false, tso4: false, tso6: false, ecn: false });
+      const plain = new Driver();
+      plain.setupQueues();
+      expect(plain.wire.offloads).toEqual([]);
+    });
+
+    it('TX: a TSO segment goes to the backend with its header, unchanged', async () => {
+      const d = new Driver({ netHeader: true });
+      d.setupQueues();
+      const hdr = netHdr(NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_TCPV4, 1448);
+      d.transmit(0, frame(3000, 2), hdr);
+      d.transmit(1, frame(60, 3));
+      await d.bus.settle();
+      expect(d.wire.sent).toEqual([
+        withHdr(hdr, frame(3000, 2)),
+        withHdr(new Uint8Array(NET_HDR_SIZE), frame(60, 3)),
+      ]);
+      expect(d.dev.counters()).toMatchObject({ txFrames: 2, txBytes: 3060, txDropOffload: 0 });
+    });
+
+    it('TX: a header asking for what was not negotiated is traced and dropped, the buffer returned', async () => {
+      const only = (...b: number[]) =>
+        b.reduce((f, x) => f | bit(x), bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF));
+      const d = new Driver({ netHeader: true, features: only(VIRTIO_NET_F_CSUM, VIRTIO_NET_F_HOST_TSO4) });
+      d.setupQueues();
+      d.transmit(0, frame(100), netHdr(NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_TCPV6, 1428)); // TSO6 not taken
+      d.transmit(1, frame(100), netHdr(NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_TCPV4 | NET_HDR_GSO_ECN, 1448));
+      d.transmit(2, frame(100), netHdr(0, 3, 1400)); // UDP fragmentation: never offered
+      d.transmit(3, frame(100), netHdr(NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_TCPV4, 1448));
+      await d.bus.settle();
+      expect(d.wire.sent).toHaveLength(1);
+      expect(d.used(TX_QUEUE).map((u) => u.id)).toEqual([0, 1, 2, 3]);
+      expect(d.host.traced('virtio-net.tx.offload-not-negotiated')).toBe(3);
+      expect(d.dev.counters()).toMatchObject({ txFrames: 1, txDropOffload: 3 });
+      // Without a header backend every offload is unnegotiated.
+      const plain = new Driver();
+      plain.setupQueues();
+      plain.transmit(0, frame(100), netHdr(NET_HDR_F_NEEDS_CSUM, 0));
+      await plain.bus.settle();
+      expect(plain.wire.sent).toEqual([]);
+      expect(plain.dev.counters()).toMatchObject({ txDropOffload: 1 });
+    });
+
+    it('RX: a 60 KiB TSO segment spreads over mergeable buffers, its header kept, num_buffers set', async () => {
+      const d = new Driver({ netHeader: true });
+      d.setupQueues();
+      d.postRx(QSIZE, 4096);
+      const hdr = netHdr(NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_TCPV6, 1428);
+      const f = frame(60000, 6);
+      d.wire.onReceive!(withHdr(hdr, f));
+      await d.bus.settle();
+      const used = d.used(RX_QUEUE);
+      expect(used).toHaveLength(15);
+      const got = new Uint8Array(15 * 4096);
+      for (const [i, u] of used.entries()) got.set(d.rxBuffer(u.id, u.len), i * 4096);
+      const want = withHdr(hdr, f);
+      wr16(want, 10, 15);
+      expect(got.subarray(0, NET_HDR_SIZE + 60000)).toEqual(want);
+      expect(d.dev.counters()).toMatchObject({ rxFrames: 1, rxBytes: 60000 });
+    });
+
+    it('RX: frames needing an offload the driver did not take are dropped; DATA_VALID cleared without GUEST_CSUM', async () => {
+      const base = bit(VIRTIO_F_VERSION_1) | bit(VIRTIO_NET_F_MRG_RXBUF);
+      const d = new Driver({
+        netHeader: true,
+        features: base | bit(VIRTIO_NET_F_GUEST_CSUM) | bit(VIRTIO_NET_F_GUEST_TSO4),
+      });
+      d.setupQueues();
+      d.postRx(4, 2048);
+      d.wire.onReceive!(withHdr(netHdr(NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_TCPV6, 1428), frame(1500)));
+      d.wire.onReceive!(
+        withHdr(netHdr(NET_HDR_F_NEEDS_CSUM, NET_HDR_GSO_TCPV4 | NET_HDR_GSO_ECN, 1448), frame(1500)),
+      );
+      d.wire.onReceive!(withHdr(netHdr(NET_HDR_F_DATA_VALID | 4, 0), frame(100)));
+      await d.bus.settle();
+      expect(d.dev.counters()).toMatchObject({ rxFrames: 1, rxDropOffload: 2 });
+      expect(d.rxBuffer(0, 1)[0]).toBe(NET_HDR_F_DATA_VALID); // unknown flag bits not passed on
+      const noCsum = new Driver({ netHeader: true, features: base });
+      noCsum.setupQueues();
+      noCsum.postRx(4, 2048);
+      noCsum.wire.onReceive!(withHdr(netHdr(NET_HDR_F_DATA_VALID, 0), frame(100)));
+      noCsum.wire.onReceive!(withHdr(netHdr(NET_HDR_F_NEEDS_CSUM, 0), frame(100)));
+      await noCsum.bus.settle();
+      expect(noCsum.used(RX_QUEUE)).toEqual([{ id: 0, len: NET_HDR_SIZE + 100 }]);
+      expect(noCsum.rxBuffer(0, 1)[0]).toBe(0);
+      expect(noCsum.dev.counters()).toMatchObject({ rxFrames: 1, rxDropOffload: 1 });
+      expect(noCsum.dev.has(VIRTIO_NET_F_HOST_TSO6)).toBe(false);
+    });
   });
 });

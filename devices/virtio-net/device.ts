@@ -2,6 +2,13 @@
 // MTU and mergeable RX buffers. Frames go to and come from an injected NetBackend (a TAP device on
 // the card, or a test double); the model never touches sockets or files.
 //
+// Offloads (§5.1.6.2, §5.1.6.4): with a backend whose frames carry the virtio net header (a TAP with
+// IFF_VNET_HDR), the device offers checksum offload and TSO both ways, so a TCP stream crosses the
+// card as 64 KiB segments instead of 1.5 KiB frames: one doorbell, one push and one interrupt per
+// segment. Headers pass through unchanged (the card's kernel checks them, as it does a VM's); the
+// device only refuses what the driver did not negotiate, and tells the backend which offloads the
+// driver takes on received frames.
+//
 // RX never drops silently: frames that arrive while the driver has posted no buffers wait in a
 // bounded backlog (RX_BACKLOG frames); past it, and while the link is down or the driver is not
 // ready, they are dropped and counted (rxDropNoBuffer, rxDropLinkDown, rxDropNotReady).
@@ -10,14 +17,39 @@ import { wr16 } from '../pci/le.js';
 import { VirtioPciDevice } from '../virtio/pci.js';
 import type { Chain, SplitQueue } from '../virtio/virtqueue.js';
 
+export const VIRTIO_NET_F_CSUM = 0;
+export const VIRTIO_NET_F_GUEST_CSUM = 1;
 export const VIRTIO_NET_F_MTU = 3;
 export const VIRTIO_NET_F_MAC = 5;
+export const VIRTIO_NET_F_GUEST_TSO4 = 7;
+export const VIRTIO_NET_F_GUEST_TSO6 = 8;
+export const VIRTIO_NET_F_GUEST_ECN = 9;
+export const VIRTIO_NET_F_HOST_TSO4 = 11;
+export const VIRTIO_NET_F_HOST_TSO6 = 12;
+export const VIRTIO_NET_F_HOST_ECN = 13;
 export const VIRTIO_NET_F_MRG_RXBUF = 15;
 export const VIRTIO_NET_F_STATUS = 16;
 export const VIRTIO_NET_S_LINK_UP = 1;
 
 /** struct virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers. */
 export const NET_HDR_SIZE = 12;
+export const NET_HDR_F_NEEDS_CSUM = 1;
+export const NET_HDR_F_DATA_VALID = 2;
+export const NET_HDR_GSO_NONE = 0;
+export const NET_HDR_GSO_TCPV4 = 1;
+export const NET_HDR_GSO_TCPV6 = 4;
+export const NET_HDR_GSO_ECN = 0x80;
+/** Every offload feature, offered when the backend takes headers. */
+const OFFLOAD_FEATURES = [
+  VIRTIO_NET_F_CSUM,
+  VIRTIO_NET_F_GUEST_CSUM,
+  VIRTIO_NET_F_GUEST_TSO4,
+  VIRTIO_NET_F_GUEST_TSO6,
+  VIRTIO_NET_F_GUEST_ECN,
+  VIRTIO_NET_F_HOST_TSO4,
+  VIRTIO_NET_F_HOST_TSO6,
+  VIRTIO_NET_F_HOST_ECN,
+].reduce((f, bit) => f | (1n << BigInt(bit)), 0n);
 export const RX_QUEUE = 0;
 export const TX_QUEUE = 1;
 export const QUEUE_SIZE = 256;
@@ -25,8 +57,22 @@ export const RX_BACKLOG = 256;
 /** Config layout (§5.1.4). */
 export const NET_CFG = { MAC: 0, STATUS: 6, MAX_VQ_PAIRS: 8, MTU: 10 } as const;
 
+/** Offloads the driver takes on received frames (what a TAP's TUNSETOFFLOAD sets). */
+export interface RxOffloads {
+  csum: boolean;
+  tso4: boolean;
+  tso6: boolean;
+  ecn: boolean;
+}
+
 /** What the card does with frames: implemented by endpoint/backends (TAP) and by tests. */
 export interface NetBackend {
+  /** Frames both ways start with a virtio net header (NET_HDR_SIZE bytes, little-endian, the
+   *  num_buffers field ignored) and may be offloaded: partial checksums, TSO segments. */
+  readonly netHeader?: boolean;
+  /** Set by the device when the driver's offloads change (driver ready, reset): the backend must
+   *  not hand over frames that need more. Only called on backends with `netHeader`. */
+  setOffloads?(o: RxOffloads): void;
   /** A frame the driver transmitted. May return a promise to apply backpressure. */
   send(frame: Uint8Array): void | Promise<void>;
   /** Set by the device: frames for the driver. */
@@ -42,6 +88,8 @@ export interface VirtioNetOptions {
   mac: Uint8Array;
   mtu?: number;
   backend: NetBackend;
+  /** Offer checksum and TSO offloads when the backend takes net headers (default true). */
+  offloads?: boolean;
 }
 
 export interface NetCounters {
@@ -53,13 +101,19 @@ export interface NetCounters {
   rxDropLinkDown: number;
   rxDropNotReady: number;
   rxDropTooBig: number;
+  /** Received frames needing an offload the driver did not take (only while offloads change). */
+  rxDropOffload: number;
   txDropLinkDown: number;
+  /** Transmitted frames whose header asks for an offload the driver did not negotiate. */
+  txDropOffload: number;
 }
 
 export class VirtioNet extends VirtioPciDevice<VirtioNet> {
   readonly mac: Uint8Array;
   readonly mtu: number;
   readonly #backend: NetBackend;
+  /** The backend's frames carry net headers (and offloads may be offered). */
+  readonly #headers: boolean;
   readonly counters_: NetCounters = {
     rxFrames: 0,
     rxBytes: 0,
@@ -69,7 +123,9 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
     rxDropLinkDown: 0,
     rxDropNotReady: 0,
     rxDropTooBig: 0,
+    rxDropOffload: 0,
     txDropLinkDown: 0,
+    txDropOffload: 0,
   };
   #backlog: Uint8Array[] = [];
   /** RX chains taken from the ring but not yet filled (mergeable buffers gather several). */
@@ -81,6 +137,7 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
     const mtu = o.mtu ?? 1500;
     if (!Number.isInteger(mtu) || mtu < 68 || mtu > 65535)
       throw new RangeError(`virtio-net: MTU ${mtu} is not 68..65535`);
+    const headers = o.backend.netHeader === true;
     const config: Register<VirtioNet>[] = [
       ...[...o.mac].map((b, i) => ({
         name: `MAC${i}`,
@@ -101,7 +158,8 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
         (1n << BigInt(VIRTIO_NET_F_MTU)) |
         (1n << BigInt(VIRTIO_NET_F_MAC)) |
         (1n << BigInt(VIRTIO_NET_F_MRG_RXBUF)) |
-        (1n << BigInt(VIRTIO_NET_F_STATUS)),
+        (1n << BigInt(VIRTIO_NET_F_STATUS)) |
+        (headers && o.offloads !== false ? OFFLOAD_FEATURES : 0n),
       queueSizes: [QUEUE_SIZE, QUEUE_SIZE],
       config,
       configSize: 12,
@@ -109,6 +167,7 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
     this.mac = o.mac.slice();
     this.mtu = mtu;
     this.#backend = o.backend;
+    this.#headers = headers;
     this.#backend.onReceive = (f) => this.receive(f);
     this.#backend.onLink = (up) => this.setLink(up);
     if (this.#backend.linkUp === false) this.setLink(false);
@@ -134,7 +193,7 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
     this.configChanged();
   }
 
-  /** A frame from the network, for the driver. */
+  /** A frame from the network, for the driver (with a net header in front if the backend has them). */
   receive(frame: Uint8Array): void {
     if (!this.#linkUp) {
       this.counters_.rxDropLinkDown++;
@@ -148,11 +207,60 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
       this.counters_.rxDropNoBuffer++;
       return;
     }
-    this.#backlog.push(frame.slice());
+    let data: Uint8Array;
+    if (this.#headers) {
+      if (frame.length <= NET_HDR_SIZE) {
+        this.trace('virtio-net.rx.short', { bytes: frame.length });
+        return;
+      }
+      data = frame.slice();
+      if (!this.#rxHeader(data)) {
+        this.counters_.rxDropOffload++;
+        return;
+      }
+    } else {
+      data = new Uint8Array(NET_HDR_SIZE + frame.length);
+      data.set(frame, NET_HDR_SIZE);
+    }
+    this.#backlog.push(data);
     this.kick(RX_QUEUE);
   }
 
+  /** Fits a received header to what the driver negotiated; false if the frame needs more. */
+  #rxHeader(h: Uint8Array): boolean {
+    const csum = this.has(VIRTIO_NET_F_GUEST_CSUM);
+    const gso = h[1]!;
+    if (h[0]! & NET_HDR_F_NEEDS_CSUM && !csum) return false;
+    if (gso & NET_HDR_GSO_ECN && !this.has(VIRTIO_NET_F_GUEST_ECN)) return false;
+    const type = gso & ~NET_HDR_GSO_ECN;
+    if (
+      type === NET_HDR_GSO_TCPV4
+        ? !this.has(VIRTIO_NET_F_GUEST_TSO4)
+        : type === NET_HDR_GSO_TCPV6
+          ? !this.has(VIRTIO_NET_F_GUEST_TSO6)
+          : type !== NET_HDR_GSO_NONE
+    )
+      return false;
+    // Without GUEST_CSUM the flags must be zero (§5.1.6.4.1); other bits are not ours to pass on.
+    h[0] = csum ? h[0]! & (NET_HDR_F_NEEDS_CSUM | NET_HDR_F_DATA_VALID) : 0;
+    return true;
+  }
+
+  /** Why a transmitted header asks for more than the driver negotiated, or undefined. */
+  #txRefused(h: Uint8Array): string | undefined {
+    const gso = h[1]!;
+    const type = gso & ~NET_HDR_GSO_ECN;
+    if (h[0]! & NET_HDR_F_NEEDS_CSUM && !this.has(VIRTIO_NET_F_CSUM)) return 'checksum offload';
+    if (type === NET_HDR_GSO_TCPV4 && !this.has(VIRTIO_NET_F_HOST_TSO4)) return 'TSO over IPv4';
+    if (type === NET_HDR_GSO_TCPV6 && !this.has(VIRTIO_NET_F_HOST_TSO6)) return 'TSO over IPv6';
+    if (type !== NET_HDR_GSO_NONE && type !== NET_HDR_GSO_TCPV4 && type !== NET_HDR_GSO_TCPV6)
+      return `GSO type ${type}`;
+    if (gso & NET_HDR_GSO_ECN && !this.has(VIRTIO_NET_F_HOST_ECN)) return 'TSO with ECN';
+    return undefined;
+  }
+
   protected override onDeviceReset(): void {
+    if (this.#headers) this.#backend.setOffloads?.({ csum: false, tso4: false, tso6: false, ecn: false });
     this.#held = [];
     this.counters_.rxDropNotReady += this.#backlog.length;
     this.#backlog = [];
@@ -166,16 +274,18 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
   }
 
   async #transmit(ring: SplitQueue, epoch: number): Promise<void> {
+    const rounds = ring.hostRounds;
     for (;;) {
-      // Ask for a kick at the next buffer before looking (so none is missed), and decide about
-      // the interrupt for what the previous round completed from the same read.
-      ring.publishAvailEvent();
+      // Without host rounds: ask for a notify at the next buffer before looking (so none is
+      // missed), and decide about the interrupt for what the previous round completed from the
+      // same read. With them, the notify's push holds the ring as the driver left it.
+      if (!rounds) ring.publishAvailEvent();
       const n = await ring.refresh(true);
       if (this.stale(epoch)) return;
-      if (ring.interruptDue()) this.interruptQueue(TX_QUEUE);
+      if (!rounds && ring.interruptDue()) this.interruptQueue(TX_QUEUE);
       if (n === 0) break;
       // Every chain's indirect table, then every frame's bytes, in flight at once: two round
-      // trips for the batch, whatever its size.
+      // trips for the batch, whatever its size (none when the notify pushed them).
       const chains = await ring.popAll();
       const frames = await Promise.all(chains.map((c) => ring.read(c)));
       if (this.stale(epoch)) return;
@@ -187,35 +297,54 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
           this.trace('virtio-net.tx.short', { bytes: data.length });
           continue;
         }
-        const frame = data.subarray(NET_HDR_SIZE);
+        const refused = this.#txRefused(data);
+        if (refused) {
+          this.counters_.txDropOffload++;
+          this.trace('virtio-net.tx.offload-not-negotiated', { offload: refused });
+          continue;
+        }
         if (!this.#linkUp) {
           this.counters_.txDropLinkDown++;
           continue;
         }
         this.counters_.txFrames++;
-        this.counters_.txBytes += frame.length;
-        await this.#backend.send(frame);
+        this.counters_.txBytes += data.length - NET_HDR_SIZE;
+        await this.#backend.send(this.#headers ? data : data.subarray(NET_HDR_SIZE));
       }
       if (this.stale(epoch)) return;
+      // The host decides the interrupt and notifies us of buffers that came meanwhile.
+      if (rounds) break;
       // The driver frees sent buffers on this interrupt, and TCP waits for that (small queues):
       // do not make it wait for another ring read.
       if (ring.interruptNow()) this.interruptQueue(TX_QUEUE);
     }
+    if (rounds && !this.stale(epoch)) this.endRound(TX_QUEUE, ring, { interrupt: true, recheck: true });
   }
 
   async #fillRx(ring: SplitQueue, epoch: number): Promise<void> {
     const mergeable = this.has(VIRTIO_NET_F_MRG_RXBUF);
+    const rounds = ring.hostRounds;
     let delivered = 0;
+    let waiting = false;
     while (this.#backlog.length > 0 && !this.stale(epoch)) {
-      const frame = this.#backlog[0]!;
-      const need = NET_HDR_SIZE + frame.length;
+      const data = this.#backlog[0]!;
+      const need = data.length;
       // Gather chains until they hold the frame (one chain without mergeable buffers).
       while (this.#capacity() < need && (mergeable || this.#held.length === 0)) {
         let chain = await ring.pop();
         if (!chain) {
-          // Ask for a kick at the next buffer, then look: it may have come meanwhile.
-          ring.publishAvailEvent();
-          if ((await ring.refresh(true)) === 0) break;
+          // With host rounds every buffer comes with a notify: without one since the last look
+          // there is nothing new (the round's recheck catches buffers that raced with it).
+          // Without: ask for a notify at the next buffer, then look: it may have come meanwhile.
+          if (rounds && !ring.notified) {
+            waiting = true;
+            break;
+          }
+          if (!rounds) ring.publishAvailEvent();
+          if ((await ring.refresh(true)) === 0) {
+            waiting = true;
+            break;
+          }
           chain = await ring.pop();
           if (!chain) break;
         }
@@ -229,46 +358,57 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
           this.#backlog.shift();
           continue;
         }
-        break; // wait for the driver to post buffers (it kicks the RX queue)
+        break; // wait for the driver to post buffers (it notifies the RX queue)
       }
       this.#backlog.shift();
-      this.#deliver(ring, frame, need);
+      this.#deliver(ring, data);
       delivered++;
     }
-    if (delivered > 0 && (ring.interruptNow() || (await ring.shouldInterrupt())))
+    if (this.stale(epoch)) return;
+    if (rounds) {
+      // Every round publishes avail_event, so every round rechecks: a driver that posted buffers
+      // before it saw the new value did not notify.
+      if (delivered > 0 || waiting)
+        this.endRound(RX_QUEUE, ring, { interrupt: delivered > 0, recheck: true });
+    } else if (delivered > 0 && (ring.interruptNow() || (await ring.shouldInterrupt()))) {
       this.interruptQueue(RX_QUEUE);
+    }
   }
 
   #capacity(): number {
     return this.#held.reduce((n, c) => n + c.writable.reduce((m, s) => m + s.len, 0), 0);
   }
 
-  /** Writes header + frame across the held chains (as few as needed) and returns them used. */
-  #deliver(ring: SplitQueue, frame: Uint8Array, need: number): void {
+  /** Writes a frame (its header first) across the held chains (as few as needed) and returns them
+   *  used. */
+  #deliver(ring: SplitQueue, data: Uint8Array): void {
     const used: { chain: Chain; len: number }[] = [];
-    let left = need;
+    let left = data.length;
     while (left > 0) {
       const chain = this.#held.shift()!;
       const cap = chain.writable.reduce((m, s) => m + s.len, 0);
       used.push({ chain, len: Math.min(cap, left) });
       left -= Math.min(cap, left);
     }
-    const hdr = new Uint8Array(NET_HDR_SIZE);
-    wr16(hdr, 10, used.length);
-    const bytes = new Uint8Array(need);
-    bytes.set(hdr);
-    bytes.set(frame, NET_HDR_SIZE);
+    wr16(data, 10, used.length); // num_buffers
     let at = 0;
     for (const u of used) {
-      ring.write(u.chain, bytes.subarray(at, at + u.len));
+      ring.write(u.chain, data.subarray(at, at + u.len));
       at += u.len;
     }
     for (const u of used) ring.push(u.chain.head, u.len);
     this.counters_.rxFrames++;
-    this.counters_.rxBytes += frame.length;
+    this.counters_.rxBytes += data.length - NET_HDR_SIZE;
   }
 
   protected override onDriverOk(): void {
+    if (this.#headers)
+      this.#backend.setOffloads?.({
+        csum: this.has(VIRTIO_NET_F_GUEST_CSUM),
+        tso4: this.has(VIRTIO_NET_F_GUEST_TSO4),
+        tso6: this.has(VIRTIO_NET_F_GUEST_TSO6),
+        ecn: this.has(VIRTIO_NET_F_GUEST_ECN),
+      });
     if (this.#backlog.length > 0) this.kick(RX_QUEUE);
   }
 }

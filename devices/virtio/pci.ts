@@ -216,7 +216,7 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
       size: 2,
       access: 'wo',
       doorbell: true,
-      onWrite: (c: Self) => c.#kick(q),
+      onWrite: (c: Self) => c.#notified(q),
     }));
     const deviceCfg = o.config.map((r) => ({ ...r, at: r.at + DEVICE_CFG }) as Register<Self>);
     super({
@@ -292,6 +292,20 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
     this.#isr |= 1;
     const v = this.#queues[q]!.vector;
     if (v !== NO_VECTOR) this.host.raiseMsix(v);
+  }
+
+  /**
+   * Ends a round of queue q in the host when it does rounds (docs/PUSH.md "Virtqueue rounds"):
+   * with `interrupt`, the host raises the queue's vector if the driver wants it for what the round
+   * completed; with `recheck`, it notifies the queue if buffers came that no notify announced.
+   * False when the host cannot: the caller reads the ring instead.
+   */
+  protected endRound(q: number, ring: SplitQueue, o: { interrupt: boolean; recheck: boolean }): boolean {
+    if (!ring.hostRounds) return false;
+    const v = this.#queues[q]!.vector;
+    if (o.interrupt) this.#isr |= 1;
+    ring.endRound(o.interrupt && v !== NO_VECTOR ? v : undefined, o.recheck);
+    return true;
   }
 
   /** Device config changed: bump the generation, raise the config vector. */
@@ -439,8 +453,10 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
         return;
       }
       q.enabled = true;
+      const index = r.u16(CC.Q_SELECT);
       q.ring = new SplitQueue(
         {
+          index,
           size: q.size,
           desc: q.desc,
           driver: q.avail,
@@ -450,7 +466,6 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
         },
         () => this.host,
       );
-      const index = r.u16(CC.Q_SELECT);
       this.host.setPushRule(index, {
         kind: 'virtq',
         bar: VIRTIO_BAR,
@@ -481,6 +496,13 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
     const v = this.#isr;
     this.#isr = 0;
     return v;
+  }
+
+  /** The driver (or the host, ending a round) notified queue q: its ring has news. */
+  #notified(q: number): void {
+    const ring = this.#queues[q]?.ring;
+    if (ring) ring.notified = true;
+    this.#kick(q);
   }
 
   #kick(q: number): void {

@@ -45,7 +45,7 @@ function memoryPort() {
 
 function queue(port: HostPort) {
   return new SplitQueue(
-    { size: SIZE, desc: DESC, driver: DRIVER, device: DEVICE, eventIdx: true, indirect: true },
+    { index: 0, size: SIZE, desc: DESC, driver: DRIVER, device: DEVICE, eventIdx: true, indirect: true },
     () => port,
   );
 }

@@ -6,6 +6,11 @@
 // applies posted writes before a later read, so that read sees the driver's answer to them), so a
 // busy queue pays no extra round trip for interrupt suppression.
 //
+// When the host ends rounds (HostPort.virtqRound, docs/PUSH.md "Virtqueue rounds"), neither needs a
+// ring read: a round ends with avail_event published and one posted message, and the host decides
+// the interrupt from the driver's used_event and kicks the queue if buffers came that no notify
+// announced. Every buffer then reaches the device with a notify, and the push that goes with it.
+//
 // Driver mistakes (a head or next index out of range, a loop in a chain, an indirect table of a bad
 // size, a readable descriptor after a writable one) are traced, and the queue stops until the device
 // is reset ("needs reset"): the spec allows no better, and nothing is ever guessed.
@@ -32,6 +37,8 @@ export interface Chain {
 }
 
 export interface QueueConfig {
+  /** The queue's index: its push rule's id and the value its notify carries. */
+  index: number;
   size: number;
   desc: bigint;
   driver: bigint;
@@ -65,6 +72,10 @@ export class SplitQueue {
   #availFlags = 0;
   #usedEvent = 0;
   #usedIdxAtRead = 0;
+  /** avail idx at the last ring read. */
+  #seenIdx = 0;
+  /** A notify came since the last ring read (set by the transport): new buffers may be there. */
+  notified = true;
   broken = false;
 
   constructor(c: QueueConfig, port: () => HostPort) {
@@ -84,6 +95,7 @@ export class SplitQueue {
     if (this.#pending.length > 0 && !force) return this.#pending.length;
     const { size, driver, desc } = this.#c;
     const usedIdx = this.#usedIdx;
+    this.notified = false;
     const [ring, table] = await Promise.all([
       this.#port().dmaRead(driver, 6 + 2 * size),
       this.#port().dmaRead(desc, DESC_SIZE * size),
@@ -95,6 +107,7 @@ export class SplitQueue {
     this.#pending = [];
     for (let i = 0; i < n; i++) this.#pending.push(rd16(ring, 4 + 2 * ((this.#lastAvail + i) % size)));
     this.#table = table;
+    this.#seenIdx = idx;
     this.#availFlags = rd16(ring, 0);
     this.#usedEvent = rd16(ring, 4 + 2 * size);
     this.#usedIdxAtRead = usedIdx;
@@ -214,12 +227,40 @@ export class SplitQueue {
     this.#port().dmaWrite(device + 2n, idx);
   }
 
-  /** With event index: tells the driver to kick once avail idx passes what we consumed. */
+  /** With event index: tells the driver to notify once avail idx passes what we last read (all of
+   *  it taken, when the callers publish: nothing pending). */
   publishAvailEvent(): void {
     if (!this.#c.eventIdx) return;
     const v = new Uint8Array(2);
-    wr16(v, 0, this.#lastAvail);
+    wr16(v, 0, this.#seenIdx);
     this.#port().dmaWrite(this.#c.device + BigInt(4 + 8 * this.#c.size), v);
+  }
+
+  /** Whether the host ends rounds (HostPort.virtqRound): then endRound replaces ring re-reads. */
+  get hostRounds(): boolean {
+    return this.#port().virtqRound !== undefined;
+  }
+
+  /**
+   * Ends a round in the host (docs/PUSH.md "Virtqueue rounds"): publishes avail_event, then asks
+   * the host to raise `vector` if the driver wants an interrupt for what was completed since the
+   * last decision (undefined: no decision now), and with `recheck` to notify the queue if the
+   * driver made buffers available that no notify announced. Only when hostRounds.
+   */
+  endRound(vector: number | undefined, recheck: boolean): void {
+    const port = this.#port();
+    if (!port.virtqRound) throw new Error('virtqueue: the host does not end rounds');
+    if (this.broken) return;
+    this.publishAvailEvent();
+    port.virtqRound({
+      rule: this.#c.index,
+      vector,
+      oldUsed: this.#signalledUsed,
+      newUsed: this.#usedIdx,
+      eventIdx: this.#c.eventIdx,
+      kick: recheck ? this.#c.index : undefined,
+    });
+    if (vector !== undefined) this.#signalledUsed = this.#usedIdx;
   }
 
   /**

@@ -5,22 +5,38 @@
 // Node has no ioctl, so TUNSETIFF goes through koffi (FFI into libc); everything else is plain
 // fs.read/fs.write on the descriptor, each call one whole frame (IFF_NO_PI: no packet header).
 //
+// With `netHeader` the TAP is opened with IFF_VNET_HDR: every frame both ways starts with the
+// 12-byte virtio net header (little-endian, TUNSETVNETHDRSZ/TUNSETVNETLE), so virtio-net's checksum
+// and TSO offloads pass straight through to the card's kernel, which checks each header as it does
+// a VM's and segments or checksums whatever leaves the card on an interface that cannot. What the
+// driver takes on received frames is set with TUNSETOFFLOAD (setOffloads); until then the kernel
+// hands over only complete, checksummed frames.
+//
 // The link follows the TAP's administrative state: `ip link set NAME down` on the card takes the
 // NIC's link down for the workstation, `up` brings it back (SIOCGIFFLAGS on a socket of this
 // process's network namespace, every LINK_POLL_MS; sysfs would show the namespace it was mounted
 // in). A TAP this backend creates starts down until the card configures it.
-import { closeSync, constants, openSync, read, write } from 'node:fs';
+import { closeSync, constants, openSync, read, writeSync } from 'node:fs';
 import koffi from 'koffi';
-import type { NetBackend } from '../../devices/virtio-net/device.js';
+import type { NetBackend, RxOffloads } from '../../devices/virtio-net/device.js';
 
 const TUNSETIFF = 0x400454ca;
 const IFF_TAP = 0x0002;
 const IFF_NO_PI = 0x1000;
+const IFF_VNET_HDR = 0x4000;
+const TUNSETOFFLOAD = 0x400454d0;
+const TUNSETVNETHDRSZ = 0x400454d8;
+const TUNSETVNETLE = 0x400454dc;
+const TUN_F_CSUM = 0x1;
+const TUN_F_TSO4 = 0x2;
+const TUN_F_TSO6 = 0x4;
+const TUN_F_TSO_ECN = 0x8;
+/** struct virtio_net_hdr_v1 (with num_buffers), as virtio-net's NET_HDR_SIZE. */
+const VNET_HDR_SIZE = 12;
 const IFNAMSIZ = 16;
-/** Largest frame we read (a TAP with a 64 KiB MTU and an Ethernet header). */
-const MAX_FRAME = 65536 + 14;
-/** Frames written to the TAP but not yet accepted: the TX queue waits beyond this. */
-const MAX_WRITES_IN_FLIGHT = 64;
+/** Largest frame we read: a 64 KiB IP packet (a TSO segment, or a TAP with a 64 KiB MTU), its
+ *  Ethernet and VLAN headers and the net header. */
+const MAX_FRAME = VNET_HDR_SIZE + 18 + 65535;
 const LINK_POLL_MS = 250;
 const IFF_UP = 0x1;
 
@@ -72,11 +88,11 @@ function ifFlags(sock: number | undefined, name: string): number | undefined {
   return ifr.readUInt16LE(IFNAMSIZ);
 }
 
-function tunSetIff(fd: number, name: string): void {
+function tunSetIff(fd: number, name: string, netHeader: boolean): void {
   const { ioctl } = loadLibc();
   const ifr = Buffer.alloc(40);
   ifr.write(name, 0, IFNAMSIZ - 1, 'ascii');
-  ifr.writeUInt16LE(IFF_TAP | IFF_NO_PI, IFNAMSIZ);
+  ifr.writeUInt16LE(IFF_TAP | IFF_NO_PI | (netHeader ? IFF_VNET_HDR : 0), IFNAMSIZ);
   const r = ioctl(fd, TUNSETIFF, 'uint8_t *', ifr);
   if (r < 0) {
     const errno = koffi.errno();
@@ -90,6 +106,34 @@ function tunSetIff(fd: number, name: string): void {
             : `errno ${errno}`;
     throw new Error(`tap ${name}: TUNSETIFF failed: ${why}`);
   }
+  if (!netHeader) return;
+  // The header's size and byte order (little-endian, as virtio 1.x; a big-endian card needs it).
+  for (const [req, what] of [
+    [TUNSETVNETHDRSZ, VNET_HDR_SIZE],
+    [TUNSETVNETLE, 1],
+  ] as const) {
+    const v = Buffer.alloc(4);
+    v.writeInt32LE(what);
+    if (ioctl(fd, req, 'uint8_t *', v) < 0)
+      throw new Error(`tap ${name}: setting up net headers failed: errno ${koffi.errno()}`);
+  }
+  tunSetOffload(fd, name, 0);
+}
+
+function tunSetOffload(fd: number, name: string, flags: number): void {
+  if (loadLibc().ioctl(fd, TUNSETOFFLOAD, 'unsigned long', flags) < 0)
+    throw new Error(`tap ${name}: TUNSETOFFLOAD 0x${flags.toString(16)} failed: errno ${koffi.errno()}`);
+}
+
+/** TUN_F_* for what a driver takes; TSO only with checksums (the kernel refuses it alone). */
+export function tunOffloadFlags(o: RxOffloads): number {
+  if (!o.csum) return 0;
+  return (
+    TUN_F_CSUM |
+    (o.tso4 ? TUN_F_TSO4 : 0) |
+    (o.tso6 ? TUN_F_TSO6 : 0) |
+    (o.ecn && (o.tso4 || o.tso6) ? TUN_F_TSO_ECN : 0)
+  );
 }
 
 export function checkTapName(name: string): string {
@@ -99,22 +143,29 @@ export function checkTapName(name: string): string {
   return name;
 }
 
+export interface TapOptions {
+  /** Frames carry virtio net headers and offloads pass through (IFF_VNET_HDR). */
+  netHeader?: boolean;
+}
+
 export class TapBackend implements NetBackend {
   readonly name: string;
+  readonly netHeader: boolean;
   onReceive: ((frame: Uint8Array) => void) | undefined;
   readonly #fd: number;
   #closed = false;
-  #inFlight = 0;
-  #waiters: (() => void)[] = [];
   /** Write errors (e.g. the interface is down: EIO): counted, the frame is lost like on a wire. */
   writeErrors = 0;
+  /** TUNSETOFFLOAD calls the kernel refused. */
+  offloadErrors = 0;
   onLink: ((up: boolean) => void) | undefined;
   #linkUp = false;
   readonly #linkTimer: NodeJS.Timeout;
   readonly #sock: number | undefined;
 
-  constructor(name: string) {
+  constructor(name: string, o: TapOptions = {}) {
     this.name = checkTapName(name);
+    this.netHeader = o.netHeader === true;
     let fd: number;
     try {
       fd = openSync('/dev/net/tun', constants.O_RDWR | constants.O_NONBLOCK);
@@ -122,7 +173,7 @@ export class TapBackend implements NetBackend {
       throw new Error(`tap ${name}: cannot open /dev/net/tun: ${(e as NodeJS.ErrnoException).code ?? e}`);
     }
     try {
-      tunSetIff(fd, name);
+      tunSetIff(fd, name, this.netHeader);
     } catch (e) {
       closeSync(fd);
       throw e;
@@ -180,16 +231,33 @@ export class TapBackend implements NetBackend {
     next();
   }
 
-  send(frame: Uint8Array): void | Promise<void> {
+  /** What the driver takes on received frames (TUNSETOFFLOAD): the kernel segments and checksums
+   *  the rest before handing it over. */
+  setOffloads(o: RxOffloads): void {
+    if (this.#closed || !this.netHeader) return;
+    try {
+      tunSetOffload(this.#fd, this.name, tunOffloadFlags(o));
+    } catch {
+      // The kernel keeps the previous setting; frames the driver cannot take are dropped and
+      // counted by the device (rxDropOffload).
+      this.offloadErrors++;
+    }
+  }
+
+  /**
+   * Writes one frame. Synchronously: a TAP write never waits (the kernel takes the frame into its
+   * stack or drops it), and frames must reach the wire in the order the driver sent them —
+   * writes spread over the thread pool overtake each other, and TCP through the card saw
+   * reordering and spurious retransmissions.
+   */
+  send(frame: Uint8Array): void {
     if (this.#closed) return;
-    this.#inFlight++;
-    write(this.#fd, frame, 0, frame.length, null, (err) => {
-      this.#inFlight--;
-      if (err) this.writeErrors++;
-      const w = this.#waiters.shift();
-      w?.();
-    });
-    if (this.#inFlight >= MAX_WRITES_IN_FLIGHT) return new Promise((resolve) => this.#waiters.push(resolve));
+    try {
+      writeSync(this.#fd, frame, 0, frame.length);
+    } catch {
+      // EIO while the interface is down, EINVAL for a header the kernel refuses: lost like on a wire.
+      this.writeErrors++;
+    }
   }
 
   close(): void {
@@ -199,6 +267,5 @@ export class TapBackend implements NetBackend {
     if (this.#sock !== undefined) closeSync(this.#sock);
     // A read blocked in the thread pool returns when the descriptor closes or the process ends.
     closeSync(this.#fd);
-    for (const w of this.#waiters.splice(0)) w();
   }
 }

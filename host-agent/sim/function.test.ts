@@ -128,6 +128,44 @@ describe('SimFunction push rules', () => {
     expect(b.fn.pushRules.last(0)).toBe(1);
   });
 
+  it('ends a virtqueue round: the interrupt as used_event says, a kick for buffers no notify announced', async () => {
+    const b = await bus();
+    const ring = b.buffer(16 * 4 + 6 + 2 * 4, 0, 'bidirectional');
+    const avail = ring.iova + 64n;
+    const rule = { dev: 1, id: 0, kind: pcinet.PushKind.PUSH_VIRTQ, bar: 0, offset: long(NOTIFY) };
+    b.fn.deliver(wire({ pushRule: { ...rule, ring: long(ring.iova), avail: long(avail), entries: 4 } }));
+    wr16(ring.bytes, 64 + 2, 1);
+    b.fn.write(0, NOTIFY, new Uint8Array(2)); // the driver's notify: last = 1
+    b.sent.length = 0;
+    const raised = () => b.fn.counters.interrupts + b.fn.counters.interruptsPending;
+    const round = (o: Partial<pcinet.IVirtqDone>) =>
+      b.fn.deliver(wire({ virtqDone: { dev: 1, rule: 0, vector: 1, eventIdx: true, ...o } }));
+    // used_event 3: used idx 1 -> 2 does not pass it, 2 -> 4 does.
+    wr16(ring.bytes, 64 + 4 + 2 * 4, 3);
+    round({ interrupt: true, oldUsed: 1, newUsed: 2 });
+    expect([raised(), b.fn.counters.virtqIrqsSkipped]).toEqual([0, 1]);
+    round({ interrupt: true, oldUsed: 2, newUsed: 4 });
+    expect(raised()).toBe(1);
+    // Without event index: avail.flags NO_INTERRUPT says no.
+    wr16(ring.bytes, 64, 1);
+    round({ interrupt: true, oldUsed: 4, newUsed: 5, eventIdx: false });
+    expect(raised()).toBe(1);
+    // Nothing new in the ring: no kick. Two buffers without a notify: pushed, then the kick.
+    round({ recheck: true, kick: 7 });
+    expect(kinds(b.sent)).toEqual([]);
+    wr16(ring.bytes, 64 + 2, 3);
+    round({ recheck: true, kick: 7 });
+    expect(kinds(b.sent)).toEqual(['push', 'push', 'mmioWrite']);
+    expect([num(b.sent[2].mmioWrite!.offset), [...b.sent[2].mmioWrite!.data!]]).toEqual([NOTIFY, [7, 0]]);
+    expect(b.fn.pushRules.last(0)).toBe(3);
+    expect(b.fn.counters).toMatchObject({ virtqRounds: 5, virtqKicks: 1 });
+    // A rule that is gone (a reset crossed the message): the interrupt is raised.
+    b.fn.deliver(wire({ pushRule: { dev: 1, id: 0, kind: pcinet.PushKind.PUSH_NONE } }));
+    round({ interrupt: true, oldUsed: 5, newUsed: 6, recheck: true });
+    expect(raised()).toBe(2);
+    expect(() => round({ interrupt: true, vector: 99, oldUsed: 0, newUsed: 1 })).toThrow(ProtocolError);
+  });
+
   it('sends PushDrop when a mapping pushed from is unmapped before the device read it', async () => {
     const b = await bus();
     const { sq, data } = nvmeQueue(b);

@@ -37,7 +37,8 @@ import {
   walkCaps,
 } from '../../devices/pci/config.js';
 import { rd16, rd32, rdN, wrN } from '../../devices/pci/le.js';
-import type { PushRule } from '../../devices/push.js';
+import { MAX_PUSH_RULES, type PushRule } from '../../devices/push.js';
+import { needEvent } from '../../devices/virtio/virtqueue.js';
 import {
   type DeviceDescription,
   ErrorCode,
@@ -93,6 +94,10 @@ export interface SimCounters {
   pushSkipped: number;
   /** PushDrop messages sent (a mapping pushed from was unmapped). */
   pushDrops: number;
+  /** VirtqDone messages applied; interrupts they found unwanted; kicks they made. */
+  virtqRounds: number;
+  virtqIrqsSkipped: number;
+  virtqKicks: number;
 }
 
 const inside = (spans: readonly Span[], off: number, len: number) =>
@@ -122,6 +127,9 @@ export class SimFunction implements ChannelDevice {
     pushBytes: 0,
     pushSkipped: 0,
     pushDrops: 0,
+    virtqRounds: 0,
+    virtqIrqsSkipped: 0,
+    virtqKicks: 0,
   };
   /** The driver's interrupt handler; called once per delivered interrupt. */
   onInterrupt: (vector: number) => void = () => {};
@@ -396,6 +404,11 @@ export class SimFunction implements ChannelDevice {
       return;
     }
     if (owned === 'pba') return; // read-only
+    this.#send(bar, offset, data, b);
+  }
+
+  /** A write on its way to the device: the pushes it triggers, then the write itself. */
+  #send(bar: number, offset: number, data: Uint8Array, b: SimBar): void {
     this.counters.mmioWrites++;
     if (!inside(b.doorbell, offset, data.length)) this.#writesSent++;
     this.#push(bar, offset, data);
@@ -587,19 +600,69 @@ export class SimFunction implements ChannelDevice {
     } else if (m.pushRule) {
       this.#setPushRule(m.pushRule);
     } else if (m.interrupt) {
-      const v = m.interrupt.vector ?? 0;
-      if (v >= this.#vectors) {
-        throw new ProtocolError(
-          ErrorCode.BAD_ARGUMENT,
-          `${this.address}: Interrupt ${v}, but the device has ${this.#vectors} vectors`,
-        );
-      }
-      if (this.#blocked(v)) {
-        this.counters.interruptsPending++;
-        this.#pending[v >> 3] |= 1 << (v % 8);
-      } else this.#fire(v);
+      this.#raise(this.#vector(m.interrupt.vector ?? 0, 'Interrupt'));
+    } else if (m.virtqDone) {
+      this.#virtqDone(m.virtqDone);
     } else {
       throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `${this.address}: not a device -> host message`);
+    }
+  }
+
+  #vector(v: number, what: string): number {
+    if (v >= this.#vectors) {
+      throw new ProtocolError(
+        ErrorCode.BAD_ARGUMENT,
+        `${this.address}: ${what} for vector ${v}, but the device has ${this.#vectors} vectors`,
+      );
+    }
+    return v;
+  }
+
+  #raise(v: number): void {
+    if (this.#blocked(v)) {
+      this.counters.interruptsPending++;
+      this.#pending[v >> 3] |= 1 << (v % 8);
+    } else this.#fire(v);
+  }
+
+  /**
+   * VirtqDone (docs/PUSH.md "Virtqueue rounds"), as pcinet.ko's pcinet_virtq_done(): the device's
+   * DmaWrites before it are applied (messages are handled in order), so the driver area read now
+   * is what a ring read issued after them would see. A rule that is gone gets the interrupt.
+   */
+  #virtqDone(v: pcinet.IVirtqDone): void {
+    const id = v.rule ?? 0;
+    if (id >= MAX_PUSH_RULES)
+      throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `${this.address}: VirtqDone for rule ${id}`);
+    const vector = v.interrupt ? this.#vector(v.vector ?? 0, 'VirtqDone') : 0;
+    this.counters.virtqRounds++;
+    const r = this.#rules.get(id);
+    const q = r?.kind === 'virtq' ? r : undefined;
+    const rd = (iova: bigint) => {
+      const b = this.#peek(iova, 2);
+      return b ? rd16(b, 0) : undefined;
+    };
+    const [old, next] = [(v.oldUsed ?? 0) & 0xffff, (v.newUsed ?? 0) & 0xffff];
+    if (v.interrupt && old !== next) {
+      let want = true;
+      const w = q && rd(v.eventIdx ? q.avail + BigInt(4 + 2 * q.size) : q.avail);
+      if (w !== undefined) want = v.eventIdx ? needEvent(w, next, old) : (w & 1) === 0;
+      if (want) this.#raise(vector);
+      else this.counters.virtqIrqsSkipped++;
+    }
+    // Without bus mastering a notify pushes nothing and `last` stays: a kick would only bring the
+    // device back here, round after round.
+    const master = (rd16(this.config, PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+    const idx = v.recheck && q && master ? rd(q.avail + 2n) : undefined;
+    if (q && idx !== undefined) {
+      const n = (idx - (this.#rules.last(id) ?? idx)) & 0xffff;
+      if (n > 0 && n <= q.size && !this.#removed && this.#memoryEnabled()) {
+        this.counters.virtqKicks++;
+        const kick = new Uint8Array(2);
+        kick[0] = (v.kick ?? 0) & 0xff;
+        kick[1] = ((v.kick ?? 0) >> 8) & 0xff;
+        this.#send(q.bar, q.notify, kick, this.#bar(q.bar, q.notify, 2));
+      }
     }
   }
 

@@ -285,8 +285,10 @@ export class PushRules {
     const n = (idx - last) & 0xffff;
     if (!(n <= size)) return; // step 1: the device will find the ring broken
     s.last = idx; // step 4; nothing below changes it
+    // The table only with the driver area: a table pushed alone would outlive the ring it goes
+    // with, and a later ring read from memory would be paired with descriptors older than it.
     const area = this.#take(d, id, r.avail, 6 + 2 * size);
-    const table = this.#take(d, id, r.desc, DESC_SIZE * size);
+    const table = area && this.#take(d, id, r.desc, DESC_SIZE * size);
     // Without data or indirect tables to push, walking chains could push nothing.
     if (!area || !table || (!(r.dataMax > 0) && !r.indirect)) return;
     for (let i = 0; i < n && d.left > 0; i++) {

@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define PCINET_ABI_VERSION	1
+#define PCINET_ABI_VERSION	2
 
 /* Largest data payload of one record (MMIO string moves, DMA). Bigger DMA is split by the agent. */
 #define PCINET_MAX_DATA		65536
@@ -44,6 +44,7 @@ enum {
 	PCINET_W_LINK_UP = 12,		/* a fresh device (in its power-on state) is behind it again */
 	PCINET_W_PUSH_RULE = 13,	/* install, replace or remove a push rule (docs/PUSH.md) */
 	PCINET_W_CONNECT = 14,		/* carry the data plane on a TCP connection of the module's */
+	PCINET_W_VIRTQ_DONE = 15,	/* a virtqueue round ended: interrupt decision, missed kicks */
 };
 
 enum pcinet_bar_kind {
@@ -164,6 +165,34 @@ struct pcinet_w_push_rule {
 	__le32 lba_shift;	/* NVMe: log2 of the LBA size (9..12); 0 for virtq */
 	__le32 flags;		/* PCINET_PUSH_F_* */
 	__le32 reserved;
+};
+
+/*
+ * W_VIRTQ_DONE (ABI 2; docs/PUSH.md, "Virtqueue rounds"): the device ended a round of service of
+ * the virtqueue behind PCINET_PUSH_VIRTQ rule `id`. The records before it (the used elements, used
+ * idx and avail_event it wrote) are applied first; then, after a full barrier, the module does what
+ * the device would otherwise do with one more ring read over the network:
+ * - F_INTERRUPT: raises `vector` if the driver wants an interrupt for used idx having moved from
+ *   old_used to new_used: vring_need_event(used_event, new, old) with F_EVENT_IDX, else unless
+ *   avail.flags has VRING_AVAIL_F_NO_INTERRUPT;
+ * - F_RECHECK: if avail idx moved past what the rule last pushed (the driver made buffers available
+ *   after reading an avail_event older than the device's, so it did not notify), pushes them and
+ *   queues a doorbell write of `kick` (2 bytes) at the rule's doorbell, as if the driver had written it.
+ * A rule that is gone (a reset crossed the record) gets the interrupt raised and nothing else.
+ */
+#define PCINET_VQ_F_INTERRUPT	0x1
+#define PCINET_VQ_F_EVENT_IDX	0x2
+#define PCINET_VQ_F_RECHECK	0x4
+
+struct pcinet_w_virtq_done {
+	struct pcinet_hdr hdr;
+	__le32 id;		/* < PCINET_MAX_PUSH_RULES */
+	__le32 flags;		/* PCINET_VQ_F_* */
+	__le32 vector;		/* with F_INTERRUPT: < msix_vectors */
+	__le16 old_used;
+	__le16 new_used;
+	__le16 kick;		/* with F_RECHECK: the doorbell value (virtio: the queue index) */
+	__le16 reserved[3];
 };
 
 /* ---- kernel -> host-agent (read) ---- */
