@@ -27,9 +27,12 @@ const DIRECT_PORT = 5299;
 /** Per frame the driver sent (up) or received (down), from the endpoint's counters. */
 const PER_FRAME = [
   { counter: 'mmioWrites', label: 'MMIO writes', digits: 2 },
-  { counter: 'dmaReads', label: 'DMA read RTs', digits: 2 },
+  { counter: 'dmaReads', label: 'DMA reads', digits: 2 },
   { counter: 'pushHits', label: 'push hits', digits: 2 },
   { counter: 'pushBytes', label: 'push bytes', digits: 0 },
+  // Interrupts are decided by the host at the end of each round (VirtqDone), or sent by the
+  // device without host rounds.
+  { counter: 'virtqRounds', label: 'rounds', digits: 2 },
   { counter: 'interrupts', label: 'interrupts', digits: 2 },
   { counter: 'linkReplyUs', label: 'endpoint µs', digits: 0 },
 ] as const;
