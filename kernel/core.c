@@ -635,6 +635,7 @@ static void pcinet_link_down_work(struct work_struct *work)
 		vote = eh->error_detected(pdev, pci_channel_io_frozen);
 	fn->link_recoverable = bound && (vote == PCI_ERS_RESULT_NEED_RESET ||
 					 vote == PCI_ERS_RESULT_CAN_RECOVER);
+	fn->link_driver = fn->link_recoverable ? pdev->driver : NULL;
 	device_unlock(&pdev->dev);
 	if (fn->link_recoverable) {
 		pci_info(pdev, "link down: the driver waits for a reset\n");
@@ -646,8 +647,10 @@ static void pcinet_link_down_work(struct work_struct *work)
 
 /*
  * A fresh device is behind the function. A driver waiting for a reset gets slot_reset() and
- * resume(), as after a secondary bus reset; if it fails to recover, it is unbound. Then any
- * function without a driver is offered to the drivers again.
+ * resume(), as after a secondary bus reset; if it fails to recover, it is unbound. Only the driver
+ * that was told of the failure: an admin may have bound another while the link was down (pci-stub,
+ * vfio-pci — often without error handlers), and that one probed the function as it was then, so it
+ * is left alone. Then any function without a driver is offered to the drivers again.
  */
 static void pcinet_link_up_work(struct work_struct *work)
 {
@@ -655,18 +658,23 @@ static void pcinet_link_up_work(struct work_struct *work)
 	struct pci_dev *pdev = fn->pdev;
 	const struct pci_error_handlers *eh;
 	pci_ers_result_t vote = PCI_ERS_RESULT_RECOVERED;
-	bool failed = false;
+	bool failed = false, told;
 
 	device_lock(&pdev->dev);
 	pdev->error_state = pci_channel_io_normal;
-	if (fn->link_recoverable && pdev->driver) {
+	told = fn->link_recoverable && pdev->driver && pdev->driver == fn->link_driver;
+	if (told) {
 		eh = pdev->driver->err_handler;
-		if (eh->slot_reset)
+		if (eh && eh->slot_reset)
 			vote = eh->slot_reset(pdev);
-		if (vote == PCI_ERS_RESULT_RECOVERED && eh->resume)
+		if (vote == PCI_ERS_RESULT_RECOVERED && eh && eh->resume)
 			eh->resume(pdev);
 		failed = vote != PCI_ERS_RESULT_RECOVERED;
+	} else if (fn->link_recoverable && pdev->driver) {
+		pci_info(pdev, "link up: %s was bound while the link was down; leaving it\n",
+			 pdev->driver->name);
 	}
+	fn->link_driver = NULL;
 	device_unlock(&pdev->dev);
 	if (failed) {
 		pci_warn(pdev, "link up: the driver did not recover; binding it again\n");
@@ -675,7 +683,7 @@ static void pcinet_link_up_work(struct work_struct *work)
 	if (!pdev->dev.driver && device_attach(&pdev->dev) < 0)
 		pci_warn(pdev, "link up: binding a driver failed\n");
 	pci_info(pdev, "link up: %s\n", !pdev->dev.driver ? "no driver" :
-		 fn->link_recoverable && !failed ? "recovered" : "driver bound again");
+		 told && !failed ? "recovered" : "driver bound again");
 }
 
 /* W_LINK_DOWN, or the kernel link failed. Under lock. */

@@ -144,6 +144,8 @@ struct pcinet_fn {
 	struct work_struct link_down_work;
 	struct work_struct link_up_work;
 	bool link_recoverable;		/* error_detected() asked for a reset */
+	struct pci_driver *link_driver;	/* ... this driver's: only it gets slot_reset (never
+					 * dereferenced, only compared: it may be gone) */
 
 	/* MMIO (mmio.c) */
 	struct list_head live;	/* on the list of started functions (RCU) */

@@ -139,6 +139,10 @@ export interface LabCard {
   /** Kills the endpoint with SIGKILL and starts it again (same identity, devices, port); resolves
    *  when the new one listens. */
   restartEndpoint(): Promise<void>;
+  /** Kills the endpoint with SIGKILL (the card is gone until startEndpoint). */
+  stopEndpoint(): Promise<void>;
+  /** Starts the endpoint stopped by stopEndpoint again; resolves when it listens. */
+  startEndpoint(): Promise<void>;
 }
 
 export interface LabResult {
@@ -443,17 +447,36 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
         phase('endpoint', `127.0.0.1:${LAB_ENDPOINT_PORT}`);
         const ns = netns;
         let earlierLogs = '';
-        const restartEndpoint = async () => {
+        let stopped = false;
+        const stopEndpoint = async (note = 'endpoint killed') => {
+          if (stopped) return;
           const old = endpoint!;
-          const exited = new Promise((r) => old.proc.once('exit', r));
+          const exited =
+            old.proc.exitCode !== null ? undefined : new Promise((r) => old.proc.once('exit', r));
           old.proc.kill('SIGKILL');
           await exited;
-          earlierLogs += `${old.log()}\n--- endpoint killed and restarted ---\n`;
+          stopped = true;
+          earlierLogs += `${old.log()}\n--- ${note} ---\n`;
+          endpoint = { ...old, log: () => earlierLogs };
+        };
+        const startAgain = async () => {
+          if (!stopped) throw new Error('lab: the endpoint is running');
           const next = await startEndpoint(ns, assets, o, dir, hostFp);
+          stopped = false;
           endpoint = { ...next, log: () => earlierLogs + next.log() };
         };
+        const restartEndpoint = async () => {
+          await stopEndpoint('endpoint killed and restarted');
+          await startAgain();
+        };
         if (o.card)
-          cardCleanup = (await o.card({ wrap: (argv) => ns.wrap(argv), restartEndpoint })) ?? undefined;
+          cardCleanup =
+            (await o.card({
+              wrap: (argv) => ns.wrap(argv),
+              restartEndpoint,
+              stopEndpoint: () => stopEndpoint(),
+              startEndpoint: startAgain,
+            })) ?? undefined;
       }
       const connect = external
         ? guestDialAddress(o.endpoint!, !!o.insecure)

@@ -156,6 +156,54 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
     console.log(`backing file allocated: at most ${most >> 20} MiB, at the end ${final >> 20} MiB`);
   });
 
+  it('another driver bound while the link is down (pci-stub) is left alone at link up: no oops', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const procs: ChildProcess[] = [];
+    const r = await runInLab({
+      assets,
+      devices: [`nvme:file=${join(dir, 'stub.img')},size=16M`],
+      reconnect: true,
+      command: [
+        ...findDisk,
+        // dmesg lines are waited for with the wall clock: TCG on a busy machine is slow.
+        'await_log() { end=$(($(date +%s) + 90)); until dmesg | grep -q "$1"; do [ $(date +%s) -lt $end ] || return 1; sleep 0.2; done; }',
+        askCard('stop'),
+        'await_log "link down: the driver waits for a reset"',
+        'echo $dev > /sys/bus/pci/drivers/nvme/unbind',
+        'modprobe pci-stub',
+        'echo pci-stub > /sys/bus/pci/devices/$dev/driver_override',
+        'echo $dev > /sys/bus/pci/drivers/pci-stub/bind',
+        'echo "while down: $(basename $(readlink /sys/bus/pci/devices/$dev/driver))"',
+        askCard('start'),
+        'await_log "link up: "',
+        'echo "after: $(basename $(readlink /sys/bus/pci/devices/$dev/driver))"',
+        'dmesg | grep -E "pcinet|pci-stub" | grep -E "link (up|down)" || true',
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+      card: async (card) => {
+        procs.push(
+          startCardControl(card, async (word) => {
+            if (word === 'stop') await card.stopEndpoint();
+            else if (word === 'start') await card.startEndpoint();
+            else throw new Error(`unknown command ${word}`);
+          }),
+        );
+        return async () => {
+          for (const p of procs) p.kill('SIGTERM');
+        };
+      },
+    });
+    const out = `${r.stdout}\n${r.stderr}`;
+    // A NULL dereference here used to oops the workstation: slot_reset() of a driver without
+    // error handlers. The lab fails any run whose kernel log shows an oops.
+    expect(r.code, out).toBe(0);
+    expect(r.stdout, out).toMatch(/^while down: pci-stub$/m);
+    expect(r.stdout, out).toMatch(/link up: pci-stub was bound while the link was down; leaving it/);
+    expect(r.stdout, out).toMatch(/^after: pci-stub$/m);
+    expect(r.guestLog).not.toMatch(/BUG: kernel NULL pointer|Oops|general protection fault/);
+  });
+
   for (const p of [paths[0]!, paths[2]!]) {
     it(`endpoint killed and restarted during I/O: the driver resets the controller, the mounted filesystem carries on (${p.name})`, {
       timeout: RUN_TIMEOUT_MS + 60_000,
