@@ -6,6 +6,7 @@
 //   FAILED DISK TEST STATUS               dd or fio failed, or was stopped at its bound (124; it
 //                                         still reports what it did until then)
 //   STATS DISK TEST before|after JSON     the host-agent's "endpoint statistics" log line
+//   TIMING DISK TEST before|after NAME NS COUNT   pcinet.ko's timing sums for the disk's function
 //   NOSTATS DISK TEST before|after        it did not log one within STATS_WAIT_S
 //   CPU DISK TEST TCP TLS MS              utime+stime of the two host-agents during the phase (clock
 //                                         ticks), and the phase's wall time (ms)
@@ -185,10 +186,13 @@ nvme_disk() {
 }
 # utime + stime (clock ticks) of process $1, all its threads.
 cpu() { sed 's/.*) //' /proc/$1/stat | awk '{ print $12 + $13 }'; }
-# stats DISK TEST WHEN: the endpoint's counters from the disk's host-agent.
+# stats DISK TEST WHEN: the endpoint's counters from the disk's host-agent, and pcinet.ko's timing
+# sums for its function (TIMING DISK TEST WHEN NAME NS COUNT).
 disk_stats() {
-  eval "pid=\\$ha_$1 log=\\$log_$1"
+  eval "pid=\\$ha_$1 log=\\$log_$1 pci=\\$pci_$1"
   stats $pid $log "$1 $2 $3"
+  [ -r /sys/bus/pci/devices/$pci/pcinet_timing ] && sed "s|^|TIMING $1 $2 $3 |" /sys/bus/pci/devices/$pci/pcinet_timing
+  return 0
 }
 # measure DISK TEST BOUND COMMAND...: one phase, at most BOUND seconds; both host-agents' CPU time
 # and the wall time around it, and for the pcinet disks the endpoint's counters.
@@ -225,6 +229,7 @@ trap cleanup EXIT
 modprobe nvmet; modprobe nvmet-tcp; modprobe nvme-tcp; modprobe nbd
 
 # ---- pcinet over TLS: the lab's own endpoint and host-agent ----
+pci_tls=$PCINET_LAB_DEVICES
 dev_tls=$(nvme_disk $PCINET_LAB_DEVICES) || { echo "bench/nvme: no NVMe disk at $PCINET_LAB_DEVICES" >&2; exit 1; }
 ha_tls=$(pid_of ${shQuote(` host --connect ${p.tlsConnect}`)}) || { echo "bench/nvme: the lab's host-agent is not running" >&2; exit 1; }
 log_tls=${shQuote(p.tlsLog)}
@@ -243,6 +248,7 @@ if ! wait_for ${ATTACH_WAIT_S} tcp_ready || [ ! -s ${p.tcpReadyFile} ]; then
   exit 1
 fi
 a=$(sed -n 's/.*"address" *: *"\\([^"]*\\)".*/\\1/p' ${p.tcpReadyFile} | head -n 1)
+pci_tcp=$a
 dev_tcp=$(nvme_disk $a) || { echo "bench/nvme: no NVMe disk at $a" >&2; tail -n 20 $TCP_LOG >&2; exit 1; }
 
 # ---- NBD: the card's nbd-server through QEMU user networking, the host-agent's path ----

@@ -168,6 +168,8 @@ interface Parsed {
   stats: Map<string, Counters>;
   /** "disk test" → both host-agents' CPU (clock ticks) and the phase's wall time. */
   cpu: Map<string, PhaseCpu>;
+  /** "disk test before|after" → pcinet.ko's timing sums: name → [ns, count]. */
+  timing: Map<string, Map<string, [number, number]>>;
 }
 
 interface PhaseCpu {
@@ -183,6 +185,7 @@ function parse(stdout: string): Parsed {
     failed: new Map(),
     stats: parseStats(stdout),
     cpu: new Map(),
+    timing: new Map(),
   };
   for (const line of stdout.split('\n')) {
     let m = /^CLK_TCK (\d+)$/.exec(line);
@@ -194,6 +197,12 @@ function parse(stdout: string): Parsed {
       const why =
         m[2] === '124' ? 'stopped at its time bound; the rate is of the I/Os done by then' : `exit ${m[2]}`;
       p.failed.set(m[1]!, why);
+    }
+    m = /^TIMING (\S+ \S+ \S+) (\w+) (\d+) (\d+)$/.exec(line);
+    if (m) {
+      const t = p.timing.get(m[1]!) ?? new Map<string, [number, number]>();
+      t.set(m[2]!, [Number(m[3]), Number(m[4])]);
+      p.timing.set(m[1]!, t);
     }
     m = /^CPU (\S+ \S+) (-?\d+) (-?\d+) (\d+)$/.exec(line);
     if (m) p.cpu.set(m[1]!, { tcp: Number(m[2]), tls: Number(m[3]), ms: Number(m[4]) });
@@ -259,6 +268,62 @@ const PER_IO: readonly { counter: string; label: string; push?: boolean; link?: 
     // Kernel link only: from the request's arrival at the endpoint to its reply leaving it.
     { counter: 'linkReplyUs', label: 'endpoint µs', link: true, digits: 0 },
   ];
+
+/** pcinet.ko's own clock (/sys/bus/pci/devices/…/pcinet_timing), per I/O, for the link runs. */
+const TIMING = [
+  { name: 'mmio', label: 'MMIO handler', per: 'io' },
+  { name: 'queue', label: 'queued→taken', per: 'io' },
+  { name: 'send', label: 'send', per: 'io' },
+  { name: 'rtt', label: 'link RTT', per: 'each' },
+  { name: 'apply', label: 'apply', per: 'io' },
+  { name: 'irq', label: 'MSI-X', per: 'io' },
+] as const;
+
+function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measured>): void {
+  if (p.timing.size === 0) return;
+  console.log('');
+  console.log(
+    "pcinet.ko's timing, µs (its sums around each phase): per I/O — the fault handler serving the I/O's " +
+      'MMIO accesses (the trap itself is not counted), records waiting for the link thread, sending, applying ' +
+      "the endpoint's records, MSI-X raise to handler; link RTT: the mean from a send to the next bytes back " +
+      '(network both ways and the endpoint); endpoint: its mean reply time; network: RTT minus endpoint',
+  );
+  const rows = [['transport', 'test', ...TIMING.map((t) => t.label), 'endpoint', 'network']];
+  for (const d of ['tcp', 'tls'] as const) {
+    for (const t of all) {
+      const key = `${d} ${t.key}`;
+      const ios = results.get(key)?.ios;
+      const before = p.timing.get(`${key} before`);
+      const after = p.timing.get(`${key} after`);
+      const diff = (name: string) => {
+        const a = after?.get(name);
+        const b = before?.get(name);
+        return a && b ? [a[0] - b[0], a[1] - b[1]] : undefined;
+      };
+      const cells = TIMING.map((c) => {
+        const v = diff(c.name);
+        if (!v || !ios) return '?';
+        if (c.per === 'io') return (v[0] / 1000 / ios).toFixed(0);
+        return v[1]! > 0 ? (v[0]! / 1000 / v[1]!).toFixed(0) : '-';
+      });
+      // The endpoint's reply time per link reply, and what is left of the RTT for the network.
+      const rtt = diff('rtt');
+      const replies = delta(p, key, 'linkReplies');
+      const replyUs = delta(p, key, 'linkReplyUs');
+      const endpoint = replies && replyUs !== undefined ? replyUs / replies : undefined;
+      const network =
+        rtt && rtt[1]! > 0 && endpoint !== undefined ? rtt[0]! / 1000 / rtt[1]! - endpoint : undefined;
+      rows.push([
+        COLUMNS[d],
+        t.label,
+        ...cells,
+        endpoint === undefined ? '?' : endpoint.toFixed(0),
+        network === undefined ? '?' : network.toFixed(0),
+      ]);
+    }
+  }
+  console.log(table(rows, 2));
+}
 
 function report(
   args: { mib: number; seconds: number; chart: string; log: boolean; 'no-link': boolean },
@@ -336,6 +401,7 @@ function report(
     }
   }
   console.log(table(prow, 2));
+  timingTable(p, all, results);
   // Two host-agents share the guest's two vCPUs: what the idle ones cost while the others ran.
   const idle = { tcp: 0, tls: 0, ms: 0 };
   for (const t of all) {

@@ -56,6 +56,7 @@ void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
 		kvfree(r);
 		return;
 	}
+	r->queued_ns = ktime_get_ns();
 	spin_lock_irqsave(&fn->qlock, flags);
 	list_add_tail(&r->node, &fn->queue);
 	fn->queued += r->len;
@@ -69,6 +70,7 @@ void pcinet_rec_add_list(struct pcinet_fn *fn, struct list_head *recs)
 	struct pcinet_rec *r, *tmp;
 	unsigned long flags;
 	size_t bytes = 0;
+	u64 now;
 
 	if (READ_ONCE(fn->link_down)) {
 		list_for_each_entry_safe(r, tmp, recs, node) {
@@ -78,8 +80,11 @@ void pcinet_rec_add_list(struct pcinet_fn *fn, struct list_head *recs)
 		}
 		return;
 	}
-	list_for_each_entry(r, recs, node)
+	now = ktime_get_ns();
+	list_for_each_entry(r, recs, node) {
 		bytes += r->len;
+		r->queued_ns = now;
+	}
 	spin_lock_irqsave(&fn->qlock, flags);
 	list_splice_tail_init(recs, &fn->queue);
 	fn->queued += bytes;
@@ -584,6 +589,41 @@ err_domain:
 	return ret;
 }
 
+/* Adds the time since `since` to a timing sum (docs/KERNEL.md, "Timing"). Any context. */
+void pcinet_timing_add(atomic64_t *ns, atomic64_t *n, u64 since)
+{
+	atomic64_add(ktime_get_ns() - since, ns);
+	atomic64_inc(n);
+}
+
+/*
+ * /sys/bus/pci/devices/<address>/pcinet_timing: where the time of the data path goes, as sums in
+ * nanoseconds and how many they add up, one "name ns count" per line (bench/nvme takes the
+ * differences around each phase).
+ */
+static ssize_t pcinet_timing_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct pcinet_counters *c = &pcinet_fn_of(to_pci_dev(dev)->bus)->stats;
+	const struct {
+		const char *name;
+		atomic64_t *ns, *n;
+	} t[] = {
+		{ "mmio", &c->t_mmio_ns, &c->t_mmio_n },
+		{ "queue", &c->t_queue_ns, &c->t_queue_n },
+		{ "send", &c->t_send_ns, &c->t_send_n },
+		{ "rtt", &c->t_rtt_ns, &c->t_rtt_n },
+		{ "apply", &c->t_apply_ns, &c->t_apply_n },
+		{ "irq", &c->t_irq_ns, &c->t_irq_n },
+	};
+	int i, len = 0;
+
+	for (i = 0; i < ARRAY_SIZE(t); i++)
+		len += sysfs_emit_at(buf, len, "%s %lld %lld\n", t[i].name, atomic64_read(t[i].ns),
+				     atomic64_read(t[i].n));
+	return len;
+}
+static DEVICE_ATTR(pcinet_timing, 0444, pcinet_timing_show, NULL);
+
 static void pcinet_add_work(struct work_struct *work)
 {
 	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, add_work);
@@ -591,6 +631,8 @@ static void pcinet_add_work(struct work_struct *work)
 	pci_lock_rescan_remove();
 	pci_bus_add_devices(fn->bus);
 	pci_unlock_rescan_remove();
+	/* Statistics only: the device works without the file. */
+	fn->timing_file = !device_create_file(&fn->pdev->dev, &dev_attr_pcinet_timing);
 }
 
 /* ---- link loss and recovery ---- */
@@ -740,6 +782,9 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		wake_up_interruptible_all(&fn->writeq);
 		wake_up_all(&fn->mmioq);
 		cancel_work_sync(&fn->add_work);
+		if (fn->timing_file)
+			device_remove_file(&fn->pdev->dev, &dev_attr_pcinet_timing);
+		fn->timing_file = false;
 		if (fn->link_wq) {
 			/* Recovery still running finds the function gone and finishes quickly. */
 			flush_workqueue(fn->link_wq);

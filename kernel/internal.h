@@ -48,6 +48,7 @@ enum pcinet_state { PN_NEW, PN_ATTACHED, PN_STARTED, PN_DETACHED };
 struct pcinet_rec {
 	struct list_head node;
 	size_t len;
+	u64 queued_ns;		/* when it went on the read queue (timing) */
 	u8 data[];
 };
 
@@ -105,6 +106,13 @@ struct pcinet_counters {
 	atomic64_t vq_rounds;		/* W_VIRTQ_DONE applied */
 	atomic64_t vq_irqs_skipped;	/* ... whose interrupt the driver did not want */
 	atomic64_t vq_kicks;		/* ... that found buffers no notify announced: kicked */
+	/* Timing (ns, with how many they add up; the pcinet_timing sysfs file): */
+	atomic64_t t_mmio_ns, t_mmio_n;		/* the fault handler serving one BAR access */
+	atomic64_t t_queue_ns, t_queue_n;	/* a record queued -> taken by the link */
+	atomic64_t t_send_ns, t_send_n;		/* a batch taken -> sent (sealed) */
+	atomic64_t t_rtt_ns, t_rtt_n;		/* the last send -> the next bytes back */
+	atomic64_t t_apply_ns, t_apply_n;	/* bytes received -> their records applied */
+	atomic64_t t_irq_ns, t_irq_n;		/* an MSI-X raised -> its handler runs */
 };
 
 struct pcinet_dma;
@@ -144,6 +152,7 @@ struct pcinet_fn {
 	struct work_struct link_down_work;
 	struct work_struct link_up_work;
 	bool link_recoverable;		/* error_detected() asked for a reset */
+	bool timing_file;		/* the pcinet_timing sysfs file exists */
 	struct pci_driver *link_driver;	/* ... this driver's: only it gets slot_reset (never
 					 * dereferenced, only compared: it may be gone) */
 
@@ -166,6 +175,7 @@ struct pcinet_fn {
 	u32 *msix_entries;	/* vectors * 4 dwords: address lo/hi, data, vector control */
 	unsigned long *msix_pending;
 	u16 *ring;		/* raises waiting for delivery, in order */
+	u64 *ring_ns;		/* ... and when each was raised */
 	unsigned int ring_head, ring_count;
 	wait_queue_head_t ring_wait;
 	struct irq_work irq_work;
@@ -218,6 +228,7 @@ void pcinet_mmio_start(struct pcinet_fn *fn);
 void pcinet_mmio_stop(struct pcinet_fn *fn);
 int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_cpl *c);
 void pcinet_mmio_link_down(struct pcinet_fn *fn);
+void pcinet_timing_add(atomic64_t *ns, atomic64_t *n, u64 since);
 void pcinet_mmio_kick(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
 

@@ -54,6 +54,7 @@ struct pcinet_link {
 	u8 *txbuf;
 	u64 tx_seq;
 	u64 rx_seq;
+	u64 sent_ns;		/* the last send, until bytes come back (timing) */
 };
 
 enum { PCINET_SEAL_TO_ENDPOINT = 0, PCINET_SEAL_TO_HOST = 1 };
@@ -134,6 +135,7 @@ static int pcinet_link_tx(void *arg)
 	struct pcinet_fn *fn = l->fn;
 	struct pcinet_rec *recs[PCINET_LINK_BATCH];
 	struct kvec vec[PCINET_LINK_BATCH];
+	u64 taken;
 	int err = 0;
 
 	while (!kthread_should_stop() && !READ_ONCE(l->closing)) {
@@ -161,6 +163,11 @@ static int pcinet_link_tx(void *arg)
 		spin_unlock_irq(&fn->qlock);
 		if (!n)
 			continue;
+		taken = ktime_get_ns();
+		for (i = 0; i < n; i++) {
+			atomic64_add(taken - recs[i]->queued_ns, &fn->stats.t_queue_ns);
+			atomic64_inc(&fn->stats.t_queue_n);
+		}
 		wake_up_interruptible(&fn->writeq);
 		if (l->aead) {
 			u8 *p = l->txbuf + 4;
@@ -185,6 +192,8 @@ static int pcinet_link_tx(void *arg)
 			if (ret <= 0)
 				err = ret ? ret : -EPIPE;
 		}
+		pcinet_timing_add(&fn->stats.t_send_ns, &fn->stats.t_send_n, taken);
+		WRITE_ONCE(l->sent_ns, ktime_get_ns());
 		for (i = 0; i < n; i++)
 			kvfree(recs[i]);
 		if (err)
@@ -260,6 +269,8 @@ static int pcinet_link_open(struct pcinet_link *l, size_t have)
 static int pcinet_link_rx(void *arg)
 {
 	struct pcinet_link *l = arg;
+	struct pcinet_fn *fn = l->fn;
+	u64 received, sent;
 	size_t have = 0;
 	int err = 0;
 
@@ -275,8 +286,13 @@ static int pcinet_link_rx(void *arg)
 			err = ret ? ret : -ECONNRESET;
 			break;
 		}
+		received = ktime_get_ns();
+		sent = xchg(&l->sent_ns, 0);
+		if (sent)
+			pcinet_timing_add(&fn->stats.t_rtt_ns, &fn->stats.t_rtt_n, sent);
 		have += ret;
 		ret = l->aead ? pcinet_link_open(l, have) : pcinet_link_apply(l, l->rxbuf, have);
+		pcinet_timing_add(&fn->stats.t_apply_ns, &fn->stats.t_apply_n, received);
 		if (ret < 0) {
 			err = ret;
 			break;

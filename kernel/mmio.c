@@ -619,8 +619,10 @@ static int pcinet_fault_pre(struct kprobe *p, struct pt_regs *regs)
 {
 	struct pt_regs *fregs = (struct pt_regs *)regs->di;
 	unsigned long addr = regs->si;
+	struct pcinet_fn *fn;
 	bool may_sleep;
 	struct pcinet_map *m;
+	u64 start;
 	int ret;
 
 	if (user_mode(fregs))
@@ -633,6 +635,8 @@ static int pcinet_fault_pre(struct kprobe *p, struct pt_regs *regs)
 		rcu_read_unlock();
 		goto not_ours;
 	}
+	/* Ours: only now the clock (faults elsewhere, NMIs included, pay nothing for it). */
+	start = ktime_get_ns();
 	if (m->calibrate) {
 		WRITE_ONCE(pcinet_kprobe_preempt, preempt_count());
 		ret = pcinet_emulate(fregs, addr, &pcinet_spin_ops, m);
@@ -651,6 +655,9 @@ static int pcinet_fault_pre(struct kprobe *p, struct pt_regs *regs)
 	}
 	if (ret)
 		pcinet_emulation_failed(m, fregs, addr, ret);
+	fn = rcu_dereference_raw(m->fn);
+	if (fn && !m->calibrate)
+		pcinet_timing_add(&fn->stats.t_mmio_ns, &fn->stats.t_mmio_n, start);
 	rcu_read_unlock();
 	regs->ip = (unsigned long)pcinet_fault_handled;
 	return 1;

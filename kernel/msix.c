@@ -107,6 +107,7 @@ static bool pcinet_ring_push(struct pcinet_fn *fn, u32 v)
 	if (fn->ring_count == PCINET_RING_SIZE)
 		return false;
 	fn->ring[(fn->ring_head + fn->ring_count) % PCINET_RING_SIZE] = v;
+	fn->ring_ns[(fn->ring_head + fn->ring_count) % PCINET_RING_SIZE] = ktime_get_ns();
 	fn->ring_count++;
 	return true;
 }
@@ -142,6 +143,7 @@ static void pcinet_irq_work(struct irq_work *work)
 	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, irq_work);
 	unsigned int irq;
 	u32 v, *e;
+	u64 raised;
 
 	/* One CPU at a time, so a handler never finds its interrupt in progress elsewhere. */
 	raw_spin_lock(&fn->deliver_lock);
@@ -152,6 +154,7 @@ static void pcinet_irq_work(struct irq_work *work)
 			break;
 		}
 		v = fn->ring[fn->ring_head];
+		raised = fn->ring_ns[fn->ring_head];
 		fn->ring_head = (fn->ring_head + 1) % PCINET_RING_SIZE;
 		fn->ring_count--;
 		irq = 0;
@@ -172,6 +175,7 @@ static void pcinet_irq_work(struct irq_work *work)
 		}
 		spin_unlock(&fn->msix_lock);
 		if (irq) {
+			pcinet_timing_add(&fn->stats.t_irq_ns, &fn->stats.t_irq_n, raised);
 			generic_handle_irq(irq);
 			atomic64_inc(&fn->stats.interrupts);
 		}
@@ -339,7 +343,8 @@ int pcinet_msix_attach(struct pcinet_fn *fn)
 	fn->msix_entries = kcalloc(n, 16, GFP_KERNEL);
 	fn->msix_pending = bitmap_zalloc(n, GFP_KERNEL);
 	fn->ring = kcalloc(PCINET_RING_SIZE, sizeof(*fn->ring), GFP_KERNEL);
-	if (!fn->msix_entries || !fn->msix_pending || !fn->ring) {
+	fn->ring_ns = kcalloc(PCINET_RING_SIZE, sizeof(*fn->ring_ns), GFP_KERNEL);
+	if (!fn->msix_entries || !fn->msix_pending || !fn->ring || !fn->ring_ns) {
 		pcinet_msix_free(fn);
 		return -ENOMEM;
 	}
@@ -389,8 +394,10 @@ void pcinet_msix_free(struct pcinet_fn *fn)
 	kfree(fn->msix_entries);
 	bitmap_free(fn->msix_pending);
 	kfree(fn->ring);
+	kfree(fn->ring_ns);
 	fn->msix_entries = NULL;
 	fn->msix_pending = NULL;
 	fn->ring = NULL;
+	fn->ring_ns = NULL;
 	fn->msix_cap = 0;
 }
