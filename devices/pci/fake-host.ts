@@ -5,6 +5,7 @@
 import { type DeviceModel, DmaError, type HostPort } from '../host-port.js';
 import type { PushRule, VirtqRound } from '../push.js';
 import { needEvent } from '../virtio/virtqueue.js';
+import { walkCaps } from './config.js';
 import { leBytes, rd16, rd32, rd64 } from './le.js';
 
 export interface FakeHostOptions {
@@ -152,7 +153,48 @@ export async function settle(): Promise<void> {
   for (let i = 0; i < SETTLE_TURNS; i++) await new Promise((resolve) => setImmediate(resolve));
 }
 
-/** The host's side of MMIO for one device, as the runtime and the real host do it. */
+/**
+ * The checks Linux's virtio_pci_modern makes of a virtio device's vendor capabilities before it
+ * binds (vp_modern_probe, vp_modern_map_capability): the common, notify and ISR structures must be
+ * there; every structure must name a BAR the device has and lie inside it with a length past the
+ * part the driver maps; notify needs its multiplier. Throws what Linux would log. Not a virtio
+ * device (vendor 0x1af4): nothing to check.
+ */
+export function checkVirtioCaps(d: DeviceModel): void {
+  const cfg = d.description.config;
+  if (rd16(cfg, 0) !== 0x1af4) return;
+  const bars = new Map(d.description.bars.map((b) => [b.index, b.size]));
+  const found = new Set<number>();
+  for (const c of walkCaps(cfg)) {
+    if (c.id !== 0x09) continue;
+    const type = cfg[c.offset + 3]!;
+    const bar = cfg[c.offset + 4]!;
+    const offset = rd32(cfg, c.offset + 8);
+    const length = rd32(cfg, c.offset + 12);
+    const size = bars.get(bar);
+    // The part of each structure the driver maps at least (the common config's fields, one
+    // notify register, the ISR byte, the device config's first byte).
+    const least = { 1: 0x38, 2: 2, 3: 1, 4: 1 }[type];
+    if (least === undefined) continue;
+    if (size === undefined) throw new Error(`virtio cap type ${type}: BAR ${bar} does not exist`);
+    if (length < least)
+      throw new Error(`virtio cap type ${type}: bad capability len ${length} (>=${least} expected)`);
+    if (offset + length > size)
+      throw new Error(`virtio cap type ${type}: [${offset}, +${length}) past BAR ${bar}`);
+    if (type === 2 && cfg[c.offset + 2]! < 20) throw new Error('virtio notify cap without its multiplier');
+    found.add(type);
+  }
+  for (const [type, what] of [
+    [1, 'common'],
+    [2, 'notify'],
+    [3, 'ISR'],
+  ] as const) {
+    if (!found.has(type)) throw new Error(`virtio: no ${what} capability (virtio_pci_modern would not bind)`);
+  }
+}
+
+/** The host's side of MMIO for one device, as the runtime and the real host do it. Checks a
+ *  virtio device's capabilities the way Linux does first (checkVirtioCaps). */
 export class FakeBus {
   readonly shadows = new Map<number, Uint8Array>();
   readonly #volatile = new Map<number, { offset: number; length: number }[]>();
@@ -161,6 +203,7 @@ export class FakeBus {
     readonly device: DeviceModel,
     readonly host = new FakeHost(),
   ) {
+    checkVirtioCaps(device);
     for (const b of device.description.bars) {
       const shadow = new Uint8Array(b.size);
       shadow.set(b.shadow);

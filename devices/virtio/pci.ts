@@ -236,7 +236,10 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
           vendorCap(cap(CFG_COMMON, COMMON, 0x38), 'virtio-common'),
           vendorCap(cap(CFG_NOTIFY, NOTIFY, nq * NOTIFY_MULTIPLIER, [NOTIFY_MULTIPLIER]), 'virtio-notify'),
           vendorCap(cap(CFG_ISR, ISR, 1), 'virtio-isr'),
-          vendorCap(cap(CFG_DEVICE, DEVICE_CFG, o.configSize), 'virtio-device'),
+          // No device-specific config, no capability: Linux refuses one of length 0.
+          ...(o.configSize > 0
+            ? [vendorCap(cap(CFG_DEVICE, DEVICE_CFG, o.configSize), 'virtio-device')]
+            : []),
         ],
       }),
       bars: [{ index: VIRTIO_BAR, registers: registers<Self>([...common, isr, ...notify, ...deviceCfg]) }],
