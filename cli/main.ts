@@ -38,11 +38,25 @@ export function defaultIdentityDir(): string {
   return process.env.PCINET_HOME ?? `${base}/pcinet`;
 }
 
-/** Flags over the --config file; the file's keys are validated by readConfigFile. */
+/** Flags over the --config file; the file's keys are validated by readConfigFile, and each value
+ *  then goes through its flag's own parser (choices, ranges), so a file cannot say what a flag
+ *  may not. */
 function options<T extends { config?: string }>(cmd: Command): T & { logLevel: LogLevel } {
   const cli = cmd.opts<T & { logLevel: LogLevel }>();
   if (!cli.config) return cli;
-  const merged = mergeOptions(cli, readConfigFile(cli.config), (k) => cmd.getOptionValueSource(k) === 'cli');
+  const file = readConfigFile(cli.config);
+  for (const opt of cmd.options) {
+    const key = opt.attributeName();
+    const value = file[key];
+    // Lists are checked per entry where they are used (device specs, fingerprints).
+    if (value === undefined || Array.isArray(value) || typeof value === 'boolean' || !opt.parseArg) continue;
+    try {
+      file[key] = opt.parseArg(String(value), undefined);
+    } catch (e) {
+      throw new UsageError(`config file ${cli.config}: "${key}": ${(e as Error).message}`);
+    }
+  }
+  const merged = mergeOptions(cli, file, (k) => cmd.getOptionValueSource(k) === 'cli');
   if (!LOG_LEVELS.includes(merged.logLevel)) throw new UsageError(`unknown log level "${merged.logLevel}"`);
   return merged;
 }

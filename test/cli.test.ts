@@ -326,6 +326,10 @@ describe('bad input: one clear line, exit 2', () => {
       ['[]', /must hold a JSON object/],
       ['{"lisen": "x"}', /unknown key "lisen"/],
       ['{"device": "test"}', /"device" must be a string\[\]/],
+      // Each value goes through its flag's parser: what the flag refuses, the file may not say.
+      ['{"keepaliveMs": -5}', /"keepaliveMs": must be a positive integer/],
+      ['{"graceMs": 1.5}', /"graceMs": must be a positive integer/],
+      ['{"logLevel": "loud"}', /"logLevel": Allowed choices are/],
     ] as const) {
       writeFileSync(bad, text);
       const r = await pcinet(['endpoint', '--config', bad]);
@@ -333,6 +337,10 @@ describe('bad input: one clear line, exit 2', () => {
       expect(r.stderr, text).toMatch(msg);
       expect(r.stderr.trimEnd().split('\n')).toHaveLength(1);
     }
+    writeFileSync(bad, '{"channel": "simm"}');
+    const host = await pcinet(['host', '--connect', '127.0.0.1:9', '--config', bad]);
+    expect(host.code).toBe(2);
+    expect(host.stderr).toMatch(/"channel": Allowed choices are sim, kernel/);
     const r = await pcinet(['endpoint', '--config', join(dir, 'missing.json')]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/cannot read config file/);
