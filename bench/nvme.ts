@@ -235,11 +235,6 @@ function measured(t: Test, lines: readonly string[]): Measured | undefined {
   return { value: t.unit === 'IOPS' ? iops : (kibps * 1024) / 1e6, ios: (kib * 1024) / t.bs };
 }
 
-/** One counter's change over the endpoint's devices during a phase. */
-function delta(p: Parsed, key: string, counter: string): number | undefined {
-  return counterDelta(p.stats, key, counter);
-}
-
 function table(rows: string[][], rightFrom = 1): string {
   const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
   return rows
@@ -308,8 +303,8 @@ function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measu
       });
       // The endpoint's reply time per link reply, and what is left of the RTT for the network.
       const rtt = diff('rtt');
-      const replies = delta(p, key, 'linkReplies');
-      const replyUs = delta(p, key, 'linkReplyUs');
+      const replies = counterDelta(p.stats, key, 'linkReplies');
+      const replyUs = counterDelta(p.stats, key, 'linkReplyUs');
       const endpoint = replies && replyUs !== undefined ? replyUs / replies : undefined;
       const network =
         rtt && rtt[1]! > 0 && endpoint !== undefined ? rtt[0]! / 1000 / rtt[1]! - endpoint : undefined;
@@ -394,7 +389,7 @@ function report(
         COLUMNS[d],
         t.label,
         ios === undefined ? '?' : ios.toFixed(0),
-        ...perIo.map((c) => per(delta(p, key, c.counter), c.digits)),
+        ...perIo.map((c) => per(counterDelta(p.stats, key, c.counter), c.digits)),
         per(cpu && (cpu[d] * 1000) / p.clkTck),
         cpu ? percent(cpu[other[d]], cpu.ms, p.clkTck) : '?',
       ]);

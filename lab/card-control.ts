@@ -36,3 +36,26 @@ export function startCardControl(card: LabCard, handle: (word: string) => Promis
   });
   return proc;
 }
+
+/**
+ * A runInLab `card` hook whose control port carries out the endpoint's lifecycle: `restart`,
+ * `stop`, `start` (LabCard's). `setup` runs first; `started` after every (re)start, for what
+ * the card must redo then (a TAP the new endpoint made). Stops the port when the run ends.
+ */
+export function endpointControl(
+  o: { setup?: (card: LabCard) => Promise<void>; started?: (card: LabCard) => Promise<void> } = {},
+) {
+  return async (card: LabCard): Promise<() => Promise<void>> => {
+    await o.setup?.(card);
+    const proc = startCardControl(card, async (word) => {
+      if (word === 'stop') return card.stopEndpoint();
+      if (word === 'restart') await card.restartEndpoint();
+      else if (word === 'start') await card.startEndpoint();
+      else throw new Error(`unknown command ${word}`);
+      await o.started?.(card);
+    });
+    return async () => {
+      proc.kill('SIGTERM');
+    };
+  };
+}

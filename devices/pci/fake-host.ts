@@ -4,7 +4,7 @@
 // registers exactly as a driver would.
 import { type DeviceModel, DmaError, type HostPort } from '../host-port.js';
 import type { PushRule, VirtqRound } from '../push.js';
-import { needEvent } from '../virtio/virtqueue.js';
+import { virtqRound } from '../virtio/virtqueue.js';
 import { walkCaps } from './config.js';
 import { leBytes, rd16, rd32, rd64 } from './le.js';
 
@@ -64,18 +64,17 @@ export class FakeHost implements HostPort {
     this.events.push({ kind: 'round', round });
     const r = this.pushRules.get(round.rule);
     const q = r?.kind === 'virtq' ? r : undefined;
-    if (round.vector !== undefined && round.oldUsed !== round.newUsed) {
-      const w = q && this.#rd16(round.eventIdx ? q.avail + BigInt(4 + 2 * q.size) : q.avail);
-      const want =
-        w === undefined || (round.eventIdx ? needEvent(w, round.newUsed, round.oldUsed) : (w & 1) === 0);
-      if (want) this.raiseMsix(round.vector);
-    }
+    const read16 = (iova: bigint) => this.#rd16(iova);
+    if (
+      round.vector !== undefined &&
+      virtqRound.wantsInterrupt(read16, q, round.eventIdx, round.oldUsed, round.newUsed)
+    )
+      this.raiseMsix(round.vector);
     if (round.kick === undefined || !q) return;
     const idx = this.#rd16(q.avail + 2n);
-    const last = this.#notifiedIdx.get(round.rule) ?? 0;
-    const n = idx === undefined ? 0 : (idx - last) & 0xffff;
-    if (n === 0 || n > q.size) return;
-    this.#notifiedIdx.set(round.rule, idx!);
+    if (idx === undefined || !virtqRound.unannounced(idx, this.#notifiedIdx.get(round.rule) ?? 0, q.size))
+      return;
+    this.#notifiedIdx.set(round.rule, idx);
     this.events.push({ kind: 'kick', rule: round.rule });
     const kick = leBytes(round.kick, 2);
     // Later, like a record the host queues: not inside the device's own call.

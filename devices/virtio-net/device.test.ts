@@ -167,13 +167,7 @@ class Driver {
 
   /** Makes head `head` available and notifies. */
   offer(q: number, ...heads: number[]): void {
-    const s = this.q[q]!;
-    const m = this.host.memory;
-    for (const head of heads) {
-      wr16(m, this.mem(s.avail) + 4 + 2 * (s.availIdx % QSIZE), head);
-      s.availIdx = (s.availIdx + 1) & 0xffff;
-    }
-    wr16(m, this.mem(s.avail) + 2, s.availIdx);
+    this.offerQuietly(q, ...heads);
     this.bus.write(0, NOTIFY + q * NOTIFY_MULTIPLIER, leBytes(q, 2));
   }
 

@@ -298,17 +298,15 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
   }
 
   /**
-   * Ends a round of queue q in the host when it does rounds (docs/PUSH.md "Virtqueue rounds"):
-   * with `interrupt`, the host raises the queue's vector if the driver wants it for what the round
-   * completed; with `recheck`, it notifies the queue if buffers came that no notify announced.
-   * False when the host cannot: the caller reads the ring instead.
+   * Ends a round of queue q in the host (only when `ring.hostRounds`; docs/PUSH.md "Virtqueue
+   * rounds"): with `interrupt`, the host raises the queue's vector if the driver wants it for what
+   * the round completed; with `recheck`, it notifies the queue if buffers came that no notify
+   * announced.
    */
-  protected endRound(q: number, ring: SplitQueue, o: { interrupt: boolean; recheck: boolean }): boolean {
-    if (!ring.hostRounds) return false;
+  protected endRound(q: number, ring: SplitQueue, o: { interrupt: boolean; recheck: boolean }): void {
     const v = this.#queues[q]!.vector;
     if (o.interrupt) this.#isr |= 1;
     ring.endRound(o.interrupt && v !== NO_VECTOR ? v : undefined, o.recheck);
-    return true;
   }
 
   /** Device config changed: bump the generation, raise the config vector. */

@@ -52,6 +52,34 @@ export function needEvent(event: number, next: number, old: number): boolean {
   return ((next - event - 1) & 0xffff) < ((next - old) & 0xffff);
 }
 
+/**
+ * The host's end of a virtqueue round (docs/PUSH.md "Virtqueue rounds"), shared by every host that
+ * does them in TypeScript (the sim channel, the unit tests' FakeHost; pcinet.ko has its own).
+ * `read16` reads the driver's memory (undefined: not readable).
+ */
+export const virtqRound = {
+  /** Does the driver want an interrupt for used idx moving from `old` to `next`? An unreadable
+   *  driver area (or a rule that is gone: `avail` undefined) gets one: one too many is harmless. */
+  wantsInterrupt(
+    read16: (iova: bigint) => number | undefined,
+    q: { avail: bigint; size: number } | undefined,
+    eventIdx: boolean,
+    old: number,
+    next: number,
+  ): boolean {
+    if (old === next) return false;
+    const w = q && read16(eventIdx ? q.avail + BigInt(4 + 2 * q.size) : q.avail);
+    if (w === undefined) return true;
+    return eventIdx ? needEvent(w, next, old) : (w & 1) === 0; // VRING_AVAIL_F_NO_INTERRUPT
+  },
+  /** Did the driver make buffers available past `last` (what the rule pushed) without a notify?
+   *  A jump past the ring size is a broken ring, not buffers: no kick. */
+  unannounced(idx: number, last: number, size: number): boolean {
+    const n = (idx - last) & 0xffff;
+    return n > 0 && n <= size;
+  },
+};
+
 export class QueueBroken extends Error {
   override readonly name = 'QueueBroken';
 }
@@ -72,8 +100,6 @@ export class SplitQueue {
   #availFlags = 0;
   #usedEvent = 0;
   #usedIdxAtRead = 0;
-  /** avail idx at the last ring read. */
-  #seenIdx = 0;
   /** A notify came since the last ring read (set by the transport): new buffers may be there. */
   notified = true;
   broken = false;
@@ -107,7 +133,6 @@ export class SplitQueue {
     this.#pending = [];
     for (let i = 0; i < n; i++) this.#pending.push(rd16(ring, 4 + 2 * ((this.#lastAvail + i) % size)));
     this.#table = table;
-    this.#seenIdx = idx;
     this.#availFlags = rd16(ring, 0);
     this.#usedEvent = rd16(ring, 4 + 2 * size);
     this.#usedIdxAtRead = usedIdx;
@@ -232,7 +257,8 @@ export class SplitQueue {
   publishAvailEvent(): void {
     if (!this.#c.eventIdx) return;
     const v = new Uint8Array(2);
-    wr16(v, 0, this.#seenIdx);
+    // The avail idx of the last ring read: what was taken, and what is pending.
+    wr16(v, 0, (this.#lastAvail + this.#pending.length) & 0xffff);
     this.#port().dmaWrite(this.#c.device + BigInt(4 + 8 * this.#c.size), v);
   }
 

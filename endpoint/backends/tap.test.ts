@@ -11,6 +11,19 @@ import { checkTapName } from './tap.js';
 
 const root = process.getuid?.() === 0 && existsSync('/dev/net/tun');
 
+/** Runs `script(path of the built tap.js)` as an ES module in a new network namespace. */
+function inPrivateNetns(script: (dist: string) => string): Promise<{ code: number; text: string }> {
+  const dist = join(repoRoot(), 'dist/endpoint/backends/tap.js');
+  return new Promise((resolve) => {
+    execFile(
+      'unshare',
+      ['-n', process.execPath, '--input-type=module', '-e', script(dist)],
+      { timeout: 15_000, cwd: repoRoot() },
+      (err, stdout, stderr) => resolve({ code: err ? 1 : 0, text: stdout + stderr }),
+    );
+  });
+}
+
 const script = (dist: string) => `
 import { execFileSync } from 'node:child_process';
 import { TapBackend } from '${dist}';
@@ -38,15 +51,7 @@ it.skipIf(!root)(
   'a frame written to the TAP reaches the kernel and its answer comes back',
   { timeout: 20_000 },
   async () => {
-    const dist = join(repoRoot(), 'dist/endpoint/backends/tap.js');
-    const out = await new Promise<{ code: number; text: string }>((resolve) => {
-      execFile(
-        'unshare',
-        ['-n', process.execPath, '--input-type=module', '-e', script(dist)],
-        { timeout: 15_000, cwd: repoRoot() },
-        (err, stdout, stderr) => resolve({ code: err ? 1 : 0, text: stdout + stderr }),
-      );
-    });
+    const out = await inPrivateNetns(script);
     expect(out.text).toMatch(/^arp-reply from ([0-9a-f]{2}:){5}[0-9a-f]{2}$/m);
     expect(out.code).toBe(0);
   },
@@ -78,15 +83,7 @@ execFileSync('ip', ['link', 'set', 'pcn1', 'up']);
 `;
 
 it.skipIf(!root)('the link follows the TAP’s administrative state', { timeout: 20_000 }, async () => {
-  const dist = join(repoRoot(), 'dist/endpoint/backends/tap.js');
-  const out = await new Promise<{ code: number; text: string }>((resolve) => {
-    execFile(
-      'unshare',
-      ['-n', process.execPath, '--input-type=module', '-e', linkScript(dist)],
-      { timeout: 15_000, cwd: repoRoot() },
-      (err, stdout, stderr) => resolve({ code: err ? 1 : 0, text: stdout + stderr }),
-    );
-  });
+  const out = await inPrivateNetns(linkScript);
   // Created down, brought up by the card, taken down again.
   expect(out.text).toMatch(/^link false,true,false$/m);
   expect(out.code).toBe(0);
@@ -148,15 +145,7 @@ it.skipIf(!root)(
   'with net headers: checksums offloaded both ways once the driver takes them',
   { timeout: 20_000 },
   async () => {
-    const dist = join(repoRoot(), 'dist/endpoint/backends/tap.js');
-    const out = await new Promise<{ code: number; text: string }>((resolve) => {
-      execFile(
-        'unshare',
-        ['-n', process.execPath, '--input-type=module', '-e', headerScript(dist)],
-        { timeout: 15_000, cwd: repoRoot() },
-        (err, stdout, stderr) => resolve({ code: err ? 1 : 0, text: stdout + stderr }),
-      );
-    });
+    const out = await inPrivateNetns(headerScript);
     // Before setOffloads the kernel hands over checksummed frames (flags 0); after it, the UDP
     // checksum is left to the driver: NEEDS_CSUM from the IP header's end, at offset 6.
     expect(out.text).toMatch(/^plain 0 0$/m);

@@ -36,9 +36,9 @@ import {
   PCI_ROM_ADDRESS,
   walkCaps,
 } from '../../devices/pci/config.js';
-import { rd16, rd32, rdN, wrN } from '../../devices/pci/le.js';
+import { leBytes, rd16, rd32, rdN, wrN } from '../../devices/pci/le.js';
 import { MAX_PUSH_RULES, type PushRule } from '../../devices/push.js';
-import { needEvent } from '../../devices/virtio/virtqueue.js';
+import { virtqRound } from '../../devices/virtio/virtqueue.js';
 import {
   type DeviceDescription,
   ErrorCode,
@@ -644,25 +644,22 @@ export class SimFunction implements ChannelDevice {
     };
     const [old, next] = [(v.oldUsed ?? 0) & 0xffff, (v.newUsed ?? 0) & 0xffff];
     if (v.interrupt && old !== next) {
-      let want = true;
-      const w = q && rd(v.eventIdx ? q.avail + BigInt(4 + 2 * q.size) : q.avail);
-      if (w !== undefined) want = v.eventIdx ? needEvent(w, next, old) : (w & 1) === 0;
-      if (want) this.#raise(vector);
+      if (virtqRound.wantsInterrupt(rd, q, v.eventIdx ?? false, old, next)) this.#raise(vector);
       else this.counters.virtqIrqsSkipped++;
     }
     // Without bus mastering a notify pushes nothing and `last` stays: a kick would only bring the
     // device back here, round after round.
     const master = (rd16(this.config, PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
     const idx = v.recheck && q && master ? rd(q.avail + 2n) : undefined;
-    if (q && idx !== undefined) {
-      const n = (idx - (this.#rules.last(id) ?? idx)) & 0xffff;
-      if (n > 0 && n <= q.size && !this.#removed && this.#memoryEnabled()) {
-        this.counters.virtqKicks++;
-        const kick = new Uint8Array(2);
-        kick[0] = (v.kick ?? 0) & 0xff;
-        kick[1] = ((v.kick ?? 0) >> 8) & 0xff;
-        this.#send(q.bar, q.notify, kick, this.#bar(q.bar, q.notify, 2));
-      }
+    if (
+      q &&
+      idx !== undefined &&
+      virtqRound.unannounced(idx, this.#rules.last(id) ?? idx, q.size) &&
+      !this.#removed &&
+      this.#memoryEnabled()
+    ) {
+      this.counters.virtqKicks++;
+      this.#send(q.bar, q.notify, leBytes(v.kick ?? 0, 2), this.#bar(q.bar, q.notify, 2));
     }
   }
 

@@ -1,12 +1,11 @@
 // The NVMe controller in the lab with the real stack: Linux's own nvme driver binds through
 // pcinet.ko, nvme-cli talks to it, ext4 lives on it, fio verifies it, discards reach the card's
 // backing file. The backing file is on this machine (the card), so the test reads it afterwards.
-import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { askCard, startCardControl } from '../../lab/card-control.js';
+import { askCard, endpointControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
 import { runInLab } from '../../lab/run.js';
 
@@ -159,7 +158,6 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
   it('another driver bound while the link is down (pci-stub) is left alone at link up: no oops', {
     timeout: RUN_TIMEOUT_MS + 60_000,
   }, async () => {
-    const procs: ChildProcess[] = [];
     const r = await runInLab({
       assets,
       devices: [`nvme:file=${join(dir, 'stub.img')},size=16M`],
@@ -181,18 +179,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
         'dmesg | grep -E "pcinet|pci-stub" | grep -E "link (up|down)" || true',
       ].join('\n'),
       timeoutMs: RUN_TIMEOUT_MS,
-      card: async (card) => {
-        procs.push(
-          startCardControl(card, async (word) => {
-            if (word === 'stop') await card.stopEndpoint();
-            else if (word === 'start') await card.startEndpoint();
-            else throw new Error(`unknown command ${word}`);
-          }),
-        );
-        return async () => {
-          for (const p of procs) p.kill('SIGTERM');
-        };
-      },
+      card: endpointControl(),
     });
     const out = `${r.stdout}\n${r.stderr}`;
     // A NULL dereference here used to oops the workstation: slot_reset() of a driver without
@@ -208,7 +195,6 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
     it(`endpoint killed and restarted during I/O: the driver resets the controller, the mounted filesystem carries on (${p.name})`, {
       timeout: RUN_TIMEOUT_MS + 60_000,
     }, async () => {
-      const procs: ChildProcess[] = [];
       const r = await runInLab({
         assets,
         insecure: p.insecure,
@@ -233,17 +219,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
           'dmesg | grep -E "pcinet|nvme" | grep -iE "link|reset" || true',
         ].join('\n'),
         timeoutMs: RUN_TIMEOUT_MS,
-        card: async (card) => {
-          procs.push(
-            startCardControl(card, async (word) => {
-              if (word !== 'restart') throw new Error(`unknown command ${word}`);
-              await card.restartEndpoint();
-            }),
-          );
-          return async () => {
-            for (const p of procs) p.kill('SIGTERM');
-          };
-        },
+        card: endpointControl(),
       });
       const out = `${r.stdout}\n${r.stderr}`;
       expect(r.code, out).toBe(0);

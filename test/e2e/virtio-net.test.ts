@@ -5,7 +5,7 @@
 // and up (`ip link set` on the TAP, asked for over the NIC itself).
 import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
-import { askCard, startCardControl } from '../../lab/card-control.js';
+import { askCard, endpointControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
 import { type LabCard, runInLab } from '../../lab/run.js';
 
@@ -116,7 +116,6 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
   it('comes back without a guest reboot when the endpoint is killed and restarted', {
     timeout: RUN_TIMEOUT_MS + 60_000,
   }, async () => {
-    const procs: ChildProcess[] = [];
     const addressTap = async (card: LabCard) => {
       await run(card.wrap(['ip', 'addr', 'add', `${CARD}/24`, 'dev', TAP]));
       await run(card.wrap(['ip', 'link', 'set', TAP, 'up']));
@@ -138,19 +137,7 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
         `ping -c 5 -i 0.2 -W 5 ${CARD} | grep "packets transmitted"`,
       ].join('\n'),
       timeoutMs: RUN_TIMEOUT_MS,
-      card: async (card) => {
-        await addressTap(card);
-        procs.push(
-          startCardControl(card, async (word) => {
-            if (word !== 'restart') throw new Error(`unknown command ${word}`);
-            await card.restartEndpoint();
-            await addressTap(card);
-          }),
-        );
-        return async () => {
-          for (const p of procs) p.kill('SIGTERM'); // timeout(1) passes it on to iperf3
-        };
-      },
+      card: endpointControl({ setup: addressTap, started: addressTap }),
     });
     expect(
       r.code,
