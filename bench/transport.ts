@@ -4,10 +4,11 @@
 //
 //   npm run bench                      # both directions, 256 MiB each
 //   node dist/bench/transport.js --mib 1024 --rounds 3
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import pino from 'pino';
+import { ALLOCATOR_ENV, withAllocatorEnv } from '../cli/allocator.js';
 import { CMD, REG, STATUS, TEST_MAX_DMA, TEST_REG_BAR } from '../devices/test/regs.js';
 import { Relay } from '../host-agent/relay.js';
 import { SimChannel } from '../host-agent/sim/channel.js';
@@ -63,9 +64,7 @@ async function startEndpoint(port: number, devices: number): Promise<ChildProces
       '--log-level',
       'info',
     ],
-    {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    },
+    { stdio: ['ignore', 'ignore', 'pipe'], env: withAllocatorEnv() },
   );
   await new Promise<void>((resolve, reject) => {
     let out = '';
@@ -176,7 +175,16 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e: unknown) => {
-  process.stderr.write(`bench/transport: ${e instanceof Error ? e.message : String(e)}\n`);
-  process.exit(1);
-});
+// This process is the host-agent's side: run it with the allocator settings `pcinet host` has
+// (bin/pcinet), starting again under them if whoever started it did not set them.
+if (Object.keys(ALLOCATOR_ENV).some((k) => process.env[k] === undefined)) {
+  const r = spawnSync(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: withAllocatorEnv(),
+  });
+  process.exit(r.status ?? 1);
+} else
+  main().catch((e: unknown) => {
+    process.stderr.write(`bench/transport: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.exit(1);
+  });

@@ -1,6 +1,8 @@
 // The pcinet command lines the lab runs: the endpoint (on this machine, in the lab's network
 // namespace), the host-agent (in the guest) and `pcinet id`. The CLI is the lead's (cli/main.ts);
 // if its flags change, this file is the only one to adjust.
+
+import { withAllocatorArgv } from '../cli/allocator.js';
 import { run } from './proc.js';
 
 /** The port the lab's own endpoint listens on. Any port is free: the namespace is private. */
@@ -39,7 +41,7 @@ export function endpointArgv(e: EndpointSpec): string[] {
     for (const fp of e.allow) argv.push('--allow', fp);
   }
   if (e.logLevel) argv.push('--log-level', e.logLevel);
-  return [e.node, ...argv];
+  return withAllocatorArgv([e.node, ...argv]);
 }
 
 export interface HostAgentSpec extends Security {
@@ -66,7 +68,7 @@ export function hostAgentArgv(h: HostAgentSpec): string[] {
   if (h.logLevel) argv.push('--log-level', h.logLevel);
   if (h.reconnect) argv.push('--reconnect');
   if (h.kernelLink === false) argv.push('--no-kernel-link');
-  return [h.node, ...argv];
+  return withAllocatorArgv([h.node, ...argv]);
 }
 
 /** How the guest dials an endpoint given as seen from this machine: loopback becomes the slirp

@@ -119,6 +119,8 @@ describe('addresses and command lines', () => {
   });
 
   it('pins both ways with TLS, and says --insecure otherwise', () => {
+    // Both run with the allocator settings (cli/allocator.ts).
+    const ENV = `env MALLOC_MMAP_THRESHOLD_=${32 << 20} MALLOC_TRIM_THRESHOLD_=${64 << 20}`;
     const ep = endpointArgv({
       node: 'node',
       cli: 'main.js',
@@ -129,7 +131,7 @@ describe('addresses and command lines', () => {
       allow: ['sha256:aa'],
     });
     expect(ep.join(' ')).toBe(
-      'node main.js endpoint --listen tls://127.0.0.1:7470 --device test --device nvme --identity /id --allow sha256:aa',
+      `${ENV} node main.js endpoint --listen tls://127.0.0.1:7470 --device test --device nvme --identity /id --allow sha256:aa`,
     );
     const host = hostAgentArgv({
       node: 'node',
@@ -139,7 +141,7 @@ describe('addresses and command lines', () => {
       readyFile: '/run/pcinet-lab/ready',
     });
     expect(host.join(' ')).toBe(
-      'node main.js host --connect tcp://10.0.2.2:7470 --channel kernel --ready-file /run/pcinet-lab/ready --insecure',
+      `${ENV} node main.js host --connect tcp://10.0.2.2:7470 --channel kernel --ready-file /run/pcinet-lab/ready --insecure`,
     );
     expect(() => endpointArgv({ node: 'n', cli: 'c', port: 1, devices: [], insecure: false })).toThrow(
       /--allow/,
