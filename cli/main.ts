@@ -2,6 +2,7 @@
 // The `pcinet` command. Only argument handling lives here; each command calls into its part.
 import './threadpool.js';
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander';
+import { deviceHelp } from '../endpoint/device-spec.js';
 import { labCommand } from '../lab/cli.js';
 import { runVpnDemo } from '../lab/demo-vpn.js';
 import { runZfsDemo } from '../lab/demo-zfs.js';
@@ -17,6 +18,8 @@ function positiveInt(v: string): number {
   if (!Number.isSafeInteger(n) || n <= 0) throw new InvalidArgumentError('must be a positive integer');
   return n;
 }
+
+const indent = (text: string) => text.replace(/^/gm, '  ');
 
 function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
@@ -73,7 +76,8 @@ export function buildProgram(): Command {
       .description('serve device models to hosts (the card side)')
       .option('--listen <addr>', 'HOST:PORT, tcp://, tls://, ws:// or wss:// address', '127.0.0.1:7470')
       .option('--device <spec>', 'a device to serve, e.g. test or test:vectors=16 (repeatable)', collect)
-      .option('--allow <fingerprint>', "a host's key fingerprint to accept (repeatable)", collect),
+      .option('--allow <fingerprint>', "a host's key fingerprint to accept (repeatable)", collect)
+      .addHelpText('after', () => `\nDevices (--device NAME[:key=value,...]):\n${indent(deviceHelp())}\n`),
   ).action(async (_o, cmd: Command) => {
     const o = options<EndpointFlags>(cmd);
     await runEndpoint(o, makeLogger(o.logLevel, 'endpoint'));

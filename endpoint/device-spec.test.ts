@@ -2,13 +2,17 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect, describe as group, it } from 'vitest';
+import { MODELS } from '../devices/models.js';
 import { NvmeController } from '../devices/nvme/controller.js';
 import { TestDevice } from '../devices/test/device.js';
+import type { VirtioBlk } from '../devices/virtio-blk/device.js';
+import { defaultMac } from '../devices/virtio-net/device.js';
+import { VirtioRng } from '../devices/virtio-rng/device.js';
 import {
-  type DeviceFactory,
-  defaultMac,
-  device,
+  DEVICES,
+  type DeviceSpec,
   deviceHelp,
+  deviceSpec,
   intOption,
   parseDeviceSpec,
   splitDeviceSpec,
@@ -59,8 +63,9 @@ group('parseDeviceSpec', () => {
 
   it('takes a registry, so other models can register', () => {
     const made: unknown[] = [];
-    const registry: Record<string, DeviceFactory> = {
-      fake: device({
+    const registry: Record<string, DeviceSpec> = {
+      fake: deviceSpec({
+        name: 'fake',
         summary: 'a fake',
         options: { depth: intOption(1, 4, 'how deep') },
         create: (o) => {
@@ -73,6 +78,17 @@ group('parseDeviceSpec', () => {
     expect(made).toEqual([{ depth: 3 }]);
     expect(() => parseDeviceSpec('test', registry)).toThrow('unknown device "test" (known: fake)');
     expect(deviceHelp(registry)).toBe('fake  a fake\n  fake:depth=1..4  how deep');
+  });
+
+  it('knows every model by its own name, and the help lists each with all its options', () => {
+    expect(Object.keys(DEVICES).sort()).toEqual(['nvme', 'test', 'virtio-blk', 'virtio-net', 'virtio-rng']);
+    const help = deviceHelp();
+    for (const m of MODELS) {
+      expect(DEVICES[m.name]).toBe(m);
+      expect(help).toContain(`${m.name}  ${m.summary}`);
+      for (const [key, o] of Object.entries(m.options))
+        expect(help).toContain(`  ${m.name}:${key}=${o.syntax}  ${o.help}`);
+    }
   });
 
   it('splits without knowing devices', () => {
@@ -143,5 +159,30 @@ group('nvme specs', () => {
       /device "nvme:file=\/nonexistent\/dir\/d\.img,size=1M": \/nonexistent\/dir\/d\.img: cannot open: ENOENT/,
     );
     expect(() => parseDeviceSpec('nvme:mem=1000')).toThrow('not a multiple of the 512-byte LBA');
+  });
+});
+
+group('virtio-rng and virtio-blk specs', () => {
+  it('virtio-rng takes no options and draws from the card', () => {
+    const r = parseDeviceSpec('virtio-rng');
+    expect(r).toBeInstanceOf(VirtioRng);
+    expect(() => parseDeviceSpec('virtio-rng:rate=1')).toThrow(
+      'virtio-rng has no option "rate" (it takes none)',
+    );
+  });
+
+  it('virtio-blk takes the same storage options as nvme, and a serial', async () => {
+    const b = parseDeviceSpec('virtio-blk:mem=1M,serial=VB_1') as VirtioBlk;
+    expect([b.backend.size, b.backend.name, b.serial]).toEqual([1 << 20, 'memory', 'VB 1']);
+    const t = parseDeviceSpec('virtio-blk:size=64K') as VirtioBlk;
+    expect(t.backend.size).toBe(64 << 10);
+    await t.backend.close();
+    expect(() => parseDeviceSpec('virtio-blk')).toThrow(
+      'device "virtio-blk": virtio-blk needs file=PATH[,size=SIZE], path=/dev/..., mem=SIZE or size=SIZE',
+    );
+    expect(() => parseDeviceSpec('virtio-blk:mem=1000')).toThrow('not a multiple of 512');
+    expect(() => parseDeviceSpec('virtio-blk:mem=1M,serial=123456789012345678901')).toThrow(
+      'serial must be 1..20 printable ASCII characters',
+    );
   });
 });

@@ -6,6 +6,7 @@ import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { MODELS } from '../devices/models.js';
 import { repoRoot } from '../lab/paths.js';
 
 const CLI = join(repoRoot(), 'dist/cli/main.js');
@@ -276,6 +277,19 @@ describe('pcinet host --reconnect', () => {
     expect(lines).toHaveLength(2);
     c.kill('SIGTERM');
     expect(await new Promise((r) => c.on('exit', r))).toBe(0);
+  });
+});
+
+describe('pcinet endpoint --help', () => {
+  it('lists every device model with all its options', async () => {
+    const r = await pcinet(['endpoint', '--help']);
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^Devices \(--device NAME\[:key=value,\.\.\.\]\):$/m);
+    for (const m of MODELS) {
+      expect(r.stdout).toContain(`\n  ${m.name}  ${m.summary}\n`);
+      for (const [key, o] of Object.entries(m.options))
+        expect(r.stdout).toContain(`\n    ${m.name}:${key}=${o.syntax}  ${o.help}\n`);
+    }
   });
 });
 

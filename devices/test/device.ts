@@ -22,6 +22,7 @@ import {
   type RegisterTable,
   registers,
 } from '../pci/index.js';
+import { deviceSpec, intOption } from '../spec.js';
 import {
   CMD,
   IRQ_NONE,
@@ -251,3 +252,10 @@ export class TestDevice extends PciDevice<TestDevice> {
     if (this.#irq !== IRQ_NONE) this.host.raiseMsix(this.#irq);
   }
 }
+
+export const testDeviceSpec = deviceSpec({
+  name: 'test',
+  summary: 'the conformance device (docs/devices.md): registers, MSI-X, DMA, volatile reads, doorbells',
+  options: { vectors: intOption(1, TEST_MAX_VECTORS, `MSI-X vectors (default ${TEST_DEFAULT_VECTORS})`) },
+  create: (o) => new TestDevice({ vectors: o.vectors }),
+});

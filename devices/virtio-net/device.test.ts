@@ -3,8 +3,8 @@
 // index suppression, link changes, reset.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { walkCaps } from '../pci/config.js';
-import { FakeBus, FakeHost } from '../pci/fake-host.js';
 import { leBytes, rd16, rd32, wr16, wr32, wr64 } from '../pci/le.js';
+import { FakeVirtioDriver } from '../virtio/fake-driver.js';
 import {
   CC,
   DEVICE_CFG,
@@ -12,9 +12,6 @@ import {
   NOTIFY,
   NOTIFY_MULTIPLIER,
   PUSH_CHAIN_MAX,
-  STATUS_ACKNOWLEDGE,
-  STATUS_DRIVER,
-  STATUS_DRIVER_OK,
   STATUS_FEATURES_OK,
   STATUS_NEEDS_RESET,
   VIRTIO_F_EVENT_IDX,
@@ -62,131 +59,35 @@ class Wire implements NetBackend {
   close(): void {}
 }
 
-/** Guest memory layout: per queue 16 descriptors, rings, and buffers. */
+/** Entries per queue the driver chooses. */
 const QSIZE = 16;
 /** Whether the FakeHost ends virtqueue rounds: every test runs both ways. */
 let hostRounds = true;
 
-class Driver {
-  readonly host: FakeHost;
+/** What virtio_net does on top of the common virtio driver: RX buffers, TX frames. */
+class Driver extends FakeVirtioDriver<VirtioNet> {
   readonly wire: Wire;
-  readonly dev: VirtioNet;
-  readonly bus: FakeBus;
-  readonly q: {
-    desc: bigint;
-    avail: bigint;
-    used: bigint;
-    buf: bigint;
-    availIdx: number;
-    usedSeen: number;
-  }[] = [];
 
   constructor(o: { features?: bigint; netHeader?: boolean; offloads?: boolean } = {}) {
-    this.host = new FakeHost({ memory: 1 << 20, rounds: hostRounds });
-    this.wire = new Wire(o.netHeader);
-    this.dev = new VirtioNet({ mac: MAC, backend: this.wire, offloads: o.offloads });
-    this.bus = new FakeBus(this.dev, this.host);
-    this.status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);
-    const offered = this.deviceFeatures();
-    const want = o.features ?? offered;
-    this.bus.write32(0, CC.GFSELECT, 0);
-    this.bus.write32(0, CC.GF, Number(want & 0xffffffffn));
-    this.bus.write32(0, CC.GFSELECT, 1);
-    this.bus.write32(0, CC.GF, Number(want >> 32n));
-    this.status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK);
+    const wire = new Wire(o.netHeader);
+    super(new VirtioNet({ mac: MAC, backend: wire, offloads: o.offloads }), {
+      rounds: hostRounds,
+      features: o.features,
+      queueSize: QSIZE,
+    });
+    this.wire = wire;
   }
 
-  deviceFeatures(): bigint {
-    this.bus.write32(0, CC.DFSELECT, 0);
-    const lo = this.bus.read32(0, CC.DF);
-    this.bus.write32(0, CC.DFSELECT, 1);
-    const hi = this.bus.read32(0, CC.DF);
-    return (BigInt(hi) << 32n) | BigInt(lo);
-  }
-
-  status(v?: number): number {
-    if (v !== undefined) this.bus.write(0, CC.STATUS, Uint8Array.of(v));
-    return this.bus.read(0, CC.STATUS, 1)[0]!;
-  }
-
-  mem(addr: bigint): number {
-    return Number(addr - this.host.base);
-  }
-
-  setupQueues(): void {
+  override setupQueues(): void {
     for (let q = 0; q < 2; q++) {
-      const base = this.host.base + BigInt(q * 0x40000);
-      const s = {
-        desc: base,
-        avail: base + 0x1000n,
-        used: base + 0x2000n,
-        buf: base + 0x10000n,
-        availIdx: 0,
-        usedSeen: 0,
-      };
-      this.q.push(s);
       this.bus.write(0, CC.Q_SELECT, leBytes(q, 2));
       expect(rd16(this.bus.read(0, CC.Q_SIZE, 2), 0)).toBe(256);
-      this.bus.write(0, CC.Q_SIZE, leBytes(QSIZE, 2));
-      this.bus.write(0, CC.Q_MSIX, leBytes(q + 1, 2));
-      // Linux writes 64-bit addresses as two 32-bit halves.
-      for (const [reg, v] of [
-        [CC.Q_DESC, s.desc],
-        [CC.Q_AVAIL, s.avail],
-        [CC.Q_USED, s.used],
-      ] as const) {
-        this.bus.write32(0, reg, Number(v & 0xffffffffn));
-        this.bus.write32(0, reg + 4, Number(v >> 32n));
-      }
-      this.bus.write(0, CC.Q_ENABLE, leBytes(1, 2));
+    }
+    super.setupQueues(2);
+    for (let q = 0; q < 2; q++) {
+      this.bus.write(0, CC.Q_SELECT, leBytes(q, 2));
       expect(rd16(this.bus.read(0, CC.Q_ENABLE, 2), 0)).toBe(1);
     }
-    this.bus.write(0, CC.MSIX, leBytes(0, 2));
-    this.status(STATUS_ACKNOWLEDGE | STATUS_DRIVER | STATUS_FEATURES_OK | STATUS_DRIVER_OK);
-  }
-
-  desc(q: number, i: number, addr: bigint, len: number, flags: number, next = 0): void {
-    const at = this.mem(this.q[q]!.desc) + 16 * i;
-    const m = this.host.memory;
-    wr64(m, at, addr);
-    wr32(m, at + 8, len);
-    wr16(m, at + 12, flags);
-    wr16(m, at + 14, next);
-  }
-
-  /** Makes heads available without a notify (as a driver that read an old avail_event). */
-  offerQuietly(q: number, ...heads: number[]): void {
-    const s = this.q[q]!;
-    const m = this.host.memory;
-    for (const head of heads) {
-      wr16(m, this.mem(s.avail) + 4 + 2 * (s.availIdx % QSIZE), head);
-      s.availIdx = (s.availIdx + 1) & 0xffff;
-    }
-    wr16(m, this.mem(s.avail) + 2, s.availIdx);
-  }
-
-  /** Makes head `head` available and notifies. */
-  offer(q: number, ...heads: number[]): void {
-    this.offerQuietly(q, ...heads);
-    this.bus.write(0, NOTIFY + q * NOTIFY_MULTIPLIER, leBytes(q, 2));
-  }
-
-  /** Sets used_event (event index) for queue q. */
-  usedEvent(q: number, v: number): void {
-    wr16(this.host.memory, this.mem(this.q[q]!.avail) + 4 + 2 * QSIZE, v);
-  }
-
-  /** New used elements since the last call. */
-  used(q: number): { id: number; len: number }[] {
-    const s = this.q[q]!;
-    const m = this.host.memory;
-    const idx = rd16(m, this.mem(s.used) + 2);
-    const out: { id: number; len: number }[] = [];
-    for (; s.usedSeen !== idx; s.usedSeen = (s.usedSeen + 1) & 0xffff) {
-      const at = this.mem(s.used) + 4 + 8 * (s.usedSeen % QSIZE);
-      out.push({ id: rd32(m, at), len: rd32(m, at + 4) });
-    }
-    return out;
   }
 
   /** Posts RX buffers 0..n-1 of `size` bytes each. */

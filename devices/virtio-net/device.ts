@@ -14,6 +14,7 @@
 // ready, they are dropped and counted (rxDropNoBuffer, rxDropLinkDown, rxDropNotReady).
 import type { Register } from '../pci/index.js';
 import { wr16 } from '../pci/le.js';
+import { deviceSpec, intOption, type OptionParser, switchOption } from '../spec.js';
 import { VirtioPciDevice } from '../virtio/pci.js';
 import type { Chain, SplitQueue } from '../virtio/virtqueue.js';
 
@@ -153,14 +154,13 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
     super({
       model: 'virtio-net',
       deviceType: 1,
-      classCode: 0x020000,
       features:
         (1n << BigInt(VIRTIO_NET_F_MTU)) |
         (1n << BigInt(VIRTIO_NET_F_MAC)) |
         (1n << BigInt(VIRTIO_NET_F_MRG_RXBUF)) |
         (1n << BigInt(VIRTIO_NET_F_STATUS)) |
         (headers && o.offloads !== false ? OFFLOAD_FEATURES : 0n),
-      queueSizes: [QUEUE_SIZE, QUEUE_SIZE],
+      queues: [{ size: QUEUE_SIZE }, { size: QUEUE_SIZE }],
       config,
       configSize: 12,
     });
@@ -268,7 +268,7 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
     this.bar(0).set16(0x2000 + NET_CFG.STATUS, this.#linkUp ? VIRTIO_NET_S_LINK_UP : 0);
   }
 
-  protected async serviceQueue(q: number, ring: SplitQueue, epoch: number): Promise<void> {
+  protected override async serviceQueue(q: number, ring: SplitQueue, epoch: number): Promise<void> {
     if (q === TX_QUEUE) await this.#transmit(ring, epoch);
     else if (q === RX_QUEUE) await this.#fillRx(ring, epoch);
   }
@@ -412,3 +412,52 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
     if (this.#backlog.length > 0) this.kick(RX_QUEUE);
   }
 }
+
+/** A TAP interface name: what the kernel takes (IFNAMSIZ), checked before anything is opened. */
+export function checkTapName(name: string): string {
+  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) {
+    throw new Error(`tap name "${name}" is not 1..15 letters, digits, '_', '.', '-'`);
+  }
+  return name;
+}
+
+/** A MAC address aa:bb:cc:dd:ee:ff (unicast). */
+export const macOption: OptionParser<Uint8Array> = {
+  syntax: 'xx:xx:xx:xx:xx:xx',
+  help: 'MAC address (default: 52:54:00 and three bytes derived from the TAP name)',
+  parse(value) {
+    if (!/^([0-9a-f]{2}:){5}[0-9a-f]{2}$/i.test(value))
+      throw new Error('must be six hex bytes separated by colons');
+    const mac = Uint8Array.from(value.split(':').map((b) => Number.parseInt(b, 16)));
+    if (mac[0]! & 1) throw new Error('must be a unicast address (first byte even)');
+    return mac;
+  },
+};
+
+/** A stable, locally administered MAC for a TAP name: the guest keeps its address across restarts. */
+export function defaultMac(name: string): Uint8Array {
+  let h = 2166136261;
+  for (const c of name) h = Math.imul(h ^ c.charCodeAt(0), 16777619) >>> 0;
+  return Uint8Array.of(0x52, 0x54, 0x00, (h >>> 16) & 0xff, (h >>> 8) & 0xff, h & 0xff);
+}
+
+export const virtioNetSpec = deviceSpec({
+  name: 'virtio-net',
+  summary: 'a virtio 1.x network card whose wire is a TAP interface on this machine (docs/devices.md)',
+  options: {
+    tap: { syntax: 'NAME', help: 'TAP interface to use, created if absent (required)', parse: checkTapName },
+    mac: macOption,
+    mtu: intOption(68, 65535, 'MTU the driver is told (default 1500)'),
+    offloads: switchOption('checksum and TSO offloads through the TAP (default on)'),
+  },
+  create: (o, card) => {
+    if (!o.tap) throw new Error('virtio-net needs tap=NAME (the TAP interface frames go to)');
+    const offloads = o.offloads ?? true;
+    return new VirtioNet({
+      mac: o.mac ?? defaultMac(o.tap),
+      mtu: o.mtu,
+      offloads,
+      backend: card.tap(o.tap, { netHeader: offloads }),
+    });
+  },
+});

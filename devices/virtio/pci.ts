@@ -1,8 +1,9 @@
 // virtio-pci 1.x (modern) transport (virtio 1.2 §4.1) on the declarative PCI core: the common,
 // notify, ISR and device-config structures in BAR 0, found through vendor capabilities; MSI-X for
 // the config change and per-queue vectors; feature negotiation; split virtqueues. A device type
-// (virtio-net, later virtio-blk or console) supplies its device ID, features, config registers and
-// what to do with a kicked queue.
+// (virtio-net, virtio-blk, virtio-rng) supplies its device ID, features, config registers and what
+// to do with a kicked queue: either a handler per chain (`VirtioQueue.serve`: the core owns the
+// servicing loop, the in-flight bound and every interrupt decision), or its own serviceQueue.
 //
 // BAR 0 (64-bit, 32 KiB):  0x0000 common config · 0x1000 ISR · 0x2000 device config ·
 //                          0x3000 notify (4 bytes per queue) · 0x4000 MSI-X table · 0x6000 PBA
@@ -21,7 +22,7 @@ import {
   vendorCap,
 } from '../pci/index.js';
 import { leBytes } from '../pci/le.js';
-import { isExpected, SplitQueue } from './virtqueue.js';
+import { type Chain, isExpected, SplitQueue } from './virtqueue.js';
 
 export const VIRTIO_VENDOR_ID = 0x1af4;
 export const VIRTIO_PCI_DEVICE_BASE = 0x1040;
@@ -39,6 +40,13 @@ export const STATUS_NEEDS_RESET = 64;
 export const STATUS_FAILED = 128;
 
 export const NO_VECTOR = 0xffff;
+
+/** PCI class codes by virtio device ID, as QEMU's virtio-pci gives them (Linux binds by vendor and
+ *  device ID, so the class is for lspci and udev); any other type is "other" (0xff0000). */
+export const VIRTIO_CLASS: Readonly<Record<number, number>> = {
+  1: 0x020000, // network: Ethernet controller
+  2: 0x010000, // block: SCSI storage controller
+};
 
 /** Chains whose device-readable bytes fit this are pushed with the kick (docs/PUSH.md): a TX frame
  *  with its header (a 64 KiB GSO frame included) then costs no data read. */
@@ -79,18 +87,44 @@ const CFG_NOTIFY = 2;
 const CFG_ISR = 3;
 const CFG_DEVICE = 4;
 
+/** One chain being served (VirtioQueue.serve): its readable bytes on demand, its writable room. */
+export interface ChainRequest {
+  readonly chain: Chain;
+  /** Device-readable bytes in the chain. */
+  readonly readable: number;
+  /** Device-writable bytes in the chain. */
+  readonly writable: number;
+  /** Reads every readable byte (rejects with DmaError when the host refuses). */
+  read(): Promise<Uint8Array>;
+  /** Writes `data` into the writable part from `offset` (posted); returns bytes written. */
+  write(data: Uint8Array, offset?: number): number;
+}
+
+/** Serves one chain; returns the bytes it wrote into the chain (the used element's len). May be
+ *  async: chains are served concurrently and completed in any order. A DmaError or QueueBroken it
+ *  throws is traced and the chain returned with 0 bytes; anything else is a bug and propagates. */
+export type ChainHandler<Self> = (device: Self, req: ChainRequest) => number | Promise<number>;
+
+export interface VirtioQueue<Self> {
+  /** Maximum size (a power of two); the driver may choose less. */
+  size: number;
+  /** Serve each available chain with this; without it the model overrides serviceQueue. */
+  serve?: ChainHandler<Self>;
+}
+
 export interface VirtioOptions<Self> {
   model: string;
-  /** Virtio device ID (1 = net, 2 = block …); the PCI device ID is 0x1040 + it. */
+  /** Virtio device ID (1 = net, 2 = block, 4 = entropy …); the PCI device ID is 0x1040 + it. */
   deviceType: number;
-  classCode: number;
-  /** Device-specific feature bits offered (transport bits are added here). */
-  features: bigint;
-  /** Maximum size of each queue (a power of two). */
-  queueSizes: number[];
-  /** Device config registers, offsets relative to the device config structure. */
-  config: Register<Self>[];
-  configSize: number;
+  /** Default: VIRTIO_CLASS by device type. */
+  classCode?: number;
+  /** Device-specific feature bits offered (transport bits are added here). Default none. */
+  features?: bigint;
+  queues: VirtioQueue<Self>[];
+  /** Device config registers, offsets relative to the device config structure. Default none. */
+  config?: Register<Self>[];
+  /** Bytes of device config; default: up to the end of the last register. */
+  configSize?: number;
 }
 
 interface QueueState {
@@ -105,6 +139,12 @@ interface QueueState {
   /** A kick arrived while the queue was being serviced. */
   again: boolean;
   running: boolean;
+  /** Chains handed to `serve` and not yet returned (bounded by the queue size). */
+  inFlight: number;
+  /** The serving loop stopped with chains left because inFlight reached the queue size. */
+  full: boolean;
+  /** Async completions are waiting for their interrupt decision (one per microtask turn). */
+  deciding: boolean;
 }
 
 /** A queue as after a device reset: driver-chosen size back to the maximum, nothing set up. */
@@ -119,10 +159,14 @@ const resetQueue = (maxSize: number): QueueState => ({
   ring: undefined,
   again: false,
   running: false,
+  inFlight: 0,
+  full: false,
+  deciding: false,
 });
 
 const hex = (v: number | bigint) => `0x${v.toString(16)}`;
 const isPow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
+const bytesIn = (segs: { len: number }[]) => segs.reduce((n, s) => n + s.len, 0);
 
 function cap(cfgType: number, offset: number, length: number, extra: number[] = []): Uint8Array {
   // virtio_pci_cap after cap_vndr/cap_next/cap_len: cfg_type, bar, id, padding[2], offset, length.
@@ -138,15 +182,18 @@ function cap(cfgType: number, offset: number, length: number, extra: number[] = 
 export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extends PciDevice<Self> {
   readonly offered: bigint;
   readonly #queues: QueueState[];
+  readonly #handlers: (ChainHandler<Self> | undefined)[];
   #driverFeatures = 0n;
   #isr = 0;
   #epoch = 0;
 
   constructor(o: VirtioOptions<Self>) {
-    const nq = o.queueSizes.length;
+    const nq = o.queues.length;
     const vectors = nq + 1;
+    const config = o.config ?? [];
+    const configSize = o.configSize ?? Math.max(0, ...config.map((r) => r.at + r.size));
     const offered =
-      o.features |
+      (o.features ?? 0n) |
       (1n << BigInt(VIRTIO_F_VERSION_1)) |
       (1n << BigInt(VIRTIO_F_ACCESS_PLATFORM)) |
       (1n << BigInt(VIRTIO_F_EVENT_IDX)) |
@@ -179,7 +226,7 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
         at: CC.Q_SIZE,
         size: 2,
         access: 'rw',
-        reset: o.queueSizes[0],
+        reset: o.queues[0]?.size ?? 0,
         onWrite: (c, v) => c.#queueField('size', v),
       },
       {
@@ -210,7 +257,7 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
       volatile: true,
       onRead: (c) => c.#readIsr(),
     };
-    const notify: Register<Self>[] = o.queueSizes.map((_, q) => ({
+    const notify: Register<Self>[] = o.queues.map((_, q) => ({
       name: `NOTIFY${q}`,
       at: NOTIFY + q * NOTIFY_MULTIPLIER,
       size: 2,
@@ -218,7 +265,7 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
       doorbell: true,
       onWrite: (c: Self) => c.#notified(q),
     }));
-    const deviceCfg = o.config.map((r) => ({ ...r, at: r.at + DEVICE_CFG }) as Register<Self>);
+    const deviceCfg = config.map((r) => ({ ...r, at: r.at + DEVICE_CFG }) as Register<Self>);
     super({
       model: o.model,
       config: pciConfig({
@@ -226,7 +273,7 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
         deviceId: VIRTIO_PCI_DEVICE_BASE + o.deviceType,
         subsystemVendorId: VIRTIO_VENDOR_ID,
         subsystemId: VIRTIO_PCI_DEVICE_BASE + o.deviceType,
-        classCode: o.classCode,
+        classCode: o.classCode ?? VIRTIO_CLASS[o.deviceType] ?? 0xff0000,
         revision: 1,
         bars: [{ index: VIRTIO_BAR, kind: 'mem64', size: VIRTIO_BAR_SIZE, prefetchable: false }],
         caps: [
@@ -237,16 +284,16 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
           vendorCap(cap(CFG_NOTIFY, NOTIFY, nq * NOTIFY_MULTIPLIER, [NOTIFY_MULTIPLIER]), 'virtio-notify'),
           vendorCap(cap(CFG_ISR, ISR, 1), 'virtio-isr'),
           // No device-specific config, no capability: Linux refuses one of length 0.
-          ...(o.configSize > 0
-            ? [vendorCap(cap(CFG_DEVICE, DEVICE_CFG, o.configSize), 'virtio-device')]
-            : []),
+          ...(configSize > 0 ? [vendorCap(cap(CFG_DEVICE, DEVICE_CFG, configSize), 'virtio-device')] : []),
         ],
       }),
       bars: [{ index: VIRTIO_BAR, registers: registers<Self>([...common, isr, ...notify, ...deviceCfg]) }],
     });
-    for (const s of o.queueSizes) if (!isPow2(s) || s > 32768) throw new Error(`${o.model}: queue size ${s}`);
+    for (const { size } of o.queues)
+      if (!isPow2(size) || size > 32768) throw new Error(`${o.model}: queue size ${size}`);
     this.offered = offered;
-    this.#queues = o.queueSizes.map(resetQueue);
+    this.#queues = o.queues.map((q) => resetQueue(q.size));
+    this.#handlers = o.queues.map((q) => q.serve);
   }
 
   get #regs() {
@@ -276,10 +323,15 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
   }
 
   /** Service a kicked queue; called again if kicked while running. Errors that are not guest
-   *  mistakes or DMA refusals propagate (bugs). */
-  protected abstract serviceQueue(q: number, ring: SplitQueue, epoch: number): Promise<void>;
-  /** The device was reset (status 0, FLR, attach): drop device state. */
-  protected abstract onDeviceReset(): void;
+   *  mistakes or DMA refusals propagate (bugs). Default: serve each chain with the queue's `serve`
+   *  handler. */
+  protected serviceQueue(q: number, ring: SplitQueue, epoch: number): Promise<void> {
+    const serve = this.#handlers[q];
+    if (!serve) throw new Error(`${this.description.model}: queue ${q} has no serve handler`);
+    return this.#serve(q, ring, epoch, serve);
+  }
+  /** The device was reset (status 0, FLR, attach): drop device state. Default: nothing to drop. */
+  protected onDeviceReset(): void {}
 
   /** Has work of `epoch` been abandoned by a reset? */
   protected stale(epoch: number): boolean {
@@ -504,6 +556,97 @@ export abstract class VirtioPciDevice<Self extends VirtioPciDevice<Self>> extend
     const ring = this.#queues[q]?.ring;
     if (ring) ring.notified = true;
     this.#kick(q);
+  }
+
+  /**
+   * The servicing loop of a queue whose chains are served one by one (VirtioQueue.serve). Takes
+   * what the driver made available (at most the queue size in flight), starts a handler per chain,
+   * and returns each chain used when its handler is done. Interrupts as virtio-net's TX does: with
+   * host rounds, each pass ends with one VirtqDone (the host decides from used_event and rechecks
+   * for buffers that raced avail_event); without, avail_event goes out before every ring read and
+   * the interrupt is decided from a ring read issued after the used-ring writes, or at once when
+   * the last read already says yes.
+   */
+  async #serve(q: number, ring: SplitQueue, epoch: number, serve: ChainHandler<Self>): Promise<void> {
+    const s = this.#queues[q]!;
+    const rounds = ring.hostRounds;
+    for (;;) {
+      let n: number;
+      if (rounds) {
+        // Every buffer comes with a notify, whose push holds the ring: no notify, nothing new.
+        n = ring.notified ? await ring.refresh(true) : ring.available;
+      } else {
+        ring.publishAvailEvent();
+        n = await ring.refresh(true);
+      }
+      if (this.stale(epoch)) return;
+      if (!rounds && ring.interruptDue()) this.interruptQueue(q);
+      const room = ring.size - s.inFlight;
+      s.full = n > 0 && room <= 0;
+      if (n === 0 || room <= 0) break;
+      const chains = await ring.popAll(room);
+      if (this.stale(epoch)) return;
+      for (const chain of chains) this.#start(q, ring, epoch, serve, chain);
+      if (rounds) break;
+      if (ring.interruptNow()) this.interruptQueue(q);
+    }
+    if (rounds && !this.stale(epoch)) this.endRound(q, ring, { interrupt: true, recheck: true });
+  }
+
+  /** Hands one chain to its handler. A handler that answers at once is covered by the loop's own
+   *  decision; later answers are decided together, once per microtask turn. */
+  #start(q: number, ring: SplitQueue, epoch: number, serve: ChainHandler<Self>, chain: Chain): void {
+    const s = this.#queues[q]!;
+    s.inFlight++;
+    const req: ChainRequest = {
+      chain,
+      readable: bytesIn(chain.readable),
+      writable: bytesIn(chain.writable),
+      read: () => ring.read(chain),
+      // Nothing reaches host memory for a chain a reset abandoned: the driver may reuse it.
+      write: (data, offset) => (this.stale(epoch) ? 0 : ring.write(chain, data, offset)),
+    };
+    const done = (written: number, later: boolean) => {
+      if (this.stale(epoch)) return;
+      s.inFlight--;
+      ring.push(chain.head, written);
+      if (later) this.#decideLater(q, ring, epoch);
+    };
+    const failed = (e: unknown, later: boolean) => {
+      if (!isExpected(e)) throw e;
+      if (!this.stale(epoch))
+        this.trace('virtio.chain.failed', { queue: q, head: chain.head, why: (e as Error).message });
+      done(0, later);
+    };
+    let r: number | Promise<number>;
+    try {
+      r = serve(this as unknown as Self, req);
+    } catch (e) {
+      failed(e, false);
+      return;
+    }
+    if (typeof r === 'number') done(r, false);
+    else
+      r.then(
+        (n) => done(n, true),
+        (e) => failed(e, true),
+      );
+  }
+
+  /** After async completions: an interrupt now if the last ring read says so; otherwise (and with
+   *  host rounds, and when chains wait for room) another pass of the loop decides. */
+  #decideLater(q: number, ring: SplitQueue, epoch: number): void {
+    const s = this.#queues[q]!;
+    if (s.deciding) return;
+    s.deciding = true;
+    queueMicrotask(() => {
+      s.deciding = false;
+      if (this.stale(epoch)) return;
+      const rounds = ring.hostRounds;
+      const now = !rounds && ring.interruptNow();
+      if (now) this.interruptQueue(q);
+      if (rounds || !now || s.full) this.#kick(q);
+    });
   }
 
   #kick(q: number): void {

@@ -159,11 +159,16 @@ export class SplitQueue {
     return this.#walk(head, this.#table!);
   }
 
-  /** Takes every available chain; their indirect tables are read all at once (one round trip
-   *  for the lot instead of one per chain). In ring order. */
-  async popAll(): Promise<Chain[]> {
+  /** Chains found by the last ring read and not yet taken. */
+  get available(): number {
+    return this.broken ? 0 : this.#pending.length;
+  }
+
+  /** Takes every available chain (at most `max`); their indirect tables are read all at once (one
+   *  round trip for the lot instead of one per chain). In ring order. */
+  async popAll(max = this.#pending.length): Promise<Chain[]> {
     if (this.broken) return [];
-    const heads = this.#pending.splice(0);
+    const heads = this.#pending.splice(0, max);
     this.#lastAvail = (this.#lastAvail + heads.length) & 0xffff;
     const table = this.#table!;
     return Promise.all(heads.map((h) => this.#walk(h, table)));

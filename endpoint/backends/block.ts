@@ -19,8 +19,9 @@ import {
 import { promisify } from 'node:util';
 import koffi from 'koffi';
 import { type BlockBackend, BlockError } from '../../devices/nvme/backend.js';
+import { parseSize } from '../../devices/spec.js';
 
-export { type BlockBackend, BlockError };
+export { type BlockBackend, BlockError, parseSize };
 
 function ioError(what: string, e: unknown): BlockError {
   const err = e as NodeJS.ErrnoException;
@@ -60,15 +61,6 @@ function fallocate(fd: number, mode: number, offset: number, length: number): Pr
       else resolve(r < 0 ? koffi.errno() || 5 : 0);
     });
   });
-}
-
-/** Parses SIZE with an optional K, M, G or T suffix (powers of 1024). */
-export function parseSize(text: string): number {
-  const m = /^(\d+)([KMGT]?)$/i.exec(text.trim());
-  if (!m) throw new Error(`"${text}" is not a size (e.g. 512M, 4G)`);
-  const n = Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
-  if (!Number.isSafeInteger(n) || n <= 0) throw new Error(`size "${text}" is out of range`);
-  return n;
 }
 
 const readAt = promisify(read);

@@ -18,7 +18,9 @@
 // in). A TAP this backend creates starts down until the card configures it.
 import { closeSync, constants, openSync, read, writeSync } from 'node:fs';
 import koffi from 'koffi';
-import type { NetBackend, RxOffloads } from '../../devices/virtio-net/device.js';
+import { checkTapName, type NetBackend, type RxOffloads } from '../../devices/virtio-net/device.js';
+
+export { checkTapName };
 
 const TUNSETIFF = 0x400454ca;
 const IFF_TAP = 0x0002;
@@ -134,13 +136,6 @@ export function tunOffloadFlags(o: RxOffloads): number {
     (o.tso6 ? TUN_F_TSO6 : 0) |
     (o.ecn && (o.tso4 || o.tso6) ? TUN_F_TSO_ECN : 0)
   );
-}
-
-export function checkTapName(name: string): string {
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(name)) {
-    throw new Error(`tap name "${name}" is not 1..15 letters, digits, '_', '.', '-'`);
-  }
-  return name;
 }
 
 export interface TapOptions {
