@@ -33,6 +33,9 @@ export interface HostPort {
    *  DMA write, after every write made before it. Absent: the device reads the ring itself to decide
    *  interrupts and to find buffers no notify announced. */
   virtqRound?(round: VirtqRound): void;
+  /** True when the host keeps an NVMe SQ push rule's eventIdx (NvmeSqRule.eventIdx; docs/PUSH.md
+   *  "Shadow doorbells"). Absent: a device must not give a rule one. */
+  readonly sqEventIdx?: boolean;
 }
 
 /** Why a dmaRead failed: the host refused the access (no live mapping, wrong direction), or the

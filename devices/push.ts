@@ -23,6 +23,10 @@ export interface NvmeSqRule {
   dataMax: number;
   /** log2 of the LBA size of I/O commands. */
   lbaShift: number;
+  /** IOVA of the SQ's shadow-doorbell EventIdx (Doorbell Buffer Config): at every write of the
+   *  doorbell the host writes the value written there, before the driver goes on, so the driver's
+   *  next submission always rings (docs/PUSH.md "Shadow doorbells"). Only when HostPort.sqEventIdx. */
+  eventIdx?: bigint;
 }
 
 /** A virtio split virtqueue: avail ring and descriptors on a notify, and readable buffers. */

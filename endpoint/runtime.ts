@@ -196,6 +196,7 @@ function pushRuleMsg(dev: number, id: number, r: PushRule | undefined): pcinet.I
       entries: r.entries,
       dataMax: r.dataMax,
       lbaShift: r.lbaShift,
+      ...(r.eventIdx !== undefined ? { avail: long(r.eventIdx) } : {}),
     };
   }
   return {
@@ -592,8 +593,10 @@ export class EndpointRuntime {
   #portFor(d: Device): HostPort {
     const live = () => d.state === 'attached';
     const caps = this.#session.capabilities ?? 0;
-    const rounds = (caps & Capability.CAP_PUSH_RULES) !== 0 && (caps & Capability.CAP_VIRTQ_ROUNDS) !== 0;
+    const push = (caps & Capability.CAP_PUSH_RULES) !== 0;
+    const rounds = push && (caps & Capability.CAP_VIRTQ_ROUNDS) !== 0;
     const port: HostPort = {
+      sqEventIdx: push && (caps & Capability.CAP_SQ_EVENT_IDX) !== 0,
       dmaRead: (iova, len) => {
         if (!live()) return Promise.reject(new DmaError(iova, len, 'shutdown'));
         const hit = d.pushed.take(iova, len);
@@ -642,6 +645,8 @@ export class EndpointRuntime {
       setPushRule: (id, rule) => {
         if (!Number.isInteger(id) || id < 0 || id >= MAX_PUSH_RULES)
           throw new RangeError(`${d.name}: push rule id ${id} (0..${MAX_PUSH_RULES - 1})`);
+        if (rule?.kind === 'nvme-sq' && rule.eventIdx !== undefined && !port.sqEventIdx)
+          throw new RangeError(`${d.name}: push rule ${id} has an eventIdx, but the host keeps none`);
         if (!live() || !((this.#session.capabilities ?? 0) & Capability.CAP_PUSH_RULES)) return;
         d.ruleChanges.set(id, (d.ruleChanges.get(id) ?? 0) + 1);
         d.pushed.dropRule(id);

@@ -25,7 +25,9 @@ export function checkPushRule(r: pcinet.IPushRule, desc: DeviceDescription): pci
       if (entries < 2 || entries > 65536) bad(`${entries} entries`);
       const shift = r.lbaShift ?? 0;
       if (shift < 9 || shift > 12) bad(`lba_shift ${shift}`);
-      if (u64(r.avail) !== 0n || r.indirect) bad('avail or indirect set on an NVMe rule');
+      if (r.indirect) bad('indirect set on an NVMe rule');
+      // avail: the SQ's event index (CAP_SQ_EVENT_IDX), a 4-byte slot.
+      if (u64(r.avail) % 4n) bad(`event index 0x${u64(r.avail).toString(16)} not 4-byte aligned`);
       return r;
     }
     case pcinet.PushKind.PUSH_VIRTQ:

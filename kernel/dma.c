@@ -336,6 +336,15 @@ refused:
 }
 
 /*
+ * A device write made by the module itself (an NVMe SQ's event index, push.c): checked and
+ * counted like the device's own. Any context.
+ */
+int pcinet_dma_store(struct pcinet_fn *fn, u64 iova, const void *buf, u32 size)
+{
+	return pcinet_dma_access(fn, iova, (void *)buf, size, DMA_FROM_DEVICE);
+}
+
+/*
  * For push rules: copies [iova, iova + size) to buf if the device may read every byte, as its
  * own reads are checked, but quietly (a range that cannot be pushed is no error, and is not a
  * DMA refusal). buf NULL: only checks. `mark`: the mappings are remembered as pushed from, for

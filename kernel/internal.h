@@ -251,6 +251,7 @@ int pcinet_dma_read(struct pcinet_fn *fn, const struct pcinet_w_dma_read *d);
 int pcinet_dma_write(struct pcinet_fn *fn, const struct pcinet_w_dma_write *d);
 void pcinet_dma_exit(struct pcinet_fn *fn);
 bool pcinet_dma_peek(struct pcinet_fn *fn, u64 iova, void *buf, u32 size, bool mark);
+int pcinet_dma_store(struct pcinet_fn *fn, u64 iova, const void *buf, u32 size);
 void pcinet_dma_forget_pushes(struct pcinet_fn *fn);
 
 /* push.c */

@@ -61,7 +61,7 @@ static int pcinet_push_check(struct pcinet_fn *fn, const struct pcinet_w_push_ru
 		return 0;
 	case PCINET_PUSH_NVME_SQ:
 		if (r->entries < 2 || r->entries > 65536 || r->lba_shift < 9 || r->lba_shift > 12 ||
-		    r->avail || r->flags)
+		    (r->avail & 3) || r->flags)
 			return -EINVAL;
 		break;
 	case PCINET_PUSH_VIRTQ:
@@ -336,6 +336,21 @@ static const struct pcinet_push_walk_ops pcinet_push_ops = {
 };
 
 /*
+ * An NVMe rule with an event index (docs/PUSH.md, "Shadow doorbells"): the value the driver just
+ * wrote to the SQ tail doorbell goes to the SQ's shadow-doorbell EventIdx, before the driver goes
+ * on, so its next submission sees the index at its old tail and rings. It is the device's own
+ * write, made here because over the network it would come too late; a range the device may not
+ * write is refused and counted like any DMA write of its.
+ */
+static void pcinet_push_event_idx(struct pcinet_fn *fn, u64 iova, const void *val, u32 size)
+{
+	__le32 v = 0;
+
+	memcpy(&v, val, min_t(u32, size, sizeof(v)));
+	pcinet_dma_store(fn, iova, &v, sizeof(v));
+}
+
+/*
  * The driver is writing `size` bytes `val` at `off` of BAR `bar`, and the write is about to be
  * queued (mmio.c calls this once per write, on the attempt that queues it). Queues the pushes of
  * every rule on that doorbell, in id order, sharing one budget. Any context; never waits.
@@ -373,6 +388,8 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 			continue;
 		hit = true;
 		pcinet_push_walk(&w, id, r, val, size);
+		if (r->kind == PCINET_PUSH_NVME_SQ && r->avail)
+			pcinet_push_event_idx(fn, r->avail, val, size);
 	}
 	pcinet_push_close(&c);
 	if (!list_empty(&c.recs))

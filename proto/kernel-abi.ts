@@ -4,7 +4,7 @@
 // the endpoint, which answers with W_* records (proto/kernel-link.ts).
 import { pcinet } from './wire.js';
 
-export const ABI_VERSION = 2;
+export const ABI_VERSION = 3;
 export const MAX_DATA = 65536;
 export const CONFIG_SIZE = 4096;
 export const NUM_BARS = 6;

@@ -26,7 +26,8 @@ export const OUR_CAPABILITIES =
   Capability.CAP_WRITES_APPLIED |
   Capability.CAP_STATS |
   Capability.CAP_PUSH_RULES |
-  Capability.CAP_VIRTQ_ROUNDS;
+  Capability.CAP_VIRTQ_ROUNDS |
+  Capability.CAP_SQ_EVENT_IDX;
 
 /** The peer broke the protocol (or refused us): the session closes with `code`. */
 export class ProtocolError extends Error {

@@ -17,7 +17,13 @@ const IOSQ = BASE + 0x2000n;
 const IOCQ = BASE + 0x3000n;
 const SCRATCH = BASE + 0x10000n; // identify pages, PRP lists
 const DATA = BASE + 0x100000n;
+const DBS = BASE + 0x8000n; // shadow doorbells (Doorbell Buffer Config)
+const EIS = BASE + 0x9000n; // their event indices
 const QSIZE = 16;
+
+/** Linux's nvme_dbbuf_need_event: whether moving a doorbell from `old` to `next` passes `event`. */
+const needEvent = (event: number, next: number, old: number) =>
+  ((next - event - 1) & 0xffff) < ((next - old) & 0xffff);
 
 interface Cqe {
   dw0: number;
@@ -28,15 +34,23 @@ interface Cqe {
 }
 
 class Driver {
-  readonly host = new FakeHost({ memory: MEM, base: BASE });
+  readonly host: FakeHost;
   readonly bus: FakeBus;
   readonly dev: NvmeController;
   readonly tails = new Map<number, number>();
   readonly heads = new Map<number, number>();
   readonly phases = new Map<number, number>();
+  /** Shadow doorbells in use for I/O queues (after Doorbell Buffer Config), as Linux uses them. */
+  shadow = false;
+  /** Doorbell registers written, SQ tail and CQ head. */
+  readonly rung = { sq: 0, cq: 0 };
   #cid = 0;
 
-  constructor(backend: BlockBackend = new MemoryBackend(4 << 20), o: { lbaSize?: number } = {}) {
+  constructor(
+    backend: BlockBackend = new MemoryBackend(4 << 20),
+    o: { lbaSize?: number; sqEventIdx?: boolean } = {},
+  ) {
+    this.host = new FakeHost({ memory: MEM, base: BASE, sqEventIdx: o.sqEventIdx });
     this.dev = new NvmeController({
       backend,
       lbaSize: o.lbaSize,
@@ -82,13 +96,31 @@ class Driver {
     return b;
   }
 
-  /** Submits on queue q (0 admin, 1 I/O), rings the doorbell, waits, reaps one completion. */
-  async submit(q: number, sqe: Uint8Array): Promise<Cqe> {
+  /** Writes doorbell `db` (2q: SQ q's tail, 2q + 1: CQ q's head) as Linux does: with shadow
+   *  doorbells, the shadow first, and the register only if the event index asks for it. */
+  ring(db: number, value: number): void {
+    if (this.shadow && db >= 2) {
+      const slot = this.mem(DBS + BigInt(db * 4), 4);
+      const old = rd32(slot, 0);
+      wr32(slot, 0, value);
+      if (!needEvent(rd32(this.mem(EIS + BigInt(db * 4), 4), 0) & 0xffff, value, old)) return;
+    }
+    this.rung[db & 1 ? 'cq' : 'sq']++;
+    this.bus.write32(0, REG.DOORBELLS + 4 * db, value);
+  }
+
+  /** Puts `sqe` on queue q and rings. */
+  post(q: number, sqe: Uint8Array): void {
     const sqBase = q === 0 ? ASQ : IOSQ;
     const tail = this.tails.get(q)!;
     this.mem(sqBase + BigInt(tail * 64), 64).set(sqe);
     this.tails.set(q, (tail + 1) % QSIZE);
-    this.bus.write32(0, REG.DOORBELLS + 8 * q, this.tails.get(q)!);
+    this.ring(2 * q, this.tails.get(q)!);
+  }
+
+  /** Submits on queue q (0 admin, 1 I/O), rings the doorbell, waits, reaps one completion. */
+  async submit(q: number, sqe: Uint8Array): Promise<Cqe> {
+    this.post(q, sqe);
     for (let i = 0; i < 20; i++) await settle();
     const cqe = this.reap(q);
     if (!cqe) throw new Error(`no completion on queue ${q}`);
@@ -103,7 +135,7 @@ class Driver {
     const next = (head + 1) % QSIZE;
     if (next === 0) this.phases.set(q, this.phases.get(q)! ^ 1);
     this.heads.set(q, next);
-    this.bus.write32(0, REG.DOORBELLS + 8 * q + 4, next);
+    this.ring(2 * q + 1, next);
     return {
       dw0: rd32(e, 0),
       sqhd: rd16(e, 8),
@@ -439,5 +471,102 @@ describe('NVMe controller', () => {
     expect((await d.submit(0, d.sqe(ADMIN.IDENTIFY, { prp1: SCRATCH, cdw: [CNS.CONTROLLER] }))).status).toBe(
       0,
     );
+  });
+});
+
+describe('NVMe shadow doorbells (Doorbell Buffer Config)', () => {
+  const oacs = async (d: Driver) => {
+    expect((await d.submit(0, d.sqe(ADMIN.IDENTIFY, { prp1: SCRATCH, cdw: [CNS.CONTROLLER] }))).status).toBe(
+      0,
+    );
+    return rd16(d.mem(SCRATCH, 512), 256);
+  };
+  const dbbuf = (d: Driver) => d.submit(0, d.sqe(ADMIN.DBBUF, { prp1: DBS, prp2: EIS }));
+  const dmaReads = (d: Driver, iova: bigint) =>
+    d.host.events.filter((e) => e.kind === 'dma-read' && e.iova === iova).length;
+  const CQ1_SLOT = 3 * 4; // doorbell 2q + 1 for q = 1
+
+  it('is offered only by a host that keeps SQ event indices', async () => {
+    const without = new Driver(undefined, { sqEventIdx: false });
+    await without.enable();
+    expect((await oacs(without)) & (1 << 8)).toBe(0);
+    expect(sc((await dbbuf(without)).status)).toBe(SC.INVALID_OPCODE);
+
+    const d = new Driver();
+    await d.enable();
+    expect((await oacs(d)) & (1 << 8)).toBe(1 << 8);
+    expect(sc((await d.submit(0, d.sqe(ADMIN.DBBUF, { prp1: DBS + 8n, prp2: EIS }))).status)).toBe(
+      SC.INVALID_FIELD,
+    );
+  });
+
+  it('rings every SQ doorbell, the CQ head about once a lap; data intact over three laps', async () => {
+    const d = new Driver();
+    await d.enable();
+    await d.ioQueues();
+    expect((await dbbuf(d)).status).toBe(0);
+    // The SQ's rule carries its event index; the CQ's index says "only when you wrap".
+    expect(d.host.pushRules.get(1)).toMatchObject({ kind: 'nvme-sq', eventIdx: EIS + 8n });
+    expect(rd32(d.mem(EIS + BigInt(CQ1_SLOT), 4), 0)).toBe(0xffff);
+    d.shadow = true;
+    d.rung.sq = d.rung.cq = 0; // the admin queue's so far
+    const laps = 3;
+    for (let i = 0; i < laps * QSIZE; i++) {
+      const data = d.mem(DATA, 512);
+      data.fill(i & 0xff);
+      expect((await d.submit(1, d.rw(IO.WRITE, i, 1, DATA))).status).toBe(0);
+      data.fill(0);
+      expect((await d.submit(1, d.rw(IO.READ, i, 1, DATA))).status).toBe(0);
+      expect(data.every((b) => b === (i & 0xff))).toBe(true);
+    }
+    // Two commands per iteration: every one rang its SQ doorbell (the host kept the event index
+    // at the tail), the CQ head rang only when it wrapped, and the device read the shadow head
+    // only when the CQ looked full.
+    expect(d.rung.sq).toBe(2 * laps * QSIZE);
+    expect(d.rung.cq).toBe(2 * laps);
+    expect(rd32(d.mem(EIS + 8n, 4), 0)).toBe(d.tails.get(1));
+    expect(dmaReads(d, DBS + BigInt(CQ1_SLOT))).toBeGreaterThan(0);
+    expect(dmaReads(d, DBS + BigInt(CQ1_SLOT))).toBeLessThanOrEqual(2 * laps + 1);
+  });
+
+  it('a full CQ waits: the device asks for the next head move, which rings and frees it', async () => {
+    const d = new Driver();
+    await d.enable();
+    await d.ioQueues();
+    expect((await dbbuf(d)).status).toBe(0);
+    d.shadow = true;
+    d.rung.sq = d.rung.cq = 0;
+    // QSIZE commands without reaping: the CQ holds QSIZE - 1, the last completion waits.
+    for (let i = 0; i < QSIZE; i++) {
+      d.post(1, d.rw(IO.READ, i, 1, DATA));
+      await d.bus.settle();
+    }
+    for (let i = 0; i < 20; i++) await settle();
+    expect(d.rung.sq).toBe(QSIZE);
+    // It read the shadow head, found no progress, set the CQ's event index at that head and read
+    // once more.
+    expect(dmaReads(d, DBS + BigInt(CQ1_SLOT))).toBe(2);
+    expect(rd32(d.mem(EIS + BigInt(CQ1_SLOT), 4), 0)).toBe(0);
+    const cids = new Set<number>();
+    for (let i = 0; i < QSIZE - 1; i++) cids.add(d.reap(1)!.cid);
+    expect(d.rung.cq).toBe(1); // the first reap passed the event index
+    for (let i = 0; i < 20; i++) await settle();
+    const last = d.reap(1);
+    expect(last?.status).toBe(0);
+    cids.add(last!.cid);
+    expect(cids.size).toBe(QSIZE);
+  });
+
+  it('a reset forgets the doorbell buffer: rules lose their event index until it is set again', async () => {
+    const d = new Driver();
+    await d.enable();
+    await d.ioQueues();
+    expect((await dbbuf(d)).status).toBe(0);
+    d.bus.write32(0, REG.CC, 0);
+    await d.bus.settle();
+    await d.enable();
+    await d.ioQueues();
+    expect(d.host.pushRules.get(1)?.kind).toBe('nvme-sq');
+    expect((d.host.pushRules.get(1) as { eventIdx?: bigint }).eventIdx).toBeUndefined();
   });
 });

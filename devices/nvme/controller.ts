@@ -40,6 +40,7 @@ import {
   NVME_CLASS_CODE,
   NVME_DEVICE_ID,
   NVME_VENDOR_ID,
+  OACS_DBBUF,
   PAGE,
   REG,
   SC,
@@ -94,7 +95,19 @@ interface Cq {
   phase: number;
   /** Completions waiting for room (the driver has not consumed the queue). */
   waiting: Uint8Array[];
+  /** A read of its shadow head doorbell is under way (#refreshHead). */
+  refreshing: boolean;
 }
+
+/** Where Doorbell Buffer Config put the shadow doorbells and their event indices: one 4-byte slot
+ *  per doorbell at each, in doorbell order (stride 4). */
+interface DoorbellBuffer {
+  dbs: bigint;
+  eis: bigint;
+}
+
+/** A CQ's event index while its driver need not ring: it rings only when its head wraps. */
+const CQ_EVENT_IDLE = 0xffff;
 
 /** A command's outcome: status (SCT << 8 | SC, maybe DNR), and dword 0. */
 interface Done {
@@ -114,6 +127,12 @@ class CommandError extends Error {
   constructor(readonly done: Done) {
     super('nvme command failed');
   }
+}
+
+function le32(v: number): Uint8Array {
+  const b = new Uint8Array(4);
+  wr32(b, 0, v);
+  return b;
 }
 
 /** An ASCII field of identify data: space padded, never NUL. */
@@ -140,6 +159,8 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** Bumped by every controller reset: work of an older epoch is dropped. */
   #epoch = 0;
   #irqPending = new Set<number>();
+  /** Doorbell Buffer Config in force (I/O queues only, as Linux uses it); cleared by a reset. */
+  #dbbuf: DoorbellBuffer | undefined;
   #irqScheduled = false;
   #startedAt = Date.now();
   readonly stats = {
@@ -218,6 +239,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     for (const id of this.#sqs.keys()) this.host.setPushRule(id, undefined);
     this.#sqs.clear();
     this.#cqs.clear();
+    this.#dbbuf = undefined;
     this.#aers = [];
     this.#irqPending.clear();
     this.#features.clear();
@@ -286,6 +308,7 @@ export class NvmeController extends PciDevice<NvmeController> {
       tail: 0,
       phase: 1,
       waiting: [],
+      refreshing: false,
     });
     this.#sqs.set(0, {
       id: 0,
@@ -352,6 +375,7 @@ export class NvmeController extends PciDevice<NvmeController> {
       entries,
       dataMax: id === 0 ? 0 : PUSH_WRITE_MAX,
       lbaShift: Math.log2(this.lbaSize),
+      ...(id && this.#dbbuf ? { eventIdx: this.#dbbuf.eis + BigInt(2 * id * 4) } : {}),
     });
   }
 
@@ -462,6 +486,43 @@ export class NvmeController extends PciDevice<NvmeController> {
       posted = true;
     }
     if (posted && cq.ien) this.#interrupt(cq.vector);
+    if (cq.waiting.length && cq.id && this.#dbbuf) void this.#refreshHead(cq, this.#dbbuf, this.#epoch);
+  }
+
+  /**
+   * A shadowed CQ looks full: its driver rings the head doorbell only when told to (the event
+   * index), so the head we know may be old. Reads the shadow head; if the driver has not moved,
+   * sets the event index to that head (its next move rings) and reads once more, since it may
+   * have moved before seeing the new index (the driver writes the shadow, then reads the index;
+   * we write the index, then read the shadow: one of us sees the other).
+   */
+  async #refreshHead(cq: Cq, db: DoorbellBuffer, epoch: number): Promise<void> {
+    if (cq.refreshing) return;
+    cq.refreshing = true;
+    const slot = BigInt((2 * cq.id + 1) * 4);
+    const current = () => epoch === this.#epoch && this.#cqs.get(cq.id) === cq;
+    try {
+      for (let attempt = 0; attempt < 2; attempt++) {
+        const head = rd32(await this.host.dmaRead(db.dbs + slot, 4), 0);
+        if (!current()) return;
+        if (head >= cq.size) {
+          this.trace('nvme.dbbuf.bad-cq-head', { queue: cq.id, value: head });
+          return; // a real head doorbell may still come
+        }
+        if (head !== cq.head) {
+          cq.head = head;
+          this.#postWaiting(cq);
+          return;
+        }
+        if (attempt === 0) this.host.dmaWrite(db.eis + slot, le32(cq.head));
+      }
+    } catch (e) {
+      if (!(e instanceof DmaError)) throw e;
+      this.trace('nvme.dbbuf.unreadable', { queue: cq.id, iova: `0x${e.iova.toString(16)}` });
+      this.#fatal(epoch);
+    } finally {
+      cq.refreshing = false;
+    }
   }
 
   /** One interrupt per vector per tick, however many completions it covers. */
@@ -570,6 +631,8 @@ export class NvmeController extends PciDevice<NvmeController> {
         if (this.#aers.length >= AER_LIMIT) return fail(SC.AER_LIMIT);
         this.#aers.push(rd16(sqe, 2));
         return { status: HELD }; // until an event (none is generated yet) or a reset
+      case ADMIN.DBBUF:
+        return this.#doorbellBuffer(sqe);
       case ADMIN.ABORT:
         return ok(1); // bit 0: not aborted (commands here finish quickly)
       default:
@@ -629,6 +692,8 @@ export class NvmeController extends PciDevice<NvmeController> {
     b[77] = MDTS;
     wr16(b, 78, 1); // controller id
     wr32(b, 80, 0x00010400); // version 1.4
+    // Shadow doorbells only where the host keeps SQ event indices (docs/PUSH.md "Shadow doorbells").
+    if (this.host.sqEventIdx) wr16(b, 256, OACS_DBBUF);
     b[258] = 3; // abort limit: 4
     b[259] = AER_LIMIT - 1;
     b[260] = 0x03; // one firmware slot, read-only
@@ -709,6 +774,37 @@ export class NvmeController extends PciDevice<NvmeController> {
     return b;
   }
 
+  /** Doorbell Buffer Config: PRP1 the shadow doorbells, PRP2 their event indices. I/O queues use
+   *  them from now on; the host keeps each SQ's event index at its doorbell writes (the push rule's
+   *  eventIdx), so the driver rings every submission; CQ heads are read from the shadow when a CQ
+   *  looks full, and the driver rings them only when its head wraps or we ask. */
+  #doorbellBuffer(sqe: Uint8Array): Done {
+    if (!this.host.sqEventIdx) {
+      this.trace('nvme.admin.bad-opcode', { opcode: ADMIN.DBBUF });
+      return fail(SC.INVALID_OPCODE);
+    }
+    const dbs = rd64(sqe, 24);
+    const eis = rd64(sqe, 32);
+    if (!dbs || !eis || dbs & BigInt(PAGE - 1) || eis & BigInt(PAGE - 1)) return fail(SC.INVALID_FIELD);
+    this.#dbbuf = { dbs, eis };
+    for (const cq of this.#cqs.values()) if (cq.id) this.#shadowCq(cq.id);
+    for (const sq of this.#sqs.values()) {
+      if (!sq.id) continue;
+      this.#shadowSq(sq);
+      this.#pushSq(sq.id, sq.base, sq.size);
+    }
+    return ok();
+  }
+
+  /** SQ `sq`'s event index at its tail: the driver's next submission rings. */
+  #shadowSq(sq: Sq): void {
+    this.host.dmaWrite(this.#dbbuf!.eis + BigInt(2 * sq.id * 4), le32(sq.tail));
+  }
+
+  #shadowCq(id: number): void {
+    this.host.dmaWrite(this.#dbbuf!.eis + BigInt((2 * id + 1) * 4), le32(CQ_EVENT_IDLE));
+  }
+
   #createCq(sqe: Uint8Array, cdw10: number, cdw11: number): Done {
     const qid = cdw10 & 0xffff;
     const size = (cdw10 >>> 16) + 1;
@@ -729,7 +825,9 @@ export class NvmeController extends PciDevice<NvmeController> {
       tail: 0,
       phase: 1,
       waiting: [],
+      refreshing: false,
     });
+    if (this.#dbbuf) this.#shadowCq(qid);
     return ok();
   }
 
@@ -744,6 +842,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     if (!(cdw11 & 1)) return fail(SC.INVALID_FIELD);
     if (base & BigInt(PAGE - 1) || !base) return fail(SC.INVALID_PRP_OFFSET);
     this.#sqs.set(qid, { id: qid, base, size, cqid, head: 0, tail: 0, inflight: 0, fetching: false });
+    if (this.#dbbuf) this.#shadowSq(this.#sqs.get(qid)!);
     this.#pushSq(qid, base, size);
     return ok();
   }

@@ -52,7 +52,12 @@ export const ADMIN = {
   SET_FEATURES: 0x09,
   GET_FEATURES: 0x0a,
   ASYNC_EVENT: 0x0c,
+  /** Doorbell Buffer Config: shadow doorbells and event indices in host memory (OACS bit 8). */
+  DBBUF: 0x7c,
 } as const;
+
+/** Identify Controller OACS: Doorbell Buffer Config supported. */
+export const OACS_DBBUF = 1 << 8;
 
 export const IO = {
   FLUSH: 0x00,

@@ -15,6 +15,8 @@ export interface FakeHostOptions {
   base?: bigint;
   /** The host ends virtqueue rounds (HostPort.virtqRound); default true. */
   rounds?: boolean;
+  /** The host keeps NVMe SQ event indices (HostPort.sqEventIdx); default true. */
+  sqEventIdx?: boolean;
 }
 
 export type HostEvent =
@@ -38,11 +40,13 @@ export class FakeHost implements HostPort {
   /** Per virtq rule: avail idx at the driver's last notify (what a push would have taken). */
   readonly #notifiedIdx = new Map<number, number>();
   virtqRound?: (round: VirtqRound) => void;
+  readonly sqEventIdx: boolean;
 
   constructor(o: FakeHostOptions = {}) {
     this.memory = new Uint8Array(new ArrayBuffer(o.memory ?? 1 << 20));
     this.base = o.base ?? 0x1000_0000n;
     if (o.rounds !== false) this.virtqRound = (r) => this.#round(r);
+    this.sqEventIdx = o.sqEventIdx !== false;
   }
 
   #rd16(iova: bigint): number | undefined {
@@ -50,9 +54,15 @@ export class FakeHost implements HostPort {
     return off === undefined ? undefined : rd16(this.memory, off);
   }
 
-  /** FakeBus saw a write at (bar, offset): a virtq rule's notify takes the ring as it is now. */
-  notified(bar: number, offset: number): void {
+  /** FakeBus saw `data` written at (bar, offset): a virtq rule's notify takes the ring as it is
+   *  now; an NVMe rule's event index takes the value (docs/PUSH.md "Shadow doorbells"). */
+  notified(bar: number, offset: number, data: Uint8Array): void {
     for (const [id, r] of this.pushRules) {
+      if (r.kind === 'nvme-sq' && r.eventIdx !== undefined && r.bar === bar && r.doorbell === offset) {
+        const at = this.#at(r.eventIdx, 4);
+        if (at !== undefined) this.memory.fill(0, at, at + 4).set(data.subarray(0, 4), at);
+        continue;
+      }
       if (r.kind !== 'virtq' || r.bar !== bar || r.notify !== offset) continue;
       const idx = this.#rd16(r.avail + 2n);
       if (idx !== undefined) this.#notifiedIdx.set(id, idx);
@@ -219,7 +229,7 @@ export class FakeBus {
   }
 
   write(bar: number, offset: number, data: Uint8Array): void {
-    this.host.notified(bar, offset);
+    this.host.notified(bar, offset, data);
     this.device.mmioWrite(bar, offset, data);
     this.sync();
   }

@@ -12,7 +12,7 @@ import {
   PCI_COMMAND_MEMORY,
   walkCaps,
 } from '../../devices/pci/config.js';
-import { wr16, wr32, wr64 } from '../../devices/pci/le.js';
+import { rd32, wr16, wr32, wr64 } from '../../devices/pci/le.js';
 import { PUSH_MAX_BYTES } from '../../devices/push.js';
 import { TestDevice } from '../../devices/test/device.js';
 import { wireDescription } from '../../endpoint/describe.js';
@@ -97,6 +97,25 @@ describe('SimFunction push rules', () => {
     expect(num(b.sent[2].mmioWrite!.offset)).toBe(SQ_DB);
     expect(b.fn.counters).toMatchObject({ pushes: 2, pushBytes: 64 + PAGE, pushSkipped: 0, pushDrops: 0 });
     expect(b.iommu.counters.readFaults).toBe(0);
+  });
+
+  it("writes an SQ rule's event index with each doorbell value, before the driver goes on", async () => {
+    const b = await bus();
+    const { sq } = nvmeQueue(b);
+    const shadow = b.buffer(PAGE, 0, 'bidirectional');
+    const ei = shadow.iova + 8n;
+    b.fn.deliver(wire(nvmeRule(sq.iova, { avail: long(ei) })));
+    b.fn.write32(0, SQ_DB, 1);
+    expect(rd32(shadow.bytes, 8)).toBe(1);
+    b.fn.write32(0, SQ_DB, 5);
+    expect(rd32(shadow.bytes, 8)).toBe(5);
+    expect(b.fn.counters).toMatchObject({ eventIdxWrites: 2, eventIdxRefused: 0 });
+    // A slot the device may not write is refused and counted, like its own DMA writes.
+    const readOnly = b.buffer(PAGE, 0, 'to-device');
+    b.fn.deliver(wire(nvmeRule(sq.iova, { avail: long(readOnly.iova) })));
+    b.fn.write32(0, SQ_DB, 6);
+    expect(rd32(readOnly.bytes, 0)).toBe(0);
+    expect(b.fn.counters).toMatchObject({ eventIdxWrites: 2, eventIdxRefused: 1 });
   });
 
   it('pushes a virtqueue ring and table before its notify write', async () => {
@@ -284,7 +303,7 @@ describe('SimFunction push rules', () => {
       nvmeRule(0n, { bar: 4 }),
       nvmeRule(0n, { offset: long(0x3ffd) }), // the doorbell's 4 bytes must be in the BAR
       nvmeRule(0n, { dataMax: PUSH_MAX_BYTES + 1 }),
-      nvmeRule(0n, { avail: long(0x1000) }),
+      nvmeRule(0n, { avail: long(0x1002) }), // an event index is a 4-byte slot
       nvmeRule(0n, { indirect: true }),
       virtq({ lbaShift: 9 }),
       nvmeRule(0n, { offset: long(1n << 60n) }),

@@ -94,6 +94,9 @@ export interface SimCounters {
   pushSkipped: number;
   /** PushDrop messages sent (a mapping pushed from was unmapped). */
   pushDrops: number;
+  /** SQ event indices written at doorbell writes, and those the IOMMU refused. */
+  eventIdxWrites: number;
+  eventIdxRefused: number;
   /** VirtqDone messages applied; interrupts they found unwanted; kicks they made. */
   virtqRounds: number;
   virtqIrqsSkipped: number;
@@ -127,6 +130,8 @@ export class SimFunction implements ChannelDevice {
     pushBytes: 0,
     pushSkipped: 0,
     pushDrops: 0,
+    eventIdxWrites: 0,
+    eventIdxRefused: 0,
     virtqRounds: 0,
     virtqIrqsSkipped: 0,
     virtqKicks: 0,
@@ -427,6 +432,16 @@ export class SimFunction implements ChannelDevice {
       this.counters.pushBytes += p.data.length;
       this.#sink({ push: { dev: this.dev, iova: long(p.iova), data: p.data, rule: p.rule } });
     }
+    // An SQ's event index follows its doorbell before the driver goes on, so its next submission
+    // rings (docs/PUSH.md "Shadow doorbells"): the device's own write, made early by the host.
+    const indices = this.#rules.eventIndices(bar, offset);
+    if (!indices.length) return;
+    const value = new Uint8Array(4);
+    value.set(data.subarray(0, 4));
+    for (const ei of indices) {
+      if (this.#iommu.deviceWrite(ei, value)) this.counters.eventIdxWrites++;
+      else this.counters.eventIdxRefused++;
+    }
   }
 
   #forgetPushes(): void {
@@ -678,7 +693,9 @@ export class SimFunction implements ChannelDevice {
     let rule: PushRule | undefined;
     if (p.kind === pcinet.PushKind.PUSH_NVME_SQ) {
       const lbaShift = p.lbaShift ?? 0;
+      const eventIdx = u64(p.avail);
       rule = { kind: 'nvme-sq', bar, doorbell: at, base: u64(p.ring), entries, dataMax, lbaShift };
+      if (eventIdx) rule.eventIdx = eventIdx;
     } else if (p.kind === pcinet.PushKind.PUSH_VIRTQ) {
       const [desc, avail, indirect] = [u64(p.ring), u64(p.avail), p.indirect ?? false];
       rule = { kind: 'virtq', bar, notify: at, desc, avail, size: entries, dataMax, indirect };

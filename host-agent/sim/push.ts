@@ -128,6 +128,19 @@ export class PushRules {
     return this.#slots[id]?.last;
   }
 
+  /** The event indices of the NVMe rules on the doorbell at (`bar`, `offset`) (NvmeSqRule.eventIdx;
+   *  docs/PUSH.md "Shadow doorbells"). */
+  eventIndices(bar: number, offset: number): bigint[] {
+    const out: bigint[] = [];
+    if (this.#count === 0) return out;
+    for (const s of this.#slots) {
+      const r = s?.rule;
+      if (r?.kind === 'nvme-sq' && r.eventIdx !== undefined && r.bar === bar && r.doorbell === offset)
+        out.push(r.eventIdx);
+    }
+    return out;
+  }
+
   /** Function reset, link down/up, removal: every rule goes (docs/PUSH.md "Rules"). */
   clear(): void {
     this.#slots.fill(undefined);

@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define PCINET_ABI_VERSION	2
+#define PCINET_ABI_VERSION	3
 
 /* Largest data payload of one record (MMIO string moves, DMA). Bigger DMA is split by the agent. */
 #define PCINET_MAX_DATA		65536
@@ -160,7 +160,8 @@ struct pcinet_w_push_rule {
 	__le32 entries;		/* NVMe: SQ size (2..65536); virtq: queue size (power of two <= 32768) */
 	__le64 offset;		/* BAR offset of the doorbell (NVMe SQ tail; virtio notify address) */
 	__le64 ring;		/* IOVA: NVMe SQ base; virtq descriptor table */
-	__le64 avail;		/* IOVA: virtq driver area (avail ring); 0 for NVMe */
+	__le64 avail;		/* IOVA: virtq driver area (avail ring); NVMe (ABI 3): the SQ's event
+				 * index, written with each doorbell value (0: none) */
 	__le32 data_max;	/* most payload bytes pushed per entry (0: entries only) */
 	__le32 lba_shift;	/* NVMe: log2 of the LBA size (9..12); 0 for virtq */
 	__le32 flags;		/* PCINET_PUSH_F_* */
