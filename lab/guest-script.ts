@@ -119,6 +119,21 @@ for a in $DEVICES; do
   else
     say phase unbound $a "$(cat "$d/modalias")"
   fi
+  # A virtio-pci function carries a virtio device whose driver (virtio_blk, virtio-rng …) loads by
+  # the virtio device's own modalias, which nothing else here requests (there is no udev).
+  for v in "$d"/virtio*; do
+    [ -e "$v/modalias" ] || continue
+    if [ ! -e "$v/driver" ] && modprobe -q "$(cat "$v/modalias")"; then
+      i=0
+      while [ ! -e "$v/driver" ]; do
+        i=$((i + 1))
+        [ $i -le ${p.bindTimeoutS * TICKS_PER_S} ] \\
+          || fail "device $a: a driver for $(cat "$v/modalias") was loaded but did not bind within ${p.bindTimeoutS} s"
+        sleep 0.1
+      done
+    fi
+    [ -e "$v/driver" ] && say "$a: $(basename "$v") bound to $(basename "$(readlink "$v/driver")")"
+  done
 done
 `;
 }
