@@ -183,6 +183,19 @@ describe.each([true, false])('serving chains (VirtioQueue.serve), host ends roun
     expect(d.availEvent(0)).toBe(3);
   });
 
+  it('decides an async answer’s interrupt from used_event as it is after the answer, not before', async () => {
+    const d = driver();
+    d.dev.async = true;
+    d.usedEvent(0, 5); // no interrupt wanted when the chain is taken
+    d.chain(0, 0, [{ room: 4 }]);
+    d.offer(0, 0);
+    await d.until(() => d.dev.held.length === 1);
+    d.usedEvent(0, 0); // then the driver asks for one at the next used entry
+    d.dev.held[0]!.answer(4);
+    await d.until(() => vector1(d) === 1);
+    expect(d.usedIdx(0)).toBe(1);
+  });
+
   it.runIf(rounds)(
     'a chain made available without a notify while the device was busy is served',
     async () => {
