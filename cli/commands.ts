@@ -57,7 +57,8 @@ function untilSignal(): Promise<string> {
   });
 }
 
-export async function runEndpoint(o: EndpointFlags, log: Logger): Promise<void> {
+/** What `pcinet endpoint` checks before it does anything (`--check` stops here). */
+export function checkEndpoint(o: EndpointFlags) {
   const specs = o.device ?? [];
   if (specs.length === 0) throw new UsageError('no --device given (e.g. --device test)');
   const models = specs.map((s) => {
@@ -75,6 +76,11 @@ export async function runEndpoint(o: EndpointFlags, log: Logger): Promise<void> 
       'TLS endpoint needs at least one --allow <host fingerprint> (the host prints it with pcinet id)',
     );
   }
+  return { specs, models, addr, tls, allow };
+}
+
+export async function runEndpoint(o: EndpointFlags, log: Logger): Promise<void> {
+  const { specs, models, addr, tls, allow } = checkEndpoint(o);
   const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
   const server = new EndpointServer({ models, log, session: sessionOptions(o, log) });
   const where = await server.listen(addr, identity ? { identity, allow } : undefined);
@@ -91,7 +97,9 @@ function writeReadyFile(path: string, devices: readonly object[]): void {
   renameSync(tmp, path);
 }
 
-export async function runHost(o: HostFlags, log: Logger): Promise<number> {
+/** What `pcinet host` checks before it does anything (`--check` stops here). */
+export function checkHost(o: HostFlags) {
+  if (!o.connect) throw new UsageError('--connect is required (or "connect" in the --config file)');
   const addr = address(o.connect);
   const tls = wantsTls(addr, o.insecure);
   if (tls && !o.pin) {
@@ -100,6 +108,11 @@ export async function runHost(o: HostFlags, log: Logger): Promise<number> {
   if (o.selftest && o.channel !== 'sim') throw new UsageError('--selftest needs --channel sim');
   if (o.selftest && o.reconnect) throw new UsageError('--reconnect and --selftest do not go together');
   const pin = o.pin ? checkFingerprint(o.pin, '--pin') : undefined;
+  return { addr, tls, pin };
+}
+
+export async function runHost(o: HostFlags, log: Logger): Promise<number> {
+  const { addr, tls, pin } = checkHost(o);
   const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
   return runHostAgent({
     address: addr,

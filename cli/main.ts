@@ -6,7 +6,7 @@ import { deviceHelp } from '../endpoint/device-spec.js';
 import { labCommand } from '../lab/cli.js';
 import { runVpnDemo } from '../lab/demo-vpn.js';
 import { runZfsDemo } from '../lab/demo-zfs.js';
-import { runEndpoint, runHost, runId } from './commands.js';
+import { checkEndpoint, checkHost, runEndpoint, runHost, runId } from './commands.js';
 import { mergeOptions, readConfigFile } from './config.js';
 import { EXIT_USAGE, UsageError } from './errors.js';
 import { LOG_LEVELS, type LogLevel, makeLogger } from './log.js';
@@ -28,12 +28,26 @@ function collect(v: string, prev: string[] = []): string[] {
 function common(cmd: Command): Command {
   return cmd
     .option('--config <file>', 'read options from a JSON file (flags win)')
+    .option(
+      '--check',
+      'check the options (flags and --config) and exit: 0 if it would start with them',
+      false,
+    )
     .addOption(new Option('--log-level <level>', 'log level').choices(LOG_LEVELS).default('info'))
     .option('--identity <dir>', 'identity directory (key + certificate)', defaultIdentityDir())
     .option('--insecure', 'allow plain TCP/WebSocket to a non-loopback address', false)
     .option('--keepalive-ms <ms>', 'keep-alive interval', positiveInt, 1000)
     .option('--dead-after-ms <ms>', 'a silent peer is dead after this long', positiveInt, 3000)
     .option('--grace-ms <ms>', 'how long a lost connection may be resumed', positiveInt, 30000);
+}
+
+/** `--check` passed: one line saying so (systemd's ExecStartPre, a person editing /etc/pcinet). */
+function checked(what: string, addr: { scheme?: string; host: string; port: number }): void {
+  process.stdout.write(
+    `pcinet ${what}: options ok (${addr.scheme ? `${addr.scheme}://` : ''}${addr.host}:${addr.port})\n`,
+  );
+  // Device specs may have opened their backends (a file, a TAP) to check them: nothing else runs.
+  process.exit(0);
 }
 
 export function defaultIdentityDir(): string {
@@ -80,6 +94,7 @@ export function buildProgram(): Command {
       .addHelpText('after', () => `\nDevices (--device NAME[:key=value,...]):\n${indent(deviceHelp())}\n`),
   ).action(async (_o, cmd: Command) => {
     const o = options<EndpointFlags>(cmd);
+    if (o.check) return checked('endpoint', checkEndpoint(o).addr);
     await runEndpoint(o, makeLogger(o.logLevel, 'endpoint'));
   });
 
@@ -87,7 +102,7 @@ export function buildProgram(): Command {
     program
       .command('host')
       .description('put an endpoint’s devices on this machine (the workstation side)')
-      .requiredOption('--connect <addr>', "the endpoint's address")
+      .option('--connect <addr>', "the endpoint's address (required, here or in the config file)")
       .addOption(
         new Option('--channel <name>', 'where devices appear').choices(['sim', 'kernel']).default('kernel'),
       )
@@ -105,6 +120,7 @@ export function buildProgram(): Command {
       ),
   ).action(async (_o, cmd: Command) => {
     const o = options<HostFlags>(cmd);
+    if (o.check) return checked('host', checkHost(o).addr);
     process.exitCode = await runHost(o, makeLogger(o.logLevel, 'host'));
   });
 
@@ -136,6 +152,7 @@ export function buildProgram(): Command {
 
 export interface CommonFlags {
   config?: string;
+  check: boolean;
   logLevel: LogLevel;
   identity: string;
   insecure: boolean;

@@ -1194,3 +1194,5 @@ module_exit(pcinet_exit);
 MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("pcinet: PCIe devices over the network");
 MODULE_AUTHOR("pcinet developers");
+/* The package version: dkms.conf and package.json say the same (test/packaging.test.ts). */
+MODULE_VERSION("0.1.0");

@@ -481,8 +481,18 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
       const connect = external
         ? guestDialAddress(o.endpoint!, !!o.insecure)
         : `${o.insecure ? 'tcp' : 'tls'}://${SLIRP_HOST}:${LAB_ENDPOINT_PORT}`;
+      const modules = [assets.pcinetKo!, ...assets.testKos];
+      for (const ko of modules) {
+        // The guest's /lib/modules/<kver> is the lab image's (LAB_MODULES), not this machine's.
+        if (resolve(ko).startsWith(`/lib/modules/${assets.kver}/`))
+          throw new LabError(
+            'prepare',
+            `lab: ${ko} is hidden in the guest by the image's modules; copy it elsewhere`,
+          );
+        guestVisible(dirname(ko), 'the directory of module', tmpBinds);
+      }
       guestPcinet = {
-        modules: [assets.pcinetKo!, ...assets.testKos],
+        modules,
         hostArgv: hostAgentArgv({
           node,
           cli: assets.cli!,

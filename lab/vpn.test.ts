@@ -5,26 +5,15 @@
 // a small forwarder on the card attaches to that TAP with the endpoint's own TapBackend and copies
 // every frame to and from a second TAP that it moved into the workstation's namespace. So the card
 // sees frames arrive on its TAP from a user-space reader, as with the endpoint; only virtio and the
-// network between workstation and card are left out. The forwarder runs tap.ts transpiled from
-// source (it must run inside the card's namespace, hence in a child process), so no build is needed.
+// network between workstation and card are left out. The forwarder runs the built tap.ts (dist/;
+// it must run inside the card's namespace, hence in a child process; npm test builds first).
 //
 // Needs root, /dev/net/tun, wireguard-go, wg, tcpdump, iperf3, ping.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import {
-  accessSync,
-  constants,
-  existsSync,
-  mkdirSync,
-  mkdtempSync,
-  readFileSync,
-  rmSync,
-  symlinkSync,
-  writeFileSync,
-} from 'node:fs';
+import { accessSync, constants, existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { delimiter, join } from 'node:path';
-import ts from 'typescript';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { PrivateNetns } from './netns.js';
 import { repoRoot } from './paths.js';
@@ -75,15 +64,11 @@ process.on('SIGTERM', () => { card.close(); ws.close(); process.exit(0); });
 console.log('ready');
 `;
 
-/** endpoint/backends/tap.ts as a module node runs by itself; koffi is found through a symlink. */
-function transpileTap(dir: string): string {
-  const root = repoRoot();
-  const src = readFileSync(join(root, 'endpoint/backends/tap.ts'), 'utf8');
-  const out = ts.transpileModule(src, {
-    compilerOptions: { module: ts.ModuleKind.ESNext, target: ts.ScriptTarget.ES2022 },
-  });
-  writeFileSync(join(dir, 'tap.mjs'), out.outputText);
-  symlinkSync(join(root, 'node_modules'), join(dir, 'node_modules'));
+/** endpoint/backends/tap.ts, built (npm test builds first), as the module the script imports. */
+function tapModuleIn(dir: string): string {
+  const built = join(repoRoot(), 'dist/endpoint/backends/tap.js');
+  if (!existsSync(built)) throw new Error(`${built} is missing: run npm run build`);
+  writeFileSync(join(dir, 'tap.mjs'), `export * from ${JSON.stringify(built)};\n`);
   return join(dir, 'tap.mjs');
 }
 
@@ -152,7 +137,7 @@ async function inWorld(dir: string, tapFirst: boolean, body: (w: World) => Promi
   try {
     card = await PrivateNetns.create(LIFETIME_S);
     ws = await PrivateNetns.create(LIFETIME_S);
-    const tapModule = transpileTap(dir);
+    const tapModule = tapModuleIn(dir);
     const startForwarder = async (cardNs: PrivateNetns, wsNs: PrivateNetns) => {
       const script = forwarderScript(tapModule, CARD_TAP, WS_TAP, netnsPath(wsNs));
       const argv = cardNs.wrap([

@@ -297,6 +297,7 @@ describe('bad input: one clear line, exit 2', () => {
   const cases: [string, string[], RegExp][] = [
     ['unknown flag', ['host', '--connect', '127.0.0.1:1', '--bogus'], /unknown option '--bogus'/],
     ['bad address', ['host', '--connect', 'nonsense'], /nonsense/],
+    ['host without an endpoint', ['host', '--channel', 'sim'], /--connect is required/],
     [
       'plain TCP to another host',
       ['host', '--connect', 'tcp://192.0.2.1:7470', '--channel', 'sim'],
