@@ -1,8 +1,6 @@
-// `--device nvme:…`: the NVMe controller's options and factory (devices/spec.ts). It sits beside
-// devices/nvme/ rather than in it only because that directory is being reworked by the performance
-// work; it moves in when that lands.
-import { NvmeController } from './nvme/controller.js';
-import { blockOptions, blockSource, choiceOption, deviceSpec, intOption, textOption } from './spec.js';
+// `--device nvme:…`: the NVMe controller's options and factory (devices/spec.ts).
+import { blockOptions, blockSource, choiceOption, deviceSpec, intOption, textOption } from '../spec.js';
+import { NvmeController } from './controller.js';
 
 export const nvmeSpec = deviceSpec({
   name: 'nvme',
