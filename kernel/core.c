@@ -44,9 +44,7 @@ static struct pcinet_rec *pcinet_rec_new(struct pcinet_fn *fn, const void *rec, 
 	return r;
 }
 
-/* Queues a record without waiting (callers bound their own output); dropped while the link
- * is down. Any context. */
-void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
+static void __pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r, bool wake)
 {
 	unsigned long flags;
 
@@ -56,12 +54,34 @@ void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
 		kvfree(r);
 		return;
 	}
-	r->queued_ns = ktime_get_ns();
+	/* 0: not timed (a lazy record waits for company on purpose). */
+	r->queued_ns = wake ? ktime_get_ns() : 0;
 	spin_lock_irqsave(&fn->qlock, flags);
 	list_add_tail(&r->node, &fn->queue);
 	fn->queued += r->len;
+	/* Lazy records alone never make the queue long enough for writers to wait on it. */
+	wake |= fn->queued > PCINET_QUEUE_BYTES / 4;
 	spin_unlock_irqrestore(&fn->qlock, flags);
-	wake_up_interruptible(&fn->readq);
+	if (wake)
+		wake_up_interruptible(&fn->readq);
+}
+
+/* Queues a record without waiting (callers bound their own output); dropped while the link
+ * is down. Any context. */
+void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
+{
+	__pcinet_rec_add(fn, r, true);
+}
+
+/*
+ * pcinet_rec_add() without waking the link's send thread: the record goes with the next one that
+ * does (a reader of /dev/pcinet finds it as usual). For records nothing waits for, whose only
+ * use is to precede later records: R_PUSH_DROP, which matters only to reads that a later doorbell
+ * will ask for. Saves a wake-up and a send per unmap. Any context.
+ */
+void pcinet_rec_add_lazy(struct pcinet_fn *fn, struct pcinet_rec *r)
+{
+	__pcinet_rec_add(fn, r, false);
 }
 
 /* pcinet_rec_add() for a list of records, emptied: queued together, in order, one wake-up. */

@@ -211,6 +211,7 @@ static inline void pcinet_hdr(struct pcinet_hdr *h, u16 type, size_t len)
 void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len);
 void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len);
 void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r);
+void pcinet_rec_add_lazy(struct pcinet_fn *fn, struct pcinet_rec *r);
 void pcinet_rec_add_list(struct pcinet_fn *fn, struct list_head *recs);
 struct pcinet_rec *pcinet_rec_alloc(struct pcinet_fn *fn, size_t len);
 void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r);

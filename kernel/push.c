@@ -485,9 +485,10 @@ void pcinet_push_unmapped(struct pcinet_fn *fn, u64 iova, u64 len)
 	d->iova = cpu_to_le64(iova);
 	d->length = cpu_to_le64(len);
 	/* A doorbell that copied from this mapping before it was unmapped still holds the lock
-	 * until its R_PUSH records are queued: the drop goes after them. */
+	 * until its R_PUSH records are queued: the drop goes after them. It goes out with the next
+	 * record that wakes the sender: only reads a later doorbell asks for can need it. */
 	spin_lock_irqsave(&fn->push_lock, flags);
-	pcinet_rec_add(fn, r);
+	pcinet_rec_add_lazy(fn, r);
 	spin_unlock_irqrestore(&fn->push_lock, flags);
 	atomic64_inc(&fn->stats.push_drops);
 }
