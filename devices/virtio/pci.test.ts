@@ -196,18 +196,18 @@ describe.each([true, false])('serving chains (VirtioQueue.serve), host ends roun
     expect(d.usedIdx(0)).toBe(1);
   });
 
-  it.runIf(rounds)(
-    'a chain made available without a notify while the device was busy is served',
-    async () => {
-      const d = driver();
-      d.dev.async = true;
-      for (const h of [0, 1]) d.chain(0, h, [{ room: 4 }]);
-      d.offer(0, 0);
-      await d.until(() => d.dev.held.length === 1);
-      d.offerQuietly(0, 1); // the driver read avail_event before the device moved it: no notify
-      d.dev.held[0]!.answer(0);
-      await d.until(() => d.dev.held.length === 2);
-      expect(d.host.events.filter((e) => e.kind === 'kick')).toHaveLength(1);
-    },
-  );
+  // Only the host's round recheck finds such a chain (without rounds the device re-reads its ring,
+  // and no test of a kick applies): defined for that mode only, not skipped in the other.
+  if (!rounds) return;
+  it('a chain made available without a notify while the device was busy is served', async () => {
+    const d = driver();
+    d.dev.async = true;
+    for (const h of [0, 1]) d.chain(0, h, [{ room: 4 }]);
+    d.offer(0, 0);
+    await d.until(() => d.dev.held.length === 1);
+    d.offerQuietly(0, 1); // the driver read avail_event before the device moved it: no notify
+    d.dev.held[0]!.answer(0);
+    await d.until(() => d.dev.held.length === 2);
+    expect(d.host.events.filter((e) => e.kind === 'kick')).toHaveLength(1);
+  });
 });
