@@ -13,6 +13,7 @@
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/capability.h>
 #include <linux/fs.h>
 #include <linux/idr.h>
 #include <linux/miscdevice.h>
@@ -1105,6 +1106,10 @@ static int pcinet_open(struct inode *inode, struct file *file)
 {
 	struct pcinet_fn *fn;
 
+	/* Whoever holds the file presents devices to in-tree drivers: the administrator's
+	 * business, whatever the node's mode says. */
+	if (!capable(CAP_SYS_ADMIN))
+		return -EPERM;
 	fn = kvzalloc(sizeof(*fn), GFP_KERNEL);
 	if (!fn)
 		return -ENOMEM;

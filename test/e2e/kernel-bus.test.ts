@@ -68,4 +68,21 @@ describe.skipIf(!root)('pcinet.ko: the device on a real Linux PCI bus', () => {
     expect(r.stdout).toMatch(/^status=0010$/m); // capability list bit only; W1C bits stay clear
     expect(r.stdout).toMatch(/^4096$/m);
   });
+
+  it('opens /dev/pcinet only with CAP_SYS_ADMIN, even as root', {
+    timeout: RUN_TIMEOUT_MS + 30_000,
+  }, async () => {
+    // Whoever holds the file presents devices to the machine's drivers. setpriv (util-linux)
+    // drops the capability from the bounding set, so root keeps its file access but not it.
+    const open = `sh -c 'exec 3<>/dev/pcinet' 2>&1; echo "rc=$?"`;
+    const r = await runInLab({
+      assets,
+      devices: ['test'],
+      command: `echo "without: $(setpriv --bounding-set=-sys_admin --inh-caps=-sys_admin -- ${open})"; echo "with: $(${open})"`,
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/^without: .*Operation not permitted\nrc=[1-9]$/m);
+    expect(r.stdout).toMatch(/^with: rc=0$/m);
+  });
 });
