@@ -102,18 +102,22 @@ ${
     : `[ "$n" -eq ${p.expectDevices} ] || fail "the ready file lists $n device(s), expected ${p.expectDevices}"`
 }
 say phase ready $n
+# Loads the driver for $1's modalias (nothing else does: there is no udev) unless one is bound, and
+# waits for it to bind; $2 names the device in messages.
+load_driver() {
+  [ ! -e "$1/driver" ] && modprobe -q "$(cat "$1/modalias")" || return 0
+  i=0
+  while [ ! -e "$1/driver" ]; do
+    i=$((i + 1))
+    [ $i -le ${p.bindTimeoutS * TICKS_PER_S} ] \\
+      || fail "device $2: a driver for $(cat "$1/modalias") was loaded but did not bind within ${p.bindTimeoutS} s"
+    sleep 0.1
+  done
+}
 for a in $DEVICES; do
   d=/sys/bus/pci/devices/$a
   [ -e "$d" ] || fail "device $a from the ready file is not in /sys/bus/pci/devices"
-  if [ ! -e "$d/driver" ] && modprobe -q "$(cat "$d/modalias")"; then
-    i=0
-    while [ ! -e "$d/driver" ]; do
-      i=$((i + 1))
-      [ $i -le ${p.bindTimeoutS * TICKS_PER_S} ] \\
-        || fail "device $a: a driver for $(cat "$d/modalias") was loaded but did not bind within ${p.bindTimeoutS} s"
-      sleep 0.1
-    done
-  fi
+  load_driver "$d" "$a"
   if [ -e "$d/driver" ]; then
     say phase bound $a "$(basename "$(readlink "$d/driver")")"
   else
@@ -123,15 +127,7 @@ for a in $DEVICES; do
   # the virtio device's own modalias, which nothing else here requests (there is no udev).
   for v in "$d"/virtio*; do
     [ -e "$v/modalias" ] || continue
-    if [ ! -e "$v/driver" ] && modprobe -q "$(cat "$v/modalias")"; then
-      i=0
-      while [ ! -e "$v/driver" ]; do
-        i=$((i + 1))
-        [ $i -le ${p.bindTimeoutS * TICKS_PER_S} ] \\
-          || fail "device $a: a driver for $(cat "$v/modalias") was loaded but did not bind within ${p.bindTimeoutS} s"
-        sleep 0.1
-      done
-    fi
+    load_driver "$v" "$a"
     [ -e "$v/driver" ] && say "$a: $(basename "$v") bound to $(basename "$(readlink "$v/driver")")"
   done
 done

@@ -8,6 +8,7 @@
 // status the specification gives and a trace; nothing the driver writes can make the model throw.
 import { DmaError } from '../host-port.js';
 import {
+  leBytes,
   msixCap,
   PciDevice,
   pciConfig,
@@ -129,11 +130,9 @@ class CommandError extends Error {
   }
 }
 
-function le32(v: number): Uint8Array {
-  const b = new Uint8Array(4);
-  wr32(b, 0, v);
-  return b;
-}
+/** Byte offset of queue y's doorbell (SQ tail, or CQ head) among the doorbells: in the register
+ *  file from REG.DOORBELLS, and in the shadow doorbell and event index buffers alike (stride 4). */
+const doorbellAt = (y: number, cq: boolean) => (2 * y + (cq ? 1 : 0)) * 4;
 
 /** An ASCII field of identify data: space padded, never NUL. */
 function ascii(b: Uint8Array, at: number, len: number, text: string): void {
@@ -370,12 +369,12 @@ export class NvmeController extends PciDevice<NvmeController> {
     this.host.setPushRule(id, {
       kind: 'nvme-sq',
       bar: 0,
-      doorbell: REG.DOORBELLS + 2 * id * 4,
+      doorbell: REG.DOORBELLS + doorbellAt(id, false),
       base,
       entries,
       dataMax: id === 0 ? 0 : PUSH_WRITE_MAX,
       lbaShift: Math.log2(this.lbaSize),
-      ...(id && this.#dbbuf ? { eventIdx: this.#dbbuf.eis + BigInt(2 * id * 4) } : {}),
+      ...(id && this.#dbbuf ? { eventIdx: this.#dbbuf.eis + BigInt(doorbellAt(id, false)) } : {}),
     });
   }
 
@@ -499,7 +498,7 @@ export class NvmeController extends PciDevice<NvmeController> {
   async #refreshHead(cq: Cq, db: DoorbellBuffer, epoch: number): Promise<void> {
     if (cq.refreshing) return;
     cq.refreshing = true;
-    const slot = BigInt((2 * cq.id + 1) * 4);
+    const slot = BigInt(doorbellAt(cq.id, true));
     const current = () => epoch === this.#epoch && this.#cqs.get(cq.id) === cq;
     try {
       for (let attempt = 0; attempt < 2; attempt++) {
@@ -514,7 +513,7 @@ export class NvmeController extends PciDevice<NvmeController> {
           this.#postWaiting(cq);
           return;
         }
-        if (attempt === 0) this.host.dmaWrite(db.eis + slot, le32(cq.head));
+        if (attempt === 0) this.host.dmaWrite(db.eis + slot, leBytes(cq.head, 4));
       }
     } catch (e) {
       if (!(e instanceof DmaError)) throw e;
@@ -798,11 +797,11 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   /** SQ `sq`'s event index at its tail: the driver's next submission rings. */
   #shadowSq(sq: Sq): void {
-    this.host.dmaWrite(this.#dbbuf!.eis + BigInt(2 * sq.id * 4), le32(sq.tail));
+    this.host.dmaWrite(this.#dbbuf!.eis + BigInt(doorbellAt(sq.id, false)), leBytes(sq.tail, 4));
   }
 
   #shadowCq(id: number): void {
-    this.host.dmaWrite(this.#dbbuf!.eis + BigInt((2 * id + 1) * 4), le32(CQ_EVENT_IDLE));
+    this.host.dmaWrite(this.#dbbuf!.eis + BigInt(doorbellAt(id, true)), leBytes(CQ_EVENT_IDLE, 4));
   }
 
   #createCq(sqe: Uint8Array, cdw10: number, cdw11: number): Done {
@@ -997,7 +996,7 @@ function nvmeRegisters(queues: number): RegisterTable<NvmeController> {
     for (const cq of [false, true]) {
       regs.push({
         name: `${cq ? 'CQ' : 'SQ'}${y}${cq ? 'HDBL' : 'TDBL'}`,
-        at: REG.DOORBELLS + (2 * y + (cq ? 1 : 0)) * 4,
+        at: REG.DOORBELLS + doorbellAt(y, cq),
         size: 4,
         access: 'wo',
         doorbell: true,

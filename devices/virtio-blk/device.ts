@@ -32,7 +32,7 @@ const ro = ([name, at, size, reset]: Ro) => ({ name, at, size, access: 'ro', res
 const LIMITS: Ro[] = [
   ['SEG_MAX', BLK_CFG.SEG_MAX, 4, BLK_QUEUE_SIZE - 2], // a header and a status besides
   ['BLK_SIZE', BLK_CFG.BLK_SIZE, 4, SECTOR],
-  ['MAX_DISCARD_SECTORS', 36, 4, BLK_MAX_ZERO_SECTORS],
+  ['MAX_DISCARD_SECTORS', BLK_CFG.MAX_DISCARD_SECTORS, 4, BLK_MAX_ZERO_SECTORS],
   ['MAX_DISCARD_SEG', 40, 4, 1],
   ['DISCARD_SECTOR_ALIGNMENT', 44, 4, 8], // 4 KiB, what a file system punches
   ['MAX_WRITE_ZEROES_SECTORS', 48, 4, BLK_MAX_ZERO_SECTORS],

@@ -94,6 +94,8 @@ const doorbellOf = (r: PushRule) => (r.kind === 'nvme-sq' ? r.doorbell : r.notif
 export class PushRules {
   readonly #slots: (Slot | undefined)[] = new Array(MAX_PUSH_RULES).fill(undefined);
   #count = 0;
+  /** Rules with an event index: without any, a write looks for none. */
+  #withEventIdx = 0;
   #skipped = 0;
 
   /** Rules installed. */
@@ -113,9 +115,12 @@ export class PushRules {
   set(id: number, rule: PushRule | undefined): void {
     if (!Number.isInteger(id) || id < 0 || id >= MAX_PUSH_RULES)
       throw new RangeError(`push rule id ${id} is not in 0..${MAX_PUSH_RULES - 1}`);
-    if (this.#slots[id]) this.#count--;
+    const old = this.#slots[id]?.rule;
+    if (old) this.#count--;
+    if (old?.kind === 'nvme-sq' && old.eventIdx !== undefined) this.#withEventIdx--;
     this.#slots[id] = rule ? { rule, last: 0 } : undefined;
     if (rule) this.#count++;
+    if (rule?.kind === 'nvme-sq' && rule.eventIdx !== undefined) this.#withEventIdx++;
   }
 
   /** The rule with this id, if any. */
@@ -132,7 +137,7 @@ export class PushRules {
    *  docs/PUSH.md "Shadow doorbells"). */
   eventIndices(bar: number, offset: number): bigint[] {
     const out: bigint[] = [];
-    if (this.#count === 0) return out;
+    if (this.#withEventIdx === 0) return out;
     for (const s of this.#slots) {
       const r = s?.rule;
       if (r?.kind === 'nvme-sq' && r.eventIdx !== undefined && r.bar === bar && r.doorbell === offset)
@@ -145,6 +150,7 @@ export class PushRules {
   clear(): void {
     this.#slots.fill(undefined);
     this.#count = 0;
+    this.#withEventIdx = 0;
   }
 
   /** The driver wrote `data` at `bar` + `offset`: what to push in front of that write, in order.

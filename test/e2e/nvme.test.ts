@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { askCard, endpointControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
 import { runInLab } from '../../lab/run.js';
+import { FIO_VERIFY, FIO_VERIFY_OK } from './block-workloads.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 300_000;
@@ -104,17 +105,11 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
         insecure: p.insecure,
         kernelLink: p.kernelLink,
         devices: [`nvme:file=${join(dir, `fio-${p.insecure}-${p.kernelLink}.img`)},size=128M`],
-        command: [
-          ...findDisk,
-          'fio --name=verify --filename=$disk --direct=1 --ioengine=libaio --rw=randwrite --bsrange=4k-128k ' +
-            '--iodepth=32 --numjobs=2 --size=24M --offset_increment=48M --verify=crc32c --verify_fatal=1 ' +
-            '--do_verify=1 --group_reporting --output-format=terse --terse-version=3 | cut -d";" -f1-5',
-          'echo fio-status=$?',
-        ].join('\n'),
+        command: [...findDisk, FIO_VERIFY, 'echo fio-status=$?'].join('\n'),
         timeoutMs: RUN_TIMEOUT_MS,
       });
       expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
-      expect(r.stdout).toMatch(/^3;fio-\S+;verify;0;0$/m); // terse v3: version;fio;jobname;groupid;error
+      expect(r.stdout).toMatch(FIO_VERIFY_OK);
       expect(r.stdout).toMatch(/^fio-status=0$/m);
       tookPath(r.hostAgentLog, p);
       expect(r.endpointLog).toMatch(`"kernelLink":${p.kernelLink}`);

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
 import { runInLab } from '../../lab/run.js';
+import { FIO_VERIFY, FIO_VERIFY_OK } from './block-workloads.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 300_000;
@@ -70,9 +71,7 @@ describe.skipIf(!root)('virtio-blk through pcinet.ko: a virtio disk that lives o
         'mount $disk /tmp/mnt',
         '(cd /tmp/mnt/tree && sha256sum -c --quiet /tmp/sums) && echo checksums-ok',
         'umount /tmp/mnt',
-        'fio --name=verify --filename=$disk --direct=1 --ioengine=libaio --rw=randwrite --bsrange=4k-128k ' +
-          '--iodepth=32 --numjobs=2 --size=24M --offset_increment=48M --verify=crc32c --verify_fatal=1 ' +
-          '--do_verify=1 --group_reporting --output-format=terse --terse-version=3 | cut -d";" -f1-5',
+        FIO_VERIFY,
         'dd if=/dev/urandom of=$disk bs=1M count=32 oflag=direct conv=fsync status=none && echo flushed',
         'sleep 1',
         'blkdiscard $disk && echo discarded',
@@ -87,7 +86,7 @@ describe.skipIf(!root)('virtio-blk through pcinet.ko: a virtio disk that lives o
       new RegExp(`^sectors=262144 serial=${SERIAL} cache=write back discard=[1-9]\\d*$`, 'm'),
     );
     expect(r.stdout).toMatch(/^checksums-ok$/m);
-    expect(r.stdout).toMatch(/^3;fio-\S+;verify;0;0$/m); // terse v3: version;fio;jobname;groupid;error
+    expect(r.stdout).toMatch(FIO_VERIFY_OK);
     expect(r.stdout).toMatch(/^flushed$/m);
     expect(r.stdout).toMatch(/^discarded$/m);
     // ext4's bytes are in the card's file; the discard gave the space back.
