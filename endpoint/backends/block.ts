@@ -1,6 +1,9 @@
 // Block storage for the NVMe model: a file (sparse, created with `size=` if absent), a block
-// device (a disk, a partition, a ZFS zvol), or memory. Every call is asynchronous and runs off
-// the event loop (fs/promises, or koffi's async calls in the thread pool). flush() reaches stable
+// device (a disk, a partition, a ZFS zvol), or memory. Every call is asynchronous; what may wait
+// for a disk runs off the event loop (fs's thread pool, or koffi's async calls there). What cannot
+// wait is done in place, because the pool's hand-off (a worker thread's wake-up, then the event
+// loop's) costs more than the copy: every I/O of a file in memory (tmpfs, ramfs), and reads the
+// page cache holds, found with preadv2(RWF_NOWAIT) where the file system supports it. flush() reaches stable
 // storage (fdatasync). discard() gives the space back: FALLOC_FL_PUNCH_HOLE on files and block
 // devices (the kernel turns it into a discard that reads back zeros); writeZeroes() does the
 // same, or writes zeros where the file system cannot punch holes.
@@ -12,9 +15,12 @@ import {
   ftruncateSync,
   openSync,
   read,
+  readSync,
+  statfsSync,
   statSync,
   unlink,
   write,
+  writeSync,
 } from 'node:fs';
 import { promisify } from 'node:util';
 import koffi from 'koffi';
@@ -35,10 +41,31 @@ const BLKGETSIZE64 = 0x80081272;
 interface AsyncFn {
   async(...args: unknown[]): void;
 }
-let libc: { fallocate: AsyncFn; ioctl: (fd: number, req: number, ...a: unknown[]) => number } | undefined;
+/** File systems whose files live in memory: their I/O never waits for a device. */
+const MEMORY_FS = new Set([0x01021994 /* TMPFS_MAGIC */, 0x858458f6 /* RAMFS_MAGIC */]);
+/** preadv2() flag: fail with EAGAIN instead of waiting for I/O. */
+const RWF_NOWAIT = 0x08;
+const EAGAIN = 11;
+/** The largest I/O done in place (a copy of this much is still far shorter than a pool hand-off
+ *  plus the I/O on a busy machine); larger ones go to the thread pool whatever the file system. */
+export const IN_PLACE_MAX = 1 << 20;
+
+interface Libc {
+  fallocate: AsyncFn;
+  ioctl: (fd: number, req: number, ...a: unknown[]) => number;
+  preadv2: (
+    fd: number,
+    iov: { base: Uint8Array; len: number }[],
+    n: number,
+    off: number,
+    f: number,
+  ) => number;
+}
+let libc: Libc | undefined;
 function loadLibc(): NonNullable<typeof libc> {
   if (!libc) {
     const lib = koffi.load('libc.so.6');
+    koffi.struct('pcinet_iovec', { base: 'void *', len: 'size_t' });
     libc = {
       fallocate: lib.func(
         'int fallocate(int fd, int mode, int64_t offset, int64_t len)',
@@ -48,6 +75,9 @@ function loadLibc(): NonNullable<typeof libc> {
         req: number,
         ...a: unknown[]
       ) => number,
+      preadv2: lib.func(
+        'long preadv2(int fd, const pcinet_iovec *iov, int n, int64_t off, int flags)',
+      ) as unknown as Libc['preadv2'],
     };
   }
   return libc;
@@ -71,17 +101,25 @@ const datasync = promisify(fdatasync);
 export class FileBackend implements BlockBackend {
   readonly #fd: number;
   readonly #deleteOnClose: string | undefined;
+  /** A file in memory: all I/O up to IN_PLACE_MAX in place. */
+  readonly #inMemory: boolean;
+  /** Reads try preadv2(RWF_NOWAIT) first, until the file system says it cannot. */
+  #noWait: boolean;
   #canPunch = true;
   #closed = false;
+  /** I/O done in place, and handed to the thread pool. */
+  readonly stats = { inPlace: 0, pooled: 0 };
 
   private constructor(
     fd: number,
     readonly size: number,
     readonly name: string,
-    deleteOnClose?: string,
+    o: { deleteOnClose?: string; inMemory: boolean },
   ) {
     this.#fd = fd;
-    this.#deleteOnClose = deleteOnClose;
+    this.#deleteOnClose = o.deleteOnClose;
+    this.#inMemory = o.inMemory;
+    this.#noWait = !o.inMemory;
   }
 
   /**
@@ -129,7 +167,10 @@ export class FileBackend implements BlockBackend {
       }
       if (size <= 0) throw new Error(`${path} is empty`);
       const kind = st?.isBlockDevice() ? 'block device' : 'file';
-      return new FileBackend(fd, size, `${kind} ${path}`, o.deleteOnClose ? path : undefined);
+      return new FileBackend(fd, size, `${kind} ${path}`, {
+        deleteOnClose: o.deleteOnClose ? path : undefined,
+        inMemory: !st?.isBlockDevice() && MEMORY_FS.has(Number(statfsSync(path).type)),
+      });
     } catch (e) {
       closeSync(fd);
       throw e;
@@ -148,6 +189,8 @@ export class FileBackend implements BlockBackend {
     const buf = new Uint8Array(length);
     let done = 0;
     try {
+      if (length <= IN_PLACE_MAX) done = this.#readInPlace(buf, offset);
+      if (done < length) this.stats.pooled++;
       while (done < length) {
         const { bytesRead } = await readAt(this.#fd, buf, done, length - done, offset + done);
         if (bytesRead === 0) {
@@ -162,10 +205,44 @@ export class FileBackend implements BlockBackend {
     return buf;
   }
 
+  /** Bytes read into `buf` without waiting for a device: all of them from a file in memory, what
+   *  the page cache holds elsewhere (where RWF_NOWAIT works); 0 when it must go to the pool. */
+  #readInPlace(buf: Uint8Array, offset: number): number {
+    if (this.#inMemory) {
+      let done = 0;
+      while (done < buf.length) {
+        const n = readSync(this.#fd, buf, done, buf.length - done, offset + done);
+        if (n === 0) {
+          buf.fill(0, done);
+          break;
+        }
+        done += n;
+      }
+      this.stats.inPlace++;
+      return buf.length;
+    }
+    if (!this.#noWait) return 0;
+    const n = loadLibc().preadv2(this.#fd, [{ base: buf, len: buf.length }], 1, offset, RWF_NOWAIT);
+    if (n > 0) {
+      if (n === buf.length) this.stats.inPlace++;
+      return n;
+    }
+    // EAGAIN: not cached. Anything else (EOPNOTSUPP: the file system cannot; a real error, which
+    // the pool's read reports): stop trying.
+    if (n < 0 && koffi.errno() !== EAGAIN) this.#noWait = false;
+    return 0;
+  }
+
   async write(offset: number, data: Uint8Array): Promise<void> {
     this.#check(offset, data.length);
     let done = 0;
     try {
+      if (this.#inMemory && data.length <= IN_PLACE_MAX) {
+        while (done < data.length) done += writeSync(this.#fd, data, done, data.length - done, offset + done);
+        this.stats.inPlace++;
+        return;
+      }
+      this.stats.pooled++;
       while (done < data.length) {
         const { bytesWritten } = await writeAt(this.#fd, data, done, data.length - done, offset + done);
         done += bytesWritten;
