@@ -1,12 +1,36 @@
 // Reference for bench/transport: raw TCP throughput between two processes over loopback. The sink
 // runs in a child process (this file, run with `sink`), the source in the caller's process.
-import { fork } from 'node:child_process';
+import { fork, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { type AddressInfo, connect, createServer } from 'node:net';
 import { fileURLToPath } from 'node:url';
 
-/** Streams `totalBytes` in `chunkBytes` writes to a child process and returns bytes per second,
- *  measured from the first write until the child reports it has received everything. */
-export async function rawSocketThroughput(totalBytes: number, chunkBytes: number): Promise<number> {
+let ticksPerSecond: number | undefined;
+
+/** CPU time (user + system) process `pid` has used, in ms, from /proc (clock-tick resolution). */
+export function cpuMsOf(pid: number): number {
+  ticksPerSecond ??= Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100;
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  // Fields after the command name (which may hold spaces), from field 3: utime is 14, stime 15.
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return ((Number(f[11]) + Number(f[12])) * 1000) / ticksPerSecond;
+}
+
+/** This process's CPU time (user + system) in ms. */
+export function ownCpuMs(): number {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1000;
+}
+
+export interface Throughput {
+  bytesPerSecond: number;
+  /** CPU both processes used for it, in ms. */
+  cpuMs: number;
+}
+
+/** Streams `totalBytes` in `chunkBytes` writes to a child process: bytes per second, measured from
+ *  the first write until the child reports it has received everything, and the CPU both used. */
+export async function rawSocketThroughput(totalBytes: number, chunkBytes: number): Promise<Throughput> {
   const child = fork(fileURLToPath(import.meta.url), ['sink', String(totalBytes)], { stdio: 'inherit' });
   try {
     const port = await new Promise<number>((resolve, reject) => {
@@ -17,14 +41,16 @@ export async function rawSocketThroughput(totalBytes: number, chunkBytes: number
     const sock = connect({ host: '127.0.0.1', port, noDelay: true });
     await new Promise<void>((resolve, reject) => sock.once('connect', resolve).once('error', reject));
     const chunk = Buffer.alloc(chunkBytes, 0xa5);
+    const cpu0 = ownCpuMs() + cpuMsOf(child.pid!);
     const start = process.hrtime.bigint();
     for (let sent = 0; sent < totalBytes; sent += chunkBytes) {
       if (!sock.write(chunk)) await new Promise((r) => sock.once('drain', r));
     }
     await done;
     const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+    const cpuMs = ownCpuMs() + cpuMsOf(child.pid!) - cpu0;
     sock.destroy();
-    return totalBytes / seconds;
+    return { bytesPerSecond: totalBytes / seconds, cpuMs };
   } finally {
     child.kill();
   }

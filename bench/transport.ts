@@ -16,7 +16,7 @@ import { TestDriver } from '../host-agent/sim/test-driver.js';
 import { repoRoot } from '../lab/paths.js';
 import { openSession } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
-import { rawSocketThroughput } from './raw-socket.js';
+import { cpuMsOf, ownCpuMs, rawSocketThroughput, type Throughput } from './raw-socket.js';
 
 interface Options {
   mib: number;
@@ -109,20 +109,33 @@ async function stream(
   }
 }
 
-/** Bytes per second of every device streaming its share of `totalBytes` at once. */
+/** Every device streaming its share of `totalBytes` at once: bytes per second, and the CPU this
+ *  process (the host-agent's side) and the endpoint used for it. */
 async function dmaThroughput(
   drivers: TestDriver[],
   channel: SimChannel,
   cmd: number,
   totalBytes: number,
-): Promise<number> {
+  endpointPid: number,
+): Promise<Throughput & { hostCpuMs: number }> {
+  const host0 = ownCpuMs();
+  const ep0 = cpuMsOf(endpointPid);
   const start = process.hrtime.bigint();
   const moved = await Promise.all(drivers.map((d) => stream(d, channel, cmd, totalBytes / drivers.length)));
-  return moved.reduce((a, b) => a + b, 0) / (Number(process.hrtime.bigint() - start) / 1e9);
+  const seconds = Number(process.hrtime.bigint() - start) / 1e9;
+  const hostCpuMs = ownCpuMs() - host0;
+  return {
+    bytesPerSecond: moved.reduce((a, b) => a + b, 0) / seconds,
+    cpuMs: hostCpuMs + cpuMsOf(endpointPid) - ep0,
+    hostCpuMs,
+  };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 const mbs = (bps: number) => (bps / 1e6).toFixed(0).padStart(7);
+/** CPU per MiB moved, in ms: what a busy machine changes least (throughput depends on who else
+ *  runs; the work per byte does not). */
+const perMib = (cpuMs: number, bytes: number) => (cpuMs / (bytes / 2 ** 20)).toFixed(2);
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
@@ -139,16 +152,17 @@ async function main(): Promise<void> {
     });
     const drivers = channel.functions.map((f) => new TestDriver(f, channel.memory, channel.iommu));
     for (const d of drivers) d.probe();
-    const rows: { name: string; ours: number[]; raw: number[] }[] = [
+    type Run = Throughput & { hostCpuMs?: number };
+    const rows: { name: string; ours: Run[]; raw: Run[] }[] = [
       { name: 'DMA write (device -> host)', ours: [], raw: [] },
       { name: 'DMA read  (host -> device)', ours: [], raw: [] },
     ];
     // Warm up both paths, then interleave rounds so machine noise hits both alike.
-    await dmaThroughput(drivers, channel, CMD.DMA_WRITE, 16 << 20);
+    await dmaThroughput(drivers, channel, CMD.DMA_WRITE, 16 << 20, endpoint.pid!);
     await rawSocketThroughput(16 << 20, 256 << 10);
     for (let r = 0; r < o.rounds; r++) {
       for (const [i, cmd] of [CMD.DMA_WRITE, CMD.DMA_READ].entries()) {
-        rows[i]!.ours.push(await dmaThroughput(drivers, channel, cmd, total));
+        rows[i]!.ours.push(await dmaThroughput(drivers, channel, cmd, total, endpoint.pid!));
         rows[i]!.raw.push(await rawSocketThroughput(total, 256 << 10));
       }
     }
@@ -156,13 +170,20 @@ async function main(): Promise<void> {
     process.stdout.write(
       `bench/transport: ${o.mib} MiB per measurement, median of ${o.rounds} rounds, TCP loopback, ` +
         `${o.devices} test devices streaming ${TEST_MAX_DMA >> 20} MiB DMA commands at once; raw: one TCP stream between two processes\n\n` +
-        `${'path'.padEnd(28)} ${'pcinet MB/s'.padStart(11)} ${'raw MB/s'.padStart(9)}  ratio\n`,
+        `CPU ms per MiB: both processes (pcinet: host-agent side + endpoint; raw: source + sink), median\n\n` +
+        `${'path'.padEnd(28)} ${'pcinet MB/s'.padStart(11)} ${'raw MB/s'.padStart(9)}  ratio  ` +
+        `${'CPU/MiB pcinet (host+ep)'.padStart(24)} ${'raw'.padStart(5)}\n`,
     );
     for (const row of rows) {
-      const ours = median(row.ours);
-      const raw = median(row.raw);
+      const ours = median(row.ours.map((x) => x.bytesPerSecond));
+      const raw = median(row.raw.map((x) => x.bytesPerSecond));
+      const cpu = median(row.ours.map((x) => x.cpuMs));
+      const host = median(row.ours.map((x) => x.hostCpuMs ?? 0));
+      const cpuRaw = median(row.raw.map((x) => x.cpuMs));
+      const split = `${perMib(cpu, total)} (${perMib(host, total)}+${perMib(cpu - host, total)})`;
       process.stdout.write(
-        `${row.name.padEnd(28)} ${mbs(ours).padStart(11)} ${mbs(raw).padStart(9)}  ${(ours / raw).toFixed(2)}\n`,
+        `${row.name.padEnd(28)} ${mbs(ours).padStart(11)} ${mbs(raw).padStart(9)}  ${(ours / raw).toFixed(2)}  ` +
+          `${split.padStart(24)} ${perMib(cpuRaw, total).padStart(5)}\n`,
       );
     }
     process.stdout.write(
