@@ -10,8 +10,11 @@ export interface HostPort {
    *  splits into MAX_DMA_CHUNK requests. */
   dmaRead(iova: bigint, len: number): Promise<Uint8Array>;
   /** Posted write to host memory; lands before any later raiseMsix or register change of this device
-   *  becomes visible (PCIe ordering). The data is copied before returning. */
-  dmaWrite(iova: bigint, data: Uint8Array): void;
+   *  becomes visible (PCIe ordering). The data is copied before returning, unless `handOver`: then
+   *  the bytes are the port's from now on (it may send and keep them by reference), and the model
+   *  never modifies them again — pass it only for a buffer made for this write (a backend's read,
+   *  a generated pattern), never for one the model reuses. */
+  dmaWrite(iova: bigint, data: Uint8Array, handOver?: boolean): void;
   /** Fires MSI-X vector `vector`. Register changes made before the call are visible to the host
    *  before the interrupt arrives. */
   raiseMsix(vector: number): void;

@@ -53,7 +53,13 @@ describe('endpoint runtime under random host traffic', () => {
       fc.property(fc.array(hostMsg, { minLength: 1, maxLength: 6 }), (msgs) => {
         const { runtime } = attached();
         // Through the real codec, as a session would hand them over.
-        const decoded = decodeFrame(encodeSequenced(1, 0, msgs.map(encodeMsg))).msgs;
+        const decoded = decodeFrame(
+          encodeSequenced(
+            1,
+            0,
+            msgs.map((m) => encodeMsg(m)),
+          ),
+        ).msgs;
         try {
           runtime.receive(decoded);
         } catch (e) {

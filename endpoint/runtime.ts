@@ -63,7 +63,9 @@ export interface SessionLike extends EventEmitter {
 
 /** Where a device's messages go: the session, or the device's kernel link. */
 interface Outlet {
-  send(m: Msg): void;
+  /** `byRef`: the message's payload, which the caller hands over (the session may send it by
+   *  reference; a kernel link copies it into records anyway). */
+  send(m: Msg, byRef?: Uint8Array): void;
   flush(): void;
   readonly backlogged: boolean;
 }
@@ -605,17 +607,19 @@ export class EndpointRuntime {
         d.counters.pushHitBytes += len;
         return Promise.resolve(hit);
       },
-      dmaWrite: (iova, data) => {
+      dmaWrite: (iova, data, handOver) => {
         if (!live()) return;
         d.pushed.drop(iova, data.length);
         for (let off = 0; off < data.length; off += MAX_DMA_CHUNK) {
-          // No copy here: session.send encodes (copies) the message before returning.
+          // No copy here: the session encodes (copies) the message before send() returns, or,
+          // for bytes the model handed over, keeps a reference to them.
           const piece = data.subarray(off, off + MAX_DMA_CHUNK);
           d.counters.dmaWriteBytes += piece.length;
           this.#send(
             d,
             { dmaWrite: { dev: d.dev, iova: long(BigInt.asUintN(64, iova + BigInt(off))), data: piece } },
             piece.length,
+            handOver ? piece : undefined,
           );
         }
       },
@@ -692,9 +696,9 @@ export class EndpointRuntime {
   }
 
   /** Every message of a device goes through here: its changed BAR bytes first. */
-  #send(d: Device, m: Msg, payload = 0): void {
+  #send(d: Device, m: Msg, payload = 0, byRef?: Uint8Array): void {
     this.#pushShadow(d);
-    this.#out(d).send(m);
+    this.#out(d).send(m, byRef);
     this.#queued(payload);
   }
 

@@ -1,6 +1,13 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { decodeFrame, encodeControl, encodeMsg, encodeSequenced } from './codec.js';
+import {
+  decodeFrame,
+  encodeControl,
+  encodeMsg,
+  encodeSequenced,
+  encodeSequencedParts,
+  GATHER_MIN,
+} from './codec.js';
 import { FrameParser, lengthPrefix } from './framing.js';
 import { ErrorCode, long, MAX_FRAME_BYTES, ProtocolError, pcinet } from './wire.js';
 
@@ -132,6 +139,70 @@ describe('fuzzing the decoders', () => {
         });
       }),
       { numRuns: 25_000 },
+    );
+  });
+
+  it('gathers a frame: large messages by reference, the rest copied in runs; the bytes are what protobufjs writes', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 2 ** 40 }),
+        fc.integer({ min: 0, max: 2 ** 40 }),
+        fc.array(fc.integer({ min: 0, max: 3 * GATHER_MIN }), { minLength: 1, maxLength: 6 }),
+        (seq, ack, sizes) => {
+          const encoded = sizes.map((n, i) =>
+            encodeMsg({ dmaWrite: { dev: i, iova: long(n), data: new Uint8Array(n).fill(i + 1) } }),
+          );
+          const parts = encodeSequencedParts(seq, ack, encoded);
+          const want = pcinet.Frame.encode({
+            seq: long(seq),
+            ack: ack === 0 ? undefined : long(ack), // 0 is not written
+            msgs: encoded.map((e) => pcinet.Msg.decode(e)),
+          }).finish();
+          expect(toHex(Buffer.concat(parts))).toBe(toHex(want));
+          // Every large message is one of the parts itself (not a copy); small ones are not.
+          for (const e of encoded) expect(parts.includes(e)).toBe(e.length >= GATHER_MIN);
+          expect(parts.length).toBeLessThanOrEqual(2 * encoded.length + 1);
+        },
+      ),
+      { numRuns: 300 },
+    );
+  });
+
+  it('encodes a handed-over payload by reference: the bytes protobufjs writes, the payload itself a part', () => {
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 0, max: 3 * GATHER_MIN }),
+        fc.integer({ min: 0, max: 2 ** 31 - 1 }),
+        fc.bigInt({ min: 0n, max: 2n ** 64n - 1n }),
+        fc.boolean(),
+        (n, dev, iova, cpl) => {
+          const data = new Uint8Array(n).map((_, i) => i * 7);
+          const m: pcinet.IMsg = cpl
+            ? { dmaReadCpl: { dev, tag: dev ^ 5, status: 0, data } }
+            : { dmaWrite: { dev, iova: long(iova), data } };
+          const e = encodeMsg(m, data);
+          const whole = pcinet.Msg.encode(m).finish();
+          if (n < GATHER_MIN) {
+            expect(e).toBeInstanceOf(Uint8Array);
+            return;
+          }
+          expect(Array.isArray(e)).toBe(true);
+          const parts = e as Uint8Array[];
+          expect(parts[1]).toBe(data);
+          expect(toHex(Buffer.concat(parts))).toBe(toHex(whole));
+          const f = decodeFrame(encodeSequenced(9, 4, [e, encodeMsg({ interrupt: { dev, vector: 1 } })]));
+          expect(toHex(pcinet.Msg.encode(f.msgs[0]!).finish())).toBe(toHex(whole));
+        },
+      ),
+      { numRuns: 200 },
+    );
+    // Only the message's own payload goes by reference; other bodies are encoded whole.
+    const big = new Uint8Array(GATHER_MIN);
+    expect(encodeMsg({ dmaWrite: { dev: 1, iova: long(0), data: big } }, big.slice())).toBeInstanceOf(
+      Uint8Array,
+    );
+    expect(encodeMsg({ shadowUpdate: { dev: 1, bar: 0, offset: long(0), data: big } }, big)).toBeInstanceOf(
+      Uint8Array,
     );
   });
 

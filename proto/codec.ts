@@ -3,7 +3,7 @@
 //
 // Sequenced frames are built here from individually encoded messages, so a batch can be split into
 // several frames below FRAME_SOFT_BYTES without encoding anything twice.
-import protobuf from 'protobufjs/minimal.js';
+import assert from 'node:assert/strict';
 import { ErrorCode, long, MAX_FRAME_BYTES, type Msg, num, ProtocolError, pcinet } from './wire.js';
 
 /** Messages that travel outside the sequence (seq = 0), and only there. */
@@ -13,6 +13,15 @@ export function isUnsequenced(m: Msg): boolean {
   const body = (m as pcinet.Msg).body;
   return body !== undefined && UNSEQUENCED.has(body);
 }
+
+/** A frame as byte ranges written one after another (a gather write): the wire carries their
+ *  concatenation, the same bytes encodeSequenced() returns. */
+export type FrameParts = readonly Uint8Array[];
+
+/** Encoded messages at least this long are not copied into their frame: they go to the transport as
+ *  parts of their own, by reference (the socket's writev takes them as they are). Shorter ones are
+ *  copied together, so a frame of many small messages stays one or a few parts. */
+export const GATHER_MIN = 16 << 10;
 
 /** A decoded, checked frame: numbers as numbers, every message with a known body. */
 export interface DecodedFrame {
@@ -60,14 +69,63 @@ export function encodeControl(ack: number, msgs: Msg[]): Uint8Array {
   return pcinet.Frame.encode({ seq: long(0), ack: long(ack), msgs }).finish();
 }
 
-/** One message, encoded once, ready to be placed in a frame. */
-export function encodeMsg(m: Msg): Uint8Array {
-  return pcinet.Msg.encode(m).finish();
+/** One encoded message: its bytes, or parts whose concatenation they are (a large payload by
+ *  reference after the bytes before it). */
+export type EncodedMsg = Uint8Array | readonly Uint8Array[];
+
+/** Message bodies whose last field is a payload that may travel by reference: that field's key. */
+const PAYLOAD_KEY: Partial<Record<string, number>> = {
+  dmaWrite: 0x1a, // DmaWrite.data = 3
+  dmaReadCpl: 0x22, // DmaReadCpl.data = 4
+};
+const NO_BYTES = new Uint8Array(0);
+
+/** One message, encoded once, ready to be placed in a frame. With `byRef` (the message's payload,
+ *  GATHER_MIN bytes or more, handed over by the caller: nobody modifies it afterwards), the payload
+ *  is not copied: the result is [everything before it, the payload]. */
+export function encodeMsg(m: Msg): Uint8Array;
+export function encodeMsg(m: Msg, byRef: Uint8Array | undefined): EncodedMsg;
+export function encodeMsg(m: Msg, byRef?: Uint8Array): EncodedMsg {
+  if (!byRef || byRef.length < GATHER_MIN) return pcinet.Msg.encode(m).finish();
+  // A message made by the caller is a plain object: its body is whichever field is set.
+  const name = m.dmaWrite ? 'dmaWrite' : m.dmaReadCpl ? 'dmaReadCpl' : undefined;
+  const key = name && PAYLOAD_KEY[name];
+  const body = name && (m as Record<string, { data?: Uint8Array | null }>)[name];
+  if (!key || !body || body.data !== byRef) return pcinet.Msg.encode(m).finish();
+  // The message with an empty payload: the body's key, its length, the body ending in (key, 0).
+  const shell = pcinet.Msg.encode({ [name!]: { ...body, data: NO_BYTES } }).finish();
+  let at = 0;
+  while (shell[at++]! & 0x80);
+  const keyEnd = at;
+  let len = 0;
+  for (let scale = 1; ; scale *= 0x80) {
+    const b = shell[at++]!;
+    len += (b & 0x7f) * scale;
+    if (!(b & 0x80)) break;
+  }
+  assert(
+    at + len === shell.length && shell[shell.length - 2] === key && shell[shell.length - 1] === 0,
+    `codec: ${name}'s payload is not its last field`,
+  );
+  const bodyLen = len - 1 + varintSize(byRef.length) + byRef.length;
+  const head = Buffer.allocUnsafe(keyEnd + varintSize(bodyLen) + len - 1 + varintSize(byRef.length));
+  head.set(shell.subarray(0, keyEnd));
+  let h = putVarint(head, keyEnd, bodyLen);
+  head.set(shell.subarray(at, shell.length - 1), h);
+  h += len - 1;
+  putVarint(head, h, byRef.length);
+  return [head, byRef];
+}
+
+/** Bytes of an encoded message. */
+export function encodedLength(e: EncodedMsg): number {
+  return e instanceof Uint8Array ? e.length : partsLength(e);
 }
 
 /** Bytes a message adds to a frame: field tag, length varint, body. */
-export function framedSize(encoded: Uint8Array): number {
-  return 1 + varintSize(encoded.length) + encoded.length;
+export function framedSize(encoded: EncodedMsg): number {
+  const n = encodedLength(encoded);
+  return 1 + varintSize(n) + n;
 }
 
 function varintSize(n: number): number {
@@ -79,11 +137,66 @@ function varintSize(n: number): number {
   return s;
 }
 
-/** Builds Frame{seq, ack, msgs} from already encoded messages. */
-export function encodeSequenced(seq: number, ack: number, encoded: readonly Uint8Array[]): Uint8Array {
-  const w = protobuf.Writer.create();
-  w.uint32(0x08).uint64(seq);
-  if (ack !== 0) w.uint32(0x10).uint64(ack);
-  for (const e of encoded) w.uint32(0x1a).bytes(e);
-  return w.finish();
+/** Builds Frame{seq, ack, msgs} from already encoded messages, as parts: runs of small pieces
+ *  (the frame's header, every message's field prefix, small messages) copied together, pieces of
+ *  GATHER_MIN bytes or more referenced. */
+export function encodeSequencedParts(seq: number, ack: number, encoded: readonly EncodedMsg[]): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  const head = Buffer.allocUnsafe(2 + 2 * varintSize(Math.max(seq, ack)));
+  head[0] = 0x08;
+  let h = putVarint(head, 1, seq);
+  if (ack !== 0) {
+    head[h++] = 0x10;
+    h = putVarint(head, h, ack);
+  }
+  let run: Uint8Array[] = [head.subarray(0, h)];
+  let runBytes = h;
+  const cut = () => {
+    if (runBytes > 0) parts.push(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
+    run = [];
+    runBytes = 0;
+  };
+  const add = (piece: Uint8Array) => {
+    if (piece.length >= GATHER_MIN) {
+      cut();
+      parts.push(piece);
+    } else {
+      run.push(piece);
+      runBytes += piece.length;
+    }
+  };
+  for (const e of encoded) {
+    const n = encodedLength(e);
+    const prefix = Buffer.allocUnsafe(1 + varintSize(n));
+    prefix[0] = 0x1a;
+    putVarint(prefix, 1, n);
+    add(prefix);
+    if (e instanceof Uint8Array) add(e);
+    else for (const piece of e) add(piece);
+  }
+  cut();
+  return parts;
+}
+
+/** Builds Frame{seq, ack, msgs} from already encoded messages, as one buffer. */
+export function encodeSequenced(seq: number, ack: number, encoded: readonly EncodedMsg[]): Uint8Array {
+  const parts = encodeSequencedParts(seq, ack, encoded);
+  return parts.length === 1 ? parts[0]! : Buffer.concat(parts);
+}
+
+/** Total bytes of a frame given as parts. */
+export function partsLength(parts: FrameParts): number {
+  let n = 0;
+  for (const p of parts) n += p.length;
+  return n;
+}
+
+/** Writes `n` (a non-negative safe integer) as a protobuf varint at `at`; returns the end. */
+function putVarint(b: Uint8Array, at: number, n: number): number {
+  while (n >= 0x80) {
+    b[at++] = (n % 0x80) | 0x80;
+    n = Math.floor(n / 0x80);
+  }
+  b[at++] = n;
+  return at;
 }

@@ -2,6 +2,7 @@
 // order, with the same backpressure contract as a socket. First-class: the session, endpoint and
 // host-agent are tested over it with no network.
 import { EventEmitter } from 'node:events';
+import type { FrameParts } from './codec.js';
 import type { Transport, TransportEvents } from './transport.js';
 
 /** Bytes queued towards a peer before send() says "slow down". */
@@ -25,12 +26,14 @@ class LoopEnd extends EventEmitter<TransportEvents> implements Transport {
     this.peerFingerprint = fingerprint;
   }
 
-  send(frame: Uint8Array): boolean {
+  send(frame: Uint8Array | FrameParts): boolean {
     if (this.#closed) return false;
     const p = this.peer;
     if (p.#closed) return false;
-    p.#inbox.push(frame.slice());
-    p.#inboxBytes += frame.length;
+    // A copy, as a socket would make: the receiver may keep views of what it gets.
+    const bytes = frame instanceof Uint8Array ? frame.slice() : Buffer.concat(frame);
+    p.#inbox.push(bytes);
+    p.#inboxBytes += bytes.length;
     p.#schedule();
     if (p.#inboxBytes > LOOP_HIGH_WATER) {
       this.#wantDrain = true;

@@ -18,10 +18,13 @@ import pino, { type Logger } from 'pino';
 import {
   type DecodedFrame,
   decodeFrame,
+  type EncodedMsg,
   encodeControl,
   encodeMsg,
-  encodeSequenced,
+  encodeSequencedParts,
+  type FrameParts,
   framedSize,
+  partsLength,
 } from './codec.js';
 import type { Transport } from './transport.js';
 import {
@@ -99,7 +102,9 @@ export interface SessionStats {
 
 interface Pending {
   seq: number;
-  bytes: Uint8Array;
+  /** The frame as written (parts reference the batch's encoded messages). */
+  parts: FrameParts;
+  length: number;
 }
 
 type Resolved = Required<Omit<SessionOptions, 'log' | 'agent'>> & { log: Logger; agent: string };
@@ -149,7 +154,7 @@ export class Session extends EventEmitter {
   #ackSent = 0;
   #replay: Pending[] = [];
   #replayBytes = 0;
-  #batch: Uint8Array[] = [];
+  #batch: EncodedMsg[] = [];
   #batchBytes = 0;
   #writeBlocked = false;
   #reportedBacklog = false;
@@ -222,10 +227,11 @@ export class Session extends EventEmitter {
   }
 
   /** Queues one sequenced message in the current batch. Ignored once the session is closed (device
-   *  work racing the close). */
-  send(m: Msg): void {
+   *  work racing the close). `byRef`: the message's payload, handed over (nobody modifies it
+   *  afterwards), so a large one is sent and kept for replay by reference instead of copied. */
+  send(m: Msg, byRef?: Uint8Array): void {
     if (this.#closed) return;
-    const e = encodeMsg(m);
+    const e = encodeMsg(m, byRef);
     const size = framedSize(e);
     if (size > MAX_FRAME_BYTES - 64)
       throw new Error(`session: one message of ${size} bytes cannot be framed`);
@@ -238,19 +244,20 @@ export class Session extends EventEmitter {
   flush(): void {
     if (this.#closed || this.#batch.length === 0) return;
     const seq = ++this.#outSeq;
-    const bytes = encodeSequenced(seq, this.#inSeq, this.#batch);
+    const parts = encodeSequencedParts(seq, this.#inSeq, this.#batch);
+    const length = partsLength(parts);
     this.#stats.msgsOut += this.#batch.length;
     this.#batch = [];
     this.#batchBytes = 0;
-    this.#replay.push({ seq, bytes });
-    this.#replayBytes += bytes.length;
+    this.#replay.push({ seq, parts, length });
+    this.#replayBytes += length;
     if (this.#replayBytes > 4 * this.#o.replayBytes) {
       this.#fail(
         new ProtocolError(ErrorCode.REPLAY_OVERFLOW, `peer has not acknowledged ${this.#replayBytes} bytes`),
       );
       return;
     }
-    if (this.#t) this.#write(bytes, this.#inSeq);
+    if (this.#t) this.#write(parts, this.#inSeq);
     this.#checkDrain();
   }
 
@@ -341,7 +348,7 @@ export class Session extends EventEmitter {
     };
     this.#lastRx = Date.now();
     for (const p of this.#replay) {
-      this.#write(p.bytes, this.#inSeq);
+      this.#write(p.parts, this.#inSeq);
       if (resumed) this.#stats.replayedFrames++;
     }
     if (resumed) {
@@ -518,7 +525,7 @@ export class Session extends EventEmitter {
   #acked(ack: number): boolean {
     let n = 0;
     while (n < this.#replay.length && this.#replay[n]!.seq <= ack) {
-      this.#replayBytes -= this.#replay[n]!.bytes.length;
+      this.#replayBytes -= this.#replay[n]!.length;
       n++;
     }
     if (n > 0) this.#replay.splice(0, n);
@@ -545,17 +552,17 @@ export class Session extends EventEmitter {
 
   // ---- outbound ----------------------------------------------------------------------------
 
-  #write(bytes: Uint8Array, ack: number): void {
+  #write(frame: Uint8Array | FrameParts, ack: number): void {
     const t = this.#t!;
     this.#stats.framesOut++;
-    this.#stats.bytesOut += bytes.length;
+    this.#stats.bytesOut += frame instanceof Uint8Array ? frame.length : partsLength(frame);
     this.#lastTx = Date.now();
     if (ack > this.#ackSent) this.#ackSent = ack;
     if (this.#ackSent >= this.#inSeq) {
       clearTimeout(this.#ackTimer);
       this.#ackTimer = undefined;
     }
-    if (!t.send(bytes)) this.#writeBlocked = true;
+    if (!t.send(frame)) this.#writeBlocked = true;
   }
 
   #sendControl(m: Msg): void {

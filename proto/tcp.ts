@@ -4,7 +4,7 @@ import { EventEmitter } from 'node:events';
 import net from 'node:net';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
-import { encodeControl } from './codec.js';
+import { encodeControl, type FrameParts, partsLength } from './codec.js';
 import { FrameParser, lengthPrefix } from './framing.js';
 import { fingerprintOf, type Identity } from './identity.js';
 import { LINK_HELLO_SIZE, LINK_MAGIC } from './kernel-abi.js';
@@ -60,11 +60,14 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
     socket.on('close', () => this.#finish());
   }
 
-  send(frame: Uint8Array): boolean {
+  send(frame: Uint8Array | FrameParts): boolean {
     if (this.#closed || this.#socket.destroyed) return false;
+    const parts = frame instanceof Uint8Array ? [frame] : frame;
+    // Corked, the prefix and every part leave in one writev: nothing is copied here.
     this.#socket.cork();
-    this.#socket.write(lengthPrefix(frame.length));
-    const ok = this.#socket.write(frame);
+    this.#socket.write(lengthPrefix(partsLength(parts)));
+    let ok = true;
+    for (const p of parts) ok = this.#socket.write(p);
     this.#socket.uncork();
     return ok;
   }

@@ -1,6 +1,7 @@
 // A transport carries whole frames (encoded pcinet.Frame bytes) between two peers. TCP, TLS,
 // WebSocket and the in-process loop all implement it; the session layer sees nothing else.
 import type { EventEmitter } from 'node:events';
+import type { FrameParts } from './codec.js';
 
 export interface TransportEvents {
   /** One complete frame, exactly as the peer passed it to send(). */
@@ -13,9 +14,11 @@ export interface TransportEvents {
 }
 
 export interface Transport extends EventEmitter<TransportEvents> {
-  /** Queues one frame. Returns false once buffered data is over the high-water mark: the caller
-   *  should stop sending until 'drain'. Never drops. */
-  send(frame: Uint8Array): boolean;
+  /** Queues one frame, given whole or as parts (their concatenation; stream transports write them
+   *  with one gather write, copying nothing). The transport may keep references to the bytes until
+   *  they are written: nobody modifies them afterwards. Returns false once buffered data is over the
+   *  high-water mark: the caller should stop sending until 'drain'. Never drops. */
+  send(frame: Uint8Array | FrameParts): boolean;
   /** Stop / restart delivering 'frame' events (inbound backpressure). */
   pause(): void;
   resume(): void;

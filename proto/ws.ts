@@ -6,7 +6,7 @@ import https from 'node:https';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import WebSocket, { WebSocketServer } from 'ws';
-import { encodeControl } from './codec.js';
+import { encodeControl, type FrameParts } from './codec.js';
 import type { Listener, TlsClientAuth, TlsServerAuth } from './tcp.js';
 import { HANDSHAKE_TIMEOUT_MS, peerFingerprintOf } from './tcp.js';
 import type { Transport, TransportEvents } from './transport.js';
@@ -56,9 +56,11 @@ export class WsTransport extends EventEmitter<TransportEvents> implements Transp
     });
   }
 
-  send(frame: Uint8Array): boolean {
+  send(frame: Uint8Array | FrameParts): boolean {
     if (this.#closed || this.#ws.readyState !== WebSocket.OPEN) return false;
-    this.#ws.send(frame, { binary: true }, () => {
+    // One WebSocket message per frame: parts are joined (ws frames and masks a message as one).
+    const bytes = frame instanceof Uint8Array ? frame : frame.length === 1 ? frame[0]! : Buffer.concat(frame);
+    this.#ws.send(bytes, { binary: true }, () => {
       if (this.#wantDrain && this.#ws.bufferedAmount < WS_HIGH_WATER / 2) {
         this.#wantDrain = false;
         this.emit('drain');

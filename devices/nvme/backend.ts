@@ -6,6 +6,7 @@ export interface BlockBackend {
   readonly size: number;
   /** What it is, for logs: "file /srv/disk.img", "memory" … */
   readonly name: string;
+  /** A buffer of the caller's own (never one the backend keeps or reuses). */
   read(offset: number, length: number): Promise<Uint8Array>;
   write(offset: number, data: Uint8Array): Promise<void>;
   /** Everything written so far is on stable storage when this resolves. */

@@ -577,13 +577,14 @@ export class NvmeController extends PciDevice<NvmeController> {
     return segs;
   }
 
-  /** Writes `data` to the command's PRPs, unless the controller was reset meanwhile. */
+  /** Writes `data` (the command's own buffer: a backend read's result) to the command's PRPs,
+   *  unless the controller was reset meanwhile. */
   async #toHost(sqe: Uint8Array, data: Uint8Array, epoch: number): Promise<void> {
     const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), data.length);
     if (epoch !== this.#epoch) throw new Abandoned();
     let at = 0;
     for (const s of segs) {
-      this.host.dmaWrite(s.iova, data.subarray(at, at + s.len));
+      this.host.dmaWrite(s.iova, data.subarray(at, at + s.len), true);
       at += s.len;
     }
   }

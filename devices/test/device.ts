@@ -230,7 +230,12 @@ export class TestDevice extends PciDevice<TestDevice> {
   async #dmaWrite(epoch: number, dst: bigint, seed: number, size: number): Promise<void> {
     const data = testPattern(seed, size);
     for (let off = 0; off < size; off += DMA_WRITE_BURST) {
-      this.host.dmaWrite(BigInt.asUintN(64, dst + BigInt(off)), data.subarray(off, off + DMA_WRITE_BURST));
+      // The pattern is made for this command and never touched again: handed over.
+      this.host.dmaWrite(
+        BigInt.asUintN(64, dst + BigInt(off)),
+        data.subarray(off, off + DMA_WRITE_BURST),
+        true,
+      );
       await this.host.drain();
       if (epoch !== this.#epoch) return;
     }
