@@ -5,6 +5,11 @@ import { ErrorCode, MAX_FRAME_BYTES, ProtocolError } from './wire.js';
 
 export const PREFIX_BYTES = 4;
 
+/** What a socket reading into our buffers (net's `onread`) reads into between large frames. */
+const SCRATCH_BYTES = 64 << 10;
+/** A frame with at least this much still to come is read straight into its own buffer. */
+const DIRECT_MIN = 16 << 10;
+
 export function lengthPrefix(n: number): Uint8Array {
   const p = new Uint8Array(PREFIX_BYTES);
   new DataView(p.buffer).setUint32(0, n, true);
@@ -16,6 +21,49 @@ export class FrameParser {
   #buffered = 0;
   /** Length of the frame being collected, or -1 while reading the prefix. */
   #want = -1;
+  /** Reading into our buffers: the reused scratch buffer, and the large frame being read straight
+   *  into its own buffer (`have` bytes so far). */
+  #scratch: Uint8Array | undefined;
+  #direct: { frame: Uint8Array; have: number } | undefined;
+
+  /**
+   * For a socket that reads into buffers we hand it (net's `onread`): where the next read goes.
+   * While a large frame is being collected that is the rest of the frame's own buffer, so the
+   * kernel copies its bytes to where they stay and nothing here copies them again; otherwise a
+   * scratch buffer, whose bytes filled() copies out. Call filled() after every read.
+   */
+  readBuffer(): Uint8Array {
+    if (this.#direct) return this.#direct.frame.subarray(this.#direct.have);
+    // A plain Uint8Array: its slice() copies (a Buffer's would be a view of the reused bytes).
+    this.#scratch ??= new Uint8Array(SCRATCH_BYTES);
+    return this.#scratch;
+  }
+
+  /** `n` bytes were read into the buffer readBuffer() returned: the frames they complete. */
+  filled(n: number): Uint8Array[] {
+    const d = this.#direct;
+    if (d) {
+      d.have += n;
+      if (d.have < d.frame.length) return [];
+      this.#direct = undefined;
+      this.#want = -1;
+      return [d.frame];
+    }
+    // The scratch buffer is reused: keep a copy of what it holds.
+    const out = this.push(this.#scratch!.slice(0, n));
+    if (this.#want > 0 && this.#want - this.#buffered >= DIRECT_MIN) {
+      const frame: Uint8Array = Buffer.allocUnsafeSlow(this.#want);
+      let at = 0;
+      for (const c of this.#chunks) {
+        frame.set(c, at);
+        at += c.length;
+      }
+      this.#chunks = [];
+      this.#buffered = 0;
+      this.#direct = { frame, have: at };
+    }
+    return out;
+  }
 
   /** Adds bytes; returns the frames they complete, in order. Throws ProtocolError on a bad prefix. */
   push(chunk: Uint8Array): Uint8Array[] {
@@ -43,7 +91,7 @@ export class FrameParser {
 
   /** Bytes of an unfinished frame (a peer that closes mid-frame truncated it). */
   get pending(): number {
-    return this.#buffered;
+    return this.#buffered + (this.#direct?.have ?? 0);
   }
 
   #take(n: number): Uint8Array {

@@ -26,11 +26,18 @@ export interface TlsServerAuth {
   allow: readonly string[];
 }
 
+/** A socket that reads into the parser's buffers (net's `onread`, plain TCP clients): the parser,
+ *  and where its reads go until the transport takes them. */
+interface DirectReads {
+  parser: FrameParser;
+  setSink(sink: (n: number) => void): void;
+}
+
 export class SocketTransport extends EventEmitter<TransportEvents> implements Transport {
   readonly remote: string;
   readonly peerFingerprint: string | undefined;
   readonly #socket: net.Socket;
-  readonly #parser = new FrameParser();
+  readonly #parser: FrameParser;
   /** Frames parsed while paused, delivered on resume. */
   #held: Uint8Array[] = [];
   #paused = false;
@@ -39,13 +46,15 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
   #closedForInput = false;
   #error: Error | undefined;
 
-  constructor(socket: net.Socket, remote: string, peerFingerprint?: string) {
+  constructor(socket: net.Socket, remote: string, peerFingerprint?: string, direct?: DirectReads) {
     super();
     this.#socket = socket;
     this.remote = remote;
     this.peerFingerprint = peerFingerprint;
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    this.#parser = direct?.parser ?? new FrameParser();
+    if (direct) direct.setSink((n) => this.#onFrames(() => this.#parser.filled(n)));
+    else socket.on('data', (chunk: Buffer) => this.#onFrames(() => this.#parser.push(chunk)));
     socket.on('drain', () => this.emit('drain'));
     socket.on('error', (e) => {
       this.#error ??= e;
@@ -98,11 +107,12 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
     setTimeout(() => this.#socket.destroy(), err ? 1000 : 2000).unref();
   }
 
-  #onData(chunk: Buffer): void {
+  /** Frames that `parse` (the parser fed one read) completed. */
+  #onFrames(parse: () => Uint8Array[]): void {
     if (this.#closed || this.#closedForInput) return;
     let frames: Uint8Array[];
     try {
-      frames = this.#parser.push(chunk);
+      frames = parse();
     } catch (e) {
       this.#broken(e as ProtocolError);
       return;
@@ -167,7 +177,29 @@ export function dialTcp(host: string, port: number, auth?: TlsClientAuth): Promi
       resolve(new SocketTransport(socket, label, fp));
     };
     if (!auth) {
-      socket = net.connect({ host, port }, () => done());
+      // Frames are read into buffers of the parser's choosing: a large one straight into its own.
+      const parser = new FrameParser();
+      let sink = (n: number): void => {
+        // Nothing arrives before our Hello; a peer that talks first gets no frames until it does.
+        parser.filled(n);
+      };
+      const direct: DirectReads = { parser, setSink: (s) => (sink = s) };
+      socket = net.connect({
+        host,
+        port,
+        onread: {
+          buffer: () => parser.readBuffer(),
+          callback: (n: number) => {
+            sink(n);
+            return true; // pausing is the transport's pause(), as with 'data'
+          },
+        },
+      });
+      socket.once('connect', () => {
+        clearTimeout(timer);
+        socket.removeAllListeners('error');
+        resolve(new SocketTransport(socket, label, undefined, direct));
+      });
     } else {
       socket = tls.connect({
         host,
