@@ -26,7 +26,7 @@ function stream(sizes: number[]): Buffer {
 
 function expectFrames(frames: Uint8Array[], sizes: number[]): void {
   expect(frames.map((f) => f.length)).toEqual(sizes);
-  frames.forEach((f, i) => expect(f.every((x) => x === ((i + 1) & 0xff))).toBe(true));
+  for (const [i, f] of frames.entries()) expect(f.every((x) => x === ((i + 1) & 0xff))).toBe(true);
 }
 
 const SIZES = fc.array(fc.oneof(fc.integer({ min: 1, max: 100 }), fc.integer({ min: 1, max: 300_000 })), {
