@@ -18,7 +18,9 @@ export const DEFAULT_DMA_TAGS = 64;
 interface Request {
   iova: bigint;
   len: number;
-  buf: Uint8Array;
+  /** Where the chunks are put together; none for a request of one chunk, which resolves with the
+   *  completion's bytes themselves (fresh from the wire, never reused). */
+  buf: Uint8Array | undefined;
   /** Chunks not yet completed. */
   remaining: number;
   failed: boolean;
@@ -68,11 +70,14 @@ export class DmaReader {
     if (this.#closed) return Promise.reject(new DmaError(iova, len, 'shutdown'));
     if (len === 0) return Promise.resolve(new Uint8Array(0));
     return new Promise((resolve, reject) => {
+      const chunks = Math.ceil(len / this.chunk);
       const req: Request = {
         iova,
         len,
-        buf: new Uint8Array(len),
-        remaining: Math.ceil(len / this.chunk),
+        // Every byte is overwritten before it resolves: no zero fill. A plain Uint8Array, as
+        // models get everywhere (a Buffer's slice() would be a view, not the copy they expect).
+        buf: chunks > 1 ? new Uint8Array(Buffer.allocUnsafeSlow(len).buffer, 0, len) : undefined,
+        remaining: chunks,
         failed: false,
         resolve,
         reject,
@@ -104,8 +109,11 @@ export class DmaReader {
     const r = c.req;
     if (!r.failed) {
       if (status === ErrorCode.OK) {
-        r.buf.set(data, c.offset);
-        if (--r.remaining === 0) r.resolve(r.buf);
+        if (!r.buf) r.resolve(new Uint8Array(data.buffer, data.byteOffset, data.length));
+        else {
+          r.buf.set(data, c.offset);
+          if (--r.remaining === 0) r.resolve(r.buf);
+        }
       } else {
         // The first refused chunk fails the request; its chunks not yet sent are not sent.
         r.failed = true;

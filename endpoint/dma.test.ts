@@ -1,0 +1,52 @@
+// DmaReader on its own: chunking under tags, completions in any order, and what a model gets back.
+import { describe, expect, it } from 'vitest';
+import { DmaError } from '../devices/host-port.js';
+import { ErrorCode, ProtocolError } from '../proto/wire.js';
+import { DmaReader } from './dma.js';
+
+function reader(maxTags = 4, chunk = 16) {
+  const sent: { tag: number; iova: bigint; len: number }[] = [];
+  const r = new DmaReader((tag, iova, len) => sent.push({ tag, iova, len }), maxTags, chunk);
+  return { r, sent };
+}
+
+describe('DmaReader', () => {
+  it('splits a read into chunks under a bounded number of tags and puts completions together in any order', async () => {
+    const { r, sent } = reader(2, 16);
+    const p = r.read(0x1000n, 40);
+    expect(sent).toEqual([
+      { tag: 0, iova: 0x1000n, len: 16 },
+      { tag: 1, iova: 0x1010n, len: 16 },
+    ]);
+    r.complete(1, ErrorCode.OK, new Uint8Array(16).fill(2));
+    expect(sent[2]).toEqual({ tag: 2, iova: 0x1020n, len: 8 });
+    r.complete(2, ErrorCode.OK, new Uint8Array(8).fill(3));
+    r.complete(0, ErrorCode.OK, Buffer.alloc(16, 1));
+    const got = await p;
+    // What models get everywhere: a plain Uint8Array (a Buffer's slice() would not copy).
+    expect(Object.getPrototypeOf(got)).toBe(Uint8Array.prototype);
+    expect([...got]).toEqual([...Array(16).fill(1), ...Array(16).fill(2), ...Array(8).fill(3)]);
+  });
+
+  it('resolves a one-chunk read with the completion bytes themselves, as a plain Uint8Array', async () => {
+    const { r } = reader();
+    const p = r.read(0x2000n, 12);
+    const frame = Buffer.alloc(64, 7); // the completion's data is a view into a received frame
+    r.complete(0, ErrorCode.OK, frame.subarray(20, 32));
+    const got = await p;
+    expect(Object.getPrototypeOf(got)).toBe(Uint8Array.prototype);
+    expect(got.buffer).toBe(frame.buffer);
+    expect(got.byteOffset).toBe(frame.byteOffset + 20);
+    expect([...got]).toEqual(Array(12).fill(7));
+  });
+
+  it('fails a read on its first refused chunk and checks what the host says', async () => {
+    const { r, sent } = reader(4, 16);
+    const p = r.read(0x3000n, 48);
+    r.complete(1, ErrorCode.DMA_FAULT, new Uint8Array(0));
+    await expect(p).rejects.toBeInstanceOf(DmaError);
+    expect(() => r.complete(9, ErrorCode.OK, new Uint8Array(16))).toThrow(ProtocolError);
+    expect(() => r.complete(0, ErrorCode.OK, new Uint8Array(3))).toThrow(/3 bytes for a 16-byte read/);
+    expect(sent).toHaveLength(3);
+  });
+});
