@@ -78,15 +78,18 @@ export class KernelLink extends EventEmitter {
     this.#records.toKernel(m);
   }
 
-  /** Writes what send() queued, in one system call. */
+  /** Writes what send() queued, in one system call (corked: one writev of the records as they
+   *  are, or of the sealed frames' pieces, nothing put together first). */
   flush(): void {
     if (this.#out.length === 0 || this.#closed) {
       this.#out = [];
       return;
     }
-    const out = this.#key ? this.#seal(this.#out) : Buffer.concat(this.#out);
+    const out = this.#key ? this.#seal(this.#out) : this.#out;
     this.#out = [];
-    this.#socket.write(out);
+    this.#socket.cork();
+    for (const b of out) this.#socket.write(b);
+    this.#socket.uncork();
     if (this.#lastIn !== undefined) {
       this.stats.replies++;
       this.stats.replyUs += Number(process.hrtime.bigint() - this.#lastIn) / 1000;
@@ -104,9 +107,10 @@ export class KernelLink extends EventEmitter {
     this.#socket.destroy();
   }
 
-  /** Frames of whole records, at most SEAL_MAX bytes each, sealed. */
-  #seal(records: Buffer[]): Buffer {
-    const frames: Buffer[] = [];
+  /** Frames of whole records, at most SEAL_MAX bytes each, sealed: the pieces to write in order
+   *  (each record enciphered as it is; GCM is a stream, so the pieces make the same frame). */
+  #seal(records: Buffer[]): Buffer[] {
+    const pieces: Buffer[] = [];
     for (let i = 0; i < records.length; ) {
       let n = 0;
       let bytes = 0;
@@ -114,15 +118,16 @@ export class KernelLink extends EventEmitter {
         bytes += records[i + n]!.length;
         n++;
       }
-      const text = Buffer.concat(records.slice(i, i + n));
-      i += n;
       const len = Buffer.alloc(4);
-      len.writeUInt32LE(text.length + SEAL_TAG);
+      len.writeUInt32LE(bytes + SEAL_TAG);
       const c = createCipheriv('aes-256-gcm', this.#key!, nonce(1, this.#txSeq++));
       c.setAAD(len);
-      frames.push(len, c.update(text), c.final(), c.getAuthTag());
+      pieces.push(len);
+      for (const r of records.slice(i, i + n)) pieces.push(c.update(r));
+      pieces.push(c.final(), c.getAuthTag());
+      i += n;
     }
-    return Buffer.concat(frames);
+    return pieces;
   }
 
   /** Sealed frames completed by `chunk`, opened: whole records. Throws on a forged frame. */
