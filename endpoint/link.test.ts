@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { TestDevice } from '../devices/test/device.js';
-import { REG } from '../devices/test/regs.js';
+import { CMD, REG, testPattern } from '../devices/test/regs.js';
 import { type Identity, loadOrCreateIdentity } from '../proto/identity.js';
 import { ABI_VERSION, LINK_HELLO_SIZE, LINK_MAGIC, R, SEAL_TAG, W } from '../proto/kernel-abi.js';
 import { RecordStream } from '../proto/kernel-link.js';
@@ -190,6 +190,19 @@ async function hostSession(port: number, link: boolean, tls?: { identity: Identi
   return { session, box, attach };
 }
 
+const tlsDir = mkdtempSync(join(tmpdir(), 'pcinet-link-'));
+afterAll(() => rmSync(tlsDir, { recursive: true, force: true }));
+let tlsIds: Identity[] | undefined;
+
+/** An endpoint on TLS and a host session to it: its kernel links are sealed. */
+async function tlsSetup() {
+  tlsIds ??= await Promise.all(['endpoint', 'host'].map((n) => loadOrCreateIdentity(join(tlsDir, n))));
+  const ids = tlsIds;
+  const port = await endpoint({ identity: ids[0]!, allow: [ids[1]!.fingerprint] });
+  const h = await hostSession(port, true, { identity: ids[1]!, pin: ids[0]!.fingerprint });
+  return { ...h, port };
+}
+
 describe('kernel links at the endpoint', () => {
   it('a device whose host opened a link speaks the kernel records on it: writes, fences, volatile reads', async () => {
     const port = await endpoint();
@@ -217,6 +230,53 @@ describe('kernel links at the endpoint', () => {
     expect(cpl.readUInt32LE(8)).toBe(7);
     expect(cpl.readUInt32LE(12)).toBe(0);
     await session.close();
+  });
+
+  it('carries a DMA write as W_DMA_WRITE records, plain and sealed: the bytes the device wrote', async () => {
+    for (const sealed of [false, true]) {
+      const tls = sealed ? await tlsSetup() : undefined;
+      const port = tls ? tls.port : await endpoint();
+      const { session, attach } = tls ?? (await hostSession(port, true));
+      const k = await kernelLink(port, attach.linkToken!, sealed);
+      expect(await k.accepted()).toBe(true);
+      session.send({
+        attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
+      });
+      session.flush();
+      // The test device hands its pattern over: records reference it (and pad it) as they go out.
+      const size = 150_001;
+      const dst = 0x4000_0000n;
+      const cmd = [
+        mmioWrite(0, REG.DST_ADDR, Number(dst & 0xffff_ffffn)),
+        mmioWrite(0, REG.DST_ADDR + 4, Number(dst >> 32n)),
+        mmioWrite(0, REG.SIZE, size),
+        mmioWrite(0, REG.ARG, 5),
+        mmioWrite(0, REG.COMMAND, CMD.DMA_WRITE),
+      ];
+      k.socket.write(sealed ? sealFrame(attach.linkKey!, 0, Buffer.concat(cmd)) : Buffer.concat(cmd));
+      const records = (): Buffer[] => {
+        if (!sealed) return k.records;
+        const whole = new RecordStream().push(Buffer.concat(openFrames(attach.linkKey!, k.raw)));
+        const out: Buffer[] = [];
+        for (let at = 0; at < whole.length; at += whole.readUInt32LE(at + 4))
+          out.push(whole.subarray(at, at + whole.readUInt32LE(at + 4)));
+        return out;
+      };
+      const writes = () => records().filter((r) => typeOf(r) === W.DMA_WRITE);
+      await k.until(() => writes().reduce((n, r) => n + r.readUInt32LE(8), 0) >= size);
+      const data = Buffer.alloc(size);
+      for (const r of writes()) {
+        const at = Number(r.readBigUInt64LE(16) - dst);
+        r.copy(data, at, 24, 24 + r.readUInt32LE(8));
+        expect(r.length % 8).toBe(0);
+      }
+      expect(data.equals(Buffer.from(testPattern(5, size)))).toBe(true);
+      // pcinet.ko takes only sealed frames of whole records.
+      if (sealed)
+        for (const t of openFrames(attach.linkKey!, k.raw))
+          expect(new RecordStream().push(t)).toHaveLength(t.length);
+      await session.close();
+    }
   });
 
   it('a token nobody offered is refused: the connection closes without the answer', async () => {
@@ -269,17 +329,7 @@ describe('kernel links at the endpoint', () => {
   });
 
   describe('on a TLS session: sealed links', () => {
-    const dir = mkdtempSync(join(tmpdir(), 'pcinet-link-'));
-    let ids: Identity[];
-    afterAll(() => rmSync(dir, { recursive: true, force: true }));
-    const setup = async () => {
-      ids ??= await Promise.all(['endpoint', 'host'].map((n) => loadOrCreateIdentity(join(dir, n))));
-      const port = await endpoint({ identity: ids[0]!, allow: [ids[1]!.fingerprint] });
-      return hostSession(port, true, { identity: ids[1]!, pin: ids[0]!.fingerprint }).then((h) => ({
-        ...h,
-        port,
-      }));
-    };
+    const setup = tlsSetup;
 
     it('the Attach carries a key, and the link speaks sealed frames both ways', async () => {
       const { session, attach, port } = await setup();

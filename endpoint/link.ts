@@ -23,7 +23,8 @@ export class KernelLink extends EventEmitter {
   #rxSeq = 0n;
   /** Sealed links: bytes of a frame not complete yet. */
   #sealedIn: Buffer = Buffer.alloc(0);
-  #out: Buffer[] = [];
+  /** Records queued by send(), each whole or as its parts (a sealed frame never splits one). */
+  #out: (Uint8Array | Uint8Array[])[] = [];
   #inbound: Msg[] = [];
   #deliver: ((msgs: Msg[]) => void) | undefined;
   #closed = false;
@@ -61,6 +62,7 @@ export class KernelLink extends EventEmitter {
       dev,
       sink: (m) => this.#inbound.push(m),
       write: (r) => this.#out.push(r),
+      writeParts: (parts) => this.#out.push(parts),
     });
     this.#socket.write(LINK_MAGIC);
   }
@@ -72,10 +74,11 @@ export class KernelLink extends EventEmitter {
     this.#socket.resume();
   }
 
-  /** Queues a device -> host message (dropped once the link is gone: nobody is listening). */
-  send(m: Msg): void {
+  /** Queues a device -> host message (dropped once the link is gone: nobody is listening).
+   *  `byRef`: its payload, handed over (the records reference it instead of copying it). */
+  send(m: Msg, byRef?: Uint8Array): void {
     if (this.#closed || !this.#records) return;
-    this.#records.toKernel(m);
+    this.#records.toKernel(m, byRef);
   }
 
   /** Writes what send() queued, in one system call (corked: one writev of the records as they
@@ -85,7 +88,7 @@ export class KernelLink extends EventEmitter {
       this.#out = [];
       return;
     }
-    const out = this.#key ? this.#seal(this.#out) : this.#out;
+    const out = this.#key ? this.#seal(this.#out) : this.#out.flat();
     this.#out = [];
     this.#socket.cork();
     for (const b of out) this.#socket.write(b);
@@ -109,13 +112,15 @@ export class KernelLink extends EventEmitter {
 
   /** Frames of whole records, at most SEAL_MAX bytes each, sealed: the pieces to write in order
    *  (each record enciphered as it is; GCM is a stream, so the pieces make the same frame). */
-  #seal(records: Buffer[]): Buffer[] {
-    const pieces: Buffer[] = [];
+  #seal(records: (Uint8Array | Uint8Array[])[]): Uint8Array[] {
+    const size = (r: Uint8Array | Uint8Array[]) =>
+      r instanceof Uint8Array ? r.length : r.reduce((a, p) => a + p.length, 0);
+    const pieces: Uint8Array[] = [];
     for (let i = 0; i < records.length; ) {
       let n = 0;
       let bytes = 0;
-      while (i + n < records.length && (n === 0 || bytes + records[i + n]!.length <= SEAL_MAX)) {
-        bytes += records[i + n]!.length;
+      while (i + n < records.length && (n === 0 || bytes + size(records[i + n]!) <= SEAL_MAX)) {
+        bytes += size(records[i + n]!);
         n++;
       }
       const len = Buffer.alloc(4);
@@ -123,7 +128,7 @@ export class KernelLink extends EventEmitter {
       const c = createCipheriv('aes-256-gcm', this.#key!, nonce(1, this.#txSeq++));
       c.setAAD(len);
       pieces.push(len);
-      for (const r of records.slice(i, i + n)) pieces.push(c.update(r));
+      for (const r of records.slice(i, i + n).flat()) pieces.push(c.update(r));
       pieces.push(c.final(), c.getAuthTag());
       i += n;
     }

@@ -162,11 +162,19 @@ export function dmaReadRecord(tag: number, iova: bigint, size: number): Buffer {
 }
 
 export function dmaWriteRecord(iova: bigint, data: Uint8Array): Buffer {
-  const { buf } = record(W.DMA_WRITE, 16 + data.length);
-  buf.writeUInt32LE(data.length, 8);
-  buf.writeBigUInt64LE(iova, 16);
-  buf.set(data, 24);
-  return buf;
+  return Buffer.concat(dmaWriteRecordParts(iova, data));
+}
+
+/** The same record as its header, `data` itself (not copied) and the padding, if any. */
+export function dmaWriteRecordParts(iova: bigint, data: Uint8Array): Uint8Array[] {
+  const len = pad8(HDR + 16 + data.length);
+  const head = Buffer.alloc(HDR + 16);
+  head.writeUInt16LE(W.DMA_WRITE, 0);
+  head.writeUInt32LE(len, 4);
+  head.writeUInt32LE(data.length, 8);
+  head.writeBigUInt64LE(iova, 16);
+  const pad = len - head.length - data.length;
+  return pad > 0 ? [head, data, Buffer.alloc(pad)] : [head, data];
 }
 
 export function interruptRecord(vector: number): Buffer {

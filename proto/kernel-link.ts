@@ -7,6 +7,7 @@ import {
   AbiError,
   dmaReadRecord,
   dmaWriteRecord,
+  dmaWriteRecordParts,
   HDR,
   interruptRecord,
   type KernelRecord,
@@ -30,6 +31,9 @@ export interface TranslatorOptions {
   /** Where records made from messages go; `mayWait`: the kernel may wait for its reader while
    *  applying it (W_DMA_READ queues a completion). */
   write: (record: Buffer, mayWait: boolean) => void;
+  /** Where a record goes as parts (header, a payload handed over, padding) when toKernel() is given
+   *  one; without this, such records are put together and go to write(). */
+  writeParts?: (parts: Uint8Array[]) => void;
   /** Checks (and may normalise) a device's push rule before it reaches the kernel. */
   checkPushRule?: (p: pcinet.IPushRule) => pcinet.IPushRule;
 }
@@ -109,8 +113,9 @@ export class RecordTranslator {
     this.sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.OK, data } });
   }
 
-  /** A device -> host message as records. Throws ProtocolError for anything else. */
-  toKernel(m: Msg): void {
+  /** A device -> host message as records. Throws ProtocolError for anything else. `byRef`: the
+   *  message's payload, handed over by its maker (see Session.send): its records reference it. */
+  toKernel(m: Msg, byRef?: Uint8Array): void {
     const write = this.#o.write;
     if (m.shadowUpdate) {
       const u = m.shadowUpdate;
@@ -147,8 +152,12 @@ export class RecordTranslator {
       const w = m.dmaWrite;
       const data = w.data ?? new Uint8Array(0);
       const iova = u64(w.iova);
+      const parts = byRef !== undefined && byRef === w.data ? this.#o.writeParts : undefined;
       for (let at = 0; at < data.length; at += MAX_DATA) {
-        write(dmaWriteRecord(BigInt.asUintN(64, iova + BigInt(at)), data.subarray(at, at + MAX_DATA)), false);
+        const to = BigInt.asUintN(64, iova + BigInt(at));
+        const piece = data.subarray(at, at + MAX_DATA);
+        if (parts) parts(dmaWriteRecordParts(to, piece));
+        else write(dmaWriteRecord(to, piece), false);
       }
     } else if (m.interrupt) {
       write(interruptRecord(m.interrupt.vector ?? 0), false);
