@@ -1,9 +1,10 @@
 // bench/transport: streaming DMA between the host-agent (sim channel, this process) and a real
 // `pcinet endpoint` process over TCP loopback, side by side with raw socket throughput between two
-// processes measured in the same run. Prints a table; asserts nothing.
+// processes measured in the same run. Prints a table and writes an SVG chart (--chart FILE, default
+// bench/results/transport.svg); asserts nothing.
 //
 //   npm run bench                      # both directions, 256 MiB each
-//   node dist/bench/transport.js --mib 1024 --rounds 3
+//   node dist/bench/transport.js --mib 1024 --rounds 3 [--devices 1..16] [--chart FILE]
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -16,27 +17,18 @@ import { TestDriver } from '../host-agent/sim/test-driver.js';
 import { repoRoot } from '../lab/paths.js';
 import { openSession } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
+import { parseBenchArgs } from './args.js';
+import { writeChart } from './chart.js';
 import { cpuMsOf, ownCpuMs, rawSocketThroughput, type Throughput } from './raw-socket.js';
 
-interface Options {
-  mib: number;
-  rounds: number;
-  /** Test devices streaming at once (each runs one command at a time). */
-  devices: number;
-}
-
-function parseArgs(argv: string[]): Options {
-  const o: Options = { mib: 256, rounds: 3, devices: 4 };
-  for (let i = 0; i < argv.length; i++) {
-    const v = Number(argv[i + 1]);
-    if (argv[i] === '--mib' && v > 0) o.mib = v;
-    else if (argv[i] === '--rounds' && v > 0) o.rounds = v;
-    else if (argv[i] === '--devices' && v > 0 && v <= 16) o.devices = v;
-    else
-      throw new Error(`bench/transport: bad argument ${argv[i]} (use --mib N, --rounds N, --devices 1..16)`);
-    i++;
-  }
-  return o;
+function parseArgs(argv: string[]) {
+  const whole = (max: number) => (n: number) => Number.isInteger(n) && n >= 1 && n <= max;
+  return parseBenchArgs('transport', argv, {
+    mib: { value: 256, range: '1..65536', ok: whole(65536) },
+    rounds: { value: 3, range: '1..100', ok: whole(100) },
+    /** Test devices streaming at once (each runs one command at a time). */
+    devices: { value: 4, range: '1..16', ok: whole(16) },
+  });
 }
 
 async function freePort(): Promise<number> {
@@ -174,6 +166,7 @@ async function main(): Promise<void> {
         `${'path'.padEnd(28)} ${'pcinet MB/s'.padStart(11)} ${'raw MB/s'.padStart(9)}  ratio  ` +
         `${'CPU/MiB pcinet (host+ep)'.padStart(24)} ${'raw'.padStart(5)}\n`,
     );
+    const chartGroups: { label: string; unit: string; values: number[] }[] = [];
     for (const row of rows) {
       const ours = median(row.ours.map((x) => x.bytesPerSecond));
       const raw = median(row.raw.map((x) => x.bytesPerSecond));
@@ -185,7 +178,25 @@ async function main(): Promise<void> {
         `${row.name.padEnd(28)} ${mbs(ours).padStart(11)} ${mbs(raw).padStart(9)}  ${(ours / raw).toFixed(2)}  ` +
           `${split.padStart(24)} ${perMib(cpuRaw, total).padStart(5)}\n`,
       );
+      const label = row.name.split('(')[0]!.trim();
+      chartGroups.push({ label, unit: 'MB/s', values: [ours / 1e6, raw / 1e6] });
+      chartGroups.push({
+        label: `${label}, CPU`,
+        unit: 'ms per MiB',
+        values: [cpu / (total / 2 ** 20), cpuRaw / (total / 2 ** 20)],
+      });
     }
+    writeChart(o.chart, {
+      title: 'pcinet session (sim host-agent ↔ endpoint process) against raw TCP, same run',
+      notes: [
+        `TCP loopback, ${o.devices} test devices streaming ${TEST_MAX_DMA >> 20} MiB DMA commands; ${o.mib} MiB per measurement, median of ${o.rounds}; ${new Date().toISOString().slice(0, 10)}`,
+        'CPU: both processes (pcinet: host-agent side + endpoint; raw: source + sink); each row scaled to its own largest value',
+      ],
+      series: ['pcinet', 'raw TCP'],
+      groups: chartGroups,
+      scale: 'group',
+    });
+    process.stdout.write(`\nchart: ${o.chart}\n`);
     process.stdout.write(
       `\nsession: ${stats.framesOut} frames out, ${stats.framesIn} in; ${(stats.bytesIn / 2 ** 20).toFixed(0)} MiB in, ` +
         `${(stats.bytesOut / 2 ** 20).toFixed(0)} MiB out\n`,
@@ -206,6 +217,7 @@ if (Object.keys(ALLOCATOR_ENV).some((k) => process.env[k] === undefined)) {
   process.exit(r.status ?? 1);
 } else
   main().catch((e: unknown) => {
-    process.stderr.write(`bench/transport: ${e instanceof Error ? e.message : String(e)}\n`);
+    const msg = e instanceof Error ? e.message : String(e);
+    process.stderr.write(`${msg.startsWith('bench/transport:') ? '' : 'bench/transport: '}${msg}\n`);
     process.exit(1);
   });
