@@ -2,15 +2,17 @@
 // (AES-256-GCM, the sealed link's cipher, and ChaCha20-Poly1305 for comparison) through AF_ALG,
 // side by side with the endpoint's side of the same work (Node's OpenSSL on this machine),
 // per frame size the link uses. Under TCG the guest's numbers are the emulator's, not a CPU's:
-// they bound what a sealed link can reach in the lab. Prints a table; asserts nothing.
+// they bound what a sealed link can reach in the lab. Prints a table and writes an SVG chart (--chart
+// FILE, default bench/results/crypto.svg); asserts nothing.
 //
-//   node dist/bench/crypto.js [--seconds 2]
+//   node dist/bench/crypto.js [--seconds 2] [--chart FILE]
 import { createCipheriv, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { repoRoot } from '../lab/paths.js';
 import { ensurePackages, prepareLab } from '../lab/prepare.js';
 import { runInLab } from '../lab/run.js';
 import { parseBenchArgs } from './args.js';
+import { writeChart } from './chart.js';
 
 /** Frame sizes: a 4K I/O's data, a 64 KiB record, a full 128 KiB I/O. */
 const SIZES = [4096, 65536, 131072];
@@ -89,11 +91,13 @@ async function main(): Promise<void> {
     ['gcm(aes)', 'aes-256-gcm'],
     ['rfc7539(chacha20,poly1305)', 'chacha20-poly1305'],
   ] as const;
+  const groups: { label: string; unit: string; values: (number | undefined)[] }[] = [];
   for (const [kernel, node] of algos) {
     for (const size of SIZES) {
       const g = guest.get(`${kernel} ${size}`);
       nodeRate(node, size, Math.min(0.5, args.seconds)); // warm-up: JIT and OpenSSL's first calls
       const n = nodeRate(node, size, args.seconds);
+      groups.push({ label: `${node}, ${size / 1024} KiB`, unit: 'MB/s', values: [g?.mbps, n] });
       rows.push([
         node,
         `${size / 1024} KiB`,
@@ -113,6 +117,17 @@ async function main(): Promise<void> {
         .map((cell, c) => (c < 2 || c === 6 ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!)))
         .join('  '),
     );
+  writeChart(args.chart, {
+    title: 'Sealing a kernel link’s frames: the lab guest’s kernel against this machine’s Node',
+    notes: [
+      `guest: QEMU TCG, ${assets.kver}, AF_ALG; this machine: Node ${process.versions.node} (OpenSSL); ${args.seconds} s per cell; ${new Date().toISOString().slice(0, 10)}`,
+      args.log ? 'log scale, one axis for all rows' : 'one linear axis for all rows',
+    ],
+    series: ['guest kernel (TCG)', 'this machine (Node)'],
+    groups,
+    scale: args.log ? 'log' : 'linear',
+  });
+  console.log(`chart: ${args.chart}`);
 }
 
 main().catch((e: Error) => {
