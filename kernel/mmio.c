@@ -37,17 +37,17 @@
  * context that may sleep (interrupts on, no locks, not atomic: preempt_count() equal to what the
  * fault path shows for a sleepable context, measured at load time) leaves the fault handler
  * through defer.S and waits asleep in the faulting task, so every CPU of the machine can be in
- * such a wait while the host-agent still runs. Only atomic contexts (interrupt handlers, code under spinlocks)
- * busy-wait in the fault handler, bounded by atomic_timeout_ms; those need another CPU to run the
- * host-agent.
+ * such a wait while the host-agent still runs. Only atomic contexts (interrupt handlers, code
+ * under spinlocks) busy-wait in the fault handler, bounded by atomic_timeout_ms; those need
+ * another CPU to run the host-agent.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/io.h>
 #include <linux/kprobes.h>
-#include <linux/percpu.h>
 #include <linux/ktime.h>
 #include <linux/moduleparam.h>
+#include <linux/percpu.h>
 #include <linux/rculist.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
@@ -116,7 +116,7 @@ static struct pcinet_deferred pcinet_deferred[64];
 static int pcinet_fault_preempt = -1;
 /* pcinet_fault() is running on this CPU (interrupts are off there: no other task can see it). */
 static DEFINE_PER_CPU(unsigned int, pcinet_fault_depth);
-/* BAR accesses that faulted inside pcinet_fault() (no function to count them on, or before one). */
+/* Nested faults on mappings whose function is gone (no counters left to count them in). */
 static atomic64_t pcinet_nested_faults;
 
 void pcinet_defer_tramp(void);
