@@ -823,11 +823,12 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		fn->pdev = NULL;
 		release_resource(&fn->window);
 		ida_free(&pcinet_domains, fn->domain);
-		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld; pushes %lld bytes %lld skipped refused %lld budget %lld nomem %lld busy %lld; push drops %lld; virtq rounds %lld irqs skipped %lld kicks %lld\n",
+		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; nested faults %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld; pushes %lld bytes %lld skipped refused %lld budget %lld nomem %lld busy %lld; push drops %lld; virtq rounds %lld irqs skipped %lld kicks %lld\n",
 			fn->domain, atomic64_read(&c->mmio_writes), atomic64_read(&c->mmio_reads),
 			atomic64_read(&c->volatile_reads), atomic64_read(&c->read_timeouts),
 			atomic64_read(&c->queue_waits), atomic64_read(&c->queue_overruns),
 			atomic64_read(&c->lost_records), atomic64_read(&c->emulate_failures),
+			atomic64_read(&c->nested_faults),
 			atomic64_read(&c->deferred), atomic64_read(&c->spun),
 			atomic64_read(&c->interrupts), atomic64_read(&c->interrupts_pending),
 			atomic64_read(&c->interrupts_dropped), atomic64_read(&c->dma_bytes),

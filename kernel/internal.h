@@ -87,6 +87,7 @@ struct pcinet_counters {
 	atomic64_t queue_overruns;	/* ... and gave up waiting (the record was still queued) */
 	atomic64_t lost_records;	/* out of memory in atomic context */
 	atomic64_t emulate_failures;	/* instructions the emulator refused */
+	atomic64_t nested_faults;	/* BAR accesses inside the fault handler: failed */
 	atomic64_t deferred;		/* accesses that waited asleep in the faulting task */
 	atomic64_t spun;		/* accesses that waited busy in the fault handler */
 	atomic64_t interrupts;		/* delivered to the driver */

@@ -4,13 +4,18 @@
  *
  * The BARs sit in a physical window no memory or device answers. When a driver maps part of a
  * BAR (ioremap and friends all end in mmiotrace_ioremap(), which a kprobe watches), the mapping's
- * page table entries are cleared, so every access faults. The x86 fault handler offers kernel
- * faults to kmmio_handler() first whenever kmmio is active (kmmio_count > 0): a second kprobe
- * there takes the faults on our mappings, emulates the instruction (emulate.c) against the
- * device and returns "handled", skipping kmmio itself. We keep kmmio_count raised for as long as
- * the module is loaded; faults that are not ours are passed to kmmio when someone else (the
- * mmiotrace tracer) uses it, and otherwise answered "not kmmio's" without entering it, because
- * kmmio's tables are only initialised once the tracer has run. iounmap() calls
+ * page table entries are cleared, so every access faults. A fault on a kernel address that
+ * nothing else claims (not spurious, not a kprobe's own) reaches bad_area_nosemaphore(), the
+ * start of the kernel's "this access is wrong" path; only such faults meet our second kprobe
+ * there, so ordinary faults (user pages, demand paging) cost nothing. The kprobe does no more
+ * than recognise a fault on one of our mappings and make the call go to pcinet_fault() instead,
+ * which runs as an ordinary function in the fault handler, outside the kprobe: it emulates the
+ * instruction (emulate.c) against the device and returns to the fault path's caller. A fault on
+ * a BAR page taken while pcinet_fault() already runs on that CPU (code it calls, or an NMI, made
+ * the access) is not served: it fails like a PCIe completion timeout, all-ones for a read and
+ * dropped for a write, counted and logged once, since the outer access may hold the locks the
+ * inner one needs. A fault inside some other kprobe's handler finds our kprobe busy and takes
+ * the kernel's own path (an exception fixup or an oops, as without pcinet). iounmap() calls
  * mmiotrace_iounmap() first: a third kprobe restores the entries before the area is freed.
  *
  * An access is served in the faulting context, which cannot sleep:
@@ -30,17 +35,19 @@
  *
  * Waiting: an access that has to wait for the device (fence, volatile read, a full queue) in a
  * context that may sleep (interrupts on, no locks, not atomic: preempt_count() equal to what the
- * kprobe itself adds, measured at load time) leaves the fault handler through defer.S and waits
- * asleep in the faulting task, so every CPU of the machine can be in such a wait while the
- * host-agent still runs. Only atomic contexts (interrupt handlers, code under spinlocks)
- * busy-wait in the fault handler, bounded by atomic_timeout_ms; those need another CPU to run the
- * host-agent.
+ * fault path shows for a sleepable context, measured at load time) leaves the fault handler
+ * through defer.S and waits asleep in the faulting task, so every CPU of the machine can be in
+ * such a wait while the host-agent still runs. Only atomic contexts (interrupt handlers, code
+ * under spinlocks) busy-wait in the fault handler, bounded by atomic_timeout_ms; those need
+ * another CPU to run the host-agent.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
+#include <linux/io.h>
 #include <linux/kprobes.h>
 #include <linux/ktime.h>
 #include <linux/moduleparam.h>
+#include <linux/percpu.h>
 #include <linux/rculist.h>
 #include <linux/sched.h>
 #include <linux/slab.h>
@@ -62,6 +69,12 @@ static unsigned int atomic_timeout_ms = 1000;
 module_param(atomic_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(atomic_timeout_ms,
 		 "The same for reads in atomic context, which wait busy with interrupts off (ms)");
+/* A test hook (test/e2e/kernel-fault.test.ts): there is no other way to make code inside the
+ * fault handler touch a BAR. Root only; 0, the default, costs one READ_ONCE per BAR access. */
+static unsigned int test_nested_fault;
+module_param(test_nested_fault, uint, 0600);
+MODULE_PARM_DESC(test_nested_fault,
+		 "Test hook: the next N BAR accesses first read their BAR page again from inside the fault handler (a nested fault, answered all-ones)");
 
 /* How an access may wait for the device. */
 enum pcinet_wait {
@@ -95,13 +108,16 @@ struct pcinet_deferred {
 static LIST_HEAD(pcinet_live);		/* started functions (RCU) */
 static LIST_HEAD(pcinet_maps);		/* trapped mappings (RCU) */
 static DEFINE_SPINLOCK(pcinet_lists_lock);
-static unsigned int *pcinet_kmmio_count;
 /* Deferred accesses and the maps and functions they use are protected by this SRCU. */
 DEFINE_STATIC_SRCU(pcinet_srcu);
 static DEFINE_SPINLOCK(pcinet_deferred_lock);
 static struct pcinet_deferred pcinet_deferred[64];
-/* preempt_count() inside our kprobe when the faulting context was preemptible; -1: unknown. */
-static int pcinet_kprobe_preempt = -1;
+/* preempt_count() in pcinet_fault() when the faulting context was preemptible; -1: unknown. */
+static int pcinet_fault_preempt = -1;
+/* pcinet_fault() is running on this CPU (interrupts are off there: no other task can see it). */
+static DEFINE_PER_CPU(unsigned int, pcinet_fault_depth);
+/* Nested faults on mappings whose function is gone (no counters left to count them in). */
+static atomic64_t pcinet_nested_faults;
 
 void pcinet_defer_tramp(void);
 void pcinet_deferred_access(struct pt_regs *regs);
@@ -521,17 +537,6 @@ static struct pcinet_map *pcinet_map_find(unsigned long addr)
 	return NULL;
 }
 
-/* Where kmmio_handler() "returns" from when we answered in its place. */
-static noinline notrace int pcinet_fault_handled(void)
-{
-	return 1;
-}
-
-static noinline notrace int pcinet_fault_not_kmmio(void)
-{
-	return 0;
-}
-
 /* Instruction emulation failed: let it run against the (unbacked) window. The page stays
  * unprotected and the device no longer sees it, but the kernel survives. */
 static void pcinet_emulation_failed(struct pcinet_map *m, struct pt_regs *fregs,
@@ -546,10 +551,10 @@ static void pcinet_emulation_failed(struct pcinet_map *m, struct pt_regs *fregs,
 	pcinet_map_unprotect(m, addr & PAGE_MASK, (addr & PAGE_MASK) + PAGE_SIZE);
 }
 
-/* May the faulting context (we run in the fault handler, inside our kprobe) sleep? */
+/* May the faulting context (we run in the fault handler, interrupts off) sleep? */
 static bool pcinet_may_sleep(struct pt_regs *fregs)
 {
-	return pcinet_kprobe_preempt >= 0 && preempt_count() == pcinet_kprobe_preempt &&
+	return pcinet_fault_preempt >= 0 && preempt_count() == pcinet_fault_preempt &&
 	       (fregs->flags & X86_EFLAGS_IF) && !pagefault_disabled() &&
 	       !rcu_preempt_depth() && task_is_running(current) && !(current->flags & PF_EXITING);
 }
@@ -614,31 +619,84 @@ void pcinet_deferred_access(struct pt_regs *regs)
 	srcu_read_unlock(&pcinet_srcu, idx);
 }
 
-/* kmmio_handler(struct pt_regs *regs, unsigned long addr), at entry. */
-static int pcinet_fault_pre(struct kprobe *p, struct pt_regs *regs)
+/* A nested access is failed, never served: what it would wait for may be what we hold. */
+static int pcinet_nested_read(void *ctx, unsigned long addr, void *val, unsigned int size)
 {
-	struct pt_regs *fregs = (struct pt_regs *)regs->di;
-	unsigned long addr = regs->si;
+	memset(val, 0xff, size);
+	return 0;
+}
+
+static int pcinet_nested_write(void *ctx, unsigned long addr, const void *val, unsigned int size)
+{
+	return 0;
+}
+
+static const struct pcinet_mmio_ops pcinet_nested_ops = {
+	.read = pcinet_nested_read,
+	.write = pcinet_nested_write,
+};
+
+/* A BAR access faulted while pcinet_fault() was already running on this CPU. */
+static void pcinet_fault_nested(struct pcinet_map *m, struct pt_regs *fregs, unsigned long addr)
+{
+	struct pcinet_fn *fn = rcu_dereference_raw(m->fn);
+	int ret;
+
+	atomic64_inc(fn ? &fn->stats.nested_faults : &pcinet_nested_faults);
+	pr_warn_once("a BAR access at %pS (0x%lx) faulted inside the MMIO fault handler: failed like a completion timeout (reads all-ones, writes dropped)\n",
+		     (void *)fregs->ip, addr);
+	ret = pcinet_emulate(fregs, addr, &pcinet_nested_ops, m);
+	if (ret)
+		pcinet_emulation_failed(m, fregs, addr, ret);
+}
+
+/* The test hook: reads the faulting BAR page again, from inside the fault handler. */
+static void pcinet_test_nested(unsigned long addr)
+{
+	unsigned int n = READ_ONCE(test_nested_fault);
+	u32 v;
+
+	if (!n || cmpxchg(&test_nested_fault, n, n - 1) != n)
+		return;
+	v = readl((void __iomem *)(addr & ~3ul));
+	pr_info("test hook: a read of BAR page 0x%lx inside the fault handler read 0x%08x\n",
+		addr & PAGE_MASK, v);
+}
+
+/*
+ * Serves a fault on one of our mappings, in place of bad_area_nosemaphore(regs, error_code,
+ * address), to whose caller it returns: the fault is then handled and the faulting context
+ * resumes at fregs->ip (after the instruction, or in defer.S). Reached only from our kprobe.
+ */
+static void pcinet_fault(struct pt_regs *fregs, unsigned long error_code, unsigned long addr)
+{
 	struct pcinet_fn *fn;
 	bool may_sleep;
 	struct pcinet_map *m;
 	u64 start;
 	int ret;
 
-	if (user_mode(fregs))
-		goto not_ours;
 	may_sleep = pcinet_may_sleep(fregs);
 	rcu_read_lock();
 	m = pcinet_map_find(addr);
-	/* An instruction fetch from a BAR is a bug like any other: let the fault path oops. */
+	/* Unmapped since the kprobe saw it: the instruction runs again and faults like any other
+	 * access (or finds its entries back). */
 	if (!m || fregs->ip - m->virt < m->len) {
 		rcu_read_unlock();
-		goto not_ours;
+		return;
 	}
-	/* Ours: only now the clock (faults elsewhere, NMIs included, pay nothing for it). */
+	if (__this_cpu_read(pcinet_fault_depth)) {
+		pcinet_fault_nested(m, fregs, addr);
+		rcu_read_unlock();
+		return;
+	}
+	__this_cpu_inc(pcinet_fault_depth);
+	if (unlikely(READ_ONCE(test_nested_fault)) && !m->calibrate)
+		pcinet_test_nested(addr);
+	/* Ours: only now the clock. */
 	start = ktime_get_ns();
 	if (m->calibrate) {
-		WRITE_ONCE(pcinet_kprobe_preempt, preempt_count());
+		WRITE_ONCE(pcinet_fault_preempt, preempt_count());
 		ret = pcinet_emulate(fregs, addr, &pcinet_spin_ops, m);
 	} else if (may_sleep) {
 		unsigned long cx = fregs->cx, si = fregs->si, di = fregs->di;
@@ -658,20 +716,40 @@ static int pcinet_fault_pre(struct kprobe *p, struct pt_regs *regs)
 	fn = rcu_dereference_raw(m->fn);
 	if (fn && !m->calibrate)
 		pcinet_timing_add(&fn->stats.t_mmio_ns, &fn->stats.t_mmio_n, start);
+	__this_cpu_dec(pcinet_fault_depth);
 	rcu_read_unlock();
-	regs->ip = (unsigned long)pcinet_fault_handled;
-	return 1;
+}
+NOKPROBE_SYMBOL(pcinet_fault);
 
-not_ours:
-	if (READ_ONCE(*pcinet_kmmio_count) > 1)
-		return 0;	/* the mmiotrace tracer is active: kmmio decides */
-	regs->ip = (unsigned long)pcinet_fault_not_kmmio;
+/*
+ * bad_area_nosemaphore(struct pt_regs *regs, unsigned long error_code, unsigned long address),
+ * at entry. Only recognises our faults: serving them here, inside the kprobe, would make a
+ * fault nested in the serving a kprobe re-entry, which the kprobe machinery skips. The call
+ * goes on in pcinet_fault() with the same arguments and return address.
+ */
+static int pcinet_bad_area_pre(struct kprobe *p, struct pt_regs *regs)
+{
+	struct pt_regs *fregs = (struct pt_regs *)regs->di;
+	unsigned long addr = regs->dx;
+	struct pcinet_map *m;
+	bool ours;
+
+	if (user_mode(fregs))
+		return 0;
+	rcu_read_lock();
+	m = pcinet_map_find(addr);
+	/* An instruction fetch from a BAR is a bug like any other: let the fault path oops. */
+	ours = m && fregs->ip - m->virt >= m->len;
+	rcu_read_unlock();
+	if (!ours)
+		return 0;
+	regs->ip = (unsigned long)pcinet_fault;
 	return 1;
 }
 
 /*
- * Learns preempt_count() inside our kprobe for a fault taken where sleeping is fine (module load
- * is such a place): the fault path adds nothing, the kprobe machinery adds what we measure.
+ * Learns preempt_count() in pcinet_fault() for a fault taken where sleeping is fine (module load
+ * is such a place), and checks that the fault path reaches us at all.
  */
 static int pcinet_calibrate(void)
 {
@@ -710,7 +788,7 @@ static int pcinet_calibrate(void)
 	synchronize_rcu();
 	kfree(m);
 	vfree(page);
-	if (v != ~0u || pcinet_kprobe_preempt < 0) {
+	if (v != ~0u || pcinet_fault_preempt < 0) {
 		pr_err("the MMIO fault path did not work at load time\n");
 		return -EIO;
 	}
@@ -803,8 +881,8 @@ static int pcinet_iounmap_pre(struct kprobe *p, struct pt_regs *regs)
 }
 
 static struct kprobe pcinet_kp_fault = {
-	.symbol_name = "kmmio_handler",
-	.pre_handler = pcinet_fault_pre,
+	.symbol_name = "bad_area_nosemaphore",
+	.pre_handler = pcinet_bad_area_pre,
 };
 
 static struct kprobe pcinet_kp_ioremap = {
@@ -820,21 +898,6 @@ static struct kprobe pcinet_kp_iounmap = {
 static struct kprobe *pcinet_kprobes[] = {
 	&pcinet_kp_fault, &pcinet_kp_ioremap, &pcinet_kp_iounmap,
 };
-
-/* kallsyms_lookup_name() is not exported; a kprobe on it tells us where it is. */
-static unsigned long pcinet_lookup(const char *name)
-{
-	struct kprobe kp = { .symbol_name = "kallsyms_lookup_name" };
-	unsigned long (*lookup)(const char *name);
-	int ret;
-
-	ret = register_kprobe(&kp);
-	if (ret < 0)
-		return 0;
-	lookup = (void *)kp.addr;
-	unregister_kprobe(&kp);
-	return lookup(name);
-}
 
 void pcinet_mmio_start(struct pcinet_fn *fn)
 {
@@ -878,18 +941,11 @@ int pcinet_mmio_init(void)
 	BUILD_BUG_ON(offsetof(struct pt_regs, r15) != 0 || offsetof(struct pt_regs, di) != 112 ||
 		     offsetof(struct pt_regs, ip) != 128 || offsetof(struct pt_regs, flags) != 144 ||
 		     offsetof(struct pt_regs, sp) != 152 || sizeof(struct pt_regs) != 168);
-	pcinet_kmmio_count = (unsigned int *)pcinet_lookup("kmmio_count");
-	if (!pcinet_kmmio_count) {
-		pr_err("kmmio_count not found: this kernel needs CONFIG_MMIOTRACE and CONFIG_KALLSYMS_ALL\n");
-		return -ENOENT;
-	}
 	ret = register_kprobes(pcinet_kprobes, ARRAY_SIZE(pcinet_kprobes));
 	if (ret) {
 		pr_err("cannot hook the MMIO fault path (kprobes: %d)\n", ret);
 		return ret;
 	}
-	/* Makes the fault handler offer kernel faults to kmmio_handler(), i.e. to us. */
-	WRITE_ONCE(*pcinet_kmmio_count, READ_ONCE(*pcinet_kmmio_count) + 1);
 	ret = pcinet_calibrate();
 	if (ret) {
 		pcinet_mmio_exit();
@@ -903,8 +959,10 @@ void pcinet_mmio_exit(void)
 	struct pcinet_map *m, *tmp;
 	unsigned long flags;
 
-	WRITE_ONCE(*pcinet_kmmio_count, READ_ONCE(*pcinet_kmmio_count) - 1);
 	unregister_kprobes(pcinet_kprobes, ARRAY_SIZE(pcinet_kprobes));
+	if (atomic64_read(&pcinet_nested_faults))
+		pr_info("nested faults on mappings of removed functions: %lld\n",
+			atomic64_read(&pcinet_nested_faults));
 	/* Mappings a driver leaked: give them back their entries before our code goes away. */
 	spin_lock_irqsave(&pcinet_lists_lock, flags);
 	list_for_each_entry_safe(m, tmp, &pcinet_maps, node) {
