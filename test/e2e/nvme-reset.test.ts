@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { askCard, endpointControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
 import { runInLab } from '../../lab/run.js';
 import { FIO_VERIFY, FIO_VERIFY_OK } from './block-workloads.js';
@@ -65,6 +66,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: remove + rescan and function res
         `${FIO_VERIFY} | sed "s/^/rescan: /"`,
         // A function reset: the PCI core saves state, resets the function (FLR), restores it; the
         // nvme driver disables the controller before and resets it after.
+        'echo "reset_method=$(cat /sys/bus/pci/devices/$dev/reset_method)"',
         'echo 1 > /sys/bus/pci/devices/$dev/reset && echo reset-written',
         'disk_back reset',
         'check_known reset',
@@ -82,6 +84,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: remove + rescan and function res
     const out = `${r.stdout}\n${r.stderr}`;
     expect(r.code, out).toBe(0);
     expect(r.stdout, out).toMatch(/^removed$/m);
+    expect(r.stdout, out).toMatch(/^reset_method=flr$/m); // FLR only: no PM or bus reset to offer
     for (const when of ['written', 'rescan', 'reset', 'again'])
       expect(r.stdout, out).toMatch(new RegExp(`^known-data-ok ${when}$`, 'm'));
     const ok = new RegExp(FIO_VERIFY_OK.source.slice(1), 'm');
@@ -91,5 +94,38 @@ describe.skipIf(!root)('NVMe through pcinet.ko: remove + rescan and function res
     expect(r.stdout, out).toMatch(/removed from the bus: reset to its power-on state/);
     expect(r.guestLog, out).not.toMatch(/refused: no live mapping/);
     expect(r.guestLog).not.toMatch(/nvme.*(timeout|I\/O error)/i);
+  });
+
+  // The function removed while its driver waits on it: the lab's teardown stops the host-agent
+  // (SIGTERM, W_DETACH) while the card hangs with writes in flight. The removed function's config
+  // space reads all-ones, so nvme_remove() sees the device gone and cancels its commands at once.
+  // It used to wait for their timeouts (30 s for I/O, 60 s for an admin command of a probe) inside
+  // the host-agent's write() of W_DETACH, where SIGTERM could not stop it: the teardown failed.
+  it('teardown while the card hangs with writes in flight: the driver lets go at once; the lab tears down', {
+    timeout: RUN_TIMEOUT_MS + 60_000,
+  }, async () => {
+    const r = await runInLab({
+      assets,
+      devices: [`nvme:file=${join(dir, 'hung.img')},size=64M`],
+      card: endpointControl(),
+      command: [
+        ...helpers,
+        'disk_back attach',
+        'fio --name=busy --filename=$disk --rw=randwrite --bs=4k --iodepth=16 --ioengine=libaio --direct=1 ' +
+          '--time_based --runtime=600 > /tmp/fio.log 2>&1 &',
+        'inflight() { set -- $(cat /sys/block/"$ctrl"n1/inflight); [ $(($1 + $2)) -gt 0 ]; }',
+        'until_ok 600 inflight && echo io-in-flight',
+        askCard('pause'),
+        // The command ends with writes in flight that will never complete: teardown now.
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
+    const out = `${r.stdout}\n${r.stderr}`;
+    expect(r.code, out).toBe(0);
+    expect(r.stdout, out).toMatch(/^io-in-flight$/m);
+    expect(r.stdout, out).toMatch(/^card: pause ok$/m);
+    // runInLab rejects a teardown that fails; and no request had to time out for the driver to go.
+    expect(r.guestLog, out).toMatch(/pcinet: \S+ removed: /);
+    expect(r.guestLog, out).not.toMatch(/nvme\S* \S+: (I\/O \d+ .*timeout|controller is down)/);
   });
 });
