@@ -251,8 +251,9 @@ static int pcinet_cfg_read(struct pci_bus *bus, unsigned int devfn, int where, i
 		*val = ~0u;
 		return PCIBIOS_DEVICE_NOT_FOUND;
 	}
-	if (READ_ONCE(fn->link_down)) {
-		/* As over a PCIe link that is down: all-ones, so pci_device_is_present() says no. */
+	if (READ_ONCE(fn->link_down) || READ_ONCE(fn->state) == PN_DETACHED) {
+		/* As over a PCIe link that is down, or from a surprise-removed function: all-ones, so
+		 * pci_device_is_present() says no and drivers take their surprise-removal paths. */
 		*val = size == 4 ? ~0u : (1u << (8 * size)) - 1;
 		return PCIBIOS_SUCCESSFUL;
 	}
@@ -311,7 +312,7 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 
 	if (devfn != 0 || where < 0 || where + size > PCINET_CONFIG_SIZE)
 		return PCIBIOS_DEVICE_NOT_FOUND;
-	if (READ_ONCE(fn->link_down))
+	if (READ_ONCE(fn->link_down) || READ_ONCE(fn->state) == PN_DETACHED)
 		return PCIBIOS_SUCCESSFUL;	/* goes nowhere; W_LINK_UP resets the image */
 	bar = pcinet_bar_of(fn, where & ~3, &hi);
 	if (bar >= 0) {
@@ -565,11 +566,9 @@ static int pcinet_start(struct pcinet_fn *fn)
 	/* The function inherits the bus's MSI domain when it is added (pcibios_device_add). */
 	if (fn->msi_domain)
 		dev_set_msi_domain(&bus->dev, fn->msi_domain);
+	/* The bus notifier (pcinet_bus_notify) sets fn->pdev and the DMA ops as the scan adds it. */
 	pci_scan_child_bus(bus);
 	pci_bus_claim_resources(bus);
-	fn->pdev = pci_get_slot(bus, 0);
-	if (fn->pdev)
-		pcinet_dma_set_ops(fn, fn->pdev);
 	pci_unlock_rescan_remove();
 	if (!fn->pdev) {
 		pr_warn("the PCI core did not find the function on the new bus\n");
@@ -652,8 +651,79 @@ static void pcinet_add_work(struct work_struct *work)
 	pci_lock_rescan_remove();
 	pci_bus_add_devices(fn->bus);
 	pci_unlock_rescan_remove();
+}
+
+/* ---- the function on and off the bus ---- */
+
+/*
+ * The PCI core adds the function when it scans the bus (W_START, and every rescan after an admin
+ * removed it: `echo 1 > .../remove; echo 1 > /sys/bus/pci/rescan`) and deletes it when it is
+ * removed (by an admin, or by pcinet_remove()). Each new pci_dev gets the DMA sandbox's ops and
+ * the timing file, and becomes fn->pdev. Under pci_lock_rescan_remove(), which every add and
+ * removal holds: fn->pdev changes only under it.
+ */
+static void pcinet_dev_added(struct pcinet_fn *fn, struct pci_dev *pdev)
+{
+	pcinet_dma_set_ops(fn, pdev);
+	WARN_ON_ONCE(fn->pdev);
+	pci_dev_put(fn->pdev);
+	fn->pdev = pci_dev_get(pdev);
 	/* Statistics only: the device works without the file. */
-	fn->timing_file = !device_create_file(&fn->pdev->dev, &dev_attr_pcinet_timing);
+	fn->timing_file = !device_create_file(&pdev->dev, &dev_attr_pcinet_timing);
+}
+
+/*
+ * The function leaves the bus, its driver already unbound. Taken off by an admin while the device
+ * is still there (state PN_STARTED), it returns to its power-on state, as in a slot whose power is
+ * cut, and the endpoint is told (R_FUNCTION_RESET): queues, rings and push rules of the driver that
+ * is gone must not meet the one a rescan binds.
+ */
+static void pcinet_dev_deleted(struct pcinet_fn *fn, struct pci_dev *pdev)
+{
+	struct pcinet_hdr reset;
+
+	if (fn->pdev != pdev)
+		return;
+	if (fn->timing_file)
+		device_remove_file(&pdev->dev, &dev_attr_pcinet_timing);
+	fn->timing_file = false;
+	fn->pdev = NULL;
+	pci_dev_put(pdev);
+	if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down))
+		return;
+	pcinet_power_on(fn);
+	pcinet_hdr(&reset, PCINET_R_FUNCTION_RESET, sizeof(reset));
+	pcinet_queue(fn, &reset, sizeof(reset));
+	pr_info("%04x:%02x:00.0 removed from the bus: reset to its power-on state\n", fn->domain,
+		fn->bus->number);
+}
+
+static int pcinet_bus_notify(struct notifier_block *nb, unsigned long action, void *data)
+{
+	struct pci_dev *pdev = to_pci_dev(data);
+
+	if (pdev->bus->ops != &pcinet_pci_ops)
+		return NOTIFY_DONE;
+	if (action == BUS_NOTIFY_ADD_DEVICE)
+		pcinet_dev_added(pcinet_fn_of(pdev->bus), pdev);
+	else if (action == BUS_NOTIFY_DEL_DEVICE)
+		pcinet_dev_deleted(pcinet_fn_of(pdev->bus), pdev);
+	return NOTIFY_DONE;
+}
+
+static struct notifier_block pcinet_bus_nb = {
+	.notifier_call = pcinet_bus_notify,
+};
+
+/* The function's pci_dev with a reference, or NULL while it is off the bus. */
+static struct pci_dev *pcinet_get_pdev(struct pcinet_fn *fn)
+{
+	struct pci_dev *pdev;
+
+	pci_lock_rescan_remove();
+	pdev = pci_dev_get(fn->pdev);
+	pci_unlock_rescan_remove();
+	return pdev;
 }
 
 /* ---- link loss and recovery ---- */
@@ -685,11 +755,15 @@ static void pcinet_purge_queue(struct pcinet_fn *fn)
 static void pcinet_link_down_work(struct work_struct *work)
 {
 	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, link_down_work);
-	struct pci_dev *pdev = fn->pdev;
+	struct pci_dev *pdev = pcinet_get_pdev(fn);
 	const struct pci_error_handlers *eh;
 	pci_ers_result_t vote = PCI_ERS_RESULT_NONE;
 	bool bound;
 
+	fn->link_recoverable = false;
+	fn->link_driver = NULL;
+	if (!pdev)
+		return;	/* an admin removed it from the bus: no driver to tell */
 	device_lock(&pdev->dev);
 	pdev->error_state = pci_channel_io_frozen;
 	bound = pdev->driver;
@@ -706,6 +780,7 @@ static void pcinet_link_down_work(struct work_struct *work)
 		pci_info(pdev, "link down: the driver cannot recover; unbinding it until the link is back\n");
 		device_release_driver(&pdev->dev);
 	}
+	pci_dev_put(pdev);
 }
 
 /*
@@ -718,11 +793,16 @@ static void pcinet_link_down_work(struct work_struct *work)
 static void pcinet_link_up_work(struct work_struct *work)
 {
 	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, link_up_work);
-	struct pci_dev *pdev = fn->pdev;
+	struct pci_dev *pdev = pcinet_get_pdev(fn);
 	const struct pci_error_handlers *eh;
 	pci_ers_result_t vote = PCI_ERS_RESULT_RECOVERED;
 	bool failed = false, told;
 
+	if (!pdev) {
+		/* Removed while the link was down: a rescan finds it again. */
+		pr_info("%04x:00:00.0 link up: the function is off the bus\n", fn->domain);
+		return;
+	}
 	device_lock(&pdev->dev);
 	pdev->error_state = pci_channel_io_normal;
 	told = fn->link_recoverable && pdev->driver && pdev->driver == fn->link_driver;
@@ -747,6 +827,7 @@ static void pcinet_link_up_work(struct work_struct *work)
 		pci_warn(pdev, "link up: binding a driver failed\n");
 	pci_info(pdev, "link up: %s\n", !pdev->dev.driver ? "no driver" :
 		 told && !failed ? "recovered" : "driver bound again");
+	pci_dev_put(pdev);
 }
 
 /* W_LINK_DOWN, or the kernel link failed. Under lock. */
@@ -803,9 +884,6 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		wake_up_interruptible_all(&fn->writeq);
 		wake_up_all(&fn->mmioq);
 		cancel_work_sync(&fn->add_work);
-		if (fn->timing_file)
-			device_remove_file(&fn->pdev->dev, &dev_attr_pcinet_timing);
-		fn->timing_file = false;
 		if (fn->link_wq) {
 			/* Recovery still running finds the function gone and finishes quickly. */
 			flush_workqueue(fn->link_wq);
@@ -819,8 +897,6 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		pcinet_mmio_stop(fn);
 		pcinet_msix_stop(fn);
 		pcinet_dma_exit(fn);
-		pci_dev_put(fn->pdev);
-		fn->pdev = NULL;
 		release_resource(&fn->window);
 		ida_free(&pcinet_domains, fn->domain);
 		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; nested faults %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld; pushes %lld bytes %lld skipped refused %lld budget %lld nomem %lld busy %lld; push drops %lld; virtq rounds %lld irqs skipped %lld kicks %lld\n",
@@ -1201,15 +1277,25 @@ static int __init pcinet_init(void)
 	ret = pcinet_mmio_init();
 	if (ret)
 		return ret;
+	ret = bus_register_notifier(&pci_bus_type, &pcinet_bus_nb);
+	if (ret)
+		goto err_mmio;
 	ret = misc_register(&pcinet_misc);
 	if (ret)
-		pcinet_mmio_exit();
+		goto err_notifier;
+	return 0;
+
+err_notifier:
+	bus_unregister_notifier(&pci_bus_type, &pcinet_bus_nb);
+err_mmio:
+	pcinet_mmio_exit();
 	return ret;
 }
 
 static void __exit pcinet_exit(void)
 {
 	misc_deregister(&pcinet_misc);
+	bus_unregister_notifier(&pci_bus_type, &pcinet_bus_nb);
 	pcinet_mmio_exit();
 	ida_destroy(&pcinet_domains);
 }

@@ -39,7 +39,7 @@ export function startCardControl(card: LabCard, handle: (word: string) => Promis
 
 /**
  * A runInLab `card` hook whose control port carries out the endpoint's lifecycle: `restart`,
- * `stop`, `start` (LabCard's). `setup` runs first; `started` after every (re)start, for what
+ * `stop`, `start`, `pause`, `resume` (LabCard's). `setup` runs first; `started` after every (re)start, for what
  * the card must redo then (a TAP the new endpoint made). Stops the port when the run ends.
  */
 export function endpointControl(
@@ -49,6 +49,8 @@ export function endpointControl(
     await o.setup?.(card);
     const proc = startCardControl(card, async (word) => {
       if (word === 'stop') return card.stopEndpoint();
+      if (word === 'pause') return card.pauseEndpoint();
+      if (word === 'resume') return card.resumeEndpoint();
       if (word === 'restart') await card.restartEndpoint();
       else if (word === 'start') await card.startEndpoint();
       else throw new Error(`unknown command ${word}`);

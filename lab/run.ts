@@ -143,6 +143,10 @@ export interface LabCard {
   stopEndpoint(): Promise<void>;
   /** Starts the endpoint stopped by stopEndpoint again; resolves when it listens. */
   startEndpoint(): Promise<void>;
+  /** Freezes the running endpoint (SIGSTOP): its connections stay open, nothing answers; as a card
+   *  that hangs. resumeEndpoint (SIGCONT) lets it go on. */
+  pauseEndpoint(): void;
+  resumeEndpoint(): void;
 }
 
 export interface LabResult {
@@ -476,6 +480,8 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
               restartEndpoint,
               stopEndpoint: () => stopEndpoint(),
               startEndpoint: startAgain,
+              pauseEndpoint: () => endpoint!.proc.kill('SIGSTOP'),
+              resumeEndpoint: () => endpoint!.proc.kill('SIGCONT'),
             })) ?? undefined;
       }
       const connect = external

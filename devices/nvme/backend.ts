@@ -17,11 +17,18 @@ export interface BlockBackend {
   close(): Promise<void>;
 }
 
-/** An I/O error of a backend, with the errno code the model maps to an NVMe status. */
+/** The BlockBackend call that failed. */
+export type BlockOp = 'read' | 'write' | 'flush' | 'writeZeroes' | 'discard';
+
+/**
+ * An I/O error of a backend. Models choose their status from `code` (the errno name, as Node
+ * reports it: 'EIO', 'ENOSPC' …) and `op`, never from `message`, which is for logs only.
+ */
 export class BlockError extends Error {
   override readonly name = 'BlockError';
   constructor(
     readonly code: string,
+    readonly op: BlockOp,
     message: string,
   ) {
     super(message);

@@ -7,7 +7,7 @@ import { FakeBus, FakeHost, settle } from '../pci/fake-host.js';
 import { rd16, rd32, rd64, wr16, wr32, wr64 } from '../pci/le.js';
 import { type BlockBackend, BlockError } from './backend.js';
 import { NvmeController } from './controller.js';
-import { ADMIN, CC, CNS, CSTS, FEAT, IO, LOG, REG, SC } from './spec.js';
+import { ADMIN, CC, CNS, CSTS, DNR, FEAT, IO, LOG, REG, SC } from './spec.js';
 
 const MEM = 8 << 20;
 const BASE = 0x1000_0000n;
@@ -424,14 +424,16 @@ describe('NVMe controller', () => {
     expect(flushes).toBe(1);
   });
 
-  it('maps backend errors to media and capacity statuses and keeps going', async () => {
+  it('maps backend errors to statuses by errno code and failed call, never by message; keeps going', async () => {
     const mem = new MemoryBackend(1 << 20);
     let fail: string | undefined;
+    // Messages that name the other operation (or none): only code and op may decide.
     const backend: BlockBackend = Object.assign(Object.create(mem) as BlockBackend, {
       write: (off: number, data: Uint8Array) =>
-        fail ? Promise.reject(new BlockError(fail, 'write: injected')) : mem.write(off, data),
+        fail ? Promise.reject(new BlockError(fail, 'write', 'read-back check failed')) : mem.write(off, data),
       read: (off: number, len: number) =>
-        fail ? Promise.reject(new BlockError(fail, 'read: injected')) : mem.read(off, len),
+        fail ? Promise.reject(new BlockError(fail, 'read', 'write cache lost')) : mem.read(off, len),
+      flush: () => (fail ? Promise.reject(new BlockError(fail, 'flush', 'injected')) : mem.flush()),
     });
     const d = new Driver(backend);
     await d.enable();
@@ -439,11 +441,94 @@ describe('NVMe controller', () => {
     fail = 'EIO';
     expect((await d.submit(1, d.rw(IO.WRITE, 0, 1, DATA))).status).toBe(SC.WRITE_FAULT);
     expect((await d.submit(1, d.rw(IO.READ, 0, 1, DATA))).status).toBe(SC.UNRECOVERED_READ);
+    expect((await d.submit(1, d.sqe(IO.FLUSH, { nsid: 1 }))).status).toBe(SC.WRITE_FAULT);
     fail = 'ENOSPC';
-    expect(sc((await d.submit(1, d.rw(IO.WRITE, 0, 1, DATA))).status)).toBe(SC.CAP_EXCEEDED);
+    expect((await d.submit(1, d.rw(IO.WRITE, 0, 1, DATA))).status).toBe(SC.CAP_EXCEEDED | DNR);
+    fail = 'EDQUOT';
+    expect((await d.submit(1, d.rw(IO.WRITE, 0, 1, DATA))).status).toBe(SC.CAP_EXCEEDED | DNR);
+    fail = 'EBADF';
+    expect((await d.submit(1, d.rw(IO.READ, 0, 1, DATA))).status).toBe(SC.INTERNAL);
     fail = undefined;
     expect((await d.submit(1, d.rw(IO.WRITE, 0, 1, DATA))).status).toBe(0);
-    expect(d.dev.counters().mediaErrors).toBe(3);
+    expect(d.dev.counters().mediaErrors).toBe(6);
+    expect(d.host.traces.filter((t) => t.event === 'nvme.backend.error').map((t) => t.fields.op)).toEqual([
+      'write',
+      'read',
+      'flush',
+      'write',
+      'write',
+      'read',
+    ]);
+  });
+
+  it('CC.EN 1→0 waits for backend writes under way before CSTS.RDY=0; none reaches the backend after', async () => {
+    const mem = new MemoryBackend(1 << 20);
+    const reached: string[] = [];
+    let finishA: (() => void) | undefined;
+    const backend: BlockBackend = Object.assign(Object.create(mem) as BlockBackend, {
+      write: (off: number, data: Uint8Array) => {
+        reached.push(`write ${off} (RDY=${d.csts() & CSTS.RDY})`);
+        if (off !== 0) return mem.write(off, data);
+        return new Promise<void>((r) => (finishA = () => r(mem.write(off, data))));
+      },
+    });
+    const d = new Driver(backend);
+    await d.enable();
+    await d.ioQueues();
+    // Write A is in the backend and stays there; write B's data is still on its way from the host.
+    const hostRead = d.host.dmaRead.bind(d.host);
+    let dataB: (() => void) | undefined;
+    d.host.dmaRead = (iova, len) =>
+      iova === DATA + 0x1000n
+        ? new Promise((r) => (dataB = () => r(hostRead(iova, len))))
+        : hostRead(iova, len);
+    d.post(1, d.rw(IO.WRITE, 0, 1, DATA));
+    d.post(1, d.rw(IO.WRITE, 8, 1, DATA + 0x1000n));
+    for (let i = 0; i < 5; i++) await d.bus.settle();
+    expect(reached).toEqual(['write 0 (RDY=1)']);
+    expect(dataB).toBeDefined();
+
+    d.bus.write32(0, REG.CC, 0);
+    for (let i = 0; i < 5; i++) await d.bus.settle();
+    expect(d.csts() & CSTS.RDY).toBe(CSTS.RDY); // A has not landed: the reset is not done
+    expect(d.host.traced('nvme.reset.draining')).toBe(1);
+    dataB!(); // B's data arrives after the reset began: B is abandoned, never written
+    for (let i = 0; i < 5; i++) await d.bus.settle();
+    expect(d.csts() & CSTS.RDY).toBe(CSTS.RDY);
+    finishA!();
+    for (let i = 0; i < 5; i++) await d.bus.settle();
+    expect(d.csts() & CSTS.RDY).toBe(0);
+    expect(reached).toEqual(['write 0 (RDY=1)']);
+    expect(d.reap(1)).toBeUndefined(); // neither completes into the reset queues
+    await d.enable();
+    expect(d.csts() & CSTS.RDY).toBe(CSTS.RDY);
+  });
+
+  it('after a function reset, CC.EN=1 waits for the old backend calls before CSTS.RDY=1', async () => {
+    const mem = new MemoryBackend(1 << 20);
+    let finish: (() => void) | undefined;
+    const backend: BlockBackend = Object.assign(Object.create(mem) as BlockBackend, {
+      write: (off: number, data: Uint8Array) =>
+        new Promise<void>((r) => (finish = () => r(mem.write(off, data)))),
+    });
+    const d = new Driver(backend);
+    await d.enable();
+    await d.ioQueues();
+    d.post(1, d.rw(IO.WRITE, 0, 1, DATA));
+    for (let i = 0; i < 5; i++) await d.bus.settle();
+    expect(finish).toBeDefined();
+    d.dev.reset(); // FunctionReset: registers at power-on, CSTS.RDY=0 at once
+    await d.bus.settle();
+    expect(d.csts() & CSTS.RDY).toBe(0);
+    await d.enable();
+    for (let i = 0; i < 5; i++) await d.bus.settle();
+    expect(d.csts() & CSTS.RDY).toBe(0); // the old write is still under way
+    finish!();
+    for (let i = 0; i < 5; i++) await d.bus.settle();
+    expect(d.csts() & CSTS.RDY).toBe(CSTS.RDY);
+    expect((await d.submit(0, d.sqe(ADMIN.IDENTIFY, { prp1: SCRATCH, cdw: [CNS.CONTROLLER] }))).status).toBe(
+      0,
+    );
   });
 
   it('a reset drops commands in flight: nothing completes into the old queues', async () => {

@@ -157,6 +157,12 @@ export class NvmeController extends PciDevice<NvmeController> {
   #aers: number[] = [];
   /** Bumped by every controller reset: work of an older epoch is dropped. */
   #epoch = 0;
+  /** Backend calls under way. A reset lets them finish before it reports CSTS.RDY=0, and an
+   *  enable before it reports CSTS.RDY=1: no write of an older epoch reaches storage after the
+   *  driver was told the controller is reset (QEMU's nvme drains its block backend the same way). */
+  #backendBusy = 0;
+  /** Resolved when #backendBusy drops to 0. */
+  #idle: { promise: Promise<void>; resolve: () => void } | undefined;
   #irqPending = new Set<number>();
   /** Doorbell Buffer Config in force (I/O queues only, as Linux uses it); cleared by a reset. */
   #dbbuf: DoorbellBuffer | undefined;
@@ -229,8 +235,51 @@ export class NvmeController extends PciDevice<NvmeController> {
   override detach(): void {
     // The host is gone without a shutdown notification: keep what was written.
     if (this.#sqs.size) this.stats.unsafeShutdowns++;
-    void this.backend.flush().catch(() => {});
+    void this.#backendCall(undefined, () => this.backend.flush()).catch(() => {});
     super.detach();
+  }
+
+  /**
+   * Runs a backend call for a command of `epoch` (undefined: the controller's own, such as the
+   * shutdown flush): once the controller was reset, a command starts none (it is abandoned, as the
+   * reset aborted it), and a reset waits for the calls that did start (#afterDrain).
+   */
+  async #backendCall<T>(epoch: number | undefined, call: () => Promise<T>): Promise<T> {
+    if (epoch !== undefined && epoch !== this.#epoch) throw new Abandoned();
+    this.#backendBusy++;
+    try {
+      return await call();
+    } finally {
+      if (--this.#backendBusy === 0) {
+        this.#idle?.resolve();
+        this.#idle = undefined;
+      }
+    }
+  }
+
+  /** Resolves once no backend call is under way. */
+  #drained(): Promise<void> {
+    if (!this.#backendBusy) return Promise.resolve();
+    if (!this.#idle) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      this.#idle = { promise, resolve };
+    }
+    return this.#idle.promise;
+  }
+
+  /** Runs `f` once no backend call is under way: now if none is, else when the last one ends,
+   *  unless the controller was reset or detached meanwhile (a later CC write decides then). */
+  #afterDrain(what: string, f: () => void): void {
+    if (!this.#backendBusy) {
+      f();
+      return;
+    }
+    const epoch = this.#epoch;
+    this.trace('nvme.reset.draining', { what, calls: this.#backendBusy });
+    void this.#drained().then(() => {
+      if (epoch === this.#epoch && this.attached) f();
+    });
   }
 
   #resetController(): void {
@@ -259,11 +308,15 @@ export class NvmeController extends PciDevice<NvmeController> {
   ccWritten(cc: number, old: number): void {
     const r = this.#regs;
     const shn = (cc & CC.SHN_MASK) >>> CC.SHN_SHIFT;
-    if (cc & CC.EN && !(old & CC.EN)) this.#enable(cc);
+    // An enable after a reset (CC.EN 1→0, or a function reset) whose backend calls still run
+    // waits for them, so the new controller's commands come after them.
+    if (cc & CC.EN && !(old & CC.EN)) this.#afterDrain('enable', () => this.#enable(cc));
     else if (!(cc & CC.EN) && old & CC.EN) {
+      // NVMe Base 2.0 §3.7.2: a Controller Reset aborts outstanding commands; CSTS.RDY goes to 0
+      // once the reset is done — here, once writes already handed to the backend have landed.
       this.stats.resets++;
       this.#resetController();
-      r.set32(REG.CSTS, r.u32(REG.CSTS) & ~(CSTS.RDY | CSTS.CFS));
+      this.#afterDrain('disable', () => r.set32(REG.CSTS, r.u32(REG.CSTS) & ~(CSTS.RDY | CSTS.CFS)));
     }
     if (shn && !((old & CC.SHN_MASK) >>> CC.SHN_SHIFT)) void this.#shutdown(this.#epoch);
   }
@@ -327,10 +380,13 @@ export class NvmeController extends PciDevice<NvmeController> {
   async #shutdown(epoch: number): Promise<void> {
     const r = this.#regs;
     r.set32(REG.CSTS, (r.u32(REG.CSTS) & ~(3 << 2)) | CSTS.SHST_OCCURRING);
+    // The flush covers every write handed to the backend: those still running first.
+    await this.#drained();
     try {
-      await this.backend.flush();
+      await this.#backendCall(undefined, () => this.backend.flush());
     } catch (e) {
-      this.trace('nvme.shutdown.flush-failed', { err: (e as Error).message });
+      if (!(e instanceof BlockError)) throw e;
+      this.trace('nvme.shutdown.flush-failed', { code: e.code, err: e.message });
     }
     if (epoch !== this.#epoch || !this.attached) return;
     this.stats.shutdowns++;
@@ -447,13 +503,20 @@ export class NvmeController extends PciDevice<NvmeController> {
     if (sq.head !== sq.tail) void this.#fetch(sq, epoch);
   }
 
+  /** A backend error's status, from its errno code and the call that failed (never its text). */
   #backendError(e: BlockError): Done {
     this.stats.mediaErrors++;
-    this.trace('nvme.backend.error', { code: e.code, err: e.message });
-    if (e.code === 'ENOSPC' || e.code === 'EDQUOT') return fail(SC.CAP_EXCEEDED);
-    if (e.code === 'EIO')
-      return fail(e.message.includes('read') ? SC.UNRECOVERED_READ : SC.WRITE_FAULT, false);
-    return fail(SC.INTERNAL, false);
+    this.trace('nvme.backend.error', { code: e.code, op: e.op, err: e.message });
+    switch (e.code) {
+      case 'ENOSPC':
+      case 'EDQUOT':
+        return fail(SC.CAP_EXCEEDED); // retrying cannot make room: DNR
+      case 'EIO':
+        // Media errors (SCT 2): the data could not be read, or not be stored.
+        return fail(e.op === 'read' ? SC.UNRECOVERED_READ : SC.WRITE_FAULT, false);
+      default:
+        return fail(SC.INTERNAL, false);
+    }
   }
 
   // ---- completion ----
@@ -872,7 +935,7 @@ export class NvmeController extends PciDevice<NvmeController> {
       }
       case FEAT.VOLATILE_WC:
         this.#features.set(fid, value & 1);
-        if (!(value & 1)) void this.backend.flush().catch(() => {});
+        if (!(value & 1)) void this.#backendCall(undefined, () => this.backend.flush()).catch(() => {});
         return ok();
       case FEAT.ARBITRATION:
       case FEAT.POWER_MGMT:
@@ -913,7 +976,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     if (opcode === IO.FLUSH) {
       if (nsid !== NSID && nsid !== 0xffffffff) return fail(SC.INVALID_NS);
       this.stats.otherCommands++;
-      await this.backend.flush();
+      await this.#backendCall(epoch, () => this.backend.flush());
       return ok();
     }
     if (opcode !== IO.READ && opcode !== IO.WRITE && opcode !== IO.WRITE_ZEROES && opcode !== IO.DSM) {
@@ -921,7 +984,7 @@ export class NvmeController extends PciDevice<NvmeController> {
       return fail(SC.INVALID_OPCODE);
     }
     if (nsid !== NSID) return fail(SC.INVALID_NS);
-    if (opcode === IO.DSM) return this.#dsm(sqe);
+    if (opcode === IO.DSM) return this.#dsm(sqe, epoch);
     const slba = rd64(sqe, 40);
     const cdw12 = rd32(sqe, 48);
     const nlb = (cdw12 & 0xffff) + 1;
@@ -930,27 +993,29 @@ export class NvmeController extends PciDevice<NvmeController> {
     const len = nlb * this.lbaSize;
     if (opcode === IO.WRITE_ZEROES) {
       this.stats.otherCommands++;
-      await this.backend.writeZeroes(offset, len);
+      await this.#backendCall(epoch, () => this.backend.writeZeroes(offset, len));
       return ok();
     }
     if (len > MAX_TRANSFER) return fail(SC.INVALID_FIELD);
     const fua = (cdw12 & (1 << 30)) !== 0;
     if (opcode === IO.READ) {
-      const data = await this.backend.read(offset, len);
+      const data = await this.#backendCall(epoch, () => this.backend.read(offset, len));
       await this.#toHost(sqe, data, epoch);
       this.stats.readCommands++;
       this.stats.readBytes += len;
       return ok();
     }
     const data = await this.#fromHost(sqe, len);
-    await this.backend.write(offset, data);
-    if (fua || this.#features.get(FEAT.VOLATILE_WC) === 0) await this.backend.flush();
+    // Its data may have come after a reset: then it is abandoned here, before the backend.
+    await this.#backendCall(epoch, () => this.backend.write(offset, data));
+    if (fua || this.#features.get(FEAT.VOLATILE_WC) === 0)
+      await this.#backendCall(epoch, () => this.backend.flush());
     this.stats.writeCommands++;
     this.stats.writtenBytes += len;
     return ok();
   }
 
-  async #dsm(sqe: Uint8Array): Promise<Done> {
+  async #dsm(sqe: Uint8Array, epoch: number): Promise<Done> {
     const ranges = (rd32(sqe, 40) & 0xff) + 1;
     const attrs = rd32(sqe, 44);
     this.stats.otherCommands++;
@@ -961,7 +1026,9 @@ export class NvmeController extends PciDevice<NvmeController> {
       const slba = rd64(list, i * 16 + 8);
       if (nlb === 0) continue;
       if (slba + BigInt(nlb) > BigInt(this.blocks)) return fail(SC.LBA_RANGE);
-      await this.backend.discard(Number(slba) * this.lbaSize, nlb * this.lbaSize);
+      await this.#backendCall(epoch, () =>
+        this.backend.discard(Number(slba) * this.lbaSize, nlb * this.lbaSize),
+      );
     }
     return ok();
   }

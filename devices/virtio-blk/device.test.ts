@@ -3,7 +3,7 @@
 // needs to see or hold what reaches it. Both with and without host-ended virtqueue rounds.
 import { describe, expect, it } from 'vitest';
 import { MemoryBackend } from '../../endpoint/backends/block.js';
-import { type BlockBackend, BlockError } from '../nvme/backend.js';
+import { type BlockBackend, BlockError, type BlockOp } from '../nvme/backend.js';
 import { walkCaps } from '../pci/config.js';
 import { rd16, rd32, rd64, wr32, wr64 } from '../pci/le.js';
 import { FakeVirtioDriver } from '../virtio/fake-driver.js';
@@ -26,7 +26,10 @@ class Watched implements BlockBackend {
   async #op<T>(what: string, run: () => Promise<T>): Promise<T> {
     this.ops.push(what);
     if (this.gated) await new Promise<void>((go) => this.#held.push(go));
-    if (this.fail) throw new BlockError(this.fail, `${what}: injected ${this.fail}`);
+    if (this.fail) {
+      const op = what.startsWith('zeroes') ? 'writeZeroes' : (what.split(' ')[0] as BlockOp);
+      throw new BlockError(this.fail, op, `${what}: injected ${this.fail}`);
+    }
     return run();
   }
   get waiting(): number {

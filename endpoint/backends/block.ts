@@ -22,16 +22,24 @@ import {
   write,
   writeSync,
 } from 'node:fs';
+import { constants as osConstants } from 'node:os';
 import { promisify } from 'node:util';
 import koffi from 'koffi';
-import { type BlockBackend, BlockError } from '../../devices/nvme/backend.js';
+import { type BlockBackend, BlockError, type BlockOp } from '../../devices/nvme/backend.js';
 import { parseSize } from '../../devices/spec.js';
 
-export { type BlockBackend, BlockError, parseSize };
+export { type BlockBackend, BlockError, type BlockOp, parseSize };
 
-function ioError(what: string, e: unknown): BlockError {
+/** A failed system call as a BlockError: its errno code (EIO when it has none). */
+function ioError(op: BlockOp, what: string, e: unknown): BlockError {
   const err = e as NodeJS.ErrnoException;
-  return new BlockError(err.code ?? 'EIO', `${what}: ${err.message}`);
+  return new BlockError(err.code ?? 'EIO', op, `${what}: ${err.message}`);
+}
+
+/** The errno name of `errno` ('EIO' …), for a BlockError's code; EIO for one Node does not know. */
+function errnoName(errno: number): string {
+  for (const [name, n] of Object.entries(osConstants.errno)) if (n === errno) return name;
+  return 'EIO';
 }
 
 const FALLOC_FL_KEEP_SIZE = 0x01;
@@ -177,15 +185,19 @@ export class FileBackend implements BlockBackend {
     }
   }
 
-  #check(offset: number, length: number): void {
-    if (this.#closed) throw new BlockError('EBADF', `${this.name}: closed`);
+  #check(op: BlockOp, offset: number, length: number): void {
+    if (this.#closed) throw new BlockError('EBADF', op, `${this.name}: closed`);
     if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockError('EINVAL', `${this.name}: [${offset}, +${length}) is outside ${this.size} bytes`);
+      throw new BlockError(
+        'EINVAL',
+        op,
+        `${this.name}: [${offset}, +${length}) is outside ${this.size} bytes`,
+      );
     }
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    this.#check(offset, length);
+    this.#check('read', offset, length);
     const buf = new Uint8Array(length);
     let done = 0;
     try {
@@ -200,7 +212,7 @@ export class FileBackend implements BlockBackend {
         done += bytesRead;
       }
     } catch (e) {
-      throw ioError(`${this.name}: read at ${offset}`, e);
+      throw ioError('read', `${this.name}: read at ${offset}`, e);
     }
     return buf;
   }
@@ -234,7 +246,7 @@ export class FileBackend implements BlockBackend {
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    this.#check(offset, data.length);
+    this.#check('write', offset, data.length);
     let done = 0;
     try {
       if (this.#inMemory && data.length <= IN_PLACE_MAX) {
@@ -248,27 +260,31 @@ export class FileBackend implements BlockBackend {
         done += bytesWritten;
       }
     } catch (e) {
-      throw ioError(`${this.name}: write at ${offset}`, e);
+      throw ioError('write', `${this.name}: write at ${offset}`, e);
     }
   }
 
   async flush(): Promise<void> {
-    if (this.#closed) throw new BlockError('EBADF', `${this.name}: closed`);
+    if (this.#closed) throw new BlockError('EBADF', 'flush', `${this.name}: closed`);
     try {
       await datasync(this.#fd);
     } catch (e) {
-      throw ioError(`${this.name}: flush`, e);
+      throw ioError('flush', `${this.name}: flush`, e);
     }
   }
 
   async discard(offset: number, length: number): Promise<void> {
-    this.#check(offset, length);
+    this.#check('discard', offset, length);
     if (length === 0) return;
     if (this.#canPunch) {
       const errno = await fallocate(this.#fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
       if (errno === 0) return;
       if (errno !== 95 /* EOPNOTSUPP */)
-        throw new BlockError('EIO', `${this.name}: punching a hole failed (errno ${errno})`);
+        throw new BlockError(
+          errnoName(errno),
+          'discard',
+          `${this.name}: punching a hole failed (errno ${errno})`,
+        );
       this.#canPunch = false; // this file system cannot: zeros it is
     }
     await this.#zero(offset, length);
@@ -303,26 +319,26 @@ export class MemoryBackend implements BlockBackend {
     this.#bytes = new Uint8Array(size);
   }
 
-  #check(offset: number, length: number): void {
+  #check(op: BlockOp, offset: number, length: number): void {
     if (offset < 0 || length < 0 || offset + length > this.size) {
-      throw new BlockError('EINVAL', `memory: [${offset}, +${length}) is outside ${this.size} bytes`);
+      throw new BlockError('EINVAL', op, `memory: [${offset}, +${length}) is outside ${this.size} bytes`);
     }
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
-    this.#check(offset, length);
+    this.#check('read', offset, length);
     return this.#bytes.slice(offset, offset + length);
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
-    this.#check(offset, data.length);
+    this.#check('write', offset, data.length);
     this.#bytes.set(data, offset);
   }
 
   async flush(): Promise<void> {}
 
   async writeZeroes(offset: number, length: number): Promise<void> {
-    this.#check(offset, length);
+    this.#check('writeZeroes', offset, length);
     this.#bytes.fill(0, offset, offset + length);
   }
 
