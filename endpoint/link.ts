@@ -8,6 +8,7 @@
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
+import { GATHER_MIN } from '../proto/codec.js';
 import { AbiError, HDR, LINK_MAGIC, parseRecords, SEAL_MAX, SEAL_TAG } from '../proto/kernel-abi.js';
 import { RecordStream, RecordTranslator } from '../proto/kernel-link.js';
 import type { Msg } from '../proto/wire.js';
@@ -81,8 +82,8 @@ export class KernelLink extends EventEmitter {
     this.#records.toKernel(m, byRef);
   }
 
-  /** Writes what send() queued, in one system call (corked: one writev of the records as they
-   *  are, or of the sealed frames' pieces, nothing put together first). */
+  /** Writes what send() queued, in one system call: runs of small pieces copied together, large
+   *  ones (a payload handed over, a sealed frame's bulk) as they are, in one corked writev. */
   flush(): void {
     if (this.#out.length === 0 || this.#closed) {
       this.#out = [];
@@ -91,7 +92,23 @@ export class KernelLink extends EventEmitter {
     const out = this.#key ? this.#seal(this.#out) : this.#out.flat();
     this.#out = [];
     this.#socket.cork();
-    for (const b of out) this.#socket.write(b);
+    let run: Uint8Array[] = [];
+    let runBytes = 0;
+    const cut = () => {
+      if (run.length > 0) this.#socket.write(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
+      run = [];
+      runBytes = 0;
+    };
+    for (const b of out) {
+      if (b.length >= GATHER_MIN) {
+        cut();
+        this.#socket.write(b);
+      } else {
+        run.push(b);
+        runBytes += b.length;
+      }
+    }
+    cut();
     this.#socket.uncork();
     if (this.#lastIn !== undefined) {
       this.stats.replies++;
