@@ -13,7 +13,8 @@
 // median of the per-round differences (each against the same round's "none", which cancels
 // what drifts slower than a round: the host's other load) and the difference of the minima
 // (the least disturbed measurements). Figures from TCG are the emulator's, not a CPU's; compare
-// only columns of one run. Prints a table; asserts nothing.
+// only columns of one run. Prints a table and writes an SVG chart (--chart FILE, default
+// bench/results/pagefault.svg); asserts nothing.
 //
 //   node dist/bench/pagefault.js [--rounds 40] [--mib 16] [--passes 4] [--kmmio] [--wall]
 import { execFileSync } from 'node:child_process';
@@ -23,6 +24,7 @@ import { cacheDir, repoRoot } from '../lab/paths.js';
 import { prepareLab } from '../lab/prepare.js';
 import { runInLab } from '../lab/run.js';
 import { parseBenchArgs } from './args.js';
+import { writeChart } from './chart.js';
 
 /** The last commit whose pcinet.ko took MMIO faults by raising kmmio_count. */
 const KMMIO_REV = 'd8dea65';
@@ -139,6 +141,20 @@ async function main(): Promise<void> {
   });
   const widths = rows[0]!.map((_, j) => Math.max(...rows.map((row) => row[j]!.length)));
   for (const row of rows) console.log(row.map((cell, j) => cell.padStart(widths[j]!)).join('  '));
+  writeChart(args.chart, {
+    title: 'Ordinary page faults in the lab guest, with and without pcinet.ko',
+    notes: [
+      `${faults} faults per measurement, ${args.rounds} rounds, configurations alternating; TCG lab, ${args.wall ? 'wall clock' : 'icount: guest instructions per fault'}; ${new Date().toISOString().slice(0, 10)}`,
+      'one linear axis from 0: the bars differ by what the module costs each fault',
+    ],
+    series: configs.map((c) => c.name),
+    groups: [
+      { label: 'median', unit: per, values: perFault.map((xs) => median(xs)) },
+      { label: 'minimum', unit: per, values: perFault.map((xs) => Math.min(...xs)) },
+    ],
+    scale: 'linear',
+  });
+  console.log(`chart: ${args.chart}`);
 }
 
 main().catch((e: unknown) => {
