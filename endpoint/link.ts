@@ -8,7 +8,7 @@
 import { createCipheriv, createDecipheriv } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
-import { GATHER_MIN } from '../proto/codec.js';
+import { gather } from '../proto/codec.js';
 import { AbiError, HDR, LINK_MAGIC, parseRecords, SEAL_MAX, SEAL_TAG } from '../proto/kernel-abi.js';
 import { RecordStream, RecordTranslator } from '../proto/kernel-link.js';
 import type { Msg } from '../proto/wire.js';
@@ -92,23 +92,7 @@ export class KernelLink extends EventEmitter {
     const out = this.#key ? this.#seal(this.#out) : this.#out.flat();
     this.#out = [];
     this.#socket.cork();
-    let run: Uint8Array[] = [];
-    let runBytes = 0;
-    const cut = () => {
-      if (run.length > 0) this.#socket.write(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
-      run = [];
-      runBytes = 0;
-    };
-    for (const b of out) {
-      if (b.length >= GATHER_MIN) {
-        cut();
-        this.#socket.write(b);
-      } else {
-        run.push(b);
-        runBytes += b.length;
-      }
-    }
-    cut();
+    for (const b of gather(out)) this.#socket.write(b);
     this.#socket.uncork();
     if (this.#lastIn !== undefined) {
       this.stats.replies++;

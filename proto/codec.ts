@@ -141,7 +141,6 @@ function varintSize(n: number): number {
  *  (the frame's header, every message's field prefix, small messages) copied together, pieces of
  *  GATHER_MIN bytes or more referenced. */
 export function encodeSequencedParts(seq: number, ack: number, encoded: readonly EncodedMsg[]): Uint8Array[] {
-  const parts: Uint8Array[] = [];
   const head = Buffer.allocUnsafe(2 + 2 * varintSize(Math.max(seq, ack)));
   head[0] = 0x08;
   let h = putVarint(head, 1, seq);
@@ -149,14 +148,31 @@ export function encodeSequencedParts(seq: number, ack: number, encoded: readonly
     head[h++] = 0x10;
     h = putVarint(head, h, ack);
   }
-  let run: Uint8Array[] = [head.subarray(0, h)];
-  let runBytes = h;
+  const pieces: Uint8Array[] = [head.subarray(0, h)];
+  for (const e of encoded) {
+    const n = encodedLength(e);
+    const prefix = Buffer.allocUnsafe(1 + varintSize(n));
+    prefix[0] = 0x1a;
+    putVarint(prefix, 1, n);
+    pieces.push(prefix);
+    if (e instanceof Uint8Array) pieces.push(e);
+    else pieces.push(...e);
+  }
+  return gather(pieces);
+}
+
+/** Pieces to write one after another, for a gather write: runs of pieces shorter than GATHER_MIN
+ *  copied together, longer ones as they are (referenced, never copied). */
+export function gather(pieces: Iterable<Uint8Array>): Uint8Array[] {
+  const parts: Uint8Array[] = [];
+  let run: Uint8Array[] = [];
+  let runBytes = 0;
   const cut = () => {
-    if (runBytes > 0) parts.push(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
+    if (run.length > 0) parts.push(run.length === 1 ? run[0]! : Buffer.concat(run, runBytes));
     run = [];
     runBytes = 0;
   };
-  const add = (piece: Uint8Array) => {
+  for (const piece of pieces) {
     if (piece.length >= GATHER_MIN) {
       cut();
       parts.push(piece);
@@ -164,15 +180,6 @@ export function encodeSequencedParts(seq: number, ack: number, encoded: readonly
       run.push(piece);
       runBytes += piece.length;
     }
-  };
-  for (const e of encoded) {
-    const n = encodedLength(e);
-    const prefix = Buffer.allocUnsafe(1 + varintSize(n));
-    prefix[0] = 0x1a;
-    putVarint(prefix, 1, n);
-    add(prefix);
-    if (e instanceof Uint8Array) add(e);
-    else for (const piece of e) add(piece);
   }
   cut();
   return parts;

@@ -31,7 +31,8 @@ class LoopEnd extends EventEmitter<TransportEvents> implements Transport {
     const p = this.peer;
     if (p.#closed) return false;
     // A copy, as a socket would make: the receiver may keep views of what it gets.
-    const bytes = frame instanceof Uint8Array ? frame.slice() : Buffer.concat(frame);
+    // (Uint8Array's slice: a Buffer's own slice() would be a view.)
+    const bytes = frame instanceof Uint8Array ? Uint8Array.prototype.slice.call(frame) : Buffer.concat(frame);
     p.#inbox.push(bytes);
     p.#inboxBytes += bytes.length;
     p.#schedule();

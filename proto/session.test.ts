@@ -153,14 +153,19 @@ describe('session over the loop transport', () => {
   });
 });
 
+/** A host session to a TCP endpoint through a proxy that can cut the connection. */
+async function behindCutProxy() {
+  const { sessions, port } = await tcpServer();
+  const proxy = await CutProxy.start(port);
+  cleanup.push(() => proxy.close());
+  const host = await openSession(() => dialTcp('127.0.0.1', proxy.port));
+  cleanup.push(() => host.close());
+  return { host, ep: sessions[0]!, proxy };
+}
+
 describe('session over TCP', () => {
   it('survives repeated cuts of the TCP connection during a long stream', async () => {
-    const { sessions, port } = await tcpServer();
-    const proxy = await CutProxy.start(port);
-    cleanup.push(() => proxy.close());
-    const host = await openSession(() => dialTcp('127.0.0.1', proxy.port));
-    cleanup.push(() => host.close());
-    const ep = sessions[0]!;
+    const { host, ep, proxy } = await behindCutProxy();
     const atEp = collect(ep);
     const atHost = collect(host);
     const cutter = setInterval(() => proxy.cutAll(), 40);
@@ -179,12 +184,7 @@ describe('session over TCP', () => {
   });
 
   it('sends handed-over payloads by reference and replays them intact across connection cuts', async () => {
-    const { sessions, port } = await tcpServer();
-    const proxy = await CutProxy.start(port);
-    cleanup.push(() => proxy.close());
-    const host = await openSession(() => dialTcp('127.0.0.1', proxy.port));
-    cleanup.push(() => host.close());
-    const ep = sessions[0]!;
+    const { host, ep, proxy } = await behindCutProxy();
     const got: { iova: number; ok: boolean }[] = [];
     host.on('messages', (msgs: pcinet.Msg[]) => {
       for (const m of msgs) {
