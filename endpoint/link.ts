@@ -11,7 +11,11 @@ import type net from 'node:net';
 import { gather } from '../proto/codec.js';
 import { AbiError, HDR, LINK_MAGIC, parseRecords, SEAL_MAX, SEAL_TAG } from '../proto/kernel-abi.js';
 import { RecordStream, RecordTranslator } from '../proto/kernel-link.js';
+import type { SocketReads } from '../proto/tcp.js';
 import type { Msg } from '../proto/wire.js';
+
+/** What one read of a link's socket may return (Node's own reads are this size too). */
+const LINK_READ_BYTES = 64 << 10;
 
 /** Events: 'drain' () the socket took what was waiting; 'close' (err?: Error) the link is gone. */
 export class KernelLink extends EventEmitter {
@@ -37,13 +41,18 @@ export class KernelLink extends EventEmitter {
    *  host and the network). */
   readonly stats = { replies: 0, replyUs: 0 };
 
-  /** `socket` is paused, its hello read; nothing is read until start(). */
-  constructor(socket: net.Socket) {
+  /** `socket` is paused, its hello read; nothing is read until start(). `reads`: the socket
+   *  reads into buffers we give it (proto/tcp.ts), instead of emitting 'data'. */
+  constructor(socket: net.Socket, reads?: SocketReads) {
     super();
     this.#socket = socket;
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
     socket.setNoDelay(true);
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    if (reads) {
+      // Chunks are kept (records and payloads point into them): a fresh buffer per read.
+      reads.buffer = () => Buffer.allocUnsafeSlow(LINK_READ_BYTES);
+      reads.sink = (n, buf) => this.#onData(Buffer.from(buf.buffer, buf.byteOffset, n));
+    } else socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => this.emit('drain'));
     socket.on('error', (e) => {
       this.#error ??= e;

@@ -112,7 +112,7 @@ export class EndpointServer {
       refuse(`record format version ${hello.abiVersion}, we speak ${ABI_VERSION}`);
       return;
     }
-    const link = new KernelLink(socket);
+    const link = new KernelLink(socket, hello.reads);
     if (!this.#active?.runtime.bindLink(hello.token, link)) refuse('no device is waiting for it');
   }
 

@@ -4,8 +4,10 @@
 import type { DeviceDescription, ErrorCode, Msg } from '../proto/wire.js';
 
 /** Sends a host -> device message (MmioWrite, MmioRead, DmaReadCpl, ConfigWrite, FunctionReset,
- *  Detach) into the session, in order. */
-export type DeviceSink = (m: Msg) => void;
+ *  Detach) into the session, in order. `handOver`: the message's payload, which the channel made
+ *  for this message alone and never touches again, so the session may send it by reference
+ *  instead of copying it (a channel that reuses its buffers passes nothing). */
+export type DeviceSink = (m: Msg, handOver?: Uint8Array) => void;
 
 /** Where a kernel link goes (docs/KERNEL-ABI.md, W_CONNECT): the endpoint's resolved address. */
 export interface LinkTarget {

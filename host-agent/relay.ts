@@ -17,7 +17,8 @@ import type { Parking } from './parking.js';
 
 /** What the relay needs of a session (proto/session.ts satisfies it). */
 export interface RelaySession extends EventEmitter {
-  send(m: Msg): void;
+  /** `byRef`: the message's payload, handed over (sent by reference, never copied). */
+  send(m: Msg, byRef?: Uint8Array): void;
   flush(): void;
   pause(): void;
   resume(): void;
@@ -171,8 +172,9 @@ export class Relay {
       if (!a.desc) throw new ProtocolError(ErrorCode.BAD_CONFIG, 'Attach without a description');
       // The bus may talk about the device before attach() returns (config writes while the kernel
       // scans it): those go out after our AttachResult, which the endpoint must see first.
-      let early: Msg[] | undefined = [];
-      const sink: DeviceSink = (m) => (early ? early.push(m) : this.#fromDevice(dev, m));
+      let early: [Msg, Uint8Array | undefined][] | undefined = [];
+      const sink: DeviceSink = (m, handOver) =>
+        early ? early.push([m, handOver]) : this.#fromDevice(dev, m, handOver);
       const parked = await this.#parking?.take(dev, a.desc, model);
       const opts = this.#linkOptions(dev, a);
       let recovered: ChannelDevice | undefined;
@@ -198,7 +200,7 @@ export class Relay {
       this.#session.send({
         attachResult: { dev, code: ErrorCode.OK, address: device.address, link: device.linked ?? false },
       });
-      for (const m of held) this.#fromDevice(dev, m);
+      for (const [m, handOver] of held) this.#fromDevice(dev, m, handOver);
       this.#log.info({ dev, model, address: device.address }, 'device attached');
     } catch (e) {
       const code =
@@ -243,11 +245,11 @@ export class Relay {
   }
 
   /** A message from a device on the channel, towards the endpoint. */
-  #fromDevice(dev: number, m: Msg): void {
+  #fromDevice(dev: number, m: Msg, handOver?: Uint8Array): void {
     // After Detach the endpoint must hear nothing more of the device: what the bus still says
     // while the driver unbinds (a write, a config notice) has no device to go to.
     if (this.#closed || this.#gone.has(dev)) return;
-    this.#session.send(m);
+    this.#session.send(m, handOver);
     if (m.detach) {
       // The host side removed it (e.g. the kernel unplugged it).
       this.#devices.delete(dev);

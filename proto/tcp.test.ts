@@ -1,12 +1,14 @@
-// Stream transports reading into buffers of the parser's choosing (net's `onread` on dialed plain
-// TCP): large frames land straight in their own buffers, everything else in a reused scratch
-// buffer. Frames are checked only after all of them arrived, so a frame that shares memory with a
+// Stream transports reading into buffers of the parser's choosing (net's `onread`, on dialed and on
+// accepted plain TCP): large frames land straight in their own buffers, everything else in a reused
+// scratch buffer. Frames are checked only after all of them arrived, so a frame that shares memory with a
 // later read shows.
 import net from 'node:net';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
 import { FrameParser } from './framing.js';
-import { dialTcp } from './tcp.js';
+import { LINK_HELLO_SIZE, LINK_MAGIC } from './kernel-abi.js';
+import { adoptWithReads, dialTcp, type LinkHello, listenTcp } from './tcp.js';
+import type { Transport } from './transport.js';
 
 const servers: net.Server[] = [];
 afterEach(() => {
@@ -70,5 +72,94 @@ describe('dialed TCP transport', () => {
       t.on('close', () => resolve());
     });
     expectFrames(frames, all);
+  });
+});
+
+describe('accepted TCP transport', () => {
+  const sizes = [10, 200_000, 7, 70_000, 65_536, 16_387, 1, 1 << 20, 3, 100_000];
+  const all = Array.from({ length: 4 }, () => sizes).flat();
+
+  /** Sends `bytes` to a listener (sniffing for kernel links when `links`) and collects the frames
+   *  of the transport it accepts until the connection ends. */
+  async function accepted(bytes: Buffer, links: boolean) {
+    const got: { transport?: Transport; frames: Uint8Array[]; links: LinkHello[] } = {
+      frames: [],
+      links: [],
+    };
+    let ended = () => {};
+    const done = new Promise<void>((r) => (ended = r));
+    const l = await listenTcp(
+      '127.0.0.1',
+      0,
+      undefined,
+      (t) => {
+        got.transport = t;
+        t.on('frame', (f) => got.frames.push(f));
+        t.on('close', () => ended());
+      },
+      undefined,
+      undefined,
+      links
+        ? (socket, hello) => {
+            got.links.push(hello);
+            socket.destroy();
+            ended();
+          }
+        : undefined,
+    );
+    const c = net.connect(l.port, '127.0.0.1');
+    // In pieces, so the listener's first reads are short.
+    c.write(bytes.subarray(0, 3));
+    setTimeout(() => c.end(bytes.subarray(3)), 20);
+    await done;
+    await l.close();
+    return got;
+  }
+
+  for (const links of [false, true]) {
+    it(`reads frames of every size intact into its own buffers${links ? ', after sniffing for a kernel link' : ''}`, async () => {
+      const got = await accepted(stream(all), links);
+      expectFrames(got.frames, all);
+      // A large frame is a buffer of its own (read into directly), not a view of a bigger read.
+      const big = got.frames[all.indexOf(1 << 20)]!;
+      expect(big.byteOffset).toBe(0);
+      expect(big.buffer.byteLength).toBe(1 << 20);
+    });
+  }
+
+  it('this Node lets an accepted socket read into our buffers (else every read is a copy)', async () => {
+    const mine = new Uint8Array(1000);
+    const seen: { n: number; ours: boolean }[] = [];
+    let done = () => {};
+    const finished = new Promise<void>((r) => (done = r));
+    const server = net.createServer({ pauseOnConnect: true }, (raw) => {
+      const s = adoptWithReads(raw, {
+        buffer: () => mine,
+        sink: (n, buf) => seen.push({ n, ours: buf === mine }),
+      });
+      expect(s).toBeDefined();
+      s!.on('end', () => s!.destroy());
+      s!.on('close', () => done());
+    });
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    net.connect((server.address() as net.AddressInfo).port, '127.0.0.1').end(Buffer.alloc(5000, 1));
+    await finished;
+    expect(seen.reduce((a, r) => a + r.n, 0)).toBe(5000);
+    expect(seen.every((r) => r.ours && r.n <= 1000)).toBe(true);
+    expect(mine.every((x) => x === 1)).toBe(true);
+  });
+
+  it("hands a kernel link's hello over with the socket's reads", async () => {
+    const hello = Buffer.alloc(LINK_HELLO_SIZE);
+    LINK_MAGIC.copy(hello, 0);
+    hello.fill(9, 8, 24);
+    hello.writeUInt32LE(3, 24);
+    const got = await accepted(hello, true);
+    expect(got.frames).toEqual([]);
+    expect(got.links.length).toBe(1);
+    expect(Buffer.from(got.links[0]!.token).equals(Buffer.alloc(16, 9))).toBe(true);
+    expect(got.links[0]!.abiVersion).toBe(3);
+    expect(got.links[0]!.reads).toBeDefined();
   });
 });

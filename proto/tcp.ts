@@ -242,15 +242,37 @@ export interface Listener {
 export interface LinkHello {
   token: Uint8Array;
   abiVersion: number;
+  /** Set when the socket reads into buffers of the reader's choosing (net's `onread`): it emits
+   *  no 'data'; whoever takes the link sets `reads` before resuming the socket. */
+  reads?: SocketReads;
+}
+
+/** Where a socket made with net's `onread` reads: `buffer()` gives the next read's buffer, `sink`
+ *  hears how many bytes landed in it. Changeable at any time between reads. */
+export interface SocketReads {
+  buffer: () => Uint8Array;
+  sink: (n: number, buffer: Uint8Array) => void;
 }
 
 /** How long a connection may take to show whether it is a session or a kernel link. */
 const SNIFF_MS = HANDSHAKE_TIMEOUT_MS;
 
+/** A session's first bytes or a kernel link's hello? No frame can start with the magic (as a
+ *  length it is far over MAX_FRAME_BYTES), nor a TLS ClientHello (its first byte is 0x16). */
+function sniffVerdict(got: Uint8Array): 'session' | 'link' | undefined {
+  const n = Math.min(got.length, LINK_MAGIC.length);
+  if (!Buffer.from(got.buffer, got.byteOffset, n).equals(LINK_MAGIC.subarray(0, n))) return 'session';
+  return got.length >= LINK_HELLO_SIZE ? 'link' : undefined;
+}
+
+function helloOf(got: Uint8Array, reads?: SocketReads): LinkHello {
+  const b = Buffer.from(got.buffer, got.byteOffset, got.length);
+  return { token: Uint8Array.prototype.slice.call(b, 8, 24), abiVersion: b.readUInt32LE(24), reads };
+}
+
 /** Takes the first bytes of an accepted connection: a kernel link's hello goes to onLink (with the
  *  socket, paused), anything else is a session's first frame and the socket goes to onSession
- *  with those bytes put back. No frame can start with the magic (as a length it is far over
- *  MAX_FRAME_BYTES), nor a TLS ClientHello (its first byte is 0x16). */
+ *  with those bytes put back. */
 function sniff(
   s: net.Socket,
   onSession: () => void,
@@ -260,17 +282,16 @@ function sniff(
   const timer = setTimeout(() => s.destroy(), SNIFF_MS);
   const onData = (chunk: Buffer) => {
     got = Buffer.concat([got, chunk]);
-    const n = Math.min(got.length, LINK_MAGIC.length);
-    if (!got.subarray(0, n).equals(LINK_MAGIC.subarray(0, n))) {
+    const verdict = sniffVerdict(got);
+    if (verdict === 'session') {
       done();
       s.unshift(got);
       onSession();
-      return;
+    } else if (verdict === 'link') {
+      done();
+      if (got.length > LINK_HELLO_SIZE) s.unshift(got.subarray(LINK_HELLO_SIZE));
+      onLink(s, helloOf(got));
     }
-    if (got.length < LINK_HELLO_SIZE) return;
-    done();
-    if (got.length > LINK_HELLO_SIZE) s.unshift(got.subarray(LINK_HELLO_SIZE));
-    onLink(s, { token: Uint8Array.prototype.slice.call(got, 8, 24), abiVersion: got.readUInt32LE(24) });
   };
   const done = () => {
     clearTimeout(timer);
@@ -279,6 +300,33 @@ function sniff(
   };
   s.on('data', onData);
   s.once('close', () => clearTimeout(timer));
+  s.resume();
+}
+
+/**
+ * An accepted plain-TCP socket that reads into buffers of our choosing. Node 20 offers `onread`
+ * only to sockets it connects itself; an accepted one, created paused with nothing read yet, gets
+ * it by moving its handle into a new net.Socket made with `onread` (the old object keeps no
+ * handle; destroying it only settles the server's connection count, which happens when the new
+ * one closes). Undefined when this Node's sockets are not built that way: then 'data' it is.
+ */
+export function adoptWithReads(s: net.Socket, reads: SocketReads): net.Socket | undefined {
+  const inner = s as unknown as { _handle?: { useUserBuffer?: unknown; reading?: boolean } | null };
+  const handle = inner._handle;
+  if (!handle || typeof handle.useUserBuffer !== 'function' || handle.reading) return undefined;
+  inner._handle = null;
+  const adopted = new net.Socket({
+    handle,
+    onread: {
+      buffer: () => reads.buffer(),
+      callback: (n: number, buf: Uint8Array) => {
+        reads.sink(n, buf);
+        return true; // pausing is pause(), as with 'data'
+      },
+    },
+  } as net.SocketConstructorOpts);
+  adopted.once('close', () => s.destroy());
+  return adopted;
 }
 
 /** Listens; every accepted (and, with `auth`, authenticated) connection goes to onTransport. A host
@@ -344,7 +392,64 @@ export function listenTcp(
     });
     raw.resume();
   };
-  const server = net.createServer((s) => {
+  /** Plain TCP, the socket reading into our buffers: the first bytes decide between a session
+   *  (its frames read by the parser, large ones straight into their own buffers) and a kernel link
+   *  (onLink sets where its reads go). */
+  const direct = (raw: net.Socket): boolean => {
+    const remote = remoteOf(raw);
+    // The hello's size exactly: nothing past it is read before we know who reads it.
+    const head = new Uint8Array(LINK_HELLO_SIZE);
+    let got = 0;
+    const parser = new FrameParser();
+    let toParser = (n: number): void => void parser.filled(n);
+    const sessionReads = () => {
+      reads.buffer = () => parser.readBuffer();
+      reads.sink = (n) => toParser(n);
+    };
+    const reads: SocketReads = { buffer: () => head.subarray(got), sink: () => {} };
+    // Every read lands in the buffer the last call of reads.buffer() gave (Node asks for the next
+    // one after each read's callback): switch providers only inside a read's callback or before
+    // the socket exists.
+    if (!onLink) sessionReads();
+    const s = adoptWithReads(raw, reads);
+    if (!s) return false;
+    track(s);
+    s.setNoDelay(true);
+    const session = () => {
+      onTransport(new SocketTransport(s, remote, undefined, { parser, setSink: (f) => (toParser = f) }));
+      // The bytes sniffed are the start of the first frame: they go in as a first read would.
+      if (got > 0) {
+        parser.readBuffer().set(head.subarray(0, got));
+        toParser(got);
+      }
+    };
+    if (!onLink) {
+      session();
+      return true;
+    }
+    const timer = setTimeout(() => s.destroy(), SNIFF_MS);
+    s.once('close', () => clearTimeout(timer));
+    reads.sink = (n) => {
+      got += n;
+      const verdict = sniffVerdict(head.subarray(0, got));
+      if (!verdict) return;
+      clearTimeout(timer);
+      if (verdict === 'session') {
+        sessionReads();
+        session();
+        return;
+      }
+      // Paused until the link says where its reads go and resumes.
+      s.pause();
+      reads.buffer = () => new Uint8Array(LINK_HELLO_SIZE);
+      reads.sink = () => s.destroy(new Error('kernel link read before anyone took it'));
+      onLink(s, helloOf(head, reads));
+    };
+    return true;
+  };
+  // Accepted sockets start paused: nothing is read before we know who reads it.
+  const server = net.createServer({ pauseOnConnect: true }, (s) => {
+    if (!auth && direct(s)) return;
     track(s);
     s.setNoDelay(true);
     const session = () => {

@@ -600,7 +600,8 @@ export class SimFunction implements ChannelDevice {
         throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: DmaRead of ${len} bytes`);
       }
       const data = this.#master() ? this.#iommu.deviceRead(u64(r.iova), len) : undefined;
-      if (data) this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.OK, data } });
+      // A fresh copy of host memory, this completion's alone.
+      if (data) this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.OK, data } }, data);
       else {
         this.counters.dmaReadFaults++;
         this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.DMA_FAULT } });
