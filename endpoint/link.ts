@@ -49,9 +49,13 @@ export class KernelLink extends EventEmitter {
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
     socket.setNoDelay(true);
     if (reads) {
-      // Chunks are kept (records and payloads point into them): a fresh buffer per read.
-      reads.buffer = () => Buffer.allocUnsafeSlow(LINK_READ_BYTES);
-      reads.sink = (n, buf) => this.#onData(Buffer.from(buf.buffer, buf.byteOffset, n));
+      // In the clear, records are read into the stream's buffers (a large one straight into its
+      // own); sealed frames are opened into new buffers, so their reads can go anywhere fresh.
+      reads.buffer = () => (this.#key ? Buffer.allocUnsafeSlow(LINK_READ_BYTES) : this.#stream.readBuffer());
+      reads.sink = (n, buf) =>
+        this.#key
+          ? this.#onData(Buffer.from(buf.buffer, buf.byteOffset, n))
+          : this.#onRecords(() => this.#stream.filled(buf, n));
     } else socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => this.emit('drain'));
     socket.on('error', (e) => {
@@ -169,12 +173,22 @@ export class KernelLink extends EventEmitter {
   }
 
   #onData(chunk: Buffer): void {
+    this.#onRecords(() => {
+      const whole = this.#key ? this.#open(chunk) : this.#stream.push(chunk);
+      return whole.length > 0 ? [whole] : [];
+    });
+  }
+
+  /** Delivers the records `read` returns (buffers of whole records) as one batch. */
+  #onRecords(read: () => Buffer[]): void {
     if (this.#closed || !this.#records || !this.#deliver) return;
     try {
-      const whole = this.#key ? this.#open(chunk) : this.#stream.push(chunk);
-      if (whole.length === 0) return;
+      const wholes = read();
+      if (wholes.length === 0) return;
       this.#lastIn = process.hrtime.bigint();
-      for (const r of parseRecords(whole)) this.#records.fromKernel(r);
+      // Every buffer of records here is new (read into, put together or opened for this call) and
+      // never written again: payloads may stay views of it.
+      for (const whole of wholes) for (const r of parseRecords(whole, true)) this.#records.fromKernel(r);
       const msgs = this.#inbound;
       this.#inbound = [];
       this.#deliver(msgs);

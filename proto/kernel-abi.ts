@@ -270,8 +270,9 @@ export class AbiError extends Error {
 }
 
 /** Splits what one read() returned into records. Throws AbiError on anything inconsistent (a
- *  kernel/agent version mismatch: nothing to recover). */
-export function parseRecords(buf: Uint8Array): KernelRecord[] {
+ *  kernel/agent version mismatch: nothing to recover). Payloads are copies, since a read buffer
+ *  is usually reused; with `owned` (`buf` is never written again) they are views of it. */
+export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
   const v = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
   const out: KernelRecord[] = [];
   for (let at = 0; at < v.length; ) {
@@ -284,13 +285,15 @@ export function parseRecords(buf: Uint8Array): KernelRecord[] {
     const need = (n: number) => {
       if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
     };
-    /** The data after a 24-byte head whose size field is at `sizeAt` (a copy: `buf` is reused).
-     *  Called before the head's other fields are read: it checks the head is there. */
+    /** The data after a 24-byte head whose size field is at `sizeAt` (a plain Uint8Array, a copy
+     *  unless `owned`). Called before the head's other fields are read: it checks the head is there. */
     const payload = (sizeAt: number) => {
       need(24);
       const size = r.readUInt32LE(sizeAt);
       need(24 + size);
-      return Uint8Array.prototype.slice.call(r, 24, 24 + size) as Uint8Array;
+      return owned
+        ? new Uint8Array(r.buffer, r.byteOffset + 24, size)
+        : (Uint8Array.prototype.slice.call(r, 24, 24 + size) as Uint8Array);
     };
     switch (type) {
       case R.ATTACHED:

@@ -208,28 +208,96 @@ export class RecordTranslator {
   }
 }
 
+/** What a socket reading into our buffers reads into between large records. */
+const SCRATCH_BYTES = 64 << 10;
+
+/** How many bytes at the start of `buf` are whole records. Every header there is checked, the
+ *  one of a record cut off at the end too (if whole). Throws AbiError for a header no record can
+ *  have. */
+function wholeRecords(buf: Buffer): number {
+  let at = 0;
+  while (buf.length - at >= HDR) {
+    const len = buf.readUInt32LE(at + 4);
+    if (len < HDR || len % 8 || len > MAX_RECORD + 8 || buf.readUInt16LE(at + 2) !== 0)
+      throw new AbiError(`record of type 0x${buf.readUInt16LE(at).toString(16)} has length ${len}`);
+    if (len > buf.length - at) break;
+    at += len;
+  }
+  return at;
+}
+
 /** Cuts a byte stream into whole records (a kernel link carries them back to back). */
 export class RecordStream {
   #held: Buffer | undefined;
+  /** Reading into our buffers: the reused scratch buffer, the last buffer handed out, and the
+   *  record being read straight into its own buffer (`have` bytes so far). */
+  #scratch: Buffer | undefined;
+  #given: Uint8Array | undefined;
+  #direct: { record: Buffer; have: number } | undefined;
 
   /** The whole records completed by `chunk` (one buffer, possibly empty). Throws AbiError for a
    *  header no record can have. */
   push(chunk: Buffer): Buffer {
     const buf = this.#held ? Buffer.concat([this.#held, chunk]) : chunk;
-    let at = 0;
-    while (buf.length - at >= HDR) {
-      const len = buf.readUInt32LE(at + 4);
-      if (len < HDR || len % 8 || len > MAX_RECORD + 8 || buf.readUInt16LE(at + 2) !== 0)
-        throw new AbiError(`record of type 0x${buf.readUInt16LE(at).toString(16)} has length ${len}`);
-      if (len > buf.length - at) break;
-      at += len;
-    }
+    const at = wholeRecords(buf);
     this.#held = at < buf.length ? Buffer.from(buf.subarray(at)) : undefined;
     return buf.subarray(0, at);
   }
 
+  /**
+   * For a socket that reads into buffers we hand it (net's `onread`): where the next read goes.
+   * While a record cut off by the last read is being collected, that is the rest of the record's
+   * own buffer, so its payload lands where it stays; otherwise a scratch buffer, whose bytes are
+   * copied out.
+   */
+  readBuffer(): Uint8Array {
+    if (this.#direct) this.#given = this.#direct.record.subarray(this.#direct.have);
+    else this.#given = this.#scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES);
+    return this.#given;
+  }
+
+  /** `n` bytes were read into `into`: the whole records they complete (buffers of one or more
+   *  records each). `into` is normally what readBuffer() returned last; any other buffer (a read
+   *  the socket had been given before this stream took it over) is copied in as it would have
+   *  been read. Throws AbiError like push(). */
+  filled(into: Uint8Array, n: number): Buffer[] {
+    if (into !== this.#given) {
+      const out: Buffer[] = [];
+      for (let at = 0; at < n; ) {
+        const b = this.readBuffer();
+        const k = Math.min(b.length, n - at);
+        b.set(into.subarray(at, at + k));
+        at += k;
+        out.push(...this.filled(b, k));
+      }
+      return out;
+    }
+    this.#given = undefined;
+    const d = this.#direct;
+    if (d) {
+      d.have += n;
+      if (d.have < d.record.length) return [];
+      this.#direct = undefined;
+      return [d.record];
+    }
+    // What the scratch buffer holds is copied out (it is reused): the whole records together, and
+    // a record begun at its end into a buffer of the record's size, where the rest is read.
+    const held = this.#held;
+    const buf = held ? Buffer.concat([held, this.#scratch!.subarray(0, n)]) : this.#scratch!.subarray(0, n);
+    this.#held = undefined;
+    const at = wholeRecords(buf);
+    const out = at > 0 ? [held ? buf.subarray(0, at) : Buffer.from(buf.subarray(0, at))] : [];
+    const rest = buf.subarray(at);
+    if (rest.length >= HDR) {
+      const record = Buffer.allocUnsafeSlow(rest.readUInt32LE(4));
+      rest.copy(record);
+      this.#direct = { record, have: rest.length };
+    } else if (rest.length > 0) this.#held = Buffer.from(rest);
+    return out;
+  }
+
   /** Bytes of an unfinished record. */
   get pending(): number {
-    return this.#held?.length ?? 0;
+    return (this.#held?.length ?? 0) + (this.#direct?.have ?? 0);
   }
 }
