@@ -3,12 +3,17 @@
 // On this machine (the card): zfs-fuse (real ZFS over FUSE), a raidz pool of three file vdevs,
 // a compressed dataset, and in it the file that backs the NVMe namespace. In the lab guest (the
 // workstation): the disk is formatted and mounted, files are written in rounds; after each round
-// the card prints the dataset's space and compression ratio next to the workstation's df. At the
-// end: zpool status. Everything is created in a temporary directory and destroyed afterwards.
+// the card prints the dataset's space and compression ratio next to the workstation's df. Then why
+// ZFS: while the workstation writes, the card takes one vdev away (offline, then its contents
+// overwritten with noise); the workstation goes on writing and reads every file back; the card
+// replaces the vdev, the pool resilvers, a scrub comes back clean, and the workstation checks every
+// file once more. At the end: zpool status. Everything is created in a temporary directory and
+// destroyed afterwards.
 //
 // A real card does the same with OpenZFS and a zvol (docs/ZFS.md): --device nvme:path=/dev/zvol/…
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { closeSync, mkdtempSync, openSync, rmSync, truncateSync, writeFileSync, writeSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { askCard, startCardControl } from './card-control.js';
@@ -19,6 +24,8 @@ import { runInLab } from './run.js';
 const VDEV_BYTES = 512 << 20;
 const DISK_BYTES = 768 << 20;
 const ROUNDS = 3;
+/** How long the card may take to resilver or scrub the pool (zfs-fuse on a busy machine). */
+const POOL_WORK_S = 600;
 
 const sh = (argv: string[]) => runOk(argv);
 
@@ -42,8 +49,36 @@ function guestScript(): string {
     '  echo "== workstation: round $r written: $(du -sh /tmp/zdisk | cut -f1) in $(find /tmp/zdisk -type f | wc -l) files; df: $(df -h /tmp/zdisk | tail -1 | tr -s " " | cut -d" " -f3) used"',
     `  ${askCard('stats')}`,
     'done',
+    // Why ZFS: a vdev goes away while the workstation writes.
+    'cd /tmp/zdisk && find . -type f -exec sha256sum {} + > /tmp/sums && cd /',
+    'echo "== workstation: $(wc -l < /tmp/sums) files checksummed; writing more while the card loses a disk"',
+    'mkdir -p /tmp/zdisk/degraded',
+    '( for f in $(seq 1 10); do cat /usr/share/common-licenses/* > /tmp/zdisk/degraded/text$f; head -c 1000000 /dev/urandom > /tmp/zdisk/degraded/random$f; sleep 0.2; done; sync ) & writer=$!',
+    askCard('fail', POOL_WORK_S),
+    'wait $writer',
+    'cd /tmp/zdisk && find degraded -type f -exec sha256sum {} + >> /tmp/sums && cd /',
+    // Read back from the device, not the page cache.
+    'sync && echo 3 > /proc/sys/vm/drop_caches',
+    '(cd /tmp/zdisk && sha256sum -c --quiet /tmp/sums)',
+    'echo "== workstation: all $(wc -l < /tmp/sums) files read back intact from the degraded pool"',
+    askCard('replace', POOL_WORK_S),
+    askCard('scrub', POOL_WORK_S),
+    'sync && echo 3 > /proc/sys/vm/drop_caches',
+    '(cd /tmp/zdisk && sha256sum -c --quiet /tmp/sums)',
+    'echo "== workstation: all $(wc -l < /tmp/sums) files match after the resilver and the scrub"',
+    "errs=$(dmesg | grep -ciE 'i/o error|blk_update_request|nvme.*(timeout|abort)' || true)",
+    'echo "== workstation: kernel I/O errors: $errs"',
+    "dmesg | grep -iE 'i/o error|blk_update_request|nvme.*(timeout|abort)' | sort | uniq -c | sort -rn | head -5 | sed 's/^/== workstation:   /'",
     'umount /tmp/zdisk',
   ].join('\n');
+}
+
+/** The pool's state line and the config lines of its vdevs, from zpool status. */
+function poolSummary(status: string): string[] {
+  return status
+    .split('\n')
+    .filter((l) => /^\s*(state|scrub):|^\s+\S+\s+(ONLINE|OFFLINE|DEGRADED|FAULTED|UNAVAIL|REMOVED)/.test(l))
+    .map((l) => l.replace(/^\s+/, (m) => (m.includes('\t') ? '  ' : ' ')));
 }
 
 /** The pool stays busy for a moment after its last user (the endpoint) exits. */
@@ -119,6 +154,52 @@ export async function runZfsDemo(o: ZfsDemoOptions = {}): Promise<number> {
         `== card: dataset ${pool}/disks uses ${ds[0]}, compression ratio ${ds[1]}; pool allocated ${pl[0]}, free ${pl[1]}`,
       );
     };
+    const status = async () => sh(['zpool', 'status', pool]);
+    const show = async (what: string) => {
+      out(`== card: ${what}`);
+      for (const l of poolSummary(await status())) out(`== card:   ${l.trim()}`);
+    };
+    /** Waits for a resilver or scrub to finish; bounded, and it says so if the pool gives up. */
+    const settle = async (what: string) => {
+      const until = Date.now() + POOL_WORK_S * 1000;
+      for (;;) {
+        const st = await status();
+        if (!/in progress/.test(st)) return;
+        if (Date.now() > until) throw new Error(`${what} still running after ${POOL_WORK_S} s`);
+        await new Promise((r) => setTimeout(r, 500));
+      }
+    };
+    // The vdev that fails, and the new one that replaces it.
+    const failing = vdevs[1]!;
+    const spare = join(dir, 'vdev4');
+    const act = async (word: string) => {
+      if (word === 'stats') return stats();
+      if (word === 'fail') {
+        await sh(['zpool', 'offline', pool, failing]);
+        // What a dying disk leaves: 64 MiB of noise over its data (the labels at both ends kept).
+        const fd = openSync(failing, 'r+');
+        try {
+          for (let at = 8 << 20; at < 72 << 20; at += 1 << 20)
+            writeSync(fd, randomBytes(1 << 20), 0, 1 << 20, at);
+        } finally {
+          closeSync(fd);
+        }
+        return show(`${failing} taken offline and overwritten with 64 MiB of noise`);
+      }
+      if (word === 'replace') {
+        writeFileSync(spare, '');
+        truncateSync(spare, VDEV_BYTES);
+        await sh(['zpool', 'replace', pool, failing, spare]);
+        await settle('resilver');
+        return show(`${failing} replaced by ${spare}`);
+      }
+      if (word === 'scrub') {
+        await sh(['zpool', 'scrub', pool]);
+        await settle('scrub');
+        return show('scrub of the whole pool');
+      }
+      throw new Error(`unknown command ${word}`);
+    };
     const procs: ChildProcess[] = [];
     let partial = '';
     const assets = await prepareLab({ modules: true });
@@ -135,9 +216,13 @@ export async function runZfsDemo(o: ZfsDemoOptions = {}): Promise<number> {
       },
       card: async (card) => {
         procs.push(
-          startCardControl(card, async (word) => {
-            if (word === 'stats') await stats();
-          }),
+          startCardControl(card, (word) =>
+            act(word).catch((e: Error) => {
+              // The guest times out waiting; the reason is here.
+              out(`== card: ${word} failed: ${e.message}`);
+              throw e;
+            }),
+          ),
         );
         return async () => {
           for (const p of procs) p.kill('SIGTERM');

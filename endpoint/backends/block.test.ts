@@ -56,11 +56,11 @@ describe('FileBackend', () => {
     const data = Uint8Array.from({ length: 10000 }, (_, i) => (i * 13) & 0xff);
     await b.write(4093, data);
     expect(await b.read(4093, 10000)).toEqual(data);
-    expect(b.stats).toEqual({ inPlace: 2, pooled: 0 });
+    expect(b.stats).toEqual({ inPlace: 2, pooled: 0, punchRefused: 0 });
     const big = new Uint8Array(IN_PLACE_MAX + 4096).fill(0x5a);
     await b.write(8192, big);
     expect(await b.read(8192, big.length)).toEqual(big);
-    expect(b.stats).toEqual({ inPlace: 2, pooled: 2 });
+    expect(b.stats).toEqual({ inPlace: 2, pooled: 2, punchRefused: 0 });
     // Shortened behind our back: past its end reads zeros, in place too.
     truncateSync(path, 8192);
     const past = await b.read(4096, 8192);
@@ -77,7 +77,7 @@ describe('FileBackend', () => {
     expect(await b.read(16384, 4096)).toEqual(new Uint8Array(4096)); // a hole
     // ext4 (this project's machines) supports it for reads; other file systems may go to the pool,
     // and must still read the same bytes.
-    if (statfsSync(dir).type === EXT4_MAGIC) expect(b.stats).toEqual({ inPlace: 2, pooled: 1 });
+    if (statfsSync(dir).type === EXT4_MAGIC) expect(b.stats).toEqual({ inPlace: 2, pooled: 1, punchRefused: 0 });
     await b.close();
   });
 

@@ -6,7 +6,8 @@
 // page cache holds, found with preadv2(RWF_NOWAIT) where the file system supports it. flush() reaches stable
 // storage (fdatasync). discard() gives the space back: FALLOC_FL_PUNCH_HOLE on files and block
 // devices (the kernel turns it into a discard that reads back zeros); writeZeroes() does the
-// same, or writes zeros where the file system cannot punch holes.
+// same, or writes zeros where the file system cannot punch holes (or refuses them some other way:
+// zfs-fuse says EIO).
 import {
   close,
   closeSync,
@@ -115,8 +116,9 @@ export class FileBackend implements BlockBackend {
   #noWait: boolean;
   #canPunch = true;
   #closed = false;
-  /** I/O done in place, and handed to the thread pool. */
-  readonly stats = { inPlace: 0, pooled: 0 };
+  /** I/O done in place and through the thread pool; the errno with which the file system refused
+   *  a hole (then zeros are written instead), 0 while none was refused. */
+  readonly stats = { inPlace: 0, pooled: 0, punchRefused: 0 };
 
   private constructor(
     fd: number,
@@ -279,13 +281,13 @@ export class FileBackend implements BlockBackend {
     if (this.#canPunch) {
       const errno = await fallocate(this.#fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length);
       if (errno === 0) return;
-      if (errno !== 95 /* EOPNOTSUPP */)
-        throw new BlockError(
-          errnoName(errno),
-          'discard',
-          `${this.name}: punching a hole failed (errno ${errno})`,
-        );
-      this.#canPunch = false; // this file system cannot: zeros it is
+      // EOPNOTSUPP is the usual "this file system cannot"; others say it otherwise (zfs-fuse: EIO
+      // for every hole). Writing the zeros decides: if that works, only punching is broken, and
+      // zeros it is from now on; if it fails, that error is the command's.
+      await this.#zero(offset, length);
+      this.#canPunch = false;
+      this.stats.punchRefused = errno;
+      return;
     }
     await this.#zero(offset, length);
   }
