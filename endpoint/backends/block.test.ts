@@ -77,7 +77,8 @@ describe('FileBackend', () => {
     expect(await b.read(16384, 4096)).toEqual(new Uint8Array(4096)); // a hole
     // ext4 (this project's machines) supports it for reads; other file systems may go to the pool,
     // and must still read the same bytes.
-    if (statfsSync(dir).type === EXT4_MAGIC) expect(b.stats).toEqual({ inPlace: 2, pooled: 1, punchRefused: 0 });
+    if (statfsSync(dir).type === EXT4_MAGIC)
+      expect(b.stats).toEqual({ inPlace: 2, pooled: 1, punchRefused: 0 });
     await b.close();
   });
 

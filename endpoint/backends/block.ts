@@ -23,7 +23,6 @@ import {
   write,
   writeSync,
 } from 'node:fs';
-import { constants as osConstants } from 'node:os';
 import { promisify } from 'node:util';
 import koffi from 'koffi';
 import { type BlockBackend, BlockError, type BlockOp } from '../../devices/nvme/backend.js';
@@ -35,12 +34,6 @@ export { type BlockBackend, BlockError, type BlockOp, parseSize };
 function ioError(op: BlockOp, what: string, e: unknown): BlockError {
   const err = e as NodeJS.ErrnoException;
   return new BlockError(err.code ?? 'EIO', op, `${what}: ${err.message}`);
-}
-
-/** The errno name of `errno` ('EIO' …), for a BlockError's code; EIO for one Node does not know. */
-function errnoName(errno: number): string {
-  for (const [name, n] of Object.entries(osConstants.errno)) if (n === errno) return name;
-  return 'EIO';
 }
 
 const FALLOC_FL_KEEP_SIZE = 0x01;
