@@ -19,7 +19,7 @@ import { openSession } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import { parseBenchArgs } from './args.js';
 import { writeChart } from './chart.js';
-import { cpuMsOf, ownCpuMs, rawSocketThroughput, type Throughput } from './raw-socket.js';
+import { cpuMsOf, ownCpuMs, type RawWork, rawSocketThroughput, type Throughput } from './raw-socket.js';
 
 function parseArgs(argv: string[]) {
   const whole = (max: number) => (n: number) => Number.isInteger(n) && n >= 1 && n <= max;
@@ -149,9 +149,9 @@ async function main(): Promise<void> {
     for (const d of drivers) d.probe();
     const streams = drivers.map((d) => setUpStream(d, channel));
     type Run = Throughput & { hostCpuMs?: number };
-    const rows: { name: string; ours: Run[]; raw: Run[] }[] = [
-      { name: 'DMA write (device -> host)', ours: [], raw: [] },
-      { name: 'DMA read  (host -> device)', ours: [], raw: [] },
+    const rows: { name: string; work: RawWork; ours: Run[]; raw: Run[]; worked: Run[] }[] = [
+      { name: 'DMA write (device -> host)', work: 'pattern', ours: [], raw: [], worked: [] },
+      { name: 'DMA read  (host -> device)', work: 'crc', ours: [], raw: [], worked: [] },
     ];
     const skip = [o['no-write'], o['no-read']];
     // Warm up both paths, then interleave rounds so machine noise hits both alike.
@@ -162,15 +162,17 @@ async function main(): Promise<void> {
         if (skip[i]) continue;
         rows[i]!.ours.push(await dmaThroughput(streams, cmd, total, endpoint.pid!));
         rows[i]!.raw.push(await rawSocketThroughput(total, 256 << 10));
+        rows[i]!.worked.push(await rawSocketThroughput(total, 256 << 10, rows[i]!.work));
       }
     }
     const stats = session.stats();
     process.stdout.write(
       `bench/transport: ${o.mib} MiB per measurement, median of ${o.rounds} rounds, TCP loopback, ` +
-        `${o.devices} test devices streaming ${TEST_MAX_DMA >> 20} MiB DMA commands at once; raw: one TCP stream between two processes\n\n` +
+        `${o.devices} test devices streaming ${TEST_MAX_DMA >> 20} MiB DMA commands at once; raw: one TCP stream between two processes;\n` +
+        `+work: the same stream, its ends doing the test device's and the sim host's per-byte work (pattern / CRC, copies into and out of host memory)\n\n` +
         `CPU ms per MiB: both processes (pcinet: host-agent side + endpoint; raw: source + sink), median\n\n` +
-        `${'path'.padEnd(28)} ${'pcinet MB/s'.padStart(11)} ${'raw MB/s'.padStart(9)}  ratio  ` +
-        `${'CPU/MiB pcinet (host+ep)'.padStart(24)} ${'raw'.padStart(5)}\n`,
+        `${'path'.padEnd(28)} ${'pcinet MB/s'.padStart(11)} ${'raw MB/s'.padStart(9)}  ratio  ${'+work MB/s'.padStart(10)}  ratio  ` +
+        `${'CPU/MiB pcinet (host+ep)'.padStart(24)} ${'raw'.padStart(5)} ${'+work'.padStart(5)}\n`,
     );
     const chartGroups: { label: string; unit: string; values: number[] }[] = [];
     for (const row of rows) {
@@ -180,17 +182,20 @@ async function main(): Promise<void> {
       const cpu = median(row.ours.map((x) => x.cpuMs));
       const host = median(row.ours.map((x) => x.hostCpuMs ?? 0));
       const cpuRaw = median(row.raw.map((x) => x.cpuMs));
+      const worked = median(row.worked.map((x) => x.bytesPerSecond));
+      const cpuWorked = median(row.worked.map((x) => x.cpuMs));
       const split = `${perMib(cpu, total)} (${perMib(host, total)}+${perMib(cpu - host, total)})`;
       process.stdout.write(
         `${row.name.padEnd(28)} ${mbs(ours).padStart(11)} ${mbs(raw).padStart(9)}  ${(ours / raw).toFixed(2)}  ` +
-          `${split.padStart(24)} ${perMib(cpuRaw, total).padStart(5)}\n`,
+          `${mbs(worked).padStart(10)}  ${(ours / worked).toFixed(2)}  ` +
+          `${split.padStart(24)} ${perMib(cpuRaw, total).padStart(5)} ${perMib(cpuWorked, total).padStart(5)}\n`,
       );
       const label = row.name.split('(')[0]!.trim();
-      chartGroups.push({ label, unit: 'MB/s', values: [ours / 1e6, raw / 1e6] });
+      chartGroups.push({ label, unit: 'MB/s', values: [ours / 1e6, raw / 1e6, worked / 1e6] });
       chartGroups.push({
         label: `${label}, CPU`,
         unit: 'ms per MiB',
-        values: [cpu / (total / 2 ** 20), cpuRaw / (total / 2 ** 20)],
+        values: [cpu / (total / 2 ** 20), cpuRaw / (total / 2 ** 20), cpuWorked / (total / 2 ** 20)],
       });
     }
     writeChart(o.chart, {
@@ -199,7 +204,7 @@ async function main(): Promise<void> {
         `TCP loopback, ${o.devices} test devices streaming ${TEST_MAX_DMA >> 20} MiB DMA commands; ${o.mib} MiB per measurement, median of ${o.rounds}; ${new Date().toISOString().slice(0, 10)}`,
         'CPU: both processes (pcinet: host-agent side + endpoint; raw: source + sink); each row scaled to its own largest value',
       ],
-      series: ['pcinet', 'raw TCP'],
+      series: ['pcinet', 'raw TCP', 'raw TCP + device work'],
       groups: chartGroups,
       scale: 'group',
     });
