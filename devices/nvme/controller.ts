@@ -22,9 +22,16 @@ import {
   registers,
   wr16,
   wr32,
-  wr64,
 } from '../pci/index.js';
 import { type BlockBackend, BlockError } from './backend.js';
+import {
+  firmwareSlotLog,
+  type Identity,
+  identifyController,
+  identifyNamespace,
+  nsDescriptors,
+  smartLog,
+} from './pages.js';
 import {
   ADMIN,
   BAR_SIZE,
@@ -41,7 +48,6 @@ import {
   NVME_CLASS_CODE,
   NVME_DEVICE_ID,
   NVME_VENDOR_ID,
-  OACS_DBBUF,
   PAGE,
   REG,
   SC,
@@ -133,15 +139,6 @@ class CommandError extends Error {
 /** Byte offset of queue y's doorbell (SQ tail, or CQ head) among the doorbells: in the register
  *  file from REG.DOORBELLS, and in the shadow doorbell and event index buffers alike (stride 4). */
 const doorbellAt = (y: number, cq: boolean) => (2 * y + (cq ? 1 : 0)) * 4;
-
-/** An ASCII field of identify data: space padded, never NUL. */
-function ascii(b: Uint8Array, at: number, len: number, text: string): void {
-  for (let i = 0; i < len; i++) b[at + i] = i < text.length ? text.charCodeAt(i) & 0x7f : 0x20;
-}
-
-function dataUnits(bytes: number): bigint {
-  return BigInt(Math.ceil(bytes / 512_000));
-}
 
 export class NvmeController extends PciDevice<NvmeController> {
   readonly backend: BlockBackend;
@@ -704,28 +701,31 @@ export class NvmeController extends PciDevice<NvmeController> {
     }
   }
 
+  #identity(): Identity {
+    const { serial, modelName: model, firmware, blocks, lbaSize } = this;
+    return { serial, model, firmware, blocks, lbaSize };
+  }
+
   async #identify(sqe: Uint8Array, cns: number, nsid: number, epoch: number): Promise<Done> {
     const b = new Uint8Array(PAGE);
     switch (cns) {
       case CNS.CONTROLLER:
-        this.#identifyController(b);
+        identifyController(b, this.#identity(), {
+          mdts: MDTS,
+          aerLimit: AER_LIMIT,
+          dbbuf: !!this.host.sqEventIdx,
+        });
         break;
       case CNS.NAMESPACE:
         if (nsid !== NSID) return fail(SC.INVALID_NS);
-        this.#identifyNamespace(b);
+        identifyNamespace(b, this.#identity());
         break;
       case CNS.ACTIVE_NS_LIST:
         if (nsid < NSID) wr32(b, 0, NSID);
         break;
       case CNS.NS_DESCRIPTORS:
         if (nsid !== NSID) return fail(SC.INVALID_NS);
-        // EUI-64, NGUID, UUID: derived from the serial, stable across restarts.
-        b.set([1, 8, 0, 0], 0);
-        b.set(this.#uid(8), 4);
-        b.set([2, 16, 0, 0], 12);
-        b.set(this.#uid(16), 16);
-        b.set([3, 16, 0, 0], 32);
-        b.set(this.#uid(16, 0x40), 36);
+        nsDescriptors(b, this.serial);
         break;
       default:
         this.trace('nvme.identify.bad-cns', { cns });
@@ -733,58 +733,6 @@ export class NvmeController extends PciDevice<NvmeController> {
     }
     await this.#toHost(sqe, b, epoch);
     return ok();
-  }
-
-  #uid(len: number, salt = 0): Uint8Array {
-    const out = new Uint8Array(len);
-    let h = 0x811c9dc5 ^ salt;
-    for (let i = 0; i < len; i++) {
-      for (const c of `${this.serial}/${i}`) h = Math.imul(h ^ c.charCodeAt(0), 0x01000193) >>> 0;
-      out[i] = h & 0xff;
-    }
-    return out;
-  }
-
-  #identifyController(b: Uint8Array): void {
-    wr16(b, 0, NVME_VENDOR_ID);
-    wr16(b, 2, NVME_VENDOR_ID);
-    ascii(b, 4, 20, this.serial);
-    ascii(b, 24, 40, this.modelName);
-    ascii(b, 64, 8, this.firmware);
-    b[72] = 6; // recommended arbitration burst
-    b[77] = MDTS;
-    wr16(b, 78, 1); // controller id
-    wr32(b, 80, 0x00010400); // version 1.4
-    // Shadow doorbells only where the host keeps SQ event indices (docs/PUSH.md "Shadow doorbells").
-    if (this.host.sqEventIdx) wr16(b, 256, OACS_DBBUF);
-    b[258] = 3; // abort limit: 4
-    b[259] = AER_LIMIT - 1;
-    b[260] = 0x03; // one firmware slot, read-only
-    b[262] = 63; // error log entries: 64
-    wr16(b, 266, 343); // warning temperature: 70 C
-    wr16(b, 268, 358); // critical temperature: 85 C
-    b[512] = 0x66; // SQ entries: 64 bytes
-    b[513] = 0x44; // CQ entries: 16 bytes
-    wr32(b, 516, 1); // namespaces
-    wr16(b, 520, (1 << 2) | (1 << 3)); // ONCS: dataset management, write zeroes
-    b[525] = 1; // volatile write cache present
-    ascii(b, 768, 256, `nqn.2026-11.dev.pcinet:nvme:${this.serial}`);
-    for (let i = 768 + `nqn.2026-11.dev.pcinet:nvme:${this.serial}`.length; i < 1024; i++) b[i] = 0;
-    wr16(b, 2048, 500); // power state 0: 5 W
-  }
-
-  #identifyNamespace(b: Uint8Array): void {
-    const blocks = BigInt(this.blocks);
-    wr64(b, 0, blocks);
-    wr64(b, 8, blocks);
-    wr64(b, 16, blocks);
-    b[24] = 1; // NSFEAT: thin provisioning (deallocate frees space)
-    b[25] = 0; // one LBA format
-    b[26] = 0; // format 0 in use
-    b[33] = 0x09; // DLFEAT: deallocated blocks read zeros; write zeroes may deallocate
-    b.set(this.#uid(16), 104); // NGUID
-    b.set(this.#uid(8), 120); // EUI-64
-    b[130] = this.lbaSize === 4096 ? 12 : 9; // LBA format 0: data size 2^n
   }
 
   async #getLogPage(sqe: Uint8Array, cdw10: number, cdw11: number, epoch: number): Promise<Done> {
@@ -799,12 +747,10 @@ export class NvmeController extends PciDevice<NvmeController> {
         page = new Uint8Array(64 * 64);
         break;
       case LOG.SMART:
-        page = this.#smartLog();
+        page = smartLog(this.stats, Date.now() - this.#startedAt);
         break;
       case LOG.FW_SLOT:
-        page = new Uint8Array(512);
-        page[0] = 1;
-        ascii(page, 8, 8, this.firmware);
+        page = firmwareSlotLog(this.firmware);
         break;
       default:
         this.trace('nvme.log.bad-lid', { lid });
@@ -815,26 +761,6 @@ export class NvmeController extends PciDevice<NvmeController> {
     out.set(page.subarray(offset, offset + len));
     await this.#toHost(sqe, out, epoch);
     return ok();
-  }
-
-  #smartLog(): Uint8Array {
-    const b = new Uint8Array(512);
-    const s = this.stats;
-    wr16(b, 1, 300); // composite temperature: 27 C
-    b[3] = 100; // available spare
-    b[4] = 10; // spare threshold
-    const u128 = (at: number, v: bigint) => wr64(b, at, v);
-    u128(32, dataUnits(s.readBytes));
-    u128(48, dataUnits(s.writtenBytes));
-    u128(64, BigInt(s.readCommands));
-    u128(80, BigInt(s.writeCommands));
-    u128(96, BigInt(Math.floor(s.busyMs / 60_000)));
-    u128(112, BigInt(1 + s.resets));
-    u128(128, BigInt(Math.floor((Date.now() - this.#startedAt) / 3_600_000)));
-    u128(144, BigInt(s.unsafeShutdowns));
-    u128(160, BigInt(s.mediaErrors));
-    u128(176, BigInt(s.errors));
-    return b;
   }
 
   /** Doorbell Buffer Config: PRP1 the shadow doorbells, PRP2 their event indices. I/O queues use
