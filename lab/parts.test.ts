@@ -9,6 +9,7 @@ import { labCommand } from './cli.js';
 import { endpointArgv, guestDialAddress, hostAgentArgv } from './commands.js';
 import { cpioNewc } from './cpio.js';
 import { commandScript, envScript, guestScript, shQuote } from './guest-script.js';
+import { MAX_SLOWDOWN, slowdown, testBudget } from './run.js';
 import { isStaticElf, resolveModules } from './initramfs.js';
 import { parseHeadersDepends } from './prepare.js';
 
@@ -198,5 +199,15 @@ describe('labCommand', () => {
     const err = await parse(argv).catch((e: unknown) => e);
     expect(err).toBeInstanceOf(CommanderError);
     expect((err as CommanderError).message).toMatch(message);
+  });
+});
+
+describe('a lab run on a busy machine', () => {
+  it('stretches its deadline by how much slower than idle it came up, within bounds', () => {
+    expect(slowdown(8_000)).toBe(1); // an idle machine: the test's own budget
+    expect(slowdown(30_000)).toBe(2);
+    expect(slowdown(10_000_000)).toBe(MAX_SLOWDOWN);
+    // The test's own timeout outlasts the longest stretch.
+    expect(testBudget(240_000)).toBeGreaterThan(240_000 * MAX_SLOWDOWN);
   });
 });

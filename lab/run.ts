@@ -169,6 +169,26 @@ export interface LabResult {
 }
 
 export const DEFAULT_TIMEOUT_MS = 180_000;
+/** From QEMU's start to the command's on an idle machine, the pcinet stack up (measured: 8-12 s). */
+const NOMINAL_UP_MS = 15_000;
+/** The most a run's deadline stretches on a slow machine (see `slowdown`). */
+export const MAX_SLOWDOWN = 4;
+
+/**
+ * How much slower than on an idle machine this run is going, judged by its own progress: the time
+ * from QEMU's start to the command (boot, module, endpoint, host-agent, drivers bound) against
+ * NOMINAL_UP_MS. A run's deadline is `timeoutMs` times this, so a test that fits its budget on an
+ * idle machine also fits on a busy one (other VMs, a build), however busy, up to MAX_SLOWDOWN.
+ */
+export function slowdown(upMs: number): number {
+  return Math.min(MAX_SLOWDOWN, Math.max(1, upMs / NOMINAL_UP_MS));
+}
+
+/** A test's own timeout around a lab run of `timeoutMs`: the longest the run may stretch to, and
+ *  a minute for booting QEMU's tools and tearing down. */
+export function testBudget(timeoutMs: number): number {
+  return timeoutMs * MAX_SLOWDOWN + 60_000;
+}
 /** Guest-side bounds (seconds). The host-agent must attach within READY; a loaded driver must
  *  bind within BIND; SIGTERM must stop the host-agent, and rmmod must return, within STOP. */
 const READY_TIMEOUT_S = 60;
@@ -446,7 +466,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
         hostFp = await identityFingerprint(node, assets.cli!, join(share, 'host-identity'));
       }
       if (!external) {
-        netns = await PrivateNetns.create(timeoutMs / 1000 + 60);
+        netns = await PrivateNetns.create((timeoutMs * MAX_SLOWDOWN) / 1000 + 60);
         endpoint = await startEndpoint(netns, assets, o, dir, hostFp);
         phase('endpoint', `127.0.0.1:${LAB_ENDPOINT_PORT}`);
         const ns = netns;
@@ -517,7 +537,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
         stopTimeoutS: STOP_TIMEOUT_S,
       };
     } else {
-      netns = await PrivateNetns.create(timeoutMs / 1000 + 60);
+      netns = await PrivateNetns.create((timeoutMs * MAX_SLOWDOWN) / 1000 + 60);
     }
 
     const path = defaultPath(node);
@@ -529,7 +549,13 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
     writeFileSync(join(share, 'cmd.sh'), commandScript(o.command));
     writeFileSync(
       join(share, 'guest.sh'),
-      guestScript({ cwd, path, watchdogS: Math.ceil(timeoutMs / 1000) + 15, pcinet: guestPcinet }),
+      // The host's deadline may stretch (slowdown()); the guest's watchdog is the last resort.
+      guestScript({
+        cwd,
+        path,
+        watchdogS: Math.ceil((timeoutMs * MAX_SLOWDOWN) / 1000) + 15,
+        pcinet: guestPcinet,
+      }),
     );
 
     // The guest's serial ports.
@@ -547,6 +573,12 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
     const teardownErrors: string[] = [];
     let commandAt: number | undefined;
     let qemuAt = 0;
+    let deadlineMs = timeoutMs;
+    const expire = () => {
+      timedOut = true;
+      qemu?.kill('SIGKILL');
+    };
+    let timer: NodeJS.Timeout | undefined;
     const lines = lineSplitter((line) => {
       o.onConsole?.(line);
       const m = /pcinet-lab: (phase|teardown-error) (\S+)(?: (.*))?$/.exec(line);
@@ -555,7 +587,16 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
         teardownErrors.push(`${m[2]} ${m[3] ?? ''}`.trim());
         return;
       }
-      if (m[2] === 'command') commandAt = Date.now();
+      if (m[2] === 'command') {
+        commandAt = Date.now();
+        // The deadline follows this run's pace so far (slowdown()).
+        const factor = slowdown(commandAt - qemuAt);
+        if (factor > 1 && !timedOut) {
+          clearTimeout(timer);
+          timer = setTimeout(expire, Math.max(0, qemuAt + timeoutMs * factor - Date.now()));
+          deadlineMs = timeoutMs * factor;
+        }
+      }
       if (m[2] === 'teardown') {
         teardownTimer = setTimeout(() => {
           tornDown = true;
@@ -603,10 +644,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
     };
     qemu.stdout!.on('data', keepQemu);
     qemu.stderr!.on('data', keepQemu);
-    const timer = setTimeout(() => {
-      timedOut = true;
-      qemu?.kill('SIGKILL');
-    }, timeoutMs);
+    timer = setTimeout(expire, timeoutMs);
     let aborted = false;
     const abort = () => {
       aborted = true;
@@ -633,7 +671,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
       exit,
       aborted,
       timedOut,
-      timeoutMs,
+      timeoutMs: deadlineMs,
       tornDown,
       teardownErrors,
       phases,

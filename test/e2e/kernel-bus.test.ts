@@ -5,7 +5,7 @@
 // enables MSI-X; test/e2e/kernel-device.test.ts drives it.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 150_000;
@@ -17,7 +17,7 @@ describe.skipIf(!root)('pcinet.ko: the device on a real Linux PCI bus', () => {
   }, 30 * 60_000);
 
   it('lspci lists the test device with the endpoint’s IDs, class ff00, and its BARs', {
-    timeout: RUN_TIMEOUT_MS + 30_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,
@@ -44,7 +44,7 @@ describe.skipIf(!root)('pcinet.ko: the device on a real Linux PCI bus', () => {
   });
 
   it('survives config-space abuse from user space: BAR sizing, masks, setpci', {
-    timeout: RUN_TIMEOUT_MS + 30_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,
@@ -70,7 +70,7 @@ describe.skipIf(!root)('pcinet.ko: the device on a real Linux PCI bus', () => {
   });
 
   it('opens /dev/pcinet only with CAP_SYS_ADMIN, even as root', {
-    timeout: RUN_TIMEOUT_MS + 30_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     // Whoever holds the file presents devices to the machine's drivers. setpriv (util-linux)
     // drops the capability from the bounding set, so root keeps its file access but not it.

@@ -3,7 +3,7 @@
 // runs them all; each prints a line this test reads back.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 240_000;
@@ -44,7 +44,7 @@ describe.skipIf(!root)('pcinet.ko with a real driver: MMIO, MSI-X, DMA, concurre
   // space setup around our own root bus).
   it.each(['pc', 'q35'] as const)(
     'passes every check of the test driver (%s)',
-    { timeout: RUN_TIMEOUT_MS + 60_000 },
+    { timeout: testBudget(RUN_TIMEOUT_MS) },
     async (machine) => {
       const r = await runInLab({
         assets,

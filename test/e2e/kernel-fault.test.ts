@@ -10,7 +10,7 @@
 //   (all-ones), is counted and logged once, and the outer access is served as usual.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 150_000;
@@ -29,7 +29,7 @@ describe.skipIf(!root)('pcinet.ko: BAR faults where the handler cannot serve the
   }, 30 * 60_000);
 
   it('a kprobe event reading a BAR page gets the kernel’s fault fixup, not an oops', {
-    timeout: RUN_TIMEOUT_MS + 30_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,
@@ -65,7 +65,7 @@ describe.skipIf(!root)('pcinet.ko: BAR faults where the handler cannot serve the
   });
 
   it('a BAR access inside the fault handler reads all-ones, counted and logged once', {
-    timeout: RUN_TIMEOUT_MS + 30_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const p = '/sys/module/pcinet/parameters/test_nested_fault';
     const r = await runInLab({

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../../lab/paths.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 240_000;
@@ -20,7 +20,7 @@ describe.skipIf(!root)('pcinet.ko lifecycle', () => {
   }, 30 * 60_000);
 
   it('20 attach/detach cycles, then rmmod, with a clean log', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,
@@ -41,7 +41,7 @@ describe.skipIf(!root)('pcinet.ko lifecycle', () => {
   });
 
   it(`${FUZZ_RECORDS} random and malformed records: only errors, the module still works`, {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const seed = Date.now() % 1_000_000;
     const r = await runInLab({
@@ -75,7 +75,7 @@ describe.skipIf(!root)('pcinet.ko lifecycle', () => {
   });
 
   it('host-agent killed with SIGKILL while the driver is busy: removed, no oops, rmmod works', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { askCard, endpointControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 import { FIO_VERIFY, FIO_VERIFY_OK } from './block-workloads.js';
 
 const root = process.getuid?.() === 0;
@@ -45,7 +45,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: remove + rescan and function res
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('the disk comes back with its data after remove + rescan and after a function reset; fio verifies; the lab tears down', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,
@@ -102,7 +102,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: remove + rescan and function res
   // It used to wait for their timeouts (30 s for I/O, 60 s for an admin command of a probe) inside
   // the host-agent's write() of W_DETACH, where SIGTERM could not stop it: the teardown failed.
   it('teardown while the card hangs with writes in flight: the driver lets go at once; the lab tears down', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,

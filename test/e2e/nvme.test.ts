@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { askCard, endpointControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 import { FIO_VERIFY, FIO_VERIFY_OK } from './block-workloads.js';
 
 const root = process.getuid?.() === 0;
@@ -42,7 +42,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('nvme binds; id-ctrl/id-ns show the endpoint’s values; smart-log counts I/O; ext4 round trip', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const file = join(dir, 'disk.img');
     const r = await runInLab({
@@ -98,7 +98,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
   };
   for (const p of paths) {
     it(`fio with crc32c verification: random writes 4K–128K, iodepth 32, two jobs (${p.name})`, {
-      timeout: RUN_TIMEOUT_MS + 60_000,
+      timeout: testBudget(RUN_TIMEOUT_MS),
     }, async () => {
       const r = await runInLab({
         assets,
@@ -117,7 +117,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
   }
 
   it('blkdiscard and fstrim give the space back in the card’s backing file', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const file = join(dir, 'trim.img');
     let most = 0;
@@ -151,7 +151,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
   });
 
   it('another driver bound while the link is down (pci-stub) is left alone at link up: no oops', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,
@@ -188,7 +188,7 @@ describe.skipIf(!root)('NVMe through pcinet.ko: a disk that lives on the card', 
 
   for (const p of [paths[0]!, paths[2]!]) {
     it(`endpoint killed and restarted during I/O: the driver resets the controller, the mounted filesystem carries on (${p.name})`, {
-      timeout: RUN_TIMEOUT_MS + 60_000,
+      timeout: testBudget(RUN_TIMEOUT_MS),
     }, async () => {
       const r = await runInLab({
         assets,

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 import { FIO_VERIFY, FIO_VERIFY_OK } from './block-workloads.js';
 
 const root = process.getuid?.() === 0;
@@ -45,7 +45,7 @@ describe.skipIf(!root)('virtio-blk through pcinet.ko: a virtio disk that lives o
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('virtio_blk binds; ext4 round trip; fio verifies; discards free the card’s file; flushes reach it', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const file = join(dir, 'disk.img');
     let most = 0;

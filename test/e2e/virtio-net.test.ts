@@ -7,7 +7,7 @@ import { type ChildProcess, execFile, spawn } from 'node:child_process';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { askCard, endpointControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { type LabCard, runInLab } from '../../lab/run.js';
+import { type LabCard, MAX_SLOWDOWN, runInLab, testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 240_000;
@@ -34,7 +34,7 @@ const server = require('node:net').createServer((c) => c.on('data', (d) => {
   setTimeout(() => execFileSync('ip', ['link', 'set', '${TAP}', 'up']), 3000);
 }));
 server.listen(${FLAP_PORT}, '${CARD}');
-setTimeout(() => process.exit(0), ${RUN_TIMEOUT_MS});
+setTimeout(() => process.exit(0), ${RUN_TIMEOUT_MS * MAX_SLOWDOWN});
 `;
 
 const guestScript = [
@@ -68,7 +68,7 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
   }, 30 * 60_000);
 
   it('binds virtio_net with the endpoint’s MAC, pings, runs iperf3 both ways, sees the link flap', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const procs: ChildProcess[] = [];
     const r = await runInLab({
@@ -81,7 +81,7 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
         await run(card.wrap(['ip', 'link', 'set', TAP, 'up']));
         const [iperf, ...iperfArgs] = card.wrap([
           'timeout',
-          String(RUN_TIMEOUT_MS / 1000),
+          String((RUN_TIMEOUT_MS * MAX_SLOWDOWN) / 1000),
           'iperf3',
           '-s',
           '-B',
@@ -114,7 +114,7 @@ describe.skipIf(!root)('virtio-net through pcinet.ko: the workstation’s NIC is
   });
 
   it('comes back without a guest reboot when the endpoint is killed and restarted', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const addressTap = async (card: LabCard) => {
       await run(card.wrap(['ip', 'addr', 'add', `${CARD}/24`, 'dev', TAP]));

@@ -2,7 +2,7 @@
 // through pcinet.ko, the hwrng core picks it, and /dev/hwrng reads bytes the card made.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 240_000;
@@ -15,7 +15,7 @@ describe.skipIf(!root)('virtio-rng through pcinet.ko: the workstation’s hwrng 
   }, 30 * 60_000);
 
   it('virtio-rng binds, becomes the current hwrng, and /dev/hwrng reads random bytes from the card', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,
