@@ -9,9 +9,9 @@ import { labCommand } from './cli.js';
 import { endpointArgv, guestDialAddress, hostAgentArgv } from './commands.js';
 import { cpioNewc } from './cpio.js';
 import { commandScript, envScript, guestScript, shQuote } from './guest-script.js';
-import { MAX_SLOWDOWN, slowdown, testBudget } from './run.js';
 import { isStaticElf, resolveModules } from './initramfs.js';
 import { parseHeadersDepends } from './prepare.js';
+import { MAX_SLOWDOWN, slowdown, testBudget } from './run.js';
 
 describe('cpioNewc', () => {
   it('writes an archive cpio(1) reads back', () => {
