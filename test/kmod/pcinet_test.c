@@ -59,6 +59,8 @@ enum {
 
 /* memtest_at: the most bytes one run copies each way. */
 #define MEMTEST_MAX		(4 << 20)
+/* irq_delay_us: at most this, in hard interrupt context. */
+#define IRQ_DELAY_MAX_US	5000
 /* burst: how long the last raise of a burst may take to arrive. */
 #define BURST_TIMEOUT		(10 * HZ)
 
@@ -67,6 +69,7 @@ struct ptest {
 	void __iomem *regs;
 	void __iomem *mem;
 	u64 mem_size;		/* BAR 2's size (--device test:mem=…) */
+	u32 irq_delay_us;	/* each handler run busy-waits this long: a slow handler */
 	int nvec;
 	struct ptest_vec *vec;
 	wait_queue_head_t irq_wait;
@@ -80,7 +83,10 @@ static struct dentry *ptest_root;
 static irqreturn_t ptest_irq(int irq, void *data)
 {
 	struct ptest_vec *v = data;
+	u32 delay = READ_ONCE(v->t->irq_delay_us);
 
+	if (delay)
+		udelay(delay);
 	atomic_inc(&v->count);
 	wake_up_all(&v->t->irq_wait);
 	return IRQ_HANDLED;
@@ -695,6 +701,23 @@ static int pba_get(void *data, u64 *val)
 }
 DEFINE_DEBUGFS_ATTRIBUTE(pba_fops, pba_get, NULL, "0x%016llx\n");
 
+/* irq_delay_us: how long every handler run busy-waits (0..IRQ_DELAY_MAX_US), to make delivery
+ * slower than a burst of raises. */
+static int irq_delay_get(void *data, u64 *val)
+{
+	*val = READ_ONCE(((struct ptest *)data)->irq_delay_us);
+	return 0;
+}
+
+static int irq_delay_set(void *data, u64 val)
+{
+	if (val > IRQ_DELAY_MAX_US)
+		return -EINVAL;
+	WRITE_ONCE(((struct ptest *)data)->irq_delay_us, val);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(irq_delay_fops, irq_delay_get, irq_delay_set, "%llu\n");
+
 static int irq_counts_show(struct seq_file *s, void *unused)
 {
 	struct ptest *t = s->private;
@@ -738,6 +761,7 @@ static void ptest_debugfs(struct ptest *t)
 	debugfs_create_file_unsafe("mask", 0644, t->dir, t, &mask_fops);
 	debugfs_create_file_unsafe("unmask", 0644, t->dir, t, &unmask_fops);
 	debugfs_create_file_unsafe("pba", 0444, t->dir, t, &pba_fops);
+	debugfs_create_file_unsafe("irq_delay_us", 0644, t->dir, t, &irq_delay_fops);
 	for (i = 0; i < OP_COUNT; i++) {
 		t->ops[i].t = t;
 		t->ops[i].run = runs[i];
