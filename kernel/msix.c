@@ -14,7 +14,8 @@
  * from an irq_work, in hard interrupt context, exactly once per raise: no vector is consumed
  * and two raises never collapse into one as two writes of the same vector into a local APIC's
  * IRR can. Raises are queued in order in a bounded ring; the raising write() waits when it is
- * full.
+ * half full, and a raise that still finds it full leaves its vector pending in the PBA, whence the
+ * delivery work sends it once there is room.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -29,6 +30,9 @@
 /* What our MSI messages carry as address: a marker (the data is the interrupt's hwirq). */
 #define PCINET_MSI_ADDRESS	0xfee0c0deu
 #define PCINET_RING_WAIT	(PCINET_RING_SIZE / 2)
+/* Handlers one run of the delivery work calls before it hands the rest to the next CPU: bounds
+ * its time in hard interrupt context (NAPI's default budget, for want of a better measure). */
+#define PCINET_IRQ_BUDGET	64
 
 /* A test hook (test/e2e/kernel-msix.test.ts): without it a burst of raises does not fill the ring,
  * since the raising write() waits once it is half full. Root only; 0, the default: the whole ring. */
@@ -133,27 +137,39 @@ static bool pcinet_may_send(struct pcinet_fn *fn, u32 v)
 	       !(pcinet_entry(fn, v)[3] & PCI_MSIX_ENTRY_CTRL_MASKBIT);
 }
 
-/* Queues every pending vector that may now send. msix_lock held. */
+/*
+ * Queues every pending vector that may now send. msix_lock held. What does not fit stays pending
+ * with msix_overflow set, and the delivery work comes back for it once it has made room.
+ */
 static void pcinet_release_pending(struct pcinet_fn *fn)
 {
 	u32 v;
 
+	fn->msix_overflow = false;
 	for_each_set_bit(v, fn->msix_pending, fn->msix_vectors) {
 		if (!pcinet_may_send(fn, v))
 			continue;
-		if (!pcinet_ring_push(fn, v))
-			break;		/* stays pending; the ring's consumer comes back */
+		if (!pcinet_ring_push(fn, v)) {
+			fn->msix_overflow = true;
+			break;
+		}
 		clear_bit(v, fn->msix_pending);
 	}
 	if (fn->ring_count)
 		irq_work_queue(&fn->irq_work);
 }
 
-/* Hard interrupt context: runs the handlers of the queued raises, in order. */
+/*
+ * Hard interrupt context: runs the handlers of the queued raises, in order, at most
+ * PCINET_IRQ_BUDGET of them; the rest go on in a new run on the next CPU, so that a device
+ * raising faster than its handlers run cannot keep one CPU in interrupt context. A raise that
+ * found the ring full left its vector pending (pcinet_msix_raise()): once the ring is empty the
+ * vectors that may send are queued again from the PBA, as a function sends a pending message.
+ */
 static void pcinet_irq_work(struct irq_work *work)
 {
 	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, irq_work);
-	unsigned int irq;
+	unsigned int irq, budget = PCINET_IRQ_BUDGET;
 	u32 v, *e;
 	u64 raised;
 
@@ -161,8 +177,17 @@ static void pcinet_irq_work(struct irq_work *work)
 	raw_spin_lock(&fn->deliver_lock);
 	for (;;) {
 		spin_lock(&fn->msix_lock);
+		if (!fn->ring_count && fn->msix_overflow)
+			pcinet_release_pending(fn);
 		if (!fn->ring_count) {
 			spin_unlock(&fn->msix_lock);
+			break;
+		}
+		if (!budget--) {
+			spin_unlock(&fn->msix_lock);
+			irq_work_queue_on(&fn->irq_work,
+					  cpumask_next_wrap(smp_processor_id(), cpu_online_mask,
+							    nr_cpu_ids, false));
 			break;
 		}
 		v = fn->ring[fn->ring_head];
@@ -234,9 +259,14 @@ int pcinet_msix_raise(struct pcinet_fn *fn, u32 vector)
 	spin_lock_irqsave(&fn->msix_lock, flags);
 	queued = pcinet_ring_push(fn, vector);
 	if (!queued && (pcinet_msix_control(fn) & PCI_MSIX_FLAGS_ENABLE)) {
-		/* The driver is not taking interrupts: what a function does then is set the PBA. */
+		/* The driver is not taking interrupts: what a function does then is set the PBA. The
+		 * delivery work sends it from there once the ring has room (an unmasked vector has no
+		 * unmask coming to release it). */
 		set_bit(vector, fn->msix_pending);
+		fn->msix_overflow = true;
 		atomic64_inc(&fn->stats.interrupts_pending);
+	} else if (!queued) {
+		atomic64_inc(&fn->stats.interrupts_dropped);
 	}
 	spin_unlock_irqrestore(&fn->msix_lock, flags);
 	pcinet_msix_kick(fn);
@@ -307,6 +337,7 @@ void pcinet_msix_reset(struct pcinet_fn *fn)
 	for (v = 0; v < fn->msix_vectors; v++)
 		pcinet_entry(fn, v)[3] = PCI_MSIX_ENTRY_CTRL_MASKBIT;
 	bitmap_zero(fn->msix_pending, fn->msix_vectors);
+	fn->msix_overflow = false;
 	fn->ring_count = 0;
 	spin_unlock_irqrestore(&fn->msix_lock, flags);
 }
@@ -389,6 +420,7 @@ void pcinet_msix_stop(struct pcinet_fn *fn)
 
 	spin_lock_irqsave(&fn->msix_lock, flags);
 	fn->ring_count = 0;
+	fn->msix_overflow = false;
 	spin_unlock_irqrestore(&fn->msix_lock, flags);
 	/* Every CPU has run its queued IPIs (a kick may still name fn), then the work they queued. */
 	kick_all_cpus_sync();
