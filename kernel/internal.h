@@ -193,6 +193,7 @@ struct pcinet_fn {
 	bool msix_overflow;	/* a raise found the ring full: vectors wait in the PBA for room */
 	wait_queue_head_t ring_wait;
 	struct irq_work irq_work;
+	struct irq_work irq_work_more;	/* lazy: delivery past its budget goes on at the next tick */
 	raw_spinlock_t deliver_lock;
 	struct fwnode_handle *msi_fwnode;
 	struct irq_domain *msi_domain;

@@ -161,14 +161,15 @@ static void pcinet_release_pending(struct pcinet_fn *fn)
 
 /*
  * Hard interrupt context: runs the handlers of the queued raises, in order, at most
- * PCINET_IRQ_BUDGET of them; the rest go on in a new run on the next CPU, so that a device
- * raising faster than its handlers run cannot keep one CPU in interrupt context. A raise that
- * found the ring full left its vector pending (pcinet_msix_raise()): once the ring is empty the
- * vectors that may send are queued again from the PBA, as a function sends a pending message.
+ * PCINET_IRQ_BUDGET of them; the rest go on at the CPU's next timer tick (irq_work_more is a lazy
+ * irq_work), so that a device raising faster than its handlers run cannot keep a CPU in interrupt
+ * context: the CPU's timer and other interrupts, softirqs and tasks get their turn in between. A
+ * raise that found the ring full left its vector pending (pcinet_msix_raise()): once the ring is
+ * empty the vectors that may send are queued again from the PBA, as a function sends a pending
+ * message.
  */
-static void pcinet_irq_work(struct irq_work *work)
+static void pcinet_deliver(struct pcinet_fn *fn)
 {
-	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, irq_work);
 	unsigned int irq, budget = PCINET_IRQ_BUDGET;
 	u32 v, *e;
 	u64 raised;
@@ -185,9 +186,7 @@ static void pcinet_irq_work(struct irq_work *work)
 		}
 		if (!budget--) {
 			spin_unlock(&fn->msix_lock);
-			irq_work_queue_on(&fn->irq_work,
-					  cpumask_next_wrap(smp_processor_id(), cpu_online_mask,
-							    nr_cpu_ids, false));
+			irq_work_queue(&fn->irq_work_more);
 			break;
 		}
 		v = fn->ring[fn->ring_head];
@@ -219,6 +218,16 @@ static void pcinet_irq_work(struct irq_work *work)
 	}
 	raw_spin_unlock(&fn->deliver_lock);
 	wake_up(&fn->ring_wait);
+}
+
+static void pcinet_irq_work(struct irq_work *work)
+{
+	pcinet_deliver(container_of(work, struct pcinet_fn, irq_work));
+}
+
+static void pcinet_irq_work_more(struct irq_work *work)
+{
+	pcinet_deliver(container_of(work, struct pcinet_fn, irq_work_more));
 }
 
 /*
@@ -349,6 +358,7 @@ int pcinet_msix_attach(struct pcinet_fn *fn)
 	u32 table, pba, n;
 
 	init_irq_work(&fn->irq_work, pcinet_irq_work);
+	fn->irq_work_more = IRQ_WORK_INIT_LAZY(pcinet_irq_work_more);
 	init_waitqueue_head(&fn->ring_wait);
 	raw_spin_lock_init(&fn->deliver_lock);
 	if (!cap) {
@@ -425,6 +435,7 @@ void pcinet_msix_stop(struct pcinet_fn *fn)
 	/* Every CPU has run its queued IPIs (a kick may still name fn), then the work they queued. */
 	kick_all_cpus_sync();
 	irq_work_sync(&fn->irq_work);
+	irq_work_sync(&fn->irq_work_more);
 	if (fn->msi_domain) {
 		irq_domain_remove(fn->msi_domain);
 		irq_domain_free_fwnode(fn->msi_fwnode);
