@@ -113,17 +113,31 @@ void pcinet_rec_add_list(struct pcinet_fn *fn, struct list_head *recs)
 	wake_up_interruptible(&fn->readq);
 }
 
+/* Past PCINET_QUEUE_CAP: the record is dropped, counted and logged. */
+static bool pcinet_queue_capped(struct pcinet_fn *fn)
+{
+	if (READ_ONCE(fn->queued) <= PCINET_QUEUE_CAP)
+		return false;
+	atomic64_inc(&fn->stats.queue_drops);
+	pr_warn_ratelimited("%04x:00:00.0: %u MiB of records wait for the host-agent or link: dropped\n",
+			    fn->domain, PCINET_QUEUE_CAP >> 20);
+	return true;
+}
+
 /*
  * Queues a record for read() from a context that cannot sleep: config accessors (pci_lock held)
  * and the MMIO fault path. When the reader is behind by more than PCINET_QUEUE_BYTES, waits for
  * it (busy, bounded by 100 ms: the fault path cannot sleep) and counts the wait; the record is
- * queued either way, so nothing is lost.
+ * queued either way. A wait that runs out marks the device stalled (pcinet_stall()), and while it
+ * is no one waits again: records are queued at once, up to PCINET_QUEUE_CAP, past which they are
+ * dropped and counted.
  */
 void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len)
 {
 	struct pcinet_rec *r;
 
-	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES && READ_ONCE(fn->state) == PN_STARTED) {
+	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES && READ_ONCE(fn->state) == PN_STARTED &&
+	    !pcinet_stalled(fn)) {
 		u64 until = ktime_get_ns() + 100 * NSEC_PER_MSEC;
 
 		atomic64_inc(&fn->stats.queue_waits);
@@ -131,11 +145,14 @@ void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len)
 		       READ_ONCE(fn->state) == PN_STARTED && !READ_ONCE(fn->link_down)) {
 			if (ktime_get_ns() > until) {
 				atomic64_inc(&fn->stats.queue_overruns);
+				pcinet_stall(fn);
 				break;
 			}
 			cpu_relax();
 		}
 	}
+	if (pcinet_queue_capped(fn))
+		return;
 	r = pcinet_rec_new(fn, rec, len, GFP_ATOMIC);
 	if (r)
 		pcinet_rec_add(fn, r);
@@ -152,15 +169,23 @@ struct pcinet_rec *pcinet_rec_alloc(struct pcinet_fn *fn, size_t len)
 }
 
 /* Queues a record from process context: waits (interruptibly, bounded) while the reader is
- * behind, so a flood of completions cannot grow the queue without bound. */
+ * behind, so a flood of completions cannot grow the queue without bound; as
+ * pcinet_queue_atomic() for a stalled device and past PCINET_QUEUE_CAP. */
 void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r)
 {
-	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES) {
+	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES && !pcinet_stalled(fn)) {
 		atomic64_inc(&fn->stats.queue_waits);
-		wait_event_interruptible_timeout(fn->writeq,
-						 READ_ONCE(fn->queued) <= PCINET_QUEUE_BYTES ||
-						 READ_ONCE(fn->state) != PN_STARTED ||
-						 READ_ONCE(fn->link_down), HZ);
+		if (!wait_event_interruptible_timeout(fn->writeq,
+						      READ_ONCE(fn->queued) <= PCINET_QUEUE_BYTES ||
+						      READ_ONCE(fn->state) != PN_STARTED ||
+						      READ_ONCE(fn->link_down), HZ)) {
+			atomic64_inc(&fn->stats.queue_overruns);
+			pcinet_stall(fn);
+		}
+	}
+	if (pcinet_queue_capped(fn)) {
+		kvfree(r);
+		return;
 	}
 	pcinet_rec_add(fn, r);
 }
@@ -239,9 +264,15 @@ static struct pcinet_fn *pcinet_fn_of(struct pci_bus *bus)
 	return container_of(bus->sysdata, struct pcinet_fn, sysdata);
 }
 
+/*
+ * Config space is read and written under cfg_lock: x86 selects PCI_LOCKLESS_CONFIG, so the PCI core
+ * calls these without pci_lock, from any CPU at once. A write is then whole to every reader (as a
+ * dword write is on a device), and its R_CONFIG_WRITE records leave in the order the image changed.
+ */
 static int pcinet_cfg_read(struct pci_bus *bus, unsigned int devfn, int where, int size, u32 *val)
 {
 	struct pcinet_fn *fn = pcinet_fn_of(bus);
+	unsigned long flags;
 	bool hi;
 	int bar;
 	u32 v = 0;
@@ -257,6 +288,7 @@ static int pcinet_cfg_read(struct pci_bus *bus, unsigned int devfn, int where, i
 		*val = size == 4 ? ~0u : (1u << (8 * size)) - 1;
 		return PCIBIOS_SUCCESSFUL;
 	}
+	raw_spin_lock_irqsave(&fn->cfg_lock, flags);
 	bar = pcinet_bar_of(fn, where & ~3, &hi);
 	if (bar >= 0) {
 		v = pcinet_bar_dword(&fn->bars[bar], hi) >> (8 * (where & 3));
@@ -266,6 +298,7 @@ static int pcinet_cfg_read(struct pci_bus *bus, unsigned int devfn, int where, i
 		for (i = 0; i < size; i++)
 			v |= (u32)fn->config[where + i] << (8 * i);
 	}
+	raw_spin_unlock_irqrestore(&fn->cfg_lock, flags);
 	*val = size == 4 ? v : v & ((1u << (8 * size)) - 1);
 	return PCIBIOS_SUCCESSFUL;
 }
@@ -295,6 +328,7 @@ static void pcinet_bar_write(struct pcinet_bar *b, bool hi, int shift, int size,
  */
 static void pcinet_power_on(struct pcinet_fn *fn)
 {
+	lockdep_assert_held(&fn->cfg_lock);
 	memcpy(fn->config, fn->config_init, PCINET_CONFIG_SIZE);
 	pcinet_msix_reset(fn);
 	pcinet_push_clear(fn);
@@ -302,11 +336,22 @@ static void pcinet_power_on(struct pcinet_fn *fn)
 	atomic64_set(&fn->writes_applied, 0);
 }
 
+/* pcinet_power_on() from outside a config access. */
+static void pcinet_power_on_locked(struct pcinet_fn *fn)
+{
+	unsigned long flags;
+
+	raw_spin_lock_irqsave(&fn->cfg_lock, flags);
+	pcinet_power_on(fn);
+	raw_spin_unlock_irqrestore(&fn->cfg_lock, flags);
+}
+
 static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, int size, u32 val)
 {
 	struct pcinet_fn *fn = pcinet_fn_of(bus);
 	struct pcinet_r_config_write rec = {};
 	bool hi, flr = false;
+	unsigned long flags;
 	u32 now = 0;
 	int bar, i;
 
@@ -314,13 +359,14 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 		return PCIBIOS_DEVICE_NOT_FOUND;
 	if (READ_ONCE(fn->link_down) || READ_ONCE(fn->state) == PN_DETACHED)
 		return PCIBIOS_SUCCESSFUL;	/* goes nowhere; W_LINK_UP resets the image */
+	raw_spin_lock_irqsave(&fn->cfg_lock, flags);
 	bar = pcinet_bar_of(fn, where & ~3, &hi);
 	if (bar >= 0) {
 		pcinet_bar_write(&fn->bars[bar], hi, 8 * (where & 3), size, val);
-		return PCIBIOS_SUCCESSFUL;
+		goto out;
 	}
 	if (bar == -2 || (where >= PCI_ROM_ADDRESS && where < PCI_ROM_ADDRESS + 4))
-		return PCIBIOS_SUCCESSFUL;
+		goto out;
 	for (i = 0; i < size; i++) {
 		u8 b = val >> (8 * i);
 		u8 *c = &fn->config[where + i];
@@ -350,7 +396,11 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 		pcinet_hdr(&reset, PCINET_R_FUNCTION_RESET, sizeof(reset));
 		pcinet_queue_atomic(fn, &reset, sizeof(reset));
 	}
+	raw_spin_unlock_irqrestore(&fn->cfg_lock, flags);
 	pcinet_msix_config_written(fn, where, size);
+	return PCIBIOS_SUCCESSFUL;
+out:
+	raw_spin_unlock_irqrestore(&fn->cfg_lock, flags);
 	return PCIBIOS_SUCCESSFUL;
 }
 
@@ -403,15 +453,17 @@ static int pcinet_attach(struct pcinet_fn *fn, const struct pcinet_w_attach *a)
 				return -EINVAL;
 			continue;
 		}
-		if (kind == PCINET_BAR_MEM32 || kind == PCINET_BAR_IO) {
-			pr_warn("attach: BAR %d: only 64-bit memory BARs are supported\n", i);
+		if (kind == PCINET_BAR_IO) {
+			pr_warn("attach: BAR %d: I/O BARs are not supported\n", i);
 			return -EOPNOTSUPP;
 		}
-		if (kind != PCINET_BAR_MEM64 || i == PCINET_NUM_BARS - 1 ||
+		if ((kind != PCINET_BAR_MEM64 && kind != PCINET_BAR_MEM32) ||
 		    !is_power_of_2(size) || size < PAGE_SIZE || size > PCINET_MAX_BAR ||
 		    (flags & ~PCINET_BAR_PREFETCH))
 			return -EINVAL;
-		if (le32_to_cpu(a->bars[i + 1].kind) != PCINET_BAR_NONE)
+		/* A 64-bit BAR takes the next register for its upper half. */
+		if (kind == PCINET_BAR_MEM64 && (i == PCINET_NUM_BARS - 1 ||
+						 le32_to_cpu(a->bars[i + 1].kind) != PCINET_BAR_NONE))
 			return -EINVAL;
 	}
 	for (i = 0; i < PCINET_NUM_BARS; i++) {
@@ -479,24 +531,84 @@ static int pcinet_shadow(struct pcinet_fn *fn, const struct pcinet_w_shadow *s, 
 	return pcinet_shadow_update(fn, bar, off, s->data, size);
 }
 
+/*
+ * A window below 4 GiB for the 32-bit BARs: free space in a window of a host bridge, where the
+ * firmware would put a 32-bit BAR (the 64-bit window above 512 GiB is out of their reach). Every
+ * access to it is trapped like the other window's, so nothing there needs to answer.
+ */
+static int pcinet_alloc_window32(struct pcinet_fn *fn, resource_size_t size, resource_size_t align)
+{
+	struct pci_bus *bus = NULL;
+	struct resource *r;
+	int i, ret = -ENOSPC;
+
+	fn->window32.name = "pcinet 32-bit BARs";
+	fn->window32.flags = IORESOURCE_MEM;
+	pci_lock_rescan_remove();
+	while (ret && (bus = pci_find_next_bus(bus)) != NULL) {
+		if (bus->ops == &pcinet_pci_ops)
+			continue;
+		pci_bus_for_each_resource(bus, r, i) {
+			if (!r || !(r->flags & IORESOURCE_MEM) || r->start > U32_MAX ||
+			    !r->parent)
+				continue;
+			ret = allocate_resource(r, &fn->window32, size, r->start,
+						min_t(resource_size_t, r->end, U32_MAX), align,
+						NULL, NULL);
+			if (!ret)
+				break;
+		}
+	}
+	pci_unlock_rescan_remove();
+	if (ret)
+		pr_warn("no free space of %llu bytes below 4 GiB in a host bridge window for the 32-bit BARs\n",
+			(u64)size);
+	return ret;
+}
+
+/* Firmware-style assignment of the BARs of one kind: largest first, each naturally aligned. */
+static void pcinet_assign_bars(struct pcinet_fn *fn, u32 kind, u64 at)
+{
+	int i;
+
+	for (;;) {
+		int best = -1;
+
+		for (i = 0; i < PCINET_NUM_BARS; i++)
+			if (fn->bars[i].size && fn->bars[i].kind == kind && !fn->bars[i].addr &&
+			    (best < 0 || fn->bars[i].size > fn->bars[best].size))
+				best = i;
+		if (best < 0)
+			break;
+		fn->bars[best].addr = at;
+		at += fn->bars[best].size;
+	}
+}
+
 static int pcinet_start(struct pcinet_fn *fn)
 {
 	struct pcinet_r_attached rec = {};
-	resource_size_t total = 0, align = PAGE_SIZE;
+	resource_size_t total = 0, align = PAGE_SIZE, total32 = 0, align32 = PAGE_SIZE;
 	LIST_HEAD(resources);
 	struct pci_bus *bus;
-	u64 at;
 	int i, ret;
 
 	if (fn->state != PN_ATTACHED)
 		return -EBUSY;
 	for (i = 0; i < PCINET_NUM_BARS; i++) {
-		total += fn->bars[i].size;
-		align = max_t(resource_size_t, align, fn->bars[i].size);
+		if (fn->bars[i].kind == PCINET_BAR_MEM32) {
+			total32 += fn->bars[i].size;
+			align32 = max_t(resource_size_t, align32, fn->bars[i].size);
+		} else {
+			total += fn->bars[i].size;
+			align = max_t(resource_size_t, align, fn->bars[i].size);
+		}
 	}
 	if (!total)
 		total = PAGE_SIZE;	/* a function without BARs still gets a (tiny) window */
 	total = roundup_pow_of_two(total);
+	if (total32)
+		total32 = roundup_pow_of_two(total32);
 
 	for (i = 0; i < PCINET_NUM_BARS; i++) {
 		if (!fn->bars[i].size)
@@ -512,7 +624,7 @@ static int pcinet_start(struct pcinet_fn *fn)
 		return ret;
 	ret = ida_alloc_range(&pcinet_domains, PCINET_DOMAIN_FIRST, PCINET_DOMAIN_LAST, GFP_KERNEL);
 	if (ret < 0)
-		return ret;
+		goto err_dma;
 	fn->domain = ret;
 
 	fn->window.name = "pcinet BARs";
@@ -525,26 +637,21 @@ static int pcinet_start(struct pcinet_fn *fn)
 		pr_warn("no free physical window of %llu bytes for the BARs\n", (u64)total);
 		goto err_domain;
 	}
-	/* Firmware-style assignment: largest BAR first, each naturally aligned. */
-	at = fn->window.start;
-	for (;;) {
-		int best = -1;
-
-		for (i = 0; i < PCINET_NUM_BARS; i++)
-			if (fn->bars[i].size && !fn->bars[i].addr &&
-			    (best < 0 || fn->bars[i].size > fn->bars[best].size))
-				best = i;
-		if (best < 0)
-			break;
-		fn->bars[best].addr = at;
-		at += fn->bars[best].size;
+	if (total32) {
+		ret = pcinet_alloc_window32(fn, total32, align32);
+		if (ret)
+			goto err_window;
 	}
+	pcinet_assign_bars(fn, PCINET_BAR_MEM64, fn->window.start);
+	pcinet_assign_bars(fn, PCINET_BAR_MEM32, fn->window32.start);
 
 	fn->busn.name = "pcinet bus";
 	fn->busn.start = 0;
 	fn->busn.end = 0;
 	fn->busn.flags = IORESOURCE_BUS;
 	pci_add_resource(&resources, &fn->window);
+	if (total32)
+		pci_add_resource(&resources, &fn->window32);
 	pci_add_resource(&resources, &fn->busn);
 	fn->sysdata.domain = fn->domain;
 	fn->sysdata.node = NUMA_NO_NODE;
@@ -600,11 +707,14 @@ err_msix:
 	pcinet_msix_stop(fn);
 
 err_window:
+	if (fn->window32.parent)
+		release_resource(&fn->window32);
 	release_resource(&fn->window);
 err_domain:
 	ida_free(&pcinet_domains, fn->domain);
 	for (i = 0; i < PCINET_NUM_BARS; i++)
 		fn->bars[i].addr = 0;
+err_dma:
 	pcinet_dma_exit(fn);
 	return ret;
 }
@@ -691,7 +801,7 @@ static void pcinet_dev_deleted(struct pcinet_fn *fn, struct pci_dev *pdev)
 	pci_dev_put(pdev);
 	if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down))
 		return;
-	pcinet_power_on(fn);
+	pcinet_power_on_locked(fn);
 	pcinet_hdr(&reset, PCINET_R_FUNCTION_RESET, sizeof(reset));
 	pcinet_queue(fn, &reset, sizeof(reset));
 	pr_info("%04x:%02x:00.0 removed from the bus: reset to its power-on state\n", fn->domain,
@@ -861,7 +971,7 @@ static int pcinet_link_up(struct pcinet_fn *fn)
 		return -EBUSY;
 	/* A record that raced W_LINK_DOWN (queued by a CPU that had not yet seen it) is stale. */
 	pcinet_purge_queue(fn);
-	pcinet_power_on(fn);
+	pcinet_power_on_locked(fn);
 	/* Without a new W_CONNECT the data plane comes back to read() and write(). */
 	fn->linked = fn->link != NULL;
 	WRITE_ONCE(fn->link_down, false);
@@ -898,8 +1008,10 @@ static void pcinet_remove(struct pcinet_fn *fn)
 		pcinet_msix_stop(fn);
 		pcinet_dma_exit(fn);
 		release_resource(&fn->window);
+		if (fn->window32.parent)
+			release_resource(&fn->window32);
 		ida_free(&pcinet_domains, fn->domain);
-		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; nested faults %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld; pushes %lld bytes %lld skipped refused %lld budget %lld nomem %lld busy %lld; push drops %lld; virtq rounds %lld irqs skipped %lld kicks %lld\n",
+		pr_info("%04x:00:00.0 removed: mmio writes %lld reads %lld volatile %lld timeouts %lld; queue waits %lld overruns %lld lost %lld; emulation failures %lld; nested faults %lld; waits asleep %lld busy %lld; interrupts %lld pending %lld dropped %lld; dma bytes %lld refused %lld; link downs %lld dropped %lld; pushes %lld bytes %lld skipped refused %lld budget %lld nomem %lld busy %lld; push drops %lld; virtq rounds %lld irqs skipped %lld kicks %lld; stalls %lld fast fails %lld queue drops %lld\n",
 			fn->domain, atomic64_read(&c->mmio_writes), atomic64_read(&c->mmio_reads),
 			atomic64_read(&c->volatile_reads), atomic64_read(&c->read_timeouts),
 			atomic64_read(&c->queue_waits), atomic64_read(&c->queue_overruns),
@@ -914,7 +1026,8 @@ static void pcinet_remove(struct pcinet_fn *fn)
 			atomic64_read(&c->push_over_budget), atomic64_read(&c->push_nomem),
 			atomic64_read(&c->push_busy), atomic64_read(&c->push_drops),
 			atomic64_read(&c->vq_rounds), atomic64_read(&c->vq_irqs_skipped),
-			atomic64_read(&c->vq_kicks));
+			atomic64_read(&c->vq_kicks), atomic64_read(&c->stalls),
+			atomic64_read(&c->stall_fails), atomic64_read(&c->queue_drops));
 	}
 	WRITE_ONCE(fn->state, PN_DETACHED);
 	wake_up_interruptible_all(&fn->readq);
@@ -923,8 +1036,12 @@ static void pcinet_remove(struct pcinet_fn *fn)
 static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 {
 	const struct pcinet_hdr *h = buf;
+	u16 type = le16_to_cpu(h->type);
 
-	switch (le16_to_cpu(h->type)) {
+	/* Anything the device says ends a stall (pcinet_stall()). */
+	if (type != PCINET_W_LINK_DOWN && type != PCINET_W_DETACH)
+		pcinet_unstall(fn);
+	switch (type) {
 	case PCINET_W_ATTACH:
 		if (len != ALIGN(sizeof(struct pcinet_w_attach), 8))
 			return -EINVAL;
@@ -1198,6 +1315,7 @@ static int pcinet_open(struct inode *inode, struct file *file)
 	}
 	mutex_init(&fn->lock);
 	spin_lock_init(&fn->qlock);
+	raw_spin_lock_init(&fn->cfg_lock);
 	spin_lock_init(&fn->shadow_lock);
 	spin_lock_init(&fn->reads_lock);
 	spin_lock_init(&fn->msix_lock);

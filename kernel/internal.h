@@ -6,7 +6,8 @@
  * the device read; link.c carries the data plane on a TCP connection of its own (W_CONNECT).
  * Records: uapi/pcinet.h, docs/KERNEL-ABI.md.
  *
- * Spinlocks that nest, outermost first: push_lock, the DMA table's lock, qlock.
+ * Spinlocks that nest, outermost first: cfg_lock, msix_lock; cfg_lock, push_lock, the DMA table's
+ * lock, qlock.
  */
 #ifndef PCINET_INTERNAL_H
 #define PCINET_INTERNAL_H
@@ -26,6 +27,9 @@
 
 /* Bytes of records waiting for read() before producers wait for the reader (bounded). */
 #define PCINET_QUEUE_BYTES	(1u << 20)
+/* ... and past which they drop records (counted) instead: a reader that stopped reading cannot
+ * make the module allocate without bound, in atomic context least of all. */
+#define PCINET_QUEUE_CAP	(16u << 20)
 /* The largest record either way: an attach (three config images) or a data record. */
 #define PCINET_MAX_RECORD	max_t(size_t, sizeof(struct pcinet_w_attach), \
 				      sizeof(struct pcinet_w_dma_write) + PCINET_MAX_DATA)
@@ -107,6 +111,9 @@ struct pcinet_counters {
 	atomic64_t vq_rounds;		/* W_VIRTQ_DONE applied */
 	atomic64_t vq_irqs_skipped;	/* ... whose interrupt the driver did not want */
 	atomic64_t vq_kicks;		/* ... that found buffers no notify announced: kicked */
+	atomic64_t stalls;		/* a wait for the device ran out: it stopped answering */
+	atomic64_t stall_fails;		/* accesses failed at once while it was stalled */
+	atomic64_t queue_drops;		/* records dropped past PCINET_QUEUE_CAP */
 	/* Timing (ns, with how many they add up; the pcinet_timing sysfs file): */
 	atomic64_t t_mmio_ns, t_mmio_n;		/* the fault handler serving one BAR access */
 	atomic64_t t_queue_ns, t_queue_n;	/* a record queued -> taken by the link */
@@ -130,6 +137,8 @@ struct pcinet_fn {
 	wait_queue_head_t writeq;
 
 	u32 msix_vectors;
+	raw_spinlock_t cfg_lock;	/* config (the image, BAR registers) against config accesses
+					 * on other CPUs: x86 makes them without pci_lock */
 	struct pcinet_bar bars[PCINET_NUM_BARS];
 	u8 config[PCINET_CONFIG_SIZE];
 	u8 config_init[PCINET_CONFIG_SIZE];	/* the image as attached, for FLR */
@@ -140,7 +149,8 @@ struct pcinet_fn {
 	unsigned int nranges;
 
 	int domain;
-	struct resource window;
+	struct resource window;		/* the 64-bit BARs, above 512 GiB */
+	struct resource window32;	/* the 32-bit BARs, in a host bridge window below 4 GiB */
 	struct resource busn;
 	struct pci_sysdata sysdata;
 	struct pci_bus *bus;
@@ -160,6 +170,8 @@ struct pcinet_fn {
 	/* MMIO (mmio.c) */
 	struct list_head live;	/* on the list of started functions (RCU) */
 	spinlock_t shadow_lock;	/* BAR shadows against W_SHADOW */
+	atomic_t stalled;	/* 1: a wait for the device ran out; waits fail at once until it
+				 * answers again (pcinet_stall(), pcinet_unstall()) */
 	atomic64_t writes_sent;	/* non-doorbell MMIO writes queued */
 	atomic64_t writes_applied;
 	wait_queue_head_t mmioq;	/* deferred accesses waiting for fences and completions */
@@ -178,8 +190,10 @@ struct pcinet_fn {
 	u16 *ring;		/* raises waiting for delivery, in order */
 	u64 *ring_ns;		/* ... and when each was raised */
 	unsigned int ring_head, ring_count;
+	bool msix_overflow;	/* a raise found the ring full: vectors wait in the PBA for room */
 	wait_queue_head_t ring_wait;
 	struct irq_work irq_work;
+	struct irq_work irq_work_more;	/* lazy: delivery past its budget goes on at the next tick */
 	raw_spinlock_t deliver_lock;
 	struct fwnode_handle *msi_fwnode;
 	struct irq_domain *msi_domain;
@@ -233,6 +247,13 @@ void pcinet_mmio_link_down(struct pcinet_fn *fn);
 void pcinet_timing_add(atomic64_t *ns, atomic64_t *n, u64 since);
 void pcinet_mmio_kick(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
+void pcinet_stall(struct pcinet_fn *fn);
+void pcinet_unstall(struct pcinet_fn *fn);
+
+static inline bool pcinet_stalled(struct pcinet_fn *fn)
+{
+	return atomic_read(&fn->stalled);
+}
 
 /* msix.c */
 int pcinet_msix_attach(struct pcinet_fn *fn);

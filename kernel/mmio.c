@@ -39,7 +39,9 @@
  * through defer.S and waits asleep in the faulting task, so every CPU of the machine can be in
  * such a wait while the host-agent still runs. Only atomic contexts (interrupt handlers, code
  * under spinlocks) busy-wait in the fault handler, bounded by atomic_timeout_ms; those need
- * another CPU to run the host-agent.
+ * another CPU to run the host-agent. A wait that runs out marks the device stalled, and until it
+ * answers again no access waits at all (pcinet_stall()): a string move or a polling loop over a
+ * device that stopped answering costs one timeout, not one per access.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -93,7 +95,6 @@ struct pcinet_map {
 	u32 bar;
 	u64 bar_off;			/* BAR offset of virt */
 	pteval_t pte_flags;		/* flags of the 4 KiB entries we cleared */
-	pmdval_t pmd_flags;		/* flags of the 2 MiB entries we cleared */
 	bool calibrate;			/* the load-time probe of the fault path */
 	struct rcu_head rcu;
 };
@@ -129,6 +130,32 @@ static void pcinet_flush_tlb(void *unused)
 	__flush_tlb_all();
 }
 
+/*
+ * ioremap() maps the 2 MiB-aligned stretches of a BAR of 2 MiB or more with 2 MiB entries. A trap
+ * needs 4 KiB ones: an emulation failure gives back one page, and lookup_address() must find each
+ * entry again to put it back (a cleared 2 MiB entry is "none", which it does not return). So the
+ * 2 MiB entry is replaced by a table of 512 entries mapping the same frames with the same
+ * attributes (the PAT bit moves, as in the kernel's own large-page split). The mapping is the
+ * caller's alone until ioremap() returns, and every TLB is flushed after. After iounmap() the
+ * table stays in the kernel's page tables like that of any 4 KiB mapping; a later huge mapping
+ * at that address frees it (pmd_free_pte_page()).
+ */
+static bool pcinet_split_pmd(pmd_t *pmd)
+{
+	pgprot_t prot = pgprot_large_2_4k(__pgprot(pmd_flags(*pmd)));
+	unsigned long pfn = pmd_pfn(*pmd);
+	pte_t *ptes;
+	int i;
+
+	ptes = (pte_t *)get_zeroed_page(GFP_ATOMIC | __GFP_NOWARN);
+	if (!ptes)
+		return false;
+	for (i = 0; i < PTRS_PER_PTE; i++)
+		set_pte(&ptes[i], pfn_pte(pfn + i, prot));
+	set_pmd(pmd, __pmd(__pa(ptes) | _KERNPG_TABLE));
+	return true;
+}
+
 /* Clears the entries of [m->virt, m->virt + m->len). Returns false if a level is unexpected. */
 static bool pcinet_map_protect(struct pcinet_map *m)
 {
@@ -138,23 +165,16 @@ static bool pcinet_map_protect(struct pcinet_map *m)
 
 	while (addr < end) {
 		pte = lookup_address(addr, &level);
-		if (!pte || (level != PG_LEVEL_4K && level != PG_LEVEL_2M))
-			return false;
-		if (level == PG_LEVEL_2M) {
-			pmd_t *pmd = (pmd_t *)pte;
-
-			if (!IS_ALIGNED(addr, PMD_SIZE) || end - addr < PMD_SIZE || !pmd_present(*pmd))
+		if (pte && level == PG_LEVEL_2M) {
+			if (!pmd_large(*(pmd_t *)pte) || !pcinet_split_pmd((pmd_t *)pte))
 				return false;
-			m->pmd_flags = pmd_flags(*pmd);
-			pmd_clear(pmd);
-			addr += PMD_SIZE;
-		} else {
-			if (!pte_present(*pte))
-				return false;
-			m->pte_flags = pte_flags(*pte);
-			pte_clear(&init_mm, addr, pte);
-			addr += PAGE_SIZE;
+			pte = lookup_address(addr, &level);
 		}
+		if (!pte || level != PG_LEVEL_4K || !pte_present(*pte))
+			return false;
+		m->pte_flags = pte_flags(*pte);
+		pte_clear(&init_mm, addr, pte);
+		addr += PAGE_SIZE;
 	}
 	return true;
 }
@@ -162,27 +182,15 @@ static bool pcinet_map_protect(struct pcinet_map *m)
 /* Puts back the entries of [from, to) of a mapping (those that were cleared). */
 static void pcinet_map_unprotect(struct pcinet_map *m, unsigned long from, unsigned long to)
 {
-	unsigned long addr = from;
+	unsigned long addr;
 	unsigned int level;
 	pte_t *pte;
 
-	while (addr < to) {
-		u64 phys = m->phys + (addr - m->virt);
-
+	for (addr = from; addr < to; addr += PAGE_SIZE) {
 		pte = lookup_address(addr, &level);
-		if (!pte)
-			break;
-		if (level == PG_LEVEL_2M) {
-			pmd_t *pmd = (pmd_t *)pte;
-
-			if (pmd_none(*pmd))
-				set_pmd(pmd, __pmd((phys & PHYSICAL_PMD_PAGE_MASK) | m->pmd_flags));
-			addr = ALIGN(addr + 1, PMD_SIZE);
-		} else {
-			if (pte_none(*pte))
-				set_pte(pte, __pte((phys & PTE_PFN_MASK) | m->pte_flags));
-			addr += PAGE_SIZE;
-		}
+		if (pte && level == PG_LEVEL_4K && pte_none(*pte))
+			set_pte(pte, __pte(((m->phys + (addr - m->virt)) & PTE_PFN_MASK) |
+					   m->pte_flags));
 	}
 }
 
@@ -194,30 +202,64 @@ static bool pcinet_fn_live(struct pcinet_fn *fn)
 	       (READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MEMORY);
 }
 
-/* Waits until *count >= target; false on timeout or when the function goes. */
+/*
+ * A wait for the device ran out (docs/KERNEL.md, "A device that stops answering"): like a PCIe
+ * completion timeout, the access fails, and until the device is heard from again every access
+ * that would wait for it fails at once instead. Without that, a string move over a stalled
+ * device, or a driver polling it under a spinlock, would wait the full timeout once per element,
+ * with interrupts off in atomic context. Any context.
+ */
+void pcinet_stall(struct pcinet_fn *fn)
+{
+	if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down) ||
+	    atomic_cmpxchg(&fn->stalled, 0, 1))
+		return;
+	atomic64_inc(&fn->stats.stalls);
+	pr_warn_ratelimited("%04x:00:00.0: the device stopped answering: accesses that wait for it fail at once (reads all-ones) until it answers again\n",
+			    fn->domain);
+}
+
+/* A record from the device arrived: it answers again. */
+void pcinet_unstall(struct pcinet_fn *fn)
+{
+	if (atomic_read(&fn->stalled) && atomic_cmpxchg(&fn->stalled, 1, 0))
+		pr_info_ratelimited("%04x:00:00.0: the device answers again\n", fn->domain);
+}
+
+/* Waits until *count >= target; false on timeout, when the function goes, or (at once) while the
+ * device is stalled. */
 static bool pcinet_wait_count(struct pcinet_fn *fn, atomic64_t *count, s64 target,
 			      enum pcinet_wait how)
 {
 	unsigned long timeout = msecs_to_jiffies(READ_ONCE(read_timeout_ms));
 	u64 until;
-
+	bool ok;
 
 	if (atomic64_read_acquire(count) >= target)
 		return true;
-	atomic64_inc(how == PN_SLEEP ? &fn->stats.deferred : &fn->stats.spun);
-	if (how == PN_SLEEP)
-		return wait_event_timeout(fn->mmioq, atomic64_read_acquire(count) >= target ||
-					  READ_ONCE(fn->state) != PN_STARTED ||
-					  READ_ONCE(fn->link_down), timeout) &&
-		       atomic64_read_acquire(count) >= target;
-	until = ktime_get_ns() + (u64)READ_ONCE(atomic_timeout_ms) * NSEC_PER_MSEC;
-	while (atomic64_read_acquire(count) < target) {
-		if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down) ||
-		    ktime_get_ns() > until)
-			return false;
-		cpu_relax();
+	if (pcinet_stalled(fn)) {
+		atomic64_inc(&fn->stats.stall_fails);
+		return false;
 	}
-	return true;
+	atomic64_inc(how == PN_SLEEP ? &fn->stats.deferred : &fn->stats.spun);
+	if (how == PN_SLEEP) {
+		ok = wait_event_timeout(fn->mmioq, atomic64_read_acquire(count) >= target ||
+					READ_ONCE(fn->state) != PN_STARTED ||
+					READ_ONCE(fn->link_down), timeout) &&
+		     atomic64_read_acquire(count) >= target;
+	} else {
+		until = ktime_get_ns() + (u64)READ_ONCE(atomic_timeout_ms) * NSEC_PER_MSEC;
+		for (;;) {
+			ok = atomic64_read_acquire(count) >= target;
+			if (ok || READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down) ||
+			    ktime_get_ns() > until)
+				break;
+			cpu_relax();
+		}
+	}
+	if (!ok)
+		pcinet_stall(fn);
+	return ok;
 }
 
 static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size,
@@ -232,6 +274,12 @@ static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *v
 	u32 tag;
 
 	atomic64_inc(&fn->stats.volatile_reads);
+	if (pcinet_stalled(fn)) {
+		atomic64_inc(&fn->stats.stall_fails);
+		atomic64_inc(&fn->stats.read_timeouts);
+		memset(val, 0xff, size);
+		return;
+	}
 	spin_lock_irqsave(&fn->reads_lock, flags);
 	for (i = 0; i < PCINET_READ_SLOTS; i++) {
 		if (!fn->reads[i].tag) {
@@ -288,6 +336,7 @@ static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *v
 		atomic64_inc(&fn->stats.read_timeouts);
 		pr_warn_ratelimited("%04x:00:00.0: MMIO read of BAR %u +0x%llx timed out: all-ones\n",
 				    fn->domain, bar, off);
+		pcinet_stall(fn);
 	}
 	memcpy(val, &data, size);
 }

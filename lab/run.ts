@@ -130,6 +130,8 @@ export interface RunInLabOptions {
   reconnect?: boolean;
   /** false: the host-agent keeps the data plane even over plain TCP (`--no-kernel-link`). */
   kernelLink?: boolean;
+  /** More `pcinet host` flags, e.g. ['--grace-ms', '120000']. */
+  hostAgentArgs?: readonly string[];
 }
 
 /** What a `card` hook may do on this machine. */
@@ -530,6 +532,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
           logLevel: o.logLevel,
           reconnect: o.reconnect,
           kernelLink: o.kernelLink,
+          extra: o.hostAgentArgs,
         }),
         expectDevices: external ? undefined : devices.length,
         readyTimeoutS: READY_TIMEOUT_S,

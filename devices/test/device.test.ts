@@ -1,7 +1,7 @@
 import { crc32 } from 'node:zlib';
 import { expect, describe as group, it } from 'vitest';
 import { FakeBus, FakeHost } from '../pci/fake-host.js';
-import { TestDevice } from './device.js';
+import { TestDevice, testDeviceSpec } from './device.js';
 import {
   CMD,
   IRQ_NONE,
@@ -9,6 +9,7 @@ import {
   STATUS,
   TEST_ERR,
   TEST_MAGIC,
+  TEST_MAX_BURST,
   TEST_MAX_DMA,
   TEST_MEM_BAR,
   TEST_MEM_BAR_SIZE,
@@ -318,6 +319,54 @@ group('test device', () => {
     wr(REG.ARG, 0);
     wr(REG.COMMAND, CMD.RAISE_MSIX);
     expect(host.interrupts).toEqual([0]);
+  });
+
+  it('RAISE_BURST raises ARG SIZE times back to back, then completes; bad SIZE or ARG fail', () => {
+    const { rd, wr, host } = world();
+    wr(REG.IRQ_VECTOR, 0);
+    wr(REG.ARG, 3);
+    wr(REG.SIZE, 500);
+    wr(REG.COMMAND, CMD.RAISE_BURST);
+    expect(rd(REG.STATUS)).toBe(STATUS.DONE);
+    expect(host.interrupts).toEqual([...Array.from({ length: 500 }, () => 3), 0]);
+    for (const [arg, size] of [
+      [3, 0],
+      [3, TEST_MAX_BURST + 1],
+      [8, 1],
+    ] as const) {
+      wr(REG.STATUS, STATUS.DONE | STATUS.ERROR);
+      wr(REG.ARG, arg);
+      wr(REG.SIZE, size);
+      wr(REG.COMMAND, CMD.RAISE_BURST);
+      expect(rd(REG.STATUS)).toBe(STATUS.DONE | STATUS.ERROR);
+      expect(rd(REG.ERROR)).toBe(TEST_ERR.BAD_ARGUMENT);
+    }
+  });
+
+  it('BAR 2 takes its size, width and prefetchability from the options (--device test:mem=…)', () => {
+    const o = testDeviceSpec.options;
+    const size = o.mem!.parse('16M') as number;
+    const dev = testDeviceSpec.create(
+      { mem: size, mem32: o.mem32!.parse('on'), prefetch: o.prefetch!.parse('on') },
+      {} as never,
+    ) as TestDevice;
+    const bar = dev.description.bars.find((b) => b.index === TEST_MEM_BAR)!;
+    expect(bar).toMatchObject({ kind: 'mem32', size: 16 << 20, prefetchable: true });
+    expect(o.mem!.parse('256M')).toBe(256 << 20);
+    // BAR 2's register: 32-bit (type 00), prefetchable (bit 3).
+    const cfg = dev.description.config!;
+    expect(cfg[0x18]! & 0xf).toBe(0x8);
+    const bus = new FakeBus(dev, new FakeHost());
+    bus.write32(TEST_MEM_BAR, size - 4, 0x600dcafe);
+    expect(bus.read32(TEST_MEM_BAR, size - 4)).toBe(0x600dcafe);
+    expect(new TestDevice().description.bars.find((b) => b.index === TEST_MEM_BAR)).toMatchObject({
+      kind: 'mem64',
+      size: TEST_MEM_BAR_SIZE,
+      prefetchable: false,
+    });
+    expect(() => testDeviceSpec.options.mem!.parse('3M')).toThrow('power of two from 4K to 256M');
+    expect(() => testDeviceSpec.options.mem!.parse('512M')).toThrow('power of two');
+    expect(() => new TestDevice({ memSize: 1000 })).toThrow(RangeError);
   });
 
   it('counts commands and failures', () => {

@@ -22,7 +22,7 @@ import {
   type RegisterTable,
   registers,
 } from '../pci/index.js';
-import { deviceSpec, intOption } from '../spec.js';
+import { deviceSpec, intOption, type OptionParser, parseSize, switchOption } from '../spec.js';
 import {
   CMD,
   IRQ_NONE,
@@ -33,7 +33,9 @@ import {
   TEST_DEVICE_ID,
   TEST_ERR,
   TEST_MAGIC,
+  TEST_MAX_BURST,
   TEST_MAX_DMA,
+  TEST_MAX_MEM_BAR_SIZE,
   TEST_MAX_VECTORS,
   TEST_MEM_BAR,
   TEST_MEM_BAR_SIZE,
@@ -55,7 +57,22 @@ const DMA_WRITE_BURST = 256 << 10;
 export interface TestDeviceOptions {
   /** MSI-X vectors, 1..64; default 8. */
   vectors?: number;
+  /** BAR 2's size: a power of two, 4 KiB..256 MiB; default 64 KiB. */
+  memSize?: number;
+  /** BAR 2 is a 32-bit BAR (default 64-bit). */
+  mem32?: boolean;
+  /** BAR 2 is prefetchable (default not). */
+  prefetch?: boolean;
 }
+
+/** What testConfig() lays out for BAR 2. */
+export interface TestMemBar {
+  size: number;
+  kind: 'mem32' | 'mem64';
+  prefetchable: boolean;
+}
+
+const DEFAULT_MEM_BAR: TestMemBar = { size: TEST_MEM_BAR_SIZE, kind: 'mem64', prefetchable: false };
 
 const idle = (c: TestDevice, name: string) => c.idle(name);
 
@@ -92,7 +109,7 @@ export const bar0: RegisterTable<TestDevice> = registers<TestDevice>([
   { name: 'DONE_COUNT', at: REG.DONE_COUNT, size: 4, access: 'ro' },
 ]);
 
-export function testConfig(vectors: number) {
+export function testConfig(vectors: number, mem: TestMemBar = DEFAULT_MEM_BAR) {
   return pciConfig({
     vendorId: TEST_VENDOR_ID,
     deviceId: TEST_DEVICE_ID,
@@ -100,7 +117,7 @@ export function testConfig(vectors: number) {
     revision: TEST_REVISION,
     bars: [
       { index: TEST_REG_BAR, kind: 'mem64', size: TEST_REG_BAR_SIZE },
-      { index: TEST_MEM_BAR, kind: 'mem64', size: TEST_MEM_BAR_SIZE },
+      { index: TEST_MEM_BAR, kind: mem.kind, size: mem.size, prefetchable: mem.prefetchable },
     ],
     caps: [
       pcieCap({ type: 'endpoint' }),
@@ -125,12 +142,20 @@ export class TestDevice extends PciDevice<TestDevice> {
     if (!Number.isInteger(vectors) || vectors < 1 || vectors > TEST_MAX_VECTORS) {
       throw new RangeError(`test device: vectors must be 1..${TEST_MAX_VECTORS}, got ${vectors}`);
     }
+    const mem: TestMemBar = {
+      size: o.memSize ?? TEST_MEM_BAR_SIZE,
+      kind: o.mem32 ? 'mem32' : 'mem64',
+      prefetchable: o.prefetch ?? false,
+    };
+    if (!isBarSize(mem.size)) {
+      throw new RangeError(`test device: BAR 2 must be a power of two of 4K..256M bytes, got ${mem.size}`);
+    }
     super({
       model: 'test',
-      config: testConfig(vectors),
+      config: testConfig(vectors, mem),
       bars: [
         { index: TEST_REG_BAR, registers: bar0, reset: { VECTORS: vectors } },
-        { index: TEST_MEM_BAR, memory: [{ offset: 0, length: TEST_MEM_BAR_SIZE }] },
+        { index: TEST_MEM_BAR, memory: [{ offset: 0, length: mem.size }] },
       ],
     });
     this.vectors = vectors;
@@ -188,6 +213,22 @@ export class TestDevice extends PciDevice<TestDevice> {
           return;
         }
         this.host.raiseMsix(vector);
+        this.#complete(TEST_ERR.OK);
+        return;
+      }
+      case CMD.RAISE_BURST: {
+        const vector = r.u32(REG.ARG);
+        const count = r.u32(REG.SIZE);
+        if (vector >= this.vectors) {
+          this.#fail(TEST_ERR.BAD_ARGUMENT, 'test.cmd.bad-vector', { vector, vectors: this.vectors });
+          return;
+        }
+        if (count < 1 || count > TEST_MAX_BURST) {
+          this.#fail(TEST_ERR.BAD_ARGUMENT, 'test.cmd.bad-size', { size: count, max: TEST_MAX_BURST });
+          return;
+        }
+        // All in one host batch: the raises reach the host back to back.
+        for (let i = 0; i < count; i++) this.host.raiseMsix(vector);
         this.#complete(TEST_ERR.OK);
         return;
       }
@@ -258,9 +299,28 @@ export class TestDevice extends PciDevice<TestDevice> {
   }
 }
 
+const isBarSize = (n: number) =>
+  Number.isSafeInteger(n) && n >= 4096 && n <= TEST_MAX_MEM_BAR_SIZE && (n & (n - 1)) === 0;
+
+/** BAR 2's size: SIZE with K/M suffixes, a power of two from 4K to 256M. */
+const memSizeOption: OptionParser<number> = {
+  syntax: 'SIZE',
+  help: 'BAR 2 (plain memory) size, a power of two 4K..256M (default 64K)',
+  parse(value) {
+    const n = parseSize(value);
+    if (!isBarSize(n)) throw new Error('must be a power of two from 4K to 256M');
+    return n;
+  },
+};
+
 export const testDeviceSpec = deviceSpec({
   name: 'test',
   summary: 'the conformance device (docs/devices.md): registers, MSI-X, DMA, volatile reads, doorbells',
-  options: { vectors: intOption(1, TEST_MAX_VECTORS, `MSI-X vectors (default ${TEST_DEFAULT_VECTORS})`) },
-  create: (o) => new TestDevice({ vectors: o.vectors }),
+  options: {
+    vectors: intOption(1, TEST_MAX_VECTORS, `MSI-X vectors (default ${TEST_DEFAULT_VECTORS})`),
+    mem: memSizeOption,
+    mem32: switchOption('BAR 2 is a 32-bit BAR (default off: 64-bit)'),
+    prefetch: switchOption('BAR 2 is prefetchable (default off)'),
+  },
+  create: (o) => new TestDevice({ vectors: o.vectors, memSize: o.mem, mem32: o.mem32, prefetch: o.prefetch }),
 });

@@ -12,9 +12,12 @@ export const TEST_REVISION = 1;
 /** BAR 0: registers (64-bit memory BAR, 16 KiB). MSI-X table and PBA live in BAR 0 too. */
 export const TEST_REG_BAR = 0;
 export const TEST_REG_BAR_SIZE = 0x4000;
-/** BAR 2: plain memory (64-bit memory BAR, 64 KiB): the driver may read and write it freely. */
+/** BAR 2: plain memory (64-bit memory BAR, 64 KiB): the driver may read and write it freely.
+ *  `--device test:mem=SIZE,mem32=on,prefetch=on` makes it larger (up to 256 MiB, pcinet.ko's
+ *  largest BAR), 32-bit or prefetchable; drivers take its size from the BAR. */
 export const TEST_MEM_BAR = 2;
 export const TEST_MEM_BAR_SIZE = 0x10000;
+export const TEST_MAX_MEM_BAR_SIZE = 256 << 20;
 
 export const TEST_MSIX_TABLE = 0x2000;
 export const TEST_MSIX_PBA = 0x3000;
@@ -48,10 +51,14 @@ export const IRQ_NONE = 0xffffffff;
 /** Largest DMA command; 4 MiB keeps a selftest quick while crossing many MAX_DMA_CHUNK splits. */
 export const TEST_MAX_DMA = 4 << 20;
 
+/** Most raises of one RAISE_BURST: twice pcinet.ko's raise ring (4096), so a burst can fill it. */
+export const TEST_MAX_BURST = 8192;
+
 export const CMD = {
   RAISE_MSIX: 1, // raise vector ARG
   DMA_READ: 2, // read SIZE bytes at SRC_ADDR, CRC-32 into CHECKSUM
   DMA_WRITE: 3, // write SIZE bytes of testPattern(ARG) to DST_ADDR
+  RAISE_BURST: 4, // raise vector ARG SIZE times at once (1..TEST_MAX_BURST), then complete
 } as const;
 
 export const STATUS = {

@@ -9,6 +9,7 @@
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
 #include <linux/crc32.h>
+#include <linux/delay.h>
 #include <linux/debugfs.h>
 #include <linux/dma-mapping.h>
 #include <linux/interrupt.h>
@@ -51,12 +52,24 @@ struct ptest_op {
 	char result[RESULT_LEN];
 };
 
-enum { OP_DMA_READ, OP_DMA_WRITE, OP_DMA_FAULT, OP_STRESS, OP_MEMTEST, OP_COUNT };
+enum {
+	OP_DMA_READ, OP_DMA_WRITE, OP_DMA_FAULT, OP_STRESS, OP_MEMTEST, OP_MEMTEST_AT,
+	OP_ATOMIC_READ, OP_ATOMIC_WRITE, OP_LOCKED_INC, OP_BURST, OP_COUNT
+};
+
+/* memtest_at: the most bytes one run copies each way. */
+#define MEMTEST_MAX		(4 << 20)
+/* irq_delay_us: at most this, in hard interrupt context. */
+#define IRQ_DELAY_MAX_US	5000
+/* burst: how long the last raise of a burst may take to arrive. */
+#define BURST_TIMEOUT		(10 * HZ)
 
 struct ptest {
 	struct pci_dev *pdev;
 	void __iomem *regs;
 	void __iomem *mem;
+	u64 mem_size;		/* BAR 2's size (--device test:mem=…) */
+	u32 irq_delay_us;	/* each handler run busy-waits this long: a slow handler */
 	int nvec;
 	struct ptest_vec *vec;
 	wait_queue_head_t irq_wait;
@@ -70,7 +83,10 @@ static struct dentry *ptest_root;
 static irqreturn_t ptest_irq(int irq, void *data)
 {
 	struct ptest_vec *v = data;
+	u32 delay = READ_ONCE(v->t->irq_delay_us);
 
+	if (delay)
+		udelay(delay);
 	atomic_inc(&v->count);
 	wake_up_all(&v->t->irq_wait);
 	return IRQ_HANDLED;
@@ -288,7 +304,7 @@ static int stress_thread(void *data)
 /* stress: a kthread per online CPU (up to what BAR 2 has room for), all doing MMIO at once. */
 static int op_stress(struct ptest *t, u64 iterations, u64 unused, char *result)
 {
-	unsigned int max = TEST_MEM_BAR_SIZE / STRESS_STRIDE, n = 0, i, cpu;
+	unsigned int max = min_t(u64, t->mem_size, TEST_MEM_BAR_SIZE) / STRESS_STRIDE, n = 0, i, cpu;
 	unsigned long mismatches = 0;
 	struct stress_ctx *ctx;
 	const char *first = "";
@@ -337,15 +353,14 @@ static int op_stress(struct ptest *t, u64 iterations, u64 unused, char *result)
 	return ret;
 }
 
-/* memtest: string MMIO (memcpy_toio, memcpy_fromio, memset_io) on BAR 2 at an odd offset. */
-static int op_memtest(struct ptest *t, u64 size, u64 seed, char *result)
+/* String MMIO (memcpy_toio, memcpy_fromio, memset_io) on BAR 2 at [off, off + size). */
+static int memtest_range(struct ptest *t, u64 off, u64 size, char *result)
 {
-	/* odd: the accessors' unaligned head and tail moves run too */
-	unsigned int off = 3, i;
 	u8 *want, *got;
+	u64 i;
 	int ret = 0;
 
-	if (size < 1 || size > TEST_MEM_BAR_SIZE - off)
+	if (size < 1 || size > MEMTEST_MAX || off >= t->mem_size || size > t->mem_size - off)
 		return -EINVAL;
 	want = kvmalloc(size, GFP_KERNEL);
 	got = kvmalloc(size, GFP_KERNEL);
@@ -358,27 +373,159 @@ static int op_memtest(struct ptest *t, u64 size, u64 seed, char *result)
 	for (i = 0; i < size && got[i] == 0xa5; i++)
 		;
 	if (i < size) {
-		snprintf(result, RESULT_LEN, "fail memset_io size=%llu offset=%u read=%#x\n",
+		snprintf(result, RESULT_LEN, "fail memset_io size=%llu offset=%llu read=%#x\n",
 			 size, off + i, got[i]);
 		ret = -EIO;
 		goto out;
 	}
-	test_pattern(want, size, seed);
+	test_pattern(want, size, (u32)off);
 	memcpy_toio(t->mem + off, want, size);
 	memcpy_fromio(got, t->mem + off, size);
 	for (i = 0; i < size && got[i] == want[i]; i++)
 		;
 	if (i < size) {
-		snprintf(result, RESULT_LEN, "fail memcpy size=%llu offset=%u read=%#x want=%#x\n",
+		snprintf(result, RESULT_LEN, "fail memcpy size=%llu offset=%llu read=%#x want=%#x\n",
 			 size, off + i, got[i], want[i]);
 		ret = -EIO;
 		goto out;
 	}
-	snprintf(result, RESULT_LEN, "ok size=%llu\n", size);
 out:
 	kvfree(got);
 	kvfree(want);
 	return ret;
+}
+
+/* memtest: string MMIO on BAR 2 at an odd offset (the accessors' unaligned head and tail). */
+static int op_memtest(struct ptest *t, u64 size, u64 unused, char *result)
+{
+	int ret = memtest_range(t, 3, size, result);
+
+	if (!ret)
+		snprintf(result, RESULT_LEN, "ok size=%llu\n", size);
+	return ret;
+}
+
+/* memtest_at OFFSET SIZE: the same anywhere in BAR 2 (across 2 MiB boundaries of a large one). */
+static int op_memtest_at(struct ptest *t, u64 off, u64 size, char *result)
+{
+	int ret = memtest_range(t, off, size, result);
+
+	if (!ret)
+		snprintf(result, RESULT_LEN, "ok offset=%#llx size=%llu\n", off, size);
+	return ret;
+}
+
+/*
+ * atomic_read SIZE: memcpy_fromio() of BAR 2 with interrupts off, as an interrupt handler or code
+ * under a spinlock would do it; reports how long it took and how many bytes read all-ones (what a
+ * device that does not answer gives). A stalled device must not keep the CPU for long.
+ */
+static int op_atomic_read(struct ptest *t, u64 size, u64 unused, char *result)
+{
+	unsigned long flags;
+	u64 i, ones = 0;
+	ktime_t start;
+	s64 us;
+	u8 *buf;
+
+	if (size < 1 || size > t->mem_size || size > MEMTEST_MAX)
+		return -EINVAL;
+	buf = kvmalloc(size, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	local_irq_save(flags);
+	start = ktime_get();
+	memcpy_fromio(buf, t->mem, size);
+	us = ktime_us_delta(ktime_get(), start);
+	local_irq_restore(flags);
+	for (i = 0; i < size; i++)
+		ones += buf[i] == 0xff;
+	kvfree(buf);
+	snprintf(result, RESULT_LEN, "ok size=%llu ms=%lld all-ones=%llu\n", size, us / 1000, ones);
+	return 0;
+}
+
+/* atomic_write SIZE TIMES: memcpy_toio() of BAR 2 with interrupts off, TIMES times over. */
+static int op_atomic_write(struct ptest *t, u64 size, u64 times, char *result)
+{
+	unsigned long flags;
+	ktime_t start;
+	s64 us;
+	u64 n;
+	u8 *buf;
+
+	if (size < 1 || size > t->mem_size || size > MEMTEST_MAX || times < 1 || times > 64)
+		return -EINVAL;
+	buf = kvmalloc(size, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	memset(buf, 0x3c, size);
+	local_irq_save(flags);
+	start = ktime_get();
+	for (n = 0; n < times; n++)
+		memcpy_toio(t->mem, buf, size);
+	us = ktime_us_delta(ktime_get(), start);
+	local_irq_restore(flags);
+	kvfree(buf);
+	snprintf(result, RESULT_LEN, "ok size=%llu times=%llu ms=%lld\n", size, times, us / 1000);
+	return 0;
+}
+
+/*
+ * locked_inc OFFSET: a locked read-modify-write of BAR 2, which pcinet's emulator refuses (it
+ * cannot make an MMIO read-modify-write atomic): pcinet gives that page back untrapped and the
+ * instruction runs against the bare window. The kernel must go on.
+ */
+static int op_locked_inc(struct ptest *t, u64 off, u64 unused, char *result)
+{
+	u32 __iomem *p;
+
+	if (off >= t->mem_size || off + 4 > t->mem_size || (off & 3))
+		return -EINVAL;
+	p = (u32 __iomem *)(t->mem + off);
+	asm volatile("lock incl %0" : "+m" (*(u32 __force *)p) : : "memory");
+	snprintf(result, RESULT_LEN, "ok offset=%#llx\n", off);
+	return 0;
+}
+
+/*
+ * burst VECTOR COUNT: the device raises VECTOR COUNT times at once (RAISE_BURST). Raises of a
+ * vector that is already pending may merge, as on any MSI-X function, but the last one must
+ * arrive: waits (bounded) until the handler has run after the command completed and the vector's
+ * PBA bit is clear.
+ */
+static int op_burst(struct ptest *t, u64 vector, u64 count, char *result)
+{
+	int before, status, seen;
+	unsigned long until;
+	u64 pba;
+
+	if (vector >= t->nvec || vector == CMD_VECTOR || count < 1 || count > TEST_MAX_BURST)
+		return -EINVAL;
+	before = atomic_read(&t->vec[vector].count);
+	writel(vector, t->regs + REG_ARG);
+	writel(count, t->regs + REG_SIZE);
+	status = run_command(t, CMD_RAISE_BURST);
+	if (status < 0)
+		return status;
+	/* Delivered raises may still be on their way: wait until the count settles with the PBA
+	 * bit clear. A lost interrupt leaves the bit set and the count short. */
+	until = jiffies + BURST_TIMEOUT;
+	do {
+		seen = atomic_read(&t->vec[vector].count);
+		pba = readq(t->regs + TEST_MSIX_PBA);
+		if (!(pba & BIT_ULL(vector)) && seen != before)
+			break;
+		msleep(20);
+	} while (time_before(jiffies, until));
+	if (pba & BIT_ULL(vector) || seen == before) {
+		snprintf(result, RESULT_LEN, "fail vector=%llu raised=%llu delivered=%d pba=%#llx status=%#x\n",
+			 vector, count, seen - before, pba, status);
+		return -EIO;
+	}
+	snprintf(result, RESULT_LEN, "ok vector=%llu raised=%llu delivered=%d status=%#x\n",
+		 vector, count, seen - before, status);
+	return 0;
 }
 
 /* Operation files: write "ARG [ARG2]" to run, read the last result. */
@@ -554,6 +701,23 @@ static int pba_get(void *data, u64 *val)
 }
 DEFINE_DEBUGFS_ATTRIBUTE(pba_fops, pba_get, NULL, "0x%016llx\n");
 
+/* irq_delay_us: how long every handler run busy-waits (0..IRQ_DELAY_MAX_US), to make delivery
+ * slower than a burst of raises. */
+static int irq_delay_get(void *data, u64 *val)
+{
+	*val = READ_ONCE(((struct ptest *)data)->irq_delay_us);
+	return 0;
+}
+
+static int irq_delay_set(void *data, u64 val)
+{
+	if (val > IRQ_DELAY_MAX_US)
+		return -EINVAL;
+	WRITE_ONCE(((struct ptest *)data)->irq_delay_us, val);
+	return 0;
+}
+DEFINE_DEBUGFS_ATTRIBUTE(irq_delay_fops, irq_delay_get, irq_delay_set, "%llu\n");
+
 static int irq_counts_show(struct seq_file *s, void *unused)
 {
 	struct ptest *t = s->private;
@@ -569,20 +733,22 @@ static int info_show(struct seq_file *s, void *unused)
 {
 	struct ptest *t = s->private;
 
-	seq_printf(s, "magic 0x%08x\nversion %u\nvectors %u\nmsix %d\nstatus %#x\nerror %u\ndone_count %u\n",
+	seq_printf(s, "magic 0x%08x\nversion %u\nvectors %u\nmsix %d\nstatus %#x\nerror %u\ndone_count %u\nmem_size %llu\n",
 		   readl(t->regs + REG_MAGIC), readl(t->regs + REG_VERSION),
 		   readl(t->regs + REG_VECTORS), t->nvec, readl(t->regs + REG_STATUS),
-		   readl(t->regs + REG_ERROR), readl(t->regs + REG_DONE_COUNT));
+		   readl(t->regs + REG_ERROR), readl(t->regs + REG_DONE_COUNT), t->mem_size);
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(info);
 
 static void ptest_debugfs(struct ptest *t)
 {
-	static const char *const names[OP_COUNT] = { "dma_read", "dma_write", "dma_fault", "stress",
-						     "memtest" };
+	static const char *const names[OP_COUNT] = {
+		"dma_read", "dma_write", "dma_fault", "stress", "memtest", "memtest_at",
+		"atomic_read", "atomic_write", "locked_inc", "burst" };
 	static int (*const runs[OP_COUNT])(struct ptest *, u64, u64, char *) = {
-		op_dma_read, op_dma_write, op_dma_fault, op_stress, op_memtest };
+		op_dma_read, op_dma_write, op_dma_fault, op_stress, op_memtest, op_memtest_at,
+		op_atomic_read, op_atomic_write, op_locked_inc, op_burst };
 	int i;
 
 	t->dir = debugfs_create_dir(pci_name(t->pdev), ptest_root);
@@ -595,6 +761,7 @@ static void ptest_debugfs(struct ptest *t)
 	debugfs_create_file_unsafe("mask", 0644, t->dir, t, &mask_fops);
 	debugfs_create_file_unsafe("unmask", 0644, t->dir, t, &unmask_fops);
 	debugfs_create_file_unsafe("pba", 0444, t->dir, t, &pba_fops);
+	debugfs_create_file_unsafe("irq_delay_us", 0644, t->dir, t, &irq_delay_fops);
 	for (i = 0; i < OP_COUNT; i++) {
 		t->ops[i].t = t;
 		t->ops[i].run = runs[i];
@@ -631,6 +798,7 @@ static int ptest_probe(struct pci_dev *pdev, const struct pci_device_id *id)
 		goto err_disable;
 	t->regs = pci_iomap(pdev, TEST_REG_BAR, 0);
 	t->mem = pci_iomap(pdev, TEST_MEM_BAR, 0);
+	t->mem_size = pci_resource_len(pdev, TEST_MEM_BAR);
 	if (!t->regs || !t->mem) {
 		ret = -ENOMEM;
 		goto err_unmap;

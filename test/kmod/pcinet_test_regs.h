@@ -11,7 +11,7 @@
 #define TEST_DEVICE_ID		0x0001
 
 #define TEST_REG_BAR		0	/* 16 KiB: registers, MSI-X table and PBA */
-#define TEST_MEM_BAR		2	/* 64 KiB of plain memory */
+#define TEST_MEM_BAR		2	/* plain memory: 64 KiB unless test:mem=SIZE */
 #define TEST_MEM_BAR_SIZE	0x10000
 #define TEST_MSIX_TABLE		0x2000
 #define TEST_MSIX_PBA		0x3000
@@ -42,6 +42,8 @@
 #define CMD_RAISE_MSIX		1
 #define CMD_DMA_READ		2
 #define CMD_DMA_WRITE		3
+#define CMD_RAISE_BURST		4	/* raise vector ARG SIZE times at once */
+#define TEST_MAX_BURST		8192
 
 #define STATUS_DONE		BIT(0)
 #define STATUS_ERROR		BIT(1)
