@@ -346,6 +346,9 @@ export function listenTcp(
   };
   const server = net.createServer((s) => {
     track(s);
+    // Until a transport takes the socket (and listens for its errors itself), a peer that resets
+    // it (a port scan, a half-open connection from a network that went away) only ends it.
+    s.on('error', () => s.destroy());
     s.setNoDelay(true);
     const session = () => {
       if (auth) return startTls(s, auth);
