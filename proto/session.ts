@@ -751,6 +751,10 @@ export async function openSession(
   }
 }
 
+/** Connections waiting for their Hello or Resume at once; more are refused with BUSY. A peer that
+ *  connects and says nothing is dropped after handshakeMs; this bounds how many it can keep. */
+export const MAX_PENDING_HANDSHAKES = 64;
+
 export interface SessionServerOptions extends SessionOptions {
   /** Decides whether a new session may start (e.g. BUSY while another host holds the devices).
    *  Return a ProtocolError to refuse. */
@@ -780,6 +784,10 @@ export class SessionServer {
   accept(t: Transport): void {
     if (this.#closed) {
       t.close();
+      return;
+    }
+    if (this.#pending.size >= MAX_PENDING_HANDSHAKES) {
+      this.#refuse(t, new ProtocolError(ErrorCode.BUSY, `${MAX_PENDING_HANDSHAKES} handshakes in flight`));
       return;
     }
     this.#pending.add(t);
