@@ -29,13 +29,17 @@ class LinkChannel implements Channel {
   readonly sim = new SimChannel({ log });
   readonly events: string[] = [];
   attaches = 0;
+  /** What its devices' drivers do at a link down: ride it out (nvme), or be unbound (a NIC). */
+  constructor(readonly recovers = true) {}
 
   async attach(dev: number, desc: DeviceDescription, sink: DeviceSink): Promise<ChannelDevice> {
     this.attaches++;
     let current = sink;
     const inner = await this.sim.attach(dev, desc, (m) => current(m));
     const events = this.events;
+    const recovers = this.recovers;
     return {
+      recoversFromLinkDown: async () => recovers,
       get address() {
         return inner.address;
       },
@@ -253,6 +257,28 @@ describe('an unreachable endpoint (issue 14)', () => {
     expect(channel.events).toEqual(['down', 'up vectors=4']);
     expect(channel.attaches).toBe(1);
     expect(second.relay.devices).toEqual([{ dev: 1, model: 'test', address }]);
+    expect(parking.size).toBe(0);
+  });
+
+  it('a device whose driver cannot ride out a link down waits for the resume instead', async () => {
+    const { proxy, open } = await behindProxy();
+    const channel = new LinkChannel(false);
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ lossMs: 60_000, log });
+    const first = await open(channel, parking);
+    const unreachable = new Promise((r) => first.session.once('unreachable', r));
+    proxy.hold(true);
+    await unreachable;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(channel.events).toEqual([]);
+    proxy.hold(false);
+    proxy.cutAll();
+    await new Promise((r) => first.session.once('resumed', r));
+    await new Promise((r) => setTimeout(r, 100));
+    // Resumed in place: the same device, never down, the session open.
+    expect(channel.events).toEqual([]);
+    expect(first.relay.devices).toHaveLength(1);
+    expect(first.session.closed).toBe(false);
     expect(parking.size).toBe(0);
   });
 

@@ -12,8 +12,10 @@
 //
 // With a Parking, devices do not wait for the session's grace period either: as soon as the session
 // declares the endpoint unreachable ('unreachable': its connection went silent, or a redial failed)
-// they go link down, so their drivers quiesce and keep their I/O queued instead of timing it out
-// (nvme's I/O timeout, 30 s, is no longer than the grace period). Their state on the endpoint is
+// those whose drivers ride out a link down go link down, so the drivers quiesce and keep their I/O
+// queued instead of timing it out (nvme's I/O timeout, 30 s, is no longer than the grace period).
+// The others (virtio's drivers would be unbound: a NIC would lose its addresses and connections)
+// wait for the resume as before. Their state on the endpoint is
 // then stale: if the session resumes anyway, the relay ends it (TIMEOUT) and the next session
 // attaches the devices afresh, which brings the parked ones back up.
 import type { EventEmitter } from 'node:events';
@@ -354,12 +356,24 @@ export class Relay {
     if (!this.#session.closed) this.#session.flush();
   }
 
-  /** The endpoint is declared unreachable: every device that can wait goes link down now. */
+  /** The endpoint is declared unreachable: every device whose driver rides out a link down goes
+   *  link down now; the others (a NIC: its driver would be unbound) wait for the resume. */
   async #unreachable(why: Error): Promise<void> {
     const parking = this.#parking!;
     if (this.#closed) return;
-    const all = [...this.#devices.entries()].filter(([, d]) => d.device.linkDown);
-    if (all.length === 0) return;
+    const candidates = [...this.#devices.entries()].filter(([, d]) => d.device.linkDown);
+    const recovers = await Promise.all(
+      candidates.map(([, d]) => d.device.recoversFromLinkDown?.() ?? Promise.resolve(true)),
+    );
+    // The session may have ended (or the device gone) while we asked.
+    const all = candidates.filter(([dev, d], i) => recovers[i] && this.#devices.get(dev) === d);
+    const waiting = candidates.length - all.length;
+    if (waiting > 0)
+      this.#log.warn(
+        { devices: waiting },
+        'endpoint unreachable: devices whose drivers cannot ride out a link down wait for the session to resume',
+      );
+    if (this.#closed || all.length === 0) return;
     this.#parkedWhileOpen = true;
     for (const [dev] of all) {
       this.#devices.delete(dev);

@@ -36,10 +36,6 @@
 /* Bytes received with one recvmsg(): many completions, and always one whole record. */
 #define PCINET_LINK_RXBUF	(256 * 1024)
 #define PCINET_LINK_TIMEOUT_MAX	60000
-/* A link whose peer acknowledges nothing for this long is dead (TCP_USER_TIMEOUT). */
-#define PCINET_LINK_DEAD_MS	10000
-/* An idle link probes its peer after this long (TCP keep-alive). */
-#define PCINET_LINK_KEEPIDLE_S	5
 
 static atomic_t pcinet_link_ids = ATOMIC_INIT(0);
 
@@ -437,16 +433,10 @@ int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w)
 	/* From now on the threads block as long as the peer makes them; closing wakes them. */
 	sock->sk->sk_sndtimeo = MAX_SCHEDULE_TIMEOUT;
 	sock->sk->sk_rcvtimeo = MAX_SCHEDULE_TIMEOUT;
-	/*
-	 * A peer that vanishes without a FIN is declared dead well inside nvme's I/O timeout (30 s),
-	 * not after TCP's fifteen minutes: data unacknowledged for PCINET_LINK_DEAD_MS, or an idle
-	 * link whose probes go unanswered as long, fails the link, which takes the function's link
-	 * down at once (drivers quiesce and keep their I/O queued until the endpoint is back).
-	 */
-	tcp_sock_set_user_timeout(sock->sk, PCINET_LINK_DEAD_MS);
-	tcp_sock_set_keepidle(sock->sk, PCINET_LINK_KEEPIDLE_S);
-	tcp_sock_set_keepintvl(sock->sk, 2);
-	tcp_sock_set_keepcnt(sock->sk, 5);
+	/* A peer that vanishes without a FIN is noticed within a minute, not TCP's fifteen. */
+	tcp_sock_set_keepidle(sock->sk, 10);
+	tcp_sock_set_keepintvl(sock->sk, 5);
+	tcp_sock_set_keepcnt(sock->sk, 6);
 	sock_set_keepalive(sock->sk);
 
 	id = atomic_inc_return(&pcinet_link_ids);
