@@ -26,9 +26,11 @@ export interface NetworkEvent {
 }
 
 /** A card hook (runInLab's `card`) with the proxy and the control port; `events` fills as the
- *  guest speaks. */
-export function networkControl(events: NetworkEvent[] = []) {
+ *  guest speaks. `setup` runs first (e.g. addresses the card's TAP); what it returns runs at the
+ *  end. */
+export function networkControl(events: NetworkEvent[] = [], setup?: (card: LabCard) => Promise<() => void>) {
   return async (card: LabCard): Promise<() => Promise<void>> => {
+    const undo = await setup?.(card);
     const main = join(repoRoot(), 'dist', 'test', 'cut-proxy-main.js');
     const [cmd, ...args] = card.wrap([
       process.execPath,
@@ -77,6 +79,7 @@ export function networkControl(events: NetworkEvent[] = []) {
     return async () => {
       control.kill('SIGTERM');
       proxy.kill('SIGTERM');
+      undo?.();
     };
   };
 }
