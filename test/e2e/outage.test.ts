@@ -114,6 +114,9 @@ describe.skipIf(!root)('the card’s network gone longer than nvme’s I/O timeo
     expect(r.stdout, out).toMatch(/^flushed-data-intact$/m);
     expect(r.stdout, out).toMatch(/^more$/m);
     expect(r.stdout, out).toMatch(/^fsck-clean$/m);
+    // Down at the dead-peer timeout (nvme rides it out), not at the end of the grace period.
+    expect(r.hostAgentLog).toMatch(/endpoint unreachable: taking the devices’ links down/);
+    expect(r.hostAgentLog).toMatch(/recovered after [\d.]+ s link down/);
   });
 });
 
