@@ -107,12 +107,15 @@ export function checkHost(o: HostFlags) {
   }
   if (o.selftest && o.channel !== 'sim') throw new UsageError('--selftest needs --channel sim');
   if (o.selftest && o.reconnect) throw new UsageError('--reconnect and --selftest do not go together');
+  // Reconnecting is the kernel channel's default: a disk whose card is briefly away keeps its
+  // filesystem and its queued I/O. The sim channel runs tests and the selftest: it ends instead.
+  const reconnect = o.reconnect ?? (o.channel === 'kernel' && !o.selftest);
   const pin = o.pin ? checkFingerprint(o.pin, '--pin') : undefined;
-  return { addr, tls, pin };
+  return { addr, tls, pin, reconnect };
 }
 
 export async function runHost(o: HostFlags, log: Logger): Promise<number> {
-  const { addr, tls, pin } = checkHost(o);
+  const { addr, tls, pin, reconnect } = checkHost(o);
   const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
   return runHostAgent({
     address: addr,
@@ -123,7 +126,8 @@ export async function runHost(o: HostFlags, log: Logger): Promise<number> {
     log,
     untilSignal: untilSignal(),
     onReady: o.readyFile ? (devices) => writeReadyFile(o.readyFile!, devices) : undefined,
-    reconnect: o.reconnect,
+    reconnect,
+    ctrlLossMs: o.ctrlLossTmo * 1000,
     kernelLink: o.kernelLink,
   });
 }

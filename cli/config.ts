@@ -22,6 +22,7 @@ export const CONFIG_KEYS: Record<string, Kind> = {
   graceMs: 'number',
   readyFile: 'string',
   reconnect: 'boolean',
+  ctrlLossTmo: 'number',
   kernelLink: 'boolean',
 };
 

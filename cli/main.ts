@@ -19,6 +19,14 @@ function positiveInt(v: string): number {
   return n;
 }
 
+/** Whole seconds, 0 included (0: forever). Below ~11.6 days, which setTimeout can wait. */
+function seconds(v: string): number {
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isSafeInteger(n) || n < 0 || n > 1_000_000)
+    throw new InvalidArgumentError('must be a whole number of seconds from 0 to 1000000');
+  return n;
+}
+
 const indent = (text: string) => text.replace(/^/gm, '  ');
 
 function collect(v: string, prev: string[] = []): string[] {
@@ -111,8 +119,14 @@ export function buildProgram(): Command {
       .option('--ready-file <path>', 'write a JSON line per attached device here once all are attached')
       .option(
         '--reconnect',
-        'when the endpoint is lost for good, keep redialling and attach its devices again',
-        false,
+        'when the endpoint is lost, keep its devices (link down), redial and bring them back (default with the kernel channel)',
+      )
+      .option('--no-reconnect', 'remove the devices of an endpoint lost past the grace period, and exit')
+      .option(
+        '--ctrl-loss-tmo <seconds>',
+        'with reconnect: remove devices whose endpoint is still lost after this long (0: never)',
+        seconds,
+        600,
       )
       .option(
         '--no-kernel-link',
@@ -171,7 +185,9 @@ export interface HostFlags extends CommonFlags {
   pin?: string;
   selftest: boolean;
   readyFile?: string;
-  reconnect: boolean;
+  /** Undefined: the channel's default (kernel: on). */
+  reconnect?: boolean;
+  ctrlLossTmo: number;
   kernelLink: boolean;
 }
 

@@ -1,9 +1,12 @@
 // The host-agent process (`pcinet host`): dials the endpoint, opens a resumable session, opens the
 // channel (sim or kernel) and relays between them until a signal, the endpoint, or a lost session
 // ends it. With --selftest (sim channel) it runs the test device's selftest on every test device
-// and exits with its verdict. With reconnect, losing the endpoint parks its devices (link down, if
-// the channel can; else they are removed) and the agent redials (backoff up to RECONNECT_MAX_MS)
-// until it is back, then brings them up again (host-agent/parking.ts).
+// and exits with its verdict. With reconnect (the kernel channel's default), an endpoint declared
+// unreachable (its connection silent for the dead-peer interval, a redial that fails) or lost for
+// good parks its devices (link down, if the channel can; else they are removed): their drivers
+// quiesce and keep their I/O queued. The agent redials (capped exponential backoff with jitter)
+// until it is back, then brings them up again; devices still down after ctrl-loss-tmo are removed
+// (host-agent/parking.ts).
 //
 // Exit status: 0 orderly end or selftest passed; 1 the session failed, an attach failed, or the
 // selftest failed. (2, bad usage, is the CLI's.)
@@ -12,14 +15,14 @@ import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import { type Address, ipBytes } from '../proto/address.js';
 import type { Identity } from '../proto/identity.js';
-import { DEFAULT_GRACE_MS, openSession, type Session, type SessionOptions } from '../proto/session.js';
+import { jittered, openSession, type Session, type SessionOptions } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import type { Transport } from '../proto/transport.js';
 import { Capability, ErrorCode, long, type Msg, num, OUR_CAPABILITIES } from '../proto/wire.js';
 import { dialWs } from '../proto/ws.js';
 import type { Channel, LinkEndpoint } from './channel.js';
 import { openKernelChannel } from './kernel/channel.js';
-import { Parking } from './parking.js';
+import { DEFAULT_LOSS_MS, Parking } from './parking.js';
 import { type AttachedDevice, Relay } from './relay.js';
 import { SimChannel } from './sim/channel.js';
 import { type Check, TestDriver } from './sim/test-driver.js';
@@ -44,6 +47,9 @@ export interface HostAgentOptions {
    *  redialling and attach its devices again when it is back, instead of exiting. Not with
    *  the selftest. The first session must open, or the agent exits 1. */
   reconnect?: boolean;
+  /** With reconnect: how long devices wait link down for a lost endpoint before they are removed
+   *  (`--ctrl-loss-tmo`, in ms); 0 forever. Default DEFAULT_LOSS_MS (600 s, as NVMe/TCP). */
+  ctrlLossMs?: number;
   /** Kernel channel over TCP or TLS: let pcinet.ko carry each device's data plane on a connection
    *  of its own (docs/KERNEL-ABI.md, W_CONNECT; sealed on TLS). Default true. */
   kernelLink?: boolean;
@@ -152,18 +158,39 @@ async function linkTarget(o: HostAgentOptions): Promise<LinkEndpoint | undefined
   }
 }
 
-/** Redial delays after the endpoint went away: doubling from the first to the last. */
+/** Redial delays after the endpoint went away: doubling from the first to the last, each less up
+ *  to RECONNECT_JITTER of it at random (hosts that lost the same card do not redial in step). The
+ *  cap keeps a card that is back waiting at most this long; a dial that cannot connect costs one
+ *  TCP handshake. */
 const RECONNECT_FIRST_MS = 250;
 const RECONNECT_MAX_MS = 5000;
+const RECONNECT_JITTER = 0.2;
+
+/** One line per redial while the endpoint is away: since when its devices are down, when the next
+ *  try is, and when they will be removed. */
+function logLost(log: Logger, parking: Parking | undefined, waitMs: number): void {
+  const since = parking?.downSince;
+  if (since === undefined) {
+    log.warn({ retryMs: waitMs }, `endpoint lost; next try in ${waitMs / 1000} s`);
+    return;
+  }
+  const removeAt = parking!.removeAt;
+  const removeInS =
+    removeAt === undefined ? undefined : Math.max(0, Math.round((removeAt - Date.now()) / 1000));
+  const downSince = new Date(since).toISOString();
+  log.warn(
+    { devices: parking!.size, downSince, retryMs: waitMs, removeInS },
+    `endpoint lost: link down since ${downSince} (${Math.round((Date.now() - since) / 1000)} s), ` +
+      `next try in ${waitMs / 1000} s${removeInS === undefined ? '' : `, removal in ${removeInS} s`}`,
+  );
+}
 
 export async function runHostAgent(o: HostAgentOptions): Promise<number> {
   const log = o.log;
   const channel = await openChannel(o.channel, log);
   const reconnect = (o.reconnect ?? false) && !o.selftest;
-  // Devices wait on the bus, link down, for as long as a session would wait for a resume.
-  const parking = reconnect
-    ? new Parking({ graceMs: o.session.graceMs ?? DEFAULT_GRACE_MS, log })
-    : undefined;
+  // Devices wait on the bus, link down, for as long as NVMe/TCP would wait for its controller.
+  const parking = reconnect ? new Parking({ lossMs: o.ctrlLossMs ?? DEFAULT_LOSS_MS, log }) : undefined;
   const signalled = o.untilSignal.then((name) => ({ kind: 'signal' as const, name }));
   let delay = RECONNECT_FIRST_MS;
   let rounds = 0;
@@ -175,11 +202,12 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
       return r.code;
     }
     if (r.attached) delay = RECONNECT_FIRST_MS;
-    // The endpoint is gone (or not back yet): its devices were surprise-removed. Try again.
-    log.warn({ retryMs: delay }, 'endpoint lost; reconnecting');
+    // The endpoint is gone (or not back yet): its devices are parked (link down) or were removed.
+    const waitMs = jittered(delay, RECONNECT_JITTER);
+    logLost(log, parking, waitMs);
     let timer: NodeJS.Timeout | undefined;
     const wait = new Promise<'retry'>((resolve) => {
-      timer = setTimeout(() => resolve('retry'), delay);
+      timer = setTimeout(() => resolve('retry'), waitMs);
     });
     const next = await Promise.race([wait, signalled]);
     clearTimeout(timer);

@@ -9,7 +9,9 @@ import { TestDevice } from '../devices/test/device.js';
 import { EndpointServer } from '../endpoint/server.js';
 import { loopPair } from '../proto/loop.js';
 import { openSession, type Session } from '../proto/session.js';
+import { dialTcp } from '../proto/tcp.js';
 import { type DeviceDescription, ErrorCode, long, ProtocolError } from '../proto/wire.js';
+import { CutProxy } from '../test/cut-proxy.js';
 import type { Channel, ChannelDevice, DeviceSink } from './channel.js';
 import { differs, Parking } from './parking.js';
 import { Relay } from './relay.js';
@@ -27,13 +29,17 @@ class LinkChannel implements Channel {
   readonly sim = new SimChannel({ log });
   readonly events: string[] = [];
   attaches = 0;
+  /** What its devices' drivers do at a link down: ride it out (nvme), or be unbound (a NIC). */
+  constructor(readonly recovers = true) {}
 
   async attach(dev: number, desc: DeviceDescription, sink: DeviceSink): Promise<ChannelDevice> {
     this.attaches++;
     let current = sink;
     const inner = await this.sim.attach(dev, desc, (m) => current(m));
     const events = this.events;
+    const recovers = this.recovers;
     return {
+      recoversFromLinkDown: async () => recovers,
       get address() {
         return inner.address;
       },
@@ -91,7 +97,7 @@ describe('parking devices while the endpoint is away', () => {
   it('keeps the device through a lost session and brings it back for the same device', async () => {
     const channel = new LinkChannel();
     cleanup.push(() => channel.close());
-    const parking = new Parking({ graceMs: 10_000, log });
+    const parking = new Parking({ lossMs: 10_000, log });
     const first = await serve(channel, parking);
     const address = first.relay.devices[0]!.address;
     await lose(first.session);
@@ -109,7 +115,7 @@ describe('parking devices while the endpoint is away', () => {
   it('removes the parked device when the endpoint comes back with another one', async () => {
     const channel = new LinkChannel();
     cleanup.push(() => channel.close());
-    const parking = new Parking({ graceMs: 10_000, log });
+    const parking = new Parking({ lossMs: 10_000, log });
     const first = await serve(channel, parking, 4);
     await lose(first.session);
     await first.relay.done;
@@ -121,7 +127,7 @@ describe('parking devices while the endpoint is away', () => {
   it('removes parked devices when the grace period ends', async () => {
     const channel = new LinkChannel();
     cleanup.push(() => channel.close());
-    const parking = new Parking({ graceMs: 50, log });
+    const parking = new Parking({ lossMs: 50, log });
     const first = await serve(channel, parking);
     await lose(first.session);
     await first.relay.done;
@@ -133,7 +139,7 @@ describe('parking devices while the endpoint is away', () => {
   it('an orderly close removes the device instead of parking it', async () => {
     const channel = new LinkChannel();
     cleanup.push(() => channel.close());
-    const parking = new Parking({ graceMs: 10_000, log });
+    const parking = new Parking({ lossMs: 10_000, log });
     const first = await serve(channel, parking);
     await first.session.close();
     await first.relay.done;
@@ -141,10 +147,24 @@ describe('parking devices while the endpoint is away', () => {
     expect(parking.size).toBe(0);
   });
 
+  it('with ctrl-loss-tmo 0 parked devices wait for ever', async () => {
+    const channel = new LinkChannel();
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ lossMs: 0, log });
+    const first = await serve(channel, parking);
+    await lose(first.session);
+    await first.relay.done;
+    expect(parking.removeAt).toBeUndefined();
+    expect(parking.downSince).toBeLessThanOrEqual(Date.now());
+    await new Promise((r) => setTimeout(r, 200));
+    expect(channel.events).toEqual(['down']);
+    expect(parking.size).toBe(1);
+  });
+
   it('without link support the device is removed, as before', async () => {
     const channel = new SimChannel({ log });
     cleanup.push(() => channel.close());
-    const parking = new Parking({ graceMs: 10_000, log });
+    const parking = new Parking({ lossMs: 10_000, log });
     const first = await serve(channel, parking);
     await lose(first.session);
     await first.relay.done;
@@ -173,5 +193,129 @@ describe('differs', () => {
         bars: [{ ...base.bars![0]!, volatile: [{ offset: long(0), length: long(16) }] }],
       }),
     ).toBe('BAR layout');
+  });
+});
+
+/** The endpoint over TCP behind a CutProxy, with short keep-alives: its network can be taken away. */
+async function behindProxy() {
+  const opts = { keepaliveMs: 50, deadAfterMs: 300, graceMs: 20_000 };
+  const server = new EndpointServer({ models: [new TestDevice({ vectors: 4 })], log, session: opts });
+  const where = await server.listen({ scheme: 'tcp', host: '127.0.0.1', port: 0, path: '/' });
+  const proxy = await CutProxy.start(Number(where.split(':').pop()));
+  cleanup.push(async () => {
+    await proxy.close();
+    await server.close();
+  });
+  const open = async (channel: Channel, parking: Parking) => {
+    const session = await openSession(() => dialTcp('127.0.0.1', proxy.port), { ...opts, log });
+    cleanup.push(async () => {
+      if (!session.closed) await session.close();
+    });
+    const relay = new Relay(session, channel, log, parking);
+    await new Promise<void>((resolve) => {
+      relay.onSettled = () => resolve();
+    });
+    return { session, relay };
+  };
+  return { server, proxy, open };
+}
+
+async function until(cond: () => boolean, ms: number, what: string): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+describe('an unreachable endpoint (issue 14)', () => {
+  it('takes the links down as soon as the endpoint is declared dead, long before the grace period', async () => {
+    const { server, proxy, open } = await behindProxy();
+    const channel = new LinkChannel();
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ lossMs: 60_000, log });
+    const first = await open(channel, parking);
+    const address = first.relay.devices[0]!.address;
+    const t0 = Date.now();
+    proxy.hold(true);
+    await until(() => channel.events.includes('down'), 5000, 'link down');
+    // The dead-peer interval (300 ms), not the grace period (20 s), and the session still waits.
+    expect(Date.now() - t0).toBeLessThan(5000);
+    expect(first.session.closed).toBe(false);
+    expect(parking.size).toBe(1);
+    expect(first.relay.devices).toEqual([]);
+
+    // The network is back and the session resumes: its devices' state on the endpoint is stale,
+    // so the relay ends it, which frees them on the endpoint too.
+    proxy.hold(false);
+    proxy.cutAll();
+    const err = await first.relay.done;
+    expect((err as ProtocolError).code).toBe(ErrorCode.TIMEOUT);
+    await until(() => server.active === undefined, 5000, 'the endpoint to free its devices');
+
+    const second = await open(channel, parking);
+    expect(channel.events).toEqual(['down', 'up vectors=4']);
+    expect(channel.attaches).toBe(1);
+    expect(second.relay.devices).toEqual([{ dev: 1, model: 'test', address }]);
+    expect(parking.size).toBe(0);
+  });
+
+  it('a device whose driver cannot ride out a link down waits for the resume instead', async () => {
+    const { proxy, open } = await behindProxy();
+    const channel = new LinkChannel(false);
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ lossMs: 60_000, log });
+    const first = await open(channel, parking);
+    const unreachable = new Promise((r) => first.session.once('unreachable', r));
+    proxy.hold(true);
+    await unreachable;
+    await new Promise((r) => setTimeout(r, 200));
+    expect(channel.events).toEqual([]);
+    proxy.hold(false);
+    proxy.cutAll();
+    await new Promise((r) => first.session.once('resumed', r));
+    await new Promise((r) => setTimeout(r, 100));
+    // Resumed in place: the same device, never down, the session open.
+    expect(channel.events).toEqual([]);
+    expect(first.relay.devices).toHaveLength(1);
+    expect(first.session.closed).toBe(false);
+    expect(parking.size).toBe(0);
+  });
+
+  it('without a Parking (no reconnect) the devices wait for the resume as before', async () => {
+    const { proxy, open } = await behindProxy();
+    const channel = new LinkChannel();
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ lossMs: 60_000, log });
+    const first = await open(channel, parking);
+    // The same session, but a relay that was given no Parking.
+    const session = await openSession(() => dialTcp('127.0.0.1', proxy.port), {
+      keepaliveMs: 50,
+      deadAfterMs: 300,
+      log,
+    }).catch((e: Error) => e);
+    expect(session).toBeInstanceOf(ProtocolError); // BUSY: the endpoint serves one host
+    await first.session.close();
+    await first.relay.done;
+    const plain = await openSession(() => dialTcp('127.0.0.1', proxy.port), {
+      keepaliveMs: 50,
+      deadAfterMs: 300,
+      log,
+    });
+    cleanup.push(() => plain.close());
+    const relay = new Relay(plain, channel, log);
+    await new Promise<void>((resolve) => {
+      relay.onSettled = () => resolve();
+    });
+    const unreachable = new Promise((r) => plain.once('unreachable', r));
+    proxy.hold(true);
+    await unreachable;
+    await new Promise((r) => setTimeout(r, 100));
+    proxy.hold(false);
+    proxy.cutAll();
+    await new Promise((r) => plain.once('resumed', r));
+    expect(channel.events).toEqual(['remove SHUTDOWN']);
+    expect(relay.devices).toHaveLength(1);
+    expect(plain.closed).toBe(false);
   });
 });

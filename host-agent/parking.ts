@@ -1,11 +1,13 @@
-// Devices kept on the bus while their endpoint is away. When a session ends for good (the
-// endpoint was restarted and refused to resume, or did not come back within the session's grace
-// period) and the agent reconnects, a device whose channel can do it goes "link down" instead of
-// being removed: the driver hears of it through PCI error recovery and keeps its state (a mounted
-// filesystem on an NVMe disk, a configured network interface). When the endpoint is back and
-// attaches the same device again, the parked device comes back "link up" with the new instance
-// behind it; the driver resets it. Devices that do not come back within `graceMs`, or that the
-// returning endpoint no longer has, are removed as before.
+// Devices kept on the bus while their endpoint is away. When the agent reconnects and its endpoint
+// is declared unreachable (the session's dead-peer timeout, a failed redial) or the session ends
+// for good (the endpoint was restarted and refused to resume), a device whose channel can do it
+// goes "link down" instead of being removed: the driver hears of it through PCI error recovery,
+// quiesces and keeps its state (a mounted filesystem on an NVMe disk with its I/O queued, a
+// configured network interface). When the endpoint is back and attaches the same device again,
+// the parked device comes back "link up" with the new instance behind it; the driver resets it and
+// retries what it had queued. Devices that do not come back within `lossMs` (`--ctrl-loss-tmo`,
+// as NVMe/TCP's ctrl_loss_tmo; 0: wait forever), or that the returning endpoint no longer has, are
+// removed as before.
 import type { Logger } from 'pino';
 import { type DeviceDescription, ErrorCode } from '../proto/wire.js';
 import type { ChannelDevice } from './channel.js';
@@ -14,21 +16,40 @@ export interface ParkedDevice {
   device: ChannelDevice;
   model: string;
   desc: DeviceDescription;
+  /** When its link went down (Date.now()); set by park(). */
+  downAt?: number;
 }
+
+/** How long a device waits link down for its endpoint by default: NVMe/TCP's ctrl_loss_tmo. */
+export const DEFAULT_LOSS_MS = 600_000;
 
 export class Parking {
   readonly #parked = new Map<number, ParkedDevice>();
-  readonly #graceMs: number;
+  readonly #lossMs: number;
   readonly #log: Logger;
   #timer: NodeJS.Timeout | undefined;
 
-  constructor(o: { graceMs: number; log: Logger }) {
-    this.#graceMs = o.graceMs;
+  /** `lossMs`: parked devices are removed this long after the first of them went down; 0 never. */
+  constructor(o: { lossMs: number; log: Logger }) {
+    this.#lossMs = o.lossMs;
     this.#log = o.log;
   }
 
   get size(): number {
     return this.#parked.size;
+  }
+
+  /** When the device parked longest went link down, if any is parked. */
+  get downSince(): number | undefined {
+    let first: number | undefined;
+    for (const p of this.#parked.values()) if (first === undefined || p.downAt! < first) first = p.downAt;
+    return first;
+  }
+
+  /** When parked devices are removed unless their endpoint is back (undefined: never, or none). */
+  get removeAt(): number | undefined {
+    const since = this.downSince;
+    return since === undefined || this.#lossMs === 0 ? undefined : since + this.#lossMs;
   }
 
   /** Takes the device's link down and keeps it; false if the channel cannot (remove it then). */
@@ -43,15 +64,18 @@ export class Parking {
       );
       return false;
     }
-    this.#parked.set(dev, p);
+    this.#parked.set(dev, { ...p, downAt: Date.now() });
     this.#log.warn(
-      { dev, model: p.model, address: p.device.address, graceMs: this.#graceMs },
-      'endpoint lost: device kept on the bus, link down',
+      { dev, model: p.model, address: p.device.address, ctrlLossTmoS: this.#lossMs / 1000 },
+      this.#lossMs
+        ? 'endpoint lost: device kept on the bus, link down, until it is back or ctrl-loss-tmo ends'
+        : 'endpoint lost: device kept on the bus, link down, until it is back',
     );
-    this.#timer ??= setTimeout(() => {
-      this.#timer = undefined;
-      void this.evictAll('the endpoint did not come back in time');
-    }, this.#graceMs);
+    if (this.#lossMs > 0)
+      this.#timer ??= setTimeout(() => {
+        this.#timer = undefined;
+        void this.evictAll(`the endpoint did not come back within ctrl-loss-tmo (${this.#lossMs / 1000} s)`);
+      }, this.#lossMs);
     return true;
   }
 

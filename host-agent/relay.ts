@@ -9,6 +9,15 @@
 // session ends for good, every device is removed (a surprise removal unless the close was orderly),
 // or, given a Parking (the agent reconnects), kept on the bus with its link down; an Attach of the
 // same device by the next session brings it back (host-agent/parking.ts).
+//
+// With a Parking, devices do not wait for the session's grace period either: as soon as the session
+// declares the endpoint unreachable ('unreachable': its connection went silent, or a redial failed)
+// those whose drivers ride out a link down go link down, so the drivers quiesce and keep their I/O
+// queued instead of timing it out (nvme's I/O timeout, 30 s, is no longer than the grace period).
+// The others (virtio's drivers would be unbound: a NIC would lose its addresses and connections)
+// wait for the resume as before. Their state on the endpoint is
+// then stale: if the session resumes anyway, the relay ends it (TIMEOUT) and the next session
+// attaches the devices afresh, which brings the parked ones back up.
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
 import { ErrorCode, kindOf, type Msg, ProtocolError, type pcinet } from '../proto/wire.js';
@@ -61,6 +70,10 @@ export class Relay {
   #closed = false;
   #attaching = 0;
   #sawAttach = false;
+  /** Devices went link down while this session was still open (the endpoint unreachable). */
+  #parkedWhileOpen = false;
+  /** Settles once the devices taken link down by #unreachable are parked. */
+  #parkingDone: Promise<void> = Promise.resolve();
   #closeError: Error | undefined;
   readonly #done: Promise<Error | undefined>;
   #finish!: (e: Error | undefined) => void;
@@ -81,6 +94,12 @@ export class Relay {
     });
     session.on('messages', (msgs: Msg[]) => this.#receive(msgs));
     session.on('close', (err?: Error) => void this.#sessionClosed(err));
+    if (parking) {
+      session.on('unreachable', (err: Error) => {
+        this.#parkingDone = this.#unreachable(err);
+      });
+      session.on('resumed', () => void this.#resumed());
+    }
   }
 
   get failed(): readonly FailedAttach[] {
@@ -182,7 +201,11 @@ export class Relay {
         try {
           await parked.device.linkUp!(a.desc, sink, opts);
           recovered = parked.device;
-          this.#log.info({ dev, model, address: recovered.address }, 'endpoint back: link up');
+          const downS = parked.downAt ? Math.round((Date.now() - parked.downAt) / 100) / 10 : undefined;
+          this.#log.info(
+            { dev, model, address: recovered.address, downS },
+            `endpoint back: link up, recovered after ${downS ?? '?'} s link down`,
+          );
         } catch (e) {
           this.#log.error({ dev, err: (e as Error).message }, 'link up failed: attaching afresh');
           await parked.device.remove(ErrorCode.INTERNAL).catch(() => {});
@@ -335,10 +358,69 @@ export class Relay {
     if (!this.#session.closed) this.#session.flush();
   }
 
+  /** The endpoint is declared unreachable: every device whose driver rides out a link down goes
+   *  link down now; the others (a NIC: its driver would be unbound) wait for the resume. */
+  async #unreachable(why: Error): Promise<void> {
+    const parking = this.#parking!;
+    if (this.#closed) return;
+    const candidates = [...this.#devices.entries()].filter(([, d]) => d.device.linkDown);
+    const recovers = await Promise.all(
+      candidates.map(([, d]) => d.device.recoversFromLinkDown?.() ?? Promise.resolve(true)),
+    );
+    // The session may have ended (or the device gone) while we asked.
+    const all = candidates.filter(([dev, d], i) => recovers[i] && this.#devices.get(dev) === d);
+    const waiting = candidates.length - all.length;
+    if (waiting > 0)
+      this.#log.warn(
+        { devices: waiting },
+        'endpoint unreachable: devices whose drivers cannot ride out a link down wait for the session to resume',
+      );
+    if (this.#closed || all.length === 0) return;
+    this.#parkedWhileOpen = true;
+    for (const [dev] of all) {
+      this.#devices.delete(dev);
+      this.#gone.add(dev);
+    }
+    this.#log.warn(
+      { devices: all.length, why: why.message },
+      'endpoint unreachable: taking the devices’ links down until it is back (drivers quiesce, I/O waits)',
+    );
+    const kept = await Promise.all(
+      all.map(([dev, d]) => parking.park(dev, { device: d.device, model: d.model, desc: d.desc })),
+    );
+    await Promise.all(
+      all
+        .filter((_, i) => !kept[i])
+        .map(([, d]) =>
+          d.device
+            .remove(ErrorCode.TIMEOUT)
+            .catch((e: Error) => this.#log.error({ err: e }, 'remove failed')),
+        ),
+    );
+  }
+
+  /** Resumed after devices went link down: the endpoint's instances of them are stale (their DMA,
+   *  interrupts and completions went nowhere). Ending the session frees them on the endpoint; the
+   *  next session attaches them again and the parked devices come back up. */
+  async #resumed(): Promise<void> {
+    if (!this.#parkedWhileOpen || this.#closed) return;
+    await this.#parkingDone;
+    if (this.#closed) return;
+    this.#log.info('endpoint reachable again: ending this session to attach its devices afresh');
+    void this.#session.close(
+      new ProtocolError(
+        ErrorCode.TIMEOUT,
+        'the devices were taken link down while the endpoint was unreachable',
+      ),
+    );
+  }
+
   async #sessionClosed(err?: Error): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#closeError = err;
+    // The next session must find what went link down parked.
+    await this.#parkingDone;
     const reason = err ? ((err as ProtocolError).code ?? ErrorCode.TIMEOUT) : ErrorCode.SHUTDOWN;
     let all = [...this.#devices.entries()];
     this.#devices.clear();

@@ -754,6 +754,24 @@ static ssize_t pcinet_timing_show(struct device *dev, struct device_attribute *a
 }
 static DEVICE_ATTR(pcinet_timing, 0444, pcinet_timing_show, NULL);
 
+/*
+ * /sys/bus/pci/devices/<address>/pcinet_recovers: 1 if the driver bound now has the PCI error
+ * handlers that let it ride out a link down (error_detected() and slot_reset(): it quiesces, keeps
+ * its I/O queued and resets the device at link up), else 0 (a link down unbinds it). The
+ * host-agent asks before it takes a link down only because its endpoint went quiet: a driver that
+ * would be unbound is better left waiting for the session to resume. A look without the device
+ * lock (taking it here could deadlock with a removal waiting for this file): a hint, which the
+ * link-down work does not depend on.
+ */
+static ssize_t pcinet_recovers_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct device_driver *drv = READ_ONCE(dev->driver);
+	const struct pci_error_handlers *eh = drv ? to_pci_driver(drv)->err_handler : NULL;
+
+	return sysfs_emit(buf, "%d\n", eh && eh->error_detected && eh->slot_reset);
+}
+static DEVICE_ATTR(pcinet_recovers, 0444, pcinet_recovers_show, NULL);
+
 static void pcinet_add_work(struct work_struct *work)
 {
 	struct pcinet_fn *fn = container_of(work, struct pcinet_fn, add_work);
@@ -778,8 +796,9 @@ static void pcinet_dev_added(struct pcinet_fn *fn, struct pci_dev *pdev)
 	WARN_ON_ONCE(fn->pdev);
 	pci_dev_put(fn->pdev);
 	fn->pdev = pci_dev_get(pdev);
-	/* Statistics only: the device works without the file. */
+	/* Statistics and hints only: the device works without the files. */
 	fn->timing_file = !device_create_file(&pdev->dev, &dev_attr_pcinet_timing);
+	fn->recovers_file = !device_create_file(&pdev->dev, &dev_attr_pcinet_recovers);
 }
 
 /*
@@ -796,7 +815,10 @@ static void pcinet_dev_deleted(struct pcinet_fn *fn, struct pci_dev *pdev)
 		return;
 	if (fn->timing_file)
 		device_remove_file(&pdev->dev, &dev_attr_pcinet_timing);
+	if (fn->recovers_file)
+		device_remove_file(&pdev->dev, &dev_attr_pcinet_recovers);
 	fn->timing_file = false;
+	fn->recovers_file = false;
 	fn->pdev = NULL;
 	pci_dev_put(pdev);
 	if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down))

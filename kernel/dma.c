@@ -153,9 +153,12 @@ static void pcinet_dma_unmap(struct device *dev, dma_addr_t iova, size_t size)
 	if (m->size != size)
 		dev_warn_ratelimited(dev, "pcinet: unmap of %pad with size %zu, mapped with %zu\n",
 				     &iova, size, m->size);
-	/* Before the IOVA can be handed out again, so the drop cannot hit a newer mapping's pushes. */
+	/* Before the IOVA can be handed out again, so the drop cannot hit a newer mapping's pushes
+	 * and no kept event index is written into a newer mapping. */
 	if (pushed)
 		pcinet_push_unmapped(fn, m->iova, m->size);
+	if (READ_ONCE(fn->kept_ei_count))
+		pcinet_push_ei_unmapped(fn, m->iova, m->size);
 	free_iova(&d->iovad, m->pfn);
 	kfree(m);
 }

@@ -164,6 +164,7 @@ struct pcinet_fn {
 	struct work_struct link_up_work;
 	bool link_recoverable;		/* error_detected() asked for a reset */
 	bool timing_file;		/* the pcinet_timing sysfs file exists */
+	bool recovers_file;		/* ... and pcinet_recovers */
 	struct pci_driver *link_driver;	/* ... this driver's: only it gets slot_reset (never
 					 * dereferenced, only compared: it may be gone) */
 
@@ -205,6 +206,13 @@ struct pcinet_fn {
 	spinlock_t push_lock;
 	unsigned int push_count;	/* rules set; READ_ONCE: none, nothing to look at */
 	struct pcinet_push_rule push_rules[PCINET_MAX_PUSH_RULES];
+	/* SQ event indices the driver's shadow doorbells read, kept across resets (push.c). */
+	unsigned int kept_ei_count;	/* READ_ONCE */
+	struct pcinet_kept_ei {
+		u32 bar;
+		u64 offset;		/* the SQ tail doorbell */
+		u64 iova;		/* its event index */
+	} kept_ei[PCINET_MAX_PUSH_RULES];
 
 	/* The kernel link (link.c), under lock. */
 	struct pcinet_link *link;	/* the data connection, or NULL */
@@ -282,6 +290,7 @@ int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w);
 void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 void pcinet_push_unmapped(struct pcinet_fn *fn, u64 iova, u64 len);
 void pcinet_push_clear(struct pcinet_fn *fn);
+void pcinet_push_ei_unmapped(struct pcinet_fn *fn, u64 iova, u64 len);
 int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w);
 
 /* link.c */

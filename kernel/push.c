@@ -29,6 +29,52 @@
 
 /* ---- W_PUSH_RULE ---- */
 
+/*
+ * Kept event indices. A controller reset (the driver's, an FLR, link down and up) makes the
+ * device forget its shadow-doorbell buffer and its rules their event index, but the driver's
+ * queues keep using the buffer until it gives the buffer to the new controller: Linux does that
+ * only after its I/O queues are back and the I/O it had queued before the reset has completed
+ * (nvme_reset_work(): nvme_wait_freeze() before nvme_dbbuf_set()). Meanwhile the driver rings an
+ * SQ tail doorbell only if the stale event index asks, which after the first submission it does
+ * not: requeued I/O sat in the SQ unseen until nvme's timeout (lab, after a card's outage). So the
+ * event index of every SQ doorbell that had one is kept, and written at each write to that
+ * doorbell that no rule with an event index serves, exactly as a rule would: every submission
+ * rings. It is forgotten when the memory is unmapped (dma.c), before its IOVA can be reused.
+ * Under push_lock.
+ */
+static void pcinet_push_keep_ei(struct pcinet_fn *fn, const struct pcinet_push_rule *r)
+{
+	unsigned int i, n = fn->kept_ei_count;
+
+	for (i = 0; i < n; i++)
+		if (fn->kept_ei[i].bar == r->bar && fn->kept_ei[i].offset == r->offset)
+			break;
+	if (i == ARRAY_SIZE(fn->kept_ei))
+		return;		/* more doorbells than rules can name: an endpoint's mistake */
+	fn->kept_ei[i] = (struct pcinet_kept_ei){ .bar = r->bar, .offset = r->offset,
+						  .iova = r->avail };
+	if (i == n)
+		WRITE_ONCE(fn->kept_ei_count, n + 1);
+}
+
+/* The driver unmapped [iova, iova + len): kept event indices in it are forgotten. Any context. */
+void pcinet_push_ei_unmapped(struct pcinet_fn *fn, u64 iova, u64 len)
+{
+	unsigned long flags;
+	unsigned int i;
+
+	spin_lock_irqsave(&fn->push_lock, flags);
+	for (i = 0; i < fn->kept_ei_count;) {
+		if (fn->kept_ei[i].iova - iova < len) {
+			fn->kept_ei[i] = fn->kept_ei[fn->kept_ei_count - 1];
+			WRITE_ONCE(fn->kept_ei_count, fn->kept_ei_count - 1);
+		} else {
+			i++;
+		}
+	}
+	spin_unlock_irqrestore(&fn->push_lock, flags);
+}
+
 /* Rule slots in use; READ_ONCE in the write path, which skips everything when it is 0. */
 static void pcinet_push_count(struct pcinet_fn *fn)
 {
@@ -112,6 +158,8 @@ int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w)
 	spin_lock_irqsave(&fn->push_lock, flags);
 	fn->push_rules[id] = r;
 	pcinet_push_count(fn);
+	if (r.kind == PCINET_PUSH_NVME_SQ && r.avail)
+		pcinet_push_keep_ei(fn, &r);
 	pcinet_rec_add(fn, rec);
 	spin_unlock_irqrestore(&fn->push_lock, flags);
 	return 0;
@@ -366,10 +414,10 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 	};
 	struct pcinet_counters *s = &fn->stats;
 	unsigned long flags;
-	bool hit = false;
+	bool hit = false, ei_done = false;
 	u32 id;
 
-	if (!READ_ONCE(fn->push_count))
+	if (!READ_ONCE(fn->push_count) && !READ_ONCE(fn->kept_ei_count))
 		return;
 	/* No bus mastering: the device could not read the memory now, so no push may either. The
 	 * rules stay where they are, as in the sim channel. */
@@ -388,8 +436,16 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 			continue;
 		hit = true;
 		pcinet_push_walk(&w, id, r, val, size);
-		if (r->kind == PCINET_PUSH_NVME_SQ && r->avail)
+		if (r->kind == PCINET_PUSH_NVME_SQ && r->avail) {
 			pcinet_push_event_idx(fn, r->avail, val, size);
+			ei_done = true;
+		}
+	}
+	for (id = 0; !ei_done && id < fn->kept_ei_count; id++) {
+		if (fn->kept_ei[id].bar == bar && fn->kept_ei[id].offset == off) {
+			pcinet_push_event_idx(fn, fn->kept_ei[id].iova, val, size);
+			break;
+		}
 	}
 	pcinet_push_close(&c);
 	if (!list_empty(&c.recs))

@@ -58,7 +58,7 @@ export interface HostAgentSpec extends Security {
   reconnect?: boolean;
   /** false: `--no-kernel-link` (plain TCP keeps the data plane in the host-agent). */
   kernelLink?: boolean;
-  /** More flags, appended. */
+  /** Appended as they are. */
   extra?: readonly string[];
 }
 
@@ -70,7 +70,7 @@ export function hostAgentArgv(h: HostAgentSpec): string[] {
   if (h.logLevel) argv.push('--log-level', h.logLevel);
   if (h.reconnect) argv.push('--reconnect');
   if (h.kernelLink === false) argv.push('--no-kernel-link');
-  argv.push(...(h.extra ?? []));
+  if (h.extra) argv.push(...h.extra);
   return withAllocatorArgv([h.node, ...argv]);
 }
 

@@ -130,8 +130,12 @@ export interface RunInLabOptions {
   reconnect?: boolean;
   /** false: the host-agent keeps the data plane even over plain TCP (`--no-kernel-link`). */
   kernelLink?: boolean;
-  /** More `pcinet host` flags, e.g. ['--grace-ms', '120000']. */
-  hostAgentArgs?: readonly string[];
+  /** The port of the card the guest's host-agent dials, instead of the endpoint's own
+   *  (LAB_ENDPOINT_PORT): a `card` hook puts something between them there (a proxy that can take
+   *  the network away, test/cut-proxy-main.ts). Not with `endpoint`. */
+  dialPort?: number;
+  /** More arguments for `pcinet host` (e.g. --ctrl-loss-tmo 900). */
+  hostArgs?: readonly string[];
 }
 
 /** What a `card` hook may do on this machine. */
@@ -422,6 +426,9 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
   if (!pcinet && (devices.length > 0 || external)) {
     throw new LabError('prepare', 'lab: devices or an endpoint were given with pcinet disabled');
   }
+  if (external && o.dialPort !== undefined) {
+    throw new LabError('prepare', 'lab: dialPort is for the lab’s own endpoint; not with --endpoint');
+  }
   if (external && devices.length > 0) {
     throw new LabError('prepare', 'lab: --device is for the lab’s own endpoint; not with --endpoint');
   }
@@ -508,7 +515,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
       }
       const connect = external
         ? guestDialAddress(o.endpoint!, !!o.insecure)
-        : `${o.insecure ? 'tcp' : 'tls'}://${SLIRP_HOST}:${LAB_ENDPOINT_PORT}`;
+        : `${o.insecure ? 'tcp' : 'tls'}://${SLIRP_HOST}:${o.dialPort ?? LAB_ENDPOINT_PORT}`;
       const modules = [assets.pcinetKo!, ...assets.testKos];
       for (const ko of modules) {
         // The guest's /lib/modules/<kver> is the lab image's (LAB_MODULES), not this machine's.
@@ -532,7 +539,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
           logLevel: o.logLevel,
           reconnect: o.reconnect,
           kernelLink: o.kernelLink,
-          extra: o.hostAgentArgs,
+          extra: o.hostArgs,
         }),
         expectDevices: external ? undefined : devices.length,
         readyTimeoutS: READY_TIMEOUT_S,

@@ -235,6 +235,52 @@ describe('session over TCP', () => {
     await new Promise((r) => host.once('resumed', r));
     expect(host.connected).toBe(true);
   });
+
+  it('declares a silent peer unreachable once per outage, and again after a resume', async () => {
+    const opts = { keepaliveMs: 50, deadAfterMs: 300 };
+    const { port } = await tcpServer(opts);
+    const proxy = await CutProxy.start(port);
+    cleanup.push(() => proxy.close());
+    const host = await openSession(() => dialTcp('127.0.0.1', proxy.port), opts);
+    cleanup.push(() => host.close());
+    const said: string[] = [];
+    for (const e of ['disconnected', 'unreachable', 'resumed']) host.on(e, () => said.push(e));
+    for (let round = 0; round < 2; round++) {
+      proxy.hold(true);
+      await until(() => said.filter((e) => e === 'unreachable').length > round, 5000, 'unreachable');
+      // Redials meanwhile (held too, so they fail on the handshake timeout or not at all): no
+      // second 'unreachable' for the same outage.
+      await new Promise((r) => setTimeout(r, 600));
+      proxy.hold(false);
+      proxy.cutAll(); // the held connections carry stale bytes: start afresh
+      await until(() => said.filter((e) => e === 'resumed').length > round, 10_000, 'resumed');
+    }
+    expect(said.filter((e) => e === 'unreachable')).toHaveLength(2);
+    expect(said.indexOf('disconnected')).toBeLessThan(said.indexOf('unreachable'));
+    expect(host.closed).toBe(false);
+  });
+
+  it('a connection reset is not "unreachable" while the redial succeeds; a refused redial is', async () => {
+    const { port } = await tcpServer();
+    const proxy = await CutProxy.start(port);
+    cleanup.push(() => proxy.close());
+    const host = await openSession(() => dialTcp('127.0.0.1', proxy.port));
+    cleanup.push(() => host.close());
+    const unreachable: Error[] = [];
+    host.on('unreachable', (e: Error) => unreachable.push(e));
+    proxy.cutAll();
+    await new Promise((r) => host.once('resumed', r));
+    expect(unreachable).toHaveLength(0);
+
+    proxy.refuse(true);
+    proxy.cutAll();
+    await until(() => unreachable.length > 0, 5000, 'unreachable');
+    expect(unreachable[0]!.message).toMatch(/ECONNRESET|closed|socket hang up/);
+    proxy.refuse(false);
+    await new Promise((r) => host.once('resumed', r));
+    expect(unreachable).toHaveLength(1);
+    expect(proxy.refused).toBeGreaterThan(0);
+  });
 });
 
 /** A raw TCP peer that speaks bytes we choose, for bad-input tests. */

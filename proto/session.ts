@@ -9,6 +9,10 @@
 //   the session closes with TIMEOUT.
 // - Keep-alives: an idle direction sends KeepAlive; a connection that brings nothing for
 //   deadAfterMs is declared dead and dropped (which starts a resume).
+// - 'unreachable': the peer is declared dead — its connection went silent for deadAfterMs, or
+//   (host side) a redial after a dropped connection failed. The session still waits for a resume
+//   until the grace period ends; its owner may stop waiting for the peer's answers meanwhile (the
+//   host-agent takes its devices' links down so drivers quiesce instead of timing out).
 // - Peer mistakes close the session with Error{code} (docs/PROTOCOL.md). A 'messages' listener may
 //   throw a ProtocolError: the session closes with its code. Anything else it throws is our bug:
 //   logged with its stack, session closed with INTERNAL.
@@ -78,9 +82,11 @@ export const FRAME_SOFT_BYTES = 1 << 20;
  *  enough that the peer's replay buffer never fills on a fast link, long enough to piggyback. */
 const ACK_DELAY_MS = 5;
 
-/** Redial back-off after a dropped connection (host side). */
+/** Redial back-off after a dropped connection (host side), each delay drawn from its upper
+ *  REDIAL_JITTER share at random so that hosts that lost the same card do not redial in step. */
 const REDIAL_FIRST_MS = 50;
 const REDIAL_MAX_MS = 1000;
+const REDIAL_JITTER = 0.25;
 
 export type SessionRole = 'host' | 'endpoint';
 
@@ -125,7 +131,8 @@ function resolve(o: SessionOptions): Resolved {
 }
 
 /** Events: 'messages' (msgs: pcinet.Msg[]) one inbound batch, in order; 'drain' () backlogged went
- *  false; 'disconnected' (err) the connection dropped, a resume is under way; 'resumed' ();
+ *  false; 'disconnected' (err) the connection dropped, a resume is under way; 'unreachable' (err)
+ *  the peer is declared dead (once per outage, after 'disconnected'); 'resumed' ();
  *  'close' (err?: Error) the session is over — undefined for an orderly close by either side. */
 export class Session extends EventEmitter {
   readonly role: SessionRole;
@@ -147,6 +154,8 @@ export class Session extends EventEmitter {
   #closed = false;
   #closing = false;
   #everAttached = false;
+  /** 'unreachable' was emitted for the current outage. */
+  #unreachable = false;
 
   #outSeq = 0;
   #inSeq = 0;
@@ -330,6 +339,7 @@ export class Session extends EventEmitter {
     }
     clearTimeout(this.#graceTimer);
     this.#graceTimer = undefined;
+    this.#unreachable = false;
     this.#t = t;
     this.#writeBlocked = false;
     const onFrame = (f: Uint8Array) => this.#onFrame(f);
@@ -405,10 +415,18 @@ export class Session extends EventEmitter {
     if (this.#redial) void this.#redialLoop(this.#redial);
   }
 
+  /** The peer is dead for now (see the file's head): said once per outage. */
+  #declareUnreachable(why: Error): void {
+    if (this.#closed || this.#t || this.#unreachable) return;
+    this.#unreachable = true;
+    this.#log.warn({ err: why.message }, 'peer unreachable');
+    this.emit('unreachable', why);
+  }
+
   async #redialLoop(dial: () => Promise<Transport>): Promise<void> {
     let delay = REDIAL_FIRST_MS;
     while (!this.#closed && !this.#t) {
-      await new Promise((r) => setTimeout(r, delay));
+      await new Promise((r) => setTimeout(r, jittered(delay, REDIAL_JITTER)));
       delay = Math.min(2 * delay, REDIAL_MAX_MS);
       if (this.#closed || this.#t) return;
       let t: Transport;
@@ -420,6 +438,7 @@ export class Session extends EventEmitter {
           return;
         }
         this.#log.debug({ err: (e as Error).message }, 'redial failed');
+        this.#declareUnreachable(e as Error);
         continue;
       }
       if (this.#closed) {
@@ -453,6 +472,7 @@ export class Session extends EventEmitter {
           return;
         }
         this.#log.debug({ err: (e as Error).message }, 'resume attempt failed');
+        this.#declareUnreachable(e as Error);
       }
     }
   }
@@ -597,7 +617,9 @@ export class Session extends EventEmitter {
     if (now - this.#lastRx > dead) {
       const t = this.#dropTransport()!;
       t.close(new Error('peer silent'));
-      this.#lost(new Error(`nothing from the peer for ${now - this.#lastRx} ms`));
+      const why = new Error(`nothing from the peer for ${now - this.#lastRx} ms`);
+      this.#lost(why);
+      this.#declareUnreachable(why);
       return;
     }
     if (now - this.#lastTx >= this.#o.keepaliveMs) {
@@ -628,6 +650,11 @@ export class Session extends EventEmitter {
     this.#batch = [];
     this.emit('close', err);
   }
+}
+
+/** `ms` less up to `share` of it, at random. */
+export function jittered(ms: number, share: number): number {
+  return Math.round(ms * (1 - share * Math.random()));
 }
 
 function peerError(e: pcinet.IError): ProtocolError {
@@ -724,6 +751,10 @@ export async function openSession(
   }
 }
 
+/** Connections waiting for their Hello or Resume at once; more are refused with BUSY. A peer that
+ *  connects and says nothing is dropped after handshakeMs; this bounds how many it can keep. */
+export const MAX_PENDING_HANDSHAKES = 64;
+
 export interface SessionServerOptions extends SessionOptions {
   /** Decides whether a new session may start (e.g. BUSY while another host holds the devices).
    *  Return a ProtocolError to refuse. */
@@ -753,6 +784,10 @@ export class SessionServer {
   accept(t: Transport): void {
     if (this.#closed) {
       t.close();
+      return;
+    }
+    if (this.#pending.size >= MAX_PENDING_HANDSHAKES) {
+      this.#refuse(t, new ProtocolError(ErrorCode.BUSY, `${MAX_PENDING_HANDSHAKES} handshakes in flight`));
       return;
     }
     this.#pending.add(t);

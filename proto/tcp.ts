@@ -13,6 +13,11 @@ import { ErrorCode, ProtocolError } from './wire.js';
 
 /** How long a TLS handshake (including the peer's certificate check) may take. */
 export const HANDSHAKE_TIMEOUT_MS = 10_000;
+/** Accepted connections still in their handshake (first bytes, TLS) at once; more are reset as
+ *  they arrive. A flood of strangers (unknown keys, half-open connections) then costs a bounded
+ *  amount of memory and CPU, and sessions already running carry on. Far above what hosts need:
+ *  one session and one kernel link per device each. */
+export const MAX_HANDSHAKES = 64;
 
 /** Client side: our identity, and the endpoint fingerprint we accept. */
 export interface TlsClientAuth {
@@ -236,6 +241,9 @@ export interface Listener {
   readonly address: string;
   readonly port: number;
   close(): Promise<void>;
+  /** Handshakes in flight now and at most so far, connections reset because MAX_HANDSHAKES were
+   *  (TCP listeners). */
+  handshakes?(): { now: number; most: number; turnedAway: number };
 }
 
 /** A kernel link's first bytes (struct pcinet_link_hello, docs/KERNEL-ABI.md). */
@@ -350,9 +358,23 @@ export function listenTcp(
     sockets.add(s);
     s.once('close', () => sockets.delete(s));
   };
+  const shakes = { now: 0, most: 0, turnedAway: 0 };
+  /** Counts a connection's handshake until `done` is called (or the socket closes). */
+  const handshaking = (s: net.Socket) => {
+    shakes.now++;
+    shakes.most = Math.max(shakes.most, shakes.now);
+    let over = false;
+    const done = () => {
+      if (over) return;
+      over = true;
+      shakes.now--;
+    };
+    s.once('close', done);
+    return done;
+  };
   const secureContext = auth ? tls.createSecureContext(tlsOptions(auth.identity)) : undefined;
   /** TLS on an accepted socket; the host must present an allowed key. */
-  const startTls = (raw: net.Socket, a: TlsServerAuth) => {
+  const startTls = (raw: net.Socket, a: TlsServerAuth, shaken: () => void) => {
     const remote = remoteOf(raw);
     // The socket may hold bytes sniff() put back, and a TLSSocket over a net.Socket reads its
     // handle, past them: it reads through a stream instead. That stream does not tell the
@@ -377,14 +399,18 @@ export function listenTcp(
     });
     s.once('secure', () => {
       secure = true;
+      shaken();
       clearTimeout(timer);
       const fp = peerFingerprintOf(s);
       if (!fp || !a.allow.includes(fp)) {
         const why = fp ? `host key ${fp} is not allowed` : 'host presented no certificate';
         onRefused(remote, why);
         const r = refusal(why);
-        if (r.length > 0) s.write(lengthPrefix(r.length));
-        s.end(r);
+        // One write: a TLSSocket over a stream (startTls) asserts inside Node when a second write
+        // reaches the stream before the first is done (seen with a flood of refused strangers:
+        // ERR_INTERNAL_ASSERTION, uncaught, in the endpoint process).
+        if (r.length > 0) s.end(Buffer.concat([lengthPrefix(r.length), r]));
+        else s.end();
         setTimeout(() => raw.destroy(), 1000).unref();
         return;
       }
@@ -451,13 +477,30 @@ export function listenTcp(
   const server = net.createServer({ pauseOnConnect: true }, (s) => {
     if (!auth && direct(s)) return;
     track(s);
+    // Until a transport takes the socket (and listens for its errors itself), a peer that resets
+    // it (a port scan, a half-open connection from a network that went away) only ends it.
+    s.on('error', () => s.destroy());
     s.setNoDelay(true);
+    if (shakes.now >= MAX_HANDSHAKES) {
+      shakes.turnedAway++;
+      // Said once per burst: the log must not be the flood's amplifier.
+      if (shakes.turnedAway % 1000 === 1)
+        onRefused(remoteOf(s), `${MAX_HANDSHAKES} handshakes in flight: connection reset`);
+      s.resetAndDestroy();
+      return;
+    }
+    const shaken = handshaking(s);
     const session = () => {
-      if (auth) return startTls(s, auth);
+      if (auth) return startTls(s, auth, shaken);
+      shaken();
       onTransport(new SocketTransport(s, remoteOf(s)));
       s.resume();
     };
-    if (onLink) sniff(s, session, onLink);
+    const link = (socket: net.Socket, hello: LinkHello) => {
+      shaken();
+      onLink!(socket, hello);
+    };
+    if (onLink) sniff(s, session, link);
     else session();
   });
   return new Promise((resolve, reject) => {
@@ -468,6 +511,7 @@ export function listenTcp(
       resolve({
         address: `${scheme}://${hostLabel(a.address)}:${a.port}`,
         port: a.port,
+        handshakes: () => ({ ...shakes }),
         close: () =>
           new Promise<void>((res) => {
             for (const s of sockets) s.destroy();

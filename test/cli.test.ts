@@ -267,7 +267,7 @@ describe('pcinet host --reconnect', () => {
     expect(await until(() => existsSync(ready), 20_000)).toBe(true);
     rmSync(ready);
     first.kill('SIGKILL');
-    expect(await until(() => /endpoint lost; reconnecting/.test(log()), 10_000)).toBe(true);
+    expect(await until(() => /endpoint lost; next try in [\d.]+ s/.test(log()), 10_000)).toBe(true);
     // Down for a while: the agent keeps trying; then a new endpoint on the same address.
     await new Promise((r) => setTimeout(r, 1000));
     expect(c.exitCode).toBeNull();
@@ -314,6 +314,11 @@ describe('bad input: one clear line, exit 2', () => {
       ['host', '--connect', '127.0.0.1:7470', '--channel', 'sim', '--selftest', '--reconnect'],
       /--reconnect and --selftest/,
     ],
+    [
+      'ctrl-loss-tmo not whole seconds',
+      ['host', '--connect', '127.0.0.1:7470', '--ctrl-loss-tmo', '1.5'],
+      /--ctrl-loss-tmo.*whole number of seconds/,
+    ],
     ['unknown device', ['endpoint', '--device', 'toaster'], /unknown device "toaster"/],
     ['bad device option', ['endpoint', '--device', 'test:vectors=0'], /vectors must be an integer 1\.\.64/],
     ['no device', ['endpoint'], /no --device/],
@@ -356,6 +361,21 @@ describe('bad input: one clear line, exit 2', () => {
     const host = await pcinet(['host', '--connect', '127.0.0.1:9', '--config', bad]);
     expect(host.code).toBe(2);
     expect(host.stderr).toMatch(/"channel": Allowed choices are sim, kernel/);
+    for (const [text, msg] of [
+      ['{"ctrlLossTmo": -1}', /"ctrlLossTmo": must be a whole number of seconds/],
+      ['{"ctrlLossTmo": 2.5}', /"ctrlLossTmo": must be a whole number of seconds/],
+      ['{"ctrlLossTmo": "600"}', /"ctrlLossTmo" must be a number/],
+      ['{"reconnect": "yes"}', /"reconnect" must be a boolean/],
+    ] as const) {
+      writeFileSync(bad, text);
+      const r = await pcinet(['host', '--connect', '127.0.0.1:9', '--config', bad, '--check']);
+      expect(r.code, text).toBe(2);
+      expect(r.stderr, text).toMatch(msg);
+    }
+    const good = join(dir, 'good.json');
+    writeFileSync(good, '{"ctrlLossTmo": 0, "reconnect": false}');
+    const ok = await pcinet(['host', '--connect', '127.0.0.1:9', '--config', good, '--check']);
+    expect(ok.code, ok.stderr).toBe(0);
     const r = await pcinet(['endpoint', '--config', join(dir, 'missing.json')]);
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/cannot read config file/);

@@ -1,22 +1,36 @@
 // An in-process TCP proxy on loopback that can cut every connection through it (both sides see a
-// reset) or black-hole them (bytes stop flowing, sockets stay open) — for resume and keep-alive
-// tests.
+// reset), black-hole them (bytes stop flowing and are dropped, sockets stay open), hold them (a
+// silent link: nothing moves, nothing is lost, as when a cable is pulled and put back) or refuse
+// new ones (reset at once) — for resume, keep-alive and outage tests. `test/cut-proxy-main.ts`
+// runs one as a process (in the lab's network namespace, between the guest and the endpoint).
 import net from 'node:net';
 
 export class CutProxy {
   readonly #server: net.Server;
   readonly #pairs = new Set<[net.Socket, net.Socket]>();
+  readonly #listen: { port: number; host: string };
   #blackhole = false;
+  #held = false;
+  #refusing = false;
   cuts = 0;
   connections = 0;
+  refused = 0;
   port = 0;
 
-  private constructor(targetPort: number, targetHost: string) {
+  private constructor(targetPort: number, targetHost: string, listen: { port: number; host: string }) {
+    this.#listen = listen;
     this.#server = net.createServer((client) => {
+      if (this.#refusing) {
+        this.refused++;
+        client.on('error', () => {});
+        client.resetAndDestroy();
+        return;
+      }
       this.connections++;
       const upstream = net.connect(targetPort, targetHost);
       const pair: [net.Socket, net.Socket] = [client, upstream];
       this.#pairs.add(pair);
+      if (this.#held) for (const s of pair) s.pause();
       const end = () => {
         this.#pairs.delete(pair);
         client.destroy();
@@ -32,9 +46,13 @@ export class CutProxy {
     });
   }
 
-  static async start(targetPort: number, targetHost = '127.0.0.1'): Promise<CutProxy> {
-    const p = new CutProxy(targetPort, targetHost);
-    await new Promise<void>((res) => p.#server.listen(0, '127.0.0.1', res));
+  /** A proxy to targetHost:targetPort, listening on 127.0.0.1 (port `listenPort`, default any). */
+  static async start(targetPort: number, targetHost = '127.0.0.1', listenPort = 0): Promise<CutProxy> {
+    const p = new CutProxy(targetPort, targetHost, { port: listenPort, host: '127.0.0.1' });
+    await new Promise<void>((res, rej) => {
+      p.#server.once('error', rej);
+      p.#server.listen(p.#listen.port, p.#listen.host, res);
+    });
     p.port = (p.#server.address() as net.AddressInfo).port;
     return p;
   }
@@ -54,6 +72,18 @@ export class CutProxy {
   /** Stops (true) or restarts forwarding bytes without closing anything. */
   blackhole(on: boolean): void {
     this.#blackhole = on;
+  }
+
+  /** Stops (true) or restarts every connection, old and new, without losing a byte: the proxy
+   *  reads nothing, so what the peers send waits in their socket buffers (TCP's flow control). */
+  hold(on: boolean): void {
+    this.#held = on;
+    for (const pair of this.#pairs) for (const s of pair) on ? s.pause() : s.resume();
+  }
+
+  /** New connections are reset at once (true), as by a host whose port is closed. */
+  refuse(on: boolean): void {
+    this.#refusing = on;
   }
 
   async close(): Promise<void> {

@@ -4,6 +4,7 @@
 // Plain fs.read/fs.write on the descriptor: no native addon. A read blocks in the thread pool until
 // the kernel has records; W_DETACH ends it (read returns 0), so removal never hangs on it.
 import { close, open, read, writev, writevSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
 import type { Logger } from 'pino';
 import {
   AbiError,
@@ -309,6 +310,15 @@ class KernelDevice implements ChannelDevice {
   deliver(m: Msg): void {
     if (this.#gone) return;
     this.#records.toKernel(m);
+  }
+
+  /** pcinet.ko's hint (kernel/core.c, pcinet_recovers); false if it cannot be read. */
+  async recoversFromLinkDown(): Promise<boolean> {
+    if (this.#gone || !this.address) return false;
+    const text = await readFile(`/sys/bus/pci/devices/${this.address}/pcinet_recovers`, 'utf8').catch(
+      () => '0',
+    );
+    return text.trim() === '1';
   }
 
   async linkDown(): Promise<void> {

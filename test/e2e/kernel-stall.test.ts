@@ -94,7 +94,7 @@ describe.skipIf(!root)('pcinet.ko with a card that stops answering', () => {
       assets,
       devices: [`nvme:file=${join(dir, 'disk.img')},size=128M`],
       card: endpointControl(),
-      hostAgentArgs: ['--grace-ms', String((PAUSE_S + 60) * 1000)],
+      hostArgs: ['--grace-ms', String((PAUSE_S + 60) * 1000)],
       extraKernelArgs: [`nvme_core.io_timeout=${PAUSE_S + 60}`],
       command: [
         'dev=$PCINET_LAB_DEVICES',

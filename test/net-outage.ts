@@ -1,0 +1,85 @@
+// Takes the lab's network away: a runInLab `card` hook that puts a CutProxy process
+// (test/cut-proxy-main.ts) in the lab's namespace between the guest and the endpoint — the guest
+// dials OUTAGE_DIAL_PORT (runInLab's `dialPort`), the proxy forwards to the endpoint — and opens
+// the card's control port (lab/card-control.ts) with words for the guest to say:
+//   net-hold   a silent network (nothing moves, nothing is lost: a pulled cable)
+//   net-cut    a broken one (every connection reset, new ones refused: a host that lost its route)
+//   net-up     the network is back
+// and the endpoint's lifecycle words (stop, start, restart, pause, resume). `events` records
+// when each was carried out.
+import { type ChildProcess, spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { startCardControl } from '../lab/card-control.js';
+import { LAB_ENDPOINT_PORT } from '../lab/commands.js';
+import { repoRoot } from '../lab/paths.js';
+import type { LabCard } from '../lab/run.js';
+
+/** Where the guest dials: the proxy. Any free port of the lab's private namespace. */
+export const OUTAGE_DIAL_PORT = 7471;
+const PROXY_START_MS = 20_000;
+const PROXY_ANSWER_MS = 10_000;
+
+export interface NetworkEvent {
+  word: string;
+  at: number;
+}
+
+/** A card hook (runInLab's `card`) with the proxy and the control port; `events` fills as the
+ *  guest speaks. `setup` runs first (e.g. addresses the card's TAP); what it returns runs at the
+ *  end. */
+export function networkControl(events: NetworkEvent[] = [], setup?: (card: LabCard) => Promise<() => void>) {
+  return async (card: LabCard): Promise<() => Promise<void>> => {
+    const undo = await setup?.(card);
+    const main = join(repoRoot(), 'dist', 'test', 'cut-proxy-main.js');
+    const [cmd, ...args] = card.wrap([
+      process.execPath,
+      main,
+      String(OUTAGE_DIAL_PORT),
+      String(LAB_ENDPOINT_PORT),
+    ]);
+    const proxy: ChildProcess = spawn(cmd!, args, { stdio: ['pipe', 'pipe', 'inherit'] });
+    const waiting = new Map<string, () => void>();
+    const lines = createInterface({ input: proxy.stdout! });
+    const listening = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('the outage proxy did not start')), PROXY_START_MS);
+      proxy.once('exit', (code) => reject(new Error(`the outage proxy exited (${code})`)));
+      lines.on('line', (l) => {
+        if (l.startsWith('listening ')) {
+          clearTimeout(timer);
+          resolve();
+        }
+        const m = /^ok (\S+)$/.exec(l);
+        if (m) waiting.get(m[1]!)?.();
+      });
+    });
+    await listening;
+    const tell = (word: string) =>
+      new Promise<void>((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`the proxy did not do ${word}`)), PROXY_ANSWER_MS);
+        waiting.set(word, () => {
+          clearTimeout(timer);
+          waiting.delete(word);
+          resolve();
+        });
+        proxy.stdin!.write(`${word}\n`);
+      });
+    const control = startCardControl(card, async (word) => {
+      if (word === 'net-hold') await tell('hold');
+      else if (word === 'net-cut') await tell('cut');
+      else if (word === 'net-up') await tell('up');
+      else if (word === 'stop') await card.stopEndpoint();
+      else if (word === 'start') await card.startEndpoint();
+      else if (word === 'restart') await card.restartEndpoint();
+      else if (word === 'pause') card.pauseEndpoint();
+      else if (word === 'resume') card.resumeEndpoint();
+      else throw new Error(`unknown command ${word}`);
+      events.push({ word, at: Date.now() });
+    });
+    return async () => {
+      control.kill('SIGTERM');
+      proxy.kill('SIGTERM');
+      undo?.();
+    };
+  };
+}
