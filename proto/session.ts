@@ -98,6 +98,9 @@ export interface SessionStats {
   /** Unacknowledged frames / bytes right now. */
   replayFrames: number;
   replayBytes: number;
+  /** The last keep-alive's round trip in ms (keep-alives go out when a direction is idle), if one
+   *  came back yet. */
+  rttMs?: number;
 }
 
 interface Pending {
@@ -168,6 +171,9 @@ export class Session extends EventEmitter {
   #ackTimer: NodeJS.Timeout | undefined;
   #graceTimer: NodeJS.Timeout | undefined;
   #keepaliveNonce = 0;
+  /** When keep-alive #keepaliveNonce went out (performance.now()). */
+  #keepaliveSentAt = 0;
+  #rttMs: number | undefined;
   readonly #stats: SessionStats = {
     framesOut: 0,
     framesIn: 0,
@@ -273,7 +279,12 @@ export class Session extends EventEmitter {
   }
 
   stats(): SessionStats {
-    return { ...this.#stats, replayFrames: this.#replay.length, replayBytes: this.#replayBytes };
+    return {
+      ...this.#stats,
+      replayFrames: this.#replay.length,
+      replayBytes: this.#replayBytes,
+      ...(this.#rttMs !== undefined ? { rttMs: this.#rttMs } : {}),
+    };
   }
 
   /** Closes the session. Orderly (no `err`): sends what is batched, waits (bounded) until the peer
@@ -535,6 +546,8 @@ export class Session extends EventEmitter {
   #onControl(m: pcinet.Msg): void {
     if (m.keepAlive) {
       if (!m.keepAlive.reply) this.#sendControl({ keepAlive: { nonce: m.keepAlive.nonce, reply: true } });
+      else if (num(m.keepAlive.nonce, 'nonce') === this.#keepaliveNonce)
+        this.#rttMs = performance.now() - this.#keepaliveSentAt;
       return;
     }
     if (m.error) {
@@ -602,6 +615,7 @@ export class Session extends EventEmitter {
     }
     if (now - this.#lastTx >= this.#o.keepaliveMs) {
       this.#stats.keepalivesOut++;
+      this.#keepaliveSentAt = performance.now();
       this.#sendControl({ keepAlive: { nonce: long(++this.#keepaliveNonce), reply: false } });
     }
   }
