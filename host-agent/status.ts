@@ -3,7 +3,7 @@
 // timing sums from sysfs), the session (peer, RTT, frames, bytes, replays, reconnects, uptime), and
 // the endpoint's counters of each device, fetched with a StatsRequest (the one SIGUSR1 logs too)
 // whose round trip is the snapshot's probe RTT. agent.ts tells it what is current.
-import { readFileSync, readlinkSync } from 'node:fs';
+import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { ControlHandler } from '../proto/control.js';
 import type { Session } from '../proto/session.js';
@@ -24,14 +24,8 @@ const SYS_PCI = '/sys/bus/pci/devices';
 export function boundDriver(address: string, sys = SYS_PCI): string | undefined {
   try {
     return basename(readlinkSync(`${sys}/${address}/driver`));
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') return undefined;
-    try {
-      readlinkSync(`${sys}/${address}`);
-      return '';
-    } catch {
-      return undefined;
-    }
+  } catch {
+    return existsSync(`${sys}/${address}`) ? '' : undefined;
   }
 }
 

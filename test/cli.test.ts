@@ -196,6 +196,8 @@ describe('pcinet host --selftest against pcinet endpoint', () => {
       'sim',
       '--log-level',
       'warn',
+      // Two hosts at once: only one may have the default control socket.
+      '--no-control',
     ]);
     children.push(first);
     await new Promise((r) => setTimeout(r, 1500));
