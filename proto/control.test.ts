@@ -83,7 +83,12 @@ describe('the control socket', () => {
     });
     await serve(p, {
       wait: (_a: unknown, ctx: { signal: AbortSignal }) =>
-        new Promise<void>((r) => ctx.signal.addEventListener('abort', () => (aborted(), r()))),
+        new Promise<void>((r) =>
+          ctx.signal.addEventListener('abort', () => {
+            aborted();
+            r();
+          }),
+        ),
     });
     const c = await ControlClient.connect(p);
     c.request('wait').catch(() => {});

@@ -89,11 +89,12 @@ describe('the trace hub', () => {
     expect(tap).toBeUndefined();
     const a: Uint8Array[] = [];
     const b: Uint8Array[] = [];
-    const stopA = hub.subscribe({ sink: (r) => (a.push(...r.map(([, x]) => x)), true) });
-    const stopB = hub.subscribe({
-      filter: { kinds: ['interrupt'] },
-      sink: (r) => (b.push(...r.map(([, x]) => x)), true),
-    });
+    const into = (list: Uint8Array[]) => (r: [number, Uint8Array][]) => {
+      list.push(...r.map(([, x]) => x));
+      return true;
+    };
+    const stopA = hub.subscribe({ sink: into(a) });
+    const stopB = hub.subscribe({ filter: { kinds: ['interrupt'] }, sink: into(b) });
     expect(tap).toBe(hub);
     tap!.record(mmioWrite(1, 0, 0), false, false, 1);
     tap!.record({ interrupt: { dev: 1, vector: 0 } }, true, true, 1);
