@@ -1,4 +1,4 @@
-// Trace records: a session's messages as `pcinet trace` captures them (docs/TRACE.md). One record
+// Trace records: a session's messages as `pcinet trace` captures them (docs/OPERATING.md, "pcinet trace"). One record
 // is one message, as a pcapng packet of link type LINKTYPE_USER0 that the Wireshark dissector
 // (packaging/wireshark/pcinet.lua) decodes:
 //

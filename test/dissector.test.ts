@@ -28,35 +28,12 @@ import {
   TF_TRUNCATED,
 } from '../proto/trace.js';
 import { long } from '../proto/wire.js';
+import { ensureTshark } from './tshark.js';
 
 const LUA = join(repoRoot(), 'packaging/wireshark/pcinet.lua');
 const dir = mkdtempSync(join(tmpdir(), 'pcinet-dissector-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 const log = pino({ level: 'silent' });
-
-const has = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
-
-/** tshark, installed with apt-get if it is missing; an Error naming what is missing otherwise. */
-function ensureTshark(): void {
-  if (has('tshark')) return;
-  if (process.getuid?.() !== 0)
-    throw new Error(
-      'tshark is not installed and this is not root: apt-get install tshark (Debian package tshark)',
-    );
-  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
-  const install = () =>
-    spawnSync('apt-get', ['install', '-y', '-q', '--no-install-recommends', 'tshark'], {
-      env,
-      encoding: 'utf8',
-    });
-  let r = install();
-  if (r.status !== 0) {
-    spawnSync('apt-get', ['update', '-q'], { env });
-    r = install();
-  }
-  if (r.status !== 0 || !has('tshark'))
-    throw new Error(`tshark is missing and apt-get install tshark failed:\n${r.stderr ?? r.error}`);
-}
 
 function tshark(args: string[]): string {
   const r = spawnSync('tshark', ['-X', `lua_script:${LUA}`, ...args], {
