@@ -14,6 +14,7 @@ import { listenControl } from '../proto/control.js';
 import { loopPair } from '../proto/loop.js';
 import { openSession } from '../proto/session.js';
 import type { StatusSnapshot } from '../proto/status.js';
+import { decodeRecord, TF_HOST_SIDE, TF_LINK, TF_TO_HOST, type TraceRecord } from '../proto/trace.js';
 import { Relay } from './relay.js';
 import { SimChannel } from './sim/channel.js';
 import { TestDriver } from './sim/test-driver.js';
@@ -117,5 +118,57 @@ describe('status of a live session', () => {
     expect(text).toMatch(/^DEV +ADDRESS +MODEL +DRIVER +LINK +PATH +MMIO\/s/m);
     expect(text).toMatch(/^1 +sim:00:00\.0 +test +- +up +session /m);
     expect(text).toMatch(/stats probe/);
+  });
+});
+
+describe('trace on the host-agent', () => {
+  it('records the session’s messages both ways, marked as the host’s; nothing once it ends', {
+    timeout: 60_000,
+  }, async () => {
+    const server = new EndpointServer({ models: [new TestDevice({ vectors: 8 })], log });
+    const channel = new SimChannel({ log });
+    const session = await openSession(
+      async () => {
+        const [a, b] = loopPair();
+        server.accept(b);
+        return a;
+      },
+      { log },
+    );
+    const relay = new Relay(session, channel, log);
+    await new Promise<void>((resolve) => {
+      relay.onSettled = () => resolve();
+    });
+    cleanup.push(async () => {
+      await session.close();
+      await server.close();
+      await channel.close();
+    });
+    const status = new HostStatus({ address: 'loop', channel: 'sim' });
+    status.opened(session, relay);
+    expect(session.tap).toBeUndefined();
+    const got: TraceRecord[] = [];
+    const stop = status.trace.subscribe({
+      sink: (records) => {
+        for (const [, r] of records) got.push(decodeRecord(r));
+        return true;
+      },
+    });
+    expect(session.tap).toBe(status.trace);
+    const d = new TestDriver(channel.functions[0]!, channel.memory, channel.iommu);
+    d.probe();
+    expect((await d.selftest()).filter((c) => !c.ok)).toEqual([]);
+    await new Promise((r) => setImmediate(r));
+    stop();
+    expect(session.tap).toBeUndefined();
+    const dir = (kind: string) =>
+      new Set(got.filter((r) => r.kind === kind).map((r) => r.flags & (TF_TO_HOST | TF_HOST_SIDE | TF_LINK)));
+    expect(dir('mmioWrite')).toEqual(new Set([TF_HOST_SIDE]));
+    expect(dir('dmaReadCpl')).toEqual(new Set([TF_HOST_SIDE]));
+    expect(dir('interrupt')).toEqual(new Set([TF_HOST_SIDE | TF_TO_HOST]));
+    expect(dir('dmaRead')).toEqual(new Set([TF_HOST_SIDE | TF_TO_HOST]));
+    const n = got.length;
+    await d.selftest();
+    expect(got.length).toBe(n);
   });
 });

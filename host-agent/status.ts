@@ -2,12 +2,14 @@
 // sees them (PCI address, the driver bound, link up or parked down, kernel link or not, pcinet.ko's
 // timing sums from sysfs), the session (peer, RTT, frames, bytes, replays, reconnects, uptime), and
 // the endpoint's counters of each device, fetched with a StatsRequest (the one SIGUSR1 logs too)
-// whose round trip is the snapshot's probe RTT. agent.ts tells it what is current.
+// whose round trip is the snapshot's probe RTT. agent.ts tells it what is current. And "trace":
+// the session's messages (not what pcinet.ko's kernel links carry: the endpoint's trace has those).
 import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { ControlHandler } from '../proto/control.js';
 import type { Session } from '../proto/session.js';
 import { type DeviceStatus, type StatusSnapshot, sessionStatus, splitCounters } from '../proto/status.js';
+import { type Tap, TraceHub, traceHandler } from '../proto/trace.js';
 import { long, type Msg, num } from '../proto/wire.js';
 import type { Parking } from './parking.js';
 import type { Relay } from './relay.js';
@@ -56,6 +58,13 @@ export class HostStatus {
   #sessions = 0;
   /** Set by the agent when it reconnects (host-agent/parking.ts). */
   parking: Parking | undefined;
+  /** `pcinet trace` on the host-agent: the session's messages. What a device sends on its kernel
+   *  link never passes here (the endpoint's trace has it). */
+  readonly trace = new TraceHub((tap) => {
+    this.#tap = tap;
+    if (this.#session) this.#session.tap = tap;
+  }, true);
+  #tap: Tap | undefined;
 
   constructor(o: { address: string; channel: string; sys?: string }) {
     this.#address = o.address;
@@ -66,6 +75,7 @@ export class HostStatus {
   /** A session is open and `relay` serves it. */
   opened(session: Session, relay: Relay): void {
     this.#session = session;
+    session.tap = this.#tap;
     this.#relay = relay;
     this.#openedAt = performance.now();
     this.#sessions++;
@@ -145,6 +155,6 @@ export class HostStatus {
   }
 
   handlers(): Record<string, ControlHandler> {
-    return { status: () => this.snapshot() };
+    return { status: () => this.snapshot(), trace: traceHandler(this.trace) };
   }
 }

@@ -26,6 +26,7 @@ import {
   framedSize,
   partsLength,
 } from './codec.js';
+import { devOf, type Tap } from './trace.js';
 import type { Transport } from './transport.js';
 import {
   ErrorCode,
@@ -170,6 +171,9 @@ export class Session extends EventEmitter {
   #tick: NodeJS.Timeout | undefined;
   #ackTimer: NodeJS.Timeout | undefined;
   #graceTimer: NodeJS.Timeout | undefined;
+  /** Set while the host-agent's `pcinet trace` runs (host-agent/status.ts): every sequenced
+   *  message in and out is recorded. Off, it costs one test per message. */
+  tap: Tap | undefined;
   #keepaliveNonce = 0;
   /** When keep-alive #keepaliveNonce went out (performance.now()). */
   #keepaliveSentAt = 0;
@@ -237,6 +241,7 @@ export class Session extends EventEmitter {
    *  afterwards), so a large one is sent and kept for replay by reference instead of copied. */
   send(m: Msg, byRef?: Uint8Array): void {
     if (this.#closed) return;
+    if (this.tap) this.tap.record(m, this.role === 'endpoint', false, devOf(m));
     const e = encodeMsg(m, byRef);
     const size = framedSize(e);
     if (size > MAX_FRAME_BYTES - 64)
@@ -510,6 +515,8 @@ export class Session extends EventEmitter {
   }
 
   #deliver(msgs: pcinet.Msg[]): void {
+    const tap = this.tap;
+    if (tap) for (const m of msgs) tap.record(m, this.role === 'host', false, devOf(m));
     try {
       this.emit('messages', msgs);
     } catch (e) {
