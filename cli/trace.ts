@@ -3,7 +3,7 @@
 // packaging/wireshark/pcinet.lua) and/or as decoded text lines, filtered by device, message kind
 // and BAR offset on the serving side. `-r FILE` prints a capture as text.
 import { existsSync } from 'node:fs';
-import { ControlClient, defaultControlPath } from '../proto/control.js';
+import { ControlClient, ControlError, defaultControlPath } from '../proto/control.js';
 import {
   DEFAULT_SNAPLEN,
   decodeRecord,
@@ -194,7 +194,9 @@ export async function runTrace(
   try {
     await req;
   } catch (e) {
-    if (!why) throw e;
+    // The traced process went away (it stopped, or was restarted): what was captured is kept.
+    if (e instanceof ControlError) throw e;
+    why ||= `${path} closed`;
   } finally {
     clearTimeout(timer);
     process.off('SIGINT', onSig);
