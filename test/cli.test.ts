@@ -347,6 +347,7 @@ describe('bad input: one clear line, exit 2', () => {
       ['{"keepaliveMs": -5}', /"keepaliveMs": must be a positive integer/],
       ['{"graceMs": 1.5}', /"graceMs": must be a positive integer/],
       ['{"logLevel": "loud"}', /"logLevel": Allowed choices are/],
+      ['{"control": 5}', /"control" must be a string or false/],
     ] as const) {
       writeFileSync(bad, text);
       const r = await pcinet(['endpoint', '--config', bad]);

@@ -2,7 +2,7 @@
 // `pcinet host` (sim channel, the test device's selftest for traffic): the built CLI
 // (dist/cli/main.js), control sockets in a directory of the test's own.
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -144,6 +144,51 @@ describe('pcinet status and pcinet trace', () => {
     expect(read.out()).toMatch(/ host->dev sess mmioWrite +bar=0 offset=0x[0-9a-f]+ data\[4\]=/);
     endpoint.c.kill('SIGTERM');
     await endpoint.done;
+  });
+
+  it('the control socket comes from the config file; a second process on it is refused, saying why', {
+    timeout: 60_000,
+  }, async () => {
+    const port = await freePort();
+    const sock = join(dir, 'from-config.sock');
+    const conf = join(dir, 'endpoint.json');
+    writeFileSync(conf, JSON.stringify({ listen: `127.0.0.1:${port}`, device: ['test'], control: sock }));
+    const endpoint = start(['endpoint', '--config', conf]);
+    await until(() => endpoint.err().includes('endpoint listening'), 20_000, endpoint.err);
+    const st = start(['status', '--socket', sock, '--json', '--interval', '50']);
+    expect(await st.done, st.err()).toBe(0);
+    expect(JSON.parse(st.out())).toMatchObject({ role: 'endpoint', pid: endpoint.c.pid });
+    const second = start([
+      'endpoint',
+      '--listen',
+      `127.0.0.1:${await freePort()}`,
+      '--device',
+      'test',
+      '--control',
+      sock,
+    ]);
+    expect(await second.done).toBe(1);
+    expect(second.err()).toMatch(
+      `control socket ${sock} is in use by a running process (another pcinet endpoint?)`,
+    );
+    // Killed, it leaves its socket behind; the next one takes it over.
+    endpoint.c.kill('SIGKILL');
+    await endpoint.done;
+    const third = start([
+      'endpoint',
+      '--listen',
+      `127.0.0.1:${await freePort()}`,
+      '--device',
+      'test',
+      '--control',
+      sock,
+    ]);
+    await until(() => third.err().includes('endpoint listening'), 20_000, third.err);
+    const again = start(['status', '--socket', sock, '--json', '--interval', '50']);
+    expect(await again.done, again.err()).toBe(0);
+    expect(JSON.parse(again.out())).toMatchObject({ role: 'endpoint', pid: third.c.pid });
+    third.c.kill('SIGTERM');
+    await third.done;
   });
 
   it('status and trace say what is wrong when nothing listens, and refuse bad filters', async () => {

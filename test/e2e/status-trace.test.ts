@@ -51,20 +51,27 @@ describe.skipIf(!root)('pcinet status and pcinet trace on the lab’s NVMe disk'
         'ctrl=$(ls /sys/bus/pci/devices/$dev/nvme/)',
         'for i in $(seq 50); do [ -e "/dev/$ctrl"n1 ] && break; sleep 0.1; done',
         'disk=/dev/"$ctrl"n1',
-        // Reads and writes for a while; both sides' status is taken in the middle of it.
+        // Reads and writes until both sides' status has been taken in the middle of them (TCG on
+        // a busy machine is slow: the I/O runs until then, however long that is, bounded).
         'fio --name=load --filename=$disk --rw=randrw --bs=4k --iodepth=8 --ioengine=libaio --direct=1 ' +
-          '--time_based --runtime=12 --size=32M > /tmp/fio.log 2>&1 & fio=$!',
-        'sleep 3',
+          '--time_based --runtime=240 --size=32M > /tmp/fio.log 2>&1 & fio=$!',
+        `reads() { awk '{print $1}' /sys/block/"$ctrl"n1/stat; }`,
+        'start=$(reads); for i in $(seq 600); do [ $(reads) -gt $((start + 200)) ] && break; sleep 0.2; done',
         `node ${CLI} status --json --interval 2000 > /tmp/status.json`,
         askCard('status'),
         `node ${CLI} status --interval 1000`,
-        'wait $fio || { cat /tmp/fio.log; exit 1; }',
+        'kill -INT $fio; wait $fio || true',
+        'grep -E "^ *(read|write):" /tmp/fio.log || cat /tmp/fio.log',
         'echo "status-json $(cat /tmp/status.json)"',
         'echo smart-log-start',
         'nvme smart-log /dev/$ctrl | grep -E "^(critical_warning|temperature)"',
         'echo smart-log-end',
       ].join('\n'),
       timeoutMs: RUN_TIMEOUT_MS,
+      onOutput: process.env.PCINET_E2E_DEBUG ? (c) => process.stderr.write(c) : undefined,
+      onPhase: process.env.PCINET_E2E_DEBUG
+        ? (p) => console.error(`phase ${p.name} ${p.detail} ${p.ms}`)
+        : undefined,
       card: async (card) => {
         trace = spawn(
           process.execPath,
