@@ -3,6 +3,7 @@
 // rates moving while fio runs, and the card's status (the endpoint's socket) says the same from
 // its side; a trace taken on the card records the MMIO and DMA of `nvme smart-log`, which travel
 // on pcinet.ko's sealed kernel link, and tshark decodes them with the dissector.
+// PCINET_E2E_DEBUG=1 streams the guest's output and the lab's phases while it runs.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
