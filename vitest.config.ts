@@ -6,6 +6,7 @@ export default defineConfig({
     exclude: ['dist/**', 'node_modules/**'],
     testTimeout: 60_000,
     hookTimeout: 60_000,
+    setupFiles: ['test/run-dir.setup.ts'],
     // With CI=true a skipped test fails the run, named (test/ci-skips.ts).
     reporters: ['default', './test/ci-skips.ts'],
   },

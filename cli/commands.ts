@@ -1,10 +1,18 @@
 // What `pcinet endpoint`, `pcinet host` and `pcinet id` do, given parsed flags.
 import { renameSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
+import { endpointControl } from '../endpoint/control.js';
 import { parseDeviceSpec } from '../endpoint/device-spec.js';
 import { EndpointServer } from '../endpoint/server.js';
 import { runHostAgent } from '../host-agent/agent.js';
+import { HostStatus } from '../host-agent/status.js';
 import { type Address, isLoopback, parseAddress } from '../proto/address.js';
+import {
+  type ControlHandler,
+  type ControlServer,
+  defaultControlPath,
+  listenControl,
+} from '../proto/control.js';
 import { loadOrCreateIdentity } from '../proto/identity.js';
 import type { SessionOptions } from '../proto/session.js';
 import { UsageError } from './errors.js';
@@ -79,14 +87,30 @@ export function checkEndpoint(o: EndpointFlags) {
   return { specs, models, addr, tls, allow };
 }
 
+/** The process's control socket (proto/control.ts), unless --no-control. Taken before anything
+ *  else starts: a second endpoint or host on the same path stops here. */
+async function control(
+  o: CommonFlags,
+  role: 'host' | 'endpoint',
+  handlers: Record<string, ControlHandler>,
+  log: Logger,
+): Promise<ControlServer | undefined> {
+  if (o.control === false) return undefined;
+  const c = await listenControl(o.control ?? defaultControlPath(role), role, handlers);
+  log.info({ path: c.path }, 'control socket');
+  return c;
+}
+
 export async function runEndpoint(o: EndpointFlags, log: Logger): Promise<void> {
   const { specs, models, addr, tls, allow } = checkEndpoint(o);
   const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
   const server = new EndpointServer({ models, log, session: sessionOptions(o, log) });
+  const ctl = await control(o, 'endpoint', endpointControl(server), log);
   const where = await server.listen(addr, identity ? { identity, allow } : undefined);
   log.info({ address: where, tls, devices: specs, fingerprint: identity?.fingerprint }, 'endpoint listening');
   const sig = await untilSignal();
   log.info({ signal: sig }, 'shutting down');
+  await ctl?.close();
   await server.close();
 }
 
@@ -117,17 +141,24 @@ export function checkHost(o: HostFlags) {
 export async function runHost(o: HostFlags, log: Logger): Promise<number> {
   const { addr, tls, pin, reconnect } = checkHost(o);
   const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
-  return runHostAgent({
-    address: addr,
-    tls: identity && pin ? { identity, pin } : undefined,
-    channel: o.channel,
-    selftest: o.selftest,
-    session: sessionOptions(o, log),
-    log,
-    untilSignal: untilSignal(),
-    onReady: o.readyFile ? (devices) => writeReadyFile(o.readyFile!, devices) : undefined,
-    reconnect,
-    ctrlLossMs: o.ctrlLossTmo * 1000,
-    kernelLink: o.kernelLink,
-  });
+  const status = new HostStatus({ address: o.connect, channel: o.channel });
+  const ctl = await control(o, 'host', status.handlers(), log);
+  try {
+    return await runHostAgent({
+      address: addr,
+      tls: identity && pin ? { identity, pin } : undefined,
+      channel: o.channel,
+      selftest: o.selftest,
+      session: sessionOptions(o, log),
+      log,
+      untilSignal: untilSignal(),
+      onReady: o.readyFile ? (devices) => writeReadyFile(o.readyFile!, devices) : undefined,
+      reconnect,
+      ctrlLossMs: o.ctrlLossTmo * 1000,
+      kernelLink: o.kernelLink,
+      status,
+    });
+  } finally {
+    await ctl?.close();
+  }
 }

@@ -4,7 +4,7 @@
 import { readFileSync } from 'node:fs';
 import { UsageError } from './errors.js';
 
-type Kind = 'string' | 'number' | 'boolean' | 'string[]';
+type Kind = 'string' | 'number' | 'boolean' | 'string[]' | 'string|false';
 
 /** Every key a config file may hold, with its type. */
 export const CONFIG_KEYS: Record<string, Kind> = {
@@ -24,6 +24,7 @@ export const CONFIG_KEYS: Record<string, Kind> = {
   reconnect: 'boolean',
   ctrlLossTmo: 'number',
   kernelLink: 'boolean',
+  control: 'string|false',
 };
 
 export function readConfigFile(path: string): Record<string, unknown> {
@@ -48,8 +49,13 @@ export function readConfigFile(path: string): Record<string, unknown> {
     const ok =
       kind === 'string[]'
         ? Array.isArray(value) && value.every((v) => typeof v === 'string')
-        : typeof value === kind;
-    if (!ok) throw new UsageError(`config file ${path}: "${key}" must be a ${kind}`);
+        : kind === 'string|false'
+          ? typeof value === 'string' || value === false
+          : typeof value === kind;
+    if (!ok)
+      throw new UsageError(
+        `config file ${path}: "${key}" must be a ${kind === 'string|false' ? 'string or false' : kind}`,
+      );
   }
   return obj as Record<string, unknown>;
 }

@@ -6,10 +6,13 @@ import { deviceHelp } from '../endpoint/device-spec.js';
 import { labCommand } from '../lab/cli.js';
 import { runVpnDemo } from '../lab/demo-vpn.js';
 import { runZfsDemo } from '../lab/demo-zfs.js';
+import { defaultControlDir } from '../proto/control.js';
 import { checkEndpoint, checkHost, runEndpoint, runHost, runId } from './commands.js';
 import { mergeOptions, readConfigFile } from './config.js';
 import { EXIT_USAGE, UsageError } from './errors.js';
 import { LOG_LEVELS, type LogLevel, makeLogger } from './log.js';
+import { runStatus, type StatusFlags } from './status.js';
+import { DEFAULT_SNAPLEN, runTrace, type TraceFlags } from './trace.js';
 
 const VERSION = '0.1.0';
 
@@ -33,6 +36,25 @@ function collect(v: string, prev: string[] = []): string[] {
   return [...prev, v];
 }
 
+function nonNegativeInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError('must be an integer >= 0');
+  return n;
+}
+
+function collectInt(v: string, prev: number[] = []): number[] {
+  return [...prev, nonNegativeInt(v)];
+}
+
+/** 100000, 64K, 100M, 1G (powers of 1024). */
+function size(v: string): number {
+  const m = /^(\d+)([KMG]?)i?B?$/i.exec(v.trim());
+  if (!m) throw new InvalidArgumentError('want a size such as 100M');
+  const n = Number(m[1]) * 1024 ** ' KMG'.indexOf((m[2] || ' ').toUpperCase());
+  if (n < 4096) throw new InvalidArgumentError('at least 4K');
+  return n;
+}
+
 function common(cmd: Command): Command {
   return cmd
     .option('--config <file>', 'read options from a JSON file (flags win)')
@@ -46,7 +68,12 @@ function common(cmd: Command): Command {
     .option('--insecure', 'allow plain TCP/WebSocket to a non-loopback address', false)
     .option('--keepalive-ms <ms>', 'keep-alive interval', positiveInt, 1000)
     .option('--dead-after-ms <ms>', 'a silent peer is dead after this long', positiveInt, 3000)
-    .option('--grace-ms <ms>', 'how long a lost connection may be resumed', positiveInt, 30000);
+    .option('--grace-ms <ms>', 'how long a lost connection may be resumed', positiveInt, 30000)
+    .option(
+      '--control <path>',
+      `the control socket pcinet status and trace talk to (default ${defaultControlDir()}/${cmd.name()}.sock)`,
+    )
+    .option('--no-control', 'serve no control socket');
 }
 
 /** `--check` passed: one line saying so (systemd's ExecStartPre, a person editing /etc/pcinet). */
@@ -146,6 +173,64 @@ export function buildProgram(): Command {
       process.stdout.write(`${await runId(o.identity)}\n`);
     });
 
+  program
+    .command('status')
+    .description('what a running pcinet host or endpoint is doing: devices, session, rates')
+    .option(
+      '--socket <path>',
+      `a control socket (repeatable; default: ${defaultControlDir()}/host.sock and endpoint.sock, those that exist)`,
+      collect,
+    )
+    .option('--watch', 'refresh in place every --interval, like top (Ctrl-C stops)', false)
+    .option('--json', 'print JSON (with --watch: one object per line and refresh)', false)
+    .option(
+      '--interval <ms>',
+      'time between the two snapshots rates come from, and between refreshes',
+      positiveInt,
+      1000,
+    )
+    .option('--count <n>', 'with --watch: stop after this many refreshes', positiveInt)
+    .action(async (o: StatusFlags) => {
+      process.exitCode = await runStatus(o);
+    });
+
+  program
+    .command('trace')
+    .description("record a session's messages (pcapng for Wireshark, or decoded text)")
+    .option(
+      '--socket <path>',
+      `a control socket (default: ${defaultControlDir()}/endpoint.sock, which sees kernel links too, else host.sock)`,
+    )
+    .option('-w, --write <file>', 'write a pcapng file (Wireshark: packaging/wireshark/pcinet.lua)')
+    .option('-r, --read <file>', 'print a capture written with -w as text, and exit')
+    .option('--text', 'print decoded messages as they pass (the default without -w)', false)
+    .option(
+      '--max-size <size>',
+      'bytes per file (K, M, G); without --ring the capture stops there',
+      size,
+      64 << 20,
+    )
+    .option(
+      '--ring <n>',
+      'keep the last N files of --max-size, writing FILE-00001.pcapng, … (0: one file)',
+      nonNegativeInt,
+      0,
+    )
+    .option('--duration <s>', 'stop after this many seconds', positiveInt)
+    .option('--count <n>', 'stop after this many messages', positiveInt)
+    .option('--device <id>', 'only this device (repeatable)', collectInt)
+    .option('--kind <kind>', 'only this message kind, e.g. mmioWrite, dmaRead (repeatable)', collect)
+    .option(
+      '--bar <n>',
+      'only MMIO (MmioWrite, MmioRead and its completion, ShadowUpdate) of this BAR',
+      nonNegativeInt,
+    )
+    .option('--offset <range>', 'only MMIO at these BAR offsets: LO, LO-HI (HI excluded) or LO+LEN')
+    .option('--snaplen <bytes>', 'payload bytes kept per message', nonNegativeInt, DEFAULT_SNAPLEN)
+    .action(async (o: TraceFlags) => {
+      process.exitCode = await runTrace(o);
+    });
+
   labCommand(program);
   const demo = program.command('demo').description('scripted demos on the lab');
   demo
@@ -173,6 +258,8 @@ export interface CommonFlags {
   keepaliveMs: number;
   deadAfterMs: number;
   graceMs: number;
+  /** A path; false: --no-control; undefined: the default path. */
+  control?: string | false;
 }
 export interface EndpointFlags extends CommonFlags {
   listen: string;

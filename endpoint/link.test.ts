@@ -15,6 +15,7 @@ import { ABI_VERSION, LINK_HELLO_SIZE, LINK_MAGIC, R, SEAL_TAG, W } from '../pro
 import { RecordStream } from '../proto/kernel-link.js';
 import { openSession, type Session } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
+import { decodeRecord, TF_LINK, TF_TO_HOST } from '../proto/trace.js';
 import { Capability, ErrorCode, long, type Msg, OUR_CAPABILITIES } from '../proto/wire.js';
 import { EndpointServer } from './server.js';
 
@@ -388,5 +389,48 @@ describe('kernel links at the endpoint', () => {
         await session.close();
       }
     });
+  });
+});
+
+describe('tracing a device on a kernel link (pcinet trace, endpoint/control.ts)', () => {
+  it('records what the link carries both ways, marked as the link, and the session’s messages apart', async () => {
+    const port = await endpoint();
+    const server = servers.at(-1)!;
+    const got: Buffer[] = [];
+    const stop = server.trace.subscribe({
+      sink: (records) => {
+        for (const [, r] of records) got.push(Buffer.from(r));
+        return true;
+      },
+    });
+    const { session, attach } = await hostSession(port, true);
+    const k = await kernelLink(port, attach.linkToken!);
+    expect(await k.accepted()).toBe(true);
+    session.send({
+      attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
+    });
+    session.flush();
+    k.socket.write(mmioWrite(0, REG.SCRATCH, 0xabcd_0123));
+    k.socket.write(mmioRead(9, 0, REG.COUNTER));
+    await k.until(() => k.records.some((r) => typeOf(r) === W.MMIO_READ_CPL));
+    await new Promise((r) => setImmediate(r));
+    stop();
+    const recs = got.map((b) => decodeRecord(b));
+    const seen = (kind: string, flags: number) =>
+      recs.find((r) => r.kind === kind && (r.flags & (TF_LINK | TF_TO_HOST)) === flags);
+    // The Attach went out on the session, without the link's key; the AttachResult came in on it.
+    expect(seen('attach', TF_TO_HOST)).toBeDefined();
+    expect(seen('attachResult', 0)).toBeDefined();
+    // The data plane on the link: the kernel's write and read in, the fence and completion out.
+    const w = seen('mmioWrite', TF_LINK)!;
+    expect(w.dev).toBe(attach.dev);
+    expect(Buffer.from(w.msg.mmioWrite!.data!).readUInt32LE(0)).toBe(0xabcd_0123);
+    expect(seen('mmioRead', TF_LINK)?.msg.mmioRead?.tag).toBe(9);
+    expect(seen('writesApplied', TF_LINK | TF_TO_HOST)).toBeDefined();
+    expect(seen('mmioReadCpl', TF_LINK | TF_TO_HOST)?.msg.mmioReadCpl?.tag).toBe(9);
+    expect(recs.filter((r) => r.kind === 'mmioWrite' && !(r.flags & TF_LINK))).toEqual([]);
+    // Off again: the runtime holds no tap, so the data path records nothing.
+    expect(server.active?.runtime.tap).toBeUndefined();
+    await session.close();
   });
 });

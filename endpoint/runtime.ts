@@ -27,6 +27,7 @@ import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
 import { type DeviceModel, DmaError, type HostPort } from '../devices/host-port.js';
 import { MAX_PUSH_RULES, type PushRule } from '../devices/push.js';
+import { devOf, type Tap } from '../proto/trace.js';
 import {
   Capability,
   ErrorCode,
@@ -240,6 +241,9 @@ export class EndpointRuntime {
   readonly #sealLinks: boolean;
   /** Kernel links written to since their last flush. */
   readonly #unflushedLinks = new Set<KernelLink>();
+  /** Set while `pcinet trace` runs (endpoint/control.ts): every message in and out is recorded,
+   *  on the session and on kernel links alike. Off, it costs one test per message. */
+  tap: Tap | undefined;
 
   constructor(session: SessionLike, models: readonly DeviceModel[], options: RuntimeOptions = {}) {
     this.#session = session;
@@ -276,7 +280,7 @@ export class EndpointRuntime {
     for (const d of this.#devices.values()) {
       d.linkToken = links ? randomBytes(16) : undefined;
       d.linkKey = links && this.#sealLinks ? randomBytes(32) : undefined;
-      s.send({
+      this.#control({
         attach: {
           dev: d.dev,
           desc: wireDescription(d.model.description),
@@ -284,7 +288,6 @@ export class EndpointRuntime {
           linkKey: d.linkKey,
         },
       });
-      this.#unflushed = true;
     }
     this.#flush();
     this.#checkAttached();
@@ -321,14 +324,24 @@ export class EndpointRuntime {
       if (d.state !== 'attached' && d.state !== 'pending') continue;
       const wasAttached = d.state === 'attached';
       d.state = 'unplugged';
-      this.#session.send({ detach: { dev: d.dev, reason, message } });
-      this.#unflushed = true;
+      this.#control({ detach: { dev: d.dev, reason, message } });
       if (wasAttached) this.#unplugModel(d);
       else d.outcome = { code: ErrorCode.SHUTDOWN, message: 'endpoint closed before AttachResult' };
     }
     this.#closed = true;
     this.#flush();
     this.#checkAttached();
+  }
+
+  /** The devices as `pcinet status` shows them (counters apart: counters()). */
+  devices(): { dev: number; model: string; address: string; state: string; kernelLink: boolean }[] {
+    return [...this.#devices.values()].map((d) => ({
+      dev: d.dev,
+      model: d.name,
+      address: d.address,
+      state: d.state === 'attached' ? 'up' : d.state,
+      kernelLink: d.link !== undefined,
+    }));
   }
 
   /** Per-device and model counters, as "dev1.mmioWrites", "dev1.test.commands". */
@@ -347,7 +360,9 @@ export class EndpointRuntime {
 
   /** One inbound batch. Throws ProtocolError when the host broke the protocol (the session must
    *  then close with its code); messages before the bad one have been applied. */
-  receive(msgs: readonly Msg[]): void {
+  receive(msgs: readonly Msg[], link = false): void {
+    const tap = this.tap;
+    if (tap) for (const m of msgs) tap.record(m, false, link, devOf(m));
     const wrote = new Set<Device>();
     this.#inBatch = true;
     try {
@@ -355,7 +370,7 @@ export class EndpointRuntime {
       for (const d of this.#devices.values()) {
         if (d.state !== 'attached') continue;
         this.#pushShadow(d);
-        if (wrote.has(d)) this.#out(d).send({ writesApplied: { dev: d.dev, count: long(d.writes) } });
+        if (wrote.has(d)) this.#toHost(d, { writesApplied: { dev: d.dev, count: long(d.writes) } });
       }
     } finally {
       this.#inBatch = false;
@@ -503,8 +518,7 @@ export class EndpointRuntime {
           name,
           value: long(value),
         }));
-        this.#session.send({ stats: { nonce: m.statsRequest!.nonce, counters } });
-        this.#unflushed = true;
+        this.#control({ stats: { nonce: m.statsRequest!.nonce, counters } });
         return;
       }
       // The session's own business, if it lets them through.
@@ -550,7 +564,7 @@ export class EndpointRuntime {
         { dev: d.dev, model: d.name, address: d.address, kernelLink: !!d.link },
         'device attached',
       );
-      d.link?.start((msgs) => this.receive(msgs));
+      d.link?.start((msgs) => this.receive(msgs, true));
     } else {
       d.state = 'failed';
       this.#log.warn(
@@ -698,15 +712,29 @@ export class EndpointRuntime {
   /** Every message of a device goes through here: its changed BAR bytes first. */
   #send(d: Device, m: Msg, payload = 0, byRef?: Uint8Array): void {
     this.#pushShadow(d);
-    this.#out(d).send(m, byRef);
+    this.#toHost(d, m, byRef);
     this.#queued(payload);
+  }
+
+  /** A device's message to its outlet (and to the trace, if one runs). */
+  #toHost(d: Device, m: Msg, byRef?: Uint8Array): void {
+    const out = this.#out(d);
+    if (this.tap) this.tap.record(m, true, out !== this.#session, d.dev);
+    out.send(m, byRef);
+  }
+
+  /** A message of the runtime's own (Attach, Detach, Stats): always on the session. */
+  #control(m: Msg): void {
+    if (this.tap) this.tap.record(m, true, false, devOf(m));
+    this.#session.send(m);
+    this.#unflushed = true;
   }
 
   #pushShadow(d: Device): void {
     for (const r of d.model.takeDirty()) {
       for (let off = 0; off < r.data.length; off += MAX_DMA_CHUNK) {
         const data = r.data.subarray(off, off + MAX_DMA_CHUNK);
-        this.#out(d).send({ shadowUpdate: { dev: d.dev, bar: r.bar, offset: long(r.offset + off), data } });
+        this.#toHost(d, { shadowUpdate: { dev: d.dev, bar: r.bar, offset: long(r.offset + off), data } });
         this.#queued(data.length);
       }
     }

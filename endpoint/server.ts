@@ -12,6 +12,7 @@ import type { Identity } from '../proto/identity.js';
 import { ABI_VERSION } from '../proto/kernel-abi.js';
 import { type Session, type SessionOptions, SessionServer } from '../proto/session.js';
 import { type LinkHello, type Listener, listenTcp } from '../proto/tcp.js';
+import { type Tap, TraceHub } from '../proto/trace.js';
 import type { Transport } from '../proto/transport.js';
 import { Capability, ErrorCode, OUR_CAPABILITIES, ProtocolError } from '../proto/wire.js';
 import { listenWs } from '../proto/ws.js';
@@ -35,6 +36,8 @@ export interface ServerTls {
 interface Active {
   session: Session;
   runtime: EndpointRuntime;
+  /** performance.now() when it was opened. */
+  openedAt: number;
 }
 
 export class EndpointServer {
@@ -45,6 +48,13 @@ export class EndpointServer {
   #active: Active | undefined;
   /** Sessions served so far (for tests and logs). */
   served = 0;
+  /** `pcinet trace` subscribes here (endpoint/control.ts); while one runs, the active session's
+   *  runtime records every message, on the session and on kernel links. */
+  readonly trace = new TraceHub((tap) => {
+    this.#tap = tap;
+    if (this.#active) this.#active.runtime.tap = tap;
+  });
+  #tap: Tap | undefined;
 
   constructor(options: EndpointServerOptions) {
     this.#o = options;
@@ -72,6 +82,11 @@ export class EndpointServer {
   /** The session being served, if any. */
   get active(): Active | undefined {
     return this.#active;
+  }
+
+  /** The addresses it listens on. */
+  get addresses(): string[] {
+    return this.#listeners.map((l) => l.address);
   }
 
   /** Takes a connection from any transport (tests use the loop transport). */
@@ -124,7 +139,8 @@ export class EndpointServer {
       // Authenticated sessions are TLS: their links are sealed.
       sealLinks: session.peerFingerprint !== undefined,
     });
-    this.#active = { session, runtime };
+    runtime.tap = this.#tap;
+    this.#active = { session, runtime, openedAt: performance.now() };
     this.served++;
     session.once('close', (err?: Error) => {
       if (this.#active?.session === session) this.#active = undefined;

@@ -26,6 +26,7 @@ import { DEFAULT_LOSS_MS, Parking } from './parking.js';
 import { type AttachedDevice, Relay } from './relay.js';
 import { SimChannel } from './sim/channel.js';
 import { type Check, TestDriver } from './sim/test-driver.js';
+import { type HostStatus, STATUS_NONCE_BASE } from './status.js';
 
 const VERSION = '0.1.0';
 /** After SIGTERM, give up on an orderly goodbye after this long (the lab waits 10 s). */
@@ -53,6 +54,8 @@ export interface HostAgentOptions {
   /** Kernel channel over TCP or TLS: let pcinet.ko carry each device's data plane on a connection
    *  of its own (docs/KERNEL-ABI.md, W_CONNECT; sealed on TLS). Default true. */
   kernelLink?: boolean;
+  /** What `pcinet status` is shown (host-agent/status.ts): told of each session. */
+  status?: HostStatus;
 }
 
 export function dialer(
@@ -117,7 +120,8 @@ function statsOnSignal(session: Session, log: Logger): () => void {
   };
   const onMessages = (msgs: Msg[]) => {
     for (const m of msgs) {
-      if (!m.stats) continue;
+      // Status probes (host-agent/status.ts) have nonces of their own.
+      if (!m.stats || num(m.stats.nonce, 'nonce') >= STATUS_NONCE_BASE) continue;
       const counters = Object.fromEntries(
         (m.stats.counters ?? []).map((c) => [c.name ?? '', num(c.value, 'counter')]),
       );
@@ -191,6 +195,7 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
   const reconnect = (o.reconnect ?? false) && !o.selftest;
   // Devices wait on the bus, link down, for as long as NVMe/TCP would wait for its controller.
   const parking = reconnect ? new Parking({ lossMs: o.ctrlLossMs ?? DEFAULT_LOSS_MS, log }) : undefined;
+  if (o.status) o.status.parking = parking;
   const signalled = o.untilSignal.then((name) => ({ kind: 'signal' as const, name }));
   let delay = RECONNECT_FIRST_MS;
   let rounds = 0;
@@ -259,6 +264,7 @@ async function serveSession(
     round.parking,
     session.capabilities & Capability.CAP_KERNEL_LINK ? link : undefined,
   );
+  o.status?.opened(session, relay);
   const stopStats = statsOnSignal(session, log);
   relay.done.then(stopStats, stopStats);
   let attached = false;

@@ -52,6 +52,15 @@ export class Parking {
     return since === undefined || this.#lossMs === 0 ? undefined : since + this.#lossMs;
   }
 
+  /** The devices waiting, link down (for `pcinet status`). */
+  get list(): { dev: number; model: string; address: string }[] {
+    return [...this.#parked.entries()].map(([dev, p]) => ({
+      dev,
+      model: p.model,
+      address: p.device.address,
+    }));
+  }
+
   /** Takes the device's link down and keeps it; false if the channel cannot (remove it then). */
   async park(dev: number, p: ParkedDevice): Promise<boolean> {
     if (!p.device.linkDown) return false;

@@ -114,6 +114,11 @@ export class Relay {
     }));
   }
 
+  /** The attached devices and whether each one's data plane is on a kernel link (`pcinet status`). */
+  get linked(): Map<number, boolean> {
+    return new Map([...this.#devices.entries()].map(([dev, d]) => [dev, d.device.linked ?? false]));
+  }
+
   /** Resolves when the session has ended and every device is removed: undefined for an orderly
    *  end, else the session's error. */
   get done(): Promise<Error | undefined> {

@@ -26,6 +26,9 @@ export interface EndpointSpec extends Security {
   /** Host fingerprints to accept. */
   allow?: readonly string[];
   logLevel?: string;
+  /** Its control socket (`pcinet status`, `pcinet trace`): the lab's own, so that labs running
+   *  side by side never meet at the default path. */
+  control?: string;
 }
 
 /** Scheme spelled out on both sides: a bare 127.0.0.1:PORT would mean plain TCP to the endpoint
@@ -41,6 +44,7 @@ export function endpointArgv(e: EndpointSpec): string[] {
     for (const fp of e.allow) argv.push('--allow', fp);
   }
   if (e.logLevel) argv.push('--log-level', e.logLevel);
+  if (e.control) argv.push('--control', e.control);
   return withAllocatorArgv([e.node, ...argv]);
 }
 

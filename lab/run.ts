@@ -153,7 +153,13 @@ export interface LabCard {
    *  that hangs. resumeEndpoint (SIGCONT) lets it go on. */
   pauseEndpoint(): void;
   resumeEndpoint(): void;
+  /** The endpoint's control socket on this machine (`pcinet status --socket`, `pcinet trace
+   *  --socket`). */
+  controlSocket: string;
 }
+
+/** Where the lab's endpoint serves its control socket. */
+const endpointControlPath = (dir: string) => join(dir, 'endpoint.sock');
 
 export interface LabResult {
   /** The command's exit status (128+n if killed by signal n). */
@@ -289,6 +295,7 @@ async function startEndpoint(
     identityDir,
     allow: hostFp ? [hostFp] : [],
     logLevel: o.logLevel,
+    control: endpointControlPath(dir),
   });
   const [cmd, ...args] = netns.wrap(argv);
   const proc = track(spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: repoRoot() }));
@@ -511,6 +518,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
               startEndpoint: startAgain,
               pauseEndpoint: () => endpoint!.proc.kill('SIGSTOP'),
               resumeEndpoint: () => endpoint!.proc.kill('SIGCONT'),
+              controlSocket: endpointControlPath(dir),
             })) ?? undefined;
       }
       const connect = external

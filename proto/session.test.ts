@@ -281,6 +281,19 @@ describe('session over TCP', () => {
     expect(unreachable).toHaveLength(1);
     expect(proxy.refused).toBeGreaterThan(0);
   });
+
+  it('measures the round trip of its keep-alives (pcinet status)', async () => {
+    const opts = { keepaliveMs: 20, deadAfterMs: 1000 };
+    const { port } = await tcpServer(opts);
+    const host = await openSession(() => dialTcp('127.0.0.1', port), opts);
+    cleanup.push(() => host.close());
+    expect(host.stats().rttMs).toBeUndefined();
+    const end = Date.now() + 5000;
+    while (host.stats().rttMs === undefined && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+    const rtt = host.stats().rttMs!;
+    expect(rtt).toBeGreaterThan(0);
+    expect(rtt).toBeLessThan(1000);
+  });
 });
 
 /** A raw TCP peer that speaks bytes we choose, for bad-input tests. */

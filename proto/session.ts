@@ -30,6 +30,7 @@ import {
   framedSize,
   partsLength,
 } from './codec.js';
+import { devOf, type Tap } from './trace.js';
 import type { Transport } from './transport.js';
 import {
   ErrorCode,
@@ -104,6 +105,9 @@ export interface SessionStats {
   /** Unacknowledged frames / bytes right now. */
   replayFrames: number;
   replayBytes: number;
+  /** The last keep-alive's round trip in ms (keep-alives go out when a direction is idle), if one
+   *  came back yet. */
+  rttMs?: number;
 }
 
 interface Pending {
@@ -176,7 +180,13 @@ export class Session extends EventEmitter {
   #tick: NodeJS.Timeout | undefined;
   #ackTimer: NodeJS.Timeout | undefined;
   #graceTimer: NodeJS.Timeout | undefined;
+  /** Set while the host-agent's `pcinet trace` runs (host-agent/status.ts): every sequenced
+   *  message in and out is recorded. Off, it costs one test per message. */
+  tap: Tap | undefined;
   #keepaliveNonce = 0;
+  /** When keep-alive #keepaliveNonce went out (performance.now()). */
+  #keepaliveSentAt = 0;
+  #rttMs: number | undefined;
   readonly #stats: SessionStats = {
     framesOut: 0,
     framesIn: 0,
@@ -240,6 +250,7 @@ export class Session extends EventEmitter {
    *  afterwards), so a large one is sent and kept for replay by reference instead of copied. */
   send(m: Msg, byRef?: Uint8Array): void {
     if (this.#closed) return;
+    if (this.tap) this.tap.record(m, this.role === 'endpoint', false, devOf(m));
     const e = encodeMsg(m, byRef);
     const size = framedSize(e);
     if (size > MAX_FRAME_BYTES - 64)
@@ -282,7 +293,12 @@ export class Session extends EventEmitter {
   }
 
   stats(): SessionStats {
-    return { ...this.#stats, replayFrames: this.#replay.length, replayBytes: this.#replayBytes };
+    return {
+      ...this.#stats,
+      replayFrames: this.#replay.length,
+      replayBytes: this.#replayBytes,
+      ...(this.#rttMs !== undefined ? { rttMs: this.#rttMs } : {}),
+    };
   }
 
   /** Closes the session. Orderly (no `err`): sends what is batched, waits (bounded) until the peer
@@ -519,6 +535,8 @@ export class Session extends EventEmitter {
   }
 
   #deliver(msgs: pcinet.Msg[]): void {
+    const tap = this.tap;
+    if (tap) for (const m of msgs) tap.record(m, this.role === 'host', false, devOf(m));
     try {
       this.emit('messages', msgs);
     } catch (e) {
@@ -555,6 +573,8 @@ export class Session extends EventEmitter {
   #onControl(m: pcinet.Msg): void {
     if (m.keepAlive) {
       if (!m.keepAlive.reply) this.#sendControl({ keepAlive: { nonce: m.keepAlive.nonce, reply: true } });
+      else if (num(m.keepAlive.nonce, 'nonce') === this.#keepaliveNonce)
+        this.#rttMs = performance.now() - this.#keepaliveSentAt;
       return;
     }
     if (m.error) {
@@ -624,6 +644,7 @@ export class Session extends EventEmitter {
     }
     if (now - this.#lastTx >= this.#o.keepaliveMs) {
       this.#stats.keepalivesOut++;
+      this.#keepaliveSentAt = performance.now();
       this.#sendControl({ keepAlive: { nonce: long(++this.#keepaliveNonce), reply: false } });
     }
   }

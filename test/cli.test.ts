@@ -196,6 +196,8 @@ describe('pcinet host --selftest against pcinet endpoint', () => {
       'sim',
       '--log-level',
       'warn',
+      // Two hosts at once: only one may have the default control socket.
+      '--no-control',
     ]);
     children.push(first);
     await new Promise((r) => setTimeout(r, 1500));
@@ -350,6 +352,7 @@ describe('bad input: one clear line, exit 2', () => {
       ['{"keepaliveMs": -5}', /"keepaliveMs": must be a positive integer/],
       ['{"graceMs": 1.5}', /"graceMs": must be a positive integer/],
       ['{"logLevel": "loud"}', /"logLevel": Allowed choices are/],
+      ['{"control": 5}', /"control" must be a string or false/],
     ] as const) {
       writeFileSync(bad, text);
       const r = await pcinet(['endpoint', '--config', bad]);

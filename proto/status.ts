@@ -1,0 +1,88 @@
+// What the "status" command of a control socket (proto/control.ts) answers, on the host-agent
+// (host-agent/status.ts) and on the endpoint (endpoint/control.ts) alike. Counters are cumulative;
+// `pcinet status` (cli/status.ts) turns two snapshots into rates.
+import type { Session, SessionStats } from './session.js';
+
+export interface SessionStatus extends SessionStats {
+  /** First 8 hex digits of the session id, as the logs print it. */
+  id: string;
+  /** The peer's address, or "(disconnected)" while a resume is under way. */
+  peer: string;
+  peerAgent: string;
+  connected: boolean;
+  uptimeMs: number;
+  /** Sessions opened again after the endpoint was lost (host-agent --reconnect). */
+  reconnects: number;
+  /** The round trip of a StatsRequest made for this snapshot (host side), in ms: the RTT as the
+   *  data path sees it, behind whatever is queued. */
+  probeRttMs?: number;
+}
+
+export interface DeviceStatus {
+  dev: number;
+  model: string;
+  /** The host's PCI address ("0000:10:00.0"), once attached. */
+  address: string;
+  /** The driver bound to it on the host (kernel channel), "" for none; absent where unknown. */
+  driver?: string;
+  /** up; down (parked: the endpoint is gone, the driver waits); pending / failed / removed
+   *  (endpoint's view of an attach). */
+  link: string;
+  /** Its data plane is on pcinet.ko's kernel link. */
+  kernelLink: boolean;
+  /** The endpoint's counters of it (endpoint/runtime.ts DeviceCounters), when known. */
+  counters: Record<string, number>;
+  /** Its model's own counters (nvme: readCommands, readBytes …). */
+  modelCounters: Record<string, number>;
+  /** pcinet.ko's timing sums (sysfs pcinet_timing): name -> [ns, count]. */
+  timing?: Record<string, [number, number]>;
+}
+
+export interface StatusSnapshot {
+  role: 'host' | 'endpoint';
+  pid: number;
+  version: string;
+  /** The process's uptime. */
+  uptimeMs: number;
+  /** When the snapshot was taken (monotonic ms, for rates between two). */
+  at: number;
+  /** host: where it dials; endpoint: where it listens. */
+  address: string;
+  /** host: sim or kernel. */
+  channel?: string;
+  session: SessionStatus | null;
+  devices: DeviceStatus[];
+}
+
+/** The endpoint's flat counters ("dev1.mmioWrites", "dev1.nvme.readBytes") by device: runtime
+ *  counters and model counters apart. */
+export function splitCounters(
+  flat: Record<string, number>,
+): Map<number, { counters: Record<string, number>; modelCounters: Record<string, number> }> {
+  const out = new Map<number, { counters: Record<string, number>; modelCounters: Record<string, number> }>();
+  for (const [name, value] of Object.entries(flat)) {
+    const m = /^dev(\d+)\.(?:([^.]+)\.)?([^.]+)$/.exec(name);
+    if (!m) continue;
+    const dev = Number(m[1]);
+    let e = out.get(dev);
+    if (!e) {
+      e = { counters: {}, modelCounters: {} };
+      out.set(dev, e);
+    }
+    if (m[2]) e.modelCounters[m[3]!] = value;
+    else e.counters[m[3]!] = value;
+  }
+  return out;
+}
+
+export function sessionStatus(s: Session, openedAt: number, reconnects: number): SessionStatus {
+  return {
+    ...s.stats(),
+    id: Buffer.from(s.id).toString('hex').slice(0, 8),
+    peer: s.remote,
+    peerAgent: s.peerAgent,
+    connected: s.connected,
+    uptimeMs: Math.round(performance.now() - openedAt),
+    reconnects,
+  };
+}
