@@ -55,6 +55,8 @@ async function startEndpoint(port: number, devices: number): Promise<ChildProces
         : []),
       cli,
       'endpoint',
+      // Its own run, beside any other endpoint on this machine: no control socket.
+      '--no-control',
       '--listen',
       `127.0.0.1:${port}`,
       ...Array(devices).fill(['--device', 'test']).flat(),
