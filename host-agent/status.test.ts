@@ -11,12 +11,9 @@ import { TestDevice } from '../devices/test/device.js';
 import { endpointControl } from '../endpoint/control.js';
 import { EndpointServer } from '../endpoint/server.js';
 import { listenControl } from '../proto/control.js';
-import { loopPair } from '../proto/loop.js';
-import { openSession } from '../proto/session.js';
 import type { StatusSnapshot } from '../proto/status.js';
 import { decodeRecord, TF_HOST_SIDE, TF_LINK, TF_TO_HOST, type TraceRecord } from '../proto/trace.js';
-import { Relay } from './relay.js';
-import { SimChannel } from './sim/channel.js';
+import { loopHost } from './sim/loop-host.js';
 import { TestDriver } from './sim/test-driver.js';
 import { boundDriver, HostStatus, readTiming } from './status.js';
 
@@ -49,19 +46,7 @@ describe('status of a live session', () => {
     timeout: 60_000,
   }, async () => {
     const server = new EndpointServer({ models: [new TestDevice({ vectors: 8 })], log });
-    const channel = new SimChannel({ log });
-    const session = await openSession(
-      async () => {
-        const [a, b] = loopPair();
-        server.accept(b);
-        return a;
-      },
-      { log },
-    );
-    const relay = new Relay(session, channel, log);
-    await new Promise<void>((resolve) => {
-      relay.onSettled = () => resolve();
-    });
+    const { channel, session, relay } = await loopHost((t) => server.accept(t), log);
     const status = new HostStatus({ address: 'loop', channel: 'sim' });
     status.opened(session, relay);
     const hostSock = join(dir, 'host.sock');
@@ -126,19 +111,7 @@ describe('trace on the host-agent', () => {
     timeout: 60_000,
   }, async () => {
     const server = new EndpointServer({ models: [new TestDevice({ vectors: 8 })], log });
-    const channel = new SimChannel({ log });
-    const session = await openSession(
-      async () => {
-        const [a, b] = loopPair();
-        server.accept(b);
-        return a;
-      },
-      { log },
-    );
-    const relay = new Relay(session, channel, log);
-    await new Promise<void>((resolve) => {
-      relay.onSettled = () => resolve();
-    });
+    const { channel, session, relay } = await loopHost((t) => server.accept(t), log);
     cleanup.push(async () => {
       await session.close();
       await server.close();

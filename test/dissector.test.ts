@@ -13,12 +13,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CaptureWriter, readCapture } from '../cli/pcapng.js';
 import { TestDevice } from '../devices/test/device.js';
 import { EndpointServer } from '../endpoint/server.js';
-import { Relay } from '../host-agent/relay.js';
-import { SimChannel } from '../host-agent/sim/channel.js';
+import { loopHost } from '../host-agent/sim/loop-host.js';
 import { TestDriver } from '../host-agent/sim/test-driver.js';
 import { repoRoot } from '../lab/paths.js';
-import { loopPair } from '../proto/loop.js';
-import { openSession } from '../proto/session.js';
 import {
   decodeRecord,
   encodeRecord,
@@ -61,19 +58,7 @@ describe('the Wireshark dissector', () => {
         return true;
       },
     });
-    const channel = new SimChannel({ log });
-    const session = await openSession(
-      async () => {
-        const [a, b] = loopPair();
-        server.accept(b);
-        return a;
-      },
-      { log },
-    );
-    const relay = new Relay(session, channel, log);
-    await new Promise<void>((resolve) => {
-      relay.onSettled = () => resolve();
-    });
+    const { channel, session } = await loopHost((t) => server.accept(t), log);
     const d = new TestDriver(channel.functions[0]!, channel.memory, channel.iommu);
     d.probe();
     expect((await d.selftest()).filter((c) => !c.ok)).toEqual([]);
