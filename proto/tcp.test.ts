@@ -150,6 +150,21 @@ describe('accepted TCP transport', () => {
     expect(mine.every((x) => x === 1)).toBe(true);
   });
 
+  it('a peer that resets the connection while its first bytes are sniffed only ends it', async () => {
+    let transports = 0;
+    const l = await listenTcp('127.0.0.1', 0, undefined, () => transports++, undefined, undefined, () => {});
+    const c = net.connect(l.port, '127.0.0.1');
+    c.on('error', () => {});
+    await new Promise((r) => c.once('connect', r));
+    c.write(LINK_MAGIC.subarray(0, 3)); // could still be a kernel link: undecided
+    await new Promise((r) => setTimeout(r, 20));
+    c.resetAndDestroy();
+    // An 'error' nobody listens to would be an uncaught exception here (the endpoint's crash).
+    await new Promise((r) => setTimeout(r, 50));
+    expect(transports).toBe(0);
+    await l.close();
+  });
+
   it("hands a kernel link's hello over with the socket's reads", async () => {
     const hello = Buffer.alloc(LINK_HELLO_SIZE);
     LINK_MAGIC.copy(hello, 0);

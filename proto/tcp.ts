@@ -440,6 +440,9 @@ export function listenTcp(
     const s = adoptWithReads(raw, reads);
     if (!s) return false;
     track(s);
+    // Until the session or the link listens for its errors itself, a reset (a peer gone while we
+    // sniff its first bytes) only ends the connection.
+    s.on('error', () => s.destroy());
     s.setNoDelay(true);
     const session = () => {
       onTransport(new SocketTransport(s, remote, undefined, { parser, setSink: (f) => (toParser = f) }));
