@@ -95,6 +95,9 @@ async function destroyPool(pool: string): Promise<void> {
   }
 }
 
+/** The demo's lab run may take this long on an idle machine (it stretches on a busy one). */
+export const ZFS_DEMO_RUN_MS = 600_000;
+
 export interface ZfsDemoOptions {
   /** Where the demo's lines go (default stdout). */
   out?: (line: string) => void;
@@ -207,7 +210,7 @@ export async function runZfsDemo(o: ZfsDemoOptions = {}): Promise<number> {
       assets,
       devices: [`nvme:file=${image},size=${DISK_BYTES},serial=ZFSDEMO,model=pcinet_disk_on_ZFS`],
       command: guestScript(),
-      timeoutMs: 600_000,
+      timeoutMs: ZFS_DEMO_RUN_MS,
       onOutput: (chunk) => {
         partial += chunk.toString();
         const lines = partial.split('\n');

@@ -1,6 +1,6 @@
 // Unit tests for the lab's pieces that need no VM: cpio, module resolution, scripts, addresses, CLI.
 import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command, CommanderError } from 'commander';
@@ -10,6 +10,7 @@ import { endpointArgv, guestDialAddress, hostAgentArgv } from './commands.js';
 import { cpioNewc } from './cpio.js';
 import { commandScript, envScript, guestScript, shQuote } from './guest-script.js';
 import { isStaticElf, resolveModules } from './initramfs.js';
+import { repoRoot } from './paths.js';
 import { parseHeadersDepends } from './prepare.js';
 import { MAX_SLOWDOWN, slowdown, testBudget } from './run.js';
 
@@ -209,5 +210,22 @@ describe('a lab run on a busy machine', () => {
     expect(slowdown(10_000_000)).toBe(MAX_SLOWDOWN);
     // The test's own timeout outlasts the longest stretch.
     expect(testBudget(240_000)).toBeGreaterThan(240_000 * MAX_SLOWDOWN);
+  });
+
+  it('every lab test gives vitest the stretched budget, not a fixed timeout the run can outlast', () => {
+    // A fixed `timeout:` ends a slow run that its own (stretched) deadline still allows: CI failed
+    // that way on a busy machine (status-trace, 360 s).
+    const dir = join(repoRoot(), 'test/e2e');
+    const lab = readdirSync(dir)
+      .filter((f) => f.endsWith('.test.ts'))
+      .map((f) => ({ f, text: readFileSync(join(dir, f), 'utf8') }))
+      .filter(({ text }) => /runInLab|run\w*Demo\(/.test(text));
+    expect(lab.length).toBeGreaterThan(10);
+    for (const { f, text } of lab) {
+      // A test's options: `{ timeout: … }` right before its async body.
+      const budgets = [...text.matchAll(/\{\s*timeout: ([^\n}]+?),?\s*\},\s*async/g)].map((m) => m[1]!);
+      expect(budgets.length, f).toBeGreaterThan(0);
+      for (const b of budgets) expect(b, f).toMatch(/testBudget\(/);
+    }
   });
 });

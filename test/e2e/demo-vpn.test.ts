@@ -3,17 +3,19 @@
 // tunnel the workstation's pings — recognised by their payload marker — are there (so the uplink
 // check is looking at the right traffic and could fail).
 import { describe, expect, it } from 'vitest';
-import { runVpnDemo } from '../../lab/demo-vpn.js';
+import { runVpnDemo, vpnDemoRunMs } from '../../lab/demo-vpn.js';
+import { testBudget } from '../../lab/run.js';
 import { missingVpnTools } from '../../lab/vpn.js';
 
 const root = process.getuid?.() === 0;
+const SECONDS = 3;
 
 describe.skipIf(!root || missingVpnTools().length > 0)('pcinet demo vpn', () => {
   it('pings and streams to the hidden host; the uplink shows only WireGuard', {
-    timeout: 600_000,
+    timeout: testBudget(vpnDemoRunMs(SECONDS)) + 120_000, // and the WireGuard peers' setup
   }, async () => {
     const lines: string[] = [];
-    const r = await runVpnDemo({ out: (l) => lines.push(l), seconds: 3 });
+    const r = await runVpnDemo({ out: (l) => lines.push(l), seconds: SECONDS });
     const text = lines.join('\n');
     expect(r.code, text).toBe(0);
     expect(text).toMatch(/ping 10\.78\.0\.2: 20 packets transmitted, 20 received, 0% packet loss/);

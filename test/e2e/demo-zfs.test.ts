@@ -3,7 +3,8 @@
 // vdev fails under the workstation's writes, is replaced and resilvered, and a scrub finds nothing.
 import { execFileSync } from 'node:child_process';
 import { describe, expect, it } from 'vitest';
-import { runZfsDemo } from '../../lab/demo-zfs.js';
+import { runZfsDemo, ZFS_DEMO_RUN_MS } from '../../lab/demo-zfs.js';
+import { testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const haveZfs = (() => {
@@ -17,7 +18,7 @@ const haveZfs = (() => {
 
 describe.skipIf(!root || !haveZfs)('pcinet demo zfs', () => {
   it('shows the dataset filling and compressing, then the workstation unharmed by a failed, replaced vdev', {
-    timeout: 600_000,
+    timeout: testBudget(ZFS_DEMO_RUN_MS) + 120_000, // and the pool's setup and checks
   }, async () => {
     const lines: string[] = [];
     const code = await runZfsDemo({ out: (l) => lines.push(l) });

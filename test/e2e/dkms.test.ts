@@ -19,7 +19,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../../lab/paths.js';
 import { ensurePackages, type LabAssets, prepareLab } from '../../lab/prepare.js';
 import { runOk } from '../../lab/proc.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 150_000;
@@ -44,7 +44,7 @@ describe.skipIf(!root)('DKMS: pcinet.ko built and installed for the lab kernel',
   }, DKMS_TIMEOUT_MS);
 
   it('dkms add, build, install; the installed module carries the test device in the lab', {
-    timeout: 3 * DKMS_TIMEOUT_MS + RUN_TIMEOUT_MS,
+    timeout: 3 * DKMS_TIMEOUT_MS + testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     // The tree as a user would add it (built objects in it are cleaned by dkms first).
     cpSync(join(repoRoot(), 'kernel'), src, { recursive: true });

@@ -9,7 +9,7 @@
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
 import type { Machine } from '../../lab/qemu.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 300_000;
@@ -84,62 +84,68 @@ describe.skipIf(!root)('pcinet.ko: BARs of 2 MiB to 256 MiB, 32- and 64-bit, pre
     assets = await prepareLab({ modules: true });
   }, 30 * 60_000);
 
-  it.each(cases)('$name: the test driver’s checks pass', { timeout: RUN_TIMEOUT_MS + 60_000 }, async (c) => {
-    const r = await runInLab({
-      assets,
-      machine: c.machine,
-      memoryMb: c.memoryMb,
-      devices: c.bars.map((b) => `test:${b.spec}`),
-      command: check.join('\n'),
-      timeoutMs: RUN_TIMEOUT_MS,
-    });
-    const out = `${r.stdout}\n${r.stderr}\n${r.guestLog.slice(-4000)}`;
-    // A lockup (an instruction faulting again and again) or an oops would have failed runInLab.
-    expect(r.code, out).toBe(0);
-    expect(r.devices).toHaveLength(c.bars.length);
-    // Devices come up in spec order: the lab's endpoint lists them so.
-    for (const [i, b] of c.bars.entries()) {
-      const dev = r.devices[i]!.replaceAll('.', '\\.');
-      const line = (what: string) => new RegExp(`^${dev} ${what}$`, 'm');
-      const bar = new RegExp(
-        `^${dev} bar2 start=0x([0-9a-f]+) end=0x([0-9a-f]+) flags=0x([0-9a-f]+) size=(\\d+)$`,
-        'm',
-      ).exec(r.stdout);
-      expect(bar, out).not.toBeNull();
-      const [start, end, flags] = [BigInt(`0x${bar![1]}`), BigInt(`0x${bar![2]}`), Number(`0x${bar![3]}`)];
-      expect(Number(bar![4])).toBe(b.size);
-      expect(end - start + 1n).toBe(BigInt(b.size));
-      expect(start % BigInt(b.size)).toBe(0n);
-      if (b.mem32) expect(end < 1n << 32n, `BAR 2 at 0x${start.toString(16)}`).toBe(true);
-      else expect(start >= 1n << 39n, `BAR 2 at 0x${start.toString(16)}`).toBe(true);
-      expect(Boolean(flags & MEM_64)).toBe(!b.mem32);
-      expect(Boolean(flags & PREFETCH)).toBe(b.prefetch);
-      expect(r.stdout, out).toMatch(line('magic 0x544e4350'));
-      expect(r.stdout, out).toMatch(line('scratch 0x5ca1ab1e'));
-      expect(r.stdout, out).toMatch(line('raise ok'));
-      expect(r.stdout, out).toMatch(line('dma_read ok size=65536 .*'));
-      expect(r.stdout, out).toMatch(line('dma_write ok size=65536 seed=5'));
-      expect(r.stdout, out).toMatch(line('stress ok cpus=2 iterations=500'));
-      expect(r.stdout, out).toMatch(line('memtest ok size=65533'));
-      const boundaries = Math.min(4, Math.ceil(b.size / (2 * MIB)) - 1);
-      for (let k = 1; k <= boundaries; k++)
+  it.each(cases)(
+    '$name: the test driver’s checks pass',
+    { timeout: testBudget(RUN_TIMEOUT_MS) },
+    async (c) => {
+      const r = await runInLab({
+        assets,
+        machine: c.machine,
+        memoryMb: c.memoryMb,
+        devices: c.bars.map((b) => `test:${b.spec}`),
+        command: check.join('\n'),
+        timeoutMs: RUN_TIMEOUT_MS,
+      });
+      const out = `${r.stdout}\n${r.stderr}\n${r.guestLog.slice(-4000)}`;
+      // A lockup (an instruction faulting again and again) or an oops would have failed runInLab.
+      expect(r.code, out).toBe(0);
+      expect(r.devices).toHaveLength(c.bars.length);
+      // Devices come up in spec order: the lab's endpoint lists them so.
+      for (const [i, b] of c.bars.entries()) {
+        const dev = r.devices[i]!.replaceAll('.', '\\.');
+        const line = (what: string) => new RegExp(`^${dev} ${what}$`, 'm');
+        const bar = new RegExp(
+          `^${dev} bar2 start=0x([0-9a-f]+) end=0x([0-9a-f]+) flags=0x([0-9a-f]+) size=(\\d+)$`,
+          'm',
+        ).exec(r.stdout);
+        expect(bar, out).not.toBeNull();
+        const [start, end, flags] = [BigInt(`0x${bar![1]}`), BigInt(`0x${bar![2]}`), Number(`0x${bar![3]}`)];
+        expect(Number(bar![4])).toBe(b.size);
+        expect(end - start + 1n).toBe(BigInt(b.size));
+        expect(start % BigInt(b.size)).toBe(0n);
+        if (b.mem32) expect(end < 1n << 32n, `BAR 2 at 0x${start.toString(16)}`).toBe(true);
+        else expect(start >= 1n << 39n, `BAR 2 at 0x${start.toString(16)}`).toBe(true);
+        expect(Boolean(flags & MEM_64)).toBe(!b.mem32);
+        expect(Boolean(flags & PREFETCH)).toBe(b.prefetch);
+        expect(r.stdout, out).toMatch(line('magic 0x544e4350'));
+        expect(r.stdout, out).toMatch(line('scratch 0x5ca1ab1e'));
+        expect(r.stdout, out).toMatch(line('raise ok'));
+        expect(r.stdout, out).toMatch(line('dma_read ok size=65536 .*'));
+        expect(r.stdout, out).toMatch(line('dma_write ok size=65536 seed=5'));
+        expect(r.stdout, out).toMatch(line('stress ok cpus=2 iterations=500'));
+        expect(r.stdout, out).toMatch(line('memtest ok size=65533'));
+        const boundaries = Math.min(4, Math.ceil(b.size / (2 * MIB)) - 1);
+        for (let k = 1; k <= boundaries; k++)
+          expect(r.stdout, out).toMatch(
+            line(`memtest_at ok offset=0x${(k * 2 * MIB - 3).toString(16)} size=8192`),
+          );
         expect(r.stdout, out).toMatch(
-          line(`memtest_at ok offset=0x${(k * 2 * MIB - 3).toString(16)} size=8192`),
+          line(`memtest_at ok offset=0x${(b.size - 4099).toString(16)} size=4099`),
         );
-      expect(r.stdout, out).toMatch(line(`memtest_at ok offset=0x${(b.size - 4099).toString(16)} size=4099`));
-      expect(r.stdout, out).toMatch(line(`locked_inc ok offset=0x${(b.size - 4096).toString(16)}`));
-      expect(r.stdout, out).toMatch(line('after ok offset=0x1000 size=4096'));
-      expect(r.stdout, out).toMatch(line('magic after 0x544e4350'));
-    }
-    // Each refused instruction was logged once and its page given back; nothing else failed.
-    const refused =
-      r.guestLog.match(/cannot emulate the instruction at .* accessing 0x[0-9a-f]+ \(-95\)/g) ?? [];
-    expect(refused, out).toHaveLength(c.bars.length);
-    const removed = r.guestLog.match(/pcinet: [0-9a-f]{4}:00:00\.0 removed: .*/g) ?? [];
-    expect(removed, out).toHaveLength(c.bars.length);
-    for (const line of removed) {
-      expect(line).toMatch(/emulation failures 1;/);
-      expect(line).toMatch(/lost 0;/);
-    }
-  });
+        expect(r.stdout, out).toMatch(line(`locked_inc ok offset=0x${(b.size - 4096).toString(16)}`));
+        expect(r.stdout, out).toMatch(line('after ok offset=0x1000 size=4096'));
+        expect(r.stdout, out).toMatch(line('magic after 0x544e4350'));
+      }
+      // Each refused instruction was logged once and its page given back; nothing else failed.
+      const refused =
+        r.guestLog.match(/cannot emulate the instruction at .* accessing 0x[0-9a-f]+ \(-95\)/g) ?? [];
+      expect(refused, out).toHaveLength(c.bars.length);
+      const removed = r.guestLog.match(/pcinet: [0-9a-f]{4}:00:00\.0 removed: .*/g) ?? [];
+      expect(removed, out).toHaveLength(c.bars.length);
+      for (const line of removed) {
+        expect(line).toMatch(/emulation failures 1;/);
+        expect(line).toMatch(/lost 0;/);
+      }
+    },
+  );
 });

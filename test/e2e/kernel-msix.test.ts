@@ -9,7 +9,7 @@
 // a pending vector merge, as on any MSI-X function, so fewer handler runs than raises is fine.
 import { beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 
 const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 240_000;
@@ -21,7 +21,7 @@ describe.skipIf(!root)('pcinet.ko: MSI-X raises that overflow the delivery ring'
   }, 30 * 60_000);
 
   it('a burst that overflows the ring: the last raise is delivered, the PBA bit clears', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const p = '/sys/module/pcinet/parameters/test_msix_ring';
     const r = await runInLab({

@@ -22,7 +22,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { askCard, endpointControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 import { FIO_VERIFY, FIO_VERIFY_OK } from './block-workloads.js';
 
 const root = process.getuid?.() === 0;
@@ -40,7 +40,7 @@ describe.skipIf(!root)('pcinet.ko with a card that stops answering', () => {
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('BAR 2 copied with interrupts off while the card is frozen: bounded; the device answers after SIGCONT', {
-    timeout: COPY_TIMEOUT_MS + 60_000,
+    timeout: testBudget(COPY_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,
@@ -88,7 +88,7 @@ describe.skipIf(!root)('pcinet.ko with a card that stops answering', () => {
   });
 
   it(`the endpoint frozen for ${PAUSE_S} s during fio: no lockup; after SIGCONT fio verifies`, {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const r = await runInLab({
       assets,

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 import { FIO_VERIFY, FIO_VERIFY_OK } from './block-workloads.js';
 
 const root = process.getuid?.() === 0;
@@ -36,7 +36,7 @@ describe.skipIf(!root)('a bad network between the workstation and the card', () 
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it(`netem (${NETEM}): fio verifies the disk, iperf3 runs through the NIC`, {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const procs: ChildProcess[] = [];
     const r = await runInLab({

@@ -14,7 +14,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { askCard } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { type LabCard, runInLab } from '../../lab/run.js';
+import { type LabCard, runInLab, testBudget } from '../../lab/run.js';
 import { type NetworkEvent, networkControl, OUTAGE_DIAL_PORT } from '../net-outage.js';
 
 const root = process.getuid?.() === 0;
@@ -33,6 +33,7 @@ const outage =
 /** Everything but the outage: boot, mkfs, fio before and after, e2fsck (generous: TCG on a busy
  *  machine). */
 const RUN_TIMEOUT_MS = OUTAGE_S * 1000 + 420_000;
+const NIC_RUN_MS = 420_000;
 const HOST_ARGS = process.env.PCINET_OUTAGE_HOST_ARGS?.split(' ').filter(Boolean) ?? [];
 
 const findDisk = [
@@ -53,7 +54,7 @@ describe.skipIf(!root)('the card’s network gone longer than nvme’s I/O timeo
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it(`a ${OUTAGE_S} s outage (${KIND}) during fio verify: no I/O error, every block verified, e2fsck clean`, {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const events: NetworkEvent[] = [];
     const r = await runInLab({
@@ -161,7 +162,7 @@ describe.skipIf(!root)('the card’s network gone, with a NIC on it', () => {
   }, 30 * 60_000);
 
   it(`a ${NIC_OUTAGE_S} s silent outage: the same interface, a TCP connection through it carries on`, {
-    timeout: 480_000,
+    timeout: testBudget(NIC_RUN_MS),
   }, async () => {
     const events: NetworkEvent[] = [];
     const setup = async (card: LabCard) => {
@@ -195,7 +196,7 @@ describe.skipIf(!root)('the card’s network gone, with a NIC on it', () => {
         'echo "after: same-interface=$([ "$(cat /sys/class/net/$ifc/ifindex 2>/dev/null)" = "$before" ] && echo yes || echo no)"',
         `ping -c 3 -i 0.2 -W 5 ${CARD} | grep "packets transmitted"`,
       ].join('\n'),
-      timeoutMs: 420_000,
+      timeoutMs: NIC_RUN_MS,
       card: networkControl(events, setup),
     });
     const out = `${r.stdout}\n${r.stderr}`;

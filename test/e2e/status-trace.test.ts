@@ -13,7 +13,7 @@ import { readCapture } from '../../cli/pcapng.js';
 import { askCard, startCardControl } from '../../lab/card-control.js';
 import { repoRoot } from '../../lab/paths.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { runInLab } from '../../lab/run.js';
+import { runInLab, testBudget } from '../../lab/run.js';
 import { decodeRecord, TF_LINK, TF_TO_HOST, type TraceRecord } from '../../proto/trace.js';
 import { u64 } from '../../proto/wire.js';
 import { ensureTshark } from '../tshark.js';
@@ -37,7 +37,7 @@ describe.skipIf(!root)('pcinet status and pcinet trace on the lab’s NVMe disk'
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
   it('status moves during I/O, bound to nvme on a kernel link; trace records smart-log’s MMIO and DMA', {
-    timeout: RUN_TIMEOUT_MS + 60_000,
+    timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const capture = join(dir, 'card.pcapng');
     let trace: ChildProcess | undefined;
