@@ -45,6 +45,30 @@ static struct pcinet_rec *pcinet_rec_new(struct pcinet_fn *fn, const void *rec, 
 	return r;
 }
 
+/*
+ * Under qlock, after records were queued: who sends them. With a kernel link, its send work on
+ * this CPU (the submitter is about to sleep or return: the work runs next, without waking another
+ * CPU, which under a hypervisor is an inter-processor interrupt and a vCPU coming out of halt);
+ * the link's own thread only when the queue runs long (it drains from any CPU, also while this
+ * one spins for queue space). Without one, read() on the file. `now`: false for a lazy record,
+ * which waits for the next one unless the queue is long.
+ */
+static void pcinet_rec_wake(struct pcinet_fn *fn, bool now)
+{
+	/* Lazy records alone never make the queue long enough for writers to wait on it. */
+	bool backlog = fn->queued > PCINET_QUEUE_BYTES / 4;
+
+	if (fn->tx_link) {
+		if (now || backlog)
+			pcinet_link_kick(fn->tx_link);
+		if (!backlog)
+			return;
+	} else if (!now && !backlog) {
+		return;
+	}
+	wake_up_interruptible(&fn->readq);
+}
+
 static void __pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r, bool wake)
 {
 	unsigned long flags;
@@ -60,11 +84,8 @@ static void __pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r, bool wa
 	spin_lock_irqsave(&fn->qlock, flags);
 	list_add_tail(&r->node, &fn->queue);
 	fn->queued += r->len;
-	/* Lazy records alone never make the queue long enough for writers to wait on it. */
-	wake |= fn->queued > PCINET_QUEUE_BYTES / 4;
+	pcinet_rec_wake(fn, wake);
 	spin_unlock_irqrestore(&fn->qlock, flags);
-	if (wake)
-		wake_up_interruptible(&fn->readq);
 }
 
 /* Queues a record without waiting (callers bound their own output); dropped while the link
@@ -109,8 +130,8 @@ void pcinet_rec_add_list(struct pcinet_fn *fn, struct list_head *recs)
 	spin_lock_irqsave(&fn->qlock, flags);
 	list_splice_tail_init(recs, &fn->queue);
 	fn->queued += bytes;
+	pcinet_rec_wake(fn, true);
 	spin_unlock_irqrestore(&fn->qlock, flags);
-	wake_up_interruptible(&fn->readq);
 }
 
 /* Past PCINET_QUEUE_CAP: the record is dropped, counted and logged. */
@@ -1414,9 +1435,12 @@ static int __init pcinet_init(void)
 	BUILD_BUG_ON(sizeof(struct pcinet_w_connect) != 88);
 	BUILD_BUG_ON(sizeof(struct pcinet_link_hello) != 32);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_link_closed) != 16);
-	ret = pcinet_mmio_init();
+	ret = pcinet_link_init();
 	if (ret)
 		return ret;
+	ret = pcinet_mmio_init();
+	if (ret)
+		goto err_link;
 	ret = bus_register_notifier(&pci_bus_type, &pcinet_bus_nb);
 	if (ret)
 		goto err_mmio;
@@ -1429,6 +1453,8 @@ err_notifier:
 	bus_unregister_notifier(&pci_bus_type, &pcinet_bus_nb);
 err_mmio:
 	pcinet_mmio_exit();
+err_link:
+	pcinet_link_exit();
 	return ret;
 }
 
@@ -1437,6 +1463,7 @@ static void __exit pcinet_exit(void)
 	misc_deregister(&pcinet_misc);
 	bus_unregister_notifier(&pci_bus_type, &pcinet_bus_nb);
 	pcinet_mmio_exit();
+	pcinet_link_exit();
 	ida_destroy(&pcinet_domains);
 }
 

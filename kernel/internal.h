@@ -219,6 +219,7 @@ struct pcinet_fn {
 	bool linked;			/* W_CONNECT was applied: the data plane is on links */
 	struct list_head dead_links;	/* closed links, stopped by pcinet_link_reap() */
 	struct list_head ctl;		/* records read() serves even when linked (qlock) */
+	struct pcinet_link *tx_link;	/* qlock: the link a new record's send goes to */
 
 	struct pcinet_counters stats;
 };
@@ -297,5 +298,8 @@ int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w)
 int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w);
 void pcinet_link_close(struct pcinet_fn *fn);
 void pcinet_link_reap(struct pcinet_fn *fn);
+void pcinet_link_kick(struct pcinet_link *l);
+int pcinet_link_init(void);
+void pcinet_link_exit(void);
 
 #endif /* PCINET_INTERNAL_H */

@@ -26,6 +26,7 @@
 #include <linux/socket.h>
 #include <linux/tcp.h>
 #include <linux/uio.h>
+#include <linux/workqueue.h>
 #include <asm/unaligned.h>
 #include <net/sock.h>
 
@@ -55,7 +56,16 @@ struct pcinet_link {
 	u64 tx_seq;
 	u64 rx_seq;
 	u64 sent_ns;		/* the last send, until bytes come back (timing) */
+	/* Sending: the work on the submitting CPU and the thread take turns under tx_mutex, which
+	 * keeps the records in queue order on the wire (and guards txbuf and tx_seq). */
+	struct mutex tx_mutex;
+	struct work_struct tx_work;
+	int tx_err;		/* READ_ONCE: the work's send failed; the thread closes the link */
 };
+
+/* The links' send work: high priority, bound to the CPU that queued it, and able to make
+ * progress under memory pressure (a disk's writeback goes through it). */
+static struct workqueue_struct *pcinet_tx_wq;
 
 enum { PCINET_SEAL_TO_ENDPOINT = 0, PCINET_SEAL_TO_HOST = 1 };
 
@@ -97,6 +107,10 @@ static void pcinet_link_retire(struct pcinet_fn *fn, struct pcinet_link *l)
 	kernel_sock_shutdown(l->sock, SHUT_RDWR);
 	list_add_tail(&l->node, &fn->dead_links);
 	fn->link = NULL;
+	spin_lock_irq(&fn->qlock);
+	if (fn->tx_link == l)
+		fn->tx_link = NULL;
+	spin_unlock_irq(&fn->qlock);
 	wake_up_interruptible_all(&fn->readq);
 	wake_up_interruptible_all(&fn->writeq);
 }
@@ -129,77 +143,131 @@ static void pcinet_link_failed(struct pcinet_link *l, int err)
 	pr_warn("%04x:00:00.0 kernel link lost (error %d): link down\n", fn->domain, err);
 }
 
+/*
+ * Sends one batch of queued records (up to PCINET_LINK_BATCH, or one sealed frame's worth):
+ * returns how many, 0 when the queue was empty, or the send's error. Process context.
+ */
+static int pcinet_link_send(struct pcinet_link *l)
+{
+	struct pcinet_fn *fn = l->fn;
+	struct pcinet_rec *recs[PCINET_LINK_BATCH];
+	struct kvec vec[PCINET_LINK_BATCH];
+	struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
+	unsigned int n = 0, n_vec, i;
+	size_t bytes = 0;
+	u64 taken;
+	int err = 0;
+
+	/* Interruptible: a send blocked by a frozen peer must not make the other sender a hung task
+	 * (no signal comes to a kernel thread or a worker; closing the link ends the send). */
+	if (mutex_lock_interruptible(&l->tx_mutex))
+		return 0;
+	if (READ_ONCE(l->closing)) {
+		mutex_unlock(&l->tx_mutex);
+		return 0;
+	}
+	spin_lock_irq(&fn->qlock);
+	while (n < PCINET_LINK_BATCH && !list_empty(&fn->queue)) {
+		struct pcinet_rec *r = list_first_entry(&fn->queue, struct pcinet_rec, node);
+
+		/* A sealed frame holds whole records, at most PCINET_SEAL_MAX bytes. */
+		if (l->aead && n && bytes + r->len > PCINET_SEAL_MAX)
+			break;
+		list_del(&r->node);
+		fn->queued -= r->len;
+		recs[n] = r;
+		vec[n].iov_base = r->data;
+		vec[n].iov_len = r->len;
+		bytes += r->len;
+		n++;
+	}
+	spin_unlock_irq(&fn->qlock);
+	if (!n) {
+		mutex_unlock(&l->tx_mutex);
+		return 0;
+	}
+	taken = ktime_get_ns();
+	for (i = 0; i < n; i++) {
+		if (!recs[i]->queued_ns)
+			continue;	/* lazy: it waited for company on purpose */
+		atomic64_add(taken - recs[i]->queued_ns, &fn->stats.t_queue_ns);
+		atomic64_inc(&fn->stats.t_queue_n);
+	}
+	wake_up_interruptible(&fn->writeq);
+	if (l->aead) {
+		u8 *p = l->txbuf + 4;
+
+		for (i = 0; i < n; i++) {
+			memcpy(p, recs[i]->data, recs[i]->len);
+			p += recs[i]->len;
+		}
+		put_unaligned_le32(bytes + PCINET_SEAL_TAG, l->txbuf);
+		err = pcinet_seal(l, l->txbuf, bytes, true);
+		vec[0].iov_base = l->txbuf;
+		vec[0].iov_len = 4 + bytes + PCINET_SEAL_TAG;
+		bytes = vec[0].iov_len;
+		n_vec = 1;
+	} else {
+		n_vec = n;
+	}
+	iov_iter_kvec(&msg.msg_iter, ITER_SOURCE, vec, n_vec, bytes);
+	while (msg_data_left(&msg) && !err) {
+		int ret = sock_sendmsg(l->sock, &msg);
+
+		if (ret <= 0)
+			err = ret ? ret : -EPIPE;
+	}
+	pcinet_timing_add(&fn->stats.t_send_ns, &fn->stats.t_send_n, taken);
+	WRITE_ONCE(l->sent_ns, ktime_get_ns());
+	mutex_unlock(&l->tx_mutex);
+	for (i = 0; i < n; i++)
+		kvfree(recs[i]);
+	return err ? err : n;
+}
+
+/* The send work, queued on the CPU that queued records: sends until the queue is empty. */
+static void pcinet_link_tx_work(struct work_struct *work)
+{
+	struct pcinet_link *l = container_of(work, struct pcinet_link, tx_work);
+	int ret;
+
+	do {
+		ret = pcinet_link_send(l);
+	} while (ret > 0);
+	if (ret < 0 && !READ_ONCE(l->tx_err)) {
+		/* Closing the link takes fn->lock, which the thread may take; the work may not. */
+		WRITE_ONCE(l->tx_err, ret);
+		wake_up_interruptible_all(&l->fn->readq);
+	}
+}
+
+/* Records were queued (qlock held): send them from this CPU, soon. Any context. */
+void pcinet_link_kick(struct pcinet_link *l)
+{
+	queue_work_on(raw_smp_processor_id(), pcinet_tx_wq, &l->tx_work);
+}
+
+/*
+ * The link's thread: sends when the queue runs long (from whichever CPU is free, while producers
+ * wait for room) and closes the link when a send failed, its own or the work's.
+ */
 static int pcinet_link_tx(void *arg)
 {
 	struct pcinet_link *l = arg;
 	struct pcinet_fn *fn = l->fn;
-	struct pcinet_rec *recs[PCINET_LINK_BATCH];
-	struct kvec vec[PCINET_LINK_BATCH];
-	u64 taken;
 	int err = 0;
 
 	while (!kthread_should_stop() && !READ_ONCE(l->closing)) {
-		struct msghdr msg = { .msg_flags = MSG_NOSIGNAL };
-		unsigned int n = 0, n_vec, i;
-		size_t bytes = 0;
-
 		wait_event_interruptible(fn->readq, READ_ONCE(fn->queued) > 0 ||
-					 READ_ONCE(l->closing) || kthread_should_stop());
-		spin_lock_irq(&fn->qlock);
-		while (n < PCINET_LINK_BATCH && !list_empty(&fn->queue)) {
-			struct pcinet_rec *r = list_first_entry(&fn->queue, struct pcinet_rec, node);
-
-			/* A sealed frame holds whole records, at most PCINET_SEAL_MAX bytes. */
-			if (l->aead && n && bytes + r->len > PCINET_SEAL_MAX)
-				break;
-			list_del(&r->node);
-			fn->queued -= r->len;
-			recs[n] = r;
-			vec[n].iov_base = r->data;
-			vec[n].iov_len = r->len;
-			bytes += r->len;
-			n++;
-		}
-		spin_unlock_irq(&fn->qlock);
-		if (!n)
-			continue;
-		taken = ktime_get_ns();
-		for (i = 0; i < n; i++) {
-			if (!recs[i]->queued_ns)
-				continue;	/* lazy: it waited for company on purpose */
-			atomic64_add(taken - recs[i]->queued_ns, &fn->stats.t_queue_ns);
-			atomic64_inc(&fn->stats.t_queue_n);
-		}
-		wake_up_interruptible(&fn->writeq);
-		if (l->aead) {
-			u8 *p = l->txbuf + 4;
-
-			for (i = 0; i < n; i++) {
-				memcpy(p, recs[i]->data, recs[i]->len);
-				p += recs[i]->len;
-			}
-			put_unaligned_le32(bytes + PCINET_SEAL_TAG, l->txbuf);
-			err = pcinet_seal(l, l->txbuf, bytes, true);
-			vec[0].iov_base = l->txbuf;
-			vec[0].iov_len = 4 + bytes + PCINET_SEAL_TAG;
-			bytes = vec[0].iov_len;
-			n_vec = 1;
-		} else {
-			n_vec = n;
-		}
-		iov_iter_kvec(&msg.msg_iter, ITER_SOURCE, vec, n_vec, bytes);
-		while (msg_data_left(&msg) && !err) {
-			int ret = sock_sendmsg(l->sock, &msg);
-
-			if (ret <= 0)
-				err = ret ? ret : -EPIPE;
-		}
-		pcinet_timing_add(&fn->stats.t_send_ns, &fn->stats.t_send_n, taken);
-		WRITE_ONCE(l->sent_ns, ktime_get_ns());
-		for (i = 0; i < n; i++)
-			kvfree(recs[i]);
+					 READ_ONCE(l->tx_err) || READ_ONCE(l->closing) ||
+					 kthread_should_stop());
+		err = READ_ONCE(l->tx_err);
 		if (err)
 			break;
+		err = pcinet_link_send(l);
+		if (err < 0)
+			break;
+		err = 0;
 	}
 	if (err && !READ_ONCE(l->closing))
 		pcinet_link_failed(l, err);
@@ -389,6 +457,8 @@ int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w)
 		return -ENOMEM;
 	l->fn = fn;
 	INIT_LIST_HEAD(&l->node);
+	mutex_init(&l->tx_mutex);
+	INIT_WORK(&l->tx_work, pcinet_link_tx_work);
 	if (le32_to_cpu(w->flags) & PCINET_LINK_F_SEAL) {
 		l->aead = crypto_alloc_aead("gcm(aes)", 0, 0);
 		if (IS_ERR(l->aead)) {
@@ -455,6 +525,11 @@ int pcinet_link_connect(struct pcinet_fn *fn, const struct pcinet_w_connect *w)
 	fn->linked = true;
 	wake_up_process(l->rx);
 	wake_up_process(l->tx);
+	spin_lock_irq(&fn->qlock);
+	fn->tx_link = l;
+	if (fn->queued)
+		pcinet_link_kick(l);
+	spin_unlock_irq(&fn->qlock);
 	return 0;
 
 err_sock:
@@ -474,9 +549,22 @@ void pcinet_link_reap(struct pcinet_fn *fn)
 	list_splice_init(&fn->dead_links, &dead);
 	mutex_unlock(&fn->lock);
 	list_for_each_entry_safe(l, tmp, &dead, node) {
+		/* No new kicks since it was retired (fn->tx_link); one queued may still run. */
+		cancel_work_sync(&l->tx_work);
 		kthread_stop(l->rx);
 		kthread_stop(l->tx);
 		sock_release(l->sock);
 		pcinet_link_free(l);
 	}
+}
+
+int pcinet_link_init(void)
+{
+	pcinet_tx_wq = alloc_workqueue("pcinet_tx", WQ_HIGHPRI | WQ_MEM_RECLAIM, 0);
+	return pcinet_tx_wq ? 0 : -ENOMEM;
+}
+
+void pcinet_link_exit(void)
+{
+	destroy_workqueue(pcinet_tx_wq);
 }
