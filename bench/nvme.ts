@@ -49,6 +49,7 @@ const TCP_PORT = LAB_ENDPOINT_PORT + 1;
 const NBD_PORT = 10809;
 const NBD_EXPORT = 'pcinet-bench';
 const TCP_READY = '/tmp/pcinet-tcp-ready';
+const TCP_HOST_CONTROL = '/tmp/pcinet-tcp-host.sock';
 const TCP_SERIAL = 'PCINETTCP1';
 /** The card's servers must listen within this. */
 const LISTEN_WAIT_MS = 20_000;
@@ -124,6 +125,8 @@ async function startCard(
       // rejects the second for its duplicate controller ID.
       devices: [`nvme:file=${join(o.dir, 'pcinet-tcp.img')},size=${o.diskBytes},serial=${TCP_SERIAL}`],
       insecure: true,
+      // Beside the lab's own endpoint: a control socket of its own.
+      control: join(o.dir, 'tcp-endpoint.sock'),
     });
     o.procs.push(startOnCard(card, 'the plain-TCP endpoint', endpoint, o.lifetimeS, o.dir));
     // nbd-server's new-style config: listen on the namespace's loopback (slirp's 10.0.2.2), one
@@ -465,6 +468,8 @@ async function main(): Promise<void> {
           insecure: true,
           readyFile: TCP_READY,
           kernelLink: !args['no-link'],
+          // Beside the lab's own host-agent, which has the default socket.
+          control: TCP_HOST_CONTROL,
         }),
         tcpReadyFile: TCP_READY,
         nbdHost: SLIRP_HOST,

@@ -127,6 +127,20 @@ static int pcinet_push_check(struct pcinet_fn *fn, const struct pcinet_w_push_ru
 	return 0;
 }
 
+/*
+ * A replacement for the same ring keeps the old rule's position: the driver's index has moved on
+ * since the ring was set up, and starting again from 0 would push entries long consumed (with
+ * what they point to, freed since), which nothing would read and a later miss could be served
+ * (docs/PUSH.md "Rules"). NVMe's Doorbell Buffer Config adds an event index that way while I/O
+ * runs, after a reset.
+ */
+static bool pcinet_push_same_ring(const struct pcinet_push_rule *old, const struct pcinet_push_rule *r)
+{
+	return r->kind != PCINET_PUSH_NONE && old->kind == r->kind && old->bar == r->bar &&
+	       old->offset == r->offset && old->ring == r->ring && old->entries == r->entries &&
+	       (r->kind != PCINET_PUSH_VIRTQ || old->avail == r->avail);
+}
+
 /* W_PUSH_RULE: installs, replaces or removes rule `id`, and answers R_PUSH_RULE_SET. */
 int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w)
 {
@@ -156,6 +170,8 @@ int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w)
 	set->reserved = 0;
 
 	spin_lock_irqsave(&fn->push_lock, flags);
+	if (pcinet_push_same_ring(&fn->push_rules[id], &r))
+		r.last = fn->push_rules[id].last;
 	fn->push_rules[id] = r;
 	pcinet_push_count(fn);
 	if (r.kind == PCINET_PUSH_NVME_SQ && r.avail)

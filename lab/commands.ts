@@ -62,6 +62,8 @@ export interface HostAgentSpec extends Security {
   reconnect?: boolean;
   /** false: `--no-kernel-link` (plain TCP keeps the data plane in the host-agent). */
   kernelLink?: boolean;
+  /** Its control socket in the guest, when not the default (a second host-agent beside the lab's). */
+  control?: string;
   /** Appended as they are. */
   extra?: readonly string[];
 }
@@ -74,6 +76,7 @@ export function hostAgentArgv(h: HostAgentSpec): string[] {
   if (h.logLevel) argv.push('--log-level', h.logLevel);
   if (h.reconnect) argv.push('--reconnect');
   if (h.kernelLink === false) argv.push('--no-kernel-link');
+  if (h.control) argv.push('--control', h.control);
   if (h.extra) argv.push(...h.extra);
   return withAllocatorArgv([h.node, ...argv]);
 }

@@ -130,8 +130,12 @@ const fail = (status: number, dnr = true): Done => ({ status: status | (dnr ? DN
 /** The controller was reset while the command ran: it ends without a trace of it. */
 class Abandoned extends Error {}
 
+/** A command the driver got wrong; `detail` goes in its trace. */
 class CommandError extends Error {
-  constructor(readonly done: Done) {
+  constructor(
+    readonly done: Done,
+    readonly detail: Record<string, unknown> = {},
+  ) {
     super('nvme command failed');
   }
 }
@@ -484,8 +488,18 @@ export class NvmeController extends PciDevice<NvmeController> {
         sq.inflight--;
         return;
       }
-      if (e instanceof CommandError) done = e.done;
-      else if (e instanceof DmaError) {
+      if (e instanceof CommandError) {
+        done = e.done;
+        this.trace('nvme.command.refused', {
+          queue: sq.id,
+          cid,
+          opcode: sqe[0],
+          status: `0x${(done.status & 0x7ff).toString(16)}`,
+          prp1: rd64(sqe, 24),
+          prp2: rd64(sqe, 32),
+          ...e.detail,
+        });
+      } else if (e instanceof DmaError) {
         this.trace('nvme.dma.refused', { queue: sq.id, iova: `0x${e.iova.toString(16)}`, len: e.len });
         done = fail(SC.DATA_XFER_ERROR, false);
       } else if (e instanceof BlockError) done = this.#backendError(e);
@@ -606,11 +620,11 @@ export class NvmeController extends PciDevice<NvmeController> {
     let left = len - first;
     if (left === 0) return segs;
     if (left <= PAGE) {
-      if (prp2 & BigInt(PAGE - 1)) throw new CommandError(fail(SC.INVALID_PRP_OFFSET));
+      if (prp2 & BigInt(PAGE - 1)) throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { prp2 });
       segs.push({ iova: prp2, len: left });
       return segs;
     }
-    if (prp2 & 7n) throw new CommandError(fail(SC.INVALID_PRP_OFFSET));
+    if (prp2 & 7n) throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { list: prp2 });
     let list = prp2;
     while (left > 0) {
       const slots = (PAGE - Number(list & BigInt(PAGE - 1))) / 8;
@@ -620,7 +634,8 @@ export class NvmeController extends PciDevice<NvmeController> {
       const last = need > slots ? take - 1 : take; // the last slot of a full list page chains
       for (let i = 0; i < last; i++) {
         const e = rd64(raw, i * 8);
-        if (e & BigInt(PAGE - 1)) throw new CommandError(fail(SC.INVALID_PRP_OFFSET));
+        if (e & BigInt(PAGE - 1))
+          throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { list, entry: i, prp: e });
         const n = Math.min(PAGE, left);
         const prev = segs[segs.length - 1]!;
         if (prev.iova + BigInt(prev.len) === e) prev.len += n;
@@ -631,7 +646,7 @@ export class NvmeController extends PciDevice<NvmeController> {
         list = rd64(raw, (take - 1) * 8);
         // A chained list page starts at a page boundary (PRP entries have no offset); anything
         // else would let a list point into itself and never end.
-        if (list & BigInt(PAGE - 1)) throw new CommandError(fail(SC.INVALID_PRP_OFFSET));
+        if (list & BigInt(PAGE - 1)) throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { chained: list });
       }
     }
     return segs;

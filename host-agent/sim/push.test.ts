@@ -96,6 +96,23 @@ describe('NVME_SQ push rules', () => {
     expect(w.rules.skipped).toBe(0);
   });
 
+  it('keeps its position when replaced for the same ring (an event index added mid-stream)', () => {
+    const w = world();
+    const sq = nvmeQueue(w, 8);
+    for (let i = 0; i < 6; i++) sq.put(i, sqe(OP_READ, { cid: i }));
+    w.ring(0, SQ_DB, 5);
+    // Doorbell Buffer Config after a reset, with I/O running: the same SQ, now with an event index.
+    const rule = w.rules.get(3)!;
+    w.rules.set(3, { ...rule, eventIdx: w.buffer(4, 'bidirectional').iova } as PushRule);
+    expect(w.rules.last(3)).toBe(5);
+    // Only the new entry: entries 0..4 were consumed long ago (their PRP lists may be free now).
+    expect(spans(w.ring(0, SQ_DB, 6))).toEqual([[3, sq.at(5), 64]]);
+    // A rule for another ring (a queue deleted and created again elsewhere) starts at 0.
+    const other = w.buffer(64 * 8, 'bidirectional');
+    w.rules.set(3, { ...rule, base: other.iova } as PushRule);
+    expect(w.rules.last(3)).toBe(0);
+  });
+
   it('pushes a ring that wraps as two ranges, the older entries first', () => {
     const w = world();
     const sq = nvmeQueue(w, 8);
@@ -617,8 +634,12 @@ describe('VIRTQ push rules', () => {
     q.setIdx(0x10002); // 0x0002: seven new, across the wrap
     expect(spans(q.notify())).toHaveLength(2 + 7);
     expect(w.rules.last(5)).toBe(2);
-    // And set again, the rule starts from 0.
-    w.rules.set(5, w.rules.get(5));
+    // Set again for the same ring, it keeps its position; removed and set, it starts from 0.
+    const rule = w.rules.get(5);
+    w.rules.set(5, rule);
+    expect(w.rules.last(5)).toBe(2);
+    w.rules.set(5, undefined);
+    w.rules.set(5, rule);
     expect(w.rules.last(5)).toBe(0);
   });
 

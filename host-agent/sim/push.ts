@@ -91,6 +91,23 @@ const at = (base: bigint, offset: number | bigint) => BigInt.asUintN(64, base + 
 const doorbellOf = (r: PushRule) => (r.kind === 'nvme-sq' ? r.doorbell : r.notify);
 
 /** The rule table of one function (at most MAX_PUSH_RULES rules) and their walkers. */
+/** Whether `r` replaces `old` for the same ring (its position carries over; docs/PUSH.md "Rules"). */
+function sameRing(old: PushRule, r: PushRule): boolean {
+  if (old.kind === 'nvme-sq' && r.kind === 'nvme-sq')
+    return (
+      old.bar === r.bar && old.doorbell === r.doorbell && old.base === r.base && old.entries === r.entries
+    );
+  if (old.kind === 'virtq' && r.kind === 'virtq')
+    return (
+      old.bar === r.bar &&
+      old.notify === r.notify &&
+      old.desc === r.desc &&
+      old.avail === r.avail &&
+      old.size === r.size
+    );
+  return false;
+}
+
 export class PushRules {
   readonly #slots: (Slot | undefined)[] = new Array(MAX_PUSH_RULES).fill(undefined);
   #count = 0;
@@ -110,15 +127,17 @@ export class PushRules {
     return this.#skipped;
   }
 
-  /** Installs (replacing, with `last` back to 0) or removes rule `id`. The caller validated the
-   *  rule against the function (docs/PUSH.md "Rules"); an id out of range is our own bug. */
+  /** Installs or removes rule `id`; `last` starts at 0, or stays where it was when the rule
+   *  replaces one for the same ring. The caller validated the rule against the function
+   *  (docs/PUSH.md "Rules"); an id out of range is our own bug. */
   set(id: number, rule: PushRule | undefined): void {
     if (!Number.isInteger(id) || id < 0 || id >= MAX_PUSH_RULES)
       throw new RangeError(`push rule id ${id} is not in 0..${MAX_PUSH_RULES - 1}`);
     const old = this.#slots[id]?.rule;
     if (old) this.#count--;
     if (old?.kind === 'nvme-sq' && old.eventIdx !== undefined) this.#withEventIdx--;
-    this.#slots[id] = rule ? { rule, last: 0 } : undefined;
+    const kept = rule && old && sameRing(old, rule) ? this.#slots[id]!.last : 0;
+    this.#slots[id] = rule ? { rule, last: kept } : undefined;
     if (rule) this.#count++;
     if (rule?.kind === 'nvme-sq' && rule.eventIdx !== undefined) this.#withEventIdx++;
   }
