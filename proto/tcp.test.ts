@@ -152,7 +152,15 @@ describe('accepted TCP transport', () => {
 
   it('a peer that resets the connection while its first bytes are sniffed only ends it', async () => {
     let transports = 0;
-    const l = await listenTcp('127.0.0.1', 0, undefined, () => transports++, undefined, undefined, () => {});
+    const l = await listenTcp(
+      '127.0.0.1',
+      0,
+      undefined,
+      () => transports++,
+      undefined,
+      undefined,
+      () => {},
+    );
     const c = net.connect(l.port, '127.0.0.1');
     c.on('error', () => {});
     await new Promise((r) => c.once('connect', r));
