@@ -102,6 +102,12 @@ ${
     : `[ "$n" -eq ${p.expectDevices} ] || fail "the ready file lists $n device(s), expected ${p.expectDevices}"`
 }
 say phase ready $n
+# The kernel's messages about the device at sysfs path $1 (PCI address $2; a virtio device's own
+# name too), the last few, on one line: why a driver did not bind is usually among them.
+device_messages() {
+  dmesg | grep -e "$2" -e "$(basename "$1"):" -e "$(basename "$1") " | tail -8 \\
+    | sed 's/^\\[[ 0-9.]*\\] //' | tr '\\n' '|' | sed 's/|$//; s/|/ | /g'
+}
 # Loads the driver for $1's modalias (nothing else does: there is no udev) unless one is bound, and
 # waits for it to bind; $2 names the device in messages.
 load_driver() {
@@ -110,7 +116,7 @@ load_driver() {
   while [ ! -e "$1/driver" ]; do
     i=$((i + 1))
     [ $i -le ${p.bindTimeoutS * TICKS_PER_S} ] \\
-      || fail "device $2: a driver for $(cat "$1/modalias") was loaded but did not bind within ${p.bindTimeoutS} s"
+      || fail "device $2: a driver for $(cat "$1/modalias") was loaded but did not bind within ${p.bindTimeoutS} s; the kernel about it: $(device_messages "$1" "$2")"
     sleep 0.1
   done
 }

@@ -109,6 +109,46 @@ describe('scripts', () => {
     }
     expect(guestScript({ cwd: '/r', path: '/bin', watchdogS: 1, pcinet })).toContain('rmmod "$m"');
   });
+
+  it('names the kernel’s messages about a device whose driver did not bind', () => {
+    const pcinet = {
+      modules: [],
+      hostArgv: ['node'],
+      readyTimeoutS: 1,
+      bindTimeoutS: 1,
+      stopTimeoutS: 1,
+    };
+    const script = guestScript({ cwd: '/r', path: '/bin', watchdogS: 1, pcinet });
+    const fn = /^device_messages\(\) \{\n[^]*?\n\}\n/m.exec(script)?.[0];
+    expect(fn).toBeDefined();
+    const dir = mkdtempSync(join(tmpdir(), 'lab-dmesg-'));
+    try {
+      // A dmesg of our own: the device's lines among others.
+      writeFileSync(
+        join(dir, 'dmesg'),
+        [
+          '#!/bin/sh',
+          "echo '[    1.000000] pci 0000:00:01.0: other device'",
+          "echo '[   12.345678] virtio_rng: probe of virtio3 failed with error -22'",
+          "echo '[   12.400000] virtio_pci 0010:00:00.0: virtio_pci: leaving for legacy driver'",
+          "echo '[   12.500000] virtio30: not this one'",
+        ].join('\n'),
+        { mode: 0o755 },
+      );
+      const out = execFileSync(
+        'sh',
+        ['-c', `${fn}device_messages /sys/bus/pci/devices/0010:00:00.0/virtio3 0010:00:00.0`],
+        {
+          env: { PATH: `${dir}:/usr/bin:/bin` },
+        },
+      ).toString();
+      expect(out).toBe(
+        'virtio_rng: probe of virtio3 failed with error -22 | virtio_pci 0010:00:00.0: virtio_pci: leaving for legacy driver',
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('addresses and command lines', () => {
