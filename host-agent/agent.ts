@@ -18,7 +18,15 @@ import type { Identity } from '../proto/identity.js';
 import { jittered, openSession, type Session, type SessionOptions } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import type { Transport } from '../proto/transport.js';
-import { Capability, ErrorCode, long, type Msg, num, OUR_CAPABILITIES } from '../proto/wire.js';
+import {
+  Capability,
+  ErrorCode,
+  long,
+  type Msg,
+  num,
+  OUR_CAPABILITIES,
+  type ProtocolError,
+} from '../proto/wire.js';
 import { dialWs } from '../proto/ws.js';
 import type { Channel, LinkEndpoint } from './channel.js';
 import { openKernelChannel } from './kernel/channel.js';
@@ -208,7 +216,8 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
     }
     if (r.attached) delay = RECONNECT_FIRST_MS;
     // The endpoint is gone (or not back yet): its devices are parked (link down) or were removed.
-    const waitMs = jittered(delay, RECONNECT_JITTER);
+    // One that refused our resume is back already (restarted): no wait for it.
+    const waitMs = r.back ? 0 : jittered(delay, RECONNECT_JITTER);
     logLost(log, parking, waitMs);
     let timer: NodeJS.Timeout | undefined;
     const wait = new Promise<'retry'>((resolve) => {
@@ -226,7 +235,9 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
   }
 }
 
-type Served = { kind: 'done'; code: number } | { kind: 'lost'; attached: boolean };
+/** 'lost' with `back`: the endpoint answered, but as a new process (it refused the session's
+ *  resume): it is listening, so the next session opens at once. */
+type Served = { kind: 'done'; code: number } | { kind: 'lost'; attached: boolean; back?: boolean };
 
 /**
  * One session: open it, relay until it ends. 'done' with the exit status when the process should
@@ -311,7 +322,10 @@ async function serveSession(
   if (outcome.kind === 'ended') {
     if (outcome.err) log.error({ err: outcome.err.message }, 'session ended');
     else log.info('endpoint closed the session');
-    if (round.reconnect) return { kind: 'lost', attached };
+    if (round.reconnect) {
+      const back = (outcome.err as ProtocolError | undefined)?.code === ErrorCode.SESSION_UNKNOWN;
+      return { kind: 'lost', attached, back };
+    }
     return { kind: 'done', code: outcome.err ? 1 : code };
   }
   if (outcome.kind === 'signal') log.info({ signal: outcome.name }, 'stopping');

@@ -5,8 +5,6 @@ import { createHash, type KeyObject, webcrypto, X509Certificate } from 'node:cry
 import { chmodSync, existsSync, mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import 'reflect-metadata'; // @peculiar/x509 needs it before it loads
-import * as x509 from '@peculiar/x509';
 
 export interface Identity {
   dir: string;
@@ -36,6 +34,10 @@ function pem(label: string, der: ArrayBuffer): string {
 }
 
 async function create(): Promise<{ key: string; cert: string }> {
+  // Loaded only to make a certificate (once per machine): it takes a quarter of a second, which
+  // every start of the endpoint and the host-agent would otherwise pay (the edit loop, restarts).
+  await import('reflect-metadata'); // @peculiar/x509 needs it before it loads
+  const x509 = await import('@peculiar/x509');
   const alg = { name: 'ECDSA', namedCurve: 'P-256', hash: 'SHA-256' };
   const keys = (await webcrypto.subtle.generateKey(alg, true, ['sign', 'verify'])) as webcrypto.CryptoKeyPair;
   const now = new Date();

@@ -83,9 +83,13 @@ export const FRAME_SOFT_BYTES = 1 << 20;
  *  enough that the peer's replay buffer never fills on a fast link, long enough to piggyback. */
 const ACK_DELAY_MS = 5;
 
-/** Redial back-off after a dropped connection (host side), each delay drawn from its upper
- *  REDIAL_JITTER share at random so that hosts that lost the same card do not redial in step. */
+/** Redials after a dropped connection (host side): the first at once, then every REDIAL_FIRST_MS
+ *  for REDIAL_FAST_MS (an endpoint restarting, as in a model's edit loop, is back within that and
+ *  found within one step: a refused dial costs one round trip), then backing off, doubling up to
+ *  REDIAL_MAX_MS. Each delay is drawn from its upper REDIAL_JITTER share at random so that hosts
+ *  that lost the same card do not redial in step. */
 const REDIAL_FIRST_MS = 50;
+const REDIAL_FAST_MS = 2000;
 const REDIAL_MAX_MS = 1000;
 const REDIAL_JITTER = 0.25;
 
@@ -440,10 +444,11 @@ export class Session extends EventEmitter {
   }
 
   async #redialLoop(dial: () => Promise<Transport>): Promise<void> {
-    let delay = REDIAL_FIRST_MS;
+    const lost = Date.now();
+    let delay = 0;
     while (!this.#closed && !this.#t) {
-      await new Promise((r) => setTimeout(r, jittered(delay, REDIAL_JITTER)));
-      delay = Math.min(2 * delay, REDIAL_MAX_MS);
+      if (delay) await new Promise((r) => setTimeout(r, jittered(delay, REDIAL_JITTER)));
+      delay = Date.now() - lost < REDIAL_FAST_MS ? REDIAL_FIRST_MS : Math.min(2 * delay, REDIAL_MAX_MS);
       if (this.#closed || this.#t) return;
       let t: Transport;
       try {

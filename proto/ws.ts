@@ -5,7 +5,7 @@ import http from 'node:http';
 import https from 'node:https';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import WebSocket, { WebSocketServer } from 'ws';
+import type WebSocket from 'ws';
 import { encodeControl, type FrameParts } from './codec.js';
 import type { Listener, TlsClientAuth, TlsServerAuth } from './tcp.js';
 import { HANDSHAKE_TIMEOUT_MS, peerFingerprintOf } from './tcp.js';
@@ -57,7 +57,7 @@ export class WsTransport extends EventEmitter<TransportEvents> implements Transp
   }
 
   send(frame: Uint8Array | FrameParts): boolean {
-    if (this.#closed || this.#ws.readyState !== WebSocket.OPEN) return false;
+    if (this.#closed || this.#ws.readyState !== this.#ws.OPEN) return false;
     // One WebSocket message per frame: parts are joined (ws frames and masks a message as one).
     const bytes = frame instanceof Uint8Array ? frame : frame.length === 1 ? frame[0]! : Buffer.concat(frame);
     this.#ws.send(bytes, { binary: true }, () => {
@@ -93,8 +93,19 @@ export class WsTransport extends EventEmitter<TransportEvents> implements Transp
   }
 }
 
+/** `ws`, loaded when a WebSocket address is first used: most runs use TCP, and loading it costs
+ *  every start of the endpoint and the host-agent tens of milliseconds. */
+let wsLoaded: Promise<typeof import('ws')> | undefined;
+const wsModule = () => (wsLoaded ??= import('ws'));
+
 /** Connects to ws://HOST:PORT/PATH, or wss:// with `auth`, refusing an endpoint that is not pinned. */
-export function dialWs(host: string, port: number, path: string, auth?: TlsClientAuth): Promise<WsTransport> {
+export async function dialWs(
+  host: string,
+  port: number,
+  path: string,
+  auth?: TlsClientAuth,
+): Promise<WsTransport> {
+  const { default: WebSocket } = await wsModule();
   const h = host.includes(':') ? `[${host}]` : host;
   const url = `${auth ? 'wss' : 'ws'}://${h}:${port}${path}`;
   return new Promise((resolve, reject) => {
@@ -136,7 +147,7 @@ export function dialWs(host: string, port: number, path: string, auth?: TlsClien
 
 /** Serves WebSocket sessions at `path`; with `auth`, over mutual TLS, refusing hosts not allowed
  *  (HTTP 403 before the upgrade). */
-export function listenWs(
+export async function listenWs(
   host: string,
   port: number,
   path: string,
@@ -144,6 +155,7 @@ export function listenWs(
   onTransport: (t: Transport) => void,
   onRefused: (remote: string, why: string) => void = () => {},
 ): Promise<Listener> {
+  const { WebSocketServer } = await wsModule();
   const scheme = auth ? 'wss' : 'ws';
   const server = auth
     ? https.createServer({

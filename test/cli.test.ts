@@ -282,6 +282,28 @@ describe('pcinet host --reconnect', () => {
   });
 });
 
+describe('pcinet host after an endpoint restart (the edit loop)', () => {
+  it('opens the next session at once when the restarted endpoint refuses the old one', {
+    timeout: 60_000,
+  }, async () => {
+    const port = await freePort();
+    const first = await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test']);
+    const ready = join(dir, 'ready-restart');
+    const { c, log } = simHost(port, ready, ['--reconnect', '--log-level', 'info']);
+    expect(await until(() => existsSync(ready), 20_000)).toBe(true);
+    rmSync(ready);
+    first.kill('SIGKILL');
+    await endpoint(['--listen', `127.0.0.1:${port}`, '--device', 'test']);
+    expect(await until(() => existsSync(ready), 20_000)).toBe(true);
+    // The session redialled the new process, which refused its resume: it is listening, so no
+    // back-off before the next session.
+    expect(log()).toMatch(/endpoint resumed a different session|SESSION_UNKNOWN|no session/);
+    expect(log()).toMatch(/next try in 0 s/);
+    c.kill('SIGTERM');
+    expect(await new Promise((r) => c.on('exit', r))).toBe(0);
+  });
+});
+
 describe('pcinet endpoint --help', () => {
   it('lists every device model with all its options', async () => {
     const r = await pcinet(['endpoint', '--help']);
