@@ -13,6 +13,7 @@ import { EXIT_USAGE, UsageError } from './errors.js';
 import { LOG_LEVELS, type LogLevel, makeLogger } from './log.js';
 import { runStatus, type StatusFlags } from './status.js';
 import { DEFAULT_SNAPLEN, runTrace, type TraceFlags } from './trace.js';
+import { modelsDir, superviseEndpoint } from './watch.js';
 
 const VERSION = '0.1.0';
 
@@ -126,10 +127,23 @@ export function buildProgram(): Command {
       .option('--listen <addr>', 'HOST:PORT, tcp://, tls://, ws:// or wss:// address', '127.0.0.1:7470')
       .option('--device <spec>', 'a device to serve, e.g. test or test:vectors=16 (repeatable)', collect)
       .option('--allow <fingerprint>', "a host's key fingerprint to accept (repeatable)", collect)
+      .option(
+        '--watch [dir]',
+        'the edit loop: run the endpoint again whenever a compiled device model changes (under DIR; default the models this pcinet runs, e.g. rebuilt by tsc --watch)',
+      )
       .addHelpText('after', () => `\nDevices (--device NAME[:key=value,...]):\n${indent(deviceHelp())}\n`),
   ).action(async (_o, cmd: Command) => {
     const o = options<EndpointFlags>(cmd);
     if (o.check) return checked('endpoint', checkEndpoint(o).addr);
+    if (o.watch) {
+      const dir = typeof o.watch === 'string' ? o.watch : modelsDir();
+      process.exitCode = await superviseEndpoint(
+        withoutWatch(process.argv.slice(1)),
+        dir,
+        makeLogger(o.logLevel, 'watch'),
+      );
+      return;
+    }
     await runEndpoint(o, makeLogger(o.logLevel, 'endpoint'));
   });
 
@@ -265,6 +279,23 @@ export interface EndpointFlags extends CommonFlags {
   listen: string;
   device?: string[];
   allow?: string[];
+  /** --watch [dir] */
+  watch?: boolean | string;
+}
+
+/** The endpoint's own command line, less `--watch [dir]` (its child must not supervise too). */
+export function withoutWatch(argv: readonly string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (a.startsWith('--watch=')) continue;
+    if (a === '--watch') {
+      if (argv[i + 1] !== undefined && !argv[i + 1]!.startsWith('-')) i++;
+      continue;
+    }
+    out.push(a);
+  }
+  return out;
 }
 export interface HostFlags extends CommonFlags {
   connect: string;

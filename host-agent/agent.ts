@@ -177,6 +177,11 @@ async function linkTarget(o: HostAgentOptions): Promise<LinkEndpoint | undefined
 const RECONNECT_FIRST_MS = 250;
 const RECONNECT_MAX_MS = 5000;
 const RECONNECT_JITTER = 0.2;
+/** For this long after the endpoint went away, tries come every RECONNECT_FAST_STEP_MS instead
+ *  (and quietly): an endpoint restarting — a model's edit loop, an upgrade — is back within it and
+ *  found within one step; a refused dial costs one round trip. */
+const RECONNECT_FAST_MS = 2000;
+const RECONNECT_FAST_STEP_MS = 50;
 
 /** One line per redial while the endpoint is away: since when its devices are down, when the next
  *  try is, and when they will be removed. */
@@ -207,18 +212,31 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
   const signalled = o.untilSignal.then((name) => ({ kind: 'signal' as const, name }));
   let delay = RECONNECT_FIRST_MS;
   let rounds = 0;
+  /** When the endpoint went away, for the fast tries after it. */
+  let lostAt: number | undefined;
   for (;;) {
-    const r = await serveSession(o, channel, { mustOpen: rounds++ === 0, reconnect, parking }, signalled);
+    const quiet = lostAt !== undefined && Date.now() - lostAt < RECONNECT_FAST_MS;
+    const r = await serveSession(
+      o,
+      channel,
+      { mustOpen: rounds++ === 0, reconnect, parking, quiet },
+      signalled,
+    );
     if (r.kind === 'done') {
       await parking?.evictAll('the host-agent is stopping');
       await channel.close();
       return r.code;
     }
-    if (r.attached) delay = RECONNECT_FIRST_MS;
+    if (r.attached) {
+      delay = RECONNECT_FIRST_MS;
+      lostAt = undefined;
+    }
+    lostAt ??= Date.now();
+    const fast = Date.now() - lostAt < RECONNECT_FAST_MS;
     // The endpoint is gone (or not back yet): its devices are parked (link down) or were removed.
     // One that refused our resume is back already (restarted): no wait for it.
-    const waitMs = r.back ? 0 : jittered(delay, RECONNECT_JITTER);
-    logLost(log, parking, waitMs);
+    const waitMs = r.back ? 0 : jittered(fast ? RECONNECT_FAST_STEP_MS : delay, RECONNECT_JITTER);
+    if (!quiet) logLost(log, parking, waitMs);
     let timer: NodeJS.Timeout | undefined;
     const wait = new Promise<'retry'>((resolve) => {
       timer = setTimeout(() => resolve('retry'), waitMs);
@@ -231,7 +249,7 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
       await channel.close();
       return 0;
     }
-    delay = Math.min(delay * 2, RECONNECT_MAX_MS);
+    if (!fast) delay = Math.min(delay * 2, RECONNECT_MAX_MS);
   }
 }
 
@@ -247,7 +265,7 @@ type Served = { kind: 'done'; code: number } | { kind: 'lost'; attached: boolean
 async function serveSession(
   o: HostAgentOptions,
   channel: Channel,
-  round: { mustOpen: boolean; reconnect: boolean; parking: Parking | undefined },
+  round: { mustOpen: boolean; reconnect: boolean; parking: Parking | undefined; quiet?: boolean },
   signalled: Promise<{ kind: 'signal'; name: string }>,
 ): Promise<Served> {
   const log = o.log;
@@ -261,7 +279,12 @@ async function serveSession(
       capabilities: link ? OUR_CAPABILITIES | Capability.CAP_KERNEL_LINK : OUR_CAPABILITIES,
     });
   } catch (e) {
-    log.error({ err: (e as Error).message }, 'cannot open a session with the endpoint');
+    // The fast tries right after a loss are expected to fail while the endpoint restarts.
+    (round.quiet ? log.debug : log.error).call(
+      log,
+      { err: (e as Error).message },
+      'cannot open a session with the endpoint',
+    );
     return round.mustOpen || !round.reconnect ? { kind: 'done', code: 1 } : { kind: 'lost', attached: false };
   }
   log.info({ endpoint: session.remote, peer: session.peerAgent }, 'session open');

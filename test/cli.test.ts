@@ -304,6 +304,39 @@ describe('pcinet host after an endpoint restart (the edit loop)', () => {
   });
 });
 
+describe('pcinet endpoint --watch (the edit loop)', () => {
+  it('runs the endpoint again when a model changes; the host attaches its devices again', {
+    timeout: 60_000,
+  }, async () => {
+    const port = await freePort();
+    const models = mkdtempSync(join(dir, 'models-'));
+    const ep = await endpoint(['--watch', models, '--listen', `127.0.0.1:${port}`, '--device', 'test']);
+    let out = '';
+    ep.stdout!.on('data', (d) => (out += d));
+    ep.stderr!.on('data', (d) => (out += d));
+    const ready = join(dir, 'ready-watch');
+    const { c } = simHost(port, ready, ['--reconnect', '--log-level', 'info']);
+    expect(await until(() => existsSync(ready), 20_000)).toBe(true);
+    rmSync(ready);
+    writeFileSync(join(models, 'device.js'), '// edited\n');
+    expect(await until(() => existsSync(ready), 20_000)).toBe(true);
+    expect(out).toMatch(/a device model changed: restarting the endpoint/);
+    expect(out).toMatch(/endpoint listening/); // the new endpoint's
+    expect(out).not.toMatch(/endpoint exited/); // a restart is not news
+    c.kill('SIGTERM');
+    expect(await new Promise((r) => c.on('exit', r))).toBe(0);
+    ep.kill('SIGTERM');
+    expect(await new Promise((r) => ep.on('exit', r))).toBe(0);
+  });
+
+  it('exits 2 when the endpoint refuses its options, instead of waiting for a change', async () => {
+    const models = mkdtempSync(join(dir, 'models-'));
+    const r = await pcinet(['endpoint', '--watch', models, '--listen', '127.0.0.1:1', '--device', 'nosuch']);
+    expect(r.code).toBe(2);
+    expect(r.stderr).toMatch(/nosuch/);
+  });
+});
+
 describe('pcinet endpoint --help', () => {
   it('lists every device model with all its options', async () => {
     const r = await pcinet(['endpoint', '--help']);
