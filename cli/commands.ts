@@ -62,6 +62,8 @@ function untilSignal(): Promise<string> {
   return new Promise((resolve) => {
     process.once('SIGINT', () => resolve('SIGINT'));
     process.once('SIGTERM', () => resolve('SIGTERM'));
+    // Run by `pcinet endpoint --watch`: its end (even by SIGKILL) is ours too.
+    if (process.connected) process.once('disconnect', () => resolve('the supervisor is gone'));
   });
 }
 

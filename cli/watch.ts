@@ -35,7 +35,10 @@ export function superviseEndpoint(argv: readonly string[], dir: string, log: Log
   const done = new Promise<number>((r) => (finish = r));
 
   const start = () => {
-    const c = spawn(process.execPath, [...process.execArgv, ...argv], { stdio: 'inherit' });
+    // The IPC channel only tells the child when we are gone (even by SIGKILL): it stops then.
+    const c = spawn(process.execPath, [...process.execArgv, ...argv], {
+      stdio: ['inherit', 'inherit', 'inherit', 'ipc'],
+    });
     child = c;
     c.on('exit', (code, signal) => {
       if (c !== child) return;

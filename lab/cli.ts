@@ -64,6 +64,7 @@ interface RunFlags extends VmFlags {
   env?: Record<string, string>;
   cwd?: string;
   verbose: boolean;
+  watch?: boolean | string;
 }
 
 interface DemoFlags extends VmFlags {
@@ -200,6 +201,8 @@ async function demo(f: DemoFlags, cmd: Command): Promise<void> {
 async function runCmd(command: string[], f: RunFlags, cmd: Command): Promise<void> {
   if (f.endpoint && f.device)
     cmd.error('--endpoint and --device do not go together', { exitCode: EXIT_USAGE });
+  if (f.endpoint && f.watch)
+    cmd.error('--watch restarts the lab’s own endpoint: not with --endpoint', { exitCode: EXIT_USAGE });
   if (f.endpoint && !f.insecure && !(f.pin && f.hostIdentity)) {
     cmd.error('--endpoint needs --pin and --host-identity, or --insecure', { exitCode: EXIT_USAGE });
   }
@@ -211,6 +214,7 @@ async function runCmd(command: string[], f: RunFlags, cmd: Command): Promise<voi
         // One argument is a shell command line ("lspci | head"); several are an argv, run as is.
         command: command.length === 1 ? command[0] : command,
         endpoint: f.endpoint,
+        watch: f.watch,
         pin: f.pin,
         hostIdentity: f.hostIdentity,
         env: f.env,
@@ -254,6 +258,10 @@ export function labCommand(program: Command): void {
       .option('--host-identity <dir>', 'with --endpoint: the host-agent’s identity directory')
       .option('--env <name=value>', 'environment for the command (repeatable)', envPair)
       .option('--cwd <dir>', 'working directory in the guest (default: the current one)')
+      .option(
+        '--watch [dir]',
+        'the lab’s endpoint runs again whenever a compiled device model changes (pcinet endpoint --watch): edit, rebuild, and the device comes back under its driver mid-run',
+      )
       .option('-v, --verbose', 'show boot phases with elapsed times on stderr', false),
   ).action(async (command: string[], _o, cmd: Command) => runCmd(command, cmd.opts<RunFlags>(), cmd));
 

@@ -29,6 +29,8 @@ export interface EndpointSpec extends Security {
   /** Its control socket (`pcinet status`, `pcinet trace`): the lab's own, so that labs running
    *  side by side never meet at the default path. */
   control?: string;
+  /** `--watch [DIR]`: run again whenever a compiled model changes. */
+  watch?: boolean | string;
 }
 
 /** Scheme spelled out on both sides: a bare 127.0.0.1:PORT would mean plain TCP to the endpoint
@@ -45,6 +47,7 @@ export function endpointArgv(e: EndpointSpec): string[] {
   }
   if (e.logLevel) argv.push('--log-level', e.logLevel);
   if (e.control) argv.push('--control', e.control);
+  if (e.watch) argv.push(...(typeof e.watch === 'string' ? ['--watch', e.watch] : ['--watch']));
   return withAllocatorArgv([e.node, ...argv]);
 }
 

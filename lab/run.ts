@@ -136,6 +136,9 @@ export interface RunInLabOptions {
   dialPort?: number;
   /** More arguments for `pcinet host` (e.g. --ctrl-loss-tmo 900). */
   hostArgs?: readonly string[];
+  /** The lab's endpoint runs again whenever a compiled device model changes under this directory
+   *  (`pcinet endpoint --watch DIR`; true: the models it runs): the edit loop. Not with `endpoint`. */
+  watch?: boolean | string;
 }
 
 /** What a `card` hook may do on this machine. */
@@ -296,6 +299,7 @@ async function startEndpoint(
     allow: hostFp ? [hostFp] : [],
     logLevel: o.logLevel,
     control: endpointControlPath(dir),
+    watch: o.watch,
   });
   const [cmd, ...args] = netns.wrap(argv);
   const proc = track(spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'], cwd: repoRoot() }));
@@ -432,6 +436,9 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
   const pcinet = o.pcinet ?? (devices.length > 0 || external);
   if (!pcinet && (devices.length > 0 || external)) {
     throw new LabError('prepare', 'lab: devices or an endpoint were given with pcinet disabled');
+  }
+  if (external && o.watch) {
+    throw new LabError('prepare', 'lab: watch restarts the lab’s own endpoint; not with --endpoint');
   }
   if (external && o.dialPort !== undefined) {
     throw new LabError('prepare', 'lab: dialPort is for the lab’s own endpoint; not with --endpoint');
