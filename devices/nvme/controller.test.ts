@@ -559,6 +559,33 @@ describe('NVMe controller', () => {
   });
 });
 
+describe('NVMe commands that fail take what was pushed for them', () => {
+  it('reads a failed write’s PRP list and data before completing it (no stale push left behind)', async () => {
+    const d = new Driver(new MemoryBackend(4 << 20));
+    await d.enable();
+    await d.ioQueues();
+    // 12 KiB: PRP1 and a list of two entries, past the end of the namespace (a driver mistake).
+    const list = SCRATCH;
+    for (let i = 0; i < 2; i++) wr64(d.mem(list + BigInt(8 * i), 8), 0, DATA + BigInt((i + 1) * 4096));
+    const reads = (iova: bigint) =>
+      d.host.events.filter((e) => e.kind === 'dma-read' && e.iova === iova).length;
+    const w = await d.submit(1, d.rw(IO.WRITE, 8192 - 1, 24, DATA, list));
+    expect(sc(w.status)).toBe(SC.LBA_RANGE);
+    expect(reads(list)).toBe(1);
+    expect(reads(DATA)).toBe(1); // the three pages are contiguous: one read
+    // A read that failed: its list only (its data pages are the device's to write).
+    const r = await d.submit(1, d.rw(IO.READ, 8192 - 1, 24, DATA, list));
+    expect(sc(r.status)).toBe(SC.LBA_RANGE);
+    expect(reads(list)).toBe(2);
+    expect(reads(DATA)).toBe(1);
+    // One that succeeded reads everything once, as before.
+    const ok = await d.submit(1, d.rw(IO.WRITE, 0, 24, DATA, list));
+    expect(ok.status).toBe(0);
+    expect(reads(list)).toBe(3);
+    expect(reads(DATA)).toBe(2);
+  });
+});
+
 describe('NVMe shadow doorbells (Doorbell Buffer Config)', () => {
   const oacs = async (d: Driver) => {
     expect((await d.submit(0, d.sqe(ADMIN.IDENTIFY, { prp1: SCRATCH, cdw: [CNS.CONTROLLER] }))).status).toBe(

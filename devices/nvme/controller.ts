@@ -505,6 +505,9 @@ export class NvmeController extends PciDevice<NvmeController> {
       } else if (e instanceof BlockError) done = this.#backendError(e);
       else throw e;
     }
+    // A read or write that failed may have ended before it read what the host pushed for it.
+    if (done.status !== SC.SUCCESS && (sqe[0] === IO.READ || sqe[0] === IO.WRITE) && sq.id !== 0)
+      await this.#consumePushed(sqe);
     this.stats.busyMs += Date.now() - started;
     sq.inflight--;
     if (epoch !== this.#epoch || this.#sqs.get(sq.id) !== sq) return;
@@ -650,6 +653,24 @@ export class NvmeController extends PciDevice<NvmeController> {
       }
     }
     return segs;
+  }
+
+  /**
+   * Reads, and drops, what the host pushed for a failed read or write (its PRP list pages, and a
+   * write's data up to what is pushed): pushed bytes no read takes would stay in the cache, and a
+   * later command whose list lands at the same address (a pool page, never unmapped) could be
+   * served them when its own push is skipped (docs/PUSH.md). Before the completion: the driver may
+   * reuse that memory once it has it. What cannot be walked was not pushed either.
+   */
+  async #consumePushed(sqe: Uint8Array): Promise<void> {
+    const len = ((rd32(sqe, 48) & 0xffff) + 1) * this.lbaSize;
+    try {
+      const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+      if (sqe[0] === IO.WRITE && len <= PUSH_WRITE_MAX)
+        await Promise.all(segs.map((seg) => this.host.dmaRead(seg.iova, seg.len)));
+    } catch (e) {
+      if (!(e instanceof CommandError || e instanceof DmaError)) throw e;
+    }
   }
 
   /** Writes `data` (the command's own buffer: a backend read's result) to the command's PRPs,
