@@ -89,8 +89,12 @@ async function main(): Promise<void> {
       card: async (card) => {
         const port = startCardControl(card, async (word) => {
           if (word === 'edit') writeFileSync(join(models, 'device.js'), `// saved ${++saves}\n`);
-          else if (word === 'restart') await card.restartEndpoint();
-          else throw new Error(`unknown command ${word}`);
+          // Killed, and started again without waiting for it: the guest's clock runs from the kill,
+          // as from the save, so both include the new endpoint's start.
+          else if (word === 'restart') {
+            await card.stopEndpoint();
+            void card.startEndpoint();
+          } else throw new Error(`unknown command ${word}`);
         });
         return async () => {
           port.stdin!.end();
@@ -98,6 +102,8 @@ async function main(): Promise<void> {
         };
       },
     });
+    if (args.log)
+      console.log(`--- the endpoint's log ---\n${r.endpointLog}\n--- the guest's output ---\n${r.stdout}`);
     if (r.code !== 0) throw new Error(`bench/editloop: the guest's script failed (${r.code}):\n${r.stderr}`);
     const got = new Map<string, number[]>(KINDS.map((k) => [k, []]));
     const failed = new Map<string, number>(KINDS.map((k) => [k, 0]));
@@ -108,7 +114,11 @@ async function main(): Promise<void> {
     // The endpoint's own restarts: "a device model changed" -> the next "endpoint listening".
     const restarts: number[] = [];
     let changedAt: number | undefined;
-    for (const line of r.endpointLog.split('\n')) {
+    // The lab's endpoint log holds each start's output (a line may come more than once).
+    const lines = [...new Set(r.endpointLog.split('\n'))].sort(
+      (a, b) => Number(/"time":(\d+)/.exec(a)?.[1] ?? 0) - Number(/"time":(\d+)/.exec(b)?.[1] ?? 0),
+    );
+    for (const line of lines) {
       const m = /"time":(\d+).*"msg":"([^"]*)"/.exec(line);
       if (!m) continue;
       if (m[2] === 'a device model changed: restarting the endpoint') changedAt = Number(m[1]);

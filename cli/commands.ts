@@ -63,7 +63,10 @@ function untilSignal(): Promise<string> {
     process.once('SIGINT', () => resolve('SIGINT'));
     process.once('SIGTERM', () => resolve('SIGTERM'));
     // Run by `pcinet endpoint --watch`: its end (even by SIGKILL) is ours too.
-    if (process.connected) process.once('disconnect', () => resolve('the supervisor is gone'));
+    if (process.connected) {
+      process.once('disconnect', () => resolve('the supervisor is gone'));
+      process.channel?.unref(); // the channel alone must not keep the endpoint from exiting
+    }
   });
 }
 

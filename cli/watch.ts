@@ -57,7 +57,10 @@ export function superviseEndpoint(argv: readonly string[], dir: string, log: Log
     child = undefined; // its exit is ours, not news
     const exited = new Promise((r) => c.once('exit', r));
     c.kill('SIGTERM');
-    const timer = setTimeout(() => c.kill('SIGKILL'), STOP_MS);
+    const timer = setTimeout(() => {
+      log.warn({ pid: c.pid }, `endpoint did not stop within ${STOP_MS / 1000} s: killed`);
+      c.kill('SIGKILL');
+    }, STOP_MS);
     await exited;
     clearTimeout(timer);
   };

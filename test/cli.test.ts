@@ -323,6 +323,7 @@ describe('pcinet endpoint --watch (the edit loop)', () => {
     expect(out).toMatch(/a device model changed: restarting the endpoint/);
     expect(out).toMatch(/endpoint listening/); // the new endpoint's
     expect(out).not.toMatch(/endpoint exited/); // a restart is not news
+    expect(out).not.toMatch(/did not stop/); // the old one ended on its own, in order
     c.kill('SIGTERM');
     expect(await new Promise((r) => c.on('exit', r))).toBe(0);
     ep.kill('SIGTERM');
