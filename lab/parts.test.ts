@@ -119,7 +119,7 @@ describe('scripts', () => {
       stopTimeoutS: 1,
     };
     const script = guestScript({ cwd: '/r', path: '/bin', watchdogS: 1, pcinet });
-    const fn = /^device_messages\(\) \{\n[^]*?\n\}\n/m.exec(script)?.[0];
+    const fn = /^device_messages\(\) \{\n[\s\S]*?\n\}\n/m.exec(script)?.[0];
     expect(fn).toBeDefined();
     const dir = mkdtempSync(join(tmpdir(), 'lab-dmesg-'));
     try {
