@@ -2,21 +2,14 @@
 // (dist/cli/main.js, which `npm test` builds first).
 import { type ChildProcess, spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { MODELS } from '../devices/models.js';
-import { repoRoot } from '../lab/paths.js';
+import { CLI, children, freePort } from './cli-procs.js';
 
-const CLI = join(repoRoot(), 'dist/cli/main.js');
 const dir = mkdtempSync(join(tmpdir(), 'pcinet-cli-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
-});
 
 interface Result {
   code: number | null;
@@ -36,15 +29,6 @@ function pcinet(args: string[], timeoutMs = 30_000): Promise<Result> {
     c.on('close', (code) => {
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
-    });
-  });
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
     });
   });
 }

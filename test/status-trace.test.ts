@@ -3,21 +3,15 @@
 // (dist/cli/main.js), control sockets in a directory of the test's own.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { readCapture } from '../cli/pcapng.js';
-import { repoRoot } from '../lab/paths.js';
 import { decodeRecord, LINKTYPE_PCINET, TF_TO_HOST } from '../proto/trace.js';
+import { CLI, children, freePort } from './cli-procs.js';
 
-const CLI = join(repoRoot(), 'dist/cli/main.js');
 const dir = mkdtempSync(join(tmpdir(), 'pcinet-st-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-const children: ChildProcess[] = [];
-afterEach(() => {
-  for (const c of children.splice(0)) if (c.exitCode === null) c.kill('SIGKILL');
-});
 
 interface Proc {
   c: ChildProcess;
@@ -43,15 +37,6 @@ async function until(what: () => boolean, ms: number, why: () => string): Promis
     if (Date.now() > end) throw new Error(`timed out: ${why()}`);
     await new Promise((r) => setTimeout(r, 50));
   }
-}
-
-async function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
 }
 
 describe('pcinet status and pcinet trace', () => {
@@ -158,15 +143,10 @@ describe('pcinet status and pcinet trace', () => {
     const st = start(['status', '--socket', sock, '--json', '--interval', '50']);
     expect(await st.done, st.err()).toBe(0);
     expect(JSON.parse(st.out())).toMatchObject({ role: 'endpoint', pid: endpoint.c.pid });
-    const second = start([
-      'endpoint',
-      '--listen',
-      `127.0.0.1:${await freePort()}`,
-      '--device',
-      'test',
-      '--control',
-      sock,
-    ]);
+    /** Another endpoint with the same control socket. */
+    const onSocket = async (path: string) =>
+      start(['endpoint', '--listen', `127.0.0.1:${await freePort()}`, '--device', 'test', '--control', path]);
+    const second = await onSocket(sock);
     expect(await second.done).toBe(1);
     expect(second.err()).toMatch(
       `control socket ${sock} is in use by a running process (another pcinet endpoint?)`,
@@ -174,15 +154,7 @@ describe('pcinet status and pcinet trace', () => {
     // Killed, it leaves its socket behind; the next one takes it over.
     endpoint.c.kill('SIGKILL');
     await endpoint.done;
-    const third = start([
-      'endpoint',
-      '--listen',
-      `127.0.0.1:${await freePort()}`,
-      '--device',
-      'test',
-      '--control',
-      sock,
-    ]);
+    const third = await onSocket(sock);
     await until(() => third.err().includes('endpoint listening'), 20_000, third.err);
     const again = start(['status', '--socket', sock, '--json', '--interval', '50']);
     expect(await again.done, again.err()).toBe(0);
