@@ -7,6 +7,7 @@ import { labCommand } from '../lab/cli.js';
 import { runVpnDemo } from '../lab/demo-vpn.js';
 import { runZfsDemo } from '../lab/demo-zfs.js';
 import { defaultControlDir } from '../proto/control.js';
+import { VERSION } from '../proto/version.js';
 import { checkEndpoint, checkHost, runEndpoint, runHost, runId } from './commands.js';
 import { mergeOptions, readConfigFile } from './config.js';
 import { EXIT_USAGE, UsageError } from './errors.js';
@@ -14,8 +15,6 @@ import { LOG_LEVELS, type LogLevel, makeLogger } from './log.js';
 import { runStatus, type StatusFlags } from './status.js';
 import { DEFAULT_SNAPLEN, runTrace, type TraceFlags } from './trace.js';
 import { modelsDir, superviseEndpoint } from './watch.js';
-
-const VERSION = '0.1.0';
 
 function positiveInt(v: string): number {
   const n = Number(v);

@@ -4,11 +4,15 @@
 // on pcinet.ko's kernel link (endpoint/link.ts): its runtime records both, so a trace taken here
 // misses nothing a device said or was told.
 import type { ControlHandler } from '../proto/control.js';
-import { type DeviceStatus, type StatusSnapshot, sessionStatus, splitCounters } from '../proto/status.js';
+import {
+  type DeviceStatus,
+  processStatus,
+  type StatusSnapshot,
+  sessionStatus,
+  splitCounters,
+} from '../proto/status.js';
 import { traceHandler } from '../proto/trace.js';
 import type { EndpointServer } from './server.js';
-
-const VERSION = '0.1.0';
 
 export function endpointStatus(server: EndpointServer): StatusSnapshot {
   const a = server.active;
@@ -26,11 +30,7 @@ export function endpointStatus(server: EndpointServer): StatusSnapshot {
     }
   }
   return {
-    role: 'endpoint',
-    pid: process.pid,
-    version: VERSION,
-    uptimeMs: Math.round(process.uptime() * 1000),
-    at: performance.now(),
+    ...processStatus('endpoint'),
     address: server.addresses.join(' '),
     session: a ? sessionStatus(a.session, a.openedAt, server.served - 1) : null,
     devices,

@@ -18,6 +18,7 @@ import type { Identity } from '../proto/identity.js';
 import { jittered, openSession, type Session, type SessionOptions } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import type { Transport } from '../proto/transport.js';
+import { VERSION } from '../proto/version.js';
 import {
   Capability,
   ErrorCode,
@@ -36,7 +37,6 @@ import { SimChannel } from './sim/channel.js';
 import { type Check, TestDriver } from './sim/test-driver.js';
 import { type HostStatus, STATUS_NONCE_BASE } from './status.js';
 
-const VERSION = '0.1.0';
 /** After SIGTERM, give up on an orderly goodbye after this long (the lab waits 10 s). */
 const STOP_MS = 5000;
 

@@ -8,13 +8,18 @@ import { existsSync, readFileSync, readlinkSync } from 'node:fs';
 import { basename } from 'node:path';
 import type { ControlHandler } from '../proto/control.js';
 import type { Session } from '../proto/session.js';
-import { type DeviceStatus, type StatusSnapshot, sessionStatus, splitCounters } from '../proto/status.js';
+import {
+  type DeviceStatus,
+  processStatus,
+  type StatusSnapshot,
+  sessionStatus,
+  splitCounters,
+} from '../proto/status.js';
 import { type Tap, TraceHub, traceHandler } from '../proto/trace.js';
 import { long, type Msg, num } from '../proto/wire.js';
 import type { Parking } from './parking.js';
 import type { Relay } from './relay.js';
 
-const VERSION = '0.1.0';
 /** StatsRequest nonces of status probes start here; SIGUSR1's count up from 1. */
 export const STATUS_NONCE_BASE = 2 ** 32;
 /** A status answers without the endpoint's counters if they take longer than this. */
@@ -142,11 +147,7 @@ export class HostStatus {
     const session = s ? sessionStatus(s, this.#openedAt, this.#sessions - 1) : null;
     if (session && probe) session.probeRttMs = probe.rttMs;
     return {
-      role: 'host',
-      pid: process.pid,
-      version: VERSION,
-      uptimeMs: Math.round(process.uptime() * 1000),
-      at: performance.now(),
+      ...processStatus('host'),
       address: this.#address,
       channel: this.#channel,
       session,

@@ -2,6 +2,7 @@
 // (host-agent/status.ts) and on the endpoint (endpoint/control.ts) alike. Counters are cumulative;
 // `pcinet status` (cli/status.ts) turns two snapshots into rates.
 import type { Session, SessionStats } from './session.js';
+import { VERSION } from './version.js';
 
 export interface SessionStatus extends SessionStats {
   /** First 8 hex digits of the session id, as the logs print it. */
@@ -73,6 +74,17 @@ export function splitCounters(
     else e.counters[m[3]!] = value;
   }
   return out;
+}
+
+/** What every snapshot starts with: who answers, since when, and when it was taken. */
+export function processStatus(role: StatusSnapshot['role']) {
+  return {
+    role,
+    pid: process.pid,
+    version: VERSION,
+    uptimeMs: Math.round(process.uptime() * 1000),
+    at: performance.now(),
+  };
 }
 
 export function sessionStatus(s: Session, openedAt: number, reconnects: number): SessionStatus {

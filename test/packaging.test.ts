@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../lab/paths.js';
+import { VERSION } from '../proto/version.js';
 
 const ROOT = repoRoot();
 const PCINET = join(ROOT, 'bin/pcinet');
@@ -22,11 +23,11 @@ function sh(cmd: string, args: string[]): Promise<{ code: number; out: string }>
 }
 
 describe('packaging', () => {
-  it('package.json, kernel/dkms.conf and MODULE_VERSION give one version', () => {
+  it('package.json, kernel/dkms.conf, MODULE_VERSION and proto/version.ts give one version', () => {
     const version = JSON.parse(readFileSync(join(ROOT, 'package.json'), 'utf8')).version;
     const dkms = /^PACKAGE_VERSION="([^"]+)"$/m.exec(readFileSync(join(ROOT, 'kernel/dkms.conf'), 'utf8'));
     const module = /^MODULE_VERSION\("([^"]+)"\);$/m.exec(readFileSync(join(ROOT, 'kernel/core.c'), 'utf8'));
-    expect([dkms?.[1], module?.[1]]).toEqual([version, version]);
+    expect([dkms?.[1], module?.[1], VERSION]).toEqual([version, version, version]);
   });
 
   const units = readdirSync(join(ROOT, 'packaging/systemd')).filter((f) => f.endsWith('.service'));
