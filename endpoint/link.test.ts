@@ -181,6 +181,12 @@ function mmioRead(tag: number, bar: number, offset: number): Buffer {
 
 const typeOf = (r: Buffer) => r.readUInt16LE(0);
 
+/** The host's AttachResult for `dev`: attached, its data plane on the kernel link. */
+function attachedOnLink(session: Session, dev: number | null | undefined): void {
+  session.send({ attachResult: { dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true } });
+  session.flush();
+}
+
 async function hostSession(port: number, link: boolean, tls?: { identity: Identity; pin: string }) {
   const session = await openSession(() => dialTcp('127.0.0.1', port, tls), {
     log,
@@ -213,10 +219,7 @@ describe('kernel links at the endpoint', () => {
     expect(await k.accepted()).toBe(true);
     // Records the kernel queued while the device was being attached wait for the AttachResult.
     k.socket.write(mmioWrite(0, REG.SCRATCH, 0x1234_5678));
-    session.send({
-      attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
-    });
-    session.flush();
+    attachedOnLink(session, attach.dev);
     await k.until(() => k.records.some((r) => typeOf(r) === W.WRITES_APPLIED));
     const applied = k.records.find((r) => typeOf(r) === W.WRITES_APPLIED)!;
     expect(applied.readBigUInt64LE(8)).toBe(1n);
@@ -240,10 +243,7 @@ describe('kernel links at the endpoint', () => {
       const { session, attach } = tls ?? (await hostSession(port, true));
       const k = await kernelLink(port, attach.linkToken!, sealed);
       expect(await k.accepted()).toBe(true);
-      session.send({
-        attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
-      });
-      session.flush();
+      attachedOnLink(session, attach.dev);
       // The test device hands its pattern over: records reference it (and pad it) as they go out.
       const size = 150_001;
       const dst = 0x4000_0000n;
@@ -304,10 +304,7 @@ describe('kernel links at the endpoint', () => {
     const port = await endpoint();
     const { session, attach } = await hostSession(port, true);
     const closed = new Promise<Error | undefined>((r) => session.once('close', r));
-    session.send({
-      attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
-    });
-    session.flush();
+    attachedOnLink(session, attach.dev);
     const err = await closed;
     expect(err?.message).toMatch(/UNEXPECTED_MESSAGE.*kernel link/);
   });
@@ -317,10 +314,7 @@ describe('kernel links at the endpoint', () => {
     const { session, attach } = await hostSession(port, true);
     const k = await kernelLink(port, attach.linkToken!);
     expect(await k.accepted()).toBe(true);
-    session.send({
-      attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
-    });
-    session.flush();
+    attachedOnLink(session, attach.dev);
     const bad = Buffer.alloc(16);
     bad.writeUInt16LE(0x7f, 0);
     bad.writeUInt32LE(16, 4);
@@ -338,10 +332,7 @@ describe('kernel links at the endpoint', () => {
       expect(key.length).toBe(32);
       const k = await kernelLink(port, attach.linkToken!, true);
       expect(await k.accepted()).toBe(true);
-      session.send({
-        attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
-      });
-      session.flush();
+      attachedOnLink(session, attach.dev);
       // One frame of two records, sent a byte at a time: the endpoint puts frames together.
       const frame = sealFrame(
         key,
@@ -377,10 +368,7 @@ describe('kernel links at the endpoint', () => {
         const key = attach.linkKey!;
         const k = await kernelLink(port, attach.linkToken!, true);
         expect(await k.accepted()).toBe(true);
-        session.send({
-          attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
-        });
-        session.flush();
+        attachedOnLink(session, attach.dev);
         const good = sealFrame(key, 0, mmioWrite(0, REG.SCRATCH, 1));
         if (bad === 'key')
           k.socket.write(sealFrame(new Uint8Array(32).fill(1), 0, mmioWrite(0, REG.SCRATCH, 1)));
@@ -406,10 +394,7 @@ describe('tracing a device on a kernel link (pcinet trace, endpoint/control.ts)'
     const { session, attach } = await hostSession(port, true);
     const k = await kernelLink(port, attach.linkToken!);
     expect(await k.accepted()).toBe(true);
-    session.send({
-      attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0010:00:00.0', link: true },
-    });
-    session.flush();
+    attachedOnLink(session, attach.dev);
     k.socket.write(mmioWrite(0, REG.SCRATCH, 0xabcd_0123));
     k.socket.write(mmioRead(9, 0, REG.COUNTER));
     await k.until(() => k.records.some((r) => typeOf(r) === W.MMIO_READ_CPL));
