@@ -23,8 +23,8 @@
  *   reader and never drops); a write to a push rule's doorbell is preceded by its R_PUSH records
  *   (push.c);
  * - reads of ranges the device declared volatile become R_MMIO_READ and wait for the completion,
- *   bounded (read_timeout_ms, atomic_timeout_ms), then read all-ones like a PCIe completion
- *   timeout;
+ *   bounded (read_timeout_ms, atomic_timeout_ms, counted from the device's last progress on the
+ *   writes queued before the read), then read all-ones like a PCIe completion timeout;
  * - other reads come from the shadow the endpoint keeps current, after a read fence: the device
  *   must have applied every earlier non-doorbell write (W_WRITES_APPLIED), so a driver that writes
  *   a register and reads it back sees the device's answer;
@@ -226,40 +226,97 @@ void pcinet_unstall(struct pcinet_fn *fn)
 		pr_info_ratelimited("%04x:00:00.0: the device answers again\n", fn->domain);
 }
 
-/* Waits until *count >= target; false on timeout, when the function goes, or (at once) while the
- * device is stalled. */
-static bool pcinet_wait_count(struct pcinet_fn *fn, atomic64_t *count, s64 target,
-			      enum pcinet_wait how)
+/*
+ * The bound of a wait counts from the device's last progress on the writes sent before the access,
+ * not from the access: a read behind a long queue of posted writes (a memset_io() of 64 KiB is
+ * 65536 of them) waits while the device works through them, however long that takes on a slow
+ * link, as a PCIe read waits behind the posted writes it may not pass. Only a device that applied
+ * none of that backlog for a whole bound has stopped answering. *seen is writes_applied at the
+ * start of the interval that just ran out; true if the backlog (writes_sent when the access
+ * began) was not yet applied then and some of it was applied since.
+ */
+static bool pcinet_progressed(struct pcinet_fn *fn, s64 *seen, s64 backlog)
 {
-	unsigned long timeout = msecs_to_jiffies(READ_ONCE(read_timeout_ms));
-	u64 until;
+	s64 was = *seen;
+
+	*seen = atomic64_read(&fn->writes_applied);
+	return was < backlog && *seen != was;
+}
+
+/* A busy wait ends after this many atomic_timeout_ms bounds even while the device progresses:
+ * a CPU with interrupts off must not wait long enough for a lockup report, whatever the link. */
+#define PCINET_ATOMIC_PROGRESS_BOUNDS	5
+
+/* Whether a wait should stop for good: the function went, or its link. */
+static bool pcinet_wait_over(struct pcinet_fn *fn)
+{
+	return READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down);
+}
+
+/*
+ * Waits until done(fn, arg), bounded by read_timeout_ms asleep or atomic_timeout_ms busy, each
+ * bound counted from the device's last progress on `backlog` (pcinet_progressed()). False when
+ * done() is still false: on timeout, or when the function or its link goes.
+ */
+static bool pcinet_wait(struct pcinet_fn *fn, bool (*done)(struct pcinet_fn *fn, void *arg),
+			void *arg, s64 backlog, enum pcinet_wait how)
+{
+	s64 seen = atomic64_read(&fn->writes_applied);
+	unsigned int bounds = 0;
+	u64 bound, until;
+
+	if (how == PN_SLEEP) {
+		do {
+			if (wait_event_timeout(fn->mmioq, done(fn, arg) || pcinet_wait_over(fn),
+					       msecs_to_jiffies(READ_ONCE(read_timeout_ms))))
+				return done(fn, arg);
+		} while (pcinet_progressed(fn, &seen, backlog));
+		return done(fn, arg);
+	}
+	bound = (u64)READ_ONCE(atomic_timeout_ms) * NSEC_PER_MSEC;
+	until = ktime_get_ns() + bound;
+	for (;;) {
+		if (done(fn, arg))
+			return true;
+		if (pcinet_wait_over(fn))
+			return false;
+		if (ktime_get_ns() > until) {
+			if (++bounds >= PCINET_ATOMIC_PROGRESS_BOUNDS ||
+			    !pcinet_progressed(fn, &seen, backlog))
+				return done(fn, arg);
+			until = ktime_get_ns() + bound;
+		}
+		cpu_relax();
+	}
+}
+
+static bool pcinet_applied(struct pcinet_fn *fn, void *target)
+{
+	return atomic64_read_acquire(&fn->writes_applied) >= *(s64 *)target;
+}
+
+/* The read fence: waits until the device applied `target` writes; false on timeout, when the
+ * function goes, or (at once) while the device is stalled. */
+static bool pcinet_wait_applied(struct pcinet_fn *fn, s64 target, enum pcinet_wait how)
+{
 	bool ok;
 
-	if (atomic64_read_acquire(count) >= target)
+	if (pcinet_applied(fn, &target))
 		return true;
 	if (pcinet_stalled(fn)) {
 		atomic64_inc(&fn->stats.stall_fails);
 		return false;
 	}
 	atomic64_inc(how == PN_SLEEP ? &fn->stats.deferred : &fn->stats.spun);
-	if (how == PN_SLEEP) {
-		ok = wait_event_timeout(fn->mmioq, atomic64_read_acquire(count) >= target ||
-					READ_ONCE(fn->state) != PN_STARTED ||
-					READ_ONCE(fn->link_down), timeout) &&
-		     atomic64_read_acquire(count) >= target;
-	} else {
-		until = ktime_get_ns() + (u64)READ_ONCE(atomic_timeout_ms) * NSEC_PER_MSEC;
-		for (;;) {
-			ok = atomic64_read_acquire(count) >= target;
-			if (ok || READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down) ||
-			    ktime_get_ns() > until)
-				break;
-			cpu_relax();
-		}
-	}
+	ok = pcinet_wait(fn, pcinet_applied, &target, target, how);
 	if (!ok)
 		pcinet_stall(fn);
 	return ok;
+}
+
+static bool pcinet_read_answered(struct pcinet_fn *fn, void *slot)
+{
+	return smp_load_acquire(&((struct pcinet_read_slot *)slot)->status);
 }
 
 static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size,
@@ -267,9 +324,10 @@ static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *v
 {
 	struct pcinet_r_mmio_read rec = {};
 	struct pcinet_read_slot *slot = NULL;
-	u64 until, data = ~0ull;
+	u64 data = ~0ull;
 	unsigned long flags;
 	unsigned int i;
+	s64 backlog;
 	int status;
 	u32 tag;
 
@@ -309,21 +367,13 @@ static void pcinet_volatile_read(struct pcinet_fn *fn, u32 bar, u64 off, void *v
 	rec.bar = cpu_to_le32(bar);
 	rec.size = cpu_to_le32(size);
 	rec.offset = cpu_to_le64(off);
-	if (how == PN_SLEEP) {
+	/* Answered after the writes sent before it: those are its backlog. */
+	backlog = atomic64_read(&fn->writes_sent);
+	if (how == PN_SLEEP)
 		pcinet_queue(fn, &rec, sizeof(rec));
-		wait_event_timeout(fn->mmioq, smp_load_acquire(&slot->status) ||
-				   READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down),
-				   msecs_to_jiffies(READ_ONCE(read_timeout_ms)));
-	} else {
+	else
 		pcinet_queue_atomic(fn, &rec, sizeof(rec));
-		until = ktime_get_ns() + (u64)READ_ONCE(atomic_timeout_ms) * NSEC_PER_MSEC;
-		while (!smp_load_acquire(&slot->status)) {
-			if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down) ||
-			    ktime_get_ns() > until)
-				break;
-			cpu_relax();
-		}
-	}
+	pcinet_wait(fn, pcinet_read_answered, slot, backlog, how);
 	spin_lock_irqsave(&fn->reads_lock, flags);
 	status = slot->status;
 	if (status > 0)
@@ -444,7 +494,7 @@ static int pcinet_serve_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, 
 	if (how == PN_NOWAIT && atomic64_read_acquire(&fn->writes_applied) < target)
 		return -EAGAIN;
 	atomic64_inc(&fn->stats.mmio_reads);
-	if (!pcinet_wait_count(fn, &fn->writes_applied, target, how)) {
+	if (!pcinet_wait_applied(fn, target, how)) {
 		if (READ_ONCE(fn->state) != PN_STARTED || READ_ONCE(fn->link_down)) {
 			pcinet_gone_read(fn, bar, off, val, size);
 			return 0;
