@@ -4,7 +4,7 @@
 // rates for scripts.
 import { existsSync } from 'node:fs';
 import { ControlClient, defaultControlPath } from '../proto/control.js';
-import type { DeviceStatus, StatusSnapshot } from '../proto/status.js';
+import { type DeviceStatus, kernelTrouble, type StatusSnapshot } from '../proto/status.js';
 
 export interface StatusFlags {
   socket?: string[];
@@ -155,6 +155,11 @@ export function formatStatus(s: StatusSnapshot, r: Map<number, DeviceRates> | un
     ]);
   }
   lines.push(s.devices.length ? table(rows) : 'devices: none');
+  for (const d of s.devices) {
+    const trouble = kernelTrouble(undefined, d.kernelCounters ?? {});
+    if (trouble.length)
+      lines.push(`dev ${d.dev} pcinet.ko: ${trouble.map((t) => `${t.name} ${t.total}`).join(', ')}`);
+  }
   if (!r) lines.push('(rates: need two snapshots)');
   return lines.join('\n');
 }

@@ -175,6 +175,8 @@ async function linkTarget(o: HostAgentOptions): Promise<LinkEndpoint | undefined
  *  cap keeps a card that is back waiting at most this long; a dial that cannot connect costs one
  *  TCP handshake. */
 const RECONNECT_FIRST_MS = 250;
+/** How often pcinet.ko's counters are looked at for losses and refusals. */
+const KERNEL_CHECK_MS = 5000;
 const RECONNECT_MAX_MS = 5000;
 const RECONNECT_JITTER = 0.2;
 /** For this long after the endpoint went away, tries come every RECONNECT_FAST_STEP_MS instead
@@ -209,6 +211,24 @@ export async function runHostAgent(o: HostAgentOptions): Promise<number> {
   // Devices wait on the bus, link down, for as long as NVMe/TCP would wait for its controller.
   const parking = reconnect ? new Parking({ lossMs: o.ctrlLossMs ?? DEFAULT_LOSS_MS, log }) : undefined;
   if (o.status) o.status.parking = parking;
+  // What pcinet.ko lost or refused goes to our log too (host-agent/status.ts checkKernel).
+  const status = o.status;
+  const watch = status ? setInterval(() => status.checkKernel(log), KERNEL_CHECK_MS) : undefined;
+  watch?.unref();
+  try {
+    return await hostAgentRounds(o, channel, reconnect, parking, log);
+  } finally {
+    clearInterval(watch);
+  }
+}
+
+async function hostAgentRounds(
+  o: HostAgentOptions,
+  channel: Channel,
+  reconnect: boolean,
+  parking: Parking | undefined,
+  log: HostAgentOptions['log'],
+): Promise<number> {
   const signalled = o.untilSignal.then((name) => ({ kind: 'signal' as const, name }));
   let delay = RECONNECT_FIRST_MS;
   let rounds = 0;

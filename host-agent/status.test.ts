@@ -6,16 +6,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
-import { runStatus } from '../cli/status.js';
+import { formatStatus, runStatus } from '../cli/status.js';
 import { TestDevice } from '../devices/test/device.js';
 import { endpointControl } from '../endpoint/control.js';
 import { EndpointServer } from '../endpoint/server.js';
 import { listenControl } from '../proto/control.js';
 import type { StatusSnapshot } from '../proto/status.js';
 import { decodeRecord, TF_HOST_SIDE, TF_LINK, TF_TO_HOST, type TraceRecord } from '../proto/trace.js';
+import type { Parking } from './parking.js';
 import { loopHost } from './sim/loop-host.js';
 import { TestDriver } from './sim/test-driver.js';
-import { boundDriver, HostStatus, readTiming } from './status.js';
+import { boundDriver, HostStatus, readKernelCounters, readTiming } from './status.js';
 
 const log = pino({ level: 'silent' });
 const dir = mkdtempSync(join(tmpdir(), 'pcinet-status-'));
@@ -38,6 +39,46 @@ describe('what the host-agent reads from sysfs', () => {
     expect(boundDriver('0000:12:00.0', sys)).toBeUndefined();
     expect(readTiming('0000:10:00.0', sys)).toEqual({ mmio: [1200, 3], queue: [0, 0], rtt: [99000, 4] });
     expect(readTiming('0000:11:00.0', sys)).toBeUndefined();
+  });
+
+  it('pcinet.ko’s counters: shown in status, and a loss logged once as it grows', async () => {
+    const sys = join(dir, 'sys-counters');
+    const address = '0000:10:00.0';
+    mkdirSync(join(sys, address), { recursive: true });
+    const counters = (lost: number, stalls: number) =>
+      writeFileSync(
+        join(sys, address, 'pcinet_counters'),
+        `mmio_writes 812\nlost_records ${lost}\nqueue_drops 0\nstalls ${stalls}\nstall_fails 9\n`,
+      );
+    counters(0, 0);
+    expect(readKernelCounters(address, sys)).toEqual({
+      mmio_writes: 812,
+      lost_records: 0,
+      queue_drops: 0,
+      stalls: 0,
+      stall_fails: 9,
+    });
+    expect(readKernelCounters('0000:11:00.0', sys)).toBeUndefined();
+
+    const status = new HostStatus({ address: 'tcp://card:7470', channel: 'kernel', sys });
+    status.parking = { list: [{ dev: 1, model: 'nvme', address }] } as unknown as Parking;
+    const warned: { o: Record<string, unknown>; msg: string }[] = [];
+    const warnLog = { warn: (o: Record<string, unknown>, msg: string) => warned.push({ o, msg }) };
+    status.checkKernel(warnLog);
+    expect(warned).toEqual([]);
+    counters(3, 1);
+    status.checkKernel(warnLog);
+    expect(warned.map((w) => w.msg)).toEqual([
+      'pcinet.ko: 3 records lost: out of memory in atomic context',
+      'pcinet.ko: 1 times the device stopped answering',
+    ]);
+    expect(warned[0]!.o).toEqual({ address, counter: 'lost_records', added: 3, total: 3 });
+    status.checkKernel(warnLog);
+    expect(warned).toHaveLength(2);
+
+    const snap = await status.snapshot();
+    expect(snap.devices[0]!.kernelCounters).toMatchObject({ lost_records: 3, stalls: 1 });
+    expect(formatStatus(snap, undefined)).toMatch(/^dev 1 pcinet\.ko: lost_records 3, stalls 1$/m);
   });
 });
 

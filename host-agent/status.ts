@@ -10,6 +10,7 @@ import type { ControlHandler } from '../proto/control.js';
 import type { Session } from '../proto/session.js';
 import {
   type DeviceStatus,
+  kernelTrouble,
   processStatus,
   type StatusSnapshot,
   sessionStatus,
@@ -52,6 +53,22 @@ export function readTiming(address: string, sys = SYS_PCI): Record<string, [numb
   return out;
 }
 
+/** pcinet.ko's counters of a function ("name value" lines), if it has them. */
+export function readKernelCounters(address: string, sys = SYS_PCI): Record<string, number> | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`${sys}/${address}/pcinet_counters`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const out: Record<string, number> = {};
+  for (const line of text.split('\n')) {
+    const [name, value] = line.trim().split(/\s+/);
+    if (name && value !== undefined) out[name] = Number(value);
+  }
+  return out;
+}
+
 export class HostStatus {
   readonly #address: string;
   readonly #channel: string;
@@ -70,6 +87,8 @@ export class HostStatus {
     if (this.#session) this.#session.tap = tap;
   }, true);
   #tap: Tap | undefined;
+  /** The kernel counters last looked at by checkKernel(), per PCI address. */
+  readonly #kernelSeen = new Map<string, Record<string, number>>();
 
   constructor(o: { address: string; channel: string; sys?: string }) {
     this.#address = o.address;
@@ -135,6 +154,7 @@ export class HostStatus {
       if (this.#channel === 'kernel') {
         d.driver = boundDriver(address, this.#sys);
         d.timing = readTiming(address, this.#sys);
+        d.kernelCounters = readKernelCounters(address, this.#sys);
       }
       devices.push(d);
     };
@@ -153,6 +173,32 @@ export class HostStatus {
       session,
       devices,
     };
+  }
+
+  /**
+   * Looks at pcinet.ko's counters of every device (kernel channel) and logs a warning for each one
+   * that says something was lost, refused or failed since the last look (KERNEL_TROUBLE): the
+   * module counts and rate-limits such events in the kernel log; this puts them where the
+   * operator of the host-agent looks. The first look at a device reports what it already has.
+   */
+  checkKernel(log: { warn(o: object, msg: string): void }): void {
+    if (this.#channel !== 'kernel') return;
+    const addresses = new Set<string>();
+    for (const d of this.#relay?.devices ?? []) addresses.add(d.address);
+    for (const p of this.parking?.list ?? []) addresses.add(p.address);
+    for (const address of addresses) {
+      if (!address) continue;
+      const cur = readKernelCounters(address, this.#sys);
+      if (!cur) continue;
+      for (const t of kernelTrouble(this.#kernelSeen.get(address), cur)) {
+        log.warn(
+          { address, counter: t.name, added: t.added, total: t.total },
+          `pcinet.ko: ${t.added} ${t.means}`,
+        );
+      }
+      this.#kernelSeen.set(address, cur);
+    }
+    for (const a of this.#kernelSeen.keys()) if (!addresses.has(a)) this.#kernelSeen.delete(a);
   }
 
   handlers(): Record<string, ControlHandler> {

@@ -776,6 +776,43 @@ static ssize_t pcinet_timing_show(struct device *dev, struct device_attribute *a
 static DEVICE_ATTR(pcinet_timing, 0444, pcinet_timing_show, NULL);
 
 /*
+ * /sys/bus/pci/devices/<address>/pcinet_counters: every counter of the function, one "name value"
+ * per line, the removal line's figures while the function is on the bus. The host-agent shows them
+ * in `pcinet status` and logs a warning when one that means something was lost or refused grows
+ * (records lost to memory or the queue cap, timeouts, stalls, refused DMA...): none is silent.
+ */
+static ssize_t pcinet_counters_show(struct device *dev, struct device_attribute *attr, char *buf)
+{
+	struct pcinet_counters *c = &pcinet_fn_of(to_pci_dev(dev)->bus)->stats;
+#define PCINET_COUNTER(name) { #name, &c->name }
+	const struct {
+		const char *name;
+		atomic64_t *v;
+	} t[] = {
+		PCINET_COUNTER(mmio_writes), PCINET_COUNTER(mmio_reads),
+		PCINET_COUNTER(volatile_reads), PCINET_COUNTER(read_timeouts),
+		PCINET_COUNTER(queue_waits), PCINET_COUNTER(queue_overruns),
+		PCINET_COUNTER(lost_records), PCINET_COUNTER(emulate_failures),
+		PCINET_COUNTER(nested_faults), PCINET_COUNTER(deferred), PCINET_COUNTER(spun),
+		PCINET_COUNTER(interrupts), PCINET_COUNTER(interrupts_pending),
+		PCINET_COUNTER(interrupts_dropped), PCINET_COUNTER(dma_refused),
+		PCINET_COUNTER(dma_bytes), PCINET_COUNTER(link_downs), PCINET_COUNTER(link_dropped),
+		PCINET_COUNTER(pushes), PCINET_COUNTER(push_bytes), PCINET_COUNTER(push_refused),
+		PCINET_COUNTER(push_over_budget), PCINET_COUNTER(push_nomem),
+		PCINET_COUNTER(push_busy), PCINET_COUNTER(push_drops), PCINET_COUNTER(vq_rounds),
+		PCINET_COUNTER(vq_irqs_skipped), PCINET_COUNTER(vq_kicks), PCINET_COUNTER(stalls),
+		PCINET_COUNTER(stall_fails), PCINET_COUNTER(queue_drops),
+	};
+#undef PCINET_COUNTER
+	int i, len = 0;
+
+	for (i = 0; i < ARRAY_SIZE(t); i++)
+		len += sysfs_emit_at(buf, len, "%s %lld\n", t[i].name, atomic64_read(t[i].v));
+	return len;
+}
+static DEVICE_ATTR(pcinet_counters, 0444, pcinet_counters_show, NULL);
+
+/*
  * /sys/bus/pci/devices/<address>/pcinet_recovers: 1 if the driver bound now has the PCI error
  * handlers that let it ride out a link down (error_detected() and slot_reset(): it quiesces, keeps
  * its I/O queued and resets the device at link up), else 0 (a link down unbinds it). The
@@ -819,6 +856,7 @@ static void pcinet_dev_added(struct pcinet_fn *fn, struct pci_dev *pdev)
 	fn->pdev = pci_dev_get(pdev);
 	/* Statistics and hints only: the device works without the files. */
 	fn->timing_file = !device_create_file(&pdev->dev, &dev_attr_pcinet_timing);
+	fn->counters_file = !device_create_file(&pdev->dev, &dev_attr_pcinet_counters);
 	fn->recovers_file = !device_create_file(&pdev->dev, &dev_attr_pcinet_recovers);
 }
 
@@ -836,9 +874,12 @@ static void pcinet_dev_deleted(struct pcinet_fn *fn, struct pci_dev *pdev)
 		return;
 	if (fn->timing_file)
 		device_remove_file(&pdev->dev, &dev_attr_pcinet_timing);
+	if (fn->counters_file)
+		device_remove_file(&pdev->dev, &dev_attr_pcinet_counters);
 	if (fn->recovers_file)
 		device_remove_file(&pdev->dev, &dev_attr_pcinet_recovers);
 	fn->timing_file = false;
+	fn->counters_file = false;
 	fn->recovers_file = false;
 	fn->pdev = NULL;
 	pci_dev_put(pdev);

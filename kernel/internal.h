@@ -164,6 +164,7 @@ struct pcinet_fn {
 	struct work_struct link_up_work;
 	bool link_recoverable;		/* error_detected() asked for a reset */
 	bool timing_file;		/* the pcinet_timing sysfs file exists */
+	bool counters_file;		/* ... and pcinet_counters */
 	bool recovers_file;		/* ... and pcinet_recovers */
 	struct pci_driver *link_driver;	/* ... this driver's: only it gets slot_reset (never
 					 * dereferenced, only compared: it may be gone) */

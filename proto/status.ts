@@ -37,6 +37,8 @@ export interface DeviceStatus {
   modelCounters: Record<string, number>;
   /** pcinet.ko's timing sums (sysfs pcinet_timing): name -> [ns, count]. */
   timing?: Record<string, [number, number]>;
+  /** pcinet.ko's counters of the function (sysfs pcinet_counters): lost_records, stalls … */
+  kernelCounters?: Record<string, number>;
 }
 
 export interface StatusSnapshot {
@@ -97,4 +99,33 @@ export function sessionStatus(s: Session, openedAt: number, reconnects: number):
     uptimeMs: Math.round(performance.now() - openedAt),
     reconnects,
   };
+}
+
+/** pcinet.ko's counters that mean something was lost, refused or failed, and what each says. */
+export const KERNEL_TROUBLE: Readonly<Record<string, string>> = {
+  lost_records: 'records lost: out of memory in atomic context',
+  queue_drops: 'records dropped: the queue for the host-agent or link was full',
+  read_timeouts: 'reads answered all-ones: the device did not answer in time',
+  stalls: 'times the device stopped answering',
+  queue_overruns: 'writers that gave up waiting for queue space',
+  emulate_failures: 'BAR accesses the emulator refused (their page is no longer trapped)',
+  nested_faults: 'BAR accesses inside the fault handler: failed',
+  interrupts_dropped: 'interrupts dropped: raised while MSI-X was off or unprogrammed',
+  dma_refused: 'DMA refused: outside the live mappings or against their direction',
+  link_dropped: 'writes and records dropped while the link was down',
+};
+
+/** The trouble counters of `cur` that grew since `prev`, with the growth. */
+export function kernelTrouble(
+  prev: Record<string, number> | undefined,
+  cur: Record<string, number>,
+): { name: string; added: number; total: number; means: string }[] {
+  const out: { name: string; added: number; total: number; means: string }[] = [];
+  for (const [name, means] of Object.entries(KERNEL_TROUBLE)) {
+    const total = cur[name];
+    if (total === undefined) continue;
+    const added = total - (prev?.[name] ?? 0);
+    if (added > 0) out.push({ name, added, total, means });
+  }
+  return out;
 }

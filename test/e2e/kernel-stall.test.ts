@@ -63,6 +63,8 @@ describe.skipIf(!root)('pcinet.ko with a card that stops answering', () => {
         'i=0; until [ "$(cat $d/magic)" = 0x544e4350 ]; do i=$((i + 1)); [ $i -le 30 ] || break; sleep 1; done',
         'echo "magic after $(cat $d/magic)"',
         'echo 65533 > $d/memtest; echo "memtest $(cat $d/memtest)"',
+        // The host-agent looks at pcinet.ko's counters every 5 s and logs what was lost.
+        'sleep 6',
       ].join('\n'),
       timeoutMs: COPY_TIMEOUT_MS,
     });
@@ -84,6 +86,9 @@ describe.skipIf(!root)('pcinet.ko with a card that stops answering', () => {
     const removed = /pcinet: [0-9a-f]{4}:00:00\.0 removed: (.*)$/m.exec(r.guestLog)?.[1] ?? '';
     expect(removed, out).toMatch(/stalls [1-9]\d* /);
     expect(r.guestLog, out).toMatch(/the device stopped answering/);
+    // ... and the host-agent said so in its own log (sysfs pcinet_counters).
+    expect(r.hostAgentLog, out).toMatch(/pcinet\.ko: \d+ times the device stopped answering/);
+    expect(r.hostAgentLog, out).toMatch(/pcinet\.ko: \d+ reads answered all-ones/);
     console.log(`pcinet.ko counters: ${removed}`);
   });
 

@@ -134,6 +134,9 @@ describe.skipIf(!root)('pcinet status and pcinet trace on the lab’s NVMe disk'
       kernelLink: true,
     });
     expect(d.timing.rtt[1]).toBeGreaterThan(0); // pcinet.ko's timing sums, from sysfs
+    // ... and its counters: MMIO writes counted, nothing lost or dropped on a healthy run.
+    expect(d.kernelCounters.mmio_writes).toBeGreaterThan(0);
+    expect(d.kernelCounters).toMatchObject({ lost_records: 0, queue_drops: 0, stalls: 0 });
     const rates = host.rates['1'];
     for (const k of ['iops', 'ioBps', 'dmaReadBps', 'dmaWriteBps', 'irqs'])
       expect(rates[k], k).toBeGreaterThan(0);
