@@ -474,9 +474,22 @@ static bool in_run(const struct emu *e, unsigned long start, unsigned long n,
 }
 
 /*
- * rep movs/stos/lods (SDM Vol. 2, MOVS, STOS, LODS, REP). One operand is MMIO: the one whose
- * run contains fault_addr. Mappings are trapped whole pages at a time, so its elements from the
- * faulting page on (in the direction of the move) are MMIO and any before it are plain memory.
+ * Whether a string element at addr is MMIO. The faulting operand's run is from the faulting page
+ * on, in the direction of the move (mappings are trapped whole pages at a time, so any elements
+ * before that page are plain memory); any element is MMIO where ops->mapped() says its address is
+ * trapped: a move between two BARs (or two pages of one) has both operands there.
+ */
+static bool string_elem_mmio(struct emu *e, unsigned long addr, unsigned int size, bool faulted,
+			     unsigned long page, bool down)
+{
+	if (faulted && (down ? addr < page + PAGE_SIZE : addr + size > page))
+		return true;
+	return e->ops->mapped && e->ops->mapped(e->ctx, addr);
+}
+
+/*
+ * rep movs/stos/lods (SDM Vol. 2, MOVS, STOS, LODS, REP). The operand whose run contains
+ * fault_addr is MMIO; the other is plain memory unless it is trapped too (string_elem_mmio()).
  */
 static int string_op(struct emu *e, u8 op, unsigned int size, unsigned long next)
 {
@@ -503,14 +516,12 @@ static int string_op(struct emu *e, u8 op, unsigned int size, unsigned long next
 		return -EFAULT;
 
 	for (i = 0; i < n; i++) {
-		unsigned long addr = src_mmio ? regs->si : regs->di;
-		bool mmio = down ? addr < page + PAGE_SIZE : addr + size > page;
 		u64 v;
 
 		ret = 0;
 		if (!reads) {
 			v = regs->ax & size_mask(size);
-		} else if (mmio && src_mmio) {
+		} else if (string_elem_mmio(e, regs->si, size, src_mmio, page, down)) {
 			v = 0;
 			ret = e->ops->read(e->ctx, regs->si, &v, size);
 		} else {
@@ -521,7 +532,7 @@ static int string_op(struct emu *e, u8 op, unsigned int size, unsigned long next
 
 		if (!writes)
 			set_reg(e, REG_AX, size, v);
-		else if (mmio && !src_mmio)
+		else if (string_elem_mmio(e, regs->di, size, !src_mmio, page, down))
 			ret = e->ops->write(e->ctx, regs->di, &v, size);
 		else
 			ret = write_nofault(regs->di, v, size);

@@ -12,9 +12,13 @@
 struct pt_regs;
 
 struct pcinet_mmio_ops {
-	/* addr: the faulting kernel virtual address inside the trapped mapping */
+	/* addr: inside the faulting trapped mapping, or (string moves) one mapped() says is trapped */
 	int (*read)(void *ctx, unsigned long addr, void *val, unsigned int size);
 	int (*write)(void *ctx, unsigned long addr, const void *val, unsigned int size);
+	/* Optional: whether addr is in a trapped mapping too, so that a string move between two
+	 * (memcpy_fromio() into another BAR) reaches both through the ops; without it, the operand
+	 * that did not fault is taken for plain memory. */
+	bool (*mapped)(void *ctx, unsigned long addr);
 };
 
 /*
@@ -30,8 +34,9 @@ struct pcinet_mmio_ops {
  * its effects (registers, flags, memory via ops), advances regs->ip and returns 0; returns
  * -EOPNOTSUPP for an instruction it does not handle, -EFAULT if the instruction bytes or a
  * non-MMIO operand cannot be read/written, or if the decoded memory operand does not contain
- * fault_addr. String moves (rep movs/stos/lods, with any direction flag, either operand in MMIO)
- * are handled completely in one call (see PCINET_EMULATE_MAX_REP), calling ops per element.
+ * fault_addr. String moves (rep movs/stos/lods, with any direction flag, either operand in MMIO,
+ * or both when ops->mapped says so) are handled completely in one call (see
+ * PCINET_EMULATE_MAX_REP), calling ops per element.
  *
  * Accesses go to ops with the instruction's operand size: 1, 2, 4, 8, or 16 for 128-bit SSE
  * moves. An error from ops is returned as is, with the registers unchanged (for string moves:

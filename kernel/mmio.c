@@ -572,12 +572,42 @@ static struct pcinet_fn *pcinet_map_target(struct pcinet_map *m, unsigned long a
 	return fn;
 }
 
+static struct pcinet_map *pcinet_map_find(unsigned long addr);
+
+/*
+ * The mapping an access of the emulated instruction is in: the faulting one (ctx), or for the
+ * other operand of a string move between two trapped mappings, the one holding it (looked up
+ * under RCU; freed only after an SRCU grace period too, so a deferred access, which holds
+ * pcinet_srcu, may keep using it).
+ */
+static struct pcinet_map *pcinet_op_map(void *ctx, unsigned long addr)
+{
+	struct pcinet_map *m = ctx;
+
+	if (addr - m->virt < m->len)
+		return m;
+	rcu_read_lock();
+	m = pcinet_map_find(addr);
+	rcu_read_unlock();
+	return m;
+}
+
+static bool pcinet_op_mapped(void *ctx, unsigned long addr)
+{
+	return pcinet_op_map(ctx, addr);
+}
+
 static int pcinet_op_read(void *ctx, unsigned long addr, void *val, unsigned int size,
 			  enum pcinet_wait how)
 {
-	struct pcinet_map *m = ctx;
+	struct pcinet_map *m = pcinet_op_map(ctx, addr);
 	struct pcinet_fn *fn;
 	u64 off;
+
+	if (!m) {
+		memset(val, 0xff, size);	/* unmapped meanwhile: nothing answers */
+		return 0;
+	}
 
 	fn = pcinet_map_target(m, addr, size, &off);
 	if (fn && READ_ONCE(fn->state) != PN_STARTED) {
@@ -594,10 +624,12 @@ static int pcinet_op_read(void *ctx, unsigned long addr, void *val, unsigned int
 static int pcinet_op_write(void *ctx, unsigned long addr, const void *val, unsigned int size,
 			   enum pcinet_wait how)
 {
-	struct pcinet_map *m = ctx;
+	struct pcinet_map *m = pcinet_op_map(ctx, addr);
 	struct pcinet_fn *fn;
 	u64 off;
 
+	if (!m)
+		return 0;
 	fn = pcinet_map_target(m, addr, size, &off);
 	if (fn && pcinet_fn_live(fn))
 		return pcinet_serve_write(fn, m->bar, off, val, size, how);
@@ -618,6 +650,7 @@ static int pcinet_##name##_write(void *ctx, unsigned long addr, const void *val,
 static const struct pcinet_mmio_ops pcinet_##name##_ops = {				\
 	.read = pcinet_##name##_read,							\
 	.write = pcinet_##name##_write,							\
+	.mapped = pcinet_op_mapped,							\
 }
 
 PCINET_OPS(spin, PN_SPIN);

@@ -55,6 +55,17 @@ static int fake_write(void *ctx, unsigned long addr, const void *val, unsigned i
 
 const struct pcinet_mmio_ops fake_ops = { .read = fake_read, .write = fake_write };
 
+static bool fake_mapped(void *ctx, unsigned long addr)
+{
+	(void)ctx;
+	return addr >= fm.base && addr - fm.base < fm.len;
+}
+
+/* The same region, with mapped(): a string move may have both operands in it. */
+const struct pcinet_mmio_ops fake_ops_mapped = {
+	.read = fake_read, .write = fake_write, .mapped = fake_mapped,
+};
+
 static bool refused(unsigned long a, size_t n)
 {
 	return overlaps(a, n, fm.base, fm.len) || overlaps(a, n, fm.bad, fm.bad_len);

@@ -23,6 +23,6 @@ struct fake_mmio {
 };
 
 extern struct fake_mmio fm;
-extern const struct pcinet_mmio_ops fake_ops;
+extern const struct pcinet_mmio_ops fake_ops, fake_ops_mapped;
 
 #endif

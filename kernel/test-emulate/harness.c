@@ -515,6 +515,49 @@ static void test_string_fault(void)
 	      "rep movsb from an unreadable page: -EFAULT, registers unchanged");
 }
 
+/*
+ * A string move with both operands trapped (memcpy_fromio() into another BAR, or between two
+ * pages of one): with ops->mapped both go through the ops, forwards and backwards; without it the
+ * operand that did not fault is plain memory, and here unreadable (-EFAULT, nothing done).
+ */
+static void test_string_both_mmio(void)
+{
+	const struct tcase *c = find("rep movsl");
+	unsigned long src = MMIO_LEN / 2 - 64, dst = 100 * 4;
+	struct pt_regs regs = { 0 }, before;
+	bool same = true;
+	int ret, i;
+
+	for (int down = 0; down < 2; down++) {
+		reset_fm();
+		for (i = 0; i < MMIO_LEN; i++)
+			shadow[i] = (unsigned char)(i * 7 + down);
+		regs = (struct pt_regs){ 0 };
+		regs.flags = down ? X86_EFLAGS_DF : 0;
+		regs.si = (unsigned long)arena_m + src + (down ? 99 * 4 : 0);
+		regs.di = (unsigned long)arena_m + dst + (down ? 99 * 4 : 0);
+		regs.cx = 100;
+		regs.ip = (unsigned long)c->start;
+		ret = pcinet_emulate(&regs, regs.si, &fake_ops_mapped, NULL);
+		for (i = 0; i < 400; i++)
+			same &= shadow[dst + i] == (unsigned char)((src + i) * 7 + down);
+		check(!ret && regs.cx == 0 && regs.ip == (unsigned long)c->end && same &&
+		      fm.reads == 100 && fm.writes == 100 && !fm.stray,
+		      down ? "rep movsl between two MMIO pages, backwards: both through the ops" :
+			     "rep movsl between two MMIO pages: both through the ops");
+	}
+	reset_fm();
+	regs = (struct pt_regs){ 0 };
+	regs.si = (unsigned long)arena_m + src;
+	regs.di = (unsigned long)arena_m + dst;
+	regs.cx = 100;
+	regs.ip = (unsigned long)c->start;
+	before = regs;
+	ret = pcinet_emulate(&regs, regs.si, &fake_ops, NULL);
+	check(ret == -EFAULT && regs_equal(&regs, &before) && !fm.writes,
+	      "rep movsl between two MMIO pages without mapped(): -EFAULT, nothing written");
+}
+
 /* ops failing in the middle of a rep: registers say how far it got; calling again finishes it. */
 static void test_rep_error(void)
 {
@@ -639,6 +682,7 @@ int main(int argc, char **argv)
 	test_fetch();
 	test_length();
 	test_string_fault();
+	test_string_both_mmio();
 	test_rep_error();
 	test_rep_split();
 

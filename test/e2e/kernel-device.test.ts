@@ -37,6 +37,8 @@ const script = [
   'echo 0 > $d/dma_fault; echo "dma_fault $(cat $d/dma_fault)"',
   'echo 2000 > $d/stress; echo "stress $(cat $d/stress)"',
   'echo 65533 > $d/memtest; echo "memtest $(cat $d/memtest)"',
+  // A string move with both operands in trapped BAR pages (memcpy_fromio() into the BAR).
+  'echo 30000 > $d/bar_copy; echo "bar_copy $(cat $d/bar_copy)"',
   // A read behind tens of thousands of posted writes (memset_io: ~2 MB of records) waits while the
   // device works through them, however long that takes: read_timeout_ms bounds the device's
   // silence, not the backlog (issue 13 item 10: the first byte read back as 0xff once a drain took
@@ -99,6 +101,7 @@ describe.skipIf(!root)('pcinet.ko with a real driver: MMIO, MSI-X, DMA, concurre
       // Both CPUs hammering the BARs at once; string MMIO with unaligned head and tail.
       expect(out).toMatch(/^stress ok cpus=2 iterations=2000$/m);
       expect(out).toMatch(/^memtest ok size=65533$/m);
+      expect(out).toMatch(/^bar_copy ok size=30000$/m);
       const short = out.match(/^memtest short bound .*$/gm) ?? [];
       expect(short, out).toEqual(Array(SHORT_BOUND_RUNS).fill('memtest short bound ok size=65533'));
       // The removal line accounts for it: nothing lost, nothing the emulator refused.

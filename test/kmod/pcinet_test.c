@@ -54,7 +54,7 @@ struct ptest_op {
 
 enum {
 	OP_DMA_READ, OP_DMA_WRITE, OP_DMA_FAULT, OP_STRESS, OP_MEMTEST, OP_MEMTEST_AT,
-	OP_ATOMIC_READ, OP_ATOMIC_WRITE, OP_LOCKED_INC, OP_BURST, OP_COUNT
+	OP_ATOMIC_READ, OP_ATOMIC_WRITE, OP_LOCKED_INC, OP_BURST, OP_BAR_COPY, OP_COUNT
 };
 
 /* memtest_at: the most bytes one run copies each way. */
@@ -388,6 +388,49 @@ static int memtest_range(struct ptest *t, u64 off, u64 size, char *result)
 			 size, off + i, got[i], want[i]);
 		ret = -EIO;
 		goto out;
+	}
+out:
+	kvfree(got);
+	kvfree(want);
+	return ret;
+}
+
+/*
+ * bar_copy SIZE: a string move with both operands in BAR 2, from its first half to its second
+ * (memcpy_fromio() whose destination is the BAR too: rep movs between two trapped pages, as
+ * between two BARs), then the copy read back and compared with what was written to the source.
+ */
+static int op_bar_copy(struct ptest *t, u64 size, u64 unused, char *result)
+{
+	u64 half = t->mem_size / 2, i;
+	u8 *want, *got;
+	int ret = 0;
+
+	if (size < 1 || size > half - 3 || size > MEMTEST_MAX)
+		return -EINVAL;
+	want = kvmalloc(size, GFP_KERNEL);
+	got = kvmalloc(size, GFP_KERNEL);
+	if (!want || !got) {
+		ret = -ENOMEM;
+		goto out;
+	}
+	test_pattern(want, size, (u32)size);
+	memset_io(t->mem + half + 1, 0, size);
+	memcpy_toio(t->mem + 3, want, size);
+	/* A read waits until the device applied those writes: with nothing outstanding, the copy's
+	 * first access is served in the fault handler itself, where the destination's page, trapped
+	 * too, would fault again inside it. */
+	readb(t->mem + half + 1);
+	memcpy_fromio((void __force *)(t->mem + half + 1), t->mem + 3, size);
+	memcpy_fromio(got, t->mem + half + 1, size);
+	for (i = 0; i < size && got[i] == want[i]; i++)
+		;
+	if (i < size) {
+		snprintf(result, RESULT_LEN, "fail size=%llu offset=%llu read=%#x want=%#x\n", size, i,
+			 got[i], want[i]);
+		ret = -EIO;
+	} else {
+		snprintf(result, RESULT_LEN, "ok size=%llu\n", size);
 	}
 out:
 	kvfree(got);
@@ -745,10 +788,10 @@ static void ptest_debugfs(struct ptest *t)
 {
 	static const char *const names[OP_COUNT] = {
 		"dma_read", "dma_write", "dma_fault", "stress", "memtest", "memtest_at",
-		"atomic_read", "atomic_write", "locked_inc", "burst" };
+		"atomic_read", "atomic_write", "locked_inc", "burst", "bar_copy" };
 	static int (*const runs[OP_COUNT])(struct ptest *, u64, u64, char *) = {
 		op_dma_read, op_dma_write, op_dma_fault, op_stress, op_memtest, op_memtest_at,
-		op_atomic_read, op_atomic_write, op_locked_inc, op_burst };
+		op_atomic_read, op_atomic_write, op_locked_inc, op_burst, op_bar_copy };
 	int i;
 
 	t->dir = debugfs_create_dir(pci_name(t->pdev), ptest_root);
