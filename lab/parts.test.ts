@@ -12,6 +12,7 @@ import { commandScript, envScript, guestScript, shQuote } from './guest-script.j
 import { isStaticElf, resolveModules } from './initramfs.js';
 import { repoRoot } from './paths.js';
 import { parseHeadersDepends } from './prepare.js';
+import { missingGuestTools } from './proc.js';
 import { MAX_SLOWDOWN, slowdown, testBudget } from './run.js';
 
 describe('cpioNewc', () => {
@@ -64,6 +65,31 @@ describe('resolveModules', () => {
 
   it('says which module is missing', () => {
     expect(() => resolveModules(dep, ['virtio_net'])).toThrow(/virtio_net is not in/);
+  });
+});
+
+describe('missingGuestTools', () => {
+  it('names a tool the guest command runs that this machine lacks, with its package', () => {
+    const bin = mkdtempSync(join(tmpdir(), 'pcinet-tools-'));
+    const path = process.env.PATH;
+    try {
+      for (const t of ['fio', 'ip']) writeFileSync(join(bin, t), '#!/bin/sh\n', { mode: 0o755 });
+      process.env.PATH = bin;
+      expect(missingGuestTools('fio --name=x; ping -c 3 10.0.2.2 | grep loss')).toEqual([
+        'ping not found: apt-get install iputils-ping',
+      ]);
+      expect(missingGuestTools('for i in 1 2; do timeout 20 iperf3 -c x; done')).toEqual([
+        'iperf3 not found: apt-get install iperf3',
+      ]);
+      expect(missingGuestTools('x=$(mkfs.ext4 -q /dev/x)')).toEqual([
+        'mkfs.ext4 not found: apt-get install e2fsprogs',
+      ]);
+      // Named only as an argument or a path: not run, not needed.
+      expect(missingGuestTools('modprobe nvme; ls /sys/class/nvme; echo ping; ip link')).toEqual([]);
+    } finally {
+      process.env.PATH = path;
+      rmSync(bin, { recursive: true, force: true });
+    }
   });
 });
 

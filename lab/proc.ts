@@ -88,6 +88,37 @@ function onPath(cmd: string): boolean {
   return false;
 }
 
+/** The tools the lab's guest commands use, with the Debian package of each: the guest runs this
+ *  machine's root, so a command that names one needs it installed here. */
+export const GUEST_TOOLS: readonly (readonly [string, string])[] = [
+  ['ping', 'iputils-ping'],
+  ['fio', 'fio'],
+  ['nvme', 'nvme-cli'],
+  ['iperf3', 'iperf3'],
+  ['mkfs.ext4', 'e2fsprogs'],
+  ['e2fsck', 'e2fsprogs'],
+  ['ethtool', 'ethtool'],
+  ['tcpdump', 'tcpdump'],
+  ['tc', 'iproute2'],
+  ['ip', 'iproute2'],
+  ['lspci', 'pciutils'],
+  ['nbd-client', 'nbd-client'],
+  ['wg', 'wireguard-tools'],
+];
+
+/** Where a shell command word starts: a line, after ; | & ( or a backtick, after a shell keyword
+ *  that runs its operand, or after `timeout N`. */
+const COMMAND_START = String.raw`(?:^|[;|&(\x60]|\b(?:then|do|else|if|while|until|time|exec|nohup)\s|\btimeout\s+\S+\s)\s*`;
+
+/** The GUEST_TOOLS a shell command runs (as a command word) that are not installed, one line
+ *  each: a missing tool must fail the run by name, not as a bare exit status 127 later. */
+export function missingGuestTools(command: string): string[] {
+  const named = GUEST_TOOLS.filter(([cmd]) =>
+    new RegExp(`${COMMAND_START}${cmd.replace('.', '\\.')}(?=[\\s;|&)]|$)`, 'm').test(command),
+  );
+  return missingTools(named);
+}
+
 /** One line per [command, Debian package] not on PATH: "wg not found: apt-get install wireguard-tools". */
 export function missingTools(tools: readonly (readonly [string, string])[]): string[] {
   return tools

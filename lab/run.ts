@@ -31,7 +31,7 @@ import { formatReports, type KernelReport, scanGuestLog } from './log-scan.js';
 import { PrivateNetns } from './netns.js';
 import { GUEST_RUN_DIR, repoRoot } from './paths.js';
 import { type LabAssets, prepareLab } from './prepare.js';
-import { tail, unrefDelay } from './proc.js';
+import { missingGuestTools, tail, unrefDelay } from './proc.js';
 import { type Accel, type Machine, qemuArgv } from './qemu.js';
 import { lineSplitter, MAX_KEPT_BYTES, SerialPort } from './serial.js';
 
@@ -453,6 +453,8 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
         '(an identity the endpoint --allow’s), or --insecure',
     );
   }
+  const missing = missingGuestTools(typeof o.command === 'string' ? o.command : o.command.join(' '));
+  if (missing.length) throw new LabError('prepare', `lab: the guest command needs: ${missing.join('; ')}`);
   let assets: LabAssets;
   try {
     assets = o.assets ?? (await prepareLab({ modules: pcinet }));
