@@ -89,7 +89,8 @@ static void __pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r, bool wa
 }
 
 /* Queues a record without waiting (callers bound their own output); dropped while the link
- * is down. Any context. */
+ * is down. Any context.
+ */
 void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r)
 {
 	__pcinet_rec_add(fn, r, true);
@@ -191,7 +192,8 @@ struct pcinet_rec *pcinet_rec_alloc(struct pcinet_fn *fn, size_t len)
 
 /* Queues a record from process context: waits (interruptibly, bounded) while the reader is
  * behind, so a flood of completions cannot grow the queue without bound; as
- * pcinet_queue_atomic() for a stalled device and past PCINET_QUEUE_CAP. */
+ * pcinet_queue_atomic() for a stalled device and past PCINET_QUEUE_CAP.
+ */
 void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r)
 {
 	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES && !pcinet_stalled(fn)) {
@@ -220,7 +222,8 @@ void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len)
 }
 
 /* A record for read() only, ahead of the data records (R_ATTACHED, R_LINK_CLOSED); process
- * context. */
+ * context.
+ */
 void pcinet_queue_ctl(struct pcinet_fn *fn, const void *rec, size_t len)
 {
 	struct pcinet_rec *r = pcinet_rec_new(fn, rec, len, GFP_KERNEL);
@@ -305,7 +308,8 @@ static int pcinet_cfg_read(struct pci_bus *bus, unsigned int devfn, int where, i
 	}
 	if (READ_ONCE(fn->link_down) || READ_ONCE(fn->state) == PN_DETACHED) {
 		/* As over a PCIe link that is down, or from a surprise-removed function: all-ones, so
-		 * pci_device_is_present() says no and drivers take their surprise-removal paths. */
+		 * pci_device_is_present() says no and drivers take their surprise-removal paths.
+		 */
 		*val = size == 4 ? ~0u : (1u << (8 * size)) - 1;
 		return PCIBIOS_SUCCESSFUL;
 	}
@@ -714,7 +718,8 @@ static int pcinet_start(struct pcinet_fn *fn)
 	pr_info("%04x:%02x:00.0 attached (%04x:%04x)\n", fn->domain, bus->number,
 		fn->config[0] | fn->config[1] << 8, fn->config[2] | fn->config[3] << 8);
 	/* Drivers bind from a worker: their probe does MMIO, which needs the host-agent reading
-	 * this file, and it is still in the write() that carried W_START. */
+	 * this file, and it is still in the write() that carried W_START.
+	 */
 	schedule_work(&fn->add_work);
 	return 0;
 
@@ -773,7 +778,7 @@ static ssize_t pcinet_timing_show(struct device *dev, struct device_attribute *a
 				     atomic64_read(t[i].n));
 	return len;
 }
-static DEVICE_ATTR(pcinet_timing, 0444, pcinet_timing_show, NULL);
+static DEVICE_ATTR_RO(pcinet_timing);
 
 /*
  * /sys/bus/pci/devices/<address>/pcinet_counters: every counter of the function, one "name value"
@@ -810,7 +815,7 @@ static ssize_t pcinet_counters_show(struct device *dev, struct device_attribute 
 		len += sysfs_emit_at(buf, len, "%s %lld\n", t[i].name, atomic64_read(t[i].v));
 	return len;
 }
-static DEVICE_ATTR(pcinet_counters, 0444, pcinet_counters_show, NULL);
+static DEVICE_ATTR_RO(pcinet_counters);
 
 /*
  * /sys/bus/pci/devices/<address>/pcinet_recovers: 1 if the driver bound now has the PCI error
@@ -828,7 +833,7 @@ static ssize_t pcinet_recovers_show(struct device *dev, struct device_attribute 
 
 	return sysfs_emit(buf, "%d\n", eh && eh->error_detected && eh->slot_reset);
 }
-static DEVICE_ATTR(pcinet_recovers, 0444, pcinet_recovers_show, NULL);
+static DEVICE_ATTR_RO(pcinet_recovers);
 
 static void pcinet_add_work(struct work_struct *work)
 {
@@ -1151,7 +1156,8 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 		if (fn->state != PN_STARTED)
 			return -EBUSY;
 		/* Counts restart at 0 on a function reset, and a count from before the reset can
-		 * still be on its way: never move backwards, never past what was sent. */
+		 * still be on its way: never move backwards, never past what was sent.
+		 */
 		count = min_t(u64, le64_to_cpu(w->count), atomic64_read(&fn->writes_sent));
 		if (count > atomic64_read(&fn->writes_applied)) {
 			atomic64_set_release(&fn->writes_applied, count);
@@ -1385,7 +1391,8 @@ static int pcinet_open(struct inode *inode, struct file *file)
 	struct pcinet_fn *fn;
 
 	/* Whoever holds the file presents devices to in-tree drivers: the administrator's
-	 * business, whatever the node's mode says. */
+	 * business, whatever the node's mode says.
+	 */
 	if (!capable(CAP_SYS_ADMIN))
 		return -EPERM;
 	fn = kvzalloc(sizeof(*fn), GFP_KERNEL);

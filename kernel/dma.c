@@ -154,7 +154,8 @@ static void pcinet_dma_unmap(struct device *dev, dma_addr_t iova, size_t size)
 		dev_warn_ratelimited(dev, "pcinet: unmap of %pad with size %zu, mapped with %zu\n",
 				     &iova, size, m->size);
 	/* Before the IOVA can be handed out again, so the drop cannot hit a newer mapping's pushes
-	 * and no kept event index is written into a newer mapping. */
+	 * and no kept event index is written into a newer mapping.
+	 */
 	if (pushed)
 		pcinet_push_unmapped(fn, m->iova, m->size);
 	if (READ_ONCE(fn->kept_ei_count))
@@ -282,7 +283,8 @@ static bool pcinet_dma_allowed(struct pcinet_dma *d, u64 iova, u32 size,
 }
 
 /* Copies between buf and an allowed range (pcinet_dma_allowed); marks the mappings read from
- * when `mark`. Lock held. */
+ * when `mark`. Lock held.
+ */
 static void pcinet_dma_copy(struct pcinet_dma *d, u64 iova, void *buf, u32 size,
 			    enum dma_data_direction want, bool mark)
 {

@@ -559,49 +559,111 @@ struct xmm {
 	u64 q[2];
 };
 
-#define XMM_CASE(n, op, ...) case n: asm volatile(op : __VA_ARGS__); break
-
 static void xmm_get(unsigned int n, struct xmm *x)
 {
 	switch (n) {
-	XMM_CASE(0, "movdqu %%xmm0, %0", "=m" (*x));
-	XMM_CASE(1, "movdqu %%xmm1, %0", "=m" (*x));
-	XMM_CASE(2, "movdqu %%xmm2, %0", "=m" (*x));
-	XMM_CASE(3, "movdqu %%xmm3, %0", "=m" (*x));
-	XMM_CASE(4, "movdqu %%xmm4, %0", "=m" (*x));
-	XMM_CASE(5, "movdqu %%xmm5, %0", "=m" (*x));
-	XMM_CASE(6, "movdqu %%xmm6, %0", "=m" (*x));
-	XMM_CASE(7, "movdqu %%xmm7, %0", "=m" (*x));
-	XMM_CASE(8, "movdqu %%xmm8, %0", "=m" (*x));
-	XMM_CASE(9, "movdqu %%xmm9, %0", "=m" (*x));
-	XMM_CASE(10, "movdqu %%xmm10, %0", "=m" (*x));
-	XMM_CASE(11, "movdqu %%xmm11, %0", "=m" (*x));
-	XMM_CASE(12, "movdqu %%xmm12, %0", "=m" (*x));
-	XMM_CASE(13, "movdqu %%xmm13, %0", "=m" (*x));
-	XMM_CASE(14, "movdqu %%xmm14, %0", "=m" (*x));
-	default: asm volatile("movdqu %%xmm15, %0" : "=m" (*x)); break;
+	case 0:
+		asm volatile("movdqu %%xmm0, %0" : "=m" (*x));
+		break;
+	case 1:
+		asm volatile("movdqu %%xmm1, %0" : "=m" (*x));
+		break;
+	case 2:
+		asm volatile("movdqu %%xmm2, %0" : "=m" (*x));
+		break;
+	case 3:
+		asm volatile("movdqu %%xmm3, %0" : "=m" (*x));
+		break;
+	case 4:
+		asm volatile("movdqu %%xmm4, %0" : "=m" (*x));
+		break;
+	case 5:
+		asm volatile("movdqu %%xmm5, %0" : "=m" (*x));
+		break;
+	case 6:
+		asm volatile("movdqu %%xmm6, %0" : "=m" (*x));
+		break;
+	case 7:
+		asm volatile("movdqu %%xmm7, %0" : "=m" (*x));
+		break;
+	case 8:
+		asm volatile("movdqu %%xmm8, %0" : "=m" (*x));
+		break;
+	case 9:
+		asm volatile("movdqu %%xmm9, %0" : "=m" (*x));
+		break;
+	case 10:
+		asm volatile("movdqu %%xmm10, %0" : "=m" (*x));
+		break;
+	case 11:
+		asm volatile("movdqu %%xmm11, %0" : "=m" (*x));
+		break;
+	case 12:
+		asm volatile("movdqu %%xmm12, %0" : "=m" (*x));
+		break;
+	case 13:
+		asm volatile("movdqu %%xmm13, %0" : "=m" (*x));
+		break;
+	case 14:
+		asm volatile("movdqu %%xmm14, %0" : "=m" (*x));
+		break;
+	default:
+		asm volatile("movdqu %%xmm15, %0" : "=m" (*x));
+		break;
 	}
 }
 
 static void xmm_set(unsigned int n, const struct xmm *x)
 {
 	switch (n) {
-	XMM_CASE(0, "movdqu %0, %%xmm0", : "m" (*x));
-	XMM_CASE(1, "movdqu %0, %%xmm1", : "m" (*x));
-	XMM_CASE(2, "movdqu %0, %%xmm2", : "m" (*x));
-	XMM_CASE(3, "movdqu %0, %%xmm3", : "m" (*x));
-	XMM_CASE(4, "movdqu %0, %%xmm4", : "m" (*x));
-	XMM_CASE(5, "movdqu %0, %%xmm5", : "m" (*x));
-	XMM_CASE(6, "movdqu %0, %%xmm6", : "m" (*x));
-	XMM_CASE(7, "movdqu %0, %%xmm7", : "m" (*x));
-	XMM_CASE(8, "movdqu %0, %%xmm8", : "m" (*x));
-	XMM_CASE(9, "movdqu %0, %%xmm9", : "m" (*x));
-	XMM_CASE(10, "movdqu %0, %%xmm10", : "m" (*x));
-	XMM_CASE(11, "movdqu %0, %%xmm11", : "m" (*x));
-	XMM_CASE(12, "movdqu %0, %%xmm12", : "m" (*x));
-	XMM_CASE(13, "movdqu %0, %%xmm13", : "m" (*x));
-	XMM_CASE(14, "movdqu %0, %%xmm14", : "m" (*x));
-	default: asm volatile("movdqu %0, %%xmm15" : : "m" (*x)); break;
+	case 0:
+		asm volatile("movdqu %0, %%xmm0" : : "m" (*x));
+		break;
+	case 1:
+		asm volatile("movdqu %0, %%xmm1" : : "m" (*x));
+		break;
+	case 2:
+		asm volatile("movdqu %0, %%xmm2" : : "m" (*x));
+		break;
+	case 3:
+		asm volatile("movdqu %0, %%xmm3" : : "m" (*x));
+		break;
+	case 4:
+		asm volatile("movdqu %0, %%xmm4" : : "m" (*x));
+		break;
+	case 5:
+		asm volatile("movdqu %0, %%xmm5" : : "m" (*x));
+		break;
+	case 6:
+		asm volatile("movdqu %0, %%xmm6" : : "m" (*x));
+		break;
+	case 7:
+		asm volatile("movdqu %0, %%xmm7" : : "m" (*x));
+		break;
+	case 8:
+		asm volatile("movdqu %0, %%xmm8" : : "m" (*x));
+		break;
+	case 9:
+		asm volatile("movdqu %0, %%xmm9" : : "m" (*x));
+		break;
+	case 10:
+		asm volatile("movdqu %0, %%xmm10" : : "m" (*x));
+		break;
+	case 11:
+		asm volatile("movdqu %0, %%xmm11" : : "m" (*x));
+		break;
+	case 12:
+		asm volatile("movdqu %0, %%xmm12" : : "m" (*x));
+		break;
+	case 13:
+		asm volatile("movdqu %0, %%xmm13" : : "m" (*x));
+		break;
+	case 14:
+		asm volatile("movdqu %0, %%xmm14" : : "m" (*x));
+		break;
+	default:
+		asm volatile("movdqu %0, %%xmm15" : : "m" (*x));
+		break;
 	}
 }
 

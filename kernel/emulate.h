@@ -17,7 +17,8 @@ struct pcinet_mmio_ops {
 	int (*write)(void *ctx, unsigned long addr, const void *val, unsigned int size);
 	/* Optional: whether addr is in a trapped mapping too, so that a string move between two
 	 * (memcpy_fromio() into another BAR) reaches both through the ops; without it, the operand
-	 * that did not fault is taken for plain memory. */
+	 * that did not fault is taken for plain memory.
+	 */
 	bool (*mapped)(void *ctx, unsigned long addr);
 };
 

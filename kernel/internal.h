@@ -28,7 +28,8 @@
 /* Bytes of records waiting for read() before producers wait for the reader (bounded). */
 #define PCINET_QUEUE_BYTES	(1u << 20)
 /* ... and past which they drop records (counted) instead: a reader that stopped reading cannot
- * make the module allocate without bound, in atomic context least of all. */
+ * make the module allocate without bound, in atomic context least of all.
+ */
 #define PCINET_QUEUE_CAP	(16u << 20)
 /* The largest record either way: an attach (three config images) or a data record. */
 #define PCINET_MAX_RECORD	max_t(size_t, sizeof(struct pcinet_w_attach), \
@@ -37,7 +38,8 @@
 #define PCINET_MAX_VECTORS	2048
 #define PCINET_MAX_BAR		(1ull << 28)	/* 256 MiB: a shadow of each BAR is kept in memory */
 /* BAR windows live above 512 GiB, where RAM and firmware never are on the machines we target,
- * and below 1 TiB, the smallest physical address width (40 bits) of x86-64 CPUs we support. */
+ * and below 1 TiB, the smallest physical address width (40 bits) of x86-64 CPUs we support.
+ */
 #define PCINET_WINDOW_MIN	(1ull << 39)
 #define PCINET_WINDOW_MAX	((1ull << 40) - 1)
 #define PCINET_DOMAIN_FIRST	0x10
@@ -138,7 +140,8 @@ struct pcinet_fn {
 
 	u32 msix_vectors;
 	raw_spinlock_t cfg_lock;	/* config (the image, BAR registers) against config accesses
-					 * on other CPUs: x86 makes them without pci_lock */
+					 * on other CPUs: x86 makes them without pci_lock
+					 */
 	struct pcinet_bar bars[PCINET_NUM_BARS];
 	u8 config[PCINET_CONFIG_SIZE];
 	u8 config_init[PCINET_CONFIG_SIZE];	/* the image as attached, for FLR */
@@ -167,13 +170,15 @@ struct pcinet_fn {
 	bool counters_file;		/* ... and pcinet_counters */
 	bool recovers_file;		/* ... and pcinet_recovers */
 	struct pci_driver *link_driver;	/* ... this driver's: only it gets slot_reset (never
-					 * dereferenced, only compared: it may be gone) */
+					 * dereferenced, only compared: it may be gone)
+					 */
 
 	/* MMIO (mmio.c) */
 	struct list_head live;	/* on the list of started functions (RCU) */
 	spinlock_t shadow_lock;	/* BAR shadows against W_SHADOW */
 	atomic_t stalled;	/* 1: a wait for the device ran out; waits fail at once until it
-				 * answers again (pcinet_stall(), pcinet_unstall()) */
+				 * answers again (pcinet_stall(), pcinet_unstall())
+				 */
 	atomic64_t writes_sent;	/* non-doorbell MMIO writes queued */
 	atomic64_t writes_applied;
 	wait_queue_head_t mmioq;	/* deferred accesses waiting for fences and completions */
@@ -257,6 +262,9 @@ void pcinet_mmio_link_down(struct pcinet_fn *fn);
 void pcinet_timing_add(atomic64_t *ns, atomic64_t *n, u64 since);
 void pcinet_mmio_kick(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
+/* defer.S: the trampoline a deferred access returns into, and what it calls (mmio.c). */
+void pcinet_defer_tramp(void);
+void pcinet_deferred_access(struct pt_regs *regs);
 void pcinet_stall(struct pcinet_fn *fn);
 void pcinet_unstall(struct pcinet_fn *fn);
 

@@ -57,14 +57,16 @@ struct pcinet_link {
 	u64 rx_seq;
 	u64 sent_ns;		/* the last send, until bytes come back (timing) */
 	/* Sending: the work on the submitting CPU and the thread take turns under tx_mutex, which
-	 * keeps the records in queue order on the wire (and guards txbuf and tx_seq). */
+	 * keeps the records in queue order on the wire (and guards txbuf and tx_seq).
+	 */
 	struct mutex tx_mutex;
 	struct work_struct tx_work;
 	int tx_err;		/* READ_ONCE: the work's send failed; the thread closes the link */
 };
 
 /* The links' send work: high priority, bound to the CPU that queued it, and able to make
- * progress under memory pressure (a disk's writeback goes through it). */
+ * progress under memory pressure (a disk's writeback goes through it).
+ */
 static struct workqueue_struct *pcinet_tx_wq;
 
 enum { PCINET_SEAL_TO_ENDPOINT = 0, PCINET_SEAL_TO_HOST = 1 };
@@ -159,7 +161,8 @@ static int pcinet_link_send(struct pcinet_link *l)
 	int err = 0;
 
 	/* Interruptible: a send blocked by a frozen peer must not make the other sender a hung task
-	 * (no signal comes to a kernel thread or a worker; closing the link ends the send). */
+	 * (no signal comes to a kernel thread or a worker; closing the link ends the send).
+	 */
 	if (mutex_lock_interruptible(&l->tx_mutex))
 		return 0;
 	if (READ_ONCE(l->closing)) {
@@ -307,7 +310,8 @@ static int pcinet_link_apply(struct pcinet_link *l, const u8 *buf, size_t have)
 }
 
 /* Opens and applies the whole sealed frames at the start of rxbuf[0, have); returns the bytes
- * used or an error (-EBADMSG: forged or damaged). */
+ * used or an error (-EBADMSG: forged or damaged).
+ */
 static int pcinet_link_open(struct pcinet_link *l, size_t have)
 {
 	size_t done = 0;

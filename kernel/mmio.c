@@ -72,7 +72,8 @@ module_param(atomic_timeout_ms, uint, 0644);
 MODULE_PARM_DESC(atomic_timeout_ms,
 		 "The same for reads in atomic context, which wait busy with interrupts off (ms)");
 /* A test hook (test/e2e/kernel-fault.test.ts): there is no other way to make code inside the
- * fault handler touch a BAR. Root only; 0, the default, costs one READ_ONCE per BAR access. */
+ * fault handler touch a BAR. Root only; 0, the default, costs one READ_ONCE per BAR access.
+ */
 static unsigned int test_nested_fault;
 module_param(test_nested_fault, uint, 0600);
 MODULE_PARM_DESC(test_nested_fault,
@@ -120,8 +121,6 @@ static DEFINE_PER_CPU(unsigned int, pcinet_fault_depth);
 /* Nested faults on mappings whose function is gone (no counters left to count them in). */
 static atomic64_t pcinet_nested_faults;
 
-void pcinet_defer_tramp(void);
-void pcinet_deferred_access(struct pt_regs *regs);
 
 /* ---- page table entries of trapped mappings ---- */
 
@@ -244,7 +243,8 @@ static bool pcinet_progressed(struct pcinet_fn *fn, s64 *seen, s64 backlog)
 }
 
 /* A busy wait ends after this many atomic_timeout_ms bounds even while the device progresses:
- * a CPU with interrupts off must not wait long enough for a lockup report, whatever the link. */
+ * a CPU with interrupts off must not wait long enough for a lockup report, whatever the link.
+ */
 #define PCINET_ATOMIC_PROGRESS_BOUNDS	5
 
 /* Whether a wait should stop for good: the function went, or its link. */
@@ -296,7 +296,8 @@ static bool pcinet_applied(struct pcinet_fn *fn, void *target)
 }
 
 /* The read fence: waits until the device applied `target` writes; false on timeout, when the
- * function goes, or (at once) while the device is stalled. */
+ * function goes, or (at once) while the device is stalled.
+ */
 static bool pcinet_wait_applied(struct pcinet_fn *fn, s64 target, enum pcinet_wait how)
 {
 	bool ok;
@@ -316,6 +317,7 @@ static bool pcinet_wait_applied(struct pcinet_fn *fn, s64 target, enum pcinet_wa
 
 static bool pcinet_read_answered(struct pcinet_fn *fn, void *slot)
 {
+	/* Acquire: the data stored before the status (pcinet_mmio_read_cpl()) is seen with it. */
 	return smp_load_acquire(&((struct pcinet_read_slot *)slot)->status);
 }
 
@@ -403,6 +405,7 @@ int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_c
 	/* A completion for a read that already timed out finds its slot reused or free. */
 	if (tag && slot->tag == tag && !slot->status) {
 		slot->data = le64_to_cpu(c->data);
+		/* Release: the waiter that sees the status sees the data (pcinet_read_answered()). */
 		smp_store_release(&slot->status, status == PCINET_STATUS_OK ? 1 : -1);
 	}
 	spin_unlock_irqrestore(&fn->reads_lock, flags);
@@ -423,7 +426,8 @@ void pcinet_mmio_link_down(struct pcinet_fn *fn)
 
 	/* Not under shadow_lock (a BAR may be large): from here on nobody reads the shadows, and
 	 * W_SHADOW comes in under fn->lock, which we hold. A read that began before link_down was
-	 * set may see a mix, which is what a read racing a dying device deserves. */
+	 * set may see a mix, which is what a read racing a dying device deserves.
+	 */
 	for (i = 0; i < PCINET_NUM_BARS; i++) {
 		if (fn->bars[i].shadow)
 			memset(fn->bars[i].shadow, 0, fn->bars[i].size);
@@ -431,8 +435,10 @@ void pcinet_mmio_link_down(struct pcinet_fn *fn)
 
 	spin_lock_irqsave(&fn->reads_lock, flags);
 	for (i = 0; i < PCINET_READ_SLOTS; i++) {
-		if (fn->reads[i].tag && !fn->reads[i].status)
+		if (fn->reads[i].tag && !fn->reads[i].status) {
+			/* Release, as a completion's: the waiter reads all-ones, not stale data. */
 			smp_store_release(&fn->reads[i].status, -1);
+		}
 	}
 	spin_unlock_irqrestore(&fn->reads_lock, flags);
 	wake_up_all(&fn->mmioq);
@@ -531,7 +537,8 @@ static int pcinet_serve_write(struct pcinet_fn *fn, u32 bar, u64 off, const void
 	if (how == PN_NOWAIT && READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES)
 		return -EAGAIN;
 	/* This attempt queues the write (an -EAGAIN above is retried asleep, and pushes nothing):
-	 * what a doorbell makes the device read goes in front of it. */
+	 * what a doorbell makes the device read goes in front of it.
+	 */
 	pcinet_push_doorbell(fn, bar, off, val, size);
 	pcinet_hdr(&rec.w.hdr, PCINET_R_MMIO_WRITE, len);
 	rec.w.bar = cpu_to_le32(bar);
@@ -670,7 +677,8 @@ static struct pcinet_map *pcinet_map_find(unsigned long addr)
 }
 
 /* Instruction emulation failed: let it run against the (unbacked) window. The page stays
- * unprotected and the device no longer sees it, but the kernel survives. */
+ * unprotected and the device no longer sees it, but the kernel survives.
+ */
 static void pcinet_emulation_failed(struct pcinet_map *m, struct pt_regs *fregs,
 				    unsigned long addr, int ret)
 {
@@ -812,7 +820,8 @@ static void pcinet_fault(struct pt_regs *fregs, unsigned long error_code, unsign
 	rcu_read_lock();
 	m = pcinet_map_find(addr);
 	/* Unmapped since the kprobe saw it: the instruction runs again and faults like any other
-	 * access (or finds its entries back). */
+	 * access (or finds its entries back).
+	 */
 	if (!m || fregs->ip - m->virt < m->len) {
 		rcu_read_unlock();
 		return;
@@ -928,7 +937,8 @@ static int pcinet_calibrate(void)
 }
 
 /* mmiotrace_ioremap(resource_size_t offset, unsigned long size, void __iomem *addr), at entry:
- * the mapping exists and ioremap has not returned yet. */
+ * the mapping exists and ioremap has not returned yet.
+ */
 static int pcinet_ioremap_pre(struct kprobe *p, struct pt_regs *regs)
 {
 	u64 phys = regs->di & PAGE_MASK;
@@ -962,8 +972,8 @@ static int pcinet_ioremap_pre(struct kprobe *p, struct pt_regs *regs)
 	}
 	if (m && !pcinet_map_protect(m)) {
 		pcinet_map_unprotect(m, m->virt, m->virt + m->len);
-		pr_err("%04x:00:00.0: cannot trap the mapping of BAR %u at %px: the driver's accesses will not reach the device\n",
-		       fn->domain, m->bar, (void *)m->virt);
+		pr_err("%04x:00:00.0: cannot trap the mapping of BAR %u +%#llx: the driver's accesses will not reach the device\n",
+		       fn->domain, m->bar, m->bar_off);
 		kfree(m);
 		m = NULL;
 	} else if (!m && i < PCINET_NUM_BARS) {
@@ -1107,6 +1117,7 @@ void pcinet_mmio_exit(void)
 	rcu_barrier();
 	/* No task is still between a fault and defer.S's return (it holds no lock we could wait
 	 * on there, and may have been preempted): wait until every task has passed a voluntary
-	 * context switch. */
+	 * context switch.
+	 */
 	synchronize_rcu_tasks();
 }

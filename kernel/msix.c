@@ -31,11 +31,13 @@
 #define PCINET_MSI_ADDRESS	0xfee0c0deu
 #define PCINET_RING_WAIT	(PCINET_RING_SIZE / 2)
 /* Handlers one run of the delivery work calls before it hands the rest to the next CPU: bounds
- * its time in hard interrupt context (NAPI's default budget, for want of a better measure). */
+ * its time in hard interrupt context (NAPI's default budget, for want of a better measure).
+ */
 #define PCINET_IRQ_BUDGET	64
 
 /* A test hook (test/e2e/kernel-msix.test.ts): without it a burst of raises does not fill the ring,
- * since the raising write() waits once it is half full. Root only; 0, the default: the whole ring. */
+ * since the raising write() waits once it is half full. Root only; 0, the default: the whole ring.
+ */
 static unsigned int test_msix_ring;
 module_param(test_msix_ring, uint, 0600);
 MODULE_PARM_DESC(test_msix_ring,
@@ -270,7 +272,8 @@ int pcinet_msix_raise(struct pcinet_fn *fn, u32 vector)
 	if (!queued && (pcinet_msix_control(fn) & PCI_MSIX_FLAGS_ENABLE)) {
 		/* The driver is not taking interrupts: what a function does then is set the PBA. The
 		 * delivery work sends it from there once the ring has room (an unmasked vector has no
-		 * unmask coming to release it). */
+		 * unmask coming to release it).
+		 */
 		set_bit(vector, fn->msix_pending);
 		fn->msix_overflow = true;
 		atomic64_inc(&fn->stats.interrupts_pending);

@@ -247,7 +247,8 @@ static bool walk_chain(struct pcinet_push_walker *w, u32 id, const struct pcinet
 		next = rd16(d + 14);
 		if (flags & VIRTQ_DESC_F_INDIRECT) {
 			/* One table per chain, never nested, never with NEXT, a whole number of
-			 * descriptors (virtio 1.2 §2.7.5.3.1): else the device stops here too. */
+			 * descriptors (virtio 1.2 §2.7.5.3.1): else the device stops here too.
+			 */
 			if (!(r->flags & PCINET_PUSH_F_INDIRECT) || indirect ||
 			    (flags & VIRTQ_DESC_F_NEXT) || !len || len % DESC_SIZE)
 				return false;
@@ -285,7 +286,8 @@ static void walk_virtq(struct pcinet_push_walker *w, u32 id, struct pcinet_push_
 	u8 b[2];
 
 	/* The index alone decides `last`, pushed or not: a budget spent by an earlier rule must
-	 * not leave this rule behind the ring, where every later notify would look broken. */
+	 * not leave this rule behind the ring, where every later notify would look broken.
+	 */
 	if (!walk_peek(w, r->avail + 2, b, sizeof(b))) {
 		w->unreadable++;
 		return;

@@ -102,7 +102,8 @@ static int pcinet_push_check(struct pcinet_fn *fn, const struct pcinet_w_push_ru
 	switch (r->kind) {
 	case PCINET_PUSH_NONE:
 		/* A removal names only its id: the other fields are whatever the endpoint's
-		 * message held (the host-agent checks nothing else either, push-rule.ts). */
+		 * message held (the host-agent checks nothing else either, push-rule.ts).
+		 */
 		*r = (struct pcinet_push_rule){};
 		return 0;
 	case PCINET_PUSH_NVME_SQ:
@@ -119,7 +120,8 @@ static int pcinet_push_check(struct pcinet_fn *fn, const struct pcinet_w_push_ru
 		return -EINVAL;
 	}
 	/* The doorbell's 4 bytes inside the BAR; ring addresses are the driver's business: a
-	 * wrong one is refused by the DMA check at every push, like the device's own reads. */
+	 * wrong one is refused by the DMA check at every push, like the device's own reads.
+	 */
 	if (r->bar >= PCINET_NUM_BARS || !fn->bars[r->bar].size ||
 	    r->offset >= fn->bars[r->bar].size || fn->bars[r->bar].size - r->offset < 4 ||
 	    r->data_max > PCINET_PUSH_MAX_BYTES)
@@ -233,11 +235,15 @@ int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w)
 	spin_lock_irqsave(&fn->push_lock, irqf);
 	r = fn->push_rules[id];
 	spin_unlock_irqrestore(&fn->push_lock, irqf);
+	/* The device's ring writes before our reads of the driver's: pairs with virtio_mb() in the
+	 * driver (see above).
+	 */
 	smp_mb();
 
 	if ((flags & PCINET_VQ_F_INTERRUPT) && old != new) {
 		/* An unreadable driver area (a rule gone, the ring unmapped) gets the interrupt: one
-		 * too many is harmless, one too few hangs the driver. */
+		 * too many is harmless, one too few hangs the driver.
+		 */
 		if (r.kind == PCINET_PUSH_VIRTQ) {
 			if (flags & PCINET_VQ_F_EVENT_IDX) {
 				if (pcinet_dma_peek(fn, r.avail + 4 + 2 * (u64)r.entries, &v, sizeof(v), false))
@@ -253,14 +259,16 @@ int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w)
 	}
 
 	/* Without bus mastering a notify pushes nothing and `last` stays: a kick would only bring
-	 * the device back here, round after round. */
+	 * the device back here, round after round.
+	 */
 	if ((flags & PCINET_VQ_F_RECHECK) && r.kind == PCINET_PUSH_VIRTQ &&
 	    (READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MASTER) &&
 	    pcinet_dma_peek(fn, r.avail + 2, &v, sizeof(v), false)) {
 		u16 n = le16_to_cpu(v) - (u16)r.last;
 
 		/* A jump past the ring size is a broken ring: the device finds it on its next
-		 * notify; kicking it here would not help. */
+		 * notify; kicking it here would not help.
+		 */
 		if (n && n <= r.entries) {
 			__le16 kick = w->kick;
 
@@ -340,7 +348,8 @@ static u32 pcinet_push_copy(void *ctx, u32 rule, u64 iova, u32 len)
 	u32 done = 0;
 
 	/* A range that goes into more than one record is checked whole first: a range is pushed
-	 * whole or not at all (only a mapping going away meanwhile can cut it short). */
+	 * whole or not at all (only a mapping going away meanwhile can cut it short).
+	 */
 	if (len > room && !pcinet_dma_peek(c->fn, iova, NULL, len, false)) {
 		c->refused++;
 		return 0;
@@ -436,12 +445,14 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 	if (!READ_ONCE(fn->push_count) && !READ_ONCE(fn->kept_ei_count))
 		return;
 	/* No bus mastering: the device could not read the memory now, so no push may either. The
-	 * rules stay where they are, as in the sim channel. */
+	 * rules stay where they are, as in the sim channel.
+	 */
 	if (!(READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MASTER))
 		return;
 	INIT_LIST_HEAD(&c.recs);
 	/* The reader is behind: push nothing, but move `last` on as if pushed, so a later doorbell
-	 * does not push entries the device has long read (stale bytes it might be served later). */
+	 * does not push entries the device has long read (stale bytes it might be served later).
+	 */
 	w.dry = READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES;
 
 	spin_lock_irqsave(&fn->push_lock, flags);
@@ -545,7 +556,8 @@ void pcinet_push_unmapped(struct pcinet_fn *fn, u64 iova, u64 len)
 	r = kmalloc(struct_size(r, data, sizeof(*d)), GFP_ATOMIC | __GFP_NOWARN);
 	if (!r) {
 		/* The endpoint may then serve the copy to a read issued later, as a device that
-		 * prefetched would; say so, it is the one case where a push outlives its mapping. */
+		 * prefetched would; say so, it is the one case where a push outlives its mapping.
+		 */
 		atomic64_inc(&fn->stats.lost_records);
 		pr_warn_ratelimited("%04x:00:00.0: out of memory: R_PUSH_DROP for 0x%llx+0x%llx lost\n",
 				    fn->domain, iova, len);
@@ -558,7 +570,8 @@ void pcinet_push_unmapped(struct pcinet_fn *fn, u64 iova, u64 len)
 	d->length = cpu_to_le64(len);
 	/* A doorbell that copied from this mapping before it was unmapped still holds the lock
 	 * until its R_PUSH records are queued: the drop goes after them. It goes out with the next
-	 * record that wakes the sender: only reads a later doorbell asks for can need it. */
+	 * record that wakes the sender: only reads a later doorbell asks for can need it.
+	 */
 	spin_lock_irqsave(&fn->push_lock, flags);
 	pcinet_rec_add_lazy(fn, r);
 	spin_unlock_irqrestore(&fn->push_lock, flags);

@@ -167,6 +167,63 @@ async function ensureKernelImage(
   return dir;
 }
 
+/** The files of the kernel tree checkpatch.pl reads with --no-tree. */
+const CHECKPATCH_FILES = ['checkpatch.pl', 'spelling.txt', 'const_structs.checkpatch'];
+
+/**
+ * The kernel's scripts/checkpatch.pl, from Debian's linux-source package of the guest kernel's
+ * version (linux-source-6.1 for 6.1.x), taken once into <cache>/checkpatch/<version>/: the style
+ * check kernel code is held to. Returns the path of checkpatch.pl.
+ */
+export async function prepareCheckpatch(say: (l: string) => void = () => {}): Promise<string> {
+  const cache = cacheDir(repoRoot());
+  mkdirSync(cache, { recursive: true });
+  return withLock(join(cache, 'prepare.lock'), async () => {
+    const { version } = await guestKernelVersion();
+    const dir = join(cache, 'checkpatch', version);
+    const script = join(dir, 'checkpatch.pl');
+    if (existsSync(join(dir, '.complete'))) return script;
+    if (!isRoot()) throw new Error(`lab: checkpatch.pl is not cached in ${dir}; run once as root`);
+    const series = /^\d+\.\d+/.exec(version)?.[0];
+    if (!series) throw new Error(`lab: cannot tell the kernel series of ${version}`);
+    await ensurePackages(['xz-utils', 'perl'], say);
+    const pkg = `linux-source-${series}`;
+    const work = join(cache, 'checkpatch', `.tmp-${process.pid}`);
+    rmSync(work, { recursive: true, force: true });
+    mkdirSync(work, { recursive: true });
+    try {
+      say(`fetching ${pkg} ${version} (for scripts/checkpatch.pl)`);
+      await apt(['download', '-q', `${pkg}=${version}`], work, `apt-get download ${pkg}`);
+      const deb = readdirSync(work).find((f) => f.endsWith('.deb'));
+      if (!deb) throw new Error(`lab: apt-get download ${pkg} left no .deb in ${work}`);
+      const tarball = `./usr/src/${pkg}.tar.xz`;
+      const x = await run(
+        'sh',
+        ['-c', `dpkg-deb --fsys-tarfile "$1" | tar -x -C "$2" "$3"`, 'sh', join(work, deb), work, tarball],
+        {
+          timeoutMs: 5 * 60_000,
+        },
+      );
+      if (x.code !== 0) throw new Error(describeFailure(`lab: unpacking ${tarball} from ${deb}`, x));
+      const members = CHECKPATCH_FILES.map((f) => `${pkg}/scripts/${f}`);
+      const t = await run('tar', ['-xJf', join(work, tarball), '-C', work, ...members], {
+        timeoutMs: 10 * 60_000,
+      });
+      if (t.code !== 0) throw new Error(describeFailure(`lab: tar -x ${members.join(' ')}`, t));
+      const out = join(work, 'out');
+      mkdirSync(out);
+      for (const f of CHECKPATCH_FILES) renameSync(join(work, pkg, 'scripts', f), join(out, f));
+      writeFileSync(join(out, '.complete'), `${version}\n`);
+      rmSync(dir, { recursive: true, force: true });
+      mkdirSync(join(cache, 'checkpatch'), { recursive: true });
+      renameSync(out, dir);
+    } finally {
+      rmSync(work, { recursive: true, force: true });
+    }
+    return script;
+  });
+}
+
 /** Offsets in the bzImage setup header (Documentation/x86/boot.rst). */
 const BZ_SETUP_SECTS = 0x1f1;
 const BZ_PAYLOAD_OFFSET = 0x248;

@@ -161,7 +161,8 @@ struct pcinet_w_push_rule {
 	__le64 offset;		/* BAR offset of the doorbell (NVMe SQ tail; virtio notify address) */
 	__le64 ring;		/* IOVA: NVMe SQ base; virtq descriptor table */
 	__le64 avail;		/* IOVA: virtq driver area (avail ring); NVMe (ABI 3): the SQ's event
-				 * index, written with each doorbell value (0: none) */
+				 * index, written with each doorbell value (0: none)
+				 */
 	__le32 data_max;	/* most payload bytes pushed per entry (0: entries only) */
 	__le32 lba_shift;	/* NVMe: log2 of the LBA size (9..12); 0 for virtq */
 	__le32 flags;		/* PCINET_PUSH_F_* */
@@ -267,7 +268,8 @@ struct pcinet_r_push_drop {
 };
 
 /* One per W_PUSH_RULE applied (set, replace or remove), in order: every R_PUSH of rule `id`
- * queued before it was made under the rule as it was before. */
+ * queued before it was made under the rule as it was before.
+ */
 struct pcinet_r_push_rule_set {
 	struct pcinet_hdr hdr;
 	__le32 id;
@@ -323,7 +325,8 @@ struct pcinet_link_hello {
 struct pcinet_r_link_closed {
 	struct pcinet_hdr hdr;
 	__le32 error;		/* positive errno: ECONNRESET the peer closed it, EPROTO it broke
-				 * the record format, or what the socket reported */
+				 * the record format, or what the socket reported
+				 */
 	__le32 reserved;
 };
 

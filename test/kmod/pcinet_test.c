@@ -419,7 +419,8 @@ static int op_bar_copy(struct ptest *t, u64 size, u64 unused, char *result)
 	memcpy_toio(t->mem + 3, want, size);
 	/* A read waits until the device applied those writes: with nothing outstanding, the copy's
 	 * first access is served in the fault handler itself, where the destination's page, trapped
-	 * too, would fault again inside it. */
+	 * too, would fault again inside it.
+	 */
 	readb(t->mem + half + 1);
 	memcpy_fromio((void __force *)(t->mem + half + 1), t->mem + 3, size);
 	memcpy_fromio(got, t->mem + half + 1, size);
@@ -552,7 +553,8 @@ static int op_burst(struct ptest *t, u64 vector, u64 count, char *result)
 	if (status < 0)
 		return status;
 	/* Delivered raises may still be on their way: wait until the count settles with the PBA
-	 * bit clear. A lost interrupt leaves the bit set and the count short. */
+	 * bit clear. A lost interrupt leaves the bit set and the count short.
+	 */
 	until = jiffies + BURST_TIMEOUT;
 	do {
 		seen = atomic_read(&t->vec[vector].count);
@@ -745,7 +747,8 @@ static int pba_get(void *data, u64 *val)
 DEFINE_DEBUGFS_ATTRIBUTE(pba_fops, pba_get, NULL, "0x%016llx\n");
 
 /* irq_delay_us: how long every handler run busy-waits (0..IRQ_DELAY_MAX_US), to make delivery
- * slower than a burst of raises. */
+ * slower than a burst of raises.
+ */
 static int irq_delay_get(void *data, u64 *val)
 {
 	*val = READ_ONCE(((struct ptest *)data)->irq_delay_us);
