@@ -459,8 +459,8 @@ static int pcinet_attach(struct pcinet_fn *fn, const struct pcinet_w_attach *a)
 	if (fn->state != PN_NEW)
 		return -EBUSY;
 	if (le32_to_cpu(a->abi_version) != PCINET_ABI_VERSION) {
-		pr_warn("attach: ABI version %u, this module speaks %u\n",
-			le32_to_cpu(a->abi_version), PCINET_ABI_VERSION);
+		pr_warn_ratelimited("attach: ABI version %u, this module speaks %u\n",
+				    le32_to_cpu(a->abi_version), PCINET_ABI_VERSION);
 		return -EPROTO;
 	}
 	fn->msix_vectors = le32_to_cpu(a->msix_vectors);
@@ -479,7 +479,7 @@ static int pcinet_attach(struct pcinet_fn *fn, const struct pcinet_w_attach *a)
 			continue;
 		}
 		if (kind == PCINET_BAR_IO) {
-			pr_warn("attach: BAR %d: I/O BARs are not supported\n", i);
+			pr_warn_ratelimited("attach: BAR %d: I/O BARs are not supported\n", i);
 			return -EOPNOTSUPP;
 		}
 		if ((kind != PCINET_BAR_MEM64 && kind != PCINET_BAR_MEM32) ||
@@ -586,8 +586,8 @@ static int pcinet_alloc_window32(struct pcinet_fn *fn, resource_size_t size, res
 	}
 	pci_unlock_rescan_remove();
 	if (ret)
-		pr_warn("no free space of %llu bytes below 4 GiB in a host bridge window for the 32-bit BARs\n",
-			(u64)size);
+		pr_warn_ratelimited("no free space of %llu bytes below 4 GiB in a host bridge window for the 32-bit BARs\n",
+				    (u64)size);
 	return ret;
 }
 
@@ -659,7 +659,7 @@ static int pcinet_start(struct pcinet_fn *fn)
 				      (1ull << boot_cpu_data.x86_phys_bits) - 1),
 				align, NULL, NULL);
 	if (ret) {
-		pr_warn("no free physical window of %llu bytes for the BARs\n", (u64)total);
+		pr_warn_ratelimited("no free physical window of %llu bytes for the BARs\n", (u64)total);
 		goto err_domain;
 	}
 	if (total32) {
@@ -703,7 +703,7 @@ static int pcinet_start(struct pcinet_fn *fn)
 	pci_bus_claim_resources(bus);
 	pci_unlock_rescan_remove();
 	if (!fn->pdev) {
-		pr_warn("the PCI core did not find the function on the new bus\n");
+		pr_warn_ratelimited("the PCI core did not find the function on the new bus\n");
 		ret = -ENODEV;
 		goto err_bus;
 	}

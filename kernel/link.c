@@ -142,7 +142,7 @@ static void pcinet_link_failed(struct pcinet_link *l, int err)
 	rec.error = cpu_to_le32(-err);
 	pcinet_queue_ctl(fn, &rec, sizeof(rec));
 	mutex_unlock(&fn->lock);
-	pr_warn("%04x:00:00.0 kernel link lost (error %d): link down\n", fn->domain, err);
+	pr_warn_ratelimited("%04x:00:00.0 kernel link lost (error %d): link down\n", fn->domain, err);
 }
 
 /*

@@ -366,8 +366,8 @@ int pcinet_msix_attach(struct pcinet_fn *fn)
 	raw_spin_lock_init(&fn->deliver_lock);
 	if (!cap) {
 		if (fn->msix_vectors)
-			pr_warn("attach: msix_vectors is %u but there is no MSI-X capability\n",
-				fn->msix_vectors);
+			pr_warn_ratelimited("attach: msix_vectors is %u but there is no MSI-X capability\n",
+					    fn->msix_vectors);
 		return fn->msix_vectors ? -EINVAL : 0;
 	}
 	if (cap + PCI_CAP_MSIX_SIZEOF > PCI_CFG_SPACE_SIZE)
@@ -377,12 +377,12 @@ int pcinet_msix_attach(struct pcinet_fn *fn)
 	table = le32_to_cpup((__le32 *)&fn->config[cap + PCI_MSIX_TABLE]);
 	pba = le32_to_cpup((__le32 *)&fn->config[cap + PCI_MSIX_PBA]);
 	if (n != fn->msix_vectors) {
-		pr_warn("attach: msix_vectors is %u but the MSI-X capability says %u\n",
-			fn->msix_vectors, n);
+		pr_warn_ratelimited("attach: msix_vectors is %u but the MSI-X capability says %u\n",
+				    fn->msix_vectors, n);
 		return -EINVAL;
 	}
 	if ((table & PCI_MSIX_TABLE_BIR) != (pba & PCI_MSIX_PBA_BIR)) {
-		pr_warn("attach: MSI-X table and PBA in different BARs are not supported\n");
+		pr_warn_ratelimited("attach: MSI-X table and PBA in different BARs are not supported\n");
 		return -EOPNOTSUPP;
 	}
 	fn->msix_bar = table & PCI_MSIX_TABLE_BIR;
@@ -393,7 +393,7 @@ int pcinet_msix_attach(struct pcinet_fn *fn)
 	    fn->msix_pba + BITS_TO_LONGS(n) * 8ull > fn->bars[fn->msix_bar].size ||
 	    (fn->msix_table < fn->msix_pba + BITS_TO_LONGS(n) * 8ull &&
 	     fn->msix_pba < fn->msix_table + n * 16ull)) {
-		pr_warn("attach: the MSI-X table or PBA does not fit its BAR\n");
+		pr_warn_ratelimited("attach: the MSI-X table or PBA does not fit its BAR\n");
 		return -EINVAL;
 	}
 	fn->msix_entries = kcalloc(n, 16, GFP_KERNEL);

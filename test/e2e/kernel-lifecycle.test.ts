@@ -11,7 +11,11 @@ const root = process.getuid?.() === 0;
 const RUN_TIMEOUT_MS = 240_000;
 const REPO = repoRoot();
 const fixture = (name: string) => join(REPO, 'test/e2e/fixtures', name);
-const FUZZ_RECORDS = 12_000;
+/** The suite's counts; test/kernel-long.sh runs the long variant (100 cycles, 10^5 records). */
+const FUZZ_RECORDS = Number(process.env.PCINET_FUZZ_RECORDS ?? 12_000);
+const CYCLES = Number(process.env.PCINET_LIFECYCLE_CYCLES ?? 20);
+/** Runs scale with the counts: the suite's are what RUN_TIMEOUT_MS is for. */
+const scaled = (n: number, base: number) => Math.round(RUN_TIMEOUT_MS * Math.max(1, n / base));
 
 describe.skipIf(!root)('pcinet.ko lifecycle', () => {
   let assets: LabAssets;
@@ -19,29 +23,29 @@ describe.skipIf(!root)('pcinet.ko lifecycle', () => {
     assets = await prepareLab({ modules: true });
   }, 30 * 60_000);
 
-  it('20 attach/detach cycles, then rmmod, with a clean log', {
-    timeout: testBudget(RUN_TIMEOUT_MS),
+  it(`${CYCLES} attach/detach cycles, then rmmod, with a clean log`, {
+    timeout: testBudget(scaled(CYCLES, 20)),
   }, async () => {
     const r = await runInLab({
       assets,
       command: [
         'set -e',
         `insmod ${assets.pcinetKo}`,
-        `node ${fixture('kernel-cycles.mjs')} ${REPO} 20`,
+        `node ${fixture('kernel-cycles.mjs')} ${REPO} ${CYCLES}`,
         'rmmod pcinet && echo rmmod-ok',
         'echo "attached $(dmesg | grep -c "pcinet: .* attached") removed $(dmesg | grep -c "pcinet: .* removed")"',
       ].join('\n'),
-      timeoutMs: RUN_TIMEOUT_MS,
+      timeoutMs: scaled(CYCLES, 20),
     });
     expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
-    expect([...r.stdout.matchAll(/^cycle \d+ attached [0-9a-f]{4}:00:00\.0$/gm)]).toHaveLength(20);
-    expect(r.stdout).toMatch(/^cycles done 20$/m);
+    expect([...r.stdout.matchAll(/^cycle \d+ attached [0-9a-f]{4}:00:00\.0$/gm)]).toHaveLength(CYCLES);
+    expect(r.stdout).toMatch(new RegExp(`^cycles done ${CYCLES}$`, 'm'));
     expect(r.stdout).toMatch(/^rmmod-ok$/m);
-    expect(r.stdout).toMatch(/^attached 20 removed 20$/m);
+    expect(r.stdout).toMatch(new RegExp(`^attached ${CYCLES} removed ${CYCLES}$`, 'm'));
   });
 
   it(`${FUZZ_RECORDS} random and malformed records: only errors, the module still works`, {
-    timeout: testBudget(RUN_TIMEOUT_MS),
+    timeout: testBudget(scaled(FUZZ_RECORDS, 12_000)),
   }, async () => {
     const seed = Date.now() % 1_000_000;
     const r = await runInLab({
@@ -53,7 +57,7 @@ describe.skipIf(!root)('pcinet.ko lifecycle', () => {
         `node ${fixture('kernel-cycles.mjs')} ${REPO} 1`,
         'rmmod pcinet && echo rmmod-ok',
       ].join('\n'),
-      timeoutMs: RUN_TIMEOUT_MS,
+      timeoutMs: scaled(FUZZ_RECORDS, 12_000),
     });
     expect(r.code, `seed ${seed}\n${r.stdout}\n${r.stderr}`).toBe(0);
     const line = new RegExp(`^fuzz seed ${seed} records ${FUZZ_RECORDS} read \\d+ bytes (.*)$`, 'm').exec(
