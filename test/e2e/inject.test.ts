@@ -8,7 +8,9 @@
 //  (b) commands failed with chosen statuses: a read with Unrecovered Read Error and DNR fails (a
 //      media error: ENODATA to dd) and the kernel logs the status; a write with Internal Error and
 //      DNR fails with EIO; the same status without DNR is retried by the driver and the write
-//      succeeds; later I/O works.
+//      succeeds; later I/O works;
+//  (c) the link taken down for a few seconds under fio: the host-agent parks the disk, the driver
+//      rides out the link down, it comes back up and fio verifies every block.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -44,6 +46,15 @@ const setup = [
   'wait_live() { i=0; until live; do i=$((i + 1)); [ $i -le 600 ] || return 1; sleep 0.1; done; echo "live $1"; }',
   'check written',
 ];
+
+/** What the guest saw, for whoever reads the run. */
+const show = (stdout: string) =>
+  console.log(
+    stdout
+      .split('\n')
+      .filter((l) => /nvme|pcinet|card:|data-|failed-|-read|fio|live|error/.test(l))
+      .join('\n'),
+  );
 
 /** A card hook whose control port carries out `inject SPEC` and `stats` (the endpoint's status). */
 function injector(stats: StatusSnapshot[], injected: string[]) {
@@ -103,6 +114,7 @@ describe.skipIf(!root)('fault injection against the nvme driver', () => {
       timeoutMs: RUN_TIMEOUT_MS,
     });
     const out = `${r.stdout}\n${r.stderr}\n${r.endpointLog}`;
+    show(r.stdout);
     expect(r.code, out).toBe(0);
     expect(r.stdout, out).toMatch(new RegExp(`^io_timeout=${IO_TIMEOUT_MS}$`, 'm'));
     expect(injected).toHaveLength(2);
@@ -159,6 +171,7 @@ describe.skipIf(!root)('fault injection against the nvme driver', () => {
       timeoutMs: RUN_TIMEOUT_MS,
     });
     const out = `${r.stdout}\n${r.stderr}\n${r.endpointLog}`;
+    show(r.stdout);
     expect(r.code, out).toBe(0);
     expect(injected).toHaveLength(3);
     expect(r.stdout, out).toMatch(/^failed-read: exit 1$/m);
@@ -181,6 +194,55 @@ describe.skipIf(!root)('fault injection against the nvme driver', () => {
     expect(dev?.counters, out).toMatchObject({ injected: 3, injectedFail: 3 });
     expect(dev?.modelCounters.errors, out).toBeGreaterThanOrEqual(3);
     expect(r.endpointLog.match(/"msg":"fault injected"/g)?.length, out).toBe(3);
+    expect(r.guestLog, out).not.toMatch(/Call Trace/);
+  });
+  it('link-down for 5 s under fio: the disk goes link down, comes back up, the driver recovers, fio verifies', {
+    timeout: testBudget(RUN_TIMEOUT_MS),
+  }, async () => {
+    const stats: StatusSnapshot[] = [];
+    const injected: string[] = [];
+    const r = await runInLab({
+      assets,
+      devices: [`nvme:file=${join(dir, 'link.img')},size=64M`],
+      card: injector(stats, injected),
+      command: [
+        ...setup,
+        'fio --name=link --filename=$disk --offset=8M --size=8M --rw=randwrite --bsrange=4k-64k --iodepth=8 ' +
+          '--ioengine=libaio --direct=1 --verify=crc32c --verify_fatal=1 --do_verify=1 > /tmp/fio.log 2>&1 & fio=$!',
+        'sleep 1',
+        'kill -0 $fio && echo fio-running-at-link-down',
+        askCard('inject link-down:dev=nvme,seconds=5'),
+        // The controller stays "live" through PCI error recovery: what the kernel says is the sign.
+        'seen() { dmesg | grep -q "$1"; }',
+        'i=0; until seen "link down: the driver waits"; do i=$((i + 1)); [ $i -le 600 ] || break; sleep 0.1; done',
+        'i=0; until seen "link up: recovered"; do i=$((i + 1)); [ $i -le 1200 ] || break; sleep 0.1; done',
+        'wait_live after-link-down',
+        'if wait $fio; then echo fio-verified; else cat /tmp/fio.log; fi',
+        'check after-link-down',
+        askCard('stats'),
+        'dmesg | grep -E "nvme|pcinet" | tail -40',
+      ].join('\n'),
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
+    const out = `${r.stdout}\n${r.stderr}\n${r.endpointLog}\n${r.hostAgentLog}`;
+    show(r.stdout);
+    expect(r.code, out).toBe(0);
+    expect(injected).toHaveLength(1);
+    expect(r.stdout, out).toMatch(/^fio-running-at-link-down$/m);
+    expect(r.stdout, out).toMatch(/kernel link lost \(error -\d+\): link down/);
+    expect(r.stdout, out).toMatch(/link down: the driver waits for a reset/);
+    expect(r.stdout, out).toMatch(/link up: recovered/);
+    expect(r.stdout, out).toMatch(/^live after-link-down$/m);
+    expect(r.stdout, out).toMatch(/^fio-verified$/m);
+    for (const when of ['written', 'after-link-down'])
+      expect(r.stdout, out).toMatch(new RegExp(`^data-ok ${when}$`, 'm'));
+    // The endpoint ended the session and refused the host until the link was up again.
+    expect(r.endpointLog, out).toMatch(/"msg":"link down: session ended, sessions refused until it is up"/);
+    expect(r.endpointLog, out).toMatch(/"msg":"link up: sessions admitted again"/);
+    expect(r.hostAgentLog, out).toMatch(/recovered after [\d.]+ s link down/);
+    const downS = Number(/recovered after ([\d.]+) s link down/.exec(r.hostAgentLog)?.[1]);
+    expect(downS, out).toBeGreaterThanOrEqual(4.5);
+    expect(stats.at(-1)?.devices[0]?.counters, out).toMatchObject({ injected: 1, injectedLinkDown: 1 });
     expect(r.guestLog, out).not.toMatch(/Call Trace/);
   });
 });
