@@ -10,6 +10,7 @@ import { leBytes, rd32 } from '../devices/pci/le.js';
 import { TestDevice } from '../devices/test/device.js';
 import { CMD, REG, STATUS } from '../devices/test/regs.js';
 import { loopHost } from '../host-agent/sim/loop-host.js';
+import { TestDriver } from '../host-agent/sim/test-driver.js';
 import { ErrorCode, long, type Msg, ProtocolError, u64 } from '../proto/wire.js';
 import { MemoryBackend } from './backends/block.js';
 import { injectHandler } from './control.js';
@@ -339,6 +340,65 @@ describe('the inject control command and link-down, with a sim host on the loop 
     expect(() => inject({}, ctx)).toThrow(/one of spec, list or clear/);
     expect(inject({ clear: 1 }, ctx)).toEqual({ cleared: 1 });
     expect(inject({ list: true }, ctx)).toEqual({ injections: [] });
+  });
+
+  it('every kind but link-down as the sim host sees it, on the session: a driver meets each once', {
+    timeout: 30_000,
+  }, async () => {
+    const server = new EndpointServer({ models: [new TestDevice()], log });
+    cleanup.push(() => server.close());
+    const host = await loopHost((t) => server.accept(t), log);
+    cleanup.push(async () => {
+      await host.session.close();
+      await host.channel.close();
+    });
+    const fn = host.channel.functions[0]!;
+    const d = new TestDriver(fn, host.channel.memory, host.channel.iommu);
+    d.probe();
+    const f = server.faults;
+
+    f.add(`all-ones:offset=${REG.COUNTER}`);
+    expect(await fn.read32(0, REG.COUNTER)).toBe(0xffffffff);
+    expect(await fn.read32(0, REG.COUNTER)).toBe(1);
+
+    f.add('dup-irq:vector=2');
+    fn.write32(0, REG.IRQ_DOORBELL, 2);
+    await d.waitIrq(2, 2, 'doubled');
+    fn.write32(0, REG.IRQ_DOORBELL, 2);
+    await d.waitIrq(2, 3, 'single');
+
+    f.add('drop-irq:vector=3');
+    fn.write32(0, REG.IRQ_DOORBELL, 3);
+    fn.write32(0, REG.IRQ_DOORBELL, 3);
+    await d.waitIrq(3, 1, 'the second');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(d.irqCounts[3]).toBe(1);
+
+    f.add('delay:ms=200');
+    const t0 = Date.now();
+    fn.write32(0, REG.IRQ_DOORBELL, 4);
+    await d.waitIrq(4, 1, 'delayed');
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(180);
+
+    f.add('refuse-dma:dir=read');
+    expect(await d.dmaRead(4096, 7)).toMatchObject({ ok: false, detail: expect.stringMatching(/error 13 /) });
+    expect(await d.dmaRead(4096, 7)).toMatchObject({ ok: true });
+    f.add('refuse-dma:dir=write');
+    expect(await d.dmaWrite(4096, 9)).toMatchObject({
+      ok: false,
+      detail: expect.stringMatching(/first difference/),
+    });
+    expect(await d.dmaWrite(4096, 9)).toMatchObject({ ok: true });
+
+    expect(server.active!.runtime.counters()).toMatchObject({
+      'dev1.injected': 6,
+      'dev1.injectedAllOnes': 1,
+      'dev1.injectedDupIrq': 1,
+      'dev1.injectedDropIrq': 1,
+      'dev1.injectedDelay': 1,
+      'dev1.injectedRefuseDma': 2,
+    });
+    expect(f.armed).toBe(false);
   });
 
   it('link-down ends the session with LINK_LOST, refuses the next until it is up, then admits one', {
