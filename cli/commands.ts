@@ -3,6 +3,7 @@ import { renameSync, writeFileSync } from 'node:fs';
 import type { Logger } from 'pino';
 import { endpointControl } from '../endpoint/control.js';
 import { parseDeviceSpec } from '../endpoint/device-spec.js';
+import { parseFaultSpec } from '../endpoint/faults.js';
 import { EndpointServer } from '../endpoint/server.js';
 import { runHostAgent } from '../host-agent/agent.js';
 import { HostStatus } from '../host-agent/status.js';
@@ -89,6 +90,14 @@ export function checkEndpoint(o: EndpointFlags) {
       'TLS endpoint needs at least one --allow <host fingerprint> (the host prints it with pcinet id)',
     );
   }
+  const targets = models.map((model, i) => ({ dev: i + 1, model }));
+  for (const spec of o.inject ?? []) {
+    try {
+      parseFaultSpec(spec, targets);
+    } catch (e) {
+      throw new UsageError(`--inject ${spec}: ${(e as Error).message}`);
+    }
+  }
   return { specs, models, addr, tls, allow };
 }
 
@@ -109,7 +118,7 @@ async function control(
 export async function runEndpoint(o: EndpointFlags, log: Logger): Promise<void> {
   const { specs, models, addr, tls, allow } = checkEndpoint(o);
   const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
-  const server = new EndpointServer({ models, log, session: sessionOptions(o, log) });
+  const server = new EndpointServer({ models, log, session: sessionOptions(o, log), inject: o.inject });
   const ctl = await control(o, 'endpoint', endpointControl(server), log);
   const where = await server.listen(addr, identity ? { identity, allow } : undefined);
   log.info({ address: where, tls, devices: specs, fingerprint: identity?.fingerprint }, 'endpoint listening');

@@ -11,6 +11,7 @@ export const CONFIG_KEYS: Record<string, Kind> = {
   listen: 'string',
   device: 'string[]',
   allow: 'string[]',
+  inject: 'string[]',
   connect: 'string',
   channel: 'string',
   pin: 'string',

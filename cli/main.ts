@@ -11,6 +11,7 @@ import { VERSION } from '../proto/version.js';
 import { checkEndpoint, checkHost, runEndpoint, runHost, runId } from './commands.js';
 import { mergeOptions, readConfigFile } from './config.js';
 import { EXIT_USAGE, UsageError } from './errors.js';
+import { type InjectFlags, runInject } from './inject.js';
 import { LOG_LEVELS, type LogLevel, makeLogger } from './log.js';
 import { runStatus, type StatusFlags } from './status.js';
 import { DEFAULT_SNAPLEN, runTrace, type TraceFlags } from './trace.js';
@@ -127,6 +128,11 @@ export function buildProgram(): Command {
       .option('--device <spec>', 'a device to serve, e.g. test or test:vectors=16 (repeatable)', collect)
       .option('--allow <fingerprint>', "a host's key fingerprint to accept (repeatable)", collect)
       .option(
+        '--inject <spec>',
+        'a fault to inject from the start, KIND:key=value,... as pcinet inject spells it (repeatable)',
+        collect,
+      )
+      .option(
         '--watch [dir]',
         'the edit loop: run the endpoint again whenever a compiled device model changes (under DIR; default the models this pcinet runs, e.g. rebuilt by tsc --watch)',
       )
@@ -208,6 +214,43 @@ export function buildProgram(): Command {
     });
 
   program
+    .command('inject')
+    .description("inject faults into a running endpoint's devices, for drivers' error paths")
+    .argument(
+      '[kind]',
+      'delay, fail, drop-irq, dup-irq, refuse-dma, link-down, all-ones (or a whole KIND:key=value,... spec)',
+    )
+    .argument('[value]', 'delay: milliseconds; link-down: seconds')
+    .option('--socket <path>', `the endpoint's control socket (default ${defaultControlDir()}/endpoint.sock)`)
+    .option('--device <dev>', 'the device: its id, model name or bus address as pcinet status shows them')
+    .option('--count <n>', 'inject on the next N occurrences (default 1)')
+    .option(
+      '--probability <p>',
+      'inject on each occurrence with this chance (0 < p <= 1); with --count, at most N times',
+    )
+    .option('--ms <ms>', 'delay: how long completions (interrupts, for models without commands) are held')
+    .option('--seconds <s>', 'link-down: how long')
+    .option('--sct <n>', 'fail: status code type (NVMe; default 0, generic)')
+    .option('--sc <n>', 'fail: status code, e.g. 0x81 (NVMe)')
+    .option('--dnr', 'fail: set Do Not Retry')
+    .option(
+      '--status <n>',
+      "fail: the whole status field in the model's encoding, instead of --sct/--sc/--dnr",
+    )
+    .option('--opcode <op>', 'fail, delay: only this command (a name such as read, or a number)')
+    .option('--queue <q>', 'fail, delay: only commands from this queue (default: every I/O queue)')
+    .option('--vector <v>', 'drop-irq, dup-irq: only this MSI-X vector')
+    .option('--dir <dir>', 'refuse-dma: read, write or any (default)')
+    .option('--bar <n>', 'all-ones: the BAR (default the first)')
+    .option('--offset <off>', 'all-ones: only reads of the register at this offset')
+    .option('--list', 'list the injections with what each has done', false)
+    .option('--clear [id]', 'remove every injection, or the one with this id')
+    .option('--json', 'print the answer as JSON', false)
+    .action(async (kind: string | undefined, value: string | undefined, o: InjectFlags) => {
+      process.exitCode = await runInject(kind, value, o);
+    });
+
+  program
     .command('trace')
     .description("record a session's messages (pcapng for Wireshark, or decoded text)")
     .option(
@@ -278,6 +321,8 @@ export interface EndpointFlags extends CommonFlags {
   listen: string;
   device?: string[];
   allow?: string[];
+  /** --inject SPEC (endpoint/faults.ts) */
+  inject?: string[];
   /** --watch [dir] */
   watch?: boolean | string;
 }

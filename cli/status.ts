@@ -159,6 +159,16 @@ export function formatStatus(s: StatusSnapshot, r: Map<number, DeviceRates> | un
     const trouble = kernelTrouble(undefined, d.kernelCounters ?? {});
     if (trouble.length)
       lines.push(`dev ${d.dev} pcinet.ko: ${trouble.map((t) => `${t.name} ${t.total}`).join(', ')}`);
+    const c = d.counters;
+    if (c.injected) {
+      const kinds = Object.entries(c)
+        .filter(([k, v]) => k.startsWith('injected') && k !== 'injected' && v > 0)
+        .map(
+          ([k, v]) =>
+            `${k.slice('injected'.length).replace(/[A-Z]/g, (x, i) => (i ? '-' : '') + x.toLowerCase())} ${v}`,
+        );
+      lines.push(`dev ${d.dev} faults injected: ${kinds.join(', ')} (pcinet inject --list)`);
+    }
   }
   if (!r) lines.push('(rates: need two snapshots)');
   return lines.join('\n');

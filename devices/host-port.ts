@@ -39,6 +39,26 @@ export interface HostPort {
   /** True when the host keeps an NVMe SQ push rule's eventIdx (NvmeSqRule.eventIdx; docs/PUSH.md
    *  "Shadow doorbells"). Absent: a device must not give a rule one. */
   readonly sqEventIdx?: boolean;
+  /** Present when faults may be injected (`pcinet inject`, docs/devices.md "Fault injection"): a
+   *  model that runs commands (DeviceModel.commands) asks before it runs each one whether to fail
+   *  it or hold its completion. The model stays pure: it only obeys the answer. */
+  commandFault?(command: CommandRef): CommandFault | undefined;
+}
+
+/** A command a model is about to run, as fault injection matches it. */
+export interface CommandRef {
+  /** The queue it came from (NVMe: 0 is the admin queue). */
+  queue: number;
+  opcode: number;
+}
+
+/** What an injected fault does to one command. */
+export interface CommandFault {
+  /** Complete it with this status instead of running it, in the model's own encoding (NVMe: the
+   *  CQE status field, SCT << 8 | SC, DNR 0x4000). */
+  status?: number;
+  /** Run it, and complete it only once this settles (a slow device). */
+  hold?: Promise<void>;
 }
 
 /** Why a dmaRead failed: the host refused the access (no live mapping, wrong direction), or the
@@ -86,4 +106,8 @@ export interface DeviceModel {
   takeDirty(): DirtyRange[];
   /** Device-specific counters for stats (may be empty). */
   counters(): Record<string, number>;
+  /** Names of the commands fault injection may pick (`opcode=read`), on models that ask
+   *  HostPort.commandFault; absent on models that run no commands. `admin`: the command comes on
+   *  queue 0 only, else on the other queues. */
+  readonly commands?: Readonly<Record<string, { opcode: number; admin: boolean }>>;
 }

@@ -1,9 +1,10 @@
 // The endpoint's control commands (proto/control.ts): "status" (its devices, the session, the
-// counters) and "trace" (the messages of the active session as trace records, proto/trace.ts).
+// counters), "trace" (the messages of the active session as trace records, proto/trace.ts) and
+// "inject" (faults for driver developers, endpoint/faults.ts).
 // The endpoint is where a device's whole data plane passes, whether it travels on the session or
 // on pcinet.ko's kernel link (endpoint/link.ts): its runtime records both, so a trace taken here
 // misses nothing a device said or was told.
-import type { ControlHandler } from '../proto/control.js';
+import { ControlError, type ControlHandler } from '../proto/control.js';
 import {
   type DeviceStatus,
   processStatus,
@@ -12,6 +13,7 @@ import {
   splitCounters,
 } from '../proto/status.js';
 import { traceHandler } from '../proto/trace.js';
+import { FaultSpecError } from './faults.js';
 import type { EndpointServer } from './server.js';
 
 export function endpointStatus(server: EndpointServer): StatusSnapshot {
@@ -37,9 +39,37 @@ export function endpointStatus(server: EndpointServer): StatusSnapshot {
   };
 }
 
+/** "inject": {spec: "KIND:key=value,..."} installs one (its entry is the result), {list: true}
+ *  lists them, {clear: true} removes all, {clear: ID} one. */
+export function injectHandler(server: EndpointServer): ControlHandler {
+  return (args) => {
+    const { spec, list, clear } = args;
+    const given = [spec, list, clear].filter((x) => x !== undefined && x !== false).length;
+    if (given !== 1) throw new ControlError('BAD_ARGUMENT', 'give one of spec, list or clear');
+    if (list === true) return { injections: server.faults.list() };
+    if (clear !== undefined) {
+      if (clear !== true && !(Number.isSafeInteger(clear) && (clear as number) > 0))
+        throw new ControlError('BAD_ARGUMENT', 'clear: true (all) or an injection id');
+      const id = clear === true ? undefined : (clear as number);
+      const cleared = server.faults.clear(id);
+      if (id !== undefined && cleared === 0) throw new ControlError('BAD_ARGUMENT', `no injection ${id}`);
+      return { cleared };
+    }
+    if (typeof spec !== 'string')
+      throw new ControlError('BAD_ARGUMENT', 'spec: a string, KIND:key=value,...');
+    try {
+      return { injection: server.faults.add(spec) };
+    } catch (e) {
+      if (e instanceof FaultSpecError) throw new ControlError('BAD_ARGUMENT', e.message);
+      throw e;
+    }
+  };
+}
+
 export function endpointControl(server: EndpointServer): Record<string, ControlHandler> {
   return {
     status: () => endpointStatus(server),
     trace: traceHandler(server.trace),
+    inject: injectHandler(server),
   };
 }

@@ -42,6 +42,7 @@ import {
 } from '../proto/wire.js';
 import { wireDescription } from './describe.js';
 import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
+import type { Faults, IrqFault } from './faults.js';
 import type { KernelLink } from './link.js';
 import { PushCache } from './push-cache.js';
 
@@ -80,6 +81,9 @@ export interface RuntimeOptions {
   links?: boolean;
   /** The session is encrypted: links are sealed with a key sent in the Attach (link_key). */
   sealLinks?: boolean;
+  /** Injected faults (`pcinet inject`, endpoint/faults.ts), asked where interrupts, DMA and
+   *  volatile reads leave a device and, through HostPort.commandFault, by its model. */
+  faults?: Faults;
 }
 
 export interface AttachOutcome {
@@ -135,6 +139,8 @@ class Device {
   outcome: { code: ErrorCode; message: string } = { code: ErrorCode.OK, message: '' };
   /** MmioWrites to non-doorbell ranges since attach or FunctionReset. */
   writes = 0;
+  /** FunctionResets so far: an interrupt held by a fault is not sent across one. */
+  resets = 0;
   readonly bars = new Map<number, BarInfo>();
   readonly configSize: number;
   readonly vectors: number;
@@ -241,6 +247,7 @@ export class EndpointRuntime {
   readonly #sealLinks: boolean;
   /** Kernel links written to since their last flush. */
   readonly #unflushedLinks = new Set<KernelLink>();
+  readonly #faults: Faults | undefined;
   /** Set while `pcinet trace` runs (endpoint/control.ts): every message in and out is recorded,
    *  on the session and on kernel links alike. Off, it costs one test per message. */
   tap: Tap | undefined;
@@ -251,6 +258,7 @@ export class EndpointRuntime {
     this.#maxTags = options.maxDmaTags ?? DEFAULT_DMA_TAGS;
     this.#links = options.links ?? false;
     this.#sealLinks = options.sealLinks ?? false;
+    this.#faults = options.faults;
     models.forEach((m, i) => {
       const d = new Device(i + 1, m);
       d.dma = new DmaReader((tag, iova, length) => {
@@ -354,6 +362,8 @@ export class EndpointRuntime {
         out[`dev${d.dev}.linkReplies`] = d.link.stats.replies;
         out[`dev${d.dev}.linkReplyUs`] = Math.round(d.link.stats.replyUs);
       }
+      if (this.#faults)
+        for (const [k, v] of Object.entries(this.#faults.counters(d.dev))) out[`dev${d.dev}.${k}`] = v;
     }
     return out;
   }
@@ -402,6 +412,7 @@ export class EndpointRuntime {
         d.dma.dropWaiting();
         d.model.reset();
         d.writes = 0;
+        d.resets++;
         return;
       }
       case 'mmioWrite': {
@@ -440,7 +451,11 @@ export class EndpointRuntime {
           this.#send(d, { mmioReadCpl: { dev: d.dev, tag: r.tag ?? 0, status: ErrorCode.BAD_ARGUMENT } });
           return;
         }
-        const data = d.model.mmioRead(bar, offset, size);
+        // An injected all-ones read never reaches the device (a link that failed under it).
+        const data =
+          this.#faults?.armed && this.#faults.allOnes(d.dev, bar, offset, size)
+            ? new Uint8Array(size).fill(0xff)
+            : d.model.mmioRead(bar, offset, size);
         if (data.length !== size)
           throw new Error(`${d.name}: mmioRead returned ${data.length} bytes, not ${size}`);
         this.#send(d, { mmioReadCpl: { dev: d.dev, tag: r.tag ?? 0, status: ErrorCode.OK, data } }, size);
@@ -559,6 +574,7 @@ export class EndpointRuntime {
     if (code === ErrorCode.OK) {
       d.state = 'attached';
       d.address = r.address ?? '';
+      this.#faults?.setAddresses(new Map([[d.dev, d.address]]));
       d.model.attach(d.port);
       this.#log.info(
         { dev: d.dev, model: d.name, address: d.address, kernelLink: !!d.link },
@@ -611,10 +627,13 @@ export class EndpointRuntime {
     const caps = this.#session.capabilities ?? 0;
     const push = (caps & Capability.CAP_PUSH_RULES) !== 0;
     const rounds = push && (caps & Capability.CAP_VIRTQ_ROUNDS) !== 0;
+    const faults = this.#faults;
     const port: HostPort = {
       sqEventIdx: push && (caps & Capability.CAP_SQ_EVENT_IDX) !== 0,
       dmaRead: (iova, len) => {
         if (!live()) return Promise.reject(new DmaError(iova, len, 'shutdown'));
+        if (faults?.armed && faults.dma(d.dev, 'read', iova, len))
+          return Promise.reject(new DmaError(iova, len, 'refused'));
         const hit = d.pushed.take(iova, len);
         if (!hit) return d.dma.read(iova, len);
         d.counters.pushHits++;
@@ -624,6 +643,8 @@ export class EndpointRuntime {
       dmaWrite: (iova, data, handOver) => {
         if (!live()) return;
         d.pushed.drop(iova, data.length);
+        // Refused as the host's DMA sandbox would: a posted write is lost, nobody tells the device.
+        if (faults?.armed && faults.dma(d.dev, 'write', iova, data.length)) return;
         for (let off = 0; off < data.length; off += MAX_DMA_CHUNK) {
           // No copy here: the session encodes (copies) the message before send() returns, or,
           // for bytes the model handed over, keeps a reference to them.
@@ -641,6 +662,11 @@ export class EndpointRuntime {
         if (!live()) return;
         if (!Number.isInteger(vector) || vector < 0 || vector >= d.vectors) {
           throw new RangeError(`${d.name}: raiseMsix(${vector}) but the device has ${d.vectors} vectors`);
+        }
+        const f = faults?.armed ? faults.interrupt(d.dev, vector, d.model) : undefined;
+        if (f) {
+          this.#faultyInterrupt(d, vector, f);
+          return;
         }
         d.counters.interrupts++;
         this.#send(d, { interrupt: { dev: d.dev, vector } });
@@ -671,6 +697,7 @@ export class EndpointRuntime {
         this.#send(d, { pushRule: pushRuleMsg(d.dev, id, rule) });
       },
     };
+    if (faults) port.commandFault = (cmd) => (faults.armed ? faults.command(d.dev, cmd) : undefined);
     if (rounds) {
       port.virtqRound = (r) => {
         if (!Number.isInteger(r.rule) || r.rule < 0 || r.rule >= MAX_PUSH_RULES)
@@ -697,6 +724,23 @@ export class EndpointRuntime {
       };
     }
     return port;
+  }
+
+  /** An interrupt an injected fault drops, doubles or holds (endpoint/faults.ts). */
+  #faultyInterrupt(d: Device, vector: number, f: IrqFault): void {
+    const send = () => {
+      d.counters.interrupts++;
+      this.#send(d, { interrupt: { dev: d.dev, vector } });
+    };
+    if ('dup' in f) {
+      send();
+      send();
+    } else if ('delayMs' in f) {
+      const resets = d.resets;
+      void this.#faults!.hold(f.delayMs).then(() => {
+        if (d.state === 'attached' && d.resets === resets && !this.#closed) send();
+      });
+    }
   }
 
   /** The device's outlet: its kernel link if it has one, else the session (marked for flushing). */

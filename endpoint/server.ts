@@ -16,6 +16,7 @@ import { type Tap, TraceHub } from '../proto/trace.js';
 import type { Transport } from '../proto/transport.js';
 import { Capability, ErrorCode, OUR_CAPABILITIES, ProtocolError } from '../proto/wire.js';
 import { listenWs } from '../proto/ws.js';
+import { Faults, parseFaultSpec } from './faults.js';
 import { KernelLink } from './link.js';
 import { EndpointRuntime } from './runtime.js';
 
@@ -25,6 +26,9 @@ export interface EndpointServerOptions {
   session?: SessionOptions;
   /** Outstanding DMA read tags per device. */
   maxDmaTags?: number;
+  /** Faults to inject from the start (`pcinet endpoint --inject SPEC`; endpoint/faults.ts). A
+   *  link-down among them waits until a host has attached the devices. Throws FaultSpecError. */
+  inject?: readonly string[];
 }
 
 export interface ServerTls {
@@ -55,6 +59,12 @@ export class EndpointServer {
     if (this.#active) this.#active.runtime.tap = tap;
   });
   #tap: Tap | undefined;
+  /** `pcinet inject` (endpoint/control.ts): kept across sessions. */
+  readonly faults: Faults;
+  /** Until when (Date.now()) an injected link-down refuses sessions. */
+  #linkDownUntil = 0;
+  /** link-down specs given at start, injected once the first session has attached. */
+  #deferred: string[] = [];
 
   constructor(options: EndpointServerOptions) {
     this.#o = options;
@@ -68,15 +78,44 @@ export class EndpointServer {
         // only there.
         capabilities: OUR_CAPABILITIES | Capability.CAP_KERNEL_LINK,
         admit: () =>
-          this.#active
+          Date.now() < this.#linkDownUntil
             ? new ProtocolError(
                 ErrorCode.BUSY,
-                `the devices are held by the session from ${this.#active.session.remote}`,
+                `the devices' link is down (pcinet inject link-down) for ${Math.ceil((this.#linkDownUntil - Date.now()) / 1000)} s more`,
               )
-            : undefined,
+            : this.#active
+              ? new ProtocolError(
+                  ErrorCode.BUSY,
+                  `the devices are held by the session from ${this.#active.session.remote}`,
+                )
+              : undefined,
       },
       (s) => this.#serve(s),
     );
+    this.faults = new Faults(options.models, {
+      log: options.log,
+      linkDown: (seconds, why) => this.#linkDown(seconds, why),
+    });
+    for (const spec of options.inject ?? []) {
+      const targets = options.models.map((model, i) => ({ dev: i + 1, model }));
+      if (parseFaultSpec(spec, targets).kind === 'link-down') this.#deferred.push(spec);
+      else this.faults.add(spec);
+    }
+  }
+
+  /** An injected link-down: the session ends as if the link had failed (the host takes its
+   *  devices link down and redials) and new sessions are refused for `seconds`; the host's next
+   *  try after that attaches the devices again and brings their links up. The protocol has no
+   *  link state of its own per device: every device of the session goes down. */
+  #linkDown(seconds: number, why: string): void {
+    this.#linkDownUntil = Date.now() + seconds * 1000;
+    const a = this.#active;
+    this.#log.warn(
+      { seconds, why, session: !!a },
+      'link down: session ended, sessions refused until it is up',
+    );
+    if (a) void a.session.close(new ProtocolError(ErrorCode.LINK_LOST, `link down for ${seconds} s: ${why}`));
+    setTimeout(() => this.#log.warn({ seconds }, 'link up: sessions admitted again'), seconds * 1000).unref();
   }
 
   /** The session being served, if any. */
@@ -135,6 +174,7 @@ export class EndpointServer {
     const runtime = new EndpointRuntime(session, this.#o.models, {
       log: this.#log,
       maxDmaTags: this.#o.maxDmaTags,
+      faults: this.faults,
       links: true,
       // Authenticated sessions are TLS: their links are sealed.
       sealLinks: session.peerFingerprint !== undefined,
@@ -157,6 +197,7 @@ export class EndpointServer {
               'attach failed',
             );
         }
+        for (const spec of this.#deferred.splice(0)) this.faults.add(spec);
       },
       (e: Error) => this.#log.warn({ err: e.message }, 'session ended before every device was attached'),
     );
@@ -164,6 +205,7 @@ export class EndpointServer {
 
   /** Detaches the devices (Detach to the host), closes the session and the listeners. */
   async close(): Promise<void> {
+    this.faults.close();
     const a = this.#active;
     if (a) {
       a.runtime.close();

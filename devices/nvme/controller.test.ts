@@ -682,3 +682,50 @@ describe('NVMe shadow doorbells (Doorbell Buffer Config)', () => {
     expect((d.host.pushRules.get(1) as { eventIdx?: bigint }).eventIdx).toBeUndefined();
   });
 });
+
+describe('NVMe controller: injected faults (HostPort.commandFault)', () => {
+  it('names its commands; a failed command completes with the status and touches no storage', async () => {
+    const backend = new MemoryBackend(4 << 20);
+    const d = new Driver(backend);
+    expect(d.dev.commands.read).toEqual({ opcode: IO.READ, admin: false });
+    await d.enable();
+    await d.ioQueues();
+    const asked: { queue: number; opcode: number }[] = [];
+    d.host.commandFault = (cmd) => {
+      asked.push(cmd);
+      return cmd.opcode === IO.WRITE ? { status: 0x281 | DNR } : undefined;
+    };
+    d.mem(DATA, 512).set(pattern(512, 3));
+    const w = await d.submit(1, d.rw(IO.WRITE, 8, 1, DATA));
+    expect(w.status).toBe(0x281 | DNR);
+    expect(await backend.read(8 * 512, 512)).toEqual(new Uint8Array(512));
+    expect(d.dev.counters().errors).toBe(1);
+    expect((await d.submit(1, d.rw(IO.READ, 8, 1, DATA))).status).toBe(0);
+    expect(asked).toEqual([
+      { queue: 1, opcode: IO.WRITE },
+      { queue: 1, opcode: IO.READ },
+    ]);
+  });
+
+  it('a held command completes when the hold settles, and not at all across a reset', async () => {
+    const d = new Driver(new MemoryBackend(4 << 20));
+    await d.enable();
+    await d.ioQueues();
+    let release = () => {};
+    d.host.commandFault = () => ({ hold: new Promise<void>((r) => (release = r)) });
+    d.post(1, d.rw(IO.READ, 0, 1, DATA));
+    for (let i = 0; i < 20; i++) await settle();
+    expect(d.reap(1)).toBeUndefined();
+    release();
+    for (let i = 0; i < 20; i++) await settle();
+    expect(d.reap(1)).toMatchObject({ status: 0, sqid: 1 });
+    // Held again, then the driver resets the controller: the late completion is dropped.
+    d.post(1, d.rw(IO.READ, 0, 1, DATA));
+    for (let i = 0; i < 20; i++) await settle();
+    d.bus.write32(0, REG.CC, 0);
+    await d.bus.settle();
+    release();
+    for (let i = 0; i < 20; i++) await settle();
+    expect(d.reap(1)).toBeUndefined();
+  });
+});

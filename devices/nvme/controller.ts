@@ -127,6 +127,24 @@ const ok = (dw0 = 0): Done => ({ status: SC.SUCCESS, dw0 });
 const HELD = -1;
 const fail = (status: number, dnr = true): Done => ({ status: status | (dnr ? DNR : 0) });
 
+/** Commands by name for fault injection (DeviceModel.commands). */
+const NVME_COMMANDS = {
+  flush: { opcode: IO.FLUSH, admin: false },
+  write: { opcode: IO.WRITE, admin: false },
+  read: { opcode: IO.READ, admin: false },
+  'write-zeroes': { opcode: IO.WRITE_ZEROES, admin: false },
+  dsm: { opcode: IO.DSM, admin: false },
+  identify: { opcode: ADMIN.IDENTIFY, admin: true },
+  'get-log-page': { opcode: ADMIN.GET_LOG_PAGE, admin: true },
+  'set-features': { opcode: ADMIN.SET_FEATURES, admin: true },
+  'get-features': { opcode: ADMIN.GET_FEATURES, admin: true },
+  'create-sq': { opcode: ADMIN.CREATE_SQ, admin: true },
+  'create-cq': { opcode: ADMIN.CREATE_CQ, admin: true },
+  'delete-sq': { opcode: ADMIN.DELETE_SQ, admin: true },
+  'delete-cq': { opcode: ADMIN.DELETE_CQ, admin: true },
+  abort: { opcode: ADMIN.ABORT, admin: true },
+} as const;
+
 /** The controller was reset while the command ran: it ends without a trace of it. */
 class Abandoned extends Error {}
 
@@ -220,6 +238,9 @@ export class NvmeController extends PciDevice<NvmeController> {
     this.firmware = (o.firmware ?? '0.1.0').slice(0, 8);
     this.maxQueues = queues;
   }
+
+  /** What `pcinet inject fail|delay` may name (opcode=read); the others go by number. */
+  readonly commands = NVME_COMMANDS;
 
   override counters(): Record<string, number> {
     return { ...this.stats, ioQueues: Math.max(0, this.#sqs.size - 1) };
@@ -481,8 +502,10 @@ export class NvmeController extends PciDevice<NvmeController> {
     const cid = rd16(sqe, 2);
     const started = Date.now();
     let done: Done;
+    const injected = this.host.commandFault?.({ queue: sq.id, opcode: sqe[0]! });
     try {
-      done = sq.id === 0 ? await this.#admin(sqe, epoch) : await this.#io(sqe, epoch);
+      if (injected?.status !== undefined) done = { status: injected.status };
+      else done = sq.id === 0 ? await this.#admin(sqe, epoch) : await this.#io(sqe, epoch);
     } catch (e) {
       if (e instanceof Abandoned) {
         sq.inflight--;
@@ -508,6 +531,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     // A read or write that failed may have ended before it read what the host pushed for it.
     if (done.status !== SC.SUCCESS && (sqe[0] === IO.READ || sqe[0] === IO.WRITE) && sq.id !== 0)
       await this.#consumePushed(sqe);
+    if (injected?.hold) await injected.hold;
     this.stats.busyMs += Date.now() - started;
     sq.inflight--;
     if (epoch !== this.#epoch || this.#sqs.get(sq.id) !== sq) return;

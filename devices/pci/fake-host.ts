@@ -2,7 +2,13 @@
 // and traces are recorded, and FakeBus plays the host's side of MMIO (a shadow of every BAR kept
 // current from takeDirty(), volatile reads sent to the device) so tests drive a device through its
 // registers exactly as a driver would.
-import { type DeviceModel, DmaError, type HostPort } from '../host-port.js';
+import {
+  type CommandFault,
+  type CommandRef,
+  type DeviceModel,
+  DmaError,
+  type HostPort,
+} from '../host-port.js';
 import type { PushRule, VirtqRound } from '../push.js';
 import { virtqRound } from '../virtio/virtqueue.js';
 import { walkCaps } from './config.js';
@@ -41,6 +47,8 @@ export class FakeHost implements HostPort {
   readonly #notifiedIdx = new Map<number, number>();
   virtqRound?: (round: VirtqRound) => void;
   readonly sqEventIdx: boolean;
+  /** A test's injected faults (HostPort.commandFault). */
+  commandFault?: (command: CommandRef) => CommandFault | undefined;
 
   constructor(o: FakeHostOptions = {}) {
     this.memory = new Uint8Array(new ArrayBuffer(o.memory ?? 1 << 20));
