@@ -8,8 +8,8 @@
  *
  * While the link is down the driver is left bound and untouched (its accesses read the function
  * as absent: non-volatile registers their power-on contents, so nothing waits; writes go nowhere);
- * its network interfaces are detached (the stack stops handing them frames, and no transmit
- * watchdog runs) and lose their carrier. When the link is back with a new device behind the
+ * its network interfaces lose their carrier (the stack stops handing them frames, and the transmit
+ * watchdog looks only at interfaces with one). When the link is back with a new device behind the
  * function, the driver is frozen and restored at once, under the device lock, as across a
  * hibernation: freezing while the link is down would leave a frozen driver to a removal (the
  * endpoint never came back), which virtio_net's remove does not survive.
@@ -60,10 +60,8 @@ static void pcinet_netdev_down(struct pcinet_fn *fn, struct net_device *nd)
 {
 	unsigned int i;
 
-	/* As a driver's suspend does: no transmit runs while the queues stop. */
-	netif_tx_lock_bh(nd);
-	netif_device_detach(nd);
-	netif_tx_unlock_bh(nd);
+	/* Not detached (netif_device_detach()): linkwatch leaves an absent interface alone, so its
+	 * operstate would stay up and the qdisc keep taking frames. */
 	if (!netif_carrier_ok(nd))
 		return;
 	netif_carrier_off(nd);
@@ -124,9 +122,10 @@ int pcinet_link_restore_driver(struct pcinet_fn *fn, struct pci_dev *pdev)
 		}
 		fn->link_frozen = true;
 	}
-	/* Its carrier back before the driver attaches the interface again, so the stack's
-	 * queues are running once it does; the driver reads its link state again if the device
-	 * tells it (virtio-net raises a config change at DRIVER_OK). */
+	/* Its carrier back while the interface is detached (freeze() detached it): linkwatch
+	 * applies it once restore() attaches the interface again, after whatever the driver
+	 * itself then makes of the device's link status (virtio-net raises a config change at
+	 * DRIVER_OK, and virtio_net reads it) — the driver's word is the last. */
 	pcinet_for_each_netdev(fn, pdev, pcinet_netdev_up);
 	err = pm->restore(&pdev->dev);
 	if (err) {
