@@ -778,12 +778,12 @@ static DEVICE_ATTR(pcinet_timing, 0444, pcinet_timing_show, NULL);
 /*
  * /sys/bus/pci/devices/<address>/pcinet_recovers: 1 if the driver bound now rides out a link
  * down: it has the PCI error handlers (error_detected() and slot_reset(): it quiesces, keeps its
- * I/O queued and resets the device at link up), or none but hibernation's freeze() and restore()
- * (freeze.c: left bound, its interfaces without carrier, frozen and restored at link up); else 0
- * (a link down unbinds it). The host-agent asks before it takes a link down only because its
- * endpoint went quiet: a driver that would be unbound is better left waiting for the session to
- * resume. A look without the device lock (taking it here could deadlock with a removal waiting
- * for this file): a hint, which the link-down work does not depend on.
+ * I/O queued and resets the device at link up), or, a NIC's, none but hibernation's freeze() and
+ * restore() (freeze.c: left bound, its interfaces without carrier, frozen and restored at link
+ * up); else 0 (a link down unbinds it). The host-agent asks before it takes a link down only
+ * because its endpoint went quiet: a driver that would be unbound is better left waiting for the
+ * session to resume. A look without the device lock (taking it here could deadlock with a removal
+ * waiting for this file): a hint, which the link-down work does not depend on.
  */
 static ssize_t pcinet_recovers_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
@@ -792,7 +792,7 @@ static ssize_t pcinet_recovers_show(struct device *dev, struct device_attribute 
 
 	if (eh && eh->error_detected)
 		return sysfs_emit(buf, "%d\n", !!eh->slot_reset);
-	return sysfs_emit(buf, "%d\n", pcinet_driver_freezes(drv));
+	return sysfs_emit(buf, "%d\n", pcinet_driver_parks(to_pci_dev(dev), drv));
 }
 static DEVICE_ATTR(pcinet_recovers, 0444, pcinet_recovers_show, NULL);
 
@@ -903,7 +903,7 @@ static void pcinet_purge_queue(struct pcinet_fn *fn)
 
 /*
  * What AER does when a link fails (drivers/pci/pcie/err.c): the channel is frozen and the driver
- * is told, so it stops touching the device and parks its I/O until a reset. A driver without
+ * is told, so it stops touching the device and parks its I/O until a reset. A NIC's driver without
  * error handlers that can hibernate stays bound too (freeze.c: its interfaces lose their carrier).
  * One that cannot recover either way (or says so) is unbound now, while the function reads as
  * absent, so its remove path gives up on the device instead of waiting for it; it is bound again
@@ -931,7 +931,7 @@ static void pcinet_link_down_work(struct work_struct *work)
 	fn->link_recoverable = bound && (vote == PCI_ERS_RESULT_NEED_RESET ||
 					 vote == PCI_ERS_RESULT_CAN_RECOVER);
 	fn->link_parked = bound && !(eh && eh->error_detected) &&
-			  pcinet_driver_freezes(&pdev->driver->driver);
+			  pcinet_driver_parks(pdev, &pdev->driver->driver);
 	if (fn->link_parked)
 		pcinet_link_park_driver(fn, pdev);
 	fn->link_driver = fn->link_recoverable || fn->link_parked ? pdev->driver : NULL;

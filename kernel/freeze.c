@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * pcinet: drivers without PCI error handlers through a link down. Linux's virtio_pci (under
- * virtio_net, virtio_blk…) has no error_detected()/slot_reset(), so AER's way (core.c) would
- * unbind it: a NIC's interface, its addresses and every TCP connection through it gone. What such
- * drivers do have is hibernation: dev_pm_ops freeze() quiesces the device and forgets its state,
- * restore() sets up a device whose state is unknown, the interface and its sockets untouched.
+ * pcinet: network drivers without PCI error handlers through a link down. Linux's virtio_pci
+ * (under virtio_net) has no error_detected()/slot_reset(), so AER's way (core.c) would unbind it:
+ * a NIC's interface, its addresses and every TCP connection through it gone. What such drivers do
+ * have is hibernation: dev_pm_ops freeze() quiesces the device and forgets its state, restore()
+ * sets up a device whose state is unknown, the interface and its sockets untouched.
  *
  * While the link is down the driver is left bound and untouched (its accesses read the function
  * as absent: non-volatile registers their power-on contents, so nothing waits; writes go nowhere);
@@ -21,14 +21,6 @@
 #include <linux/pm.h>
 
 #include "internal.h"
-
-/* 1 if `drv` can ride out a link down by being frozen and restored (no error handlers needed). */
-bool pcinet_driver_freezes(const struct device_driver *drv)
-{
-	const struct dev_pm_ops *pm = drv ? drv->pm : NULL;
-
-	return pm && pm->freeze && pm->restore;
-}
 
 /* The network interfaces of the function: net class devices anywhere below it. */
 typedef void (*pcinet_netdev_fn)(struct pcinet_fn *fn, struct net_device *nd);
@@ -54,6 +46,27 @@ static void pcinet_for_each_netdev(struct pcinet_fn *fn, struct pci_dev *pdev, p
 	struct pcinet_netdev_walk w = { .fn = fn, .f = f };
 
 	device_for_each_child(&pdev->dev, &w, pcinet_netdev_visit);
+}
+
+static int pcinet_netdev_find(struct device *dev, void *data)
+{
+	if (dev->class && !strcmp(dev->class->name, "net"))
+		return 1;
+	return device_for_each_child(dev, data, pcinet_netdev_find);
+}
+
+/*
+ * Whether the driver bound to `pdev` rides out a link down this way: it has freeze() and
+ * restore(), and the function is a network card (an interface below it). What a NIC had in flight
+ * is frames, which the protocols above retransmit; a block driver's freeze would wait for, or
+ * lose, requests the old device never completed (virtio_blk is left to be unbound, as before).
+ */
+bool pcinet_driver_parks(struct pci_dev *pdev, const struct device_driver *drv)
+{
+	const struct dev_pm_ops *pm = drv ? drv->pm : NULL;
+
+	return pm && pm->freeze && pm->restore &&
+	       device_for_each_child(&pdev->dev, NULL, pcinet_netdev_find);
 }
 
 static void pcinet_netdev_down(struct pcinet_fn *fn, struct net_device *nd)

@@ -169,7 +169,7 @@ struct pcinet_fn {
 	bool recovers_file;		/* ... and pcinet_recovers */
 	struct pci_driver *link_driver;	/* ... this driver's: only it gets slot_reset (never
 					 * dereferenced, only compared: it may be gone) */
-	bool link_parked;		/* ... or it has no error handlers and freezes (freeze.c) */
+	bool link_parked;		/* ... or it has none, but freezes: a NIC (freeze.c) */
 	bool link_frozen;		/* its restore failed: restore it at the next link up */
 	struct net_device *link_carrier[4];	/* interfaces whose carrier the link down took
 						 * (only compared, under the device lock) */
@@ -249,8 +249,8 @@ void pcinet_queue_ctl(struct pcinet_fn *fn, const void *rec, size_t len);
 int pcinet_link_record(struct pcinet_fn *fn, const void *buf, size_t len);
 int pcinet_link_down(struct pcinet_fn *fn);
 
-/* freeze.c: drivers without error handlers through a link down */
-bool pcinet_driver_freezes(const struct device_driver *drv);
+/* freeze.c: network drivers without error handlers through a link down */
+bool pcinet_driver_parks(struct pci_dev *pdev, const struct device_driver *drv);
 void pcinet_link_park_driver(struct pcinet_fn *fn, struct pci_dev *pdev);
 int pcinet_link_restore_driver(struct pcinet_fn *fn, struct pci_dev *pdev);
 u16 pcinet_find_cap(struct pcinet_fn *fn, u8 id);
