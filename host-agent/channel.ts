@@ -57,10 +57,11 @@ export interface ChannelDevice {
    *  recovery); nothing it does reaches anyone, and what it says is dropped. Absent when the
    *  channel cannot keep a device without its endpoint (host-agent/parking.ts). */
   linkDown?(): Promise<void>;
-  /** Whether the driver bound now rides out a link down (PCI error recovery: it quiesces and
-   *  resets the device at link up) rather than being unbound. Asked before a link down taken only
-   *  because the endpoint went quiet: a driver that would be unbound (a NIC's) waits for the
-   *  session to resume instead. Absent: it does. */
+  /** Whether the driver bound now rides out a link down (PCI error recovery, or pcinet.ko's
+   *  freeze and restore for drivers without error handlers: it quiesces and resets the device at
+   *  link up) rather than being unbound. Asked before a link down taken only because the endpoint
+   *  went quiet: a driver that would be unbound waits for the session to resume instead. Absent:
+   *  it does. */
   recoversFromLinkDown?(): Promise<boolean>;
   /** A fresh instance of the same device (power-on state, description `desc`) is behind it again;
    *  its messages go to `sink` from now on. The driver resets and resumes it. */

@@ -14,10 +14,10 @@
 // declares the endpoint unreachable ('unreachable': its connection went silent, or a redial failed)
 // those whose drivers ride out a link down go link down, so the drivers quiesce and keep their I/O
 // queued instead of timing it out (nvme's I/O timeout, 30 s, is no longer than the grace period).
-// The others (virtio's drivers would be unbound: a NIC would lose its addresses and connections)
-// wait for the resume as before. Their state on the endpoint is
+// (pcinet.ko keeps even a NIC's virtio driver bound through it.) Their state on the endpoint is
 // then stale: if the session resumes anyway, the relay ends it (TIMEOUT) and the next session
-// attaches the devices afresh, which brings the parked ones back up.
+// attaches the devices afresh, which brings the parked ones back up. The others (a driver that
+// would be unbound, losing its addresses and connections) wait for the resume as before.
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
 import { ErrorCode, kindOf, type Msg, ProtocolError, type pcinet } from '../proto/wire.js';
@@ -364,7 +364,7 @@ export class Relay {
   }
 
   /** The endpoint is declared unreachable: every device whose driver rides out a link down goes
-   *  link down now; the others (a NIC: its driver would be unbound) wait for the resume. */
+   *  link down now; the others (their drivers would be unbound) wait for the resume. */
   async #unreachable(why: Error): Promise<void> {
     const parking = this.#parking!;
     if (this.#closed) return;

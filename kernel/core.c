@@ -818,20 +818,23 @@ static ssize_t pcinet_counters_show(struct device *dev, struct device_attribute 
 static DEVICE_ATTR_RO(pcinet_counters);
 
 /*
- * /sys/bus/pci/devices/<address>/pcinet_recovers: 1 if the driver bound now has the PCI error
- * handlers that let it ride out a link down (error_detected() and slot_reset(): it quiesces, keeps
- * its I/O queued and resets the device at link up), else 0 (a link down unbinds it). The
- * host-agent asks before it takes a link down only because its endpoint went quiet: a driver that
- * would be unbound is better left waiting for the session to resume. A look without the device
- * lock (taking it here could deadlock with a removal waiting for this file): a hint, which the
- * link-down work does not depend on.
+ * /sys/bus/pci/devices/<address>/pcinet_recovers: 1 if the driver bound now rides out a link
+ * down: it has the PCI error handlers (error_detected() and slot_reset(): it quiesces, keeps its
+ * I/O queued and resets the device at link up), or, a NIC's, none but hibernation's freeze() and
+ * restore() (freeze.c: left bound, its interfaces without carrier, frozen and restored at link
+ * up); else 0 (a link down unbinds it). The host-agent asks before it takes a link down only
+ * because its endpoint went quiet: a driver that would be unbound is better left waiting for the
+ * session to resume. A look without the device lock (taking it here could deadlock with a removal
+ * waiting for this file): a hint, which the link-down work does not depend on.
  */
 static ssize_t pcinet_recovers_show(struct device *dev, struct device_attribute *attr, char *buf)
 {
 	struct device_driver *drv = READ_ONCE(dev->driver);
 	const struct pci_error_handlers *eh = drv ? to_pci_driver(drv)->err_handler : NULL;
 
-	return sysfs_emit(buf, "%d\n", eh && eh->error_detected && eh->slot_reset);
+	if (eh && eh->error_detected)
+		return sysfs_emit(buf, "%d\n", !!eh->slot_reset);
+	return sysfs_emit(buf, "%d\n", pcinet_driver_parks(to_pci_dev(dev), drv));
 }
 static DEVICE_ATTR_RO(pcinet_recovers);
 
@@ -946,8 +949,9 @@ static void pcinet_purge_queue(struct pcinet_fn *fn)
 
 /*
  * What AER does when a link fails (drivers/pci/pcie/err.c): the channel is frozen and the driver
- * is told, so it stops touching the device and parks its I/O until a reset. A driver that cannot
- * recover this way (no error handlers, or it says so) is unbound now, while the function reads as
+ * is told, so it stops touching the device and parks its I/O until a reset. A NIC's driver without
+ * error handlers that can hibernate stays bound too (freeze.c: its interfaces lose their carrier).
+ * One that cannot recover either way (or says so) is unbound now, while the function reads as
  * absent, so its remove path gives up on the device instead of waiting for it; it is bound again
  * when the link is back.
  */
@@ -960,6 +964,7 @@ static void pcinet_link_down_work(struct work_struct *work)
 	bool bound;
 
 	fn->link_recoverable = false;
+	fn->link_parked = false;
 	fn->link_driver = NULL;
 	if (!pdev)
 		return;	/* an admin removed it from the bus: no driver to tell */
@@ -971,10 +976,16 @@ static void pcinet_link_down_work(struct work_struct *work)
 		vote = eh->error_detected(pdev, pci_channel_io_frozen);
 	fn->link_recoverable = bound && (vote == PCI_ERS_RESULT_NEED_RESET ||
 					 vote == PCI_ERS_RESULT_CAN_RECOVER);
-	fn->link_driver = fn->link_recoverable ? pdev->driver : NULL;
+	fn->link_parked = bound && !(eh && eh->error_detected) &&
+			  pcinet_driver_parks(pdev, &pdev->driver->driver);
+	if (fn->link_parked)
+		pcinet_link_park_driver(fn, pdev);
+	fn->link_driver = fn->link_recoverable || fn->link_parked ? pdev->driver : NULL;
 	device_unlock(&pdev->dev);
 	if (fn->link_recoverable) {
 		pci_info(pdev, "link down: the driver waits for a reset\n");
+	} else if (fn->link_parked) {
+		pci_info(pdev, "link down: the driver stays bound; frozen and restored when the link is back\n");
 	} else if (bound) {
 		pci_info(pdev, "link down: the driver cannot recover; unbinding it until the link is back\n");
 		device_release_driver(&pdev->dev);
@@ -984,7 +995,8 @@ static void pcinet_link_down_work(struct work_struct *work)
 
 /*
  * A fresh device is behind the function. A driver waiting for a reset gets slot_reset() and
- * resume(), as after a secondary bus reset; if it fails to recover, it is unbound. Only the driver
+ * resume(), as after a secondary bus reset; one parked without error handlers is frozen and
+ * restored (freeze.c); if it fails to recover, it is unbound. Only the driver
  * that was told of the failure: an admin may have bound another while the link was down (pci-stub,
  * vfio-pci — often without error handlers), and that one probed the function as it was then, so it
  * is left alone. Then any function without a driver is offered to the drivers again.
@@ -995,7 +1007,8 @@ static void pcinet_link_up_work(struct work_struct *work)
 	struct pci_dev *pdev = pcinet_get_pdev(fn);
 	const struct pci_error_handlers *eh;
 	pci_ers_result_t vote = PCI_ERS_RESULT_RECOVERED;
-	bool failed = false, told;
+	bool failed = false, frozen = false, told;
+	int err;
 
 	if (!pdev) {
 		/* Removed while the link was down: a rescan finds it again. */
@@ -1004,15 +1017,21 @@ static void pcinet_link_up_work(struct work_struct *work)
 	}
 	device_lock(&pdev->dev);
 	pdev->error_state = pci_channel_io_normal;
-	told = fn->link_recoverable && pdev->driver && pdev->driver == fn->link_driver;
-	if (told) {
+	told = (fn->link_recoverable || fn->link_parked) && pdev->driver &&
+	       pdev->driver == fn->link_driver;
+	if (told && fn->link_parked) {
+		err = pcinet_link_restore_driver(fn, pdev);
+		/* Frozen and not restored: unbinding would run its remove on a frozen device. */
+		failed = err && !fn->link_frozen;
+		frozen = fn->link_frozen;
+	} else if (told) {
 		eh = pdev->driver->err_handler;
 		if (eh && eh->slot_reset)
 			vote = eh->slot_reset(pdev);
 		if (vote == PCI_ERS_RESULT_RECOVERED && eh && eh->resume)
 			eh->resume(pdev);
 		failed = vote != PCI_ERS_RESULT_RECOVERED;
-	} else if (fn->link_recoverable && pdev->driver) {
+	} else if ((fn->link_recoverable || fn->link_parked) && pdev->driver) {
 		pci_info(pdev, "link up: %s was bound while the link was down; leaving it\n",
 			 pdev->driver->name);
 	}
@@ -1025,6 +1044,7 @@ static void pcinet_link_up_work(struct work_struct *work)
 	if (!pdev->dev.driver && device_attach(&pdev->dev) < 0)
 		pci_warn(pdev, "link up: binding a driver failed\n");
 	pci_info(pdev, "link up: %s\n", !pdev->dev.driver ? "no driver" :
+		 frozen ? "the driver stays frozen" :
 		 told && !failed ? "recovered" : "driver bound again");
 	pci_dev_put(pdev);
 }

@@ -23,6 +23,8 @@
 #include <linux/workqueue.h>
 
 #include "uapi/pcinet.h"
+
+struct net_device;
 #include "push-walk.h"
 
 /* Bytes of records waiting for read() before producers wait for the reader (bounded). */
@@ -172,6 +174,11 @@ struct pcinet_fn {
 	struct pci_driver *link_driver;	/* ... this driver's: only it gets slot_reset (never
 					 * dereferenced, only compared: it may be gone)
 					 */
+	bool link_parked;		/* ... or it has none, but freezes: a NIC (freeze.c) */
+	bool link_frozen;		/* its restore failed: restore it at the next link up */
+	struct net_device *link_carrier[4];	/* interfaces whose carrier the link down took
+						 * (only compared, under the device lock)
+						 */
 
 	/* MMIO (mmio.c) */
 	struct list_head live;	/* on the list of started functions (RCU) */
@@ -248,6 +255,11 @@ void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r);
 void pcinet_queue_ctl(struct pcinet_fn *fn, const void *rec, size_t len);
 int pcinet_link_record(struct pcinet_fn *fn, const void *buf, size_t len);
 int pcinet_link_down(struct pcinet_fn *fn);
+
+/* freeze.c: network drivers without error handlers through a link down */
+bool pcinet_driver_parks(struct pci_dev *pdev, const struct device_driver *drv);
+void pcinet_link_park_driver(struct pcinet_fn *fn, struct pci_dev *pdev);
+int pcinet_link_restore_driver(struct pcinet_fn *fn, struct pci_dev *pdev);
 u16 pcinet_find_cap(struct pcinet_fn *fn, u8 id);
 const struct pcinet_range *pcinet_range_at(struct pcinet_fn *fn, u32 bar, u64 off, u32 size,
 					   u32 kind);

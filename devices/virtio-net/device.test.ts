@@ -354,6 +354,7 @@ describe.each([true, false])('virtio-net, host ends rounds: %s', (rounds) => {
     d.setupQueues();
     d.postRx(2, 2048);
     const gen = d.bus.read(0, CC.CFGGEN, 1)[0]!;
+    d.host.interrupts.length = 0;
     d.dev.setLink(false);
     expect(rd16(d.bus.read(0, DEVICE_CFG + NET_CFG.STATUS, 2), 0)).toBe(0);
     expect(d.bus.read(0, CC.CFGGEN, 1)[0]).toBe(gen + 1);
@@ -366,6 +367,15 @@ describe.each([true, false])('virtio-net, host ends rounds: %s', (rounds) => {
     d.wire.onReceive!(frame(60));
     await d.bus.settle();
     expect(d.dev.counters()).toMatchObject({ rxFrames: 1 });
+  });
+
+  it('DRIVER_OK raises a config change: a driver restored without a probe reads the link status again', () => {
+    const d = new Driver();
+    const gen = d.bus.read(0, CC.CFGGEN, 1)[0]!;
+    d.setupQueues();
+    expect(d.host.interrupts.filter((v) => v === 0)).toHaveLength(1);
+    expect(d.bus.read(0, CC.CFGGEN, 1)[0]).toBe(gen + 1);
+    expect(rd16(d.bus.read(0, DEVICE_CFG + NET_CFG.STATUS, 2), 0)).toBe(VIRTIO_NET_S_LINK_UP);
   });
 
   it('the backend’s link state drives the link: down at creation, then its changes', () => {

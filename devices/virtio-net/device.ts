@@ -410,6 +410,10 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
         ecn: this.has(VIRTIO_NET_F_GUEST_ECN),
       });
     if (this.#backlog.length > 0) this.kick(RX_QUEUE);
+    // A driver set up again without a probe (Linux's restore() after hibernation, or after
+    // pcinet.ko's link down, docs/KERNEL.md) still holds the link status it last read, which
+    // may not be this device's: a config change makes it read the status again.
+    this.configChanged();
   }
 }
 
