@@ -129,7 +129,7 @@ int pcinet_link_restore_driver(struct pcinet_fn *fn, struct pci_dev *pdev)
 	if (!fn->link_frozen) {
 		err = pm->freeze(&pdev->dev);
 		if (err) {
-			pci_warn_ratelimited(pdev, "link up: the driver's freeze failed (%d)\n", err);
+			dev_warn_ratelimited(&pdev->dev, "link up: the driver's freeze failed (%d)\n", err);
 			return err;
 		}
 		fn->link_frozen = true;
@@ -142,7 +142,7 @@ int pcinet_link_restore_driver(struct pcinet_fn *fn, struct pci_dev *pdev)
 	pcinet_walk_netdevs(pdev, &(struct pcinet_netdev_walk){ .fn = fn, .f = pcinet_netdev_up });
 	err = pm->restore(&pdev->dev);
 	if (err) {
-		pci_warn_ratelimited(pdev, "link up: the driver's restore failed (%d): it stays frozen until the next link up\n",
+		dev_warn_ratelimited(&pdev->dev, "link up: the driver's restore failed (%d): it stays frozen until the next link up\n",
 				     err);
 		return err;
 	}
