@@ -859,6 +859,10 @@ static void pcinet_add_work(struct work_struct *work)
 static void pcinet_dev_added(struct pcinet_fn *fn, struct pci_dev *pdev)
 {
 	pcinet_dma_set_ops(fn, pdev);
+	/* Behind it is whatever a remote endpoint says: to the kernel, an external device (like a
+	 * Thunderbolt one), which code that distinguishes them treats with suspicion.
+	 */
+	pdev->untrusted = 1;
 	WARN_ON_ONCE(fn->pdev);
 	pci_dev_put(fn->pdev);
 	fn->pdev = pci_dev_get(pdev);

@@ -19,6 +19,7 @@ const script = [
   'mount -t debugfs none /sys/kernel/debug',
   'd=/sys/kernel/debug/pcinet_test/$PCINET_LAB_DEVICES',
   'echo "magic $(cat $d/magic)"',
+  'echo "info $(grep ^untrusted $d/info)"',
   'echo 0x5ca1ab1e > $d/scratch; echo "scratch $(cat $d/scratch)"',
   'echo "counter $(cat $d/counter) $(cat $d/counter) $(cat $d/counter)"',
   // Every vector, three times each: counted exactly.
@@ -75,6 +76,8 @@ describe.skipIf(!root)('pcinet.ko with a real driver: MMIO, MSI-X, DMA, concurre
       expect(r.code, `${out}\n${r.stderr}`).toBe(0);
       // MMIO: a shadow read, a write read back through the fence, a volatile register.
       expect(out).toMatch(/^magic 0x544e4350$/m);
+      // To the kernel, a function whose device is whatever a remote endpoint says is external.
+      expect(out).toMatch(/^info untrusted 1$/m);
       expect(out).toMatch(/^scratch 0x5ca1ab1e$/m);
       const counter = /^counter (\d+) (\d+) (\d+)$/m.exec(out)!.slice(1).map(Number);
       expect(counter[1]).toBe(counter[0]! + 1);

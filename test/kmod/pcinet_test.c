@@ -779,10 +779,11 @@ static int info_show(struct seq_file *s, void *unused)
 {
 	struct ptest *t = s->private;
 
-	seq_printf(s, "magic 0x%08x\nversion %u\nvectors %u\nmsix %d\nstatus %#x\nerror %u\ndone_count %u\nmem_size %llu\n",
+	seq_printf(s, "magic 0x%08x\nversion %u\nvectors %u\nmsix %d\nstatus %#x\nerror %u\ndone_count %u\nmem_size %llu\nuntrusted %u\n",
 		   readl(t->regs + REG_MAGIC), readl(t->regs + REG_VERSION),
 		   readl(t->regs + REG_VECTORS), t->nvec, readl(t->regs + REG_STATUS),
-		   readl(t->regs + REG_ERROR), readl(t->regs + REG_DONE_COUNT), t->mem_size);
+		   readl(t->regs + REG_ERROR), readl(t->regs + REG_DONE_COUNT), t->mem_size,
+		   t->pdev->untrusted);
 	return 0;
 }
 DEFINE_SHOW_ATTRIBUTE(info);
