@@ -1,47 +1,14 @@
 // `pcinet inject` and `pcinet endpoint --inject` as a user runs them: the built CLI against a real
 // `pcinet endpoint` on a control socket of the test's own. What each kind does is tested in
 // endpoint/faults.test.ts and, with Linux's nvme driver, test/e2e/inject.test.ts.
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import { CLI, children, freePort } from './cli-procs.js';
+import { freePort, run, start, until } from './cli-procs.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'pcinet-inject-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-interface Proc {
-  c: ChildProcess;
-  out: () => string;
-  err: () => string;
-  done: Promise<number | null>;
-}
-
-function start(args: string[]): Proc {
-  const c = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(c);
-  let out = '';
-  let err = '';
-  c.stdout!.on('data', (d) => (out += d));
-  c.stderr!.on('data', (d) => (err += d));
-  const done = new Promise<number | null>((r) => c.on('close', (code) => r(code)));
-  return { c, out: () => out, err: () => err, done };
-}
-
-async function run(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const p = start(args);
-  const code = await p.done;
-  return { code, out: p.out(), err: p.err() };
-}
-
-async function until(what: () => boolean, ms: number, why: () => string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!what()) {
-    if (Date.now() > end) throw new Error(`timed out: ${why()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('pcinet inject', () => {
   it('arms from the start and on the socket, lists, clears; bad specs exit 2 with the reason', {

@@ -1,43 +1,16 @@
 // `pcinet status` and `pcinet trace` as a user runs them, against a real `pcinet endpoint` and
 // `pcinet host` (sim channel, the test device's selftest for traffic): the built CLI
 // (dist/cli/main.js), control sockets in a directory of the test's own.
-import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { readCapture } from '../cli/pcapng.js';
 import { decodeRecord, LINKTYPE_PCINET, TF_TO_HOST } from '../proto/trace.js';
-import { CLI, children, freePort } from './cli-procs.js';
+import { freePort, start, until } from './cli-procs.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'pcinet-st-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
-
-interface Proc {
-  c: ChildProcess;
-  out: () => string;
-  err: () => string;
-  done: Promise<number | null>;
-}
-
-function start(args: string[]): Proc {
-  const c = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  children.push(c);
-  let out = '';
-  let err = '';
-  c.stdout!.on('data', (d) => (out += d));
-  c.stderr!.on('data', (d) => (err += d));
-  const done = new Promise<number | null>((r) => c.on('close', (code) => r(code)));
-  return { c, out: () => out, err: () => err, done };
-}
-
-async function until(what: () => boolean, ms: number, why: () => string): Promise<void> {
-  const end = Date.now() + ms;
-  while (!what()) {
-    if (Date.now() > end) throw new Error(`timed out: ${why()}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
 
 describe('pcinet status and pcinet trace', () => {
   it('trace records the selftest into pcapng and as filtered text; status shows the endpoint', {
