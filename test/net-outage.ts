@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { startCardControl } from '../lab/card-control.js';
 import { LAB_ENDPOINT_PORT } from '../lab/commands.js';
 import { repoRoot } from '../lab/paths.js';
+import { runOk } from '../lab/proc.js';
 import type { LabCard } from '../lab/run.js';
 
 /** Where the guest dials: the proxy. Any free port of the lab's private namespace. */
@@ -81,5 +82,22 @@ export function networkControl(events: NetworkEvent[] = [], setup?: (card: LabCa
       proxy.kill('SIGTERM');
       undo?.();
     };
+  };
+}
+
+/** A `setup` for networkControl: the card's TAP (`tap`, made by the NIC's endpoint) given
+ *  `address`/24 and up, and a TCP echo server on `address`:`port` for the guest's connections,
+ *  which exits after `lifetimeMs` at the latest. */
+export function echoCard(o: { tap: string; address: string; port: number; lifetimeMs: number }) {
+  const server = `
+require('node:net').createServer((c) => { c.on('error', () => {}); c.pipe(c); }).listen(${o.port}, '${o.address}');
+setTimeout(() => process.exit(0), ${o.lifetimeMs});
+`;
+  return async (card: LabCard): Promise<() => void> => {
+    await runOk(card.wrap(['ip', 'addr', 'add', `${o.address}/24`, 'dev', o.tap]));
+    await runOk(card.wrap(['ip', 'link', 'set', o.tap, 'up']));
+    const [cmd, ...args] = card.wrap([process.execPath, '-e', server]);
+    const echo = spawn(cmd!, args, { stdio: 'ignore' });
+    return () => echo.kill('SIGTERM');
   };
 }

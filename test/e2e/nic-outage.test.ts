@@ -1,20 +1,10 @@
-// The NIC through a long outage (issue 14): the card's network gone for 60 s — every connection
-// reset and new ones refused (a CutProxy between the guest and the endpoint, test/net-outage.ts)
-// — while a TCP connection through the NIC carries a known byte stream to an echo server on the
-// card's side of the TAP. virtio_pci has no PCI error handlers; pcinet.ko keeps it bound through
-// the link down (kernel/freeze.c): the interface loses its carrier while the card is away, the
-// driver is frozen and restored with the new device when it is back, the carrier comes up again,
-// and the same connection carries on, its byte stream intact (TCP retransmits what the outage
-// swallowed). No kernel warning: no transmit timeout, hung task or WARN (the lab fails a run on
-// any). PCINET_NIC_OUTAGE_S and PCINET_NIC_OUTAGE_KIND (cut, hold or mixed) change the outage.
-import { execFile, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { askCard } from '../../lab/card-control.js';
 import { repoRoot } from '../../lab/paths.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { type LabCard, MAX_SLOWDOWN, runInLab, testBudget } from '../../lab/run.js';
-import { type NetworkEvent, networkControl, OUTAGE_DIAL_PORT } from '../net-outage.js';
+import { MAX_SLOWDOWN, runInLab, testBudget } from '../../lab/run.js';
+import { echoCard, type NetworkEvent, networkControl, OUTAGE_DIAL_PORT } from '../net-outage.js';
 
 const root = process.getuid?.() === 0;
 const OUTAGE_S = Number(process.env.PCINET_NIC_OUTAGE_S ?? 60);
@@ -32,12 +22,6 @@ const STREAM = join(repoRoot(), 'test/e2e/fixtures/nic-stream.mjs');
 const CARRIER_DOWN_S = 60;
 const CARRIER_UP_S = 120;
 const FLOWING_S = 240;
-
-/** On the card: a TCP echo server on the TAP's address. */
-const echoServer = `
-require('node:net').createServer((c) => { c.on('error', () => {}); c.pipe(c); }).listen(${ECHO_PORT}, '${CARD}');
-setTimeout(() => process.exit(0), ${RUN_TIMEOUT_MS * MAX_SLOWDOWN});
-`;
 
 const outage =
   KIND === 'mixed'
@@ -92,13 +76,12 @@ describe.skipIf(!root)('the NIC through a long outage', () => {
     timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
     const events: NetworkEvent[] = [];
-    const setup = async (card: LabCard) => {
-      await runArgv(card.wrap(['ip', 'addr', 'add', `${CARD}/24`, 'dev', TAP]));
-      await runArgv(card.wrap(['ip', 'link', 'set', TAP, 'up']));
-      const [cmd, ...args] = card.wrap([process.execPath, '-e', echoServer]);
-      const echo = spawn(cmd!, args, { stdio: 'ignore' });
-      return () => echo.kill('SIGTERM');
-    };
+    const setup = echoCard({
+      tap: TAP,
+      address: CARD,
+      port: ECHO_PORT,
+      lifetimeMs: RUN_TIMEOUT_MS * MAX_SLOWDOWN,
+    });
     const r = await runInLab({
       assets,
       devices: [`virtio-net:tap=${TAP},mac=${MAC}`],
@@ -143,11 +126,3 @@ describe.skipIf(!root)('the NIC through a long outage', () => {
     expect(r.hostAgentLog).toMatch(/recovered after [\d.]+ s link down/);
   });
 });
-
-function runArgv(argv: string[]): Promise<void> {
-  return new Promise((resolve, reject) =>
-    execFile(argv[0]!, argv.slice(1), { timeout: 10_000 }, (e, _out, err) =>
-      e ? reject(new Error(`${argv.join(' ')}: ${err || e.message}`)) : resolve(),
-    ),
-  );
-}

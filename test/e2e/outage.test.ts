@@ -1,21 +1,11 @@
-// The card's network goes away for longer than nvme's I/O timeout (30 s) while fio writes and
-// verifies a filesystem on the remote disk; the host must keep the I/O queued and carry on when
-// the network is back: no I/O error, fio verifies every block, e2fsck finds the filesystem clean
-// (issue 14). A CutProxy between the guest and the endpoint takes the network away
-// (test/net-outage.ts): for the first half of the outage the network is silent (connections stay
-// open, nothing moves: only keep-alives notice), for the second half it is broken (connections
-// reset, new ones refused). PCINET_OUTAGE_S and PCINET_OUTAGE_KIND (mixed, hold or cut) change
-// the outage, PCINET_OUTAGE_HOST_ARGS adds host-agent flags: test/outage-long.sh runs a 10-minute
-// one.
-import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { askCard } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { type LabCard, runInLab, testBudget } from '../../lab/run.js';
-import { type NetworkEvent, networkControl, OUTAGE_DIAL_PORT } from '../net-outage.js';
+import { runInLab, testBudget } from '../../lab/run.js';
+import { echoCard, type NetworkEvent, networkControl, OUTAGE_DIAL_PORT } from '../net-outage.js';
 
 const root = process.getuid?.() === 0;
 const OUTAGE_S = Number(process.env.PCINET_OUTAGE_S ?? 120);
@@ -139,12 +129,6 @@ const GUEST = '10.77.0.2';
 const ECHO_PORT = 7997;
 const NIC_OUTAGE_S = 20;
 
-/** On the card: a TCP echo server on the TAP's address, for the guest's long-lived connection. */
-const echoServer = `
-require('node:net').createServer((c) => { c.on('error', () => {}); c.pipe(c); }).listen(${ECHO_PORT}, '${CARD}');
-setTimeout(() => process.exit(0), 600000);
-`;
-
 /** In the guest: one connection sending a numbered line every 200 ms for SECONDS, expecting each
  *  back; prints what it saw and exits 0 only if the connection never broke and every line came
  *  back in order. */
@@ -167,13 +151,7 @@ describe.skipIf(!root)('the card’s network gone, with a NIC on it', () => {
     timeout: testBudget(NIC_RUN_MS),
   }, async () => {
     const events: NetworkEvent[] = [];
-    const setup = async (card: LabCard) => {
-      await runArgv(card.wrap(['ip', 'addr', 'add', `${CARD}/24`, 'dev', TAP]));
-      await runArgv(card.wrap(['ip', 'link', 'set', TAP, 'up']));
-      const [cmd, ...args] = card.wrap([process.execPath, '-e', echoServer]);
-      const echo = spawn(cmd!, args, { stdio: 'ignore' });
-      return () => echo.kill('SIGTERM');
-    };
+    const setup = echoCard({ tap: TAP, address: CARD, port: ECHO_PORT, lifetimeMs: 600_000 });
     const r = await runInLab({
       assets,
       devices: [`virtio-net:tap=${TAP},mac=${MAC}`],
@@ -220,11 +198,3 @@ describe.skipIf(!root)('the card’s network gone, with a NIC on it', () => {
     expect(r.guestLog).toMatch(/link up: recovered/);
   });
 });
-
-function runArgv(argv: string[]): Promise<void> {
-  return new Promise((resolve, reject) =>
-    execFile(argv[0]!, argv.slice(1), { timeout: 10_000 }, (e, _out, err) =>
-      e ? reject(new Error(`${argv.join(' ')}: ${err || e.message}`)) : resolve(),
-    ),
-  );
-}
