@@ -17,7 +17,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { askCard, startCardControl } from '../../lab/card-control.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { type LabCard, runInLab, testBudget } from '../../lab/run.js';
+import { type LabCard, type LabResult, runInLab, testBudget } from '../../lab/run.js';
 import { ControlClient } from '../../proto/control.js';
 import type { StatusSnapshot } from '../../proto/status.js';
 
@@ -85,37 +85,43 @@ describe.skipIf(!root)('fault injection against the nvme driver', () => {
   }, 30 * 60_000);
   afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
-  it('a completion held past io_timeout: abort, controller reset, the read retried with its data; a dropped interrupt: completion polled', {
-    timeout: testBudget(RUN_TIMEOUT_MS),
-  }, async () => {
+  /** One lab run on a fresh NVMe disk (`disk`.img) with the injector on the card: the guest runs
+   *  the disk setup, then `lines`; the run must succeed. */
+  const injectRun = async (disk: string, lines: string[], logs = (r: LabResult) => r.endpointLog) => {
     const stats: StatusSnapshot[] = [];
     const injected: string[] = [];
     const r = await runInLab({
       assets,
-      devices: [`nvme:file=${join(dir, 'delay.img')},size=64M`],
+      devices: [`nvme:file=${join(dir, `${disk}.img`)},size=64M`],
       card: injector(stats, injected),
-      command: [
-        ...setup,
-        // The next read's completion is held for a minute: far past the abort and the reset.
-        askCard('inject delay:dev=nvme,opcode=read,ms=60000'),
-        'dd if=$disk of=/tmp/delayed bs=4k count=1 skip=16 iflag=direct status=none && echo delayed-read-returned',
-        'cmp -i 0:65536 -n 4096 /tmp/delayed /tmp/known && echo delayed-read-same',
-        'wait_live after-reset',
-        'check after-reset',
-        askCard('inject drop-irq:dev=nvme'),
-        't0=$(date +%s%N)',
-        'dd if=$disk of=/tmp/dropped bs=4k count=1 skip=32 iflag=direct status=none && echo dropped-irq-read-returned',
-        'echo "dropped-irq-read-ms=$(( ($(date +%s%N) - t0) / 1000000 ))"',
-        'cmp -i 0:131072 -n 4096 /tmp/dropped /tmp/known && echo dropped-irq-read-same',
-        'check after-drop',
-        askCard('stats'),
-        'dmesg | grep -E "nvme|pcinet" | tail -40',
-      ].join('\n'),
+      command: [...setup, ...lines].join('\n'),
       timeoutMs: RUN_TIMEOUT_MS,
     });
-    const out = `${r.stdout}\n${r.stderr}\n${r.endpointLog}`;
+    const out = `${r.stdout}\n${r.stderr}\n${logs(r)}`;
     show(r.stdout);
     expect(r.code, out).toBe(0);
+    return { r, out, stats, injected };
+  };
+
+  it('a completion held past io_timeout: abort, controller reset, the read retried with its data; a dropped interrupt: completion polled', {
+    timeout: testBudget(RUN_TIMEOUT_MS),
+  }, async () => {
+    const { r, out, stats, injected } = await injectRun('delay', [
+      // The next read's completion is held for a minute: far past the abort and the reset.
+      askCard('inject delay:dev=nvme,opcode=read,ms=60000'),
+      'dd if=$disk of=/tmp/delayed bs=4k count=1 skip=16 iflag=direct status=none && echo delayed-read-returned',
+      'cmp -i 0:65536 -n 4096 /tmp/delayed /tmp/known && echo delayed-read-same',
+      'wait_live after-reset',
+      'check after-reset',
+      askCard('inject drop-irq:dev=nvme'),
+      't0=$(date +%s%N)',
+      'dd if=$disk of=/tmp/dropped bs=4k count=1 skip=32 iflag=direct status=none && echo dropped-irq-read-returned',
+      'echo "dropped-irq-read-ms=$(( ($(date +%s%N) - t0) / 1000000 ))"',
+      'cmp -i 0:131072 -n 4096 /tmp/dropped /tmp/known && echo dropped-irq-read-same',
+      'check after-drop',
+      askCard('stats'),
+      'dmesg | grep -E "nvme|pcinet" | tail -40',
+    ]);
     expect(r.stdout, out).toMatch(new RegExp(`^io_timeout=${IO_TIMEOUT_MS}$`, 'm'));
     expect(injected).toHaveLength(2);
     // (a) The held read: the driver aborted it, then reset the controller, then retried it.
@@ -141,38 +147,26 @@ describe.skipIf(!root)('fault injection against the nvme driver', () => {
   it('commands failed with chosen statuses: ENODATA/EIO to dd, the status in the kernel log, a retried one succeeds, later I/O works', {
     timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
-    const stats: StatusSnapshot[] = [];
-    const injected: string[] = [];
-    const r = await runInLab({
-      assets,
-      devices: [`nvme:file=${join(dir, 'fail.img')},size=64M`],
-      card: injector(stats, injected),
-      command: [
-        ...setup,
-        // Unrecovered Read Error (SCT 2h, SC 81h), Do Not Retry.
-        askCard('inject fail:dev=nvme,opcode=read,sct=2,sc=0x81,dnr'),
-        'if dd if=$disk of=/dev/null bs=4k count=1 skip=64 iflag=direct status=none 2>/tmp/err; ' +
-          'then echo "failed-read: succeeded"; else echo "failed-read: exit $?"; fi; sed "s/^/failed-read: /" /tmp/err',
-        'check after-read-fail',
-        // Internal Error (SCT 0h, SC 06h), Do Not Retry.
-        askCard('inject fail:dev=nvme,opcode=write,sct=0,sc=0x6,dnr'),
-        'if dd if=/tmp/known of=$disk bs=4k count=1 oflag=direct status=none 2>/tmp/err; ' +
-          'then echo "failed-write: succeeded"; else echo "failed-write: exit $?"; fi; sed "s/^/failed-write: /" /tmp/err',
-        'check after-write-fail',
-        // Internal Error (SCT 0h, SC 06h) without DNR: the driver retries, the write succeeds.
-        askCard('inject fail:dev=nvme,opcode=write,sct=0,sc=0x6'),
-        'head -c 4194304 /dev/urandom > /tmp/known',
-        'want=$(sha256sum < /tmp/known | cut -d" " -f1)',
-        'dd if=/tmp/known of=$disk bs=1M oflag=direct conv=fsync status=none && echo retried-write-ok',
-        'check after-retry',
-        askCard('stats'),
-        'dmesg | grep -E "nvme|pcinet|I/O error|medium error" | tail -40',
-      ].join('\n'),
-      timeoutMs: RUN_TIMEOUT_MS,
-    });
-    const out = `${r.stdout}\n${r.stderr}\n${r.endpointLog}`;
-    show(r.stdout);
-    expect(r.code, out).toBe(0);
+    const { r, out, stats, injected } = await injectRun('fail', [
+      // Unrecovered Read Error (SCT 2h, SC 81h), Do Not Retry.
+      askCard('inject fail:dev=nvme,opcode=read,sct=2,sc=0x81,dnr'),
+      'if dd if=$disk of=/dev/null bs=4k count=1 skip=64 iflag=direct status=none 2>/tmp/err; ' +
+        'then echo "failed-read: succeeded"; else echo "failed-read: exit $?"; fi; sed "s/^/failed-read: /" /tmp/err',
+      'check after-read-fail',
+      // Internal Error (SCT 0h, SC 06h), Do Not Retry.
+      askCard('inject fail:dev=nvme,opcode=write,sct=0,sc=0x6,dnr'),
+      'if dd if=/tmp/known of=$disk bs=4k count=1 oflag=direct status=none 2>/tmp/err; ' +
+        'then echo "failed-write: succeeded"; else echo "failed-write: exit $?"; fi; sed "s/^/failed-write: /" /tmp/err',
+      'check after-write-fail',
+      // Internal Error (SCT 0h, SC 06h) without DNR: the driver retries, the write succeeds.
+      askCard('inject fail:dev=nvme,opcode=write,sct=0,sc=0x6'),
+      'head -c 4194304 /dev/urandom > /tmp/known',
+      'want=$(sha256sum < /tmp/known | cut -d" " -f1)',
+      'dd if=/tmp/known of=$disk bs=1M oflag=direct conv=fsync status=none && echo retried-write-ok',
+      'check after-retry',
+      askCard('stats'),
+      'dmesg | grep -E "nvme|pcinet|I/O error|medium error" | tail -40',
+    ]);
     expect(injected).toHaveLength(3);
     expect(r.stdout, out).toMatch(/^failed-read: exit 1$/m);
     // A media error reaches the caller as ENODATA (the block layer's BLK_STS_MEDIUM), others as EIO.
@@ -199,14 +193,9 @@ describe.skipIf(!root)('fault injection against the nvme driver', () => {
   it('link-down for 5 s under fio: the disk goes link down, comes back up, the driver recovers, fio verifies', {
     timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
-    const stats: StatusSnapshot[] = [];
-    const injected: string[] = [];
-    const r = await runInLab({
-      assets,
-      devices: [`nvme:file=${join(dir, 'link.img')},size=64M`],
-      card: injector(stats, injected),
-      command: [
-        ...setup,
+    const { r, out, stats, injected } = await injectRun(
+      'link',
+      [
         'fio --name=link --filename=$disk --offset=8M --size=8M --rw=randwrite --bsrange=4k-64k --iodepth=8 ' +
           '--ioengine=libaio --direct=1 --verify=crc32c --verify_fatal=1 --do_verify=1 > /tmp/fio.log 2>&1 & fio=$!',
         'sleep 1',
@@ -221,12 +210,9 @@ describe.skipIf(!root)('fault injection against the nvme driver', () => {
         'check after-link-down',
         askCard('stats'),
         'dmesg | grep -E "nvme|pcinet" | tail -40',
-      ].join('\n'),
-      timeoutMs: RUN_TIMEOUT_MS,
-    });
-    const out = `${r.stdout}\n${r.stderr}\n${r.endpointLog}\n${r.hostAgentLog}`;
-    show(r.stdout);
-    expect(r.code, out).toBe(0);
+      ],
+      (r) => `${r.endpointLog}\n${r.hostAgentLog}`,
+    );
     expect(injected).toHaveLength(1);
     expect(r.stdout, out).toMatch(/^fio-running-at-link-down$/m);
     expect(r.stdout, out).toMatch(/kernel link lost \(error -\d+\): link down/);
