@@ -479,12 +479,23 @@ static bool in_run(const struct emu *e, unsigned long start, unsigned long n,
  * before that page are plain memory); any element is MMIO where ops->mapped() says its address is
  * trapped: a move between two BARs (or two pages of one) has both operands there.
  */
+struct mapped_page {
+	unsigned long page;	/* the page last asked about (~0: none yet) */
+	bool mapped;		/* ... and the answer: ops->mapped() once per page, not per element */
+};
+
 static bool string_elem_mmio(struct emu *e, unsigned long addr, unsigned int size, bool faulted,
-			     unsigned long page, bool down)
+			     unsigned long page, bool down, struct mapped_page *seen)
 {
 	if (faulted && (down ? addr < page + PAGE_SIZE : addr + size > page))
 		return true;
-	return e->ops->mapped && e->ops->mapped(e->ctx, addr);
+	if (!e->ops->mapped)
+		return false;
+	if ((addr & PAGE_MASK) != seen->page) {
+		seen->page = addr & PAGE_MASK;
+		seen->mapped = e->ops->mapped(e->ctx, addr);
+	}
+	return seen->mapped;
 }
 
 /*
@@ -498,6 +509,7 @@ static int string_op(struct emu *e, u8 op, unsigned int size, unsigned long next
 	bool reads = op != 0xaa, writes = op != 0xac;	/* stos only writes, lods only reads */
 	unsigned long page = e->fault & ~(PAGE_SIZE - 1);
 	unsigned long n = e->rep ? regs->cx : 1;
+	struct mapped_page src_seen = { ~0UL, false }, dst_seen = { ~0UL, false };
 	unsigned long i;
 	bool src_mmio;
 	int ret;
@@ -521,7 +533,7 @@ static int string_op(struct emu *e, u8 op, unsigned int size, unsigned long next
 		ret = 0;
 		if (!reads) {
 			v = regs->ax & size_mask(size);
-		} else if (string_elem_mmio(e, regs->si, size, src_mmio, page, down)) {
+		} else if (string_elem_mmio(e, regs->si, size, src_mmio, page, down, &src_seen)) {
 			v = 0;
 			ret = e->ops->read(e->ctx, regs->si, &v, size);
 		} else {
@@ -532,7 +544,7 @@ static int string_op(struct emu *e, u8 op, unsigned int size, unsigned long next
 
 		if (!writes)
 			set_reg(e, REG_AX, size, v);
-		else if (string_elem_mmio(e, regs->di, size, !src_mmio, page, down))
+		else if (string_elem_mmio(e, regs->di, size, !src_mmio, page, down, &dst_seen))
 			ret = e->ops->write(e->ctx, regs->di, &v, size);
 		else
 			ret = write_nofault(regs->di, v, size);

@@ -29,6 +29,7 @@ struct pt_regs {
 };
 
 #define PAGE_SIZE 4096UL
+#define PAGE_MASK (~(PAGE_SIZE - 1))
 
 #define X86_EFLAGS_CF 0x0001UL
 #define X86_EFLAGS_PF 0x0004UL
