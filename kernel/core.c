@@ -160,7 +160,7 @@ void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len)
 
 	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES && READ_ONCE(fn->state) == PN_STARTED &&
 	    !pcinet_stalled(fn)) {
-		u64 until = ktime_get_ns() + 100 * NSEC_PER_MSEC;
+		u64 start = ktime_get_ns(), until = start + 100 * NSEC_PER_MSEC;
 
 		atomic64_inc(&fn->stats.queue_waits);
 		while (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES &&
@@ -172,6 +172,7 @@ void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len)
 			}
 			cpu_relax();
 		}
+		pcinet_timing_add(&fn->stats.t_room_ns, &fn->stats.t_room_n, start);
 	}
 	if (pcinet_queue_capped(fn))
 		return;
@@ -197,6 +198,8 @@ struct pcinet_rec *pcinet_rec_alloc(struct pcinet_fn *fn, size_t len)
 void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r)
 {
 	if (READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES && !pcinet_stalled(fn)) {
+		u64 start = ktime_get_ns();
+
 		atomic64_inc(&fn->stats.queue_waits);
 		if (!wait_event_interruptible_timeout(fn->writeq,
 						      READ_ONCE(fn->queued) <= PCINET_QUEUE_BYTES ||
@@ -205,6 +208,7 @@ void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r)
 			atomic64_inc(&fn->stats.queue_overruns);
 			pcinet_stall(fn);
 		}
+		pcinet_timing_add(&fn->stats.t_room_ns, &fn->stats.t_room_n, start);
 	}
 	if (pcinet_queue_capped(fn)) {
 		kvfree(r);
@@ -770,6 +774,9 @@ static ssize_t pcinet_timing_show(struct device *dev, struct device_attribute *a
 		{ "rtt", &c->t_rtt_ns, &c->t_rtt_n },
 		{ "apply", &c->t_apply_ns, &c->t_apply_n },
 		{ "irq", &c->t_irq_ns, &c->t_irq_n },
+		{ "push", &c->t_push_ns, &c->t_push_n },
+		{ "kick", &c->t_kick_ns, &c->t_kick_n },
+		{ "room", &c->t_room_ns, &c->t_room_n },
 	};
 	int i, len = 0;
 
@@ -1194,6 +1201,8 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 			return -EINVAL;
 		if (fn->state != PN_STARTED)
 			return -EBUSY;
+		if (pcinet_down_drop(fn))
+			return 0;
 		return pcinet_mmio_read_cpl(fn, buf);
 	case PCINET_W_DMA_READ:
 	{
@@ -1203,6 +1212,8 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 			return -EINVAL;
 		if (fn->state != PN_STARTED)
 			return -EBUSY;
+		if (pcinet_down_drop(fn))
+			return 0;
 		return pcinet_dma_read(fn, d);
 	}
 	case PCINET_W_DMA_WRITE: {
@@ -1218,6 +1229,8 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 			return -EINVAL;
 		if (fn->state != PN_STARTED)
 			return -EBUSY;
+		if (pcinet_down_drop(fn))
+			return 0;
 		return pcinet_dma_write(fn, d);
 	}
 	case PCINET_W_INTERRUPT: {
@@ -1229,6 +1242,8 @@ static int pcinet_record(struct pcinet_fn *fn, const void *buf, size_t len)
 			return -EBUSY;
 		if (le32_to_cpu(w->vector) >= fn->msix_vectors)
 			return -EINVAL;
+		if (pcinet_down_drop(fn))
+			return 0;
 		return pcinet_msix_raise(fn, le32_to_cpu(w->vector));
 	}
 	case PCINET_W_LINK_DOWN:

@@ -160,6 +160,8 @@ int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w)
 	ret = pcinet_push_check(fn, w, &r);
 	if (ret)
 		return ret;
+	if (pcinet_down_drop(fn))
+		return 0;
 	/* Removed: nothing triggers rules any more, and nobody waits for the answer. */
 	if (fn->state == PN_DETACHED)
 		return 0;
@@ -231,6 +233,8 @@ int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w)
 		return -EINVAL;
 	if (fn->state != PN_STARTED)
 		return -EBUSY;
+	if (pcinet_down_drop(fn))
+		return 0;
 	atomic64_inc(&fn->stats.vq_rounds);
 	spin_lock_irqsave(&fn->push_lock, irqf);
 	r = fn->push_rules[id];
@@ -271,9 +275,11 @@ int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w)
 		 */
 		if (n && n <= r.entries) {
 			__le16 kick = w->kick;
+			u64 start = ktime_get_ns();
 
 			atomic64_inc(&fn->stats.vq_kicks);
 			pcinet_mmio_kick(fn, r.bar, r.offset, &kick, sizeof(kick));
+			pcinet_timing_add(&fn->stats.t_kick_ns, &fn->stats.t_kick_n, start);
 		}
 	}
 	return 0;
@@ -440,6 +446,7 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 	struct pcinet_counters *s = &fn->stats;
 	unsigned long flags;
 	bool hit = false, ei_done = false;
+	u64 start;
 	u32 id;
 
 	if (!READ_ONCE(fn->push_count) && !READ_ONCE(fn->kept_ei_count))
@@ -455,6 +462,7 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 	 */
 	w.dry = READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES;
 
+	start = ktime_get_ns();
 	spin_lock_irqsave(&fn->push_lock, flags);
 	for (id = 0; id < PCINET_MAX_PUSH_RULES; id++) {
 		struct pcinet_push_rule *r = &fn->push_rules[id];
@@ -481,6 +489,7 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 
 	if (!hit)
 		return;
+	pcinet_timing_add(&s->t_push_ns, &s->t_push_n, start);
 	if (w.dry)
 		atomic64_inc(&s->push_busy);
 	if (c.records) {

@@ -78,6 +78,33 @@ describe.skipIf(!root)('pcinet.ko lifecycle', () => {
     console.log(`fuzz (seed ${seed}): ${line![1]}`);
   });
 
+  it("the endpoint's records written after link down are dropped and counted, none applied", {
+    timeout: testBudget(RUN_TIMEOUT_MS),
+  }, async () => {
+    const r = await runInLab({
+      assets,
+      command: ['set -e', `insmod ${assets.pcinetKo}`, `node ${fixture('kernel-linkdown.mjs')} ${REPO}`].join(
+        '\n',
+      ),
+      timeoutMs: RUN_TIMEOUT_MS,
+    });
+    expect(r.code, `${r.stdout}\n${r.stderr}`).toBe(0);
+    const line = /^linkdown (.*)$/m.exec(r.stdout);
+    expect(line, r.stdout).not.toBeNull();
+    const got = Object.fromEntries(line![1]!.split(' ').map((kv) => kv.split('=') as [string, string]));
+    expect(got).toEqual({
+      interrupt: 'ok',
+      'dma-write': 'ok',
+      'dma-read': 'ok',
+      'read-cpl': 'ok',
+      link_dropped: '4',
+      interrupts: '0',
+      interrupts_pending: '0',
+      dma_refused: '0',
+      dma_bytes: '0',
+    });
+  });
+
   it('host-agent killed with SIGKILL while the driver is busy: removed, no oops, rmmod works', {
     timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {

@@ -1,0 +1,56 @@
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import { parseGroup, sample, statTicks } from './card-cpu.js';
+
+const dirs: string[] = [];
+afterEach(() => {
+  for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
+});
+
+/** A fake /proc with processes given as [pid, comm, cmdline args, utime, stime]. */
+function fakeProc(procs: [number, string, string[], number, number][]): string {
+  const dir = mkdtempSync(join(tmpdir(), 'card-cpu-'));
+  dirs.push(dir);
+  for (const [pid, comm, args, ut, st] of procs) {
+    mkdirSync(join(dir, String(pid)));
+    // Fields after the name: state, then 10 more before utime (14th field) and stime (15th).
+    const stat = `${pid} (${comm}) S 1 1 1 0 -1 4194560 100 0 0 0 ${ut} ${st} 0 0 20 0 1 0 5 0 0`;
+    writeFileSync(join(dir, String(pid), 'stat'), stat);
+    writeFileSync(join(dir, String(pid), 'cmdline'), `${args.join('\0')}\0`);
+  }
+  mkdirSync(join(dir, 'self'));
+  return dir;
+}
+
+describe('card-cpu', () => {
+  it('reads utime + stime past a name with spaces and parentheses', () => {
+    expect(statTicks('42 (a (b) c) S 1 1 1 0 -1 0 0 0 0 0 7 5 0 0')).toBe(12);
+  });
+
+  it('sums every process of a group, by name or by command line', () => {
+    const proc = fakeProc([
+      [10, 'nbd-server', ['nbd-server', '-C', 'x'], 3, 4],
+      [11, 'nbd-server', ['nbd-server', '-C', 'x'], 10, 1],
+      [12, 'node', ['node', 'main.js', 'endpoint', '--listen', 'tcp://127.0.0.1:7471'], 50, 5],
+      [13, 'node', ['node', 'main.js', 'endpoint', '--listen', 'tls://127.0.0.1:7470'], 20, 2],
+      [14, 'bash', ['bash'], 99, 99],
+    ]);
+    const got = sample(
+      [
+        parseGroup('nbd=comm:nbd-server'),
+        parseGroup('tcp=cmd:endpoint --listen tcp://127.0.0.1:7471'),
+        parseGroup('tls=cmd:endpoint --listen tls://'),
+        parseGroup('none=comm:nothing'),
+      ],
+      proc,
+    );
+    expect(Object.fromEntries(got)).toEqual({ nbd: 18, tcp: 55, tls: 22, none: 0 });
+  });
+
+  it('refuses a group it cannot read', () => {
+    expect(() => parseGroup('nbd:nbd-server')).toThrow(/GROUP=comm:NAME/);
+    expect(() => parseGroup('x=pid:3')).toThrow(/GROUP=comm:NAME/);
+  });
+});
