@@ -32,6 +32,11 @@ export interface Test {
 
 /** 4K I/Os per dd phase at QD1: ~8 MB, enough for a stable rate, short at pcinet's ~0.5 MB/s. */
 export const QD1_4K_IOS = 2000;
+/** Warm-up before the first row, per disk and not measured: I/Os of each size and direction the
+ *  rows use, so no column pays for JIT compilation (the endpoints are Node processes; a cold one
+ *  replied ~2.5× slower for its first few hundred I/Os), first-touch allocations or cold caches. */
+const WARM_4K_IOS = 500;
+const WARM_128K_IOS = 50;
 /** The plain-TCP host-agent's attach: the lab allows its own as long (READY_TIMEOUT_S). */
 const ATTACH_WAIT_S = 60;
 /** A driver's probe and the namespace scan after attach (or connect) under TCG: the lab allows a
@@ -45,6 +50,11 @@ const DD_FLOOR_BPS_128K = 1_000_000;
 /** fio beyond its --runtime: setup, and draining the queue at the end. */
 const FIO_SLACK_S = 60;
 const DD_SLACK_S = 30;
+/** One warm-up's bound at the dd floors above, with room. */
+const WARM_BOUND_S =
+  Math.ceil(
+    (2 * WARM_4K_IOS * 4096) / DD_FLOOR_BPS_4K + (2 * WARM_128K_IOS * (128 << 10)) / DD_FLOOR_BPS_128K,
+  ) + DD_SLACK_S;
 
 export function tests(mib: number): Test[] {
   const big = 128 << 10;
@@ -147,6 +157,9 @@ export interface GuestPlan {
   nbdExport: string;
   /** What the lab's own host-agent was told to connect to (to find its pid). */
   tlsConnect: string;
+  /** Where the guest reaches bench/card-cpu on the card. */
+  cardCpuHost: string;
+  cardCpuPort: number;
   tlsLog: string;
 }
 
@@ -194,6 +207,11 @@ disk_stats() {
   [ -r /sys/bus/pci/devices/$pci/pcinet_timing ] && sed "s|^|TIMING $1 $2 $3 |" /sys/bus/pci/devices/$pci/pcinet_timing
   return 0
 }
+# mark DISK TEST WHEN: the card's CPU so far (bench/card-cpu, CARDCPU lines in the bench's own
+# output); bash for /dev/tcp. Only a missing figure if it fails.
+mark() {
+  bash -c 'exec 3<> /dev/tcp/${p.cardCpuHost}/${p.cardCpuPort} && echo "$*" >&3 && read -t 10 ok <&3' mark "$@" 2> /dev/null || true
+}
 # measure DISK TEST BOUND COMMAND...: one phase, at most BOUND seconds; both host-agents' CPU time
 # and the wall time around it, and for the pcinet disks the endpoint's counters.
 measure() {
@@ -202,14 +220,28 @@ measure() {
   say "$disk $test"
   eval "pid=\\$ha_$disk"
   [ -z "$pid" ] || disk_stats $disk $test before
+  mark $disk $test before
   c_tcp=$(cpu $ha_tcp) c_tls=$(cpu $ha_tls) w=$(date +%s%N)
   rc=0
   # SIGINT at the bound: dd and fio stop and report what they did until then.
   out=$(timeout -s INT -k 30 $bound "$@" 2>&1) || rc=$?
   echo "CPU $disk $test $(($(cpu $ha_tcp) - c_tcp)) $(($(cpu $ha_tls) - c_tls)) $((($(date +%s%N) - w) / 1000000))"
   [ -z "$pid" ] || disk_stats $disk $test after
+  mark $disk $test after
   echo "$out" | sed "s|^|OUT $disk $test |"
   [ $rc -eq 0 ] || echo "FAILED $disk $test $rc"
+}
+# warm DISK: not measured (WARM_4K_IOS and WARM_128K_IOS of each direction); a disk that fails
+# here fails its rows too, so warm-up errors are only reported.
+warm() {
+  eval "dev=\\$dev_$1"
+  say "$1 warm-up"
+  timeout -s INT -k 10 ${WARM_BOUND_S} sh -c "
+    dd if=$dev of=/dev/null bs=4096 count=${WARM_4K_IOS} iflag=direct &&
+    dd if=/dev/zero of=$dev bs=4096 count=${WARM_4K_IOS} oflag=direct &&
+    dd if=$dev of=/dev/null bs=128K count=${WARM_128K_IOS} iflag=direct &&
+    dd if=/dev/zero of=$dev bs=128K count=${WARM_128K_IOS} oflag=direct" > /dev/null 2>&1 ||
+    say "$1 warm-up failed or ran out of time ($?)"
 }
 ha_tcp= nbd_up= ref_up=
 ha_tcp_gone() { ! kill -0 $ha_tcp 2> /dev/null; }
@@ -285,7 +317,8 @@ ref_disk() {
 wait_for ${DISK_WAIT_S} ref_disk || { echo "bench/nvme: no NVMe/TCP disk within ${DISK_WAIT_S} s" >&2; exit 1; }
 say "NVMe/TCP: $dev_kernel"
 
-# ---- the phases ----
+# ---- warm-up, then the phases ----
+${DISKS.map((d) => `warm ${d}`).join('\n')}
 ${phases.join('\n')}
 `;
 }
@@ -293,7 +326,7 @@ ${phases.join('\n')}
 /** Upper bound of the guest script's run time, in seconds (not counting boot). */
 export function scriptBoundS(mib: number, seconds: number): number {
   /** Attach, four disks, cleanup (10 s), and spare. */
-  const setupS = ATTACH_WAIT_S + 4 * DISK_WAIT_S + 10 + 60;
+  const setupS = ATTACH_WAIT_S + 4 * DISK_WAIT_S + 10 + 60 + DISKS.length * (WARM_BOUND_S + 10);
   let s = setupS;
   for (const t of tests(mib)) s += DISKS.length * phaseBoundS(t, seconds) + 2 * 2 * (STATS_WAIT_S + 2);
   return s;

@@ -30,7 +30,7 @@ import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { endpointArgv, hostAgentArgv, LAB_ENDPOINT_PORT, SLIRP_HOST } from '../lab/commands.js';
 import { HOST_AGENT_LOG } from '../lab/guest-script.js';
-import { GUEST_RUN_DIR } from '../lab/paths.js';
+import { GUEST_RUN_DIR, repoRoot } from '../lab/paths.js';
 import { ensurePackages, type LabAssets, prepareLab } from '../lab/prepare.js';
 import { runOk, tail, unrefDelay } from '../lab/proc.js';
 import { type LabCard, runInLab } from '../lab/run.js';
@@ -50,6 +50,8 @@ const NBD_PORT = 10809;
 const NBD_EXPORT = 'pcinet-bench';
 const TCP_READY = '/tmp/pcinet-tcp-ready';
 const TCP_HOST_CONTROL = '/tmp/pcinet-tcp-host.sock';
+/** bench/card-cpu's port: the guest marks each phase's start and end there. */
+const CARD_CPU_PORT = NBD_PORT + 1;
 const TCP_SERIAL = 'PCINETTCP1';
 /** The card's servers must listen within this. */
 const LISTEN_WAIT_MS = 20_000;
@@ -141,12 +143,30 @@ async function startCard(
     );
     // -d: stay in the foreground (each client is still served by a child of its own).
     o.procs.push(startOnCard(card, 'nbd-server', ['nbd-server', '-C', conf, '-d'], o.lifetimeS, o.dir));
+    // The card's CPU per phase: both endpoints and every nbd-server process (the forked child
+    // serves the guest).
+    o.procs.push(
+      startOnCard(
+        card,
+        'card-cpu',
+        [
+          process.execPath,
+          join(repoRoot(), 'dist/bench/card-cpu.js'),
+          String(CARD_CPU_PORT),
+          `tcp=cmd:endpoint --listen tcp://127.0.0.1:${TCP_PORT}`,
+          `tls=cmd:endpoint --listen tls://127.0.0.1:${LAB_ENDPOINT_PORT}`,
+          'nbd=comm:nbd-server',
+        ],
+        o.lifetimeS,
+        o.dir,
+      ),
+    );
     const deadline = Date.now() + LISTEN_WAIT_MS;
     for (;;) {
       const dead = o.procs.find((p) => p.proc.exitCode !== null || p.proc.signalCode !== null);
       if (dead) throw new Error(`bench/nvme: ${dead.name} exited before listening:\n${tail(dead.log(), 20)}`);
       const ports = await listeningPorts(card);
-      if (ports.has(TCP_PORT) && ports.has(NBD_PORT)) break;
+      if (ports.has(TCP_PORT) && ports.has(NBD_PORT) && ports.has(CARD_CPU_PORT)) break;
       if (Date.now() > deadline) {
         const logs = o.procs.map((p) => `--- ${p.name} ---\n${tail(p.log(), 20)}`).join('\n');
         throw new Error(`bench/nvme: the card's servers did not listen within ${LISTEN_WAIT_MS} ms\n${logs}`);
@@ -173,6 +193,9 @@ interface Parsed {
   cpu: Map<string, PhaseCpu>;
   /** "disk test before|after" → pcinet.ko's timing sums: name → [ns, count]. */
   timing: Map<string, Map<string, [number, number]>>;
+  /** "disk test before|after" → CPU µs used so far by the card's servers (bench/card-cpu):
+   *  tcp and tls (the two endpoints), nbd (every nbd-server process). */
+  card: Map<string, Map<string, number>>;
 }
 
 interface PhaseCpu {
@@ -181,7 +204,7 @@ interface PhaseCpu {
   ms: number;
 }
 
-function parse(stdout: string): Parsed {
+function parse(stdout: string, cardCpu: string): Parsed {
   const p: Parsed = {
     clkTck: 100,
     out: new Map(),
@@ -189,7 +212,13 @@ function parse(stdout: string): Parsed {
     stats: parseStats(stdout),
     cpu: new Map(),
     timing: new Map(),
+    card: new Map(),
   };
+  for (const line of cardCpu.split('\n')) {
+    const m = /^CARDCPU (\S+ \S+ \S+) (.*)$/.exec(line);
+    if (m)
+      p.card.set(m[1]!, new Map(m[2]!.split(' ').map((kv) => [kv.split('=')[0]!, Number(kv.split('=')[1])])));
+  }
   for (const line of stdout.split('\n')) {
     let m = /^CLK_TCK (\d+)$/.exec(line);
     if (m) p.clkTck = Number(m[1]);
@@ -323,6 +352,37 @@ function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measu
   console.log(table(rows, 2));
 }
 
+/** The card's CPU per I/O: each disk's server (pcinet's endpoints, nbd-server) around its phase. */
+function cardTable(p: Parsed, all: readonly Test[], results: Map<string, Measured>): void {
+  if (p.card.size === 0) {
+    console.log('\ncard CPU: no samples (bench/card-cpu did not answer the guest)');
+    return;
+  }
+  const servers = [
+    ['tcp', 'pcinet TCP endpoint'],
+    ['tls', 'pcinet TLS endpoint'],
+    ['nbd', 'nbd-server'],
+  ] as const;
+  const perIo = (d: (typeof servers)[number][0], t: Test) => {
+    const key = `${d} ${t.key}`;
+    const a = p.card.get(`${key} after`)?.get(d);
+    const b = p.card.get(`${key} before`)?.get(d);
+    const ios = results.get(key)?.ios;
+    return a !== undefined && b !== undefined && ios ? (a - b) / ios : undefined;
+  };
+  console.log('');
+  console.log(
+    "card CPU per I/O, µs: the server behind each disk (utime+stime from the card's /proc around its phase, " +
+      'clock-tick resolution), natively on this machine',
+  );
+  const rows = [['test', ...servers.map(([, l]) => l), 'TCP/NBD']];
+  for (const t of all) {
+    const v = servers.map(([d]) => perIo(d, t));
+    rows.push([t.label, ...v.map((x) => (x === undefined ? '?' : x.toFixed(0))), fmtRatio(v[0], v[2])]);
+  }
+  console.log(table(rows, 1));
+}
+
 function report(
   args: { mib: number; seconds: number; chart: string; log: boolean; 'no-link': boolean },
   kver: string,
@@ -399,6 +459,7 @@ function report(
     }
   }
   console.log(table(prow, 2));
+  cardTable(p, all, results);
   timingTable(p, all, results);
   // Two host-agents share the guest's two vCPUs: what the idle ones cost while the others ran.
   const idle = { tcp: 0, tls: 0, ms: 0 };
@@ -476,6 +537,8 @@ async function main(): Promise<void> {
         nbdPort: NBD_PORT,
         nbdExport: NBD_EXPORT,
         tlsConnect: `tls://${SLIRP_HOST}:${LAB_ENDPOINT_PORT}`,
+        cardCpuHost: SLIRP_HOST,
+        cardCpuPort: CARD_CPU_PORT,
         tlsLog: `${GUEST_RUN_DIR}/${HOST_AGENT_LOG}`,
       }),
       timeoutMs: timeoutS * 1000,
@@ -493,7 +556,8 @@ async function main(): Promise<void> {
           `${tail(r.stdout, 20)}\n${cardLogs()}`,
       );
     }
-    report(args, assets.kver, parse(r.stdout));
+    const cardCpu = procs.find((c) => c.name === 'card-cpu');
+    report(args, assets.kver, parse(r.stdout, cardCpu?.log() ?? ''));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
