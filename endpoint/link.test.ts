@@ -1,7 +1,7 @@
 // The endpoint's side of kernel links, against a scripted pcinet.ko: a host session over TCP that
 // offers CAP_KERNEL_LINK, and a second connection speaking the kernel's records the way link.c
 // does (hello, the endpoint's answer, records both ways).
-import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { createDecipheriv } from 'node:crypto';
 import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -17,6 +17,7 @@ import { openSession, type Session } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import { decodeRecord, TF_LINK, TF_TO_HOST } from '../proto/trace.js';
 import { Capability, ErrorCode, long, type Msg, OUR_CAPABILITIES } from '../proto/wire.js';
+import { sealFrame } from './sealed-fixture.js';
 import { EndpointServer } from './server.js';
 
 const log = pino({ level: 'silent' });
@@ -36,20 +37,6 @@ async function endpoint(tls?: { identity: Identity; allow: string[] }): Promise<
     tls,
   );
   return Number(where.split(':').at(-1));
-}
-
-/** What pcinet.ko does on a sealed link (kernel/link.c), written independently of endpoint/link.ts
- *  from the header's description: length, AES-256-GCM ciphertext, tag; the nonce is the
- *  direction byte, three zeros and the le64 frame number. */
-function sealFrame(key: Uint8Array, seq: number, text: Buffer, direction = 0): Buffer {
-  const len = Buffer.alloc(4);
-  len.writeUInt32LE(text.length + SEAL_TAG);
-  const iv = Buffer.alloc(12);
-  iv[0] = direction;
-  iv.writeBigUInt64LE(BigInt(seq), 4);
-  const c = createCipheriv('aes-256-gcm', key, iv);
-  c.setAAD(len);
-  return Buffer.concat([len, c.update(text), c.final(), c.getAuthTag()]);
 }
 
 function openFrames(key: Uint8Array, bytes: Buffer): Buffer[] {

@@ -5,17 +5,15 @@
 // runtime uses it in place of the session for everything the device says. On an encrypted
 // session the link is sealed: frames of whole records under AES-256-GCM with a key the session
 // carried (kernel/uapi/pcinet.h, PCINET_LINK_F_SEAL).
-import { createCipheriv, createDecipheriv } from 'node:crypto';
+import { createCipheriv } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { gather } from '../proto/codec.js';
-import { AbiError, HDR, LINK_MAGIC, parseRecords, SEAL_MAX, SEAL_TAG } from '../proto/kernel-abi.js';
+import { AbiError, LINK_MAGIC, parseRecords, SEAL_MAX, SEAL_TAG } from '../proto/kernel-abi.js';
 import { RecordStream, RecordTranslator } from '../proto/kernel-link.js';
 import type { SocketReads } from '../proto/tcp.js';
 import type { Msg } from '../proto/wire.js';
-
-/** What one read of a link's socket may return (Node's own reads are this size too). */
-const LINK_READ_BYTES = 64 << 10;
+import { SealedFrames } from './sealed-in.js';
 
 /** Events: 'drain' () the socket took what was waiting; 'close' (err?: Error) the link is gone. */
 export class KernelLink extends EventEmitter {
@@ -25,9 +23,8 @@ export class KernelLink extends EventEmitter {
   #records: RecordTranslator | undefined;
   #key: Uint8Array | undefined;
   #txSeq = 0n;
-  #rxSeq = 0n;
-  /** Sealed links: bytes of a frame not complete yet. */
-  #sealedIn: Buffer = Buffer.alloc(0);
+  /** Sealed links: the inbound frames. */
+  #sealed: SealedFrames | undefined;
   /** Records queued by send(), each whole or as its parts (a sealed frame never splits one). */
   #out: (Uint8Array | Uint8Array[])[] = [];
   #inbound: Msg[] = [];
@@ -51,11 +48,9 @@ export class KernelLink extends EventEmitter {
     if (reads) {
       // In the clear, records are read into the stream's buffers (a large one straight into its
       // own); sealed frames are opened into new buffers, so their reads can go anywhere fresh.
-      reads.buffer = () => (this.#key ? Buffer.allocUnsafeSlow(LINK_READ_BYTES) : this.#stream.readBuffer());
+      reads.buffer = () => (this.#sealed ? this.#sealed.readBuffer() : this.#stream.readBuffer());
       reads.sink = (n, buf) =>
-        this.#key
-          ? this.#onData(Buffer.from(buf.buffer, buf.byteOffset, n))
-          : this.#onRecords(() => this.#stream.filled(buf, n));
+        this.#onRecords(() => (this.#sealed ? this.#sealed.filled(buf, n) : this.#stream.filled(buf, n)));
     } else socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => this.emit('drain'));
     socket.on('error', (e) => {
@@ -72,6 +67,7 @@ export class KernelLink extends EventEmitter {
    *  with `key` when given. */
   accept(dev: number, key?: Uint8Array): void {
     this.#key = key;
+    if (key) this.#sealed = new SealedFrames(key);
     this.#records = new RecordTranslator({
       dev,
       sink: (m) => this.#inbound.push(m),
@@ -149,32 +145,10 @@ export class KernelLink extends EventEmitter {
     return pieces;
   }
 
-  /** Sealed frames completed by `chunk`, opened: whole records. Throws on a forged frame. */
-  #open(chunk: Buffer): Buffer {
-    const buf = this.#sealedIn.length ? Buffer.concat([this.#sealedIn, chunk]) : chunk;
-    const texts: Buffer[] = [];
-    let at = 0;
-    while (buf.length - at >= 4) {
-      const len = buf.readUInt32LE(at);
-      if (len < SEAL_TAG + HDR || len > SEAL_MAX + SEAL_TAG)
-        throw new AbiError(`sealed frame of ${len} bytes`);
-      if (buf.length - at - 4 < len) break;
-      const d = createDecipheriv('aes-256-gcm', this.#key!, nonce(0, this.#rxSeq++));
-      d.setAAD(buf.subarray(at, at + 4));
-      d.setAuthTag(buf.subarray(at + 4 + len - SEAL_TAG, at + 4 + len));
-      const text = Buffer.concat([d.update(buf.subarray(at + 4, at + 4 + len - SEAL_TAG)), d.final()]);
-      const whole = new RecordStream().push(text);
-      if (whole.length !== text.length) throw new AbiError('a sealed frame ends inside a record');
-      texts.push(text);
-      at += 4 + len;
-    }
-    this.#sealedIn = Buffer.from(buf.subarray(at));
-    return texts.length === 1 ? texts[0]! : Buffer.concat(texts);
-  }
-
   #onData(chunk: Buffer): void {
     this.#onRecords(() => {
-      const whole = this.#key ? this.#open(chunk) : this.#stream.push(chunk);
+      if (this.#sealed) return this.#sealed.push(chunk);
+      const whole = this.#stream.push(chunk);
       return whole.length > 0 ? [whole] : [];
     });
   }
