@@ -5,7 +5,7 @@
 // NVMe driver (bench/link-nvme.ts) that brings the controller up and issues QD1 reads and writes.
 //
 //   npm run build && node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5]
-//        [--tree DIR]... [--cpu-prof DIR] [--trace-gc]
+//        [--tree DIR]... [--cpu-prof DIR] [--trace-gc] [--only read|write]
 //
 // Each --tree is a checkout whose dist/ is built (default: this one); with several, runs alternate
 // between them, so a change is judged against its reference in the same session. Per I/O it
@@ -36,8 +36,10 @@ const DIAL_PAUSE_MS = 50;
 const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
 
 interface Cpu {
-  /** All threads, µs (clock-tick resolution). */
-  total: number;
+  /** All threads, µs (clock-tick resolution): in user space (JavaScript, V8, libuv) and in the
+   *  kernel (system calls: on loopback a socket write runs the receiver's side too). */
+  user: number;
+  sys: number;
   /** The main (JavaScript) thread, µs. */
   main: number;
 }
@@ -46,14 +48,17 @@ function cpuOf(pid: number): Cpu {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // Fields 14 and 15 (utime, stime) are at 11 and 12 after the name.
-  const total = ((Number(f[11]) + Number(f[12])) / CLK_TCK) * 1e6;
+  const user = (Number(f[11]) / CLK_TCK) * 1e6;
+  const sys = (Number(f[12]) / CLK_TCK) * 1e6;
   const main = Number(readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').split(' ')[0]) / 1000;
-  return { total, main };
+  return { user, sys, main };
 }
 
 /** What one phase (N reads or N writes) cost, per I/O. */
 interface Phase {
   cpu: number;
+  user: number;
+  sys: number;
   main: number;
   wall: number;
   records: number;
@@ -163,25 +168,28 @@ async function run(tree: string, o: Options): Promise<RunResult> {
       return at;
     };
     for (let i = 0; i < o.warmup; i++) await drv.io(i % 2 === 1, next());
-    const phase = async (write: boolean): Promise<Phase> => {
+    const phase = async (write: boolean, ios: number): Promise<Phase> => {
       const pid = child.pid!;
       const records = peer!.counters.records;
       const gc0 = gcs;
       const c0 = cpuOf(pid);
       const t0 = process.hrtime.bigint();
-      for (let i = 0; i < o.ios; i++) await drv.io(write, next());
+      for (let i = 0; i < ios; i++) await drv.io(write, next());
       const wall = Number(process.hrtime.bigint() - t0) / 1000;
       const c1 = cpuOf(pid);
       return {
-        cpu: (c1.total - c0.total) / o.ios,
-        main: (c1.main - c0.main) / o.ios,
-        wall: wall / o.ios,
-        records: (peer!.counters.records - records) / o.ios,
-        gcs: ((gcs - gc0) * 1000) / o.ios,
+        cpu: (c1.user + c1.sys - c0.user - c0.sys) / ios,
+        user: (c1.user - c0.user) / ios,
+        sys: (c1.sys - c0.sys) / ios,
+        main: (c1.main - c0.main) / ios,
+        wall: wall / ios,
+        records: (peer!.counters.records - records) / ios,
+        gcs: ((gcs - gc0) * 1000) / ios,
       };
     };
-    const read = await phase(false);
-    const write = await phase(true);
+    // A kind left out (--only) still runs, briefly, so the table keeps its rows.
+    const read = await phase(false, o.only === 'write' ? 100 : o.ios);
+    const write = await phase(true, o.only === 'read' ? 100 : o.ios);
     return { tree, read, write };
   } catch (e) {
     throw new Error(`${(e as Error).message}\nendpoint output:\n${out}`);
@@ -213,6 +221,13 @@ interface Options {
   trees: string[];
   cpuProf: string | undefined;
   traceGc: boolean;
+  /** Measure only reads or only writes (for a profile of one kind); the other gets 100 I/Os. */
+  only: 'read' | 'write' | undefined;
+}
+
+function only(v: string | undefined): 'read' | 'write' | undefined {
+  if (v === undefined || v === 'read' || v === 'write') return v;
+  throw new Error(`--only must be read or write, not ${v}`);
 }
 
 function options(argv: string[]): Options {
@@ -225,6 +240,7 @@ function options(argv: string[]): Options {
       tree: { type: 'string', multiple: true },
       'cpu-prof': { type: 'string' },
       'trace-gc': { type: 'boolean', default: false },
+      only: { type: 'string' },
     },
   });
   const int = (name: string, v: string, lo: number, hi: number) => {
@@ -239,6 +255,7 @@ function options(argv: string[]): Options {
     trees: (values.tree ?? [repoRoot()]).map((t) => resolve(t)),
     cpuProf: values['cpu-prof'] && resolve(values['cpu-prof']),
     traceGc: values['trace-gc']!,
+    only: only(values.only),
   };
 }
 
@@ -251,7 +268,7 @@ const median = (xs: number[]) => {
 const f1 = (n: number) => n.toFixed(1);
 
 function row(label: string, p: Phase, gc: boolean): string {
-  return `${label.padEnd(44)} cpu ${f1(p.cpu).padStart(6)} µs  main ${f1(p.main).padStart(6)} µs  wall ${f1(p.wall).padStart(6)} µs  records ${p.records.toFixed(2)}${gc ? `  gc/1000 ${f1(p.gcs)}` : ''}`;
+  return `${label.padEnd(36)} cpu ${f1(p.cpu).padStart(6)} µs (user ${f1(p.user).padStart(5)}, sys ${f1(p.sys).padStart(5)})  main ${f1(p.main).padStart(6)} µs  wall ${f1(p.wall).padStart(6)} µs  records ${p.records.toFixed(2)}${gc ? `  gc/1000 ${f1(p.gcs)}` : ''}`;
 }
 
 async function main(): Promise<void> {
@@ -276,6 +293,8 @@ async function main(): Promise<void> {
       const ps = mine.map((x) => x[kind]);
       const med: Phase = {
         cpu: median(ps.map((p) => p.cpu)),
+        user: median(ps.map((p) => p.user)),
+        sys: median(ps.map((p) => p.sys)),
         main: median(ps.map((p) => p.main)),
         wall: median(ps.map((p) => p.wall)),
         records: median(ps.map((p) => p.records)),
