@@ -125,13 +125,50 @@ export function rangeRecord(bar: number, kind: number, offset: bigint, length: b
   return buf;
 }
 
+/** Bytes of a W_SHADOW or W_DMA_WRITE record carrying `n` bytes (a 24-byte head, padding). */
+export const dataRecordSize = (n: number) => pad8(HDR + 16 + n);
+
+/** A record's header at `at` of `b` (a zeroed region of `len` bytes). */
+function header(b: Buffer, at: number, type: number, len: number): void {
+  b.writeUInt16LE(type, at);
+  b.writeUInt32LE(len, at + 4);
+}
+
+/** W_SHADOW into the zeroed dataRecordSize(data.length) bytes at `at` of `b`. */
+export function putShadow(b: Buffer, at: number, bar: number, offset: bigint, data: Uint8Array): void {
+  header(b, at, W.SHADOW, dataRecordSize(data.length));
+  b.writeUInt32LE(bar, at + 8);
+  b.writeUInt32LE(data.length, at + 12);
+  b.writeBigUInt64LE(offset, at + 16);
+  b.set(data, at + 24);
+}
+
+/** W_DMA_WRITE's 24-byte head for `size` bytes into zeroed bytes at `at` of `b` (the data follows
+ *  it, then padding to dataRecordSize(size)). */
+export function putDmaWriteHead(b: Buffer, at: number, iova: bigint, size: number): void {
+  header(b, at, W.DMA_WRITE, dataRecordSize(size));
+  b.writeUInt32LE(size, at + 8);
+  b.writeBigUInt64LE(iova, at + 16);
+}
+
+/** sizeof(struct pcinet_w_writes_applied), sizeof(struct pcinet_w_interrupt). */
+export const WRITES_APPLIED_SIZE = 16;
+export const INTERRUPT_SIZE = 16;
+
+export function putWritesApplied(b: Buffer, at: number, count: bigint): void {
+  header(b, at, W.WRITES_APPLIED, WRITES_APPLIED_SIZE);
+  b.writeBigUInt64LE(count, at + 8);
+}
+
+export function putInterrupt(b: Buffer, at: number, vector: number): void {
+  header(b, at, W.INTERRUPT, INTERRUPT_SIZE);
+  b.writeUInt32LE(vector, at + 8);
+}
+
 /** Shadow contents; `data` at most MAX_DATA bytes (callers split). */
 export function shadowRecord(bar: number, offset: bigint, data: Uint8Array): Buffer {
-  const { buf } = record(W.SHADOW, 16 + data.length);
-  buf.writeUInt32LE(bar, 8);
-  buf.writeUInt32LE(data.length, 12);
-  buf.writeBigUInt64LE(offset, 16);
-  buf.set(data, 24);
+  const buf = Buffer.alloc(dataRecordSize(data.length));
+  putShadow(buf, 0, bar, offset, data);
   return buf;
 }
 
@@ -140,8 +177,8 @@ export function emptyRecord(type: number): Buffer {
 }
 
 export function writesAppliedRecord(count: bigint): Buffer {
-  const { buf } = record(W.WRITES_APPLIED, 8);
-  buf.writeBigUInt64LE(count, 8);
+  const buf = Buffer.alloc(WRITES_APPLIED_SIZE);
+  putWritesApplied(buf, 0, count);
   return buf;
 }
 
@@ -167,19 +204,16 @@ export function dmaWriteRecord(iova: bigint, data: Uint8Array): Buffer {
 
 /** The same record as its header, `data` itself (not copied) and the padding, if any. */
 export function dmaWriteRecordParts(iova: bigint, data: Uint8Array): Uint8Array[] {
-  const len = pad8(HDR + 16 + data.length);
+  const len = dataRecordSize(data.length);
   const head = Buffer.alloc(HDR + 16);
-  head.writeUInt16LE(W.DMA_WRITE, 0);
-  head.writeUInt32LE(len, 4);
-  head.writeUInt32LE(data.length, 8);
-  head.writeBigUInt64LE(iova, 16);
+  putDmaWriteHead(head, 0, iova, data.length);
   const pad = len - head.length - data.length;
   return pad > 0 ? [head, data, Buffer.alloc(pad)] : [head, data];
 }
 
 export function interruptRecord(vector: number): Buffer {
-  const { buf } = record(W.INTERRUPT, 8);
-  buf.writeUInt32LE(vector, 8);
+  const buf = Buffer.alloc(INTERRUPT_SIZE);
+  putInterrupt(buf, 0, vector);
   return buf;
 }
 
