@@ -211,17 +211,19 @@ export class RecordTranslator {
   /** WritesApplied{count}. */
   writesApplied(count: bigint): void {
     const out = this.#o.out;
-    if (!out) return this.#o.write(writesAppliedRecord(count), false);
-    const [b, i] = out.room(WRITES_APPLIED_SIZE);
-    putWritesApplied(b, i, count);
+    if (out) {
+      const [b, i] = out.room(WRITES_APPLIED_SIZE);
+      putWritesApplied(b, i, count);
+    } else this.#o.write(writesAppliedRecord(count), false);
   }
 
   /** Interrupt{vector}. */
   interrupt(vector: number): void {
     const out = this.#o.out;
-    if (!out) return this.#o.write(interruptRecord(vector), false);
-    const [b, i] = out.room(INTERRUPT_SIZE);
-    putInterrupt(b, i, vector);
+    if (out) {
+      const [b, i] = out.room(INTERRUPT_SIZE);
+      putInterrupt(b, i, vector);
+    } else this.#o.write(interruptRecord(vector), false);
   }
 
   /** DmaWrite of `data` at `iova` (split into records of MAX_DATA); `byRef`: `data` is handed
