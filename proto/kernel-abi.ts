@@ -309,64 +309,54 @@ export class AbiError extends Error {
 export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
   const v = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
   const out: KernelRecord[] = [];
+  // Fields are read at absolute offsets (`at` + field) of `v`: no view and no closure per record,
+  // since every MMIO write and push of a kernel link comes through here.
   for (let at = 0; at < v.length; ) {
     if (v.length - at < HDR) throw new AbiError(`truncated record header at ${at}`);
     const type = v.readUInt16LE(at);
     const len = v.readUInt32LE(at + 4);
     if (len < HDR || len % 8 || len > v.length - at)
       throw new AbiError(`record of type 0x${type.toString(16)} has length ${len}`);
-    const r = v.subarray(at, at + len);
-    const need = (n: number) => {
-      if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
-    };
-    /** The data after a 24-byte head whose size field is at `sizeAt` (a plain Uint8Array, a copy
-     *  unless `owned`). Called before the head's other fields are read: it checks the head is there. */
-    const payload = (sizeAt: number) => {
-      need(24);
-      const size = r.readUInt32LE(sizeAt);
-      need(24 + size);
-      return owned
-        ? new Uint8Array(r.buffer, r.byteOffset + 24, size)
-        : (Uint8Array.prototype.slice.call(r, 24, 24 + size) as Uint8Array);
-    };
     switch (type) {
       case R.ATTACHED:
-        need(16);
-        out.push({ type: 'attached', domain: r.readUInt32LE(8), bus: r[12]!, devfn: r[13]! });
+        need(type, len, 16);
+        out.push({ type: 'attached', domain: v.readUInt32LE(at + 8), bus: v[at + 12]!, devfn: v[at + 13]! });
         break;
-      case R.MMIO_WRITE:
+      case R.MMIO_WRITE: {
+        const data = payload(v, at, type, len, 12, owned);
         out.push({
           type: 'mmio-write',
-          bar: r.readUInt32LE(8),
-          offset: r.readBigUInt64LE(16),
-          data: payload(12),
+          bar: v.readUInt32LE(at + 8),
+          offset: v.readBigUInt64LE(at + 16),
+          data,
         });
         break;
+      }
       case R.MMIO_READ:
-        need(32);
+        need(type, len, 32);
         out.push({
           type: 'mmio-read',
-          tag: r.readUInt32LE(8),
-          bar: r.readUInt32LE(12),
-          size: r.readUInt32LE(16),
-          offset: r.readBigUInt64LE(24),
+          tag: v.readUInt32LE(at + 8),
+          bar: v.readUInt32LE(at + 12),
+          size: v.readUInt32LE(at + 16),
+          offset: v.readBigUInt64LE(at + 24),
         });
         break;
       case R.CONFIG_WRITE:
-        need(24);
+        need(type, len, 24);
         out.push({
           type: 'config-write',
-          offset: r.readUInt32LE(8),
-          size: r.readUInt32LE(12),
-          value: r.readUInt32LE(16),
+          offset: v.readUInt32LE(at + 8),
+          size: v.readUInt32LE(at + 12),
+          value: v.readUInt32LE(at + 16),
         });
         break;
       case R.DMA_READ_CPL: {
-        const data = payload(16);
+        const data = payload(v, at, type, len, 16, owned);
         out.push({
           type: 'dma-read-cpl',
-          tag: r.readUInt32LE(8),
-          ok: r.readUInt32LE(12) === STATUS_OK,
+          tag: v.readUInt32LE(at + 8),
+          ok: v.readUInt32LE(at + 12) === STATUS_OK,
           data,
         });
         break;
@@ -375,21 +365,21 @@ export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
         out.push({ type: 'function-reset' });
         break;
       case R.PUSH: {
-        const data = payload(8);
-        out.push({ type: 'push', rule: r.readUInt32LE(12), iova: r.readBigUInt64LE(16), data });
+        const data = payload(v, at, type, len, 8, owned);
+        out.push({ type: 'push', rule: v.readUInt32LE(at + 12), iova: v.readBigUInt64LE(at + 16), data });
         break;
       }
       case R.PUSH_DROP:
-        need(24);
-        out.push({ type: 'push-drop', iova: r.readBigUInt64LE(8), length: r.readBigUInt64LE(16) });
+        need(type, len, 24);
+        out.push({ type: 'push-drop', iova: v.readBigUInt64LE(at + 8), length: v.readBigUInt64LE(at + 16) });
         break;
       case R.PUSH_RULE_SET:
-        need(16);
-        out.push({ type: 'push-rule-set', id: r.readUInt32LE(8) });
+        need(type, len, 16);
+        out.push({ type: 'push-rule-set', id: v.readUInt32LE(at + 8) });
         break;
       case R.LINK_CLOSED:
-        need(16);
-        out.push({ type: 'link-closed', error: r.readUInt32LE(8) });
+        need(type, len, 16);
+        out.push({ type: 'link-closed', error: v.readUInt32LE(at + 8) });
         break;
       default:
         throw new AbiError(`unknown record type 0x${type.toString(16)}`);
@@ -397,6 +387,31 @@ export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
     at += len;
   }
   return out;
+}
+
+/** Throws unless a record of `type` and `len` bytes has the `n` its fields need. */
+function need(type: number, len: number, n: number): void {
+  if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
+}
+
+/** The data after the 24-byte head of the record at `at` of `v`, whose size field is at `sizeAt`
+ *  (a plain Uint8Array, a copy unless `owned`). Called before the head's other fields are read: it
+ *  checks the head is there. */
+function payload(
+  v: Buffer,
+  at: number,
+  type: number,
+  len: number,
+  sizeAt: number,
+  owned: boolean,
+): Uint8Array {
+  need(type, len, 24);
+  const size = v.readUInt32LE(at + sizeAt);
+  need(type, len, 24 + size);
+  const from = at + 24;
+  return owned
+    ? new Uint8Array(v.buffer, v.byteOffset + from, size)
+    : (Uint8Array.prototype.slice.call(v, from, from + size) as Uint8Array);
 }
 
 export function barKind(k: pcinet.BarKind | null | undefined): number {
