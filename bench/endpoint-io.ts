@@ -286,6 +286,23 @@ async function main(): Promise<void> {
       console.log(row(`run ${r + 1} ${tree} write`, res.write, o.traceGc));
     }
   }
+  // The load of a shared machine drifts: each run's trees ran back to back, so the ratio within a
+  // run is steadier than the ratio of medians.
+  if (o.trees.length === 2) {
+    const [ref, mine] = o.trees as [string, string];
+    for (const kind of ['read', 'write'] as const) {
+      const ratios = (pick: (p: Phase) => number) =>
+        Array.from({ length: o.runs }, (_, r) => {
+          const a = results.find((x, i) => x.tree === ref && Math.floor(i / 2) === r)!;
+          const b = results.find((x, i) => x.tree === mine && Math.floor(i / 2) === r)!;
+          return pick(b[kind]) / pick(a[kind]);
+        });
+      const pct = (xs: number[]) => `${((median(xs) - 1) * 100).toFixed(0)} %`;
+      console.log(
+        `${kind}: ${mine} against ${ref}, median of the runs' ratios: cpu ${pct(ratios((p) => p.cpu))}, user ${pct(ratios((p) => p.user))}, main thread ${pct(ratios((p) => p.main))}`,
+      );
+    }
+  }
   console.log(`\nmedians of ${o.runs} run(s), per I/O:`);
   for (const tree of o.trees) {
     const mine = results.filter((x) => x.tree === tree);
