@@ -156,7 +156,11 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
   takeDirty(): DirtyRange[] {
     // Asked before every message the device sends: nothing changed is the usual answer.
     let out: DirtyRange[] | undefined;
-    for (const b of this.#bars.values()) if (b.storage.dirty) (out ??= []).push(...b.storage.takeDirty());
+    for (const b of this.#bars.values()) {
+      if (!b.storage.dirty) continue;
+      out ??= [];
+      out.push(...b.storage.takeDirty());
+    }
     return out ?? NOTHING_DIRTY;
   }
 
