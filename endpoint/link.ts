@@ -10,7 +10,7 @@ import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { gather } from '../proto/codec.js';
 import { AbiError, LINK_MAGIC, parseRecords, SEAL_MAX, SEAL_TAG } from '../proto/kernel-abi.js';
-import { RecordStream, RecordTranslator } from '../proto/kernel-link.js';
+import { RecordOut, RecordStream, RecordTranslator } from '../proto/kernel-link.js';
 import type { SocketReads } from '../proto/tcp.js';
 import type { Msg } from '../proto/wire.js';
 import { SealedFrames } from './sealed-in.js';
@@ -25,14 +25,17 @@ export class KernelLink extends EventEmitter {
   #txSeq = 0n;
   /** Sealed links: the inbound frames. */
   #sealed: SealedFrames | undefined;
-  /** Records queued by send(), each whole or as its parts (a sealed frame never splits one). */
+  /** Sealed links: records queued by send(), each whole or as its parts (a sealed frame never
+   *  splits one). */
   #out: (Uint8Array | Uint8Array[])[] = [];
+  /** Links in the clear: records queued by send(), encoded one after another. */
+  readonly #recordOut = new RecordOut();
   #inbound: Msg[] = [];
   #deliver: ((msgs: Msg[]) => void) | undefined;
   #closed = false;
   #error: Error | undefined;
-  /** When the last inbound records arrived, until something goes out (hrtime, ns). */
-  #lastIn: bigint | undefined;
+  /** When the last inbound records arrived, until something goes out (performance.now(), ms). */
+  #lastIn: number | undefined;
   /** Replies: writes that followed inbound records, and the time from those records to the write,
    *  in µs (what the endpoint and its backend spend per request; the rest of an I/O's time is the
    *  host and the network). */
@@ -68,12 +71,15 @@ export class KernelLink extends EventEmitter {
   accept(dev: number, key?: Uint8Array): void {
     this.#key = key;
     if (key) this.#sealed = new SealedFrames(key);
-    this.#records = new RecordTranslator({
-      dev,
-      sink: (m) => this.#inbound.push(m),
-      write: (r) => this.#out.push(r),
-      writeParts: (parts) => this.#out.push(parts),
-    });
+    const out = this.#recordOut;
+    this.#records = key
+      ? new RecordTranslator({
+          dev,
+          sink: (m) => this.#inbound.push(m),
+          write: (r) => this.#out.push(r),
+          writeParts: (parts) => this.#out.push(parts),
+        })
+      : new RecordTranslator({ dev, sink: (m) => this.#inbound.push(m), write: (r) => out.ref(r), out });
     this.#socket.write(LINK_MAGIC);
   }
 
@@ -91,21 +97,51 @@ export class KernelLink extends EventEmitter {
     this.#records.toKernel(m, byRef);
   }
 
-  /** Writes what send() queued, in one system call: runs of small pieces copied together, large
-   *  ones (a payload handed over, a sealed frame's bulk) as they are, in one corked writev. */
+  /** The records of the hot messages, without a message in between (see send()). */
+  shadow(bar: number, offset: bigint, data: Uint8Array): void {
+    if (!this.#closed) this.#records?.shadow(bar, offset, data);
+  }
+
+  writesApplied(count: bigint): void {
+    if (!this.#closed) this.#records?.writesApplied(count);
+  }
+
+  interrupt(vector: number): void {
+    if (!this.#closed) this.#records?.interrupt(vector);
+  }
+
+  /** `handOver`: the bytes are the link's from now on (see send()'s byRef). */
+  dmaWrite(iova: bigint, data: Uint8Array, handOver: boolean): void {
+    if (!this.#closed) this.#records?.dmaWrite(iova, data, handOver);
+  }
+
+  /** Writes what send() queued, in one system call: in the clear the records as they were encoded
+   *  (a large payload handed over by reference beside them); sealed, runs of small pieces copied
+   *  together and large ones (a sealed frame's bulk) as they are, in one corked writev. */
   flush(): void {
-    if (this.#out.length === 0 || this.#closed) {
+    if (this.#closed) {
       this.#out = [];
+      this.#recordOut.take();
       return;
     }
-    const out = this.#key ? this.#seal(this.#out) : this.#out.flat();
+    const pieces = this.#key
+      ? this.#out.length
+        ? gather(this.#seal(this.#out))
+        : []
+      : this.#recordOut.take();
     this.#out = [];
-    this.#socket.cork();
-    for (const b of gather(out)) this.#socket.write(b);
-    this.#socket.uncork();
+    if (pieces.length === 0) return;
+    if (pieces.length === 1) this.#socket.write(pieces[0]!);
+    else {
+      this.#socket.cork();
+      for (const b of pieces) this.#socket.write(b);
+      this.#socket.uncork();
+    }
+    // Written through (nothing left queued in the socket): the record buffer is free again.
+    if (this.#socket.writableLength === 0) this.#recordOut.release();
     if (this.#lastIn !== undefined) {
       this.stats.replies++;
-      this.stats.replyUs += Number(process.hrtime.bigint() - this.#lastIn) / 1000;
+      this.stats.replyUs += (performance.now() - this.#lastIn) * 1000;
       this.#lastIn = undefined;
     }
   }
@@ -159,7 +195,7 @@ export class KernelLink extends EventEmitter {
     try {
       const wholes = read();
       if (wholes.length === 0) return;
-      this.#lastIn = process.hrtime.bigint();
+      this.#lastIn = performance.now();
       // Every buffer of records here is new (read into, put together or opened for this call) and
       // never written again: payloads may stay views of it.
       for (const whole of wholes) for (const r of parseRecords(whole, true)) this.#records.fromKernel(r);

@@ -380,7 +380,10 @@ export class EndpointRuntime {
       for (const d of this.#devices.values()) {
         if (d.state !== 'attached') continue;
         this.#pushShadow(d);
-        if (wrote.has(d)) this.#toHost(d, { writesApplied: { dev: d.dev, count: long(d.writes) } });
+        if (!wrote.has(d)) continue;
+        const link = this.#fastLink(d);
+        if (link) link.writesApplied(BigInt(d.writes));
+        else this.#toHost(d, { writesApplied: { dev: d.dev, count: long(d.writes) } });
       }
     } finally {
       this.#inBatch = false;
@@ -649,13 +652,18 @@ export class EndpointRuntime {
           // No copy here: the session encodes (copies) the message before send() returns, or,
           // for bytes the model handed over, keeps a reference to them.
           const piece = data.subarray(off, off + MAX_DMA_CHUNK);
+          const at = BigInt.asUintN(64, iova + BigInt(off));
           d.counters.dmaWriteBytes += piece.length;
-          this.#send(
-            d,
-            { dmaWrite: { dev: d.dev, iova: long(BigInt.asUintN(64, iova + BigInt(off))), data: piece } },
-            piece.length,
-            handOver ? piece : undefined,
-          );
+          this.#pushShadow(d);
+          const link = this.#fastLink(d);
+          if (link) link.dmaWrite(at, piece, handOver === true);
+          else
+            this.#toHost(
+              d,
+              { dmaWrite: { dev: d.dev, iova: long(at), data: piece } },
+              handOver ? piece : undefined,
+            );
+          this.#queued(piece.length);
         }
       },
       raiseMsix: (vector) => {
@@ -669,7 +677,11 @@ export class EndpointRuntime {
           return;
         }
         d.counters.interrupts++;
-        this.#send(d, { interrupt: { dev: d.dev, vector } });
+        this.#pushShadow(d);
+        const link = this.#fastLink(d);
+        if (link) link.interrupt(vector);
+        else this.#toHost(d, { interrupt: { dev: d.dev, vector } });
+        this.#queued(0);
       },
       drain: () => {
         if (!live() || !this.#out(d).backlogged) return Promise.resolve();
@@ -753,6 +765,14 @@ export class EndpointRuntime {
     return this.#session;
   }
 
+  /** The device's kernel link, marked for flushing, when its records may be written without a
+   *  message in between (no trace runs, which records messages). */
+  #fastLink(d: Device): KernelLink | undefined {
+    if (!d.link || this.tap) return undefined;
+    this.#unflushedLinks.add(d.link);
+    return d.link;
+  }
+
   /** Every message of a device goes through here: its changed BAR bytes first. */
   #send(d: Device, m: Msg, payload = 0, byRef?: Uint8Array): void {
     this.#pushShadow(d);
@@ -778,7 +798,10 @@ export class EndpointRuntime {
     for (const r of d.model.takeDirty()) {
       for (let off = 0; off < r.data.length; off += MAX_DMA_CHUNK) {
         const data = r.data.subarray(off, off + MAX_DMA_CHUNK);
-        this.#toHost(d, { shadowUpdate: { dev: d.dev, bar: r.bar, offset: long(r.offset + off), data } });
+        const link = this.#fastLink(d);
+        if (link) link.shadow(r.bar, BigInt(r.offset + off), data);
+        else
+          this.#toHost(d, { shadowUpdate: { dev: d.dev, bar: r.bar, offset: long(r.offset + off), data } });
         this.#queued(data.length);
       }
     }

@@ -125,13 +125,50 @@ export function rangeRecord(bar: number, kind: number, offset: bigint, length: b
   return buf;
 }
 
+/** Bytes of a W_SHADOW or W_DMA_WRITE record carrying `n` bytes (a 24-byte head, padding). */
+export const dataRecordSize = (n: number) => pad8(HDR + 16 + n);
+
+/** A record's header at `at` of `b` (a zeroed region of `len` bytes). */
+function header(b: Buffer, at: number, type: number, len: number): void {
+  b.writeUInt16LE(type, at);
+  b.writeUInt32LE(len, at + 4);
+}
+
+/** W_SHADOW into the zeroed dataRecordSize(data.length) bytes at `at` of `b`. */
+export function putShadow(b: Buffer, at: number, bar: number, offset: bigint, data: Uint8Array): void {
+  header(b, at, W.SHADOW, dataRecordSize(data.length));
+  b.writeUInt32LE(bar, at + 8);
+  b.writeUInt32LE(data.length, at + 12);
+  b.writeBigUInt64LE(offset, at + 16);
+  b.set(data, at + 24);
+}
+
+/** W_DMA_WRITE's 24-byte head for `size` bytes into zeroed bytes at `at` of `b` (the data follows
+ *  it, then padding to dataRecordSize(size)). */
+export function putDmaWriteHead(b: Buffer, at: number, iova: bigint, size: number): void {
+  header(b, at, W.DMA_WRITE, dataRecordSize(size));
+  b.writeUInt32LE(size, at + 8);
+  b.writeBigUInt64LE(iova, at + 16);
+}
+
+/** sizeof(struct pcinet_w_writes_applied), sizeof(struct pcinet_w_interrupt). */
+export const WRITES_APPLIED_SIZE = 16;
+export const INTERRUPT_SIZE = 16;
+
+export function putWritesApplied(b: Buffer, at: number, count: bigint): void {
+  header(b, at, W.WRITES_APPLIED, WRITES_APPLIED_SIZE);
+  b.writeBigUInt64LE(count, at + 8);
+}
+
+export function putInterrupt(b: Buffer, at: number, vector: number): void {
+  header(b, at, W.INTERRUPT, INTERRUPT_SIZE);
+  b.writeUInt32LE(vector, at + 8);
+}
+
 /** Shadow contents; `data` at most MAX_DATA bytes (callers split). */
 export function shadowRecord(bar: number, offset: bigint, data: Uint8Array): Buffer {
-  const { buf } = record(W.SHADOW, 16 + data.length);
-  buf.writeUInt32LE(bar, 8);
-  buf.writeUInt32LE(data.length, 12);
-  buf.writeBigUInt64LE(offset, 16);
-  buf.set(data, 24);
+  const buf = Buffer.alloc(dataRecordSize(data.length));
+  putShadow(buf, 0, bar, offset, data);
   return buf;
 }
 
@@ -140,8 +177,8 @@ export function emptyRecord(type: number): Buffer {
 }
 
 export function writesAppliedRecord(count: bigint): Buffer {
-  const { buf } = record(W.WRITES_APPLIED, 8);
-  buf.writeBigUInt64LE(count, 8);
+  const buf = Buffer.alloc(WRITES_APPLIED_SIZE);
+  putWritesApplied(buf, 0, count);
   return buf;
 }
 
@@ -167,19 +204,16 @@ export function dmaWriteRecord(iova: bigint, data: Uint8Array): Buffer {
 
 /** The same record as its header, `data` itself (not copied) and the padding, if any. */
 export function dmaWriteRecordParts(iova: bigint, data: Uint8Array): Uint8Array[] {
-  const len = pad8(HDR + 16 + data.length);
+  const len = dataRecordSize(data.length);
   const head = Buffer.alloc(HDR + 16);
-  head.writeUInt16LE(W.DMA_WRITE, 0);
-  head.writeUInt32LE(len, 4);
-  head.writeUInt32LE(data.length, 8);
-  head.writeBigUInt64LE(iova, 16);
+  putDmaWriteHead(head, 0, iova, data.length);
   const pad = len - head.length - data.length;
   return pad > 0 ? [head, data, Buffer.alloc(pad)] : [head, data];
 }
 
 export function interruptRecord(vector: number): Buffer {
-  const { buf } = record(W.INTERRUPT, 8);
-  buf.writeUInt32LE(vector, 8);
+  const buf = Buffer.alloc(INTERRUPT_SIZE);
+  putInterrupt(buf, 0, vector);
   return buf;
 }
 
@@ -275,64 +309,54 @@ export class AbiError extends Error {
 export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
   const v = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
   const out: KernelRecord[] = [];
+  // Fields are read at absolute offsets (`at` + field) of `v`: no view and no closure per record,
+  // since every MMIO write and push of a kernel link comes through here.
   for (let at = 0; at < v.length; ) {
     if (v.length - at < HDR) throw new AbiError(`truncated record header at ${at}`);
     const type = v.readUInt16LE(at);
     const len = v.readUInt32LE(at + 4);
     if (len < HDR || len % 8 || len > v.length - at)
       throw new AbiError(`record of type 0x${type.toString(16)} has length ${len}`);
-    const r = v.subarray(at, at + len);
-    const need = (n: number) => {
-      if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
-    };
-    /** The data after a 24-byte head whose size field is at `sizeAt` (a plain Uint8Array, a copy
-     *  unless `owned`). Called before the head's other fields are read: it checks the head is there. */
-    const payload = (sizeAt: number) => {
-      need(24);
-      const size = r.readUInt32LE(sizeAt);
-      need(24 + size);
-      return owned
-        ? new Uint8Array(r.buffer, r.byteOffset + 24, size)
-        : (Uint8Array.prototype.slice.call(r, 24, 24 + size) as Uint8Array);
-    };
     switch (type) {
       case R.ATTACHED:
-        need(16);
-        out.push({ type: 'attached', domain: r.readUInt32LE(8), bus: r[12]!, devfn: r[13]! });
+        need(type, len, 16);
+        out.push({ type: 'attached', domain: v.readUInt32LE(at + 8), bus: v[at + 12]!, devfn: v[at + 13]! });
         break;
-      case R.MMIO_WRITE:
+      case R.MMIO_WRITE: {
+        const data = payload(v, at, type, len, 12, owned);
         out.push({
           type: 'mmio-write',
-          bar: r.readUInt32LE(8),
-          offset: r.readBigUInt64LE(16),
-          data: payload(12),
+          bar: v.readUInt32LE(at + 8),
+          offset: v.readBigUInt64LE(at + 16),
+          data,
         });
         break;
+      }
       case R.MMIO_READ:
-        need(32);
+        need(type, len, 32);
         out.push({
           type: 'mmio-read',
-          tag: r.readUInt32LE(8),
-          bar: r.readUInt32LE(12),
-          size: r.readUInt32LE(16),
-          offset: r.readBigUInt64LE(24),
+          tag: v.readUInt32LE(at + 8),
+          bar: v.readUInt32LE(at + 12),
+          size: v.readUInt32LE(at + 16),
+          offset: v.readBigUInt64LE(at + 24),
         });
         break;
       case R.CONFIG_WRITE:
-        need(24);
+        need(type, len, 24);
         out.push({
           type: 'config-write',
-          offset: r.readUInt32LE(8),
-          size: r.readUInt32LE(12),
-          value: r.readUInt32LE(16),
+          offset: v.readUInt32LE(at + 8),
+          size: v.readUInt32LE(at + 12),
+          value: v.readUInt32LE(at + 16),
         });
         break;
       case R.DMA_READ_CPL: {
-        const data = payload(16);
+        const data = payload(v, at, type, len, 16, owned);
         out.push({
           type: 'dma-read-cpl',
-          tag: r.readUInt32LE(8),
-          ok: r.readUInt32LE(12) === STATUS_OK,
+          tag: v.readUInt32LE(at + 8),
+          ok: v.readUInt32LE(at + 12) === STATUS_OK,
           data,
         });
         break;
@@ -341,21 +365,21 @@ export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
         out.push({ type: 'function-reset' });
         break;
       case R.PUSH: {
-        const data = payload(8);
-        out.push({ type: 'push', rule: r.readUInt32LE(12), iova: r.readBigUInt64LE(16), data });
+        const data = payload(v, at, type, len, 8, owned);
+        out.push({ type: 'push', rule: v.readUInt32LE(at + 12), iova: v.readBigUInt64LE(at + 16), data });
         break;
       }
       case R.PUSH_DROP:
-        need(24);
-        out.push({ type: 'push-drop', iova: r.readBigUInt64LE(8), length: r.readBigUInt64LE(16) });
+        need(type, len, 24);
+        out.push({ type: 'push-drop', iova: v.readBigUInt64LE(at + 8), length: v.readBigUInt64LE(at + 16) });
         break;
       case R.PUSH_RULE_SET:
-        need(16);
-        out.push({ type: 'push-rule-set', id: r.readUInt32LE(8) });
+        need(type, len, 16);
+        out.push({ type: 'push-rule-set', id: v.readUInt32LE(at + 8) });
         break;
       case R.LINK_CLOSED:
-        need(16);
-        out.push({ type: 'link-closed', error: r.readUInt32LE(8) });
+        need(type, len, 16);
+        out.push({ type: 'link-closed', error: v.readUInt32LE(at + 8) });
         break;
       default:
         throw new AbiError(`unknown record type 0x${type.toString(16)}`);
@@ -363,6 +387,31 @@ export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
     at += len;
   }
   return out;
+}
+
+/** Throws unless a record of `type` and `len` bytes has the `n` its fields need. */
+function need(type: number, len: number, n: number): void {
+  if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
+}
+
+/** The data after the 24-byte head of the record at `at` of `v`, whose size field is at `sizeAt`
+ *  (a plain Uint8Array, a copy unless `owned`). Called before the head's other fields are read: it
+ *  checks the head is there. */
+function payload(
+  v: Buffer,
+  at: number,
+  type: number,
+  len: number,
+  sizeAt: number,
+  owned: boolean,
+): Uint8Array {
+  need(type, len, 24);
+  const size = v.readUInt32LE(at + sizeAt);
+  need(type, len, 24 + size);
+  const from = at + 24;
+  return owned
+    ? new Uint8Array(v.buffer, v.byteOffset + from, size)
+    : (Uint8Array.prototype.slice.call(v, from, from + size) as Uint8Array);
 }
 
 export function barKind(k: pcinet.BarKind | null | undefined): number {

@@ -1,7 +1,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { AbiError, HDR, MAX_DATA, MAX_RECORD, parseRecords, R, W } from './kernel-abi.js';
-import { RecordStream, RecordTranslator } from './kernel-link.js';
+import { RecordOut, RecordStream, RecordTranslator } from './kernel-link.js';
 import { ErrorCode, long, type Msg, ProtocolError } from './wire.js';
 
 function translator() {
@@ -181,3 +181,75 @@ describe('RecordStream', () => {
     expect(() => new RecordStream().push(huge)).toThrow(AbiError);
   });
 });
+
+describe('RecordOut: records encoded in place', () => {
+  /** The same messages through a translator that writes a buffer per record, and one that
+   *  encodes into a RecordOut (the other records through write() into it as well). */
+  function both(send: (t: RecordTranslator) => void) {
+    const { t, records } = translator();
+    send(t);
+    const out = new RecordOut();
+    const t2 = new RecordTranslator({ dev: 3, sink: () => {}, write: (r) => out.ref(r), out });
+    send(t2);
+    return { plain: Buffer.concat(records.map((x) => x.r)), pieces: out.take(), out };
+  }
+
+  it('gives the bytes a buffer per record gives, in order, in one piece', () => {
+    const { plain, pieces } = both((t) => {
+      t.toKernel({ shadowUpdate: { dev: 3, bar: 0, offset: long(0x1c), data: Uint8Array.of(1, 0, 0, 0) } });
+      t.toKernel({ dmaWrite: { dev: 3, iova: long(0x1000_0000n), data: new Uint8Array(4096).fill(7) } });
+      t.toKernel({ dmaRead: { dev: 3, tag: 1, iova: long(0x2000), length: 64 } });
+      t.toKernel({ dmaWrite: { dev: 3, iova: long(0x1000_2000n), data: Uint8Array.of(1, 2, 3) } });
+      t.toKernel({ interrupt: { dev: 3, vector: 2 } });
+      t.toKernel({ writesApplied: { dev: 3, count: long(9) } });
+    });
+    expect(pieces).toHaveLength(1);
+    expect(Buffer.from(pieces[0]!).equals(plain)).toBe(true);
+    expect(parseTypes(plain)).toEqual([
+      W.SHADOW,
+      W.DMA_WRITE,
+      W.DMA_READ,
+      W.DMA_WRITE,
+      W.INTERRUPT,
+      W.WRITES_APPLIED,
+    ]);
+  });
+
+  it('references a large payload handed over, between the pieces around it, padded', () => {
+    const data = new Uint8Array(20_001).fill(0xab);
+    const { plain, pieces } = both((t) => {
+      t.toKernel({ interrupt: { dev: 3, vector: 1 } });
+      t.toKernel({ dmaWrite: { dev: 3, iova: long(0x4000), data } }, data);
+      t.toKernel({ interrupt: { dev: 3, vector: 1 } });
+    });
+    expect(pieces).toHaveLength(3);
+    expect(pieces[1]!.buffer).toBe(data.buffer); // referenced, not copied
+    expect(Buffer.concat(pieces).equals(plain)).toBe(true);
+  });
+
+  it('writes over its buffer only after release(); a record larger than it gets one of its own', () => {
+    const out = new RecordOut();
+    const t = new RecordTranslator({ dev: 3, sink: () => {}, write: (r) => out.ref(r), out });
+    t.interrupt(1);
+    const [first] = out.take();
+    const kept = Buffer.from(first!);
+    t.interrupt(2);
+    expect(Buffer.from(first!).equals(kept)).toBe(true);
+    const [second] = out.take();
+    expect(second!.byteOffset).toBe(first!.byteOffset + first!.length);
+    out.release();
+    t.interrupt(3);
+    expect(out.take()[0]!.byteOffset).toBe(first!.byteOffset);
+    t.shadow(0, 0n, new Uint8Array(MAX_DATA));
+    t.dmaWrite(0n, new Uint8Array(MAX_DATA), false);
+    const big = out.take();
+    expect(big.reduce((n, p) => n + p.length, 0)).toBe(2 * (MAX_DATA + 24));
+    expect(parseTypes(Buffer.concat(big))).toEqual([W.SHADOW, W.DMA_WRITE]);
+  });
+});
+
+function parseTypes(b: Buffer): number[] {
+  const types: number[] = [];
+  for (let at = 0; at < b.length; at += b.readUInt32LE(at + 4)) types.push(b.readUInt16LE(at));
+  return types;
+}

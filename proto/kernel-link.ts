@@ -3,12 +3,15 @@
 // TCP (W_CONNECT, docs/KERNEL-ABI.md): either way a record from the kernel becomes the message the
 // endpoint runtime handles, and a message from the runtime becomes the records the kernel applies.
 // Also here: the byte-stream framing of records on a link.
+import { GATHER_MIN } from './codec.js';
 import {
   AbiError,
+  dataRecordSize,
   dmaReadRecord,
   dmaWriteRecord,
   dmaWriteRecordParts,
   HDR,
+  INTERRUPT_SIZE,
   interruptRecord,
   type KernelRecord,
   MAX_DATA,
@@ -16,9 +19,14 @@ import {
   mmioReadCplRecord,
   PUSH_F_INDIRECT,
   pushRuleRecord,
+  putDmaWriteHead,
+  putInterrupt,
+  putShadow,
+  putWritesApplied,
   shadowRecord,
   VQ_F,
   virtqDoneRecord,
+  WRITES_APPLIED_SIZE,
   writesAppliedRecord,
 } from './kernel-abi.js';
 import { ErrorCode, long, MAX_DMA_CHUNK, type Msg, ProtocolError, type pcinet, u64 } from './wire.js';
@@ -36,6 +44,81 @@ export interface TranslatorOptions {
   writeParts?: (parts: Uint8Array[]) => void;
   /** Checks (and may normalise) a device's push rule before it reaches the kernel. */
   checkPushRule?: (p: pcinet.IPushRule) => pcinet.IPushRule;
+  /** Where the records of the hot messages (shadow, WritesApplied, DMA writes, interrupts) are
+   *  encoded in place instead of going to write() one buffer each. The owner has write() put the
+   *  other records there too (RecordOut.ref), so they all stay in order. */
+  out?: RecordOut;
+}
+
+/** How large RecordOut's buffers start: a QD1 reply is a few hundred bytes and a 4 KiB read's
+ *  data; a reply that needs more gets a buffer of its own size. */
+const RECORD_OUT_BYTES = 64 << 10;
+
+/**
+ * Records going out, encoded straight into one buffer where they follow each other, so a reply of
+ * many records is one write without a buffer per record or a copy to put them together. Payloads of
+ * GATHER_MIN bytes or more that were handed over go by reference between the buffer's pieces, as
+ * in a gather write. take() hands out what was written; the bytes stay untouched until release()
+ * says the socket has them (a write that completed), after which the buffer is reused.
+ */
+export class RecordOut {
+  #buf: Buffer = Buffer.allocUnsafeSlow(RECORD_OUT_BYTES);
+  /** Where the bytes not taken yet start, and where they end. */
+  #from = 0;
+  #at = 0;
+  /** Pieces closed by a payload by reference, in order. */
+  #pieces: Uint8Array[] = [];
+
+  /** Records (or pieces) written and not taken. */
+  get pending(): boolean {
+    return this.#at > this.#from || this.#pieces.length > 0;
+  }
+
+  /** `len` zeroed bytes for a record (or its head): the buffer and the offset to write at. */
+  room(len: number): [Buffer, number] {
+    if (this.#at + len > this.#buf.length) {
+      this.#close();
+      // The old buffer may still be the socket's: a new one, never smaller than this record.
+      this.#buf = Buffer.allocUnsafeSlow(Math.max(RECORD_OUT_BYTES, len));
+      this.#from = 0;
+      this.#at = 0;
+    }
+    const at = this.#at;
+    this.#buf.fill(0, at, at + len);
+    this.#at += len;
+    return [this.#buf, at];
+  }
+
+  /** `data`, handed over, after the bytes written so far: by reference if large, else copied. */
+  ref(data: Uint8Array): void {
+    if (data.length < GATHER_MIN) {
+      const [b, at] = this.room(data.length);
+      b.set(data, at);
+      return;
+    }
+    this.#close();
+    this.#pieces.push(data);
+  }
+
+  /** Everything written since the last take(), as pieces to write in order. */
+  take(): Uint8Array[] {
+    this.#close();
+    const out = this.#pieces;
+    this.#pieces = [];
+    return out;
+  }
+
+  /** The socket holds every byte taken so far: the buffer can be written over. */
+  release(): void {
+    if (this.pending) return;
+    this.#from = 0;
+    this.#at = 0;
+  }
+
+  #close(): void {
+    if (this.#at > this.#from) this.#pieces.push(this.#buf.subarray(this.#from, this.#at));
+    this.#from = this.#at;
+  }
 }
 
 /** One device's translation both ways. DMA reads longer than a record are split into MAX_DATA
@@ -113,19 +196,70 @@ export class RecordTranslator {
     this.sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.OK, data } });
   }
 
+  /** ShadowUpdate: BAR `bar` holds `data` at `offset` (split into records of MAX_DATA). */
+  shadow(bar: number, offset: bigint, data: Uint8Array): void {
+    const out = this.#o.out;
+    for (let at = 0; at < data.length; at += MAX_DATA) {
+      const piece = data.subarray(at, at + MAX_DATA);
+      if (out) {
+        const [b, i] = out.room(dataRecordSize(piece.length));
+        putShadow(b, i, bar, offset + BigInt(at), piece);
+      } else this.#o.write(shadowRecord(bar, offset + BigInt(at), piece), false);
+    }
+  }
+
+  /** WritesApplied{count}. */
+  writesApplied(count: bigint): void {
+    const out = this.#o.out;
+    if (out) {
+      const [b, i] = out.room(WRITES_APPLIED_SIZE);
+      putWritesApplied(b, i, count);
+    } else this.#o.write(writesAppliedRecord(count), false);
+  }
+
+  /** Interrupt{vector}. */
+  interrupt(vector: number): void {
+    const out = this.#o.out;
+    if (out) {
+      const [b, i] = out.room(INTERRUPT_SIZE);
+      putInterrupt(b, i, vector);
+    } else this.#o.write(interruptRecord(vector), false);
+  }
+
+  /** DmaWrite of `data` at `iova` (split into records of MAX_DATA); `byRef`: `data` is handed
+   *  over, and its records may reference it. */
+  dmaWrite(iova: bigint, data: Uint8Array, byRef: boolean): void {
+    const out = this.#o.out;
+    const parts = byRef ? this.#o.writeParts : undefined;
+    for (let at = 0; at < data.length; at += MAX_DATA) {
+      const to = BigInt.asUintN(64, iova + BigInt(at));
+      const piece = data.subarray(at, at + MAX_DATA);
+      if (out) {
+        const size = dataRecordSize(piece.length);
+        if (byRef && piece.length >= GATHER_MIN) {
+          const [b, i] = out.room(HDR + 16);
+          putDmaWriteHead(b, i, to, piece.length);
+          out.ref(piece);
+          if (size > HDR + 16 + piece.length) out.room(size - HDR - 16 - piece.length);
+        } else {
+          const [b, i] = out.room(size);
+          putDmaWriteHead(b, i, to, piece.length);
+          b.set(piece, i + HDR + 16);
+        }
+      } else if (parts) parts(dmaWriteRecordParts(to, piece));
+      else this.#o.write(dmaWriteRecord(to, piece), false);
+    }
+  }
+
   /** A device -> host message as records. Throws ProtocolError for anything else. `byRef`: the
    *  message's payload, handed over by its maker (see Session.send): its records reference it. */
   toKernel(m: Msg, byRef?: Uint8Array): void {
     const write = this.#o.write;
     if (m.shadowUpdate) {
       const u = m.shadowUpdate;
-      const data = u.data ?? new Uint8Array(0);
-      const off = u64(u.offset);
-      for (let at = 0; at < data.length; at += MAX_DATA) {
-        write(shadowRecord(u.bar ?? 0, off + BigInt(at), data.subarray(at, at + MAX_DATA)), false);
-      }
+      this.shadow(u.bar ?? 0, u64(u.offset), u.data ?? new Uint8Array(0));
     } else if (m.writesApplied) {
-      write(writesAppliedRecord(u64(m.writesApplied.count)), false);
+      this.writesApplied(u64(m.writesApplied.count));
     } else if (m.mmioReadCpl) {
       const c = m.mmioReadCpl;
       write(
@@ -150,17 +284,9 @@ export class RecordTranslator {
       }
     } else if (m.dmaWrite) {
       const w = m.dmaWrite;
-      const data = w.data ?? new Uint8Array(0);
-      const iova = u64(w.iova);
-      const parts = byRef !== undefined && byRef === w.data ? this.#o.writeParts : undefined;
-      for (let at = 0; at < data.length; at += MAX_DATA) {
-        const to = BigInt.asUintN(64, iova + BigInt(at));
-        const piece = data.subarray(at, at + MAX_DATA);
-        if (parts) parts(dmaWriteRecordParts(to, piece));
-        else write(dmaWriteRecord(to, piece), false);
-      }
+      this.dmaWrite(u64(w.iova), w.data ?? new Uint8Array(0), byRef !== undefined && byRef === w.data);
     } else if (m.interrupt) {
-      write(interruptRecord(m.interrupt.vector ?? 0), false);
+      this.interrupt(m.interrupt.vector ?? 0);
     } else if (m.virtqDone) {
       const v = m.virtqDone;
       write(

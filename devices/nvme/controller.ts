@@ -113,6 +113,14 @@ interface DoorbellBuffer {
   eis: bigint;
 }
 
+/** A piece of host memory a transfer moves. */
+interface Seg {
+  iova: bigint;
+  len: number;
+}
+
+const PAGE_MASK = BigInt(PAGE - 1);
+
 /** A CQ's event index while its driver need not ring: it rings only when its head wraps. */
 const CQ_EVENT_IDLE = 0xffff;
 
@@ -639,18 +647,29 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   // ---- data transfer ----
 
+  /** The host memory segments of a PRP1/PRP2 transfer of `len` bytes, when PRP1 and PRP2 alone
+   *  say (at most two pages: no list to read); else undefined. Most I/O is that small, and its
+   *  data moves without waiting for a promise here. */
+  #prpsNow(prp1: bigint, prp2: bigint, len: number): Seg[] | undefined {
+    const first = Math.min(len, PAGE - Number(prp1 & PAGE_MASK));
+    const left = len - first;
+    if (left === 0) return [{ iova: prp1, len: first }];
+    if (left > PAGE) return undefined;
+    if (prp2 & PAGE_MASK) throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { prp2 });
+    return [
+      { iova: prp1, len: first },
+      { iova: prp2, len: left },
+    ];
+  }
+
   /** The host memory segments of a PRP1/PRP2 transfer of `len` bytes. */
-  async #prps(prp1: bigint, prp2: bigint, len: number): Promise<{ iova: bigint; len: number }[]> {
-    const segs: { iova: bigint; len: number }[] = [];
+  async #prps(prp1: bigint, prp2: bigint, len: number): Promise<Seg[]> {
+    const now = this.#prpsNow(prp1, prp2, len);
+    if (now) return now;
+    const segs: Seg[] = [];
     const first = Math.min(len, PAGE - Number(prp1 & BigInt(PAGE - 1)));
     segs.push({ iova: prp1, len: first });
     let left = len - first;
-    if (left === 0) return segs;
-    if (left <= PAGE) {
-      if (prp2 & BigInt(PAGE - 1)) throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { prp2 });
-      segs.push({ iova: prp2, len: left });
-      return segs;
-    }
     if (prp2 & 7n) throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { list: prp2 });
     let list = prp2;
     while (left > 0) {
@@ -700,7 +719,9 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** Writes `data` (the command's own buffer: a backend read's result) to the command's PRPs,
    *  unless the controller was reset meanwhile. */
   async #toHost(sqe: Uint8Array, data: Uint8Array, epoch: number): Promise<void> {
-    const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), data.length);
+    const prp1 = rd64(sqe, 24);
+    const prp2 = rd64(sqe, 32);
+    const segs = this.#prpsNow(prp1, prp2, data.length) ?? (await this.#prps(prp1, prp2, data.length));
     if (epoch !== this.#epoch) throw new Abandoned();
     let at = 0;
     for (const s of segs) {
@@ -710,7 +731,9 @@ export class NvmeController extends PciDevice<NvmeController> {
   }
 
   async #fromHost(sqe: Uint8Array, len: number): Promise<Uint8Array> {
-    const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+    const prp1 = rd64(sqe, 24);
+    const prp2 = rd64(sqe, 32);
+    const segs = this.#prpsNow(prp1, prp2, len) ?? (await this.#prps(prp1, prp2, len));
     if (segs.length === 1) return this.host.dmaRead(segs[0]!.iova, len);
     const parts = await Promise.all(segs.map((s) => this.host.dmaRead(s.iova, s.len)));
     const out = new Uint8Array(len);

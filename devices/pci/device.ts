@@ -18,6 +18,10 @@ import { msixSizes } from './caps.js';
 import { PCI_COMMAND, PCI_COMMAND_MASTER, type PciConfig } from './config.js';
 import { describe } from './describe.js';
 import { rd16, rdN, wrN } from './le.js';
+
+/** takeDirty()'s answer when nothing changed (shared: callers only read it). */
+const NOTHING_DIRTY: DirtyRange[] = Object.freeze([]) as unknown as DirtyRange[];
+
 import type { Register, RegisterTable, Span } from './registers.js';
 
 export interface BarLayout<C> {
@@ -150,9 +154,14 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
   }
 
   takeDirty(): DirtyRange[] {
-    const out: DirtyRange[] = [];
-    for (const b of this.#bars.values()) if (b.storage.dirty) out.push(...b.storage.takeDirty());
-    return out;
+    // Asked before every message the device sends: nothing changed is the usual answer.
+    let out: DirtyRange[] | undefined;
+    for (const b of this.#bars.values()) {
+      if (!b.storage.dirty) continue;
+      out ??= [];
+      out.push(...b.storage.takeDirty());
+    }
+    return out ?? NOTHING_DIRTY;
   }
 
   counters(): Record<string, number> {
@@ -171,9 +180,10 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
   mmioWrite(bar: number, offset: number, data: Uint8Array): void {
     const b = this.#bars.get(bar);
     const len = data.length;
-    const where = { bar, offset: hex(offset), len };
+    // Only for a trace: the common write makes none, and should not pay for its fields.
+    const where = () => ({ bar, offset: hex(offset), len });
     if (!b || len === 0 || offset < 0 || offset + len > b.storage.size) {
-      this.trace('pci.mmio.outside-bar', where);
+      this.trace('pci.mmio.outside-bar', where());
       return;
     }
     if (within(b.memory, offset, len)) {
@@ -181,14 +191,14 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
       return;
     }
     if (overlaps(b.hostOwned, offset, len)) {
-      this.trace('pci.mmio.host-owned', where);
+      this.trace('pci.mmio.host-owned', where());
       return;
     }
     const reg = b.registers?.find(offset);
-    if (!reg) this.trace('pci.mmio.unmapped', where);
+    if (!reg) this.trace('pci.mmio.unmapped', where());
     else if (![1, 2, 4, 8].includes(len) || offset + len > reg.at + reg.size) {
-      this.trace('pci.mmio.oversized', { ...where, reg: reg.name });
-    } else if (offset % len) this.trace('pci.mmio.misaligned', { ...where, reg: reg.name });
+      this.trace('pci.mmio.oversized', { ...where(), reg: reg.name });
+    } else if (offset % len) this.trace('pci.mmio.misaligned', { ...where(), reg: reg.name });
     else {
       this.#writeRegister(b, reg, offset, data);
       return;
@@ -225,6 +235,14 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
   #writeRegister(b: BarState<Self>, reg: Register<Self>, offset: number, data: Uint8Array): void {
     const s = b.storage;
     const size = reg.size;
+    const ctx = this as unknown as Self;
+    // A whole write-only register of up to 4 bytes (every doorbell, once per I/O): the value as
+    // written, in plain numbers and without copies; the same outcome as the general path below.
+    if (reg.access === 'wo' && reg.size !== 8 && data.length === size && !reg.guard) {
+      if (!reg.doorbell) s.markDirty(reg.at, size);
+      reg.onWrite?.(ctx, rdN(data, 0, size) as number, rdN(s.bytes, reg.at, size) as number);
+      return;
+    }
     const at = offset - reg.at;
     const merged = s.bytes.slice(reg.at, reg.at + size);
     merged.set(data, at);
@@ -254,7 +272,6 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
         next = BigInt(rdN(written, 0, size));
         break;
     }
-    const ctx = this as unknown as Self;
     if (reg.guard && !reg.guard(ctx, reg.name)) {
       if (!reg.doorbell) s.markDirty(reg.at, size);
       return;
