@@ -2,7 +2,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { parseGroup, sample, statTicks } from './card-cpu.js';
+import { ioCalls, parseGroup, sample, statTicks } from './card-cpu.js';
 
 const dirs: string[] = [];
 afterEach(() => {
@@ -47,6 +47,18 @@ describe('card-cpu', () => {
       proc,
     );
     expect(Object.fromEntries(got)).toEqual({ nbd: 18, tcp: 55, tls: 22, none: 0 });
+  });
+
+  it('adds read and write system calls from /proc/PID/io when asked', () => {
+    const proc = fakeProc([
+      [10, 'nbd-server', ['nbd-server'], 1, 1],
+      [11, 'nbd-server', ['nbd-server'], 1, 1],
+    ]);
+    writeFileSync(join(proc, '10', 'io'), 'rchar: 5\nwchar: 6\nsyscr: 30\nsyscw: 40\n');
+    // 11 has no io file (gone, or not ours to read): counted as none.
+    const got = sample([parseGroup('nbd=comm:nbd-server')], proc, true);
+    expect(Object.fromEntries(got)).toEqual({ nbd: 4, 'nbd.r': 30, 'nbd.w': 40 });
+    expect(ioCalls(undefined)).toEqual({ r: 0, w: 0 });
   });
 
   it('refuses a group it cannot read', () => {

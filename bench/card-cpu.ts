@@ -2,7 +2,7 @@
 // compares, and tells how much CPU each has used at moments the guest chooses. The guest connects
 // to PORT and sends one line (a phase's name and "before" or "after"); this process sums
 // utime+stime of every process of each group from /proc, prints
-//   CARDCPU <the line> <group>=<µs> ...
+//   CARDCPU <the line> <group>=<µs> <group>.r=<read calls> <group>.w=<write calls> ...
 // on stdout, answers "ok" and closes — the guest goes on only then, so the sample is taken while
 // the servers are idle between phases.
 //
@@ -41,9 +41,18 @@ function read(path: string): string | undefined {
   }
 }
 
-/** Clock ticks used so far by each group's processes. */
-export function sample(groups: readonly CpuGroup[], proc = '/proc'): Map<string, number> {
+/** read() and write() family system calls so far, from /proc/PID/io (0 if unreadable). */
+export function ioCalls(text: string | undefined): { r: number; w: number } {
+  const r = /^syscr: (\d+)$/m.exec(text ?? '');
+  const w = /^syscw: (\d+)$/m.exec(text ?? '');
+  return { r: r ? Number(r[1]) : 0, w: w ? Number(w[1]) : 0 };
+}
+
+/** What each group's processes used so far: clock ticks, and with `calls` their read and write
+ *  system calls as `<group>.r` and `<group>.w`. */
+export function sample(groups: readonly CpuGroup[], proc = '/proc', calls = false): Map<string, number> {
   const out = new Map(groups.map((g) => [g.name, 0]));
+  if (calls) for (const g of groups) out.set(`${g.name}.r`, 0).set(`${g.name}.w`, 0);
   for (const pid of readdirSync(proc)) {
     // Not this process: its own command line holds every cmd: pattern.
     if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
@@ -58,7 +67,13 @@ export function sample(groups: readonly CpuGroup[], proc = '/proc'): Map<string,
         cmd ??= (read(`${proc}/${pid}/cmdline`) ?? '').split('\0').join(' ');
         hit = cmd.includes(g.match.cmd);
       }
-      if (hit) out.set(g.name, out.get(g.name)! + statTicks(stat));
+      if (!hit) continue;
+      out.set(g.name, out.get(g.name)! + statTicks(stat));
+      if (calls) {
+        const io = ioCalls(read(`${proc}/${pid}/io`));
+        out.set(`${g.name}.r`, out.get(`${g.name}.r`)! + io.r);
+        out.set(`${g.name}.w`, out.get(`${g.name}.w`)! + io.w);
+      }
     }
   }
   return out;
@@ -83,10 +98,9 @@ function main(): void {
         return;
       }
       const label = line.slice(0, nl).trim();
-      const ticks = sample(groups);
-      console.log(
-        `CARDCPU ${label} ${[...ticks].map(([g, t]) => `${g}=${Math.round(t * usPerTick)}`).join(' ')}`,
-      );
+      const now = sample(groups, '/proc', true);
+      const fields = [...now].map(([k, v]) => `${k}=${k.includes('.') ? v : Math.round(v * usPerTick)}`);
+      console.log(`CARDCPU ${label} ${fields.join(' ')}`);
       sock.end('ok\n');
     });
   });

@@ -381,6 +381,23 @@ function cardTable(p: Parsed, all: readonly Test[], results: Map<string, Measure
     rows.push([t.label, ...v.map((x) => (x === undefined ? '?' : x.toFixed(0))), fmtRatio(v[0], v[2])]);
   }
   console.log(table(rows, 1));
+  // System calls per I/O: how many reads and writes each server needs (on loopback into QEMU, a
+  // write runs the receiving side too).
+  const calls = (d: (typeof servers)[number][0], t: Test) => {
+    const key = `${d} ${t.key}`;
+    const ios = results.get(key)?.ios;
+    const per = (k: 'r' | 'w') => {
+      const a = p.card.get(`${key} after`)?.get(`${d}.${k}`);
+      const b = p.card.get(`${key} before`)?.get(`${d}.${k}`);
+      return a !== undefined && b !== undefined && ios ? ((a - b) / ios).toFixed(1) : '?';
+    };
+    return `${per('r')} / ${per('w')}`;
+  };
+  console.log('');
+  console.log('card system calls per I/O (reads / writes, from /proc/PID/io)');
+  const crows = [['test', ...servers.map(([, l]) => l)]];
+  for (const t of all) crows.push([t.label, ...servers.map(([d]) => calls(d, t))]);
+  console.log(table(crows, 1));
 }
 
 function report(
