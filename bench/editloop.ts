@@ -1,8 +1,8 @@
 // bench/editloop: the driver developer's edit loop, in the lab (issue 16 item 7). The lab's
 // endpoint runs with `--watch DIR`; in each round the guest asks "the card" (lab/card-control.ts)
 // to save a model file there, as `tsc --watch` would, and times from the save to the device being
-// back with its driver bound (the host-agent's ready file rewritten, the PCI driver and, on a
-// virtio device, the virtio driver bound). Reference in the same run, alternating with it: the
+// back with its driver bound and answering (the host-agent's ready file rewritten, the PCI driver
+// and, on a virtio device, the virtio driver bound, and a read through the driver served). Reference in the same run, alternating with it: the
 // endpoint killed (SIGKILL) and started again by the lab, the path without --watch. The target is
 // 2 s. Times are the guest's clock from the moment the card's answer arrives (the save is a few
 // milliseconds earlier: the answer's trip is not counted); the endpoint's own restart (model
@@ -33,15 +33,26 @@ function median(xs: readonly number[]): number {
 }
 
 /** The guest's rounds: one line `round KIND MS` (or `round KIND timeout`) each. */
-function guestScript(rounds: number): string {
+/** A read through the driver that only a working device answers: an NVMe disk's first block, or
+ *  bytes from the virtio-rng (the hwrng core's current device). A driver stays bound through a
+ *  restarted endpoint (link down, then up and reset), so being bound says nothing. */
+const ANSWERS = {
+  nvme: 'c=$(ls /sys/bus/pci/devices/$a/nvme/ 2> /dev/null | head -n 1); [ -n "$c" ] && timeout 1 dd if=/dev/"$c"n1 of=/dev/null bs=4096 count=1 iflag=direct 2> /dev/null',
+  rng: 'timeout 1 dd if=/dev/hwrng of=/dev/null bs=16 count=1 2> /dev/null',
+} as const;
+
+function guestScript(rounds: number, answers: string): string {
   return `
-# Every device in the ready file has its driver, and a virtio device its virtio driver.
+# Every device in the ready file has its driver, a virtio device its virtio driver, and the device
+# answers a read through them.
+answers() { ${answers}; }
 back() {
   [ -s ${READY_FILE} ] || return 1
   for a in $(sed -n 's/.*"address":"\\([^"]*\\)".*/\\1/p' ${READY_FILE}); do
     d=/sys/bus/pci/devices/$a
     [ -e $d/driver ] || return 1
     for v in $d/virtio*; do [ ! -e "$v" ] || [ -e "$v/driver" ] || return 1; done
+    answers || return 1
   done
 }
 for i in $(seq ${rounds}); do
@@ -84,7 +95,7 @@ async function main(): Promise<void> {
       assets,
       devices: [device],
       watch: models,
-      command: guestScript(args.rounds),
+      command: guestScript(args.rounds, args.nvme ? ANSWERS.nvme : ANSWERS.rng),
       timeoutMs: args.rounds * KINDS.length * (BACK_TIMEOUT_S + 30) * 1000,
       card: async (card) => {
         const port = startCardControl(card, async (word) => {
