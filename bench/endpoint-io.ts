@@ -225,13 +225,20 @@ interface Options {
   only: 'read' | 'write' | undefined;
 }
 
+/** Bad command-line input: reported as its message alone. */
+class UsageError extends Error {}
+
 function only(v: string | undefined): 'read' | 'write' | undefined {
   if (v === undefined || v === 'read' || v === 'write') return v;
-  throw new Error(`--only must be read or write, not ${v}`);
+  throw new UsageError(`--only must be read or write, not ${v}`);
 }
 
-function options(argv: string[]): Options {
-  const { values } = parseArgs({
+const USAGE =
+  'usage: node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5] [--tree DIR]... ' +
+  '[--cpu-prof DIR] [--trace-gc] [--only read|write]';
+
+function parse(argv: string[]) {
+  return parseArgs({
     args: argv,
     options: {
       ios: { type: 'string', default: '20000' },
@@ -243,9 +250,24 @@ function options(argv: string[]): Options {
       only: { type: 'string' },
     },
   });
+}
+
+function options(argv: string[]): Options {
+  if (argv.includes('--help') || argv.includes('-h')) {
+    console.log(USAGE);
+    process.exit(0);
+  }
+  let values: ReturnType<typeof parse>['values'];
+  try {
+    ({ values } = parse(argv));
+  } catch (e) {
+    // An unknown option or a missing value: the message and the usage, not a stack.
+    throw new UsageError(`${(e as Error).message}\n${USAGE}`);
+  }
   const int = (name: string, v: string, lo: number, hi: number) => {
     const n = Number(v);
-    if (!Number.isInteger(n) || n < lo || n > hi) throw new Error(`--${name} must be ${lo}..${hi}, not ${v}`);
+    if (!Number.isInteger(n) || n < lo || n > hi)
+      throw new UsageError(`--${name} must be ${lo}..${hi}, not ${v}`);
     return n;
   };
   return {
@@ -323,6 +345,6 @@ async function main(): Promise<void> {
 }
 
 main().catch((e) => {
-  console.error(e);
-  process.exit(1);
+  console.error(e instanceof UsageError ? `bench/endpoint-io: ${e.message}` : e);
+  process.exit(e instanceof UsageError ? 2 : 1);
 });
