@@ -275,21 +275,6 @@ void pcinet_mmio_stop(struct pcinet_fn *fn);
 int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_cpl *c);
 void pcinet_mmio_link_down(struct pcinet_fn *fn);
 void pcinet_timing_add(atomic64_t *ns, atomic64_t *n, u64 since);
-
-/*
- * A record from the endpoint that reached write() after the link went down (the host-agent read
- * it from the session before it wrote W_LINK_DOWN): a device off its link neither touches the
- * host's memory nor interrupts it, so the record is dropped and counted like the host's own
- * records then (link_dropped). Not refused: an error would make the host-agent give the device
- * up. Call after the record was found well-formed.
- */
-static inline bool pcinet_down_drop(struct pcinet_fn *fn)
-{
-	if (!READ_ONCE(fn->link_down) || READ_ONCE(fn->state) != PN_STARTED)
-		return false;
-	atomic64_inc(&fn->stats.link_dropped);
-	return true;
-}
 void pcinet_mmio_kick(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
 /* defer.S: the trampoline a deferred access returns into, and what it calls (mmio.c). */
@@ -340,5 +325,20 @@ void pcinet_link_reap(struct pcinet_fn *fn);
 void pcinet_link_kick(struct pcinet_link *l);
 int pcinet_link_init(void);
 void pcinet_link_exit(void);
+
+/*
+ * A record from the endpoint that reached write() after the link went down (the host-agent read
+ * it from the session before it wrote W_LINK_DOWN): a device off its link neither touches the
+ * host's memory nor interrupts it, so the record is dropped and counted like the host's own
+ * records then (link_dropped). Not refused: an error would make the host-agent give the device
+ * up. Call after the record was found well-formed.
+ */
+static inline bool pcinet_down_drop(struct pcinet_fn *fn)
+{
+	if (!READ_ONCE(fn->link_down) || READ_ONCE(fn->state) != PN_STARTED)
+		return false;
+	atomic64_inc(&fn->stats.link_dropped);
+	return true;
+}
 
 #endif /* PCINET_INTERNAL_H */
