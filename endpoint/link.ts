@@ -13,7 +13,7 @@ import { AbiError, LINK_MAGIC, parseRecords, SEAL_MAX, SEAL_TAG } from '../proto
 import { RecordOut, RecordStream, RecordTranslator } from '../proto/kernel-link.js';
 import type { SocketReads } from '../proto/tcp.js';
 import type { Msg } from '../proto/wire.js';
-import { SealedFrames } from './sealed-in.js';
+import { SealedFrames, sealNonce } from './sealed-in.js';
 
 /** Events: 'drain' () the socket took what was waiting; 'close' (err?: Error) the link is gone. */
 export class KernelLink extends EventEmitter {
@@ -171,7 +171,7 @@ export class KernelLink extends EventEmitter {
       }
       const len = Buffer.alloc(4);
       len.writeUInt32LE(bytes + SEAL_TAG);
-      const c = createCipheriv('aes-256-gcm', this.#key!, nonce(1, this.#txSeq++));
+      const c = createCipheriv('aes-256-gcm', this.#key!, sealNonce(1, this.#txSeq++));
       c.setAAD(len);
       pieces.push(len);
       for (const r of records.slice(i, i + n).flat()) pieces.push(c.update(r));
@@ -208,12 +208,4 @@ export class KernelLink extends EventEmitter {
       );
     }
   }
-}
-
-/** A sealed frame's nonce: direction (0 module to endpoint, 1 back), three zeros, le64 number. */
-function nonce(direction: 0 | 1, seq: bigint): Buffer {
-  const n = Buffer.alloc(12);
-  n[0] = direction;
-  n.writeBigUInt64LE(seq, 4);
-  return n;
 }

@@ -5,7 +5,7 @@
 // joining the pieces at every read cost the TLS endpoint ~5 ms per 128 KiB write.
 import { createDecipheriv } from 'node:crypto';
 import { AbiError, HDR, SEAL_MAX, SEAL_TAG } from '../proto/kernel-abi.js';
-import { RecordStream } from '../proto/kernel-link.js';
+import { wholeRecords } from '../proto/kernel-link.js';
 
 /** Room for one read beyond the longest frame, so a partial frame never stops reading. */
 const READ_BYTES = 64 << 10;
@@ -62,12 +62,11 @@ export class SealedFrames {
       if (len < SEAL_TAG + HDR || len > SEAL_MAX + SEAL_TAG)
         throw new AbiError(`sealed frame of ${len} bytes`);
       if (this.#have - at - 4 < len) break;
-      const d = createDecipheriv('aes-256-gcm', this.#key, nonce(this.#seq++));
+      const d = createDecipheriv('aes-256-gcm', this.#key, sealNonce(0, this.#seq++));
       d.setAAD(this.#buf.subarray(at, at + 4));
       d.setAuthTag(this.#buf.subarray(at + 4 + len - SEAL_TAG, at + 4 + len));
       const text = Buffer.concat([d.update(this.#buf.subarray(at + 4, at + 4 + len - SEAL_TAG)), d.final()]);
-      if (new RecordStream().push(text).length !== text.length)
-        throw new AbiError('a sealed frame ends inside a record');
+      if (wholeRecords(text) !== text.length) throw new AbiError('a sealed frame ends inside a record');
       out.push(text);
       at += 4 + len;
     }
@@ -79,9 +78,10 @@ export class SealedFrames {
   }
 }
 
-/** A frame's nonce: direction (0: from the module), three zeros, le64 number. */
-function nonce(seq: bigint): Buffer {
+/** A sealed frame's nonce: direction (0 module to endpoint, 1 back), three zeros, le64 number. */
+export function sealNonce(direction: 0 | 1, seq: bigint): Buffer {
   const n = Buffer.alloc(12);
+  n[0] = direction;
   n.writeBigUInt64LE(seq, 4);
   return n;
 }

@@ -340,7 +340,7 @@ const SCRATCH_BYTES = 64 << 10;
 /** How many bytes at the start of `buf` are whole records. Every header there is checked, the
  *  one of a record cut off at the end too (if whole). Throws AbiError for a header no record can
  *  have. */
-function wholeRecords(buf: Buffer): number {
+export function wholeRecords(buf: Buffer): number {
   let at = 0;
   while (buf.length - at >= HDR) {
     const len = buf.readUInt32LE(at + 4);
