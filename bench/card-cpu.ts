@@ -1,30 +1,17 @@
-// bench/card-cpu: runs on the card (in the lab's network namespace) beside the servers a bench
-// compares, and tells how much CPU each has used at moments the guest chooses. The guest connects
-// to PORT and sends one line (a phase's name and "before" or "after"); this process sums
-// utime+stime of every process of each group from /proc, prints
-//   CARDCPU <the line> <group>=<µs> <group>.r=<read calls> <group>.w=<write calls> ...
-// on stdout, answers "ok" and closes — the guest goes on only then, so the sample is taken while
-// the servers are idle between phases.
+// bench/card-cpu: how much CPU (and how many read and write system calls) the card's servers have
+// used so far, summed over every process of each group from /proc. bench/nvme samples it when the
+// guest asks through the card's control port (lab/card-control.ts) before and after each phase, so
+// the samples fall while the servers are idle between phases.
 //
-//   node dist/bench/card-cpu.js PORT GROUP=MATCH...
-//
-// MATCH is `comm:NAME` (the process's name, e.g. every nbd-server process, the forked children
-// serving clients included) or `cmd:TEXT` (a substring of its command line, arguments joined by
-// spaces). Loopback only; bounded by the caller (timeout(1)).
+// A group matches by `comm` (the process's name, e.g. every nbd-server process, the forked
+// children serving clients included) or by `cmd` (a substring of its command line, arguments
+// joined by spaces).
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 
 export interface CpuGroup {
   name: string;
   match: { comm: string } | { cmd: string };
-}
-
-/** GROUP=comm:NAME or GROUP=cmd:TEXT. */
-export function parseGroup(arg: string): CpuGroup {
-  const m = /^(\w+)=(comm|cmd):(.+)$/.exec(arg);
-  if (!m) throw new Error(`card-cpu: "${arg}" is not GROUP=comm:NAME or GROUP=cmd:TEXT`);
-  return { name: m[1]!, match: m[2] === 'comm' ? { comm: m[3]! } : { cmd: m[3]! } };
 }
 
 /** utime + stime (clock ticks) from a /proc/PID/stat line; the name may hold spaces and ')'. */
@@ -54,8 +41,7 @@ export function sample(groups: readonly CpuGroup[], proc = '/proc', calls = fals
   const out = new Map(groups.map((g) => [g.name, 0]));
   if (calls) for (const g of groups) out.set(`${g.name}.r`, 0).set(`${g.name}.w`, 0);
   for (const pid of readdirSync(proc)) {
-    // Not this process: its own command line holds every cmd: pattern.
-    if (!/^\d+$/.test(pid) || Number(pid) === process.pid) continue;
+    if (!/^\d+$/.test(pid)) continue;
     const stat = read(`${proc}/${pid}/stat`);
     if (!stat) continue;
     const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
@@ -79,32 +65,7 @@ export function sample(groups: readonly CpuGroup[], proc = '/proc', calls = fals
   return out;
 }
 
-function main(): void {
-  const [port, ...rest] = process.argv.slice(2);
-  if (!port || !/^\d+$/.test(port) || rest.length === 0) {
-    throw new Error('usage: card-cpu PORT GROUP=comm:NAME|GROUP=cmd:TEXT...');
-  }
-  const groups = rest.map(parseGroup);
-  const usPerTick = 1e6 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
-  const server = createServer((sock) => {
-    let line = '';
-    sock.setEncoding('utf8');
-    sock.on('error', () => sock.destroy());
-    sock.on('data', (d: string) => {
-      line += d;
-      const nl = line.indexOf('\n');
-      if (nl < 0) {
-        if (line.length > 256) sock.destroy();
-        return;
-      }
-      const label = line.slice(0, nl).trim();
-      const now = sample(groups, '/proc', true);
-      const fields = [...now].map(([k, v]) => `${k}=${k.includes('.') ? v : Math.round(v * usPerTick)}`);
-      console.log(`CARDCPU ${label} ${fields.join(' ')}`);
-      sock.end('ok\n');
-    });
-  });
-  server.listen(Number(port), '127.0.0.1');
+/** Microseconds per clock tick of /proc/PID/stat (getconf CLK_TCK). */
+export function usPerTick(): number {
+  return 1e6 / Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim());
 }
-
-if (import.meta.url === `file://${process.argv[1]}`) main();

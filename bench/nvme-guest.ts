@@ -10,6 +10,7 @@
 //   NOSTATS DISK TEST before|after        it did not log one within STATS_WAIT_S
 //   CPU DISK TEST TCP TLS MS              utime+stime of the two host-agents during the phase (clock
 //                                         ticks), and the phase's wall time (ms)
+import { askCard } from '../lab/card-control.js';
 import { shQuote } from '../lab/guest-script.js';
 import { STATS_WAIT_S, statsShell } from './guest-stats.js';
 
@@ -157,9 +158,6 @@ export interface GuestPlan {
   nbdExport: string;
   /** What the lab's own host-agent was told to connect to (to find its pid). */
   tlsConnect: string;
-  /** Where the guest reaches bench/card-cpu on the card. */
-  cardCpuHost: string;
-  cardCpuPort: number;
   tlsLog: string;
 }
 
@@ -207,10 +205,10 @@ disk_stats() {
   [ -r /sys/bus/pci/devices/$pci/pcinet_timing ] && sed "s|^|TIMING $1 $2 $3 |" /sys/bus/pci/devices/$pci/pcinet_timing
   return 0
 }
-# mark DISK TEST WHEN: the card's CPU so far (bench/card-cpu, CARDCPU lines in the bench's own
-# output); bash for /dev/tcp. Only a missing figure if it fails.
+# mark DISK TEST WHEN: the card samples its servers' CPU (bench/card-cpu) through its control port.
+# Only a missing figure if it fails.
 mark() {
-  bash -c 'exec 3<> /dev/tcp/${p.cardCpuHost}/${p.cardCpuPort} && echo "$*" >&3 && read -t 10 ok <&3' mark "$@" 2> /dev/null || true
+  ${askCard('$1 $2 $3', 10)} > /dev/null 2>&1 || true
 }
 # measure DISK TEST BOUND COMMAND...: one phase, at most BOUND seconds; both host-agents' CPU time
 # and the wall time around it, and for the pcinet disks the endpoint's counters.

@@ -28,13 +28,15 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { CONTROL_PORT, startCardControl } from '../lab/card-control.js';
 import { endpointArgv, hostAgentArgv, LAB_ENDPOINT_PORT, SLIRP_HOST } from '../lab/commands.js';
 import { HOST_AGENT_LOG } from '../lab/guest-script.js';
-import { GUEST_RUN_DIR, repoRoot } from '../lab/paths.js';
+import { GUEST_RUN_DIR } from '../lab/paths.js';
 import { ensurePackages, type LabAssets, prepareLab } from '../lab/prepare.js';
 import { runOk, tail, unrefDelay } from '../lab/proc.js';
 import { type LabCard, runInLab } from '../lab/run.js';
 import { parseBenchArgs } from './args.js';
+import { type CpuGroup, sample, usPerTick } from './card-cpu.js';
 import { formatValue, writeChart } from './chart.js';
 import { type Counters, counterDelta, parseStats } from './guest-stats.js';
 import { DISKS, type Disk, guestScript, scriptBoundS, type Test, tests } from './nvme-guest.js';
@@ -50,8 +52,13 @@ const NBD_PORT = 10809;
 const NBD_EXPORT = 'pcinet-bench';
 const TCP_READY = '/tmp/pcinet-tcp-ready';
 const TCP_HOST_CONTROL = '/tmp/pcinet-tcp-host.sock';
-/** bench/card-cpu's port: the guest marks each phase's start and end there. */
-const CARD_CPU_PORT = NBD_PORT + 1;
+/** The card's servers whose CPU bench/card-cpu samples: both endpoints, and every nbd-server
+ *  process (the forked child serves the guest). */
+const CARD_GROUPS: CpuGroup[] = [
+  { name: 'tcp', match: { cmd: `endpoint --listen tcp://127.0.0.1:${TCP_PORT}` } },
+  { name: 'tls', match: { cmd: `endpoint --listen tls://127.0.0.1:${LAB_ENDPOINT_PORT}` } },
+  { name: 'nbd', match: { comm: 'nbd-server' } },
+];
 const TCP_SERIAL = 'PCINETTCP1';
 /** The card's servers must listen within this. */
 const LISTEN_WAIT_MS = 20_000;
@@ -113,7 +120,15 @@ async function listeningPorts(card: LabCard): Promise<Set<number>> {
 /** The card's side of the bench: the plain-TCP endpoint and nbd-server, both listening. */
 async function startCard(
   card: LabCard,
-  o: { assets: LabAssets; dir: string; diskBytes: number; lifetimeS: number; procs: CardProc[] },
+  o: {
+    assets: LabAssets;
+    dir: string;
+    diskBytes: number;
+    lifetimeS: number;
+    procs: CardProc[];
+    /** Where the card's CPU samples go, by the guest's label. */
+    cardCpu: Parsed['card'];
+  },
 ): Promise<() => Promise<void>> {
   const cleanup = async () => {
     await Promise.all(o.procs.map(stopOnCard));
@@ -143,30 +158,20 @@ async function startCard(
     );
     // -d: stay in the foreground (each client is still served by a child of its own).
     o.procs.push(startOnCard(card, 'nbd-server', ['nbd-server', '-C', conf, '-d'], o.lifetimeS, o.dir));
-    // The card's CPU per phase: both endpoints and every nbd-server process (the forked child
-    // serves the guest).
-    o.procs.push(
-      startOnCard(
-        card,
-        'card-cpu',
-        [
-          process.execPath,
-          join(repoRoot(), 'dist/bench/card-cpu.js'),
-          String(CARD_CPU_PORT),
-          `tcp=cmd:endpoint --listen tcp://127.0.0.1:${TCP_PORT}`,
-          `tls=cmd:endpoint --listen tls://127.0.0.1:${LAB_ENDPOINT_PORT}`,
-          'nbd=comm:nbd-server',
-        ],
-        o.lifetimeS,
-        o.dir,
-      ),
-    );
+    // The guest asks for a sample of the card's CPU before and after each phase (its `mark`).
+    const tick = usPerTick();
+    const control = startCardControl(card, async (label) => {
+      const now = sample(CARD_GROUPS, '/proc', true);
+      for (const g of CARD_GROUPS) now.set(g.name, now.get(g.name)! * tick);
+      o.cardCpu.set(label, now);
+    });
+    o.procs.push({ name: "the card's control port", proc: control, log: () => '' });
     const deadline = Date.now() + LISTEN_WAIT_MS;
     for (;;) {
       const dead = o.procs.find((p) => p.proc.exitCode !== null || p.proc.signalCode !== null);
       if (dead) throw new Error(`bench/nvme: ${dead.name} exited before listening:\n${tail(dead.log(), 20)}`);
       const ports = await listeningPorts(card);
-      if (ports.has(TCP_PORT) && ports.has(NBD_PORT) && ports.has(CARD_CPU_PORT)) break;
+      if (ports.has(TCP_PORT) && ports.has(NBD_PORT) && ports.has(CONTROL_PORT)) break;
       if (Date.now() > deadline) {
         const logs = o.procs.map((p) => `--- ${p.name} ---\n${tail(p.log(), 20)}`).join('\n');
         throw new Error(`bench/nvme: the card's servers did not listen within ${LISTEN_WAIT_MS} ms\n${logs}`);
@@ -204,7 +209,7 @@ interface PhaseCpu {
   ms: number;
 }
 
-function parse(stdout: string, cardCpu: string): Parsed {
+function parse(stdout: string, cardCpu: Parsed['card']): Parsed {
   const p: Parsed = {
     clkTck: 100,
     out: new Map(),
@@ -212,13 +217,8 @@ function parse(stdout: string, cardCpu: string): Parsed {
     stats: parseStats(stdout),
     cpu: new Map(),
     timing: new Map(),
-    card: new Map(),
+    card: cardCpu,
   };
-  for (const line of cardCpu.split('\n')) {
-    const m = /^CARDCPU (\S+ \S+ \S+) (.*)$/.exec(line);
-    if (m)
-      p.card.set(m[1]!, new Map(m[2]!.split(' ').map((kv) => [kv.split('=')[0]!, Number(kv.split('=')[1])])));
-  }
   for (const line of stdout.split('\n')) {
     let m = /^CLK_TCK (\d+)$/.exec(line);
     if (m) p.clkTck = Number(m[1]);
@@ -355,7 +355,7 @@ function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measu
 /** The card's CPU per I/O: each disk's server (pcinet's endpoints, nbd-server) around its phase. */
 function cardTable(p: Parsed, all: readonly Test[], results: Map<string, Measured>): void {
   if (p.card.size === 0) {
-    console.log('\ncard CPU: no samples (bench/card-cpu did not answer the guest)');
+    console.log("\ncard CPU: no samples (the card's control port did not answer the guest)");
     return;
   }
   const servers = [
@@ -530,6 +530,7 @@ async function main(): Promise<void> {
   const diskBytes = args.mib * 2 * (1 << 20);
   const dir = mkdtempSync(join(TMPFS, 'pcinet-bench-nvme-'));
   const procs: CardProc[] = [];
+  const cardCpu: Parsed['card'] = new Map();
   const cardLogs = () => procs.map((p) => `--- ${p.name} ---\n${tail(p.log(), 20)}`).join('\n');
   try {
     const r = await runInLab({
@@ -554,8 +555,6 @@ async function main(): Promise<void> {
         nbdPort: NBD_PORT,
         nbdExport: NBD_EXPORT,
         tlsConnect: `tls://${SLIRP_HOST}:${LAB_ENDPOINT_PORT}`,
-        cardCpuHost: SLIRP_HOST,
-        cardCpuPort: CARD_CPU_PORT,
         tlsLog: `${GUEST_RUN_DIR}/${HOST_AGENT_LOG}`,
       }),
       timeoutMs: timeoutS * 1000,
@@ -563,7 +562,7 @@ async function main(): Promise<void> {
       onOutput: (chunk, stream) => {
         if (stream === 'stderr') process.stderr.write(chunk);
       },
-      card: (card) => startCard(card, { assets, dir, diskBytes, lifetimeS: timeoutS + 60, procs }),
+      card: (card) => startCard(card, { assets, dir, diskBytes, lifetimeS: timeoutS + 60, procs, cardCpu }),
     }).catch((e: Error) => {
       throw new Error(`${e.message}\n${cardLogs()}`);
     });
@@ -573,8 +572,7 @@ async function main(): Promise<void> {
           `${tail(r.stdout, 20)}\n${cardLogs()}`,
       );
     }
-    const cardCpu = procs.find((c) => c.name === 'card-cpu');
-    report(args, assets.kver, parse(r.stdout, cardCpu?.log() ?? ''));
+    report(args, assets.kver, parse(r.stdout, cardCpu));
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
