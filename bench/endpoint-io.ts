@@ -1,17 +1,19 @@
-// bench/endpoint-io: what the endpoint spends per QD1 4 KiB NVMe I/O on a kernel link, natively,
-// without the lab. The endpoint runs as `pcinet endpoint` (a child, with the allocator settings
+// bench/endpoint-io: what the endpoint spends per QD1 NVMe I/O (4 KiB and 128 KiB reads and writes)
+// on a kernel link, natively, without the lab. The endpoint runs as `pcinet endpoint` (a child, with the allocator settings
 // bin/pcinet gives it) serving an NVMe disk in a tmpfs file; this process plays the workstation: a
 // host session that offers kernel links, and a scripted pcinet.ko (bench/kernel-peer.ts) under an
 // NVMe driver (bench/link-nvme.ts) that brings the controller up and issues QD1 reads and writes.
 //
 //   npm run build && node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5]
-//        [--tree DIR]... [--cpu-prof DIR] [--trace-gc] [--only read|write]
+//        [--tree DIR]... [--cpu-prof DIR] [--trace-gc] [--only read|write] [--sizes 4k,128k]
+//        [--node-option OPT]...
 //
 // Each --tree is a checkout whose dist/ is built (default: this one); with several, runs alternate
 // between them, so a change is judged against its reference in the same session. Per I/O it
 // reports the endpoint's CPU time (all its threads, /proc/PID/stat; and its main thread alone,
-// /proc/PID/task/PID/schedstat), the wall time, what the endpoint wrote (records, socket reads on
-// our side) and, with --trace-gc, its garbage collections. Medians over the runs at the end.
+// /proc/PID/task/PID/schedstat), the wall time, the records it sent, its read and write system
+// calls (/proc/PID/io: the link's socket and the disk file alike) and, with --trace-gc, its garbage
+// collections. Medians over the runs at the end.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
@@ -23,8 +25,9 @@ import { repoRoot } from '../lab/paths.js';
 import { openSession, type Session } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import { Capability, ErrorCode, type Msg, OUR_CAPABILITIES, u64 } from '../proto/wire.js';
+import { ioCalls } from './card-cpu.js';
 import { KernelPeer } from './kernel-peer.js';
-import { DRIVER_MEMORY, LinkNvmeDriver } from './link-nvme.js';
+import { DRIVER_MEMORY, LinkNvmeDriver, MAX_IO } from './link-nvme.js';
 
 /** IOVA of the driver's memory (any page-aligned address works; this one is recognisable). */
 const BASE = 0x1_0000_0000n;
@@ -54,6 +57,11 @@ function cpuOf(pid: number): Cpu {
   return { user, sys, main };
 }
 
+/** Read and write system calls of the whole process so far (/proc/PID/io). */
+function callsOf(pid: number): { r: number; w: number } {
+  return ioCalls(readFileSync(`/proc/${pid}/io`, 'utf8'));
+}
+
 /** What one phase (N reads or N writes) cost, per I/O. */
 interface Phase {
   cpu: number;
@@ -62,13 +70,26 @@ interface Phase {
   main: number;
   wall: number;
   records: number;
+  /** read() and write() family system calls (socket and file). */
+  syscr: number;
+  syscw: number;
+  /** Collections per 1000 I/Os: all of them, and the full (mark-compact) ones among them. */
   gcs: number;
+  majors: number;
 }
+
+/** A phase: `size`-byte reads or writes. */
+interface Kind {
+  size: number;
+  write: boolean;
+}
+
+const kindName = (k: Kind) => `${k.size >> 10}K ${k.write ? 'write' : 'read'}`;
 
 interface RunResult {
   tree: string;
-  read: Phase;
-  write: Phase;
+  /** By kindName(). */
+  phases: Map<string, Phase>;
 }
 
 async function freePort(): Promise<number> {
@@ -119,6 +140,7 @@ async function run(tree: string, o: Options): Promise<RunResult> {
   const node = [
     ...(o.cpuProf ? ['--cpu-prof', '--cpu-prof-dir', o.cpuProf] : []),
     ...(o.traceGc ? ['--trace-gc'] : []),
+    ...o.nodeOptions,
   ];
   const child: ChildProcess = spawn(
     process.execPath,
@@ -137,11 +159,18 @@ async function run(tree: string, o: Options): Promise<RunResult> {
     { env: withAllocatorEnv(), stdio: ['ignore', 'pipe', 'inherit'] },
   );
   let gcs = 0;
+  let majors = 0;
   let out = '';
+  /** A line cut off at the end of the last chunk. */
+  let partial = '';
   child.stdout!.on('data', (b: Buffer) => {
     out = (out + b.toString()).slice(-4096);
-    for (const line of b.toString().split('\n'))
+    const lines = (partial + b.toString()).split('\n');
+    partial = lines.pop()!.slice(-4096);
+    for (const line of lines) {
       if (/: (Scavenge|Mark-Compact|Mark-sweep|Minor)/.test(line)) gcs++;
+      if (/: (Mark-Compact|Mark-sweep)/.test(line)) majors++;
+    }
   });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
   let session: Session | undefined;
@@ -161,22 +190,30 @@ async function run(tree: string, o: Options): Promise<RunResult> {
     session.flush();
     const drv = new LinkNvmeDriver(peer, BASE);
     await drv.start();
-    await check(drv);
+    for (const size of o.sizes) await check(drv, size);
     let at = 0;
-    const next = () => {
-      at = (at + 0x1000) % DISK_BYTES;
+    const next = (size: number) => {
+      at += size;
+      if (at + size > DISK_BYTES) at = 0;
       return at;
     };
-    for (let i = 0; i < o.warmup; i++) await drv.io(i % 2 === 1, next());
-    const phase = async (write: boolean, ios: number): Promise<Phase> => {
+    // Every kind warms up, in turns, so none of them runs on colder code than another.
+    for (let i = 0; i < o.warmup; i++) {
+      const k = o.kinds[i % o.kinds.length]!;
+      await drv.io(k.write, next(k.size), k.size);
+    }
+    const phase = async (k: Kind, ios: number): Promise<Phase> => {
       const pid = child.pid!;
       const records = peer!.counters.records;
       const gc0 = gcs;
+      const major0 = majors;
+      const io0 = callsOf(pid);
       const c0 = cpuOf(pid);
       const t0 = process.hrtime.bigint();
-      for (let i = 0; i < ios; i++) await drv.io(write, next());
+      for (let i = 0; i < ios; i++) await drv.io(k.write, next(k.size), k.size);
       const wall = Number(process.hrtime.bigint() - t0) / 1000;
       const c1 = cpuOf(pid);
+      const io1 = callsOf(pid);
       return {
         cpu: (c1.user + c1.sys - c0.user - c0.sys) / ios,
         user: (c1.user - c0.user) / ios,
@@ -184,13 +221,19 @@ async function run(tree: string, o: Options): Promise<RunResult> {
         main: (c1.main - c0.main) / ios,
         wall: wall / ios,
         records: (peer!.counters.records - records) / ios,
+        syscr: (io1.r - io0.r) / ios,
+        syscw: (io1.w - io0.w) / ios,
         gcs: ((gcs - gc0) * 1000) / ios,
+        majors: ((majors - major0) * 1000) / ios,
       };
     };
     // A kind left out (--only) still runs, briefly, so the table keeps its rows.
-    const read = await phase(false, o.only === 'write' ? 100 : o.ios);
-    const write = await phase(true, o.only === 'read' ? 100 : o.ios);
-    return { tree, read, write };
+    const phases = new Map<string, Phase>();
+    for (const k of o.kinds) {
+      const out = o.only !== undefined && o.only !== (k.write ? 'write' : 'read');
+      phases.set(kindName(k), await phase(k, out ? 100 : o.ios));
+    }
+    return { tree, phases };
   } catch (e) {
     throw new Error(`${(e as Error).message}\nendpoint output:\n${out}`);
   } finally {
@@ -204,14 +247,15 @@ async function run(tree: string, o: Options): Promise<RunResult> {
 }
 
 /** The disk holds what was written: a pattern written, the buffer cleared, read back. */
-async function check(drv: LinkNvmeDriver): Promise<void> {
+async function check(drv: LinkNvmeDriver, size: number): Promise<void> {
   const at = 0x7000;
-  for (let i = 0; i < 0x1000; i++) drv.data[i] = (i * 7 + 3) & 0xff;
-  await drv.io(true, at);
+  const byte = (i: number) => (i * 7 + 3 + (i >> 12)) & 0xff;
+  for (let i = 0; i < size; i++) drv.data[i] = byte(i);
+  await drv.io(true, at, size);
   drv.data.fill(0);
-  await drv.io(false, at);
-  for (let i = 0; i < 0x1000; i++)
-    if (drv.data[i] !== ((i * 7 + 3) & 0xff)) throw new Error(`read back differs at byte ${i}`);
+  await drv.io(false, at, size);
+  for (let i = 0; i < size; i++)
+    if (drv.data[i] !== byte(i)) throw new Error(`${size}-byte read back differs at byte ${i}`);
 }
 
 interface Options {
@@ -223,6 +267,12 @@ interface Options {
   traceGc: boolean;
   /** Measure only reads or only writes (for a profile of one kind); the other gets 100 I/Os. */
   only: 'read' | 'write' | undefined;
+  /** More options for the endpoint's node (--perf-basic-prof for perf(1), a V8 heap flag …). */
+  nodeOptions: string[];
+  /** I/O sizes, bytes. */
+  sizes: number[];
+  /** What a run measures, in order: per size, reads then writes. */
+  kinds: Kind[];
 }
 
 /** Bad command-line input: reported as its message alone. */
@@ -233,9 +283,21 @@ function only(v: string | undefined): 'read' | 'write' | undefined {
   throw new UsageError(`--only must be read or write, not ${v}`);
 }
 
+/** "4k,128k": sizes in KiB, whole pages up to the driver's MAX_IO. */
+function sizes(v: string): number[] {
+  const out = v.split(',').map((s) => {
+    const m = /^(\d+)k$/i.exec(s.trim());
+    const n = m ? Number(m[1]) << 10 : Number.NaN;
+    if (!(n >= 0x1000 && n <= MAX_IO && n % 0x1000 === 0))
+      throw new UsageError(`--sizes takes KiB like 4k,128k (4k..${MAX_IO >> 10}k, whole pages), not ${s}`);
+    return n;
+  });
+  return [...new Set(out)];
+}
+
 const USAGE =
   'usage: node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5] [--tree DIR]... ' +
-  '[--cpu-prof DIR] [--trace-gc] [--only read|write]';
+  '[--cpu-prof DIR] [--trace-gc] [--only read|write] [--sizes 4k,128k] [--node-option OPT]...';
 
 function parse(argv: string[]) {
   return parseArgs({
@@ -248,6 +310,8 @@ function parse(argv: string[]) {
       'cpu-prof': { type: 'string' },
       'trace-gc': { type: 'boolean', default: false },
       only: { type: 'string' },
+      sizes: { type: 'string', default: '4k,128k' },
+      'node-option': { type: 'string', multiple: true },
     },
   });
 }
@@ -270,7 +334,13 @@ function options(argv: string[]): Options {
       throw new UsageError(`--${name} must be ${lo}..${hi}, not ${v}`);
     return n;
   };
+  const sz = sizes(values.sizes!);
   return {
+    sizes: sz,
+    kinds: sz.flatMap((size) => [
+      { size, write: false },
+      { size, write: true },
+    ]),
     ios: int('ios', values.ios!, 100, 1_000_000),
     warmup: int('warmup', values.warmup!, 0, 1_000_000),
     runs: int('runs', values.runs!, 1, 50),
@@ -278,6 +348,7 @@ function options(argv: string[]): Options {
     cpuProf: values['cpu-prof'] && resolve(values['cpu-prof']),
     traceGc: values['trace-gc']!,
     only: only(values.only),
+    nodeOptions: values['node-option'] ?? [],
   };
 }
 
@@ -290,13 +361,13 @@ const median = (xs: number[]) => {
 const f1 = (n: number) => n.toFixed(1);
 
 function row(label: string, p: Phase, gc: boolean): string {
-  return `${label.padEnd(36)} cpu ${f1(p.cpu).padStart(6)} µs (user ${f1(p.user).padStart(5)}, sys ${f1(p.sys).padStart(5)})  main ${f1(p.main).padStart(6)} µs  wall ${f1(p.wall).padStart(6)} µs  records ${p.records.toFixed(2)}${gc ? `  gc/1000 ${f1(p.gcs)}` : ''}`;
+  return `${label.padEnd(40)} cpu ${f1(p.cpu).padStart(6)} µs (user ${f1(p.user).padStart(5)}, sys ${f1(p.sys).padStart(5)})  main ${f1(p.main).padStart(6)} µs  wall ${f1(p.wall).padStart(6)} µs  records ${p.records.toFixed(2)}  calls r/w ${p.syscr.toFixed(2)}/${p.syscw.toFixed(2)}${gc ? `  gc/1000 ${f1(p.gcs)} (full ${f1(p.majors)})` : ''}`;
 }
 
 async function main(): Promise<void> {
   const o = options(process.argv.slice(2));
   console.log(
-    `bench/endpoint-io: ${o.ios} QD1 4 KiB reads and ${o.ios} writes per run after ${o.warmup} warm-up I/Os, ${o.runs} run(s) per tree, alternating`,
+    `bench/endpoint-io: ${o.ios} QD1 I/Os of each kind (${o.kinds.map(kindName).join(', ')}) per run after ${o.warmup} warm-up I/Os, ${o.runs} run(s) per tree, alternating`,
   );
   const results: RunResult[] = [];
   for (let r = 0; r < o.runs; r++) {
@@ -304,20 +375,19 @@ async function main(): Promise<void> {
     for (const tree of order) {
       const res = await run(tree, o);
       results.push(res);
-      console.log(row(`run ${r + 1} ${tree} read`, res.read, o.traceGc));
-      console.log(row(`run ${r + 1} ${tree} write`, res.write, o.traceGc));
+      for (const [name, p] of res.phases) console.log(row(`run ${r + 1} ${tree} ${name}`, p, o.traceGc));
     }
   }
   // The load of a shared machine drifts: each run's trees ran back to back, so the ratio within a
   // run is steadier than the ratio of medians.
   if (o.trees.length === 2) {
     const [ref, mine] = o.trees as [string, string];
-    for (const kind of ['read', 'write'] as const) {
+    for (const kind of o.kinds.map(kindName)) {
       const ratios = (pick: (p: Phase) => number) =>
         Array.from({ length: o.runs }, (_, r) => {
           const a = results.find((x, i) => x.tree === ref && Math.floor(i / 2) === r)!;
           const b = results.find((x, i) => x.tree === mine && Math.floor(i / 2) === r)!;
-          return pick(b[kind]) / pick(a[kind]);
+          return pick(b.phases.get(kind)!) / pick(a.phases.get(kind)!);
         });
       const pct = (xs: number[]) => `${((median(xs) - 1) * 100).toFixed(0)} %`;
       console.log(
@@ -328,8 +398,8 @@ async function main(): Promise<void> {
   console.log(`\nmedians of ${o.runs} run(s), per I/O:`);
   for (const tree of o.trees) {
     const mine = results.filter((x) => x.tree === tree);
-    for (const kind of ['read', 'write'] as const) {
-      const ps = mine.map((x) => x[kind]);
+    for (const kind of o.kinds.map(kindName)) {
+      const ps = mine.map((x) => x.phases.get(kind)!);
       const med: Phase = {
         cpu: median(ps.map((p) => p.cpu)),
         user: median(ps.map((p) => p.user)),
@@ -337,7 +407,10 @@ async function main(): Promise<void> {
         main: median(ps.map((p) => p.main)),
         wall: median(ps.map((p) => p.wall)),
         records: median(ps.map((p) => p.records)),
+        syscr: median(ps.map((p) => p.syscr)),
+        syscw: median(ps.map((p) => p.syscw)),
         gcs: median(ps.map((p) => p.gcs)),
+        majors: median(ps.map((p) => p.majors)),
       };
       console.log(row(`${tree} ${kind}`, med, o.traceGc));
     }

@@ -11,7 +11,7 @@ import { openSession, type Session } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import { Capability, ErrorCode, type Msg, OUR_CAPABILITIES, u64 } from '../proto/wire.js';
 import { dmaReadCplRecord, KernelPeer, mmioWriteRecord, parseWRecord, pushRecord } from './kernel-peer.js';
-import { DRIVER_MEMORY, LinkNvmeDriver } from './link-nvme.js';
+import { DRIVER_MEMORY, LinkNvmeDriver, MAX_IO } from './link-nvme.js';
 
 const log = pino({ level: 'silent' });
 const BASE = 0x2000_0000n;
@@ -97,37 +97,62 @@ function next(session: Session, pick: (m: Msg) => boolean): Promise<Msg> {
   });
 }
 
+async function driverOnLink(): Promise<{ drv: LinkNvmeDriver; peer: KernelPeer; backend: MemoryBackend }> {
+  const { port, backend } = await endpointWithDisk();
+  const session = await openSession(() => dialTcp('127.0.0.1', port), {
+    log,
+    capabilities: OUR_CAPABILITIES | Capability.CAP_KERNEL_LINK,
+  });
+  cleanup.push(() => session.close());
+  const attach = (await next(session, (m) => !!m.attach)).attach!;
+  const peer = await KernelPeer.open(port, attach.linkToken!, {
+    base: BASE,
+    memory: DRIVER_MEMORY,
+    barSize: Number(u64(attach.desc!.bars![0]!.size)),
+  });
+  cleanup.push(() => peer.close());
+  session.send({
+    attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0000:01:00.0', link: true },
+  });
+  session.flush();
+  const drv = new LinkNvmeDriver(peer, BASE);
+  await drv.start();
+  return { drv, peer, backend };
+}
+
 describe('an NVMe driver on the kernel peer', () => {
   it('brings the controller up and writes and reads 4 KiB, the write data pushed with the doorbell', async () => {
-    const { port, backend } = await endpointWithDisk();
-    const session = await openSession(() => dialTcp('127.0.0.1', port), {
-      log,
-      capabilities: OUR_CAPABILITIES | Capability.CAP_KERNEL_LINK,
-    });
-    cleanup.push(() => session.close());
-    const attach = (await next(session, (m) => !!m.attach)).attach!;
-    const peer = await KernelPeer.open(port, attach.linkToken!, {
-      base: BASE,
-      memory: DRIVER_MEMORY,
-      barSize: Number(u64(attach.desc!.bars![0]!.size)),
-    });
-    cleanup.push(() => peer.close());
-    session.send({
-      attachResult: { dev: attach.dev, code: ErrorCode.OK, address: '0000:01:00.0', link: true },
-    });
-    session.flush();
-    const drv = new LinkNvmeDriver(peer, BASE);
-    await drv.start();
-    for (let i = 0; i < 0x1000; i++) drv.data[i] = i & 0xff;
+    const { drv, peer, backend } = await driverOnLink();
+    const data = drv.data.subarray(0, 0x1000);
+    for (let i = 0; i < 0x1000; i++) data[i] = i & 0xff;
     const dmaReads = peer.counters.dmaReads;
     await drv.io(true, 0x3000);
     // The SQE and the data came with the doorbell: the endpoint read nothing over the link.
     expect(peer.counters.dmaReads).toBe(dmaReads);
     const stored = await backend.read(0x3000, 0x1000);
-    expect(Buffer.from(stored).equals(Buffer.from(drv.data))).toBe(true);
-    drv.data.fill(0);
+    expect(Buffer.from(stored).equals(Buffer.from(data))).toBe(true);
+    data.fill(0);
     await drv.io(false, 0x3000);
-    expect(drv.data[0x123]).toBe(0x23);
-    expect(Buffer.from(drv.data).equals(Buffer.from(stored))).toBe(true);
+    expect(data[0x123]).toBe(0x23);
+    expect(Buffer.from(data).equals(Buffer.from(stored))).toBe(true);
+  });
+
+  it('moves 128 KiB through a PRP list, the list and the data pushed with the doorbell', async () => {
+    const { drv, peer, backend } = await driverOnLink();
+    expect(drv.data.length).toBe(MAX_IO);
+    for (let i = 0; i < MAX_IO; i++) drv.data[i] = (i ^ (i >> 12)) & 0xff;
+    const written = Buffer.from(drv.data);
+    const dmaReads = peer.counters.dmaReads;
+    await drv.io(true, 0x40000, MAX_IO);
+    expect(peer.counters.dmaReads).toBe(dmaReads);
+    expect(Buffer.from(await backend.read(0x40000, MAX_IO)).equals(written)).toBe(true);
+    drv.data.fill(0);
+    await drv.io(false, 0x40000, MAX_IO);
+    expect(Buffer.from(drv.data).equals(written)).toBe(true);
+    // Two pages: PRP2 is the second page itself, no list.
+    drv.data.fill(0);
+    await drv.io(false, 0x41000, 0x2000);
+    expect(Buffer.from(drv.data.subarray(0, 0x2000)).equals(written.subarray(0x1000, 0x3000))).toBe(true);
+    expect(peer.counters.dmaReads).toBe(dmaReads);
   });
 });

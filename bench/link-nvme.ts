@@ -2,7 +2,8 @@
 // does to bring a controller up and run QD1 I/O through pcinet.ko: the admin queue by AQA/ASQ/ACQ
 // and CC.EN, one I/O CQ and SQ by Create I/O CQ/SQ, then per I/O an SQE in host memory, the SQ tail
 // doorbell (which carries the SQE, and a write's data, as pushes), the completion's DMA write and
-// interrupt, and the CQ head doorbell. No Doorbell Buffer Config: every doorbell is rung.
+// interrupt, and the CQ head doorbell. No Doorbell Buffer Config: every doorbell is rung. Transfers
+// of up to MAX_IO bytes: past two pages PRP2 points at a PRP list, as Linux builds it.
 
 import { ADMIN, CC, CSTS, IO, REG } from '../devices/nvme/spec.js';
 import { rd16, rd32, wr16, wr32, wr64 } from '../devices/pci/le.js';
@@ -13,10 +14,14 @@ const ASQ = 0x0000;
 const ACQ = 0x1000;
 const IOSQ = 0x2000;
 const IOCQ = 0x12000;
-/** One 4 KiB page per I/O buffer: reads land here, writes come from here. */
+/** The PRP list of a transfer of more than two pages. */
+const PRP_LIST = 0x1f000;
+/** The I/O buffer, physically contiguous: reads land here, writes come from here. */
 const DATA = 0x20000;
+/** Largest transfer: the endpoint's NVMe MDTS (2^6 pages), Linux's usual max_sectors_kb. */
+export const MAX_IO = 128 << 10;
 /** Host memory the driver needs (the peer must have at least this much). */
-export const DRIVER_MEMORY = DATA + 0x1000;
+export const DRIVER_MEMORY = DATA + MAX_IO;
 const ADMIN_ENTRIES = 32;
 /** Linux's default io_queue_depth. */
 const IO_ENTRIES = 1024;
@@ -47,9 +52,9 @@ export class LinkNvmeDriver {
     this.lbaSize = lbaSize;
   }
 
-  /** The 4 KiB buffer I/O moves data through. */
+  /** The buffer I/O moves data through (MAX_IO bytes; an I/O of `size` uses the first `size`). */
   get data(): Uint8Array {
-    return this.#peer.mem(this.#base + BigInt(DATA), 0x1000);
+    return this.#peer.mem(this.#base + BigInt(DATA), MAX_IO);
   }
 
   /** Enables the controller and creates I/O queue pair 1 on vector 1. */
@@ -72,11 +77,23 @@ export class LinkNvmeDriver {
     this.#queues[1] = this.#queue(1, IOSQ, IOCQ, IO_ENTRIES);
   }
 
-  /** One 4 KiB read (`write` false) or write at byte offset `at` of namespace 1, QD1. */
-  async io(write: boolean, at: number): Promise<void> {
-    const sqe = this.#sqe(write ? IO.WRITE : IO.READ, { nsid: 1, prp1: this.#base + BigInt(DATA) });
+  /** One read (`write` false) or write of `size` bytes (whole pages, at most MAX_IO) at byte
+   *  offset `at` of namespace 1, QD1. */
+  async io(write: boolean, at: number, size = 0x1000): Promise<void> {
+    if (size < 0x1000 || size > MAX_IO || size % 0x1000) throw new RangeError(`I/O of ${size} bytes`);
+    const data = this.#base + BigInt(DATA);
+    const pages = size / 0x1000;
+    let prp2 = 0n;
+    if (pages === 2) prp2 = data + 0x1000n;
+    else if (pages > 2) {
+      // PRP2: a list of the pages after the first (all on one list page: MAX_IO is 32 pages).
+      const list = this.#peer.mem(this.#base + BigInt(PRP_LIST), 8 * (pages - 1));
+      for (let i = 1; i < pages; i++) wr64(list, 8 * (i - 1), data + BigInt(i * 0x1000));
+      prp2 = this.#base + BigInt(PRP_LIST);
+    }
+    const sqe = this.#sqe(write ? IO.WRITE : IO.READ, { nsid: 1, prp1: data, prp2 });
     wr64(sqe, 40, BigInt(at / this.lbaSize));
-    wr32(sqe, 48, 0x1000 / this.lbaSize - 1);
+    wr32(sqe, 48, size / this.lbaSize - 1);
     await this.#command(1, sqe);
   }
 
@@ -97,13 +114,14 @@ export class LinkNvmeDriver {
     this.#peer.write32(0, offset + 4, Number(v >> 32n));
   }
 
-  #sqe(opcode: number, f: { nsid?: number; prp1?: bigint }): Uint8Array {
+  #sqe(opcode: number, f: { nsid?: number; prp1?: bigint; prp2?: bigint }): Uint8Array {
     const b = new Uint8Array(64);
     b[0] = opcode;
     this.#cid = (this.#cid + 1) & 0xffff;
     wr16(b, 2, this.#cid);
     wr32(b, 4, f.nsid ?? 0);
     wr64(b, 24, f.prp1 ?? 0n);
+    wr64(b, 32, f.prp2 ?? 0n);
     return b;
   }
 
