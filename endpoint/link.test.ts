@@ -6,6 +6,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
 import pino from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { TestDevice } from '../devices/test/device.js';
@@ -308,6 +309,100 @@ describe('kernel links at the endpoint', () => {
     k.socket.write(bad);
     await expect(k.until(() => false)).rejects.toThrow(/closed the link/);
     await session.close();
+  });
+
+  it('answers the device’s DMA reads from R_DMA_READ_CPL records, pieces put together, traced or not', async () => {
+    for (const traced of [false, true]) {
+      const port = await endpoint();
+      const stop = traced ? servers.at(-1)!.trace.subscribe({ sink: () => true }) : undefined;
+      const { session, attach } = await hostSession(port, true);
+      const k = await kernelLink(port, attach.linkToken!);
+      expect(await k.accepted()).toBe(true);
+      attachedOnLink(session, attach.dev);
+      // Host memory the kernel answers from: 100 000 bytes (two records' worth), or a refusal.
+      const src = 0x5000_0000n;
+      const memory = Buffer.from(testPattern(9, 100_000));
+      let refuse = false;
+      let answered = 0;
+      // BAR 0 as the host's shadow has it.
+      const shadow = Buffer.alloc(0x4000);
+      let seen = 0;
+      const answer = () => {
+        for (; seen < k.records.length; seen++) {
+          const r = k.records[seen]!;
+          if (typeOf(r) === W.SHADOW && r.readUInt32LE(8) === 0)
+            r.copy(shadow, Number(r.readBigUInt64LE(16)), 24, 24 + r.readUInt32LE(12));
+          if (typeOf(r) !== W.DMA_READ) continue;
+          const tag = r.readUInt32LE(8);
+          const size = r.readUInt32LE(12);
+          const at = Number(r.readBigUInt64LE(16) - src);
+          const data = refuse ? Buffer.alloc(0) : memory.subarray(at, at + size);
+          const cpl = Buffer.alloc((24 + data.length + 7) & ~7);
+          cpl.writeUInt16LE(R.DMA_READ_CPL, 0);
+          cpl.writeUInt32LE(cpl.length, 4);
+          cpl.writeUInt32LE(tag, 8);
+          cpl.writeUInt32LE(refuse ? 1 : 0, 12);
+          cpl.writeUInt32LE(data.length, 16);
+          data.copy(cpl, 24);
+          k.socket.write(cpl);
+          answered++;
+        }
+      };
+      const read = async (size: number) => {
+        k.socket.write(
+          Buffer.concat([
+            mmioWrite(0, REG.SRC_ADDR, Number(src)),
+            mmioWrite(0, REG.SRC_ADDR + 4, 0),
+            mmioWrite(0, REG.SIZE, size),
+            mmioWrite(0, REG.COMMAND, CMD.DMA_READ),
+          ]),
+        );
+        // Until the command is done: STATUS in the shadow says so.
+        await k.until(() => {
+          answer();
+          return (shadow.readUInt32LE(REG.STATUS) & 3) !== 0;
+        });
+        const status = shadow.readUInt32LE(REG.STATUS);
+        k.socket.write(mmioWrite(0, REG.STATUS, 3));
+        await k.until(() => {
+          answer();
+          return (shadow.readUInt32LE(REG.STATUS) & 3) === 0;
+        });
+        return status;
+      };
+      expect(await read(100_000)).toBe(1);
+      // Two records' worth: two pieces, put together for the device (its checksum says it got them).
+      expect(answered).toBe(2);
+      expect(shadow.readUInt32LE(REG.CHECKSUM)).toBe(crc32(memory));
+      refuse = true;
+      expect(await read(64)).toBe(3); // done, failed
+      expect(shadow.readUInt32LE(REG.ERROR)).toBe(ErrorCode.DMA_FAULT);
+      stop?.();
+      await session.close();
+    }
+  });
+
+  it('a record the host got wrong ends the session as its message would, traced or not', async () => {
+    // Untraced, records reach the runtime without messages; traced, as messages: the same checks.
+    for (const traced of [false, true]) {
+      for (const [offset, why] of [
+        [0x10_0000n, /BAD_ARGUMENT.*outside BAR 0/],
+        [1n << 60n, /BAD_ARGUMENT.*MmioWrite offset out of range/],
+      ] as const) {
+        const port = await endpoint();
+        const stop = traced ? servers.at(-1)!.trace.subscribe({ sink: () => true }) : undefined;
+        const { session, attach } = await hostSession(port, true);
+        const closed = new Promise<Error | undefined>((r) => session.once('close', r));
+        const k = await kernelLink(port, attach.linkToken!);
+        expect(await k.accepted()).toBe(true);
+        attachedOnLink(session, attach.dev);
+        const w = mmioWrite(0, 0, 1);
+        w.writeBigUInt64LE(offset, 16);
+        k.socket.write(w);
+        expect((await closed)?.message).toMatch(why);
+        stop?.();
+      }
+    }
   });
 
   describe('on a TLS session: sealed links', () => {

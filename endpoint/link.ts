@@ -9,11 +9,41 @@ import { createCipheriv } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import type net from 'node:net';
 import { gather } from '../proto/codec.js';
-import { AbiError, LINK_MAGIC, parseRecords, SEAL_MAX, SEAL_TAG } from '../proto/kernel-abi.js';
+import {
+  AbiError,
+  LINK_MAGIC,
+  parseRecords,
+  type RecordVisitor,
+  SEAL_MAX,
+  SEAL_TAG,
+  visitRecords,
+} from '../proto/kernel-abi.js';
 import { RecordOut, RecordStream, RecordTranslator } from '../proto/kernel-link.js';
 import type { SocketReads } from '../proto/tcp.js';
-import type { Msg } from '../proto/wire.js';
+import type { ErrorCode, Msg } from '../proto/wire.js';
 import { SealedFrames, sealNonce } from './sealed-in.js';
+
+/**
+ * The runtime's side of a link's inbound records when they need not become messages first: each
+ * call is what the record's message would say (for the link's device), within batch(). A record's
+ * 64-bit fields come as they are; the receiver checks them as it checks a message's.
+ */
+export interface LinkReceiver {
+  /** False while records must reach the runtime as messages (a trace records messages). */
+  direct(): boolean;
+  /** One inbound batch: `visit` hands its records over, then the runtime ends the batch. */
+  batch(visit: () => void): void;
+  mmioWrite(bar: number, offset: bigint, data: Uint8Array): void;
+  mmioRead(tag: number, bar: number, size: number, offset: bigint): void;
+  configWrite(offset: number, size: number, value: number): void;
+  functionReset(): void;
+  /** A DMA read of the runtime's (`tag`) completed; `data` when its status is OK. */
+  dmaReadCpl(tag: number, status: ErrorCode, data: Uint8Array | undefined): void;
+  /** `data` is a view of a buffer nobody writes again. */
+  push(rule: number, iova: bigint, data: Uint8Array): void;
+  pushDrop(iova: bigint, length: bigint): void;
+  pushRuleSet(id: number): void;
+}
 
 /** Events: 'drain' () the socket took what was waiting; 'close' (err?: Error) the link is gone. */
 export class KernelLink extends EventEmitter {
@@ -32,6 +62,9 @@ export class KernelLink extends EventEmitter {
   readonly #recordOut = new RecordOut();
   #inbound: Msg[] = [];
   #deliver: ((msgs: Msg[]) => void) | undefined;
+  #receiver: LinkReceiver | undefined;
+  /** The records of a batch to #receiver (made once, in start()). */
+  #visitor: RecordVisitor | undefined;
   #closed = false;
   #error: Error | undefined;
   /** When the last inbound records arrived, until something goes out (performance.now(), ms). */
@@ -83,11 +116,33 @@ export class KernelLink extends EventEmitter {
     this.#socket.write(LINK_MAGIC);
   }
 
-  /** Starts reading: every chunk's whole records go to `deliver` as one batch. An error thrown
-   *  by `deliver` (the kernel broke the protocol) closes the link with it. */
-  start(deliver: (msgs: Msg[]) => void): void {
+  /** Starts reading: every chunk's whole records go to `deliver` as one batch of messages, or,
+   *  with a `receiver` whose direct() says so, to it without messages. An error thrown by either
+   *  (the kernel broke the protocol) closes the link with it. */
+  start(deliver: (msgs: Msg[]) => void, receiver?: LinkReceiver): void {
     this.#deliver = deliver;
+    this.#receiver = receiver;
+    if (receiver) this.#visitor = this.#visitorFor(receiver);
     this.#socket.resume();
+  }
+
+  #visitorFor(rx: LinkReceiver): RecordVisitor {
+    const notDataPlane = (what: string) => {
+      throw new AbiError(`${what} is not a data-plane record`);
+    };
+    const cpl = (tag: number, status: ErrorCode, data?: Uint8Array) => rx.dmaReadCpl(tag, status, data);
+    return {
+      attached: () => notDataPlane('attached'),
+      linkClosed: () => notDataPlane('link-closed'),
+      mmioWrite: (bar, offset, data) => rx.mmioWrite(bar, offset, data),
+      mmioRead: (tag, bar, size, offset) => rx.mmioRead(tag, bar, size, offset),
+      configWrite: (offset, size, value) => rx.configWrite(offset, size, value),
+      functionReset: () => rx.functionReset(),
+      dmaReadCpl: (tag, ok, data) => this.#records!.dmaReadCpl(tag, ok, data, cpl),
+      push: (rule, iova, data) => rx.push(rule, iova, data),
+      pushDrop: (iova, length) => rx.pushDrop(iova, length),
+      pushRuleSet: (id) => rx.pushRuleSet(id),
+    };
   }
 
   /** Queues a device -> host message (dropped once the link is gone: nobody is listening).
@@ -198,6 +253,14 @@ export class KernelLink extends EventEmitter {
       this.#lastIn = performance.now();
       // Every buffer of records here is new (read into, put together or opened for this call) and
       // never written again: payloads may stay views of it.
+      const rx = this.#receiver;
+      if (rx?.direct()) {
+        const v = this.#visitor!;
+        rx.batch(() => {
+          for (const whole of wholes) visitRecords(whole, true, v);
+        });
+        return;
+      }
       for (const whole of wholes) for (const r of parseRecords(whole, true)) this.#records.fromKernel(r);
       const msgs = this.#inbound;
       this.#inbound = [];

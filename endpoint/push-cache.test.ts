@@ -30,6 +30,29 @@ describe('PushCache', () => {
     expect(c.bytes).toBe(2048 + 2048 + 4096);
   });
 
+  it('keeps an owned push that is most of its buffer as it is; copies others', () => {
+    const c = new PushCache();
+    // A record's buffer: a 24-byte head, then the pushed bytes (a kernel link's R_PUSH).
+    const record = new Uint8Array(24 + 4096);
+    const data = record.subarray(24);
+    data.set(bytes(4096, 5));
+    c.stage(0x1000n, data, 0, true);
+    // A small push from the same kind of buffer is copied: it would keep the rest alive.
+    const big = new Uint8Array(65536);
+    c.stage(0x8000n, big.subarray(64, 128), 0, true);
+    // Not owned: copied, whatever its size.
+    const mine = bytes(4096, 6);
+    c.stage(0x3000n, mine, 0);
+    c.commit();
+    const a = c.take(0x1000n, 4096)!;
+    expect(a.buffer).toBe(record.buffer);
+    expect(a).toEqual(bytes(4096, 5));
+    expect(c.take(0x8000n, 64)!.buffer).not.toBe(big.buffer);
+    const b = c.take(0x3000n, 4096)!;
+    expect(b.buffer).not.toBe(mine.buffer);
+    expect(b).toEqual(bytes(4096, 6));
+  });
+
   it('keeps the newest bytes where pushes overlap', () => {
     const c = new PushCache();
     c.add(0x1000n, new Uint8Array(32).fill(1), 0);

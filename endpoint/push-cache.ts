@@ -57,12 +57,15 @@ export class PushCache {
     this.commit();
   }
 
-  /** Pushed bytes at `iova` (copied: the frame they came in is not kept alive), readable from the
-   *  next commit. A batch past the cache's size is committed as it goes (the oldest bytes go). */
-  stage(iova: bigint, data: Uint8Array, rule: number): void {
+  /** Pushed bytes at `iova`, readable from the next commit. A batch past the cache's size is
+   *  committed as it goes (the oldest bytes go). They are copied, so that whatever they came in is
+   *  not kept alive, unless `owned` (nobody writes `data`'s buffer again) and they are most of that
+   *  buffer: then the cache keeps `data` itself. */
+  stage(iova: bigint, data: Uint8Array, rule: number, owned = false): void {
     if (data.length === 0) return;
     if (this.#stagedBytes + data.length > this.#max) this.commit();
-    this.#staged.push({ start: iova, data: data.slice(), rule });
+    const keep = owned && data.length * 2 >= data.buffer.byteLength;
+    this.#staged.push({ start: iova, data: keep ? data : data.slice(), rule });
     this.#stagedBytes += data.length;
   }
 

@@ -24,6 +24,7 @@
 // too, but a harmless one: it is answered with status BAD_ARGUMENT and traced.
 import { randomBytes } from 'node:crypto';
 import type { EventEmitter } from 'node:events';
+import type Long from 'long';
 import pino, { type Logger } from 'pino';
 import { type DeviceModel, DmaError, type HostPort } from '../devices/host-port.js';
 import { MAX_PUSH_RULES, type PushRule } from '../devices/push.js';
@@ -43,7 +44,7 @@ import {
 import { wireDescription } from './describe.js';
 import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
 import type { Faults, IrqFault } from './faults.js';
-import type { KernelLink } from './link.js';
+import type { KernelLink, LinkReceiver } from './link.js';
 import { PushCache } from './push-cache.js';
 
 /** What the runtime needs of a session (proto/session.ts satisfies it). Events:
@@ -141,6 +142,8 @@ class Device {
   writes = 0;
   /** FunctionResets so far: an interrupt held by a fault is not sent across one. */
   resets = 0;
+  /** The inbound batch being handled wrote to a non-doorbell range (WritesApplied follows it). */
+  wrote = false;
   readonly bars = new Map<number, BarInfo>();
   readonly configSize: number;
   readonly vectors: number;
@@ -186,6 +189,14 @@ class Device {
   get name(): string {
     return this.model.description.model;
   }
+}
+
+/** A 64-bit BAR offset from a record as a number; past 2^53 it is the host's mistake, as num() says
+ *  for the same offset in a message. */
+function safeOffset(v: bigint, what: string): number {
+  if (v > BigInt(Number.MAX_SAFE_INTEGER))
+    throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `${what} out of range: ${v.toString()}`);
+  return Number(v);
 }
 
 const within = (spans: readonly { offset: number; length: number }[], off: number, len: number) =>
@@ -373,25 +384,35 @@ export class EndpointRuntime {
   receive(msgs: readonly Msg[], link = false): void {
     const tap = this.tap;
     if (tap) for (const m of msgs) tap.record(m, false, link, devOf(m));
-    const wrote = new Set<Device>();
+    this.#batch(() => {
+      for (const m of msgs) this.#dispatch(m);
+    });
+  }
+
+  /** Runs `apply`, which hands one inbound batch to the devices; then each device's changes go
+   *  out, and WritesApplied where the batch wrote to non-doorbell ranges; then everything is
+   *  flushed. An error thrown by `apply` ends the batch there (nothing more is sent for it). */
+  #batch(apply: () => void): void {
     this.#inBatch = true;
     try {
-      for (const m of msgs) this.#dispatch(m, wrote);
+      apply();
       for (const d of this.#devices.values()) {
         if (d.state !== 'attached') continue;
         this.#pushShadow(d);
-        if (!wrote.has(d)) continue;
+        if (!d.wrote) continue;
+        d.wrote = false;
         const link = this.#fastLink(d);
         if (link) link.writesApplied(BigInt(d.writes));
         else this.#toHost(d, { writesApplied: { dev: d.dev, count: long(d.writes) } });
       }
     } finally {
       this.#inBatch = false;
+      for (const d of this.#devices.values()) d.wrote = false;
     }
     this.#flush();
   }
 
-  #dispatch(m: Msg, wrote: Set<Device>): void {
+  #dispatch(m: Msg): void {
     const kind = kindOf(m);
     switch (kind) {
       case 'attachResult':
@@ -410,125 +431,49 @@ export class EndpointRuntime {
       }
       case 'functionReset': {
         const d = this.#device(m.functionReset!.dev);
-        if (!d) return;
-        d.pushed.clear();
-        d.dma.dropWaiting();
-        d.model.reset();
-        d.writes = 0;
-        d.resets++;
+        if (d) this.#functionReset(d);
         return;
       }
       case 'mmioWrite': {
         const w = m.mmioWrite!;
         const d = this.#device(w.dev);
-        if (!d) return;
-        const data = w.data ?? new Uint8Array(0);
-        if (data.length === 0)
-          throw new ProtocolError(ErrorCode.BAD_LENGTH, `device ${d.dev}: empty MmioWrite`);
-        const bar = w.bar ?? 0;
-        const offset = num(w.offset, 'MmioWrite offset');
-        const info = this.#range(d, bar, offset, data.length, 'MmioWrite');
-        d.counters.mmioWrites++;
-        // The pushes in front of it (if it is a doorbell) become readable together.
-        d.pushed.commit();
-        if (!within(info.doorbell, offset, data.length)) {
-          d.writes++;
-          wrote.add(d);
-        }
-        d.model.mmioWrite(bar, offset, data);
+        if (d) this.#mmioWrite(d, w.bar ?? 0, w.offset, w.data ?? new Uint8Array(0));
         return;
       }
       case 'mmioRead': {
         const r = m.mmioRead!;
         const d = this.#device(r.dev);
-        if (!d) return;
-        const bar = r.bar ?? 0;
-        const offset = num(r.offset, 'MmioRead offset');
-        const size = r.size ?? 0;
-        if (size < 1)
-          throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `device ${d.dev}: MmioRead of ${size} bytes`);
-        const info = this.#range(d, bar, offset, size, 'MmioRead');
-        d.counters.mmioReads++;
-        if (!within(info.volatile, offset, size)) {
-          d.port.trace('endpoint.mmio.read-not-volatile', { bar, offset: `0x${offset.toString(16)}`, size });
-          this.#send(d, { mmioReadCpl: { dev: d.dev, tag: r.tag ?? 0, status: ErrorCode.BAD_ARGUMENT } });
-          return;
-        }
-        // An injected all-ones read never reaches the device (a link that failed under it).
-        const data =
-          this.#faults?.armed && this.#faults.allOnes(d.dev, bar, offset, size)
-            ? new Uint8Array(size).fill(0xff)
-            : d.model.mmioRead(bar, offset, size);
-        if (data.length !== size)
-          throw new Error(`${d.name}: mmioRead returned ${data.length} bytes, not ${size}`);
-        this.#send(d, { mmioReadCpl: { dev: d.dev, tag: r.tag ?? 0, status: ErrorCode.OK, data } }, size);
+        if (d) this.#mmioRead(d, r.tag ?? 0, r.bar ?? 0, num(r.offset, 'MmioRead offset'), r.size ?? 0);
         return;
       }
       case 'configWrite': {
         const c = m.configWrite!;
         const d = this.#device(c.dev);
-        if (!d) return;
-        const offset = c.offset ?? 0;
-        const size = c.size ?? 0;
-        if (![1, 2, 4].includes(size) || offset + size > d.configSize) {
-          throw new ProtocolError(
-            ErrorCode.BAD_ARGUMENT,
-            `device ${d.dev}: ConfigWrite of ${size} bytes at ${offset}`,
-          );
-        }
-        d.model.configWrite(offset, size, (c.value ?? 0) >>> 0);
+        if (d) this.#configWrite(d, c.offset ?? 0, c.size ?? 0, c.value ?? 0);
         return;
       }
       case 'dmaReadCpl': {
         const c = m.dmaReadCpl!;
         const d = this.#device(c.dev);
-        if (!d) return;
-        // The host read this memory after it pushed whatever of it arrived before this completion:
-        // those pushed bytes are older than what the device now sees, and serving them later
-        // would take it back in time (a ring index moving backwards).
-        const r = d.dma.rangeOf(c.tag ?? 0);
-        if (r) d.pushed.drop(r.iova, r.len);
-        d.dma.complete(c.tag ?? 0, c.status ?? ErrorCode.OK, c.data ?? new Uint8Array(0));
+        if (d) this.#dmaReadCpl(d, c.tag ?? 0, c.status ?? ErrorCode.OK, c.data ?? new Uint8Array(0));
         return;
       }
       case 'push': {
         const p = m.push!;
         const d = this.#device(p.dev);
-        if (!d) return;
-        const data = p.data ?? new Uint8Array(0);
-        const rule = p.rule ?? 0;
-        if (data.length === 0) throw new ProtocolError(ErrorCode.BAD_LENGTH, `device ${d.dev}: empty Push`);
-        if (rule >= MAX_PUSH_RULES)
-          throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `device ${d.dev}: Push of rule ${rule}`);
-        if (d.ruleChanges.has(rule)) {
-          d.counters.pushStale++;
-          return;
-        }
-        d.counters.pushBytes += data.length;
-        d.pushed.stage(u64(p.iova), data, rule);
+        if (d) this.#push(d, u64(p.iova), p.data ?? new Uint8Array(0), p.rule ?? 0, false);
         return;
       }
       case 'pushDrop': {
         const p = m.pushDrop!;
         const d = this.#device(p.dev);
-        if (!d) return;
-        d.counters.pushDrops++;
-        d.pushed.drop(u64(p.iova), u64(p.length));
+        if (d) this.#pushDrop(d, u64(p.iova), u64(p.length));
         return;
       }
       case 'pushRuleSet': {
         const p = m.pushRuleSet!;
         const d = this.#device(p.dev);
-        if (!d) return;
-        const id = p.id ?? 0;
-        const n = d.ruleChanges.get(id);
-        if (n === undefined)
-          throw new ProtocolError(
-            ErrorCode.UNEXPECTED_MESSAGE,
-            `PushRuleSet for rule ${id}, which did not change`,
-          );
-        if (n > 1) d.ruleChanges.set(id, n - 1);
-        else d.ruleChanges.delete(id);
+        if (d) this.#pushRuleSet(d, p.id ?? 0);
         return;
       }
       case 'statsRequest': {
@@ -550,6 +495,144 @@ export class EndpointRuntime {
       default:
         throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `${kind} is sent by endpoints, not hosts`);
     }
+  }
+
+  // ---- what the host says to an attached device: from messages (#dispatch) and straight from a
+  // kernel link's records (#linkReceiver), the same checks either way ----
+
+  #functionReset(d: Device): void {
+    d.pushed.clear();
+    d.dma.dropWaiting();
+    d.model.reset();
+    d.writes = 0;
+    d.resets++;
+  }
+
+  /** `at`: the offset as the message or record has it (checked after the data). */
+  #mmioWrite(d: Device, bar: number, at: bigint | Long | null | undefined, data: Uint8Array): void {
+    if (data.length === 0) throw new ProtocolError(ErrorCode.BAD_LENGTH, `device ${d.dev}: empty MmioWrite`);
+    const offset = typeof at === 'bigint' ? safeOffset(at, 'MmioWrite offset') : num(at, 'MmioWrite offset');
+    const info = this.#range(d, bar, offset, data.length, 'MmioWrite');
+    d.counters.mmioWrites++;
+    // The pushes in front of it (if it is a doorbell) become readable together.
+    d.pushed.commit();
+    if (!within(info.doorbell, offset, data.length)) {
+      d.writes++;
+      d.wrote = true;
+    }
+    d.model.mmioWrite(bar, offset, data);
+  }
+
+  #mmioRead(d: Device, tag: number, bar: number, offset: number, size: number): void {
+    if (size < 1)
+      throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `device ${d.dev}: MmioRead of ${size} bytes`);
+    const info = this.#range(d, bar, offset, size, 'MmioRead');
+    d.counters.mmioReads++;
+    if (!within(info.volatile, offset, size)) {
+      d.port.trace('endpoint.mmio.read-not-volatile', { bar, offset: `0x${offset.toString(16)}`, size });
+      this.#send(d, { mmioReadCpl: { dev: d.dev, tag, status: ErrorCode.BAD_ARGUMENT } });
+      return;
+    }
+    // An injected all-ones read never reaches the device (a link that failed under it).
+    const data =
+      this.#faults?.armed && this.#faults.allOnes(d.dev, bar, offset, size)
+        ? new Uint8Array(size).fill(0xff)
+        : d.model.mmioRead(bar, offset, size);
+    if (data.length !== size)
+      throw new Error(`${d.name}: mmioRead returned ${data.length} bytes, not ${size}`);
+    this.#send(d, { mmioReadCpl: { dev: d.dev, tag, status: ErrorCode.OK, data } }, size);
+  }
+
+  #configWrite(d: Device, offset: number, size: number, value: number): void {
+    if (![1, 2, 4].includes(size) || offset + size > d.configSize) {
+      throw new ProtocolError(
+        ErrorCode.BAD_ARGUMENT,
+        `device ${d.dev}: ConfigWrite of ${size} bytes at ${offset}`,
+      );
+    }
+    d.model.configWrite(offset, size, value >>> 0);
+  }
+
+  #dmaReadCpl(d: Device, tag: number, status: ErrorCode, data: Uint8Array): void {
+    // The host read this memory after it pushed whatever of it arrived before this completion:
+    // those pushed bytes are older than what the device now sees, and serving them later would
+    // take it back in time (a ring index moving backwards).
+    const r = d.dma.rangeOf(tag);
+    if (r) d.pushed.drop(r.iova, r.len);
+    d.dma.complete(tag, status, data);
+  }
+
+  /** `owned`: `data` is a view of a buffer nobody writes again (a kernel link's records), which
+   *  the push cache may keep instead of a copy. */
+  #push(d: Device, iova: bigint, data: Uint8Array, rule: number, owned: boolean): void {
+    if (data.length === 0) throw new ProtocolError(ErrorCode.BAD_LENGTH, `device ${d.dev}: empty Push`);
+    if (rule >= MAX_PUSH_RULES)
+      throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `device ${d.dev}: Push of rule ${rule}`);
+    if (d.ruleChanges.has(rule)) {
+      d.counters.pushStale++;
+      return;
+    }
+    d.counters.pushBytes += data.length;
+    d.pushed.stage(iova, data, rule, owned);
+  }
+
+  #pushDrop(d: Device, iova: bigint, length: bigint): void {
+    d.counters.pushDrops++;
+    d.pushed.drop(iova, length);
+  }
+
+  #pushRuleSet(d: Device, id: number): void {
+    const n = d.ruleChanges.get(id);
+    if (n === undefined)
+      throw new ProtocolError(
+        ErrorCode.UNEXPECTED_MESSAGE,
+        `PushRuleSet for rule ${id}, which did not change`,
+      );
+    if (n > 1) d.ruleChanges.set(id, n - 1);
+    else d.ruleChanges.delete(id);
+  }
+
+  /** What device `dev`'s kernel link hands over straight from its records, while no trace runs
+   *  (a trace records messages: the link makes them then). Each record is what its message would
+   *  be, checked the same way. */
+  #linkReceiver(dev: number): LinkReceiver {
+    const attached = () => this.#device(dev);
+    return {
+      direct: () => this.tap === undefined,
+      batch: (visit) => this.#batch(visit),
+      mmioWrite: (bar, offset, data) => {
+        const d = attached();
+        if (d) this.#mmioWrite(d, bar, offset, data);
+      },
+      mmioRead: (tag, bar, size, offset) => {
+        const d = attached();
+        if (d) this.#mmioRead(d, tag, bar, safeOffset(offset, 'MmioRead offset'), size);
+      },
+      configWrite: (offset, size, value) => {
+        const d = attached();
+        if (d) this.#configWrite(d, offset, size, value);
+      },
+      functionReset: () => {
+        const d = attached();
+        if (d) this.#functionReset(d);
+      },
+      dmaReadCpl: (tag, status, data) => {
+        const d = attached();
+        if (d) this.#dmaReadCpl(d, tag, status, data ?? new Uint8Array(0));
+      },
+      push: (rule, iova, data) => {
+        const d = attached();
+        if (d) this.#push(d, iova, data, rule, true);
+      },
+      pushDrop: (iova, length) => {
+        const d = attached();
+        if (d) this.#pushDrop(d, iova, length);
+      },
+      pushRuleSet: (id) => {
+        const d = attached();
+        if (d) this.#pushRuleSet(d, id);
+      },
+    };
   }
 
   #attachResult(r: pcinet.IAttachResult): void {
@@ -583,7 +666,7 @@ export class EndpointRuntime {
         { dev: d.dev, model: d.name, address: d.address, kernelLink: !!d.link },
         'device attached',
       );
-      d.link?.start((msgs) => this.receive(msgs, true));
+      d.link?.start((msgs) => this.receive(msgs, true), this.#linkReceiver(d.dev));
     } else {
       d.state = 'failed';
       this.#log.warn(

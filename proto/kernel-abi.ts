@@ -303,90 +303,109 @@ export class AbiError extends Error {
   override readonly name = 'AbiError';
 }
 
+/**
+ * The records of the kernel, field by field: what parseRecords() makes objects of, for a reader that
+ * acts on each record as it comes (a kernel link's data plane: no object per record). Payloads are
+ * as parseRecords() gives them.
+ */
+export interface RecordVisitor {
+  attached(domain: number, bus: number, devfn: number): void;
+  mmioWrite(bar: number, offset: bigint, data: Uint8Array): void;
+  mmioRead(tag: number, bar: number, size: number, offset: bigint): void;
+  configWrite(offset: number, size: number, value: number): void;
+  dmaReadCpl(tag: number, ok: boolean, data: Uint8Array): void;
+  functionReset(): void;
+  push(rule: number, iova: bigint, data: Uint8Array): void;
+  pushDrop(iova: bigint, length: bigint): void;
+  pushRuleSet(id: number): void;
+  linkClosed(error: number): void;
+}
+
 /** Splits what one read() returned into records. Throws AbiError on anything inconsistent (a
  *  kernel/agent version mismatch: nothing to recover). Payloads are copies, since a read buffer
  *  is usually reused; with `owned` (`buf` is never written again) they are views of it. */
 export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
-  const v = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
   const out: KernelRecord[] = [];
-  // Fields are read at absolute offsets (`at` + field) of `v`: no view and no closure per record,
+  visitRecords(buf, owned, {
+    attached: (domain, bus, devfn) => out.push({ type: 'attached', domain, bus, devfn }),
+    mmioWrite: (bar, offset, data) => out.push({ type: 'mmio-write', bar, offset, data }),
+    mmioRead: (tag, bar, size, offset) => out.push({ type: 'mmio-read', tag, bar, size, offset }),
+    configWrite: (offset, size, value) => out.push({ type: 'config-write', offset, size, value }),
+    dmaReadCpl: (tag, ok, data) => out.push({ type: 'dma-read-cpl', tag, ok, data }),
+    functionReset: () => out.push({ type: 'function-reset' }),
+    push: (rule, iova, data) => out.push({ type: 'push', rule, iova, data }),
+    pushDrop: (iova, length) => out.push({ type: 'push-drop', iova, length }),
+    pushRuleSet: (id) => out.push({ type: 'push-rule-set', id }),
+    linkClosed: (error) => out.push({ type: 'link-closed', error }),
+  });
+  return out;
+}
+
+/** Each record of `buf` to `v`, in order (see parseRecords for `owned` and the errors). A record
+ *  is checked whole before it is given to `v`; the ones before a bad record have been given. */
+export function visitRecords(buf: Uint8Array, owned: boolean, v: RecordVisitor): void {
+  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
+  // Fields are read at absolute offsets (`at` + field) of `b`: no view and no closure per record,
   // since every MMIO write and push of a kernel link comes through here.
-  for (let at = 0; at < v.length; ) {
-    if (v.length - at < HDR) throw new AbiError(`truncated record header at ${at}`);
-    const type = v.readUInt16LE(at);
-    const len = v.readUInt32LE(at + 4);
-    if (len < HDR || len % 8 || len > v.length - at)
+  for (let at = 0; at < b.length; ) {
+    if (b.length - at < HDR) throw new AbiError(`truncated record header at ${at}`);
+    const type = b.readUInt16LE(at);
+    const len = b.readUInt32LE(at + 4);
+    if (len < HDR || len % 8 || len > b.length - at)
       throw new AbiError(`record of type 0x${type.toString(16)} has length ${len}`);
     switch (type) {
       case R.ATTACHED:
         need(type, len, 16);
-        out.push({ type: 'attached', domain: v.readUInt32LE(at + 8), bus: v[at + 12]!, devfn: v[at + 13]! });
+        v.attached(b.readUInt32LE(at + 8), b[at + 12]!, b[at + 13]!);
         break;
       case R.MMIO_WRITE: {
-        const data = payload(v, at, type, len, 12, owned);
-        out.push({
-          type: 'mmio-write',
-          bar: v.readUInt32LE(at + 8),
-          offset: v.readBigUInt64LE(at + 16),
-          data,
-        });
+        const data = payload(b, at, type, len, 12, owned);
+        v.mmioWrite(b.readUInt32LE(at + 8), b.readBigUInt64LE(at + 16), data);
         break;
       }
       case R.MMIO_READ:
         need(type, len, 32);
-        out.push({
-          type: 'mmio-read',
-          tag: v.readUInt32LE(at + 8),
-          bar: v.readUInt32LE(at + 12),
-          size: v.readUInt32LE(at + 16),
-          offset: v.readBigUInt64LE(at + 24),
-        });
+        v.mmioRead(
+          b.readUInt32LE(at + 8),
+          b.readUInt32LE(at + 12),
+          b.readUInt32LE(at + 16),
+          b.readBigUInt64LE(at + 24),
+        );
         break;
       case R.CONFIG_WRITE:
         need(type, len, 24);
-        out.push({
-          type: 'config-write',
-          offset: v.readUInt32LE(at + 8),
-          size: v.readUInt32LE(at + 12),
-          value: v.readUInt32LE(at + 16),
-        });
+        v.configWrite(b.readUInt32LE(at + 8), b.readUInt32LE(at + 12), b.readUInt32LE(at + 16));
         break;
       case R.DMA_READ_CPL: {
-        const data = payload(v, at, type, len, 16, owned);
-        out.push({
-          type: 'dma-read-cpl',
-          tag: v.readUInt32LE(at + 8),
-          ok: v.readUInt32LE(at + 12) === STATUS_OK,
-          data,
-        });
+        const data = payload(b, at, type, len, 16, owned);
+        v.dmaReadCpl(b.readUInt32LE(at + 8), b.readUInt32LE(at + 12) === STATUS_OK, data);
         break;
       }
       case R.FUNCTION_RESET:
-        out.push({ type: 'function-reset' });
+        v.functionReset();
         break;
       case R.PUSH: {
-        const data = payload(v, at, type, len, 8, owned);
-        out.push({ type: 'push', rule: v.readUInt32LE(at + 12), iova: v.readBigUInt64LE(at + 16), data });
+        const data = payload(b, at, type, len, 8, owned);
+        v.push(b.readUInt32LE(at + 12), b.readBigUInt64LE(at + 16), data);
         break;
       }
       case R.PUSH_DROP:
         need(type, len, 24);
-        out.push({ type: 'push-drop', iova: v.readBigUInt64LE(at + 8), length: v.readBigUInt64LE(at + 16) });
+        v.pushDrop(b.readBigUInt64LE(at + 8), b.readBigUInt64LE(at + 16));
         break;
       case R.PUSH_RULE_SET:
         need(type, len, 16);
-        out.push({ type: 'push-rule-set', id: v.readUInt32LE(at + 8) });
+        v.pushRuleSet(b.readUInt32LE(at + 8));
         break;
       case R.LINK_CLOSED:
         need(type, len, 16);
-        out.push({ type: 'link-closed', error: v.readUInt32LE(at + 8) });
+        v.linkClosed(b.readUInt32LE(at + 8));
         break;
       default:
         throw new AbiError(`unknown record type 0x${type.toString(16)}`);
     }
     at += len;
   }
-  return out;
 }
 
 /** Throws unless a record of `type` and `len` bytes has the `n` its fields need. */

@@ -178,22 +178,39 @@ export class RecordTranslator {
   }
 
   #dmaReadCpl(r: Extract<KernelRecord, { type: 'dma-read-cpl' }>): void {
-    if (this.#staleTags.delete(r.tag)) return;
-    const piece = this.#pieceOf.get(r.tag);
-    if (!piece) throw new AbiError(`DMA read completion for tag ${r.tag}, which is not outstanding`);
-    this.#pieceOf.delete(r.tag);
+    const dev = this.#o.dev;
+    this.dmaReadCpl(r.tag, r.ok, r.data, (tag, status, data) =>
+      this.sink(data ? { dmaReadCpl: { dev, tag, status, data } } : { dmaReadCpl: { dev, tag, status } }),
+    );
+  }
+
+  /** R_DMA_READ_CPL for piece `tag`: once it completes its request, `done` gets the endpoint's tag
+   *  and status, and the data if the read succeeded (the pieces put together). Throws AbiError for
+   *  a completion nobody asked for. */
+  dmaReadCpl(
+    tag: number,
+    ok: boolean,
+    data: Uint8Array,
+    done: (tag: number, status: ErrorCode, data?: Uint8Array) => void,
+  ): void {
+    if (this.#staleTags.delete(tag)) return;
+    const piece = this.#pieceOf.get(tag);
+    if (!piece) throw new AbiError(`DMA read completion for tag ${tag}, which is not outstanding`);
+    this.#pieceOf.delete(tag);
     const req = this.#dmaReads.get(piece.req)!;
-    if (r.ok) req.parts[piece.index] = r.data;
+    if (ok) req.parts[piece.index] = data;
     else req.failed = true;
     if (--req.left > 0) return;
     this.#dmaReads.delete(piece.req);
-    const dev = this.#o.dev;
     if (req.failed) {
-      this.sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.DMA_FAULT } });
+      done(req.tag, ErrorCode.DMA_FAULT);
       return;
     }
-    const data = req.parts.length === 1 ? req.parts[0]! : Buffer.concat(req.parts as Uint8Array[]);
-    this.sink({ dmaReadCpl: { dev, tag: req.tag, status: ErrorCode.OK, data } });
+    done(
+      req.tag,
+      ErrorCode.OK,
+      req.parts.length === 1 ? req.parts[0]! : Buffer.concat(req.parts as Uint8Array[]),
+    );
   }
 
   /** ShadowUpdate: BAR `bar` holds `data` at `offset` (split into records of MAX_DATA). */
