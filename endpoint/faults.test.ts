@@ -249,6 +249,19 @@ describe('faults through the runtime', () => {
     expect(session.sent.some((m) => m.dmaRead)).toBe(true);
   });
 
+  it('refuse-dma dir=read refuses what the host pushed too: nothing is at hand while it may fire', async () => {
+    const dev = new TestDevice();
+    const { session, faults } = await world([dev]);
+    const port = (dev as unknown as { host: HostPort }).host;
+    faults.add('refuse-dma:dir=read');
+    session.deliver({ push: { dev: 1, iova: long(0x10000n), data: new Uint8Array(64), rule: 0 } });
+    session.deliver(w32(REG.SCRATCH, 1)); // a write: what was pushed before it is readable
+    expect(port.dmaReadNow!(0x10000n, 64)).toBeUndefined();
+    await expect(port.dmaRead(0x10000n, 64)).rejects.toThrow(/refused/);
+    faults.clear();
+    expect(port.dmaReadNow!(0x10000n, 64)).toEqual(new Uint8Array(64));
+  });
+
   it('refuse-dma dir=write: the posted write is lost, the completion still comes', async () => {
     const { session, faults } = await world([new TestDevice()]);
     faults.add('refuse-dma:dir=write');

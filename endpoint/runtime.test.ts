@@ -629,6 +629,23 @@ group('EndpointRuntime: push rules (docs/PUSH.md)', () => {
     });
   });
 
+  it('dmaReadNow: pushed bytes at once, taken as dmaRead takes them; otherwise nothing, and no DmaRead', async () => {
+    const { session, runtime, port } = await withRule();
+    session.deliver(push(0x10000n, sqes));
+    // Staged, not readable until the doorbell's write.
+    expect(port.dmaReadNow!(0x10000n, 64)).toBeUndefined();
+    session.deliver(doorbell());
+    expect(port.dmaReadNow!(0x10000n, 64)).toEqual(sqes.subarray(0, 64));
+    expect(port.dmaReadNow!(0x10000n, 64)).toBeUndefined(); // each byte once
+    expect(port.dmaReadNow!(0x10040n, 128)).toBeUndefined(); // only part of it is there
+    expect(await port.dmaRead(0x10040n, 64)).toEqual(sqes.subarray(64)); // untouched by the miss
+    await settle();
+    expect(dmaReads(session)).toBe(0);
+    expect(runtime.counters()).toMatchObject({ 'dev1.pushHits': 2, 'dev1.pushHitBytes': 128 });
+    session.deliver(push(0x10000n, sqes), doorbell(), { detach: { dev: 1 } });
+    expect(port.dmaReadNow!(0x10000n, 64)).toBeUndefined();
+  });
+
   it('makes a doorbell’s pushes readable together, when its write arrives', async () => {
     const { session, port } = await withRule();
     // A virtqueue's table and then its driver area, pushed for one notify: a read between them

@@ -726,6 +726,15 @@ export class EndpointRuntime {
         d.counters.pushHitBytes += len;
         return Promise.resolve(hit);
       },
+      dmaReadNow: (iova, len) => {
+        // A fault may refuse the read: dmaRead asks.
+        if (!live() || faults?.armed) return undefined;
+        const hit = d.pushed.take(iova, len);
+        if (!hit) return undefined;
+        d.counters.pushHits++;
+        d.counters.pushHitBytes += len;
+        return hit;
+      },
       dmaWrite: (iova, data, handOver) => {
         if (!live()) return;
         d.pushed.drop(iova, data.length);

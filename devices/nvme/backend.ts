@@ -9,6 +9,13 @@ export interface BlockBackend {
   /** A buffer of the caller's own (never one the backend keeps or reuses). */
   read(offset: number, length: number): Promise<Uint8Array>;
   write(offset: number, data: Uint8Array): Promise<void>;
+  /** What read() would resolve with, when it can be had without waiting (a file in memory, bytes
+   *  the page cache holds): otherwise undefined, and the caller calls read(). Throws what read()
+   *  would reject with. Optional: a backend without it always waits. */
+  readNow?(offset: number, length: number): Uint8Array | undefined;
+  /** write() done at once, when it need not wait: true if done, false if the caller must call
+   *  write(). Throws what write() would reject with. Optional, as readNow. */
+  writeNow?(offset: number, data: Uint8Array): boolean;
   /** Everything written so far is on stable storage when this resolves. */
   flush(): Promise<void>;
   writeZeroes(offset: number, length: number): Promise<void>;

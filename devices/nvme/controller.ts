@@ -6,7 +6,7 @@
 //
 // Storage is an injected BlockBackend (a file, a block device, memory). Driver mistakes get the
 // status the specification gives and a trace; nothing the driver writes can make the model throw.
-import { DmaError } from '../host-port.js';
+import { type CommandFault, DmaError } from '../host-port.js';
 import {
   leBytes,
   msixCap,
@@ -32,6 +32,7 @@ import {
   nsDescriptors,
   smartLog,
 } from './pages.js';
+import { type ListRead, PrpError, prpWalk, type Seg } from './prp.js';
 import {
   ADMIN,
   BAR_SIZE,
@@ -106,20 +107,24 @@ interface Cq {
   refreshing: boolean;
 }
 
+/** A command between fetch and completion. */
+interface Running {
+  sq: Sq;
+  sqe: Uint8Array;
+  cid: number;
+  /** Date.now() when it started (stats.busyMs). */
+  started: number;
+  epoch: number;
+  /** What fault injection said about it. */
+  injected: CommandFault | undefined;
+}
+
 /** Where Doorbell Buffer Config put the shadow doorbells and their event indices: one 4-byte slot
  *  per doorbell at each, in doorbell order (stride 4). */
 interface DoorbellBuffer {
   dbs: bigint;
   eis: bigint;
 }
-
-/** A piece of host memory a transfer moves. */
-interface Seg {
-  iova: bigint;
-  len: number;
-}
-
-const PAGE_MASK = BigInt(PAGE - 1);
 
 /** A CQ's event index while its driver need not ring: it rings only when its head wraps. */
 const CQ_EVENT_IDLE = 0xffff;
@@ -130,7 +135,9 @@ interface Done {
   dw0?: number;
 }
 
-const ok = (dw0 = 0): Done => ({ status: SC.SUCCESS, dw0 });
+/** Success without a dword 0 (every read and write): one object, since nobody changes a Done. */
+const OK: Done = Object.freeze({ status: SC.SUCCESS, dw0: 0 });
+const ok = (dw0 = 0): Done => (dw0 === 0 ? OK : { status: SC.SUCCESS, dw0 });
 /** Not completed now: an async event request waits for an event. */
 const HELD = -1;
 const fail = (status: number, dnr = true): Done => ({ status: status | (dnr ? DNR : 0) });
@@ -155,16 +162,6 @@ const NVME_COMMANDS = {
 
 /** The controller was reset while the command ran: it ends without a trace of it. */
 class Abandoned extends Error {}
-
-/** A command the driver got wrong; `detail` goes in its trace. */
-class CommandError extends Error {
-  constructor(
-    readonly done: Done,
-    readonly detail: Record<string, unknown> = {},
-  ) {
-    super('nvme command failed');
-  }
-}
 
 /** Byte offset of queue y's doorbell (SQ tail, or CQ head) among the doorbells: in the register
  *  file from REG.DOORBELLS, and in the shadow doorbell and event index buffers alike (stride 4). */
@@ -194,6 +191,8 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** Doorbell Buffer Config in force (I/O queues only, as Linux uses it); cleared by a reset. */
   #dbbuf: DoorbellBuffer | undefined;
   #irqScheduled = false;
+  /** Doorbell writes being handled (doorbell()): interrupts wait for the write's end. */
+  #inDoorbell = 0;
   #startedAt = Date.now();
   readonly stats = {
     readBytes: 0,
@@ -423,8 +422,19 @@ export class NvmeController extends PciDevice<NvmeController> {
     r.set32(REG.CSTS, (r.u32(REG.CSTS) & ~(3 << 2)) | CSTS.SHST_COMPLETE);
   }
 
-  /** A doorbell: y = queue id, cq = head doorbell of CQ y, else tail doorbell of SQ y. */
+  /** A doorbell: y = queue id, cq = head doorbell of CQ y, else tail doorbell of SQ y. Commands it
+   *  lets complete at once (#run) complete before it returns, and their interrupts are raised as
+   *  it returns: they go out with the host's write, not after it. */
   doorbell(y: number, cq: boolean, value: number): void {
+    this.#inDoorbell++;
+    try {
+      this.#doorbell(y, cq, value);
+    } finally {
+      if (--this.#inDoorbell === 0 && !this.#irqScheduled) this.#raisePending();
+    }
+  }
+
+  #doorbell(y: number, cq: boolean, value: number): void {
     if (!(this.#regs.u32(REG.CSTS) & CSTS.RDY)) {
       this.trace('nvme.doorbell.not-ready', { queue: y, cq });
       return;
@@ -445,7 +455,7 @@ export class NvmeController extends PciDevice<NvmeController> {
       return;
     }
     q.tail = value;
-    void this.#fetch(q, this.#epoch);
+    this.#fetch(q, this.#epoch);
   }
 
   /** Lets the host push SQ `id`'s new entries with its tail doorbell (docs/PUSH.md), and for I/O
@@ -466,9 +476,16 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   // ---- submission ----
 
-  async #fetch(sq: Sq, epoch: number): Promise<void> {
+  /** Runs SQ `sq`'s new entries. Those at hand (pushed with the doorbell) are fetched and run at
+   *  once; a fetch that must wait for host memory goes on when it comes (`fetching` meanwhile). */
+  #fetch(sq: Sq, epoch: number): void {
     if (sq.fetching) return;
     sq.fetching = true;
+    this.#fetchMore(sq, epoch);
+  }
+
+  /** #fetch's loop: returns with `fetching` cleared, or with a read of entries under way. */
+  #fetchMore(sq: Sq, epoch: number): void {
     try {
       while (
         sq.head !== sq.tail &&
@@ -478,26 +495,54 @@ export class NvmeController extends PciDevice<NvmeController> {
       ) {
         const upto = sq.tail > sq.head ? sq.tail : sq.size;
         const n = Math.min(upto - sq.head, MAX_INFLIGHT - sq.inflight);
-        let entries: Uint8Array;
-        try {
-          entries = await this.host.dmaRead(sq.base + BigInt(sq.head * SQE_SIZE), n * SQE_SIZE);
-        } catch (e) {
-          if (!(e instanceof DmaError)) throw e;
-          // The queue itself is unreachable: nothing can be completed on it.
-          this.trace('nvme.sq.unreadable', { queue: sq.id, iova: `0x${e.iova.toString(16)}` });
-          this.#fatal(epoch);
+        const iova = sq.base + BigInt(sq.head * SQE_SIZE);
+        const entries = this.host.dmaReadNow?.(iova, n * SQE_SIZE);
+        if (!entries) {
+          void this.#fetchWait(sq, epoch, iova, n);
           return;
         }
-        if (epoch !== this.#epoch || this.#sqs.get(sq.id) !== sq) return;
-        for (let i = 0; i < n; i++) {
-          sq.head = (sq.head + 1) % sq.size;
-          sq.inflight++;
-          void this.#run(sq, entries.subarray(i * SQE_SIZE, (i + 1) * SQE_SIZE), epoch);
-        }
+        this.#start(sq, entries, n, epoch);
       }
-    } finally {
+    } catch (e) {
       sq.fetching = false;
+      throw e;
     }
+    sq.fetching = false;
+  }
+
+  /** Entries that must be read from host memory: read, run, and the fetch goes on. */
+  async #fetchWait(sq: Sq, epoch: number, iova: bigint, n: number): Promise<void> {
+    let entries: Uint8Array;
+    try {
+      entries = await this.host.dmaRead(iova, n * SQE_SIZE);
+    } catch (e) {
+      sq.fetching = false;
+      if (!(e instanceof DmaError)) throw e;
+      // The queue itself is unreachable: nothing can be completed on it.
+      this.trace('nvme.sq.unreadable', { queue: sq.id, iova: `0x${e.iova.toString(16)}` });
+      this.#fatal(epoch);
+      return;
+    }
+    if (epoch !== this.#epoch || this.#sqs.get(sq.id) !== sq) {
+      sq.fetching = false;
+      return;
+    }
+    try {
+      this.#start(sq, entries, n, epoch);
+    } catch (e) {
+      sq.fetching = false;
+      throw e;
+    }
+    this.#fetchMore(sq, epoch);
+  }
+
+  /** The `n` entries fetched from the SQ's head: the head moves past them all, then each runs. */
+  #start(sq: Sq, entries: Uint8Array, n: number, epoch: number): void {
+    for (let i = 0; i < n; i++) {
+      sq.head = (sq.head + 1) % sq.size;
+      sq.inflight++;
+    }
+    for (let i = 0; i < n; i++) this.#run(sq, entries.subarray(i * SQE_SIZE, (i + 1) * SQE_SIZE), epoch);
   }
 
   /** The controller cannot go on (a queue in memory it cannot reach): CSTS.CFS, the driver resets. */
@@ -506,47 +551,106 @@ export class NvmeController extends PciDevice<NvmeController> {
     this.#regs.set32(REG.CSTS, this.#regs.u32(REG.CSTS) | CSTS.CFS);
   }
 
-  async #run(sq: Sq, sqe: Uint8Array, epoch: number): Promise<void> {
-    const cid = rd16(sqe, 2);
-    const started = Date.now();
-    let done: Done;
-    const injected = this.host.commandFault?.({ queue: sq.id, opcode: sqe[0]! });
+  /**
+   * Runs one command. Where every step can be done at once (its data at hand, storage that need not
+   * wait: the usual read or write) it completes before this returns, without a promise; otherwise
+   * it goes on asynchronously. Either way the same steps, checks and outcome.
+   */
+  #run(sq: Sq, sqe: Uint8Array, epoch: number): void {
+    const cmd: Running = {
+      sq,
+      sqe,
+      cid: rd16(sqe, 2),
+      started: Date.now(),
+      epoch,
+      injected: this.host.commandFault?.({ queue: sq.id, opcode: sqe[0]! }),
+    };
+    let done: Done | undefined;
     try {
-      if (injected?.status !== undefined) done = { status: injected.status };
-      else done = sq.id === 0 ? await this.#admin(sqe, epoch) : await this.#io(sqe, epoch);
+      if (cmd.injected?.status !== undefined) done = { status: cmd.injected.status };
+      else {
+        const r = sq.id === 0 ? this.#admin(sqe, epoch) : this.#io(sqe, epoch);
+        if (r instanceof Promise) {
+          void this.#runWait(cmd, r);
+          return;
+        }
+        done = r;
+      }
     } catch (e) {
-      if (e instanceof Abandoned) {
-        sq.inflight--;
+      try {
+        done = this.#failed(cmd, e);
+      } catch (bug) {
+        // Our own bug: as loud as in an async command (an unhandled rejection), not the caller's.
+        void Promise.reject(bug);
         return;
       }
-      if (e instanceof CommandError) {
-        done = e.done;
-        this.trace('nvme.command.refused', {
-          queue: sq.id,
-          cid,
-          opcode: sqe[0],
-          status: `0x${(done.status & 0x7ff).toString(16)}`,
-          prp1: rd64(sqe, 24),
-          prp2: rd64(sqe, 32),
-          ...e.detail,
-        });
-      } else if (e instanceof DmaError) {
-        this.trace('nvme.dma.refused', { queue: sq.id, iova: `0x${e.iova.toString(16)}`, len: e.len });
-        done = fail(SC.DATA_XFER_ERROR, false);
-      } else if (e instanceof BlockError) done = this.#backendError(e);
-      else throw e;
     }
+    if (done) this.#finish(cmd, done);
+  }
+
+  async #runWait(cmd: Running, pending: Promise<Done>): Promise<void> {
+    let done: Done | undefined;
+    try {
+      done = await pending;
+    } catch (e) {
+      done = this.#failed(cmd, e);
+    }
+    if (done) this.#finish(cmd, done);
+  }
+
+  /** A failed command's outcome, traced; undefined if it was abandoned (a reset), which ends it
+   *  here. Anything but a command's failure is rethrown. */
+  #failed(cmd: Running, e: unknown): Done | undefined {
+    const { sq, sqe } = cmd;
+    if (e instanceof Abandoned) {
+      sq.inflight--;
+      return undefined;
+    }
+    if (e instanceof PrpError) {
+      const done = fail(SC.INVALID_PRP_OFFSET);
+      this.trace('nvme.command.refused', {
+        queue: sq.id,
+        cid: cmd.cid,
+        opcode: sqe[0],
+        status: `0x${(done.status & 0x7ff).toString(16)}`,
+        prp1: rd64(sqe, 24),
+        prp2: rd64(sqe, 32),
+        ...e.detail,
+      });
+      return done;
+    }
+    if (e instanceof DmaError) {
+      this.trace('nvme.dma.refused', { queue: sq.id, iova: `0x${e.iova.toString(16)}`, len: e.len });
+      return fail(SC.DATA_XFER_ERROR, false);
+    }
+    if (e instanceof BlockError) return this.#backendError(e);
+    throw e;
+  }
+
+  /** A command's outcome, to its CQ: at once, or after what must come first. */
+  #finish(cmd: Running, done: Done): void {
+    const { sq, sqe } = cmd;
     // A read or write that failed may have ended before it read what the host pushed for it.
-    if (done.status !== SC.SUCCESS && (sqe[0] === IO.READ || sqe[0] === IO.WRITE) && sq.id !== 0)
-      await this.#consumePushed(sqe);
-    if (injected?.hold) await injected.hold;
-    this.stats.busyMs += Date.now() - started;
+    const consume = done.status !== SC.SUCCESS && (sqe[0] === IO.READ || sqe[0] === IO.WRITE) && sq.id !== 0;
+    if (consume || cmd.injected?.hold) void this.#finishWait(cmd, done, consume);
+    else this.#end(cmd, done);
+  }
+
+  async #finishWait(cmd: Running, done: Done, consume: boolean): Promise<void> {
+    if (consume) await this.#consumePushed(cmd.sqe);
+    if (cmd.injected?.hold) await cmd.injected.hold;
+    this.#end(cmd, done);
+  }
+
+  #end(cmd: Running, done: Done): void {
+    const { sq, epoch } = cmd;
+    this.stats.busyMs += Date.now() - cmd.started;
     sq.inflight--;
     if (epoch !== this.#epoch || this.#sqs.get(sq.id) !== sq) return;
     if (done.status === HELD) return;
     if (done.status !== SC.SUCCESS) this.stats.errors++;
-    this.#complete(sq, cid, done);
-    if (sq.head !== sq.tail) void this.#fetch(sq, epoch);
+    this.#complete(sq, cmd.cid, done);
+    if (sq.head !== sq.tail) this.#fetch(sq, epoch);
   }
 
   /** A backend error's status, from its errno code and the call that failed (never its text). */
@@ -633,69 +737,43 @@ export class NvmeController extends PciDevice<NvmeController> {
     }
   }
 
-  /** One interrupt per vector per tick, however many completions it covers. */
+  /** One interrupt per vector per tick, however many completions it covers: at the end of the
+   *  doorbell write being handled, else in a microtask. */
   #interrupt(vector: number): void {
     this.#irqPending.add(vector);
-    if (this.#irqScheduled) return;
+    if (this.#irqScheduled || this.#inDoorbell) return;
     this.#irqScheduled = true;
     queueMicrotask(() => {
       this.#irqScheduled = false;
-      for (const v of this.#irqPending) this.host.raiseMsix(v);
-      this.#irqPending.clear();
+      this.#raisePending();
     });
+  }
+
+  #raisePending(): void {
+    if (this.#irqPending.size === 0) return;
+    for (const v of this.#irqPending) this.host.raiseMsix(v);
+    this.#irqPending.clear();
   }
 
   // ---- data transfer ----
 
-  /** The host memory segments of a PRP1/PRP2 transfer of `len` bytes, when PRP1 and PRP2 alone
-   *  say (at most two pages: no list to read); else undefined. Most I/O is that small, and its
-   *  data moves without waiting for a promise here. */
-  #prpsNow(prp1: bigint, prp2: bigint, len: number): Seg[] | undefined {
-    const first = Math.min(len, PAGE - Number(prp1 & PAGE_MASK));
-    const left = len - first;
-    if (left === 0) return [{ iova: prp1, len: first }];
-    if (left > PAGE) return undefined;
-    if (prp2 & PAGE_MASK) throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { prp2 });
-    return [
-      { iova: prp1, len: first },
-      { iova: prp2, len: left },
-    ];
+  /** The host memory segments of a PRP1/PRP2 transfer of `len` bytes (prp.ts): now, when the PRP
+   *  list pages it needs are at hand (pushed with the doorbell), else a promise. */
+  #prps(prp1: bigint, prp2: bigint, len: number): Seg[] | Promise<Seg[]> {
+    const walk = prpWalk(prp1, prp2, len);
+    let step = walk.next();
+    while (!step.done) {
+      const list = this.host.dmaReadNow?.(step.value.iova, step.value.len);
+      if (!list) return this.#prpsWait(walk, step.value);
+      step = walk.next(list);
+    }
+    return step.value;
   }
 
-  /** The host memory segments of a PRP1/PRP2 transfer of `len` bytes. */
-  async #prps(prp1: bigint, prp2: bigint, len: number): Promise<Seg[]> {
-    const now = this.#prpsNow(prp1, prp2, len);
-    if (now) return now;
-    const segs: Seg[] = [];
-    const first = Math.min(len, PAGE - Number(prp1 & BigInt(PAGE - 1)));
-    segs.push({ iova: prp1, len: first });
-    let left = len - first;
-    if (prp2 & 7n) throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { list: prp2 });
-    let list = prp2;
-    while (left > 0) {
-      const slots = (PAGE - Number(list & BigInt(PAGE - 1))) / 8;
-      const need = Math.ceil(left / PAGE);
-      const take = Math.min(need, slots);
-      const raw = await this.host.dmaRead(list, take * 8);
-      const last = need > slots ? take - 1 : take; // the last slot of a full list page chains
-      for (let i = 0; i < last; i++) {
-        const e = rd64(raw, i * 8);
-        if (e & BigInt(PAGE - 1))
-          throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { list, entry: i, prp: e });
-        const n = Math.min(PAGE, left);
-        const prev = segs[segs.length - 1]!;
-        if (prev.iova + BigInt(prev.len) === e) prev.len += n;
-        else segs.push({ iova: e, len: n });
-        left -= n;
-      }
-      if (need > slots) {
-        list = rd64(raw, (take - 1) * 8);
-        // A chained list page starts at a page boundary (PRP entries have no offset); anything
-        // else would let a list point into itself and never end.
-        if (list & BigInt(PAGE - 1)) throw new CommandError(fail(SC.INVALID_PRP_OFFSET), { chained: list });
-      }
-    }
-    return segs;
+  async #prpsWait(walk: Generator<ListRead, Seg[], Uint8Array>, read: ListRead): Promise<Seg[]> {
+    let step = walk.next(await this.host.dmaRead(read.iova, read.len));
+    while (!step.done) step = walk.next(await this.host.dmaRead(step.value.iova, step.value.len));
+    return step.value;
   }
 
   /**
@@ -712,16 +790,20 @@ export class NvmeController extends PciDevice<NvmeController> {
       if (sqe[0] === IO.WRITE && len <= PUSH_WRITE_MAX)
         await Promise.all(segs.map((seg) => this.host.dmaRead(seg.iova, seg.len)));
     } catch (e) {
-      if (!(e instanceof CommandError || e instanceof DmaError)) throw e;
+      if (!(e instanceof PrpError || e instanceof DmaError)) throw e;
     }
   }
 
   /** Writes `data` (the command's own buffer: a backend read's result) to the command's PRPs,
-   *  unless the controller was reset meanwhile. */
-  async #toHost(sqe: Uint8Array, data: Uint8Array, epoch: number): Promise<void> {
-    const prp1 = rd64(sqe, 24);
-    const prp2 = rd64(sqe, 32);
-    const segs = this.#prpsNow(prp1, prp2, data.length) ?? (await this.#prps(prp1, prp2, data.length));
+   *  unless the controller was reset meanwhile: now if its PRPs are at hand, else a promise. */
+  #toHost(sqe: Uint8Array, data: Uint8Array, epoch: number): undefined | Promise<void> {
+    const segs = this.#prps(rd64(sqe, 24), rd64(sqe, 32), data.length);
+    if (segs instanceof Promise) return segs.then((s) => this.#place(s, data, epoch));
+    this.#place(segs, data, epoch);
+    return undefined;
+  }
+
+  #place(segs: Seg[], data: Uint8Array, epoch: number): void {
     if (epoch !== this.#epoch) throw new Abandoned();
     let at = 0;
     for (const s of segs) {
@@ -730,19 +812,29 @@ export class NvmeController extends PciDevice<NvmeController> {
     }
   }
 
-  async #fromHost(sqe: Uint8Array, len: number): Promise<Uint8Array> {
-    const prp1 = rd64(sqe, 24);
-    const prp2 = rd64(sqe, 32);
-    const segs = this.#prpsNow(prp1, prp2, len) ?? (await this.#prps(prp1, prp2, len));
-    if (segs.length === 1) return this.host.dmaRead(segs[0]!.iova, len);
-    const parts = await Promise.all(segs.map((s) => this.host.dmaRead(s.iova, s.len)));
-    const out = new Uint8Array(len);
-    let at = 0;
-    for (const p of parts) {
-      out.set(p, at);
-      at += p.length;
-    }
-    return out;
+  /** The command's `len` bytes from host memory: now if all of them are at hand, else a promise. */
+  #fromHost(sqe: Uint8Array, len: number): Uint8Array | Promise<Uint8Array> {
+    const segs = this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+    if (segs instanceof Promise) return segs.then((s) => this.#gather(s, len));
+    return this.#gather(segs, len);
+  }
+
+  #gather(segs: Seg[], len: number): Uint8Array | Promise<Uint8Array> {
+    const read = (s: Seg) => this.host.dmaReadNow?.(s.iova, s.len) ?? this.host.dmaRead(s.iova, s.len);
+    if (segs.length === 1) return read(segs[0]!);
+    const parts = segs.map(read);
+    const join = (ps: Uint8Array[]) => {
+      const out = new Uint8Array(len);
+      let at = 0;
+      for (const p of ps) {
+        out.set(p, at);
+        at += p.length;
+      }
+      return out;
+    };
+    return parts.every((p) => p instanceof Uint8Array)
+      ? join(parts as Uint8Array[])
+      : Promise.all(parts).then(join);
   }
 
   // ---- admin commands ----
@@ -978,7 +1070,77 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   // ---- NVM commands ----
 
-  async #io(sqe: Uint8Array, epoch: number): Promise<Done> {
+  /** An NVM command: reads and writes through #read and #write (done at once where they can be),
+   *  the others asynchronously. */
+  #io(sqe: Uint8Array, epoch: number): Done | Promise<Done> {
+    const opcode = sqe[0]!;
+    if (opcode !== IO.READ && opcode !== IO.WRITE) return this.#ioOther(sqe, epoch);
+    if ((sqe[1]! >>> 6) & 3) return fail(SC.INVALID_FIELD); // SGLs: not offered
+    if (rd32(sqe, 4) !== NSID) return fail(SC.INVALID_NS);
+    const cdw12 = rd32(sqe, 48);
+    const nlb = (cdw12 & 0xffff) + 1;
+    // SLBA in plain numbers: past 2^53 (high dword past 2^21) it is past any namespace.
+    const slbaHigh = rd32(sqe, 44);
+    const slba = rd32(sqe, 40) + slbaHigh * 2 ** 32;
+    if (slbaHigh >= 1 << 21 || slba + nlb > this.blocks) return fail(SC.LBA_RANGE);
+    const offset = slba * this.lbaSize;
+    const len = nlb * this.lbaSize;
+    if (len > MAX_TRANSFER) return fail(SC.INVALID_FIELD);
+    if (opcode === IO.READ) return this.#read(sqe, offset, len, epoch);
+    return this.#write(sqe, offset, len, (cdw12 & (1 << 30)) !== 0, epoch);
+  }
+
+  #read(sqe: Uint8Array, offset: number, len: number, epoch: number): Done | Promise<Done> {
+    if (epoch !== this.#epoch) throw new Abandoned(); // as #backendCall: no new call after a reset
+    const data = this.backend.readNow?.(offset, len);
+    if (!data) return this.#readWait(sqe, offset, len, epoch);
+    const placed = this.#toHost(sqe, data, epoch);
+    return placed ? placed.then(() => this.#readDone(len)) : this.#readDone(len);
+  }
+
+  async #readWait(sqe: Uint8Array, offset: number, len: number, epoch: number): Promise<Done> {
+    const data = await this.#backendCall(epoch, () => this.backend.read(offset, len));
+    await this.#toHost(sqe, data, epoch);
+    return this.#readDone(len);
+  }
+
+  #readDone(len: number): Done {
+    this.stats.readCommands++;
+    this.stats.readBytes += len;
+    return OK;
+  }
+
+  #write(sqe: Uint8Array, offset: number, len: number, fua: boolean, epoch: number): Done | Promise<Done> {
+    const data = this.#fromHost(sqe, len);
+    if (data instanceof Promise) return data.then((d) => this.#store(offset, d, fua, epoch));
+    return this.#store(offset, data, fua, epoch);
+  }
+
+  /** A write's data to storage, then a flush if FUA or no volatile write cache. */
+  #store(offset: number, data: Uint8Array, fua: boolean, epoch: number): Done | Promise<Done> {
+    // Its data may have come after a reset: then it is abandoned here, before the backend.
+    if (epoch !== this.#epoch) throw new Abandoned();
+    if (!this.backend.writeNow?.(offset, data)) return this.#storeWait(offset, data, fua, epoch);
+    if (fua || this.#features.get(FEAT.VOLATILE_WC) === 0)
+      return this.#backendCall(epoch, () => this.backend.flush()).then(() => this.#writeDone(data.length));
+    return this.#writeDone(data.length);
+  }
+
+  async #storeWait(offset: number, data: Uint8Array, fua: boolean, epoch: number): Promise<Done> {
+    await this.#backendCall(epoch, () => this.backend.write(offset, data));
+    if (fua || this.#features.get(FEAT.VOLATILE_WC) === 0)
+      await this.#backendCall(epoch, () => this.backend.flush());
+    return this.#writeDone(data.length);
+  }
+
+  #writeDone(len: number): Done {
+    this.stats.writeCommands++;
+    this.stats.writtenBytes += len;
+    return OK;
+  }
+
+  /** NVM commands other than Read and Write. */
+  async #ioOther(sqe: Uint8Array, epoch: number): Promise<Done> {
     const opcode = sqe[0]!;
     const nsid = rd32(sqe, 4);
     if ((sqe[1]! >>> 6) & 3) return fail(SC.INVALID_FIELD);
@@ -988,39 +1150,19 @@ export class NvmeController extends PciDevice<NvmeController> {
       await this.#backendCall(epoch, () => this.backend.flush());
       return ok();
     }
-    if (opcode !== IO.READ && opcode !== IO.WRITE && opcode !== IO.WRITE_ZEROES && opcode !== IO.DSM) {
+    if (opcode !== IO.WRITE_ZEROES && opcode !== IO.DSM) {
       this.trace('nvme.io.bad-opcode', { opcode });
       return fail(SC.INVALID_OPCODE);
     }
     if (nsid !== NSID) return fail(SC.INVALID_NS);
     if (opcode === IO.DSM) return this.#dsm(sqe, epoch);
     const slba = rd64(sqe, 40);
-    const cdw12 = rd32(sqe, 48);
-    const nlb = (cdw12 & 0xffff) + 1;
+    const nlb = (rd32(sqe, 48) & 0xffff) + 1;
     if (slba + BigInt(nlb) > BigInt(this.blocks)) return fail(SC.LBA_RANGE);
-    const offset = Number(slba) * this.lbaSize;
-    const len = nlb * this.lbaSize;
-    if (opcode === IO.WRITE_ZEROES) {
-      this.stats.otherCommands++;
-      await this.#backendCall(epoch, () => this.backend.writeZeroes(offset, len));
-      return ok();
-    }
-    if (len > MAX_TRANSFER) return fail(SC.INVALID_FIELD);
-    const fua = (cdw12 & (1 << 30)) !== 0;
-    if (opcode === IO.READ) {
-      const data = await this.#backendCall(epoch, () => this.backend.read(offset, len));
-      await this.#toHost(sqe, data, epoch);
-      this.stats.readCommands++;
-      this.stats.readBytes += len;
-      return ok();
-    }
-    const data = await this.#fromHost(sqe, len);
-    // Its data may have come after a reset: then it is abandoned here, before the backend.
-    await this.#backendCall(epoch, () => this.backend.write(offset, data));
-    if (fua || this.#features.get(FEAT.VOLATILE_WC) === 0)
-      await this.#backendCall(epoch, () => this.backend.flush());
-    this.stats.writeCommands++;
-    this.stats.writtenBytes += len;
+    this.stats.otherCommands++;
+    await this.#backendCall(epoch, () =>
+      this.backend.writeZeroes(Number(slba) * this.lbaSize, nlb * this.lbaSize),
+    );
     return ok();
   }
 

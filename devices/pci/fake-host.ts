@@ -23,6 +23,9 @@ export interface FakeHostOptions {
   rounds?: boolean;
   /** The host keeps NVMe SQ event indices (HostPort.sqEventIdx); default true. */
   sqEventIdx?: boolean;
+  /** Every byte of host memory is at hand, as if pushed (HostPort.dmaReadNow answers what
+   *  dmaRead would, at once); default false: nothing is, every read waits. */
+  atHand?: boolean;
 }
 
 export type HostEvent =
@@ -49,12 +52,21 @@ export class FakeHost implements HostPort {
   readonly sqEventIdx: boolean;
   /** A test's injected faults (HostPort.commandFault). */
   commandFault?: (command: CommandRef) => CommandFault | undefined;
+  /** With `atHand`: a read of mapped memory at once (recorded like dmaRead's); else undefined. */
+  dmaReadNow?: (iova: bigint, len: number) => Uint8Array | undefined;
 
   constructor(o: FakeHostOptions = {}) {
     this.memory = new Uint8Array(new ArrayBuffer(o.memory ?? 1 << 20));
     this.base = o.base ?? 0x1000_0000n;
     if (o.rounds !== false) this.virtqRound = (r) => this.#round(r);
     this.sqEventIdx = o.sqEventIdx !== false;
+    if (o.atHand)
+      this.dmaReadNow = (iova, len) => {
+        const off = this.#at(iova, len);
+        if (off === undefined) return undefined; // dmaRead refuses it
+        this.events.push({ kind: 'dma-read', iova, len });
+        return this.memory.slice(off, off + len);
+      };
   }
 
   #rd16(iova: bigint): number | undefined {

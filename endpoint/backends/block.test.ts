@@ -82,6 +82,31 @@ describe('FileBackend', () => {
     await b.close();
   });
 
+  it('does at once (readNow, writeNow) what it would do in place, and says when it cannot', async () => {
+    const m = FileBackend.open(join(shm, 'now.img'), { size: 4 << 20 });
+    const data = Uint8Array.from({ length: 8192 }, (_, i) => (i * 11) & 0xff);
+    expect(m.writeNow(4096, data)).toBe(true);
+    expect(m.readNow(4096, 8192)).toEqual(data);
+    expect(await m.read(4096, 8192)).toEqual(data);
+    // Past IN_PLACE_MAX: the caller must wait for read() and write().
+    expect(m.readNow(0, IN_PLACE_MAX + 4096)).toBeUndefined();
+    expect(m.writeNow(0, new Uint8Array(IN_PLACE_MAX + 4096))).toBe(false);
+    expect(() => m.readNow(4 << 20, 1)).toThrow(BlockError);
+    expect(() => m.writeNow(4 << 20, Uint8Array.of(1))).toThrow(BlockError);
+    expect(m.stats).toEqual({ inPlace: 3, pooled: 0, punchRefused: 0 });
+    await m.close();
+    // Not in memory: writes always wait; reads of what the page cache holds need not (where the
+    // file system can say so), and the same bytes come either way.
+    const f = FileBackend.open(join(dir, 'now.img'), { size: 1 << 20 });
+    expect(f.writeNow(0, data)).toBe(false);
+    await f.write(0, data);
+    const now = f.readNow(0, 8192);
+    if (now) expect(now).toEqual(data);
+    if (statfsSync(dir).type === EXT4_MAGIC) expect(now).toBeDefined();
+    await f.close();
+    expect(() => f.readNow(0, 1)).toThrow(/closed/);
+  });
+
   it('refuses what it cannot use, in one line', async () => {
     expect(() => FileBackend.open(join(dir, 'missing.img'))).toThrow(
       /does not exist \(give size= to create it\)/,
@@ -104,6 +129,10 @@ describe('MemoryBackend and sizes', () => {
     await m.discard(100, 2);
     expect(await m.read(100, 3)).toEqual(Uint8Array.of(0, 0, 3));
     await expect(m.write(1 << 16, Uint8Array.of(1))).rejects.toThrow(/outside/);
+    // At once, the same.
+    expect(m.writeNow(200, Uint8Array.of(9))).toBe(true);
+    expect(m.readNow(199, 3)).toEqual(Uint8Array.of(0, 9, 0));
+    expect(() => m.readNow(1 << 16, 1)).toThrow(/outside/);
   });
 
   it('parses sizes with suffixes', () => {

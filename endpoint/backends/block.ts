@@ -191,6 +191,34 @@ export class FileBackend implements BlockBackend {
     }
   }
 
+  readNow(offset: number, length: number): Uint8Array | undefined {
+    // What cannot be done in place goes to read(), which tries nothing in place either then.
+    if (length > IN_PLACE_MAX || !(this.#inMemory || this.#noWait)) return undefined;
+    this.#check('read', offset, length);
+    const buf = new Uint8Array(length);
+    let done: number;
+    try {
+      done = this.#readInPlace(buf, offset);
+    } catch (e) {
+      throw ioError('read', `${this.name}: read at ${offset}`, e);
+    }
+    // Part of it (the page cache held the start): read() does it whole.
+    return done === length ? buf : undefined;
+  }
+
+  writeNow(offset: number, data: Uint8Array): boolean {
+    if (!this.#inMemory || data.length > IN_PLACE_MAX) return false;
+    this.#check('write', offset, data.length);
+    try {
+      for (let done = 0; done < data.length; )
+        done += writeSync(this.#fd, data, done, data.length - done, offset + done);
+    } catch (e) {
+      throw ioError('write', `${this.name}: write at ${offset}`, e);
+    }
+    this.stats.inPlace++;
+    return true;
+  }
+
   async read(offset: number, length: number): Promise<Uint8Array> {
     this.#check('read', offset, length);
     const buf = new Uint8Array(length);
@@ -321,8 +349,18 @@ export class MemoryBackend implements BlockBackend {
   }
 
   async read(offset: number, length: number): Promise<Uint8Array> {
+    return this.readNow(offset, length);
+  }
+
+  readNow(offset: number, length: number): Uint8Array {
     this.#check('read', offset, length);
     return this.#bytes.slice(offset, offset + length);
+  }
+
+  writeNow(offset: number, data: Uint8Array): boolean {
+    this.#check('write', offset, data.length);
+    this.#bytes.set(data, offset);
+    return true;
   }
 
   async write(offset: number, data: Uint8Array): Promise<void> {
