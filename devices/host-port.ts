@@ -11,8 +11,10 @@ export interface HostPort {
   dmaRead(iova: bigint, len: number): Promise<Uint8Array>;
   /** What dmaRead(iova, len) would resolve with, when the bytes are at hand now (the host pushed
    *  every one of them, docs/PUSH.md): they are then taken, as dmaRead takes them. Otherwise
-   *  undefined, nothing changes, and the model calls dmaRead. Optional: without it, nothing is. */
-  dmaReadNow?(iova: bigint, len: number): Uint8Array | undefined;
+   *  undefined, nothing changes, and the model calls dmaRead. Bytes that came in pieces are put
+   *  together in `into` (at least `len` bytes), when given, instead of a new buffer. Optional:
+   *  without it, nothing is at hand. */
+  dmaReadNow?(iova: bigint, len: number, into?: Uint8Array): Uint8Array | undefined;
   /** Posted write to host memory; lands before any later raiseMsix or register change of this device
    *  becomes visible (PCIe ordering). The data is copied before returning, unless `handOver`: then
    *  the bytes are the port's from now on (it may send and keep them by reference), and the model

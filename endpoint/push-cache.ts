@@ -97,8 +97,9 @@ export class PushCache {
   }
 
   /** The `len` bytes at `iova` if pushed bytes cover every one of them, which are then forgotten;
-   *  otherwise undefined and nothing changes. */
-  take(iova: bigint, len: number): Uint8Array | undefined {
+   *  otherwise undefined and nothing changes. Bytes of several pushes are put together in `into`
+   *  (at least `len` bytes) when given, else in a new buffer. */
+  take(iova: bigint, len: number, into?: Uint8Array): Uint8Array | undefined {
     if (len <= 0) return undefined;
     const end = iova + BigInt(len);
     let i = this.#firstEndingAfter(iova);
@@ -117,7 +118,7 @@ export class PushCache {
       if (!s || s.start !== at) return undefined;
       at = s.end;
     }
-    const out = new Uint8Array(len);
+    const out = into ? into.subarray(0, len) : new Uint8Array(len);
     for (let j = this.#firstEndingAfter(iova), got = 0; got < len; j++) {
       const s = this.#segs[j]!;
       const from = s.start < iova ? Number(iova - s.start) : 0;

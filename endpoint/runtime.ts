@@ -726,10 +726,10 @@ export class EndpointRuntime {
         d.counters.pushHitBytes += len;
         return Promise.resolve(hit);
       },
-      dmaReadNow: (iova, len) => {
+      dmaReadNow: (iova, len, into) => {
         // A fault may refuse the read: dmaRead asks.
         if (!live() || faults?.armed) return undefined;
-        const hit = d.pushed.take(iova, len);
+        const hit = d.pushed.take(iova, len, into);
         if (!hit) return undefined;
         d.counters.pushHits++;
         d.counters.pushHitBytes += len;

@@ -248,6 +248,59 @@ describe('RecordOut: records encoded in place', () => {
   });
 });
 
+describe('RecordOut: growing to what a reply needs', () => {
+  it('keeps a larger buffer once a reply needed one, without touching bytes already taken', () => {
+    const out = new RecordOut();
+    const t = new RecordTranslator({ dev: 3, sink: () => {}, write: (r) => out.ref(r), out });
+    const small = out.capacity;
+    t.interrupt(1);
+    const [first] = out.take();
+    const kept = Buffer.from(first!);
+    // A 256 KiB read's data, copied in (not handed over): four records after the interrupt.
+    const data = Uint8Array.from({ length: 256 << 10 }, (_, i) => (i * 7) & 0xff);
+    t.interrupt(2);
+    t.dmaWrite(0x1000n, data, false);
+    t.interrupt(3);
+    const reply = out.take();
+    expect(Buffer.from(first!).equals(kept)).toBe(true); // the socket may still have it
+    expect(reply).toHaveLength(1);
+    expect(out.capacity).toBeGreaterThan(small);
+    const bytes = Buffer.from(reply[0]!);
+    expect(parseTypes(bytes)).toEqual([
+      W.INTERRUPT,
+      W.DMA_WRITE,
+      W.DMA_WRITE,
+      W.DMA_WRITE,
+      W.DMA_WRITE,
+      W.INTERRUPT,
+    ]);
+    const got = Buffer.concat(
+      [0, 1, 2, 3].map((k) => bytes.subarray(16 + k * (24 + MAX_DATA) + 24, 16 + (k + 1) * (24 + MAX_DATA))),
+    );
+    expect(got.equals(Buffer.from(data))).toBe(true);
+    // Released, the next reply of that size reuses it: no new buffer.
+    out.release();
+    const grown = out.capacity;
+    t.dmaWrite(0x1000n, data, false);
+    const again = out.take();
+    expect(again[0]!.buffer).toBe(reply[0]!.buffer);
+    expect(out.capacity).toBe(grown);
+  });
+
+  it('pads a copied record with zeros whatever the buffer held before', () => {
+    const out = new RecordOut();
+    const t = new RecordTranslator({ dev: 3, sink: () => {}, write: (r) => out.ref(r), out });
+    t.dmaWrite(0n, new Uint8Array(64).fill(0xff), false);
+    out.take();
+    out.release();
+    t.dmaWrite(0n, Uint8Array.of(1, 2, 3), false);
+    const [r] = out.take();
+    expect([...r!]).toEqual([
+      8, 0, 0, 0, 32, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 0, 0, 0, 0, 0,
+    ]);
+  });
+});
+
 function parseTypes(b: Buffer): number[] {
   const types: number[] = [];
   for (let at = 0; at < b.length; at += b.readUInt32LE(at + 4)) types.push(b.readUInt16LE(at));

@@ -50,16 +50,20 @@ export interface TranslatorOptions {
   out?: RecordOut;
 }
 
-/** How large RecordOut's buffers start: a QD1 reply is a few hundred bytes and a 4 KiB read's
- *  data; a reply that needs more gets a buffer of its own size. */
+/** How large RecordOut's buffer starts: a QD1 reply is a few hundred bytes and a 4 KiB read's
+ *  data. It grows to what a reply needs (a 256 KiB read's data copied in, say) and stays that size. */
 const RECORD_OUT_BYTES = 64 << 10;
+/** The most it grows to: a reply past it (the runtime flushes every FLUSH_BYTES, 1 MiB) gets a
+ *  buffer of its own size. */
+const RECORD_OUT_MAX = 4 << 20;
 
 /**
  * Records going out, encoded straight into one buffer where they follow each other, so a reply of
  * many records is one write without a buffer per record or a copy to put them together. Payloads of
  * GATHER_MIN bytes or more that were handed over go by reference between the buffer's pieces, as
  * in a gather write. take() hands out what was written; the bytes stay untouched until release()
- * says the socket has them (a write that completed), after which the buffer is reused.
+ * says the socket has them (a write that completed), after which the buffer is reused. A buffer
+ * too small for what is being written is replaced by a larger one, which is then kept.
  */
 export class RecordOut {
   #buf: Buffer = Buffer.allocUnsafeSlow(RECORD_OUT_BYTES);
@@ -74,17 +78,27 @@ export class RecordOut {
     return this.#at > this.#from || this.#pieces.length > 0;
   }
 
-  /** `len` zeroed bytes for a record (or its head): the buffer and the offset to write at. */
-  room(len: number): [Buffer, number] {
+  /** Bytes of the buffer now (for tests). */
+  get capacity(): number {
+    return this.#buf.length;
+  }
+
+  /** `len` bytes for a record (or its head), the first `zero` of them zeroed (the rest the caller
+   *  writes whole): the buffer and the offset to write at. */
+  room(len: number, zero = len): [Buffer, number] {
     if (this.#at + len > this.#buf.length) {
-      this.#close();
-      // The old buffer may still be the socket's: a new one, never smaller than this record.
-      this.#buf = Buffer.allocUnsafeSlow(Math.max(RECORD_OUT_BYTES, len));
+      // The old buffer may still be the socket's up to #from: a new one, which gets the bytes
+      // written since the last take() (nobody has them yet) and room for the record, twice over.
+      const open = this.#at - this.#from;
+      const size = Math.max(this.#buf.length, Math.min(2 * (open + len), RECORD_OUT_MAX), open + len);
+      const next = Buffer.allocUnsafeSlow(size);
+      this.#buf.copy(next, 0, this.#from, this.#at);
+      this.#buf = next;
       this.#from = 0;
-      this.#at = 0;
+      this.#at = open;
     }
     const at = this.#at;
-    this.#buf.fill(0, at, at + len);
+    this.#buf.fill(0, at, at + zero);
     this.#at += len;
     return [this.#buf, at];
   }
@@ -259,9 +273,11 @@ export class RecordTranslator {
           out.ref(piece);
           if (size > HDR + 16 + piece.length) out.room(size - HDR - 16 - piece.length);
         } else {
-          const [b, i] = out.room(size);
+          // The data is copied in whole: only the head and the padding need zeros.
+          const [b, i] = out.room(size, HDR + 16);
           putDmaWriteHead(b, i, to, piece.length);
           b.set(piece, i + HDR + 16);
+          b.fill(0, i + HDR + 16 + piece.length, i + size);
         }
       } else if (parts) parts(dmaWriteRecordParts(to, piece));
       else this.#o.write(dmaWriteRecord(to, piece), false);

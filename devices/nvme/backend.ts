@@ -11,8 +11,9 @@ export interface BlockBackend {
   write(offset: number, data: Uint8Array): Promise<void>;
   /** What read() would resolve with, when it can be had without waiting (a file in memory, bytes
    *  the page cache holds): otherwise undefined, and the caller calls read(). Throws what read()
-   *  would reject with. Optional: a backend without it always waits. */
-  readNow?(offset: number, length: number): Uint8Array | undefined;
+   *  would reject with. `into` (at least `length` bytes): read into it, and answer its first
+   *  `length` bytes, instead of a buffer of the backend's. Optional: without it, every read waits. */
+  readNow?(offset: number, length: number, into?: Uint8Array): Uint8Array | undefined;
   /** write() done at once, when it need not wait: true if done, false if the caller must call
    *  write(). Throws what write() would reject with. Optional, as readNow. */
   writeNow?(offset: number, data: Uint8Array): boolean;

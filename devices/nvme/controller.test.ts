@@ -300,6 +300,42 @@ describe.each([
       expect(d.host.interrupts).toContain(1);
     });
 
+    it('data that waits keeps its own bytes while later commands are done at once', async () => {
+      // A write over three scattered pages whose middle page must be read (and takes its time),
+      // then writes and reads done at once in between: none may see another's bytes.
+      const backend = new MemoryBackend(4 << 20);
+      const d = new Driver(backend);
+      await d.enable();
+      await d.ioQueues();
+      const pages = [DATA, DATA + 0x3000n, DATA + 0x5000n];
+      const list = SCRATCH;
+      for (let i = 1; i < 3; i++) wr64(d.mem(list + BigInt(8 * (i - 1)), 8), 0, pages[i]!);
+      const a = pattern(3 * 4096, 1);
+      for (let i = 0; i < 3; i++) d.mem(pages[i]!, 4096).set(a.subarray(i * 4096, (i + 1) * 4096));
+      const slow = pages[1]!;
+      let release: (() => void) | undefined;
+      const hostRead = d.host.dmaRead.bind(d.host);
+      d.host.dmaRead = (iova, len) =>
+        iova === slow ? new Promise((r) => (release = () => r(hostRead(iova, len)))) : hostRead(iova, len);
+      const now = d.host.dmaReadNow;
+      if (now) d.host.dmaReadNow = (iova, len, into) => (iova === slow ? undefined : now(iova, len, into));
+      d.post(1, d.rw(IO.WRITE, 0, 24, pages[0]!, list));
+      for (let i = 0; i < 5; i++) await settle();
+      expect(release).toBeDefined();
+      // Meanwhile: 8 KiB written and read back (two pages: PRP2 the second).
+      const b = pattern(8192, 2);
+      d.mem(DATA + 0x10000n, 8192).set(b);
+      expect((await d.submit(1, d.rw(IO.WRITE, 64, 16, DATA + 0x10000n, DATA + 0x11000n))).status).toBe(0);
+      d.mem(DATA + 0x20000n, 8192).fill(0);
+      expect((await d.submit(1, d.rw(IO.READ, 64, 16, DATA + 0x20000n, DATA + 0x21000n))).status).toBe(0);
+      expect(d.mem(DATA + 0x20000n, 8192)).toEqual(b);
+      release!();
+      for (let i = 0; i < 5; i++) await settle();
+      expect(d.reap(1)).toMatchObject({ status: 0 });
+      expect(await backend.read(0, 3 * 4096)).toEqual(a);
+      expect(await backend.read(64 * 512, 8192)).toEqual(b);
+    });
+
     it('follows a PRP list chained across list pages, and refuses a chain pointer with an offset', async () => {
       const backend = new MemoryBackend(4 << 20);
       const d = new Driver(backend);

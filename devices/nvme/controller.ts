@@ -193,6 +193,11 @@ export class NvmeController extends PciDevice<NvmeController> {
   #irqScheduled = false;
   /** Doorbell writes being handled (doorbell()): interrupts wait for the write's end. */
   #inDoorbell = 0;
+  /** Where the data of a read or write done at once is (read from storage, or its pushed pieces
+   *  put together): the controller's own, reused, so large I/O allocates nothing. Nothing holds it
+   *  past the call that filled it: the port copies what is written from it, and data that must
+   *  wait for something is copied out first. */
+  #xfer: Uint8Array | undefined;
   #startedAt = Date.now();
   readonly stats = {
     readBytes: 0,
@@ -798,43 +803,61 @@ export class NvmeController extends PciDevice<NvmeController> {
    *  unless the controller was reset meanwhile: now if its PRPs are at hand, else a promise. */
   #toHost(sqe: Uint8Array, data: Uint8Array, epoch: number): undefined | Promise<void> {
     const segs = this.#prps(rd64(sqe, 24), rd64(sqe, 32), data.length);
-    if (segs instanceof Promise) return segs.then((s) => this.#place(s, data, epoch));
-    this.#place(segs, data, epoch);
+    if (segs instanceof Promise) return segs.then((s) => this.#place(s, data, epoch, true));
+    this.#place(segs, data, epoch, true);
     return undefined;
   }
 
-  #place(segs: Seg[], data: Uint8Array, epoch: number): void {
+  /** `data` to the segments; `handOver`: the port may keep it (HostPort.dmaWrite). */
+  #place(segs: Seg[], data: Uint8Array, epoch: number, handOver: boolean): void {
     if (epoch !== this.#epoch) throw new Abandoned();
     let at = 0;
     for (const s of segs) {
-      this.host.dmaWrite(s.iova, data.subarray(at, at + s.len), true);
+      this.host.dmaWrite(s.iova, data.subarray(at, at + s.len), handOver);
       at += s.len;
     }
   }
 
-  /** The command's `len` bytes from host memory: now if all of them are at hand, else a promise. */
-  #fromHost(sqe: Uint8Array, len: number): Uint8Array | Promise<Uint8Array> {
-    const segs = this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
-    if (segs instanceof Promise) return segs.then((s) => this.#gather(s, len));
-    return this.#gather(segs, len);
+  /** The command's `len` bytes from host memory, in a buffer of their own (kept across awaits). */
+  async #fromHost(sqe: Uint8Array, len: number): Promise<Uint8Array> {
+    const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+    const data = this.#gather(segs, len);
+    if (data instanceof Promise) return data;
+    return this.#inScratch(data) ? data.slice() : data;
   }
 
+  /** The segments' bytes in one buffer: now, in the transfer buffer or a view of what the host
+   *  pushed, when they are all at hand; else a promise of a buffer of their own. */
   #gather(segs: Seg[], len: number): Uint8Array | Promise<Uint8Array> {
-    const read = (s: Seg) => this.host.dmaReadNow?.(s.iova, s.len) ?? this.host.dmaRead(s.iova, s.len);
-    if (segs.length === 1) return read(segs[0]!);
-    const parts = segs.map(read);
-    const join = (ps: Uint8Array[]) => {
-      const out = new Uint8Array(len);
-      let at = 0;
-      for (const p of ps) {
-        out.set(p, at);
-        at += p.length;
+    const scratch = this.#scratch(len);
+    if (segs.length === 1) {
+      const s = segs[0]!;
+      return this.host.dmaReadNow?.(s.iova, s.len, scratch) ?? this.host.dmaRead(s.iova, s.len);
+    }
+    // Each segment into its place in the transfer buffer; once one must be read (and waited for),
+    // the bytes leave the transfer buffer for one of their own (another command may use it
+    // meanwhile), and the rest go there.
+    let waits: Promise<void>[] | undefined;
+    let out = scratch;
+    let at = 0;
+    for (const s of segs) {
+      const place = at;
+      const region = out.subarray(place, place + s.len);
+      const now = this.host.dmaReadNow?.(s.iova, s.len, region);
+      if (now) {
+        if (now.buffer !== region.buffer || now.byteOffset !== region.byteOffset) out.set(now, place);
+      } else {
+        if (!waits) {
+          waits = [];
+          out = scratch.slice();
+        }
+        const into = out;
+        waits.push(this.host.dmaRead(s.iova, s.len).then((b) => into.set(b, place)));
       }
-      return out;
-    };
-    return parts.every((p) => p instanceof Uint8Array)
-      ? join(parts as Uint8Array[])
-      : Promise.all(parts).then(join);
+      at += s.len;
+    }
+    if (!waits) return out;
+    return Promise.all(waits).then(() => out);
   }
 
   // ---- admin commands ----
@@ -1090,12 +1113,33 @@ export class NvmeController extends PciDevice<NvmeController> {
     return this.#write(sqe, offset, len, (cdw12 & (1 << 30)) !== 0, epoch);
   }
 
+  /** The transfer buffer (#xfer), `len` bytes of it. */
+  #scratch(len: number): Uint8Array {
+    this.#xfer ??= new Uint8Array(MAX_TRANSFER);
+    return this.#xfer.subarray(0, len);
+  }
+
+  #inScratch(data: Uint8Array): boolean {
+    return data.buffer === this.#xfer?.buffer;
+  }
+
   #read(sqe: Uint8Array, offset: number, len: number, epoch: number): Done | Promise<Done> {
     if (epoch !== this.#epoch) throw new Abandoned(); // as #backendCall: no new call after a reset
-    const data = this.backend.readNow?.(offset, len);
+    const data = this.backend.readNow?.(offset, len, this.#scratch(len));
     if (!data) return this.#readWait(sqe, offset, len, epoch);
-    const placed = this.#toHost(sqe, data, epoch);
-    return placed ? placed.then(() => this.#readDone(len)) : this.#readDone(len);
+    const segs = this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+    // The transfer buffer is copied by the port as it is written; a backend's own buffer is
+    // handed over. Data that must wait for its PRP list leaves the transfer buffer first.
+    const own = !this.#inScratch(data);
+    if (segs instanceof Promise) {
+      const kept = own ? data : data.slice();
+      return segs.then((s) => {
+        this.#place(s, kept, epoch, true);
+        return this.#readDone(len);
+      });
+    }
+    this.#place(segs, data, epoch, own);
+    return this.#readDone(len);
   }
 
   async #readWait(sqe: Uint8Array, offset: number, len: number, epoch: number): Promise<Done> {
@@ -1111,7 +1155,14 @@ export class NvmeController extends PciDevice<NvmeController> {
   }
 
   #write(sqe: Uint8Array, offset: number, len: number, fua: boolean, epoch: number): Done | Promise<Done> {
-    const data = this.#fromHost(sqe, len);
+    const segs = this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+    if (segs instanceof Promise) return segs.then((s) => this.#writeFrom(s, offset, len, fua, epoch));
+    return this.#writeFrom(segs, offset, len, fua, epoch);
+  }
+
+  /** The data from the segments to storage; from the transfer buffer only within this call. */
+  #writeFrom(segs: Seg[], offset: number, len: number, fua: boolean, epoch: number): Done | Promise<Done> {
+    const data = this.#gather(segs, len);
     if (data instanceof Promise) return data.then((d) => this.#store(offset, d, fua, epoch));
     return this.#store(offset, data, fua, epoch);
   }
@@ -1120,7 +1171,8 @@ export class NvmeController extends PciDevice<NvmeController> {
   #store(offset: number, data: Uint8Array, fua: boolean, epoch: number): Done | Promise<Done> {
     // Its data may have come after a reset: then it is abandoned here, before the backend.
     if (epoch !== this.#epoch) throw new Abandoned();
-    if (!this.backend.writeNow?.(offset, data)) return this.#storeWait(offset, data, fua, epoch);
+    if (!this.backend.writeNow?.(offset, data))
+      return this.#storeWait(offset, this.#inScratch(data) ? data.slice() : data, fua, epoch);
     if (fua || this.#features.get(FEAT.VOLATILE_WC) === 0)
       return this.#backendCall(epoch, () => this.backend.flush()).then(() => this.#writeDone(data.length));
     return this.#writeDone(data.length);

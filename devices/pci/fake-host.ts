@@ -53,7 +53,7 @@ export class FakeHost implements HostPort {
   /** A test's injected faults (HostPort.commandFault). */
   commandFault?: (command: CommandRef) => CommandFault | undefined;
   /** With `atHand`: a read of mapped memory at once (recorded like dmaRead's); else undefined. */
-  dmaReadNow?: (iova: bigint, len: number) => Uint8Array | undefined;
+  dmaReadNow?: (iova: bigint, len: number, into?: Uint8Array) => Uint8Array | undefined;
 
   constructor(o: FakeHostOptions = {}) {
     this.memory = new Uint8Array(new ArrayBuffer(o.memory ?? 1 << 20));
@@ -61,11 +61,14 @@ export class FakeHost implements HostPort {
     if (o.rounds !== false) this.virtqRound = (r) => this.#round(r);
     this.sqEventIdx = o.sqEventIdx !== false;
     if (o.atHand)
-      this.dmaReadNow = (iova, len) => {
+      this.dmaReadNow = (iova, len, into) => {
         const off = this.#at(iova, len);
         if (off === undefined) return undefined; // dmaRead refuses it
         this.events.push({ kind: 'dma-read', iova, len });
-        return this.memory.slice(off, off + len);
+        // In pieces (as pushes of a large buffer come) when there is somewhere to put them.
+        if (!into || len < 2) return this.memory.slice(off, off + len);
+        into.set(this.memory.subarray(off, off + len));
+        return into.subarray(0, len);
       };
   }
 

@@ -191,11 +191,11 @@ export class FileBackend implements BlockBackend {
     }
   }
 
-  readNow(offset: number, length: number): Uint8Array | undefined {
+  readNow(offset: number, length: number, into?: Uint8Array): Uint8Array | undefined {
     // What cannot be done in place goes to read(), which tries nothing in place either then.
     if (length > IN_PLACE_MAX || !(this.#inMemory || this.#noWait)) return undefined;
     this.#check('read', offset, length);
-    const buf = new Uint8Array(length);
+    const buf = into ? into.subarray(0, length) : new Uint8Array(length);
     let done: number;
     try {
       done = this.#readInPlace(buf, offset);
@@ -352,9 +352,12 @@ export class MemoryBackend implements BlockBackend {
     return this.readNow(offset, length);
   }
 
-  readNow(offset: number, length: number): Uint8Array {
+  readNow(offset: number, length: number, into?: Uint8Array): Uint8Array {
     this.#check('read', offset, length);
-    return this.#bytes.slice(offset, offset + length);
+    const bytes = this.#bytes.subarray(offset, offset + length);
+    if (!into) return bytes.slice();
+    into.set(bytes);
+    return into.subarray(0, length);
   }
 
   writeNow(offset: number, data: Uint8Array): boolean {
