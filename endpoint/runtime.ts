@@ -199,8 +199,11 @@ function safeOffset(v: bigint, what: string): number {
   return Number(v);
 }
 
-const within = (spans: readonly { offset: number; length: number }[], off: number, len: number) =>
-  spans.some((s) => off >= s.offset && off + len <= s.offset + s.length);
+/** Whether [off, off + len) lies in one of `spans` (a plain loop: asked on every MMIO write). */
+function within(spans: readonly { offset: number; length: number }[], off: number, len: number): boolean {
+  for (const s of spans) if (off >= s.offset && off + len <= s.offset + s.length) return true;
+  return false;
+}
 
 /** A model's push rule as the wire's PushRule (kind NONE removes rule `id`). */
 function pushRuleMsg(dev: number, id: number, r: PushRule | undefined): pcinet.IPushRule {

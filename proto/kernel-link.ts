@@ -83,9 +83,14 @@ export class RecordOut {
     return this.#buf.length;
   }
 
+  /** The buffer room() gives offsets into (valid until the next room()). */
+  get buffer(): Buffer {
+    return this.#buf;
+  }
+
   /** `len` bytes for a record (or its head), the first `zero` of them zeroed (the rest the caller
-   *  writes whole): the buffer and the offset to write at. */
-  room(len: number, zero = len): [Buffer, number] {
+   *  writes whole): their offset in `buffer`. */
+  room(len: number, zero = len): number {
     if (this.#at + len > this.#buf.length) {
       // The old buffer may still be the socket's up to #from: a new one, which gets the bytes
       // written since the last take() (nobody has them yet) and room for the record, twice over.
@@ -98,16 +103,16 @@ export class RecordOut {
       this.#at = open;
     }
     const at = this.#at;
-    this.#buf.fill(0, at, at + zero);
+    if (zero > 0) this.#buf.fill(0, at, at + zero);
     this.#at += len;
-    return [this.#buf, at];
+    return at;
   }
 
   /** `data`, handed over, after the bytes written so far: by reference if large, else copied. */
   ref(data: Uint8Array): void {
     if (data.length < GATHER_MIN) {
-      const [b, at] = this.room(data.length);
-      b.set(data, at);
+      const at = this.room(data.length, 0);
+      this.#buf.set(data, at);
       return;
     }
     this.#close();
@@ -233,8 +238,8 @@ export class RecordTranslator {
     for (let at = 0; at < data.length; at += MAX_DATA) {
       const piece = data.subarray(at, at + MAX_DATA);
       if (out) {
-        const [b, i] = out.room(dataRecordSize(piece.length));
-        putShadow(b, i, bar, offset + BigInt(at), piece);
+        const i = out.room(dataRecordSize(piece.length));
+        putShadow(out.buffer, i, bar, offset + BigInt(at), piece);
       } else this.#o.write(shadowRecord(bar, offset + BigInt(at), piece), false);
     }
   }
@@ -243,8 +248,8 @@ export class RecordTranslator {
   writesApplied(count: bigint): void {
     const out = this.#o.out;
     if (out) {
-      const [b, i] = out.room(WRITES_APPLIED_SIZE);
-      putWritesApplied(b, i, count);
+      const i = out.room(WRITES_APPLIED_SIZE);
+      putWritesApplied(out.buffer, i, count);
     } else this.#o.write(writesAppliedRecord(count), false);
   }
 
@@ -252,8 +257,8 @@ export class RecordTranslator {
   interrupt(vector: number): void {
     const out = this.#o.out;
     if (out) {
-      const [b, i] = out.room(INTERRUPT_SIZE);
-      putInterrupt(b, i, vector);
+      const i = out.room(INTERRUPT_SIZE);
+      putInterrupt(out.buffer, i, vector);
     } else this.#o.write(interruptRecord(vector), false);
   }
 
@@ -268,13 +273,14 @@ export class RecordTranslator {
       if (out) {
         const size = dataRecordSize(piece.length);
         if (byRef && piece.length >= GATHER_MIN) {
-          const [b, i] = out.room(HDR + 16);
-          putDmaWriteHead(b, i, to, piece.length);
+          const i = out.room(HDR + 16);
+          putDmaWriteHead(out.buffer, i, to, piece.length);
           out.ref(piece);
           if (size > HDR + 16 + piece.length) out.room(size - HDR - 16 - piece.length);
         } else {
           // The data is copied in whole: only the head and the padding need zeros.
-          const [b, i] = out.room(size, HDR + 16);
+          const i = out.room(size, HDR + 16);
+          const b = out.buffer;
           putDmaWriteHead(b, i, to, piece.length);
           b.set(piece, i + HDR + 16);
           b.fill(0, i + HDR + 16 + piece.length, i + size);

@@ -32,7 +32,7 @@ import {
   nsDescriptors,
   smartLog,
 } from './pages.js';
-import { type ListRead, PrpError, prpWalk, type Seg } from './prp.js';
+import { type ListRead, PrpError, prpsNow, prpWalk, type Seg } from './prp.js';
 import {
   ADMIN,
   BAR_SIZE,
@@ -765,6 +765,8 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** The host memory segments of a PRP1/PRP2 transfer of `len` bytes (prp.ts): now, when the PRP
    *  list pages it needs are at hand (pushed with the doorbell), else a promise. */
   #prps(prp1: bigint, prp2: bigint, len: number): Seg[] | Promise<Seg[]> {
+    const now = prpsNow(prp1, prp2, len);
+    if (now) return now;
     const walk = prpWalk(prp1, prp2, len);
     let step = walk.next();
     while (!step.done) {

@@ -52,11 +52,18 @@ interface BarState<C> {
   powerOn: Uint8Array;
 }
 
-const within = (spans: readonly Span[], off: number, len: number) =>
-  spans.some((s) => off >= s.offset && off + len <= s.offset + s.length);
-const overlaps = (spans: readonly Span[], off: number, len: number) =>
-  spans.some((s) => off < s.offset + s.length && s.offset < off + len);
+// Plain loops: asked on every MMIO write.
+function within(spans: readonly Span[], off: number, len: number): boolean {
+  for (const s of spans) if (off >= s.offset && off + len <= s.offset + s.length) return true;
+  return false;
+}
+function overlaps(spans: readonly Span[], off: number, len: number): boolean {
+  for (const s of spans) if (off < s.offset + s.length && s.offset < off + len) return true;
+  return false;
+}
 const hex = (v: number | bigint) => `0x${v.toString(16)}`;
+/** An MMIO access's trace fields (made only for a trace). */
+const where = (bar: number, offset: number, len: number) => ({ bar, offset: hex(offset), len });
 
 /** The port of a detached device: async work that outlived the attachment goes nowhere. */
 const DETACHED: HostPort = {
@@ -180,10 +187,8 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
   mmioWrite(bar: number, offset: number, data: Uint8Array): void {
     const b = this.#bars.get(bar);
     const len = data.length;
-    // Only for a trace: the common write makes none, and should not pay for its fields.
-    const where = () => ({ bar, offset: hex(offset), len });
     if (!b || len === 0 || offset < 0 || offset + len > b.storage.size) {
-      this.trace('pci.mmio.outside-bar', where());
+      this.trace('pci.mmio.outside-bar', where(bar, offset, len));
       return;
     }
     if (within(b.memory, offset, len)) {
@@ -191,14 +196,14 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
       return;
     }
     if (overlaps(b.hostOwned, offset, len)) {
-      this.trace('pci.mmio.host-owned', where());
+      this.trace('pci.mmio.host-owned', where(bar, offset, len));
       return;
     }
     const reg = b.registers?.find(offset);
-    if (!reg) this.trace('pci.mmio.unmapped', where());
+    if (!reg) this.trace('pci.mmio.unmapped', where(bar, offset, len));
     else if (![1, 2, 4, 8].includes(len) || offset + len > reg.at + reg.size) {
-      this.trace('pci.mmio.oversized', { ...where(), reg: reg.name });
-    } else if (offset % len) this.trace('pci.mmio.misaligned', { ...where(), reg: reg.name });
+      this.trace('pci.mmio.oversized', { ...where(bar, offset, len), reg: reg.name });
+    } else if (offset % len) this.trace('pci.mmio.misaligned', { ...where(bar, offset, len), reg: reg.name });
     else {
       this.#writeRegister(b, reg, offset, data);
       return;
