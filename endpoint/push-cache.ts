@@ -108,7 +108,8 @@ export class PushCache {
     // Fast path: one segment holds it all (the usual case: an SQE run, one data buffer).
     if (first.end >= end) {
       const from = Number(iova - first.start);
-      const out = first.data.subarray(from, from + len);
+      const out =
+        from === 0 && len === first.data.length ? first.data : first.data.subarray(from, from + len);
       this.#cut(iova, end);
       return out;
     }

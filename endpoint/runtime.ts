@@ -746,8 +746,10 @@ export class EndpointRuntime {
         for (let off = 0; off < data.length; off += MAX_DMA_CHUNK) {
           // No copy here: the session encodes (copies) the message before send() returns, or,
           // for bytes the model handed over, keeps a reference to them.
-          const piece = data.subarray(off, off + MAX_DMA_CHUNK);
-          const at = BigInt.asUintN(64, iova + BigInt(off));
+          // The whole of it, the usual case, without a view (a small array's view makes V8 give
+          // it a buffer of its own).
+          const piece = data.length <= MAX_DMA_CHUNK ? data : data.subarray(off, off + MAX_DMA_CHUNK);
+          const at = BigInt.asUintN(64, off === 0 ? iova : iova + BigInt(off));
           d.counters.dmaWriteBytes += piece.length;
           this.#pushShadow(d);
           const link = this.#fastLink(d);
@@ -922,8 +924,11 @@ export class EndpointRuntime {
 
   #flush(): void {
     this.#pendingBytes = 0;
-    for (const l of this.#unflushedLinks) l.flush();
-    this.#unflushedLinks.clear();
+    // Deleted one by one: clear() makes the set a new table each time.
+    for (const l of this.#unflushedLinks) {
+      this.#unflushedLinks.delete(l);
+      l.flush();
+    }
     if (!this.#unflushed) return;
     this.#unflushed = false;
     this.#session.flush();

@@ -268,8 +268,9 @@ export class RecordTranslator {
     const out = this.#o.out;
     const parts = byRef ? this.#o.writeParts : undefined;
     for (let at = 0; at < data.length; at += MAX_DATA) {
-      const to = BigInt.asUintN(64, iova + BigInt(at));
-      const piece = data.subarray(at, at + MAX_DATA);
+      const to = BigInt.asUintN(64, at === 0 ? iova : iova + BigInt(at));
+      // One record's worth, the usual case: the data itself, no view.
+      const piece = data.length <= MAX_DATA ? data : data.subarray(at, at + MAX_DATA);
       if (out) {
         const size = dataRecordSize(piece.length);
         if (byRef && piece.length >= GATHER_MIN) {

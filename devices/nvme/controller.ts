@@ -187,7 +187,8 @@ export class NvmeController extends PciDevice<NvmeController> {
   #backendBusy = 0;
   /** Resolved when #backendBusy drops to 0. */
   #idle: { promise: Promise<void>; resolve: () => void } | undefined;
-  #irqPending = new Set<number>();
+  /** Vectors to raise (a few at most: one per CQ with completions this tick). */
+  #irqPending: number[] = [];
   /** Doorbell Buffer Config in force (I/O queues only, as Linux uses it); cleared by a reset. */
   #dbbuf: DoorbellBuffer | undefined;
   #irqScheduled = false;
@@ -323,7 +324,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     this.#cqs.clear();
     this.#dbbuf = undefined;
     this.#aers = [];
-    this.#irqPending.clear();
+    this.#irqPending.length = 0;
     this.#features.clear();
     this.#features.set(FEAT.VOLATILE_WC, 1);
     this.#features.set(FEAT.NUM_QUEUES, ((this.maxQueues - 1) << 16) | (this.maxQueues - 1));
@@ -547,7 +548,8 @@ export class NvmeController extends PciDevice<NvmeController> {
       sq.head = (sq.head + 1) % sq.size;
       sq.inflight++;
     }
-    for (let i = 0; i < n; i++) this.#run(sq, entries.subarray(i * SQE_SIZE, (i + 1) * SQE_SIZE), epoch);
+    if (n === 1) this.#run(sq, entries, epoch);
+    else for (let i = 0; i < n; i++) this.#run(sq, entries.subarray(i * SQE_SIZE, (i + 1) * SQE_SIZE), epoch);
   }
 
   /** The controller cannot go on (a queue in memory it cannot reach): CSTS.CFS, the driver resets. */
@@ -745,7 +747,7 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** One interrupt per vector per tick, however many completions it covers: at the end of the
    *  doorbell write being handled, else in a microtask. */
   #interrupt(vector: number): void {
-    this.#irqPending.add(vector);
+    if (!this.#irqPending.includes(vector)) this.#irqPending.push(vector);
     if (this.#irqScheduled || this.#inDoorbell) return;
     this.#irqScheduled = true;
     queueMicrotask(() => {
@@ -755,9 +757,9 @@ export class NvmeController extends PciDevice<NvmeController> {
   }
 
   #raisePending(): void {
-    if (this.#irqPending.size === 0) return;
-    for (const v of this.#irqPending) this.host.raiseMsix(v);
-    this.#irqPending.clear();
+    const vectors = this.#irqPending;
+    for (let i = 0; i < vectors.length; i++) this.host.raiseMsix(vectors[i]!);
+    vectors.length = 0;
   }
 
   // ---- data transfer ----
@@ -813,6 +815,10 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** `data` to the segments; `handOver`: the port may keep it (HostPort.dmaWrite). */
   #place(segs: Seg[], data: Uint8Array, epoch: number, handOver: boolean): void {
     if (epoch !== this.#epoch) throw new Abandoned();
+    if (segs.length === 1) {
+      this.host.dmaWrite(segs[0]!.iova, data, handOver);
+      return;
+    }
     let at = 0;
     for (const s of segs) {
       this.host.dmaWrite(s.iova, data.subarray(at, at + s.len), handOver);
@@ -1118,7 +1124,7 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** The transfer buffer (#xfer), `len` bytes of it. */
   #scratch(len: number): Uint8Array {
     this.#xfer ??= new Uint8Array(MAX_TRANSFER);
-    return this.#xfer.subarray(0, len);
+    return len === MAX_TRANSFER ? this.#xfer : this.#xfer.subarray(0, len);
   }
 
   #inScratch(data: Uint8Array): boolean {
