@@ -100,7 +100,7 @@ export class PushCache {
    *  otherwise undefined and nothing changes. Bytes of several pushes are put together in `into`
    *  (at least `len` bytes) when given, else in a new buffer. */
   take(iova: bigint, len: number, into?: Uint8Array): Uint8Array | undefined {
-    if (len <= 0) return undefined;
+    if (len <= 0 || this.#segs.length === 0) return undefined;
     const end = iova + BigInt(len);
     let i = this.#firstEndingAfter(iova);
     const first = this.#segs[i];
@@ -133,6 +133,8 @@ export class PushCache {
 
   /** Forgets pushed bytes in [iova, iova + len), staged ones included. */
   drop(iova: bigint, len: bigint | number): void {
+    // Every DMA write of the device asks: usually nothing is kept.
+    if (this.#segs.length === 0 && this.#staged.length === 0) return;
     const end = iova + BigInt(len);
     this.#cut(iova, end);
     if (this.#staged.length === 0) return;

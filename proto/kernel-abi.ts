@@ -344,7 +344,7 @@ export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
 /** Each record of `buf` to `v`, in order (see parseRecords for `owned` and the errors). A record
  *  is checked whole before it is given to `v`; the ones before a bad record have been given. */
 export function visitRecords(buf: Uint8Array, owned: boolean, v: RecordVisitor): void {
-  const b = Buffer.from(buf.buffer, buf.byteOffset, buf.length);
+  const b = buf instanceof Buffer ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.length);
   // Fields are read at absolute offsets (`at` + field) of `b`: no view and no closure per record,
   // since every MMIO write and push of a kernel link comes through here.
   for (let at = 0; at < b.length; ) {
