@@ -319,14 +319,15 @@ describe('kernel links at the endpoint', () => {
       const k = await kernelLink(port, attach.linkToken!);
       expect(await k.accepted()).toBe(true);
       attachedOnLink(session, attach.dev);
-      // Host memory the kernel answers from: 100 000 bytes (two records' worth), or a refusal.
+      // Host memory the kernel answers from: 150 000 bytes (three records' worth), or a refusal.
       const src = 0x5000_0000n;
-      const memory = Buffer.from(testPattern(9, 100_000));
+      const memory = Buffer.from(testPattern(9, 150_000));
       let refuse = false;
       let answered = 0;
       // BAR 0 as the host's shadow has it.
       const shadow = Buffer.alloc(0x4000);
       let seen = 0;
+      let paced = Promise.resolve();
       const answer = () => {
         for (; seen < k.records.length; seen++) {
           const r = k.records[seen]!;
@@ -344,7 +345,12 @@ describe('kernel links at the endpoint', () => {
           cpl.writeUInt32LE(refuse ? 1 : 0, 12);
           cpl.writeUInt32LE(data.length, 16);
           data.copy(cpl, 24);
-          k.socket.write(cpl);
+          // One at a time, apart: each completion is a read of its own (the large ones land in
+          // the same reused buffer, where the link reads records that span reads).
+          paced = paced.then(async () => {
+            k.socket.write(cpl);
+            await new Promise((r) => setTimeout(r, 5));
+          });
           answered++;
         }
       };
@@ -370,13 +376,66 @@ describe('kernel links at the endpoint', () => {
         });
         return status;
       };
-      expect(await read(100_000)).toBe(1);
-      // Two records' worth: two pieces, put together for the device (its checksum says it got them).
-      expect(answered).toBe(2);
+      expect(await read(150_000)).toBe(1);
+      // Three records' worth: three pieces, put together for the device (its checksum says it got
+      // them as they were sent).
+      expect(answered).toBe(3);
       expect(shadow.readUInt32LE(REG.CHECKSUM)).toBe(crc32(memory));
       refuse = true;
       expect(await read(64)).toBe(3); // done, failed
       expect(shadow.readUInt32LE(REG.ERROR)).toBe(ErrorCode.DMA_FAULT);
+      stop?.();
+      await session.close();
+    }
+  });
+
+  it('pushed bytes outlive the read buffer they came in: a later read is served what was pushed', async () => {
+    for (const traced of [false, true]) {
+      const port = await endpoint();
+      const stop = traced ? servers.at(-1)!.trace.subscribe({ sink: () => true }) : undefined;
+      const { session, attach } = await hostSession(port, true);
+      const k = await kernelLink(port, attach.linkToken!);
+      expect(await k.accepted()).toBe(true);
+      attachedOnLink(session, attach.dev);
+      const src = 0x6000_0000n;
+      const data = Buffer.from(testPattern(3, 3000));
+      const push = Buffer.alloc((24 + data.length + 7) & ~7);
+      push.writeUInt16LE(R.PUSH, 0);
+      push.writeUInt32LE(push.length, 4);
+      push.writeUInt32LE(data.length, 8);
+      push.writeUInt32LE(0, 12);
+      push.writeBigUInt64LE(src, 16);
+      data.copy(push, 24);
+      // The push, with a write that makes it readable; then reads of other records into the same
+      // buffers, each waited for (a fence: WritesApplied) so that each is a read of its own.
+      k.socket.write(Buffer.concat([push, mmioWrite(0, REG.SRC_ADDR, Number(src))]));
+      for (let i = 1; i <= 4; i++) {
+        k.socket.write(
+          Buffer.concat(Array.from({ length: 50 }, () => mmioWrite(0, REG.SCRATCH, i * 0x0101_0101))),
+        );
+        await k.until(() =>
+          k.records.some(
+            (r) => typeOf(r) === W.WRITES_APPLIED && r.readBigUInt64LE(8) === BigInt(1 + 50 * i),
+          ),
+        );
+      }
+      k.socket.write(
+        Buffer.concat([
+          mmioWrite(0, REG.SRC_ADDR + 4, 0),
+          mmioWrite(0, REG.SIZE, data.length),
+          mmioWrite(0, REG.COMMAND, CMD.DMA_READ),
+        ]),
+      );
+      const shadow = Buffer.alloc(0x4000);
+      await k.until(() => {
+        for (const r of k.records.splice(0))
+          if (typeOf(r) === W.SHADOW && r.readUInt32LE(8) === 0)
+            r.copy(shadow, Number(r.readBigUInt64LE(16)), 24, 24 + r.readUInt32LE(12));
+          else if (typeOf(r) === W.DMA_READ) throw new Error('the pushed bytes were not used');
+        return (shadow.readUInt32LE(REG.STATUS) & 3) !== 0;
+      });
+      expect(shadow.readUInt32LE(REG.STATUS) & 3).toBe(1);
+      expect(shadow.readUInt32LE(REG.CHECKSUM)).toBe(crc32(data));
       stop?.();
       await session.close();
     }

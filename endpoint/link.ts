@@ -39,8 +39,9 @@ export interface LinkReceiver {
   functionReset(): void;
   /** A DMA read of the runtime's (`tag`) completed; `data` when its status is OK. */
   dmaReadCpl(tag: number, status: ErrorCode, data: Uint8Array | undefined): void;
-  /** `data` is a view of a buffer nobody writes again. */
-  push(rule: number, iova: bigint, data: Uint8Array): void;
+  /** `data` is a view of a buffer nobody writes again, or, `lent`, one the link reads into again
+   *  once the batch is over: what is kept of it after batch() must be copied. */
+  push(rule: number, iova: bigint, data: Uint8Array, lent: boolean): void;
   pushDrop(iova: bigint, length: bigint): void;
   pushRuleSet(id: number): void;
 }
@@ -49,7 +50,8 @@ export interface LinkReceiver {
 export class KernelLink extends EventEmitter {
   readonly remote: string;
   readonly #socket: net.Socket;
-  readonly #stream = new RecordStream();
+  /** Lends what it reads into our buffers (reused once a batch is over); see #onRecords. */
+  readonly #stream = new RecordStream({ lend: true });
   #records: RecordTranslator | undefined;
   #key: Uint8Array | undefined;
   #txSeq = 0n;
@@ -65,6 +67,8 @@ export class KernelLink extends EventEmitter {
   #receiver: LinkReceiver | undefined;
   /** The records of a batch to #receiver (made once, in start()). */
   #visitor: RecordVisitor | undefined;
+  /** The batch being visited is lent (#onRecords). */
+  #lent = false;
   #closed = false;
   #error: Error | undefined;
   /** When the last inbound records arrived, until something goes out (performance.now(), ms). */
@@ -86,7 +90,9 @@ export class KernelLink extends EventEmitter {
       // own); sealed frames are opened into new buffers, so their reads can go anywhere fresh.
       reads.buffer = () => (this.#sealed ? this.#sealed.readBuffer() : this.#stream.readBuffer());
       reads.sink = (n, buf) =>
-        this.#onRecords(() => (this.#sealed ? this.#sealed.filled(buf, n) : this.#stream.filled(buf, n)));
+        this.#sealed
+          ? this.#onRecords(() => this.#sealed!.filled(buf, n), false)
+          : this.#onRecords(() => this.#stream.filled(buf, n), true);
     } else socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => this.emit('drain'));
     socket.on('error', (e) => {
@@ -138,8 +144,10 @@ export class KernelLink extends EventEmitter {
       mmioRead: (tag, bar, size, offset) => rx.mmioRead(tag, bar, size, offset),
       configWrite: (offset, size, value) => rx.configWrite(offset, size, value),
       functionReset: () => rx.functionReset(),
-      dmaReadCpl: (tag, ok, data) => this.#records!.dmaReadCpl(tag, ok, data, cpl),
-      push: (rule, iova, data) => rx.push(rule, iova, data),
+      // The device keeps what it read: a copy of lent bytes.
+      dmaReadCpl: (tag, ok, data) =>
+        this.#records!.dmaReadCpl(tag, ok, this.#lent ? new Uint8Array(data) : data, cpl),
+      push: (rule, iova, data) => rx.push(rule, iova, data, this.#lent),
       pushDrop: (iova, length) => rx.pushDrop(iova, length),
       pushRuleSet: (id) => rx.pushRuleSet(id),
     };
@@ -241,27 +249,30 @@ export class KernelLink extends EventEmitter {
       if (this.#sealed) return this.#sealed.push(chunk);
       const whole = this.#stream.push(chunk);
       return whole.length > 0 ? [whole] : [];
-    });
+    }, false);
   }
 
-  /** Delivers the records `read` returns (buffers of whole records) as one batch. */
-  #onRecords(read: () => Buffer[]): void {
+  /** Delivers the records `read` returns (buffers of whole records) as one batch. Unless `lent`,
+   *  every buffer of records here is new (read into, put together or opened for this call) and
+   *  never written again: payloads may stay views of it. `lent`: the buffers are read into again
+   *  after the batch (RecordStream's lend), and what outlives it must be copied: the receiver is
+   *  told which pushes are lent, and messages get copies. */
+  #onRecords(read: () => Buffer[], lent: boolean): void {
     if (this.#closed || !this.#records || !this.#deliver) return;
     try {
       const wholes = read();
       if (wholes.length === 0) return;
       this.#lastIn = performance.now();
-      // Every buffer of records here is new (read into, put together or opened for this call) and
-      // never written again: payloads may stay views of it.
       const rx = this.#receiver;
       if (rx?.direct()) {
         const v = this.#visitor!;
+        this.#lent = lent;
         rx.batch(() => {
           for (const whole of wholes) visitRecords(whole, true, v);
         });
         return;
       }
-      for (const whole of wholes) for (const r of parseRecords(whole, true)) this.#records.fromKernel(r);
+      for (const whole of wholes) for (const r of parseRecords(whole, !lent)) this.#records.fromKernel(r);
       const msgs = this.#inbound;
       this.#inbound = [];
       this.#deliver(msgs);

@@ -36,10 +36,10 @@ describe('PushCache', () => {
     const record = new Uint8Array(24 + 4096);
     const data = record.subarray(24);
     data.set(bytes(4096, 5));
-    c.stage(0x1000n, data, 0, true);
+    c.stage(0x1000n, data, 0, 'own');
     // A small push from the same kind of buffer is copied: it would keep the rest alive.
     const big = new Uint8Array(65536);
-    c.stage(0x8000n, big.subarray(64, 128), 0, true);
+    c.stage(0x8000n, big.subarray(64, 128), 0, 'own');
     // Not owned: copied, whatever its size.
     const mine = bytes(4096, 6);
     c.stage(0x3000n, mine, 0);
@@ -51,6 +51,34 @@ describe('PushCache', () => {
     const b = c.take(0x3000n, 4096)!;
     expect(b.buffer).not.toBe(mine.buffer);
     expect(b).toEqual(bytes(4096, 6));
+  });
+
+  it('lent bytes: served as copies, and copied when settled; never the lender’s buffer afterwards', () => {
+    const c = new PushCache();
+    // The link's read buffer: two pushes in it, lent for one batch.
+    const readBuf = new Uint8Array(8192);
+    readBuf.set(bytes(4096, 1), 0);
+    readBuf.set(bytes(4096, 2), 4096);
+    c.stage(0x1000n, readBuf.subarray(0, 4096), 0, 'lend');
+    c.stage(0x9000n, readBuf.subarray(4096), 0, 'lend');
+    c.commit();
+    // Read during the batch: a copy, into the caller's buffer when given.
+    const into = new Uint8Array(8192);
+    const a = c.take(0x1000n, 4096, into)!;
+    expect(a.buffer).toBe(into.buffer);
+    expect(a).toEqual(bytes(4096, 1));
+    const part = c.take(0x9000n, 16)!;
+    expect(part.buffer).not.toBe(readBuf.buffer);
+    // The batch ends: what is left is copied; the lender reuses its buffer.
+    c.settle();
+    readBuf.fill(0xee);
+    expect(c.take(0x9010n, 4080)).toEqual(bytes(4096, 2).subarray(16));
+    // Staged, not yet committed, when the batch ended: copied as well.
+    c.stage(0x2000n, readBuf.subarray(0, 64), 0, 'lend');
+    c.settle();
+    readBuf.fill(0x11);
+    c.commit();
+    expect(c.take(0x2000n, 64)).toEqual(new Uint8Array(64).fill(0xee));
   });
 
   it('keeps the newest bytes where pushes overlap', () => {

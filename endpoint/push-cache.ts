@@ -20,13 +20,21 @@ interface Seg {
   rule: number;
   /** Insertion order, for eviction. */
   seq: number;
+  /** `data` is only lent (see stage()). */
+  lent: boolean;
 }
 
 interface Staged {
   start: bigint;
   data: Uint8Array;
   rule: number;
+  lent: boolean;
 }
+
+/** How stage() keeps pushed bytes: a copy; `data` itself, whose buffer nobody writes again
+ *  ('own': kept if it is most of that buffer, else copied, so little keeps much alive); or `data`
+ *  lent until settle() ('lend': its buffer is written again after that). */
+export type PushKeep = 'copy' | 'own' | 'lend';
 
 export class PushCache {
   readonly #max: number;
@@ -37,6 +45,8 @@ export class PushCache {
   /** Pushes waiting for their doorbell's write, in arrival order. */
   #staged: Staged[] = [];
   #stagedBytes = 0;
+  /** Some bytes, staged or not, are only lent (settle() copies them). */
+  #lent = false;
   evicted = 0;
 
   constructor(maxBytes = PUSH_CACHE_BYTES) {
@@ -57,16 +67,32 @@ export class PushCache {
     this.commit();
   }
 
-  /** Pushed bytes at `iova`, readable from the next commit. A batch past the cache's size is
-   *  committed as it goes (the oldest bytes go). They are copied, so that whatever they came in is
-   *  not kept alive, unless `owned` (nobody writes `data`'s buffer again) and they are most of that
-   *  buffer: then the cache keeps `data` itself. */
-  stage(iova: bigint, data: Uint8Array, rule: number, owned = false): void {
+  /** Pushed bytes at `iova`, readable from the next commit, kept as `keep` says (PushKeep). A
+   *  batch past the cache's size is committed as it goes (the oldest bytes go). */
+  stage(iova: bigint, data: Uint8Array, rule: number, keep: PushKeep = 'copy'): void {
     if (data.length === 0) return;
     if (this.#stagedBytes + data.length > this.#max) this.commit();
-    const keep = owned && data.length * 2 >= data.buffer.byteLength;
-    this.#staged.push({ start: iova, data: keep ? data : data.slice(), rule });
+    const lent = keep === 'lend';
+    const as = lent || (keep === 'own' && data.length * 2 >= data.buffer.byteLength);
+    this.#staged.push({ start: iova, data: as ? data : data.slice(), rule, lent });
     this.#stagedBytes += data.length;
+    if (lent) this.#lent = true;
+  }
+
+  /** Lent bytes still kept (not read yet) become copies: their buffer is about to be reused. */
+  settle(): void {
+    if (!this.#lent) return;
+    this.#lent = false;
+    for (const p of this.#staged) {
+      if (!p.lent) continue;
+      p.data = p.data.slice();
+      p.lent = false;
+    }
+    for (const s of this.#segs) {
+      if (!s.lent) continue;
+      s.data = s.data.slice();
+      s.lent = false;
+    }
   }
 
   /** The doorbell's write came: its staged pushes become readable, newer bytes replacing older
@@ -83,6 +109,7 @@ export class PushCache {
         data: p.data,
         rule: p.rule,
         seq,
+        lent: p.lent,
       });
       this.#bytes += p.data.length;
     }
@@ -97,8 +124,9 @@ export class PushCache {
   }
 
   /** The `len` bytes at `iova` if pushed bytes cover every one of them, which are then forgotten;
-   *  otherwise undefined and nothing changes. Bytes of several pushes are put together in `into`
-   *  (at least `len` bytes) when given, else in a new buffer. */
+   *  otherwise undefined and nothing changes. Bytes of several pushes, or lent ones, are copied
+   *  into `into` (at least `len` bytes) when given, else into a new buffer: what take() answers
+   *  is the caller's to keep. */
   take(iova: bigint, len: number, into?: Uint8Array): Uint8Array | undefined {
     if (len <= 0 || this.#segs.length === 0) return undefined;
     const end = iova + BigInt(len);
@@ -108,8 +136,13 @@ export class PushCache {
     // Fast path: one segment holds it all (the usual case: an SQE run, one data buffer).
     if (first.end >= end) {
       const from = Number(iova - first.start);
-      const out =
-        from === 0 && len === first.data.length ? first.data : first.data.subarray(from, from + len);
+      let out = from === 0 && len === first.data.length ? first.data : first.data.subarray(from, from + len);
+      if (first.lent) {
+        if (into) {
+          into.set(out);
+          out = into.length === len ? into : into.subarray(0, len);
+        } else out = out.slice();
+      }
       this.#cut(iova, end);
       return out;
     }

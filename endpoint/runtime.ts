@@ -45,7 +45,7 @@ import { wireDescription } from './describe.js';
 import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
 import type { Faults, IrqFault } from './faults.js';
 import type { KernelLink, LinkReceiver } from './link.js';
-import { PushCache } from './push-cache.js';
+import { PushCache, type PushKeep } from './push-cache.js';
 
 /** What the runtime needs of a session (proto/session.ts satisfies it). Events:
  *  'messages' (msgs: Msg[]) — one inbound batch, in order, after the handshake;
@@ -410,7 +410,11 @@ export class EndpointRuntime {
       }
     } finally {
       this.#inBatch = false;
-      for (const d of this.#devices.values()) d.wrote = false;
+      for (const d of this.#devices.values()) {
+        d.wrote = false;
+        // What a kernel link lent for the batch is read again after it: copies of what is left.
+        d.pushed.settle();
+      }
     }
     this.#flush();
   }
@@ -464,7 +468,7 @@ export class EndpointRuntime {
       case 'push': {
         const p = m.push!;
         const d = this.#device(p.dev);
-        if (d) this.#push(d, u64(p.iova), p.data ?? new Uint8Array(0), p.rule ?? 0, false);
+        if (d) this.#push(d, u64(p.iova), p.data ?? new Uint8Array(0), p.rule ?? 0, 'copy');
         return;
       }
       case 'pushDrop': {
@@ -565,9 +569,9 @@ export class EndpointRuntime {
     d.dma.complete(tag, status, data);
   }
 
-  /** `owned`: `data` is a view of a buffer nobody writes again (a kernel link's records), which
-   *  the push cache may keep instead of a copy. */
-  #push(d: Device, iova: bigint, data: Uint8Array, rule: number, owned: boolean): void {
+  /** `keep`: how the push cache may keep `data` (a kernel link's records: as they are, owned or
+   *  lent for the batch). */
+  #push(d: Device, iova: bigint, data: Uint8Array, rule: number, keep: PushKeep): void {
     if (data.length === 0) throw new ProtocolError(ErrorCode.BAD_LENGTH, `device ${d.dev}: empty Push`);
     if (rule >= MAX_PUSH_RULES)
       throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `device ${d.dev}: Push of rule ${rule}`);
@@ -576,7 +580,7 @@ export class EndpointRuntime {
       return;
     }
     d.counters.pushBytes += data.length;
-    d.pushed.stage(iova, data, rule, owned);
+    d.pushed.stage(iova, data, rule, keep);
   }
 
   #pushDrop(d: Device, iova: bigint, length: bigint): void {
@@ -623,9 +627,9 @@ export class EndpointRuntime {
         const d = attached();
         if (d) this.#dmaReadCpl(d, tag, status, data ?? new Uint8Array(0));
       },
-      push: (rule, iova, data) => {
+      push: (rule, iova, data, lent) => {
         const d = attached();
-        if (d) this.#push(d, iova, data, rule, true);
+        if (d) this.#push(d, iova, data, rule, lent ? 'lend' : 'own');
       },
       pushDrop: (iova, length) => {
         const d = attached();

@@ -169,6 +169,62 @@ describe('RecordStream', () => {
     expect(wholes[0]!.buffer.byteLength).toBe(big.length);
   });
 
+  it('lending: every record intact until the next read, none copied out of the scratch buffer (500 streams)', () => {
+    const bodies = fc.array(
+      fc.oneof(fc.integer({ min: 0, max: 8 }), fc.integer({ min: 0, max: (MAX_RECORD - HDR) >> 3 })),
+      { minLength: 1, maxLength: 10 },
+    );
+    const reads = fc.array(fc.tuple(fc.integer({ min: 1, max: 200_000 }), fc.boolean()), { minLength: 1 });
+    fc.assert(
+      fc.property(bodies, reads, (words, cuts) => {
+        const records = words.map((w, i) => {
+          const r = rec(R.PUSH_RULE_SET, w * 8);
+          r.fill((i + 1) & 0xff, HDR);
+          return r;
+        });
+        const bytes = Buffer.concat(records);
+        const s = new RecordStream({ lend: true });
+        // What each answer held, checked (and copied) before the next read, as a link does.
+        const got: Buffer[] = [];
+        for (let at = 0, i = 0; at < bytes.length; i++) {
+          const [want, foreign] = cuts[i % cuts.length]!;
+          const into = foreign ? new Uint8Array(want) : s.readBuffer();
+          const n = Math.min(into.length, bytes.length - at, want);
+          into.set(bytes.subarray(at, at + n));
+          at += n;
+          for (const whole of s.filled(into, n))
+            for (let r = 0; r < whole.length; r += whole.readUInt32LE(r + 4))
+              got.push(Buffer.from(whole.subarray(r, r + whole.readUInt32LE(r + 4))));
+        }
+        expect(got.map((r) => r.length)).toEqual(records.map((r) => r.length));
+        for (const [i, r] of got.entries()) expect(r.equals(records[i]!)).toBe(true);
+        expect(s.pending).toBe(0);
+      }),
+      { numRuns: 500 },
+    );
+    // Small records stay in the scratch buffer; large ones that span reads share one buffer.
+    const s = new RecordStream({ lend: true });
+    const small = Buffer.concat([rec(R.FUNCTION_RESET, 0), rec(R.PUSH_RULE_SET, 8)]);
+    const into = s.readBuffer();
+    into.set(small);
+    const [w] = s.filled(into, small.length);
+    expect(w!.buffer).toBe((into as Buffer).buffer);
+    const big = rec(R.PUSH_RULE_SET, MAX_DATA);
+    const spans: Buffer[] = [];
+    for (let k = 0; k < 2; k++) {
+      for (let at = 0; at < big.length; ) {
+        const b = s.readBuffer();
+        const n = Math.min(b.length, big.length - at, 1000);
+        b.set(big.subarray(at, at + n));
+        at += n;
+        spans.push(...s.filled(b, n));
+      }
+    }
+    expect(spans).toHaveLength(2);
+    expect(spans[0]!.buffer).toBe(spans[1]!.buffer);
+    expect(spans[1]!.equals(big)).toBe(true);
+  });
+
   it('refuses a length no record can have, and flags', () => {
     const bad = rec(R.FUNCTION_RESET, 0);
     bad.writeUInt32LE(12, 4);

@@ -400,6 +400,17 @@ export class RecordStream {
   #scratch: Buffer | undefined;
   #given: Uint8Array | undefined;
   #direct: { record: Buffer; have: number } | undefined;
+  /** With `lend`: where records read straight into a buffer of their own go, reused. */
+  #spare: Buffer | undefined;
+  readonly #lend: boolean;
+
+  /** `lend`: what filled() answers is only lent, valid until the next readBuffer(): whole records
+   *  stay where they were read (the scratch buffer, or one buffer reused for records that spanned
+   *  reads), not copied out into buffers of their own. For a reader done with them before it
+   *  reads again. */
+  constructor(o: { lend?: boolean } = {}) {
+    this.#lend = o.lend ?? false;
+  }
 
   /** The whole records completed by `chunk` (one buffer, possibly empty). Throws AbiError for a
    *  header no record can have. */
@@ -423,9 +434,9 @@ export class RecordStream {
   }
 
   /** `n` bytes were read into `into`: the whole records they complete (buffers of one or more
-   *  records each). `into` is normally what readBuffer() returned last; any other buffer (a read
-   *  the socket had been given before this stream took it over) is copied in as it would have
-   *  been read. Throws AbiError like push(). */
+   *  records each; lent, with `lend`). `into` is normally what readBuffer() returned last; any
+   *  other buffer (a read the socket had been given before this stream took it over) is copied in
+   *  as it would have been read. Throws AbiError like push(). */
   filled(into: Uint8Array, n: number): Buffer[] {
     if (into !== this.#given) {
       const out: Buffer[] = [];
@@ -434,7 +445,8 @@ export class RecordStream {
         const k = Math.min(b.length, n - at);
         b.set(into.subarray(at, at + k));
         at += k;
-        out.push(...this.filled(b, k));
+        // The next readBuffer() reuses what a lent answer is in: these are copied.
+        for (const w of this.filled(b, k)) out.push(this.#lend ? Buffer.from(w) : w);
       }
       return out;
     }
@@ -446,16 +458,23 @@ export class RecordStream {
       this.#direct = undefined;
       return [d.record];
     }
-    // What the scratch buffer holds is copied out (it is reused): the whole records together, and
-    // a record begun at its end into a buffer of the record's size, where the rest is read.
+    // What the scratch buffer holds is copied out (it is reused), unless lent: the whole records
+    // together, and a record begun at its end into a buffer of the record's size (the spare one,
+    // lent), where the rest is read.
     const held = this.#held;
     const buf = held ? Buffer.concat([held, this.#scratch!.subarray(0, n)]) : this.#scratch!.subarray(0, n);
     this.#held = undefined;
     const at = wholeRecords(buf);
-    const out = at > 0 ? [held ? buf.subarray(0, at) : Buffer.from(buf.subarray(0, at))] : [];
+    const whole = held || this.#lend ? buf.subarray(0, at) : Buffer.from(buf.subarray(0, at));
+    const out = at > 0 ? [whole] : [];
     const rest = buf.subarray(at);
     if (rest.length >= HDR) {
-      const record = Buffer.allocUnsafeSlow(rest.readUInt32LE(4));
+      const len = rest.readUInt32LE(4);
+      let record: Buffer;
+      if (this.#lend) {
+        if (!this.#spare || this.#spare.length < len) this.#spare = Buffer.allocUnsafeSlow(len);
+        record = this.#spare.subarray(0, len);
+      } else record = Buffer.allocUnsafeSlow(len);
       rest.copy(record);
       this.#direct = { record, have: rest.length };
     } else if (rest.length > 0) this.#held = Buffer.from(rest);
