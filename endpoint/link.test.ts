@@ -397,45 +397,74 @@ describe('kernel links at the endpoint', () => {
       const k = await kernelLink(port, attach.linkToken!);
       expect(await k.accepted()).toBe(true);
       attachedOnLink(session, attach.dev);
-      const src = 0x6000_0000n;
-      const data = Buffer.from(testPattern(3, 3000));
-      const push = Buffer.alloc((24 + data.length + 7) & ~7);
-      push.writeUInt16LE(R.PUSH, 0);
-      push.writeUInt32LE(push.length, 4);
-      push.writeUInt32LE(data.length, 8);
-      push.writeUInt32LE(0, 12);
-      push.writeBigUInt64LE(src, 16);
-      data.copy(push, 24);
-      // The push, with a write that makes it readable; then reads of other records into the same
-      // buffers, each waited for (a fence: WritesApplied) so that each is a read of its own.
-      k.socket.write(Buffer.concat([push, mmioWrite(0, REG.SRC_ADDR, Number(src))]));
-      for (let i = 1; i <= 4; i++) {
-        k.socket.write(
-          Buffer.concat(Array.from({ length: 50 }, () => mmioWrite(0, REG.SCRATCH, i * 0x0101_0101))),
-        );
-        await k.until(() =>
-          k.records.some(
-            (r) => typeOf(r) === W.WRITES_APPLIED && r.readBigUInt64LE(8) === BigInt(1 + 50 * i),
-          ),
-        );
-      }
-      k.socket.write(
-        Buffer.concat([
-          mmioWrite(0, REG.SRC_ADDR + 4, 0),
-          mmioWrite(0, REG.SIZE, data.length),
-          mmioWrite(0, REG.COMMAND, CMD.DMA_READ),
-        ]),
-      );
+      const pushOf = (iova: bigint, data: Buffer) => {
+        const push = Buffer.alloc((24 + data.length + 7) & ~7);
+        push.writeUInt16LE(R.PUSH, 0);
+        push.writeUInt32LE(push.length, 4);
+        push.writeUInt32LE(data.length, 8);
+        push.writeUInt32LE(0, 12);
+        push.writeBigUInt64LE(iova, 16);
+        data.copy(push, 24);
+        return push;
+      };
       const shadow = Buffer.alloc(0x4000);
-      await k.until(() => {
+      let writes = 0;
+      /** Records as a read of their own each: sent, then waited for (WritesApplied counts). */
+      const alone = async (...rs: Buffer[]) => {
+        const all = [...rs, mmioWrite(0, REG.SCRATCH, 1)];
+        writes += all.filter((r) => typeOf(r) === R.MMIO_WRITE).length;
+        k.socket.write(Buffer.concat(all));
+        await k.until(() => {
+          const done = k.records.some(
+            (r) => typeOf(r) === W.WRITES_APPLIED && r.readBigUInt64LE(8) === BigInt(writes),
+          );
+          absorb();
+          return done;
+        });
+      };
+      /** The records so far into the shadow; a DMA read would mean the pushed bytes went unused. */
+      const absorb = () => {
         for (const r of k.records.splice(0))
           if (typeOf(r) === W.SHADOW && r.readUInt32LE(8) === 0)
             r.copy(shadow, Number(r.readBigUInt64LE(16)), 24, 24 + r.readUInt32LE(12));
           else if (typeOf(r) === W.DMA_READ) throw new Error('the pushed bytes were not used');
-        return (shadow.readUInt32LE(REG.STATUS) & 3) !== 0;
-      });
-      expect(shadow.readUInt32LE(REG.STATUS) & 3).toBe(1);
-      expect(shadow.readUInt32LE(REG.CHECKSUM)).toBe(crc32(data));
+      };
+      const checksum = async (src: bigint, size: number) => {
+        k.socket.write(
+          Buffer.concat([
+            mmioWrite(0, REG.SRC_ADDR, Number(src & 0xffff_ffffn)),
+            mmioWrite(0, REG.SRC_ADDR + 4, 0),
+            mmioWrite(0, REG.SIZE, size),
+            mmioWrite(0, REG.COMMAND, CMD.DMA_READ),
+          ]),
+        );
+        await k.until(() => {
+          absorb();
+          return (shadow.readUInt32LE(REG.STATUS) & 3) !== 0;
+        });
+        expect(shadow.readUInt32LE(REG.STATUS) & 3).toBe(1);
+        const sum = shadow.readUInt32LE(REG.CHECKSUM);
+        k.socket.write(mmioWrite(0, REG.STATUS, 3));
+        await k.until(() => {
+          absorb();
+          return (shadow.readUInt32LE(REG.STATUS) & 3) === 0;
+        });
+        return sum;
+      };
+      // A small push (it stays in the reused read buffer) and a large one (a record longer than
+      // that buffer: read into a buffer of its own, reused for the next such record), each with a
+      // write that makes it readable; then reads of other records, small and large, into the
+      // same buffers.
+      const small = Buffer.from(testPattern(3, 3000));
+      const large = Buffer.from(testPattern(4, 65536));
+      await alone(pushOf(0x6000_0000n, small));
+      await alone(pushOf(0x6100_0000n, large));
+      for (let i = 0; i < 3; i++) {
+        await alone(...Array.from({ length: 50 }, () => mmioWrite(0, REG.ARG, i)));
+        await alone(pushOf(0x6200_0000n + BigInt(i) * 0x10_0000n, Buffer.alloc(65536, i)));
+      }
+      expect(await checksum(0x6000_0000n, small.length)).toBe(crc32(small));
+      expect(await checksum(0x6100_0000n, large.length)).toBe(crc32(large));
       stop?.();
       await session.close();
     }

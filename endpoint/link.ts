@@ -39,9 +39,11 @@ export interface LinkReceiver {
   functionReset(): void;
   /** A DMA read of the runtime's (`tag`) completed; `data` when its status is OK. */
   dmaReadCpl(tag: number, status: ErrorCode, data: Uint8Array | undefined): void;
-  /** `data` is a view of a buffer nobody writes again, or, `lent`, one the link reads into again
-   *  once the batch is over: what is kept of it after batch() must be copied. */
+  /** `data` is a view of a buffer nobody writes again, or, `lent`, of one the link reads into
+   *  again: reclaim() says when, and what is kept of it must be copied then. */
   push(rule: number, iova: bigint, data: Uint8Array, lent: boolean): void;
+  /** The link is about to write into `buffer` again (pushes it lent may be in it). */
+  reclaim(buffer: ArrayBufferLike): void;
   pushDrop(iova: bigint, length: bigint): void;
   pushRuleSet(id: number): void;
 }
@@ -85,6 +87,7 @@ export class KernelLink extends EventEmitter {
     this.#socket = socket;
     this.remote = `${socket.remoteAddress}:${socket.remotePort}`;
     socket.setNoDelay(true);
+    this.#stream.onReuse = (buffer) => this.#receiver?.reclaim(buffer);
     if (reads) {
       // In the clear, records are read into the stream's buffers (a large one straight into its
       // own); sealed frames are opened into new buffers, so their reads can go anywhere fresh.
@@ -255,8 +258,8 @@ export class KernelLink extends EventEmitter {
   /** Delivers the records `read` returns (buffers of whole records) as one batch. Unless `lent`,
    *  every buffer of records here is new (read into, put together or opened for this call) and
    *  never written again: payloads may stay views of it. `lent`: the buffers are read into again
-   *  after the batch (RecordStream's lend), and what outlives it must be copied: the receiver is
-   *  told which pushes are lent, and messages get copies. */
+   *  later (RecordStream's lend): the receiver is told which pushes are lent (and reclaim() before
+   *  their memory is written), the rest and messages get copies. */
   #onRecords(read: () => Buffer[], lent: boolean): void {
     if (this.#closed || !this.#records || !this.#deliver) return;
     try {

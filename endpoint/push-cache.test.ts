@@ -55,7 +55,7 @@ describe('PushCache', () => {
 
   it('lent bytes: served as copies, and copied when settled; never the lender’s buffer afterwards', () => {
     const c = new PushCache();
-    // The link's read buffer: two pushes in it, lent for one batch.
+    // The link's read buffer: two pushes in it, lent.
     const readBuf = new Uint8Array(8192);
     readBuf.set(bytes(4096, 1), 0);
     readBuf.set(bytes(4096, 2), 4096);
@@ -69,13 +69,19 @@ describe('PushCache', () => {
     expect(a).toEqual(bytes(4096, 1));
     const part = c.take(0x9000n, 16)!;
     expect(part.buffer).not.toBe(readBuf.buffer);
-    // The batch ends: what is left is copied; the lender reuses its buffer.
-    c.settle();
+    // Another lender's buffer about to be reused: nothing of this one is copied.
+    const other = new Uint8Array(64).fill(7);
+    c.stage(0x4000n, other, 0, 'lend');
+    c.settle(readBuf.buffer);
+    // This lender's buffer about to be reused: what is left of it is copied first.
     readBuf.fill(0xee);
     expect(c.take(0x9010n, 4080)).toEqual(bytes(4096, 2).subarray(16));
-    // Staged, not yet committed, when the batch ended: copied as well.
+    other.fill(8);
+    c.commit();
+    expect(c.take(0x4000n, 64)).toEqual(new Uint8Array(64).fill(8)); // still lent: as it is now
+    // Staged, not yet committed: copied as well.
     c.stage(0x2000n, readBuf.subarray(0, 64), 0, 'lend');
-    c.settle();
+    c.settle(readBuf.buffer);
     readBuf.fill(0x11);
     c.commit();
     expect(c.take(0x2000n, 64)).toEqual(new Uint8Array(64).fill(0xee));

@@ -79,20 +79,28 @@ export class PushCache {
     if (lent) this.#lent = true;
   }
 
-  /** Lent bytes still kept (not read yet) become copies: their buffer is about to be reused. */
-  settle(): void {
+  /** Lent bytes still kept (not read yet) in `buffer` (or anywhere) become copies: the lender is
+   *  about to write there again. */
+  settle(buffer?: ArrayBufferLike): void {
     if (!this.#lent) return;
-    this.#lent = false;
+    let left = false;
     for (const p of this.#staged) {
       if (!p.lent) continue;
-      p.data = p.data.slice();
-      p.lent = false;
+      if (buffer && p.data.buffer !== buffer) left = true;
+      else {
+        p.data = p.data.slice();
+        p.lent = false;
+      }
     }
     for (const s of this.#segs) {
       if (!s.lent) continue;
-      s.data = s.data.slice();
-      s.lent = false;
+      if (buffer && s.data.buffer !== buffer) left = true;
+      else {
+        s.data = s.data.slice();
+        s.lent = false;
+      }
     }
+    this.#lent = left;
   }
 
   /** The doorbell's write came: its staged pushes become readable, newer bytes replacing older

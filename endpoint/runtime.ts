@@ -410,11 +410,7 @@ export class EndpointRuntime {
       }
     } finally {
       this.#inBatch = false;
-      for (const d of this.#devices.values()) {
-        d.wrote = false;
-        // What a kernel link lent for the batch is read again after it: copies of what is left.
-        d.pushed.settle();
-      }
+      for (const d of this.#devices.values()) d.wrote = false;
     }
     this.#flush();
   }
@@ -639,6 +635,8 @@ export class EndpointRuntime {
         const d = attached();
         if (d) this.#pushRuleSet(d, id);
       },
+      // Whatever the device's state: what it keeps must not change under it.
+      reclaim: (buffer) => this.#devices.get(dev)?.pushed.settle(buffer),
     };
   }
 

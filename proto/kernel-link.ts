@@ -403,11 +403,13 @@ export class RecordStream {
   /** With `lend`: where records read straight into a buffer of their own go, reused. */
   #spare: Buffer | undefined;
   readonly #lend: boolean;
+  /** With `lend`: told before the stream writes into a buffer it lent records in (the scratch
+   *  buffer, the spare one), so that whoever still keeps some of them can copy them first. */
+  onReuse: ((buffer: ArrayBufferLike) => void) | undefined;
 
-  /** `lend`: what filled() answers is only lent, valid until the next readBuffer(): whole records
-   *  stay where they were read (the scratch buffer, or one buffer reused for records that spanned
-   *  reads), not copied out into buffers of their own. For a reader done with them before it
-   *  reads again. */
+  /** `lend`: what filled() answers is only lent: whole records stay where they were read (the
+   *  scratch buffer, or one buffer reused for records that spanned reads), not copied out into
+   *  buffers of their own, and onReuse says when that memory is about to be written again. */
   constructor(o: { lend?: boolean } = {}) {
     this.#lend = o.lend ?? false;
   }
@@ -430,6 +432,7 @@ export class RecordStream {
   readBuffer(): Uint8Array {
     if (this.#direct) this.#given = this.#direct.record.subarray(this.#direct.have);
     else this.#given = this.#scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES);
+    if (this.#lend) this.onReuse?.(this.#given.buffer);
     return this.#given;
   }
 
@@ -473,6 +476,7 @@ export class RecordStream {
       let record: Buffer;
       if (this.#lend) {
         if (!this.#spare || this.#spare.length < len) this.#spare = Buffer.allocUnsafeSlow(len);
+        else this.onReuse?.(this.#spare.buffer);
         record = this.#spare.subarray(0, len);
       } else record = Buffer.allocUnsafeSlow(len);
       rest.copy(record);
