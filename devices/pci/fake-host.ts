@@ -65,8 +65,8 @@ export class FakeHost implements HostPort {
         const off = this.#at(iova, len);
         if (off === undefined) return undefined; // dmaRead refuses it
         this.events.push({ kind: 'dma-read', iova, len });
-        // In pieces (as pushes of a large buffer come) when there is somewhere to put them.
-        if (!into || len < 2) return this.memory.slice(off, off + len);
+        // Put together where the model says, as a port does with bytes pushed in pieces.
+        if (!into) return this.memory.slice(off, off + len);
         into.set(this.memory.subarray(off, off + len));
         return into.subarray(0, len);
       };
