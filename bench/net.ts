@@ -1,7 +1,8 @@
 // bench/net: iperf3 through pcinet's virtio-net NIC, side by side with iperf3 over the path the
 // NIC's traffic itself travels (guest → QEMU user networking → the card's loopback), in the same
 // lab run. Two NICs: one with checksum and TSO offloads (the default), one with offloads=off (every
-// frame at most the MTU). Prints a table and the ratio; asserts nothing.
+// frame at most the MTU), and the upload once more with the guest's TSO floor raised
+// (net.ipv4.tcp_min_tso_segs). Prints a table and the ratio; asserts nothing.
 //
 //   node dist/bench/net.js [--seconds 10] [--rounds 3] [--tls] [--no-link] [--chart FILE] [--log]
 //
@@ -28,6 +29,11 @@ const NICS = [
   { label: 'plain', tap: 'pnb1', mac: '52:54:00:be:4c:02', net: '10.78.0', spec: ',offloads=off' },
 ] as const;
 const DIRECT_PORT = 5299;
+/** The guest's TCP sizes TSO segments to ~1 ms of its pacing rate (at least
+ *  net.ipv4.tcp_min_tso_segs, default 2), so a slow round shrinks the next segments and every
+ *  segment costs the NIC a round: the upload is also measured with the floor at a full 64 KiB
+ *  segment (docs/devices.md, "Tuning"). */
+const TSO_FLOOR = 44;
 
 /** Per frame the driver sent (up) or received (down), from the endpoint's counters. */
 const PER_FRAME = [
@@ -68,23 +74,25 @@ function breakdown(stats: Map<string, Counters>, rounds: number): void {
     "\nper frame (the endpoint's counters around each run; up: per frame sent, down: per frame received)",
   );
   console.log(`run          frames   bytes/frame  ${PER_FRAME.map((c) => c.label.padStart(12)).join(' ')}`);
-  for (const n of NICS) {
-    for (const dir of ['up', 'down'] as const) {
-      const phase = `${n.label} ${dir}`;
-      const phases = phasesOf(n.label, dir, n.label === 'nic' ? rounds : 1);
-      const kind = dir === 'up' ? 'tx' : 'rx';
-      const frames = deltaOver(stats, phases, `virtio-net.${kind}Frames`);
-      const bytes = deltaOver(stats, phases, `virtio-net.${kind}Bytes`);
-      if (!frames) {
-        console.log(`${phase.padEnd(11)}  no counters`);
-        continue;
-      }
-      const per = (v: number | undefined, digits: number) =>
-        v === undefined ? '?' : (v / frames).toFixed(digits);
-      console.log(
-        `${phase.padEnd(11)}  ${String(frames).padStart(6)}  ${per(bytes, 0).padStart(12)}  ${PER_FRAME.map((c) => per(deltaOver(stats, phases, c.counter), c.digits).padStart(12)).join(' ')}`,
-      );
+  const runs = [
+    ...NICS.flatMap((n) => (['up', 'down'] as const).map((dir) => ({ label: n.label, dir }))),
+    { label: 'nictso', dir: 'up' as const },
+  ];
+  for (const { label, dir } of runs) {
+    const phase = `${label} ${dir}`;
+    const phases = phasesOf(label, dir, label === 'plain' ? 1 : rounds);
+    const kind = dir === 'up' ? 'tx' : 'rx';
+    const frames = deltaOver(stats, phases, `virtio-net.${kind}Frames`);
+    const bytes = deltaOver(stats, phases, `virtio-net.${kind}Bytes`);
+    if (!frames) {
+      console.log(`${phase.padEnd(11)}  no counters`);
+      continue;
     }
+    const per = (v: number | undefined, digits: number) =>
+      v === undefined ? '?' : (v / frames).toFixed(digits);
+    console.log(
+      `${phase.padEnd(11)}  ${String(frames).padStart(6)}  ${per(bytes, 0).padStart(12)}  ${PER_FRAME.map((c) => per(deltaOver(stats, phases, c.counter), c.digits).padStart(12)).join(' ')}`,
+    );
   }
 }
 
@@ -120,13 +128,14 @@ async function main(): Promise<void> {
     insecure: !args.tls,
     kernelLink: !args['no-link'],
     devices: NICS.map((n) => `virtio-net:tap=${n.tap},mac=${n.mac}${n.spec}`),
-    timeoutMs: ((4 * rounds + 2) * 3 * seconds + 150) * 1000,
+    timeoutMs: ((5 * rounds + 2) * 3 * seconds + 150) * 1000,
     command: [
       statsShell,
       // The lab's host-agent (its log is its standard output) answers SIGUSR1 with the endpoint's
       // counters.
       `ha=$(pid_of " host --connect ") && halog=$(readlink /proc/$ha/fd/1)`,
       'set -e',
+      'tso0=$(sysctl -n net.ipv4.tcp_min_tso_segs)',
       ...NICS.flatMap((n) => [
         `ifc=$(grep -lx ${n.mac} /sys/class/net/*/address | cut -d/ -f5)`,
         `ip addr add ${n.net}.2/24 dev $ifc && ip link set $ifc up`,
@@ -141,6 +150,15 @@ async function main(): Promise<void> {
             iperf(`${n.label}-${dir}-r${round}`, `${n.net}.1`, dir === 'down' ? '-R' : ''),
             `stats $ha $halog ${n.label} ${dir} r${round} after`,
           ]),
+          ...(dir === 'up'
+            ? [
+                `sysctl -q -w net.ipv4.tcp_min_tso_segs=${TSO_FLOOR}`,
+                `stats $ha $halog nictso up r${round} before`,
+                iperf(`nictso-up-r${round}`, `${NICS[0].net}.1`, ''),
+                `stats $ha $halog nictso up r${round} after`,
+                'sysctl -q -w net.ipv4.tcp_min_tso_segs=$tso0',
+              ]
+            : []),
           iperf(`direct-${dir}-r${round}`, '10.0.2.2', `-p ${DIRECT_PORT}${dir === 'down' ? ' -R' : ''}`),
         ]),
       ),
@@ -156,7 +174,7 @@ async function main(): Promise<void> {
       ]) {
         const [cmd, ...rest] = card.wrap([
           'timeout',
-          String((4 * rounds + 2) * 3 * seconds + 60),
+          String((5 * rounds + 2) * 3 * seconds + 60),
           'iperf3',
           ...args,
         ]);
@@ -181,6 +199,7 @@ async function main(): Promise<void> {
     return {
       what: dir === 'up' ? 'guest → card' : 'card → guest',
       nic,
+      tso: dir === 'up' ? rates('nictso', dir, rounds) : undefined,
       direct,
       plain: rate(`plain-${dir}-r1`),
     };
@@ -189,18 +208,23 @@ async function main(): Promise<void> {
   console.log(
     `bench/net: iperf3 TCP, ${seconds} s each, ${rounds} alternating round(s), lab guest (QEMU TCG, 2 vCPUs); pcinet NIC: ${path}`,
   );
-  console.log('direction       pcinet NIC   no offloads   transport path   ratio   (medians)');
+  console.log(
+    `direction       pcinet NIC   no offloads   min TSO ${TSO_FLOOR}   transport path   ratio   ratio, min TSO   (medians)`,
+  );
   const mb = (v: number, w: number) => `${v.toFixed(1).padStart(w)} Mb/s`;
-  for (const { what, nic, plain, direct } of rows) {
+  const ratio = (a: number | undefined, b: number) => (a === undefined ? '   —' : (a / b).toFixed(2));
+  const med = (v: number[] | undefined) => (v ? median(v) : undefined);
+  const orDash = (v: number | undefined, w: number) => (v === undefined ? '—'.padStart(w + 5) : mb(v, w));
+  for (const { what, nic, tso, plain, direct } of rows) {
     console.log(
-      `${what.padEnd(14)}  ${mb(median(nic), 7)}  ${mb(plain, 7)}  ${mb(median(direct), 9)}   ${(median(nic) / median(direct)).toFixed(2)}`,
+      `${what.padEnd(14)}  ${mb(median(nic), 7)}  ${mb(plain, 7)}  ${orDash(med(tso), 7)}  ${mb(median(direct), 9)}   ${ratio(median(nic), median(direct))}   ${ratio(med(tso), median(direct)).padStart(14)}`,
     );
   }
-  console.log('\nround  direction      pcinet NIC   transport path   ratio');
+  console.log(`\nround  direction      pcinet NIC   min TSO ${TSO_FLOOR}   transport path   ratio`);
   for (let k = 0; k < rounds; k++) {
-    for (const { what, nic, direct } of rows) {
+    for (const { what, nic, tso, direct } of rows) {
       console.log(
-        `${String(k + 1).padStart(5)}  ${what.padEnd(13)}  ${mb(nic[k]!, 7)}  ${mb(direct[k]!, 9)}   ${(nic[k]! / direct[k]!).toFixed(2)}`,
+        `${String(k + 1).padStart(5)}  ${what.padEnd(13)}  ${mb(nic[k]!, 7)}  ${orDash(tso?.[k], 7)}  ${mb(direct[k]!, 9)}   ${ratio(nic[k], direct[k]!)}`,
       );
     }
   }
@@ -212,11 +236,16 @@ async function main(): Promise<void> {
       `pcinet NIC: ${path}; transport path: guest → QEMU user networking → the card`,
       ...(args.log ? ['log scale'] : []),
     ],
-    series: ['pcinet NIC', 'pcinet NIC, offloads=off', 'transport path'],
-    groups: rows.map(({ what, nic, plain, direct }) => ({
+    series: [
+      'pcinet NIC',
+      'pcinet NIC, offloads=off',
+      `pcinet NIC, tcp_min_tso_segs=${TSO_FLOOR}`,
+      'transport path',
+    ],
+    groups: rows.map(({ what, nic, tso, plain, direct }) => ({
       label: what,
       unit: 'Mb/s',
-      values: [median(nic), plain, median(direct)],
+      values: [median(nic), plain, med(tso), median(direct)],
     })),
     scale: args.log ? 'log' : 'linear',
   });
