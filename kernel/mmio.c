@@ -31,7 +31,9 @@
  * - the MSI-X table and PBA are served by msix.c.
  * A function that is gone (removed, or memory decoding off) reads all-ones and ignores writes.
  * While the link is down (W_LINK_DOWN) a function reads as a removed one does (pcinet_gone_read)
- * and its writes are dropped and counted: nothing reaches an endpoint that is not there.
+ * and its writes are dropped and counted: nothing reaches an endpoint that is not there. While a
+ * frozen driver is restored before it is unbound (freeze.c), a stand-in answers every access
+ * (pcinet_mmio_standin()), whatever the function's state.
  *
  * Waiting: an access that has to wait for the device (fence, volatile read, a full queue) in a
  * context that may sleep (interrupts on, no locks, not atomic: preempt_count() equal to what the
