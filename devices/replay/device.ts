@@ -111,7 +111,11 @@ export class ReplayDevice implements DeviceModel {
   #dead = false;
   #ended: 'detach' | 'unplug' | 'end' | undefined;
   #first: Divergence | undefined;
-  #count = { divergences: 0, missed: 0, extra: 0, beyond: 0, runs: 0, complete: 0 };
+  #count = { divergences: 0, missed: 0, extra: 0, beyond: 0, idleKicks: 0, runs: 0, complete: 0 };
+  /** Expects passed over as idle kicks (the live run did without them). */
+  #skipped = new Set<number>();
+  /** Per virtqueue push rule: the avail idx its driver area showed at its last notify. */
+  #availIdx = new Map<number, number>();
 
   constructor(recording: ReplayRecording, o: ReplayOptions = {}) {
     this.#rec = recording;
@@ -153,7 +157,9 @@ export class ReplayDevice implements DeviceModel {
     this.#dead = false;
     this.#ended = undefined;
     this.#first = undefined;
-    this.#count = { ...this.#count, divergences: 0, missed: 0, extra: 0, beyond: 0 };
+    this.#count = { ...this.#count, divergences: 0, missed: 0, extra: 0, beyond: 0, idleKicks: 0 };
+    this.#skipped.clear();
+    this.#availIdx.clear();
     this.#count.runs++;
     port.trace('replay.start', {
       source: this.#rec.source,
@@ -169,14 +175,21 @@ export class ReplayDevice implements DeviceModel {
     if (!port) return;
     if (!this.#dead && !this.#ended) {
       const s = this.#expected();
-      if (s?.msg.kind === 'detach') {
-        this.#hp++;
+      const gone: HostMessage = { kind: 'detach' };
+      const d = s && (sameMessage(s.msg, gone) ? s : this.#pastIdle(s, gone));
+      if (d) {
+        this.#hp = d.seq + 1;
         this.#walk();
       } else if (s) this.#diverge(s, 'message', describeHost(s.msg), 'the host removed the device');
     }
     if (this.#ended === 'detach' && !this.#first) {
       this.#count.complete++;
-      port.trace('replay.complete', { source: this.#rec.source, records: this.#rec.records.length });
+      port.trace('replay.complete', {
+        source: this.#rec.source,
+        records: this.#rec.records.length,
+        hostMessages: this.#script.expects,
+        relocations: this.#reloc.learned,
+      });
     }
     this.#epoch++;
     this.#port = undefined;
@@ -225,6 +238,7 @@ export class ReplayDevice implements DeviceModel {
       missed: this.#count.missed,
       extra: this.#count.extra,
       beyond: this.#count.beyond,
+      idleKicks: this.#count.idleKicks,
       ended: this.#ended ? 1 : 0,
       complete: this.#count.complete,
       relocations: this.#reloc.learned,
@@ -283,6 +297,8 @@ export class ReplayDevice implements DeviceModel {
       return undefined;
     }
     if (sameMessage(s.msg, m)) return this.#matched(s, m);
+    const past = this.#pastIdle(s, m);
+    if (past) return this.#matched(past, m);
     this.#diverge(s, 'message', describeHost(s.msg), describeHost(m));
     if (this.#strict) return undefined;
     // Where else in the near future the recording has this message.
@@ -297,6 +313,32 @@ export class ReplayDevice implements DeviceModel {
     }
     this.#count.extra++;
     return undefined;
+  }
+
+  /** The recording has idle kicks (script.ts markIdle) where the live run went on without them:
+   *  the expect after them that `m` is, if any; they are passed over, not emitted. */
+  #pastIdle(s: Step & { op: 'expect' }, m: HostMessage): (Step & { op: 'expect' }) | undefined {
+    let k = s.seq;
+    while (this.#expectStep(k)?.idle && !sameMessage(this.#expectStep(k)!.msg, m)) k++;
+    const next = this.#expectStep(k);
+    if (k === s.seq || !next || !sameMessage(next.msg, m)) return undefined;
+    this.#skipIdle(s.seq, k);
+    return next;
+  }
+
+  #expectStep(seq: number): (Step & { op: 'expect' }) | undefined {
+    const i = this.#expectAt[seq];
+    return i === undefined ? undefined : (this.#script.steps[i] as Step & { op: 'expect' });
+  }
+
+  /** Expects [from, to) were idle kicks the live run did not repeat. */
+  #skipIdle(from: number, to: number): void {
+    for (let k = from; k < to; k++) this.#skipped.add(k);
+    this.#count.idleKicks += to - from;
+    this.#port?.trace('replay.idle-kick', {
+      record: this.#expectStep(from)!.n,
+      note: 'a doorbell write the recorded device did nothing for: the live run did without it',
+    });
   }
 
   #matched(s: Step & { op: 'expect' }, m: HostMessage): Step & { op: 'expect' } {
@@ -364,12 +406,17 @@ export class ReplayDevice implements DeviceModel {
         const s = steps[this.#p]!;
         if (s.op === 'expect') {
           if (s.seq >= this.#hp) return;
+          if (this.#skipped.has(s.seq)) {
+            // An idle kick the live run did without: nothing of its is carried out.
+            this.#p = this.#expectAt[s.seq + 1] ?? steps.length;
+            continue;
+          }
         } else if (s.op === 'read') this.#read(s);
         else if (s.op === 'readDone') {
           const r = this.#reads.get(s.key);
           if (!r?.done) return;
           this.#reads.delete(s.key);
-          this.#readDone(s, r);
+          if (this.#readDone(s, r)) continue;
         } else if (s.op === 'emit') this.#emit(s);
         else {
           this.#p++;
@@ -402,6 +449,7 @@ export class ReplayDevice implements DeviceModel {
   }
 
   #read(s: Step & { op: 'read' }): void {
+    if (this.#reads.get(s.key)?.done) return; // read already (an idle kick's bytes, idleKick)
     const port = this.#port!;
     const st: ReadState = { done: false, ok: false };
     this.#reads.set(s.key, st);
@@ -427,8 +475,67 @@ export class ReplayDevice implements DeviceModel {
     );
   }
 
-  #readDone(s: Step & { op: 'readDone' }, r: ReadState): void {
-    if (r.skipped) return;
+  /** A read's bytes against the recorded ones. True when the walk was moved (an idle kick). */
+  #readDone(s: Step & { op: 'readDone' }, r: ReadState): boolean {
+    if (r.skipped) return false;
+    if (s.pushed && r.ok && this.#idleKick(s, r.data!)) return true;
+    this.#compareRead(s, r);
+    return false;
+  }
+
+  /**
+   * Pushed bytes that differ from the recorded ones, where a doorbell write is an idle kick on one
+   * side only (script.ts markIdle): the recorded kick was idle and the live bytes are those of the
+   * next kick of the same doorbell (the live run did without it: go on from that one), or the live
+   * write brought nothing new, its bytes those of the last push of that memory (the live run kicked
+   * once more: wait for the recorded kick again). Only while nothing after the kick was matched.
+   */
+  #idleKick(s: Step & { op: 'readDone' }, live: Uint8Array): boolean {
+    const kick = s.kick === undefined ? undefined : this.#expectStep(s.kick);
+    if (!kick || this.#hp !== kick.seq + 1 || this.#reloc.differs(s.iova, s.data, live) < 0) return false;
+    const steps = this.#script.steps;
+    if (kick.idle) {
+      let k = kick.seq + 1;
+      while (this.#expectStep(k)?.idle && !sameMessage(this.#expectStep(k)!.msg, kick.msg)) k++;
+      const next = this.#expectStep(k);
+      if (!next || !sameMessage(next.msg, kick.msg)) return false;
+      // The next kick's push of the same memory, if it had one and the live bytes are its.
+      let same: (Step & { op: 'readDone' }) | undefined;
+      let read: (Step & { op: 'read' }) | undefined;
+      for (let i = this.#expectAt[k]! + 1; i < steps.length; i++) {
+        const x = steps[i]!;
+        if ((x.op !== 'read' && x.op !== 'readDone') || x.kick !== k) break;
+        if (x.iova !== s.iova || (x.op === 'read' ? x.len : x.data.length) !== s.data.length) continue;
+        if (x.op === 'read') read = x;
+        else same = x;
+      }
+      if (!same || !read || this.#reloc.differs(s.iova, same.data, live) >= 0) return false;
+      this.#skipIdle(kick.seq, k);
+      this.#hp = k + 1;
+      this.#reads.set(read.key, { done: true, ok: true, data: live });
+      this.#p = this.#expectAt[k]! + 1;
+      return true;
+    }
+    // A notify of a virtqueue whose avail idx has not moved since its last one brought nothing.
+    const before = s.avail === undefined ? undefined : this.#availIdx.get(s.avail);
+    if (before === undefined || live.length < 4 || rd16(live, 2) !== before) return false;
+    // Undo the match: the recorded kick is still to come.
+    for (let i = this.#expectAt[kick.seq]! + 1; i <= this.#p; i++) {
+      const x = steps[i]!;
+      if (x.op === 'read' || x.op === 'readDone') this.#reads.delete(x.key);
+    }
+    this.#hp = kick.seq;
+    this.#p = this.#expectAt[kick.seq]!;
+    this.#count.idleKicks++;
+    this.#port?.trace('replay.idle-kick', {
+      record: kick.n,
+      note: 'a doorbell write that brought the device nothing new: not in the recording, passed over',
+    });
+    return true;
+  }
+
+  #compareRead(s: Step & { op: 'readDone' }, r: ReadState): void {
+    if (s.avail !== undefined && r.ok && r.data!.length >= 4) this.#availIdx.set(s.avail, rd16(r.data!, 2));
     const what = `${s.pushed ? 'memory pushed' : 'a DMA read'} at ${hex(s.iova)} (+${s.data.length || (r.data?.length ?? 0)})`;
     if (!s.ok || !r.ok) {
       if (s.ok !== r.ok)

@@ -105,13 +105,28 @@ export class Relocation {
    * BAR offset) `at`: address words teach the mapping and may differ; every other byte must be
    * equal. Returns the offset of the first byte that differs outside an address word, or of an
    * address word whose live value is 0 (a null pointer where the recording had an address); -1 when
-   * they agree. Lengths must be equal (the caller checks).
+   * they agree; with other lengths, the shorter one's.
    */
   learnFrom(at: bigint, rec: Uint8Array, live: Uint8Array): number {
+    return this.#compare(at, rec, live, true);
+  }
+
+  /** learnFrom without learning: address words must hold what they translate to, where a
+   *  translation is known. */
+  differs(at: bigint, rec: Uint8Array, live: Uint8Array): number {
+    return this.#compare(at, rec, live, false);
+  }
+
+  #compare(at: bigint, rec: Uint8Array, live: Uint8Array, learn: boolean): number {
+    if (rec.length !== live.length) return Math.min(rec.length, live.length);
     const covered = this.#words(at, rec, (k, size, value) => {
       const got = size === 8 ? rd64(live, k) : BigInt(rd32(live, k));
       if (got === 0n) return false;
-      this.learn(value, got);
+      if (learn) this.learn(value, got);
+      else {
+        const want = this.translate(value, 1);
+        if (want !== undefined && (size === 8 ? want : want & 0xffffffffn) !== got) return false;
+      }
       return true;
     });
     for (let k = 0; k < rec.length; k++) {

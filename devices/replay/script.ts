@@ -10,6 +10,7 @@
 // driver wrote.
 import type { DeviceDescription } from '../description.js';
 import type { Span } from '../pci/registers.js';
+import type { PushRule } from '../push.js';
 import type { DeviceRecord, RecordAt, ReplayRecord } from './records.js';
 
 /** A host message as the model receives it. */
@@ -44,9 +45,29 @@ export type Step = RecordAt &
         /** mmioRead: the bytes the device answered (undefined: an error, or no answer recorded). */
         answer?: Uint8Array;
         half?: Half;
+        /** A doorbell write after which the recorded device changed nothing (idleKicks). */
+        idle?: boolean;
       }
-    | { op: 'read'; key: number; iova: bigint; len: number; pushed: boolean }
-    | { op: 'readDone'; key: number; ok: boolean; data: Uint8Array; iova: bigint; pushed: boolean }
+    | {
+        op: 'read';
+        key: number;
+        iova: bigint;
+        len: number;
+        /** Pushed with the doorbell write of expect `kick` (else a DMA read of the device's). */
+        pushed: boolean;
+        kick?: number;
+      }
+    | {
+        op: 'readDone';
+        key: number;
+        ok: boolean;
+        data: Uint8Array;
+        iova: bigint;
+        pushed: boolean;
+        kick?: number;
+        /** A push of the driver area of this virtqueue push rule (its avail idx at byte 2). */
+        avail?: number;
+      }
     | { op: 'emit'; rec: EmitRecord }
     | { op: 'end'; why: 'detach' | 'unplug' }
   );
@@ -77,6 +98,8 @@ export function compile(records: readonly ReplayRecord[], description: DeviceDes
   const reads = new Map<number, { key: number; iova: bigint }>();
   /** Pushes waiting for the MMIO write they came in front of. */
   let pushes: (RecordAt & { iova: bigint; data: Uint8Array })[] = [];
+  /** The push rules the recorded device had set, by id. */
+  const rules = new Map<number, PushRule>();
 
   for (let i = 0; i < records.length; i++) {
     const r = records[i]!;
@@ -85,32 +108,16 @@ export function compile(records: readonly ReplayRecord[], description: DeviceDes
       switch (r.kind) {
         case 'mmioWrite': {
           steps.push({ ...at, op: 'expect', seq: seq++, msg: r });
-          // The doorbell's pushes became readable with it: read them, then wait for them.
-          const keys = pushes.map((p) => {
+          // The doorbell's pushes became readable with it: read them one after the other, in the
+          // order the host walked them (a ring, then the descriptors it names, then the tables and
+          // buffers those name): each one's addresses are learned before the next is translated.
+          for (const p of pushes) {
             const k = key++;
-            steps.push({
-              n: p.n,
-              us: p.us,
-              op: 'read',
-              key: k,
-              iova: p.iova,
-              len: p.data.length,
-              pushed: true,
-            });
-            return k;
-          });
-          pushes.forEach((p, j) => {
-            steps.push({
-              n: p.n,
-              us: p.us,
-              op: 'readDone',
-              key: keys[j]!,
-              ok: true,
-              data: p.data,
-              iova: p.iova,
-              pushed: true,
-            });
-          });
+            const where = { n: p.n, us: p.us, iova: p.iova, pushed: true, kick: seq - 1 };
+            const avail = [...rules].find(([, x]) => x.kind === 'virtq' && x.avail === p.iova)?.[0];
+            steps.push({ ...where, op: 'read', key: k, len: p.data.length });
+            steps.push({ ...where, op: 'readDone', key: k, ok: true, data: p.data, avail });
+          }
           pushes = [];
           break;
         }
@@ -168,6 +175,8 @@ export function compile(records: readonly ReplayRecord[], description: DeviceDes
         steps.push({ ...at, op: 'emit', rec: r });
         break;
       case 'pushRule':
+        if (r.rule) rules.set(r.id, r.rule);
+        else rules.delete(r.id);
         if (r.rule?.kind === 'virtq') {
           used.push([r.rule.desc, r.rule.size * DESC_BYTES], [r.rule.avail, 6 + 2 * r.rule.size]);
         } else if (r.rule?.kind === 'nvme-sq') {
@@ -190,7 +199,48 @@ export function compile(records: readonly ReplayRecord[], description: DeviceDes
     }
   }
   pairHalves(steps);
+  markIdle(steps, description);
   return { steps, expects: seq, used };
+}
+
+/**
+ * Marks the doorbell writes (writes to a description's doorbell range) after which the recorded
+ * device changed nothing: no register, interrupt, push rule or DMA read (pushed bytes it may have
+ * read), no progress in a virtqueue round, DMA writes only of bytes that were there already. A driver's kick
+ * with no new work, or pcinet.ko's recheck of a ring (a VirtqDone's kick) racing the driver's own:
+ * whether one happens depends on timing, not on what the driver does, so the replay lets the live
+ * run skip them, or send one more (ReplayDevice, "idle kicks").
+ */
+function markIdle(steps: Step[], description: DeviceDescription): void {
+  const doorbells = new Map(description.bars.map((b) => [b.index, b.doorbell]));
+  const written = new Map<string, string>();
+  const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
+  let current: (Step & { op: 'expect' }) | undefined;
+  let idle = false;
+  const close = () => {
+    if (current && idle) current.idle = true;
+  };
+  for (const s of steps) {
+    if (s.op === 'expect') {
+      close();
+      const m = s.msg;
+      current = s;
+      idle = m.kind === 'mmioWrite' && within(doorbells.get(m.bar) ?? [], m.offset, m.data.length);
+      continue;
+    }
+    if (s.op === 'read') {
+      if (!s.pushed) idle = false;
+    } else if (s.op === 'emit') {
+      const r = s.rec;
+      if (r.kind === 'dmaWrite') {
+        const k = `${r.iova}+${r.data.length}`;
+        const same = written.get(k) === hex(r.data);
+        written.set(k, hex(r.data));
+        if (!same) idle = false;
+      } else if (r.kind !== 'virtqRound' || r.round.oldUsed !== r.round.newUsed) idle = false;
+    } else if (s.op === 'end') idle = false;
+  }
+  close();
 }
 
 /** Marks 32-bit writes that are the two halves of one 64-bit register, one right after the other
