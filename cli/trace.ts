@@ -255,7 +255,7 @@ function forReplay(o: TraceFlags): TraceFlags {
 async function attachedAlready(client: ControlClient, devs: number[] | undefined): Promise<string[]> {
   const s = (await client.request('status', {})) as { devices?: { dev: number; link: string }[] };
   return (s.devices ?? [])
-    .filter((d) => d.link === 'up' && (!devs?.length || devs.includes(d.dev)))
+    .filter((d) => (d.link === 'up' || d.link === 'pending') && (!devs?.length || devs.includes(d.dev)))
     .map(
       (d) =>
         `trace: device ${d.dev} is attached already: this capture misses its attach and bring-up, which a replay starts from (start the trace before the host connects, or restart pcinet host)`,
