@@ -189,6 +189,7 @@ export class ReplayDevice implements DeviceModel {
         records: this.#rec.records.length,
         hostMessages: this.#script.expects,
         relocations: this.#reloc.learned,
+        idleKicks: this.#count.idleKicks,
       });
     }
     this.#epoch++;
