@@ -178,8 +178,10 @@ export class ReplayDevice implements DeviceModel {
       const gone: HostMessage = { kind: 'detach' };
       const d = s && (sameMessage(s.msg, gone) ? s : this.#pastIdle(s, gone));
       if (d) {
+        // What the recording sent before it goes out if it can; what waits for a read cannot now.
         this.#hp = d.seq + 1;
         this.#walk();
+        this.#end('detach');
       } else if (s) this.#diverge(s, 'message', describeHost(s.msg), 'the host removed the device');
     }
     if (this.#ended === 'detach' && !this.#first) {
@@ -273,8 +275,7 @@ export class ReplayDevice implements DeviceModel {
   // ---- the walk ----
 
   #expected(): (Step & { op: 'expect' }) | undefined {
-    const i = this.#expectAt[this.#hp];
-    return i === undefined ? undefined : (this.#script.steps[i] as Step & { op: 'expect' });
+    return this.#expectStep(this.#hp);
   }
 
   /** Packet number of the last record carried out. */
