@@ -298,6 +298,48 @@ describe('replay of the test device', () => {
   });
 });
 
+it('reports what the live host lacks: virtqueue rounds, NVMe SQ event indices', () => {
+  const model: DeviceModel = new TestDevice();
+  const write = (n: number): ReplayRecord => ({
+    n,
+    us: n,
+    toHost: false,
+    kind: 'mmioWrite',
+    bar: 0,
+    offset: REG.SCRATCH,
+    data: leBytes(n, 4),
+  });
+  const recording = (r: ReplayRecord): ReplayRecording => ({
+    source: 'hand-made',
+    description: model.description,
+    records: [write(2), r, write(4)],
+    attachN: 1,
+  });
+  const round = { rule: 0, vector: 1, oldUsed: 0, newUsed: 1, eventIdx: true, kick: undefined };
+  const a = new ReplayDevice(recording({ n: 3, us: 3, toHost: true, kind: 'virtqRound', round }));
+  new FakeBus(a, new FakeHost({ rounds: false })).write32(R, REG.SCRATCH, 2);
+  expect(a.divergence).toMatchObject({
+    record: 3,
+    kind: 'host',
+    got: 'this host does not (CAP_VIRTQ_ROUNDS)',
+  });
+  const rule = {
+    kind: 'nvme-sq' as const,
+    bar: 0,
+    doorbell: 0x44,
+    base: 0x1000_0000n,
+    entries: 2,
+    dataMax: 0,
+    lbaShift: 9,
+    eventIdx: 0x1000_1000n,
+  };
+  const b = new ReplayDevice(recording({ n: 3, us: 3, toHost: true, kind: 'pushRule', id: 1, rule }));
+  const host = new FakeHost({ sqEventIdx: false });
+  new FakeBus(b, host).write32(R, REG.SCRATCH, 2);
+  expect(b.divergence).toMatchObject({ record: 3, kind: 'host', got: 'this host does not' });
+  expect(host.pushRules.size).toBe(0);
+});
+
 it('waits for a recorded DMA read before what followed it', async () => {
   const { recording } = await recordTest();
   const { dev, host, bus } = replay(recording);

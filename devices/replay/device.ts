@@ -582,6 +582,15 @@ export class ReplayDevice implements DeviceModel {
         port.raiseMsix(r.vector);
         return;
       case 'pushRule': {
+        if (r.rule?.kind === 'nvme-sq' && r.rule.eventIdx !== undefined && !port.sqEventIdx) {
+          this.#diverge(
+            s,
+            'host',
+            'a host that keeps NVMe SQ event indices (CAP_SQ_EVENT_IDX), as the recorded one did',
+            'this host does not',
+          );
+          return;
+        }
         const rule = r.rule && this.#liveRule(s, r.rule);
         if (r.rule && !rule) return;
         port.setPushRule(r.id, rule);

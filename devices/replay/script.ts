@@ -101,8 +101,16 @@ export function compile(records: readonly ReplayRecord[], description: DeviceDes
   /** The push rules the recorded device had set, by id. */
   const rules = new Map<number, PushRule>();
 
-  for (let i = 0; i < records.length; i++) {
-    const r = records[i]!;
+  /** Each volatile read's answer, by tag (tags repeat: the first after the read is its). */
+  const completions = new Map<number, Extract<ReplayRecord, { kind: 'mmioReadCpl' }>[]>();
+  for (const r of records) {
+    if (!r.toHost || r.kind !== 'mmioReadCpl') continue;
+    const list = completions.get(r.tag);
+    if (list) list.push(r);
+    else completions.set(r.tag, [r]);
+  }
+
+  for (const r of records) {
     const at: RecordAt = { n: r.n, us: r.us };
     if (!r.toHost) {
       switch (r.kind) {
@@ -123,9 +131,7 @@ export function compile(records: readonly ReplayRecord[], description: DeviceDes
         }
         case 'mmioRead': {
           if (!within(volatile.get(r.bar) ?? [], r.offset, r.size)) break;
-          const cpl = records.find(
-            (c, j) => j > i && c.toHost && c.kind === 'mmioReadCpl' && c.tag === r.tag,
-          ) as Extract<ReplayRecord, { kind: 'mmioReadCpl' }> | undefined;
+          const cpl = completions.get(r.tag)?.find((c) => c.n > r.n);
           const answer = cpl?.ok && cpl.data.length === r.size ? cpl.data : undefined;
           steps.push({ ...at, op: 'expect', seq: seq++, msg: r, answer });
           break;
