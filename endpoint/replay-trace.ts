@@ -3,7 +3,7 @@
 // plain records. Strict where cli/pcapng.ts's reader is lenient: a replay needs every message
 // whole, so a capture that was cut, dropped messages, cut payloads to a snap length, or never saw
 // the Attach is refused, saying what and where.
-import { readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import type { PushRule } from '../devices/push.js';
 import type { ReplayRecord, ReplayRecording } from '../devices/replay/records.js';
 import {
@@ -33,6 +33,10 @@ const BLOCK_NAMES: Record<number, string> = {
   [EPB]: 'Enhanced Packet Block',
 };
 
+/** Largest capture the replay loads: it holds the whole session in memory. A bring-up is KiB to a
+ *  few MiB; a capture of bulk I/O is the wrong thing to replay anyway. */
+export const MAX_REPLAY_BYTES = 1 << 30;
+
 /** A capture the replay cannot use; the message says what and where. */
 export class ReplayTraceError extends Error {
   override readonly name = 'ReplayTraceError';
@@ -46,14 +50,18 @@ interface Packet {
 }
 
 /** Every packet of the capture, decoded; throws ReplayTraceError on anything not whole. */
-function readPackets(path: string): Packet[] {
+function readPackets(path: string, maxBytes: number): Packet[] {
   const fail = (why: string): never => {
     throw new ReplayTraceError(`trace ${path}: ${why}`);
   };
   let b: Buffer;
   try {
+    const size = statSync(path).size;
+    if (size > maxBytes)
+      fail(`${size} bytes, more than a replay holds (${maxBytes}): record a bring-up, not bulk I/O`);
     b = readFileSync(path);
   } catch (e) {
+    if (e instanceof ReplayTraceError) throw e;
     const err = e as NodeJS.ErrnoException;
     return fail(err.code === 'ENOENT' ? 'no such file' : `cannot be read (${err.code ?? err.message})`);
   }
@@ -253,8 +261,8 @@ function replayRecord(p: Packet, us: number): ReplayRecord {
  * Detach, the endpoint's, the next Attach or the end of the capture). Without `device`, the capture
  * must hold one device's Attach. Throws ReplayTraceError saying what is wrong and where.
  */
-export function loadReplayTrace(path: string, device?: number): ReplayRecording {
-  const packets = readPackets(path);
+export function loadReplayTrace(path: string, device?: number, maxBytes = MAX_REPLAY_BYTES): ReplayRecording {
+  const packets = readPackets(path, maxBytes);
   const fail = (why: string): never => {
     throw new ReplayTraceError(`trace ${path}: ${why}`);
   };

@@ -406,6 +406,9 @@ describe('record and replay through the endpoint', () => {
       `trace ${lossy}: the capture lost 3 messages (the trace could not keep up): a replay needs every one; capture again with less traffic on the endpoint`,
     );
     expect(loadReplayTrace(whole.file)).toBeInstanceOf(Object);
+    expect(() => loadReplayTrace(whole.file, undefined, 1000)).toThrow(
+      `trace ${whole.file}: ${bytes.length} bytes, more than a replay holds (1000): record a bring-up, not bulk I/O`,
+    );
     expect(() => loadReplayTrace(text)).toThrow(ReplayTraceError);
   });
 });
