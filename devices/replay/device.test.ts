@@ -2,11 +2,15 @@
 // the way a trace on the endpoint records it), then played back to the same script run with other
 // DMA addresses — it must answer as the model did, with no divergence — and to a script that does
 // one thing differently — it must say exactly where.
+import { createHash } from 'node:crypto';
 import { crc32 } from 'node:zlib';
 import { describe, expect, it } from 'vitest';
+import { MemoryBackend } from '../../endpoint/backends/block.js';
 import type { DeviceModel } from '../host-port.js';
+import { NvmeController } from '../nvme/controller.js';
+import { ADMIN, CNS, CC as NVME_CC, REG as NVME_REG } from '../nvme/spec.js';
 import { FakeBus, FakeHost, settle } from '../pci/fake-host.js';
-import { leBytes, rd32 } from '../pci/le.js';
+import { leBytes, rd16, rd32, wr16, wr32, wr64 } from '../pci/le.js';
 import { TestDevice } from '../test/device.js';
 import { CMD, REG, TEST_REG_BAR, testPattern } from '../test/regs.js';
 import { FakeVirtioDriver } from '../virtio/fake-driver.js';
@@ -295,6 +299,131 @@ describe('replay of the test device', () => {
       got: 'none: the live driver never gave the device an address for that memory',
     });
     expect(host.events).toEqual([{ kind: 'dma-write', iova: 0x7000_1000n, len: 4 }]);
+  });
+});
+
+// ---- NVMe: queue bases in 64-bit registers, PRPs in commands, a PRP list read by DMA ----
+
+/** A driver of the NVMe controller on `host`, everything at offset `at` of its memory: the admin
+ *  queue set up with ASQ/ACQ written in 32-bit halves (lo_hi_writeq), Identify Controller into a
+ *  page, an I/O queue pair, and a 12 KiB read whose PRP2 is a PRP list. */
+async function nvmeScript(bus: FakeBus, host: FakeHost, at: number) {
+  const iova = (off: number) => host.base + BigInt(at + off);
+  const mem = (off: number, len: number) => host.memory.subarray(at + off, at + off + len);
+  const half = (reg: number, v: bigint) => {
+    bus.write32(0, reg, Number(v & 0xffffffffn));
+    bus.write32(0, reg + 4, Number(v >> 32n));
+  };
+  const sq = new Map([
+    [0, 0x0000],
+    [1, 0x2000],
+  ]);
+  const cq = new Map([
+    [0, 0x1000],
+    [1, 0x3000],
+  ]);
+  const tails = new Map([
+    [0, 0],
+    [1, 0],
+  ]);
+  const heads = new Map([
+    [0, 0],
+    [1, 0],
+  ]);
+  let cid = 0;
+  const submit = async (
+    q: number,
+    opcode: number,
+    f: { nsid?: number; prp1?: bigint; prp2?: bigint; cdw?: number[] },
+  ) => {
+    const e = mem(sq.get(q)! + 64 * tails.get(q)!, 64);
+    e.fill(0);
+    e[0] = opcode;
+    wr16(e, 2, ++cid);
+    wr32(e, 4, f.nsid ?? 0);
+    wr64(e, 24, f.prp1 ?? 0n);
+    wr64(e, 32, f.prp2 ?? 0n);
+    for (const [i, v] of (f.cdw ?? []).entries()) wr32(e, 40 + 4 * i, v >>> 0);
+    tails.set(q, tails.get(q)! + 1);
+    bus.write32(0, NVME_REG.DOORBELLS + 8 * q, tails.get(q)!);
+    for (let i = 0; i < 30 && !(rd16(mem(cq.get(q)! + 16 * heads.get(q)!, 16), 14) & 1); i++)
+      await bus.settle();
+    const c = mem(cq.get(q)! + 16 * heads.get(q)!, 16);
+    heads.set(q, heads.get(q)! + 1);
+    bus.write32(0, NVME_REG.DOORBELLS + 8 * q + 4, heads.get(q)!);
+    return { cid: rd16(c, 12), status: rd16(c, 14) >> 1 };
+  };
+  bus.write32(0, NVME_REG.AQA, (15 << 16) | 15);
+  half(NVME_REG.ASQ, iova(0x0000));
+  half(NVME_REG.ACQ, iova(0x1000));
+  bus.write32(0, NVME_REG.CC, NVME_CC.EN | (6 << 16) | (4 << 20));
+  await bus.settle();
+  const rdy = bus.read32(0, NVME_REG.CSTS);
+  const identify = await submit(0, ADMIN.IDENTIFY, { prp1: iova(0x4000), cdw: [CNS.CONTROLLER] });
+  const serial = Buffer.from(mem(0x4000 + 4, 20))
+    .toString()
+    .trim();
+  const cqCreate = await submit(0, ADMIN.CREATE_CQ, { prp1: iova(0x3000), cdw: [(15 << 16) | 1, 1] });
+  const sqCreate = await submit(0, ADMIN.CREATE_SQ, {
+    prp1: iova(0x2000),
+    cdw: [(15 << 16) | 1, (1 << 16) | 1],
+  });
+  // 12 KiB from LBA 0: PRP1 the first page, PRP2 a list naming the next two.
+  const list = mem(0x5000, 16);
+  wr64(list, 0, iova(0x7000));
+  wr64(list, 8, iova(0x8000));
+  const read = await submit(1, 0x02, { nsid: 1, prp1: iova(0x6000), prp2: iova(0x5000), cdw: [0, 0, 2] });
+  const data = [...mem(0x6000, 0x1000), ...mem(0x7000, 0x1000), ...mem(0x8000, 0x1000)];
+  return {
+    rdy,
+    identify,
+    serial,
+    cqCreate,
+    sqCreate,
+    read,
+    data: createHash('sha256').update(Uint8Array.from(data)).digest('hex'),
+  };
+}
+
+describe('replay of the NVMe controller', () => {
+  const record = async (lbaSize: 512 | 4096) => {
+    const backend = new MemoryBackend(1 << 20);
+    await backend.write(
+      0,
+      Uint8Array.from({ length: 3 * 4096 }, (_, i) => (i * 7) & 0xff),
+    );
+    const rec = new Recorder(new NvmeController({ backend, lbaSize, serial: 'SN-REPLAY', queues: 2 }));
+    const host = new FakeHost({ memory: 1 << 20 });
+    const run = await nvmeScript(new FakeBus(rec, host), host, 0x10000);
+    expect(run).toMatchObject({ rdy: 1, serial: 'SN-REPLAY', read: { status: 0 } });
+    rec.detach();
+    return { recording: rec.recording(), run };
+  };
+  // Everything 0x23000 further on: other pages for every queue, page and list.
+  const replayed = async (recording: ReplayRecording) => {
+    const dev = new ReplayDevice(recording);
+    const live = new FakeHost({ memory: 1 << 20, base: 0x5000_0000n });
+    return { dev, run: await nvmeScript(new FakeBus(dev, live), live, 0x33000) };
+  };
+
+  it('learns the queue bases from register halves and the PRPs from commands and a PRP list', async () => {
+    const { recording, run } = await record(4096);
+    // The 12 KiB read made the controller read its PRP list by DMA.
+    expect(recording.records.filter((r) => r.kind === 'dmaRead' && r.len === 16)).toHaveLength(1);
+    const { dev, run: again } = await replayed(recording);
+    expect(dev.divergence).toBeUndefined();
+    expect(again).toEqual(run);
+    dev.detach();
+    expect(dev.counters()).toMatchObject({ complete: 1 });
+    expect(dev.counters().relocations).toBeGreaterThanOrEqual(8);
+  });
+
+  it('compares as data an address the recorded device never used (a PRP2 a short read did not need)', async () => {
+    // 512-byte blocks: the same command moves 1.5 KiB, all in PRP1's page; PRP2 is never read.
+    const { recording } = await record(512);
+    const sqe = recording.records.filter((r) => r.kind === 'dmaReadCpl' && r.data.length === 64).at(-1)!;
+    const { dev } = await replayed(recording);
+    expect(dev.divergence).toMatchObject({ record: sqe.n, kind: 'dma', offset: 33 });
   });
 });
 
