@@ -1,9 +1,15 @@
 // bench/net: iperf3 through pcinet's virtio-net NIC, side by side with iperf3 over the path the
 // NIC's traffic itself travels (guest → QEMU user networking → the card's loopback), in the same
 // lab run. Two NICs: one with checksum and TSO offloads (the default), one with offloads=off (every
-// frame at most the MTU). Prints a table and the ratio; asserts nothing.
+// frame at most the MTU), and the upload once more with the guest's TSO floor raised
+// (net.ipv4.tcp_min_tso_segs). Prints a table and the ratio; asserts nothing.
 //
-//   node dist/bench/net.js [--seconds 10] [--tls] [--no-link] [--chart FILE] [--log]
+//   node dist/bench/net.js [--seconds 10] [--rounds 3] [--tls] [--no-link] [--chart FILE] [--log]
+//
+// The NIC with offloads and the transport path alternate, --rounds times each way (the lab's
+// throughput drifts with what else runs on the machine: a reference measured minutes apart is not a
+// reference); the table gives the median of each and the ratio of the medians, and every round's
+// figures. The NIC without offloads runs once, in the first round.
 //
 // Needs root (the lab). The NIC's frames go guest → virtio_net → pcinet.ko → its kernel link →
 // endpoint → TAP on the card: plain TCP by default, sealed on a TLS session with --tls; --no-link
@@ -23,6 +29,11 @@ const NICS = [
   { label: 'plain', tap: 'pnb1', mac: '52:54:00:be:4c:02', net: '10.78.0', spec: ',offloads=off' },
 ] as const;
 const DIRECT_PORT = 5299;
+/** The guest's TCP sizes TSO segments to ~1 ms of its pacing rate (at least
+ *  net.ipv4.tcp_min_tso_segs, default 2), so a slow round shrinks the next segments and every
+ *  segment costs the NIC a round: the upload is also measured with the floor at a full 64 KiB
+ *  segment (docs/devices.md, "Tuning"). */
+const TSO_FLOOR = 44;
 
 /** Per frame the driver sent (up) or received (down), from the endpoint's counters. */
 const PER_FRAME = [
@@ -37,27 +48,51 @@ const PER_FRAME = [
   { counter: 'linkReplyUs', label: 'endpoint µs', digits: 0 },
 ] as const;
 
-function breakdown(stats: Map<string, Counters>): void {
+/** The phases of one NIC and direction: one per round it ran in. */
+function phasesOf(label: string, dir: string, rounds: number): string[] {
+  return Array.from({ length: rounds }, (_, k) => `${label} ${dir} r${k + 1}`);
+}
+
+/** A counter's change summed over phases; undefined when no phase has it. */
+function deltaOver(stats: Map<string, Counters>, phases: string[], counter: string): number | undefined {
+  let sum: number | undefined;
+  for (const p of phases) {
+    const d = counterDelta(stats, p, counter);
+    if (d !== undefined) sum = (sum ?? 0) + d;
+  }
+  return sum;
+}
+
+function median(v: number[]): number {
+  const s = [...v].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+function breakdown(stats: Map<string, Counters>, rounds: number): void {
   console.log(
     "\nper frame (the endpoint's counters around each run; up: per frame sent, down: per frame received)",
   );
   console.log(`run          frames   bytes/frame  ${PER_FRAME.map((c) => c.label.padStart(12)).join(' ')}`);
-  for (const n of NICS) {
-    for (const dir of ['up', 'down'] as const) {
-      const phase = `${n.label} ${dir}`;
-      const kind = dir === 'up' ? 'tx' : 'rx';
-      const frames = counterDelta(stats, phase, `virtio-net.${kind}Frames`);
-      const bytes = counterDelta(stats, phase, `virtio-net.${kind}Bytes`);
-      if (!frames) {
-        console.log(`${phase.padEnd(11)}  no counters`);
-        continue;
-      }
-      const per = (v: number | undefined, digits: number) =>
-        v === undefined ? '?' : (v / frames).toFixed(digits);
-      console.log(
-        `${phase.padEnd(11)}  ${String(frames).padStart(6)}  ${per(bytes, 0).padStart(12)}  ${PER_FRAME.map((c) => per(counterDelta(stats, phase, c.counter), c.digits).padStart(12)).join(' ')}`,
-      );
+  const runs = [
+    ...NICS.flatMap((n) => (['up', 'down'] as const).map((dir) => ({ label: n.label, dir }))),
+    { label: 'nictso', dir: 'up' as const },
+  ];
+  for (const { label, dir } of runs) {
+    const phase = `${label} ${dir}`;
+    const phases = phasesOf(label, dir, label === 'plain' ? 1 : rounds);
+    const kind = dir === 'up' ? 'tx' : 'rx';
+    const frames = deltaOver(stats, phases, `virtio-net.${kind}Frames`);
+    const bytes = deltaOver(stats, phases, `virtio-net.${kind}Bytes`);
+    if (!frames) {
+      console.log(`${phase.padEnd(11)}  no counters`);
+      continue;
     }
+    const per = (v: number | undefined, digits: number) =>
+      v === undefined ? '?' : (v / frames).toFixed(digits);
+    console.log(
+      `${phase.padEnd(11)}  ${String(frames).padStart(6)}  ${per(bytes, 0).padStart(12)}  ${PER_FRAME.map((c) => per(deltaOver(stats, phases, c.counter), c.digits).padStart(12)).join(' ')}`,
+    );
   }
 }
 
@@ -73,12 +108,15 @@ async function main(): Promise<void> {
   const args = parseBenchArgs(
     'net',
     process.argv.slice(2),
-    { seconds: { value: 10, range: '1..120', ok: (n) => n > 0 && n <= 120 } },
+    {
+      seconds: { value: 10, range: '1..120', ok: (n) => n > 0 && n <= 120 },
+      rounds: { value: 3, range: '1..9', ok: (n) => Number.isInteger(n) && n >= 1 && n <= 9 },
+    },
     ['tls', 'no-link'],
   );
   const hop = args['no-link'] ? 'host-agent → session' : 'kernel link';
   const path = `virtio_net → pcinet.ko → ${hop} (${args.tls ? 'TLS' : 'TCP'}) → endpoint → TAP`;
-  const { seconds } = args;
+  const { seconds, rounds } = args;
   // iperf3 runs on both sides from this machine's root (the guest sees it over 9p).
   await ensurePackages(['iperf3'], (l) => console.error(`bench/net: ${l}`));
   const assets = await prepareLab({ modules: true });
@@ -90,27 +128,40 @@ async function main(): Promise<void> {
     insecure: !args.tls,
     kernelLink: !args['no-link'],
     devices: NICS.map((n) => `virtio-net:tap=${n.tap},mac=${n.mac}${n.spec}`),
-    timeoutMs: (12 * seconds + 150) * 1000,
+    timeoutMs: ((5 * rounds + 2) * 3 * seconds + 150) * 1000,
     command: [
       statsShell,
       // The lab's host-agent (its log is its standard output) answers SIGUSR1 with the endpoint's
       // counters.
       `ha=$(pid_of " host --connect ") && halog=$(readlink /proc/$ha/fd/1)`,
       'set -e',
+      'tso0=$(sysctl -n net.ipv4.tcp_min_tso_segs)',
       ...NICS.flatMap((n) => [
         `ifc=$(grep -lx ${n.mac} /sys/class/net/*/address | cut -d/ -f5)`,
         `ip addr add ${n.net}.2/24 dev $ifc && ip link set $ifc up`,
         'for i in $(seq 100); do [ "$(cat /sys/class/net/$ifc/carrier)" = 1 ] && break; sleep 0.1; done',
         `ping -c 3 -W 2 ${n.net}.1 > /dev/null`,
         `ethtool -k $ifc 2>/dev/null | grep -E "^(tx-checksumming|tcp-segmentation-offload|rx-checksumming):" | sed "s/^/${n.label}-offload /" || true`,
-        ...(['up', 'down'] as const).flatMap((dir) => [
-          `stats $ha $halog ${n.label} ${dir} before`,
-          iperf(`${n.label}-${dir}`, `${n.net}.1`, dir === 'down' ? '-R' : ''),
-          `stats $ha $halog ${n.label} ${dir} after`,
-        ]),
       ]),
-      iperf('direct-up', '10.0.2.2', `-p ${DIRECT_PORT}`),
-      iperf('direct-down', '10.0.2.2', `-p ${DIRECT_PORT} -R`),
+      ...Array.from({ length: rounds }, (_, k) => k + 1).flatMap((round) =>
+        (['up', 'down'] as const).flatMap((dir) => [
+          ...NICS.filter((n) => n.label === 'nic' || round === 1).flatMap((n) => [
+            `stats $ha $halog ${n.label} ${dir} r${round} before`,
+            iperf(`${n.label}-${dir}-r${round}`, `${n.net}.1`, dir === 'down' ? '-R' : ''),
+            `stats $ha $halog ${n.label} ${dir} r${round} after`,
+          ]),
+          ...(dir === 'up'
+            ? [
+                `sysctl -q -w net.ipv4.tcp_min_tso_segs=${TSO_FLOOR}`,
+                `stats $ha $halog nictso up r${round} before`,
+                iperf(`nictso-up-r${round}`, `${NICS[0].net}.1`, ''),
+                `stats $ha $halog nictso up r${round} after`,
+                'sysctl -q -w net.ipv4.tcp_min_tso_segs=$tso0',
+              ]
+            : []),
+          iperf(`direct-${dir}-r${round}`, '10.0.2.2', `-p ${DIRECT_PORT}${dir === 'down' ? ' -R' : ''}`),
+        ]),
+      ),
     ].join('\n'),
     card: async (card: LabCard) => {
       for (const n of NICS) {
@@ -121,7 +172,12 @@ async function main(): Promise<void> {
         ...NICS.map((n) => ['-s', '-B', `${n.net}.1`]),
         ['-s', '-B', '127.0.0.1', '-p', String(DIRECT_PORT)],
       ]) {
-        const [cmd, ...rest] = card.wrap(['timeout', String(8 * seconds + 60), 'iperf3', ...args]);
+        const [cmd, ...rest] = card.wrap([
+          'timeout',
+          String((5 * rounds + 2) * 3 * seconds + 60),
+          'iperf3',
+          ...args,
+        ]);
         procs.push(spawn(cmd!, rest, { stdio: 'ignore' }));
       }
       return async () => {
@@ -135,32 +191,61 @@ async function main(): Promise<void> {
     if (!m) throw new Error(`bench/net: no iperf3 result for ${label}:\n${r.stdout}`);
     return Number(m[1]);
   };
-  const rows = [
-    ['guest → card', rate('nic-up'), rate('plain-up'), rate('direct-up')],
-    ['card → guest', rate('nic-down'), rate('plain-down'), rate('direct-down')],
-  ] as const;
+  const rates = (label: string, dir: string, n: number) =>
+    Array.from({ length: n }, (_, k) => rate(`${label}-${dir}-r${k + 1}`));
+  const rows = (['up', 'down'] as const).map((dir) => {
+    const nic = rates('nic', dir, rounds);
+    const direct = rates('direct', dir, rounds);
+    return {
+      what: dir === 'up' ? 'guest → card' : 'card → guest',
+      nic,
+      tso: dir === 'up' ? rates('nictso', dir, rounds) : undefined,
+      direct,
+      plain: rate(`plain-${dir}-r1`),
+    };
+  });
   for (const l of r.stdout.split('\n').filter((l) => / *-offload /.test(l))) console.log(l);
-  console.log(`bench/net: iperf3 TCP, ${seconds} s each, lab guest (QEMU TCG, 2 vCPUs); pcinet NIC: ${path}`);
-  console.log('direction       pcinet NIC   no offloads   transport path   ratio');
+  console.log(
+    `bench/net: iperf3 TCP, ${seconds} s each, ${rounds} alternating round(s), lab guest (QEMU TCG, 2 vCPUs); pcinet NIC: ${path}`,
+  );
+  console.log(
+    `direction       pcinet NIC   no offloads   min TSO ${TSO_FLOOR}   transport path   ratio   ratio, min TSO   (medians)`,
+  );
   const mb = (v: number, w: number) => `${v.toFixed(1).padStart(w)} Mb/s`;
-  for (const [what, nic, plain, direct] of rows) {
+  const ratio = (a: number | undefined, b: number) => (a === undefined ? '   —' : (a / b).toFixed(2));
+  const med = (v: number[] | undefined) => (v ? median(v) : undefined);
+  const orDash = (v: number | undefined, w: number) => (v === undefined ? '—'.padStart(w + 5) : mb(v, w));
+  for (const { what, nic, tso, plain, direct } of rows) {
     console.log(
-      `${what.padEnd(14)}  ${mb(nic, 7)}  ${mb(plain, 7)}  ${mb(direct, 9)}   ${(nic / direct).toFixed(2)}`,
+      `${what.padEnd(14)}  ${mb(median(nic), 7)}  ${mb(plain, 7)}  ${orDash(med(tso), 7)}  ${mb(median(direct), 9)}   ${ratio(median(nic), median(direct))}   ${ratio(med(tso), median(direct)).padStart(14)}`,
     );
   }
-  breakdown(parseStats(r.stdout));
+  console.log(`\nround  direction      pcinet NIC   min TSO ${TSO_FLOOR}   transport path   ratio`);
+  for (let k = 0; k < rounds; k++) {
+    for (const { what, nic, tso, direct } of rows) {
+      console.log(
+        `${String(k + 1).padStart(5)}  ${what.padEnd(13)}  ${mb(nic[k]!, 7)}  ${orDash(tso?.[k], 7)}  ${mb(direct[k]!, 9)}   ${ratio(nic[k], direct[k]!)}`,
+      );
+    }
+  }
+  breakdown(parseStats(r.stdout), rounds);
   writeChart(args.chart, {
     title: 'iperf3 through the pcinet NIC vs the path it rides on',
     notes: [
-      `lab guest: QEMU TCG, 2 vCPUs; iperf3 TCP, ${seconds} s each; ${new Date().toISOString().slice(0, 10)}`,
+      `lab guest: QEMU TCG, 2 vCPUs; iperf3 TCP, ${seconds} s each, medians of ${rounds} alternating rounds; ${new Date().toISOString().slice(0, 10)}`,
       `pcinet NIC: ${path}; transport path: guest → QEMU user networking → the card`,
       ...(args.log ? ['log scale'] : []),
     ],
-    series: ['pcinet NIC', 'pcinet NIC, offloads=off', 'transport path'],
-    groups: rows.map(([what, nic, plain, direct]) => ({
+    series: [
+      'pcinet NIC',
+      'pcinet NIC, offloads=off',
+      `pcinet NIC, tcp_min_tso_segs=${TSO_FLOOR}`,
+      'transport path',
+    ],
+    groups: rows.map(({ what, nic, tso, plain, direct }) => ({
       label: what,
       unit: 'Mb/s',
-      values: [nic, plain, direct],
+      values: [median(nic), plain, med(tso), median(direct)],
     })),
     scale: args.log ? 'log' : 'linear',
   });

@@ -119,7 +119,7 @@ export async function runEndpoint(o: EndpointFlags, log: Logger): Promise<void> 
   const { specs, models, addr, tls, allow } = checkEndpoint(o);
   const identity = tls ? await loadOrCreateIdentity(o.identity) : undefined;
   const server = new EndpointServer({ models, log, session: sessionOptions(o, log), inject: o.inject });
-  const ctl = await control(o, 'endpoint', endpointControl(server), log);
+  const ctl = await control(o, 'endpoint', endpointControl(server, models), log);
   const where = await server.listen(addr, identity ? { identity, allow } : undefined);
   log.info({ address: where, tls, devices: specs, fingerprint: identity?.fingerprint }, 'endpoint listening');
   const sig = await untilSignal();

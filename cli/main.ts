@@ -283,8 +283,16 @@ export function buildProgram(): Command {
     )
     .option('--offset <range>', 'only MMIO at these BAR offsets: LO, LO-HI (HI excluded) or LO+LEN')
     .option('--snaplen <bytes>', 'payload bytes kept per message', nonNegativeInt, DEFAULT_SNAPLEN)
-    .action(async (o: TraceFlags) => {
-      process.exitCode = await runTrace(o);
+    .option(
+      '--for-replay',
+      'a capture the replay device can play back (--device replay:trace=FILE): every message whole, into one -w FILE; start it before the host connects',
+      false,
+    )
+    .action(async (o: TraceFlags, cmd: Command) => {
+      process.exitCode = await runTrace({
+        ...o,
+        snaplenGiven: cmd.getOptionValueSource('snaplen') === 'cli',
+      });
     });
 
   labCommand(program);

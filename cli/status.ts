@@ -170,6 +170,7 @@ export function formatStatus(s: StatusSnapshot, r: Map<number, DeviceRates> | un
       lines.push(`dev ${d.dev} faults injected: ${kinds.join(', ')} (pcinet inject --list)`);
     }
   }
+  for (const n of s.notes ?? []) lines.push(n);
   if (!r) lines.push('(rates: need two snapshots)');
   return lines.join('\n');
 }

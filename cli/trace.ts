@@ -7,6 +7,7 @@ import { ControlClient, ControlError, defaultControlPath } from '../proto/contro
 import {
   DEFAULT_SNAPLEN,
   decodeRecord,
+  MAX_SNAPLEN,
   MSG_KINDS,
   TF_HOST_SIDE,
   TF_LINK,
@@ -32,6 +33,11 @@ export interface TraceFlags {
   bar?: number;
   offset?: string;
   snaplen: number;
+  /** Whole messages, nothing filtered but --device, one file: a capture the replay device can
+   *  play back (docs/devices.md "Record and replay"). */
+  forReplay?: boolean;
+  /** --snaplen was given on the command line (it conflicts with --for-replay). */
+  snaplenGiven?: boolean;
 }
 
 /** A message kind as a person may type it: mmioWrite, MmioWrite, mmio_write, mmio-write. */
@@ -136,11 +142,20 @@ export async function runTrace(
     if (dropped) err(`trace: ${dropped} messages were dropped while capturing`);
     return 0;
   }
+  if (o.forReplay) o = forReplay(o);
   const kinds = o.kind?.map(parseKind);
   const offset = o.offset !== undefined ? parseOffsetRange(o.offset) : undefined;
   const text = o.text || !o.write;
   const path = traceSocket(o.socket);
   const client = await ControlClient.connect(path);
+  if (o.forReplay) {
+    try {
+      for (const line of await attachedAlready(client, o.device)) err(line);
+    } catch (e) {
+      client.close();
+      throw e;
+    }
+  }
   const writer = o.write
     ? new CaptureWriter({
         path: o.write,
@@ -208,7 +223,43 @@ export async function runTrace(
     `trace: ${seen} messages${dropped ? `, ${dropped} dropped (the trace could not keep up)` : ''}` +
       `${why ? ` (stopped: ${why})` : ''}${writer ? `; ${writer.files.join(' ')}` : ''}`,
   );
+  if (o.forReplay && dropped)
+    err(
+      `trace: ${o.write} cannot be replayed: it lost ${dropped} messages (capture again with less traffic)`,
+    );
+  else if (o.forReplay && writer?.full)
+    err(`trace: ${o.write} ends where it reached --max-size: a replay of it ends there too`);
   return 0;
+}
+
+/** --for-replay: every message of the device(s), whole, into one file. */
+function forReplay(o: TraceFlags): TraceFlags {
+  const clash = [
+    o.kind?.length && '--kind',
+    o.bar !== undefined && '--bar',
+    o.offset !== undefined && '--offset',
+    o.ring > 0 && '--ring',
+    o.snaplenGiven && '--snaplen',
+    o.read && '-r',
+  ].filter(Boolean);
+  if (clash.length)
+    throw new UsageError(
+      `--for-replay records every message whole into one file: not with ${clash.join(', ')}`,
+    );
+  if (!o.write) throw new UsageError('--for-replay needs -w FILE');
+  return { ...o, snaplen: MAX_SNAPLEN };
+}
+
+/** Warnings for devices the host has attached already: their capture misses the attach and the
+ *  bring-up, which a replay starts from (it replays a later session of theirs, if one comes). */
+async function attachedAlready(client: ControlClient, devs: number[] | undefined): Promise<string[]> {
+  const s = (await client.request('status', {})) as { devices?: { dev: number; link: string }[] };
+  return (s.devices ?? [])
+    .filter((d) => (d.link === 'up' || d.link === 'pending') && (!devs?.length || devs.includes(d.dev)))
+    .map(
+      (d) =>
+        `trace: device ${d.dev} is attached already: this capture misses its attach and bring-up, which a replay starts from (start the trace before the host connects, or restart pcinet host)`,
+    );
 }
 
 export { DEFAULT_SNAPLEN };

@@ -112,6 +112,9 @@ export interface DeviceModel {
   takeDirty(): DirtyRange[];
   /** Device-specific counters for stats (may be empty). */
   counters(): Record<string, number>;
+  /** Lines a person should read in `pcinet status` about the model's state, beyond its counters
+   *  (the replay's divergence); absent on models with nothing to say. */
+  notes?(): string[];
   /** Names of the commands fault injection may pick (`opcode=read`), on models that ask
    *  HostPort.commandFault; absent on models that run no commands. `admin`: the command comes on
    *  queue 0 only, else on the other queues. */

@@ -4,6 +4,7 @@
 // the CardBackends the endpoint passes to create(), so no model opens a file or a socket itself.
 import type { DeviceModel } from './host-port.js';
 import type { BlockBackend } from './nvme/backend.js';
+import type { ReplayRecording } from './replay/records.js';
 import type { NetBackend } from './virtio-net/device.js';
 import type { EntropySource } from './virtio-rng/device.js';
 
@@ -23,6 +24,9 @@ export interface CardBackends {
   block(source: BlockSource): BlockBackend;
   tap(name: string, o: { netHeader: boolean }): NetBackend;
   entropy(): EntropySource;
+  /** A session recorded by `pcinet trace --for-replay` (the replay model): device `device` of the
+   *  capture at `path`, or its only one. Throws Error saying what is wrong with the file. */
+  recording(o: { path: string; device?: number }): ReplayRecording;
 }
 
 type Parsers = Record<string, OptionParser<unknown>>;

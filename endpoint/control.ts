@@ -4,6 +4,7 @@
 // The endpoint is where a device's whole data plane passes, whether it travels on the session or
 // on pcinet.ko's kernel link (endpoint/link.ts): its runtime records both, so a trace taken here
 // misses nothing a device said or was told.
+import type { DeviceModel } from '../devices/host-port.js';
 import { ControlError, type ControlHandler } from '../proto/control.js';
 import {
   type DeviceStatus,
@@ -16,7 +17,8 @@ import { traceHandler } from '../proto/trace.js';
 import { FaultSpecError } from './faults.js';
 import type { EndpointServer } from './server.js';
 
-export function endpointStatus(server: EndpointServer): StatusSnapshot {
+/** `models`: the endpoint's device models (ids 1..N), whose notes() the status carries. */
+export function endpointStatus(server: EndpointServer, models: readonly DeviceModel[] = []): StatusSnapshot {
   const a = server.active;
   const devices: DeviceStatus[] = [];
   if (a) {
@@ -36,6 +38,7 @@ export function endpointStatus(server: EndpointServer): StatusSnapshot {
     address: server.addresses.join(' '),
     session: a ? sessionStatus(a.session, a.openedAt, server.served - 1) : null,
     devices,
+    notes: models.flatMap((m, i) => (m.notes?.() ?? []).map((line) => `dev ${i + 1}: ${line}`)),
   };
 }
 
@@ -66,9 +69,12 @@ export function injectHandler(server: EndpointServer): ControlHandler {
   };
 }
 
-export function endpointControl(server: EndpointServer): Record<string, ControlHandler> {
+export function endpointControl(
+  server: EndpointServer,
+  models: readonly DeviceModel[] = [],
+): Record<string, ControlHandler> {
   return {
-    status: () => endpointStatus(server),
+    status: () => endpointStatus(server, models),
     trace: traceHandler(server.trace),
     inject: injectHandler(server),
   };

@@ -1,10 +1,10 @@
 // A device model's description (devices/description.ts) as the wire's DeviceDescription, sent in
 // Attach. Models know nothing of the encoding; this is where their plain numbers and names become
-// protobuf fields.
-import type { DeviceDescription } from '../devices/description.js';
+// protobuf fields, and (modelDescription) where a recorded Attach becomes a description again.
+import type { BarDescription, DeviceDescription } from '../devices/description.js';
 import type { BarKindName } from '../devices/pci/config.js';
 import type { Span } from '../devices/pci/registers.js';
-import { long, pcinet } from '../proto/wire.js';
+import { long, num, pcinet } from '../proto/wire.js';
 
 const KIND: Record<BarKindName, pcinet.BarKind> = {
   mem32: pcinet.BarKind.BAR_MEM32,
@@ -39,5 +39,48 @@ export function wireDescription(d: DeviceDescription): pcinet.IDeviceDescription
       doorbell: ranges(b.doorbell),
     })),
     msixVectors: d.msixVectors,
+  };
+}
+
+const NAMES = new Map(Object.entries(KIND).map(([name, k]) => [k, name as BarKindName]));
+
+/** A wire description (a recorded Attach's) as a model's. Throws Error naming what is wrong with
+ *  it; the host checks the rest when it builds the function. */
+export function modelDescription(w: pcinet.IDeviceDescription): DeviceDescription {
+  const config = w.config ?? new Uint8Array(0);
+  if (config.length !== 256 && config.length !== 4096)
+    throw new Error(`its config space has ${config.length} bytes, not 256 or 4096`);
+  const wmask = w.configWmask ?? new Uint8Array(0);
+  const w1c = w.configW1cmask ?? new Uint8Array(0);
+  if (wmask.length !== config.length || w1c.length !== config.length)
+    throw new Error('its config masks are not as long as its config space');
+  const bars = (w.bars ?? []).map((b): BarDescription => {
+    const kind = NAMES.get(b.kind ?? pcinet.BarKind.BAR_NONE);
+    if (!kind) throw new Error(`BAR ${b.index ?? 0} has no kind`);
+    const size = num(b.size, 'BAR size');
+    const shadow = b.shadow ?? new Uint8Array(0);
+    if (shadow.length > size) throw new Error(`BAR ${b.index ?? 0}: contents past its ${size} bytes`);
+    const spans = (r: pcinet.IRange[] | null | undefined) =>
+      (r ?? []).map((x) => ({
+        offset: num(x.offset, 'range offset'),
+        length: num(x.length, 'range length'),
+      }));
+    return {
+      index: b.index ?? 0,
+      kind,
+      prefetchable: b.prefetchable ?? false,
+      size,
+      shadow,
+      volatile: spans(b.volatile),
+      doorbell: spans(b.doorbell),
+    };
+  });
+  return {
+    model: w.model ?? '',
+    config,
+    configWmask: wmask,
+    configW1cmask: w1c,
+    bars,
+    msixVectors: w.msixVectors ?? 0,
   };
 }

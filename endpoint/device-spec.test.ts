@@ -86,7 +86,14 @@ group('parseDeviceSpec', () => {
   });
 
   it('knows every model by its own name, and the help lists each with all its options', () => {
-    expect(Object.keys(DEVICES).sort()).toEqual(['nvme', 'test', 'virtio-blk', 'virtio-net', 'virtio-rng']);
+    expect(Object.keys(DEVICES).sort()).toEqual([
+      'nvme',
+      'replay',
+      'test',
+      'virtio-blk',
+      'virtio-net',
+      'virtio-rng',
+    ]);
     const help = deviceHelp();
     for (const m of MODELS) {
       expect(DEVICES[m.name]).toBe(m);

@@ -29,6 +29,8 @@ class LinkChannel implements Channel {
   readonly sim = new SimChannel({ log });
   readonly events: string[] = [];
   attaches = 0;
+  /** While set, a link up waits for it (a slow W_LINK_UP). */
+  upGate: Promise<void> | undefined;
   /** What its devices' drivers do at a link down: ride it out (nvme), or be unbound (a NIC). */
   constructor(readonly recovers = true) {}
 
@@ -38,6 +40,7 @@ class LinkChannel implements Channel {
     const inner = await this.sim.attach(dev, desc, (m) => current(m));
     const events = this.events;
     const recovers = this.recovers;
+    const channel = this;
     return {
       recoversFromLinkDown: async () => recovers,
       get address() {
@@ -54,6 +57,7 @@ class LinkChannel implements Channel {
       },
       async linkUp(d, s) {
         events.push(`up vectors=${d.msixVectors}`);
+        await channel.upGate;
         current = s;
       },
     };
@@ -145,6 +149,40 @@ describe('parking devices while the endpoint is away', () => {
     await first.relay.done;
     expect(channel.events).toEqual(['remove SHUTDOWN']);
     expect(parking.size).toBe(0);
+  });
+
+  it('a device whose link came up as its session was lost waits parked for the next one', async () => {
+    const channel = new LinkChannel();
+    cleanup.push(() => channel.close());
+    const parking = new Parking({ lossMs: 10_000, log });
+    const first = await serve(channel, parking);
+    await lose(first.session);
+    await first.relay.done;
+    // The endpoint is back, and lost again while the device's link comes up.
+    let release!: () => void;
+    channel.upGate = new Promise((r) => {
+      release = r;
+    });
+    const { session } = await endpoint(4);
+    const relay = new Relay(session, channel, log, parking);
+    await until(() => channel.events.length === 2, 5000, 'the link up to start');
+    await lose(session);
+    let done = false;
+    void relay.done.then(() => {
+      done = true;
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    // The relay is not done while the link up is under way: the next session must find the
+    // device parked, not attach a second one beside it.
+    expect(done).toBe(false);
+    release();
+    await relay.done;
+    expect(channel.events).toEqual(['down', 'up vectors=4', 'down']);
+    expect(parking.size).toBe(1);
+    channel.upGate = undefined;
+    await serve(channel, parking);
+    expect(channel.events).toEqual(['down', 'up vectors=4', 'down', 'up vectors=4']);
+    expect(channel.attaches).toBe(1);
   });
 
   it('with ctrl-loss-tmo 0 parked devices wait for ever', async () => {

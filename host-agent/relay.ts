@@ -74,6 +74,8 @@ export class Relay {
   #parkedWhileOpen = false;
   /** Settles once the devices taken link down by #unreachable are parked. */
   #parkingDone: Promise<void> = Promise.resolve();
+  /** Settles once the attach under way (one at a time) has finished, whatever its outcome. */
+  #attachDone: Promise<void> = Promise.resolve();
   #closeError: Error | undefined;
   readonly #done: Promise<Error | undefined>;
   #finish!: (e: Error | undefined) => void;
@@ -146,7 +148,9 @@ export class Relay {
       if (m.attach) {
         const rest = msgs.slice(i + 1);
         this.#pumping = true;
-        this.#attach(m.attach).then(
+        const attached = this.#attach(m.attach);
+        this.#attachDone = attached.catch(() => {});
+        attached.then(
           () => this.#pump(rest),
           (e: Error) => this.#fail(e),
         );
@@ -220,6 +224,12 @@ export class Relay {
       const held = early;
       early = undefined;
       if (this.#closed) {
+        // The session ended while the device came up (a link up lost again at once, say): lost,
+        // not closed, the device waits for the next session parked, as its others do
+        // (#sessionClosed, which waits for this). Removing it here would take a parked NIC's
+        // interface away long before --ctrl-loss-tmo.
+        const entry = { device, model, desc: a.desc };
+        if (this.#closeError && (await this.#parking?.park(dev, entry))) return;
         await device.remove(ErrorCode.SHUTDOWN);
         return;
       }
@@ -424,8 +434,10 @@ export class Relay {
     if (this.#closed) return;
     this.#closed = true;
     this.#closeError = err;
-    // The next session must find what went link down parked.
+    // The next session must find what went link down parked, and what came up as this one
+    // ended parked again (#attach).
     await this.#parkingDone;
+    await this.#attachDone;
     const reason = err ? ((err as ProtocolError).code ?? ErrorCode.TIMEOUT) : ErrorCode.SHUTDOWN;
     let all = [...this.#devices.entries()];
     this.#devices.clear();

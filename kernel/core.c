@@ -310,9 +310,11 @@ static int pcinet_cfg_read(struct pci_bus *bus, unsigned int devfn, int where, i
 		*val = ~0u;
 		return PCIBIOS_DEVICE_NOT_FOUND;
 	}
-	if (READ_ONCE(fn->link_down) || READ_ONCE(fn->state) == PN_DETACHED) {
+	if ((READ_ONCE(fn->link_down) || READ_ONCE(fn->state) == PN_DETACHED) &&
+	    !READ_ONCE(fn->standin)) {
 		/* As over a PCIe link that is down, or from a surprise-removed function: all-ones, so
-		 * pci_device_is_present() says no and drivers take their surprise-removal paths.
+		 * pci_device_is_present() says no and drivers take their surprise-removal paths. (A
+		 * stand-in for the device, freeze.c, answers from the image.)
 		 */
 		*val = size == 4 ? ~0u : (1u << (8 * size)) - 1;
 		return PCIBIOS_SUCCESSFUL;
@@ -386,7 +388,8 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 
 	if (devfn != 0 || where < 0 || where + size > PCINET_CONFIG_SIZE)
 		return PCIBIOS_DEVICE_NOT_FOUND;
-	if (READ_ONCE(fn->link_down) || READ_ONCE(fn->state) == PN_DETACHED)
+	if ((READ_ONCE(fn->link_down) || READ_ONCE(fn->state) == PN_DETACHED) &&
+	    !READ_ONCE(fn->standin))
 		return PCIBIOS_SUCCESSFUL;	/* goes nowhere; W_LINK_UP resets the image */
 	raw_spin_lock_irqsave(&fn->cfg_lock, flags);
 	bar = pcinet_bar_of(fn, where & ~3, &hi);
@@ -414,6 +417,8 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 			flr = true;
 		}
 	}
+	if (READ_ONCE(fn->standin))
+		goto local;	/* the image is all a stand-in has (freeze.c): nobody to tell */
 	pcinet_hdr(&rec.hdr, PCINET_R_CONFIG_WRITE, sizeof(rec));
 	rec.offset = cpu_to_le32(where);
 	rec.size = cpu_to_le32(size);
@@ -425,6 +430,7 @@ static int pcinet_cfg_write(struct pci_bus *bus, unsigned int devfn, int where, 
 		pcinet_hdr(&reset, PCINET_R_FUNCTION_RESET, sizeof(reset));
 		pcinet_queue_atomic(fn, &reset, sizeof(reset));
 	}
+local:
 	raw_spin_unlock_irqrestore(&fn->cfg_lock, flags);
 	pcinet_msix_config_written(fn, where, size);
 	return PCIBIOS_SUCCESSFUL;
@@ -921,6 +927,8 @@ static int pcinet_bus_notify(struct notifier_block *nb, unsigned long action, vo
 		pcinet_dev_added(pcinet_fn_of(pdev->bus), pdev);
 	else if (action == BUS_NOTIFY_DEL_DEVICE)
 		pcinet_dev_deleted(pcinet_fn_of(pdev->bus), pdev);
+	else if (action == BUS_NOTIFY_UNBIND_DRIVER)
+		pcinet_driver_unbinding(pcinet_fn_of(pdev->bus), pdev);
 	return NOTIFY_DONE;
 }
 

@@ -12,7 +12,9 @@
  * watchdog looks only at interfaces with one). When the link is back with a new device behind the
  * function, the driver is frozen and restored at once, under the device lock, as across a
  * hibernation: freezing while the link is down would leave a frozen driver to a removal (the
- * endpoint never came back), which virtio_net's remove does not survive.
+ * endpoint never came back), which virtio_net's remove does not survive. A restore that fails
+ * (the endpoint lost again during it) leaves the driver frozen until the next link up; unbound
+ * before that, it is first restored against a stand-in for the device (pcinet_driver_unbinding()).
  */
 #define pr_fmt(fmt) "pcinet: " fmt
 
@@ -148,4 +150,43 @@ int pcinet_link_restore_driver(struct pcinet_fn *fn, struct pci_dev *pdev)
 	}
 	fn->link_frozen = false;
 	return 0;
+}
+
+/*
+ * A driver is about to be unbound from the function (BUS_NOTIFY_UNBIND_DRIVER, device lock held):
+ * the function is being removed (W_DETACH: the host-agent's --ctrl-loss-tmo ran out, or it exits)
+ * or an admin unbinds the driver. One that is frozen (its restore at a link up failed, and no link
+ * up came since) would meet its remove() frozen, which remove() is not written for: virtio_net's
+ * removes its CPU hotplug instance, closes its queues and frees its buffers a second time, after
+ * freeze() did — a general protection fault in __cpuhp_state_remove_instance(). So it is restored
+ * first, against a stand-in for the device (mmio.c; config space from the image): registers that
+ * read back what the driver wrote, from their power-on contents on, and nothing that answers a
+ * queue or interrupts — nothing a restore waits for. remove() then finds a running driver on a
+ * device that is gone (or, unbound by an admin with the endpoint there, on the device, which it
+ * resets), as after any surprise removal.
+ */
+void pcinet_driver_unbinding(struct pcinet_fn *fn, struct pci_dev *pdev)
+{
+	const struct dev_pm_ops *pm = pdev->driver ? pdev->driver->driver.pm : NULL;
+	int err;
+
+	if (!fn->link_frozen)
+		return;
+	/* Whatever happens here, the frozen driver goes with the unbind. */
+	fn->link_frozen = false;
+	if (!pm || !pm->restore)
+		return;		/* not ours to freeze: pcinet_driver_parks() asked for both */
+	err = pcinet_mmio_standin(fn);
+	if (err)
+		goto fail;
+	err = pm->restore(&pdev->dev);
+	pcinet_mmio_standin_end(fn);
+	if (err)
+		goto fail;
+	pci_info(pdev, "unbinding a frozen driver: restored against a stand-in for the device first\n");
+	return;
+
+fail:
+	pci_err(pdev, "unbinding a frozen driver: its restore against a stand-in failed (%d): its remove() meets it frozen\n",
+		err);
 }

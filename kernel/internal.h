@@ -76,6 +76,7 @@ struct pcinet_bar {
 	bool sizing_hi;
 	u8 *shadow;
 	u8 *reset;		/* the shadow as it was at W_START: what a gone function reads */
+	u8 *standin;		/* shadow_lock: the stand-in's registers (pcinet_mmio_standin()) */
 };
 
 /* A volatile MMIO read waiting for its W_MMIO_READ_CPL. */
@@ -178,12 +179,17 @@ struct pcinet_fn {
 					 * dereferenced, only compared: it may be gone)
 					 */
 	bool link_parked;		/* ... or it has none, but freezes: a NIC (freeze.c) */
-	bool link_frozen;		/* its restore failed: restore it at the next link up */
+	bool link_frozen;		/* its restore failed: restore it at the next link up, or
+					 * against a stand-in before it is unbound (freeze.c)
+					 */
 	struct net_device *link_carrier[4];	/* interfaces whose carrier the link down took
 						 * (only compared, under the device lock)
 						 */
 
 	/* MMIO (mmio.c) */
+	bool standin;		/* READ_ONCE: a stand-in answers config and BAR accesses, not the
+				 * endpoint (pcinet_mmio_standin())
+				 */
 	struct list_head live;	/* on the list of started functions (RCU) */
 	spinlock_t shadow_lock;	/* BAR shadows against W_SHADOW */
 	atomic_t stalled;	/* 1: a wait for the device ran out; waits fail at once until it
@@ -263,6 +269,7 @@ int pcinet_link_down(struct pcinet_fn *fn);
 bool pcinet_driver_parks(struct pci_dev *pdev, const struct device_driver *drv);
 void pcinet_link_park_driver(struct pcinet_fn *fn, struct pci_dev *pdev);
 int pcinet_link_restore_driver(struct pcinet_fn *fn, struct pci_dev *pdev);
+void pcinet_driver_unbinding(struct pcinet_fn *fn, struct pci_dev *pdev);
 u16 pcinet_find_cap(struct pcinet_fn *fn, u8 id);
 const struct pcinet_range *pcinet_range_at(struct pcinet_fn *fn, u32 bar, u64 off, u32 size,
 					   u32 kind);
@@ -277,6 +284,8 @@ void pcinet_mmio_link_down(struct pcinet_fn *fn);
 void pcinet_timing_add(atomic64_t *ns, atomic64_t *n, u64 since);
 void pcinet_mmio_kick(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
+int pcinet_mmio_standin(struct pcinet_fn *fn);
+void pcinet_mmio_standin_end(struct pcinet_fn *fn);
 /* defer.S: the trampoline a deferred access returns into, and what it calls (mmio.c). */
 void pcinet_defer_tramp(void);
 void pcinet_deferred_access(struct pt_regs *regs);

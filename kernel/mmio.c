@@ -31,7 +31,9 @@
  * - the MSI-X table and PBA are served by msix.c.
  * A function that is gone (removed, or memory decoding off) reads all-ones and ignores writes.
  * While the link is down (W_LINK_DOWN) a function reads as a removed one does (pcinet_gone_read)
- * and its writes are dropped and counted: nothing reaches an endpoint that is not there.
+ * and its writes are dropped and counted: nothing reaches an endpoint that is not there. While a
+ * frozen driver is restored before it is unbound (freeze.c), a stand-in answers every access
+ * (pcinet_mmio_standin()), whatever the function's state.
  *
  * Waiting: an access that has to wait for the device (fence, volatile read, a full queue) in a
  * context that may sleep (interrupts on, no locks, not atomic: preempt_count() equal to what the
@@ -455,6 +457,103 @@ int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *dat
 }
 
 /*
+ * A stand-in for the device, while a frozen driver is restored so that its remove() finds it
+ * running (freeze.c): each BAR reads what was last written to it, from its power-on contents on
+ * (a copy of the shadow as at W_START), and config space is the image (core.c). Nothing reaches
+ * the endpoint, nothing waits, nothing interrupts; doorbell writes go nowhere. The device may be
+ * gone, its link down, or there: the shadow is left alone either way. Process context; 0 or
+ * -ENOMEM.
+ */
+int pcinet_mmio_standin(struct pcinet_fn *fn)
+{
+	u8 *regs[PCINET_NUM_BARS] = {};
+	unsigned long flags;
+	unsigned int i;
+
+	for (i = 0; i < PCINET_NUM_BARS; i++) {
+		if (!fn->bars[i].reset)
+			continue;
+		regs[i] = vmalloc(fn->bars[i].size);
+		if (!regs[i])
+			goto nomem;
+		memcpy(regs[i], fn->bars[i].reset, fn->bars[i].size);
+	}
+	spin_lock_irqsave(&fn->shadow_lock, flags);
+	for (i = 0; i < PCINET_NUM_BARS; i++)
+		fn->bars[i].standin = regs[i];
+	WRITE_ONCE(fn->standin, true);
+	spin_unlock_irqrestore(&fn->shadow_lock, flags);
+	return 0;
+
+nomem:
+	while (i--)
+		vfree(regs[i]);
+	return -ENOMEM;
+}
+
+/* The stand-in leaves; accesses on other CPUs that still find it served are over on return. */
+void pcinet_mmio_standin_end(struct pcinet_fn *fn)
+{
+	u8 *regs[PCINET_NUM_BARS];
+	unsigned long flags;
+	unsigned int i;
+
+	spin_lock_irqsave(&fn->shadow_lock, flags);
+	WRITE_ONCE(fn->standin, false);
+	for (i = 0; i < PCINET_NUM_BARS; i++) {
+		regs[i] = fn->bars[i].standin;
+		fn->bars[i].standin = NULL;
+	}
+	spin_unlock_irqrestore(&fn->shadow_lock, flags);
+	for (i = 0; i < PCINET_NUM_BARS; i++)
+		vfree(regs[i]);
+}
+
+static bool pcinet_standin_decodes(struct pcinet_fn *fn)
+{
+	return READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MEMORY;
+}
+
+/* A read the stand-in serves (the MSI-X table is msix.c's); false if it left meanwhile. */
+static bool pcinet_standin_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size)
+{
+	unsigned long flags;
+	u8 *regs;
+
+	if (pcinet_msix_owns(fn, bar, off, size)) {
+		pcinet_msix_read(fn, off, val, size);
+		return true;
+	}
+	spin_lock_irqsave(&fn->shadow_lock, flags);
+	regs = fn->bars[bar].standin;
+	if (regs && pcinet_standin_decodes(fn))
+		memcpy(val, regs + off, size);
+	else if (regs)
+		memset(val, 0xff, size);	/* master abort */
+	spin_unlock_irqrestore(&fn->shadow_lock, flags);
+	return regs;
+}
+
+static bool pcinet_standin_write(struct pcinet_fn *fn, u32 bar, u64 off, const void *val,
+				 u32 size)
+{
+	bool doorbell = pcinet_range_at(fn, bar, off, size, PCINET_RANGE_DOORBELL);
+	unsigned long flags;
+	u8 *regs;
+
+	if (pcinet_msix_owns(fn, bar, off, size)) {
+		pcinet_msix_write(fn, off, val, size);
+		return true;
+	}
+	spin_lock_irqsave(&fn->shadow_lock, flags);
+	regs = fn->bars[bar].standin;
+	if (regs && !doorbell && pcinet_standin_decodes(fn))
+		memcpy(regs + off, val, size);
+	spin_unlock_irqrestore(&fn->shadow_lock, flags);
+	return regs;
+}
+
+/*
  * A read of a function that is gone (removed while its driver unbinds): the MSI-X table as the
  * driver left it, all-ones for volatile ranges, and the power-on contents of the rest (the shadow
  * as it was at W_START). Drivers that wait for a reset to show (Linux 6.1's virtio_pci polls the
@@ -617,6 +716,8 @@ static int pcinet_op_read(void *ctx, unsigned long addr, void *val, unsigned int
 	}
 
 	fn = pcinet_map_target(m, addr, size, &off);
+	if (fn && READ_ONCE(fn->standin) && pcinet_standin_read(fn, m->bar, off, val, size))
+		return 0;
 	if (fn && READ_ONCE(fn->state) != PN_STARTED) {
 		pcinet_gone_read(fn, m->bar, off, val, size);
 		return 0;
@@ -638,6 +739,8 @@ static int pcinet_op_write(void *ctx, unsigned long addr, const void *val, unsig
 	if (!m)
 		return 0;
 	fn = pcinet_map_target(m, addr, size, &off);
+	if (fn && READ_ONCE(fn->standin) && pcinet_standin_write(fn, m->bar, off, val, size))
+		return 0;
 	if (fn && pcinet_fn_live(fn))
 		return pcinet_serve_write(fn, m->bar, off, val, size, how);
 	return 0;

@@ -55,6 +55,9 @@ export interface StatusSnapshot {
   channel?: string;
   session: SessionStatus | null;
   devices: DeviceStatus[];
+  /** Endpoint: what its models have to say beyond counters, "dev N: …" (a replay's divergence),
+   *  with or without a session. */
+  notes?: string[];
 }
 
 /** The endpoint's flat counters ("dev1.mmioWrites", "dev1.nvme.readBytes") by device: runtime

@@ -306,8 +306,9 @@ export class TraceHub implements Tap {
   }
 }
 
-/** Largest snap length a trace may ask for: a whole DMA chunk. */
-const MAX_SNAPLEN = 256 << 10;
+/** Largest snap length a trace may ask for: a whole DMA chunk, the largest payload a message
+ *  carries, so a trace with it keeps every message whole (`pcinet trace --for-replay`). */
+export const MAX_SNAPLEN = 256 << 10;
 
 /** A trace request's arguments, checked: the filter, snap length, and how many records at most. */
 export function traceArgs(args: Record<string, unknown>): { filter: TraceFilter; snaplen: number } {

@@ -4,6 +4,10 @@
 //   hold     a silent network: nothing moves, nothing is lost (connections stay open)
 //   cut      a broken one: every connection is reset and new ones are refused
 //   up       the network is back (undoes hold and cut)
+//   cut-next-link
+//            arms a cut at a moment: the next kernel link's first record past its hello (pcinet.ko's
+//            first access to a device whose link came up) is not forwarded, and the network is cut
+//            as by `cut` instead; "fired cut-at-link" is printed then
 // "listening PORT" is printed first. The lab runs it in its network namespace between the guest
 // and the endpoint (test/e2e/outage.test.ts).
 import { createInterface } from 'node:readline';
@@ -22,7 +26,8 @@ createInterface({ input: process.stdin }).on('line', (line) => {
   else if (word === 'cut') {
     proxy.refuse(true);
     proxy.cutAll();
-  } else if (word === 'up') {
+  } else if (word === 'cut-next-link') proxy.cutNextLink(() => process.stdout.write('fired cut-at-link\n'));
+  else if (word === 'up') {
     proxy.refuse(false);
     proxy.hold(false);
   } else {

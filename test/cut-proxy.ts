@@ -3,7 +3,11 @@
 // silent link: nothing moves, nothing is lost, as when a cable is pulled and put back) or refuse
 // new ones (reset at once) — for resume, keep-alive and outage tests. `test/cut-proxy-main.ts`
 // runs one as a process (in the lab's network namespace, between the guest and the endpoint).
+// It can also cut at a moment instead of at a time: at the first record the next kernel link
+// carries from the host past its hello (pcinet.ko's first access to a device whose link just came
+// up), before that record reaches the endpoint.
 import net from 'node:net';
+import { LINK_HELLO_SIZE, LINK_MAGIC } from '../proto/kernel-abi.js';
 
 export class CutProxy {
   readonly #server: net.Server;
@@ -12,6 +16,11 @@ export class CutProxy {
   #blackhole = false;
   #held = false;
   #refusing = false;
+  /** Armed by cutNextLink(): called once, when it cut. */
+  #linkTrap: (() => void) | undefined;
+  /** Connections accepted so far; the trap is for those accepted after it was armed. */
+  #accepted = 0;
+  #trapFrom = 0;
   cuts = 0;
   connections = 0;
   refused = 0;
@@ -27,6 +36,7 @@ export class CutProxy {
         return;
       }
       this.connections++;
+      const seq = ++this.#accepted;
       const upstream = net.connect(targetPort, targetHost);
       const pair: [net.Socket, net.Socket] = [client, upstream];
       this.#pairs.add(pair);
@@ -36,12 +46,33 @@ export class CutProxy {
         client.destroy();
         upstream.destroy();
       };
-      for (const [a, b] of [pair, [upstream, client] as const]) {
-        a.on('data', (d) => {
-          if (!this.#blackhole) b.write(d);
-        });
-        a.on('error', end);
-        a.on('close', end);
+      // The host's side of the connection so far (up to a kernel link's hello), to tell a
+      // kernel link's records from its hello.
+      let head = Buffer.alloc(0);
+      let fromHost = 0;
+      client.on('data', (d: Buffer) => {
+        if (head.length < LINK_HELLO_SIZE) head = Buffer.concat([head, d.subarray(0, LINK_HELLO_SIZE)]);
+        fromHost += d.length;
+        const link = head.subarray(0, LINK_MAGIC.length).equals(LINK_MAGIC);
+        if (link && fromHost > LINK_HELLO_SIZE && this.#linkTrap && seq > this.#trapFrom) {
+          // The hello (if it came in the same chunk) passes; the record behind it does not.
+          const hello = LINK_HELLO_SIZE - (fromHost - d.length);
+          if (hello > 0 && !this.#blackhole) upstream.write(d.subarray(0, hello));
+          const fired = this.#linkTrap;
+          this.#linkTrap = undefined;
+          this.refuse(true);
+          this.cutAll();
+          fired();
+          return;
+        }
+        if (!this.#blackhole) upstream.write(d);
+      });
+      upstream.on('data', (d) => {
+        if (!this.#blackhole) client.write(d);
+      });
+      for (const s of pair) {
+        s.on('error', end);
+        s.on('close', end);
       }
     });
   }
@@ -79,6 +110,15 @@ export class CutProxy {
   hold(on: boolean): void {
     this.#held = on;
     for (const pair of this.#pairs) for (const s of pair) on ? s.pause() : s.resume();
+  }
+
+  /** Arms a cut at a moment: the first bytes the next kernel link (a connection accepted from now
+   *  on that starts with pcinet.ko's hello) sends past its hello are not forwarded; instead every
+   *  connection is reset and new ones are refused, as by cutAll() and refuse(true), and `fired` is
+   *  called. */
+  cutNextLink(fired: () => void): void {
+    this.#linkTrap = fired;
+    this.#trapFrom = this.#accepted;
   }
 
   /** New connections are reset at once (true), as by a host whose port is closed. */

@@ -5,8 +5,13 @@
 //   net-hold   a silent network (nothing moves, nothing is lost: a pulled cable)
 //   net-cut    a broken one (every connection reset, new ones refused: a host that lost its route)
 //   net-up     the network is back
-// and the endpoint's lifecycle words (stop, start, restart, pause, resume). `events` records
-// when each was carried out.
+//   net-cut-next-link
+//              the network stays, until the first record the next kernel link carries from the
+//              guest past its hello (pcinet.ko's first access to a device whose link came up):
+//              then net-cut, before that record reaches the endpoint (in `events` as cut-at-link)
+// the endpoint's lifecycle words (stop, start, restart, pause, resume), and `inject SPEC` (a fault
+// injected through the endpoint's control socket, as `pcinet inject` does; endpoint/faults.ts).
+// `events` records when each was carried out.
 import { type ChildProcess, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
@@ -15,6 +20,7 @@ import { LAB_ENDPOINT_PORT } from '../lab/commands.js';
 import { repoRoot } from '../lab/paths.js';
 import { runOk } from '../lab/proc.js';
 import type { LabCard } from '../lab/run.js';
+import { ControlClient } from '../proto/control.js';
 
 /** Where the guest dials: the proxy. Any free port of the lab's private namespace. */
 export const OUTAGE_DIAL_PORT = 7471;
@@ -52,6 +58,8 @@ export function networkControl(events: NetworkEvent[] = [], setup?: (card: LabCa
         }
         const m = /^ok (\S+)$/.exec(l);
         if (m) waiting.get(m[1]!)?.();
+        const fired = /^fired (\S+)$/.exec(l);
+        if (fired) events.push({ word: fired[1]!, at: Date.now() });
       });
     });
     await listening;
@@ -69,6 +77,8 @@ export function networkControl(events: NetworkEvent[] = [], setup?: (card: LabCa
       if (word === 'net-hold') await tell('hold');
       else if (word === 'net-cut') await tell('cut');
       else if (word === 'net-up') await tell('up');
+      else if (word === 'net-cut-next-link') await tell('cut-next-link');
+      else if (word.startsWith('inject ')) await inject(card.controlSocket, word.slice('inject '.length));
       else if (word === 'stop') await card.stopEndpoint();
       else if (word === 'start') await card.startEndpoint();
       else if (word === 'restart') await card.restartEndpoint();
@@ -83,6 +93,16 @@ export function networkControl(events: NetworkEvent[] = [], setup?: (card: LabCa
       undo?.();
     };
   };
+}
+
+/** Arms fault `spec` on the endpoint behind `socket` (its control socket). */
+async function inject(socket: string, spec: string): Promise<void> {
+  const c = await ControlClient.connect(socket);
+  try {
+    await c.request('inject', { spec });
+  } finally {
+    c.close();
+  }
 }
 
 /** A `setup` for networkControl: the card's TAP (`tap`, made by the NIC's endpoint) given

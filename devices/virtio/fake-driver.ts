@@ -41,6 +41,8 @@ export interface FakeDriverOptions {
   memory?: number;
   /** Entries the driver gives each queue; default 16. */
   queueSize?: number;
+  /** IOVA of host memory's first byte; FakeHost's default otherwise. */
+  base?: bigint;
 }
 
 /** One segment of a chain the test builds: bytes the device reads, or room it may write. */
@@ -58,7 +60,7 @@ export class FakeVirtioDriver<D extends VirtioPciDevice<D>> {
     readonly dev: D,
     o: FakeDriverOptions = {},
   ) {
-    this.host = new FakeHost({ memory: o.memory ?? 1 << 20, rounds: o.rounds });
+    this.host = new FakeHost({ memory: o.memory ?? 1 << 20, rounds: o.rounds, base: o.base });
     this.queueSize = o.queueSize ?? 16;
     this.bus = new FakeBus(dev, this.host);
     this.status(STATUS_ACKNOWLEDGE | STATUS_DRIVER);

@@ -1,9 +1,11 @@
 // What this machine (the card) gives device models (devices/spec.ts CardBackends): storage from
-// block.ts, TAP interfaces from tap.ts, entropy from node:crypto. Models ask; only this opens.
+// block.ts, TAP interfaces from tap.ts, entropy from node:crypto, recorded sessions from
+// ../replay-trace.ts. Models ask; only this opens.
 import { randomFillSync } from 'node:crypto';
 import { unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import type { BlockSource, CardBackends } from '../../devices/spec.js';
+import { loadReplayTrace } from '../replay-trace.js';
 import { FileBackend, MemoryBackend } from './block.js';
 import { TapBackend } from './tap.js';
 
@@ -22,4 +24,5 @@ export const cardBackends: CardBackends = {
   tap: (name, o) => new TapBackend(name, o),
   // The kernel's CSPRNG (getrandom), as /dev/urandom on the card gives it.
   entropy: () => ({ fill: (buf) => void randomFillSync(buf) }),
+  recording: (o) => loadReplayTrace(o.path, o.device),
 };

@@ -155,3 +155,52 @@ it.skipIf(!root)(
     expect(out.code).toBe(0);
   },
 );
+
+const burstScript = (dist: string) => `
+import { execFileSync } from 'node:child_process';
+import dgram from 'node:dgram';
+import { TapBackend, READ_BURST } from '${dist}';
+const tap = new TapBackend('pcn3');
+execFileSync('ip', ['link', 'set', 'pcn3', 'up']);
+execFileSync('ip', ['addr', 'add', '10.77.0.1/24', 'dev', 'pcn3']);
+execFileSync('ip', ['neigh', 'add', '10.77.0.2', 'lladdr', '52:54:00:00:00:02', 'dev', 'pcn3']);
+const timer = setTimeout(() => { console.log('timeout', seen.join(',')); process.exit(1); }, 8000);
+const seen = [];
+let burst = 0;
+tap.onReceive = (f) => {
+  // Only our datagrams: IPv4 UDP to port 9, numbered in their first payload byte.
+  if (!(f[12] === 0x08 && f[13] === 0 && f[23] === 17 && f[36] === 0 && f[37] === 9)) return;
+  if (burst++ === 0) setImmediate(() => { console.log('burst', burst); burst = 0; });
+  seen.push(f[42]);
+  if (seen.length === 40) {
+    setImmediate(() => {
+      console.log('order', seen.every((v, i) => v === i) ? 'kept' : seen.join(','));
+      console.log('limit', READ_BURST);
+      clearTimeout(timer);
+      tap.close();
+      process.exit(0);
+    });
+  }
+};
+const out = dgram.createSocket('udp4');
+out.bind(0, '10.77.0.1', () => {
+  for (let i = 0; i < 40; i++) out.send(Buffer.from([i, 1, 2, 3]), 9, '10.77.0.2');
+});
+`;
+
+it.skipIf(!root)(
+  'frames already waiting reach onReceive together, in order, at most READ_BURST per turn',
+  { timeout: 20_000 },
+  async () => {
+    const out = await inPrivateNetns(burstScript);
+    expect(out.code).toBe(0);
+    expect(out.text).toMatch(/^order kept$/m);
+    const limit = Number(/^limit (\d+)$/m.exec(out.text)?.[1]);
+    const bursts = [...out.text.matchAll(/^burst (\d+)$/gm)].map((m) => Number(m[1]));
+    expect(bursts.reduce((a, b) => a + b, 0)).toBe(40);
+    // The 40 datagrams are in the TAP's queue before the first read returns: they come in a few
+    // turns of the event loop, not 40.
+    expect(Math.max(...bursts)).toBeGreaterThan(1);
+    expect(Math.max(...bursts)).toBeLessThanOrEqual(limit);
+  },
+);
