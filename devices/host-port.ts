@@ -100,7 +100,9 @@ export interface DeviceModel {
   attach(port: HostPort): void;
   /** The device was removed from the host (detach or session loss). Stop all work. */
   detach(): void;
-  /** Posted write from the driver; data is 1–8 bytes (CPU access) or longer (string move). */
+  /** Posted write from the driver; data is 1–8 bytes (CPU access) or longer (string move). `data`
+   *  is the model's only during the call (a kernel link reads into its memory again): copy what
+   *  is kept. */
   mmioWrite(bar: number, offset: number, data: Uint8Array): void;
   /** Synchronous read of a volatile range; returns exactly `size` bytes. */
   mmioRead(bar: number, offset: number, size: number): Uint8Array;
