@@ -4,7 +4,8 @@
 import type { BarDescription, DeviceDescription } from '../devices/description.js';
 import type { BarKindName } from '../devices/pci/config.js';
 import type { Span } from '../devices/pci/registers.js';
-import { long, num, pcinet } from '../proto/wire.js';
+import type { PushRule } from '../devices/push.js';
+import { long, num, pcinet, u64 } from '../proto/wire.js';
 
 const KIND: Record<BarKindName, pcinet.BarKind> = {
   mem32: pcinet.BarKind.BAR_MEM32,
@@ -83,4 +84,70 @@ export function modelDescription(w: pcinet.IDeviceDescription): DeviceDescriptio
     bars,
     msixVectors: w.msixVectors ?? 0,
   };
+}
+
+/** A model's push rule as the wire's PushRule (kind NONE removes rule `id`). */
+export function pushRuleMsg(dev: number, id: number, r: PushRule | undefined): pcinet.IPushRule {
+  if (!r) return { dev, id, kind: pcinet.PushKind.PUSH_NONE };
+  if (r.kind === 'nvme-sq') {
+    return {
+      dev,
+      id,
+      kind: pcinet.PushKind.PUSH_NVME_SQ,
+      bar: r.bar,
+      offset: long(r.doorbell),
+      ring: long(r.base),
+      entries: r.entries,
+      dataMax: r.dataMax,
+      lbaShift: r.lbaShift,
+      ...(r.eventIdx !== undefined ? { avail: long(r.eventIdx) } : {}),
+    };
+  }
+  return {
+    dev,
+    id,
+    kind: pcinet.PushKind.PUSH_VIRTQ,
+    bar: r.bar,
+    offset: long(r.notify),
+    ring: long(r.desc),
+    avail: long(r.avail),
+    entries: r.size,
+    dataMax: r.dataMax,
+    indirect: r.indirect,
+  };
+}
+
+const PUSH_KINDS = pcinet.PushKind;
+
+/** The wire's PushRule as a model's (a recorded one, for the replay); undefined for kind NONE. */
+export function pushRule(r: pcinet.IPushRule): PushRule | undefined {
+  switch (r.kind ?? PUSH_KINDS.PUSH_NONE) {
+    case PUSH_KINDS.PUSH_NVME_SQ: {
+      const eventIdx = u64(r.avail);
+      return {
+        kind: 'nvme-sq',
+        bar: r.bar ?? 0,
+        doorbell: num(r.offset),
+        base: u64(r.ring),
+        entries: r.entries ?? 0,
+        dataMax: r.dataMax ?? 0,
+        lbaShift: r.lbaShift ?? 0,
+        // An event index is never at IOVA 0 (page 0 is never mapped): 0 is "none".
+        ...(eventIdx !== 0n ? { eventIdx } : {}),
+      };
+    }
+    case PUSH_KINDS.PUSH_VIRTQ:
+      return {
+        kind: 'virtq',
+        bar: r.bar ?? 0,
+        notify: num(r.offset),
+        desc: u64(r.ring),
+        avail: u64(r.avail),
+        size: r.entries ?? 0,
+        dataMax: r.dataMax ?? 0,
+        indirect: r.indirect ?? false,
+      };
+    default:
+      return undefined;
+  }
 }

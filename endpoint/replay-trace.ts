@@ -4,7 +4,6 @@
 // whole, so a capture that was cut, dropped messages, cut payloads to a snap length, or never saw
 // the Attach is refused, saying what and where.
 import { readFileSync, statSync } from 'node:fs';
-import type { PushRule } from '../devices/push.js';
 import type { ReplayRecord, ReplayRecording } from '../devices/replay/records.js';
 import {
   decodeRecord,
@@ -14,8 +13,8 @@ import {
   TF_TRUNCATED,
   type TraceRecord,
 } from '../proto/trace.js';
-import { ErrorCode, num, pcinet, u64 } from '../proto/wire.js';
-import { modelDescription } from './describe.js';
+import { ErrorCode, num, u64 } from '../proto/wire.js';
+import { modelDescription, pushRule } from './describe.js';
 
 /** pcapng block types (draft-ietf-opsawg-pcapng §4). */
 const SHB = 0x0a0d0d0a;
@@ -126,40 +125,6 @@ function readPackets(path: string, maxBytes: number): Packet[] {
       `the capture lost ${dropped} messages (the trace could not keep up): a replay needs every one; capture again with less traffic on the endpoint`,
     );
   return packets;
-}
-
-const PUSH_KINDS = pcinet.PushKind;
-
-function pushRule(r: pcinet.IPushRule): PushRule | undefined {
-  switch (r.kind ?? PUSH_KINDS.PUSH_NONE) {
-    case PUSH_KINDS.PUSH_NVME_SQ: {
-      const eventIdx = u64(r.avail);
-      return {
-        kind: 'nvme-sq',
-        bar: r.bar ?? 0,
-        doorbell: num(r.offset),
-        base: u64(r.ring),
-        entries: r.entries ?? 0,
-        dataMax: r.dataMax ?? 0,
-        lbaShift: r.lbaShift ?? 0,
-        // An event index is never at IOVA 0 (page 0 is never mapped): 0 is "none".
-        ...(eventIdx !== 0n ? { eventIdx } : {}),
-      };
-    }
-    case PUSH_KINDS.PUSH_VIRTQ:
-      return {
-        kind: 'virtq',
-        bar: r.bar ?? 0,
-        notify: num(r.offset),
-        desc: u64(r.ring),
-        avail: u64(r.avail),
-        size: r.entries ?? 0,
-        dataMax: r.dataMax ?? 0,
-        indirect: r.indirect ?? false,
-      };
-    default:
-      return undefined;
-  }
 }
 
 const bytes = (b: Uint8Array | null | undefined) => b ?? new Uint8Array(0);

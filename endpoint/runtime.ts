@@ -27,7 +27,7 @@ import type { EventEmitter } from 'node:events';
 import type Long from 'long';
 import pino, { type Logger } from 'pino';
 import { type DeviceModel, DmaError, type HostPort } from '../devices/host-port.js';
-import { MAX_PUSH_RULES, type PushRule } from '../devices/push.js';
+import { MAX_PUSH_RULES } from '../devices/push.js';
 import { devOf, type Tap } from '../proto/trace.js';
 import {
   Capability,
@@ -38,10 +38,10 @@ import {
   type Msg,
   num,
   ProtocolError,
-  pcinet,
+  type pcinet,
   u64,
 } from '../proto/wire.js';
-import { wireDescription } from './describe.js';
+import { pushRuleMsg, wireDescription } from './describe.js';
 import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
 import type { Faults, IrqFault } from './faults.js';
 import type { KernelLink, LinkReceiver } from './link.js';
@@ -203,37 +203,6 @@ function safeOffset(v: bigint, what: string): number {
 function within(spans: readonly { offset: number; length: number }[], off: number, len: number): boolean {
   for (const s of spans) if (off >= s.offset && off + len <= s.offset + s.length) return true;
   return false;
-}
-
-/** A model's push rule as the wire's PushRule (kind NONE removes rule `id`). */
-function pushRuleMsg(dev: number, id: number, r: PushRule | undefined): pcinet.IPushRule {
-  if (!r) return { dev, id, kind: pcinet.PushKind.PUSH_NONE };
-  if (r.kind === 'nvme-sq') {
-    return {
-      dev,
-      id,
-      kind: pcinet.PushKind.PUSH_NVME_SQ,
-      bar: r.bar,
-      offset: long(r.doorbell),
-      ring: long(r.base),
-      entries: r.entries,
-      dataMax: r.dataMax,
-      lbaShift: r.lbaShift,
-      ...(r.eventIdx !== undefined ? { avail: long(r.eventIdx) } : {}),
-    };
-  }
-  return {
-    dev,
-    id,
-    kind: pcinet.PushKind.PUSH_VIRTQ,
-    bar: r.bar,
-    offset: long(r.notify),
-    ring: long(r.desc),
-    avail: long(r.avail),
-    entries: r.size,
-    dataMax: r.dataMax,
-    indirect: r.indirect,
-  };
 }
 
 /** Trace fields as log fields: bigints as hex (JSON has no bigint). */
