@@ -304,6 +304,7 @@ const TIMING = [
   { name: 'rtt', label: 'link RTT', per: 'each' },
   { name: 'apply', label: 'apply', per: 'io' },
   { name: 'irq', label: 'MSI-X', per: 'io' },
+  { name: 'map', label: 'DMA map', per: 'io' },
 ] as const;
 
 function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measured>): void {
@@ -312,10 +313,12 @@ function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measu
   console.log(
     "pcinet.ko's timing, µs (its sums around each phase): per I/O — the fault handler serving the I/O's " +
       'MMIO accesses (the trap itself is not counted), records waiting for the link thread, sending, applying ' +
-      "the endpoint's records, MSI-X raise to handler; link RTT: the mean from a send to the next bytes back " +
-      '(network both ways and the endpoint); endpoint: its mean reply time; network: RTT minus endpoint',
+      "the endpoint's records, MSI-X raise to handler, the driver's DMA map and unmap calls; link RTT: the mean from a send to the next bytes back " +
+      '(network both ways and the endpoint); endpoint: its mean reply time; network: RTT minus endpoint; ' +
+      "at QD1 also the whole I/O (from the row's rate) and the rest: the I/O minus every step above (the trap, " +
+      'the block layer and dd, wake-ups)',
   );
-  const rows = [['transport', 'test', ...TIMING.map((t) => t.label), 'endpoint', 'network']];
+  const rows = [['transport', 'test', ...TIMING.map((t) => t.label), 'endpoint', 'network', 'I/O', 'rest']];
   for (const d of ['tcp', 'tls'] as const) {
     for (const t of all) {
       const key = `${d} ${t.key}`;
@@ -333,6 +336,15 @@ function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measu
         if (c.per === 'io') return (v[0] / 1000 / ios).toFixed(0);
         return v[1]! > 0 ? (v[0]! / 1000 / v[1]!).toFixed(0) : '-';
       });
+      // At QD1 the steps follow each other: what the I/O took beyond their sum is the guest's own
+      // (the trap, the block layer and dd, the wake-ups between steps).
+      const value = results.get(key)?.value;
+      const ioUs = t.tool === 'dd' && value ? t.bs / value : undefined;
+      const steps = TIMING.map((c) => diff(c.name)?.[0]);
+      const rest =
+        ioUs !== undefined && ios && steps.every((v) => v !== undefined)
+          ? ioUs - steps.reduce((a, v) => a + v! / 1000 / ios, 0)
+          : undefined;
       // The endpoint's reply time per link reply, and what is left of the RTT for the network.
       const rtt = diff('rtt');
       const replies = counterDelta(p.stats, key, 'linkReplies');
@@ -346,6 +358,8 @@ function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measu
         ...cells,
         endpoint === undefined ? '?' : endpoint.toFixed(0),
         network === undefined ? '?' : network.toFixed(0),
+        ioUs === undefined ? '-' : ioUs.toFixed(0),
+        rest === undefined ? '-' : rest.toFixed(0),
       ]);
     }
   }

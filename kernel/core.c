@@ -783,6 +783,7 @@ static ssize_t pcinet_timing_show(struct device *dev, struct device_attribute *a
 		{ "push", &c->t_push_ns, &c->t_push_n },
 		{ "kick", &c->t_kick_ns, &c->t_kick_n },
 		{ "room", &c->t_room_ns, &c->t_room_n },
+		{ "map", &c->t_map_ns, &c->t_map_n },
 	};
 	int i, len = 0;
 

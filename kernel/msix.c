@@ -11,9 +11,9 @@
  * PCI-MSI domain like the x86 one as far as the PCI core and drivers can tell
  * (pci_alloc_irq_vectors() and the MSI-X table programming work unchanged), whose messages name
  * the Linux interrupt instead of a CPU vector. A raise then runs that interrupt's flow handler
- * from an irq_work, in hard interrupt context, exactly once per raise: no vector is consumed
+ * on another CPU, in hard interrupt context, exactly once per raise: no vector is consumed
  * and two raises never collapse into one as two writes of the same vector into a local APIC's
- * IRR can. Raises are queued in order in a bounded ring; the raising write() waits when it is
+ * IRR can; raises queued together share one inter-processor interrupt. Raises are queued in order in a bounded ring; the raising write() waits when it is
  * half full, and a raise that still finds it full leaves its vector pending in the PBA, whence the
  * delivery work sends it once there is room.
  */
@@ -170,14 +170,12 @@ static void pcinet_release_pending(struct pcinet_fn *fn)
  * empty the vectors that may send are queued again from the PBA, as a function sends a pending
  * message.
  */
-static void pcinet_deliver(struct pcinet_fn *fn)
+static void pcinet_deliver_locked(struct pcinet_fn *fn)
 {
 	unsigned int irq, budget = PCINET_IRQ_BUDGET;
 	u32 v, *e;
 	u64 raised;
 
-	/* One CPU at a time, so a handler never finds its interrupt in progress elsewhere. */
-	raw_spin_lock(&fn->deliver_lock);
 	for (;;) {
 		spin_lock(&fn->msix_lock);
 		if (!fn->ring_count && fn->msix_overflow)
@@ -218,6 +216,13 @@ static void pcinet_deliver(struct pcinet_fn *fn)
 			atomic64_inc(&fn->stats.interrupts);
 		}
 	}
+}
+
+static void pcinet_deliver(struct pcinet_fn *fn)
+{
+	/* One CPU at a time, so a handler never finds its interrupt in progress elsewhere. */
+	raw_spin_lock(&fn->deliver_lock);
+	pcinet_deliver_locked(fn);
 	raw_spin_unlock(&fn->deliver_lock);
 	wake_up(&fn->ring_wait);
 }
@@ -242,6 +247,19 @@ static void pcinet_msix_kick_here(void *info)
 {
 	struct pcinet_fn *fn = info;
 
+	/*
+	 * In the inter-processor interrupt on the CPU chosen: deliver now rather than raise a second
+	 * interrupt for the irq_work. Not so when the CPU was idle and polling: it runs its call
+	 * queue from the idle task, not in an interrupt, where handlers' softirqs would wait for
+	 * ksoftirqd. If another CPU is delivering, it either takes our raises in its loop or has just
+	 * left it: the irq_work then runs them once that CPU is done.
+	 */
+	if (in_hardirq() && raw_spin_trylock(&fn->deliver_lock)) {
+		pcinet_deliver_locked(fn);
+		raw_spin_unlock(&fn->deliver_lock);
+		wake_up(&fn->ring_wait);
+		return;
+	}
 	irq_work_queue(&fn->irq_work);
 }
 
@@ -250,7 +268,7 @@ static void pcinet_msix_kick(struct pcinet_fn *fn)
 	int self = get_cpu();
 	unsigned int other = cpumask_any_but(cpu_online_mask, self);
 
-	/* Not waiting: the IPI queues the irq_work there; pcinet_msix_stop() flushes both. */
+	/* Not waiting: the IPI delivers there; pcinet_msix_stop() flushes it and the irq_works. */
 	if (other >= nr_cpu_ids || smp_call_function_single(other, pcinet_msix_kick_here, fn, 0))
 		irq_work_queue(&fn->irq_work);
 	put_cpu();
@@ -260,7 +278,7 @@ static void pcinet_msix_kick(struct pcinet_fn *fn)
 int pcinet_msix_raise(struct pcinet_fn *fn, u32 vector)
 {
 	unsigned long flags;
-	bool queued;
+	bool queued, idle;
 
 	if (READ_ONCE(fn->ring_count) >= PCINET_RING_WAIT) {
 		atomic64_inc(&fn->stats.queue_waits);
@@ -268,6 +286,11 @@ int pcinet_msix_raise(struct pcinet_fn *fn, u32 vector)
 						 READ_ONCE(fn->ring_count) < PCINET_RING_WAIT, HZ);
 	}
 	spin_lock_irqsave(&fn->msix_lock, flags);
+	/*
+	 * Raises that find others queued ride with them: the delivery that takes those looks at the
+	 * ring again (under this lock) before it stops, or was kicked and has not started yet.
+	 */
+	idle = !fn->ring_count;
 	queued = pcinet_ring_push(fn, vector);
 	if (!queued && (pcinet_msix_control(fn) & PCI_MSIX_FLAGS_ENABLE)) {
 		/* The driver is not taking interrupts: what a function does then is set the PBA. The
@@ -281,7 +304,8 @@ int pcinet_msix_raise(struct pcinet_fn *fn, u32 vector)
 		atomic64_inc(&fn->stats.interrupts_dropped);
 	}
 	spin_unlock_irqrestore(&fn->msix_lock, flags);
-	pcinet_msix_kick(fn);
+	if (idle)
+		pcinet_msix_kick(fn);
 	return 0;
 }
 
