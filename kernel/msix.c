@@ -11,10 +11,11 @@
  * PCI-MSI domain like the x86 one as far as the PCI core and drivers can tell
  * (pci_alloc_irq_vectors() and the MSI-X table programming work unchanged), whose messages name
  * the Linux interrupt instead of a CPU vector. A raise then runs that interrupt's flow handler
- * on another CPU, in hard interrupt context, exactly once per raise: no vector is consumed
- * and two raises never collapse into one as two writes of the same vector into a local APIC's
- * IRR can; raises queued together share one inter-processor interrupt. Raises are queued in order in a bounded ring; the raising write() waits when it is
- * half full, and a raise that still finds it full leaves its vector pending in the PBA, whence the
+ * from an irq_work on another CPU, in hard interrupt context, exactly once per raise: no vector
+ * is consumed and two raises never collapse into one as two writes of the same vector into a
+ * local APIC's IRR can. Raises are queued in order in a bounded ring; only one that finds it
+ * empty sends an inter-processor interrupt. The raising write() waits when the ring is half
+ * full, and a raise that still finds it full leaves its vector pending in the PBA, whence the
  * delivery work sends it once there is room.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
@@ -170,12 +171,14 @@ static void pcinet_release_pending(struct pcinet_fn *fn)
  * empty the vectors that may send are queued again from the PBA, as a function sends a pending
  * message.
  */
-static void pcinet_deliver_locked(struct pcinet_fn *fn)
+static void pcinet_deliver(struct pcinet_fn *fn)
 {
 	unsigned int irq, budget = PCINET_IRQ_BUDGET;
 	u32 v, *e;
 	u64 raised;
 
+	/* One CPU at a time, so a handler never finds its interrupt in progress elsewhere. */
+	raw_spin_lock(&fn->deliver_lock);
 	for (;;) {
 		spin_lock(&fn->msix_lock);
 		if (!fn->ring_count && fn->msix_overflow)
@@ -216,13 +219,6 @@ static void pcinet_deliver_locked(struct pcinet_fn *fn)
 			atomic64_inc(&fn->stats.interrupts);
 		}
 	}
-}
-
-static void pcinet_deliver(struct pcinet_fn *fn)
-{
-	/* One CPU at a time, so a handler never finds its interrupt in progress elsewhere. */
-	raw_spin_lock(&fn->deliver_lock);
-	pcinet_deliver_locked(fn);
 	raw_spin_unlock(&fn->deliver_lock);
 	wake_up(&fn->ring_wait);
 }
@@ -247,19 +243,6 @@ static void pcinet_msix_kick_here(void *info)
 {
 	struct pcinet_fn *fn = info;
 
-	/*
-	 * In the inter-processor interrupt on the CPU chosen: deliver now rather than raise a second
-	 * interrupt for the irq_work. Not so when the CPU was idle and polling: it runs its call
-	 * queue from the idle task, not in an interrupt, where handlers' softirqs would wait for
-	 * ksoftirqd. If another CPU is delivering, it either takes our raises in its loop or has just
-	 * left it: the irq_work then runs them once that CPU is done.
-	 */
-	if (in_hardirq() && raw_spin_trylock(&fn->deliver_lock)) {
-		pcinet_deliver_locked(fn);
-		raw_spin_unlock(&fn->deliver_lock);
-		wake_up(&fn->ring_wait);
-		return;
-	}
 	irq_work_queue(&fn->irq_work);
 }
 
@@ -268,7 +251,7 @@ static void pcinet_msix_kick(struct pcinet_fn *fn)
 	int self = get_cpu();
 	unsigned int other = cpumask_any_but(cpu_online_mask, self);
 
-	/* Not waiting: the IPI delivers there; pcinet_msix_stop() flushes it and the irq_works. */
+	/* Not waiting: the IPI queues the irq_work there; pcinet_msix_stop() flushes both. */
 	if (other >= nr_cpu_ids || smp_call_function_single(other, pcinet_msix_kick_here, fn, 0))
 		irq_work_queue(&fn->irq_work);
 	put_cpu();
