@@ -210,6 +210,7 @@ export class ReplayDevice implements DeviceModel {
     if (this.#dead) return new Uint8Array(size).fill(0xff);
     let out: Uint8Array | undefined;
     if (s?.op === 'expect') {
+      if (s.answer && !this.#echoes(s, BigInt(offset), s.answer)) return new Uint8Array(size).fill(0xff);
       out = s.answer ? this.#reloc.translateData(BigInt(offset), s.answer).slice() : undefined;
       if (out) this.#last.set(key, out);
     } else out = this.#last.get(key)?.slice();
@@ -562,6 +563,7 @@ export class ReplayDevice implements DeviceModel {
     const r = s.rec;
     switch (r.kind) {
       case 'shadow':
+        if (!this.#echoes(s, BigInt(r.offset), r.data)) return;
         this.#dirty.push({
           bar: r.bar,
           offset: r.offset,
@@ -575,7 +577,8 @@ export class ReplayDevice implements DeviceModel {
           this.#untranslated(s, r.iova, r.data.length, 'DMA write');
           return;
         }
-        port.dmaWrite(live, this.#reloc.translateData(r.iova, r.data));
+        // The bytes as recorded: data may hold any value, an address's among them (relocation.ts).
+        port.dmaWrite(live, r.data);
         return;
       }
       case 'interrupt':
@@ -637,8 +640,22 @@ export class ReplayDevice implements DeviceModel {
       s,
       'address',
       `a live address for the recorded ${what} at ${hex(iova)} (+${len})`,
-      'none: the live driver never gave the device an address for that memory',
+      this.#reloc.ambiguity(iova) ?? 'none: the live driver never gave the device an address for that memory',
     );
+  }
+
+  /** Whether register bytes the recording gave can be given live: false (a divergence) when one
+   *  echoes an address the live run gave two values for. */
+  #echoes(s: Step, at: bigint, data: Uint8Array): boolean {
+    const rec = this.#reloc.ambiguousEcho(at, data);
+    if (rec === undefined) return true;
+    this.#diverge(
+      s,
+      'address',
+      `the live address for recorded ${hex(rec)}, which the register holds`,
+      this.#reloc.ambiguity(rec)!,
+    );
+    return false;
   }
 
   #diverge(s: Step, kind: DivergenceKind, expected: string, got: string, offset?: number): void {
