@@ -8,10 +8,12 @@ import { leBytes } from '../pci/le.js';
 import { TestDevice } from '../test/device.js';
 import { CMD, TEST_REG_BAR as R, REG, testPattern } from '../test/regs.js';
 import { FakeVirtioDriver } from '../virtio/fake-driver.js';
+import { CC, NOTIFY } from '../virtio/pci.js';
 import { VRING_DESC_F_WRITE } from '../virtio/virtqueue.js';
 import { type EntropySource, VirtioRng } from '../virtio-rng/device.js';
 import { ReplayDevice } from './device.js';
 import { Recorder } from './fake-recorder.js';
+import type { ReplayRecord } from './records.js';
 
 /** Entropy that is `words` (32-bit, little-endian) over and over. */
 class Words implements EntropySource {
@@ -126,5 +128,82 @@ describe('what the replay gives the driver: one recorded address, two live ones'
     // Nothing of the second request's bytes went anywhere.
     const writes = d.host.events.filter((e) => e.kind === 'dma-write' && e.len === 64);
     expect(writes).toEqual([{ kind: 'dma-write', iova: first, len: 64 }]);
+  });
+});
+
+/** A host that pushes (docs/PUSH.md) as the endpoint's runtime serves pushes: bytes put at hand
+ *  before a doorbell write, each taken by one read (at once, or by dmaRead); a DMA write over them
+ *  drops them. */
+class PushingHost extends FakeHost {
+  readonly #pushed = new Map<bigint, Uint8Array>();
+  constructor(base: bigint) {
+    super({ base });
+    this.dmaReadNow = (iova, len) => this.#take(iova, len);
+  }
+  push(iova: bigint, data: Uint8Array): void {
+    this.#pushed.set(iova, data.slice());
+  }
+  #take(iova: bigint, len: number): Uint8Array | undefined {
+    const b = this.#pushed.get(iova);
+    if (b?.length !== len) return undefined;
+    this.#pushed.delete(iova);
+    return b;
+  }
+  override dmaRead(iova: bigint, len: number): Promise<Uint8Array> {
+    const hit = this.#take(iova, len);
+    return hit ? Promise.resolve(hit) : super.dmaRead(iova, len);
+  }
+  override dmaWrite(iova: bigint, data: Uint8Array): void {
+    for (const k of this.#pushed.keys())
+      if (k >= iova && k < iova + BigInt(data.length)) this.#pushed.delete(k);
+    super.dmaWrite(iova, data);
+  }
+}
+
+describe('what the replay gives the driver: pushes', () => {
+  it('reads a doorbell’s pushes as they were at it, when the next doorbell comes in the same batch', async () => {
+    // Recorded: a table at 0x1000_0000 names a buffer at 0x1000_1000; each of two doorbells pushed
+    // the table and the buffer, and the device wrote into the buffer after each.
+    const table = (addr: bigint, fill: number) =>
+      Uint8Array.of(...leBytes(addr, 8), ...new Uint8Array(8).fill(fill));
+    const T = 0x1000_0000n;
+    const B = 0x1000_1000n;
+    const doorbell = Uint8Array.of(0, 0);
+    const at = (n: number) => ({ n, us: n * 10 });
+    const records: ReplayRecord[] = [
+      { ...at(2), toHost: false, kind: 'mmioWrite', bar: 0, offset: CC.Q_DESC, data: leBytes(T, 8) },
+      { ...at(3), toHost: false, kind: 'push', rule: 0, iova: T, data: table(B, 1) },
+      { ...at(4), toHost: false, kind: 'push', rule: 0, iova: B, data: new Uint8Array(16).fill(0xa) },
+      { ...at(5), toHost: false, kind: 'mmioWrite', bar: 0, offset: NOTIFY, data: doorbell },
+      { ...at(6), toHost: true, kind: 'dmaWrite', iova: B, data: Uint8Array.of(1, 1, 1, 1) },
+      { ...at(7), toHost: false, kind: 'push', rule: 0, iova: T, data: table(B, 2) },
+      { ...at(8), toHost: false, kind: 'push', rule: 0, iova: B, data: new Uint8Array(16).fill(0xb) },
+      { ...at(9), toHost: false, kind: 'mmioWrite', bar: 0, offset: NOTIFY, data: doorbell },
+      { ...at(10), toHost: true, kind: 'dmaWrite', iova: B, data: Uint8Array.of(2, 2, 2, 2) },
+      { ...at(11), toHost: false, kind: 'detach' },
+    ];
+    const description = new VirtioRng({ source: new Counting() }).description;
+    const dev = new ReplayDevice({ source: 'hand-made', description, records, attachN: 1 });
+    const host = new PushingHost(0x4000_0000n);
+    const [t, b] = [host.base + 0x8000n, host.base + 0x9040n];
+    dev.attach(host);
+    dev.mmioWrite(0, CC.Q_DESC, leBytes(t, 8));
+    // Both doorbells in one go, as a batch of messages from the host is handled: the second one's
+    // pushes replace what the first one's reads have not taken.
+    host.push(t, table(b, 1));
+    host.push(b, new Uint8Array(16).fill(0xa));
+    dev.mmioWrite(0, NOTIFY, doorbell);
+    host.push(t, table(b, 2));
+    host.push(b, new Uint8Array(16).fill(0xb));
+    dev.mmioWrite(0, NOTIFY, doorbell);
+    await new Promise((r) => setTimeout(r, 10));
+    expect(dev.divergence).toBeUndefined();
+    expect(host.events.filter((e) => e.kind === 'dma-write')).toEqual([
+      { kind: 'dma-write', iova: b, len: 4 },
+      { kind: 'dma-write', iova: b, len: 4 },
+    ]);
+    expect([...host.memory.subarray(0x9040, 0x9044)]).toEqual([2, 2, 2, 2]);
+    dev.detach();
+    expect(dev.counters()).toMatchObject({ divergences: 0, complete: 1 });
   });
 });
