@@ -9,11 +9,19 @@
 //   session. Random data or a length almost never does; an address the device never used is
 //   compared as data.
 // - Each such word teaches recorded -> live (the live word, equal or not). A later word with the
-//   same recorded value replaces it: the recording reused the address for a new buffer.
+//   same recorded value replaces it: the recording reused the address for a new buffer. The same
+//   recorded value with two live ones in one snapshot of memory (a descriptor table whose stale
+//   entry names, in the recording, the buffer a new entry names) says nothing about which is
+//   meant: that address is ambiguous, and has no translation until a snapshot teaches it alone.
 // - A recorded address X (+len) translates through the learned recorded base B nearest below it,
 //   X + (live(B) - B), when B, X and X+len-1 lie in one run of consecutive used pages: a ring or
 //   buffer is contiguous in IOVA space, and no translation reaches across memory the recorded
 //   device never touched. Anything else has no translation (the replay reports it).
+// - What the device sends is replayed as recorded, but for registers that echo an address the host
+//   gave (a queue base read back): a word of a shadow update or a read completion whose recorded
+//   value is exactly a learned address becomes its live one. Nothing else is an address there: a
+//   checksum or a disk's data may hold any value, and rewriting one would hand the driver bytes the
+//   device never gave (translateData; DMA writes' data is not translated at all).
 import { rd32, rd64, wr32, wr64 } from '../pci/le.js';
 
 export const PAGE_SHIFT = 12n;
@@ -30,6 +38,8 @@ export class Relocation {
   /** Learned recorded base -> live address; #sorted holds the keys in order. */
   readonly #bases = new Map<bigint, bigint>();
   #sorted: bigint[] = [];
+  /** Learned bases whose last snapshot gave two live values: [one, the other]. */
+  readonly #ambiguous = new Map<bigint, [bigint, bigint]>();
 
   /** `used`: [iova, length] of every range the recorded device used. */
   constructor(used: Iterable<readonly [bigint, number]>) {
@@ -67,12 +77,30 @@ export class Relocation {
       this.#sorted.splice(this.#below(rec) + 1, 0, rec);
     }
     this.#bases.set(rec, live);
+    this.#ambiguous.delete(rec);
+  }
+
+  /** Recorded `rec` was both `one` and `other` in one snapshot: no translation through it. */
+  #confuse(rec: bigint, one: bigint, other: bigint): void {
+    this.learn(rec, one);
+    if (this.#bases.has(rec)) this.#ambiguous.set(rec, [one, other]);
   }
 
   /** Forgets everything learned (a new attach: a new run of the driver). */
   clear(): void {
     this.#bases.clear();
     this.#sorted = [];
+    this.#ambiguous.clear();
+  }
+
+  /** Why recorded `rec` has no translation, when it is that the base it would go through is
+   *  ambiguous. */
+  ambiguity(rec: bigint): string | undefined {
+    const i = this.#below(rec);
+    const base = i < 0 ? undefined : this.#sorted[i]!;
+    const two = base === undefined ? undefined : this.#ambiguous.get(base);
+    if (!two) return undefined;
+    return `two: the live driver gave recorded 0x${base!.toString(16)} as 0x${two[0].toString(16)} and as 0x${two[1].toString(16)} at once`;
   }
 
   /** The live address of recorded [rec, +len), or undefined without a translation. */
@@ -80,6 +108,7 @@ export class Relocation {
     const i = this.#below(rec);
     if (i < 0) return undefined;
     const base = this.#sorted[i]!;
+    if (this.#ambiguous.has(base)) return undefined;
     const run = this.#runs.get(page(base));
     if (run === undefined) return undefined;
     if (this.#runs.get(page(rec)) !== run) return undefined;
@@ -119,16 +148,27 @@ export class Relocation {
 
   #compare(at: bigint, rec: Uint8Array, live: Uint8Array, learn: boolean): number {
     if (rec.length !== live.length) return Math.min(rec.length, live.length);
+    /** What this snapshot says each recorded address is, learned once it has all been seen. */
+    const said = new Map<bigint, bigint>();
+    const twice = new Map<bigint, bigint>();
     const covered = this.#words(at, rec, (k, size, value) => {
       const got = size === 8 ? rd64(live, k) : BigInt(rd32(live, k));
       if (got === 0n) return false;
-      if (learn) this.learn(value, got);
-      else {
+      if (learn) {
+        const before = said.get(value);
+        if (before === undefined) said.set(value, got);
+        else if (before !== got) twice.set(value, got);
+      } else {
         const want = this.translate(value, 1);
         if (want !== undefined && (size === 8 ? want : want & 0xffffffffn) !== got) return false;
       }
       return true;
     });
+    for (const [value, got] of said) {
+      const other = twice.get(value);
+      if (other === undefined) this.learn(value, got);
+      else this.#confuse(value, got, other);
+    }
     for (let k = 0; k < rec.length; k++) {
       if (covered?.[k]) continue;
       if (rec[k] !== live[k]) return k;
@@ -136,19 +176,33 @@ export class Relocation {
     return -1;
   }
 
-  /** A copy of recorded device -> host bytes at recorded `at` with their address words translated
-   *  (those with a translation); `data` itself when nothing changes. */
+  /** A copy of recorded device -> host register bytes at recorded BAR offset `at` with each word
+   *  that echoes a learned address (exactly) made the live one; `data` itself when nothing
+   *  changes. An ambiguous echo stays as recorded: see ambiguousEcho. */
   translateData(at: bigint, data: Uint8Array): Uint8Array {
     let out: Uint8Array | undefined;
     this.#words(at, data, (k, size, value) => {
-      const live = this.translate(value, 1);
-      if (live === undefined || live === value) return true;
-      out ??= data.slice();
-      if (size === 8) wr64(out, k, live);
-      else wr32(out, k, Number(live & 0xffffffffn));
+      const live = this.#bases.get(value);
+      if (live === undefined || this.#ambiguous.has(value)) return false;
+      if (live !== value) {
+        out ??= data.slice();
+        if (size === 8) wr64(out, k, live);
+        else wr32(out, k, Number(live & 0xffffffffn));
+      }
       return true;
     });
     return out ?? data;
+  }
+
+  /** The first word of register bytes at `at` that echoes an ambiguous address, if any: its live
+   *  value is not known, so the bytes cannot be given. */
+  ambiguousEcho(at: bigint, data: Uint8Array): bigint | undefined {
+    let found: bigint | undefined;
+    this.#words(at, data, (_k, _size, value) => {
+      if (found === undefined && this.#ambiguous.has(value)) found = value;
+      return false;
+    });
+    return found;
   }
 
   /** Calls `f` for each address word of recorded `data` at `at`: aligned 64-bit words first, then

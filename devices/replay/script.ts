@@ -9,6 +9,7 @@
 // run's pushes serve them, or a DMA read does), which is how it sees the rings and commands the live
 // driver wrote.
 import type { DeviceDescription } from '../description.js';
+import { rd16 } from '../pci/le.js';
 import type { Span } from '../pci/registers.js';
 import type { PushRule } from '../push.js';
 import type { DeviceRecord, RecordAt, ReplayRecord } from './records.js';
@@ -206,25 +207,34 @@ export function compile(records: readonly ReplayRecord[], description: DeviceDes
   }
   pairHalves(steps);
   markIdle(steps, description);
-  return { steps, expects: seq, used };
+  return { steps: afterTheirWork(steps), expects: seq, used };
 }
 
 /**
- * Marks the doorbell writes (writes to a description's doorbell range) after which the recorded
- * device changed nothing: no register, interrupt, push rule or DMA read (pushed bytes it may have
- * read), no progress in a virtqueue round, DMA writes only of bytes that were there already. A driver's kick
- * with no new work, or pcinet.ko's recheck of a ring (a VirtqDone's kick) racing the driver's own:
- * whether one happens depends on timing, not on what the driver does, so the replay lets the live
- * run skip them, or send one more (ReplayDevice, "idle kicks").
+ * Marks the doorbell writes (writes to a description's doorbell range) that brought the recorded
+ * device nothing: a driver's kick with no new work, or pcinet.ko's recheck of a ring (a VirtqDone's
+ * kick) racing the driver's own. Whether one happens depends on timing, not on what the driver
+ * does, so the replay lets the live run skip them, or send one more (ReplayDevice, "idle kicks").
+ *
+ * A kick that pushed a virtqueue's driver area brought nothing when the area's avail idx is the one
+ * its previous push showed: what the device does after it is the work of an earlier kick, whose
+ * answer the recording had come after this one (the device was still at it). Any other kick brought
+ * nothing when the device changed nothing after it: no register, interrupt, push rule or DMA read
+ * (pushed bytes it may have read), no progress in a virtqueue round, DMA writes only of bytes that
+ * were there already.
  */
 function markIdle(steps: Step[], description: DeviceDescription): void {
   const doorbells = new Map(description.bars.map((b) => [b.index, b.doorbell]));
   const written = new Map<string, string>();
+  /** Per virtqueue push rule: the avail idx of the last push of its driver area. */
+  const availIdx = new Map<number, number>();
   const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
   let current: (Step & { op: 'expect' }) | undefined;
   let idle = false;
+  /** The current kick pushed a driver area: whether its avail idx had not moved. */
+  let nothingNew: boolean | undefined;
   const close = () => {
-    if (current && idle) current.idle = true;
+    if (current && (nothingNew ?? idle)) current.idle = true;
   };
   for (const s of steps) {
     if (s.op === 'expect') {
@@ -232,7 +242,14 @@ function markIdle(steps: Step[], description: DeviceDescription): void {
       const m = s.msg;
       current = s;
       idle = m.kind === 'mmioWrite' && within(doorbells.get(m.bar) ?? [], m.offset, m.data.length);
+      nothingNew = undefined;
       continue;
+    }
+    if (s.op === 'readDone' && s.avail !== undefined && s.ok && s.data.length >= 4) {
+      const idx = rd16(s.data, 2);
+      const before = availIdx.get(s.avail);
+      availIdx.set(s.avail, idx);
+      if (idle && s.kick === current?.seq) nothingNew = (nothingNew ?? true) && before === idx;
     }
     if (s.op === 'read') {
       if (!s.pushed) idle = false;
@@ -248,6 +265,34 @@ function markIdle(steps: Step[], description: DeviceDescription): void {
   }
   close();
 }
+
+/**
+ * Each idle kick (with the reads of its pushes) moved to just before the next host message or the
+ * end: what the recording has after it is an earlier kick's work, which must not wait for a kick
+ * the live run may never send (the live driver waits for that work first).
+ */
+function afterTheirWork(steps: Step[]): Step[] {
+  const out: Step[] = [];
+  let held: Step[] = [];
+  for (let i = 0; i < steps.length; i++) {
+    const s = steps[i]!;
+    if (s.op === 'expect' || s.op === 'end') {
+      out.push(...held);
+      held = [];
+    }
+    if (s.op === 'expect' && s.idle) {
+      held.push(s);
+      while (steps[i + 1] && isRead(steps[i + 1]!) && (steps[i + 1] as { kick?: number }).kick === s.seq)
+        held.push(steps[++i]!);
+      continue;
+    }
+    out.push(s);
+  }
+  out.push(...held);
+  return out;
+}
+
+const isRead = (s: Step) => s.op === 'read' || s.op === 'readDone';
 
 /** Marks 32-bit writes that are the two halves of one 64-bit register, one right after the other
  *  among the host's messages (lo_hi_writeq, hi_lo_writeq, virtio's queue addresses). */
