@@ -56,7 +56,7 @@ struct pcinet_dma {
 
 static struct pcinet_fn *pcinet_dma_fn(struct device *dev)
 {
-	return container_of(to_pci_dev(dev)->bus->sysdata, struct pcinet_fn, sysdata);
+	return pcinet_fn_of(to_pci_dev(dev)->bus);
 }
 
 /* The mapping holding iova, or NULL. Lock held. */

@@ -255,6 +255,15 @@ static inline void pcinet_hdr(struct pcinet_hdr *h, u16 type, size_t len)
 }
 
 /* core.c */
+int pcinet_link_record(struct pcinet_fn *fn, const void *buf, size_t len);
+int pcinet_link_down(struct pcinet_fn *fn);
+
+static inline struct pcinet_fn *pcinet_fn_of(struct pci_bus *bus)
+{
+	return container_of(bus->sysdata, struct pcinet_fn, sysdata);
+}
+
+/* queue.c: records out */
 void pcinet_queue(struct pcinet_fn *fn, const void *rec, size_t len);
 void pcinet_queue_atomic(struct pcinet_fn *fn, const void *rec, size_t len);
 void pcinet_rec_add(struct pcinet_fn *fn, struct pcinet_rec *r);
@@ -263,8 +272,15 @@ void pcinet_rec_add_list(struct pcinet_fn *fn, struct list_head *recs);
 struct pcinet_rec *pcinet_rec_alloc(struct pcinet_fn *fn, size_t len);
 void pcinet_rec_queue(struct pcinet_fn *fn, struct pcinet_rec *r);
 void pcinet_queue_ctl(struct pcinet_fn *fn, const void *rec, size_t len);
-int pcinet_link_record(struct pcinet_fn *fn, const void *buf, size_t len);
-int pcinet_link_down(struct pcinet_fn *fn);
+
+/* config.c */
+extern struct pci_ops pcinet_pci_ops;
+void pcinet_power_on_locked(struct pcinet_fn *fn);
+
+/* sysfs.c */
+void pcinet_timing_add(atomic64_t *ns, atomic64_t *n, u64 since);
+void pcinet_sysfs_add(struct pcinet_fn *fn, struct pci_dev *pdev);
+void pcinet_sysfs_remove(struct pcinet_fn *fn, struct pci_dev *pdev);
 
 /* freeze.c: network drivers without error handlers through a link down */
 bool pcinet_driver_parks(struct pci_dev *pdev, const struct device_driver *drv);
@@ -282,7 +298,6 @@ void pcinet_mmio_start(struct pcinet_fn *fn);
 void pcinet_mmio_stop(struct pcinet_fn *fn);
 int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_cpl *c);
 void pcinet_mmio_link_down(struct pcinet_fn *fn);
-void pcinet_timing_add(atomic64_t *ns, atomic64_t *n, u64 since);
 void pcinet_mmio_kick(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
 int pcinet_mmio_standin(struct pcinet_fn *fn);

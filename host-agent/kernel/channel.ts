@@ -312,7 +312,7 @@ class KernelDevice implements ChannelDevice {
     this.#records.toKernel(m);
   }
 
-  /** pcinet.ko's hint (kernel/core.c, pcinet_recovers); false if it cannot be read. */
+  /** pcinet.ko's hint (kernel/sysfs.c, pcinet_recovers); false if it cannot be read. */
   async recoversFromLinkDown(): Promise<boolean> {
     if (this.#gone || !this.address) return false;
     const text = await readFile(`/sys/bus/pci/devices/${this.address}/pcinet_recovers`, 'utf8').catch(
