@@ -143,7 +143,7 @@ const perMib = (cpuMs: number, bytes: number) => (cpuMs / (bytes / 2 ** 20)).toF
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
-  const total = o.mib << 20;
+  const total = o.mib * 2 ** 20;
   const log = pino({ level: 'silent' });
   const port = await freePort();
   const endpoint = await startEndpoint(port, o.devices);

@@ -76,6 +76,30 @@ describe('dialed TCP transport', () => {
   });
 });
 
+describe('sending on a TCP transport', () => {
+  it('frames sent in one tick (corked until its end) arrive whole and in order, even when it closes in that tick', async () => {
+    const got: Buffer[] = [];
+    const ended = new Promise<void>((resolve) => {
+      const server = net.createServer((s) => {
+        s.on('data', (d: Buffer) => got.push(d));
+        s.on('end', () => resolve());
+      });
+      servers.push(server);
+      server.listen(0, '127.0.0.1');
+    });
+    const server = servers.at(-1)!;
+    await new Promise<void>((r) => (server.listening ? r() : server.once('listening', () => r())));
+    const t = await dialTcp('127.0.0.1', (server.address() as net.AddressInfo).port);
+    const sizes = [5, 70_000, 1, 300_000, 9];
+    for (const [i, n] of sizes.entries())
+      t.send(i % 2 ? [new Uint8Array(n).fill(i + 1)] : new Uint8Array(n).fill(i + 1));
+    t.close();
+    await ended;
+    const p = new FrameParser();
+    expectFrames(p.push(Buffer.concat(got)) as Uint8Array[], sizes);
+  });
+});
+
 describe('placing frames on a dialed TCP transport', () => {
   it('a placer removed while a frame is being placed ends the connection: nothing more lands in the place', async () => {
     const data = new Uint8Array(256 << 10).fill(7);
