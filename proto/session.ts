@@ -96,6 +96,10 @@ const REDIAL_JITTER = 0.25;
 
 export type SessionRole = 'host' | 'endpoint';
 
+/** Where the data of DmaReadCpl (dev, tag) of `length` bytes may be read straight into, or
+ *  undefined. Must not throw. */
+export type PlaceDmaReadCpl = (dev: number, tag: number, length: number) => Uint8Array | undefined;
+
 export interface SessionStats {
   framesOut: number;
   framesIn: number;
@@ -188,12 +192,9 @@ export class Session extends EventEmitter {
   /** Set while the host-agent's `pcinet trace` runs (host-agent/status.ts): every sequenced
    *  message in and out is recorded. Off, it costs one test per message. */
   tap: Tap | undefined;
-  /** Where the data of a DmaReadCpl (dev, tag) of `length` bytes goes, when its receiver has a
-   *  place for it (the endpoint: the read's buffer): transports that can (plain TCP) read a frame
-   *  that is nothing but that completion straight there (proto/frame-place.ts). Must not throw. */
-  placeDmaReadCpl: ((dev: number, tag: number, length: number) => Uint8Array | undefined) | undefined;
+  #place: PlaceDmaReadCpl | undefined;
   readonly #placer: Placer = {
-    place: (dev, tag, length) => (this.#closed ? undefined : this.placeDmaReadCpl?.(dev, tag, length)),
+    place: (dev, tag, length) => (this.#closed ? undefined : this.#place?.(dev, tag, length)),
     arrived: (f) => this.#onPlaced(f),
   };
   #keepaliveNonce = 0;
@@ -250,6 +251,19 @@ export class Session extends EventEmitter {
   /** Current connection, for logs. */
   get remote(): string {
     return this.#t?.remote ?? '(disconnected)';
+  }
+
+  /** Where the data of a DmaReadCpl (dev, tag) of `length` bytes goes, when its receiver has a
+   *  place for it (the endpoint: the read's buffer): transports that can (plain TCP) then read a
+   *  frame that is nothing but that completion straight there (proto/frame-place.ts). */
+  get placeDmaReadCpl(): PlaceDmaReadCpl | undefined {
+    return this.#place;
+  }
+
+  set placeDmaReadCpl(place: PlaceDmaReadCpl | undefined) {
+    this.#place = place;
+    const t = this.#t;
+    if (t && canPlace(t)) t.setPlacer(place ? this.#placer : undefined);
   }
 
   /** True while producers should wait for 'drain': disconnected, the socket is full, or the peer
@@ -384,7 +398,7 @@ export class Session extends EventEmitter {
     t.on('frame', onFrame);
     t.on('drain', onDrain);
     t.on('close', onClose);
-    if (canPlace(t)) t.setPlacer(this.#placer);
+    if (this.#place && canPlace(t)) t.setPlacer(this.#placer);
     this.#detach = () => {
       t.off('frame', onFrame);
       t.off('drain', onDrain);
