@@ -77,7 +77,7 @@ describe('dialed TCP transport', () => {
 });
 
 describe('sending on a TCP transport', () => {
-  it('frames sent in one tick (corked until its end) arrive whole and in order, even when it closes in that tick', async () => {
+  it('frames sent back to back, whole or in parts, arrive whole and in order, even when it closes right after', async () => {
     const got: Buffer[] = [];
     const ended = new Promise<void>((resolve) => {
       const server = net.createServer((s) => {

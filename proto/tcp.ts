@@ -50,8 +50,6 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
   #held: (Uint8Array | PlacedFrame)[] = [];
   #paused = false;
   #closed = false;
-  /** The socket is corked until the end of this tick (send()). */
-  #corked = false;
   /** A framing error: nothing more is read. */
   #closedForInput = false;
   #error: Error | undefined;
@@ -83,19 +81,14 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
   send(frame: Uint8Array | FrameParts): boolean {
     if (this.#closed || this.#socket.destroyed) return false;
     const parts = frame instanceof Uint8Array ? [frame] : frame;
-    // Corked until the end of this tick, the prefix and every part of every frame sent in it leave
-    // in one writev: nothing is copied here, and a burst of frames costs one system call.
-    if (!this.#corked) {
-      this.#corked = true;
-      this.#socket.cork();
-      process.nextTick(() => {
-        this.#corked = false;
-        this.#socket.uncork();
-      });
-    }
+    // Corked, the prefix and every part leave in one writev: nothing is copied here. (Corked to the
+    // end of the tick instead, so that a burst of frames is one writev, cost more CPU per byte and
+    // throughput in bench/transport: the peer waits longer for each frame.)
+    this.#socket.cork();
     this.#socket.write(lengthPrefix(partsLength(parts)));
     let ok = true;
     for (const p of parts) ok = this.#socket.write(p);
+    this.#socket.uncork();
     return ok;
   }
 
