@@ -41,7 +41,7 @@ export interface Placer {
 /** A transport that can place frames (plain TCP reading into our buffers). */
 export interface Placing {
   /** Who places from now on; undefined: nobody. Removing the placer while a frame is being placed
-   *  ends the connection (its next read would still land in the place given). */
+   *  ends the connection, reading nothing more (its next read would land in the place given). */
   setPlacer(p: Placer | undefined): void;
 }
 

@@ -96,12 +96,12 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
     // Only a socket reading into our buffers can read data where it belongs.
     if (!this.#direct) return;
     const parser = this.#parser;
-    if (!p && parser.placing) {
-      // The read under way lands in the place given whatever we say now: nothing more is read.
-      this.#error ??= new Error('connection left in the middle of a placed frame');
-      this.#socket.destroy();
-    }
     parser.placer = p;
+    if (!p && parser.placing) {
+      // The next read would land in the place given whatever the parser is told now: nothing more
+      // is read (the session that placed it has left this connection); what was sent still goes.
+      this.close(new Error('connection left in the middle of a placed frame'));
+    }
   }
 
   pause(): void {
