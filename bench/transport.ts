@@ -1,10 +1,15 @@
 // bench/transport: streaming DMA between the host-agent (sim channel, this process) and a real
 // `pcinet endpoint` process over TCP loopback, side by side with raw socket throughput between two
-// processes measured in the same run. Prints a table and writes an SVG chart (--chart FILE, default
+// processes measured in the same run. Each direction runs twice: with the test device's copy
+// commands (DMA_WRITE_COPY from a pattern made once, DMA_READ_COPY without a CRC: what moving memory
+// costs pcinet, against raw TCP) and with its pattern and CRC (against raw TCP whose ends do the
+// same per-byte work). Prints a table and writes an SVG chart (--chart FILE, default
 // bench/results/transport.svg); asserts nothing.
 //
 //   npm run bench                      # both directions, 256 MiB each
-//   node dist/bench/transport.js --mib 1024 --rounds 3 [--devices 1..16] [--no-write | --no-read] [--chart FILE]
+//   node dist/bench/transport.js --mib 1024 --rounds 3 [--devices 1..16] [--no-write | --no-read]
+//        [--no-copy | --no-pattern] [--no-raw] [--chart FILE]
+//   (--no-raw: pcinet only, for profiles: PCINET_BENCH_PROF=DIR profiles the endpoint)
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
@@ -32,7 +37,7 @@ function parseArgs(argv: string[]) {
       /** Test devices streaming at once (each runs one command at a time). */
       devices: { value: 4, range: '1..16', ok: whole(16) },
     },
-    ['no-write', 'no-read'],
+    ['no-write', 'no-read', 'no-copy', 'no-pattern', 'no-raw'],
   );
 }
 
@@ -91,16 +96,18 @@ function setUpStream(driver: TestDriver, channel: SimChannel): Stream {
 }
 
 /** Moves `totalBytes` with DMA commands of TEST_MAX_DMA bytes in direction `cmd`, one command at a
- *  time on one device. */
+ *  time on one device. DMA_WRITE gets a new seed every time (the device makes a new pattern),
+ *  DMA_WRITE_COPY the same one (the device makes it once). */
 async function stream(s: Stream, cmd: number, totalBytes: number): Promise<number> {
   const size = TEST_MAX_DMA;
   const count = Math.max(1, Math.round(totalBytes / size));
   const f = s.driver.fn;
+  const read = cmd === CMD.DMA_READ || cmd === CMD.DMA_READ_COPY;
   for (let i = 0; i < count; i++) {
     const { status } = await s.driver.command(cmd, 0, () => {
-      f.write64(TEST_REG_BAR, cmd === CMD.DMA_READ ? REG.SRC_ADDR : REG.DST_ADDR, s.iova);
+      f.write64(TEST_REG_BAR, read ? REG.SRC_ADDR : REG.DST_ADDR, s.iova);
       f.write32(TEST_REG_BAR, REG.SIZE, size);
-      f.write32(TEST_REG_BAR, REG.ARG, i + 1);
+      f.write32(TEST_REG_BAR, REG.ARG, cmd === CMD.DMA_WRITE ? i + 1 : 1);
     });
     if (status !== STATUS.DONE) throw new Error(`DMA command ${cmd} failed: status 0x${status.toString(16)}`);
   }
@@ -136,7 +143,7 @@ const perMib = (cpuMs: number, bytes: number) => (cpuMs / (bytes / 2 ** 20)).toF
 
 async function main(): Promise<void> {
   const o = parseArgs(process.argv.slice(2));
-  const total = o.mib << 20;
+  const total = o.mib * 2 ** 20;
   const log = pino({ level: 'silent' });
   const port = await freePort();
   const endpoint = await startEndpoint(port, o.devices);
@@ -151,62 +158,90 @@ async function main(): Promise<void> {
     for (const d of drivers) d.probe();
     const streams = drivers.map((d) => setUpStream(d, channel));
     type Run = Throughput & { hostCpuMs?: number };
-    const rows: { name: string; work: RawWork; ours: Run[]; raw: Run[]; worked: Run[] }[] = [
-      { name: 'DMA write (device -> host)', work: 'pattern', ours: [], raw: [], worked: [] },
-      { name: 'DMA read  (host -> device)', work: 'crc', ours: [], raw: [], worked: [] },
+    interface Row {
+      name: string;
+      cmd: number;
+      /** The reference: raw TCP, or raw TCP doing the device's work. */
+      against: 'raw TCP' | 'raw + work';
+      work: RawWork;
+      ours: Run[];
+      ref: Run[];
+    }
+    const row = (name: string, cmd: number, work: RawWork): Row => ({
+      name,
+      cmd,
+      against: work === 'none' ? 'raw TCP' : 'raw + work',
+      work,
+      ours: [],
+      ref: [],
+    });
+    // Per direction: the copy command against raw TCP (what pcinet itself costs), then the
+    // pattern/CRC command against raw TCP doing the same per-byte work.
+    const directions = [
+      [
+        row('DMA write, copy (dev -> host)', CMD.DMA_WRITE_COPY, 'none'),
+        row('DMA write, pattern', CMD.DMA_WRITE, 'pattern'),
+      ],
+      [
+        row('DMA read, copy (host -> dev)', CMD.DMA_READ_COPY, 'none'),
+        row('DMA read, CRC', CMD.DMA_READ, 'crc'),
+      ],
     ];
-    const skip = [o['no-write'], o['no-read']];
+    const skipDirection = [o['no-write'], o['no-read']];
+    const skipRow = [o['no-copy'], o['no-pattern']];
     // Warm up both paths, then interleave rounds so machine noise hits both alike.
-    await dmaThroughput(streams, CMD.DMA_WRITE, 16 << 20, endpoint.pid!);
-    await rawSocketThroughput(16 << 20, 256 << 10);
+    await dmaThroughput(streams, CMD.DMA_WRITE_COPY, 16 << 20, endpoint.pid!);
+    if (!o['no-raw']) await rawSocketThroughput(16 << 20, 256 << 10);
     for (let r = 0; r < o.rounds; r++) {
-      for (const [i, cmd] of [CMD.DMA_WRITE, CMD.DMA_READ].entries()) {
-        if (skip[i]) continue;
-        rows[i]!.ours.push(await dmaThroughput(streams, cmd, total, endpoint.pid!));
-        rows[i]!.raw.push(await rawSocketThroughput(total, 256 << 10));
-        rows[i]!.worked.push(await rawSocketThroughput(total, 256 << 10, rows[i]!.work));
+      for (const [i, rows] of directions.entries()) {
+        if (skipDirection[i]) continue;
+        for (const [k, w] of rows.entries()) {
+          if (skipRow[k]) continue;
+          w.ours.push(await dmaThroughput(streams, w.cmd, total, endpoint.pid!));
+          if (!o['no-raw']) w.ref.push(await rawSocketThroughput(total, 256 << 10, w.work));
+        }
       }
     }
     const stats = session.stats();
     process.stdout.write(
       `bench/transport: ${o.mib} MiB per measurement, median of ${o.rounds} rounds, TCP loopback, ` +
-        `${o.devices} test devices streaming ${TEST_MAX_DMA >> 20} MiB DMA commands at once; raw: one TCP stream between two processes;\n` +
-        `+work: the same stream, its ends doing the test device's and the sim host's per-byte work (pattern / CRC, copies into and out of host memory)\n\n` +
+        `${o.devices} test devices streaming ${TEST_MAX_DMA >> 20} MiB DMA commands at once;\n` +
+        `copy: the test device's DMA_WRITE_COPY (a pattern made once) / DMA_READ_COPY (no CRC), against raw TCP: one TCP stream between two processes;\n` +
+        `pattern, CRC: DMA_WRITE (a new pattern per command) / DMA_READ (CRC), against raw + work: the same stream, its ends doing the\n` +
+        `test device's and the sim host's per-byte work (pattern / CRC, copies into and out of host memory)\n\n` +
         `CPU ms per MiB: both processes (pcinet: host-agent side + endpoint; raw: source + sink), median\n\n` +
-        `${'path'.padEnd(28)} ${'pcinet MB/s'.padStart(11)} ${'raw MB/s'.padStart(9)}  ratio  ${'+work MB/s'.padStart(10)}  ratio  ` +
-        `${'CPU/MiB pcinet (host+ep)'.padStart(24)} ${'raw'.padStart(5)} ${'+work'.padStart(5)}\n`,
+        `${'path'.padEnd(30)} ${'pcinet MB/s'.padStart(11)}  ${'against'.padEnd(10)} ${'MB/s'.padStart(6)}  ratio  ` +
+        `${'CPU/MiB pcinet (host+ep)'.padStart(24)} ${'against'.padStart(7)}\n`,
     );
-    const chartGroups: { label: string; unit: string; values: number[] }[] = [];
-    for (const row of rows) {
-      if (row.ours.length === 0) continue;
-      const ours = median(row.ours.map((x) => x.bytesPerSecond));
-      const raw = median(row.raw.map((x) => x.bytesPerSecond));
-      const cpu = median(row.ours.map((x) => x.cpuMs));
-      const host = median(row.ours.map((x) => x.hostCpuMs ?? 0));
-      const cpuRaw = median(row.raw.map((x) => x.cpuMs));
-      const worked = median(row.worked.map((x) => x.bytesPerSecond));
-      const cpuWorked = median(row.worked.map((x) => x.cpuMs));
+    const chartGroups: { label: string; unit: string; values: (number | undefined)[] }[] = [];
+    for (const w of directions.flat()) {
+      if (w.ours.length === 0) continue;
+      const ours = median(w.ours.map((x) => x.bytesPerSecond));
+      const cpu = median(w.ours.map((x) => x.cpuMs));
+      const host = median(w.ours.map((x) => x.hostCpuMs ?? 0));
+      const ref = w.ref.length > 0 ? median(w.ref.map((x) => x.bytesPerSecond)) : undefined;
+      const cpuRef = w.ref.length > 0 ? median(w.ref.map((x) => x.cpuMs)) : undefined;
       const split = `${perMib(cpu, total)} (${perMib(host, total)}+${perMib(cpu - host, total)})`;
       process.stdout.write(
-        `${row.name.padEnd(28)} ${mbs(ours).padStart(11)} ${mbs(raw).padStart(9)}  ${(ours / raw).toFixed(2)}  ` +
-          `${mbs(worked).padStart(10)}  ${(ours / worked).toFixed(2)}  ` +
-          `${split.padStart(24)} ${perMib(cpuRaw, total).padStart(5)} ${perMib(cpuWorked, total).padStart(5)}\n`,
+        `${w.name.padEnd(30)} ${mbs(ours).padStart(11)}  ${w.against.padEnd(10)} ${ref ? mbs(ref).padStart(6) : '     -'}  ` +
+          `${ref ? (ours / ref).toFixed(2) : '   -'}  ${split.padStart(24)} ${cpuRef ? perMib(cpuRef, total).padStart(7) : '      -'}\n`,
       );
-      const label = row.name.split('(')[0]!.trim();
-      chartGroups.push({ label, unit: 'MB/s', values: [ours / 1e6, raw / 1e6, worked / 1e6] });
+      const label = w.name.split('(')[0]!.trim();
+      chartGroups.push({ label, unit: 'MB/s', values: [ours / 1e6, ref && ref / 1e6] });
       chartGroups.push({
         label: `${label}, CPU`,
         unit: 'ms per MiB',
-        values: [cpu / (total / 2 ** 20), cpuRaw / (total / 2 ** 20), cpuWorked / (total / 2 ** 20)],
+        values: [cpu / (total / 2 ** 20), cpuRef && cpuRef / (total / 2 ** 20)],
       });
     }
     writeChart(o.chart, {
       title: 'pcinet session (sim host-agent ↔ endpoint process) against raw TCP, same run',
       notes: [
         `TCP loopback, ${o.devices} test devices streaming ${TEST_MAX_DMA >> 20} MiB DMA commands; ${o.mib} MiB per measurement, median of ${o.rounds}; ${new Date().toISOString().slice(0, 10)}`,
+        "copy rows against raw TCP, pattern/CRC rows against raw TCP doing the device's and sim host's per-byte work",
         'CPU: both processes (pcinet: host-agent side + endpoint; raw: source + sink); each row scaled to its own largest value',
       ],
-      series: ['pcinet', 'raw TCP', 'raw TCP + device work'],
+      series: ['pcinet', 'reference (raw TCP / raw + work)'],
       groups: chartGroups,
       scale: 'group',
     });

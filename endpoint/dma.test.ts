@@ -49,4 +49,59 @@ describe('DmaReader', () => {
     expect(() => r.complete(0, ErrorCode.OK, new Uint8Array(3))).toThrow(/3 bytes for a 16-byte read/);
     expect(sent).toHaveLength(3);
   });
+
+  it('gives a chunk of a read of several its place in the read buffer, once, and takes it back without a copy', async () => {
+    const { r } = reader(4, 16);
+    const p = r.read(0x4000n, 40);
+    const one = r.place(1, 16)!;
+    expect(one.length).toBe(16);
+    // Once per tag; never for the wrong length.
+    expect(r.place(1, 16)).toBeUndefined();
+    expect(r.place(0, 15)).toBeUndefined();
+    // The transport reads the data there, then the completion comes with those very bytes.
+    one.fill(2);
+    r.complete(1, ErrorCode.OK, one);
+    const zero = r.place(0, 16)!;
+    expect(zero.buffer).toBe(one.buffer);
+    zero.fill(1);
+    r.complete(0, ErrorCode.OK, zero);
+    // A completion that was not placed is copied in as before.
+    r.complete(2, ErrorCode.OK, new Uint8Array(8).fill(3));
+    const got = await p;
+    expect(got.buffer).toBe(one.buffer);
+    expect([...got]).toEqual([...Array(16).fill(1), ...Array(16).fill(2), ...Array(8).fill(3)]);
+    // Done: nothing of it is placeable any more.
+    expect(r.place(0, 16)).toBeUndefined();
+    expect(r.place(1, 16)).toBeUndefined();
+  });
+
+  it("a place given and refused by a second frame keeps the first frame's bytes; a one-chunk read has no place", async () => {
+    const { r } = reader(4, 16);
+    expect(r.place(0, 12)).toBeUndefined();
+    r.read(0x5000n, 12).catch(() => {});
+    expect(r.place(0, 12)).toBeUndefined();
+    const p = r.read(0x6000n, 32);
+    const at = r.place(1, 16)!;
+    at.fill(9);
+    // A second frame for tag 1 (a peer's mistake) is decoded, not placed: its data is copied in
+    // at its completion, and the tag's own completion then is one too many.
+    expect(r.place(1, 16)).toBeUndefined();
+    r.complete(1, ErrorCode.OK, at);
+    expect(() => r.complete(1, ErrorCode.OK, new Uint8Array(16).fill(5))).toThrow(ProtocolError);
+    r.complete(2, ErrorCode.OK, new Uint8Array(16).fill(4));
+    expect([...(await p)]).toEqual([...Array(16).fill(9), ...Array(16).fill(4)]);
+  });
+
+  it('no place for a read that failed or was abandoned', async () => {
+    const { r } = reader(4, 16);
+    const p = r.read(0x7000n, 48);
+    r.complete(0, ErrorCode.DMA_FAULT, new Uint8Array(0));
+    await expect(p).rejects.toBeInstanceOf(DmaError);
+    expect(r.place(1, 16)).toBeUndefined();
+    const q = r.read(0x8000n, 48);
+    r.close();
+    await expect(q).rejects.toBeInstanceOf(DmaError);
+    expect(r.place(3, 16)).toBeUndefined();
+    expect(r.place(4, 16)).toBeUndefined();
+  });
 });

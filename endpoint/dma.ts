@@ -33,6 +33,8 @@ interface Chunk {
   /** Offset in the request. */
   offset: number;
   len: number;
+  /** place() gave its place in the request's buffer (once only). */
+  placed?: boolean;
 }
 
 /** Sends one DmaRead; the runtime pushes the device's shadow first. */
@@ -95,6 +97,20 @@ export class DmaReader {
     return c && { iova: c.req.iova + BigInt(c.offset), len: c.len };
   }
 
+  /**
+   * Where the data of outstanding read `tag` may be read (by the transport, before its completion
+   * is delivered): the chunk's own place in its request's buffer, when the request has one (it
+   * has more than one chunk) and `len` is the chunk's length. Once per tag: a second frame for the
+   * same tag (a peer's mistake) is decoded as any other, and refused at its delivery, never read
+   * over the first. The buffer is the model's only when every chunk is complete.
+   */
+  place(tag: number, len: number): Uint8Array | undefined {
+    const c = this.#outstanding.get(tag);
+    if (!c || c.placed || c.len !== len || !c.req.buf || c.req.failed) return undefined;
+    c.placed = true;
+    return c.req.buf.subarray(c.offset, c.offset + len);
+  }
+
   /** A DmaReadCpl. Throws ProtocolError for a tag that is not outstanding or a wrong length. */
   complete(tag: number, status: ErrorCode, data: Uint8Array): void {
     const c = this.#outstanding.get(tag);
@@ -111,7 +127,9 @@ export class DmaReader {
       if (status === ErrorCode.OK) {
         if (!r.buf) r.resolve(new Uint8Array(data.buffer, data.byteOffset, data.length));
         else {
-          r.buf.set(data, c.offset);
+          // Data that place() put where it belongs is there already.
+          if (data.buffer !== r.buf.buffer || data.byteOffset !== r.buf.byteOffset + c.offset)
+            r.buf.set(data, c.offset);
           if (--r.remaining === 0) r.resolve(r.buf);
         }
       } else {

@@ -62,6 +62,9 @@ export interface SessionLike extends EventEmitter {
   readonly capabilities?: number;
   /** Ends the session with an error (a kernel link broke the protocol). */
   close?(err?: Error): unknown;
+  /** Set by the runtime: where a DmaReadCpl's data may be read straight into (the read's buffer;
+   *  proto/frame-place.ts), for sessions whose transport can. */
+  placeDmaReadCpl?: ((dev: number, tag: number, length: number) => Uint8Array | undefined) | undefined;
 }
 
 /** Where a device's messages go: the session, or the device's kernel link. */
@@ -264,6 +267,7 @@ export class EndpointRuntime {
     s.on('messages', (msgs: Msg[]) => this.receive(msgs));
     s.on('drain', () => this.#drained());
     s.on('close', (err?: Error) => this.#sessionClosed(err));
+    s.placeDmaReadCpl = (dev, tag, length) => this.#devices.get(dev)?.dma.place(tag, length);
     const done = new Promise<AttachOutcome[]>((resolve, reject) => {
       this.#attachDone = { resolve, reject };
     });

@@ -1,6 +1,8 @@
 // Length-prefixed framing for byte streams (TCP, TLS): a 4-byte little-endian length, then that many
 // bytes of an encoded Frame. The parser is a two-state machine that runs until it lacks bytes; the
 // length is checked before anything is allocated, so a lying prefix costs nothing.
+import assert from 'node:assert/strict';
+import { PLACEABLE_HEAD, type PlacedFrame, type Placer, peekPlaceable } from './frame-place.js';
 import { ErrorCode, MAX_FRAME_BYTES, ProtocolError } from './wire.js';
 
 export const PREFIX_BYTES = 4;
@@ -9,6 +11,9 @@ export const PREFIX_BYTES = 4;
 const SCRATCH_BYTES = 64 << 10;
 /** A frame with at least this much still to come is read straight into its own buffer. */
 const DIRECT_MIN = 16 << 10;
+/** Between placed frames reads stop at a frame's prefix and head (frame-place.ts; PLACEABLE_HEAD
+ *  bytes at most), so the data after them is read where it belongs, not into the scratch buffer. */
+const PEEK_BYTES = PREFIX_BYTES + PLACEABLE_HEAD;
 
 export function lengthPrefix(n: number): Uint8Array {
   const p = new Uint8Array(PREFIX_BYTES);
@@ -25,6 +30,13 @@ export class FrameParser {
    *  into its own buffer (`have` bytes so far). */
   #scratch: Uint8Array | undefined;
   #direct: { frame: Uint8Array; have: number } | undefined;
+  /** The frame whose data is being read into the place its placer gave (`have` bytes so far). */
+  #placing: { head: PlacedFrame['head']; data: Uint8Array; length: number; have: number } | undefined;
+  /** Asked where a placeable frame's data goes (frame-place.ts); only while reading into our
+   *  buffers. */
+  placer: Placer | undefined;
+  /** The last frame was placed: read only as far as the next one's head (PEEK_BYTES). */
+  #peek = false;
 
   /**
    * For a socket that reads into buffers we hand it (net's `onread`): where the next read goes.
@@ -33,14 +45,25 @@ export class FrameParser {
    * scratch buffer, whose bytes filled() copies out. Call filled() after every read.
    */
   readBuffer(): Uint8Array {
+    if (this.#placing) return this.#placing.data.subarray(this.#placing.have);
     if (this.#direct) return this.#direct.frame.subarray(this.#direct.have);
     // A plain Uint8Array: its slice() copies (a Buffer's would be a view of the reused bytes).
     this.#scratch ??= new Uint8Array(SCRATCH_BYTES);
-    return this.#scratch;
+    return this.#peek ? this.#scratch.subarray(0, PEEK_BYTES) : this.#scratch;
   }
 
-  /** `n` bytes were read into the buffer readBuffer() returned: the frames they complete. */
-  filled(n: number): Uint8Array[] {
+  /** `n` bytes were read into the buffer readBuffer() returned: the frames they complete (a placed
+   *  one as its head and place). */
+  filled(n: number): (Uint8Array | PlacedFrame)[] {
+    const p = this.#placing;
+    if (p) {
+      p.have += n;
+      if (p.have < p.data.length) return [];
+      this.#placing = undefined;
+      this.#want = -1;
+      this.#peek = true;
+      return [{ head: p.head, data: p.data, length: p.length }];
+    }
     const d = this.#direct;
     if (d) {
       d.have += n;
@@ -50,7 +73,13 @@ export class FrameParser {
       return [d.frame];
     }
     // The scratch buffer is reused: keep a copy of what it holds.
-    const out = this.push(this.#scratch!.slice(0, n));
+    const out: (Uint8Array | PlacedFrame)[] = this.push(this.#scratch!.slice(0, n));
+    if (this.#want > 0 && this.#want - this.#buffered >= DIRECT_MIN) {
+      const placed = this.#place();
+      if (placed === 'placed' || placed === 'head') return out;
+    }
+    // Anything but a placed frame: reads fill the scratch buffer again.
+    this.#peek = false;
     if (this.#want > 0 && this.#want - this.#buffered >= DIRECT_MIN) {
       const frame: Uint8Array = Buffer.allocUnsafeSlow(this.#want);
       let at = 0;
@@ -91,7 +120,33 @@ export class FrameParser {
 
   /** Bytes of an unfinished frame (a peer that closes mid-frame truncated it). */
   get pending(): number {
-    return this.#buffered + (this.#direct?.have ?? 0);
+    const p = this.#placing;
+    return this.#buffered + (this.#direct?.have ?? 0) + (p ? p.head.dataOffset + p.have : 0);
+  }
+
+  /** A frame's data is being read into its placer's place. */
+  get placing(): boolean {
+    return this.#placing !== undefined;
+  }
+
+  /** The frame being collected (`#buffered` bytes of `#want` so far) placed, if its head is all
+   *  here, it is placeable and the placer gives a place: the data read so far is copied there and
+   *  the rest will be read there ('placed'). 'head': reading small, the head is not all here yet. */
+  #place(): 'placed' | 'head' | 'no' {
+    if (!this.placer) return 'no';
+    if (this.#peek && this.#buffered < PLACEABLE_HEAD) return 'head';
+    const have = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks, this.#buffered);
+    const head = peekPlaceable(have, this.#want);
+    if (!head || head.dataOffset > have.length) return 'no';
+    const data = this.placer.place(head.dev, head.tag, head.dataLength);
+    if (!data) return 'no';
+    assert(data.length === head.dataLength, 'framing: a place of the wrong size');
+    const got = have.subarray(head.dataOffset);
+    data.set(got);
+    this.#placing = { head, data, length: this.#want, have: got.length };
+    this.#chunks = [];
+    this.#buffered = 0;
+    return 'placed';
   }
 
   #take(n: number): Uint8Array {

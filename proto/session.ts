@@ -30,6 +30,7 @@ import {
   framedSize,
   partsLength,
 } from './codec.js';
+import { canPlace, type PlacedFrame, type Placer, placedMessages } from './frame-place.js';
 import { devOf, type Tap } from './trace.js';
 import type { Transport } from './transport.js';
 import {
@@ -94,6 +95,10 @@ const REDIAL_MAX_MS = 1000;
 const REDIAL_JITTER = 0.25;
 
 export type SessionRole = 'host' | 'endpoint';
+
+/** Where the data of DmaReadCpl (dev, tag) of `length` bytes may be read straight into, or
+ *  undefined. Must not throw. */
+export type PlaceDmaReadCpl = (dev: number, tag: number, length: number) => Uint8Array | undefined;
 
 export interface SessionStats {
   framesOut: number;
@@ -187,6 +192,11 @@ export class Session extends EventEmitter {
   /** Set while the host-agent's `pcinet trace` runs (host-agent/status.ts): every sequenced
    *  message in and out is recorded. Off, it costs one test per message. */
   tap: Tap | undefined;
+  #place: PlaceDmaReadCpl | undefined;
+  readonly #placer: Placer = {
+    place: (dev, tag, length) => (this.#closed ? undefined : this.#place?.(dev, tag, length)),
+    arrived: (f) => this.#onPlaced(f),
+  };
   #keepaliveNonce = 0;
   /** When keep-alive #keepaliveNonce went out (performance.now()). */
   #keepaliveSentAt = 0;
@@ -243,6 +253,19 @@ export class Session extends EventEmitter {
     return this.#t?.remote ?? '(disconnected)';
   }
 
+  /** Where the data of a DmaReadCpl (dev, tag) of `length` bytes goes, when its receiver has a
+   *  place for it (the endpoint: the read's buffer): transports that can (plain TCP) then read a
+   *  frame that is nothing but that completion straight there (proto/frame-place.ts). */
+  get placeDmaReadCpl(): PlaceDmaReadCpl | undefined {
+    return this.#place;
+  }
+
+  set placeDmaReadCpl(place: PlaceDmaReadCpl | undefined) {
+    this.#place = place;
+    const t = this.#t;
+    if (t && canPlace(t)) t.setPlacer(place ? this.#placer : undefined);
+  }
+
   /** True while producers should wait for 'drain': disconnected, the socket is full, or the peer
    *  has not acknowledged replayBytes. */
   get backlogged(): boolean {
@@ -259,9 +282,13 @@ export class Session extends EventEmitter {
     const size = framedSize(e);
     if (size > MAX_FRAME_BYTES - 64)
       throw new Error(`session: one message of ${size} bytes cannot be framed`);
-    if (this.#batchBytes + size > FRAME_SOFT_BYTES && this.#batch.length > 0) this.flush();
+    // A large DMA read's data goes in a frame of its own, which the endpoint can read straight
+    // into the read's buffer (proto/frame-place.ts).
+    const alone = m.dmaReadCpl != null && Array.isArray(e);
+    if ((alone || this.#batchBytes + size > FRAME_SOFT_BYTES) && this.#batch.length > 0) this.flush();
     this.#batch.push(e);
     this.#batchBytes += size;
+    if (alone) this.flush();
   }
 
   /** Sends the current batch as one frame (nothing if it is empty). */
@@ -371,10 +398,12 @@ export class Session extends EventEmitter {
     t.on('frame', onFrame);
     t.on('drain', onDrain);
     t.on('close', onClose);
+    if (this.#place && canPlace(t)) t.setPlacer(this.#placer);
     this.#detach = () => {
       t.off('frame', onFrame);
       t.off('drain', onDrain);
       t.off('close', onClose);
+      if (canPlace(t)) t.setPlacer(undefined);
     };
     this.#lastRx = Date.now();
     for (const p of this.#replay) {
@@ -502,12 +531,32 @@ export class Session extends EventEmitter {
 
   #onFrame(bytes: Uint8Array): void {
     if (this.#closed) return;
-    this.#lastRx = Date.now();
-    this.#stats.bytesIn += bytes.length;
-    this.#stats.framesIn++;
     let f: DecodedFrame;
     try {
       f = decodeFrame(bytes);
+    } catch (e) {
+      this.#countIn(bytes.length);
+      this.#fail(e as Error);
+      return;
+    }
+    this.#onDecoded(f, bytes.length);
+  }
+
+  /** A frame whose data the transport read where placeDmaReadCpl said: the one message it is. */
+  #onPlaced(p: PlacedFrame): void {
+    if (this.#closed) return;
+    this.#onDecoded({ seq: p.head.seq, ack: p.head.ack, msgs: placedMessages(p) }, p.length);
+  }
+
+  #countIn(length: number): void {
+    this.#lastRx = Date.now();
+    this.#stats.bytesIn += length;
+    this.#stats.framesIn++;
+  }
+
+  #onDecoded(f: DecodedFrame, length: number): void {
+    this.#countIn(length);
+    try {
       this.#onAck(f.ack);
     } catch (e) {
       this.#fail(e as Error);

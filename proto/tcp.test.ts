@@ -5,7 +5,8 @@
 import net from 'node:net';
 import fc from 'fast-check';
 import { afterEach, describe, expect, it } from 'vitest';
-import { FrameParser } from './framing.js';
+import { encodeMsg, encodeSequenced } from './codec.js';
+import { FrameParser, lengthPrefix } from './framing.js';
 import { LINK_HELLO_SIZE, LINK_MAGIC } from './kernel-abi.js';
 import { adoptWithReads, dialTcp, type LinkHello, listenTcp } from './tcp.js';
 import type { Transport } from './transport.js';
@@ -48,7 +49,7 @@ describe('FrameParser reading into its own buffers', () => {
           const n = Math.min(into.length, bytes.length - at, reads[i % reads.length]!);
           into.set(bytes.subarray(at, at + n));
           at += n;
-          frames.push(...p.filled(n));
+          frames.push(...(p.filled(n) as Uint8Array[]));
         }
         expect(p.pending).toBe(0);
         expectFrames(frames, sizes);
@@ -72,6 +73,68 @@ describe('dialed TCP transport', () => {
       t.on('close', () => resolve());
     });
     expectFrames(frames, all);
+  });
+});
+
+describe('sending on a TCP transport', () => {
+  it('frames sent back to back, whole or in parts, arrive whole and in order, even when it closes right after', async () => {
+    const got: Buffer[] = [];
+    const ended = new Promise<void>((resolve) => {
+      const server = net.createServer((s) => {
+        s.on('data', (d: Buffer) => got.push(d));
+        s.on('end', () => resolve());
+      });
+      servers.push(server);
+      server.listen(0, '127.0.0.1');
+    });
+    const server = servers.at(-1)!;
+    await new Promise<void>((r) => (server.listening ? r() : server.once('listening', () => r())));
+    const t = await dialTcp('127.0.0.1', (server.address() as net.AddressInfo).port);
+    const sizes = [5, 70_000, 1, 300_000, 9];
+    for (const [i, n] of sizes.entries())
+      t.send(i % 2 ? [new Uint8Array(n).fill(i + 1)] : new Uint8Array(n).fill(i + 1));
+    t.close();
+    await ended;
+    const p = new FrameParser();
+    expectFrames(p.push(Buffer.concat(got)) as Uint8Array[], sizes);
+  });
+});
+
+describe('placing frames on a dialed TCP transport', () => {
+  it('a placer removed while a frame is being placed ends the connection: nothing more lands in the place', async () => {
+    const data = new Uint8Array(256 << 10).fill(7);
+    const f = encodeSequenced(1, 0, [encodeMsg({ dmaReadCpl: { dev: 1, tag: 4, data } }, data)]);
+    const wire = Buffer.concat([lengthPrefix(f.length), f]);
+    let rest = () => {};
+    const server = net.createServer((s) => {
+      // The head and part of the data, the rest only when asked.
+      s.write(wire.subarray(0, 1000));
+      rest = () => s.end(wire.subarray(1000));
+    });
+    servers.push(server);
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+    const t = await dialTcp('127.0.0.1', (server.address() as net.AddressInfo).port);
+    const place = new Uint8Array(data.length);
+    let asked: () => void = () => {};
+    const placing = new Promise<void>((r) => (asked = r));
+    const arrived: unknown[] = [];
+    t.setPlacer({
+      place: (dev, tag, length) => {
+        expect([dev, tag, length]).toEqual([1, 4, data.length]);
+        asked();
+        return place;
+      },
+      arrived: (p) => arrived.push(p),
+    });
+    const closed = new Promise<Error | undefined>((r) => t.on('close', r));
+    await placing;
+    t.setPlacer(undefined);
+    rest();
+    expect((await closed)?.message).toMatch(/placed frame/);
+    expect(arrived).toEqual([]);
+    // What was read before the placer left, and nothing after.
+    expect(place.subarray(0, 1000 - (wire.length - data.length)).every((b) => b === 7)).toBe(true);
+    expect(place.subarray(1000).every((b) => b === 0)).toBe(true);
   });
 });
 

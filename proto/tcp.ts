@@ -5,6 +5,7 @@ import net from 'node:net';
 import { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import { encodeControl, type FrameParts, partsLength } from './codec.js';
+import type { PlacedFrame, Placer, Placing } from './frame-place.js';
 import { FrameParser, lengthPrefix } from './framing.js';
 import { fingerprintOf, type Identity } from './identity.js';
 import { LINK_HELLO_SIZE, LINK_MAGIC } from './kernel-abi.js';
@@ -38,13 +39,15 @@ interface DirectReads {
   setSink(sink: (n: number) => void): void;
 }
 
-export class SocketTransport extends EventEmitter<TransportEvents> implements Transport {
+export class SocketTransport extends EventEmitter<TransportEvents> implements Transport, Placing {
   readonly remote: string;
   readonly peerFingerprint: string | undefined;
   readonly #socket: net.Socket;
   readonly #parser: FrameParser;
+  /** The parser reads into our buffers, so it can place frames (frame-place.ts). */
+  readonly #direct: boolean;
   /** Frames parsed while paused, delivered on resume. */
-  #held: Uint8Array[] = [];
+  #held: (Uint8Array | PlacedFrame)[] = [];
   #paused = false;
   #closed = false;
   /** A framing error: nothing more is read. */
@@ -58,6 +61,7 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
     this.peerFingerprint = peerFingerprint;
     socket.setNoDelay(true);
     this.#parser = direct?.parser ?? new FrameParser();
+    this.#direct = direct !== undefined;
     if (direct) direct.setSink((n) => this.#onFrames(() => this.#parser.filled(n)));
     else socket.on('data', (chunk: Buffer) => this.#onFrames(() => this.#parser.push(chunk)));
     socket.on('drain', () => this.emit('drain'));
@@ -77,13 +81,27 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
   send(frame: Uint8Array | FrameParts): boolean {
     if (this.#closed || this.#socket.destroyed) return false;
     const parts = frame instanceof Uint8Array ? [frame] : frame;
-    // Corked, the prefix and every part leave in one writev: nothing is copied here.
+    // Corked, the prefix and every part leave in one writev: nothing is copied here. (Corked to the
+    // end of the tick instead, so that a burst of frames is one writev, cost more CPU per byte and
+    // throughput in bench/transport: the peer waits longer for each frame.)
     this.#socket.cork();
     this.#socket.write(lengthPrefix(partsLength(parts)));
     let ok = true;
     for (const p of parts) ok = this.#socket.write(p);
     this.#socket.uncork();
     return ok;
+  }
+
+  setPlacer(p: Placer | undefined): void {
+    // Only a socket reading into our buffers can read data where it belongs.
+    if (!this.#direct) return;
+    const parser = this.#parser;
+    parser.placer = p;
+    if (!p && parser.placing) {
+      // The next read would land in the place given whatever the parser is told now: nothing more
+      // is read (the session that placed it has left this connection); what was sent still goes.
+      this.close(new Error('connection left in the middle of a placed frame'));
+    }
   }
 
   pause(): void {
@@ -93,7 +111,7 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
 
   resume(): void {
     this.#paused = false;
-    while (!this.#paused && !this.#closed && this.#held.length > 0) this.emit('frame', this.#held.shift()!);
+    while (!this.#paused && !this.#closed && this.#held.length > 0) this.#deliver(this.#held.shift()!);
     if (!this.#paused) this.#socket.resume();
   }
 
@@ -113,9 +131,9 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
   }
 
   /** Frames that `parse` (the parser fed one read) completed. */
-  #onFrames(parse: () => Uint8Array[]): void {
+  #onFrames(parse: () => (Uint8Array | PlacedFrame)[]): void {
     if (this.#closed || this.#closedForInput) return;
-    let frames: Uint8Array[];
+    let frames: (Uint8Array | PlacedFrame)[];
     try {
       frames = parse();
     } catch (e) {
@@ -124,8 +142,15 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
     }
     for (const f of frames) {
       if (this.#paused || this.#held.length > 0) this.#held.push(f);
-      else this.emit('frame', f);
+      else this.#deliver(f);
     }
+  }
+
+  /** A frame to whoever takes it: bytes as 'frame', a placed one to the placer (none left: the
+   *  session that placed it has left this connection, as it has its 'frame' listener). */
+  #deliver(f: Uint8Array | PlacedFrame): void {
+    if (f instanceof Uint8Array) this.emit('frame', f);
+    else this.#parser.placer?.arrived(f);
   }
 
   /** The byte stream cannot be framed any more: tell the peer why (its last frame) and close. */

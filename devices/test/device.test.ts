@@ -181,14 +181,14 @@ group('test device', () => {
 
   it.each([0, TEST_MAX_DMA + 1])('DMA commands with SIZE %s fail with BAD_ARGUMENT', async (size) => {
     const { rd, wr, bus, host } = world();
-    for (const cmd of [CMD.DMA_READ, CMD.DMA_WRITE]) {
+    for (const cmd of [CMD.DMA_READ, CMD.DMA_WRITE, CMD.DMA_READ_COPY, CMD.DMA_WRITE_COPY]) {
       wr(REG.SIZE, size);
       wr(REG.COMMAND, cmd);
       await bus.settle();
       expect(rd(REG.STATUS)).toBe(STATUS.DONE | STATUS.ERROR);
       expect(rd(REG.ERROR)).toBe(TEST_ERR.BAD_ARGUMENT);
     }
-    expect(host.traced('test.cmd.bad-size')).toBe(2);
+    expect(host.traced('test.cmd.bad-size')).toBe(4);
     expect(host.events.filter((e) => e.kind !== 'msix')).toEqual([]);
   });
 
@@ -216,6 +216,65 @@ group('test device', () => {
     expect(rd(REG.STATUS)).toBe(STATUS.DONE);
     expect(Buffer.compare(host.memory, testPattern(0, TEST_MAX_DMA))).toBe(0);
     expect(host.events.filter((e) => e.kind === 'dma-write').length).toBeGreaterThan(1);
+  });
+
+  it('DMA_READ_COPY reads SIZE bytes at SRC_ADDR, computes nothing (CHECKSUM unchanged), interrupts', async () => {
+    const { rd, wr, bus, host } = world({ memory: TEST_MAX_DMA + 4096 });
+    fill(host, 5);
+    bus.write64(R, REG.SRC_ADDR, host.base + 0x40n);
+    wr(REG.SIZE, 3000);
+    wr(REG.COMMAND, CMD.DMA_READ);
+    await bus.settle();
+    const crc = rd(REG.CHECKSUM);
+    expect(crc).toBe(crc32(host.memory.subarray(0x40, 0x40 + 3000)));
+    bus.write64(R, REG.SRC_ADDR, host.base + 4096n);
+    wr(REG.SIZE, TEST_MAX_DMA);
+    wr(REG.IRQ_VECTOR, 2);
+    wr(REG.COMMAND, CMD.DMA_READ_COPY);
+    expect(rd(REG.STATUS)).toBe(STATUS.BUSY);
+    await bus.settle();
+    expect(rd(REG.STATUS)).toBe(STATUS.DONE);
+    expect(rd(REG.CHECKSUM)).toBe(crc);
+    expect(host.events.filter((e) => e.kind === 'dma-read').at(-1)).toEqual({
+      kind: 'dma-read',
+      iova: host.base + 4096n,
+      len: TEST_MAX_DMA,
+    });
+    expect(host.events.at(-1)).toEqual({ kind: 'msix', vector: 2 });
+    bus.write64(R, REG.SRC_ADDR, host.base - 16n);
+    wr(REG.SIZE, 64);
+    wr(REG.COMMAND, CMD.DMA_READ_COPY);
+    await bus.settle();
+    expect(rd(REG.STATUS)).toBe(STATUS.DONE | STATUS.ERROR);
+    expect(rd(REG.ERROR)).toBe(TEST_ERR.DMA_FAULT);
+  });
+
+  it('DMA_WRITE_COPY writes what DMA_WRITE writes; a kept pattern handed over is never changed', async () => {
+    const { rd, wr, bus, host } = world({ memory: 2 * TEST_MAX_DMA });
+    const handed: { data: Uint8Array; copy: Uint8Array }[] = [];
+    const write = host.dmaWrite.bind(host);
+    host.dmaWrite = (iova: bigint, data: Uint8Array, handOver?: boolean) => {
+      if (handOver) handed.push({ data, copy: data.slice() });
+      write(iova, data);
+    };
+    const run = async (cmd: number, seed: number, size: number, at: number) => {
+      bus.write64(R, REG.DST_ADDR, host.base + BigInt(at));
+      wr(REG.ARG, seed);
+      wr(REG.SIZE, size);
+      wr(REG.COMMAND, cmd);
+      await bus.settle();
+      expect(rd(REG.STATUS)).toBe(STATUS.DONE);
+    };
+    await run(CMD.DMA_WRITE, 0x77, 1001, 0);
+    await run(CMD.DMA_WRITE_COPY, 0x77, 1001, 4096);
+    expect(host.memory.subarray(4096, 4096 + 1001)).toEqual(host.memory.subarray(0, 1001));
+    expect(host.memory[4096 + 1001]).toBe(0);
+    await run(CMD.DMA_WRITE_COPY, 0x77, TEST_MAX_DMA, TEST_MAX_DMA);
+    expect(Buffer.compare(host.memory.subarray(TEST_MAX_DMA), testPattern(0x77, TEST_MAX_DMA))).toBe(0);
+    await run(CMD.DMA_WRITE_COPY, 0x78, 5000, 0);
+    expect(Buffer.compare(host.memory.subarray(0, 5000), testPattern(0x78, 5000))).toBe(0);
+    expect(handed.length).toBeGreaterThan(3);
+    for (const h of handed) expect(Buffer.compare(h.data, h.copy)).toBe(0);
   });
 
   it('DMA_WRITE to unmapped memory completes (posted writes have no completion); the host drops it', async () => {

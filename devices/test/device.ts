@@ -1,7 +1,8 @@
 // pcinet test device: the conformance device of devices/test/regs.ts (documented in docs/devices.md),
 // in the spirit of Linux's pci-epf-test. BAR 0 holds registers and the host-owned MSI-X table and
 // PBA; BAR 2 is plain memory. Commands exercise every path of the protocol: interrupts, DMA reads
-// (checksummed), DMA writes (a known pattern), volatile reads (COUNTER) and doorbells.
+// (checksummed), DMA writes (a known pattern), volatile reads (COUNTER) and doorbells; the DMA
+// commands' _COPY variants move the same bytes without computing over them (for benches).
 //
 // Command semantics chosen here (the register comments in regs.ts are the contract):
 // - Writing a CMD_* value to COMMAND starts it: STATUS becomes BUSY, ERROR 0. Writing 0 starts
@@ -136,6 +137,8 @@ export class TestDevice extends PciDevice<TestDevice> {
   #irq = IRQ_NONE;
   #commands = 0;
   #failures = 0;
+  /** DMA_WRITE_COPY's pattern (#keptPattern). */
+  #pattern: { seed: number; bytes: Uint8Array } | undefined;
 
   constructor(o: TestDeviceOptions = {}) {
     const vectors = o.vectors ?? TEST_DEFAULT_VECTORS;
@@ -233,14 +236,20 @@ export class TestDevice extends PciDevice<TestDevice> {
         return;
       }
       case CMD.DMA_READ:
-      case CMD.DMA_WRITE: {
+      case CMD.DMA_READ_COPY:
+      case CMD.DMA_WRITE:
+      case CMD.DMA_WRITE_COPY: {
         const size = r.u32(REG.SIZE);
         if (size < 1 || size > TEST_MAX_DMA) {
           this.#fail(TEST_ERR.BAD_ARGUMENT, 'test.cmd.bad-size', { size, max: TEST_MAX_DMA });
           return;
         }
-        if (cmd === CMD.DMA_READ) void this.#dmaRead(this.#epoch, r.u64(REG.SRC_ADDR), size);
-        else void this.#dmaWrite(this.#epoch, r.u64(REG.DST_ADDR), r.u32(REG.ARG), size);
+        const seed = r.u32(REG.ARG);
+        if (cmd === CMD.DMA_READ || cmd === CMD.DMA_READ_COPY)
+          void this.#dmaRead(this.#epoch, r.u64(REG.SRC_ADDR), size, cmd === CMD.DMA_READ);
+        else if (cmd === CMD.DMA_WRITE)
+          void this.#dmaWrite(this.#epoch, r.u64(REG.DST_ADDR), testPattern(seed, size));
+        else void this.#dmaWrite(this.#epoch, r.u64(REG.DST_ADDR), this.#keptPattern(seed, size));
         return;
       }
       default:
@@ -248,7 +257,8 @@ export class TestDevice extends PciDevice<TestDevice> {
     }
   }
 
-  async #dmaRead(epoch: number, src: bigint, size: number): Promise<void> {
+  /** `checksum`: DMA_READ's CRC into CHECKSUM; DMA_READ_COPY computes nothing over the bytes. */
+  async #dmaRead(epoch: number, src: bigint, size: number, checksum: boolean): Promise<void> {
     let data: Uint8Array;
     try {
       data = await this.host.dmaRead(src, size);
@@ -262,16 +272,25 @@ export class TestDevice extends PciDevice<TestDevice> {
       return;
     }
     if (epoch !== this.#epoch) return;
-    this.#regs.set32(REG.CHECKSUM, crc32(data));
+    if (checksum) this.#regs.set32(REG.CHECKSUM, crc32(data));
     this.#complete(TEST_ERR.OK);
+  }
+
+  /** DMA_WRITE_COPY's bytes: testPattern(seed, size), cut from the whole pattern of the last seed
+   *  asked for (a pattern's first bytes do not depend on its length), made only when the seed
+   *  changes. Never modified once made: a new seed gets a new buffer, so the old one may still be
+   *  referenced by writes handed over earlier. */
+  #keptPattern(seed: number, size: number): Uint8Array {
+    if (this.#pattern?.seed !== seed) this.#pattern = { seed, bytes: testPattern(seed, TEST_MAX_DMA) };
+    return this.#pattern.bytes.subarray(0, size);
   }
 
   /** Posted writes: the host drops refused ones, so a DMA_WRITE always completes OK (the driver
    *  checks its buffer). Interrupt ordering after the data is the port's job. */
-  async #dmaWrite(epoch: number, dst: bigint, seed: number, size: number): Promise<void> {
-    const data = testPattern(seed, size);
+  async #dmaWrite(epoch: number, dst: bigint, data: Uint8Array): Promise<void> {
+    const size = data.length;
     for (let off = 0; off < size; off += DMA_WRITE_BURST) {
-      // The pattern is made for this command and never touched again: handed over.
+      // The pattern (made for this command, or kept by #keptPattern) is never modified: handed over.
       this.host.dmaWrite(
         BigInt.asUintN(64, dst + BigInt(off)),
         data.subarray(off, off + DMA_WRITE_BURST),

@@ -32,10 +32,10 @@ export const REG = {
   SCRATCH: 0x08, // rw  plain storage
   COMMAND: 0x10, // rw  writing a CMD_* value starts that command
   STATUS: 0x14, // rw1c STATUS_* bits; write 1 to clear
-  ARG: 0x18, // rw  command argument (vector for CMD_RAISE_MSIX, seed for CMD_DMA_WRITE)
+  ARG: 0x18, // rw  command argument (vector for CMD_RAISE_MSIX, seed for CMD_DMA_WRITE[_COPY])
   IRQ_VECTOR: 0x1c, // rw  vector raised when a command completes; IRQ_NONE for none
-  SRC_ADDR: 0x20, // rw  64-bit: host IOVA read by CMD_DMA_READ
-  DST_ADDR: 0x28, // rw  64-bit: host IOVA written by CMD_DMA_WRITE
+  SRC_ADDR: 0x20, // rw  64-bit: host IOVA read by CMD_DMA_READ[_COPY]
+  DST_ADDR: 0x28, // rw  64-bit: host IOVA written by CMD_DMA_WRITE[_COPY]
   SIZE: 0x30, // rw  bytes for the DMA commands (1..TEST_MAX_DMA)
   CHECKSUM: 0x34, // ro  CRC-32 (zlib/IEEE) of the bytes CMD_DMA_READ read
   ERROR: 0x38, // ro  TEST_ERR code of the last failed command (0 when the last succeeded)
@@ -59,6 +59,10 @@ export const CMD = {
   DMA_READ: 2, // read SIZE bytes at SRC_ADDR, CRC-32 into CHECKSUM
   DMA_WRITE: 3, // write SIZE bytes of testPattern(ARG) to DST_ADDR
   RAISE_BURST: 4, // raise vector ARG SIZE times at once (1..TEST_MAX_BURST), then complete
+  // The DMA commands without the device's own per-byte work, for measuring what moving memory
+  // costs (an NVMe backend's copy, a NIC's frames do no more): bench/transport.
+  DMA_READ_COPY: 5, // read SIZE bytes at SRC_ADDR as DMA_READ does; compute nothing (CHECKSUM unchanged)
+  DMA_WRITE_COPY: 6, // write what DMA_WRITE writes, testPattern(ARG) up to SIZE, from a pattern made once per ARG
 } as const;
 
 export const STATUS = {

@@ -56,4 +56,19 @@ describe('SoftIommu for push rules', () => {
     iommu.unmap(b);
     expect(heard).toEqual(['one 0 256', `two ${b - a} ${PAGE}`]);
   });
+
+  it('a device read is a copy of host memory, its own: later writes to host memory do not change it', () => {
+    const { memory, iommu } = world();
+    const buf = memory.alloc(2 * PAGE);
+    for (let i = 0; i < buf.bytes.length; i++) buf.bytes[i] = i & 0xff;
+    const at = iommu.map(buf, 'to-device');
+    const got = iommu.deviceRead(at + 3n, PAGE)!;
+    expect(Object.getPrototypeOf(got)).toBe(Uint8Array.prototype);
+    expect(got.length).toBe(PAGE);
+    expect(got.buffer.byteLength).toBe(PAGE);
+    buf.bytes.fill(0);
+    expect([...got.subarray(0, 4)]).toEqual([3, 4, 5, 6]);
+    expect(got[PAGE - 1]).toBe((PAGE + 2) & 0xff);
+    expect(iommu.counters.readBytes).toBe(PAGE);
+  });
 });
