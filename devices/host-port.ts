@@ -7,8 +7,12 @@ import type { PushRule, VirtqRound } from './push.js';
  *  by test fakes backed by an ArrayBuffer. */
 export interface HostPort {
   /** Reads host memory. Rejects with a DmaError when the host's IOMMU refuses. Any length: the port
-   *  splits into MAX_DMA_CHUNK requests. */
-  dmaRead(iova: bigint, len: number): Promise<Uint8Array>;
+   *  splits into MAX_DMA_CHUNK requests. `into` (at least `len` bytes), when given, is where the
+   *  port may put the bytes instead of a new buffer: the model then leaves it alone until the read
+   *  settles, and uses what it resolves with — `into`'s first `len` bytes, or the bytes where the
+   *  port had them already (pushed ones), with `into` unchanged. A device reading into its own
+   *  buffer again and again then costs no allocation per read. */
+  dmaRead(iova: bigint, len: number, into?: Uint8Array): Promise<Uint8Array>;
   /** What dmaRead(iova, len) would resolve with, when the bytes are at hand now (the host pushed
    *  every one of them, docs/PUSH.md): they are then taken, as dmaRead takes them. Otherwise
    *  undefined, nothing changes, and the model calls dmaRead. Bytes that came in pieces are put

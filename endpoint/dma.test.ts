@@ -40,6 +40,44 @@ describe('DmaReader', () => {
     expect([...got]).toEqual(Array(12).fill(7));
   });
 
+  it("puts a read into the model's own buffer when it gives one: chunks, a single chunk and places", async () => {
+    const { r } = reader(4, 16);
+    const into = new Uint8Array(48).fill(0xee);
+    const p = r.read(0x3000n, 40, into);
+    r.complete(1, ErrorCode.OK, new Uint8Array(16).fill(2));
+    const place = r.place(2, 8)!; // the transport reads the last chunk straight into it
+    expect(place.buffer).toBe(into.buffer);
+    expect(place.byteOffset).toBe(into.byteOffset + 32);
+    place.fill(3);
+    r.complete(2, ErrorCode.OK, place);
+    r.complete(0, ErrorCode.OK, new Uint8Array(16).fill(1));
+    const got = await p;
+    expect(got.buffer).toBe(into.buffer);
+    expect(got.length).toBe(40);
+    expect([...into]).toEqual([
+      ...Array(16).fill(1),
+      ...Array(16).fill(2),
+      ...Array(8).fill(3),
+      ...Array(8).fill(0xee),
+    ]);
+
+    // One chunk: copied into the buffer (the completion's frame is not the model's to keep), or
+    // read straight into it through its place.
+    const one = r.read(0x4000n, 12, into);
+    const frame = Buffer.alloc(64, 7);
+    r.complete(3, ErrorCode.OK, frame.subarray(20, 32));
+    expect((await one).buffer).toBe(into.buffer);
+    expect([...into.subarray(0, 12)]).toEqual(Array(12).fill(7));
+    const placed = r.read(0x5000n, 12, into);
+    const spot = r.place(4, 12)!;
+    expect(spot.byteOffset).toBe(into.byteOffset);
+    spot.fill(9);
+    r.complete(4, ErrorCode.OK, spot);
+    expect([...(await placed)]).toEqual(Array(12).fill(9));
+
+    await expect(r.read(0x6000n, 49, into)).rejects.toThrow(RangeError);
+  });
+
   it('fails a read on its first refused chunk and checks what the host says', async () => {
     const { r, sent } = reader(4, 16);
     const p = r.read(0x3000n, 48);

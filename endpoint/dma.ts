@@ -18,8 +18,9 @@ export const DEFAULT_DMA_TAGS = 64;
 interface Request {
   iova: bigint;
   len: number;
-  /** Where the chunks are put together; none for a request of one chunk, which resolves with the
-   *  completion's bytes themselves (fresh from the wire, never reused). */
+  /** Where the chunks are put together: the model's own buffer when it gave one, else a new one;
+   *  none for a request of one chunk without it, which resolves with the completion's bytes
+   *  themselves (fresh from the wire, never reused). */
   buf: Uint8Array | undefined;
   /** Chunks not yet completed. */
   remaining: number;
@@ -67,8 +68,11 @@ export class DmaReader {
     return this.#queue.length;
   }
 
-  read(iova: bigint, len: number): Promise<Uint8Array> {
+  /** HostPort.dmaRead: `into`, when given, gets the bytes (and place() reads into it). */
+  read(iova: bigint, len: number, into?: Uint8Array): Promise<Uint8Array> {
     if (!Number.isSafeInteger(len) || len < 0) return Promise.reject(new RangeError(`dmaRead length ${len}`));
+    if (into && into.length < len)
+      return Promise.reject(new RangeError(`dmaRead of ${len} bytes into a buffer of ${into.length}`));
     if (this.#closed) return Promise.reject(new DmaError(iova, len, 'shutdown'));
     if (len === 0) return Promise.resolve(new Uint8Array(0));
     return new Promise((resolve, reject) => {
@@ -78,7 +82,11 @@ export class DmaReader {
         len,
         // Every byte is overwritten before it resolves: no zero fill. A plain Uint8Array, as
         // models get everywhere (a Buffer's slice() would be a view, not the copy they expect).
-        buf: chunks > 1 ? new Uint8Array(Buffer.allocUnsafeSlow(len).buffer, 0, len) : undefined,
+        buf: into
+          ? into.subarray(0, len)
+          : chunks > 1
+            ? new Uint8Array(Buffer.allocUnsafeSlow(len).buffer, 0, len)
+            : undefined,
         remaining: chunks,
         failed: false,
         resolve,
@@ -99,8 +107,8 @@ export class DmaReader {
 
   /**
    * Where the data of outstanding read `tag` may be read (by the transport, before its completion
-   * is delivered): the chunk's own place in its request's buffer, when the request has one (it
-   * has more than one chunk) and `len` is the chunk's length. Once per tag: a second frame for the
+   * is delivered): the chunk's own place in its request's buffer, when the request has one (the
+   * model gave it, or it has more than one chunk) and `len` is the chunk's length. Once per tag: a second frame for the
    * same tag (a peer's mistake) is decoded as any other, and refused at its delivery, never read
    * over the first. The buffer is the model's only when every chunk is complete.
    */

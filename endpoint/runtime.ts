@@ -694,12 +694,12 @@ export class EndpointRuntime {
     const faults = this.#faults;
     const port: HostPort = {
       sqEventIdx: push && (caps & Capability.CAP_SQ_EVENT_IDX) !== 0,
-      dmaRead: (iova, len) => {
+      dmaRead: (iova, len, into) => {
         if (!live()) return Promise.reject(new DmaError(iova, len, 'shutdown'));
         if (faults?.armed && faults.dma(d.dev, 'read', iova, len))
           return Promise.reject(new DmaError(iova, len, 'refused'));
-        const hit = d.pushed.take(iova, len);
-        if (!hit) return d.dma.read(iova, len);
+        const hit = d.pushed.take(iova, len, into);
+        if (!hit) return d.dma.read(iova, len, into);
         d.counters.pushHits++;
         d.counters.pushHitBytes += len;
         return Promise.resolve(hit);

@@ -859,8 +859,12 @@ export class NvmeController extends PciDevice<NvmeController> {
           waits = [];
           out = scratch.slice();
         }
-        const into = out;
-        waits.push(this.host.dmaRead(s.iova, s.len).then((b) => into.set(b, place)));
+        const into = out.subarray(place, place + s.len);
+        waits.push(
+          this.host.dmaRead(s.iova, s.len, into).then((b) => {
+            if (b.buffer !== into.buffer || b.byteOffset !== into.byteOffset) into.set(b);
+          }),
+        );
       }
       at += s.len;
     }

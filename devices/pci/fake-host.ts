@@ -121,7 +121,7 @@ export class FakeHost implements HostPort {
     return Number(off);
   }
 
-  async dmaRead(iova: bigint, len: number): Promise<Uint8Array> {
+  async dmaRead(iova: bigint, len: number, into?: Uint8Array): Promise<Uint8Array> {
     await Promise.resolve();
     const off = this.#at(iova, len);
     if (off === undefined) {
@@ -129,7 +129,9 @@ export class FakeHost implements HostPort {
       throw new DmaError(iova, len, 'refused');
     }
     this.events.push({ kind: 'dma-read', iova, len });
-    return this.memory.slice(off, off + len);
+    if (!into) return this.memory.slice(off, off + len);
+    into.set(this.memory.subarray(off, off + len));
+    return into.subarray(0, len);
   }
 
   dmaWrite(iova: bigint, data: Uint8Array): void {

@@ -133,6 +133,7 @@ export class TestDevice extends PciDevice<TestDevice> {
   /** Bumped by every reset: async work of an older epoch is abandoned. */
   #epoch = 0;
   #busy = false;
+  #reads?: { epoch: number; bytes: Uint8Array };
   /** Completion vector of the running command. */
   #irq = IRQ_NONE;
   #commands = 0;
@@ -257,11 +258,12 @@ export class TestDevice extends PciDevice<TestDevice> {
     }
   }
 
-  /** `checksum`: DMA_READ's CRC into CHECKSUM; DMA_READ_COPY computes nothing over the bytes. */
+  /** `checksum`: DMA_READ's CRC into CHECKSUM; DMA_READ_COPY computes nothing over the bytes and
+   *  reads into the device's own buffer, as a device with its own memory would. */
   async #dmaRead(epoch: number, src: bigint, size: number, checksum: boolean): Promise<void> {
     let data: Uint8Array;
     try {
-      data = await this.host.dmaRead(src, size);
+      data = await this.host.dmaRead(src, size, checksum ? undefined : this.#readBuffer(epoch));
     } catch (e) {
       if (epoch !== this.#epoch) return;
       if (!(e instanceof DmaError)) throw e;
@@ -274,6 +276,13 @@ export class TestDevice extends PciDevice<TestDevice> {
     if (epoch !== this.#epoch) return;
     if (checksum) this.#regs.set32(REG.CHECKSUM, crc32(data));
     this.#complete(TEST_ERR.OK);
+  }
+
+  /** DMA_READ_COPY's destination, kept while the device runs one command at a time; a reset gets
+   *  a new one, since a read of the old epoch may still be landing in the old. */
+  #readBuffer(epoch: number): Uint8Array {
+    if (this.#reads?.epoch !== epoch) this.#reads = { epoch, bytes: new Uint8Array(TEST_MAX_DMA) };
+    return this.#reads.bytes;
   }
 
   /** DMA_WRITE_COPY's bytes: testPattern(seed, size), cut from the whole pattern of the last seed

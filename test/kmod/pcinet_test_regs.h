@@ -43,6 +43,8 @@
 #define CMD_DMA_READ		2
 #define CMD_DMA_WRITE		3
 #define CMD_RAISE_BURST		4	/* raise vector ARG SIZE times at once */
+#define CMD_DMA_READ_COPY	5	/* DMA_READ without the CRC */
+#define CMD_DMA_WRITE_COPY	6	/* DMA_WRITE from a pattern made once per seed */
 #define TEST_MAX_BURST		8192
 
 #define STATUS_DONE		BIT(0)
