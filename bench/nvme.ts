@@ -315,10 +315,13 @@ function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measu
       'MMIO accesses (the trap itself is not counted), records waiting for the link thread, sending, applying ' +
       "the endpoint's records, MSI-X raise to handler, the driver's DMA map and unmap calls; link RTT: the mean from a send to the next bytes back " +
       '(network both ways and the endpoint); endpoint: its mean reply time; network: RTT minus endpoint; ' +
+      "reply: from a reply's first bytes back to its last record applied (its transfer and apply); " +
       "at QD1 also the whole I/O (from the row's rate) and the rest: the I/O minus every step above (the trap, " +
       'the block layer and dd, wake-ups)',
   );
-  const rows = [['transport', 'test', ...TIMING.map((t) => t.label), 'endpoint', 'network', 'I/O', 'rest']];
+  const rows = [
+    ['transport', 'test', ...TIMING.map((t) => t.label), 'endpoint', 'network', 'reply', 'I/O', 'rest'],
+  ];
   for (const d of ['tcp', 'tls'] as const) {
     for (const t of all) {
       const key = `${d} ${t.key}`;
@@ -347,6 +350,8 @@ function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measu
           : undefined;
       // The endpoint's reply time per link reply, and what is left of the RTT for the network.
       const rtt = diff('rtt');
+      // A reply's first bytes back → its last record applied: its transfer and its apply.
+      const reply = diff('reply');
       const replies = counterDelta(p.stats, key, 'linkReplies');
       const replyUs = counterDelta(p.stats, key, 'linkReplyUs');
       const endpoint = replies && replyUs !== undefined ? replyUs / replies : undefined;
@@ -358,6 +363,7 @@ function timingTable(p: Parsed, all: readonly Test[], results: Map<string, Measu
         ...cells,
         endpoint === undefined ? '?' : endpoint.toFixed(0),
         network === undefined ? '?' : network.toFixed(0),
+        reply && ios ? (reply[0]! / 1000 / ios).toFixed(0) : '?',
         ioUs === undefined ? '-' : ioUs.toFixed(0),
         rest === undefined ? '-' : rest.toFixed(0),
       ]);

@@ -130,6 +130,7 @@ struct pcinet_counters {
 	atomic64_t t_kick_ns, t_kick_n;		/* W_VIRTQ_DONE's own notify, pushes and queueing */
 	atomic64_t t_room_ns, t_room_n;		/* a producer waited for room in the queue */
 	atomic64_t t_map_ns, t_map_n;		/* a streaming DMA map or unmap call */
+	atomic64_t t_reply_ns, t_reply_n;	/* a reply's first bytes -> its last record applied */
 };
 
 struct pcinet_dma;

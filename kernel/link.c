@@ -344,7 +344,7 @@ static int pcinet_link_rx(void *arg)
 {
 	struct pcinet_link *l = arg;
 	struct pcinet_fn *fn = l->fn;
-	u64 received, sent;
+	u64 received, sent, reply = 0;
 	size_t have = 0;
 	int err = 0;
 
@@ -362,8 +362,11 @@ static int pcinet_link_rx(void *arg)
 		}
 		received = ktime_get_ns();
 		sent = xchg(&l->sent_ns, 0);
-		if (sent)
+		if (sent) {
 			pcinet_timing_add(&fn->stats.t_rtt_ns, &fn->stats.t_rtt_n, sent);
+			if (!reply)
+				reply = received;
+		}
 		have += ret;
 		ret = l->aead ? pcinet_link_open(l, have) : pcinet_link_apply(l, l->rxbuf, have);
 		pcinet_timing_add(&fn->stats.t_apply_ns, &fn->stats.t_apply_n, received);
@@ -373,6 +376,11 @@ static int pcinet_link_rx(void *arg)
 		}
 		have -= ret;
 		memmove(l->rxbuf, l->rxbuf + ret, have);
+		/* A reply is in once no record is left half received. */
+		if (reply && !have) {
+			pcinet_timing_add(&fn->stats.t_reply_ns, &fn->stats.t_reply_n, reply);
+			reply = 0;
+		}
 	}
 	if (err == -EBADMSG)
 		pr_warn_ratelimited("kernel link: a sealed frame failed authentication\n");

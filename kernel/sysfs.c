@@ -38,6 +38,7 @@ static ssize_t pcinet_timing_show(struct device *dev, struct device_attribute *a
 		{ "kick", &c->t_kick_ns, &c->t_kick_n },
 		{ "room", &c->t_room_ns, &c->t_room_n },
 		{ "map", &c->t_map_ns, &c->t_map_n },
+		{ "reply", &c->t_reply_ns, &c->t_reply_n },
 	};
 	int i, len = 0;
 
