@@ -76,8 +76,7 @@ export interface NetBackend {
   setOffloads?(o: RxOffloads): void;
   /** A frame the driver transmitted. May return a promise to apply backpressure. */
   send(frame: Uint8Array): void | Promise<void>;
-  /** Set by the device: frames for the driver. A frame is the device's only during the call (a
-   *  backend may read the next one into the same memory): the device copies what it keeps. */
+  /** Set by the device: frames for the driver. */
   onReceive: ((frame: Uint8Array) => void) | undefined;
   /** Set by the device: the backend's side of the link went down or up (the card's admin). */
   onLink?: ((up: boolean) => void) | undefined;

@@ -16,7 +16,7 @@
 // NIC's link down for the workstation, `up` brings it back (SIOCGIFFLAGS on a socket of this
 // process's network namespace, every LINK_POLL_MS; sysfs would show the namespace it was mounted
 // in). A TAP this backend creates starts down until the card configures it.
-import { closeSync, constants, openSync, readSync, writeSync } from 'node:fs';
+import { closeSync, constants, openSync, read, readSync, writeSync } from 'node:fs';
 import koffi from 'koffi';
 import { checkTapName, type NetBackend, type RxOffloads } from '../../devices/virtio-net/device.js';
 
@@ -50,18 +50,17 @@ const SOCK_CLOEXEC = 0o2000000;
 const POLLIN = 0x1;
 /** A reader waits for frames in poll() calls this long, so no thread is ever blocked for good. */
 const READ_POLL_MS = 200;
-/** Frames one wakeup hands over at most: those already waiting are read at once (the descriptor
- *  is non-blocking), so the device serves them in one round — one interrupt and one reply on the
- *  link instead of one each. */
+/** Frames one wakeup hands over at most: after a read from the thread pool, those already
+ *  waiting are read at once (the descriptor is non-blocking), so the device serves them in one
+ *  round — one interrupt and one reply on the link instead of one each. */
 export const READ_BURST = 32;
 
 type Ioctl = (fd: number, req: number, ...args: unknown[]) => number;
-interface Poll {
-  (fds: Buffer, nfds: number, timeout: number): number;
+interface AsyncPoll {
   async(fds: Buffer, nfds: number, timeout: number, cb: (err: unknown, res: number) => void): void;
 }
 let libc:
-  | { ioctl: Ioctl; socket: (domain: number, type: number, proto: number) => number; poll: Poll }
+  | { ioctl: Ioctl; socket: (domain: number, type: number, proto: number) => number; poll: AsyncPoll }
   | undefined;
 
 function loadLibc(): NonNullable<typeof libc> {
@@ -74,7 +73,7 @@ function loadLibc(): NonNullable<typeof libc> {
         t: number,
         p: number,
       ) => number,
-      poll: lib.func('int poll(uint8_t *fds, unsigned long nfds, int timeout)') as unknown as Poll,
+      poll: lib.func('int poll(uint8_t *fds, unsigned long nfds, int timeout)') as unknown as AsyncPoll,
     };
   }
   return libc;
@@ -203,42 +202,45 @@ export class TapBackend implements NetBackend {
   }
 
   /**
-   * Reads frames until closed. The descriptor is non-blocking: a poll() of at most READ_POLL_MS
-   * runs in the thread pool until a frame waits (so closing, or exiting, never waits on a read
-   * that no frame will ever end); then the frames waiting are read here, up to READ_BURST of them,
-   * each after a poll() without waiting says one is there — no read in the thread pool, and no
-   * EAGAIN thrown per burst. All of them reach onReceive in the same turn of the event loop, each
-   * in the one buffer this loop reads into (NetBackend.onReceive: the frame is the device's only
-   * during the call).
+   * Reads frames until closed. The descriptor is non-blocking: when no frame is waiting, a poll()
+   * of at most READ_POLL_MS runs in the thread pool, so closing (or exiting) never waits on a read
+   * that no frame will ever end. A frame read through the thread pool is followed by up to
+   * READ_BURST - 1 more read synchronously, as long as frames are waiting: all of them reach
+   * onReceive in the same turn of the event loop.
    */
   #readLoop(): void {
-    const c = loadLibc();
     const buf = Buffer.allocUnsafe(MAX_FRAME);
     const pfd = Buffer.alloc(8);
     pfd.writeInt32LE(this.#fd, 0);
     pfd.writeInt16LE(POLLIN, 4);
-    const waiting = () => c.poll(pfd, 1, 0) > 0 && (pfd.readInt16LE(6) & POLLIN) !== 0;
-    const burst = () => {
-      for (let i = 0; i < READ_BURST && !this.#closed && waiting(); i++) {
-        let n: number;
-        try {
-          n = readSync(this.#fd, buf, 0, MAX_FRAME, null);
-        } catch (e) {
-          if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') this.#closed = true;
+    const deliver = (n: number) => {
+      if (n > 0) this.onReceive?.(Uint8Array.prototype.slice.call(buf, 0, n));
+    };
+    const next = () => {
+      if (this.#closed) return;
+      read(this.#fd, buf, 0, MAX_FRAME, null, (err, n) => {
+        if (this.#closed) return;
+        if (err?.code === 'EAGAIN') {
+          loadLibc().poll.async(pfd, 1, READ_POLL_MS, () => next());
           return;
         }
-        if (n > 0) this.onReceive?.(new Uint8Array(buf.buffer, buf.byteOffset, n));
-      }
-    };
-    const wait = () => {
-      if (this.#closed) return;
-      c.poll.async(pfd, 1, READ_POLL_MS, () => {
-        if (this.#closed) return;
-        burst();
-        wait();
+        if (err) {
+          this.#closed = true;
+          return;
+        }
+        deliver(n);
+        for (let i = 1; i < READ_BURST && !this.#closed; i++) {
+          try {
+            deliver(readSync(this.#fd, buf, 0, MAX_FRAME, null));
+          } catch (e) {
+            if ((e as NodeJS.ErrnoException).code !== 'EAGAIN') this.#closed = true;
+            break;
+          }
+        }
+        next();
       });
     };
-    wait();
+    next();
   }
 
   /** What the driver takes on received frames (TUNSETOFFLOAD): the kernel segments and checksums
