@@ -18,8 +18,9 @@ import { createInterface } from 'node:readline';
 import { startCardControl } from '../lab/card-control.js';
 import { LAB_ENDPOINT_PORT } from '../lab/commands.js';
 import { repoRoot } from '../lab/paths.js';
+import type { LabAssets } from '../lab/prepare.js';
 import { runOk } from '../lab/proc.js';
-import type { LabCard } from '../lab/run.js';
+import { type LabCard, type LabResult, MAX_SLOWDOWN, runInLab } from '../lab/run.js';
 import { ControlClient } from '../proto/control.js';
 
 /** Where the guest dials: the proxy. Any free port of the lab's private namespace. */
@@ -120,4 +121,47 @@ setTimeout(() => process.exit(0), ${o.lifetimeMs});
     const echo = spawn(cmd!, args, { stdio: 'ignore' });
     return () => echo.kill('SIGTERM');
   };
+}
+
+/**
+ * One lab run of a pcinet NIC (virtio-net on the card's TAP `tap`) behind the outage proxy, with
+ * echoCard serving `address`:`port` and the network words at the guest's disposal: the result, its
+ * output for assertion messages (guest, stderr, host-agent log) and the network's events. Prints
+ * the guest's output and the host-agent's warnings and link lines.
+ */
+export async function runNicOutage(o: {
+  assets: LabAssets;
+  tap: string;
+  mac: string;
+  address: string;
+  port: number;
+  command: string;
+  timeoutMs: number;
+  hostArgs?: string[];
+}): Promise<{ r: LabResult; out: string; events: NetworkEvent[] }> {
+  const events: NetworkEvent[] = [];
+  const setup = echoCard({
+    tap: o.tap,
+    address: o.address,
+    port: o.port,
+    lifetimeMs: o.timeoutMs * MAX_SLOWDOWN,
+  });
+  const r = await runInLab({
+    assets: o.assets,
+    devices: [`virtio-net:tap=${o.tap},mac=${o.mac}`],
+    dialPort: OUTAGE_DIAL_PORT,
+    reconnect: true,
+    hostArgs: o.hostArgs ?? [],
+    command: o.command,
+    timeoutMs: o.timeoutMs,
+    card: networkControl(events, setup),
+  });
+  console.log(r.stdout);
+  console.log(
+    r.hostAgentLog
+      .split('\n')
+      .filter((l) => /"level":[45]0|link up|recovered|resumed|removing/.test(l))
+      .join('\n'),
+  );
+  return { r, out: `${r.stdout}\n${r.stderr}\n${r.hostAgentLog}`, events };
 }

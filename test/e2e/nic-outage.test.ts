@@ -3,8 +3,8 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { askCard } from '../../lab/card-control.js';
 import { repoRoot } from '../../lab/paths.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { MAX_SLOWDOWN, runInLab, testBudget } from '../../lab/run.js';
-import { echoCard, type NetworkEvent, networkControl, OUTAGE_DIAL_PORT } from '../net-outage.js';
+import { testBudget } from '../../lab/run.js';
+import { runNicOutage } from '../net-outage.js';
 
 const root = process.getuid?.() === 0;
 const OUTAGE_S = Number(process.env.PCINET_NIC_OUTAGE_S ?? 60);
@@ -75,30 +75,15 @@ describe.skipIf(!root)('the NIC through a long outage', () => {
   it(`a ${OUTAGE_S} s outage (${KIND}): carrier down, then up; the same TCP connection, its stream intact`, {
     timeout: testBudget(RUN_TIMEOUT_MS),
   }, async () => {
-    const events: NetworkEvent[] = [];
-    const setup = echoCard({
+    const { r, out, events } = await runNicOutage({
+      assets,
       tap: TAP,
+      mac: MAC,
       address: CARD,
       port: ECHO_PORT,
-      lifetimeMs: RUN_TIMEOUT_MS * MAX_SLOWDOWN,
-    });
-    const r = await runInLab({
-      assets,
-      devices: [`virtio-net:tap=${TAP},mac=${MAC}`],
-      dialPort: OUTAGE_DIAL_PORT,
-      reconnect: true,
       command: guestScript,
       timeoutMs: RUN_TIMEOUT_MS,
-      card: networkControl(events, setup),
     });
-    const out = `${r.stdout}\n${r.stderr}`;
-    console.log(r.stdout);
-    console.log(
-      r.hostAgentLog
-        .split('\n')
-        .filter((l) => /"level":[45]0|link up|recovered|resumed/.test(l))
-        .join('\n'),
-    );
     expect(r.code, out).toBe(0);
     expect(r.stdout).toMatch(/^carrier-up-at-start$/m);
     expect(r.stdout).toMatch(/^recovers=1$/m);

@@ -22,8 +22,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { askCard } from '../../lab/card-control.js';
 import { repoRoot } from '../../lab/paths.js';
 import { type LabAssets, prepareLab } from '../../lab/prepare.js';
-import { type LabResult, MAX_SLOWDOWN, runInLab, testBudget } from '../../lab/run.js';
-import { echoCard, type NetworkEvent, networkControl, OUTAGE_DIAL_PORT } from '../net-outage.js';
+import { type LabResult, runInLab, testBudget } from '../../lab/run.js';
+import { type NetworkEvent, networkControl, OUTAGE_DIAL_PORT, runNicOutage } from '../net-outage.js';
 
 const root = process.getuid?.() === 0;
 /** Boot, the stream before, two outages, the stream after (TCP's retransmission backoff), the
@@ -87,34 +87,17 @@ describe.skipIf(!root)('the NIC when its restore at link up fails', () => {
     assets = await prepareLab({ modules: true });
   }, 30 * 60_000);
 
-  const run = async (after: string[], hostArgs: string[] = []) => {
-    const events: NetworkEvent[] = [];
-    const setup = echoCard({
+  const run = (after: string[], hostArgs: string[] = []) =>
+    runNicOutage({
+      assets,
       tap: TAP,
+      mac: MAC,
       address: CARD,
       port: ECHO_PORT,
-      lifetimeMs: RUN_TIMEOUT_MS * MAX_SLOWDOWN,
-    });
-    const r = await runInLab({
-      assets,
-      devices: [`virtio-net:tap=${TAP},mac=${MAC}`],
-      dialPort: OUTAGE_DIAL_PORT,
-      reconnect: true,
-      hostArgs,
       command: [...failedRestore, ...after].join('\n'),
       timeoutMs: RUN_TIMEOUT_MS,
-      card: networkControl(events, setup),
+      hostArgs,
     });
-    const out = `${r.stdout}\n${r.stderr}\n${r.hostAgentLog}`;
-    console.log(r.stdout);
-    console.log(
-      r.hostAgentLog
-        .split('\n')
-        .filter((l) => /"level":[45]0|link up|recovered|removing/.test(l))
-        .join('\n'),
-    );
-    return { r, out, events };
-  };
 
   /** What both runs show up to the failed restore. */
   const expectFailedRestore = (r: LabResult, out: string, events: NetworkEvent[]) => {
