@@ -8,7 +8,7 @@ import pino from 'pino';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { formatStatus, runStatus } from '../cli/status.js';
 import { TestDevice } from '../devices/test/device.js';
-import { endpointControl } from '../endpoint/control.js';
+import { endpointControl, endpointStatus } from '../endpoint/control.js';
 import { EndpointServer } from '../endpoint/server.js';
 import { listenControl } from '../proto/control.js';
 import type { StatusSnapshot } from '../proto/status.js';
@@ -103,13 +103,18 @@ describe('status of a live session', () => {
       await channel.close();
     });
 
-    // The driver keeps the device busy while status takes its two snapshots.
+    // The driver keeps the device busy while status takes its two snapshots. Status starts only
+    // once the device has answered a self-test, so both processes list it in the first snapshot
+    // (on a busy machine the endpoint's attach can land after a snapshot taken at once). The loop
+    // runs until both snapshots are taken, bounded in count.
     let busy = true;
     const fn = channel.functions[0]!;
+    const d = new TestDriver(fn, channel.memory, channel.iommu);
+    d.probe();
+    await d.selftest();
+    expect(endpointStatus(server)).toMatchObject({ devices: [{ dev: 1, link: 'up' }] });
     const work = (async () => {
-      const d = new TestDriver(fn, channel.memory, channel.iommu);
-      d.probe();
-      for (let i = 0; busy && i < 50; i++) await d.selftest();
+      for (let i = 0; busy && i < 100_000; i++) await d.selftest();
     })();
     let out = '';
     await runStatus({ socket: [hostSock, epSock], json: true, watch: false, interval: 500 }, (t) => {
