@@ -19,6 +19,7 @@ import {
 } from '../virtio/pci.js';
 import { VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE } from '../virtio/virtqueue.js';
 import {
+  MAX_TX_FRAME,
   NET_CFG,
   NET_HDR_F_DATA_VALID,
   NET_HDR_F_NEEDS_CSUM,
@@ -68,12 +69,13 @@ let hostRounds = true;
 class Driver extends FakeVirtioDriver<VirtioNet> {
   readonly wire: Wire;
 
-  constructor(o: { features?: bigint; netHeader?: boolean; offloads?: boolean } = {}) {
+  constructor(o: { features?: bigint; netHeader?: boolean; offloads?: boolean; memory?: number } = {}) {
     const wire = new Wire(o.netHeader);
     super(new VirtioNet({ mac: MAC, backend: wire, offloads: o.offloads }), {
       rounds: hostRounds,
       features: o.features,
       queueSize: QSIZE,
+      memory: o.memory,
     });
     this.wire = wire;
   }
@@ -246,6 +248,36 @@ describe.each([true, false])('virtio-net, host ends rounds: %s', (rounds) => {
     await d.bus.settle();
     expect(d.used(RX_QUEUE)).toEqual([{ id: 0, len: NET_HDR_SIZE + 100 }]);
     expect(d.dev.counters()).toMatchObject({ rxDropTooBig: 1, rxFrames: 1 });
+  });
+
+  it('sends a batch longer than its arena in parts: every frame whole, in order', async () => {
+    const d = new Driver({ memory: 4 << 20 });
+    d.setupQueues();
+    // 14 frames of ~64 KiB: more than the 1 MiB the device reads at once.
+    const frames = Array.from({ length: 14 }, (_, i) => frame(65_000 - i, i + 1));
+    frames.forEach((f, i) => {
+      const at = d.alloc(NET_HDR_SIZE + f.length);
+      d.host.memory.set(f, d.mem(at) + NET_HDR_SIZE);
+      d.desc(TX_QUEUE, i, at, NET_HDR_SIZE + f.length, 0);
+    });
+    d.offer(TX_QUEUE, ...frames.map((_, i) => i));
+    await d.bus.settle();
+    expect(d.wire.sent).toEqual(frames);
+    expect(d.used(TX_QUEUE).map((u) => u.id)).toEqual(frames.map((_, i) => i));
+  });
+
+  it('a chain longer than any frame is returned unsent, traced and counted; the next one goes', async () => {
+    const d = new Driver({ memory: 2 << 20 });
+    d.setupQueues();
+    const big = d.alloc(MAX_TX_FRAME + 1);
+    d.desc(TX_QUEUE, 0, big, MAX_TX_FRAME + 1, 0);
+    d.offer(TX_QUEUE, 0);
+    d.transmit(1, frame(200, 5));
+    await d.bus.settle();
+    expect(d.wire.sent).toEqual([frame(200, 5)]);
+    expect(d.used(TX_QUEUE).map((u) => u.id)).toEqual([0, 1]);
+    expect(d.dev.counters()).toMatchObject({ txDropTooBig: 1, txFrames: 1 });
+    expect(d.host.traced('virtio-net.tx.too-big')).toBe(1);
   });
 
   it('follows chained and indirect TX descriptors', async () => {

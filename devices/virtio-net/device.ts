@@ -16,7 +16,7 @@ import type { Register } from '../pci/index.js';
 import { wr16 } from '../pci/le.js';
 import { deviceSpec, intOption, type OptionParser, switchOption } from '../spec.js';
 import { VirtioPciDevice } from '../virtio/pci.js';
-import type { Chain, SplitQueue } from '../virtio/virtqueue.js';
+import { type Chain, SplitQueue } from '../virtio/virtqueue.js';
 
 export const VIRTIO_NET_F_CSUM = 0;
 export const VIRTIO_NET_F_GUEST_CSUM = 1;
@@ -34,6 +34,12 @@ export const VIRTIO_NET_S_LINK_UP = 1;
 
 /** struct virtio_net_hdr_v1: flags, gso_type, hdr_len, gso_size, csum_start, csum_offset, num_buffers. */
 export const NET_HDR_SIZE = 12;
+/** The longest frame a driver transmits, net header included: a TSO segment of 64 KiB of IPv6
+ *  payload with its 40-byte header, Ethernet and two VLAN tags. Longer chains are driver mistakes. */
+export const MAX_TX_FRAME = NET_HDR_SIZE + 0xffff + 40 + 22;
+/** Transmitted frames read at once at most, in bytes (a whole ring of small frames, or 16 TSO
+ *  segments). */
+const TX_ARENA = 1 << 20;
 export const NET_HDR_F_NEEDS_CSUM = 1;
 export const NET_HDR_F_DATA_VALID = 2;
 export const NET_HDR_GSO_NONE = 0;
@@ -74,7 +80,9 @@ export interface NetBackend {
   /** Set by the device when the driver's offloads change (driver ready, reset): the backend must
    *  not hand over frames that need more. Only called on backends with `netHeader`. */
   setOffloads?(o: RxOffloads): void;
-  /** A frame the driver transmitted. May return a promise to apply backpressure. */
+  /** A frame the driver transmitted; it is the backend's only during the call (until the promise
+   *  settles): the device reads the next frame into the same memory. May return a promise to
+   *  apply backpressure. */
   send(frame: Uint8Array): void | Promise<void>;
   /** Set by the device: frames for the driver. */
   onReceive: ((frame: Uint8Array) => void) | undefined;
@@ -105,6 +113,8 @@ export interface NetCounters {
   /** Received frames needing an offload the driver did not take (only while offloads change). */
   rxDropOffload: number;
   txDropLinkDown: number;
+  /** Transmitted chains longer than any frame (MAX_TX_FRAME): not read, not sent. */
+  txDropTooBig: number;
   /** Transmitted frames whose header asks for an offload the driver did not negotiate. */
   txDropOffload: number;
 }
@@ -126,9 +136,13 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
     rxDropTooBig: 0,
     rxDropOffload: 0,
     txDropLinkDown: 0,
+    txDropTooBig: 0,
     txDropOffload: 0,
   };
   #backlog: Uint8Array[] = [];
+  /** Where transmitted frames are read and handed to the backend (NetBackend.send: the frame is
+   *  the backend's only during the call), so a frame costs no allocation. */
+  readonly #txArena = new Uint8Array(TX_ARENA);
   /** RX chains taken from the ring but not yet filled (mergeable buffers gather several). */
   #held: Chain[] = [];
   #linkUp = true;
@@ -285,31 +299,31 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
       if (!rounds && ring.interruptDue()) this.interruptQueue(TX_QUEUE);
       if (n === 0) break;
       // Every chain's indirect table, then every frame's bytes, in flight at once: two round
-      // trips for the batch, whatever its size (none when the notify pushed them).
+      // trips for the batch, whatever its size (none when the notify pushed them). The frames
+      // are read into the queue's arena, TX_ARENA bytes of them at a time.
       const chains = await ring.popAll();
-      const frames = await Promise.all(chains.map((c) => ring.read(c)));
-      if (this.stale(epoch)) return;
-      for (let i = 0; i < chains.length; i++) {
-        const chain = chains[i]!;
-        const data = frames[i]!;
-        ring.push(chain.head, 0);
-        if (data.length <= NET_HDR_SIZE) {
-          this.trace('virtio-net.tx.short', { bytes: data.length });
-          continue;
+      for (let start = 0; start < chains.length; ) {
+        // As many chains as the arena holds (at least one); an over-long one is not read.
+        const slots: { at: number; len: number; fits: boolean }[] = [];
+        let bytes = 0;
+        for (let k = start; k < chains.length; k++) {
+          const len = SplitQueue.readableBytes(chains[k]!);
+          const fits = len <= MAX_TX_FRAME;
+          if (fits && bytes + len > TX_ARENA) break;
+          slots.push({ at: bytes, len, fits });
+          if (fits) bytes += len;
         }
-        const refused = this.#txRefused(data);
-        if (refused) {
-          this.counters_.txDropOffload++;
-          this.trace('virtio-net.tx.offload-not-negotiated', { offload: refused });
-          continue;
-        }
-        if (!this.#linkUp) {
-          this.counters_.txDropLinkDown++;
-          continue;
-        }
-        this.counters_.txFrames++;
-        this.counters_.txBytes += data.length - NET_HDR_SIZE;
-        await this.#backend.send(this.#headers ? data : data.subarray(NET_HDR_SIZE));
+        const arena = this.#txArena;
+        const frames = await Promise.all(
+          slots.map((f, k) =>
+            f.fits ? ring.read(chains[start + k]!, arena.subarray(f.at, f.at + f.len)) : undefined,
+          ),
+        );
+        if (this.stale(epoch)) return;
+        for (let k = 0; k < slots.length; k++)
+          await this.#sendFrame(ring, chains[start + k]!, frames[k], slots[k]!.len);
+        if (this.stale(epoch)) return;
+        start += slots.length;
       }
       if (this.stale(epoch)) return;
       // The host decides the interrupt and notifies us of buffers that came meanwhile.
@@ -319,6 +333,34 @@ export class VirtioNet extends VirtioPciDevice<VirtioNet> {
       if (ring.interruptNow()) this.interruptQueue(TX_QUEUE);
     }
     if (rounds && !this.stale(epoch)) this.endRound(TX_QUEUE, ring, { interrupt: true, recheck: true });
+  }
+
+  /** One transmitted chain: used at once (0 bytes written), its frame to the backend unless it is
+   *  dropped; `data` undefined: the chain was longer than any frame (`len` bytes), and not read. */
+  async #sendFrame(ring: SplitQueue, chain: Chain, data: Uint8Array | undefined, len: number): Promise<void> {
+    ring.push(chain.head, 0);
+    if (!data) {
+      this.counters_.txDropTooBig++;
+      this.trace('virtio-net.tx.too-big', { bytes: len, max: MAX_TX_FRAME });
+      return;
+    }
+    if (data.length <= NET_HDR_SIZE) {
+      this.trace('virtio-net.tx.short', { bytes: data.length });
+      return;
+    }
+    const refused = this.#txRefused(data);
+    if (refused) {
+      this.counters_.txDropOffload++;
+      this.trace('virtio-net.tx.offload-not-negotiated', { offload: refused });
+      return;
+    }
+    if (!this.#linkUp) {
+      this.counters_.txDropLinkDown++;
+      return;
+    }
+    this.counters_.txFrames++;
+    this.counters_.txBytes += data.length - NET_HDR_SIZE;
+    await this.#backend.send(this.#headers ? data : data.subarray(NET_HDR_SIZE));
   }
 
   async #fillRx(ring: SplitQueue, epoch: number): Promise<void> {

@@ -213,8 +213,33 @@ export class SplitQueue {
     return chain;
   }
 
-  /** Reads every readable byte of a chain. */
-  async read(chain: Chain): Promise<Uint8Array> {
+  /** Bytes a chain's readable segments hold. */
+  static readableBytes(chain: Chain): number {
+    let n = 0;
+    for (const s of chain.readable) n += s.len;
+    return n;
+  }
+
+  /** Reads every readable byte of a chain; with `into` (at least readableBytes long), into it:
+   *  the result is then a view of `into`, and no buffer is made per segment. */
+  async read(chain: Chain, into?: Uint8Array): Promise<Uint8Array> {
+    if (into) {
+      const port = this.#port();
+      const reads: Promise<Uint8Array>[] = [];
+      let at = 0;
+      for (const s of chain.readable) {
+        reads.push(port.dmaRead(s.addr, s.len, into.subarray(at, at + s.len)));
+        at += s.len;
+      }
+      const parts = await Promise.all(reads);
+      // A read may return its own bytes rather than fill `into` (HostPort.dmaRead).
+      at = 0;
+      for (const p of parts) {
+        if (p.buffer !== into.buffer || p.byteOffset !== into.byteOffset + at) into.set(p, at);
+        at += p.length;
+      }
+      return into.subarray(0, at);
+    }
     const parts = await Promise.all(chain.readable.map((s) => this.#port().dmaRead(s.addr, s.len)));
     if (parts.length === 1) return parts[0]!;
     const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
