@@ -20,6 +20,7 @@
 // would be unbound, losing its addresses and connections) wait for the resume as before.
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
+import type { PlaceDmaWrite } from '../proto/session.js';
 import { ErrorCode, kindOf, type Msg, ProtocolError, type pcinet } from '../proto/wire.js';
 import type { AttachOptions, Channel, ChannelDevice, DeviceSink, LinkEndpoint } from './channel.js';
 import type { Parking } from './parking.js';
@@ -33,6 +34,8 @@ export interface RelaySession extends EventEmitter {
   resume(): void;
   close(err?: Error): Promise<void>;
   readonly closed: boolean;
+  /** Where a DmaWrite's data may be read straight into (proto/session.ts), when it can place. */
+  placeDmaWrite?: PlaceDmaWrite | undefined;
 }
 
 /** Inbound batches waiting behind an attach before the session is paused. */
@@ -95,6 +98,8 @@ export class Relay {
       this.#finish = r;
     });
     session.on('messages', (msgs: Msg[]) => this.#receive(msgs));
+    if (channel.placesDmaWrites && 'placeDmaWrite' in session)
+      session.placeDmaWrite = (dev, iova, length, cancel) => this.#placeDmaWrite(dev, iova, length, cancel);
     session.on('close', (err?: Error) => void this.#sessionClosed(err));
     if (parking) {
       session.on('unreachable', (err: Error) => {
@@ -294,6 +299,13 @@ export class Relay {
       this.#gone.add(dev);
     }
     this.#scheduleFlush();
+  }
+
+  /** A place for the data of a DmaWrite that is the next message: only when it would be
+   *  dispatched at once (no attach under way, nothing queued behind one), from its device. */
+  #placeDmaWrite(dev: number, iova: bigint, length: number, cancel: () => void): Uint8Array | undefined {
+    if (this.#closed || this.#pumping || this.#queue.length > 0) return undefined;
+    return this.#devices.get(dev)?.device.placeDmaWrite?.(iova, length, cancel);
   }
 
   #dispatch(m: Msg): void {

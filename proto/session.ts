@@ -30,7 +30,7 @@ import {
   framedSize,
   partsLength,
 } from './codec.js';
-import { canPlace, type PlacedFrame, type Placer, placedMessages } from './frame-place.js';
+import { canPlace, type PlaceableHead, type PlacedFrame, type Placer, placedFrame } from './frame-place.js';
 import { devOf, type Tap } from './trace.js';
 import type { Transport } from './transport.js';
 import {
@@ -99,6 +99,18 @@ export type SessionRole = 'host' | 'endpoint';
 /** Where the data of DmaReadCpl (dev, tag) of `length` bytes may be read straight into, or
  *  undefined. Must not throw. */
 export type PlaceDmaReadCpl = (dev: number, tag: number, length: number) => Uint8Array | undefined;
+
+/** Where the data of DmaWrite (dev, iova) of `length` bytes, the next message to be delivered,
+ *  may be read straight into (host memory), or undefined. Must not throw. The DmaWrite is then
+ *  delivered with that place as its data. `cancel` must be called as soon as nothing more may be
+ *  written there (the mapping went away): if the frame is still being read, its connection ends
+ *  and the frame comes again, decoded, on the next one. */
+export type PlaceDmaWrite = (
+  dev: number,
+  iova: bigint,
+  length: number,
+  cancel: () => void,
+) => Uint8Array | undefined;
 
 export interface SessionStats {
   framesOut: number;
@@ -193,8 +205,9 @@ export class Session extends EventEmitter {
    *  message in and out is recorded. Off, it costs one test per message. */
   tap: Tap | undefined;
   #place: PlaceDmaReadCpl | undefined;
+  #placeWrite: PlaceDmaWrite | undefined;
   readonly #placer: Placer = {
-    place: (dev, tag, length) => (this.#closed ? undefined : this.#place?.(dev, tag, length)),
+    place: (head, cancel) => this.#placeFor(head, cancel),
     arrived: (f) => this.#onPlaced(f),
   };
   #keepaliveNonce = 0;
@@ -262,8 +275,34 @@ export class Session extends EventEmitter {
 
   set placeDmaReadCpl(place: PlaceDmaReadCpl | undefined) {
     this.#place = place;
+    this.#setPlacer();
+  }
+
+  /** Where the data of a DmaWrite goes, when its receiver has a place for it (the sim host: host
+   *  memory, when the write may land now): transports that can (plain TCP) then read the data of a
+   *  frame that starts with that DmaWrite straight there (proto/frame-place.ts). */
+  get placeDmaWrite(): PlaceDmaWrite | undefined {
+    return this.#placeWrite;
+  }
+
+  set placeDmaWrite(place: PlaceDmaWrite | undefined) {
+    this.#placeWrite = place;
+    this.#setPlacer();
+  }
+
+  #setPlacer(): void {
     const t = this.#t;
-    if (t && canPlace(t)) t.setPlacer(place ? this.#placer : undefined);
+    if (t && canPlace(t)) t.setPlacer(this.#place || this.#placeWrite ? this.#placer : undefined);
+  }
+
+  /** A place for the frame whose head this is, the next one to be delivered; only when it would be
+   *  delivered as soon as it is complete (nothing held, someone listening) and is in order. */
+  #placeFor(head: PlaceableHead, cancel: () => void): Uint8Array | undefined {
+    if (this.#closed || this.#paused || this.#early.length > 0 || this.listenerCount('messages') === 0)
+      return undefined;
+    if (head.seq !== this.#inSeq + 1 || head.ack > this.#outSeq) return undefined;
+    if (head.kind === 'dmaReadCpl') return this.#place?.(head.dev, head.tag, head.dataLength);
+    return this.#placeWrite?.(head.dev, head.iova, head.dataLength, cancel);
   }
 
   /** True while producers should wait for 'drain': disconnected, the socket is full, or the peer
@@ -283,9 +322,14 @@ export class Session extends EventEmitter {
     if (size > MAX_FRAME_BYTES - 64)
       throw new Error(`session: one message of ${size} bytes cannot be framed`);
     // A large DMA read's data goes in a frame of its own, which the endpoint can read straight
-    // into the read's buffer (proto/frame-place.ts).
-    const alone = m.dmaReadCpl != null && Array.isArray(e);
-    if ((alone || this.#batchBytes + size > FRAME_SOFT_BYTES) && this.#batch.length > 0) this.flush();
+    // into the read's buffer; a large DMA write's starts a frame, which the host can read straight
+    // into its memory, what follows it (the completion, the interrupt) read after it
+    // (proto/frame-place.ts).
+    const byReference = Array.isArray(e);
+    const alone = m.dmaReadCpl != null && byReference;
+    const first = m.dmaWrite != null && byReference;
+    if ((alone || first || this.#batchBytes + size > FRAME_SOFT_BYTES) && this.#batch.length > 0)
+      this.flush();
     this.#batch.push(e);
     this.#batchBytes += size;
     if (alone) this.flush();
@@ -398,7 +442,7 @@ export class Session extends EventEmitter {
     t.on('frame', onFrame);
     t.on('drain', onDrain);
     t.on('close', onClose);
-    if (this.#place && canPlace(t)) t.setPlacer(this.#placer);
+    if ((this.#place || this.#placeWrite) && canPlace(t)) t.setPlacer(this.#placer);
     this.#detach = () => {
       t.off('frame', onFrame);
       t.off('drain', onDrain);
@@ -542,10 +586,18 @@ export class Session extends EventEmitter {
     this.#onDecoded(f, bytes.length);
   }
 
-  /** A frame whose data the transport read where placeDmaReadCpl said: the one message it is. */
+  /** A frame whose data the transport read where placeDmaReadCpl or placeDmaWrite said. */
   #onPlaced(p: PlacedFrame): void {
     if (this.#closed) return;
-    this.#onDecoded({ seq: p.head.seq, ack: p.head.ack, msgs: placedMessages(p) }, p.length);
+    let f: DecodedFrame;
+    try {
+      f = placedFrame(p);
+    } catch (e) {
+      this.#countIn(p.length);
+      this.#fail(e as Error);
+      return;
+    }
+    this.#onDecoded(f, p.length);
   }
 
   #countIn(length: number): void {

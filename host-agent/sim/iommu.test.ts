@@ -72,3 +72,31 @@ describe('SoftIommu for push rules', () => {
     expect(iommu.counters.readBytes).toBe(PAGE);
   });
 });
+
+describe('SoftIommu places for device writes', () => {
+  it('gives the host memory a write would land in, only where it would be allowed, and cancels it on unmap', () => {
+    const { memory, iommu } = world();
+    const buf = memory.alloc(2 * PAGE);
+    const fromDevice = iommu.map(buf, 'from-device', 100, 1000);
+    const toDevice = iommu.map(buf, 'to-device');
+    const cancelled: string[] = [];
+    const place = iommu.placeWrite(fromDevice + 10n, 90, () => cancelled.push('a'));
+    expect(place?.buffer).toBe(memory.bytes.buffer);
+    expect(place?.byteOffset).toBe(buf.addr + 110);
+    expect(place).toHaveLength(90);
+    expect(iommu.placeWrite(fromDevice, 1001, () => {})).toBeUndefined(); // past the mapping
+    expect(iommu.placeWrite(toDevice, 16, () => {})).toBeUndefined(); // the device may only read it
+    expect(iommu.placeWrite(fromDevice, 0, () => {})).toBeUndefined();
+    // Applied where it is: counted, not copied; a place released is not cancelled.
+    place!.fill(3);
+    expect(iommu.deviceWrite(fromDevice + 10n, place!)).toBe(true);
+    expect(iommu.counters).toMatchObject({ placedWrites: 1, placedBytes: 90, writeBytes: 90, writeFaults: 0 });
+    const released = () => cancelled.push('released');
+    iommu.placeWrite(fromDevice, 16, released);
+    iommu.releasePlace(released);
+    iommu.unmap(fromDevice);
+    expect(cancelled).toEqual(['a']);
+    expect(iommu.counters.placesCancelled).toBe(1);
+    expect(buf.bytes[110]).toBe(3);
+  });
+});
