@@ -5,9 +5,11 @@ import type { DeviceDescription, ErrorCode, Msg } from '../proto/wire.js';
 
 /** Sends a host -> device message (MmioWrite, MmioRead, DmaReadCpl, ConfigWrite, FunctionReset,
  *  Detach) into the session, in order. `handOver`: the message's payload, which the channel made
- *  for this message alone and never touches again, so the session may send it by reference
- *  instead of copying it (a channel that reuses its buffers passes nothing). */
-export type DeviceSink = (m: Msg, handOver?: Uint8Array) => void;
+ *  for this message and does not touch again until `release` is called (never, without one), so
+ *  the session may send it by reference instead of copying it (a channel that reuses its buffers
+ *  otherwise passes nothing). `release`: called once the payload is no longer needed (the endpoint
+ *  has acknowledged a copy of it), when the session can tell. */
+export type DeviceSink = (m: Msg, handOver?: Uint8Array, release?: () => void) => void;
 
 /** Where a kernel link goes (docs/KERNEL-ABI.md, W_CONNECT): the endpoint's resolved address. */
 export interface LinkTarget {

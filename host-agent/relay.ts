@@ -27,8 +27,9 @@ import type { Parking } from './parking.js';
 
 /** What the relay needs of a session (proto/session.ts satisfies it). */
 export interface RelaySession extends EventEmitter {
-  /** `byRef`: the message's payload, handed over (sent by reference, never copied). */
-  send(m: Msg, byRef?: Uint8Array): void;
+  /** `byRef`: the message's payload, handed over (sent by reference, never copied); `release`:
+   *  called once it is no longer needed (proto/session.ts). */
+  send(m: Msg, byRef?: Uint8Array, release?: () => void): void;
   flush(): void;
   pause(): void;
   resume(): void;
@@ -205,9 +206,9 @@ export class Relay {
       if (!a.desc) throw new ProtocolError(ErrorCode.BAD_CONFIG, 'Attach without a description');
       // The bus may talk about the device before attach() returns (config writes while the kernel
       // scans it): those go out after our AttachResult, which the endpoint must see first.
-      let early: [Msg, Uint8Array | undefined][] | undefined = [];
-      const sink: DeviceSink = (m, handOver) =>
-        early ? early.push([m, handOver]) : this.#fromDevice(dev, m, handOver);
+      let early: Parameters<DeviceSink>[] | undefined = [];
+      const sink: DeviceSink = (m, handOver, release) =>
+        early ? early.push([m, handOver, release]) : this.#fromDevice(dev, m, handOver, release);
       const parked = await this.#parking?.take(dev, a.desc, model);
       const opts = this.#linkOptions(dev, a);
       let recovered: ChannelDevice | undefined;
@@ -243,7 +244,7 @@ export class Relay {
       this.#session.send({
         attachResult: { dev, code: ErrorCode.OK, address: device.address, link: device.linked ?? false },
       });
-      for (const [m, handOver] of held) this.#fromDevice(dev, m, handOver);
+      for (const [m, handOver, release] of held) this.#fromDevice(dev, m, handOver, release);
       this.#log.info({ dev, model, address: device.address }, 'device attached');
     } catch (e) {
       const code =
@@ -288,11 +289,14 @@ export class Relay {
   }
 
   /** A message from a device on the channel, towards the endpoint. */
-  #fromDevice(dev: number, m: Msg, handOver?: Uint8Array): void {
+  #fromDevice(dev: number, m: Msg, handOver?: Uint8Array, release?: () => void): void {
     // After Detach the endpoint must hear nothing more of the device: what the bus still says
     // while the driver unbinds (a write, a config notice) has no device to go to.
-    if (this.#closed || this.#gone.has(dev)) return;
-    this.#session.send(m, handOver);
+    if (this.#closed || this.#gone.has(dev)) {
+      release?.();
+      return;
+    }
+    this.#session.send(m, handOver, release);
     if (m.detach) {
       // The host side removed it (e.g. the kernel unplugged it).
       this.#devices.delete(dev);

@@ -136,6 +136,10 @@ interface Pending {
   /** The frame as written (parts reference the batch's encoded messages). */
   parts: FrameParts;
   length: number;
+  /** Called once the peer has acknowledged the frame (send()'s `release`), unless it went out on
+   *  a transport that does not copy (`shared`). */
+  releases?: (() => void)[];
+  shared?: boolean;
 }
 
 type Resolved = Required<Omit<SessionOptions, 'log' | 'agent'>> & { log: Logger; agent: string };
@@ -190,6 +194,7 @@ export class Session extends EventEmitter {
   #replayBytes = 0;
   #batch: EncodedMsg[] = [];
   #batchBytes = 0;
+  #batchReleases: (() => void)[] = [];
   #writeBlocked = false;
   #reportedBacklog = false;
   #paused = false;
@@ -313,8 +318,10 @@ export class Session extends EventEmitter {
 
   /** Queues one sequenced message in the current batch. Ignored once the session is closed (device
    *  work racing the close). `byRef`: the message's payload, handed over (nobody modifies it
-   *  afterwards), so a large one is sent and kept for replay by reference instead of copied. */
-  send(m: Msg, byRef?: Uint8Array): void {
+   *  afterwards), so a large one is sent and kept for replay by reference instead of copied.
+   *  `release`: called once `byRef` is no longer needed (the peer acknowledged the frame, which it
+   *  got a copy of), so that its owner may reuse it; never, if the session ends first. */
+  send(m: Msg, byRef?: Uint8Array, release?: () => void): void {
     if (this.#closed) return;
     if (this.tap) this.tap.record(m, this.role === 'endpoint', false, devOf(m));
     const e = encodeMsg(m, byRef);
@@ -332,6 +339,7 @@ export class Session extends EventEmitter {
       this.flush();
     this.#batch.push(e);
     this.#batchBytes += size;
+    if (release) this.#batchReleases.push(release);
     if (alone) this.flush();
   }
 
@@ -344,7 +352,12 @@ export class Session extends EventEmitter {
     this.#stats.msgsOut += this.#batch.length;
     this.#batch = [];
     this.#batchBytes = 0;
-    this.#replay.push({ seq, parts, length });
+    const p: Pending = { seq, parts, length };
+    if (this.#batchReleases.length > 0) {
+      p.releases = this.#batchReleases;
+      this.#batchReleases = [];
+    }
+    this.#replay.push(p);
     this.#replayBytes += length;
     if (this.#replayBytes > 4 * this.#o.replayBytes) {
       this.#fail(
@@ -352,7 +365,10 @@ export class Session extends EventEmitter {
       );
       return;
     }
-    if (this.#t) this.#write(parts, this.#inSeq);
+    if (this.#t) {
+      if (!this.#t.copiesOut) p.shared = true;
+      this.#write(parts, this.#inSeq);
+    }
     this.#checkDrain();
   }
 
@@ -451,6 +467,7 @@ export class Session extends EventEmitter {
     };
     this.#lastRx = Date.now();
     for (const p of this.#replay) {
+      if (!t.copiesOut) p.shared = true;
       this.#write(p.parts, this.#inSeq);
       if (resumed) this.#stats.replayedFrames++;
     }
@@ -669,7 +686,9 @@ export class Session extends EventEmitter {
   #acked(ack: number): boolean {
     let n = 0;
     while (n < this.#replay.length && this.#replay[n]!.seq <= ack) {
-      this.#replayBytes -= this.#replay[n]!.length;
+      const p = this.#replay[n]!;
+      this.#replayBytes -= p.length;
+      if (p.releases && !p.shared) for (const r of p.releases) r();
       n++;
     }
     if (n > 0) this.#replay.splice(0, n);
@@ -775,6 +794,7 @@ export class Session extends EventEmitter {
     const t = this.#dropTransport();
     if (closeTransport) t?.close(err);
     this.#batch = [];
+    this.#batchReleases = [];
     this.emit('close', err);
   }
 }

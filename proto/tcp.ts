@@ -42,6 +42,7 @@ interface DirectReads {
 export class SocketTransport extends EventEmitter<TransportEvents> implements Transport, Placing {
   readonly remote: string;
   readonly peerFingerprint: string | undefined;
+  readonly copiesOut = true;
   readonly #socket: net.Socket;
   readonly #parser: FrameParser;
   /** The parser reads into our buffers, so it can place frames (frame-place.ts). */

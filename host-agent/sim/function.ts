@@ -639,8 +639,11 @@ export class SimFunction implements ChannelDevice {
         throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: DmaRead of ${len} bytes`);
       }
       const data = this.#master() ? this.#iommu.deviceRead(u64(r.iova), len) : undefined;
-      // A fresh copy of host memory, this completion's alone.
-      if (data) this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.OK, data } }, data);
+      // A copy of host memory, this completion's alone until the endpoint has it.
+      if (data)
+        this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.OK, data } }, data, () =>
+          this.#iommu.recycle(data),
+        );
       else {
         this.counters.dmaReadFaults++;
         this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.DMA_FAULT } });

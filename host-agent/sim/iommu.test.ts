@@ -90,7 +90,12 @@ describe('SoftIommu places for device writes', () => {
     // Applied where it is: counted, not copied; a place released is not cancelled.
     place!.fill(3);
     expect(iommu.deviceWrite(fromDevice + 10n, place!)).toBe(true);
-    expect(iommu.counters).toMatchObject({ placedWrites: 1, placedBytes: 90, writeBytes: 90, writeFaults: 0 });
+    expect(iommu.counters).toMatchObject({
+      placedWrites: 1,
+      placedBytes: 90,
+      writeBytes: 90,
+      writeFaults: 0,
+    });
     const released = () => cancelled.push('released');
     iommu.placeWrite(fromDevice, 16, released);
     iommu.releasePlace(released);
@@ -98,5 +103,29 @@ describe('SoftIommu places for device writes', () => {
     expect(cancelled).toEqual(['a']);
     expect(iommu.counters.placesCancelled).toBe(1);
     expect(buf.bytes[110]).toBe(3);
+  });
+});
+
+describe('SoftIommu read buffers', () => {
+  it('copies long reads into buffers that come back when recycled; short ones into their own', () => {
+    const { memory, iommu } = world();
+    const buf = memory.alloc(128 << 10);
+    buf.bytes.fill(1);
+    const iova = iommu.map(buf, 'to-device');
+    const a = iommu.deviceRead(iova, 100 << 10)!;
+    const b = iommu.deviceRead(iova, 100 << 10)!;
+    expect(a.buffer).not.toBe(b.buffer);
+    iommu.recycle(a);
+    buf.bytes.fill(2);
+    const c = iommu.deviceRead(iova, 64 << 10)!;
+    // a's buffer again, with what host memory holds now; b untouched.
+    expect(c.buffer).toBe(a.buffer);
+    expect(c.every((x) => x === 2)).toBe(true);
+    expect(b.every((x) => x === 1)).toBe(true);
+    expect(() => iommu.recycle(b) ?? iommu.recycle(b)).toThrow(/twice/);
+    const small = iommu.deviceRead(iova, 4096)!;
+    expect(small.buffer.byteLength).toBe(4096);
+    iommu.recycle(small);
+    expect(iommu.deviceRead(iova, 64 << 10)!.buffer).toBe(b.buffer);
   });
 });

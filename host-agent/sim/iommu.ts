@@ -8,7 +8,18 @@
 // mapping then tells whoever holds the place when it is unmapped, before anything else can happen,
 // so nothing is written into it afterwards.
 
+import assert from 'node:assert/strict';
+import { MAX_DMA_CHUNK } from '../../proto/wire.js';
+
 export const PAGE = 4096;
+
+/** Device reads at least this long are copied into buffers of MAX_DMA_CHUNK bytes that come back
+ *  (recycle()) once the endpoint has them: a streaming read then allocates nothing, and its garbage
+ *  collector has nothing to collect. Shorter ones get buffers of their own: those cost little. */
+const REUSED_MIN = 64 << 10;
+/** Buffers kept for reuse; arbitrary: 16 MiB, more than the reads a session keeps unacknowledged
+ *  at once when streaming (what is recycled beyond it is left to the garbage collector). */
+const MAX_SPARE = 64;
 
 export type DmaDirection = 'to-device' | 'from-device' | 'bidirectional';
 
@@ -111,6 +122,8 @@ export class SoftIommu {
   /** Sorted by iova. */
   #maps: Mapping[] = [];
   #next = IOVA_BASE;
+  /** Buffers for device reads, back from recycle(). */
+  readonly #spare: ArrayBuffer[] = [];
 
   constructor(memory: SimMemory) {
     this.#memory = memory;
@@ -168,9 +181,21 @@ export class SoftIommu {
     }
     this.counters.readBytes += len;
     // Every byte is overwritten: no zero fill first (slice's), for up to 256 KiB per DmaRead.
-    const copy = new Uint8Array(Buffer.allocUnsafeSlow(len).buffer, 0, len);
+    const reused = len >= REUSED_MIN && len <= MAX_DMA_CHUNK;
+    const buffer =
+      (reused && this.#spare.pop()) || Buffer.allocUnsafeSlow(reused ? MAX_DMA_CHUNK : len).buffer;
+    const copy = new Uint8Array(buffer, 0, len);
     copy.set(this.#memory.bytes.subarray(at, at + len));
     return copy;
+  }
+
+  /** A copy deviceRead returned is no longer used by anyone: its buffer may be reused. */
+  recycle(copy: Uint8Array): void {
+    const b = copy.buffer as ArrayBuffer;
+    if (b.byteLength !== MAX_DMA_CHUNK || copy.byteLength < REUSED_MIN || this.#spare.length >= MAX_SPARE)
+      return;
+    assert(!this.#spare.includes(b), 'iommu: a read buffer recycled twice');
+    this.#spare.push(b);
   }
 
   /** What a device read of [iova, iova + len) would return now, for a push: the same check (whole
