@@ -257,6 +257,8 @@ const FRAMES = fc.array(
       kind: fc.constant('write' as const),
       len: fc.integer({ min: 1, max: 70_000 }),
       after: fc.integer({ min: 0, max: 3 }),
+      // A large message after it too (a peer that batches DmaWrites): a long tail.
+      big: fc.integer({ min: 0, max: 40_000 }),
     }),
     fc.record({
       kind: fc.constant('small' as const),
@@ -267,7 +269,7 @@ const FRAMES = fc.array(
   { minLength: 1, maxLength: 10 },
 );
 
-type Kind = { kind: 'cpl' | 'write' | 'small'; len: number; after?: number };
+type Kind = { kind: 'cpl' | 'write' | 'small'; len: number; after?: number; big?: number };
 
 function build(kinds: Kind[]): Sent[] {
   return kinds.map((k, i) => {
@@ -277,6 +279,7 @@ function build(kinds: Kind[]): Sent[] {
       const after: Msg[] = Array.from({ length: k.after ?? 0 }, (_, v) => ({
         interrupt: { dev: 1, vector: v },
       }));
+      if (k.big) after.push({ dmaWrite: { dev: 1, iova: long(1 << 20), data: pattern(k.big, 3) } });
       const bytes = frame(i + 1, 0, [{ dmaWrite: { dev: 1, iova: long(i), data } }, ...after]);
       const tailAt = encodeSequenced(i + 1, 0, [
         encodeMsg({ dmaWrite: { dev: 1, iova: long(i), data } }),
@@ -373,6 +376,32 @@ describe('FrameParser placing frames', () => {
     expect(out.every((f) => !(f instanceof Uint8Array))).toBe(true);
     // The first frame starts in the scratch buffer; after it, reads stop at the next head.
     expect(reads.filter((n) => n <= 4 + PLACEABLE_HEAD).length).toBe(sent.length - 1);
+  });
+
+  it('reads a long tail after placed data in a few large reads, not head-sized ones', () => {
+    const data = pattern(256 << 10, 1);
+    const more = [1, 2, 3].map((i) => ({
+      dmaWrite: { dev: 1, iova: long(i << 20), data: pattern(256 << 10, i) },
+    }));
+    const bytes = frame(1, 0, [{ dmaWrite: { dev: 1, iova: long(0), data } }, ...more]);
+    const stream = Buffer.concat([lengthPrefix(bytes.length), bytes]);
+    const p = new FrameParser();
+    p.placer = { place: (head) => new Uint8Array(head.dataLength), arrived: () => {} };
+    const out: (Uint8Array | PlacedFrame)[] = [];
+    let reads = 0;
+    for (let at = 0; at < stream.length; reads++) {
+      const into = p.readBuffer();
+      const n = Math.min(into.length, stream.length - at);
+      into.set(stream.subarray(at, at + n));
+      at += n;
+      out.push(...p.filled(n));
+    }
+    expect(out).toHaveLength(1);
+    const f = out[0] as PlacedFrame;
+    expect(Buffer.compare(f.data, data)).toBe(0);
+    expect(placedFrame(f).msgs.map(fields)).toEqual(decodeFrame(bytes).msgs.map(fields));
+    // Scratch, the place, the tail's own buffer.
+    expect(reads).toBeLessThanOrEqual(4);
   });
 
   it('a place refused (no placer, or it says no) reads the frame as before', () => {

@@ -50,8 +50,7 @@ export class FrameParser {
    * large frame's place is asked for here, so its placer has seen every frame before it.
    */
   readBuffer(): Uint8Array {
-    if (!this.#placing && !this.#direct && !this.#tailOf && this.#want - this.#buffered >= DIRECT_MIN)
-      this.#collect();
+    if (!this.#placing && !this.#direct && this.#want - this.#buffered >= DIRECT_MIN) this.#collect();
     if (this.#placing) return this.#placing.data.subarray(this.#placing.have);
     if (this.#direct) return this.#direct.frame.subarray(this.#direct.have);
     // A plain Uint8Array: its slice() copies (a Buffer's would be a view of the reused bytes).
@@ -67,13 +66,14 @@ export class FrameParser {
       p.have += n;
       if (p.have < p.data.length) return [];
       this.#placing = undefined;
-      this.#peek = true;
       const { have: _, ...placed } = p;
+      // Read small next: only the next frame's head, or a short tail and that head.
+      this.#peek = p.head.tailLength < PEEK_BYTES;
       if (p.head.tailLength === 0) {
         this.#want = -1;
         return [placed];
       }
-      // The tail is read as a frame of its own would be, from the scratch buffer.
+      // The tail is read as a frame of its own would be (a long one into a buffer of its own).
       this.#want = p.head.tailLength;
       this.#tailOf = placed;
       return [];
@@ -84,12 +84,14 @@ export class FrameParser {
       if (d.have < d.frame.length) return [];
       this.#direct = undefined;
       this.#want = -1;
-      return [d.frame];
+      const tailOf = this.#tailOf;
+      this.#tailOf = undefined;
+      return [tailOf ? { ...tailOf, tail: d.frame } : d.frame];
     }
     // The scratch buffer is reused: keep a copy of what it holds.
     const out = this.#push(this.#scratch!.slice(0, n));
-    // Anything but a large frame still to come (readBuffer() decides on it) or a tail: reads fill
-    // the scratch buffer again.
+    // Anything but a large frame still to come (readBuffer() decides on it) or a short tail: reads
+    // fill the scratch buffer again.
     if (this.#want - this.#buffered < DIRECT_MIN && !this.#tailOf) this.#peek = false;
     return out;
   }
@@ -97,7 +99,8 @@ export class FrameParser {
   /** The large frame being collected (`#buffered` bytes of `#want` so far): placed if it can be,
    *  else read into a buffer of its own (`#direct`), or, still reading small, left for now. */
   #collect(): void {
-    const placed = this.#place();
+    // A tail is not a frame: nothing to place in it.
+    const placed = this.#tailOf ? 'no' : this.#place();
     if (placed === 'placed' || placed === 'head') return;
     this.#peek = false;
     const frame: Uint8Array = Buffer.allocUnsafeSlow(this.#want);
