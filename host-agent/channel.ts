@@ -5,9 +5,11 @@ import type { DeviceDescription, ErrorCode, Msg } from '../proto/wire.js';
 
 /** Sends a host -> device message (MmioWrite, MmioRead, DmaReadCpl, ConfigWrite, FunctionReset,
  *  Detach) into the session, in order. `handOver`: the message's payload, which the channel made
- *  for this message alone and never touches again, so the session may send it by reference
- *  instead of copying it (a channel that reuses its buffers passes nothing). */
-export type DeviceSink = (m: Msg, handOver?: Uint8Array) => void;
+ *  for this message and does not touch again until `release` is called (never, without one), so
+ *  the session may send it by reference instead of copying it (a channel that reuses its buffers
+ *  otherwise passes nothing). `release`: called once the payload is no longer needed (the endpoint
+ *  has acknowledged a copy of it), when the session can tell. */
+export type DeviceSink = (m: Msg, handOver?: Uint8Array, release?: () => void) => void;
 
 /** Where a kernel link goes (docs/KERNEL-ABI.md, W_CONNECT): the endpoint's resolved address. */
 export interface LinkTarget {
@@ -35,6 +37,8 @@ export interface AttachOptions {
 
 export interface Channel {
   readonly name: string;
+  /** Its devices may give places for DmaWrite data (ChannelDevice.placeDmaWrite). */
+  readonly placesDmaWrites?: boolean;
   /** Creates device `dev` from its description. Resolves once it is on the bus (the driver may
    *  already be probing). Rejects with a ProtocolError(ATTACH_FAILED | BAD_CONFIG) when it cannot. */
   attach(dev: number, desc: DeviceDescription, sink: DeviceSink, o?: AttachOptions): Promise<ChannelDevice>;
@@ -50,6 +54,13 @@ export interface ChannelDevice {
   /** A device -> host message for this device: ShadowUpdate, WritesApplied, MmioReadCpl, DmaRead,
    *  DmaWrite, Interrupt. In session order. */
   deliver(m: Msg): void;
+  /** Where the data of a DmaWrite of `length` bytes to `iova`, the next message for this device,
+   *  may be read straight into: the host memory the write would land in, when it would be allowed
+   *  now. deliver() then gets that DmaWrite with this place as its data, and must not copy it
+   *  again. `cancel` is called, synchronously, as soon as the place may no longer be written (the
+   *  mapping is unmapped, bus mastering turned off, the device removed) until then. Absent, or
+   *  undefined: the data is read and delivered as usual. */
+  placeDmaWrite?(iova: bigint, length: number, cancel: () => void): Uint8Array | undefined;
   /** Removes the device: the driver unbinds, in-flight work fails (reads all-ones). `reason` is
    *  SHUTDOWN for an orderly detach, anything else for a surprise removal. */
   remove(reason: ErrorCode): Promise<void>;

@@ -20,19 +20,23 @@
 // would be unbound, losing its addresses and connections) wait for the resume as before.
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
+import type { PlaceDmaWrite } from '../proto/session.js';
 import { ErrorCode, kindOf, type Msg, ProtocolError, type pcinet } from '../proto/wire.js';
 import type { AttachOptions, Channel, ChannelDevice, DeviceSink, LinkEndpoint } from './channel.js';
 import type { Parking } from './parking.js';
 
 /** What the relay needs of a session (proto/session.ts satisfies it). */
 export interface RelaySession extends EventEmitter {
-  /** `byRef`: the message's payload, handed over (sent by reference, never copied). */
-  send(m: Msg, byRef?: Uint8Array): void;
+  /** `byRef`: the message's payload, handed over (sent by reference, never copied); `release`:
+   *  called once it is no longer needed (proto/session.ts). */
+  send(m: Msg, byRef?: Uint8Array, release?: () => void): void;
   flush(): void;
   pause(): void;
   resume(): void;
   close(err?: Error): Promise<void>;
   readonly closed: boolean;
+  /** Where a DmaWrite's data may be read straight into (proto/session.ts), when it can place. */
+  placeDmaWrite?: PlaceDmaWrite | undefined;
 }
 
 /** Inbound batches waiting behind an attach before the session is paused. */
@@ -95,6 +99,8 @@ export class Relay {
       this.#finish = r;
     });
     session.on('messages', (msgs: Msg[]) => this.#receive(msgs));
+    if (channel.placesDmaWrites && 'placeDmaWrite' in session)
+      session.placeDmaWrite = (dev, iova, length, cancel) => this.#placeDmaWrite(dev, iova, length, cancel);
     session.on('close', (err?: Error) => void this.#sessionClosed(err));
     if (parking) {
       session.on('unreachable', (err: Error) => {
@@ -200,9 +206,9 @@ export class Relay {
       if (!a.desc) throw new ProtocolError(ErrorCode.BAD_CONFIG, 'Attach without a description');
       // The bus may talk about the device before attach() returns (config writes while the kernel
       // scans it): those go out after our AttachResult, which the endpoint must see first.
-      let early: [Msg, Uint8Array | undefined][] | undefined = [];
-      const sink: DeviceSink = (m, handOver) =>
-        early ? early.push([m, handOver]) : this.#fromDevice(dev, m, handOver);
+      let early: Parameters<DeviceSink>[] | undefined = [];
+      const sink: DeviceSink = (m, handOver, release) =>
+        early ? early.push([m, handOver, release]) : this.#fromDevice(dev, m, handOver, release);
       const parked = await this.#parking?.take(dev, a.desc, model);
       const opts = this.#linkOptions(dev, a);
       let recovered: ChannelDevice | undefined;
@@ -238,7 +244,7 @@ export class Relay {
       this.#session.send({
         attachResult: { dev, code: ErrorCode.OK, address: device.address, link: device.linked ?? false },
       });
-      for (const [m, handOver] of held) this.#fromDevice(dev, m, handOver);
+      for (const [m, handOver, release] of held) this.#fromDevice(dev, m, handOver, release);
       this.#log.info({ dev, model, address: device.address }, 'device attached');
     } catch (e) {
       const code =
@@ -283,17 +289,27 @@ export class Relay {
   }
 
   /** A message from a device on the channel, towards the endpoint. */
-  #fromDevice(dev: number, m: Msg, handOver?: Uint8Array): void {
+  #fromDevice(dev: number, m: Msg, handOver?: Uint8Array, release?: () => void): void {
     // After Detach the endpoint must hear nothing more of the device: what the bus still says
     // while the driver unbinds (a write, a config notice) has no device to go to.
-    if (this.#closed || this.#gone.has(dev)) return;
-    this.#session.send(m, handOver);
+    if (this.#closed || this.#gone.has(dev)) {
+      release?.();
+      return;
+    }
+    this.#session.send(m, handOver, release);
     if (m.detach) {
       // The host side removed it (e.g. the kernel unplugged it).
       this.#devices.delete(dev);
       this.#gone.add(dev);
     }
     this.#scheduleFlush();
+  }
+
+  /** A place for the data of a DmaWrite that is the next message: only when it would be
+   *  dispatched at once (no attach under way, nothing queued behind one), from its device. */
+  #placeDmaWrite(dev: number, iova: bigint, length: number, cancel: () => void): Uint8Array | undefined {
+    if (this.#closed || this.#pumping || this.#queue.length > 0) return undefined;
+    return this.#devices.get(dev)?.device.placeDmaWrite?.(iova, length, cancel);
   }
 
   #dispatch(m: Msg): void {

@@ -48,6 +48,12 @@ export function decodeFrame(bytes: Uint8Array): DecodedFrame {
   const seq = num(f.seq, 'seq');
   const ack = num(f.ack, 'ack');
   const msgs = f.msgs as pcinet.Msg[];
+  checkMsgs(seq, msgs);
+  return { seq, ack, msgs };
+}
+
+/** Throws the ProtocolError decodeFrame throws for frame `seq` with these messages, if any. */
+export function checkMsgs(seq: number, msgs: pcinet.Msg[]): void {
   msgs.forEach((m, i) => {
     if (m.body === undefined) {
       throw new ProtocolError(ErrorCode.UNKNOWN_MESSAGE, `message ${i} of frame ${seq} has no known body`);
@@ -61,7 +67,6 @@ export function decodeFrame(bytes: Uint8Array): DecodedFrame {
   });
   if (seq !== 0 && msgs.length === 0)
     throw new ProtocolError(ErrorCode.BAD_LENGTH, `sequenced frame ${seq} is empty`);
-  return { seq, ack, msgs };
 }
 
 /** Encodes an unsequenced frame (handshake, keep-alive, ack-only, error). */

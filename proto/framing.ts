@@ -31,7 +31,10 @@ export class FrameParser {
   #scratch: Uint8Array | undefined;
   #direct: { frame: Uint8Array; have: number } | undefined;
   /** The frame whose data is being read into the place its placer gave (`have` bytes so far). */
-  #placing: { head: PlacedFrame['head']; data: Uint8Array; length: number; have: number } | undefined;
+  #placing: (PlacedFrame & { have: number }) | undefined;
+  /** A placed frame whose data is all here: its tail (its further messages) is being collected,
+   *  as the frame `#want` bytes long. */
+  #tailOf: PlacedFrame | undefined;
   /** Asked where a placeable frame's data goes (frame-place.ts); only while reading into our
    *  buffers. */
   placer: Placer | undefined;
@@ -40,11 +43,14 @@ export class FrameParser {
 
   /**
    * For a socket that reads into buffers we hand it (net's `onread`): where the next read goes.
-   * While a large frame is being collected that is the rest of the frame's own buffer, so the
-   * kernel copies its bytes to where they stay and nothing here copies them again; otherwise a
-   * scratch buffer, whose bytes filled() copies out. Call filled() after every read.
+   * While a large frame is being collected that is the rest of the frame's own buffer, or the
+   * place its placer gave for its data, so the kernel copies its bytes to where they stay and
+   * nothing here copies them again; otherwise a scratch buffer, whose bytes filled() copies out.
+   * Call filled() after every read, and this after the frames it returned have been handled: a
+   * large frame's place is asked for here, so its placer has seen every frame before it.
    */
   readBuffer(): Uint8Array {
+    if (!this.#placing && !this.#direct && this.#want - this.#buffered >= DIRECT_MIN) this.#collect();
     if (this.#placing) return this.#placing.data.subarray(this.#placing.have);
     if (this.#direct) return this.#direct.frame.subarray(this.#direct.have);
     // A plain Uint8Array: its slice() copies (a Buffer's would be a view of the reused bytes).
@@ -60,9 +66,17 @@ export class FrameParser {
       p.have += n;
       if (p.have < p.data.length) return [];
       this.#placing = undefined;
-      this.#want = -1;
-      this.#peek = true;
-      return [{ head: p.head, data: p.data, length: p.length }];
+      const { have: _, ...placed } = p;
+      // Read small next: only the next frame's head, or a short tail and that head.
+      this.#peek = p.head.tailLength < PEEK_BYTES;
+      if (p.head.tailLength === 0) {
+        this.#want = -1;
+        return [placed];
+      }
+      // The tail is read as a frame of its own would be (a long one into a buffer of its own).
+      this.#want = p.head.tailLength;
+      this.#tailOf = placed;
+      return [];
     }
     const d = this.#direct;
     if (d) {
@@ -70,33 +84,49 @@ export class FrameParser {
       if (d.have < d.frame.length) return [];
       this.#direct = undefined;
       this.#want = -1;
-      return [d.frame];
+      const tailOf = this.#tailOf;
+      this.#tailOf = undefined;
+      return [tailOf ? { ...tailOf, tail: d.frame } : d.frame];
     }
     // The scratch buffer is reused: keep a copy of what it holds.
-    const out: (Uint8Array | PlacedFrame)[] = this.push(this.#scratch!.slice(0, n));
-    if (this.#want > 0 && this.#want - this.#buffered >= DIRECT_MIN) {
-      const placed = this.#place();
-      if (placed === 'placed' || placed === 'head') return out;
-    }
-    // Anything but a placed frame: reads fill the scratch buffer again.
-    this.#peek = false;
-    if (this.#want > 0 && this.#want - this.#buffered >= DIRECT_MIN) {
-      const frame: Uint8Array = Buffer.allocUnsafeSlow(this.#want);
-      let at = 0;
-      for (const c of this.#chunks) {
-        frame.set(c, at);
-        at += c.length;
-      }
-      this.#chunks = [];
-      this.#buffered = 0;
-      this.#direct = { frame, have: at };
-    }
+    const out = this.#push(this.#scratch!.slice(0, n));
+    // Anything but a large frame still to come (readBuffer() decides on it) or a short tail: reads
+    // fill the scratch buffer again.
+    if (this.#want - this.#buffered < DIRECT_MIN && !this.#tailOf) this.#peek = false;
     return out;
+  }
+
+  /** The large frame being collected (`#buffered` bytes of `#want` so far): placed if it can be,
+   *  else read into a buffer of its own (`#direct`), or, still reading small, left for now. */
+  #collect(): void {
+    // A tail is not a frame: nothing to place in it.
+    const placed = this.#tailOf ? 'no' : this.#place();
+    if (placed === 'placed' || placed === 'head') return;
+    this.#peek = false;
+    const frame: Uint8Array = Buffer.allocUnsafeSlow(this.#want);
+    let at = 0;
+    for (const c of this.#chunks) {
+      frame.set(c, at);
+      at += c.length;
+    }
+    this.#chunks = [];
+    this.#buffered = 0;
+    this.#direct = { frame, have: at };
+  }
+
+  /** Whether the data of a frame not handed out yet is read, or is to be read, into `place`. */
+  holds(place: Uint8Array): boolean {
+    return this.#placing?.data === place || this.#tailOf?.data === place;
   }
 
   /** Adds bytes; returns the frames they complete, in order. Throws ProtocolError on a bad prefix. */
   push(chunk: Uint8Array): Uint8Array[] {
-    const out: Uint8Array[] = [];
+    // Nothing is placed unless reads go through readBuffer(): every frame is bytes.
+    return this.#push(chunk) as Uint8Array[];
+  }
+
+  #push(chunk: Uint8Array): (Uint8Array | PlacedFrame)[] {
+    const out: (Uint8Array | PlacedFrame)[] = [];
     if (chunk.length === 0) return out;
     this.#chunks.push(chunk);
     this.#buffered += chunk.length;
@@ -112,8 +142,12 @@ export class FrameParser {
         this.#want = n;
       }
       if (this.#buffered < this.#want) break;
-      out.push(this.#take(this.#want));
+      const bytes = this.#take(this.#want);
       this.#want = -1;
+      if (this.#tailOf) {
+        out.push({ ...this.#tailOf, tail: bytes });
+        this.#tailOf = undefined;
+      } else out.push(bytes);
     }
     return out;
   }
@@ -121,13 +155,23 @@ export class FrameParser {
   /** Bytes of an unfinished frame (a peer that closes mid-frame truncated it). */
   get pending(): number {
     const p = this.#placing;
-    return this.#buffered + (this.#direct?.have ?? 0) + (p ? p.head.dataOffset + p.have : 0);
+    const t = this.#tailOf;
+    return (
+      this.#buffered +
+      (this.#direct?.have ?? 0) +
+      (p ? p.head.dataOffset + p.have : 0) +
+      (t ? t.head.dataOffset + t.data.length : 0)
+    );
   }
 
   /** A frame's data is being read into its placer's place. */
   get placing(): boolean {
     return this.#placing !== undefined;
   }
+
+  /** Placer.place's `cancel` for `place`: the transport that owns this parser closes if the frame
+   *  is still its own (holds(), or read and not handed over yet). */
+  onCancel: (place: Uint8Array) => void = () => {};
 
   /** The frame being collected (`#buffered` bytes of `#want` so far) placed, if its head is all
    *  here, it is placeable and the placer gives a place: the data read so far is copied there and
@@ -137,13 +181,21 @@ export class FrameParser {
     if (this.#peek && this.#buffered < PLACEABLE_HEAD) return 'head';
     const have = this.#chunks.length === 1 ? this.#chunks[0]! : Buffer.concat(this.#chunks, this.#buffered);
     const head = peekPlaceable(have, this.#want);
-    if (!head || head.dataOffset > have.length) return 'no';
-    const data = this.placer.place(head.dev, head.tag, head.dataLength);
+    // Data all here already (a long tail still to come): nothing to gain.
+    if (!head || head.dataOffset > have.length || have.length >= head.dataOffset + head.dataLength)
+      return 'no';
+    let data: Uint8Array | undefined;
+    const cancel = () => {
+      if (data) this.onCancel(data);
+    };
+    data = this.placer.place(head, cancel);
     if (!data) return 'no';
     assert(data.length === head.dataLength, 'framing: a place of the wrong size');
     const got = have.subarray(head.dataOffset);
     data.set(got);
-    this.#placing = { head, data, length: this.#want, have: got.length };
+    // A view: the chunks are this parser's own copies.
+    const headBytes = have.subarray(0, head.dataOffset);
+    this.#placing = { head, headBytes, data, length: this.#want, have: got.length };
     this.#chunks = [];
     this.#buffered = 0;
     return 'placed';

@@ -484,3 +484,47 @@ describe('bad input closes only the offending session, with a code that names it
     expect(got).toEqual([]);
   });
 });
+
+describe('payloads handed over with a release', () => {
+  it('are released once the peer acknowledged the frame over TCP (a copy), never before, never over the loop', async () => {
+    const { host, ep, proxy } = await behindCutProxy();
+    const N = 40;
+    const got: number[] = [];
+    ep.on('messages', (msgs: pcinet.Msg[]) => {
+      for (const m of msgs) got.push(m.dmaReadCpl!.tag ?? 0);
+    });
+    const released: number[] = [];
+    // Held: nothing reaches the endpoint, so nothing is acknowledged, so nothing may be released.
+    proxy.hold(true);
+    for (let tag = 0; tag < N; tag++) {
+      const data = new Uint8Array(2 * GATHER_MIN).fill(tag);
+      host.send({ dmaReadCpl: { dev: 1, tag, data } }, data, () => released.push(tag));
+    }
+    host.flush();
+    await new Promise((r) => setTimeout(r, 100));
+    expect(released).toEqual([]);
+    proxy.hold(false);
+    await until(() => released.length === N, 10_000, 'every release');
+    // Each only once the endpoint had its frame.
+    expect(got.length).toBe(N);
+    expect(released).toEqual([...Array(N).keys()]);
+
+    const loop = loopServer();
+    const onLoop = await openSession(loop.dial);
+    cleanup.push(() => onLoop.close());
+    const atEp = loop.sessions[0]!;
+    let seen = 0;
+    atEp.on('messages', (msgs: pcinet.Msg[]) => {
+      seen += msgs.length;
+    });
+    let loopReleased = 0;
+    for (let tag = 0; tag < N; tag++) {
+      const data = new Uint8Array(2 * GATHER_MIN).fill(tag);
+      onLoop.send({ dmaReadCpl: { dev: 1, tag, data } }, data, () => loopReleased++);
+    }
+    onLoop.flush();
+    await until(() => seen === N && onLoop.stats().replayFrames === 0, 10_000, 'acknowledged on the loop');
+    // The endpoint holds the very buffers sent: they are never given back.
+    expect(loopReleased).toBe(0);
+  });
+});

@@ -30,7 +30,7 @@ import {
   framedSize,
   partsLength,
 } from './codec.js';
-import { canPlace, type PlacedFrame, type Placer, placedMessages } from './frame-place.js';
+import { canPlace, type PlaceableHead, type PlacedFrame, type Placer, placedFrame } from './frame-place.js';
 import { devOf, type Tap } from './trace.js';
 import type { Transport } from './transport.js';
 import {
@@ -100,6 +100,18 @@ export type SessionRole = 'host' | 'endpoint';
  *  undefined. Must not throw. */
 export type PlaceDmaReadCpl = (dev: number, tag: number, length: number) => Uint8Array | undefined;
 
+/** Where the data of DmaWrite (dev, iova) of `length` bytes, the next message to be delivered,
+ *  may be read straight into (host memory), or undefined. Must not throw. The DmaWrite is then
+ *  delivered with that place as its data. `cancel` must be called as soon as nothing more may be
+ *  written there (the mapping went away): if the frame is still being read, its connection ends
+ *  and the frame comes again, decoded, on the next one. */
+export type PlaceDmaWrite = (
+  dev: number,
+  iova: bigint,
+  length: number,
+  cancel: () => void,
+) => Uint8Array | undefined;
+
 export interface SessionStats {
   framesOut: number;
   framesIn: number;
@@ -124,6 +136,10 @@ interface Pending {
   /** The frame as written (parts reference the batch's encoded messages). */
   parts: FrameParts;
   length: number;
+  /** Called once the peer has acknowledged the frame (send()'s `release`), unless it went out on
+   *  a transport that does not copy (`shared`). */
+  releases?: (() => void)[];
+  shared?: boolean;
 }
 
 type Resolved = Required<Omit<SessionOptions, 'log' | 'agent'>> & { log: Logger; agent: string };
@@ -178,6 +194,7 @@ export class Session extends EventEmitter {
   #replayBytes = 0;
   #batch: EncodedMsg[] = [];
   #batchBytes = 0;
+  #batchReleases: (() => void)[] = [];
   #writeBlocked = false;
   #reportedBacklog = false;
   #paused = false;
@@ -193,8 +210,9 @@ export class Session extends EventEmitter {
    *  message in and out is recorded. Off, it costs one test per message. */
   tap: Tap | undefined;
   #place: PlaceDmaReadCpl | undefined;
+  #placeWrite: PlaceDmaWrite | undefined;
   readonly #placer: Placer = {
-    place: (dev, tag, length) => (this.#closed ? undefined : this.#place?.(dev, tag, length)),
+    place: (head, cancel) => this.#placeFor(head, cancel),
     arrived: (f) => this.#onPlaced(f),
   };
   #keepaliveNonce = 0;
@@ -262,8 +280,34 @@ export class Session extends EventEmitter {
 
   set placeDmaReadCpl(place: PlaceDmaReadCpl | undefined) {
     this.#place = place;
+    this.#setPlacer();
+  }
+
+  /** Where the data of a DmaWrite goes, when its receiver has a place for it (the sim host: host
+   *  memory, when the write may land now): transports that can (plain TCP) then read the data of a
+   *  frame that starts with that DmaWrite straight there (proto/frame-place.ts). */
+  get placeDmaWrite(): PlaceDmaWrite | undefined {
+    return this.#placeWrite;
+  }
+
+  set placeDmaWrite(place: PlaceDmaWrite | undefined) {
+    this.#placeWrite = place;
+    this.#setPlacer();
+  }
+
+  #setPlacer(): void {
     const t = this.#t;
-    if (t && canPlace(t)) t.setPlacer(place ? this.#placer : undefined);
+    if (t && canPlace(t)) t.setPlacer(this.#place || this.#placeWrite ? this.#placer : undefined);
+  }
+
+  /** A place for the frame whose head this is, the next one to be delivered; only when it would be
+   *  delivered as soon as it is complete (nothing held, someone listening) and is in order. */
+  #placeFor(head: PlaceableHead, cancel: () => void): Uint8Array | undefined {
+    if (this.#closed || this.#paused || this.#early.length > 0 || this.listenerCount('messages') === 0)
+      return undefined;
+    if (head.seq !== this.#inSeq + 1 || head.ack > this.#outSeq) return undefined;
+    if (head.kind === 'dmaReadCpl') return this.#place?.(head.dev, head.tag, head.dataLength);
+    return this.#placeWrite?.(head.dev, head.iova, head.dataLength, cancel);
   }
 
   /** True while producers should wait for 'drain': disconnected, the socket is full, or the peer
@@ -274,8 +318,10 @@ export class Session extends EventEmitter {
 
   /** Queues one sequenced message in the current batch. Ignored once the session is closed (device
    *  work racing the close). `byRef`: the message's payload, handed over (nobody modifies it
-   *  afterwards), so a large one is sent and kept for replay by reference instead of copied. */
-  send(m: Msg, byRef?: Uint8Array): void {
+   *  afterwards), so a large one is sent and kept for replay by reference instead of copied.
+   *  `release`: called once `byRef` is no longer needed (the peer acknowledged the frame, which it
+   *  got a copy of), so that its owner may reuse it; never, if the session ends first. */
+  send(m: Msg, byRef?: Uint8Array, release?: () => void): void {
     if (this.#closed) return;
     if (this.tap) this.tap.record(m, this.role === 'endpoint', false, devOf(m));
     const e = encodeMsg(m, byRef);
@@ -283,11 +329,17 @@ export class Session extends EventEmitter {
     if (size > MAX_FRAME_BYTES - 64)
       throw new Error(`session: one message of ${size} bytes cannot be framed`);
     // A large DMA read's data goes in a frame of its own, which the endpoint can read straight
-    // into the read's buffer (proto/frame-place.ts).
-    const alone = m.dmaReadCpl != null && Array.isArray(e);
-    if ((alone || this.#batchBytes + size > FRAME_SOFT_BYTES) && this.#batch.length > 0) this.flush();
+    // into the read's buffer; a large DMA write's starts a frame, which the host can read straight
+    // into its memory, what follows it (the completion, the interrupt) read after it
+    // (proto/frame-place.ts).
+    const byReference = Array.isArray(e);
+    const alone = m.dmaReadCpl != null && byReference;
+    const first = m.dmaWrite != null && byReference;
+    if ((alone || first || this.#batchBytes + size > FRAME_SOFT_BYTES) && this.#batch.length > 0)
+      this.flush();
     this.#batch.push(e);
     this.#batchBytes += size;
+    if (release) this.#batchReleases.push(release);
     if (alone) this.flush();
   }
 
@@ -300,7 +352,12 @@ export class Session extends EventEmitter {
     this.#stats.msgsOut += this.#batch.length;
     this.#batch = [];
     this.#batchBytes = 0;
-    this.#replay.push({ seq, parts, length });
+    const p: Pending = { seq, parts, length };
+    if (this.#batchReleases.length > 0) {
+      p.releases = this.#batchReleases;
+      this.#batchReleases = [];
+    }
+    this.#replay.push(p);
     this.#replayBytes += length;
     if (this.#replayBytes > 4 * this.#o.replayBytes) {
       this.#fail(
@@ -308,7 +365,10 @@ export class Session extends EventEmitter {
       );
       return;
     }
-    if (this.#t) this.#write(parts, this.#inSeq);
+    if (this.#t) {
+      if (!this.#t.copiesOut) p.shared = true;
+      this.#write(parts, this.#inSeq);
+    }
     this.#checkDrain();
   }
 
@@ -398,7 +458,7 @@ export class Session extends EventEmitter {
     t.on('frame', onFrame);
     t.on('drain', onDrain);
     t.on('close', onClose);
-    if (this.#place && canPlace(t)) t.setPlacer(this.#placer);
+    if ((this.#place || this.#placeWrite) && canPlace(t)) t.setPlacer(this.#placer);
     this.#detach = () => {
       t.off('frame', onFrame);
       t.off('drain', onDrain);
@@ -407,6 +467,7 @@ export class Session extends EventEmitter {
     };
     this.#lastRx = Date.now();
     for (const p of this.#replay) {
+      if (!t.copiesOut) p.shared = true;
       this.#write(p.parts, this.#inSeq);
       if (resumed) this.#stats.replayedFrames++;
     }
@@ -542,10 +603,18 @@ export class Session extends EventEmitter {
     this.#onDecoded(f, bytes.length);
   }
 
-  /** A frame whose data the transport read where placeDmaReadCpl said: the one message it is. */
+  /** A frame whose data the transport read where placeDmaReadCpl or placeDmaWrite said. */
   #onPlaced(p: PlacedFrame): void {
     if (this.#closed) return;
-    this.#onDecoded({ seq: p.head.seq, ack: p.head.ack, msgs: placedMessages(p) }, p.length);
+    let f: DecodedFrame;
+    try {
+      f = placedFrame(p);
+    } catch (e) {
+      this.#countIn(p.length);
+      this.#fail(e as Error);
+      return;
+    }
+    this.#onDecoded(f, p.length);
   }
 
   #countIn(length: number): void {
@@ -617,7 +686,9 @@ export class Session extends EventEmitter {
   #acked(ack: number): boolean {
     let n = 0;
     while (n < this.#replay.length && this.#replay[n]!.seq <= ack) {
-      this.#replayBytes -= this.#replay[n]!.length;
+      const p = this.#replay[n]!;
+      this.#replayBytes -= p.length;
+      if (p.releases && !p.shared) for (const r of p.releases) r();
       n++;
     }
     if (n > 0) this.#replay.splice(0, n);
@@ -723,6 +794,7 @@ export class Session extends EventEmitter {
     const t = this.#dropTransport();
     if (closeTransport) t?.close(err);
     this.#batch = [];
+    this.#batchReleases = [];
     this.emit('close', err);
   }
 }

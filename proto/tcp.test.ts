@@ -119,8 +119,12 @@ describe('placing frames on a dialed TCP transport', () => {
     const placing = new Promise<void>((r) => (asked = r));
     const arrived: unknown[] = [];
     t.setPlacer({
-      place: (dev, tag, length) => {
-        expect([dev, tag, length]).toEqual([1, 4, data.length]);
+      place: (head) => {
+        expect(head.kind === 'dmaReadCpl' && [head.dev, head.tag, head.dataLength]).toEqual([
+          1,
+          4,
+          data.length,
+        ]);
         asked();
         return place;
       },

@@ -42,12 +42,15 @@ interface DirectReads {
 export class SocketTransport extends EventEmitter<TransportEvents> implements Transport, Placing {
   readonly remote: string;
   readonly peerFingerprint: string | undefined;
+  readonly copiesOut = true;
   readonly #socket: net.Socket;
   readonly #parser: FrameParser;
   /** The parser reads into our buffers, so it can place frames (frame-place.ts). */
   readonly #direct: boolean;
   /** Frames parsed while paused, delivered on resume. */
   #held: (Uint8Array | PlacedFrame)[] = [];
+  /** Frames of the read being handled, not handed over yet. */
+  #parsed: (Uint8Array | PlacedFrame)[] = [];
   #paused = false;
   #closed = false;
   /** A framing error: nothing more is read. */
@@ -96,7 +99,20 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
     // Only a socket reading into our buffers can read data where it belongs.
     if (!this.#direct) return;
     const parser = this.#parser;
-    parser.placer = p;
+    parser.placer = p && {
+      // A frame is placed only when those before it have been taken (none held while paused): its
+      // placer then knows everything in front of it.
+      place: (head, cancel) => (this.#paused || this.#held.length > 0 ? undefined : p.place(head, cancel)),
+      arrived: (f) => p.arrived(f),
+    };
+    // A place cancelled while its frame is still ours (being read, its tail, or read but not handed
+    // over yet): nothing more is read and the frame is dropped; the session resumes on a new
+    // connection, where it is replayed and decoded.
+    parser.onCancel = (place) => {
+      const ours = (f: Uint8Array | PlacedFrame) => !(f instanceof Uint8Array) && f.data === place;
+      if (parser.holds(place) || this.#held.some(ours) || this.#parsed.some(ours))
+        this.close(new Error('a placed frame was cancelled before it was handed over'));
+    };
     if (!p && parser.placing) {
       // The next read would land in the place given whatever the parser is told now: nothing more
       // is read (the session that placed it has left this connection); what was sent still goes.
@@ -140,10 +156,14 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
       this.#broken(e as ProtocolError);
       return;
     }
-    for (const f of frames) {
+    this.#parsed = frames;
+    while (frames.length > 0) {
+      const f = frames.shift()!;
+      if (this.#closed || this.#closedForInput) break;
       if (this.#paused || this.#held.length > 0) this.#held.push(f);
       else this.#deliver(f);
     }
+    this.#parsed = [];
   }
 
   /** A frame to whoever takes it: bytes as 'frame', a placed one to the placer (none left: the

@@ -28,4 +28,7 @@ export interface Transport extends EventEmitter<TransportEvents> {
   readonly remote: string;
   /** "sha256:<hex>" of the peer's public key (SPKI DER) on authenticated transports. */
   readonly peerFingerprint: string | undefined;
+  /** The peer gets copies of what is sent (a socket's bytes): once it has acknowledged a frame,
+   *  nothing it holds is ours. Absent: it may hold the very buffers sent (the in-process loop). */
+  readonly copiesOut?: boolean;
 }

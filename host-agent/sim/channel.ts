@@ -22,6 +22,8 @@ const MAX_FUNCTIONS = 32;
 
 export class SimChannel implements Channel {
   readonly name = 'sim';
+  /** DmaWrite data may be read straight into sim host memory (SimFunction.placeDmaWrite). */
+  readonly placesDmaWrites = true;
   readonly memory: SimMemory;
   readonly iommu: SoftIommu;
   readonly #log: Logger;

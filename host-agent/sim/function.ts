@@ -8,6 +8,8 @@
 //   synchronously from the device (MmioRead / MmioReadCpl);
 // - the MSI-X table and PBA kept here, with per-vector and function masks and pending bits;
 // - DMA through the software IOMMU, refused unless bus mastering is on and a live mapping allows it;
+//   a DmaWrite's data may be read straight into host memory (placeDmaWrite) when the write would be
+//   allowed then, its place cancelled when it no longer would (unmap, bus mastering off, removal);
 // - push rules (docs/PUSH.md, host-agent/sim/push.ts): a driver write to a rule's doorbell is
 //   preceded by Push messages carrying what the device is about to read, and unmapping a mapping
 //   pushed from sends PushDrop.
@@ -15,6 +17,7 @@
 // Driver mistakes (accesses outside a BAR, bad sizes) throw RangeError: the sim's drivers are ours,
 // so a mistake is a bug in a test. Endpoint mistakes throw ProtocolError: the relay closes the
 // session with its code.
+import assert from 'node:assert/strict';
 import type { Logger } from 'pino';
 import {
   PCI_EXP_DEVCTL,
@@ -168,6 +171,10 @@ export class SimFunction implements ChannelDevice {
   readonly #desc: DeviceDescription;
   readonly #rules = new PushRules();
   readonly #peek: Peek = (iova, len) => this.#iommu.peek(iova, len);
+  /** The place given for a DmaWrite's data and not applied yet: one at a time (a session places
+   *  one frame at a time; a place whose frame never came, its connection gone, is given up when
+   *  the next is asked for). `cancel` is what the IOMMU calls on unmap. */
+  #placed: { data: Uint8Array; cancel: () => void } | undefined;
   /** Registered with the IOMMU for each mapping this function pushed from. */
   readonly #pushDropped: PushWatcher = (iova, length) => {
     this.counters.pushDrops++;
@@ -313,6 +320,7 @@ export class SimFunction implements ChannelDevice {
       this.config[o] = (kept | (b & this.#wmask[o])) & ~(b & this.#w1c[o]) & 0xff;
     }
     const now = Number(rdN(this.config, offset, size)) >>> 0;
+    if (!(rd16(this.config, PCI_COMMAND) & PCI_COMMAND_MASTER)) this.#cancelPlace();
     this.#sink({ configWrite: { dev: this.dev, offset, size, value: now } });
     if (this.#pcieCap && this.#overlaps(offset, size, this.#pcieCap + PCI_EXP_DEVCTL, 2)) {
       const devctl = rd16(this.config, this.#pcieCap + PCI_EXP_DEVCTL);
@@ -323,6 +331,37 @@ export class SimFunction implements ChannelDevice {
     }
     if (this.#msixCap && this.#overlaps(offset, size, this.#msixCap + PCI_MSIX_FLAGS, 2))
       this.#deliverPending();
+  }
+
+  /** The place of a DmaWrite that is the next message for this device, in host memory, if the
+   *  write would be allowed now (ChannelDevice.placeDmaWrite). */
+  placeDmaWrite(iova: bigint, length: number, cancel: () => void): Uint8Array | undefined {
+    this.#givePlaceUp();
+    if (this.#removed || length > MAX_DMA_CHUNK || !(rd16(this.config, PCI_COMMAND) & PCI_COMMAND_MASTER))
+      return undefined;
+    const placed: { data: Uint8Array; cancel: () => void } = {
+      data: new Uint8Array(0),
+      cancel: () => {
+        if (this.#placed === placed) this.#givePlaceUp();
+        cancel();
+      },
+    };
+    const data = this.#iommu.placeWrite(iova, length, placed.cancel);
+    if (!data) return undefined;
+    placed.data = data;
+    this.#placed = placed;
+    return data;
+  }
+
+  #givePlaceUp(): void {
+    if (!this.#placed) return;
+    this.#iommu.releasePlace(this.#placed.cancel);
+    this.#placed = undefined;
+  }
+
+  /** Writes can no longer land (bus mastering off, removal): a place given must not be written. */
+  #cancelPlace(): void {
+    this.#placed?.cancel();
   }
 
   #functionReset(): void {
@@ -600,8 +639,11 @@ export class SimFunction implements ChannelDevice {
         throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: DmaRead of ${len} bytes`);
       }
       const data = this.#master() ? this.#iommu.deviceRead(u64(r.iova), len) : undefined;
-      // A fresh copy of host memory, this completion's alone.
-      if (data) this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.OK, data } }, data);
+      // A copy of host memory, this completion's alone until the endpoint has it.
+      if (data)
+        this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.OK, data } }, data, () =>
+          this.#iommu.recycle(data),
+        );
       else {
         this.counters.dmaReadFaults++;
         this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.DMA_FAULT } });
@@ -612,7 +654,14 @@ export class SimFunction implements ChannelDevice {
       if (data.length > MAX_DMA_CHUNK) {
         throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: DmaWrite of ${data.length} bytes`);
       }
-      if (!this.#master() || !this.#iommu.deviceWrite(u64(w.iova), data)) this.counters.dmaWriteFaults++;
+      // Data read straight into host memory (placeDmaWrite) is applied where it is.
+      const placed = this.#placed?.data === data;
+      if (placed) this.#givePlaceUp();
+      if (!this.#master() || !this.#iommu.deviceWrite(u64(w.iova), data)) {
+        this.counters.dmaWriteFaults++;
+        // Whatever would refuse it cancels its place first, which drops its frame.
+        assert(!placed, `${this.address}: a DmaWrite read into host memory is refused when applied`);
+      }
     } else if (m.pushRule) {
       this.#setPushRule(m.pushRule);
     } else if (m.interrupt) {
@@ -730,6 +779,7 @@ export class SimFunction implements ChannelDevice {
   async remove(reason: ErrorCode): Promise<void> {
     if (this.#removed) return;
     this.#removed = true;
+    this.#cancelPlace();
     this.#forgetPushes();
     for (const r of this.#reads.values()) r.resolve(new Uint8Array(r.size).fill(0xff));
     this.#reads.clear();

@@ -72,3 +72,60 @@ describe('SoftIommu for push rules', () => {
     expect(iommu.counters.readBytes).toBe(PAGE);
   });
 });
+
+describe('SoftIommu places for device writes', () => {
+  it('gives the host memory a write would land in, only where it would be allowed, and cancels it on unmap', () => {
+    const { memory, iommu } = world();
+    const buf = memory.alloc(2 * PAGE);
+    const fromDevice = iommu.map(buf, 'from-device', 100, 1000);
+    const toDevice = iommu.map(buf, 'to-device');
+    const cancelled: string[] = [];
+    const place = iommu.placeWrite(fromDevice + 10n, 90, () => cancelled.push('a'));
+    expect(place?.buffer).toBe(memory.bytes.buffer);
+    expect(place?.byteOffset).toBe(buf.addr + 110);
+    expect(place).toHaveLength(90);
+    expect(iommu.placeWrite(fromDevice, 1001, () => {})).toBeUndefined(); // past the mapping
+    expect(iommu.placeWrite(toDevice, 16, () => {})).toBeUndefined(); // the device may only read it
+    expect(iommu.placeWrite(fromDevice, 0, () => {})).toBeUndefined();
+    // Applied where it is: counted, not copied; a place released is not cancelled.
+    place!.fill(3);
+    expect(iommu.deviceWrite(fromDevice + 10n, place!)).toBe(true);
+    expect(iommu.counters).toMatchObject({
+      placedWrites: 1,
+      placedBytes: 90,
+      writeBytes: 90,
+      writeFaults: 0,
+    });
+    const released = () => cancelled.push('released');
+    iommu.placeWrite(fromDevice, 16, released);
+    iommu.releasePlace(released);
+    iommu.unmap(fromDevice);
+    expect(cancelled).toEqual(['a']);
+    expect(iommu.counters.placesCancelled).toBe(1);
+    expect(buf.bytes[110]).toBe(3);
+  });
+});
+
+describe('SoftIommu read buffers', () => {
+  it('copies long reads into buffers that come back when recycled; short ones into their own', () => {
+    const { memory, iommu } = world();
+    const buf = memory.alloc(128 << 10);
+    buf.bytes.fill(1);
+    const iova = iommu.map(buf, 'to-device');
+    const a = iommu.deviceRead(iova, 100 << 10)!;
+    const b = iommu.deviceRead(iova, 100 << 10)!;
+    expect(a.buffer).not.toBe(b.buffer);
+    iommu.recycle(a);
+    buf.bytes.fill(2);
+    const c = iommu.deviceRead(iova, 64 << 10)!;
+    // a's buffer again, with what host memory holds now; b untouched.
+    expect(c.buffer).toBe(a.buffer);
+    expect(c.every((x) => x === 2)).toBe(true);
+    expect(b.every((x) => x === 1)).toBe(true);
+    expect(() => iommu.recycle(b) ?? iommu.recycle(b)).toThrow(/twice/);
+    const small = iommu.deviceRead(iova, 4096)!;
+    expect(small.buffer.byteLength).toBe(4096);
+    iommu.recycle(small);
+    expect(iommu.deviceRead(iova, 64 << 10)!.buffer).toBe(b.buffer);
+  });
+});

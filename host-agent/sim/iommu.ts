@@ -3,9 +3,23 @@
 // honoured only when the whole range lies inside one live mapping that allows its direction;
 // everything else is refused and counted, like the kernel module's DMA sandbox (kernel/dma.c).
 // Push rules (docs/PUSH.md) read through the same check without counting, and a mapping that was
-// pushed from tells whoever pushed when the driver unmaps it.
+// pushed from tells whoever pushed when the driver unmaps it. A device write may be given its place
+// in host memory before its data arrives (placeWrite: the transport reads it straight there); the
+// mapping then tells whoever holds the place when it is unmapped, before anything else can happen,
+// so nothing is written into it afterwards.
+
+import assert from 'node:assert/strict';
+import { MAX_DMA_CHUNK } from '../../proto/wire.js';
 
 export const PAGE = 4096;
+
+/** Device reads at least this long are copied into buffers of MAX_DMA_CHUNK bytes that come back
+ *  (recycle()) once the endpoint has them: a streaming read then allocates nothing, and its garbage
+ *  collector has nothing to collect. Shorter ones get buffers of their own: those cost little. */
+const REUSED_MIN = 64 << 10;
+/** Buffers kept for reuse; arbitrary: 16 MiB, more than the reads a session keeps unacknowledged
+ *  at once when streaming (what is recycled beyond it is left to the garbage collector). */
+const MAX_SPARE = 64;
 
 export type DmaDirection = 'to-device' | 'from-device' | 'bidirectional';
 
@@ -26,6 +40,8 @@ interface Mapping {
   dir: DmaDirection;
   /** Functions that pushed from it. Functions share the IOMMU, so there may be several. */
   pushedBy?: Set<PushWatcher>;
+  /** Cancels of places given in it (placeWrite) whose writes have not been applied yet. */
+  placed?: Set<() => void>;
 }
 
 export interface IommuCounters {
@@ -35,6 +51,11 @@ export interface IommuCounters {
   writeFaults: number;
   readBytes: number;
   writeBytes: number;
+  /** Device writes whose data was read straight into host memory (placeWrite), and their bytes
+   *  (also in writeBytes: the write is counted when it is applied); places cancelled by an unmap. */
+  placedWrites: number;
+  placedBytes: number;
+  placesCancelled: number;
 }
 
 const pages = (len: number) => Math.max(1, Math.ceil(len / PAGE));
@@ -93,11 +114,16 @@ export class SoftIommu {
     writeFaults: 0,
     readBytes: 0,
     writeBytes: 0,
+    placedWrites: 0,
+    placedBytes: 0,
+    placesCancelled: 0,
   };
   readonly #memory: SimMemory;
   /** Sorted by iova. */
   #maps: Mapping[] = [];
   #next = IOVA_BASE;
+  /** Buffers for device reads, back from recycle(). */
+  readonly #spare: ArrayBuffer[] = [];
 
   constructor(memory: SimMemory) {
     this.#memory = memory;
@@ -127,6 +153,11 @@ export class SoftIommu {
     if (i < 0) throw new Error(`iommu: unmap of 0x${iova.toString(16)}, which is not mapped`);
     const [m] = this.#maps.splice(i, 1);
     this.counters.unmaps++;
+    // First: a place in it must not be written from now on (its transport stops reading there).
+    for (const cancel of m.placed ?? []) {
+      this.counters.placesCancelled++;
+      cancel();
+    }
     // After the mapping is gone, so a watcher that looks finds it unmapped.
     for (const w of m.pushedBy ?? []) w(m.iova, m.len);
   }
@@ -150,9 +181,21 @@ export class SoftIommu {
     }
     this.counters.readBytes += len;
     // Every byte is overwritten: no zero fill first (slice's), for up to 256 KiB per DmaRead.
-    const copy = new Uint8Array(Buffer.allocUnsafeSlow(len).buffer, 0, len);
+    const reused = len >= REUSED_MIN && len <= MAX_DMA_CHUNK;
+    const buffer =
+      (reused && this.#spare.pop()) || Buffer.allocUnsafeSlow(reused ? MAX_DMA_CHUNK : len).buffer;
+    const copy = new Uint8Array(buffer, 0, len);
     copy.set(this.#memory.bytes.subarray(at, at + len));
     return copy;
+  }
+
+  /** A copy deviceRead returned is no longer used by anyone: its buffer may be reused. */
+  recycle(copy: Uint8Array): void {
+    const b = copy.buffer as ArrayBuffer;
+    if (b.byteLength !== MAX_DMA_CHUNK || copy.byteLength < REUSED_MIN || this.#spare.length >= MAX_SPARE)
+      return;
+    assert(!this.#spare.includes(b), 'iommu: a read buffer recycled twice');
+    this.#spare.push(b);
   }
 
   /** What a device read of [iova, iova + len) would return now, for a push: the same check (whole
@@ -179,7 +222,30 @@ export class SoftIommu {
     for (const m of this.#maps) m.pushedBy?.delete(watcher);
   }
 
-  /** The device writes host memory; false when refused. */
+  /** Where a device write of `len` bytes to `iova` would land now (the same check as
+   *  deviceWrite, neither counted nor a fault), for its data to be read straight there; undefined
+   *  when it would be refused. `cancel` is called when the mapping is unmapped, until
+   *  releasePlace(cancel): the write's data must not be written there from then on. */
+  placeWrite(iova: bigint, len: number, cancel: () => void): Uint8Array | undefined {
+    const at = len > 0 ? this.#find(iova, len, 'write') : undefined;
+    if (at === undefined) return undefined;
+    const m = this.#mappingOf(iova)!;
+    m.placed ??= new Set();
+    m.placed.add(cancel);
+    return this.#memory.bytes.subarray(at, at + len);
+  }
+
+  /** The place given with `cancel` is written no more (its write was applied, or given up). */
+  releasePlace(cancel: () => void): void {
+    for (const m of this.#maps) m.placed?.delete(cancel);
+  }
+
+  #mappingOf(iova: bigint): Mapping | undefined {
+    return this.#maps.find((m) => iova >= m.iova && iova < m.iova + BigInt(m.len));
+  }
+
+  /** The device writes host memory; false when refused. Data that already is where it goes (read
+   *  there through placeWrite) is not copied again. */
   deviceWrite(iova: bigint, data: Uint8Array): boolean {
     const at = data.length > 0 ? this.#find(iova, data.length, 'write') : undefined;
     if (at === undefined) {
@@ -187,7 +253,11 @@ export class SoftIommu {
       return false;
     }
     this.counters.writeBytes += data.length;
-    this.#memory.bytes.set(data, at);
+    const mem = this.#memory.bytes;
+    if (data.buffer === mem.buffer && data.byteOffset === mem.byteOffset + at) {
+      this.counters.placedWrites++;
+      this.counters.placedBytes += data.length;
+    } else mem.set(data, at);
     return true;
   }
 }
