@@ -45,6 +45,8 @@ const PER_FRAME = [
   // device without host rounds.
   { counter: 'virtqRounds', label: 'rounds', digits: 2 },
   { counter: 'interrupts', label: 'interrupts', digits: 2 },
+  // Frames of the kernel link's replies: rounds that left the endpoint together share one.
+  { counter: 'linkReplies', label: 'replies', digits: 2 },
   { counter: 'linkReplyUs', label: 'endpoint µs', digits: 0 },
 ] as const;
 
