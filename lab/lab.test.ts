@@ -62,6 +62,28 @@ describe.skipIf(!root)('lab VM', () => {
   );
 
   it(
+    'a kernel that locks up before /init is stopped and booted once more, then the run fails',
+    async () => {
+      // The kernel echoes its command line before anything else: this one carries the soft-lockup
+      // watchdog's words, as a kernel stuck in its own start-up prints them.
+      const qemuStarts: number[] = [];
+      const err = await runInLab({
+        command: 'true',
+        extraKernelArgs: ['pcinet_lab_test="watchdog: BUG: soft lockup - CPU#0 stuck for 26s!"'],
+        timeoutMs: RUN_TIMEOUT_MS,
+        onPhase: (p) => {
+          if (p.name === 'qemu') qemuStarts.push(p.ms);
+        },
+      }).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(LabError);
+      expect((err as LabError).kind).toBe('boot-stuck');
+      expect((err as LabError).message).toMatch(/locked up before \/init/);
+      expect(qemuStarts).toHaveLength(2);
+    },
+    2 * TEST_TIMEOUT_MS,
+  );
+
+  it(
     'fails the run when the guest kernel prints a call trace',
     async () => {
       // SysRq-l: backtraces of all CPUs, a "Call Trace:" without harming anything.

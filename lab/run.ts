@@ -44,7 +44,8 @@ export type LabFailureKind =
   | 'timeout'
   | 'aborted' // options.signal fired
   | 'teardown' // host-agent did not stop or a module did not unload
-  | 'no-status'; // the guest stopped without reporting the command's status
+  | 'no-status' // the guest stopped without reporting the command's status
+  | 'boot-stuck'; // the guest's kernel locked up before /init (runInLab boots once more first)
 
 export interface LabFailureDetails {
   guestLog?: string;
@@ -335,10 +336,15 @@ async function startEndpoint(
   return { proc, log: () => log, fingerprint };
 }
 
+/** The kernel's soft-lockup watchdog (a CPU stuck in the kernel for ~20 s). */
+const BOOT_LOCKUP = /watchdog: BUG: soft lockup - CPU#\d+ stuck/;
+
 /** Everything a finished (or killed) run left behind. */
 interface Outcome {
   exit: { code: number | null; signal: NodeJS.Signals | null; error?: Error };
   aborted: boolean;
+  /** The guest's kernel locked up before /init (BOOT_LOCKUP): QEMU was stopped. */
+  bootStuck: boolean;
   timedOut: boolean;
   timeoutMs: number;
   tornDown: boolean;
@@ -374,6 +380,7 @@ function judge(r: Outcome): LabResult {
 
   if (r.exit.error) throw fail('qemu', `cannot run QEMU: ${r.exit.error.message}`);
   if (r.aborted) throw fail('aborted', `stopped (last phase: ${lastPhase})`);
+  if (r.bootStuck) throw fail('boot-stuck', `the guest's kernel locked up before /init\n${logTail}`);
   if (r.timedOut) {
     const why = reports.length ? formatReports(reports) : logTail;
     throw fail('timeout', `timed out after ${r.timeoutMs} ms (last phase: ${lastPhase})\n${why}`);
@@ -423,7 +430,24 @@ function judge(r: Outcome): LabResult {
 
 /** Boots the lab VM, runs `command` in it and returns its status and output. Rejects with a
  *  LabError when the lab itself fails, including any kernel oops/BUG/WARN in the guest log. */
+/**
+ * Boots the lab, runs the command, judges the run. A guest kernel that locks up before /init runs
+ * (a soft lockup in its own start-up: nothing of pcinet or the command has run yet; seen under TCG
+ * on a loaded machine, e.g. stuck in keyring set-up) is stopped at once and booted once more from
+ * scratch (endpoint, card, run directory), said on standard error; a second such boot fails with
+ * 'boot-stuck'.
+ */
 export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
+  try {
+    return await runOnce(o);
+  } catch (e) {
+    if (!(e instanceof LabError) || e.kind !== 'boot-stuck' || o.signal?.aborted) throw e;
+    process.stderr.write(`${e.message.split('\n')[0]}: booting once more\n`);
+    return runOnce(o);
+  }
+}
+
+async function runOnce(o: RunInLabOptions): Promise<LabResult> {
   const t0 = o.startedAt ?? Date.now();
   const phases: LabPhase[] = [];
   const phase = (name: string, detail = '') => {
@@ -606,8 +630,13 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
       qemu?.kill('SIGKILL');
     };
     let timer: NodeJS.Timeout | undefined;
+    let bootStuck = false;
     const lines = lineSplitter((line) => {
       o.onConsole?.(line);
+      if (BOOT_LOCKUP.test(line) && !phases.some((p) => p.name === 'init')) {
+        bootStuck = true;
+        qemu?.kill('SIGKILL');
+      }
       const m = /pcinet-lab: (phase|teardown-error) (\S+)(?: (.*))?$/.exec(line);
       if (!m) return;
       if (m[1] === 'teardown-error') {
@@ -697,6 +726,7 @@ export async function runInLab(o: RunInLabOptions): Promise<LabResult> {
     return judge({
       exit,
       aborted,
+      bootStuck,
       timedOut,
       timeoutMs: deadlineMs,
       tornDown,
