@@ -31,6 +31,7 @@ import {
   partsLength,
 } from './codec.js';
 import { canPlace, type PlaceableHead, type PlacedFrame, type Placer, placedFrame } from './frame-place.js';
+import { isLoan, type Loan, ReplayBuffer } from './replay.js';
 import { devOf, type Tap } from './trace.js';
 import type { Transport } from './transport.js';
 import {
@@ -131,17 +132,6 @@ export interface SessionStats {
   rttMs?: number;
 }
 
-interface Pending {
-  seq: number;
-  /** The frame as written (parts reference the batch's encoded messages). */
-  parts: FrameParts;
-  length: number;
-  /** Called once the peer has acknowledged the frame (send()'s `release`), unless it went out on
-   *  a transport that does not copy (`shared`). */
-  releases?: (() => void)[];
-  shared?: boolean;
-}
-
 type Resolved = Required<Omit<SessionOptions, 'log' | 'agent'>> & { log: Logger; agent: string };
 
 const ourCapabilities = (o: SessionOptions) => o.capabilities ?? OUR_CAPABILITIES;
@@ -190,11 +180,13 @@ export class Session extends EventEmitter {
   #inSeq = 0;
   /** Highest ack we have sent. */
   #ackSent = 0;
-  #replay: Pending[] = [];
-  #replayBytes = 0;
+  readonly #replay = new ReplayBuffer(() => this.#dropQueued());
+  /** Connections let go of that may still be writing frames with lent memory (until they close). */
+  readonly #retiring = new Set<Transport>();
   #batch: EncodedMsg[] = [];
   #batchBytes = 0;
   #batchReleases: (() => void)[] = [];
+  #batchLoans: Loan[] = [];
   #writeBlocked = false;
   #reportedBacklog = false;
   #paused = false;
@@ -313,18 +305,34 @@ export class Session extends EventEmitter {
   /** True while producers should wait for 'drain': disconnected, the socket is full, or the peer
    *  has not acknowledged replayBytes. */
   get backlogged(): boolean {
-    return this.#closed || !this.#t || this.#writeBlocked || this.#replayBytes > this.#o.replayBytes;
+    return this.#closed || !this.#t || this.#writeBlocked || this.#replay.bytes > this.#o.replayBytes;
   }
 
   /** Queues one sequenced message in the current batch. Ignored once the session is closed (device
    *  work racing the close). `byRef`: the message's payload, handed over (nobody modifies it
    *  afterwards), so a large one is sent and kept for replay by reference instead of copied.
    *  `release`: called once `byRef` is no longer needed (the peer acknowledged the frame, which it
-   *  got a copy of), so that its owner may reuse it; never, if the session ends first. */
-  send(m: Msg, byRef?: Uint8Array, release?: () => void): void {
-    if (this.#closed) return;
+   *  got a copy of), so that its owner may reuse it; never, if the session ends first. `byRef` may
+   *  be lent memory instead (a DmaReadCpl's data, proto/replay.ts): sent by reference on
+   *  transports that can drop queued writes, copied on others; it ends once acknowledged or when
+   *  the session ends. */
+  send(m: Msg, byRef?: Uint8Array | Loan, release?: () => void): void {
+    if (this.#closed) {
+      if (isLoan(byRef)) byRef.end();
+      return;
+    }
+    let payload: Uint8Array | undefined;
+    let loan: Loan | undefined;
+    if (isLoan(byRef)) {
+      loan = byRef;
+      // The owner may have taken it back while it waited (the relay holds messages of a device
+      // being attached): the message carries what the loan holds now.
+      if (m.dmaReadCpl && m.dmaReadCpl.data !== byRef.bytes)
+        m = { dmaReadCpl: { ...m.dmaReadCpl, data: byRef.bytes } };
+      payload = byRef.bytes;
+    } else payload = byRef;
     if (this.tap) this.tap.record(m, this.role === 'endpoint', false, devOf(m));
-    const e = encodeMsg(m, byRef);
+    const e = encodeMsg(m, payload);
     const size = framedSize(e);
     if (size > MAX_FRAME_BYTES - 64)
       throw new Error(`session: one message of ${size} bytes cannot be framed`);
@@ -340,6 +348,7 @@ export class Session extends EventEmitter {
     this.#batch.push(e);
     this.#batchBytes += size;
     if (release) this.#batchReleases.push(release);
+    if (loan) this.#batchLoans.push(loan);
     if (alone) this.flush();
   }
 
@@ -347,27 +356,26 @@ export class Session extends EventEmitter {
   flush(): void {
     if (this.#closed || this.#batch.length === 0) return;
     const seq = ++this.#outSeq;
-    const parts = encodeSequencedParts(seq, this.#inSeq, this.#batch);
-    const length = partsLength(parts);
     this.#stats.msgsOut += this.#batch.length;
+    const p = this.#replay.add(
+      seq,
+      encodeSequencedParts(seq, this.#inSeq, this.#batch),
+      this.#batchReleases,
+      this.#batchLoans,
+    );
     this.#batch = [];
     this.#batchBytes = 0;
-    const p: Pending = { seq, parts, length };
-    if (this.#batchReleases.length > 0) {
-      p.releases = this.#batchReleases;
-      this.#batchReleases = [];
-    }
-    this.#replay.push(p);
-    this.#replayBytes += length;
-    if (this.#replayBytes > 4 * this.#o.replayBytes) {
+    this.#batchReleases = [];
+    this.#batchLoans = [];
+    if (this.#replay.bytes > 4 * this.#o.replayBytes) {
       this.#fail(
-        new ProtocolError(ErrorCode.REPLAY_OVERFLOW, `peer has not acknowledged ${this.#replayBytes} bytes`),
+        new ProtocolError(ErrorCode.REPLAY_OVERFLOW, `peer has not acknowledged ${this.#replay.bytes} bytes`),
       );
       return;
     }
     if (this.#t) {
-      if (!this.#t.copiesOut) p.shared = true;
-      this.#write(parts, this.#inSeq);
+      this.#replay.written(p, !this.#t.copiesOut, lends(this.#t));
+      this.#write(p.parts, this.#inSeq);
     }
     this.#checkDrain();
   }
@@ -386,8 +394,8 @@ export class Session extends EventEmitter {
   stats(): SessionStats {
     return {
       ...this.#stats,
-      replayFrames: this.#replay.length,
-      replayBytes: this.#replayBytes,
+      replayFrames: this.#replay.frames,
+      replayBytes: this.#replay.bytes,
       ...(this.#rttMs !== undefined ? { rttMs: this.#rttMs } : {}),
     };
   }
@@ -403,7 +411,7 @@ export class Session extends EventEmitter {
     this.#closing = true;
     this.flush();
     const deadline = Date.now() + 2000;
-    while (this.#t && this.#replay.length > 0 && Date.now() < deadline && !this.#closed) {
+    while (this.#t && this.#replay.frames > 0 && Date.now() < deadline && !this.#closed) {
       await new Promise((r) => setTimeout(r, 5));
     }
     if (this.#closed) return;
@@ -433,13 +441,11 @@ export class Session extends EventEmitter {
       t.close();
       return;
     }
-    this.#acked(peerReceived);
-    if (this.#replay.length > 0 && this.#replay[0]!.seq !== peerReceived + 1) {
+    this.#replay.acked(peerReceived);
+    const first = this.#replay.firstSeq;
+    if (first !== undefined && first !== peerReceived + 1) {
       this.#fail(
-        new ProtocolError(
-          ErrorCode.INTERNAL,
-          `replay starts at ${this.#replay[0]!.seq}, peer has ${peerReceived}`,
-        ),
+        new ProtocolError(ErrorCode.INTERNAL, `replay starts at ${first}, peer has ${peerReceived}`),
       );
       t.close();
       return;
@@ -466,14 +472,14 @@ export class Session extends EventEmitter {
       if (canPlace(t)) t.setPlacer(undefined);
     };
     this.#lastRx = Date.now();
-    for (const p of this.#replay) {
-      if (!t.copiesOut) p.shared = true;
+    for (const p of this.#replay.entries) {
+      this.#replay.written(p, !t.copiesOut, lends(t));
       this.#write(p.parts, this.#inSeq);
       if (resumed) this.#stats.replayedFrames++;
     }
     if (resumed) {
       this.#stats.resumes++;
-      this.#log.info({ remote: t.remote, replayed: this.#replay.length }, 'session resumed');
+      this.#log.info({ remote: t.remote, replayed: this.#replay.frames }, 'session resumed');
     }
     this.#tick ??= setInterval(
       () => this.#onTick(),
@@ -495,7 +501,23 @@ export class Session extends EventEmitter {
     this.#detach?.();
     this.#detach = undefined;
     this.#t = undefined;
+    if (t && this.#replay.lending) {
+      // It may still write frames with lent memory after we let go (close() sends what is queued).
+      this.#retiring.add(t);
+      t.once('close', () => {
+        this.#retiring.delete(t);
+        if (this.#closed && this.#retiring.size === 0) this.#replay.endLoans();
+      });
+    }
     return t;
+  }
+
+  /** A loan was taken back: no connection may write the memory it lent from now on. Those whose
+   *  writes the kernel has taken already are left alone; any other ends here (and the session
+   *  resumes on a new one, replaying the frame from its copy). */
+  #dropQueued(): void {
+    this.#t?.dropQueued?.();
+    for (const t of this.#retiring) t.dropQueued?.();
   }
 
   #onTransportClose(t: Transport, e?: Error): void {
@@ -684,15 +706,7 @@ export class Session extends EventEmitter {
 
   /** Drops acknowledged frames from the replay buffer; true if any were. */
   #acked(ack: number): boolean {
-    let n = 0;
-    while (n < this.#replay.length && this.#replay[n]!.seq <= ack) {
-      const p = this.#replay[n]!;
-      this.#replayBytes -= p.length;
-      if (p.releases && !p.shared) for (const r of p.releases) r();
-      n++;
-    }
-    if (n > 0) this.#replay.splice(0, n);
-    return n > 0;
+    return this.#replay.acked(ack);
   }
 
   #onControl(m: pcinet.Msg): void {
@@ -795,9 +809,17 @@ export class Session extends EventEmitter {
     if (closeTransport) t?.close(err);
     this.#batch = [];
     this.#batchReleases = [];
+    for (const l of this.#batchLoans) l.end();
+    this.#batchLoans = [];
+    // Loans end once no connection can write them any more.
+    if (this.#retiring.size === 0) this.#replay.endLoans();
     this.emit('close', err);
   }
 }
+
+/** Lent memory may go out by reference on `t`: the peer gets copies, and writes still queued can be
+ *  dropped when a loan is taken back. */
+const lends = (t: Transport) => t.copiesOut === true && t.dropQueued !== undefined;
 
 /** `ms` less up to `share` of it, at random. */
 export function jittered(ms: number, share: number): number {
