@@ -10,7 +10,6 @@
 //   carries that copy, and writes of the frame still queued in a connection (not yet taken by the
 //   kernel, so still reading the memory) are dropped by ending that connection; the frame is then
 //   replayed, from the copy, on the next one.
-import type { FrameParts } from './codec.js';
 
 /** Memory lent for a payload (see above). */
 export interface Loan {
