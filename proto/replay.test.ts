@@ -1,6 +1,7 @@
 // The replay buffer and lent payloads (proto/replay.ts): a loan taken back leaves the frame to be
 // replayed with the copy; a transport that cannot keep lent memory safe gets copies; loans end
 // when acknowledged and when the session ends, never before.
+import net from 'node:net';
 import { describe, expect, it } from 'vitest';
 import { loopPair } from './loop.js';
 import { type Loan, ReplayBuffer } from './replay.js';
@@ -144,6 +145,45 @@ describe('a session lending payloads', () => {
     expect(l.ended).toBe(0); // its connection may still be writing it
     const end = Date.now() + 5000;
     while (l.ended === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 2));
+    expect(l.ended).toBe(1);
+    await server.close();
+    await listener.close();
+  });
+
+  it('ends loans when a session whose connection was lost times out', async () => {
+    let ep: Session | undefined;
+    const server = new SessionServer({}, (s) => {
+      ep = s;
+    });
+    const listener = await listenTcp('127.0.0.1', 0, undefined, (t) => server.accept(t));
+    // A proxy the test can cut; the host's redials then find nobody.
+    const sockets = new Set<net.Socket>();
+    const proxy = net.createServer((a) => {
+      const b = net.connect(listener.port, '127.0.0.1');
+      for (const x of [a, b]) {
+        sockets.add(x);
+        x.on('error', () => {});
+        x.on('close', () => {
+          a.destroy();
+          b.destroy();
+        });
+      }
+      a.pipe(b);
+      b.pipe(a);
+    });
+    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
+    const port = (proxy.address() as net.AddressInfo).port;
+    const host = await openSession(() => dialTcp('127.0.0.1', port), { graceMs: 300 });
+    while (!ep) await new Promise((r) => setTimeout(r, 1));
+    ep.pause(); // nothing is acknowledged
+    const l = fakeLoan(new Uint8Array(64 << 10));
+    host.send({ dmaReadCpl: { dev: 1, tag: 1, status: ErrorCode.OK, data: l.bytes } }, l);
+    await new Promise((r) => setTimeout(r, 20));
+    proxy.close();
+    for (const x of sockets) x.destroy();
+    const end = Date.now() + 5000;
+    while (!host.closed && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
+    expect(host.closed).toBe(true);
     expect(l.ended).toBe(1);
     await server.close();
     await listener.close();

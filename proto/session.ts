@@ -465,12 +465,14 @@ export class Session extends EventEmitter {
     return this.#inSeq;
   }
 
-  #dropTransport(): Transport | undefined {
+  /** Lets go of the connection; `closed`: it has closed already (nothing of it is written any
+   *  more). */
+  #dropTransport(closed = false): Transport | undefined {
     const t = this.#t;
     this.#detach?.();
     this.#detach = undefined;
     this.#t = undefined;
-    if (t && this.#replay.lending) {
+    if (t && !closed && this.#replay.lending) {
       // It may still write frames with lent memory after we let go (close() sends what is queued).
       this.#retiring.add(t);
       t.once('close', () => {
@@ -491,7 +493,7 @@ export class Session extends EventEmitter {
 
   #onTransportClose(t: Transport, e?: Error): void {
     if (t !== this.#t) return;
-    this.#dropTransport();
+    this.#dropTransport(true);
     if (e instanceof ProtocolError) {
       // The peer broke framing: no resume.
       this.#fail(e);
