@@ -1,15 +1,18 @@
 // The host-agent's view of "the PCI bus": a channel creates devices from Attach descriptions and
 // exchanges data-plane messages with them. `sim` is a software root complex (host-agent/sim/);
 // `kernel` is /dev/pcinet (kernel/). The relay (host-agent/relay.ts) connects a channel to a session.
+import type { Loan } from '../proto/replay.js';
 import type { DeviceDescription, ErrorCode, Msg } from '../proto/wire.js';
 
 /** Sends a host -> device message (MmioWrite, MmioRead, DmaReadCpl, ConfigWrite, FunctionReset,
  *  Detach) into the session, in order. `handOver`: the message's payload, which the channel made
  *  for this message and does not touch again until `release` is called (never, without one), so
  *  the session may send it by reference instead of copying it (a channel that reuses its buffers
- *  otherwise passes nothing). `release`: called once the payload is no longer needed (the endpoint
- *  has acknowledged a copy of it), when the session can tell. */
-export type DeviceSink = (m: Msg, handOver?: Uint8Array, release?: () => void) => void;
+ *  otherwise passes nothing); or host memory lent for a DmaReadCpl's data (proto/replay.ts: the
+ *  channel takes it back, as a copy, before the memory changes), ended by whoever drops the
+ *  message. `release`: called once the payload is no longer needed (the endpoint has acknowledged
+ *  a copy of it), when the session can tell. */
+export type DeviceSink = (m: Msg, handOver?: Uint8Array | Loan, release?: () => void) => void;
 
 /** Where a kernel link goes (docs/KERNEL-ABI.md, W_CONNECT): the endpoint's resolved address. */
 export interface LinkTarget {

@@ -20,6 +20,7 @@
 // would be unbound, losing its addresses and connections) wait for the resume as before.
 import type { EventEmitter } from 'node:events';
 import pino, { type Logger } from 'pino';
+import { isLoan, type Loan } from '../proto/replay.js';
 import type { PlaceDmaWrite } from '../proto/session.js';
 import { ErrorCode, kindOf, type Msg, ProtocolError, type pcinet } from '../proto/wire.js';
 import type { AttachOptions, Channel, ChannelDevice, DeviceSink, LinkEndpoint } from './channel.js';
@@ -29,7 +30,7 @@ import type { Parking } from './parking.js';
 export interface RelaySession extends EventEmitter {
   /** `byRef`: the message's payload, handed over (sent by reference, never copied); `release`:
    *  called once it is no longer needed (proto/session.ts). */
-  send(m: Msg, byRef?: Uint8Array, release?: () => void): void;
+  send(m: Msg, byRef?: Uint8Array | Loan, release?: () => void): void;
   flush(): void;
   pause(): void;
   resume(): void;
@@ -230,6 +231,7 @@ export class Relay {
       const held = early;
       early = undefined;
       if (this.#closed) {
+        for (const [, lent] of held) if (isLoan(lent)) lent.end();
         // The session ended while the device came up (a link up lost again at once, say): lost,
         // not closed, the device waits for the next session parked, as its others do
         // (#sessionClosed, which waits for this). Removing it here would take a parked NIC's
@@ -289,11 +291,12 @@ export class Relay {
   }
 
   /** A message from a device on the channel, towards the endpoint. */
-  #fromDevice(dev: number, m: Msg, handOver?: Uint8Array, release?: () => void): void {
+  #fromDevice(dev: number, m: Msg, handOver?: Uint8Array | Loan, release?: () => void): void {
     // After Detach the endpoint must hear nothing more of the device: what the bus still says
     // while the driver unbinds (a write, a config notice) has no device to go to.
     if (this.#closed || this.#gone.has(dev)) {
       release?.();
+      if (isLoan(handOver)) handOver.end();
       return;
     }
     this.#session.send(m, handOver, release);

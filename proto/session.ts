@@ -16,9 +16,8 @@
 // - Peer mistakes close the session with Error{code} (docs/PROTOCOL.md). A 'messages' listener may
 //   throw a ProtocolError: the session closes with its code. Anything else it throws is our bug:
 //   logged with its stack, session closed with INTERNAL.
-import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'node:events';
-import pino, { type Logger } from 'pino';
+import type { Logger } from 'pino';
 import {
   type DecodedFrame,
   decodeFrame,
@@ -31,6 +30,17 @@ import {
   partsLength,
 } from './codec.js';
 import { canPlace, type PlaceableHead, type PlacedFrame, type Placer, placedFrame } from './frame-place.js';
+import {
+  checkVersion,
+  DEFAULTS,
+  firstFrame,
+  ourCapabilities,
+  peerError,
+  type Resolved,
+  resolve,
+  type SessionOptions,
+} from './handshake.js';
+import { isLoan, type Loan, ReplayBuffer } from './replay.js';
 import { devOf, type Tap } from './trace.js';
 import type { Transport } from './transport.js';
 import {
@@ -39,42 +49,19 @@ import {
   MAX_FRAME_BYTES,
   type Msg,
   num,
-  OUR_CAPABILITIES,
   PROTOCOL_VERSION,
   ProtocolError,
   type pcinet,
 } from './wire.js';
 
-export interface SessionOptions {
-  /** Send a KeepAlive after this long without sending anything. Default 1000. */
-  keepaliveMs?: number;
-  /** A connection that brings nothing for this long is dead. Default 3000. */
-  deadAfterMs?: number;
-  /** How long a dropped connection may be resumed. Default 30 000. */
-  graceMs?: number;
-  /** Unacknowledged bytes above which the session reports backlogged. Default 32 MiB; four times
-   *  this closes the session with REPLAY_OVERFLOW. */
-  replayBytes?: number;
-  /** How long a handshake may take. Default 10 000. */
-  handshakeMs?: number;
-  log?: Logger;
-  /** Free text sent in Hello. */
-  agent?: string;
-  /** Capability bits we set in Hello. Default OUR_CAPABILITIES; CAP_KERNEL_LINK is added only by
-   *  a side that can use it (the host-agent on the kernel channel, the endpoint's server). */
-  capabilities?: number;
-}
-
-/** How long a lost connection may be resumed (and a host keeps devices of a lost endpoint). */
-export const DEFAULT_GRACE_MS = 30_000;
-
-const DEFAULTS = {
-  keepaliveMs: 1000,
-  deadAfterMs: 3000,
-  graceMs: DEFAULT_GRACE_MS,
-  replayBytes: 32 << 20,
-  handshakeMs: 10_000,
-} as const;
+export { DEFAULT_GRACE_MS, firstFrame, type SessionOptions } from './handshake.js';
+// Opening sessions lives beside (it makes Session objects); its names stay importable from here.
+export {
+  MAX_PENDING_HANDSHAKES,
+  openSession,
+  SessionServer,
+  type SessionServerOptions,
+} from './session-server.js';
 
 /** A batch grows to at most this before it is flushed on its own: frames stay far below the hard
  *  maximum while still carrying hundreds of messages. */
@@ -131,34 +118,6 @@ export interface SessionStats {
   rttMs?: number;
 }
 
-interface Pending {
-  seq: number;
-  /** The frame as written (parts reference the batch's encoded messages). */
-  parts: FrameParts;
-  length: number;
-  /** Called once the peer has acknowledged the frame (send()'s `release`), unless it went out on
-   *  a transport that does not copy (`shared`). */
-  releases?: (() => void)[];
-  shared?: boolean;
-}
-
-type Resolved = Required<Omit<SessionOptions, 'log' | 'agent'>> & { log: Logger; agent: string };
-
-const ourCapabilities = (o: SessionOptions) => o.capabilities ?? OUR_CAPABILITIES;
-
-function resolve(o: SessionOptions): Resolved {
-  return {
-    keepaliveMs: o.keepaliveMs ?? DEFAULTS.keepaliveMs,
-    deadAfterMs: o.deadAfterMs ?? DEFAULTS.deadAfterMs,
-    graceMs: o.graceMs ?? DEFAULTS.graceMs,
-    replayBytes: o.replayBytes ?? DEFAULTS.replayBytes,
-    handshakeMs: o.handshakeMs ?? DEFAULTS.handshakeMs,
-    log: o.log ?? pino({ level: 'silent' }),
-    agent: o.agent ?? 'pcinet',
-    capabilities: ourCapabilities(o),
-  };
-}
-
 /** Events: 'messages' (msgs: pcinet.Msg[]) one inbound batch, in order; 'drain' () backlogged went
  *  false; 'disconnected' (err) the connection dropped, a resume is under way; 'unreachable' (err)
  *  the peer is declared dead (once per outage, after 'disconnected'); 'resumed' ();
@@ -190,11 +149,13 @@ export class Session extends EventEmitter {
   #inSeq = 0;
   /** Highest ack we have sent. */
   #ackSent = 0;
-  #replay: Pending[] = [];
-  #replayBytes = 0;
+  readonly #replay = new ReplayBuffer(() => this.#dropQueued());
+  /** Connections let go of that may still be writing frames with lent memory (until they close). */
+  readonly #retiring = new Set<Transport>();
   #batch: EncodedMsg[] = [];
   #batchBytes = 0;
   #batchReleases: (() => void)[] = [];
+  #batchLoans: Loan[] = [];
   #writeBlocked = false;
   #reportedBacklog = false;
   #paused = false;
@@ -313,18 +274,34 @@ export class Session extends EventEmitter {
   /** True while producers should wait for 'drain': disconnected, the socket is full, or the peer
    *  has not acknowledged replayBytes. */
   get backlogged(): boolean {
-    return this.#closed || !this.#t || this.#writeBlocked || this.#replayBytes > this.#o.replayBytes;
+    return this.#closed || !this.#t || this.#writeBlocked || this.#replay.bytes > this.#o.replayBytes;
   }
 
   /** Queues one sequenced message in the current batch. Ignored once the session is closed (device
    *  work racing the close). `byRef`: the message's payload, handed over (nobody modifies it
    *  afterwards), so a large one is sent and kept for replay by reference instead of copied.
    *  `release`: called once `byRef` is no longer needed (the peer acknowledged the frame, which it
-   *  got a copy of), so that its owner may reuse it; never, if the session ends first. */
-  send(m: Msg, byRef?: Uint8Array, release?: () => void): void {
-    if (this.#closed) return;
+   *  got a copy of), so that its owner may reuse it; never, if the session ends first. `byRef` may
+   *  be lent memory instead (a DmaReadCpl's data, proto/replay.ts): sent by reference on
+   *  transports that can drop queued writes, copied on others; it ends once acknowledged or when
+   *  the session ends. */
+  send(m: Msg, byRef?: Uint8Array | Loan, release?: () => void): void {
+    if (this.#closed) {
+      if (isLoan(byRef)) byRef.end();
+      return;
+    }
+    let payload: Uint8Array | undefined;
+    let loan: Loan | undefined;
+    if (isLoan(byRef)) {
+      loan = byRef;
+      // The owner may have taken it back while it waited (the relay holds messages of a device
+      // being attached): the message carries what the loan holds now.
+      if (m.dmaReadCpl && m.dmaReadCpl.data !== byRef.bytes)
+        m = { dmaReadCpl: { ...m.dmaReadCpl, data: byRef.bytes } };
+      payload = byRef.bytes;
+    } else payload = byRef;
     if (this.tap) this.tap.record(m, this.role === 'endpoint', false, devOf(m));
-    const e = encodeMsg(m, byRef);
+    const e = encodeMsg(m, payload);
     const size = framedSize(e);
     if (size > MAX_FRAME_BYTES - 64)
       throw new Error(`session: one message of ${size} bytes cannot be framed`);
@@ -340,6 +317,7 @@ export class Session extends EventEmitter {
     this.#batch.push(e);
     this.#batchBytes += size;
     if (release) this.#batchReleases.push(release);
+    if (loan) this.#batchLoans.push(loan);
     if (alone) this.flush();
   }
 
@@ -347,27 +325,26 @@ export class Session extends EventEmitter {
   flush(): void {
     if (this.#closed || this.#batch.length === 0) return;
     const seq = ++this.#outSeq;
-    const parts = encodeSequencedParts(seq, this.#inSeq, this.#batch);
-    const length = partsLength(parts);
     this.#stats.msgsOut += this.#batch.length;
+    const p = this.#replay.add(
+      seq,
+      encodeSequencedParts(seq, this.#inSeq, this.#batch),
+      this.#batchReleases,
+      this.#batchLoans,
+    );
     this.#batch = [];
     this.#batchBytes = 0;
-    const p: Pending = { seq, parts, length };
-    if (this.#batchReleases.length > 0) {
-      p.releases = this.#batchReleases;
-      this.#batchReleases = [];
-    }
-    this.#replay.push(p);
-    this.#replayBytes += length;
-    if (this.#replayBytes > 4 * this.#o.replayBytes) {
+    this.#batchReleases = [];
+    this.#batchLoans = [];
+    if (this.#replay.bytes > 4 * this.#o.replayBytes) {
       this.#fail(
-        new ProtocolError(ErrorCode.REPLAY_OVERFLOW, `peer has not acknowledged ${this.#replayBytes} bytes`),
+        new ProtocolError(ErrorCode.REPLAY_OVERFLOW, `peer has not acknowledged ${this.#replay.bytes} bytes`),
       );
       return;
     }
     if (this.#t) {
-      if (!this.#t.copiesOut) p.shared = true;
-      this.#write(parts, this.#inSeq);
+      this.#replay.written(p, !this.#t.copiesOut, lends(this.#t));
+      this.#write(p.parts, this.#inSeq);
     }
     this.#checkDrain();
   }
@@ -386,8 +363,8 @@ export class Session extends EventEmitter {
   stats(): SessionStats {
     return {
       ...this.#stats,
-      replayFrames: this.#replay.length,
-      replayBytes: this.#replayBytes,
+      replayFrames: this.#replay.frames,
+      replayBytes: this.#replay.bytes,
       ...(this.#rttMs !== undefined ? { rttMs: this.#rttMs } : {}),
     };
   }
@@ -403,7 +380,7 @@ export class Session extends EventEmitter {
     this.#closing = true;
     this.flush();
     const deadline = Date.now() + 2000;
-    while (this.#t && this.#replay.length > 0 && Date.now() < deadline && !this.#closed) {
+    while (this.#t && this.#replay.frames > 0 && Date.now() < deadline && !this.#closed) {
       await new Promise((r) => setTimeout(r, 5));
     }
     if (this.#closed) return;
@@ -433,13 +410,11 @@ export class Session extends EventEmitter {
       t.close();
       return;
     }
-    this.#acked(peerReceived);
-    if (this.#replay.length > 0 && this.#replay[0]!.seq !== peerReceived + 1) {
+    this.#replay.acked(peerReceived);
+    const first = this.#replay.firstSeq;
+    if (first !== undefined && first !== peerReceived + 1) {
       this.#fail(
-        new ProtocolError(
-          ErrorCode.INTERNAL,
-          `replay starts at ${this.#replay[0]!.seq}, peer has ${peerReceived}`,
-        ),
+        new ProtocolError(ErrorCode.INTERNAL, `replay starts at ${first}, peer has ${peerReceived}`),
       );
       t.close();
       return;
@@ -466,14 +441,14 @@ export class Session extends EventEmitter {
       if (canPlace(t)) t.setPlacer(undefined);
     };
     this.#lastRx = Date.now();
-    for (const p of this.#replay) {
-      if (!t.copiesOut) p.shared = true;
+    for (const p of this.#replay.entries) {
+      this.#replay.written(p, !t.copiesOut, lends(t));
       this.#write(p.parts, this.#inSeq);
       if (resumed) this.#stats.replayedFrames++;
     }
     if (resumed) {
       this.#stats.resumes++;
-      this.#log.info({ remote: t.remote, replayed: this.#replay.length }, 'session resumed');
+      this.#log.info({ remote: t.remote, replayed: this.#replay.frames }, 'session resumed');
     }
     this.#tick ??= setInterval(
       () => this.#onTick(),
@@ -490,17 +465,35 @@ export class Session extends EventEmitter {
     return this.#inSeq;
   }
 
-  #dropTransport(): Transport | undefined {
+  /** Lets go of the connection; `closed`: it has closed already (nothing of it is written any
+   *  more). */
+  #dropTransport(closed = false): Transport | undefined {
     const t = this.#t;
     this.#detach?.();
     this.#detach = undefined;
     this.#t = undefined;
+    if (t && !closed && this.#replay.lending) {
+      // It may still write frames with lent memory after we let go (close() sends what is queued).
+      this.#retiring.add(t);
+      t.once('close', () => {
+        this.#retiring.delete(t);
+        if (this.#closed && this.#retiring.size === 0) this.#replay.endLoans();
+      });
+    }
     return t;
+  }
+
+  /** A loan was taken back: no connection may write the memory it lent from now on. Those whose
+   *  writes the kernel has taken already are left alone; any other ends here (and the session
+   *  resumes on a new one, replaying the frame from its copy). */
+  #dropQueued(): void {
+    this.#t?.dropQueued?.();
+    for (const t of this.#retiring) t.dropQueued?.();
   }
 
   #onTransportClose(t: Transport, e?: Error): void {
     if (t !== this.#t) return;
-    this.#dropTransport();
+    this.#dropTransport(true);
     if (e instanceof ProtocolError) {
       // The peer broke framing: no resume.
       this.#fail(e);
@@ -684,15 +677,7 @@ export class Session extends EventEmitter {
 
   /** Drops acknowledged frames from the replay buffer; true if any were. */
   #acked(ack: number): boolean {
-    let n = 0;
-    while (n < this.#replay.length && this.#replay[n]!.seq <= ack) {
-      const p = this.#replay[n]!;
-      this.#replayBytes -= p.length;
-      if (p.releases && !p.shared) for (const r of p.releases) r();
-      n++;
-    }
-    if (n > 0) this.#replay.splice(0, n);
-    return n > 0;
+    return this.#replay.acked(ack);
   }
 
   #onControl(m: pcinet.Msg): void {
@@ -795,219 +780,19 @@ export class Session extends EventEmitter {
     if (closeTransport) t?.close(err);
     this.#batch = [];
     this.#batchReleases = [];
+    for (const l of this.#batchLoans) l.end();
+    this.#batchLoans = [];
+    // Loans end once no connection can write them any more.
+    if (this.#retiring.size === 0) this.#replay.endLoans();
     this.emit('close', err);
   }
 }
 
+/** Lent memory may go out by reference on `t`: the peer gets copies, and writes still queued can be
+ *  dropped when a loan is taken back. */
+const lends = (t: Transport) => t.copiesOut === true && t.dropQueued !== undefined;
+
 /** `ms` less up to `share` of it, at random. */
 export function jittered(ms: number, share: number): number {
   return Math.round(ms * (1 - share * Math.random()));
-}
-
-function peerError(e: pcinet.IError): ProtocolError {
-  const code = (e.code ?? ErrorCode.INTERNAL) as ErrorCode;
-  return new ProtocolError(code, `peer closed the session: ${e.message ?? ''}`);
-}
-
-function checkVersion(v: number | null | undefined): void {
-  if (v !== PROTOCOL_VERSION) {
-    throw new ProtocolError(
-      ErrorCode.BAD_VERSION,
-      `protocol version ${v ?? 0} (we speak ${PROTOCOL_VERSION})`,
-    );
-  }
-}
-
-/** Waits for the first frame of a connection (a handshake message) and pauses the transport so
- *  that nothing after it is lost before the session takes over. */
-export function firstFrame(t: Transport, timeoutMs: number): Promise<DecodedFrame> {
-  return new Promise((res, rej) => {
-    const cleanup = () => {
-      clearTimeout(timer);
-      t.off('frame', onFrame);
-      t.off('close', onClose);
-    };
-    const onFrame = (bytes: Uint8Array) => {
-      cleanup();
-      t.pause();
-      try {
-        const f = decodeFrame(bytes);
-        if (f.seq !== 0 || f.msgs.length !== 1) {
-          throw new ProtocolError(
-            ErrorCode.UNEXPECTED_MESSAGE,
-            'the first frame must be one Hello, Resume or Error',
-          );
-        }
-        res(f);
-      } catch (e) {
-        rej(e);
-      }
-    };
-    const onClose = (e?: Error) => {
-      cleanup();
-      rej(e ?? new Error(`${t.remote}: closed during the handshake`));
-    };
-    const timer = setTimeout(() => {
-      cleanup();
-      rej(new ProtocolError(ErrorCode.TIMEOUT, `${t.remote}: no handshake within ${timeoutMs} ms`));
-    }, timeoutMs);
-    t.on('frame', onFrame);
-    t.on('close', onClose);
-  });
-}
-
-/** Host side: dials, says Hello, and returns the session once the endpoint answered. `dial` is
- *  called again for every reconnect. Rejects with the endpoint's coded refusal (AUTH_REFUSED, BUSY,
- *  BAD_VERSION …) or the dial error. */
-export async function openSession(
-  dial: () => Promise<Transport>,
-  options: SessionOptions = {},
-): Promise<Session> {
-  const o = resolve(options);
-  const t = await dial();
-  try {
-    t.send(
-      encodeControl(0, [
-        {
-          hello: {
-            version: PROTOCOL_VERSION,
-            capabilities: long(o.capabilities),
-            agent: o.agent,
-            keepaliveMs: o.keepaliveMs,
-          },
-        },
-      ]),
-    );
-    const f = await firstFrame(t, o.handshakeMs);
-    const m = f.msgs[0]!;
-    if (m.error) throw peerError(m.error);
-    if (!m.hello) throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `expected Hello, got ${m.body}`);
-    checkVersion(m.hello.version);
-    const id = m.hello.sessionId ?? new Uint8Array();
-    if (id.length !== 16) throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `session id of ${id.length} bytes`);
-    const s = new Session('host', id, m.hello, t.peerFingerprint, options, dial);
-    s.attach(t, 0);
-    return s;
-  } catch (e) {
-    if (e instanceof ProtocolError && e.code !== ErrorCode.TIMEOUT && !e.message.startsWith('peer closed')) {
-      // Tell the endpoint why we give up (it may log it); best effort.
-      t.send(encodeControl(0, [{ error: { code: e.code, message: e.message.slice(0, 500) } }]));
-    }
-    t.close();
-    throw e;
-  }
-}
-
-/** Connections waiting for their Hello or Resume at once; more are refused with BUSY. A peer that
- *  connects and says nothing is dropped after handshakeMs; this bounds how many it can keep. */
-export const MAX_PENDING_HANDSHAKES = 64;
-
-export interface SessionServerOptions extends SessionOptions {
-  /** Decides whether a new session may start (e.g. BUSY while another host holds the devices).
-   *  Return a ProtocolError to refuse. */
-  admit?: (peerFingerprint: string | undefined) => ProtocolError | undefined;
-}
-
-/** Endpoint side: runs handshakes on accepted connections, creates sessions and resumes them. */
-export class SessionServer {
-  readonly #o: SessionServerOptions;
-  readonly #log: Logger;
-  readonly #onSession: (s: Session) => void;
-  readonly #sessions = new Map<string, Session>();
-  readonly #pending = new Set<Transport>();
-  #closed = false;
-
-  constructor(options: SessionServerOptions, onSession: (s: Session) => void) {
-    this.#o = options;
-    this.#log = options.log ?? pino({ level: 'silent' });
-    this.#onSession = onSession;
-  }
-
-  get sessions(): Session[] {
-    return [...this.#sessions.values()];
-  }
-
-  /** Takes a new connection; never throws (a bad peer only closes its own connection). */
-  accept(t: Transport): void {
-    if (this.#closed) {
-      t.close();
-      return;
-    }
-    if (this.#pending.size >= MAX_PENDING_HANDSHAKES) {
-      this.#refuse(t, new ProtocolError(ErrorCode.BUSY, `${MAX_PENDING_HANDSHAKES} handshakes in flight`));
-      return;
-    }
-    this.#pending.add(t);
-    firstFrame(t, this.#o.handshakeMs ?? DEFAULTS.handshakeMs)
-      .then((f) => this.#handshake(t, f))
-      .catch((e: Error) => this.#refuse(t, e))
-      .finally(() => this.#pending.delete(t));
-  }
-
-  #refuse(t: Transport, e: Error): void {
-    const code = e instanceof ProtocolError ? e.code : ErrorCode.INTERNAL;
-    this.#log.warn({ remote: t.remote, code: ErrorCode[code], err: e.message }, 'handshake refused');
-    t.send(encodeControl(0, [{ error: { code, message: e.message.slice(0, 500) } }]));
-    t.close(e);
-  }
-
-  #handshake(t: Transport, f: DecodedFrame): void {
-    const m = f.msgs[0]!;
-    if (m.error) throw peerError(m.error);
-    if (m.hello) {
-      checkVersion(m.hello.version);
-      if (m.hello.sessionId && m.hello.sessionId.length > 0) {
-        throw new ProtocolError(ErrorCode.BAD_ARGUMENT, 'a new session starts with an empty session id');
-      }
-      const refusal = this.#o.admit?.(t.peerFingerprint);
-      if (refusal) throw refusal;
-      const id = randomBytes(16);
-      const s = new Session('endpoint', id, m.hello, t.peerFingerprint, this.#o);
-      const key = id.toString('hex');
-      this.#sessions.set(key, s);
-      s.once('close', () => this.#sessions.delete(key));
-      t.send(
-        encodeControl(0, [
-          {
-            hello: {
-              version: PROTOCOL_VERSION,
-              capabilities: long(ourCapabilities(this.#o)),
-              agent: this.#o.agent ?? 'pcinet',
-              sessionId: id,
-              keepaliveMs: this.#o.keepaliveMs ?? DEFAULTS.keepaliveMs,
-            },
-          },
-        ]),
-      );
-      this.#log.info({ remote: t.remote, peer: m.hello.agent, session: key.slice(0, 8) }, 'session opened');
-      this.#onSession(s);
-      s.attach(t, 0);
-      return;
-    }
-    if (m.resume) {
-      checkVersion(m.resume.version);
-      const key = Buffer.from(m.resume.sessionId ?? []).toString('hex');
-      const s = this.#sessions.get(key);
-      if (!s || s.closed)
-        throw new ProtocolError(ErrorCode.SESSION_UNKNOWN, `no session ${key || '(empty id)'}`);
-      if (s.peerFingerprint !== t.peerFingerprint) {
-        throw new ProtocolError(ErrorCode.AUTH_REFUSED, 'resume from a different host key');
-      }
-      t.send(
-        encodeControl(0, [
-          { resume: { version: PROTOCOL_VERSION, sessionId: s.id, receivedSeq: long(s.receivedSeq) } },
-        ]),
-      );
-      s.attach(t, num(m.resume.receivedSeq, 'received_seq'));
-      return;
-    }
-    throw new ProtocolError(ErrorCode.UNEXPECTED_MESSAGE, `${m.body} before Hello`);
-  }
-
-  /** Closes every session (orderly) and refuses new connections. */
-  async close(): Promise<void> {
-    this.#closed = true;
-    for (const t of this.#pending) t.close();
-    await Promise.all([...this.#sessions.values()].map((s) => s.close()));
-  }
 }

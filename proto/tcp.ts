@@ -95,6 +95,17 @@ export class SocketTransport extends EventEmitter<TransportEvents> implements Tr
     return ok;
   }
 
+  dropQueued(): boolean {
+    // Counts every write until the kernel has taken all of it (a write completed synchronously is
+    // no longer counted when send() returns); destroy() closes the descriptor at once and discards
+    // the rest.
+    if (this.#closed || this.#socket.destroyed || this.#socket.writableLength === 0) return false;
+    this.#error ??= new Error('writes dropped: memory they were to send was taken back');
+    this.#closedForInput = true;
+    this.#socket.destroy();
+    return true;
+  }
+
   setPlacer(p: Placer | undefined): void {
     // Only a socket reading into our buffers can read data where it belongs.
     if (!this.#direct) return;

@@ -31,4 +31,9 @@ export interface Transport extends EventEmitter<TransportEvents> {
   /** The peer gets copies of what is sent (a socket's bytes): once it has acknowledged a frame,
    *  nothing it holds is ours. Absent: it may hold the very buffers sent (the in-process loop). */
   readonly copiesOut?: boolean;
+  /** If some of what was sent is not yet the kernel's (still queued in this process, so still read
+   *  from the buffers given to send()), ends the connection at once: that never goes out. True if
+   *  it did. With it the session may send memory its owner takes back (proto/replay.ts) by
+   *  reference; without, it sends copies. */
+  dropQueued?(): boolean;
 }

@@ -638,13 +638,20 @@ export class SimFunction implements ChannelDevice {
       if (len < 1 || len > MAX_DMA_CHUNK) {
         throw new ProtocolError(ErrorCode.BAD_LENGTH, `${this.address}: DmaRead of ${len} bytes`);
       }
-      const data = this.#master() ? this.#iommu.deviceRead(u64(r.iova), len) : undefined;
-      // A copy of host memory, this completion's alone until the endpoint has it.
-      if (data)
+      const read = this.#master() ? this.#iommu.lendRead(u64(r.iova), len) : undefined;
+      if (read instanceof Uint8Array) {
+        // A copy of host memory, this completion's alone until the endpoint has it.
+        const data = read;
         this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.OK, data } }, data, () =>
           this.#iommu.recycle(data),
         );
-      else {
+      } else if (read) {
+        // Host memory itself, lent until the endpoint has it (iommu.ts, the file's head).
+        this.#sink(
+          { dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.OK, data: read.bytes } },
+          read,
+        );
+      } else {
         this.counters.dmaReadFaults++;
         this.#sink({ dmaReadCpl: { dev: this.dev, tag: r.tag, status: ErrorCode.DMA_FAULT } });
       }

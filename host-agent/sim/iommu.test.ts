@@ -129,3 +129,82 @@ describe('SoftIommu read buffers', () => {
     expect(iommu.deviceRead(iova, 64 << 10)!.buffer).toBe(b.buffer);
   });
 });
+
+describe('SoftIommu lending device reads', () => {
+  const CHUNK = 256 << 10;
+
+  it('lends large reads of to-device mappings (host memory itself), copies the rest', () => {
+    const { memory, iommu } = world();
+    const buf = memory.alloc(CHUNK);
+    buf.bytes.fill(3);
+    const toDevice = iommu.map(buf, 'to-device');
+    const both = iommu.map(buf, 'bidirectional');
+    const lent = iommu.lendRead(toDevice, CHUNK);
+    expect(lent).not.toBeInstanceOf(Uint8Array);
+    const l = lent as Exclude<typeof lent, Uint8Array | undefined>;
+    expect(l.bytes.buffer).toBe(memory.bytes.buffer);
+    // A bidirectional mapping may be coherent memory the CPU writes while the device reads: a copy.
+    const copied = iommu.lendRead(both, CHUNK);
+    expect(copied).toBeInstanceOf(Uint8Array);
+    expect((copied as Uint8Array).buffer).not.toBe(memory.bytes.buffer);
+    // Small reads are copied too.
+    expect(iommu.lendRead(toDevice, 4096)).toBeInstanceOf(Uint8Array);
+    expect(iommu.counters).toMatchObject({ lentReads: 1, lentBytes: CHUNK, readBytes: 2 * CHUNK + 4096 });
+    expect(iommu.loans).toBe(1);
+    l.end();
+    expect(iommu.loans).toBe(0);
+  });
+
+  for (const what of ['unmap', 'device write', 'placed device write'] as const) {
+    it(`takes a loan back (a copy, its holder told) before a ${what} changes the memory`, () => {
+      const { memory, iommu } = world();
+      const buf = memory.alloc(CHUNK);
+      buf.bytes.fill(3);
+      const toDevice = iommu.map(buf, 'to-device');
+      const fromDevice = iommu.map(buf, 'from-device');
+      const l = iommu.lendRead(toDevice, CHUNK) as Exclude<
+        ReturnType<SoftIommu['lendRead']>,
+        Uint8Array | undefined
+      >;
+      const told: Uint8Array[] = [];
+      l.onTakeBack = (lent) => told.push(lent);
+      const view = l.bytes;
+      if (what === 'unmap') {
+        iommu.unmap(toDevice);
+        buf.bytes.fill(9); // the driver reuses it
+      } else if (what === 'device write') {
+        expect(iommu.deviceWrite(fromDevice + 100n, new Uint8Array(10).fill(9))).toBe(true);
+      } else {
+        const place = iommu.placeWrite(fromDevice + 100n, 10, () => {})!;
+        place.fill(9);
+      }
+      expect(told).toEqual([view]);
+      expect(l.bytes).not.toBe(view);
+      expect(l.bytes.every((x) => x === 3)).toBe(true);
+      expect(iommu.counters.loansTakenBack).toBe(1);
+      expect(iommu.loans).toBe(0);
+    });
+  }
+
+  it('leaves loans over other memory alone, and settles one into a copy without telling its holder', () => {
+    const { memory, iommu } = world();
+    const a = memory.alloc(CHUNK);
+    const b = memory.alloc(CHUNK);
+    a.bytes.fill(1);
+    const la = iommu.lendRead(iommu.map(a, 'to-device'), CHUNK) as Exclude<
+      ReturnType<SoftIommu['lendRead']>,
+      Uint8Array | undefined
+    >;
+    let told = 0;
+    la.onTakeBack = () => told++;
+    expect(iommu.deviceWrite(iommu.map(b, 'from-device'), new Uint8Array(CHUNK).fill(2))).toBe(true);
+    expect(told).toBe(0);
+    expect(la.bytes.buffer).toBe(memory.bytes.buffer);
+    la.settle();
+    expect(la.bytes.buffer).not.toBe(memory.bytes.buffer);
+    a.bytes.fill(5);
+    expect(la.bytes.every((x) => x === 1)).toBe(true);
+    expect(told).toBe(0);
+    expect(iommu.loans).toBe(0);
+  });
+});

@@ -7,8 +7,19 @@
 // in host memory before its data arrives (placeWrite: the transport reads it straight there); the
 // mapping then tells whoever holds the place when it is unmapped, before anything else can happen,
 // so nothing is written into it afterwards.
+//
+// A large device read from a to-device mapping is not copied: it is lent (lendRead). A to-device
+// mapping is a streaming mapping, and under the DMA API its memory is the device's from map to
+// unmap: the CPU writes it only afterwards (or after a sync the sim does not have; after the device
+// told it it is done, which reaches the host after the endpoint's acknowledgement of the read's
+// completion, and so after the loan ended). What can change it while mapped is seen here: an
+// unmap, and device writes through another mapping of the same memory (directly or placed); each
+// takes back every loan over the memory it changes first, which leaves the loan a copy of what the
+// read returned. Bidirectional mappings may be coherent memory (rings) that the CPU writes while
+// the device reads: reads from them are copied.
 
 import assert from 'node:assert/strict';
+import type { Loan } from '../../proto/replay.js';
 import { MAX_DMA_CHUNK } from '../../proto/wire.js';
 
 export const PAGE = 4096;
@@ -56,6 +67,11 @@ export interface IommuCounters {
   placedWrites: number;
   placedBytes: number;
   placesCancelled: number;
+  /** Device reads sent straight from host memory (lendRead), their bytes (also in readBytes), and
+   *  loans taken back (copied) before an unmap or a device write changed the memory. */
+  lentReads: number;
+  lentBytes: number;
+  loansTakenBack: number;
 }
 
 const pages = (len: number) => Math.max(1, Math.ceil(len / PAGE));
@@ -117,6 +133,9 @@ export class SoftIommu {
     placedWrites: 0,
     placedBytes: 0,
     placesCancelled: 0,
+    lentReads: 0,
+    lentBytes: 0,
+    loansTakenBack: 0,
   };
   readonly #memory: SimMemory;
   /** Sorted by iova. */
@@ -124,6 +143,8 @@ export class SoftIommu {
   #next = IOVA_BASE;
   /** Buffers for device reads, back from recycle(). */
   readonly #spare: ArrayBuffer[] = [];
+  /** Loans not over yet (bounded by the sessions' replay buffers that hold them). */
+  readonly #loans = new Set<Lent>();
 
   constructor(memory: SimMemory) {
     this.#memory = memory;
@@ -153,6 +174,8 @@ export class SoftIommu {
     if (i < 0) throw new Error(`iommu: unmap of 0x${iova.toString(16)}, which is not mapped`);
     const [m] = this.#maps.splice(i, 1);
     this.counters.unmaps++;
+    // The driver may reuse the memory from now on: loans over it become copies.
+    this.#takeBack(m!.addr, m!.len);
     // First: a place in it must not be written from now on (its transport stops reading there).
     for (const cancel of m.placed ?? []) {
       this.counters.placesCancelled++;
@@ -163,13 +186,48 @@ export class SoftIommu {
   }
 
   #find(iova: bigint, len: number, device: 'read' | 'write'): number | undefined {
+    const m = this.#mapping(iova, len, device);
+    return m && m.addr + Number(iova - m.iova);
+  }
+
+  #mapping(iova: bigint, len: number, device: 'read' | 'write'): Mapping | undefined {
     const need: DmaDirection = device === 'read' ? 'to-device' : 'from-device';
     for (const m of this.#maps) {
       if (iova < m.iova || iova + BigInt(len) > m.iova + BigInt(m.len)) continue;
       if (m.dir !== 'bidirectional' && m.dir !== need) return undefined;
-      return m.addr + Number(iova - m.iova);
+      return m;
     }
     return undefined;
+  }
+
+  /** Loans over host memory [addr, addr + len) become copies of what it holds now. */
+  #takeBack(addr: number, len: number): void {
+    if (this.#loans.size === 0) return;
+    for (const l of this.#loans) {
+      if (l.addr < addr + len && addr < l.addr + l.len) {
+        this.counters.loansTakenBack++;
+        l.takeBack();
+      }
+    }
+  }
+
+  /** The device reads host memory: lent when it may be (a to-device mapping, REUSED_MIN bytes or
+   *  more; see the file's head), else deviceRead's copy; undefined when refused. */
+  lendRead(iova: bigint, len: number): Loan | Uint8Array | undefined {
+    const m = len >= REUSED_MIN && len <= MAX_DMA_CHUNK ? this.#mapping(iova, len, 'read') : undefined;
+    if (m?.dir !== 'to-device') return this.deviceRead(iova, len);
+    const at = m.addr + Number(iova - m.iova);
+    this.counters.readBytes += len;
+    this.counters.lentReads++;
+    this.counters.lentBytes += len;
+    const l = new Lent(this.#loans, this.#memory.bytes.subarray(at, at + len), at);
+    this.#loans.add(l);
+    return l;
+  }
+
+  /** Loans not over yet, for tests. */
+  get loans(): number {
+    return this.#loans.size;
   }
 
   /** The device reads host memory: a copy, or undefined when refused. */
@@ -230,6 +288,7 @@ export class SoftIommu {
     const at = len > 0 ? this.#find(iova, len, 'write') : undefined;
     if (at === undefined) return undefined;
     const m = this.#mappingOf(iova)!;
+    this.#takeBack(at, len);
     m.placed ??= new Set();
     m.placed.add(cancel);
     return this.#memory.bytes.subarray(at, at + len);
@@ -254,10 +313,45 @@ export class SoftIommu {
     }
     this.counters.writeBytes += data.length;
     const mem = this.#memory.bytes;
+    this.#takeBack(at, data.length);
     if (data.buffer === mem.buffer && data.byteOffset === mem.byteOffset + at) {
       this.counters.placedWrites++;
       this.counters.placedBytes += data.length;
     } else mem.set(data, at);
     return true;
+  }
+}
+
+/** Host memory lent for a device read's completion (SoftIommu.lendRead). */
+class Lent implements Loan {
+  bytes: Uint8Array;
+  onTakeBack: ((lent: Uint8Array) => void) | undefined;
+  readonly addr: number;
+  readonly len: number;
+  readonly #loans: Set<Lent>;
+
+  constructor(loans: Set<Lent>, bytes: Uint8Array, addr: number) {
+    this.#loans = loans;
+    this.bytes = bytes;
+    this.addr = addr;
+    this.len = bytes.length;
+  }
+
+  /** The memory is about to change: a copy of it instead, and the holder told. */
+  takeBack(): void {
+    const lent = this.bytes;
+    this.settle();
+    this.onTakeBack?.(lent);
+  }
+
+  settle(): void {
+    if (!this.#loans.delete(this)) return;
+    const copy = new Uint8Array(Buffer.allocUnsafeSlow(this.len).buffer, 0, this.len);
+    copy.set(this.bytes);
+    this.bytes = copy;
+  }
+
+  end(): void {
+    this.#loans.delete(this);
   }
 }
