@@ -1,4 +1,4 @@
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -10,12 +10,14 @@ afterEach(() => {
   for (const d of dirs.splice(0)) rmSync(d, { recursive: true, force: true });
 });
 
-/** A fake /proc with processes given as [pid, comm, cmdline args, utime, stime]. */
-function fakeProc(procs: [number, string, string[], number, number][]): string {
+/** A fake /proc with processes given as [pid, comm, cmdline args, utime, stime, network namespace]. */
+function fakeProc(procs: [number, string, string[], number, number, string?][]): string {
   const dir = mkdtempSync(join(tmpdir(), 'card-cpu-'));
   dirs.push(dir);
-  for (const [pid, comm, args, ut, st] of procs) {
+  for (const [pid, comm, args, ut, st, netns] of procs) {
     mkdirSync(join(dir, String(pid)));
+    mkdirSync(join(dir, String(pid), 'ns'));
+    symlinkSync(netns ?? 'net:[4026531840]', join(dir, String(pid), 'ns', 'net'));
     // Fields after the name: state, then 10 more before utime (14th field) and stime (15th).
     const stat = `${pid} (${comm}) S 1 1 1 0 -1 4194560 100 0 0 0 ${ut} ${st} 0 0 20 0 1 0 5 0 0`;
     writeFileSync(join(dir, String(pid), 'stat'), stat);
@@ -48,6 +50,20 @@ describe('card-cpu', () => {
       proc,
     );
     expect(Object.fromEntries(got)).toEqual({ nbd: 18, tcp: 55, tls: 22, none: 0 });
+  });
+
+  it("with a namespace, counts that namespace's processes only: other lab runs' endpoints look the same", () => {
+    const ours = 'net:[4026532301]';
+    const endpoint = ['node', 'main.js', 'endpoint', '--listen', 'tls://127.0.0.1:7470'];
+    const proc = fakeProc([
+      [20, 'node', endpoint, 30, 3, ours],
+      [21, 'node', endpoint, 500, 50, 'net:[4026532999]'],
+      [22, 'nbd-server', ['nbd-server'], 4, 1, ours],
+      [23, 'nbd-server', ['nbd-server'], 70, 7],
+    ]);
+    const groups: CpuGroup[] = [NBD, { name: 'tls', match: { cmd: 'endpoint --listen tls://' } }];
+    expect(Object.fromEntries(sample(groups, proc, false, ours))).toEqual({ nbd: 5, tls: 33 });
+    expect(Object.fromEntries(sample(groups, proc))).toEqual({ nbd: 82, tls: 583 });
   });
 
   it('adds read and write system calls from /proc/PID/io when asked', () => {

@@ -5,9 +5,11 @@
 //
 // A group matches by `comm` (the process's name, e.g. every nbd-server process, the forked
 // children serving clients included) or by `cmd` (a substring of its command line, arguments
-// joined by spaces).
+// joined by spaces); with `netns`, only among the processes of that network namespace — every lab
+// run's endpoint has the same command line in a namespace of its own, and another run's processes
+// coming and going between two samples would count (and a finished one made a negative figure).
 import { execFileSync } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 
 export interface CpuGroup {
   name: string;
@@ -35,13 +37,28 @@ export function ioCalls(text: string | undefined): { r: number; w: number } {
   return { r: r ? Number(r[1]) : 0, w: w ? Number(w[1]) : 0 };
 }
 
+/** A process's network namespace, as /proc/PID/ns/net names it ("net:[4026532301]"). */
+export function netnsOf(pid: number | string, proc = '/proc'): string | undefined {
+  try {
+    return readlinkSync(`${proc}/${pid}/ns/net`);
+  } catch {
+    return undefined; // gone meanwhile
+  }
+}
+
 /** What each group's processes used so far: clock ticks, and with `calls` their read and write
- *  system calls as `<group>.r` and `<group>.w`. */
-export function sample(groups: readonly CpuGroup[], proc = '/proc', calls = false): Map<string, number> {
+ *  system calls as `<group>.r` and `<group>.w`; with `netns`, processes of that namespace only. */
+export function sample(
+  groups: readonly CpuGroup[],
+  proc = '/proc',
+  calls = false,
+  netns?: string,
+): Map<string, number> {
   const out = new Map(groups.map((g) => [g.name, 0]));
   if (calls) for (const g of groups) out.set(`${g.name}.r`, 0).set(`${g.name}.w`, 0);
   for (const pid of readdirSync(proc)) {
     if (!/^\d+$/.test(pid)) continue;
+    if (netns !== undefined && netnsOf(pid, proc) !== netns) continue;
     const stat = read(`${proc}/${pid}/stat`);
     if (!stat) continue;
     const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));

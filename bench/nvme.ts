@@ -158,10 +158,12 @@ async function startCard(
     );
     // -d: stay in the foreground (each client is still served by a child of its own).
     o.procs.push(startOnCard(card, 'nbd-server', ['nbd-server', '-C', conf, '-d'], o.lifetimeS, o.dir));
-    // The guest asks for a sample of the card's CPU before and after each phase (its `mark`).
+    // The guest asks for a sample of the card's CPU before and after each phase (its `mark`):
+    // this run's processes only (its network namespace), not those of a lab run beside it.
     const tick = usPerTick();
+    const netns = (await runOk(card.wrap(['readlink', '/proc/self/ns/net']), { timeoutMs: 10_000 })).trim();
     const control = startCardControl(card, async (label) => {
-      const now = sample(CARD_GROUPS, '/proc', true);
+      const now = sample(CARD_GROUPS, '/proc', true, netns);
       for (const g of CARD_GROUPS) now.set(g.name, now.get(g.name)! * tick);
       o.cardCpu.set(label, now);
     });
