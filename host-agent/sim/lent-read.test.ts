@@ -4,32 +4,17 @@
 // unmaps and overwrites the memory while completions are still queued in the host's socket or
 // waiting in its replay buffer.
 import net from 'node:net';
-import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../devices/pci/config.js';
-import { TestDevice } from '../../devices/test/device.js';
-import { wireDescription } from '../../endpoint/describe.js';
 import { loopPair } from '../../proto/loop.js';
-import { openSession, type Session, SessionServer } from '../../proto/session.js';
-import { dialTcp, listenTcp } from '../../proto/tcp.js';
+import type { Session } from '../../proto/session.js';
 import { long, MAX_DMA_CHUNK, type pcinet } from '../../proto/wire.js';
-import { Relay } from '../relay.js';
-import { SimChannel } from './channel.js';
-import type { SimFunction } from './function.js';
+import type { SimChannel } from './channel.js';
+import { tcpWorld, until } from './tcp-world.js';
 
-const log = pino({ level: 'silent' });
 const cleanup: (() => unknown)[] = [];
 afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c();
 });
-
-async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
 
 /** A proxy that, on the first connection, stops reading what the host sends while `hold()` is in
  *  force (the host's socket fills up and its writes queue); later connections pass everything. */
@@ -75,31 +60,18 @@ async function stall(targetPort: number) {
   };
 }
 
-/** An endpoint session (messages sent by hand) and a host-agent (sim channel, relay, session) over
- *  `dial`; device 1 attached (the test device), memory and bus mastering on. */
-async function world(dial: (port: number) => Promise<Parameters<typeof openSession>[0]>) {
-  let ep: Session | undefined;
-  const server = new SessionServer({ log }, (s) => {
-    ep = s;
-  });
-  const listener = await listenTcp('127.0.0.1', 0, undefined, (t) => server.accept(t));
-  cleanup.push(() => listener.close());
-  cleanup.push(() => server.close());
-  const sim = new SimChannel({ log, memory: 32 << 20 });
-  const host = await openSession(await dial(listener.port), { log });
-  cleanup.push(() => host.close());
-  const relay = new Relay(host, sim, log);
-  await until(() => ep !== undefined, 'the endpoint session');
-  const cpls: pcinet.IDmaReadCpl[] = [];
-  ep!.on('messages', (msgs: pcinet.Msg[]) => {
-    for (const m of msgs) if (m.dmaReadCpl) cpls.push(m.dmaReadCpl);
-  });
-  ep!.send({ attach: { dev: 1, desc: wireDescription(new TestDevice().description) } });
-  ep!.flush();
-  await until(() => relay.devices.length === 1, 'the attach');
-  const fn = sim.functions[0] as SimFunction;
-  fn.configWrite(PCI_COMMAND, 2, fn.configRead(PCI_COMMAND, 2) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
-  return { ep: ep!, host, sim, fn, cpls };
+/** The host-agent and an endpoint over TCP, through `proxy` when given (tcp-world.ts). */
+function world(proxy?: (port: number) => Promise<number>) {
+  return tcpWorld({ cleanup, via: proxy, memory: 32 << 20 });
+}
+
+/** The endpoint reads `n` chunks from `iova` on, tags 1..n. */
+function readChunks(ep: Session, iova: bigint, n: number): void {
+  for (let i = 0; i < n; i++)
+    ep.send({
+      dmaRead: { dev: 1, tag: i + 1, iova: long(iova + BigInt(i * MAX_DMA_CHUNK)), length: MAX_DMA_CHUNK },
+    });
+  ep.flush();
 }
 
 /** `n` chunks of sim memory mapped for the device to read, chunk i filled with i + 1. */
@@ -122,19 +94,10 @@ function expectServedBytes(cpls: pcinet.IDmaReadCpl[], n: number): void {
 
 describe('DMA reads lent from sim host memory', () => {
   it('go out by reference, and the loans end when the endpoint acknowledges them', async () => {
-    const w = await world(async (port) => () => dialTcp('127.0.0.1', port));
+    const w = await world();
     const n = 8;
     const src = chunks(w.sim, n);
-    for (let i = 0; i < n; i++)
-      w.ep.send({
-        dmaRead: {
-          dev: 1,
-          tag: i + 1,
-          iova: long(src.iova + BigInt(i * MAX_DMA_CHUNK)),
-          length: MAX_DMA_CHUNK,
-        },
-      });
-    w.ep.flush();
+    readChunks(w.ep, src.iova, n);
     await until(() => w.cpls.length === n, 'the completions');
     expectServedBytes(w.cpls, n);
     expect(w.sim.iommu.counters).toMatchObject({
@@ -150,23 +113,14 @@ describe('DMA reads lent from sim host memory', () => {
     let proxy: Awaited<ReturnType<typeof stall>> | undefined;
     const w = await world(async (port) => {
       proxy = await stall(port);
-      return () => dialTcp('127.0.0.1', proxy!.port);
+      return proxy.port;
     });
     const p = proxy!;
     p.hold();
     // Far more than loopback's socket buffers hold: the last completions wait in the host's queue.
     const n = 96;
     const src = chunks(w.sim, n);
-    for (let i = 0; i < n; i++)
-      w.ep.send({
-        dmaRead: {
-          dev: 1,
-          tag: i + 1,
-          iova: long(src.iova + BigInt(i * MAX_DMA_CHUNK)),
-          length: MAX_DMA_CHUNK,
-        },
-      });
-    w.ep.flush();
+    readChunks(w.ep, src.iova, n);
     await until(() => w.sim.iommu.counters.lentReads === n, 'every read served');
     await new Promise((r) => setTimeout(r, 50));
     // The driver gives up on the reads: unmaps, and reuses the memory.
@@ -187,7 +141,7 @@ describe('DMA reads lent from sim host memory', () => {
     let proxy: Awaited<ReturnType<typeof stall>> | undefined;
     const w = await world(async (port) => {
       proxy = await stall(port);
-      return () => dialTcp('127.0.0.1', proxy!.port);
+      return proxy.port;
     });
     const p = proxy!;
     p.hold();
@@ -196,16 +150,7 @@ describe('DMA reads lent from sim host memory', () => {
     for (let i = 0; i < n; i++) buf.bytes.fill(i + 1, i * MAX_DMA_CHUNK, (i + 1) * MAX_DMA_CHUNK);
     const toDevice = w.sim.iommu.map(buf, 'to-device');
     const fromDevice = w.sim.iommu.map(buf, 'from-device');
-    for (let i = 0; i < n; i++)
-      w.ep.send({
-        dmaRead: {
-          dev: 1,
-          tag: i + 1,
-          iova: long(toDevice + BigInt(i * MAX_DMA_CHUNK)),
-          length: MAX_DMA_CHUNK,
-        },
-      });
-    w.ep.flush();
+    readChunks(w.ep, toDevice, n);
     await until(() => w.sim.iommu.counters.lentReads === n, 'every read served');
     // The last chunk, overwritten by the device through the other mapping.
     const at = (n - 1) * MAX_DMA_CHUNK;
@@ -220,33 +165,20 @@ describe('DMA reads lent from sim host memory', () => {
   });
 
   it('are copied on a transport that keeps what it is given (the in-process loop)', async () => {
-    const [a, b] = loopPair();
-    let ep: Session | undefined;
-    const server = new SessionServer({ log }, (s) => {
-      ep = s;
+    const w = await tcpWorld({
+      cleanup,
+      dial: (server) => {
+        const [a, b] = loopPair();
+        server.accept(b);
+        return async () => a;
+      },
     });
-    cleanup.push(() => server.close());
-    server.accept(b);
-    const sim = new SimChannel({ log });
-    const host = await openSession(async () => a, { log });
-    cleanup.push(() => host.close());
-    new Relay(host, sim, log);
-    await until(() => ep !== undefined, 'the endpoint session');
-    const got: Uint8Array[] = [];
-    ep!.on('messages', (msgs: pcinet.Msg[]) => {
-      for (const m of msgs) if (m.dmaReadCpl) got.push(m.dmaReadCpl.data!);
-    });
-    ep!.send({ attach: { dev: 1, desc: wireDescription(new TestDevice().description) } });
-    ep!.flush();
-    await until(() => sim.functions.length === 1, 'the attach');
-    const fn = sim.functions[0]!;
-    fn.configWrite(PCI_COMMAND, 2, fn.configRead(PCI_COMMAND, 2) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+    const { sim } = w;
     const src = chunks(sim, 1);
-    ep!.send({ dmaRead: { dev: 1, tag: 1, iova: long(src.iova), length: MAX_DMA_CHUNK } });
-    ep!.flush();
-    await until(() => got.length === 1, 'the completion');
+    readChunks(w.ep, src.iova, 1);
+    await until(() => w.cpls.length === 1, 'the completion');
     src.bytes.fill(0xee);
-    expect(got[0]!.every((x) => x === 1)).toBe(true);
+    expect(w.cpls[0]!.data!.every((x) => x === 1)).toBe(true);
     expect(sim.iommu.loans).toBe(0);
   });
 });

@@ -4,32 +4,19 @@
 // applied, never after an unmap or bus mastering off (the connection ends instead; the frame comes
 // again and is refused as any decoded write would be), never while an attach before it is pending.
 import net from 'node:net';
-import pino from 'pino';
 import { afterEach, describe, expect, it } from 'vitest';
-import { PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY } from '../../devices/pci/config.js';
+import { PCI_COMMAND, PCI_COMMAND_MASTER } from '../../devices/pci/config.js';
 import { TestDevice } from '../../devices/test/device.js';
 import { wireDescription } from '../../endpoint/describe.js';
-import { openSession, type Session, SessionServer } from '../../proto/session.js';
-import { dialTcp, listenTcp } from '../../proto/tcp.js';
-import { long, MAX_DMA_CHUNK, type pcinet } from '../../proto/wire.js';
+import { long, MAX_DMA_CHUNK } from '../../proto/wire.js';
 import type { Channel } from '../channel.js';
-import { Relay } from '../relay.js';
-import { SimChannel } from './channel.js';
-import type { SimFunction } from './function.js';
+import type { SimChannel } from './channel.js';
+import { tcpWorld, until } from './tcp-world.js';
 
-const log = pino({ level: 'silent' });
 const cleanup: (() => unknown)[] = [];
 afterEach(async () => {
   for (const c of cleanup.splice(0).reverse()) await c();
 });
-
-async function until(cond: () => boolean, what: string, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 2));
-  }
-}
 
 /** A proxy whose endpoint -> host bytes pass only as far as allowed (`allow`), on the first
  *  connection; later ones (the host's redials) pass everything. */
@@ -100,35 +87,24 @@ async function gate(targetPort: number) {
   };
 }
 
-/** An endpoint session (messages sent by hand) and a host-agent (sim channel, relay, session) behind
- *  a gate; device 1 attached (the test device), memory and bus mastering on. */
-async function world(channelOf: (sim: SimChannel) => Channel = (sim) => sim) {
-  let ep: Session | undefined;
-  const server = new SessionServer({ log }, (s) => {
-    ep = s;
+/** The host-agent and an endpoint over TCP behind a gate (tcp-world.ts). */
+async function world(channelOf?: (sim: SimChannel) => Channel) {
+  let g: Awaited<ReturnType<typeof gate>> | undefined;
+  const w = await tcpWorld({
+    cleanup,
+    channelOf,
+    via: async (port) => {
+      g = await gate(port);
+      return g.port;
+    },
   });
-  const listener = await listenTcp('127.0.0.1', 0, undefined, (t) => server.accept(t));
-  cleanup.push(() => listener.close());
-  cleanup.push(() => server.close());
-  const g = await gate(listener.port);
-  const sim = new SimChannel({ log });
-  const host = await openSession(() => dialTcp('127.0.0.1', g.port), { log });
-  cleanup.push(() => host.close());
-  const relay = new Relay(host, channelOf(sim), log);
-  await until(() => ep !== undefined, 'the endpoint session');
-  const fromHost: pcinet.Msg[] = [];
-  ep!.on('messages', (msgs: pcinet.Msg[]) => fromHost.push(...msgs));
-  ep!.send({ attach: { dev: 1, desc: wireDescription(new TestDevice().description) } });
-  ep!.flush();
-  await until(() => relay.devices.length === 1, 'the attach');
-  const fn = sim.functions[0] as SimFunction;
-  fn.configWrite(PCI_COMMAND, 2, fn.configRead(PCI_COMMAND, 2) | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER);
+  const { sim } = w;
   /** A buffer of sim host memory mapped for the device to write. */
   const buffer = (len: number) => {
     const buf = sim.memory.alloc(len);
     return { bytes: buf.bytes, iova: sim.iommu.map(buf, 'from-device') };
   };
-  return { ep: ep!, host, relay, sim, fn, gate: g, buffer, fromHost };
+  return { ...w, gate: g!, buffer };
 }
 
 const count = (b: Uint8Array, v: number) => b.reduce((n, x) => n + (x === v ? 1 : 0), 0);
