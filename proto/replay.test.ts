@@ -84,16 +84,32 @@ describe('ReplayBuffer', () => {
 });
 
 describe('a session lending payloads', () => {
-  async function pair() {
-    const [a, b] = loopPair();
+  /** A host session and the endpoint's, over the in-process loop, or with `tcp` over TCP to a
+   *  listener (through `via`'s port when given: a proxy); `close` ends the server and listener. */
+  async function pair(o: { tcp?: boolean; via?: (port: number) => Promise<number>; graceMs?: number } = {}) {
     let ep: Session | undefined;
     const server = new SessionServer({}, (s) => {
       ep = s;
     });
-    server.accept(b);
-    const host = await openSession(async () => a);
+    let dial: Parameters<typeof openSession>[0];
+    let listener: { port: number; close(): Promise<void> } | undefined;
+    if (o.tcp) {
+      const l = await listenTcp('127.0.0.1', 0, undefined, (t) => server.accept(t));
+      listener = l;
+      const port = o.via ? await o.via(l.port) : l.port;
+      dial = () => dialTcp('127.0.0.1', port);
+    } else {
+      const [a, b] = loopPair();
+      server.accept(b);
+      dial = async () => a;
+    }
+    const host = await openSession(dial, { graceMs: o.graceMs });
     while (!ep) await new Promise((r) => setTimeout(r, 1));
-    return { host, ep, server };
+    const close = async () => {
+      await server.close();
+      await listener?.close();
+    };
+    return { host, ep, server, close };
   }
 
   it('sends a copy over a transport that cannot drop queued writes (the loop), and the peer gets what was lent', async () => {
@@ -131,13 +147,7 @@ describe('a session lending payloads', () => {
   });
 
   it('ends loans it still holds when the session ends, once its connection has closed', async () => {
-    let ep: Session | undefined;
-    const server = new SessionServer({}, (s) => {
-      ep = s;
-    });
-    const listener = await listenTcp('127.0.0.1', 0, undefined, (t) => server.accept(t));
-    const host = await openSession(() => dialTcp('127.0.0.1', listener.port));
-    while (!ep) await new Promise((r) => setTimeout(r, 1));
+    const { host, close } = await pair({ tcp: true });
     const l = fakeLoan(new Uint8Array(64 << 10));
     host.send({ dmaReadCpl: { dev: 1, tag: 1, status: ErrorCode.OK, data: l.bytes } }, l);
     expect(l.settled).toBe(0);
@@ -146,46 +156,41 @@ describe('a session lending payloads', () => {
     const end = Date.now() + 5000;
     while (l.ended === 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 2));
     expect(l.ended).toBe(1);
-    await server.close();
-    await listener.close();
+    await close();
   });
 
   it('ends loans when a session whose connection was lost times out', async () => {
-    let ep: Session | undefined;
-    const server = new SessionServer({}, (s) => {
-      ep = s;
-    });
-    const listener = await listenTcp('127.0.0.1', 0, undefined, (t) => server.accept(t));
     // A proxy the test can cut; the host's redials then find nobody.
     const sockets = new Set<net.Socket>();
-    const proxy = net.createServer((a) => {
-      const b = net.connect(listener.port, '127.0.0.1');
-      for (const x of [a, b]) {
-        sockets.add(x);
-        x.on('error', () => {});
-        x.on('close', () => {
-          a.destroy();
-          b.destroy();
-        });
-      }
-      a.pipe(b);
-      b.pipe(a);
-    });
-    await new Promise<void>((r) => proxy.listen(0, '127.0.0.1', r));
-    const port = (proxy.address() as net.AddressInfo).port;
-    const host = await openSession(() => dialTcp('127.0.0.1', port), { graceMs: 300 });
-    while (!ep) await new Promise((r) => setTimeout(r, 1));
+    let proxy: net.Server | undefined;
+    const via = async (port: number) => {
+      proxy = net.createServer((a) => {
+        const b = net.connect(port, '127.0.0.1');
+        for (const x of [a, b]) {
+          sockets.add(x);
+          x.on('error', () => {});
+          x.on('close', () => {
+            a.destroy();
+            b.destroy();
+          });
+        }
+        a.pipe(b);
+        b.pipe(a);
+      });
+      await new Promise<void>((r) => proxy!.listen(0, '127.0.0.1', r));
+      return (proxy.address() as net.AddressInfo).port;
+    };
+    const { host, ep, close } = await pair({ tcp: true, via, graceMs: 300 });
     ep.pause(); // nothing is acknowledged
     const l = fakeLoan(new Uint8Array(64 << 10));
     host.send({ dmaReadCpl: { dev: 1, tag: 1, status: ErrorCode.OK, data: l.bytes } }, l);
     await new Promise((r) => setTimeout(r, 20));
-    proxy.close();
+    proxy!.close();
     for (const x of sockets) x.destroy();
     const end = Date.now() + 5000;
     while (!host.closed && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
     expect(host.closed).toBe(true);
     expect(l.ended).toBe(1);
-    await server.close();
-    await listener.close();
+    await close();
   });
 });
