@@ -27,6 +27,12 @@ export interface NvmeSqRule {
    *  doorbell the host writes the value written there, before the driver goes on, so the driver's
    *  next submission always rings (docs/PUSH.md "Shadow doorbells"). Only when HostPort.sqEventIdx. */
   eventIdx?: bigint;
+  /** IOVA of the SQ tail's shadow doorbell, with eventIdx and only when HostPort.virtqRound: the
+   *  device promises a round (virtqRound, `kick` = the SQ tail it took) for every tail doorbell
+   *  write, after the completions it made at once, and the host may then let the SQ go quiet —
+   *  the driver stops ringing while a doorbell is unanswered, and the host rings from the shadow
+   *  what it submitted meanwhile (docs/PUSH.md "Quiet submission queues"). */
+  shadow?: bigint;
 }
 
 /** A virtio split virtqueue: avail ring and descriptors on a notify, and readable buffers. */

@@ -101,6 +101,7 @@ export function pushRuleMsg(dev: number, id: number, r: PushRule | undefined): p
       dataMax: r.dataMax,
       lbaShift: r.lbaShift,
       ...(r.eventIdx !== undefined ? { avail: long(r.eventIdx) } : {}),
+      ...(r.shadow !== undefined ? { shadow: long(r.shadow) } : {}),
     };
   }
   return {

@@ -1018,7 +1018,7 @@ static int __init pcinet_init(void)
 
 	BUILD_BUG_ON(sizeof(struct pcinet_w_mmio_read_cpl) % 8);
 	/* The push records' sizes are part of the ABI (proto/kernel-abi.ts). */
-	BUILD_BUG_ON(sizeof(struct pcinet_w_push_rule) != 64);
+	BUILD_BUG_ON(sizeof(struct pcinet_w_push_rule) != 72);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push) != 24);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push_drop) != 24);
 	BUILD_BUG_ON(sizeof(struct pcinet_r_push_rule_set) != 16);

@@ -33,6 +33,9 @@ struct pcinet_push_rule {
 	u32 lba_shift;
 	u32 flags;
 	u32 last;		/* pushed up to: an SQ slot, or a 16-bit avail index */
+	u64 shadow;		/* NVMe: the SQ tail's shadow doorbell (0: none); push.c's */
+	u32 answered;		/* NVMe with shadow: the tail the device last said it took */
+	bool quiet;		/* NVMe with shadow: the event index says "do not ring" */
 };
 
 struct pcinet_push_walk_ops {

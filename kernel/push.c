@@ -16,7 +16,10 @@
  *   R_PUSH_DROP of an unmap that raced with the copy (pcinet_push_unmapped() takes the lock
  *   before queueing) comes after the pushes it cancels;
  * - W_PUSH_RULE installs the rule and queues R_PUSH_RULE_SET under it, so every push of the old
- *   rule is before the answer and every push of the new one after it, as the endpoint expects.
+ *   rule is before the answer and every push of the new one after it, as the endpoint expects;
+ * - a quiet SQ's round reads the shadow tail and queues the doorbell it rings under it, so the tail
+ *   values the endpoint receives never go back: the driver's own rings come with its SQ lock held,
+ *   the shadow holding the very value it rings until its trap has queued it.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
@@ -26,6 +29,17 @@
 #include <uapi/linux/virtio_ring.h>
 
 #include "internal.h"
+
+static bool sq_quiet = true;
+module_param(sq_quiet, bool, 0644);
+MODULE_PARM_DESC(sq_quiet,
+		 "NVMe SQs with shadow doorbells go quiet while a tail doorbell is unanswered (docs/PUSH.md)");
+
+/* The event index of a quiet SQ: past any tail, so the driver rings only when its tail wraps. */
+#define PCINET_SQ_QUIET_EI	0xffff
+
+static void pcinet_sq_unquiet(struct pcinet_fn *fn, struct pcinet_push_rule *r);
+static void pcinet_sq_round(struct pcinet_fn *fn, u32 id, u32 taken);
 
 /* ---- W_PUSH_RULE ---- */
 
@@ -97,7 +111,10 @@ static int pcinet_push_check(struct pcinet_fn *fn, const struct pcinet_w_push_ru
 	r->data_max = le32_to_cpu(w->data_max);
 	r->lba_shift = le32_to_cpu(w->lba_shift);
 	r->flags = le32_to_cpu(w->flags);
+	r->shadow = le64_to_cpu(w->shadow);
 	r->last = 0;
+	r->answered = 0;
+	r->quiet = false;
 
 	switch (r->kind) {
 	case PCINET_PUSH_NONE:
@@ -108,11 +125,11 @@ static int pcinet_push_check(struct pcinet_fn *fn, const struct pcinet_w_push_ru
 		return 0;
 	case PCINET_PUSH_NVME_SQ:
 		if (r->entries < 2 || r->entries > 65536 || r->lba_shift < 9 || r->lba_shift > 12 ||
-		    (r->avail & 3) || r->flags)
+		    (r->avail & 3) || r->flags || (r->shadow & 3) || (r->shadow && !r->avail))
 			return -EINVAL;
 		break;
 	case PCINET_PUSH_VIRTQ:
-		if (!is_power_of_2(r->entries) || r->entries > 32768 || r->lba_shift ||
+		if (!is_power_of_2(r->entries) || r->entries > 32768 || r->lba_shift || r->shadow ||
 		    (r->flags & ~PCINET_PUSH_F_INDIRECT))
 			return -EINVAL;
 		break;
@@ -174,8 +191,11 @@ int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w)
 	set->reserved = 0;
 
 	spin_lock_irqsave(&fn->push_lock, flags);
+	/* The old rule's SQ may be quiet: the driver rings again before the rule goes. */
+	pcinet_sq_unquiet(fn, &fn->push_rules[id]);
 	if (pcinet_push_same_ring(&fn->push_rules[id], &r))
 		r.last = fn->push_rules[id].last;
+	r.answered = r.last;	/* nothing of the new rule's is unanswered */
 	fn->push_rules[id] = r;
 	pcinet_push_count(fn);
 	if (r.kind == PCINET_PUSH_NVME_SQ && r.avail)
@@ -193,8 +213,14 @@ int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w)
 void pcinet_push_clear(struct pcinet_fn *fn)
 {
 	unsigned long flags;
+	u32 id;
 
 	spin_lock_irqsave(&fn->push_lock, flags);
+	/* The device forgets what it was to answer: quiet SQs ring again (the kept event index
+	 * then does the rest).
+	 */
+	for (id = 0; id < PCINET_MAX_PUSH_RULES; id++)
+		pcinet_sq_unquiet(fn, &fn->push_rules[id]);
 	memset(fn->push_rules, 0, sizeof(fn->push_rules));
 	WRITE_ONCE(fn->push_count, 0);
 	pcinet_dma_forget_pushes(fn);
@@ -238,6 +264,8 @@ int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w)
 	atomic64_inc(&fn->stats.vq_rounds);
 	spin_lock_irqsave(&fn->push_lock, irqf);
 	r = fn->push_rules[id];
+	if (r.kind == PCINET_PUSH_NVME_SQ && r.shadow && (flags & PCINET_VQ_F_RECHECK))
+		pcinet_sq_round(fn, id, le16_to_cpu(w->kick));
 	spin_unlock_irqrestore(&fn->push_lock, irqf);
 	/* The device's ring writes before our reads of the driver's: pairs with virtio_mb() in the
 	 * driver (see above).
@@ -429,6 +457,161 @@ static void pcinet_push_event_idx(struct pcinet_fn *fn, u64 iova, const void *va
 	pcinet_dma_store(fn, iova, &v, sizeof(v));
 }
 
+/* ---- quiet submission queues (docs/PUSH.md) ---- */
+
+/*
+ * A tail doorbell of NVMe rule r is going to the device (the driver's, or one rung for it), with
+ * its pushes: the event index the driver reads next. Unanswered and allowed, the SQ goes quiet:
+ * the driver stops ringing, and the device's round for this doorbell brings us back to look at
+ * the shadow tail (pcinet_sq_round()). Otherwise, as always, the index at the new tail: the next
+ * submission rings. Under push_lock.
+ */
+static void pcinet_sq_rung(struct pcinet_fn *fn, struct pcinet_push_rule *r, const void *val,
+			   u32 size)
+{
+	__le32 v = 0;
+
+	memcpy(&v, val, min_t(u32, size, sizeof(v)));
+	r->quiet = r->shadow && READ_ONCE(sq_quiet) && le32_to_cpu(v) != r->answered;
+	if (r->quiet)
+		v = cpu_to_le32(PCINET_SQ_QUIET_EI);
+	pcinet_push_event_idx(fn, r->avail, &v, sizeof(v));
+}
+
+/* The driver's shadow tail of rule r; false if unreadable or not a slot of the SQ. */
+static bool pcinet_sq_shadow(struct pcinet_fn *fn, const struct pcinet_push_rule *r, u32 *tail)
+{
+	__le32 v;
+
+	/* Our event index write before the read: pairs with the driver's full barrier between
+	 * writing its shadow and reading the index. One of us sees the other.
+	 */
+	smp_mb();
+	if (!pcinet_dma_peek(fn, r->shadow, &v, sizeof(v), false))
+		return false;
+	*tail = le32_to_cpu(v);
+	return *tail < r->entries;
+}
+
+/*
+ * A quiet SQ whose device forgets it (reset, link loss) or whose rule goes: the index back at the
+ * driver's tail, so its next submission rings. The driver may move the shadow meanwhile, hence
+ * the loop (bounded: a driver that outruns it still crosses an index at one of its tails). Under
+ * push_lock.
+ */
+static void pcinet_sq_unquiet(struct pcinet_fn *fn, struct pcinet_push_rule *r)
+{
+	u32 tail = r->last, now;
+	__le32 v;
+	int i;
+
+	if (r->kind != PCINET_PUSH_NVME_SQ || !r->quiet)
+		return;
+	r->quiet = false;
+	for (i = 0; i < 4; i++) {
+		v = cpu_to_le32(tail);
+		pcinet_push_event_idx(fn, r->avail, &v, sizeof(v));
+		if (!pcinet_sq_shadow(fn, r, &now) || now == tail)
+			break;
+		tail = now;
+	}
+}
+
+/* Rings `tail` of rule r on the driver's behalf: its pushes, then the doorbell write, queued
+ * together under push_lock.
+ */
+static void pcinet_sq_kick(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule *r, u32 tail)
+{
+	struct pcinet_push_ctx c = { .fn = fn };
+	struct pcinet_push_walker w = {
+		.ops = &pcinet_push_ops,
+		.ctx = &c,
+		.left = PCINET_PUSH_MAX_BYTES,
+		.steps = PCINET_PUSH_MAX_STEPS,
+	};
+	struct pcinet_counters *s = &fn->stats;
+	struct pcinet_r_mmio_write *m;
+	size_t len = ALIGN(sizeof(*m) + sizeof(__le32), 8);
+	__le32 v = cpu_to_le32(tail);
+	struct pcinet_rec *rec;
+
+	rec = kmalloc(struct_size(rec, data, len), GFP_ATOMIC | __GFP_NOWARN);
+	if (!rec) {
+		/* The driver's next crossing of the index rings it; meanwhile it waits. */
+		atomic64_inc(&s->lost_records);
+		pcinet_sq_unquiet(fn, r);
+		return;
+	}
+	INIT_LIST_HEAD(&c.recs);
+	w.dry = READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES;
+	pcinet_push_walk(&w, id, r, &v, sizeof(v));
+	pcinet_sq_rung(fn, r, &v, sizeof(v));
+	pcinet_push_close(&c);
+
+	rec->len = len;
+	m = (struct pcinet_r_mmio_write *)rec->data;
+	memset(m, 0, len);
+	pcinet_hdr(&m->hdr, PCINET_R_MMIO_WRITE, len);
+	m->bar = cpu_to_le32(r->bar);
+	m->size = cpu_to_le32(sizeof(v));
+	m->offset = cpu_to_le64(r->offset);
+	memcpy(m + 1, &v, sizeof(v));
+	list_add_tail(&rec->node, &c.recs);
+	pcinet_rec_add_list(fn, &c.recs);
+
+	atomic64_inc(&s->mmio_writes);
+	atomic64_inc(&s->vq_kicks);
+	if (c.records) {
+		atomic64_add(c.records, &s->pushes);
+		atomic64_add(c.bytes, &s->push_bytes);
+	}
+	if (w.dry)
+		atomic64_inc(&s->push_busy);
+	if (c.refused || w.unreadable)
+		atomic64_add(c.refused + w.unreadable, &s->push_refused);
+	if (w.over_budget || w.exhausted)
+		atomic64_add(w.over_budget + w.exhausted, &s->push_over_budget);
+	if (c.nomem)
+		atomic64_add(c.nomem, &s->push_nomem);
+}
+
+/*
+ * The device's round of NVMe rule `id`: it took the SQ up to `taken`. What the driver submitted
+ * meanwhile without ringing is rung now; with nothing left unanswered the SQ stops being quiet:
+ * the index goes back to the tail, then the shadow is read once more, since the driver may have
+ * submitted before it saw the index (it writes its shadow, then reads the index; we write the
+ * index, then read its shadow). Without bus mastering nothing is rung: the rule stays as it is,
+ * as for a doorbell. Under push_lock.
+ */
+static void pcinet_sq_round(struct pcinet_fn *fn, u32 id, u32 taken)
+{
+	struct pcinet_push_rule *r = &fn->push_rules[id];
+	u32 tail;
+	__le32 v;
+	int i;
+
+	r->answered = taken;
+	if (!(READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MASTER))
+		return;
+	for (i = 0; i < 4 && pcinet_sq_shadow(fn, r, &tail); i++) {
+		if (tail != r->last) {
+			pcinet_sq_kick(fn, id, r, tail);
+			if (r->quiet)
+				return;		/* this kick's round comes back here */
+			continue;
+		}
+		if (!r->quiet)
+			return;
+		if (r->last != r->answered)
+			return;		/* a doorbell is still unanswered: its round comes */
+		r->quiet = false;
+		v = cpu_to_le32(r->last);
+		pcinet_push_event_idx(fn, r->avail, &v, sizeof(v));
+	}
+	/* Unreadable shadow or a driver outrunning us: ringing is the driver's again. */
+	pcinet_sq_unquiet(fn, r);
+}
+
 /*
  * The driver is writing `size` bytes `val` at `off` of BAR `bar`, and the write is about to be
  * queued (mmio.c calls this once per write, on the attempt that queues it). Queues the pushes of
@@ -472,7 +655,7 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 		hit = true;
 		pcinet_push_walk(&w, id, r, val, size);
 		if (r->kind == PCINET_PUSH_NVME_SQ && r->avail) {
-			pcinet_push_event_idx(fn, r->avail, val, size);
+			pcinet_sq_rung(fn, r, val, size);
 			ei_done = true;
 		}
 	}

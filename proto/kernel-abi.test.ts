@@ -62,12 +62,13 @@ describe('push records on raw bytes', () => {
     });
     expect(toHex(b)).toBe(
       flat(
-        '0d00 0000 40000000' + // type 13, flags 0, len 64
+        '0d00 0000 48000000' + // type 13, flags 0, len 72
           '03000000 01000000 00000000 00040000' + // id, kind, bar, entries
           '0810000000000000' + // offset
           '0060452301000000' + // ring
           '0000000000000000' + // avail
-          '00000200 09000000 00000000 00000000', // data_max, lba_shift, flags, reserved
+          '00000200 09000000 00000000 00000000' + // data_max, lba_shift, flags, reserved
+          '0000000000000000', // shadow
       ),
     );
   });
@@ -89,7 +90,9 @@ describe('push records on raw bytes', () => {
     expect(toHex(b.subarray(8, 24))).toBe('7f000000' + '02000000' + '04000000' + '00010000');
     expect(b.readBigUInt64LE(32)).toBe(0xffff_f000n);
     expect(b.readBigUInt64LE(40)).toBe(0xffff_e000n);
-    expect(toHex(b.subarray(48))).toBe('00000100' + '00000000' + '01000000' + '00000000');
+    expect(toHex(b.subarray(48))).toBe(
+      '00000100' + '00000000' + '01000000' + '00000000' + '0000000000000000',
+    );
   });
 
   it('decodes R_PUSH (padded), R_PUSH_DROP and R_PUSH_RULE_SET from one read', () => {
@@ -163,6 +166,7 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     ['w_push_rule', 'lba_shift'],
     ['w_push_rule', 'flags'],
     ['w_push_rule', 'reserved'],
+    ['w_push_rule', 'shadow'],
     ['r_push', 'size'],
     ['r_push', 'rule'],
     ['r_push', 'iova'],
@@ -384,6 +388,7 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
       dataMax: 0x88,
       lbaShift: 0x99,
       flags: 0xaa,
+      shadow: 0xbbn,
     });
     const at = (f: string) => c[`w_push_rule.${f}`]!;
     expect(b.readUInt32LE(at('id'))).toBe(0x11);
@@ -397,6 +402,7 @@ describe.skipIf(!cc)('record layouts against kernel/uapi/pcinet.h', () => {
     expect(b.readUInt32LE(at('lba_shift'))).toBe(0x99);
     expect(b.readUInt32LE(at('flags'))).toBe(0xaa);
     expect(b.readUInt32LE(at('reserved'))).toBe(0);
+    expect(b.readBigUInt64LE(at('shadow'))).toBe(0xbbn);
   });
 
   it('R_PUSH, R_PUSH_DROP and R_PUSH_RULE_SET parse from the C offsets', () => {

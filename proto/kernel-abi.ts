@@ -4,7 +4,7 @@
 // the endpoint, which answers with W_* records (proto/kernel-link.ts).
 import { pcinet } from './wire.js';
 
-export const ABI_VERSION = 3;
+export const ABI_VERSION = 4;
 export const MAX_DATA = 65536;
 export const CONFIG_SIZE = 4096;
 export const NUM_BARS = 6;
@@ -53,7 +53,7 @@ export const PUSH_F_INDIRECT = 1;
 // One source for the limits the models and the sim use too; abi.test.ts checks them against C.
 export { MAX_PUSH_RULES, PUSH_MAX_BYTES } from '../devices/push.js';
 /** sizeof(struct pcinet_w_push_rule). */
-export const PUSH_RULE_SIZE = 64;
+export const PUSH_RULE_SIZE = 72;
 /** W_VIRTQ_DONE (docs/PUSH.md, "Virtqueue rounds"): its flags and size. */
 export const VQ_F = { INTERRUPT: 1, EVENT_IDX: 2, RECHECK: 4 } as const;
 export const VIRTQ_DONE_SIZE = 32;
@@ -248,6 +248,8 @@ export function pushRuleRecord(o: {
   dataMax: number;
   lbaShift: number;
   flags: number;
+  /** NVMe with avail (ABI 4): the SQ tail's shadow doorbell; the device ends rounds. */
+  shadow?: bigint;
 }): Buffer {
   const { buf } = record(W.PUSH_RULE, PUSH_RULE_SIZE - HDR);
   buf.writeUInt32LE(o.id, 8);
@@ -260,6 +262,7 @@ export function pushRuleRecord(o: {
   buf.writeUInt32LE(o.dataMax, 48);
   buf.writeUInt32LE(o.lbaShift, 52);
   buf.writeUInt32LE(o.flags, 56);
+  buf.writeBigUInt64LE(o.shadow ?? 0n, 64);
   return buf;
 }
 

@@ -357,6 +357,7 @@ export class RecordTranslator {
           dataMax: p.dataMax ?? 0,
           lbaShift: p.lbaShift ?? 0,
           flags: p.indirect ? PUSH_F_INDIRECT : 0,
+          shadow: u64(p.shadow),
         }),
         false,
       );

@@ -90,6 +90,8 @@ interface Sq {
   tail: number;
   inflight: number;
   fetching: boolean;
+  /** Its push rule has the shadow tail: every tail doorbell and completion ends in a round. */
+  rounds?: boolean;
 }
 
 interface Cq {
@@ -194,6 +196,7 @@ export class NvmeController extends PciDevice<NvmeController> {
   #irqScheduled = false;
   /** Doorbell writes being handled (doorbell()): interrupts wait for the write's end. */
   #inDoorbell = 0;
+  readonly #roundsPending: Sq[] = [];
   /** Where the data of a read or write done at once is (read from storage, or its pushed pieces
    *  put together): the controller's own, reused, so large I/O allocates nothing. Nothing holds it
    *  past the call that filled it: the port copies what is written from it, and data that must
@@ -325,6 +328,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     this.#dbbuf = undefined;
     this.#aers = [];
     this.#irqPending.length = 0;
+    this.#roundsPending.length = 0;
     this.#features.clear();
     this.#features.set(FEAT.VOLATILE_WC, 1);
     this.#features.set(FEAT.NUM_QUEUES, ((this.maxQueues - 1) << 16) | (this.maxQueues - 1));
@@ -456,6 +460,8 @@ export class NvmeController extends PciDevice<NvmeController> {
       return;
     }
     const q = this.#sqs.get(y);
+    // Answered even when refused: the host counts on a round for every tail doorbell.
+    if (q) this.#round(q);
     if (!q || value >= q.size) {
       this.trace('nvme.doorbell.bad-sq', { queue: y, value });
       return;
@@ -466,8 +472,14 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   /** Lets the host push SQ `id`'s new entries with its tail doorbell (docs/PUSH.md), and for I/O
    *  queues the data of writes up to PUSH_WRITE_MAX: the command fetch and the data read then cost
-   *  no round trip. Rule id = queue id. */
+   *  no round trip. Rule id = queue id. With shadow doorbells and a host that ends rounds, the rule
+   *  names the shadow tail too, and the SQ may go quiet (docs/PUSH.md "Quiet submission queues"):
+   *  then every tail doorbell and every completion of the SQ ends in a round (#round). */
   #pushSq(id: number, base: bigint, entries: number): void {
+    const shadow =
+      id && this.#dbbuf && this.host.virtqRound ? this.#dbbuf.dbs + BigInt(doorbellAt(id, false)) : 0n;
+    const sq = this.#sqs.get(id);
+    if (sq) sq.rounds = shadow !== 0n;
     this.host.setPushRule(id, {
       kind: 'nvme-sq',
       bar: 0,
@@ -477,6 +489,7 @@ export class NvmeController extends PciDevice<NvmeController> {
       dataMax: id === 0 ? 0 : PUSH_WRITE_MAX,
       lbaShift: Math.log2(this.lbaSize),
       ...(id && this.#dbbuf ? { eventIdx: this.#dbbuf.eis + BigInt(doorbellAt(id, false)) } : {}),
+      ...(shadow ? { shadow } : {}),
     });
   }
 
@@ -657,6 +670,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     if (done.status === HELD) return;
     if (done.status !== SC.SUCCESS) this.stats.errors++;
     this.#complete(sq, cmd.cid, done);
+    this.#round(sq);
     if (sq.head !== sq.tail) this.#fetch(sq, epoch);
   }
 
@@ -748,6 +762,19 @@ export class NvmeController extends PciDevice<NvmeController> {
    *  doorbell write being handled, else in a microtask. */
   #interrupt(vector: number): void {
     if (!this.#irqPending.includes(vector)) this.#irqPending.push(vector);
+    this.#raiseSoon();
+  }
+
+  /** SQ `sq` took a tail doorbell or completed a command: one round per tick, after the tick's
+   *  interrupts; it tells the host the tail taken, and the host rings what the driver submitted
+   *  without ringing (docs/PUSH.md "Quiet submission queues"). */
+  #round(sq: Sq): void {
+    if (!sq.rounds || this.#roundsPending.includes(sq)) return;
+    this.#roundsPending.push(sq);
+    this.#raiseSoon();
+  }
+
+  #raiseSoon(): void {
     if (this.#irqScheduled || this.#inDoorbell) return;
     this.#irqScheduled = true;
     queueMicrotask(() => {
@@ -760,6 +787,21 @@ export class NvmeController extends PciDevice<NvmeController> {
     const vectors = this.#irqPending;
     for (let i = 0; i < vectors.length; i++) this.host.raiseMsix(vectors[i]!);
     vectors.length = 0;
+    const sqs = this.#roundsPending;
+    for (let i = 0; i < sqs.length; i++) {
+      const sq = sqs[i]!;
+      // A queue deleted or reset meanwhile has no rule to end a round of.
+      if (this.#sqs.get(sq.id) !== sq || !sq.rounds) continue;
+      this.host.virtqRound!({
+        rule: sq.id,
+        vector: undefined,
+        oldUsed: 0,
+        newUsed: 0,
+        eventIdx: false,
+        kick: sq.tail,
+      });
+    }
+    sqs.length = 0;
   }
 
   // ---- data transfer ----

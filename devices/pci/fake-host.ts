@@ -9,7 +9,8 @@ import {
   DmaError,
   type HostPort,
 } from '../host-port.js';
-import type { PushRule, VirtqRound } from '../push.js';
+import { QuietSq, type SqHost } from '../nvme/sq-round.js';
+import type { NvmeSqRule, PushRule, VirtqRound } from '../push.js';
 import { virtqRound } from '../virtio/virtqueue.js';
 import { walkCaps } from './config.js';
 import { leBytes, rd16, rd32, rd64 } from './le.js';
@@ -82,8 +83,11 @@ export class FakeHost implements HostPort {
   notified(bar: number, offset: number, data: Uint8Array): void {
     for (const [id, r] of this.pushRules) {
       if (r.kind === 'nvme-sq' && r.eventIdx !== undefined && r.bar === bar && r.doorbell === offset) {
-        const at = this.#at(r.eventIdx, 4);
-        if (at !== undefined) this.memory.fill(0, at, at + 4).set(data.subarray(0, 4), at);
+        const v = new Uint8Array(4);
+        v.set(data.subarray(0, 4));
+        const tail = rd32(v, 0);
+        const q = this.#quiet.get(id);
+        this.#writeEventIdx(r, q ? q.rung(tail) : tail);
         continue;
       }
       if (r.kind !== 'virtq' || r.bar !== bar || r.notify !== offset) continue;
@@ -92,10 +96,41 @@ export class FakeHost implements HostPort {
     }
   }
 
-  /** What pcinet.ko does with W_VIRTQ_DONE (docs/PUSH.md "Virtqueue rounds"). */
+  #writeEventIdx(r: NvmeSqRule, value: number): void {
+    const at = this.#at(r.eventIdx!, 4);
+    if (at !== undefined) this.memory.set(leBytes(value, 4), at);
+  }
+
+  /** Quiet SQs by rule id (docs/PUSH.md "Quiet submission queues"). */
+  readonly #quiet = new Map<number, QuietSq>();
+
+  #sqHost(id: number, r: NvmeSqRule, q: QuietSq): SqHost {
+    return {
+      shadow: () => {
+        const at = this.#at(r.shadow!, 4);
+        const tail = at === undefined ? undefined : rd32(this.memory, at);
+        return tail !== undefined && tail < r.entries ? tail : undefined;
+      },
+      eventIdx: (v) => this.#writeEventIdx(r, v),
+      ring: (tail) => {
+        // The host's doorbell path takes the tail at once; the write reaches the device later,
+        // like a record the host queues.
+        this.#writeEventIdx(r, q.rung(tail));
+        this.events.push({ kind: 'kick', rule: id });
+        const data = leBytes(tail, 4);
+        setImmediate(() => this.onKick?.(r.bar, r.doorbell, data));
+      },
+    };
+  }
+
+  /** What pcinet.ko does with W_VIRTQ_DONE (docs/PUSH.md "Virtqueue rounds", and for NVMe SQ
+   *  rules "Quiet submission queues"). */
   #round(round: VirtqRound): void {
     this.events.push({ kind: 'round', round });
     const r = this.pushRules.get(round.rule);
+    const sq = r?.kind === 'nvme-sq' ? this.#quiet.get(round.rule) : undefined;
+    if (sq && round.kick !== undefined) sq.round(round.kick, this.#sqHost(round.rule, r as NvmeSqRule, sq));
+    if (r?.kind === 'nvme-sq') return;
     const q = r?.kind === 'virtq' ? r : undefined;
     const read16 = (iova: bigint) => this.#rd16(iova);
     if (
@@ -165,6 +200,13 @@ export class FakeHost implements HostPort {
   readonly pushRules = new Map<number, PushRule>();
 
   setPushRule(id: number, rule: PushRule | undefined): void {
+    const old = this.pushRules.get(id);
+    const q = this.#quiet.get(id);
+    // The old rule's SQ may be quiet: the driver rings again before the rule goes.
+    if (q && old?.kind === 'nvme-sq') q.unquiet(this.#sqHost(id, old, q));
+    this.#quiet.delete(id);
+    if (rule?.kind === 'nvme-sq' && rule.shadow !== undefined && rule.eventIdx !== undefined)
+      this.#quiet.set(id, new QuietSq(q && old?.kind === 'nvme-sq' && old.base === rule.base ? q.last : 0));
     if (rule) this.pushRules.set(id, rule);
     else this.pushRules.delete(id);
   }

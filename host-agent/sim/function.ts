@@ -55,8 +55,9 @@ import {
 } from '../../proto/wire.js';
 import type { ChannelDevice, DeviceSink } from '../channel.js';
 import { checkPushRule } from '../push-rule.js';
+import { newSimCounters, type SimCounters } from './counters.js';
 import type { PushWatcher, SoftIommu } from './iommu.js';
-import { type Peek, PushRules } from './push.js';
+import { type Peek, PushRules, type SqPort } from './push.js';
 
 /** How long a read waits for the device (volatile completion, or the write fence). Like a PCIe
  *  completion timeout: the read then returns all-ones. */
@@ -79,33 +80,6 @@ interface SimBar {
   address: bigint;
 }
 
-export interface SimCounters {
-  mmioWrites: number;
-  shadowReads: number;
-  volatileReads: number;
-  readTimeouts: number;
-  fenceWaits: number;
-  interrupts: number;
-  interruptsPending: number;
-  dmaReadFaults: number;
-  dmaWriteFaults: number;
-  masterAbortDma: number;
-  /** Push messages sent, and their bytes. */
-  pushes: number;
-  pushBytes: number;
-  /** Ranges a push rule did not push: not device-readable, or over the budget of a doorbell. */
-  pushSkipped: number;
-  /** PushDrop messages sent (a mapping pushed from was unmapped). */
-  pushDrops: number;
-  /** SQ event indices written at doorbell writes, and those the IOMMU refused. */
-  eventIdxWrites: number;
-  eventIdxRefused: number;
-  /** VirtqDone messages applied; interrupts they found unwanted; kicks they made. */
-  virtqRounds: number;
-  virtqIrqsSkipped: number;
-  virtqKicks: number;
-}
-
 const inside = (spans: readonly Span[], off: number, len: number) =>
   spans.some((s) => off >= s.offset && off + len <= s.offset + s.length);
 const isPow2 = (n: number) => n > 0 && (n & (n - 1)) === 0;
@@ -113,32 +87,14 @@ const bad = (why: string): never => {
   throw new ProtocolError(ErrorCode.BAD_CONFIG, why);
 };
 
+export type { SimCounters };
+
 export class SimFunction implements ChannelDevice {
   readonly address: string;
   readonly dev: number;
   readonly model: string;
   readonly config: Uint8Array;
-  readonly counters: SimCounters = {
-    mmioWrites: 0,
-    shadowReads: 0,
-    volatileReads: 0,
-    readTimeouts: 0,
-    fenceWaits: 0,
-    interrupts: 0,
-    interruptsPending: 0,
-    dmaReadFaults: 0,
-    dmaWriteFaults: 0,
-    masterAbortDma: 0,
-    pushes: 0,
-    pushBytes: 0,
-    pushSkipped: 0,
-    pushDrops: 0,
-    eventIdxWrites: 0,
-    eventIdxRefused: 0,
-    virtqRounds: 0,
-    virtqIrqsSkipped: 0,
-    virtqKicks: 0,
-  };
+  readonly counters: SimCounters = newSimCounters();
   /** The driver's interrupt handler; called once per delivered interrupt. */
   onInterrupt: (vector: number) => void = () => {};
   /** Called when the device goes away (detach, session loss). */
@@ -472,19 +428,28 @@ export class SimFunction implements ChannelDevice {
       this.#sink({ push: { dev: this.dev, iova: long(p.iova), data: p.data, rule: p.rule } });
     }
     // An SQ's event index follows its doorbell before the driver goes on, so its next submission
-    // rings (docs/PUSH.md "Shadow doorbells"): the device's own write, made early by the host.
-    const indices = this.#rules.eventIndices(bar, offset);
-    if (!indices.length) return;
-    const value = new Uint8Array(4);
-    value.set(data.subarray(0, 4));
-    for (const ei of indices) {
-      if (this.#iommu.deviceWrite(ei, value)) this.counters.eventIdxWrites++;
-      else this.counters.eventIdxRefused++;
-    }
+    // rings, unless the SQ goes quiet (docs/PUSH.md "Shadow doorbells", "Quiet submission queues"):
+    // the device's own write, made early by the host.
+    const tail = data.length >= 4 ? rd32(data, 0) : data.length >= 2 ? rd16(data, 0) : (data[0] ?? 0);
+    for (const ei of this.#rules.eventIndices(bar, offset, tail))
+      this.#sqPort.writeEventIdx(ei.iova, ei.value);
   }
 
+  /** Quiet SQs' way to memory and to the doorbell path (host-agent/sim/push.ts). */
+  readonly #sqPort: SqPort = {
+    peek: (iova, len) => this.#peek(iova, len),
+    writeEventIdx: (iova, value) => {
+      if (this.#iommu.deviceWrite(iova, leBytes(value, 4))) this.counters.eventIdxWrites++;
+      else this.counters.eventIdxRefused++;
+    },
+    ring: (r, tail) => {
+      this.counters.virtqKicks++;
+      this.#send(r.bar, r.doorbell, leBytes(tail, 4), this.#bar(r.bar, r.doorbell, 4));
+    },
+  };
+
   #forgetPushes(): void {
-    this.#rules.clear();
+    this.#rules.clear(this.#sqPort);
     this.#iommu.forgetPushes(this.#pushDropped);
   }
 
@@ -710,6 +675,13 @@ export class SimFunction implements ChannelDevice {
     this.counters.virtqRounds++;
     const r = this.#rules.get(id);
     const q = r?.kind === 'virtq' ? r : undefined;
+    const master = (rd16(this.config, PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
+    if (r?.kind === 'nvme-sq') {
+      // A round of a quiet-capable SQ (docs/PUSH.md "Quiet submission queues"): `kick` is the tail taken.
+      if (v.recheck && master && !this.#removed && this.#memoryEnabled())
+        this.#rules.sqRound(id, (v.kick ?? 0) & 0xffff, this.#sqPort);
+      return;
+    }
     const rd = (iova: bigint) => {
       const b = this.#peek(iova, 2);
       return b ? rd16(b, 0) : undefined;
@@ -721,7 +693,6 @@ export class SimFunction implements ChannelDevice {
     }
     // Without bus mastering a notify pushes nothing and `last` stays: a kick would only bring the
     // device back here, round after round.
-    const master = (rd16(this.config, PCI_COMMAND) & PCI_COMMAND_MASTER) !== 0;
     const idx = v.recheck && q && master ? rd(q.avail + 2n) : undefined;
     if (
       q &&
@@ -753,11 +724,12 @@ export class SimFunction implements ChannelDevice {
       const eventIdx = u64(p.avail);
       rule = { kind: 'nvme-sq', bar, doorbell: at, base: u64(p.ring), entries, dataMax, lbaShift };
       if (eventIdx) rule.eventIdx = eventIdx;
+      if (eventIdx && u64(p.shadow)) rule.shadow = u64(p.shadow);
     } else if (p.kind === pcinet.PushKind.PUSH_VIRTQ) {
       const [desc, avail, indirect] = [u64(p.ring), u64(p.avail), p.indirect ?? false];
       rule = { kind: 'virtq', bar, notify: at, desc, avail, size: entries, dataMax, indirect };
     }
-    this.#rules.set(id, rule);
+    this.#rules.set(id, rule, this.#sqPort);
     this.#sink({ pushRuleSet: { dev: this.dev, id } });
   }
 

@@ -14,6 +14,7 @@
 // SQE, a PRP entry, a descriptor, an avail slot) and each range it offers costs one step here
 // too, at the same point. The walk here reads those bytes from the copies it pushed instead of
 // peeking again: nothing runs in between, so they are what memory holds.
+import { QuietSq, type SqHost } from '../../devices/nvme/sq-round.js';
 import { rd16, rd32, rd64 } from '../../devices/pci/le.js';
 import {
   MAX_PUSH_RULES,
@@ -63,6 +64,31 @@ interface Slot {
   readonly rule: PushRule;
   /** The ring position pushed up to: an SQ slot, or a 16-bit avail index. */
   last: number;
+  /** An NVMe rule with a shadow tail: whether its SQ is quiet (docs/PUSH.md). */
+  quiet?: QuietSq;
+}
+
+/** What quiet SQs need of the function that keeps the rules (docs/PUSH.md "Quiet submission
+ *  queues"): memory, the device's event index writes, and its doorbell path. */
+export interface SqPort {
+  peek: Peek;
+  /** The device's write of 4 bytes `value` at `iova`, made by the host (checked, counted). */
+  writeEventIdx(iova: bigint, value: number): void;
+  /** Rings `tail` at rule's doorbell for the driver, as its own write: pushes, then the write. */
+  ring(rule: NvmeSqRule, tail: number): void;
+}
+
+/** An NVMe rule's SqHost over a port. */
+function sqHost(rule: NvmeSqRule, port: SqPort): SqHost {
+  return {
+    shadow: () => {
+      const b = rule.shadow === undefined ? undefined : port.peek(rule.shadow, 4);
+      const tail = b && rd32(b, 0);
+      return tail !== undefined && tail < rule.entries ? tail : undefined;
+    },
+    eventIdx: (v) => port.writeEventIdx(rule.eventIdx!, v),
+    ring: (tail) => port.ring(rule, tail),
+  };
 }
 
 /** A run of pushed ranges of one rule that follow each other in memory and in order. */
@@ -130,14 +156,19 @@ export class PushRules {
   /** Installs or removes rule `id`; `last` starts at 0, or stays where it was when the rule
    *  replaces one for the same ring. The caller validated the rule against the function
    *  (docs/PUSH.md "Rules"); an id out of range is our own bug. */
-  set(id: number, rule: PushRule | undefined): void {
+  set(id: number, rule: PushRule | undefined, port?: SqPort): void {
     if (!Number.isInteger(id) || id < 0 || id >= MAX_PUSH_RULES)
       throw new RangeError(`push rule id ${id} is not in 0..${MAX_PUSH_RULES - 1}`);
-    const old = this.#slots[id]?.rule;
+    const slot = this.#slots[id];
+    const old = slot?.rule;
     if (old) this.#count--;
     if (old?.kind === 'nvme-sq' && old.eventIdx !== undefined) this.#withEventIdx--;
-    const kept = rule && old && sameRing(old, rule) ? this.#slots[id]!.last : 0;
+    // The old rule's SQ may be quiet: the driver rings again before the rule goes.
+    if (old?.kind === 'nvme-sq' && slot!.quiet && port) slot!.quiet.unquiet(sqHost(old, port));
+    const kept = rule && old && sameRing(old, rule) ? slot!.last : 0;
     this.#slots[id] = rule ? { rule, last: kept } : undefined;
+    if (rule?.kind === 'nvme-sq' && rule.shadow !== undefined && rule.eventIdx !== undefined)
+      this.#slots[id]!.quiet = new QuietSq(kept);
     if (rule) this.#count++;
     if (rule?.kind === 'nvme-sq' && rule.eventIdx !== undefined) this.#withEventIdx++;
   }
@@ -152,21 +183,32 @@ export class PushRules {
     return this.#slots[id]?.last;
   }
 
-  /** The event indices of the NVMe rules on the doorbell at (`bar`, `offset`) (NvmeSqRule.eventIdx;
-   *  docs/PUSH.md "Shadow doorbells"). */
-  eventIndices(bar: number, offset: number): bigint[] {
-    const out: bigint[] = [];
+  /** The event index writes of the NVMe rules on the doorbell at (`bar`, `offset`) that the
+   *  driver's write of `tail` makes (NvmeSqRule.eventIdx; docs/PUSH.md "Shadow doorbells"): the
+   *  tail, or with a quiet SQ (NvmeSqRule.shadow) the index that keeps the driver from ringing. */
+  eventIndices(bar: number, offset: number, tail: number): { iova: bigint; value: number }[] {
+    const out: { iova: bigint; value: number }[] = [];
     if (this.#withEventIdx === 0) return out;
     for (const s of this.#slots) {
       const r = s?.rule;
       if (r?.kind === 'nvme-sq' && r.eventIdx !== undefined && r.bar === bar && r.doorbell === offset)
-        out.push(r.eventIdx);
+        out.push({ iova: r.eventIdx, value: s!.quiet ? s!.quiet.rung(tail) : tail });
     }
     return out;
   }
 
-  /** Function reset, link down/up, removal: every rule goes (docs/PUSH.md "Rules"). */
-  clear(): void {
+  /** The device's round of NVMe rule `id` (a VirtqDone with recheck): it took the SQ up to
+   *  `taken` (docs/PUSH.md "Quiet submission queues"). Nothing for other rules. */
+  sqRound(id: number, taken: number, port: SqPort): void {
+    const s = this.#slots[id];
+    if (s?.rule.kind === 'nvme-sq' && s.quiet) s.quiet.round(taken, sqHost(s.rule, port));
+  }
+
+  /** Function reset, link down/up, removal: every rule goes (docs/PUSH.md "Rules"); quiet SQs
+   *  ring again. */
+  clear(port?: SqPort): void {
+    for (const s of this.#slots)
+      if (s?.rule.kind === 'nvme-sq' && s.quiet && port) s.quiet.unquiet(sqHost(s.rule, port));
     this.#slots.fill(undefined);
     this.#count = 0;
     this.#withEventIdx = 0;

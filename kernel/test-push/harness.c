@@ -173,8 +173,10 @@ static int script(const char *memfile)
 			if (sscanf(line + 5, "%u %u %u %llx %llx %llx %u %u %u %u", &id, &kind, &bar, &off,
 				   &ring, &avail, &entries, &dm, &ls, &fl) != 10 || id >= PCINET_MAX_PUSH_RULES)
 				die("bad rule line");
-			rules[id] = (struct pcinet_push_rule){ kind, bar, off, ring, avail, entries, dm, ls,
-							       fl, 0 };
+			rules[id] = (struct pcinet_push_rule){
+				.kind = kind, .bar = bar, .offset = off, .ring = ring, .avail = avail,
+				.entries = entries, .data_max = dm, .lba_shift = ls, .flags = fl,
+			};
 		} else if (!strncmp(line, "poke ", 5)) {
 			unsigned long long a;
 			size_t i;
@@ -261,8 +263,14 @@ static int hostile_rings(void)
 		w16(desc + 16 * i + 14, (i + 1) % size);
 	}
 	w16(avail + 2, size);
-	struct pcinet_push_rule v = { PCINET_PUSH_VIRTQ, 0, 0, desc, avail, size, 65536, 0,
-				      PCINET_PUSH_F_INDIRECT, 0 };
+	struct pcinet_push_rule v = {
+		.kind = PCINET_PUSH_VIRTQ,
+		.ring = desc,
+		.avail = avail,
+		.entries = size,
+		.data_max = 65536,
+		.flags = PCINET_PUSH_F_INDIRECT,
+	};
 	hostile("virtq cycle", &v, 0, true);
 
 	/* virtq: every descriptor an indirect table of 16384 descriptors in one cycle. */
@@ -277,16 +285,28 @@ static int hostile_rings(void)
 		w32(desc + 16 * i + 8, 16 * 1024);
 		w16(desc + 16 * i + 12, 4);
 	}
-	struct pcinet_push_rule v2 = { PCINET_PUSH_VIRTQ, 0, 0, desc, avail, 64, 65536, 0,
-				       PCINET_PUSH_F_INDIRECT, 0 };
+	struct pcinet_push_rule v2 = {
+		.kind = PCINET_PUSH_VIRTQ,
+		.ring = desc,
+		.avail = avail,
+		.entries = 64,
+		.data_max = 65536,
+		.flags = PCINET_PUSH_F_INDIRECT,
+	};
 	w16(avail + 2, 64);
 	for (i = 0; i < 64; i++)
 		w16(avail + 4 + 2 * i, i);
 	hostile("virtq indirect cycles", &v2, 0, false);
 
 	/* virtq: addresses near 2^64. */
-	struct pcinet_push_rule v3 = { PCINET_PUSH_VIRTQ, 0, 0, ~0ull - 8, ~0ull - 1, 32768, 262144,
-				       0, PCINET_PUSH_F_INDIRECT, 0 };
+	struct pcinet_push_rule v3 = {
+		.kind = PCINET_PUSH_VIRTQ,
+		.ring = ~0ull - 8,
+		.avail = ~0ull - 1,
+		.entries = 32768,
+		.data_max = 262144,
+		.flags = PCINET_PUSH_F_INDIRECT,
+	};
 	hostile("virtq wrapped addresses", &v3, 0, false);
 
 	/* NVMe: 256 KiB writes whose PRP list starts in its last slot and chains to itself. */
@@ -300,19 +320,37 @@ static int hostile_rings(void)
 		w64(e + 32, 0x81ff8);
 	}
 	w64(0x81ff8, 0x81000 + 0xff8);
-	struct pcinet_push_rule n = { PCINET_PUSH_NVME_SQ, 0, 0, sq, 0, 65536, 262144, 9, 0, 0 };
+	struct pcinet_push_rule n = {
+		.kind = PCINET_PUSH_NVME_SQ,
+		.ring = sq,
+		.entries = 65536,
+		.data_max = 262144,
+		.lba_shift = 9,
+	};
 	hostile("nvme self-chained lists", &n, 500, false);
 
 	/* NVMe: the same lists chained to a page of pointers to distinct pages. */
 	w64(0x81ff8, 0x82000);
 	for (i = 0; i < 512; i++)
 		w64(0x82000 + 8 * i, 0x83000 + 4096ull * i);
-	struct pcinet_push_rule n2 = { PCINET_PUSH_NVME_SQ, 0, 0, sq, 0, 65536, 262144, 9, 0, 0 };
+	struct pcinet_push_rule n2 = {
+		.kind = PCINET_PUSH_NVME_SQ,
+		.ring = sq,
+		.entries = 65536,
+		.data_max = 262144,
+		.lba_shift = 9,
+	};
 	hostile("nvme 128K writes", &n2, 500, false);
 
 	/* NVMe: a ring near 2^64. */
-	struct pcinet_push_rule n3 = { PCINET_PUSH_NVME_SQ, 0, 0, ~0ull - 100, 0, 65536, 262144, 12,
-				       0, 60000 };
+	struct pcinet_push_rule n3 = {
+		.kind = PCINET_PUSH_NVME_SQ,
+		.ring = ~0ull - 100,
+		.entries = 65536,
+		.data_max = 262144,
+		.lba_shift = 12,
+		.last = 60000,
+	};
 	hostile("nvme wrapped ring", &n3, 10, false);
 
 	printf("%s: %d failures\n", failures ? "FAILED" : "PASSED", failures);

@@ -15,7 +15,7 @@
 
 #include <linux/types.h>
 
-#define PCINET_ABI_VERSION	3
+#define PCINET_ABI_VERSION	4
 
 /* Largest data payload of one record (MMIO string moves, DMA). Bigger DMA is split by the agent. */
 #define PCINET_MAX_DATA		65536
@@ -167,6 +167,10 @@ struct pcinet_w_push_rule {
 	__le32 lba_shift;	/* NVMe: log2 of the LBA size (9..12); 0 for virtq */
 	__le32 flags;		/* PCINET_PUSH_F_* */
 	__le32 reserved;
+	__le64 shadow;		/* NVMe with avail (ABI 4): IOVA of the SQ tail's shadow doorbell; the
+				 * device ends rounds of this SQ (W_VIRTQ_DONE), and the SQ may go quiet
+				 * (docs/PUSH.md "Quiet submission queues"). 0: none; virtq: 0
+				 */
 };
 
 /*
@@ -181,6 +185,12 @@ struct pcinet_w_push_rule {
  *   after reading an avail_event older than the device's, so it did not notify), pushes them and
  *   queues a doorbell write of `kick` (2 bytes) at the rule's doorbell, as if the driver had written it.
  * A rule that is gone (a reset crossed the record) gets the interrupt raised and nothing else.
+ *
+ * On an NVMe SQ rule with a shadow doorbell (ABI 4) only F_RECHECK means anything: `kick` is the
+ * SQ tail the device has taken (it answers every tail doorbell write with a round, after the
+ * completions it made at once); the module then rings, from the shadow tail, what the driver
+ * submitted without ringing, and lets the SQ go quiet or not (docs/PUSH.md "Quiet submission
+ * queues").
  */
 #define PCINET_VQ_F_INTERRUPT	0x1
 #define PCINET_VQ_F_EVENT_IDX	0x2

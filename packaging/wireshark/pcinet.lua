@@ -192,6 +192,7 @@ local MESSAGES = {
     [9] = { "data_max", "uint32" },
     [10] = { "lba_shift", "uint32" },
     [11] = { "indirect", "bool" },
+    [12] = { "shadow", "fixed64" },
   },
   VirtqDone = {
     [1] = { "dev", "uint32" },
