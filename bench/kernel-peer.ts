@@ -98,6 +98,7 @@ export function parseWRecord(r: Buffer): WRecord {
       const id = r.readUInt32LE(8);
       if (r.readUInt32LE(12) !== PUSH_KIND.NVME_SQ) return { type: 'push-rule', id, rule: undefined };
       const avail = r.readBigUInt64LE(40);
+      const shadow = r.readBigUInt64LE(64);
       const rule: NvmeSqRule = {
         kind: 'nvme-sq',
         bar: r.readUInt32LE(16),
@@ -107,6 +108,7 @@ export function parseWRecord(r: Buffer): WRecord {
         dataMax: r.readUInt32LE(48),
         lbaShift: r.readUInt32LE(52),
         ...(avail ? { eventIdx: avail } : {}),
+        ...(shadow ? { shadow } : {}),
       };
       return { type: 'push-rule', id, rule };
     }

@@ -51,9 +51,9 @@ describe('the records the kernel peer speaks', () => {
       size: 64,
       iova: 0x1000n,
     });
-    const rule = Buffer.alloc(64);
+    const rule = Buffer.alloc(72);
     rule.writeUInt16LE(W.PUSH_RULE, 0);
-    rule.writeUInt32LE(64, 4);
+    rule.writeUInt32LE(72, 4);
     rule.writeUInt32LE(1, 8); // id
     rule.writeUInt32LE(1, 12); // NVMe SQ
     rule.writeUInt32LE(1024, 20);

@@ -28,11 +28,15 @@ export function checkPushRule(r: pcinet.IPushRule, desc: DeviceDescription): pci
       if (r.indirect) bad('indirect set on an NVMe rule');
       // avail: the SQ's event index (CAP_SQ_EVENT_IDX), a 4-byte slot.
       if (u64(r.avail) % 4n) bad(`event index 0x${u64(r.avail).toString(16)} not 4-byte aligned`);
+      // shadow: the SQ tail's shadow doorbell, a 4-byte slot, only beside an event index.
+      if (u64(r.shadow) % 4n) bad(`shadow tail 0x${u64(r.shadow).toString(16)} not 4-byte aligned`);
+      if (u64(r.shadow) && !u64(r.avail)) bad('shadow tail without an event index');
       return r;
     }
     case pcinet.PushKind.PUSH_VIRTQ:
       if (!isPow2(entries) || entries > 32768) bad(`${entries} entries`);
       if ((r.lbaShift ?? 0) !== 0) bad('lba_shift set on a virtqueue rule');
+      if (u64(r.shadow)) bad('shadow tail set on a virtqueue rule');
       return r;
     default:
       return bad(`unknown kind ${kind}`);

@@ -716,6 +716,53 @@ describe.each([
       expect(dmaReads(d, DBS + BigInt(CQ1_SLOT))).toBeLessThanOrEqual(2 * laps + 1);
     });
 
+    it('a quiet SQ (docs/PUSH.md): what is submitted before the device answers rings nothing, then goes as one doorbell', async () => {
+      const d = new Driver();
+      // Rounds reach the host later, as over a network (this fake applies them at once).
+      const apply = d.host.virtqRound!;
+      d.host.virtqRound = (r) => setImmediate(() => apply(r));
+      await d.enable();
+      await d.ioQueues();
+      expect((await dbbuf(d)).status).toBe(0);
+      // The rule names the shadow tail: every tail doorbell is answered with a round.
+      expect(d.host.pushRules.get(1)).toMatchObject({ kind: 'nvme-sq', shadow: DBS + 8n });
+      d.shadow = true;
+      d.rung.sq = 0;
+      for (let i = 0; i < 6; i++) {
+        d.mem(DATA + BigInt(i * 512), 512).fill(0x40 + i);
+        d.post(1, d.rw(IO.WRITE, i, 1, DATA + BigInt(i * 512)));
+      }
+      // The first rang and made the SQ quiet; the five after it only wrote the shadow.
+      expect(d.rung.sq).toBe(1);
+      expect(rd32(d.mem(EIS + 8n, 4), 0)).toBe(0xffff);
+      for (let i = 0; i < 20; i++) await d.bus.settle();
+      const done = [];
+      for (let c = d.reap(1); c; c = d.reap(1)) done.push(c.status);
+      expect(done).toEqual([0, 0, 0, 0, 0, 0]);
+      // The host rang tail 6 for the driver after the first round; the second round found nothing
+      // new and nothing unanswered: the index is back at the tail, and the next submission rings.
+      expect(d.host.events.filter((e) => e.kind === 'kick')).toEqual([{ kind: 'kick', rule: 1 }]);
+      expect(rd32(d.mem(EIS + 8n, 4), 0)).toBe(6);
+      for (let i = 0; i < 6; i++) {
+        const data = d.mem(DATA, 512).fill(0);
+        expect((await d.submit(1, d.rw(IO.READ, i, 1, DATA))).status).toBe(0);
+        expect(data.every((b) => b === 0x40 + i)).toBe(true);
+      }
+      expect(d.rung.sq).toBe(1 + 6);
+    });
+
+    it('no shadow in the rule, no rounds, when the host does not end rounds', async () => {
+      const d = new Driver();
+      d.host.virtqRound = undefined;
+      await d.enable();
+      await d.ioQueues();
+      expect((await dbbuf(d)).status).toBe(0);
+      expect(d.host.pushRules.get(1)).not.toHaveProperty('shadow');
+      d.shadow = true;
+      expect((await d.submit(1, d.rw(IO.READ, 0, 1, DATA))).status).toBe(0);
+      expect(d.host.events.some((e) => e.kind === 'round')).toBe(false);
+    });
+
     it('a full CQ waits: the device asks for the next head move, which rings and frees it', async () => {
       const d = new Driver();
       await d.enable();

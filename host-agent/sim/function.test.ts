@@ -118,6 +118,43 @@ describe('SimFunction push rules', () => {
     expect(b.fn.counters).toMatchObject({ eventIdxWrites: 2, eventIdxRefused: 1 });
   });
 
+  it('a rule with the shadow tail: the SQ goes quiet while a doorbell is unanswered; rounds ring the rest (docs/PUSH.md)', async () => {
+    const b = await bus();
+    const { sq } = nvmeQueue(b);
+    const dbs = b.buffer(PAGE, 0, 'bidirectional');
+    const eis = b.buffer(PAGE, 0, 'bidirectional');
+    b.fn.deliver(wire(nvmeRule(sq.iova, { avail: long(eis.iova + 8n), shadow: long(dbs.iova + 8n) })));
+    const round = (taken: number) =>
+      b.fn.deliver(wire({ virtqDone: { dev: 1, rule: 3, recheck: true, kick: taken } }));
+    const tails = () => b.sent.flatMap((m) => (m.mmioWrite ? [rd32(m.mmioWrite.data!, 0)] : []));
+    // The driver's doorbell for tail 1: unanswered, so the index says "do not ring".
+    wr32(dbs.bytes, 8, 1);
+    b.fn.write32(0, SQ_DB, 1);
+    expect(rd32(eis.bytes, 8)).toBe(0xffff);
+    // Two more submissions write only the shadow; the round for tail 1 rings tail 3 for them.
+    wr32(dbs.bytes, 8, 3);
+    round(1);
+    expect(tails()).toEqual([1, 3]);
+    expect(rd32(eis.bytes, 8)).toBe(0xffff);
+    expect(b.fn.counters.virtqKicks).toBe(1);
+    // Answered, nothing new: the index goes back to the tail.
+    round(3);
+    expect(rd32(eis.bytes, 8)).toBe(3);
+    expect(tails()).toEqual([1, 3]);
+    // Quiet again, then the rule is replaced: the driver rings again before it goes.
+    wr32(dbs.bytes, 8, 4);
+    b.fn.write32(0, SQ_DB, 4);
+    wr32(dbs.bytes, 8, 5);
+    expect(rd32(eis.bytes, 8)).toBe(0xffff);
+    b.fn.deliver(wire(nvmeRule(sq.iova, { avail: long(eis.iova + 8n) })));
+    expect(rd32(eis.bytes, 8)).toBe(5);
+    // Without the shadow tail, rounds do nothing and every doorbell's index follows it.
+    round(4);
+    b.fn.write32(0, SQ_DB, 6);
+    expect(rd32(eis.bytes, 8)).toBe(6);
+    expect(tails()).toEqual([1, 3, 4, 6]);
+  });
+
   it('pushes a virtqueue ring and table before its notify write', async () => {
     const b = await bus();
     const ring = b.buffer(16 * 4 + 6 + 2 * 4, 0, 'bidirectional');
@@ -304,6 +341,9 @@ describe('SimFunction push rules', () => {
       nvmeRule(0n, { offset: long(0x3ffd) }), // the doorbell's 4 bytes must be in the BAR
       nvmeRule(0n, { dataMax: PUSH_MAX_BYTES + 1 }),
       nvmeRule(0n, { avail: long(0x1002) }), // an event index is a 4-byte slot
+      nvmeRule(0n, { avail: long(0x1000), shadow: long(0x2002) }), // so is the shadow tail
+      nvmeRule(0n, { shadow: long(0x2000) }), // a shadow tail needs an event index
+      virtq({ shadow: long(0x2000) }),
       nvmeRule(0n, { indirect: true }),
       virtq({ lbaShift: 9 }),
       nvmeRule(0n, { offset: long(1n << 60n) }),
