@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * pcinet: what the parts of the module share. core.c owns the file, the bus and config space;
- * mmio.c traps the BAR mappings and serves MMIO; msix.c keeps the MSI-X table and delivers
+ * mmio.c traps the BAR mappings and serve.c serves their accesses; msix.c keeps the MSI-X table and delivers
  * interrupts; dma.c is the DMA sandbox; push.c (with push-walk.c) pushes what a doorbell makes
  * the device read; link.c carries the data plane on a TCP connection of its own (W_CONNECT).
  * Records: uapi/pcinet.h, docs/KERNEL-ABI.md.
@@ -297,15 +297,31 @@ int pcinet_mmio_init(void);
 void pcinet_mmio_exit(void);
 void pcinet_mmio_start(struct pcinet_fn *fn);
 void pcinet_mmio_stop(struct pcinet_fn *fn);
+/* defer.S: the trampoline a deferred access returns into, and what it calls (mmio.c). */
+void pcinet_defer_tramp(void);
+void pcinet_deferred_access(struct pt_regs *regs);
+
+/* serve.c: one trapped access, for mmio.c; what the device's records do to MMIO. */
+/* How an access may wait for the device. */
+enum pcinet_wait {
+	PN_SPIN,	/* atomic context: busy-wait, bounded */
+	PN_NOWAIT,	/* first try in the fault handler: -EAGAIN instead of waiting */
+	PN_SLEEP,	/* the faulting task, back from defer.S: sleep, bounded */
+};
+bool pcinet_fn_live(struct pcinet_fn *fn);
+int pcinet_serve_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size,
+		      enum pcinet_wait how);
+int pcinet_serve_write(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size,
+		       enum pcinet_wait how);
+void pcinet_gone_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size);
+bool pcinet_standin_read(struct pcinet_fn *fn, u32 bar, u64 off, void *val, u32 size);
+bool pcinet_standin_write(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 int pcinet_mmio_read_cpl(struct pcinet_fn *fn, const struct pcinet_w_mmio_read_cpl *c);
 void pcinet_mmio_link_down(struct pcinet_fn *fn);
 void pcinet_mmio_kick(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
 int pcinet_shadow_update(struct pcinet_fn *fn, u32 bar, u64 off, const void *data, u32 size);
 int pcinet_mmio_standin(struct pcinet_fn *fn);
 void pcinet_mmio_standin_end(struct pcinet_fn *fn);
-/* defer.S: the trampoline a deferred access returns into, and what it calls (mmio.c). */
-void pcinet_defer_tramp(void);
-void pcinet_deferred_access(struct pt_regs *regs);
 void pcinet_stall(struct pcinet_fn *fn);
 void pcinet_unstall(struct pcinet_fn *fn);
 
