@@ -212,6 +212,45 @@ static void walk_nvme(struct pcinet_push_walker *w, u32 id, struct pcinet_push_r
 	}
 }
 
+/*
+ * How far from r->last towards `tail` one doorbell's pushes fit PCINET_PUSH_MAX_BYTES: the tail
+ * after the last entry that fits, at least one entry past r->last. What an entry costs is
+ * estimated from its SQE as walk_nvme_rw() would push it (the SQE, a PRP list's entries, a
+ * write's data up to data_max); an unreadable SQE costs its 64 bytes. For a doorbell the module
+ * rings for the driver (push.c, quiet SQs), which may cover many submissions at once: split at
+ * these tails, each part is pushed whole instead of the budget running out at the first large
+ * write.
+ */
+u32 pcinet_push_nvme_fits(const struct pcinet_push_walk_ops *ops, void *ctx,
+			  const struct pcinet_push_rule *r, u32 tail)
+{
+	u32 e = r->last, n = 0;
+	u64 used = 0;
+	u8 sqe[SQE_SIZE];
+
+	if (tail >= r->entries || e >= r->entries || r->lba_shift > 12)
+		return tail;
+	while (e != tail) {
+		u64 cost = SQE_SIZE;
+
+		if (ops->peek(ctx, r->ring + (u64)SQE_SIZE * e, sqe, sizeof(sqe)) &&
+		    (sqe[0] == NVME_CMD_WRITE || sqe[0] == NVME_CMD_READ)) {
+			u64 len = (u64)(rd16(sqe + 48) + 1) << r->lba_shift;
+
+			if (len > 2 * NVME_PAGE)
+				cost += 8 * ((len + NVME_PAGE - 1) / NVME_PAGE);
+			if (sqe[0] == NVME_CMD_WRITE && len <= r->data_max)
+				cost += len;
+		}
+		if (n && used + cost > PCINET_PUSH_MAX_BYTES)
+			break;
+		used += cost;
+		n++;
+		e = e + 1 == r->entries ? 0 : e + 1;
+	}
+	return e;
+}
+
 /* ---- VIRTQ ---- */
 
 /*

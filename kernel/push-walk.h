@@ -67,5 +67,7 @@ struct pcinet_push_walker {
  */
 void pcinet_push_walk(struct pcinet_push_walker *w, u32 id, struct pcinet_push_rule *r,
 		      const void *val, u32 size);
+u32 pcinet_push_nvme_fits(const struct pcinet_push_walk_ops *ops, void *ctx,
+			  const struct pcinet_push_rule *r, u32 tail);
 
 #endif /* PCINET_PUSH_WALK_H */

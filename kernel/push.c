@@ -518,9 +518,9 @@ static void pcinet_sq_unquiet(struct pcinet_fn *fn, struct pcinet_push_rule *r)
 }
 
 /* Rings `tail` of rule r on the driver's behalf: its pushes, then the doorbell write, queued
- * together under push_lock.
+ * together under push_lock. False if out of memory (the SQ is no longer quiet then).
  */
-static void pcinet_sq_kick(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule *r, u32 tail)
+static bool pcinet_sq_ring(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule *r, u32 tail)
 {
 	struct pcinet_push_ctx c = { .fn = fn };
 	struct pcinet_push_walker w = {
@@ -540,7 +540,7 @@ static void pcinet_sq_kick(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule
 		/* The driver's next crossing of the index rings it; meanwhile it waits. */
 		atomic64_inc(&s->lost_records);
 		pcinet_sq_unquiet(fn, r);
-		return;
+		return false;
 	}
 	INIT_LIST_HEAD(&c.recs);
 	w.dry = READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES;
@@ -573,6 +573,27 @@ static void pcinet_sq_kick(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule
 		atomic64_add(w.over_budget + w.exhausted, &s->push_over_budget);
 	if (c.nomem)
 		atomic64_add(c.nomem, &s->push_nomem);
+	return true;
+}
+
+/*
+ * Rings the driver's shadow tail for it: what it submitted unrung may be many commands, so it
+ * goes as several doorbells if one's push budget would not hold their entries and write data
+ * (pcinet_push_nvme_fits()), each pushed whole, in order. Under push_lock.
+ */
+static void pcinet_sq_kick(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule *r, u32 tail)
+{
+	struct pcinet_push_ctx c = { .fn = fn };
+	u32 i;
+
+	/* At most one doorbell per entry: each one moves `last` on by at least one. */
+	for (i = 0; i < r->entries && r->last != tail; i++) {
+		u32 from = r->last;
+
+		if (!pcinet_sq_ring(fn, id, r, pcinet_push_nvme_fits(&pcinet_push_ops, &c, r, tail)) ||
+		    r->last == from)
+			return;
+	}
 }
 
 /*

@@ -443,8 +443,15 @@ export class SimFunction implements ChannelDevice {
       else this.counters.eventIdxRefused++;
     },
     ring: (r, tail) => {
-      this.counters.virtqKicks++;
-      this.#send(r.bar, r.doorbell, leBytes(tail, 4), this.#bar(r.bar, r.doorbell, 4));
+      // Split where one doorbell's push budget would not hold the entries and their data.
+      const id = this.#rules.idOf(r);
+      for (let i = 0; i < r.entries && id !== undefined && this.#rules.last(id) !== tail; i++) {
+        const from = this.#rules.last(id);
+        this.counters.virtqKicks++;
+        const end = this.#rules.nvmeFits(id, tail, this.#peek);
+        this.#send(r.bar, r.doorbell, leBytes(end, 4), this.#bar(r.bar, r.doorbell, 4));
+        if (this.#rules.last(id) === from) break;
+      }
     },
   };
 

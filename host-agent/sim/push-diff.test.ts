@@ -262,6 +262,12 @@ function simulate(s: ReturnType<typeof scenario>): { script: string; expected: s
       expected.push(`P ${p.rule} ${p.iova.toString(16)} ${hex(p.data)}`);
     }
     for (let id = 0; id < 128; id++) if (sim.get(id)) expected.push(`L ${id} ${sim.last(id)}`);
+    // Where a doorbell rung for the driver a lap on would split (quiet SQs).
+    for (let id = 0; id < 128; id++) {
+      const r = sim.get(id);
+      if (r?.kind === 'nvme-sq')
+        expected.push(`F ${id} ${sim.nvmeFits(id, (sim.last(id)! + r.entries - 1) % r.entries, peek)}`);
+    }
     expected.push('E');
   }
   return { script: `${input.join('\n')}\n`, expected };

@@ -379,6 +379,34 @@ describe('NVME_SQ push rules', () => {
     expect(w.rules.skipped).toBe(1);
   });
 
+  it('nvmeFits: where a doorbell covering many submissions splits so each part is pushed whole', () => {
+    const w = world();
+    const sq = nvmeQueue(w, 8);
+    for (let i = 0; i < 3; i++) {
+      const data = w.buffer(32 * PAGE);
+      const pg = (k: number) => data.iova + BigInt(k * PAGE);
+      const list = prpList(
+        w,
+        Array.from({ length: 31 }, (_, k) => pg(1 + k)),
+      );
+      sq.put(i, sqe(OP_WRITE, { prp1: pg(0), prp2: list.iova, nlb: 31 }));
+    }
+    sq.put(3, sqe(OP_READ, { prp1: 0x1000n }));
+    sq.put(4, sqe(OP_READ, { prp1: 0x1000n }));
+    // Two 128 KiB writes are past the budget: one per doorbell, each pushed whole.
+    expect(w.rules.nvmeFits(3, 5, w.peek)).toBe(1);
+    w.ring(0, SQ_DB, 1);
+    expect(w.rules.nvmeFits(3, 5, w.peek)).toBe(2);
+    w.ring(0, SQ_DB, 2);
+    // The last write and both 4 KiB reads fit one doorbell; nothing was skipped on the way.
+    expect(w.rules.nvmeFits(3, 5, w.peek)).toBe(5);
+    w.ring(0, SQ_DB, 5);
+    expect(w.rules.skipped).toBe(0);
+    // Reads cost their entries only; a tail past the queue is left to the doorbell's own check.
+    expect(w.rules.nvmeFits(3, 5, w.peek)).toBe(5);
+    expect(w.rules.nvmeFits(3, 9, w.peek)).toBe(9);
+  });
+
   it('shares one budget between rules on one doorbell, in id order', () => {
     const w = world();
     const b = nvmeQueue(w, 8192, { dataMax: 0 }, 9);

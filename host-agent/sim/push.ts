@@ -173,6 +173,12 @@ export class PushRules {
     if (rule?.kind === 'nvme-sq' && rule.eventIdx !== undefined) this.#withEventIdx++;
   }
 
+  /** The id of this rule object, if it is installed. */
+  idOf(rule: PushRule): number | undefined {
+    const id = this.#slots.findIndex((s) => s?.rule === rule);
+    return id < 0 ? undefined : id;
+  }
+
   /** The rule with this id, if any. */
   get(id: number): PushRule | undefined {
     return this.#slots[id]?.rule;
@@ -181,6 +187,32 @@ export class PushRules {
   /** Where rule `id` has pushed up to, for tests and traces. */
   last(id: number): number | undefined {
     return this.#slots[id]?.last;
+  }
+
+  /** How far from NVMe rule `id`'s `last` towards `tail` one doorbell's pushes fit PUSH_MAX_BYTES
+   *  (kernel/push-walk.c pcinet_push_nvme_fits(), the same estimate): the tail after the last entry
+   *  that fits, at least one entry on. A quiet SQ's ring for the driver goes as doorbells split at
+   *  these tails (docs/PUSH.md "Quiet submission queues"). */
+  nvmeFits(id: number, tail: number, peek: Peek): number {
+    const s = this.#slots[id];
+    const r = s?.rule;
+    if (!s || r?.kind !== 'nvme-sq' || tail >= r.entries || s.last >= r.entries || r.lbaShift > 12)
+      return tail;
+    let [e, n, used] = [s.last, 0, 0];
+    while (e !== tail) {
+      let cost = SQE_SIZE;
+      const sqe = peek(at(r.base, e * SQE_SIZE), SQE_SIZE);
+      if (sqe && (sqe[0] === NVME_CMD_WRITE || sqe[0] === NVME_CMD_READ)) {
+        const len = (rd16(sqe, 48) + 1) * 2 ** r.lbaShift;
+        if (len > 2 * PUSH_PAGE) cost += 8 * Math.ceil(len / PUSH_PAGE);
+        if (sqe[0] === NVME_CMD_WRITE && len <= r.dataMax) cost += len;
+      }
+      if (n && used + cost > PUSH_MAX_BYTES) break;
+      used += cost;
+      n++;
+      e = e + 1 === r.entries ? 0 : e + 1;
+    }
+    return e;
   }
 
   /** The event index writes of the NVMe rules on the doorbell at (`bar`, `offset`) that the

@@ -137,6 +137,11 @@ static void do_write(const char *args)
 	for (id = 0; id < PCINET_MAX_PUSH_RULES; id++)
 		if (rules[id].kind)
 			printf("L %u %u\n", id, rules[id].last);
+	/* Where a doorbell rung for the driver a lap on would split (quiet SQs). */
+	for (id = 0; id < PCINET_MAX_PUSH_RULES; id++)
+		if (rules[id].kind == PCINET_PUSH_NVME_SQ)
+			printf("F %u %u\n", id, pcinet_push_nvme_fits(&ops, NULL, &rules[id],
+					(rules[id].last + rules[id].entries - 1) % rules[id].entries));
 	fprintf(stderr, "S %u %u\n", w.over_budget, w.unreadable);
 	printf("E%s\n", w.exhausted ? " exhausted" : "");
 }
