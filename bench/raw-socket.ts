@@ -16,25 +16,33 @@ export type RawWork = 'none' | 'pattern' | 'crc';
 
 let ticksPerSecond: number | undefined;
 
-/** CPU time (user + system) process `pid` has used, in ms, from /proc (clock-tick resolution). */
-export function cpuMsOf(pid: number): number {
+/** CPU time process `pid` has used, in ms, from /proc (clock-tick resolution): user + system, and
+ *  user alone. */
+export function cpuOf(pid: number): { ms: number; userMs: number } {
   ticksPerSecond ??= Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout) || 100;
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // Fields after the command name (which may hold spaces), from field 3: utime is 14, stime 15.
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return ((Number(f[11]) + Number(f[12])) * 1000) / ticksPerSecond;
+  const tick = 1000 / ticksPerSecond;
+  return { ms: (Number(f[11]) + Number(f[12])) * tick, userMs: Number(f[11]) * tick };
 }
 
-/** This process's CPU time (user + system) in ms. */
-export function ownCpuMs(): number {
+export const cpuMsOf = (pid: number): number => cpuOf(pid).ms;
+
+/** This process's CPU time in ms: user + system, and user alone. */
+export function ownCpu(): { ms: number; userMs: number } {
   const u = process.cpuUsage();
-  return (u.user + u.system) / 1000;
+  return { ms: (u.user + u.system) / 1000, userMs: u.user / 1000 };
 }
+
+export const ownCpuMs = (): number => ownCpu().ms;
 
 export interface Throughput {
   bytesPerSecond: number;
   /** CPU both processes used for it, in ms. */
   cpuMs: number;
+  /** Of which in user space (JavaScript, V8's threads, libuv; the rest is the kernel's). */
+  userMs: number;
 }
 
 /** Streams `totalBytes` in `chunkBytes` writes to a child process: bytes per second, measured from
@@ -58,7 +66,8 @@ export async function rawSocketThroughput(
     const chunk = Buffer.alloc(chunkBytes, 0xa5);
     const memory = new Uint8Array(TEST_MAX_DMA).fill(0x5a);
     let block: Uint8Array = chunk;
-    const cpu0 = ownCpuMs() + cpuMsOf(child.pid!);
+    const own0 = ownCpu();
+    const sink0 = cpuOf(child.pid!);
     const start = process.hrtime.bigint();
     for (let sent = 0; sent < totalBytes; sent += chunkBytes) {
       const at = sent % TEST_MAX_DMA;
@@ -71,9 +80,14 @@ export async function rawSocketThroughput(
     }
     await done;
     const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-    const cpuMs = ownCpuMs() + cpuMsOf(child.pid!) - cpu0;
+    const own = ownCpu();
+    const sink = cpuOf(child.pid!);
     sock.destroy();
-    return { bytesPerSecond: totalBytes / seconds, cpuMs };
+    return {
+      bytesPerSecond: totalBytes / seconds,
+      cpuMs: own.ms - own0.ms + sink.ms - sink0.ms,
+      userMs: own.userMs - own0.userMs + sink.userMs - sink0.userMs,
+    };
   } finally {
     child.kill();
   }

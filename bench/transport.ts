@@ -24,7 +24,7 @@ import { openSession } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import { parseBenchArgs } from './args.js';
 import { writeChart } from './chart.js';
-import { cpuMsOf, ownCpuMs, type RawWork, rawSocketThroughput, type Throughput } from './raw-socket.js';
+import { cpuOf, ownCpu, type RawWork, rawSocketThroughput, type Throughput } from './raw-socket.js';
 
 function parseArgs(argv: string[]) {
   const whole = (max: number) => (n: number) => Number.isInteger(n) && n >= 1 && n <= max;
@@ -129,15 +129,18 @@ async function dmaThroughput(
   totalBytes: number,
   endpointPid: number,
 ): Promise<Throughput & { hostCpuMs: number }> {
-  const host0 = ownCpuMs();
-  const ep0 = cpuMsOf(endpointPid);
+  const host0 = ownCpu();
+  const ep0 = cpuOf(endpointPid);
   const start = process.hrtime.bigint();
   const moved = await Promise.all(streams.map((st) => stream(st, cmd, totalBytes / streams.length)));
   const seconds = Number(process.hrtime.bigint() - start) / 1e9;
-  const hostCpuMs = ownCpuMs() - host0;
+  const host = ownCpu();
+  const ep = cpuOf(endpointPid);
+  const hostCpuMs = host.ms - host0.ms;
   return {
     bytesPerSecond: moved.reduce((a, b) => a + b, 0) / seconds,
-    cpuMs: hostCpuMs + cpuMsOf(endpointPid) - ep0,
+    cpuMs: hostCpuMs + ep.ms - ep0.ms,
+    userMs: host.userMs - host0.userMs + ep.userMs - ep0.userMs,
     hostCpuMs,
   };
 }
@@ -221,6 +224,9 @@ async function main(): Promise<void> {
         `${'CPU/MiB pcinet (host+ep)'.padStart(24)} ${'against'.padStart(7)}\n`,
     );
     const chartGroups: { label: string; unit: string; values: (number | undefined)[] }[] = [];
+    /** Of the CPU above, what was user space (JavaScript, V8's threads, libuv): the kernel's work
+     *  (socket copies, TCP) is the same bytes on both paths, so this is mostly where they differ. */
+    const userLines: string[] = [];
     for (const w of directions.flat()) {
       if (w.ours.length === 0) continue;
       const ours = median(w.ours.map((x) => x.bytesPerSecond));
@@ -232,6 +238,11 @@ async function main(): Promise<void> {
       process.stdout.write(
         `${w.name.padEnd(30)} ${mbs(ours).padStart(11)}  ${w.against.padEnd(10)} ${ref ? mbs(ref).padStart(6) : '     -'}  ` +
           `${ref ? (ours / ref).toFixed(2) : '   -'}  ${split.padStart(24)} ${cpuRef ? perMib(cpuRef, total).padStart(7) : '      -'}\n`,
+      );
+      const user = median(w.ours.map((x) => x.userMs));
+      const userRef = w.ref.length > 0 ? median(w.ref.map((x) => x.userMs)) : undefined;
+      userLines.push(
+        `${w.name.padEnd(30)} ${perMib(user, total).padStart(6)}  ${userRef === undefined ? '     -' : perMib(userRef, total).padStart(6)}\n`,
       );
       const label = w.name.split('(')[0]!.trim();
       chartGroups.push({ label, unit: 'MB/s', values: [ours / 1e6, ref && ref / 1e6] });
@@ -252,6 +263,9 @@ async function main(): Promise<void> {
       groups: chartGroups,
       scale: 'group',
     });
+    process.stdout.write(
+      `\nof which user space (the rest: the kernel's), CPU ms per MiB, median\n${'path'.padEnd(30)} ${'pcinet'.padStart(6)}  ${'against'.padStart(6)}\n${userLines.join('')}`,
+    );
     process.stdout.write(`\nchart: ${o.chart}\n`);
     process.stdout.write(
       `\nsession: ${stats.framesOut} frames out, ${stats.framesIn} in; ${(stats.bytesIn / 2 ** 20).toFixed(0)} MiB in, ` +
