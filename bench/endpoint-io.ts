@@ -6,7 +6,7 @@
 //
 //   npm run build && node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5]
 //        [--tree DIR]... [--cpu-prof DIR] [--trace-gc] [--only read|write] [--sizes 4k,128k]
-//        [--node-option OPT]...
+//        [--node-option OPT]... [--gap-us N [--gap-spin]]
 //
 // Each --tree is a checkout whose dist/ is built (default: this one); with several, runs alternate
 // between them, so a change is judged against its reference in the same session. Per I/O it
@@ -209,9 +209,13 @@ async function run(tree: string, o: Options): Promise<RunResult> {
       const major0 = majors;
       const io0 = callsOf(pid);
       const c0 = cpuOf(pid);
+      let paused = 0n;
       const t0 = process.hrtime.bigint();
-      for (let i = 0; i < ios; i++) await drv.io(k.write, next(k.size), k.size);
-      const wall = Number(process.hrtime.bigint() - t0) / 1000;
+      for (let i = 0; i < ios; i++) {
+        await drv.io(k.write, next(k.size), k.size);
+        if (o.gapUs) paused += gap(o.gapUs, o.gapSpin);
+      }
+      const wall = Number(process.hrtime.bigint() - t0 - paused) / 1000;
       const c1 = cpuOf(pid);
       const io1 = callsOf(pid);
       return {
@@ -246,6 +250,18 @@ async function run(tree: string, o: Options): Promise<RunResult> {
   }
 }
 
+/** The host's own time between two I/Os (the guest's block layer, dd, its interrupt handling: in
+ *  the lab a QD1 I/O's round is ~1 ms, most of it not the endpoint's), `us` µs: this thread asleep,
+ *  or busy on its core (`spin`), as a vCPU thread would be. Returns how long it took, ns. */
+const gapCell = new Int32Array(new SharedArrayBuffer(4));
+function gap(us: number, spin: boolean): bigint {
+  const t0 = process.hrtime.bigint();
+  const end = t0 + BigInt(us * 1000);
+  if (spin) while (process.hrtime.bigint() < end);
+  else Atomics.wait(gapCell, 0, 0, us / 1000);
+  return process.hrtime.bigint() - t0;
+}
+
 /** The disk holds what was written: a pattern written, the buffer cleared, read back. */
 async function check(drv: LinkNvmeDriver, size: number): Promise<void> {
   const at = 0x7000;
@@ -269,6 +285,9 @@ interface Options {
   only: 'read' | 'write' | undefined;
   /** More options for the endpoint's node (--perf-basic-prof for perf(1), a V8 heap flag …). */
   nodeOptions: string[];
+  /** Time between I/Os (µs, 0: none), and whether the bench spins through it instead of sleeping. */
+  gapUs: number;
+  gapSpin: boolean;
   /** I/O sizes, bytes. */
   sizes: number[];
   /** What a run measures, in order: per size, reads then writes. */
@@ -297,7 +316,8 @@ function sizes(v: string): number[] {
 
 const USAGE =
   'usage: node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5] [--tree DIR]... ' +
-  '[--cpu-prof DIR] [--trace-gc] [--only read|write] [--sizes 4k,128k] [--node-option OPT]...';
+  '[--cpu-prof DIR] [--trace-gc] [--only read|write] [--sizes 4k,128k] [--node-option OPT]... ' +
+  '[--gap-us N [--gap-spin]]';
 
 function parse(argv: string[]) {
   return parseArgs({
@@ -312,6 +332,8 @@ function parse(argv: string[]) {
       only: { type: 'string' },
       sizes: { type: 'string', default: '4k,128k' },
       'node-option': { type: 'string', multiple: true },
+      'gap-us': { type: 'string', default: '0' },
+      'gap-spin': { type: 'boolean', default: false },
     },
   });
 }
@@ -349,6 +371,8 @@ function options(argv: string[]): Options {
     traceGc: values['trace-gc']!,
     only: only(values.only),
     nodeOptions: values['node-option'] ?? [],
+    gapUs: int('gap-us', values['gap-us']!, 0, 100_000),
+    gapSpin: values['gap-spin']!,
   };
 }
 
