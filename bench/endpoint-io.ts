@@ -6,7 +6,7 @@
 //
 //   npm run build && node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5]
 //        [--tree DIR]... [--cpu-prof DIR] [--trace-gc] [--only read|write] [--sizes 4k,128k]
-//        [--node-option OPT]... [--gap-us N [--gap-spin]]
+//        [--node-option OPT]... [--gap-us N [--gap-spin]] [--dbbuf]
 //
 // Each --tree is a checkout whose dist/ is built (default: this one); with several, runs alternate
 // between them, so a change is judged against its reference in the same session. Per I/O it
@@ -70,6 +70,8 @@ interface Phase {
   main: number;
   wall: number;
   records: number;
+  /** Doorbells the driver rang (the rest went to the shadow: --dbbuf). */
+  rung: number;
   /** read() and write() family system calls (socket and file). */
   syscr: number;
   syscw: number;
@@ -189,7 +191,7 @@ async function run(tree: string, o: Options): Promise<RunResult> {
     });
     session.flush();
     const drv = new LinkNvmeDriver(peer, BASE);
-    await drv.start();
+    await drv.start({ dbbuf: o.dbbuf });
     for (const size of o.sizes) await check(drv, size);
     let at = 0;
     const next = (size: number) => {
@@ -205,6 +207,7 @@ async function run(tree: string, o: Options): Promise<RunResult> {
     const phase = async (k: Kind, ios: number): Promise<Phase> => {
       const pid = child.pid!;
       const records = peer!.counters.records;
+      const rung = drv.doorbells.rung;
       const gc0 = gcs;
       const major0 = majors;
       const io0 = callsOf(pid);
@@ -225,6 +228,7 @@ async function run(tree: string, o: Options): Promise<RunResult> {
         main: (c1.main - c0.main) / ios,
         wall: wall / ios,
         records: (peer!.counters.records - records) / ios,
+        rung: (drv.doorbells.rung - rung) / ios,
         syscr: (io1.r - io0.r) / ios,
         syscw: (io1.w - io0.w) / ios,
         gcs: ((gcs - gc0) * 1000) / ios,
@@ -285,6 +289,8 @@ interface Options {
   only: 'read' | 'write' | undefined;
   /** More options for the endpoint's node (--perf-basic-prof for perf(1), a V8 heap flag …). */
   nodeOptions: string[];
+  /** The driver uses Doorbell Buffer Config, as Linux's does in the lab. */
+  dbbuf: boolean;
   /** Time between I/Os (µs, 0: none), and whether the bench spins through it instead of sleeping. */
   gapUs: number;
   gapSpin: boolean;
@@ -317,7 +323,7 @@ function sizes(v: string): number[] {
 const USAGE =
   'usage: node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5] [--tree DIR]... ' +
   '[--cpu-prof DIR] [--trace-gc] [--only read|write] [--sizes 4k,128k] [--node-option OPT]... ' +
-  '[--gap-us N [--gap-spin]]';
+  '[--gap-us N [--gap-spin]] [--dbbuf]';
 
 function parse(argv: string[]) {
   return parseArgs({
@@ -334,6 +340,7 @@ function parse(argv: string[]) {
       'node-option': { type: 'string', multiple: true },
       'gap-us': { type: 'string', default: '0' },
       'gap-spin': { type: 'boolean', default: false },
+      dbbuf: { type: 'boolean', default: false },
     },
   });
 }
@@ -373,6 +380,7 @@ function options(argv: string[]): Options {
     nodeOptions: values['node-option'] ?? [],
     gapUs: int('gap-us', values['gap-us']!, 0, 100_000),
     gapSpin: values['gap-spin']!,
+    dbbuf: values.dbbuf!,
   };
 }
 
@@ -385,7 +393,7 @@ const median = (xs: number[]) => {
 const f1 = (n: number) => n.toFixed(1);
 
 function row(label: string, p: Phase, gc: boolean): string {
-  return `${label.padEnd(40)} cpu ${f1(p.cpu).padStart(6)} µs (user ${f1(p.user).padStart(5)}, sys ${f1(p.sys).padStart(5)})  main ${f1(p.main).padStart(6)} µs  wall ${f1(p.wall).padStart(6)} µs  records ${p.records.toFixed(2)}  calls r/w ${p.syscr.toFixed(2)}/${p.syscw.toFixed(2)}${gc ? `  gc/1000 ${f1(p.gcs)} (full ${f1(p.majors)})` : ''}`;
+  return `${label.padEnd(40)} cpu ${f1(p.cpu).padStart(6)} µs (user ${f1(p.user).padStart(5)}, sys ${f1(p.sys).padStart(5)})  main ${f1(p.main).padStart(6)} µs  wall ${f1(p.wall).padStart(6)} µs  records ${p.records.toFixed(2)}  rung ${p.rung.toFixed(2)}  calls r/w ${p.syscr.toFixed(2)}/${p.syscw.toFixed(2)}${gc ? `  gc/1000 ${f1(p.gcs)} (full ${f1(p.majors)})` : ''}`;
 }
 
 async function main(): Promise<void> {
@@ -431,6 +439,7 @@ async function main(): Promise<void> {
         main: median(ps.map((p) => p.main)),
         wall: median(ps.map((p) => p.wall)),
         records: median(ps.map((p) => p.records)),
+        rung: median(ps.map((p) => p.rung)),
         syscr: median(ps.map((p) => p.syscr)),
         syscw: median(ps.map((p) => p.syscw)),
         gcs: median(ps.map((p) => p.gcs)),

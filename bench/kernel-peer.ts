@@ -7,8 +7,8 @@
 // exactly the pushes the kernel would send.
 import net from 'node:net';
 import type { NvmeSqRule, PushRule } from '../devices/push.js';
-import { PushRules } from '../host-agent/sim/push.js';
-import { ABI_VERSION, HDR, LINK_HELLO_SIZE, LINK_MAGIC, PUSH_KIND, R, W } from '../proto/kernel-abi.js';
+import { PushRules, type SqPort } from '../host-agent/sim/push.js';
+import { ABI_VERSION, HDR, LINK_HELLO_SIZE, LINK_MAGIC, PUSH_KIND, R, VQ_F, W } from '../proto/kernel-abi.js';
 import { RecordStream } from '../proto/kernel-link.js';
 
 const pad8 = (n: number) => (n + 7) & ~7;
@@ -66,6 +66,7 @@ export type WRecord =
   | { type: 'dma-write'; iova: bigint; data: Uint8Array }
   | { type: 'interrupt'; vector: number }
   | { type: 'push-rule'; id: number; rule: PushRule | undefined }
+  | { type: 'virtq-done'; id: number; recheck: boolean; kick: number }
   | { type: 'other'; code: number };
 
 /** One W_* record (a whole one, as RecordStream cuts them). Views, not copies. */
@@ -112,6 +113,13 @@ export function parseWRecord(r: Buffer): WRecord {
       };
       return { type: 'push-rule', id, rule };
     }
+    case W.VIRTQ_DONE:
+      return {
+        type: 'virtq-done',
+        id: r.readUInt32LE(8),
+        recheck: (r.readUInt32LE(12) & VQ_F.RECHECK) !== 0,
+        kick: r.readUInt16LE(24),
+      };
     default:
       return { type: 'other', code: type };
   }
@@ -124,15 +132,30 @@ export interface PeerCounters {
   dmaReads: number;
   interrupts: number;
   shadows: number;
+  /** Rounds of NVMe SQs (W_VIRTQ_DONE with recheck), and doorbells the peer rang for the driver
+   *  after one (a quiet SQ's submissions). */
+  rounds: number;
+  rungForDriver: number;
 }
 
 /** One device's kernel link, seen from pcinet.ko. Only NVMe SQ push rules are walked (the bench
- *  drives NVMe); a virtqueue rule is confirmed and ignored. */
+ *  drives NVMe); a virtqueue rule is confirmed and ignored. As link.c does for a rule with an event
+ *  index, every doorbell write sets the SQ's event index in host memory, and a round (W_VIRTQ_DONE
+ *  with recheck) of a rule with a shadow tail rings what the driver submitted without ringing
+ *  (docs/PUSH.md "Shadow doorbells", "Quiet submission queues"; host-agent/sim/push.ts). */
 export class KernelPeer {
   readonly memory: Uint8Array;
   /** BAR 0 as the host's shadow has it (W_SHADOW). */
   readonly shadow: Uint8Array;
-  readonly counters: PeerCounters = { records: 0, reads: 0, dmaReads: 0, interrupts: 0, shadows: 0 };
+  readonly counters: PeerCounters = {
+    records: 0,
+    reads: 0,
+    dmaReads: 0,
+    interrupts: 0,
+    shadows: 0,
+    rounds: 0,
+    rungForDriver: 0,
+  };
   readonly #socket: net.Socket;
   readonly #base: bigint;
   readonly #rules = new PushRules();
@@ -141,6 +164,15 @@ export class KernelPeer {
   #waiters: (() => void)[] = [];
   #interrupts = 0;
   #closed: Error | undefined;
+  /** What quiet SQs need of this "kernel": memory, event index writes, rings of its own. */
+  readonly #sqPort: SqPort = {
+    peek: (iova, len) => this.#peek(iova, len),
+    writeEventIdx: (iova, value) => this.#writeLe32(iova, value),
+    ring: (rule, tail) => {
+      this.counters.rungForDriver++;
+      this.write32(rule.bar, rule.doorbell, tail);
+    },
+  };
 
   private constructor(socket: net.Socket, base: bigint, memory: number, barSize: number) {
     this.#socket = socket;
@@ -195,10 +227,8 @@ export class KernelPeer {
   write32(bar: number, offset: number, value: number): void {
     const data = Buffer.alloc(4);
     data.writeUInt32LE(value >>> 0);
-    const pushes = this.#rules.onWrite(bar, offset, data, (iova, len) => {
-      const at = Number(iova - this.#base);
-      return at >= 0 && at + len <= this.memory.length ? this.memory.slice(at, at + len) : undefined;
-    });
+    for (const e of this.#rules.eventIndices(bar, offset, value >>> 0)) this.#writeLe32(e.iova, e.value);
+    const pushes = this.#rules.onWrite(bar, offset, data, (iova, len) => this.#peek(iova, len)?.slice());
     const out = pushes.map((p) => pushRecord(p.rule, p.iova, p.data));
     out.push(mmioWriteRecord(bar, offset, data));
     this.#socket.write(out.length === 1 ? out[0]! : Buffer.concat(out));
@@ -223,6 +253,17 @@ export class KernelPeer {
 
   close(): void {
     this.#socket.destroy();
+  }
+
+  /** Host memory at `iova` (a view), or undefined outside it. */
+  #peek(iova: bigint, len: number): Uint8Array | undefined {
+    const at = Number(iova - this.#base);
+    return at >= 0 && at + len <= this.memory.length ? this.memory.subarray(at, at + len) : undefined;
+  }
+
+  #writeLe32(iova: bigint, value: number): void {
+    const b = this.#peek(iova, 4);
+    if (b) new DataView(b.buffer, b.byteOffset, 4).setUint32(0, value >>> 0, true);
   }
 
   #wake(): void {
@@ -271,8 +312,14 @@ export class KernelPeer {
         this.#interrupts++;
         return;
       case 'push-rule':
-        this.#rules.set(r.id, r.rule);
+        this.#rules.set(r.id, r.rule, this.#sqPort);
         replies.push(pushRuleSetRecord(r.id));
+        return;
+      case 'virtq-done':
+        if (r.recheck) {
+          this.counters.rounds++;
+          this.#rules.sqRound(r.id, r.kick, this.#sqPort);
+        }
         return;
       default:
         return;

@@ -11,7 +11,7 @@ import { openSession, type Session } from '../proto/session.js';
 import { dialTcp } from '../proto/tcp.js';
 import { Capability, ErrorCode, type Msg, OUR_CAPABILITIES, u64 } from '../proto/wire.js';
 import { dmaReadCplRecord, KernelPeer, mmioWriteRecord, parseWRecord, pushRecord } from './kernel-peer.js';
-import { DRIVER_MEMORY, LinkNvmeDriver, MAX_IO } from './link-nvme.js';
+import { DRIVER_MEMORY, LinkNvmeDriver, MAX_IO, needEvent } from './link-nvme.js';
 
 const log = pino({ level: 'silent' });
 const BASE = 0x2000_0000n;
@@ -97,7 +97,9 @@ function next(session: Session, pick: (m: Msg) => boolean): Promise<Msg> {
   });
 }
 
-async function driverOnLink(): Promise<{ drv: LinkNvmeDriver; peer: KernelPeer; backend: MemoryBackend }> {
+async function driverOnLink(
+  o: { dbbuf?: boolean } = {},
+): Promise<{ drv: LinkNvmeDriver; peer: KernelPeer; backend: MemoryBackend }> {
   const { port, backend } = await endpointWithDisk();
   const session = await openSession(() => dialTcp('127.0.0.1', port), {
     log,
@@ -116,7 +118,7 @@ async function driverOnLink(): Promise<{ drv: LinkNvmeDriver; peer: KernelPeer; 
   });
   session.flush();
   const drv = new LinkNvmeDriver(peer, BASE);
-  await drv.start();
+  await drv.start(o);
   return { drv, peer, backend };
 }
 
@@ -154,5 +156,37 @@ describe('an NVMe driver on the kernel peer', () => {
     await drv.io(false, 0x41000, 0x2000);
     expect(Buffer.from(drv.data.subarray(0, 0x2000)).equals(written.subarray(0x1000, 0x3000))).toBe(true);
     expect(peer.counters.dmaReads).toBe(dmaReads);
+  });
+
+  it('with Doorbell Buffer Config, as Linux in the lab: one doorbell per I/O, the CQ head in the shadow', async () => {
+    const { drv, peer, backend } = await driverOnLink({ dbbuf: true });
+    for (let i = 0; i < 0x1000; i++) drv.data[i] = (i * 5) & 0xff;
+    const written = Buffer.from(drv.data.subarray(0, 0x1000));
+    const rung = drv.doorbells.rung;
+    const rounds = peer.counters.rounds;
+    const dmaReads = peer.counters.dmaReads;
+    for (let i = 0; i < 20; i++) await drv.io(true, 0x5000 + i * 0x1000);
+    for (let i = 0; i < 20; i++) {
+      drv.data.fill(0, 0, 0x1000);
+      await drv.io(false, 0x5000 + i * 0x1000);
+      expect(Buffer.from(drv.data.subarray(0, 0x1000)).equals(written)).toBe(true);
+    }
+    expect(Buffer.from(await backend.read(0x5000, 0x1000)).equals(written)).toBe(true);
+    // Every submission rang (QD1: its round came before the next one); no CQ head did.
+    expect(drv.doorbells.rung - rung).toBe(40);
+    expect(drv.doorbells.shadowed).toBeGreaterThanOrEqual(40);
+    // The model ends a round of the SQ with every doorbell, and nothing was read over the link.
+    expect(peer.counters.rounds - rounds).toBeGreaterThanOrEqual(40);
+    expect(peer.counters.dmaReads).toBe(dmaReads);
+  });
+});
+
+describe('needEvent (Linux nvme_dbbuf_need_event)', () => {
+  it('rings when the move passes the event index, in 16 bits', () => {
+    expect(needEvent(5, 6, 5)).toBe(true);
+    expect(needEvent(5, 5, 4)).toBe(false);
+    expect(needEvent(5, 8, 4)).toBe(true);
+    expect(needEvent(0xffff, 1, 0)).toBe(false);
+    expect(needEvent(0xffff, 0, 0xffff)).toBe(true);
   });
 });

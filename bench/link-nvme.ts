@@ -2,8 +2,11 @@
 // does to bring a controller up and run QD1 I/O through pcinet.ko: the admin queue by AQA/ASQ/ACQ
 // and CC.EN, one I/O CQ and SQ by Create I/O CQ/SQ, then per I/O an SQE in host memory, the SQ tail
 // doorbell (which carries the SQE, and a write's data, as pushes), the completion's DMA write and
-// interrupt, and the CQ head doorbell. No Doorbell Buffer Config: every doorbell is rung. Transfers
-// of up to MAX_IO bytes: past two pages PRP2 points at a PRP list, as Linux builds it.
+// interrupt, and the CQ head doorbell. Without `dbbuf` every doorbell is rung; with it the driver
+// sets up Doorbell Buffer Config as Linux's does on a controller that offers it (the lab's), writes
+// I/O queue doorbells to the shadow and rings only when the event index asks (nvme_dbbuf_need_event):
+// then the CQ head is seldom rung. Transfers of up to MAX_IO bytes: past two pages PRP2 points at a
+// PRP list, as Linux builds it.
 
 import { ADMIN, CC, CSTS, IO, REG } from '../devices/nvme/spec.js';
 import { rd16, rd32, wr16, wr32, wr64 } from '../devices/pci/le.js';
@@ -14,6 +17,9 @@ const ASQ = 0x0000;
 const ACQ = 0x1000;
 const IOSQ = 0x2000;
 const IOCQ = 0x12000;
+/** Doorbell Buffer Config: the shadow doorbells and the event indices (a page each). */
+const DBS = 0x1d000;
+const EIS = 0x1e000;
 /** The PRP list of a transfer of more than two pages. */
 const PRP_LIST = 0x1f000;
 /** The I/O buffer, physically contiguous: reads land here, writes come from here. */
@@ -38,6 +44,11 @@ interface Queue {
   id: number;
 }
 
+/** Linux's nvme_dbbuf_need_event: whether moving a doorbell from `old` to `next` passes the
+ *  device's event index `ei` (16-bit arithmetic). */
+export const needEvent = (ei: number, next: number, old: number) =>
+  ((next - ei - 1) & 0xffff) < ((next - old) & 0xffff);
+
 export class LinkNvmeDriver {
   readonly #peer: KernelPeer;
   readonly #base: bigint;
@@ -45,6 +56,10 @@ export class LinkNvmeDriver {
   #cid = 0;
   /** LBA size of namespace 1 (512 unless the endpoint says otherwise). */
   readonly lbaSize: number;
+  /** Doorbell Buffer Config is in use (start({ dbbuf })). */
+  #dbbuf = false;
+  /** Doorbell writes: rung, and left to the shadow because the event index did not ask. */
+  readonly doorbells = { rung: 0, shadowed: 0 };
 
   constructor(peer: KernelPeer, base: bigint, lbaSize = 512) {
     this.#peer = peer;
@@ -57,8 +72,9 @@ export class LinkNvmeDriver {
     return this.#peer.mem(this.#base + BigInt(DATA), MAX_IO);
   }
 
-  /** Enables the controller and creates I/O queue pair 1 on vector 1. */
-  async start(): Promise<void> {
+  /** Enables the controller and creates I/O queue pair 1 on vector 1; with `dbbuf`, then Doorbell
+   *  Buffer Config (throws if the controller does not take it). */
+  async start(o: { dbbuf?: boolean } = {}): Promise<void> {
     const p = this.#peer;
     p.write32(0, REG.AQA, ((ADMIN_ENTRIES - 1) << 16) | (ADMIN_ENTRIES - 1));
     this.#write64(REG.ASQ, this.#base + BigInt(ASQ));
@@ -75,6 +91,14 @@ export class LinkNvmeDriver {
     wr32(sq, 44, (1 << 16) | 1); // CQ 1, physically contiguous
     await this.#command(0, sq);
     this.#queues[1] = this.#queue(1, IOSQ, IOCQ, IO_ENTRIES);
+    if (o.dbbuf) {
+      this.#peer.mem(this.#base + BigInt(DBS), 0x2000).fill(0);
+      await this.#command(
+        0,
+        this.#sqe(ADMIN.DBBUF, { prp1: this.#base + BigInt(DBS), prp2: this.#base + BigInt(EIS) }),
+      );
+      this.#dbbuf = true;
+    }
   }
 
   /** One read (`write` false) or write of `size` bytes (whole pages, at most MAX_IO) at byte
@@ -131,9 +155,10 @@ export class LinkNvmeDriver {
     const p = this.#peer;
     const queue = this.#queues[q]!;
     p.mem(queue.sq + BigInt(queue.tail * 64), 64).set(sqe);
+    const oldTail = queue.tail;
     queue.tail = (queue.tail + 1) % queue.entries;
     const irqs = p.interrupts;
-    p.write32(0, REG.DOORBELLS + 8 * q, queue.tail);
+    this.#ring(q, false, queue.tail, oldTail);
     const cqe = p.mem(queue.cq + BigInt(queue.head * 16), 16);
     await p.until(() => (rd16(cqe, 14) & 1) === queue.phase && p.interrupts > irqs, COMMAND_TIMEOUT_MS);
     const status = rd16(cqe, 14) >> 1;
@@ -141,8 +166,26 @@ export class LinkNvmeDriver {
       throw new Error(`completion for cid ${rd16(cqe, 12)}, not ${rd16(sqe, 2)}`);
     if (status !== 0)
       throw new Error(`NVMe command 0x${sqe[0]!.toString(16)} failed: status 0x${status.toString(16)}`);
+    const oldHead = queue.head;
     queue.head = (queue.head + 1) % queue.entries;
     if (queue.head === 0) queue.phase ^= 1;
-    p.write32(0, REG.DOORBELLS + 8 * q + 4, queue.head);
+    this.#ring(q, true, queue.head, oldHead);
+  }
+
+  /** Queue `q`'s SQ tail or CQ head doorbell moves from `old` to `value`: rung, or with Doorbell
+   *  Buffer Config (I/O queues) written to the shadow and rung only if the event index asks. */
+  #ring(q: number, cq: boolean, value: number, old: number): void {
+    const slot = 8 * q + (cq ? 4 : 0);
+    if (this.#dbbuf && q !== 0) {
+      const shadow = this.#peer.mem(this.#base + BigInt(DBS + slot), 4);
+      wr32(shadow, 0, value);
+      const ei = rd32(this.#peer.mem(this.#base + BigInt(EIS + slot), 4), 0);
+      if (!needEvent(ei, value, old)) {
+        this.doorbells.shadowed++;
+        return;
+      }
+    }
+    this.doorbells.rung++;
+    this.#peer.write32(0, REG.DOORBELLS + slot, value);
   }
 }
