@@ -18,7 +18,7 @@ import {
   SEAL_TAG,
   visitRecords,
 } from '../proto/kernel-abi.js';
-import { RecordOut, RecordStream, RecordTranslator } from '../proto/kernel-link.js';
+import { RecordOut, RecordStream, RecordTranslator, type VirtqDone } from '../proto/kernel-link.js';
 import type { SocketReads } from '../proto/tcp.js';
 import type { ErrorCode, Msg } from '../proto/wire.js';
 import { SealedFrames, sealNonce } from './sealed-in.js';
@@ -174,6 +174,10 @@ export class KernelLink extends EventEmitter {
 
   interrupt(vector: number): void {
     if (!this.#closed) this.#records?.interrupt(vector);
+  }
+
+  virtqDone(v: VirtqDone): void {
+    if (!this.#closed) this.#records?.virtqDone(v);
   }
 
   /** `handOver`: the bytes are the link's from now on (see send()'s byRef). */

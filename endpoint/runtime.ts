@@ -28,6 +28,7 @@ import type Long from 'long';
 import pino, { type Logger } from 'pino';
 import { type DeviceModel, DmaError, type HostPort } from '../devices/host-port.js';
 import { MAX_PUSH_RULES } from '../devices/push.js';
+import { virtqDoneFlags } from '../proto/kernel-link.js';
 import { devOf, type Tap } from '../proto/trace.js';
 import {
   Capability,
@@ -46,6 +47,7 @@ import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
 import type { Faults, IrqFault } from './faults.js';
 import type { KernelLink, LinkReceiver } from './link.js';
 import { PushCache, type PushKeep } from './push-cache.js';
+import { loggable, safeOffset, within } from './runtime-util.js';
 
 /** What the runtime needs of a session (proto/session.ts satisfies it). Events:
  *  'messages' (msgs: Msg[]) — one inbound batch, in order, after the handshake;
@@ -192,27 +194,6 @@ class Device {
   get name(): string {
     return this.model.description.model;
   }
-}
-
-/** A 64-bit BAR offset from a record as a number; past 2^53 it is the host's mistake, as num() says
- *  for the same offset in a message. */
-function safeOffset(v: bigint, what: string): number {
-  if (v > BigInt(Number.MAX_SAFE_INTEGER))
-    throw new ProtocolError(ErrorCode.BAD_ARGUMENT, `${what} out of range: ${v.toString()}`);
-  return Number(v);
-}
-
-/** Whether [off, off + len) lies in one of `spans` (a plain loop: asked on every MMIO write). */
-function within(spans: readonly { offset: number; length: number }[], off: number, len: number): boolean {
-  for (const s of spans) if (off >= s.offset && off + len <= s.offset + s.length) return true;
-  return false;
-}
-
-/** Trace fields as log fields: bigints as hex (JSON has no bigint). */
-function loggable(fields: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(fields)) out[k] = typeof v === 'bigint' ? `0x${v.toString(16)}` : v;
-  return out;
 }
 
 export class EndpointRuntime {
@@ -792,6 +773,21 @@ export class EndpointRuntime {
           );
         if (!live()) return;
         d.counters.virtqRounds++;
+        const link = this.#fastLink(d);
+        if (link) {
+          // Every I/O of an NVMe SQ that may go quiet ends in one: its record without a message.
+          this.#pushShadow(d);
+          link.virtqDone({
+            id: r.rule,
+            flags: virtqDoneFlags(r.vector !== undefined, r.eventIdx, r.kick !== undefined),
+            vector: r.vector ?? 0,
+            oldUsed: r.oldUsed,
+            newUsed: r.newUsed,
+            kick: r.kick ?? 0,
+          });
+          this.#queued(0);
+          return;
+        }
         this.#send(d, {
           virtqDone: {
             dev: d.dev,

@@ -1,7 +1,17 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { AbiError, HDR, MAX_DATA, MAX_RECORD, parseRecords, R, W } from './kernel-abi.js';
-import { RecordOut, RecordStream, RecordTranslator } from './kernel-link.js';
+import {
+  AbiError,
+  HDR,
+  MAX_DATA,
+  MAX_RECORD,
+  parseRecords,
+  R,
+  VQ_F,
+  virtqDoneRecord,
+  W,
+} from './kernel-abi.js';
+import { RecordOut, RecordStream, RecordTranslator, virtqDoneFlags } from './kernel-link.js';
 import { ErrorCode, long, type Msg, ProtocolError } from './wire.js';
 
 function translator() {
@@ -273,6 +283,32 @@ describe('RecordOut: records encoded in place', () => {
       W.INTERRUPT,
       W.WRITES_APPLIED,
     ]);
+  });
+
+  it('W_VIRTQ_DONE in place: the bytes of virtqDoneRecord(), no record buffer on the way', () => {
+    const v = { id: 5, flags: VQ_F.RECHECK, vector: 0, oldUsed: 0x1fffe, newUsed: 3, kick: 0x10007 };
+    const { plain, pieces } = both((t) => {
+      t.toKernel({ interrupt: { dev: 3, vector: 1 } });
+      t.toKernel({
+        virtqDone: { dev: 3, rule: 5, recheck: true, oldUsed: 0x1fffe, newUsed: 3, kick: 0x10007 },
+      });
+      t.virtqDone(v);
+    });
+    expect(Buffer.from(pieces[0]!).equals(plain)).toBe(true);
+    expect(plain.subarray(16, 48).equals(virtqDoneRecord(v))).toBe(true);
+    expect(plain.subarray(48).equals(virtqDoneRecord(v))).toBe(true);
+    let written = 0;
+    const out = new RecordOut();
+    const write = (r: Uint8Array) => {
+      written++;
+      out.ref(r);
+    };
+    const t = new RecordTranslator({ dev: 3, sink: () => {}, write, out });
+    t.virtqDone(v);
+    expect(written).toBe(0);
+    expect(Buffer.from(out.take()[0]!).equals(virtqDoneRecord(v))).toBe(true);
+    expect(virtqDoneFlags(true, true, true)).toBe(VQ_F.INTERRUPT | VQ_F.EVENT_IDX | VQ_F.RECHECK);
+    expect(virtqDoneFlags(false, false, true)).toBe(VQ_F.RECHECK);
   });
 
   it('references a large payload handed over, between the pieces around it, padded', () => {

@@ -24,8 +24,10 @@ import {
   putShadow,
   putWritesApplied,
   shadowRecord,
+  VIRTQ_DONE_SIZE,
   VQ_F,
   virtqDoneRecord,
+  W,
   WRITES_APPLIED_SIZE,
   writesAppliedRecord,
 } from './kernel-abi.js';
@@ -139,6 +141,20 @@ export class RecordOut {
     this.#from = this.#at;
   }
 }
+
+/** W_VIRTQ_DONE's fields (docs/PUSH.md "Virtqueue rounds"; VirtqDone's, as the record has them). */
+export interface VirtqDone {
+  id: number;
+  flags: number;
+  vector: number;
+  oldUsed: number;
+  newUsed: number;
+  kick: number;
+}
+
+/** W_VIRTQ_DONE's flags from VirtqDone's booleans. */
+export const virtqDoneFlags = (interrupt: boolean, eventIdx: boolean, recheck: boolean) =>
+  (interrupt ? VQ_F.INTERRUPT : 0) | (eventIdx ? VQ_F.EVENT_IDX : 0) | (recheck ? VQ_F.RECHECK : 0);
 
 /** One device's translation both ways. DMA reads longer than a record are split into MAX_DATA
  *  pieces with tags of our own and put together again. */
@@ -262,6 +278,27 @@ export class RecordTranslator {
     } else this.#o.write(interruptRecord(vector), false);
   }
 
+  /** VirtqDone as W_VIRTQ_DONE (encoded in place on links in the clear: every NVMe I/O on an SQ
+   *  that may go quiet ends in one). */
+  virtqDone(v: VirtqDone): void {
+    const out = this.#o.out;
+    if (!out) {
+      this.#o.write(virtqDoneRecord(v), false);
+      return;
+    }
+    const i = out.room(VIRTQ_DONE_SIZE);
+    const b = out.buffer;
+    // The bytes of virtqDoneRecord(): the header, then struct pcinet_w_virtq_done's fields.
+    b.writeUInt16LE(W.VIRTQ_DONE, i);
+    b.writeUInt32LE(VIRTQ_DONE_SIZE, i + 4);
+    b.writeUInt32LE(v.id, i + 8);
+    b.writeUInt32LE(v.flags, i + 12);
+    b.writeUInt32LE(v.vector, i + 16);
+    b.writeUInt16LE(v.oldUsed & 0xffff, i + 20);
+    b.writeUInt16LE(v.newUsed & 0xffff, i + 22);
+    b.writeUInt16LE(v.kick & 0xffff, i + 24);
+  }
+
   /** DmaWrite of `data` at `iova` (split into records of MAX_DATA); `byRef`: `data` is handed
    *  over, and its records may reference it. */
   dmaWrite(iova: bigint, data: Uint8Array, byRef: boolean): void {
@@ -329,20 +366,14 @@ export class RecordTranslator {
       this.interrupt(m.interrupt.vector ?? 0);
     } else if (m.virtqDone) {
       const v = m.virtqDone;
-      write(
-        virtqDoneRecord({
-          id: v.rule ?? 0,
-          flags:
-            (v.interrupt ? VQ_F.INTERRUPT : 0) |
-            (v.eventIdx ? VQ_F.EVENT_IDX : 0) |
-            (v.recheck ? VQ_F.RECHECK : 0),
-          vector: v.vector ?? 0,
-          oldUsed: v.oldUsed ?? 0,
-          newUsed: v.newUsed ?? 0,
-          kick: v.kick ?? 0,
-        }),
-        false,
-      );
+      this.virtqDone({
+        id: v.rule ?? 0,
+        flags: virtqDoneFlags(!!v.interrupt, !!v.eventIdx, !!v.recheck),
+        vector: v.vector ?? 0,
+        oldUsed: v.oldUsed ?? 0,
+        newUsed: v.newUsed ?? 0,
+        kick: v.kick ?? 0,
+      });
     } else if (m.pushRule) {
       const p = this.#o.checkPushRule ? this.#o.checkPushRule(m.pushRule) : m.pushRule;
       write(
