@@ -457,6 +457,26 @@ static void pcinet_push_event_idx(struct pcinet_fn *fn, u64 iova, const void *va
 	pcinet_dma_store(fn, iova, &v, sizeof(v));
 }
 
+/* A doorbell's walk, counted: what it pushed, and what it skipped and why. */
+static void pcinet_push_count_walk(struct pcinet_fn *fn, const struct pcinet_push_ctx *c,
+				   const struct pcinet_push_walker *w)
+{
+	struct pcinet_counters *s = &fn->stats;
+
+	if (w->dry)
+		atomic64_inc(&s->push_busy);
+	if (c->records) {
+		atomic64_add(c->records, &s->pushes);
+		atomic64_add(c->bytes, &s->push_bytes);
+	}
+	if (c->refused || w->unreadable)
+		atomic64_add(c->refused + w->unreadable, &s->push_refused);
+	if (w->over_budget || w->exhausted)
+		atomic64_add(w->over_budget + w->exhausted, &s->push_over_budget);
+	if (c->nomem)
+		atomic64_add(c->nomem, &s->push_nomem);
+}
+
 /* ---- quiet submission queues (docs/PUSH.md) ---- */
 
 /*
@@ -561,18 +581,7 @@ static bool pcinet_sq_ring(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule
 
 	atomic64_inc(&s->mmio_writes);
 	atomic64_inc(&s->vq_kicks);
-	if (c.records) {
-		atomic64_add(c.records, &s->pushes);
-		atomic64_add(c.bytes, &s->push_bytes);
-	}
-	if (w.dry)
-		atomic64_inc(&s->push_busy);
-	if (c.refused || w.unreadable)
-		atomic64_add(c.refused + w.unreadable, &s->push_refused);
-	if (w.over_budget || w.exhausted)
-		atomic64_add(w.over_budget + w.exhausted, &s->push_over_budget);
-	if (c.nomem)
-		atomic64_add(c.nomem, &s->push_nomem);
+	pcinet_push_count_walk(fn, &c, &w);
 	return true;
 }
 
@@ -694,18 +703,7 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 	if (!hit)
 		return;
 	pcinet_timing_add(&s->t_push_ns, &s->t_push_n, start);
-	if (w.dry)
-		atomic64_inc(&s->push_busy);
-	if (c.records) {
-		atomic64_add(c.records, &s->pushes);
-		atomic64_add(c.bytes, &s->push_bytes);
-	}
-	if (c.refused || w.unreadable)
-		atomic64_add(c.refused + w.unreadable, &s->push_refused);
-	if (w.over_budget || w.exhausted)
-		atomic64_add(w.over_budget + w.exhausted, &s->push_over_budget);
-	if (c.nomem)
-		atomic64_add(c.nomem, &s->push_nomem);
+	pcinet_push_count_walk(fn, &c, &w);
 }
 
 /*

@@ -217,22 +217,31 @@ export function interruptRecord(vector: number): Buffer {
   return buf;
 }
 
-/** W_VIRTQ_DONE: the device ended a round of the virtqueue behind push rule `id`. */
-export function virtqDoneRecord(o: {
+/** W_VIRTQ_DONE's fields (docs/PUSH.md "Virtqueue rounds"; VirtqDone's, as the record has them). */
+export interface VirtqDone {
   id: number;
   flags: number;
   vector: number;
   oldUsed: number;
   newUsed: number;
   kick: number;
-}): Buffer {
-  const { buf } = record(W.VIRTQ_DONE, VIRTQ_DONE_SIZE - HDR);
-  buf.writeUInt32LE(o.id, 8);
-  buf.writeUInt32LE(o.flags, 12);
-  buf.writeUInt32LE(o.vector, 16);
-  buf.writeUInt16LE(o.oldUsed & 0xffff, 20);
-  buf.writeUInt16LE(o.newUsed & 0xffff, 22);
-  buf.writeUInt16LE(o.kick & 0xffff, 24);
+}
+
+/** W_VIRTQ_DONE at `at` of `b` (VIRTQ_DONE_SIZE bytes): the device ended a round of the queue
+ *  behind push rule `id`. */
+export function putVirtqDone(b: Buffer, at: number, o: VirtqDone): void {
+  header(b, at, W.VIRTQ_DONE, VIRTQ_DONE_SIZE);
+  b.writeUInt32LE(o.id, at + 8);
+  b.writeUInt32LE(o.flags, at + 12);
+  b.writeUInt32LE(o.vector, at + 16);
+  b.writeUInt16LE(o.oldUsed & 0xffff, at + 20);
+  b.writeUInt16LE(o.newUsed & 0xffff, at + 22);
+  b.writeUInt16LE(o.kick & 0xffff, at + 24);
+}
+
+export function virtqDoneRecord(o: VirtqDone): Buffer {
+  const buf = Buffer.alloc(VIRTQ_DONE_SIZE);
+  putVirtqDone(buf, 0, o);
   return buf;
 }
 

@@ -22,9 +22,11 @@ import {
   putDmaWriteHead,
   putInterrupt,
   putShadow,
+  putVirtqDone,
   putWritesApplied,
   shadowRecord,
   VIRTQ_DONE_SIZE,
+  type VirtqDone,
   VQ_F,
   virtqDoneRecord,
   W,
@@ -142,15 +144,7 @@ export class RecordOut {
   }
 }
 
-/** W_VIRTQ_DONE's fields (docs/PUSH.md "Virtqueue rounds"; VirtqDone's, as the record has them). */
-export interface VirtqDone {
-  id: number;
-  flags: number;
-  vector: number;
-  oldUsed: number;
-  newUsed: number;
-  kick: number;
-}
+export type { VirtqDone };
 
 /** W_VIRTQ_DONE's flags from VirtqDone's booleans. */
 export const virtqDoneFlags = (interrupt: boolean, eventIdx: boolean, recheck: boolean) =>
@@ -286,17 +280,7 @@ export class RecordTranslator {
       this.#o.write(virtqDoneRecord(v), false);
       return;
     }
-    const i = out.room(VIRTQ_DONE_SIZE);
-    const b = out.buffer;
-    // The bytes of virtqDoneRecord(): the header, then struct pcinet_w_virtq_done's fields.
-    b.writeUInt16LE(W.VIRTQ_DONE, i);
-    b.writeUInt32LE(VIRTQ_DONE_SIZE, i + 4);
-    b.writeUInt32LE(v.id, i + 8);
-    b.writeUInt32LE(v.flags, i + 12);
-    b.writeUInt32LE(v.vector, i + 16);
-    b.writeUInt16LE(v.oldUsed & 0xffff, i + 20);
-    b.writeUInt16LE(v.newUsed & 0xffff, i + 22);
-    b.writeUInt16LE(v.kick & 0xffff, i + 24);
+    putVirtqDone(out.buffer, out.room(VIRTQ_DONE_SIZE), v);
   }
 
   /** DmaWrite of `data` at `iova` (split into records of MAX_DATA); `byRef`: `data` is handed
