@@ -53,8 +53,9 @@ struct ptest_op {
 };
 
 enum {
-	OP_DMA_READ, OP_DMA_WRITE, OP_DMA_FAULT, OP_STRESS, OP_MEMTEST, OP_MEMTEST_AT,
-	OP_ATOMIC_READ, OP_ATOMIC_WRITE, OP_LOCKED_INC, OP_BURST, OP_BAR_COPY, OP_COUNT
+	OP_DMA_READ, OP_DMA_WRITE, OP_DMA_FAULT, OP_DMA_WRITE_FAULT, OP_STRESS, OP_MEMTEST,
+	OP_MEMTEST_AT, OP_ATOMIC_READ, OP_ATOMIC_WRITE, OP_LOCKED_INC, OP_BURST, OP_BAR_COPY,
+	OP_COUNT
 };
 
 /* memtest_at: the most bytes one run copies each way. */
@@ -249,6 +250,53 @@ static int op_dma_fault(struct ptest *t, u64 iova, u64 unused, char *result)
 		return -EIO;
 	}
 	snprintf(result, RESULT_LEN, "ok iova=%#llx status=%#x error=%u\n", iova, status, error);
+	return 0;
+}
+
+/*
+ * dma_write_fault: a DMA_WRITE of SIZE bytes the host must refuse as a whole. Mode 0: into a
+ * streaming mapping one byte shorter (the last byte is outside it); mode 1: into a mapping of the
+ * right size that the device may only read. Either way not one byte of the buffer may change,
+ * however the write reaches the host: up to 64 KiB it is one W_DMA_WRITE, which on a kernel link
+ * arrives in many network segments.
+ */
+static int op_dma_write_fault(struct ptest *t, u64 size, u64 mode, char *result)
+{
+	struct device *dev = &t->pdev->dev;
+	enum dma_data_direction dir = mode ? DMA_TO_DEVICE : DMA_FROM_DEVICE;
+	size_t mapped = mode ? size : size - 1, i;
+	dma_addr_t iova;
+	int status;
+	u8 *buf;
+
+	if (size < 2 || size > SZ_64K || mode > 1)
+		return -EINVAL;
+	buf = kvmalloc(size, GFP_KERNEL);
+	if (!buf)
+		return -ENOMEM;
+	memset(buf, 0xa5, size);
+	iova = dma_map_single(dev, buf, mapped, dir);
+	if (dma_mapping_error(dev, iova)) {
+		kvfree(buf);
+		return -ENOMEM;
+	}
+	writeq(iova, t->regs + REG_DST_ADDR);
+	writel(size, t->regs + REG_SIZE);
+	writel(7, t->regs + REG_ARG);
+	status = run_command(t, CMD_DMA_WRITE);
+	dma_unmap_single(dev, iova, mapped, dir);
+	for (i = 0; i < size && buf[i] == 0xa5; i++)
+		;
+	kvfree(buf);
+	if (status < 0)
+		return status;
+	/* A posted write: the device finishes, the host drops it. */
+	if (status != STATUS_DONE || i < size) {
+		snprintf(result, RESULT_LEN, "fail size=%llu mode=%llu status=%#x first-change=%zu\n",
+			 size, mode, status, i);
+		return -EIO;
+	}
+	snprintf(result, RESULT_LEN, "ok size=%llu mode=%llu\n", size, mode);
 	return 0;
 }
 
@@ -791,11 +839,11 @@ DEFINE_SHOW_ATTRIBUTE(info);
 static void ptest_debugfs(struct ptest *t)
 {
 	static const char *const names[OP_COUNT] = {
-		"dma_read", "dma_write", "dma_fault", "stress", "memtest", "memtest_at",
-		"atomic_read", "atomic_write", "locked_inc", "burst", "bar_copy" };
+		"dma_read", "dma_write", "dma_fault", "dma_write_fault", "stress", "memtest",
+		"memtest_at", "atomic_read", "atomic_write", "locked_inc", "burst", "bar_copy" };
 	static int (*const runs[OP_COUNT])(struct ptest *, u64, u64, char *) = {
-		op_dma_read, op_dma_write, op_dma_fault, op_stress, op_memtest, op_memtest_at,
-		op_atomic_read, op_atomic_write, op_locked_inc, op_burst, op_bar_copy };
+		op_dma_read, op_dma_write, op_dma_fault, op_dma_write_fault, op_stress, op_memtest,
+		op_memtest_at, op_atomic_read, op_atomic_write, op_locked_inc, op_burst, op_bar_copy };
 	int i;
 
 	t->dir = debugfs_create_dir(pci_name(t->pdev), ptest_root);
