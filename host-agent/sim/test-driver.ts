@@ -1,6 +1,6 @@
 // A driver for the test device (docs/devices.md) on the simulated root complex, and the selftest
 // `pcinet host --channel sim --selftest` runs. It drives the device only through its registers,
-// config space, MSI-X and host memory mapped through the IOMMU — what test/kmod/pcinet_test.c
+// config space, MSI-X and host memory mapped through the IOMMU — what test/kmod/ (pcinet_test.ko)
 // does in a real kernel — so a passing selftest means the endpoint, the session and the relay
 // carried every kind of traffic correctly.
 import { crc32 } from 'node:zlib';

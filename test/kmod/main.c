@@ -4,11 +4,11 @@
  * map in pcinet_test_regs.h), in the spirit of Linux's pci-endpoint-test. It exercises every path
  * through pcinet the way a real driver does (MMIO of every size, string MMIO, MSI-X, coherent and
  * streaming DMA) and exposes each as a debugfs file under
- * /sys/kernel/debug/pcinet_test/<pci address>/ for the end-to-end tests (README.md).
+ * /sys/kernel/debug/pcinet_test/<pci address>/ for the end-to-end tests (README.md). The DMA
+ * checks are in dma.c.
  */
 #define pr_fmt(fmt) KBUILD_MODNAME ": " fmt
 
-#include <linux/crc32.h>
 #include <linux/delay.h>
 #include <linux/debugfs.h>
 #include <linux/dma-mapping.h>
@@ -22,62 +22,7 @@
 #include <linux/slab.h>
 #include <linux/string.h>
 
-#include "pcinet_test_regs.h"
-
-/* An interrupt crosses the network and back: generous, but a lost one must not hang a test. */
-#define RAISE_TIMEOUT		(2 * HZ)
-/* A 4 MiB DMA through a TCG guest and TLS; still bounded. */
-#define CMD_TIMEOUT		(30 * HZ)
-/* stress: iterations per CPU are capped so that a write cannot start an endless test. */
-#define STRESS_MAX_ITERATIONS	100000
-/* stress: each CPU owns this many bytes of BAR 2, so their accesses never overlap. */
-#define STRESS_STRIDE		256
-/* The vector commands complete on. */
-#define CMD_VECTOR		0
-/* Room for one line of result text. */
-#define RESULT_LEN		160
-
-struct ptest;
-
-struct ptest_vec {
-	struct ptest *t;
-	atomic_t count;
-	char name[32];
-};
-
-/* One debugfs file that runs an operation on write and shows its last result on read. */
-struct ptest_op {
-	struct ptest *t;
-	int (*run)(struct ptest *t, u64 arg, u64 arg2, char *result);
-	char result[RESULT_LEN];
-};
-
-enum {
-	OP_DMA_READ, OP_DMA_WRITE, OP_DMA_FAULT, OP_DMA_WRITE_FAULT, OP_STRESS, OP_MEMTEST,
-	OP_MEMTEST_AT, OP_ATOMIC_READ, OP_ATOMIC_WRITE, OP_LOCKED_INC, OP_BURST, OP_BAR_COPY,
-	OP_COUNT
-};
-
-/* memtest_at: the most bytes one run copies each way. */
-#define MEMTEST_MAX		(4 << 20)
-/* irq_delay_us: at most this, in hard interrupt context. */
-#define IRQ_DELAY_MAX_US	5000
-/* burst: how long the last raise of a burst may take to arrive. */
-#define BURST_TIMEOUT		(10 * HZ)
-
-struct ptest {
-	struct pci_dev *pdev;
-	void __iomem *regs;
-	void __iomem *mem;
-	u64 mem_size;		/* BAR 2's size (--device test:mem=…) */
-	u32 irq_delay_us;	/* each handler run busy-waits this long: a slow handler */
-	int nvec;
-	struct ptest_vec *vec;
-	wait_queue_head_t irq_wait;
-	struct mutex lock;	/* one command (or stress run) at a time */
-	struct dentry *dir;
-	struct ptest_op ops[OP_COUNT];
-};
+#include "pcinet_test.h"
 
 static struct dentry *ptest_root;
 
@@ -93,14 +38,8 @@ static irqreturn_t ptest_irq(int irq, void *data)
 	return IRQ_HANDLED;
 }
 
-/* The zlib/IEEE CRC-32 the device computes. */
-static u32 zlib_crc32(const void *buf, size_t len)
-{
-	return ~crc32_le(~0U, buf, len);
-}
-
 /* testPattern() of devices/test/regs.ts: xorshift32 seeded by seed (0 counts as 1). */
-static void test_pattern(u8 *out, size_t len, u32 seed)
+void test_pattern(u8 *out, size_t len, u32 seed)
 {
 	u32 x = seed ? seed : 1;
 	size_t i, b;
@@ -118,7 +57,7 @@ static void test_pattern(u8 *out, size_t len, u32 seed)
  * Starts a command with the registers already set, and waits (bounded) for its completion
  * interrupt on CMD_VECTOR. Returns STATUS, or -ETIMEDOUT.
  */
-static int run_command(struct ptest *t, u32 cmd)
+int run_command(struct ptest *t, u32 cmd)
 {
 	int before = atomic_read(&t->vec[CMD_VECTOR].count);
 	u32 status;
@@ -133,171 +72,6 @@ static int run_command(struct ptest *t, u32 cmd)
 		return -ETIMEDOUT;
 	}
 	return readl(t->regs + REG_STATUS);
-}
-
-/* dma_read: the device reads a buffer we filled (streaming mapping) and checksums it. */
-static int op_dma_read(struct ptest *t, u64 size, u64 seed, char *result)
-{
-	struct device *dev = &t->pdev->dev;
-	u32 want, got;
-	dma_addr_t iova;
-	u8 *buf;
-	int status;
-
-	if (size < 1 || size > TEST_MAX_DMA)
-		return -EINVAL;
-	buf = kmalloc(size, GFP_KERNEL | __GFP_NOWARN);
-	if (!buf)
-		return -ENOMEM;
-	test_pattern(buf, size, seed ^ 0x5a5a5a5a);
-	want = zlib_crc32(buf, size);
-	iova = dma_map_single(dev, buf, size, DMA_TO_DEVICE);
-	if (dma_mapping_error(dev, iova)) {
-		kfree(buf);
-		return -ENOMEM;
-	}
-	writeq(iova, t->regs + REG_SRC_ADDR);
-	writel(size, t->regs + REG_SIZE);
-	status = run_command(t, CMD_DMA_READ);
-	dma_unmap_single(dev, iova, size, DMA_TO_DEVICE);
-	kfree(buf);
-	if (status < 0)
-		return status;
-	got = readl(t->regs + REG_CHECKSUM);
-	if (status != STATUS_DONE || got != want) {
-		snprintf(result, RESULT_LEN, "fail size=%llu status=%#x error=%u crc=%#010x want=%#010x\n",
-			 size, status, readl(t->regs + REG_ERROR), got, want);
-		return -EIO;
-	}
-	snprintf(result, RESULT_LEN, "ok size=%llu crc=%#010x\n", size, got);
-	return 0;
-}
-
-/* dma_write: the device writes its test pattern into a coherent buffer; we check every byte. */
-static int op_dma_write(struct ptest *t, u64 size, u64 seed, char *result)
-{
-	struct device *dev = &t->pdev->dev;
-	u8 *buf, *want;
-	dma_addr_t iova;
-	size_t i;
-	int status, ret = 0;
-
-	if (size < 1 || size > TEST_MAX_DMA)
-		return -EINVAL;
-	want = kvmalloc(size, GFP_KERNEL);
-	if (!want)
-		return -ENOMEM;
-	buf = dma_alloc_coherent(dev, size, &iova, GFP_KERNEL | __GFP_NOWARN);
-	if (!buf) {
-		kvfree(want);
-		return -ENOMEM;
-	}
-	test_pattern(want, size, seed);
-	memset(buf, ~want[0], size);	/* so that a missing write shows */
-	writeq(iova, t->regs + REG_DST_ADDR);
-	writel(size, t->regs + REG_SIZE);
-	writel(seed, t->regs + REG_ARG);
-	status = run_command(t, CMD_DMA_WRITE);
-	if (status < 0) {
-		ret = status;
-	} else {
-		for (i = 0; i < size && buf[i] == want[i]; i++)
-			;
-		if (status != STATUS_DONE || i < size) {
-			snprintf(result, RESULT_LEN,
-				 "fail size=%llu seed=%llu status=%#x first-difference=%zu\n",
-				 size, seed, status, i);
-			ret = -EIO;
-		} else {
-			snprintf(result, RESULT_LEN, "ok size=%llu seed=%llu\n", size, seed);
-		}
-	}
-	dma_free_coherent(dev, size, buf, iova);
-	kvfree(want);
-	return ret;
-}
-
-/* dma_fault: DMA_READ at an IOVA with no live mapping must fail with DMA_FAULT. */
-static int op_dma_fault(struct ptest *t, u64 iova, u64 unused, char *result)
-{
-	struct device *dev = &t->pdev->dev;
-	int status;
-	u32 error;
-
-	if (!iova) {		/* use after unmap */
-		void *page = (void *)__get_free_page(GFP_KERNEL);
-		dma_addr_t a;
-
-		if (!page)
-			return -ENOMEM;
-		a = dma_map_single(dev, page, PAGE_SIZE, DMA_TO_DEVICE);
-		if (dma_mapping_error(dev, a)) {
-			free_page((unsigned long)page);
-			return -ENOMEM;
-		}
-		dma_unmap_single(dev, a, PAGE_SIZE, DMA_TO_DEVICE);
-		free_page((unsigned long)page);
-		iova = a;
-	}
-	writeq(iova, t->regs + REG_SRC_ADDR);
-	writel(PAGE_SIZE, t->regs + REG_SIZE);
-	status = run_command(t, CMD_DMA_READ);
-	if (status < 0)
-		return status;
-	error = readl(t->regs + REG_ERROR);
-	if (status != (STATUS_DONE | STATUS_ERROR) || error != TEST_ERR_DMA_FAULT) {
-		snprintf(result, RESULT_LEN, "fail iova=%#llx status=%#x error=%u\n", iova, status, error);
-		return -EIO;
-	}
-	snprintf(result, RESULT_LEN, "ok iova=%#llx status=%#x error=%u\n", iova, status, error);
-	return 0;
-}
-
-/*
- * dma_write_fault: a DMA_WRITE of SIZE bytes the host must refuse as a whole. Mode 0: into a
- * streaming mapping one byte shorter (the last byte is outside it); mode 1: into a mapping of the
- * right size that the device may only read. Either way not one byte of the buffer may change,
- * however the write reaches the host: up to 64 KiB it is one W_DMA_WRITE, which on a kernel link
- * arrives in many network segments.
- */
-static int op_dma_write_fault(struct ptest *t, u64 size, u64 mode, char *result)
-{
-	struct device *dev = &t->pdev->dev;
-	enum dma_data_direction dir = mode ? DMA_TO_DEVICE : DMA_FROM_DEVICE;
-	size_t mapped = mode ? size : size - 1, i;
-	dma_addr_t iova;
-	int status;
-	u8 *buf;
-
-	if (size < 2 || size > SZ_64K || mode > 1)
-		return -EINVAL;
-	buf = kvmalloc(size, GFP_KERNEL);
-	if (!buf)
-		return -ENOMEM;
-	memset(buf, 0xa5, size);
-	iova = dma_map_single(dev, buf, mapped, dir);
-	if (dma_mapping_error(dev, iova)) {
-		kvfree(buf);
-		return -ENOMEM;
-	}
-	writeq(iova, t->regs + REG_DST_ADDR);
-	writel(size, t->regs + REG_SIZE);
-	writel(7, t->regs + REG_ARG);
-	status = run_command(t, CMD_DMA_WRITE);
-	dma_unmap_single(dev, iova, mapped, dir);
-	for (i = 0; i < size && buf[i] == 0xa5; i++)
-		;
-	kvfree(buf);
-	if (status < 0)
-		return status;
-	/* A posted write: the device finishes, the host drops it. */
-	if (status != STATUS_DONE || i < size) {
-		snprintf(result, RESULT_LEN, "fail size=%llu mode=%llu status=%#x first-change=%zu\n",
-			 size, mode, status, i);
-		return -EIO;
-	}
-	snprintf(result, RESULT_LEN, "ok size=%llu mode=%llu\n", size, mode);
-	return 0;
 }
 
 struct stress_ctx {
