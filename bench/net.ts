@@ -22,6 +22,7 @@ import { type LabCard, runInLab } from '../lab/run.js';
 import { parseBenchArgs } from './args.js';
 import { writeChart } from './chart.js';
 import { type Counters, counterDelta, parseStats, statsShell } from './guest-stats.js';
+import { median } from './measure.js';
 
 /** The NICs: TAP on the card, MAC, subnet, device options. */
 const NICS = [
@@ -63,12 +64,6 @@ function deltaOver(stats: Map<string, Counters>, phases: string[], counter: stri
     if (d !== undefined) sum = (sum ?? 0) + d;
   }
   return sum;
-}
-
-function median(v: number[]): number {
-  const s = [...v].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
 }
 
 function breakdown(stats: Map<string, Counters>, rounds: number): void {

@@ -39,6 +39,7 @@ import { parseBenchArgs } from './args.js';
 import { type CpuGroup, sample, usPerTick } from './card-cpu.js';
 import { formatValue, writeChart } from './chart.js';
 import { type Counters, counterDelta, parseStats } from './guest-stats.js';
+import { type Measured, measured, table } from './measure.js';
 import { DISKS, type Disk, guestScript, scriptBoundS, type Test, tests } from './nvme-guest.js';
 
 /** Tools this machine needs: the guest runs this machine's binaries (its root over 9p). */
@@ -242,40 +243,6 @@ function parse(stdout: string, cardCpu: Parsed['card']): Parsed {
     if (m) p.cpu.set(m[1]!, { tcp: Number(m[2]), tls: Number(m[3]), ms: Number(m[4]) });
   }
   return p;
-}
-
-interface Measured {
-  /** MB/s or IOPS, as the test's unit says. */
-  value: number;
-  ios: number;
-}
-
-/** The phase's figure from dd's summary line or fio's terse v3 line (fields 6–8 read, 47–49 write:
- *  KiB moved, KiB/s, IOPS). */
-function measured(t: Test, lines: readonly string[]): Measured | undefined {
-  if (t.tool === 'dd') {
-    for (const l of lines) {
-      const m = /^(\d+) bytes .* copied, ([\d.e+-]+) s,/.exec(l);
-      if (m && Number(m[2]) > 0)
-        return { value: Number(m[1]) / Number(m[2]) / 1e6, ios: Number(m[1]) / t.bs };
-    }
-    return undefined;
-  }
-  const f = lines.find((l) => l.startsWith('3;'))?.split(';');
-  if (!f) return undefined;
-  const at = t.rw === 'write' ? 46 : 5;
-  const [kib, kibps, iops] = [Number(f[at]), Number(f[at + 1]), Number(f[at + 2])];
-  if (!(kib > 0)) return undefined;
-  return { value: t.unit === 'IOPS' ? iops : (kibps * 1024) / 1e6, ios: (kib * 1024) / t.bs };
-}
-
-function table(rows: string[][], rightFrom = 1): string {
-  const widths = rows[0]!.map((_, c) => Math.max(...rows.map((r) => r[c]!.length)));
-  return rows
-    .map((r) =>
-      r.map((cell, c) => (c < rightFrom ? cell.padEnd(widths[c]!) : cell.padStart(widths[c]!))).join('  '),
-    )
-    .join('\n');
 }
 
 /** Clock ticks over a wall time, as % of one CPU. */
