@@ -47,7 +47,7 @@ import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
 import type { Faults, IrqFault } from './faults.js';
 import type { KernelLink, LinkReceiver } from './link.js';
 import { PushCache, type PushKeep } from './push-cache.js';
-import { loggable, safeOffset, within } from './runtime-util.js';
+import { loggable, safeOffset, u64Of, within } from './runtime-util.js';
 
 /** What the runtime needs of a session (proto/session.ts satisfies it). Events:
  *  'messages' (msgs: Msg[]) — one inbound batch, in order, after the handshake;
@@ -178,6 +178,8 @@ class Device {
   linkToken: Uint8Array | undefined;
   linkKey: Uint8Array | undefined;
   link: KernelLink | undefined;
+  /** `link` is in the runtime's list of links to flush. */
+  linkQueued = false;
 
   constructor(
     readonly dev: number,
@@ -201,6 +203,8 @@ export class EndpointRuntime {
   readonly #log: Logger;
   readonly #maxTags: number;
   readonly #devices = new Map<number, Device>();
+  /** The same devices in order, for the loops of every batch (no iterator). */
+  readonly #list: Device[] = [];
   #started = false;
   #closed = false;
   #inBatch = false;
@@ -212,8 +216,9 @@ export class EndpointRuntime {
   #attachDone: { resolve(o: AttachOutcome[]): void; reject(e: Error): void } | undefined;
   readonly #links: boolean;
   readonly #sealLinks: boolean;
-  /** Kernel links written to since their last flush. */
-  readonly #unflushedLinks = new Set<KernelLink>();
+  /** Kernel links written to since their last flush (a device's at most once: Device.linkQueued).
+   *  An array, not a Set: a Set's delete shrinks its table, a runtime call per I/O. */
+  readonly #unflushedLinks: KernelLink[] = [];
   readonly #faults: Faults | undefined;
   /** Set while `pcinet trace` runs (endpoint/control.ts): every message in and out is recorded,
    *  on the session and on kernel links alike. Off, it costs one test per message. */
@@ -235,6 +240,7 @@ export class EndpointRuntime {
       }, this.#maxTags);
       d.port = this.#portFor(d);
       this.#devices.set(d.dev, d);
+      this.#list.push(d);
     });
   }
 
@@ -353,7 +359,7 @@ export class EndpointRuntime {
     this.#inBatch = true;
     try {
       apply();
-      for (const d of this.#devices.values()) {
+      for (const d of this.#list) {
         if (d.state !== 'attached') continue;
         this.#pushShadow(d);
         if (!d.wrote) continue;
@@ -364,7 +370,7 @@ export class EndpointRuntime {
       }
     } finally {
       this.#inBatch = false;
-      for (const d of this.#devices.values()) d.wrote = false;
+      for (const d of this.#list) d.wrote = false;
     }
     this.#flush();
   }
@@ -705,7 +711,7 @@ export class EndpointRuntime {
           // The whole of it, the usual case, without a view (a small array's view makes V8 give
           // it a buffer of its own).
           const piece = data.length <= MAX_DMA_CHUNK ? data : data.subarray(off, off + MAX_DMA_CHUNK);
-          const at = BigInt.asUintN(64, off === 0 ? iova : iova + BigInt(off));
+          const at = off === 0 ? u64Of(iova) : BigInt.asUintN(64, iova + BigInt(off));
           d.counters.dmaWriteBytes += piece.length;
           this.#pushShadow(d);
           const link = this.#fastLink(d);
@@ -826,7 +832,7 @@ export class EndpointRuntime {
   /** The device's outlet: its kernel link if it has one, else the session (marked for flushing). */
   #out(d: Device): Outlet {
     if (d.link) {
-      this.#unflushedLinks.add(d.link);
+      this.#queueLink(d);
       return d.link;
     }
     this.#unflushed = true;
@@ -837,8 +843,14 @@ export class EndpointRuntime {
    *  message in between (no trace runs, which records messages). */
   #fastLink(d: Device): KernelLink | undefined {
     if (!d.link || this.tap) return undefined;
-    this.#unflushedLinks.add(d.link);
+    this.#queueLink(d);
     return d.link;
+  }
+
+  #queueLink(d: Device): void {
+    if (d.linkQueued) return;
+    d.linkQueued = true;
+    this.#unflushedLinks.push(d.link!);
   }
 
   /** Every message of a device goes through here: its changed BAR bytes first. */
@@ -863,7 +875,10 @@ export class EndpointRuntime {
   }
 
   #pushShadow(d: Device): void {
-    for (const r of d.model.takeDirty()) {
+    // Indexed: asked before every message, and a for-of makes an iterator each time.
+    const dirty = d.model.takeDirty();
+    for (let i = 0; i < dirty.length; i++) {
+      const r = dirty[i]!;
       for (let off = 0; off < r.data.length; off += MAX_DMA_CHUNK) {
         const data = r.data.subarray(off, off + MAX_DMA_CHUNK);
         const link = this.#fastLink(d);
@@ -895,10 +910,11 @@ export class EndpointRuntime {
 
   #flush(): void {
     this.#pendingBytes = 0;
-    // Deleted one by one: clear() makes the set a new table each time.
-    for (const l of this.#unflushedLinks) {
-      this.#unflushedLinks.delete(l);
-      l.flush();
+    const links = this.#unflushedLinks;
+    if (links.length > 0) {
+      for (const d of this.#list) d.linkQueued = false;
+      // Popped, not cleared: setting an array's length is a runtime call.
+      while (links.length > 0) links.pop()!.flush();
     }
     if (!this.#unflushed) return;
     this.#unflushed = false;
