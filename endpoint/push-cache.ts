@@ -111,7 +111,8 @@ export class PushCache {
       else this.#segs.splice(i, 0, p);
       this.#bytes += p.data.length;
     }
-    this.#staged = [];
+    // Popped, not replaced: the array keeps its room for the next doorbell's pushes.
+    while (this.#staged.length > 0) this.#staged.pop();
     this.#stagedBytes = 0;
     while (this.#bytes > this.#max) this.#evictOldest();
   }

@@ -28,6 +28,7 @@ import type Long from 'long';
 import pino, { type Logger } from 'pino';
 import { type DeviceModel, DmaError, type HostPort } from '../devices/host-port.js';
 import { MAX_PUSH_RULES } from '../devices/push.js';
+import type { VirtqDone } from '../proto/kernel-link.js';
 import { virtqDoneFlags } from '../proto/kernel-link.js';
 import { devOf, type Tap } from '../proto/trace.js';
 import {
@@ -220,6 +221,8 @@ export class EndpointRuntime {
    *  An array, not a Set: a Set's delete shrinks its table, a runtime call per I/O. */
   readonly #unflushedLinks: KernelLink[] = [];
   readonly #faults: Faults | undefined;
+  /** What port.virtqRound gives a kernel link (KernelLink.virtqDone encodes it at once). */
+  readonly #virtqDone: VirtqDone = { id: 0, flags: 0, vector: 0, oldUsed: 0, newUsed: 0, kick: 0 };
   /** Set while `pcinet trace` runs (endpoint/control.ts): every message in and out is recorded,
    *  on the session and on kernel links alike. Off, it costs one test per message. */
   tap: Tap | undefined;
@@ -781,16 +784,17 @@ export class EndpointRuntime {
         d.counters.virtqRounds++;
         const link = this.#fastLink(d);
         if (link) {
-          // Every I/O of an NVMe SQ that may go quiet ends in one: its record without a message.
+          // Every I/O of an NVMe SQ that may go quiet ends in one: its record without a message
+          // (the link encodes it before it returns: one object serves every round).
           this.#pushShadow(d);
-          link.virtqDone({
-            id: r.rule,
-            flags: virtqDoneFlags(r.vector !== undefined, r.eventIdx, r.kick !== undefined),
-            vector: r.vector ?? 0,
-            oldUsed: r.oldUsed,
-            newUsed: r.newUsed,
-            kick: r.kick ?? 0,
-          });
+          const v = this.#virtqDone;
+          v.id = r.rule;
+          v.flags = virtqDoneFlags(r.vector !== undefined, r.eventIdx, r.kick !== undefined);
+          v.vector = r.vector ?? 0;
+          v.oldUsed = r.oldUsed;
+          v.newUsed = r.newUsed;
+          v.kick = r.kick ?? 0;
+          link.virtqDone(v);
           this.#queued(0);
           return;
         }

@@ -125,6 +125,12 @@ export class RecordOut {
 
   /** Everything written since the last take(), as pieces to write in order. */
   take(): Uint8Array[] {
+    // Records alone (the usual reply): one piece, in an array of its own size.
+    if (this.#pieces.length === 0 && this.#at > this.#from) {
+      const one = [this.#buf.subarray(this.#from, this.#at)];
+      this.#from = this.#at;
+      return one;
+    }
     this.#close();
     const out = this.#pieces;
     this.#pieces = [];
@@ -509,8 +515,8 @@ export class RecordStream {
     const end = held ? buf.length : n;
     this.#held = undefined;
     const at = wholeRecords(buf, end);
-    const out: Buffer[] = [];
-    if (at > 0) out.push(held || this.#lend ? buf.subarray(0, at) : Buffer.from(buf.subarray(0, at)));
+    const out: Buffer[] =
+      at > 0 ? [held || this.#lend ? buf.subarray(0, at) : Buffer.from(buf.subarray(0, at))] : [];
     const rest = end - at;
     if (rest >= HDR) {
       const len = buf.readUInt32LE(at + 4);

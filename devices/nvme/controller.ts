@@ -119,7 +119,13 @@ interface Running {
   epoch: number;
   /** What fault injection said about it. */
   injected: CommandFault | undefined;
+  /** `sqe` is one of the controller's entry buffers (#sqeFree), given back when it ends. */
+  pooled: boolean;
 }
+
+/** Entry buffers kept for reuse: a command fetched alone is copied into one (pushed entries are
+ *  only lent), instead of a new one per command. Past this many, ended ones are dropped. */
+const SQE_POOL = MAX_INFLIGHT;
 
 /** Where Doorbell Buffer Config put the shadow doorbells and their event indices: one 4-byte slot
  *  per doorbell at each, in doorbell order (stride 4). */
@@ -197,6 +203,8 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** Doorbell writes being handled (doorbell()): interrupts wait for the write's end. */
   #inDoorbell = 0;
   readonly #roundsPending: Sq[] = [];
+  /** Entry buffers no command holds (SQE_POOL). */
+  readonly #sqeFree: Uint8Array[] = [];
   /** Where the data of a read or write done at once is (read from storage, or its pushed pieces
    *  put together): the controller's own, reused, so large I/O allocates nothing. Nothing holds it
    *  past the call that filled it: the port copies what is written from it, and data that must
@@ -519,12 +527,16 @@ export class NvmeController extends PciDevice<NvmeController> {
         const upto = sq.tail > sq.head ? sq.tail : sq.size;
         const n = Math.min(upto - sq.head, MAX_INFLIGHT - sq.inflight);
         const iova = sq.base + BigInt(sq.head * SQE_SIZE);
-        const entries = this.host.dmaReadNow?.(iova, n * SQE_SIZE);
+        const into = n === 1 ? (this.#sqeFree.pop() ?? new Uint8Array(SQE_SIZE)) : undefined;
+        const entries = this.host.dmaReadNow?.(iova, n * SQE_SIZE, into);
+        // The entry is in `into` (lent bytes copied), or where the port had it.
+        const pooled = into !== undefined && entries === into;
+        if (into && !pooled) this.#sqeFree.push(into);
         if (!entries) {
           void this.#fetchWait(sq, epoch, iova, n);
           return;
         }
-        this.#start(sq, entries, n, epoch);
+        this.#start(sq, entries, n, epoch, pooled);
       }
     } catch (e) {
       sq.fetching = false;
@@ -560,13 +572,15 @@ export class NvmeController extends PciDevice<NvmeController> {
   }
 
   /** The `n` entries fetched from the SQ's head: the head moves past them all, then each runs. */
-  #start(sq: Sq, entries: Uint8Array, n: number, epoch: number): void {
+  #start(sq: Sq, entries: Uint8Array, n: number, epoch: number, pooled = false): void {
     for (let i = 0; i < n; i++) {
       sq.head = (sq.head + 1) % sq.size;
       sq.inflight++;
     }
-    if (n === 1) this.#run(sq, entries, epoch);
-    else for (let i = 0; i < n; i++) this.#run(sq, entries.subarray(i * SQE_SIZE, (i + 1) * SQE_SIZE), epoch);
+    if (n === 1) this.#run(sq, entries, epoch, pooled);
+    else
+      for (let i = 0; i < n; i++)
+        this.#run(sq, entries.subarray(i * SQE_SIZE, (i + 1) * SQE_SIZE), epoch, false);
   }
 
   /** The controller cannot go on (a queue in memory it cannot reach): CSTS.CFS, the driver resets. */
@@ -580,7 +594,7 @@ export class NvmeController extends PciDevice<NvmeController> {
    * wait: the usual read or write) it completes before this returns, without a promise; otherwise
    * it goes on asynchronously. Either way the same steps, checks and outcome.
    */
-  #run(sq: Sq, sqe: Uint8Array, epoch: number): void {
+  #run(sq: Sq, sqe: Uint8Array, epoch: number, pooled: boolean): void {
     const cmd: Running = {
       sq,
       sqe,
@@ -588,6 +602,7 @@ export class NvmeController extends PciDevice<NvmeController> {
       started: Date.now(),
       epoch,
       injected: this.host.commandFault?.({ queue: sq.id, opcode: sqe[0]! }),
+      pooled,
     };
     let done: Done | undefined;
     try {
@@ -668,6 +683,8 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   #end(cmd: Running, done: Done): void {
     const { sq, epoch } = cmd;
+    // Nothing reads the entry from here on (a command abandoned by a reset drops its buffer).
+    if (cmd.pooled && this.#sqeFree.length < SQE_POOL) this.#sqeFree.push(cmd.sqe);
     this.stats.busyMs += Date.now() - cmd.started;
     sq.inflight--;
     if (epoch !== this.#epoch || this.#sqs.get(sq.id) !== sq) return;
@@ -800,13 +817,14 @@ export class NvmeController extends PciDevice<NvmeController> {
   }
 
   #raisePending(): void {
-    // Emptied by shift(), not by setting length (a runtime call, once per I/O); a raise that
-    // queues another (none does) would be raised here too.
+    // Emptied by pop(), which keeps the arrays' room: setting length is a runtime call, and an
+    // array emptied that way or by shift() gets new room at its next push (once per I/O).
     const vectors = this.#irqPending;
-    while (vectors.length > 0) this.host.raiseMsix(vectors.shift()!);
+    for (let i = 0; i < vectors.length; i++) this.host.raiseMsix(vectors[i]!);
+    while (vectors.length > 0) vectors.pop();
     const sqs = this.#roundsPending;
-    while (sqs.length > 0) {
-      const sq = sqs.shift()!;
+    for (let i = 0; i < sqs.length; i++) {
+      const sq = sqs[i]!;
       // A queue deleted or reset meanwhile has no rule to end a round of.
       if (this.#sqs.get(sq.id) !== sq || !sq.rounds) continue;
       this.host.virtqRound!({
@@ -818,6 +836,7 @@ export class NvmeController extends PciDevice<NvmeController> {
         kick: sq.tail,
       });
     }
+    while (sqs.length > 0) sqs.pop();
   }
 
   // ---- data transfer ----
