@@ -6,16 +6,17 @@
 //
 //   npm run build && node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5]
 //        [--tree DIR]... [--cpu-prof DIR] [--trace-gc] [--only read|write] [--sizes 4k,128k]
-//        [--node-option OPT]... [--gap-us N [--gap-spin]] [--dbbuf]
+//        [--node-option OPT]... [--gap-us N [--gap-spin]] [--dbbuf] [--endpoint-log FILE]
 //
 // Each --tree is a checkout whose dist/ is built (default: this one); with several, runs alternate
 // between them, so a change is judged against its reference in the same session. Per I/O it
 // reports the endpoint's CPU time (all its threads, /proc/PID/stat; and its main thread alone,
 // /proc/PID/task/PID/schedstat), the wall time, the records it sent, its read and write system
 // calls (/proc/PID/io: the link's socket and the disk file alike) and, with --trace-gc, its garbage
-// collections. Medians over the runs at the end.
+// collections. Medians over the runs at the end. --endpoint-log appends the endpoints' standard
+// output to FILE (with --node-option=--trace-gc-nvp: what each young collection found allocated).
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { appendFileSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
@@ -166,6 +167,7 @@ async function run(tree: string, o: Options): Promise<RunResult> {
   /** A line cut off at the end of the last chunk. */
   let partial = '';
   child.stdout!.on('data', (b: Buffer) => {
+    if (o.endpointLog) appendFileSync(o.endpointLog, b);
     out = (out + b.toString()).slice(-4096);
     const lines = (partial + b.toString()).split('\n');
     partial = lines.pop()!.slice(-4096);
@@ -294,6 +296,8 @@ interface Options {
   /** Time between I/Os (µs, 0: none), and whether the bench spins through it instead of sleeping. */
   gapUs: number;
   gapSpin: boolean;
+  /** Where the endpoints' standard output is appended, if anywhere. */
+  endpointLog: string | undefined;
   /** I/O sizes, bytes. */
   sizes: number[];
   /** What a run measures, in order: per size, reads then writes. */
@@ -323,7 +327,7 @@ function sizes(v: string): number[] {
 const USAGE =
   'usage: node dist/bench/endpoint-io.js [--ios 20000] [--warmup 5000] [--runs 5] [--tree DIR]... ' +
   '[--cpu-prof DIR] [--trace-gc] [--only read|write] [--sizes 4k,128k] [--node-option OPT]... ' +
-  '[--gap-us N [--gap-spin]] [--dbbuf]';
+  '[--gap-us N [--gap-spin]] [--dbbuf] [--endpoint-log FILE]';
 
 function parse(argv: string[]) {
   return parseArgs({
@@ -341,6 +345,7 @@ function parse(argv: string[]) {
       'gap-us': { type: 'string', default: '0' },
       'gap-spin': { type: 'boolean', default: false },
       dbbuf: { type: 'boolean', default: false },
+      'endpoint-log': { type: 'string' },
     },
   });
 }
@@ -381,6 +386,7 @@ function options(argv: string[]): Options {
     gapUs: int('gap-us', values['gap-us']!, 0, 100_000),
     gapSpin: values['gap-spin']!,
     dbbuf: values.dbbuf!,
+    endpointLog: values['endpoint-log'] && resolve(values['endpoint-log']),
   };
 }
 

@@ -48,6 +48,8 @@ export interface LinkReceiver {
   pushRuleSet(id: number): void;
 }
 
+const NO_RECORDS: Buffer[] = [];
+
 /** Events: 'drain' () the socket took what was waiting; 'close' (err?: Error) the link is gone. */
 export class KernelLink extends EventEmitter {
   readonly remote: string;
@@ -69,6 +71,15 @@ export class KernelLink extends EventEmitter {
   #receiver: LinkReceiver | undefined;
   /** The records of a batch to #receiver (made once, in start()). */
   #visitor: RecordVisitor | undefined;
+  /** The buffers of whole records of the batch #visitBatch hands over. */
+  #batchWholes: Buffer[] = [];
+  /** Made once: a batch's records to the receiver's visitor (no closure per batch). */
+  readonly #visitBatch = () => {
+    const v = this.#visitor!;
+    const wholes = this.#batchWholes;
+    for (let i = 0; i < wholes.length; i++) visitRecords(wholes[i]!, true, v);
+  };
+
   /** The batch being visited is lent (#onRecords). */
   #lent = false;
   #closed = false;
@@ -92,10 +103,7 @@ export class KernelLink extends EventEmitter {
       // In the clear, records are read into the stream's buffers (a large one straight into its
       // own); sealed frames are opened into new buffers, so their reads can go anywhere fresh.
       reads.buffer = () => (this.#sealed ? this.#sealed.readBuffer() : this.#stream.readBuffer());
-      reads.sink = (n, buf) =>
-        this.#sealed
-          ? this.#onRecords(() => this.#sealed!.filled(buf, n), false)
-          : this.#onRecords(() => this.#stream.filled(buf, n), true);
+      reads.sink = (n, buf) => this.#onRead(n, buf);
     } else socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('drain', () => this.emit('drain'));
     socket.on('error', (e) => {
@@ -252,41 +260,71 @@ export class KernelLink extends EventEmitter {
   }
 
   #onData(chunk: Buffer): void {
-    this.#onRecords(() => {
-      if (this.#sealed) return this.#sealed.push(chunk);
-      const whole = this.#stream.push(chunk);
-      return whole.length > 0 ? [whole] : [];
-    }, false);
+    if (!this.#reading()) return;
+    let wholes: Buffer[];
+    try {
+      if (this.#sealed) wholes = this.#sealed.push(chunk);
+      else {
+        const whole = this.#stream.push(chunk);
+        wholes = whole.length > 0 ? [whole] : [];
+      }
+    } catch (e) {
+      this.#broken(e);
+      return;
+    }
+    this.#onRecords(wholes, false);
   }
 
-  /** Delivers the records `read` returns (buffers of whole records) as one batch. Unless `lent`,
-   *  every buffer of records here is new (read into, put together or opened for this call) and
-   *  never written again: payloads may stay views of it. `lent`: the buffers are read into again
-   *  later (RecordStream's lend): the receiver is told which pushes are lent (and reclaim() before
-   *  their memory is written), the rest and messages get copies. */
-  #onRecords(read: () => Buffer[], lent: boolean): void {
-    if (this.#closed || !this.#records || !this.#deliver) return;
+  /** `n` bytes were read into `buf` (reads into our buffers): in the clear they are lent (see
+   *  #onRecords), sealed frames are opened into new buffers. */
+  #onRead(n: number, buf: Uint8Array): void {
+    if (!this.#reading()) return;
+    const sealed = this.#sealed;
+    let wholes: Buffer[];
     try {
-      const wholes = read();
-      if (wholes.length === 0) return;
+      wholes = sealed ? sealed.filled(buf, n) : this.#stream.filled(buf, n);
+    } catch (e) {
+      this.#broken(e);
+      return;
+    }
+    this.#onRecords(wholes, !sealed);
+  }
+
+  #reading(): boolean {
+    return !this.#closed && this.#records !== undefined && this.#deliver !== undefined;
+  }
+
+  /** The kernel broke the protocol (an AbiError), or a receiver threw: the link closes. */
+  #broken(e: unknown): void {
+    this.close(e instanceof AbiError ? new Error(`kernel link ${this.remote}: ${e.message}`) : (e as Error));
+  }
+
+  /** Delivers `wholes` (buffers of whole records) as one batch. Unless `lent`, every buffer of
+   *  records here is new (read into, put together or opened for this call) and never written
+   *  again: payloads may stay views of it. `lent`: the buffers are read into again later
+   *  (RecordStream's lend): the receiver is told which pushes are lent (and reclaim() before
+   *  their memory is written), the rest and messages get copies. */
+  #onRecords(wholes: Buffer[], lent: boolean): void {
+    if (wholes.length === 0) return;
+    try {
       this.#lastIn = performance.now();
       const rx = this.#receiver;
       if (rx?.direct()) {
-        const v = this.#visitor!;
         this.#lent = lent;
-        rx.batch(() => {
-          for (const whole of wholes) visitRecords(whole, true, v);
-        });
+        this.#batchWholes = wholes;
+        try {
+          rx.batch(this.#visitBatch);
+        } finally {
+          this.#batchWholes = NO_RECORDS;
+        }
         return;
       }
-      for (const whole of wholes) for (const r of parseRecords(whole, !lent)) this.#records.fromKernel(r);
+      for (const whole of wholes) for (const r of parseRecords(whole, !lent)) this.#records!.fromKernel(r);
       const msgs = this.#inbound;
       this.#inbound = [];
-      this.#deliver(msgs);
+      this.#deliver!(msgs);
     } catch (e) {
-      this.close(
-        e instanceof AbiError ? new Error(`kernel link ${this.remote}: ${e.message}`) : (e as Error),
-      );
+      this.#broken(e);
     }
   }
 }

@@ -18,16 +18,9 @@ interface Seg {
   end: bigint;
   data: Uint8Array;
   rule: number;
-  /** Insertion order, for eviction. */
+  /** Insertion order, for eviction (set when a staged push is committed). */
   seq: number;
   /** `data` is only lent (see stage()). */
-  lent: boolean;
-}
-
-interface Staged {
-  start: bigint;
-  data: Uint8Array;
-  rule: number;
   lent: boolean;
 }
 
@@ -43,7 +36,7 @@ export class PushCache {
   #bytes = 0;
   #seq = 0;
   /** Pushes waiting for their doorbell's write, in arrival order. */
-  #staged: Staged[] = [];
+  #staged: Seg[] = [];
   #stagedBytes = 0;
   /** Some bytes, staged or not, are only lent (settle() copies them). */
   #lent = false;
@@ -74,7 +67,8 @@ export class PushCache {
     if (this.#stagedBytes + data.length > this.#max) this.commit();
     const lent = keep === 'lend';
     const as = lent || (keep === 'own' && data.length * 2 >= data.buffer.byteLength);
-    this.#staged.push({ start: iova, data: as ? data : data.slice(), rule, lent });
+    const kept = as ? data : data.slice();
+    this.#staged.push({ start: iova, end: iova + BigInt(kept.length), data: kept, rule, seq: 0, lent });
     this.#stagedBytes += data.length;
     if (lent) this.#lent = true;
   }
@@ -109,19 +103,16 @@ export class PushCache {
     if (this.#staged.length === 0) return;
     const seq = this.#seq++;
     for (const p of this.#staged) {
-      const end = p.start + BigInt(p.data.length);
-      this.#cut(p.start, end);
-      this.#segs.splice(this.#firstEndingAfter(p.start), 0, {
-        start: p.start,
-        end,
-        data: p.data,
-        rule: p.rule,
-        seq,
-        lent: p.lent,
-      });
+      this.#cut(p.start, p.end);
+      p.seq = seq;
+      // Usually the cache is empty, or the new bytes lie past the rest: appended, no splice.
+      const i = this.#firstEndingAfter(p.start);
+      if (i === this.#segs.length) this.#segs.push(p);
+      else this.#segs.splice(i, 0, p);
       this.#bytes += p.data.length;
     }
-    this.#staged = [];
+    // Popped, not replaced: the array keeps its room for the next doorbell's pushes.
+    while (this.#staged.length > 0) this.#staged.pop();
     this.#stagedBytes = 0;
     while (this.#bytes > this.#max) this.#evictOldest();
   }
@@ -179,15 +170,14 @@ export class PushCache {
     const end = iova + BigInt(len);
     this.#cut(iova, end);
     if (this.#staged.length === 0) return;
-    const kept: Staged[] = [];
+    const kept: Seg[] = [];
     for (const p of this.#staged) {
-      const pEnd = p.start + BigInt(p.data.length);
-      if (pEnd <= iova || p.start >= end) {
+      if (p.end <= iova || p.start >= end) {
         kept.push(p);
         continue;
       }
-      if (p.start < iova) kept.push({ ...p, data: p.data.subarray(0, Number(iova - p.start)) });
-      if (pEnd > end) kept.push({ ...p, start: end, data: p.data.subarray(Number(end - p.start)) });
+      if (p.start < iova) kept.push({ ...p, end: iova, data: p.data.subarray(0, Number(iova - p.start)) });
+      if (p.end > end) kept.push({ ...p, start: end, data: p.data.subarray(Number(end - p.start)) });
     }
     this.#staged = kept;
     this.#stagedBytes = kept.reduce((n, p) => n + p.data.length, 0);
@@ -227,6 +217,13 @@ export class PushCache {
     while (i < this.#segs.length) {
       const s = this.#segs[i]!;
       if (s.start >= end) break;
+      if (s.start >= start && s.end <= end) {
+        // All of it goes (a read that takes what one push brought, the usual case).
+        this.#bytes -= s.data.length;
+        if (i === this.#segs.length - 1) this.#segs.pop();
+        else this.#segs.splice(i, 1);
+        continue;
+      }
       const pieces: Seg[] = [];
       if (s.start < start)
         pieces.push({ ...s, end: start, data: s.data.subarray(0, Number(start - s.start)) });

@@ -28,6 +28,7 @@ import type Long from 'long';
 import pino, { type Logger } from 'pino';
 import { type DeviceModel, DmaError, type HostPort } from '../devices/host-port.js';
 import { MAX_PUSH_RULES } from '../devices/push.js';
+import type { VirtqDone } from '../proto/kernel-link.js';
 import { virtqDoneFlags } from '../proto/kernel-link.js';
 import { devOf, type Tap } from '../proto/trace.js';
 import {
@@ -47,7 +48,7 @@ import { DEFAULT_DMA_TAGS, DmaReader } from './dma.js';
 import type { Faults, IrqFault } from './faults.js';
 import type { KernelLink, LinkReceiver } from './link.js';
 import { PushCache, type PushKeep } from './push-cache.js';
-import { loggable, safeOffset, within } from './runtime-util.js';
+import { loggable, safeOffset, u64Of, within } from './runtime-util.js';
 
 /** What the runtime needs of a session (proto/session.ts satisfies it). Events:
  *  'messages' (msgs: Msg[]) — one inbound batch, in order, after the handshake;
@@ -178,6 +179,8 @@ class Device {
   linkToken: Uint8Array | undefined;
   linkKey: Uint8Array | undefined;
   link: KernelLink | undefined;
+  /** `link` is in the runtime's list of links to flush. */
+  linkQueued = false;
 
   constructor(
     readonly dev: number,
@@ -201,6 +204,8 @@ export class EndpointRuntime {
   readonly #log: Logger;
   readonly #maxTags: number;
   readonly #devices = new Map<number, Device>();
+  /** The same devices in order, for the loops of every batch (no iterator). */
+  readonly #list: Device[] = [];
   #started = false;
   #closed = false;
   #inBatch = false;
@@ -212,9 +217,12 @@ export class EndpointRuntime {
   #attachDone: { resolve(o: AttachOutcome[]): void; reject(e: Error): void } | undefined;
   readonly #links: boolean;
   readonly #sealLinks: boolean;
-  /** Kernel links written to since their last flush. */
-  readonly #unflushedLinks = new Set<KernelLink>();
+  /** Kernel links written to since their last flush (a device's at most once: Device.linkQueued).
+   *  An array, not a Set: a Set's delete shrinks its table, a runtime call per I/O. */
+  readonly #unflushedLinks: KernelLink[] = [];
   readonly #faults: Faults | undefined;
+  /** What port.virtqRound gives a kernel link (KernelLink.virtqDone encodes it at once). */
+  readonly #virtqDone: VirtqDone = { id: 0, flags: 0, vector: 0, oldUsed: 0, newUsed: 0, kick: 0 };
   /** Set while `pcinet trace` runs (endpoint/control.ts): every message in and out is recorded,
    *  on the session and on kernel links alike. Off, it costs one test per message. */
   tap: Tap | undefined;
@@ -235,6 +243,7 @@ export class EndpointRuntime {
       }, this.#maxTags);
       d.port = this.#portFor(d);
       this.#devices.set(d.dev, d);
+      this.#list.push(d);
     });
   }
 
@@ -353,7 +362,7 @@ export class EndpointRuntime {
     this.#inBatch = true;
     try {
       apply();
-      for (const d of this.#devices.values()) {
+      for (const d of this.#list) {
         if (d.state !== 'attached') continue;
         this.#pushShadow(d);
         if (!d.wrote) continue;
@@ -364,7 +373,7 @@ export class EndpointRuntime {
       }
     } finally {
       this.#inBatch = false;
-      for (const d of this.#devices.values()) d.wrote = false;
+      for (const d of this.#list) d.wrote = false;
     }
     this.#flush();
   }
@@ -705,7 +714,7 @@ export class EndpointRuntime {
           // The whole of it, the usual case, without a view (a small array's view makes V8 give
           // it a buffer of its own).
           const piece = data.length <= MAX_DMA_CHUNK ? data : data.subarray(off, off + MAX_DMA_CHUNK);
-          const at = BigInt.asUintN(64, off === 0 ? iova : iova + BigInt(off));
+          const at = off === 0 ? u64Of(iova) : BigInt.asUintN(64, iova + BigInt(off));
           d.counters.dmaWriteBytes += piece.length;
           this.#pushShadow(d);
           const link = this.#fastLink(d);
@@ -775,16 +784,17 @@ export class EndpointRuntime {
         d.counters.virtqRounds++;
         const link = this.#fastLink(d);
         if (link) {
-          // Every I/O of an NVMe SQ that may go quiet ends in one: its record without a message.
+          // Every I/O of an NVMe SQ that may go quiet ends in one: its record without a message
+          // (the link encodes it before it returns: one object serves every round).
           this.#pushShadow(d);
-          link.virtqDone({
-            id: r.rule,
-            flags: virtqDoneFlags(r.vector !== undefined, r.eventIdx, r.kick !== undefined),
-            vector: r.vector ?? 0,
-            oldUsed: r.oldUsed,
-            newUsed: r.newUsed,
-            kick: r.kick ?? 0,
-          });
+          const v = this.#virtqDone;
+          v.id = r.rule;
+          v.flags = virtqDoneFlags(r.vector !== undefined, r.eventIdx, r.kick !== undefined);
+          v.vector = r.vector ?? 0;
+          v.oldUsed = r.oldUsed;
+          v.newUsed = r.newUsed;
+          v.kick = r.kick ?? 0;
+          link.virtqDone(v);
           this.#queued(0);
           return;
         }
@@ -826,7 +836,7 @@ export class EndpointRuntime {
   /** The device's outlet: its kernel link if it has one, else the session (marked for flushing). */
   #out(d: Device): Outlet {
     if (d.link) {
-      this.#unflushedLinks.add(d.link);
+      this.#queueLink(d);
       return d.link;
     }
     this.#unflushed = true;
@@ -837,8 +847,14 @@ export class EndpointRuntime {
    *  message in between (no trace runs, which records messages). */
   #fastLink(d: Device): KernelLink | undefined {
     if (!d.link || this.tap) return undefined;
-    this.#unflushedLinks.add(d.link);
+    this.#queueLink(d);
     return d.link;
+  }
+
+  #queueLink(d: Device): void {
+    if (d.linkQueued) return;
+    d.linkQueued = true;
+    this.#unflushedLinks.push(d.link!);
   }
 
   /** Every message of a device goes through here: its changed BAR bytes first. */
@@ -863,7 +879,10 @@ export class EndpointRuntime {
   }
 
   #pushShadow(d: Device): void {
-    for (const r of d.model.takeDirty()) {
+    // Indexed: asked before every message, and a for-of makes an iterator each time.
+    const dirty = d.model.takeDirty();
+    for (let i = 0; i < dirty.length; i++) {
+      const r = dirty[i]!;
       for (let off = 0; off < r.data.length; off += MAX_DMA_CHUNK) {
         const data = r.data.subarray(off, off + MAX_DMA_CHUNK);
         const link = this.#fastLink(d);
@@ -895,10 +914,11 @@ export class EndpointRuntime {
 
   #flush(): void {
     this.#pendingBytes = 0;
-    // Deleted one by one: clear() makes the set a new table each time.
-    for (const l of this.#unflushedLinks) {
-      this.#unflushedLinks.delete(l);
-      l.flush();
+    const links = this.#unflushedLinks;
+    if (links.length > 0) {
+      for (const d of this.#list) d.linkQueued = false;
+      // Popped, not cleared: setting an array's length is a runtime call.
+      while (links.length > 0) links.pop()!.flush();
     }
     if (!this.#unflushed) return;
     this.#unflushed = false;

@@ -2,7 +2,9 @@ import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
+import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
+import { rd64 } from '../devices/pci/le.js';
 import {
   ABI_VERSION,
   AbiError,
@@ -12,6 +14,7 @@ import {
   dmaReadRecord,
   dmaWriteRecord,
   emptyRecord,
+  getU64,
   interruptRecord,
   type KernelRecord,
   LINK_F_SEAL,
@@ -28,6 +31,7 @@ import {
   PUSH_RULE_SIZE,
   parseRecords,
   pushRuleRecord,
+  putU64,
   R,
   rangeRecord,
   SEAL_MAX,
@@ -45,6 +49,38 @@ const toHex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 const flat = (s: string) => s.replace(/\s+/g, '');
 /** Records with their data as hex (parseRecords returns Buffer slices). */
 const plain = (recs: KernelRecord[]) => recs.map((r) => ('data' in r ? { ...r, data: toHex(r.data) } : r));
+
+describe('64-bit fields without bigint arithmetic', () => {
+  it('reads and writes u64s on raw bytes, below 2^53 and above', () => {
+    const b = Buffer.from(hex('efcdab8967452301 ffffffffffff1f00 0000000000002000 ffffffffffffffff'));
+    expect(getU64(b, 0)).toBe(0x0123_4567_89ab_cdefn);
+    expect(getU64(b, 8)).toBe(BigInt(Number.MAX_SAFE_INTEGER));
+    expect(getU64(b, 16)).toBe(1n << 53n);
+    expect(getU64(b, 24)).toBe((1n << 64n) - 1n);
+    const out = Buffer.alloc(32);
+    putU64(out, 0, 0x0123_4567_89ab_cdefn);
+    putU64(out, 8, BigInt(Number.MAX_SAFE_INTEGER));
+    putU64(out, 16, 1n << 53n);
+    putU64(out, 24, (1n << 64n) - 1n);
+    expect(out).toEqual(b);
+  });
+
+  it('agrees with Node and devices/pci/le.ts on every u64, and refuses what Node refuses', () => {
+    fc.assert(
+      fc.property(fc.bigInt({ min: 0n, max: (1n << 64n) - 1n }), (v) => {
+        const b = Buffer.alloc(8);
+        putU64(b, 0, v);
+        const node = Buffer.alloc(8);
+        node.writeBigUInt64LE(v);
+        expect(b).toEqual(node);
+        expect(getU64(b, 0)).toBe(v);
+        expect(rd64(b, 0)).toBe(v);
+      }),
+    );
+    expect(() => putU64(Buffer.alloc(8), 0, -1n)).toThrow(RangeError);
+    expect(() => putU64(Buffer.alloc(8), 0, 1n << 64n)).toThrow(RangeError);
+  });
+});
 
 describe('push records on raw bytes', () => {
   it('encodes W_PUSH_RULE for an NVMe I/O queue exactly', () => {

@@ -125,6 +125,30 @@ export function rangeRecord(bar: number, kind: number, offset: bigint, length: b
   return buf;
 }
 
+/** 2^32, and the largest high half of a 64-bit value below 2^53 (which a double holds exactly). */
+const TWO_32 = 0x1_0000_0000;
+const SAFE_HIGH = 0x1f_ffff;
+const SAFE_MAX = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** The u64 at `at` of `b`. Node's readBigUInt64LE makes three bigints; below 2^53 (every BAR
+ *  offset, most IOVAs) this makes one. */
+export function getU64(b: Buffer, at: number): bigint {
+  const lo = b.readUInt32LE(at);
+  const hi = b.readUInt32LE(at + 4);
+  return hi <= SAFE_HIGH ? BigInt(hi * TWO_32 + lo) : (BigInt(hi) << 32n) | BigInt(lo);
+}
+
+/** `v` (0 <= v < 2^64) as the u64 at `at` of `b`. Below 2^53 without bigint arithmetic (Node's
+ *  writeBigUInt64LE makes several bigints); a value out of range throws as Node's does. */
+export function putU64(b: Buffer, at: number, v: bigint): void {
+  if (v >= 0n && v <= SAFE_MAX) {
+    const n = Number(v);
+    const lo = n % TWO_32;
+    b.writeUInt32LE(lo, at);
+    b.writeUInt32LE((n - lo) / TWO_32, at + 4);
+  } else b.writeBigUInt64LE(v, at);
+}
+
 /** Bytes of a W_SHADOW or W_DMA_WRITE record carrying `n` bytes (a 24-byte head, padding). */
 export const dataRecordSize = (n: number) => pad8(HDR + 16 + n);
 
@@ -139,7 +163,7 @@ export function putShadow(b: Buffer, at: number, bar: number, offset: bigint, da
   header(b, at, W.SHADOW, dataRecordSize(data.length));
   b.writeUInt32LE(bar, at + 8);
   b.writeUInt32LE(data.length, at + 12);
-  b.writeBigUInt64LE(offset, at + 16);
+  putU64(b, at + 16, offset);
   b.set(data, at + 24);
 }
 
@@ -148,7 +172,7 @@ export function putShadow(b: Buffer, at: number, bar: number, offset: bigint, da
 export function putDmaWriteHead(b: Buffer, at: number, iova: bigint, size: number): void {
   header(b, at, W.DMA_WRITE, dataRecordSize(size));
   b.writeUInt32LE(size, at + 8);
-  b.writeBigUInt64LE(iova, at + 16);
+  putU64(b, at + 16, iova);
 }
 
 /** sizeof(struct pcinet_w_writes_applied), sizeof(struct pcinet_w_interrupt). */
@@ -157,7 +181,7 @@ export const INTERRUPT_SIZE = 16;
 
 export function putWritesApplied(b: Buffer, at: number, count: bigint): void {
   header(b, at, W.WRITES_APPLIED, WRITES_APPLIED_SIZE);
-  b.writeBigUInt64LE(count, at + 8);
+  putU64(b, at + 8, count);
 }
 
 export function putInterrupt(b: Buffer, at: number, vector: number): void {
@@ -358,7 +382,10 @@ export function parseRecords(buf: Uint8Array, owned = false): KernelRecord[] {
 export function visitRecords(buf: Uint8Array, owned: boolean, v: RecordVisitor): void {
   const b = buf instanceof Buffer ? buf : Buffer.from(buf.buffer, buf.byteOffset, buf.length);
   // Fields are read at absolute offsets (`at` + field) of `b`: no view and no closure per record,
-  // since every MMIO write and push of a kernel link comes through here.
+  // since every MMIO write and push of a kernel link comes through here. Payload views are made
+  // on `b`'s memory, asked for once.
+  const mem = b.buffer;
+  const base = b.byteOffset;
   for (let at = 0; at < b.length; ) {
     if (b.length - at < HDR) throw new AbiError(`truncated record header at ${at}`);
     const type = b.readUInt16LE(at);
@@ -371,8 +398,8 @@ export function visitRecords(buf: Uint8Array, owned: boolean, v: RecordVisitor):
         v.attached(b.readUInt32LE(at + 8), b[at + 12]!, b[at + 13]!);
         break;
       case R.MMIO_WRITE: {
-        const data = payload(b, at, type, len, 12, owned);
-        v.mmioWrite(b.readUInt32LE(at + 8), b.readBigUInt64LE(at + 16), data);
+        const data = payload(b, mem, base, at, type, len, 12, owned);
+        v.mmioWrite(b.readUInt32LE(at + 8), getU64(b, at + 16), data);
         break;
       }
       case R.MMIO_READ:
@@ -381,7 +408,7 @@ export function visitRecords(buf: Uint8Array, owned: boolean, v: RecordVisitor):
           b.readUInt32LE(at + 8),
           b.readUInt32LE(at + 12),
           b.readUInt32LE(at + 16),
-          b.readBigUInt64LE(at + 24),
+          getU64(b, at + 24),
         );
         break;
       case R.CONFIG_WRITE:
@@ -389,7 +416,7 @@ export function visitRecords(buf: Uint8Array, owned: boolean, v: RecordVisitor):
         v.configWrite(b.readUInt32LE(at + 8), b.readUInt32LE(at + 12), b.readUInt32LE(at + 16));
         break;
       case R.DMA_READ_CPL: {
-        const data = payload(b, at, type, len, 16, owned);
+        const data = payload(b, mem, base, at, type, len, 16, owned);
         v.dmaReadCpl(b.readUInt32LE(at + 8), b.readUInt32LE(at + 12) === STATUS_OK, data);
         break;
       }
@@ -397,13 +424,13 @@ export function visitRecords(buf: Uint8Array, owned: boolean, v: RecordVisitor):
         v.functionReset();
         break;
       case R.PUSH: {
-        const data = payload(b, at, type, len, 8, owned);
-        v.push(b.readUInt32LE(at + 12), b.readBigUInt64LE(at + 16), data);
+        const data = payload(b, mem, base, at, type, len, 8, owned);
+        v.push(b.readUInt32LE(at + 12), getU64(b, at + 16), data);
         break;
       }
       case R.PUSH_DROP:
         need(type, len, 24);
-        v.pushDrop(b.readBigUInt64LE(at + 8), b.readBigUInt64LE(at + 16));
+        v.pushDrop(getU64(b, at + 8), getU64(b, at + 16));
         break;
       case R.PUSH_RULE_SET:
         need(type, len, 16);
@@ -425,11 +452,14 @@ function need(type: number, len: number, n: number): void {
   if (len < n) throw new AbiError(`record of type 0x${type.toString(16)} is ${len} bytes, needs ${n}`);
 }
 
-/** The data after the 24-byte head of the record at `at` of `v`, whose size field is at `sizeAt`
+/** The data after the 24-byte head of the record at `at` of `v` (whose memory is `mem`, from
+ *  `base`), whose size field is at `sizeAt`
  *  (a plain Uint8Array, a copy unless `owned`). Called before the head's other fields are read: it
  *  checks the head is there. */
 function payload(
   v: Buffer,
+  mem: ArrayBufferLike,
+  base: number,
   at: number,
   type: number,
   len: number,
@@ -441,7 +471,7 @@ function payload(
   need(type, len, 24 + size);
   const from = at + 24;
   return owned
-    ? new Uint8Array(v.buffer, v.byteOffset + from, size)
+    ? new Uint8Array(mem, base + from, size)
     : (Uint8Array.prototype.slice.call(v, from, from + size) as Uint8Array);
 }
 

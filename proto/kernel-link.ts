@@ -107,7 +107,7 @@ export class RecordOut {
       this.#at = open;
     }
     const at = this.#at;
-    if (zero > 0) this.#buf.fill(0, at, at + zero);
+    zeroBytes(this.#buf, at, at + zero);
     this.#at += len;
     return at;
   }
@@ -125,6 +125,12 @@ export class RecordOut {
 
   /** Everything written since the last take(), as pieces to write in order. */
   take(): Uint8Array[] {
+    // Records alone (the usual reply): one piece, in an array of its own size.
+    if (this.#pieces.length === 0 && this.#at > this.#from) {
+      const one = [this.#buf.subarray(this.#from, this.#at)];
+      this.#from = this.#at;
+      return one;
+    }
     this.#close();
     const out = this.#pieces;
     this.#pieces = [];
@@ -142,6 +148,16 @@ export class RecordOut {
     if (this.#at > this.#from) this.#pieces.push(this.#buf.subarray(this.#from, this.#at));
     this.#from = this.#at;
   }
+}
+
+/** Up to this many bytes are zeroed by a loop: Buffer.fill is a call into C++, several times
+ *  what a record head's few bytes cost (every record of a reply is zeroed first). */
+const ZERO_LOOP_MAX = 64;
+
+/** Zeroes bytes [from, to) of `b`. */
+export function zeroBytes(b: Uint8Array, from: number, to: number): void {
+  if (to - from > ZERO_LOOP_MAX) b.fill(0, from, to);
+  else for (let i = from; i < to; i++) b[i] = 0;
 }
 
 export type { VirtqDone };
@@ -289,7 +305,9 @@ export class RecordTranslator {
     const out = this.#o.out;
     const parts = byRef ? this.#o.writeParts : undefined;
     for (let at = 0; at < data.length; at += MAX_DATA) {
-      const to = BigInt.asUintN(64, at === 0 ? iova : iova + BigInt(at));
+      // The first record's address as given (the runtime's IOVAs are u64s already, u64() makes
+      // the messages' ones so): an out-of-range one throws where it is written.
+      const to = at === 0 ? iova : BigInt.asUintN(64, iova + BigInt(at));
       // One record's worth, the usual case: the data itself, no view.
       const piece = data.length <= MAX_DATA ? data : data.subarray(at, at + MAX_DATA);
       if (out) {
@@ -305,7 +323,7 @@ export class RecordTranslator {
           const b = out.buffer;
           putDmaWriteHead(b, i, to, piece.length);
           b.set(piece, i + HDR + 16);
-          b.fill(0, i + HDR + 16 + piece.length, i + size);
+          zeroBytes(b, i + HDR + 16 + piece.length, i + size);
         }
       } else if (parts) parts(dmaWriteRecordParts(to, piece));
       else this.#o.write(dmaWriteRecord(to, piece), false);
@@ -396,13 +414,13 @@ const SCRATCH_BYTES = 64 << 10;
 /** How many bytes at the start of `buf` are whole records. Every header there is checked, the
  *  one of a record cut off at the end too (if whole). Throws AbiError for a header no record can
  *  have. */
-export function wholeRecords(buf: Buffer): number {
+export function wholeRecords(buf: Buffer, end = buf.length): number {
   let at = 0;
-  while (buf.length - at >= HDR) {
+  while (end - at >= HDR) {
     const len = buf.readUInt32LE(at + 4);
     if (len < HDR || len % 8 || len > MAX_RECORD + 8 || buf.readUInt16LE(at + 2) !== 0)
       throw new AbiError(`record of type 0x${buf.readUInt16LE(at).toString(16)} has length ${len}`);
-    if (len > buf.length - at) break;
+    if (len > end - at) break;
     at += len;
   }
   return at;
@@ -414,6 +432,8 @@ export class RecordStream {
   /** Reading into our buffers: the reused scratch buffer, the last buffer handed out, and the
    *  record being read straight into its own buffer (`have` bytes so far). */
   #scratch: Buffer | undefined;
+  /** #scratch's ArrayBuffer (asking a view for it is a runtime call, once per read). */
+  #scratchMemory: ArrayBufferLike | undefined;
   #given: Uint8Array | undefined;
   #direct: { record: Buffer; have: number } | undefined;
   /** With `lend`: where records read straight into a buffer of their own go, reused. */
@@ -446,9 +466,17 @@ export class RecordStream {
    * copied out.
    */
   readBuffer(): Uint8Array {
-    if (this.#direct) this.#given = this.#direct.record.subarray(this.#direct.have);
-    else this.#given = this.#scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES);
-    if (this.#lend) this.onReuse?.(this.#given.buffer);
+    if (this.#direct) {
+      this.#given = this.#direct.record.subarray(this.#direct.have);
+      if (this.#lend) this.onReuse?.(this.#given.buffer);
+    } else {
+      if (!this.#scratch) {
+        this.#scratch = Buffer.allocUnsafeSlow(SCRATCH_BYTES);
+        this.#scratchMemory = this.#scratch.buffer;
+      }
+      this.#given = this.#scratch;
+      if (this.#lend) this.onReuse?.(this.#scratchMemory!);
+    }
     return this.#given;
   }
 
@@ -480,24 +508,27 @@ export class RecordStream {
     // What the scratch buffer holds is copied out (it is reused), unless lent: the whole records
     // together, and a record begun at its end into a buffer of the record's size (the spare one,
     // lent), where the rest is read.
+    // The bytes are buf's first `end` (views only where something is handed out: each view of
+    // a Buffer is a runtime call, and this runs once per read).
     const held = this.#held;
-    const buf = held ? Buffer.concat([held, this.#scratch!.subarray(0, n)]) : this.#scratch!.subarray(0, n);
+    const buf = held ? Buffer.concat([held, this.#scratch!.subarray(0, n)]) : this.#scratch!;
+    const end = held ? buf.length : n;
     this.#held = undefined;
-    const at = wholeRecords(buf);
-    const whole = held || this.#lend ? buf.subarray(0, at) : Buffer.from(buf.subarray(0, at));
-    const out = at > 0 ? [whole] : [];
-    const rest = buf.subarray(at);
-    if (rest.length >= HDR) {
-      const len = rest.readUInt32LE(4);
+    const at = wholeRecords(buf, end);
+    const out: Buffer[] =
+      at > 0 ? [held || this.#lend ? buf.subarray(0, at) : Buffer.from(buf.subarray(0, at))] : [];
+    const rest = end - at;
+    if (rest >= HDR) {
+      const len = buf.readUInt32LE(at + 4);
       let record: Buffer;
       if (this.#lend) {
         if (!this.#spare || this.#spare.length < len) this.#spare = Buffer.allocUnsafeSlow(len);
         else this.onReuse?.(this.#spare.buffer);
         record = this.#spare.subarray(0, len);
       } else record = Buffer.allocUnsafeSlow(len);
-      rest.copy(record);
-      this.#direct = { record, have: rest.length };
-    } else if (rest.length > 0) this.#held = Buffer.from(rest);
+      buf.copy(record, 0, at, end);
+      this.#direct = { record, have: rest };
+    } else if (rest > 0) this.#held = Buffer.from(buf.subarray(at, end));
     return out;
   }
 

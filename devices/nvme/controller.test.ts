@@ -605,6 +605,39 @@ describe.each([
       ).toBe(0);
     });
 
+    it('a command that waits keeps its entry while later ones run, end and reuse theirs', async () => {
+      let release: (() => void) | undefined;
+      const mem = new MemoryBackend(1 << 20);
+      await mem.write(0, pattern(512, 1));
+      await mem.write(512, pattern(512, 2));
+      // LBA 0 must be waited for; LBA 1 is read at once.
+      const backend: BlockBackend = Object.assign(Object.create(mem) as BlockBackend, {
+        readNow: (off: number, len: number, into?: Uint8Array) =>
+          off === 0 ? undefined : mem.readNow(off, len, into),
+        read: (off: number, len: number) =>
+          off === 0
+            ? new Promise<Uint8Array>((r) => (release = () => r(mem.read(off, len))))
+            : mem.read(off, len),
+      });
+      const d = new Driver(backend);
+      await d.enable();
+      await d.ioQueues();
+      const held = d.rw(IO.READ, 0, 1, DATA);
+      d.post(1, held);
+      await d.bus.settle();
+      for (let i = 0; i < 3; i++) {
+        const sqe = d.rw(IO.READ, 1, 1, DATA + 0x1000n);
+        const c = await d.submit(1, sqe);
+        expect([c.status, c.cid]).toEqual([0, rd16(sqe, 2)]);
+        expect(d.mem(DATA + 0x1000n, 512)).toEqual(pattern(512, 2));
+      }
+      release!();
+      for (let i = 0; i < 20; i++) await d.bus.settle();
+      const c = d.reap(1);
+      expect([c?.status, c?.cid]).toEqual([0, rd16(held, 2)]);
+      expect(d.mem(DATA, 512)).toEqual(pattern(512, 1));
+    });
+
     it('a reset drops commands in flight: nothing completes into the old queues', async () => {
       let release: (() => void) | undefined;
       const mem = new MemoryBackend(1 << 20);

@@ -119,7 +119,13 @@ interface Running {
   epoch: number;
   /** What fault injection said about it. */
   injected: CommandFault | undefined;
+  /** `sqe` is one of the controller's entry buffers (#sqeFree), given back when it ends. */
+  pooled: boolean;
 }
+
+/** Entry buffers kept for reuse: a command fetched alone is copied into one (pushed entries are
+ *  only lent), instead of a new one per command. Past this many, ended ones are dropped. */
+const SQE_POOL = MAX_INFLIGHT;
 
 /** Where Doorbell Buffer Config put the shadow doorbells and their event indices: one 4-byte slot
  *  per doorbell at each, in doorbell order (stride 4). */
@@ -197,11 +203,17 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** Doorbell writes being handled (doorbell()): interrupts wait for the write's end. */
   #inDoorbell = 0;
   readonly #roundsPending: Sq[] = [];
+  /** Entry buffers no command holds (SQE_POOL). */
+  readonly #sqeFree: Uint8Array[] = [];
   /** Where the data of a read or write done at once is (read from storage, or its pushed pieces
    *  put together): the controller's own, reused, so large I/O allocates nothing. Nothing holds it
    *  past the call that filled it: the port copies what is written from it, and data that must
    *  wait for something is copied out first. */
   #xfer: Uint8Array | undefined;
+  /** A completion posted at once is put together here (HostPort.dmaWrite copies it). */
+  readonly #cqe = new Uint8Array(CQE_SIZE);
+  /** The last #scratch(len) handed out. */
+  #xferView: Uint8Array | undefined;
   #startedAt = Date.now();
   readonly stats = {
     readBytes: 0,
@@ -515,12 +527,16 @@ export class NvmeController extends PciDevice<NvmeController> {
         const upto = sq.tail > sq.head ? sq.tail : sq.size;
         const n = Math.min(upto - sq.head, MAX_INFLIGHT - sq.inflight);
         const iova = sq.base + BigInt(sq.head * SQE_SIZE);
-        const entries = this.host.dmaReadNow?.(iova, n * SQE_SIZE);
+        const into = n === 1 ? (this.#sqeFree.pop() ?? new Uint8Array(SQE_SIZE)) : undefined;
+        const entries = this.host.dmaReadNow?.(iova, n * SQE_SIZE, into);
+        // The entry is in `into` (lent bytes copied), or where the port had it.
+        const pooled = into !== undefined && entries === into;
+        if (into && !pooled) this.#sqeFree.push(into);
         if (!entries) {
           void this.#fetchWait(sq, epoch, iova, n);
           return;
         }
-        this.#start(sq, entries, n, epoch);
+        this.#start(sq, entries, n, epoch, pooled);
       }
     } catch (e) {
       sq.fetching = false;
@@ -556,13 +572,15 @@ export class NvmeController extends PciDevice<NvmeController> {
   }
 
   /** The `n` entries fetched from the SQ's head: the head moves past them all, then each runs. */
-  #start(sq: Sq, entries: Uint8Array, n: number, epoch: number): void {
+  #start(sq: Sq, entries: Uint8Array, n: number, epoch: number, pooled = false): void {
     for (let i = 0; i < n; i++) {
       sq.head = (sq.head + 1) % sq.size;
       sq.inflight++;
     }
-    if (n === 1) this.#run(sq, entries, epoch);
-    else for (let i = 0; i < n; i++) this.#run(sq, entries.subarray(i * SQE_SIZE, (i + 1) * SQE_SIZE), epoch);
+    if (n === 1) this.#run(sq, entries, epoch, pooled);
+    else
+      for (let i = 0; i < n; i++)
+        this.#run(sq, entries.subarray(i * SQE_SIZE, (i + 1) * SQE_SIZE), epoch, false);
   }
 
   /** The controller cannot go on (a queue in memory it cannot reach): CSTS.CFS, the driver resets. */
@@ -576,7 +594,7 @@ export class NvmeController extends PciDevice<NvmeController> {
    * wait: the usual read or write) it completes before this returns, without a promise; otherwise
    * it goes on asynchronously. Either way the same steps, checks and outcome.
    */
-  #run(sq: Sq, sqe: Uint8Array, epoch: number): void {
+  #run(sq: Sq, sqe: Uint8Array, epoch: number, pooled: boolean): void {
     const cmd: Running = {
       sq,
       sqe,
@@ -584,6 +602,7 @@ export class NvmeController extends PciDevice<NvmeController> {
       started: Date.now(),
       epoch,
       injected: this.host.commandFault?.({ queue: sq.id, opcode: sqe[0]! }),
+      pooled,
     };
     let done: Done | undefined;
     try {
@@ -664,6 +683,8 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   #end(cmd: Running, done: Done): void {
     const { sq, epoch } = cmd;
+    // Nothing reads the entry from here on (a command abandoned by a reset drops its buffer).
+    if (cmd.pooled && this.#sqeFree.length < SQE_POOL) this.#sqeFree.push(cmd.sqe);
     this.stats.busyMs += Date.now() - cmd.started;
     sq.inflight--;
     if (epoch !== this.#epoch || this.#sqs.get(sq.id) !== sq) return;
@@ -695,12 +716,20 @@ export class NvmeController extends PciDevice<NvmeController> {
   #complete(sq: Sq, cid: number, done: Done): void {
     const cq = this.#cqs.get(sq.cqid);
     if (!cq) return; // deleted under it
-    const cqe = new Uint8Array(CQE_SIZE);
+    // With room and nobody ahead of it (the usual case) the entry goes out from the controller's
+    // own buffer (the port copies it); one that must wait gets a buffer of its own.
+    const now = cq.waiting.length === 0 && (cq.tail + 1) % cq.size !== cq.head;
+    const cqe = now ? this.#cqe : new Uint8Array(CQE_SIZE);
     wr32(cqe, 0, done.dw0 ?? 0);
     wr16(cqe, 8, sq.head);
     wr16(cqe, 10, sq.id);
     wr16(cqe, 12, cid);
     wr16(cqe, 14, done.status << 1);
+    if (now) {
+      this.#post(cq, cqe);
+      if (cq.ien) this.#interrupt(cq.vector);
+      return;
+    }
     cq.waiting.push(cqe);
     this.#postWaiting(cq);
   }
@@ -708,18 +737,22 @@ export class NvmeController extends PciDevice<NvmeController> {
   #postWaiting(cq: Cq): void {
     let posted = false;
     while (cq.waiting.length && (cq.tail + 1) % cq.size !== cq.head) {
-      const cqe = cq.waiting.shift()!;
-      cqe[14] = (cqe[14]! & 0xfe) | cq.phase;
-      this.host.dmaWrite(cq.base + BigInt(cq.tail * CQE_SIZE), cqe);
-      cq.tail++;
-      if (cq.tail === cq.size) {
-        cq.tail = 0;
-        cq.phase ^= 1;
-      }
+      this.#post(cq, cq.waiting.shift()!);
       posted = true;
     }
     if (posted && cq.ien) this.#interrupt(cq.vector);
     if (cq.waiting.length && cq.id && this.#dbbuf) void this.#refreshHead(cq, this.#dbbuf, this.#epoch);
+  }
+
+  /** `cqe` at the CQ's tail, with its phase tag (CQ has room). */
+  #post(cq: Cq, cqe: Uint8Array): void {
+    cqe[14] = (cqe[14]! & 0xfe) | cq.phase;
+    this.host.dmaWrite(cq.base + BigInt(cq.tail * CQE_SIZE), cqe);
+    cq.tail++;
+    if (cq.tail === cq.size) {
+      cq.tail = 0;
+      cq.phase ^= 1;
+    }
   }
 
   /**
@@ -784,9 +817,11 @@ export class NvmeController extends PciDevice<NvmeController> {
   }
 
   #raisePending(): void {
+    // Emptied by pop(), which keeps the arrays' room: setting length is a runtime call, and an
+    // array emptied that way or by shift() gets new room at its next push (once per I/O).
     const vectors = this.#irqPending;
     for (let i = 0; i < vectors.length; i++) this.host.raiseMsix(vectors[i]!);
-    vectors.length = 0;
+    while (vectors.length > 0) vectors.pop();
     const sqs = this.#roundsPending;
     for (let i = 0; i < sqs.length; i++) {
       const sq = sqs[i]!;
@@ -801,10 +836,17 @@ export class NvmeController extends PciDevice<NvmeController> {
         kick: sq.tail,
       });
     }
-    sqs.length = 0;
+    while (sqs.length > 0) sqs.pop();
   }
 
   // ---- data transfer ----
+
+  /** The segments of command `sqe`'s `len` bytes of data (its PRP1 and PRP2). Within PRP1's page
+   *  (every 4 KiB I/O of a page-aligned buffer) PRP2 is not used, nor read. */
+  #dataPrps(sqe: Uint8Array, len: number): Seg[] | Promise<Seg[]> {
+    if ((rd32(sqe, 24) & (PAGE - 1)) + len <= PAGE) return [{ iova: rd64(sqe, 24), len }];
+    return this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+  }
 
   /** The host memory segments of a PRP1/PRP2 transfer of `len` bytes (prp.ts): now, when the PRP
    *  list pages it needs are at hand (pushed with the doorbell), else a promise. */
@@ -837,7 +879,7 @@ export class NvmeController extends PciDevice<NvmeController> {
   async #consumePushed(sqe: Uint8Array): Promise<void> {
     const len = ((rd32(sqe, 48) & 0xffff) + 1) * this.lbaSize;
     try {
-      const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+      const segs = await this.#dataPrps(sqe, len);
       if (sqe[0] === IO.WRITE && len <= PUSH_WRITE_MAX)
         await Promise.all(segs.map((seg) => this.host.dmaRead(seg.iova, seg.len)));
     } catch (e) {
@@ -848,7 +890,7 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** Writes `data` (the command's own buffer: a backend read's result) to the command's PRPs,
    *  unless the controller was reset meanwhile: now if its PRPs are at hand, else a promise. */
   #toHost(sqe: Uint8Array, data: Uint8Array, epoch: number): undefined | Promise<void> {
-    const segs = this.#prps(rd64(sqe, 24), rd64(sqe, 32), data.length);
+    const segs = this.#dataPrps(sqe, data.length);
     if (segs instanceof Promise) return segs.then((s) => this.#place(s, data, epoch, true));
     this.#place(segs, data, epoch, true);
     return undefined;
@@ -870,7 +912,7 @@ export class NvmeController extends PciDevice<NvmeController> {
 
   /** The command's `len` bytes from host memory, in a buffer of their own (kept across awaits). */
   async #fromHost(sqe: Uint8Array, len: number): Promise<Uint8Array> {
-    const segs = await this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+    const segs = await this.#dataPrps(sqe, len);
     const data = this.#gather(segs, len);
     if (data instanceof Promise) return data;
     return this.#inScratch(data) ? data.slice() : data;
@@ -1170,7 +1212,9 @@ export class NvmeController extends PciDevice<NvmeController> {
   /** The transfer buffer (#xfer), `len` bytes of it. */
   #scratch(len: number): Uint8Array {
     this.#xfer ??= new Uint8Array(MAX_TRANSFER);
-    return len === MAX_TRANSFER ? this.#xfer : this.#xfer.subarray(0, len);
+    // The last view is kept: I/O comes in runs of one size, and a view is a runtime call.
+    if (this.#xferView?.length !== len) this.#xferView = this.#xfer.subarray(0, len);
+    return this.#xferView;
   }
 
   #inScratch(data: Uint8Array): boolean {
@@ -1181,7 +1225,7 @@ export class NvmeController extends PciDevice<NvmeController> {
     if (epoch !== this.#epoch) throw new Abandoned(); // as #backendCall: no new call after a reset
     const data = this.backend.readNow?.(offset, len, this.#scratch(len));
     if (!data) return this.#readWait(sqe, offset, len, epoch);
-    const segs = this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+    const segs = this.#dataPrps(sqe, len);
     // The transfer buffer is copied by the port as it is written; a backend's own buffer is
     // handed over. Data that must wait for its PRP list leaves the transfer buffer first.
     const own = !this.#inScratch(data);
@@ -1209,7 +1253,7 @@ export class NvmeController extends PciDevice<NvmeController> {
   }
 
   #write(sqe: Uint8Array, offset: number, len: number, fua: boolean, epoch: number): Done | Promise<Done> {
-    const segs = this.#prps(rd64(sqe, 24), rd64(sqe, 32), len);
+    const segs = this.#dataPrps(sqe, len);
     if (segs instanceof Promise) return segs.then((s) => this.#writeFrom(s, offset, len, fua, epoch));
     return this.#writeFrom(segs, offset, len, fua, epoch);
   }

@@ -83,6 +83,10 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
   /** Config space as the driver last wrote it (from ConfigWrite), for state such as bus mastering. */
   readonly cfg: Uint8Array;
   readonly #bars = new Map<number, BarState<Self>>();
+  /** The same BARs, for takeDirty()'s loop (no iterator). */
+  readonly #barList: BarState<Self>[] = [];
+  /** Some BAR may have dirty ranges (set as one becomes dirty, cleared by takeDirty()). */
+  #maybeDirty = false;
   #port: HostPort | undefined;
 
   constructor(spec: PciDeviceSpec<Self>) {
@@ -107,8 +111,12 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
       })),
     );
     for (const b of this.#bars.values()) {
+      this.#barList.push(b);
       b.storage.bytes.set(b.powerOn);
-      b.storage.onDirty = () => this.#port?.changed();
+      b.storage.onDirty = () => {
+        this.#maybeDirty = true;
+        this.#port?.changed();
+      };
     }
   }
 
@@ -162,8 +170,10 @@ export abstract class PciDevice<Self = unknown> implements DeviceModel {
 
   takeDirty(): DirtyRange[] {
     // Asked before every message the device sends: nothing changed is the usual answer.
+    if (!this.#maybeDirty) return NOTHING_DIRTY;
+    this.#maybeDirty = false;
     let out: DirtyRange[] | undefined;
-    for (const b of this.#bars.values()) {
+    for (const b of this.#barList) {
       if (!b.storage.dirty) continue;
       out ??= [];
       out.push(...b.storage.takeDirty());

@@ -69,7 +69,7 @@ export class FakeHost implements HostPort {
         // Put together where the model says, as a port does with bytes pushed in pieces.
         if (!into) return this.memory.slice(off, off + len);
         into.set(this.memory.subarray(off, off + len));
-        return into.subarray(0, len);
+        return into.length === len ? into : into.subarray(0, len);
       };
   }
 

@@ -14,7 +14,10 @@ export function rd32(b: Uint8Array, off: number): number {
 }
 
 export function rd64(b: Uint8Array, off: number): bigint {
-  return (BigInt(rd32(b, off + 4)) << 32n) | BigInt(rd32(b, off));
+  const hi = rd32(b, off + 4);
+  // Below 2^53 (the high half up to 0x1fffff) one bigint from an exact double, not four.
+  if (hi <= 0x1f_ffff) return BigInt(hi * 0x1_0000_0000 + rd32(b, off));
+  return (BigInt(hi) << 32n) | BigInt(rd32(b, off));
 }
 
 export function wr8(b: Uint8Array, off: number, v: number): void {

@@ -195,7 +195,7 @@ export class FileBackend implements BlockBackend {
     // What cannot be done in place goes to read(), which tries nothing in place either then.
     if (length > IN_PLACE_MAX || !(this.#inMemory || this.#noWait)) return undefined;
     this.#check('read', offset, length);
-    const buf = into ? into.subarray(0, length) : new Uint8Array(length);
+    const buf = into ? (into.length === length ? into : into.subarray(0, length)) : new Uint8Array(length);
     let done: number;
     try {
       done = this.#readInPlace(buf, offset);
