@@ -179,8 +179,9 @@ class Device {
   linkToken: Uint8Array | undefined;
   linkKey: Uint8Array | undefined;
   link: KernelLink | undefined;
-  /** `link` is in the runtime's list of links to flush. */
-  linkQueued = false;
+  /** The link of this device that is in the runtime's list of links to flush, if any: a link
+   *  that replaced it (a new connection within the same tick) is queued on its own. */
+  linkQueued: KernelLink | undefined;
 
   constructor(
     readonly dev: number,
@@ -852,8 +853,8 @@ export class EndpointRuntime {
   }
 
   #queueLink(d: Device): void {
-    if (d.linkQueued) return;
-    d.linkQueued = true;
+    if (d.linkQueued === d.link) return;
+    d.linkQueued = d.link;
     this.#unflushedLinks.push(d.link!);
   }
 
@@ -916,7 +917,7 @@ export class EndpointRuntime {
     this.#pendingBytes = 0;
     const links = this.#unflushedLinks;
     if (links.length > 0) {
-      for (const d of this.#list) d.linkQueued = false;
+      for (const d of this.#list) d.linkQueued = undefined;
       // Popped, not cleared: setting an array's length is a runtime call.
       while (links.length > 0) links.pop()!.flush();
     }

@@ -29,7 +29,6 @@ import {
   type VirtqDone,
   VQ_F,
   virtqDoneRecord,
-  W,
   WRITES_APPLIED_SIZE,
   writesAppliedRecord,
 } from './kernel-abi.js';
