@@ -134,7 +134,8 @@ export function phaseBoundS(t: Test, seconds: number): number {
   return Math.ceil((t.bs * t.count!) / floor) + DD_SLACK_S;
 }
 
-function command(t: Test, dev: string, mib: number, seconds: number): string {
+/** The dd or fio command line of a row on `dev` (dd reports on stderr). */
+export function command(t: Test, dev: string, mib: number, seconds: number): string {
   if (t.tool === 'dd') {
     return t.rw === 'read'
       ? `dd if=${dev} of=/dev/null bs=${t.bs} count=${t.count} iflag=direct`

@@ -1,7 +1,7 @@
 // bench/param-ab: one of pcinet.ko's module parameters judged against its other values in one lab
 // boot. Between rounds the guest writes each value in turn (the order alternating from round to
-// round) and runs the same tests on a pcinet NVMe disk (or, with --nic, iperf3 through a pcinet
-// NIC); the table gives each test's median per value with its spread, and pcinet.ko's own clock
+// round) and runs bench/nvme's rows on a pcinet NVMe disk (or, with --nic, iperf3 through a
+// pcinet NIC); the table gives each test's median per value with its spread, and pcinet.ko's own clock
 // per I/O. One boot, so the values share the guest, the endpoint and the machine's load: the way
 // a change to the data path behind a parameter is judged beside its reference. Asserts nothing,
 // except that the disk gives back what was written: every round reads an 8 MiB random pattern
@@ -17,114 +17,60 @@ import { ensurePackages, prepareLab } from '../lab/prepare.js';
 import { type LabCard, runInLab } from '../lab/run.js';
 import { formatValue } from './chart.js';
 import { measured, median, parseTiming, perEvent, roundOrder, table } from './measure.js';
+import { command, phaseBoundS, tests } from './nvme-guest.js';
 
-/** A test of one round: its shell command (prints one line the figure is read from). */
-interface AbTest {
+/** A row of the table: the shell command a round runs (its output is what `figure` reads). */
+interface Row {
   key: string;
   label: string;
-  unit: 'MB/s' | 'IOPS' | 'Mb/s';
-  tool: 'dd' | 'fio' | 'iperf3';
-  rw: 'read' | 'write' | 'randread';
-  bs: number;
-  sh: (seconds: number) => string;
+  unit: string;
+  sh: string;
+  figure: (lines: readonly string[]) => number | undefined;
 }
 
-const fio = (rw: string, bs: string, qd: number, offset: string, seconds: number) =>
-  `fio --name=ab --filename=$disk --rw=${rw} --bs=${bs} --direct=1 --ioengine=libaio --iodepth=${qd} ` +
-  `--offset=${offset} --size=16M --runtime=${seconds} --time_based --output-format=terse --terse-version=3`;
+/** The disk: 64 MiB; bench/nvme's rows at MIB (their I/O stays below it), the pattern from
+ *  PATTERN_AT MiB. */
+const MIB = 16;
+const PATTERN_AT = 32;
 
-/** The disk's layout: the pattern at 0 (8 MiB), writes from 16 MiB on, the disk 64 MiB. */
-export const NVME_TESTS: readonly AbTest[] = [
-  {
-    key: 'r4',
-    label: 'dd 4K read, QD1',
-    unit: 'MB/s',
-    tool: 'dd',
-    rw: 'read',
-    bs: 4096,
-    sh: () => 'dd if=$disk of=/dev/null bs=4k count=1000 iflag=direct 2>&1',
-  },
-  {
-    key: 'w4',
-    label: 'dd 4K write, QD1',
-    unit: 'MB/s',
-    tool: 'dd',
-    rw: 'write',
-    bs: 4096,
-    sh: () => 'dd if=/dev/zero of=$disk bs=4k count=1000 seek=4096 oflag=direct 2>&1',
-  },
-  {
-    key: 'r128',
-    label: 'dd 128K read, QD1',
-    unit: 'MB/s',
-    tool: 'dd',
-    rw: 'read',
-    bs: 131072,
-    sh: () => 'dd if=$disk of=/dev/null bs=128k count=200 iflag=direct 2>&1',
-  },
-  {
-    key: 'q32',
-    label: 'fio 4K randread, QD32',
-    unit: 'IOPS',
-    tool: 'fio',
-    rw: 'randread',
-    bs: 4096,
-    sh: (s) => fio('randread', '4k', 32, '0', s),
-  },
-  {
-    key: 's8r',
-    label: 'fio 128K seq read, QD8',
-    unit: 'MB/s',
-    tool: 'fio',
-    rw: 'read',
-    bs: 131072,
-    sh: (s) => fio('read', '128k', 8, '0', s),
-  },
-  {
-    key: 's8w',
-    label: 'fio 128K seq write, QD8',
-    unit: 'MB/s',
-    tool: 'fio',
-    rw: 'write',
-    bs: 131072,
-    sh: (s) => fio('write', '128k', 8, '32M', s),
-  },
-];
+/** bench/nvme's rows, each bounded as bench/nvme bounds it. */
+function nvmeRows(seconds: number): Row[] {
+  return tests(MIB).map((t) => ({
+    key: t.key,
+    label: t.label,
+    unit: t.unit,
+    sh: `timeout -s INT ${phaseBoundS(t, seconds)} ${command(t, '"$disk"', MIB, seconds)} 2>&1`,
+    figure: (lines) => measured(t, lines)?.value,
+  }));
+}
 
 const NIC = { tap: 'pab0', mac: '52:54:00:be:4c:0a', net: '10.79.0' } as const;
 
-export const NIC_TESTS: readonly AbTest[] = (['down', 'up'] as const).map((dir) => ({
-  key: dir,
-  label: dir === 'up' ? 'iperf3 guest → card' : 'iperf3 card → guest',
-  unit: 'Mb/s' as const,
-  tool: 'iperf3' as const,
-  rw: dir === 'up' ? ('write' as const) : ('read' as const),
-  bs: 1,
-  sh: (s: number) => `iperf3 -c ${NIC.net}.1 ${dir === 'down' ? '-R ' : ''}-t ${s} -f m 2>&1 | grep receiver`,
-}));
+function nicRows(seconds: number): Row[] {
+  return (['down', 'up'] as const).map((dir) => ({
+    key: dir,
+    label: dir === 'up' ? 'iperf3 guest → card' : 'iperf3 card → guest',
+    unit: 'Mb/s',
+    sh: `iperf3 -c ${NIC.net}.1 ${dir === 'down' ? '-R ' : ''}-t ${seconds} -f m 2>&1 | grep receiver`,
+    figure: (lines) => {
+      for (const l of lines) {
+        const m = /([\d.]+) Mbits\/sec.*receiver/.exec(l);
+        if (m) return Number(m[1]);
+      }
+      return undefined;
+    },
+  }));
+}
 
 /** pcinet.ko's timing lines shown per I/O (docs/KERNEL.md "Timing"). */
 const TIMING = ['rtt', 'reply', 'apply', 'irq'] as const;
-
-/** A figure from a test's output lines: dd/fio as bench/nvme reads them, iperf3's receiver rate. */
-export function figure(t: AbTest, lines: readonly string[]): number | undefined {
-  if (t.tool === 'iperf3') {
-    for (const l of lines) {
-      const m = /([\d.]+) Mbits\/sec.*receiver/.exec(l);
-      if (m) return Number(m[1]);
-    }
-    return undefined;
-  }
-  return measured({ ...t, tool: t.tool, unit: t.unit === 'IOPS' ? 'IOPS' : 'MB/s' }, lines)?.value;
-}
 
 /** The guest's script: marks each test's output with `@ ROUND VALUE KEY` and `TIMING…` lines. */
 function guestScript(
   param: string,
   values: readonly string[],
   rounds: number,
-  tests: readonly AbTest[],
-  seconds: number,
+  rows: readonly Row[],
   nic: boolean,
 ): string {
   const timing = 'cat /sys/bus/pci/devices/$dev/pcinet_timing | tr "\\n" ";"';
@@ -149,7 +95,7 @@ function guestScript(
       'disk=/dev/"$ctrl"n1',
       'head -c 8388608 /dev/urandom > /tmp/pattern',
       'want=$(md5sum < /tmp/pattern | cut -c1-32)',
-      'dd if=/tmp/pattern of=$disk bs=1M oflag=direct 2> /dev/null',
+      `dd if=/tmp/pattern of=$disk bs=1M seek=${PATTERN_AT} oflag=direct 2> /dev/null`,
       // Warm: the endpoint's JIT and caches, as bench/nvme does.
       'dd if=$disk of=/dev/null bs=4k count=500 iflag=direct 2> /dev/null',
       'dd if=$disk of=/dev/null bs=128k count=50 iflag=direct 2> /dev/null',
@@ -159,16 +105,16 @@ function guestScript(
   for (let r = 0; r < rounds; r++) {
     for (const v of roundOrder(values, r)) {
       lines.push(`echo ${v} > $p || { echo "cannot set ${param}=${v}"; exit 3; }`);
-      for (const t of tests) {
+      for (const t of rows) {
         lines.push(
           `echo "TIMING ${r} ${v} ${t.key} before $(${timing})"`,
-          `${t.sh(seconds)} | sed "s|^|@ ${r} ${v} ${t.key} |"`,
+          `${t.sh} | sed "s|^|@ ${r} ${v} ${t.key} |"`,
           `echo "TIMING ${r} ${v} ${t.key} after $(${timing})"`,
         );
       }
       if (!nic) {
         lines.push(
-          'dd if=$disk of=/tmp/back bs=128k count=64 iflag=direct 2> /dev/null',
+          `dd if=$disk of=/tmp/back bs=1M skip=${PATTERN_AT} count=8 iflag=direct 2> /dev/null`,
           `echo "MD5 ${r} ${v} $(md5sum < /tmp/back | cut -c1-32) $want"`,
         );
       }
@@ -209,12 +155,12 @@ async function main(): Promise<void> {
     throw new Error(`bench/param-ab: --rounds (${usage})`);
   if (!Number.isInteger(seconds) || seconds < 1 || seconds > 30)
     throw new Error(`bench/param-ab: --seconds (${usage})`);
-  const tests = o.nic ? NIC_TESTS : NVME_TESTS;
+  const rows = o.nic ? nicRows(seconds) : nvmeRows(seconds);
   await ensurePackages(o.nic ? ['iperf3'] : ['fio'], (l) => console.error(`bench/param-ab: ${l}`));
   const assets = await prepareLab({ modules: true });
   const dir = mkdtempSync('/dev/shm/pcinet-param-ab-');
   // A round: the dd rows take ~1–5 s each under TCG, the fio and iperf3 rows `seconds`.
-  const roundS = tests.length * (seconds + 20);
+  const roundS = rows.length * (seconds + 20);
   try {
     const r = await runInLab({
       assets,
@@ -223,7 +169,7 @@ async function main(): Promise<void> {
         ? [`virtio-net:tap=${NIC.tap},mac=${NIC.mac}`]
         : [`nvme:file=${join(dir, 'disk.img')},size=64M`],
       timeoutMs: (rounds * values.length * roundS + 180) * 1000,
-      command: guestScript(param, values, rounds, tests, seconds, o.nic),
+      command: guestScript(param, values, rounds, rows, o.nic),
       card: o.nic
         ? async (card: LabCard) => {
             await run(card.wrap(['ip', 'addr', 'add', `${NIC.net}.1/24`, 'dev', NIC.tap]));
@@ -239,7 +185,7 @@ async function main(): Promise<void> {
     });
     if (r.code !== 0)
       throw new Error(`bench/param-ab: the lab run failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
-    report(r.stdout, param, values, rounds, tests);
+    report(r.stdout, param, values, rounds, rows, !o.nic);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -250,69 +196,59 @@ function report(
   param: string,
   values: readonly string[],
   rounds: number,
-  tests: readonly AbTest[],
+  rows: readonly Row[],
+  checked: boolean,
 ) {
   const out = stdout.split('\n');
-  const bad = out
-    .filter((l) => l.startsWith('MD5 '))
-    .filter((l) => {
-      const f = l.split(' ');
-      return f[3] !== f[4];
-    });
+  const bad = out.filter((l) => l.startsWith('MD5 ')).filter((l) => l.split(' ')[3] !== l.split(' ')[4]);
+  /** f's figure in every round that has one. */
+  const overRounds = (f: (r: number) => number | undefined) => {
+    const xs: number[] = [];
+    for (let r = 0; r < rounds; r++) {
+      const x = f(r);
+      if (x !== undefined) xs.push(x);
+    }
+    return xs;
+  };
   const cell = (xs: number[]) =>
     xs.length === 0
       ? '?'
       : `${formatValue(median(xs))} [${formatValue(Math.min(...xs))}–${formatValue(Math.max(...xs))}]`;
-  const rows: string[][] = [['test', 'unit', ...values.map((v) => `${param}=${v}`)]];
+  const figures: string[][] = [['test', 'unit', ...values.map((v) => `${param}=${v}`)]];
   const clock: string[][] = [['test', 'per I/O (µs)', ...values.map((v) => `${param}=${v}`)]];
-  for (const t of tests) {
-    const per = values.map((v) => {
-      const xs: number[] = [];
-      for (let r = 0; r < rounds; r++) {
-        const lines = out
-          .filter((l) => l.startsWith(`@ ${r} ${v} ${t.key} `))
-          .map((l) => l.split(' ').slice(4).join(' '));
-        const x = figure(t, lines);
-        if (x !== undefined) xs.push(x);
-      }
-      return xs;
-    });
-    rows.push([t.label, t.unit, ...per.map(cell)]);
+  for (const t of rows) {
+    const lines = (r: number, v: string) =>
+      out.filter((l) => l.startsWith(`@ ${r} ${v} ${t.key} `)).map((l) => l.split(' ').slice(4).join(' '));
+    figures.push([t.label, t.unit, ...values.map((v) => cell(overRounds((r) => t.figure(lines(r, v)))))]);
+    const timing = (r: number, v: string, when: string) =>
+      parseTiming(
+        (out.find((l) => l.startsWith(`TIMING ${r} ${v} ${t.key} ${when} `)) ?? '')
+          .split(' ')
+          .slice(5)
+          .join(' ')
+          .replaceAll(';', '\n'),
+      );
     for (const name of TIMING) {
-      const us = values.map((v) => {
-        const xs: number[] = [];
-        for (let r = 0; r < rounds; r++) {
-          const at = (when: string) =>
-            parseTiming(
-              (out.find((l) => l.startsWith(`TIMING ${r} ${v} ${t.key} ${when} `)) ?? '')
-                .split(' ')
-                .slice(5)
-                .join(' ')
-                .replaceAll(';', '\n'),
-            );
-          const x = perEvent(at('before'), at('after'), name);
-          if (x !== undefined) xs.push(x);
-        }
-        return xs;
-      });
+      const us = values.map((v) =>
+        overRounds((r) => perEvent(timing(r, v, 'before'), timing(r, v, 'after'), name)),
+      );
       if (us.some((xs) => xs.length > 0)) clock.push([t.label, name, ...us.map(cell)]);
     }
   }
   console.log(
     `\n${param}: ${values.join(' / ')}, ${rounds} rounds in one boot (medians [min–max] of the rounds)\n`,
   );
-  console.log(table(rows, 2));
+  console.log(table(figures, 2));
   console.log(
     `\npcinet.ko's clock (docs/KERNEL.md "Timing"), per event of each line, medians of the rounds\n`,
   );
   console.log(table(clock, 2));
-  if (!tests.some((t) => t.tool === 'iperf3')) {
-    console.log(
-      `\ndata read back each round: ${bad.length === 0 ? 'the written MD5 every time' : 'DIFFERENT'}`,
-    );
-    if (bad.length)
-      throw new Error(`bench/param-ab: the disk gave back other data than written:\n${bad.join('\n')}`);
-  }
+  if (!checked) return;
+  console.log(
+    `\ndata read back each round: ${bad.length === 0 ? 'the written MD5 every time' : 'DIFFERENT'}`,
+  );
+  if (bad.length)
+    throw new Error(`bench/param-ab: the disk gave back other data than written:\n${bad.join('\n')}`);
 }
 
 main().catch((e: Error) => {

@@ -52,6 +52,8 @@ export const PUSH_KIND = { NONE: 0, NVME_SQ: 1, VIRTQ: 2 } as const;
 export const PUSH_F_INDIRECT = 1;
 // One source for the limits the models and the sim use too; abi.test.ts checks them against C.
 export { MAX_PUSH_RULES, PUSH_MAX_BYTES } from '../devices/push.js';
+
+import { u64Of32 } from '../devices/pci/le.js';
 /** sizeof(struct pcinet_w_push_rule). */
 export const PUSH_RULE_SIZE = 72;
 /** W_VIRTQ_DONE (docs/PUSH.md, "Virtqueue rounds"): its flags and size. */
@@ -125,17 +127,14 @@ export function rangeRecord(bar: number, kind: number, offset: bigint, length: b
   return buf;
 }
 
-/** 2^32, and the largest high half of a 64-bit value below 2^53 (which a double holds exactly). */
+/** 2^32, and the largest u64 a double holds exactly. */
 const TWO_32 = 0x1_0000_0000;
-const SAFE_HIGH = 0x1f_ffff;
 const SAFE_MAX = BigInt(Number.MAX_SAFE_INTEGER);
 
-/** The u64 at `at` of `b`. Node's readBigUInt64LE makes three bigints; below 2^53 (every BAR
- *  offset, most IOVAs) this makes one. */
+/** The u64 at `at` of `b` (bounds-checked, as Node's readBigUInt64LE, which makes three bigints;
+ *  below 2^53 — every BAR offset, most IOVAs — this makes one). */
 export function getU64(b: Buffer, at: number): bigint {
-  const lo = b.readUInt32LE(at);
-  const hi = b.readUInt32LE(at + 4);
-  return hi <= SAFE_HIGH ? BigInt(hi * TWO_32 + lo) : (BigInt(hi) << 32n) | BigInt(lo);
+  return u64Of32(b.readUInt32LE(at + 4), b.readUInt32LE(at));
 }
 
 /** `v` (0 <= v < 2^64) as the u64 at `at` of `b`. Below 2^53 without bigint arithmetic (Node's

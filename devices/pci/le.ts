@@ -13,11 +13,14 @@ export function rd32(b: Uint8Array, off: number): number {
   return (b[off] | (b[off + 1] << 8) | (b[off + 2] << 16) | (b[off + 3] << 24)) >>> 0;
 }
 
+/** The u64 of two 32-bit halves: below 2^53 (the high half up to 0x1fffff) one bigint from an
+ *  exact double, not the four of shifting and or-ing. */
+export function u64Of32(hi: number, lo: number): bigint {
+  return hi <= 0x1f_ffff ? BigInt(hi * 0x1_0000_0000 + lo) : (BigInt(hi) << 32n) | BigInt(lo);
+}
+
 export function rd64(b: Uint8Array, off: number): bigint {
-  const hi = rd32(b, off + 4);
-  // Below 2^53 (the high half up to 0x1fffff) one bigint from an exact double, not four.
-  if (hi <= 0x1f_ffff) return BigInt(hi * 0x1_0000_0000 + rd32(b, off));
-  return (BigInt(hi) << 32n) | BigInt(rd32(b, off));
+  return u64Of32(rd32(b, off + 4), rd32(b, off));
 }
 
 export function wr8(b: Uint8Array, off: number, v: number): void {

@@ -19,6 +19,19 @@ static u32 zlib_crc32(const void *buf, size_t len)
 	return ~crc32_le(~0U, buf, len);
 }
 
+/*
+ * Runs DMA command `cmd` on [iova, iova + size) (DMA_WRITE fills it with testPattern(seed)):
+ * STATUS, or -ETIMEDOUT.
+ */
+static int dma_command(struct ptest *t, u32 cmd, dma_addr_t iova, u32 size, u32 seed)
+{
+	writeq(iova, t->regs + (cmd == CMD_DMA_READ ? REG_SRC_ADDR : REG_DST_ADDR));
+	writel(size, t->regs + REG_SIZE);
+	if (cmd == CMD_DMA_WRITE)
+		writel(seed, t->regs + REG_ARG);
+	return run_command(t, cmd);
+}
+
 /* dma_read: the device reads a buffer we filled (streaming mapping) and checksums it. */
 int op_dma_read(struct ptest *t, u64 size, u64 seed, char *result)
 {
@@ -40,9 +53,7 @@ int op_dma_read(struct ptest *t, u64 size, u64 seed, char *result)
 		kfree(buf);
 		return -ENOMEM;
 	}
-	writeq(iova, t->regs + REG_SRC_ADDR);
-	writel(size, t->regs + REG_SIZE);
-	status = run_command(t, CMD_DMA_READ);
+	status = dma_command(t, CMD_DMA_READ, iova, size, 0);
 	dma_unmap_single(dev, iova, size, DMA_TO_DEVICE);
 	kfree(buf);
 	if (status < 0)
@@ -78,10 +89,7 @@ int op_dma_write(struct ptest *t, u64 size, u64 seed, char *result)
 	}
 	test_pattern(want, size, seed);
 	memset(buf, ~want[0], size);	/* so that a missing write shows */
-	writeq(iova, t->regs + REG_DST_ADDR);
-	writel(size, t->regs + REG_SIZE);
-	writel(seed, t->regs + REG_ARG);
-	status = run_command(t, CMD_DMA_WRITE);
+	status = dma_command(t, CMD_DMA_WRITE, iova, size, seed);
 	if (status < 0) {
 		ret = status;
 	} else {
@@ -123,9 +131,7 @@ int op_dma_fault(struct ptest *t, u64 iova, u64 unused, char *result)
 		free_page((unsigned long)page);
 		iova = a;
 	}
-	writeq(iova, t->regs + REG_SRC_ADDR);
-	writel(PAGE_SIZE, t->regs + REG_SIZE);
-	status = run_command(t, CMD_DMA_READ);
+	status = dma_command(t, CMD_DMA_READ, iova, PAGE_SIZE, 0);
 	if (status < 0)
 		return status;
 	error = readl(t->regs + REG_ERROR);
@@ -164,10 +170,7 @@ int op_dma_write_fault(struct ptest *t, u64 size, u64 mode, char *result)
 		kvfree(buf);
 		return -ENOMEM;
 	}
-	writeq(iova, t->regs + REG_DST_ADDR);
-	writel(size, t->regs + REG_SIZE);
-	writel(7, t->regs + REG_ARG);
-	status = run_command(t, CMD_DMA_WRITE);
+	status = dma_command(t, CMD_DMA_WRITE, iova, size, 7);
 	dma_unmap_single(dev, iova, mapped, dir);
 	for (i = 0; i < size && buf[i] == 0xa5; i++)
 		;
