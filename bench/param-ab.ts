@@ -8,7 +8,7 @@
 // back and compares its MD5 (a wrong value read is a bug, whatever the speed).
 //
 //   npm run build && sudo node dist/bench/param-ab.js --param NAME --values A,B [--rounds 4]
-//        [--nic] [--sealed] [--seconds 4]
+//        [--nic] [--sealed] [--seconds 4] [--rows KEY,…] [--timing NAME,…]
 import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -62,8 +62,8 @@ function nicRows(seconds: number): Row[] {
   }));
 }
 
-/** pcinet.ko's timing lines shown per I/O (docs/KERNEL.md "Timing"). */
-const TIMING = ['rtt', 'reply', 'apply', 'irq'] as const;
+/** pcinet.ko's timing lines shown per event unless --timing names others (docs/KERNEL.md "Timing"). */
+const TIMING = ['rtt', 'reply', 'apply', 'irq'];
 
 /** The guest's script: marks each test's output with `@ ROUND VALUE KEY` and `TIMING…` lines. */
 function guestScript(
@@ -132,7 +132,8 @@ function run(argv: string[]): Promise<void> {
 }
 
 async function main(): Promise<void> {
-  const usage = 'use --param NAME --values A,B[,…] [--rounds 1..9] [--seconds 1..30] [--nic] [--sealed]';
+  const usage =
+    'use --param NAME --values A,B[,…] [--rounds 1..9] [--seconds 1..30] [--nic] [--sealed] [--rows KEY,…] [--timing NAME,…]';
   const { values: o } = parseArgs({
     options: {
       param: { type: 'string' },
@@ -141,6 +142,8 @@ async function main(): Promise<void> {
       seconds: { type: 'string', default: '4' },
       nic: { type: 'boolean', default: false },
       sealed: { type: 'boolean', default: false },
+      rows: { type: 'string' },
+      timing: { type: 'string', default: TIMING.join(',') },
     },
   });
   const param = o.param ?? '';
@@ -155,7 +158,15 @@ async function main(): Promise<void> {
     throw new Error(`bench/param-ab: --rounds (${usage})`);
   if (!Number.isInteger(seconds) || seconds < 1 || seconds > 30)
     throw new Error(`bench/param-ab: --seconds (${usage})`);
-  const rows = o.nic ? nicRows(seconds) : nvmeRows(seconds);
+  const all = o.nic ? nicRows(seconds) : nvmeRows(seconds);
+  const keys = o.rows?.split(',') ?? all.map((t) => t.key);
+  const unknown = keys.filter((k) => !all.some((t) => t.key === k));
+  if (unknown.length || keys.length === 0)
+    throw new Error(`bench/param-ab: --rows takes ${all.map((t) => t.key).join(', ')} (${usage})`);
+  const rows = all.filter((t) => keys.includes(t.key));
+  const timingNames = o.timing!.split(',');
+  if (timingNames.some((n) => !/^[a-z]+$/.test(n)))
+    throw new Error(`bench/param-ab: --timing takes names of pcinet_timing's lines (${usage})`);
   await ensurePackages(o.nic ? ['iperf3'] : ['fio'], (l) => console.error(`bench/param-ab: ${l}`));
   const assets = await prepareLab({ modules: true });
   const dir = mkdtempSync('/dev/shm/pcinet-param-ab-');
@@ -185,7 +196,7 @@ async function main(): Promise<void> {
     });
     if (r.code !== 0)
       throw new Error(`bench/param-ab: the lab run failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
-    report(r.stdout, param, values, rounds, rows, !o.nic);
+    report(r.stdout, param, values, rounds, rows, timingNames, !o.nic);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
@@ -197,6 +208,7 @@ function report(
   values: readonly string[],
   rounds: number,
   rows: readonly Row[],
+  timingNames: readonly string[],
   checked: boolean,
 ) {
   const out = stdout.split('\n');
@@ -228,7 +240,7 @@ function report(
           .join(' ')
           .replaceAll(';', '\n'),
       );
-    for (const name of TIMING) {
+    for (const name of timingNames) {
       const us = values.map((v) =>
         overRounds((r) => perEvent(timing(r, v, 'before'), timing(r, v, 'after'), name)),
       );
