@@ -30,6 +30,8 @@ const NICS = [
   { label: 'plain', tap: 'pnb1', mac: '52:54:00:be:4c:02', net: '10.78.0', spec: ',offloads=off' },
 ] as const;
 const DIRECT_PORT = 5299;
+/** An iperf3 client's bound beyond its -t: connecting, the results exchange, a slow teardown. */
+const IPERF_SLACK_S = 60;
 /** The guest's TCP sizes TSO segments to ~1 ms of its pacing rate (at least
  *  net.ipv4.tcp_min_tso_segs, default 2), so a slow round shrinks the next segments and every
  *  segment costs the NIC a round: the upload is also measured with the floor at a full 64 KiB
@@ -118,8 +120,10 @@ async function main(): Promise<void> {
   await ensurePackages(['iperf3'], (l) => console.error(`bench/net: ${l}`));
   const assets = await prepareLab({ modules: true });
   const procs: ChildProcess[] = [];
+  // Each client bounded (a control connection that stalls would hold the run until the lab's
+  // deadline and show nothing): one that fails or overruns says so, and the report names it.
   const iperf = (label: string, target: string, extra: string) =>
-    `iperf3 -c ${target} ${extra} -t ${seconds} -f m | grep -E "(sender|receiver)$" | sed "s/^/${label} /"`;
+    `{ timeout -s INT ${seconds + IPERF_SLACK_S} iperf3 -c ${target} ${extra} -t ${seconds} -f m || echo "${label} FAILED $?"; } 2>&1 | grep -E "(sender|receiver|FAILED [0-9]+)$|^iperf3: " | sed "s/^/${label} /"`;
   const r = await runInLab({
     assets,
     insecure: !args.tls,
@@ -185,7 +189,15 @@ async function main(): Promise<void> {
   if (r.code !== 0) throw new Error(`bench/net: the lab run failed (${r.code}):\n${r.stdout}\n${r.stderr}`);
   const rate = (label: string) => {
     const m = new RegExp(`^${label} .* ([\\d.]+) Mbits/sec.*receiver$`, 'm').exec(r.stdout);
-    if (!m) throw new Error(`bench/net: no iperf3 result for ${label}:\n${r.stdout}`);
+    if (!m)
+      throw new Error(
+        `bench/net: no iperf3 result for ${label} (its lines: ${
+          r.stdout
+            .split('\n')
+            .filter((l) => l.startsWith(`${label} `))
+            .join(' | ') || 'none'
+        }):\n${r.stdout}`,
+      );
     return Number(m[1]);
   };
   const rates = (label: string, dir: string, n: number) =>

@@ -871,9 +871,11 @@ static ssize_t pcinet_read(struct file *file, char __user *ubuf, size_t count, l
 	struct pcinet_fn *fn = file->private_data;
 	struct list_head *from;
 	struct pcinet_rec *r;
+	bool skipped = false;
 	size_t done = 0;
 	int ret;
 
+again:
 	for (;;) {
 		spin_lock_irq(&fn->qlock);
 		if (pcinet_read_list(fn))
@@ -897,6 +899,12 @@ static ssize_t pcinet_read(struct file *file, char __user *ubuf, size_t count, l
 		if (from == &fn->queue)
 			fn->queued -= r->len;
 		spin_unlock_irq(&fn->qlock);
+		/* A push whose memory went since its doorbell is not read (pcinet_push_fill()). */
+		if (!pcinet_push_fill(fn, &r)) {
+			skipped = true;
+			spin_lock_irq(&fn->qlock);
+			continue;
+		}
 		if (copy_to_user(ubuf + done, r->data, r->len)) {
 			/* Put it back: nothing is lost because the reader's buffer was bad. */
 			spin_lock_irq(&fn->qlock);
@@ -912,6 +920,11 @@ static ssize_t pcinet_read(struct file *file, char __user *ubuf, size_t count, l
 	}
 	spin_unlock_irq(&fn->qlock);
 	wake_up_interruptible(&fn->writeq);
+	if (!done && skipped) {
+		/* All there was were pushes that went: wait for the next record as if none came. */
+		skipped = false;
+		goto again;
+	}
 	return done ? done : -EINVAL;	/* the buffer cannot hold the next record */
 }
 

@@ -9,13 +9,16 @@
  * in live mappings whose direction allows it (the device reads TO_DEVICE and BIDIRECTIONAL
  * mappings, writes FROM_DEVICE and BIDIRECTIONAL ones); an access may run across adjacent
  * mappings, as a scatterlist's segments are. Anything else is refused as a whole, counted, and
- * reads get an error completion. Copies happen under the table's lock, so a mapping cannot go
- * away under them; the sync ops have nothing to do, as the data is copied when the device
- * accesses it.
+ * reads get an error completion. Copies happen under the table's lock, a page at a time, each
+ * piece checked again, so no byte moves to or from a mapping after its unmap returned; the sync
+ * ops have nothing to do, as the data is copied when the device accesses it.
  *
- * Scatterlists map segment by segment (one IOVA range each): the driver gets back as many DMA
- * segments as it gave, and a device that walks them (PRP lists, descriptor chains) sees the
- * addresses the driver wrote.
+ * A scatterlist gets one IOVA range, its segments laid out in it one after the other, each on
+ * pages of its own, as an IOMMU lays them out: the driver gets back as many DMA segments as it
+ * gave (a device that walks them, PRP lists or descriptor chains, sees the addresses the driver
+ * wrote), and page-aligned segments are contiguous for the device, so a 128 KiB request of 32
+ * scattered pages is one range to push or write, not 32. The range is freed with its last
+ * segment.
  *
  * Push rules (push.c) copy memory the device is about to read with pcinet_dma_peek(): the same
  * check as the device's reads, but a refusal is no error (the range is simply not pushed). A
@@ -37,13 +40,26 @@
 /* The IOVA space: [4 KiB, 4 GiB), whatever the device's mask (which must allow 32 bits). */
 #define PCINET_IOVA_LIMIT	DMA_BIT_MASK(32)
 
+/* Scatterlists in one IOVA range (0: a range per segment, as before; for comparison). */
+static bool sg_contig = true;
+module_param(sg_contig, bool, 0644);
+MODULE_PARM_DESC(sg_contig,
+		 "A scatterlist's segments get one contiguous IOVA range, as an IOMMU gives them");
+
+/* One IOVA allocation: a mapping's own, or the one a scatterlist's segments share. */
+struct pcinet_dma_span {
+	unsigned long pfn;		/* its first IOVA page frame */
+	unsigned int users;		/* mappings in it, under the lock; freed with the last */
+};
+
 struct pcinet_dma_map {
 	struct rb_node node;
 	dma_addr_t iova;		/* first byte (page offset of phys kept) */
 	size_t size;
 	phys_addr_t phys;		/* physically contiguous */
 	enum dma_data_direction dir;
-	unsigned long pfn;		/* IOVA page frame of the allocation */
+	struct pcinet_dma_span *span;	/* &own, or its scatterlist's */
+	struct pcinet_dma_span own;
 	bool pushed;			/* a push copied from it (under the lock): drop on unmap */
 };
 
@@ -92,46 +108,81 @@ static void pcinet_dma_insert(struct pcinet_dma *d, struct pcinet_dma_map *m)
 	rb_insert_color(&m->node, &d->maps);
 }
 
-/* Maps [phys, phys + size) for the device; DMA_MAPPING_ERROR when out of space or memory. */
-static dma_addr_t pcinet_dma_map(struct device *dev, phys_addr_t phys, size_t size,
-				 enum dma_data_direction dir, u64 mask)
+/* IOVA pages that [phys, phys + size) takes. */
+static unsigned long pcinet_dma_pages(phys_addr_t phys, size_t size)
+{
+	return PAGE_ALIGN(offset_in_page(phys) + size) >> PAGE_SHIFT;
+}
+
+/* `pages` of IOVA space for span; false (warned) when there is no room. */
+static bool pcinet_dma_span_alloc(struct device *dev, struct pcinet_dma *d,
+				  struct pcinet_dma_span *span, unsigned long pages, u64 mask)
+{
+	struct iova *iova;
+
+	iova = alloc_iova(&d->iovad, pages, min_t(u64, mask, PCINET_IOVA_LIMIT) >> PAGE_SHIFT, true);
+	if (!iova) {
+		dev_warn_ratelimited(dev, "pcinet: out of IOVA space (%lu pages wanted)\n", pages);
+		return false;
+	}
+	span->pfn = iova->pfn_lo;
+	span->users = 0;
+	return true;
+}
+
+/*
+ * Maps [phys, phys + size) for the device at page `at` of span (its own when span is NULL);
+ * DMA_MAPPING_ERROR when out of space or memory.
+ */
+static dma_addr_t pcinet_dma_map_at(struct device *dev, struct pcinet_dma_span *span,
+				    unsigned long at, phys_addr_t phys, size_t size,
+				    enum dma_data_direction dir, u64 mask)
 {
 	struct pcinet_fn *fn = pcinet_dma_fn(dev);
 	struct pcinet_dma *d = fn->dma;
-	unsigned long pages, flags;
 	struct pcinet_dma_map *m;
-	struct iova *iova;
+	unsigned long flags;
 
 	if (!d || !size || dir == DMA_NONE)
 		return DMA_MAPPING_ERROR;
-	pages = PAGE_ALIGN(offset_in_page(phys) + size) >> PAGE_SHIFT;
 	m = kmalloc(sizeof(*m), GFP_ATOMIC);
 	if (!m)
 		return DMA_MAPPING_ERROR;
-	iova = alloc_iova(&d->iovad, pages, min_t(u64, mask, PCINET_IOVA_LIMIT) >> PAGE_SHIFT, true);
-	if (!iova) {
-		kfree(m);
-		dev_warn_ratelimited(dev, "pcinet: out of IOVA space (%lu pages wanted)\n", pages);
-		return DMA_MAPPING_ERROR;
+	if (!span) {
+		span = &m->own;
+		if (!pcinet_dma_span_alloc(dev, d, span, pcinet_dma_pages(phys, size), mask)) {
+			kfree(m);
+			return DMA_MAPPING_ERROR;
+		}
+		at = 0;
 	}
-	m->pfn = iova->pfn_lo;
-	m->iova = ((dma_addr_t)m->pfn << PAGE_SHIFT) + offset_in_page(phys);
+	m->span = span;
+	m->iova = ((dma_addr_t)(span->pfn + at) << PAGE_SHIFT) + offset_in_page(phys);
 	m->size = size;
 	m->phys = phys;
 	m->dir = dir;
+	m->pushed = false;
 	spin_lock_irqsave(&d->lock, flags);
 	pcinet_dma_insert(d, m);
+	span->users++;
 	d->live++;
 	spin_unlock_irqrestore(&d->lock, flags);
 	return m->iova;
+}
+
+static dma_addr_t pcinet_dma_map(struct device *dev, phys_addr_t phys, size_t size,
+				 enum dma_data_direction dir, u64 mask)
+{
+	return pcinet_dma_map_at(dev, NULL, 0, phys, size, dir, mask);
 }
 
 static void pcinet_dma_unmap(struct device *dev, dma_addr_t iova, size_t size)
 {
 	struct pcinet_fn *fn = pcinet_dma_fn(dev);
 	struct pcinet_dma *d = fn->dma;
-	struct pcinet_dma_map *m;
+	struct pcinet_dma_span *span = NULL;
 	bool found = false, pushed = false;
+	struct pcinet_dma_map *m;
 	unsigned long flags;
 
 	if (!d)
@@ -143,6 +194,8 @@ static void pcinet_dma_unmap(struct device *dev, dma_addr_t iova, size_t size)
 		d->live--;
 		found = true;
 		pushed = m->pushed;
+		if (!--m->span->users)
+			span = m->span;		/* the last mapping in its IOVA range */
 	}
 	spin_unlock_irqrestore(&d->lock, flags);
 	/* A driver unmapping what it never mapped is a driver bug, not ours. */
@@ -160,7 +213,11 @@ static void pcinet_dma_unmap(struct device *dev, dma_addr_t iova, size_t size)
 		pcinet_push_unmapped(fn, m->iova, m->size);
 	if (READ_ONCE(fn->kept_ei_count))
 		pcinet_push_ei_unmapped(fn, m->iova, m->size);
-	free_iova(&d->iovad, m->pfn);
+	if (span) {
+		free_iova(&d->iovad, span->pfn);
+		if (span != &m->own)
+			kfree(span);
+	}
 	kfree(m);
 }
 
@@ -233,24 +290,62 @@ static void pcinet_dma_unmap_sg(struct device *dev, struct scatterlist *sgl, int
 	pcinet_dma_timing(dev, start);
 }
 
+/* The mapper's own hold on a scatterlist's span ends: freed if no segment took it. */
+static void pcinet_dma_span_put(struct pcinet_dma *d, struct pcinet_dma_span *span)
+{
+	unsigned long flags;
+	bool last;
+
+	spin_lock_irqsave(&d->lock, flags);
+	last = !--span->users;
+	spin_unlock_irqrestore(&d->lock, flags);
+	if (last) {
+		free_iova(&d->iovad, span->pfn);
+		kfree(span);
+	}
+}
+
 static int pcinet_dma_map_sg(struct device *dev, struct scatterlist *sgl, int nents,
 			     enum dma_data_direction dir, unsigned long attrs)
 {
+	struct pcinet_dma *d = pcinet_dma_fn(dev)->dma;
+	struct pcinet_dma_span *span = NULL;
 	u64 start = ktime_get_ns();
+	unsigned long pages = 0, at = 0;
 	struct scatterlist *sg;
-	int i;
+	int i, ret = nents;
 
-	for_each_sg(sgl, sg, nents, i) {
-		sg_dma_address(sg) = pcinet_dma_map(dev, sg_phys(sg), sg->length, dir,
-						    dma_get_mask(dev));
-		sg_dma_len(sg) = sg->length;
-		if (sg_dma_address(sg) == DMA_MAPPING_ERROR) {
-			pcinet_dma_unmap_sg(dev, sgl, i, dir, attrs);
+	if (!d)
+		return -EIO;
+	if (nents > 1 && READ_ONCE(sg_contig)) {
+		for_each_sg(sgl, sg, nents, i)
+			pages += pcinet_dma_pages(sg_phys(sg), sg->length);
+		span = kmalloc(sizeof(*span), GFP_ATOMIC);
+		if (!span)
+			return -ENOMEM;
+		if (!pcinet_dma_span_alloc(dev, d, span, pages, dma_get_mask(dev))) {
+			kfree(span);
 			return -ENOMEM;
 		}
+		/* Held while mapping: an unmap racing the mapping cannot free it under us. */
+		span->users = 1;
 	}
-	pcinet_dma_timing(dev, start);
-	return nents;
+	for_each_sg(sgl, sg, nents, i) {
+		sg_dma_address(sg) = pcinet_dma_map_at(dev, span, at, sg_phys(sg), sg->length, dir,
+						       dma_get_mask(dev));
+		sg_dma_len(sg) = sg->length;
+		at += pcinet_dma_pages(sg_phys(sg), sg->length);
+		if (sg_dma_address(sg) == DMA_MAPPING_ERROR) {
+			pcinet_dma_unmap_sg(dev, sgl, i, dir, attrs);
+			ret = -ENOMEM;
+			break;
+		}
+	}
+	if (span)
+		pcinet_dma_span_put(d, span);
+	if (ret > 0)
+		pcinet_dma_timing(dev, start);
+	return ret;
 }
 
 static int pcinet_dma_supported(struct device *dev, u64 mask)
@@ -331,25 +426,56 @@ static void pcinet_dma_copy(struct pcinet_dma *d, u64 iova, void *buf, u32 size,
 }
 
 /*
+ * Bytes copied per hold of the table's lock. The lock is taken with interrupts off from any
+ * context: one 64 KiB DMA write or push copied in a single hold kept that CPU's interrupts off for
+ * the whole copy and made the driver's map and unmap calls on the other CPUs spin behind it.
+ */
+#define PCINET_DMA_CHUNK	PAGE_SIZE
+
+/*
+ * Checks [iova, iova + size) against the mappings and, with a buffer, copies it piece by piece,
+ * the lock held for each piece. The whole range is checked first, so an access the mappings do
+ * not allow copies nothing; every later piece is checked again, so a mapping the driver unmaps
+ * while the copy runs stops the rest of it (as an IOMMU stops a transfer in flight) and no byte
+ * moves after its unmap returned. Returns whether all of it was allowed (and copied).
+ */
+static bool pcinet_dma_xfer(struct pcinet_dma *d, u64 iova, void *buf, u32 size,
+			    enum dma_data_direction want, bool mark, const char **why)
+{
+	u32 chunk = PCINET_DMA_CHUNK, done = 0;
+	unsigned long flags;
+	bool ok;
+
+	spin_lock_irqsave(&d->lock, flags);
+	ok = pcinet_dma_allowed(d, iova, size, want, why);
+	while (ok && buf) {
+		u32 n = min(size - done, chunk);
+
+		pcinet_dma_copy(d, iova + done, buf + done, n, want, mark);
+		done += n;
+		if (done == size)
+			break;
+		spin_unlock_irqrestore(&d->lock, flags);
+		spin_lock_irqsave(&d->lock, flags);
+		ok = pcinet_dma_allowed(d, iova + done, min(size - done, chunk), want, why);
+	}
+	spin_unlock_irqrestore(&d->lock, flags);
+	return ok;
+}
+
+/*
  * Copies between buf and [iova, iova + size) if every byte is in live mappings that allow
- * `want`. Returns 0, or -EFAULT with nothing copied.
+ * `want` (pcinet_dma_xfer()). Returns 0, or -EFAULT: nothing copied, or for an unmap racing
+ * the copy, part of it.
  */
 static int pcinet_dma_access(struct pcinet_fn *fn, u64 iova, void *buf, u32 size,
 			     enum dma_data_direction want)
 {
 	struct pcinet_dma *d = fn->dma;
 	const char *why = "no live mapping";
-	unsigned long flags;
 
-	if (!d)
+	if (!d || !pcinet_dma_xfer(d, iova, buf, size, want, false, &why))
 		goto refused;
-	spin_lock_irqsave(&d->lock, flags);
-	if (!pcinet_dma_allowed(d, iova, size, want, &why)) {
-		spin_unlock_irqrestore(&d->lock, flags);
-		goto refused;
-	}
-	pcinet_dma_copy(d, iova, buf, size, want, false);
-	spin_unlock_irqrestore(&d->lock, flags);
 	atomic64_add(size, &fn->stats.dma_bytes);
 	return 0;
 
@@ -377,19 +503,9 @@ int pcinet_dma_store(struct pcinet_fn *fn, u64 iova, const void *buf, u32 size)
  */
 bool pcinet_dma_peek(struct pcinet_fn *fn, u64 iova, void *buf, u32 size, bool mark)
 {
-	struct pcinet_dma *d = fn->dma;
-	unsigned long flags;
 	const char *why;
-	bool ok;
 
-	if (!d)
-		return false;
-	spin_lock_irqsave(&d->lock, flags);
-	ok = pcinet_dma_allowed(d, iova, size, DMA_TO_DEVICE, &why);
-	if (ok && buf)
-		pcinet_dma_copy(d, iova, buf, size, DMA_TO_DEVICE, mark);
-	spin_unlock_irqrestore(&d->lock, flags);
-	return ok;
+	return fn->dma && pcinet_dma_xfer(fn->dma, iova, buf, size, DMA_TO_DEVICE, mark, &why);
 }
 
 /* The endpoint forgot every push (reset, link loss): unmaps need not tell it any more. */
@@ -479,8 +595,11 @@ void pcinet_dma_exit(struct pcinet_fn *fn)
 	if (d->live)
 		pr_warn("%04x:00:00.0: the driver left %lu DMA mappings behind\n", fn->domain,
 			d->live);
-	rbtree_postorder_for_each_entry_safe(m, tmp, &d->maps, node)
+	rbtree_postorder_for_each_entry_safe(m, tmp, &d->maps, node) {
+		if (m->span != &m->own && !--m->span->users)
+			kfree(m->span);
 		kfree(m);
+	}
 	put_iova_domain(&d->iovad);
 	kfree(d);
 	iova_cache_put();

@@ -248,6 +248,12 @@ struct pcinet_fn {
 	struct pcinet_counters stats;
 };
 
+/*
+ * In a queued record's pcinet_hdr.flags, never on the wire: an R_PUSH whose data is copied when
+ * it is sent (pcinet_push_fill(), which clears it).
+ */
+#define PCINET_REC_F_FILL	0x8000
+
 static inline void pcinet_hdr(struct pcinet_hdr *h, u16 type, size_t len)
 {
 	h->type = cpu_to_le16(type);
@@ -355,6 +361,7 @@ void pcinet_dma_forget_pushes(struct pcinet_fn *fn);
 /* push.c */
 int pcinet_push_rule(struct pcinet_fn *fn, const struct pcinet_w_push_rule *w);
 void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size);
+bool pcinet_push_fill(struct pcinet_fn *fn, struct pcinet_rec **rp);
 void pcinet_push_unmapped(struct pcinet_fn *fn, u64 iova, u64 len);
 void pcinet_push_clear(struct pcinet_fn *fn);
 void pcinet_push_ei_unmapped(struct pcinet_fn *fn, u64 iova, u64 len);

@@ -188,8 +188,6 @@ static int pcinet_link_send(struct pcinet_link *l)
 		list_del(&r->node);
 		fn->queued -= r->len;
 		recs[n] = r;
-		vec[n].iov_base = r->data;
-		vec[n].iov_len = r->len;
 		bytes += r->len;
 		n++;
 	}
@@ -199,6 +197,24 @@ static int pcinet_link_send(struct pcinet_link *l)
 		return 0;
 	}
 	taken = ktime_get_ns();
+	/* Pushes whose bytes are taken now; one whose memory went meanwhile does not go. */
+	for (i = 0, n_vec = 0; i < n; i++) {
+		size_t len = recs[i]->len;
+
+		if (!pcinet_push_fill(fn, &recs[i])) {
+			bytes -= len;
+			continue;
+		}
+		recs[n_vec] = recs[i];
+		vec[n_vec].iov_base = recs[i]->data;
+		vec[n_vec].iov_len = recs[i]->len;
+		n_vec++;
+	}
+	n = n_vec;
+	if (!n) {
+		mutex_unlock(&l->tx_mutex);
+		return 1;	/* nothing left to send of this batch; the queue may hold more */
+	}
 	for (i = 0; i < n; i++) {
 		if (!recs[i]->queued_ns)
 			continue;	/* lazy: it waited for company on purpose */

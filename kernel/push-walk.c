@@ -76,7 +76,7 @@ static bool walk_peek(struct pcinet_push_walker *w, u64 iova, void *buf, u32 len
  * Pushes [iova, iova + len) whole or not at all: it must fit what is left of the budget
  * (docs/PUSH.md "Bounds"). True when all of it was pushed. len is 64 bits: callers multiply.
  */
-static bool walk_push(struct pcinet_push_walker *w, u32 rule, u64 iova, u64 len)
+static bool walk_push(struct pcinet_push_walker *w, u32 rule, u64 iova, u64 len, bool stable)
 {
 	u32 done;
 
@@ -86,7 +86,7 @@ static bool walk_push(struct pcinet_push_walker *w, u32 rule, u64 iova, u64 len)
 		w->over_budget++;
 		return false;
 	}
-	done = w->ops->push(w->ctx, rule, iova, len);
+	done = w->ops->push(w->ctx, rule, iova, len, stable);
 	w->left -= done;
 	return done == len;
 }
@@ -118,14 +118,14 @@ static void walk_nvme_rw(struct pcinet_push_walker *w, u32 id,
 	}
 	first = min_u32(len, NVME_PAGE - prp1 % NVME_PAGE);
 	if (data)
-		walk_push(w, id, prp1, first);
+		walk_push(w, id, prp1, first, true);
 	left = len - first;
 	if (!left)
 		return;
 	if (left <= NVME_PAGE) {
 		/* PRP2 is the second page: offset bits make the controller fail the command */
 		if (data && prp2 % NVME_PAGE == 0)
-			walk_push(w, id, prp2, left);
+			walk_push(w, id, prp2, left, true);
 		return;
 	}
 	/* PRP2 points at a list: it may start mid-page, but on an entry */
@@ -142,7 +142,7 @@ static void walk_nvme_rw(struct pcinet_push_walker *w, u32 id,
 		need = (left + NVME_PAGE - 1) / NVME_PAGE;
 		take = min_u32(need, slots);
 		/* A list that is not pushed is not seen: neither are the pages it names. */
-		if (!walk_push(w, id, list, 8ull * take))
+		if (!walk_push(w, id, list, 8ull * take, true))
 			return;
 		pages = need <= slots ? take : take - 1;
 		for (i = 0; i < pages; i++) {
@@ -156,7 +156,7 @@ static void walk_nvme_rw(struct pcinet_push_walker *w, u32 id,
 				return;
 			n = min_u32(left, NVME_PAGE);
 			if (data)
-				walk_push(w, id, page, n);
+				walk_push(w, id, page, n, true);
 			left -= n;
 		}
 		if (need <= slots)
@@ -194,7 +194,7 @@ static void walk_nvme(struct pcinet_push_walker *w, u32 id, struct pcinet_push_r
 	}
 	for (s = 0; s < spans; s++)
 		pushed[s] = walk_push(w, id, r->ring + (u64)SQE_SIZE * from[s],
-				      (u64)SQE_SIZE * (to[s] - from[s]));
+				      (u64)SQE_SIZE * (to[s] - from[s]), false);
 	if (!r->data_max)
 		return;		/* the admin queue: entries only */
 	for (s = 0; s < spans; s++) {
@@ -292,7 +292,7 @@ static bool walk_chain(struct pcinet_push_walker *w, u32 id, const struct pcinet
 			    (flags & VIRTQ_DESC_F_NEXT) || !len || len % DESC_SIZE)
 				return false;
 			/* The walk goes on only in a pushed table. */
-			if (!data && !walk_push(w, id, addr, len))
+			if (!data && !walk_push(w, id, addr, len, true))
 				return false;
 			table = addr;
 			count = len / DESC_SIZE;
@@ -305,7 +305,7 @@ static bool walk_chain(struct pcinet_push_walker *w, u32 id, const struct pcinet
 			writable = true;
 		} else if (len && !writable) {
 			if (data)
-				walk_push(w, id, addr, len);
+				walk_push(w, id, addr, len, true);
 			else
 				*total += len;
 		}
@@ -343,8 +343,8 @@ static void walk_virtq(struct pcinet_push_walker *w, u32 id, struct pcinet_push_
 	 * The table only with the driver area: a table pushed alone would outlive the ring it goes
 	 * with, and a later ring read from memory would be paired with descriptors older than it.
 	 */
-	area = walk_push(w, id, r->avail, 6 + 2ull * size);
-	table = area && walk_push(w, id, r->ring, (u64)DESC_SIZE * size);
+	area = walk_push(w, id, r->avail, 6 + 2ull * size, false);
+	table = area && walk_push(w, id, r->ring, (u64)DESC_SIZE * size, false);
 	/* Without data or indirect tables to push, walking chains could push nothing. */
 	if (!area || !table || (!r->data_max && !(r->flags & PCINET_PUSH_F_INDIRECT)))
 		return;

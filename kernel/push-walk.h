@@ -43,9 +43,12 @@ struct pcinet_push_walk_ops {
 	bool (*peek)(void *ctx, u64 iova, void *buf, u32 len);
 	/*
 	 * Pushes [iova, iova + len) for rule `rule`, if the device may read every byte. Returns the
-	 * bytes pushed: len, 0 when refused, or less when it ran out of memory part way.
+	 * bytes pushed: len, 0 when refused, or less when it ran out of memory part way. `stable`:
+	 * memory the driver leaves alone while the device may read it (a write's data and PRP
+	 * lists, a chain's buffers and indirect table), whose bytes may be taken later than now; not
+	 * the rings themselves, which the driver goes on writing.
 	 */
-	u32 (*push)(void *ctx, u32 rule, u64 iova, u32 len);
+	u32 (*push)(void *ctx, u32 rule, u64 iova, u32 len, bool stable);
 };
 
 /* The state of one doorbell write, shared by every rule it triggers. */

@@ -30,6 +30,11 @@
 
 #include "internal.h"
 
+static bool push_defer = true;
+module_param(push_defer, bool, 0644);
+MODULE_PARM_DESC(push_defer,
+		 "Data pushes are copied when their record is sent, not in the doorbell's trap (docs/PUSH.md)");
+
 static bool sq_quiet = true;
 module_param(sq_quiet, bool, 0644);
 MODULE_PARM_DESC(sq_quiet,
@@ -323,6 +328,7 @@ struct pcinet_push_ctx {
 	u32 cap;			/* data bytes cur has room for */
 	u32 rule, size;			/* cur's rule and data bytes so far */
 	u64 iova;			/* cur's first byte */
+	bool fill;			/* cur's bytes are copied when it is sent */
 	u64 records, bytes;
 	u32 refused, nomem;
 };
@@ -354,7 +360,10 @@ static void pcinet_push_close(struct pcinet_push_ctx *c)
 	p->size = cpu_to_le32(c->size);
 	p->rule = cpu_to_le32(c->rule);
 	p->iova = cpu_to_le64(c->iova);
-	memset(p->data + c->size, 0, r->len - sizeof(*p) - c->size);
+	if (c->fill)
+		p->hdr.flags = cpu_to_le16(PCINET_REC_F_FILL);	/* no room for data yet */
+	else
+		memset(p->data + c->size, 0, r->len - sizeof(*p) - c->size);
 	list_add_tail(&r->node, &c->recs);
 	c->records++;
 	c->bytes += c->size;
@@ -373,18 +382,25 @@ static bool pcinet_push_peek(void *ctx, u64 iova, void *buf, u32 len)
  * rule's and this range continues it, cut every PCINET_MAX_DATA bytes from the start of such a
  * run (as host-agent/sim/push.ts cuts them). A range that is not pushed leaves the current record
  * open, so the next one may still continue it. Returns the bytes pushed.
+ *
+ * A stable range (push-walk.h) is only checked here: its record is the header alone, and gets
+ * its bytes when it is sent (pcinet_push_fill()). The trap, which runs with interrupts off, and
+ * push_lock, which every doorbell and the receive thread's rounds take, are then held for the
+ * walk only, not for allocating and copying up to PCINET_PUSH_MAX_BYTES of a write's data. Such
+ * a record holds stable bytes only.
  */
-static u32 pcinet_push_copy(void *ctx, u32 rule, u64 iova, u32 len)
+static u32 pcinet_push_copy(void *ctx, u32 rule, u64 iova, u32 len, bool stable)
 {
 	struct pcinet_push_ctx *c = ctx;
-	bool join = c->cur && c->rule == rule && c->iova + c->size == iova;
+	bool fill = stable && READ_ONCE(push_defer);
+	bool join = c->cur && c->rule == rule && c->iova + c->size == iova && c->fill == fill;
 	u32 room = join ? PCINET_MAX_DATA - c->size : PCINET_MAX_DATA;
 	u32 done = 0;
 
 	/* A range that goes into more than one record is checked whole first: a range is pushed
 	 * whole or not at all (only a mapping going away meanwhile can cut it short).
 	 */
-	if (len > room && !pcinet_dma_peek(c->fn, iova, NULL, len, false)) {
+	if ((len > room || fill) && !pcinet_dma_peek(c->fn, iova, NULL, len, false)) {
 		c->refused++;
 		return 0;
 	}
@@ -394,7 +410,7 @@ static u32 pcinet_push_copy(void *ctx, u32 rule, u64 iova, u32 len)
 
 		if (join && c->size < PCINET_MAX_DATA) {
 			n = min_t(u32, len - done, PCINET_MAX_DATA - c->size);
-			if (c->size + n > c->cap) {
+			if (!fill && c->size + n > c->cap) {
 				/* Runs are rare (contiguous pages) and short: grow by doubling. */
 				u32 cap = min_t(u32, PCINET_MAX_DATA, max(c->size + n, 2 * c->cap));
 
@@ -404,16 +420,17 @@ static u32 pcinet_push_copy(void *ctx, u32 rule, u64 iova, u32 len)
 				c->cur = r;
 				c->cap = cap;
 			}
-			if (!pcinet_dma_peek(c->fn, iova + done,
-					     pcinet_push_of(c->cur)->data + c->size, n, true))
+			if (!fill && !pcinet_dma_peek(c->fn, iova + done,
+						      pcinet_push_of(c->cur)->data + c->size, n, true))
 				goto refused;
 			c->size += n;
 		} else {
 			n = min_t(u32, len - done, PCINET_MAX_DATA);
-			r = pcinet_push_alloc(NULL, n);
+			r = pcinet_push_alloc(NULL, fill ? 0 : n);
 			if (!r)
 				goto nomem;
-			if (!pcinet_dma_peek(c->fn, iova + done, pcinet_push_of(r)->data, n, true)) {
+			if (!fill && !pcinet_dma_peek(c->fn, iova + done, pcinet_push_of(r)->data, n,
+						      true)) {
 				kfree(r);
 				goto refused;
 			}
@@ -423,6 +440,7 @@ static u32 pcinet_push_copy(void *ctx, u32 rule, u64 iova, u32 len)
 			c->rule = rule;
 			c->iova = iova + done;
 			c->size = n;
+			c->fill = fill;
 			join = true;
 		}
 		done += n;
@@ -441,6 +459,51 @@ static const struct pcinet_push_walk_ops pcinet_push_ops = {
 	.peek = pcinet_push_peek,
 	.push = pcinet_push_copy,
 };
+
+/*
+ * A record is about to be sent (the link) or read (the host-agent): an R_PUSH of stable bytes
+ * gets them now, in a record of its full size that replaces *rp, checked and copied as at the
+ * doorbell, and its mappings are marked pushed from (an unmap after this queues its
+ * R_PUSH_DROP behind the record, which is already off the queue). False, *rp freed and NULL, if
+ * they are no longer all readable by the device (the driver unmapped meanwhile, which for a write
+ * in flight only a reset or an abort does) or memory is short: the push does not go (the device
+ * reads the memory itself then), counted as refused or out of memory. Process context; GFP_NOIO,
+ * as the link's sender carries a disk's writeback.
+ */
+bool pcinet_push_fill(struct pcinet_fn *fn, struct pcinet_rec **rp)
+{
+	struct pcinet_rec *old = *rp, *r;
+	struct pcinet_r_push *p = pcinet_push_of(old), *q;
+	u32 size;
+
+	if (old->len < sizeof(*p) || !(p->hdr.flags & cpu_to_le16(PCINET_REC_F_FILL)))
+		return true;
+	size = le32_to_cpu(p->size);
+	r = kvmalloc(struct_size(r, data, old->len), GFP_NOIO | __GFP_NOWARN);
+	if (!r) {
+		atomic64_inc(&fn->stats.push_nomem);
+		goto dropped;
+	}
+	r->len = old->len;
+	r->queued_ns = old->queued_ns;
+	q = pcinet_push_of(r);
+	*q = *p;
+	q->hdr.flags = 0;
+	memset(q->data + size, 0, r->len - sizeof(*q) - size);
+	if (!pcinet_dma_peek(fn, le64_to_cpu(q->iova), q->data, size, true)) {
+		kvfree(r);
+		atomic64_inc(&fn->stats.push_refused);
+		goto dropped;
+	}
+	kvfree(old);
+	*rp = r;
+	return true;
+
+dropped:
+	kvfree(old);
+	*rp = NULL;
+	return false;
+}
 
 /*
  * An NVMe rule with an event index (docs/PUSH.md, "Shadow doorbells"): the value the driver just

@@ -46,6 +46,10 @@ export function qemuArgv(c: QemuConfig): string[] {
     String(c.cpus),
     '-m',
     String(c.memoryMb),
+    // Threads named by role ("CPU 0/TCG", the main loop that runs slirp): a profile of the lab
+    // from this machine can tell the guest's vCPUs from its network.
+    '-name',
+    'pcinet-lab,debug-threads=on',
     '-nodefaults',
     '-no-user-config',
     '-display',

@@ -73,9 +73,10 @@ static int nruns;
 static u8 *pushed;	/* the pushed bytes, in order */
 static u64 npushed;
 
-static u32 push(void *ctx, u32 rule, u64 iova, u32 len)
+static u32 push(void *ctx, u32 rule, u64 iova, u32 len, bool stable)
 {
 	(void)ctx;
+	(void)stable;	/* when the bytes are taken: the kernel's business, not the walk's */
 	if (!readable(iova, len))
 		return 0;
 	if (npushed + len > 2 * PCINET_PUSH_MAX_BYTES)
@@ -217,10 +218,11 @@ static bool hostile_peek(void *ctx, u64 iova, void *buf, u32 len)
 	return true;
 }
 
-static u32 hostile_push(void *ctx, u32 rule, u64 iova, u32 len)
+static u32 hostile_push(void *ctx, u32 rule, u64 iova, u32 len, bool stable)
 {
 	(void)ctx;
 	(void)rule;
+	(void)stable;
 	pushes++;
 	if (iova < 4096 || iova + len > HOSTILE_MEM || iova + len < iova)
 		return 0;

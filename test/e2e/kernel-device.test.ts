@@ -43,6 +43,8 @@ const script = [
     (m) =>
       `echo "${WRITE_FAULT_SIZE} ${m}" > $d/dma_write_fault; echo "dma_write_fault $(cat $d/dma_write_fault)"`,
   ),
+  // A scatterlist of scattered pages: one IOVA range, read and written by the device in one go.
+  'echo "32 5" > $d/dma_sg; echo "dma_sg $(cat $d/dma_sg)"',
   'echo 2000 > $d/stress; echo "stress $(cat $d/stress)"',
   'echo 65533 > $d/memtest; echo "memtest $(cat $d/memtest)"',
   // A string move with both operands in trapped BAR pages (memcpy_fromio() into the BAR).
@@ -116,6 +118,7 @@ describe.skipIf(!root)('pcinet.ko with a real driver: MMIO, MSI-X, DMA, concurre
       );
       for (const m of [0, 1])
         expect(out).toMatch(new RegExp(`^dma_write_fault ok size=${WRITE_FAULT_SIZE} mode=${m}$`, 'm'));
+      expect(out).toMatch(/^dma_sg ok pages=32 segments=32 contiguous crc=0x[0-9a-f]{8}$/m);
       expect(r.guestLog).toMatch(
         new RegExp(`DMA write of ${WRITE_FAULT_SIZE} bytes at 0x[0-9a-f]+ refused: no live mapping`),
       );

@@ -186,3 +186,89 @@ int op_dma_write_fault(struct ptest *t, u64 size, u64 mode, char *result)
 	snprintf(result, RESULT_LEN, "ok size=%llu mode=%llu\n", size, mode);
 	return 0;
 }
+
+/*
+ * dma_sg: PAGES pages, every other one of twice as many (so no two neighbour physically), mapped
+ * as one scatterlist. pcinet gives the segments one IOVA range (dma.c), so the device reaches all
+ * of them with one DMA_READ (the CRC of every page in order) and one DMA_WRITE (its pattern, read
+ * back page by page): each across every segment boundary of the list.
+ */
+int op_dma_sg(struct ptest *t, u64 npages, u64 seed, char *result)
+{
+	struct device *dev = &t->pdev->dev;
+	u32 size = npages * PAGE_SIZE, crc = ~0U, got, i;
+	struct page **pages = NULL;
+	struct scatterlist *sgl = NULL, *sg;
+	int status = -ENOMEM, mapped = 0, ret;
+	u8 *want = NULL;
+	dma_addr_t base;
+
+	if (npages < 2 || npages > 256)
+		return -EINVAL;
+	pages = kcalloc(2 * npages, sizeof(*pages), GFP_KERNEL);
+	sgl = kcalloc(npages, sizeof(*sgl), GFP_KERNEL);
+	want = kvmalloc(size, GFP_KERNEL);
+	if (!pages || !sgl || !want)
+		goto out;
+	sg_init_table(sgl, npages);
+	for (i = 0; i < 2 * npages; i++) {
+		pages[i] = alloc_page(GFP_KERNEL);
+		if (!pages[i])
+			goto out;
+	}
+	for_each_sg(sgl, sg, npages, i) {
+		test_pattern(page_address(pages[2 * i]), PAGE_SIZE, seed + i);
+		crc = crc32_le(crc, page_address(pages[2 * i]), PAGE_SIZE);
+		sg_set_page(sg, pages[2 * i], PAGE_SIZE, 0);
+	}
+	mapped = dma_map_sg(dev, sgl, npages, DMA_BIDIRECTIONAL);
+	if (!mapped)
+		goto out;
+	base = sg_dma_address(sgl);
+	for_each_sg(sgl, sg, mapped, i) {
+		if (sg_dma_address(sg) != base + i * PAGE_SIZE || sg_dma_len(sg) != PAGE_SIZE) {
+			snprintf(result, RESULT_LEN,
+				 "fail pages=%llu segments=%d segment %u at %pad, the first at %pad\n",
+				 npages, mapped, i, &sg_dma_address(sg), &base);
+			status = -EIO;
+			goto out;
+		}
+	}
+	status = dma_command(t, CMD_DMA_READ, base, size, 0);
+	got = readl(t->regs + REG_CHECKSUM);
+	if (status != STATUS_DONE || got != ~crc) {
+		snprintf(result, RESULT_LEN, "fail pages=%llu read status=%#x crc=%#010x want=%#010x\n",
+			 npages, status, got, ~crc);
+		status = status < 0 ? status : -EIO;
+		goto out;
+	}
+	test_pattern(want, size, seed);
+	status = dma_command(t, CMD_DMA_WRITE, base, size, seed);
+	for (i = 0; status == STATUS_DONE && i < npages; i++) {
+		if (memcmp(page_address(pages[2 * i]), want + i * PAGE_SIZE, PAGE_SIZE)) {
+			snprintf(result, RESULT_LEN, "fail pages=%llu write differs in page %u\n",
+				 npages, i);
+			status = -EIO;
+			goto out;
+		}
+	}
+	if (status != STATUS_DONE) {
+		snprintf(result, RESULT_LEN, "fail pages=%llu write status=%#x\n", npages, status);
+		status = status < 0 ? status : -EIO;
+		goto out;
+	}
+	snprintf(result, RESULT_LEN, "ok pages=%llu segments=%d contiguous crc=%#010x\n", npages,
+		 mapped, got);
+	status = 0;
+out:
+	ret = status;
+	if (mapped)
+		dma_unmap_sg(dev, sgl, npages, DMA_BIDIRECTIONAL);
+	for (i = 0; pages && i < 2 * npages; i++)
+		if (pages[i])
+			__free_page(pages[i]);
+	kvfree(want);
+	kfree(sgl);
+	kfree(pages);
+	return ret;
+}

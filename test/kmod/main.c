@@ -614,10 +614,12 @@ static void ptest_debugfs(struct ptest *t)
 {
 	static const char *const names[OP_COUNT] = {
 		"dma_read", "dma_write", "dma_fault", "dma_write_fault", "stress", "memtest",
-		"memtest_at", "atomic_read", "atomic_write", "locked_inc", "burst", "bar_copy" };
+		"memtest_at", "atomic_read", "atomic_write", "locked_inc", "burst", "bar_copy",
+		"dma_sg" };
 	static int (*const runs[OP_COUNT])(struct ptest *, u64, u64, char *) = {
 		op_dma_read, op_dma_write, op_dma_fault, op_dma_write_fault, op_stress, op_memtest,
-		op_memtest_at, op_atomic_read, op_atomic_write, op_locked_inc, op_burst, op_bar_copy };
+		op_memtest_at, op_atomic_read, op_atomic_write, op_locked_inc, op_burst, op_bar_copy,
+		op_dma_sg };
 	int i;
 
 	t->dir = debugfs_create_dir(pci_name(t->pdev), ptest_root);

@@ -41,7 +41,7 @@ struct ptest_op {
 enum {
 	OP_DMA_READ, OP_DMA_WRITE, OP_DMA_FAULT, OP_DMA_WRITE_FAULT, OP_STRESS, OP_MEMTEST,
 	OP_MEMTEST_AT, OP_ATOMIC_READ, OP_ATOMIC_WRITE, OP_LOCKED_INC, OP_BURST, OP_BAR_COPY,
-	OP_COUNT
+	OP_DMA_SG, OP_COUNT
 };
 
 /* memtest_at: the most bytes one run copies each way. */
@@ -73,5 +73,6 @@ int op_dma_read(struct ptest *t, u64 size, u64 seed, char *result);
 int op_dma_write(struct ptest *t, u64 size, u64 seed, char *result);
 int op_dma_fault(struct ptest *t, u64 iova, u64 unused, char *result);
 int op_dma_write_fault(struct ptest *t, u64 size, u64 mode, char *result);
+int op_dma_sg(struct ptest *t, u64 npages, u64 seed, char *result);
 
 #endif /* PCINET_TEST_H */
