@@ -476,7 +476,8 @@ bool pcinet_push_fill(struct pcinet_fn *fn, struct pcinet_rec **rp)
 	struct pcinet_r_push *p = pcinet_push_of(old), *q;
 	u32 size;
 
-	if (old->len < sizeof(*p) || !(p->hdr.flags & cpu_to_le16(PCINET_REC_F_FILL)))
+	if (old->len < sizeof(*p) || p->hdr.type != cpu_to_le16(PCINET_R_PUSH) ||
+	    !(p->hdr.flags & cpu_to_le16(PCINET_REC_F_FILL)))
 		return true;
 	size = le32_to_cpu(p->size);
 	r = kvmalloc(struct_size(r, data, old->len), GFP_NOIO | __GFP_NOWARN);
