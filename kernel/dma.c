@@ -130,6 +130,15 @@ static bool pcinet_dma_span_alloc(struct device *dev, struct pcinet_dma *d,
 	return true;
 }
 
+/* Gives back span's IOVA range, and span itself unless it is `own` (a mapping's embedded one). */
+static void pcinet_dma_span_free(struct pcinet_dma *d, struct pcinet_dma_span *span,
+				 struct pcinet_dma_span *own)
+{
+	free_iova(&d->iovad, span->pfn);
+	if (span != own)
+		kfree(span);
+}
+
 /*
  * Maps [phys, phys + size) for the device at page `at` of span (its own when span is NULL);
  * DMA_MAPPING_ERROR when out of space or memory.
@@ -213,11 +222,8 @@ static void pcinet_dma_unmap(struct device *dev, dma_addr_t iova, size_t size)
 		pcinet_push_unmapped(fn, m->iova, m->size);
 	if (READ_ONCE(fn->kept_ei_count))
 		pcinet_push_ei_unmapped(fn, m->iova, m->size);
-	if (span) {
-		free_iova(&d->iovad, span->pfn);
-		if (span != &m->own)
-			kfree(span);
-	}
+	if (span)
+		pcinet_dma_span_free(d, span, &m->own);
 	kfree(m);
 }
 
@@ -299,10 +305,8 @@ static void pcinet_dma_span_put(struct pcinet_dma *d, struct pcinet_dma_span *sp
 	spin_lock_irqsave(&d->lock, flags);
 	last = !--span->users;
 	spin_unlock_irqrestore(&d->lock, flags);
-	if (last) {
-		free_iova(&d->iovad, span->pfn);
-		kfree(span);
-	}
+	if (last)
+		pcinet_dma_span_free(d, span, NULL);
 }
 
 static int pcinet_dma_map_sg(struct device *dev, struct scatterlist *sgl, int nents,

@@ -2,6 +2,7 @@
 // record: u16 type, u16 flags (0), u32 len (whole record, multiple of 8); little-endian. The same
 // records are the wire format of the kernel link (W_CONNECT): pcinet.ko sends its R_* records to
 // the endpoint, which answers with W_* records (proto/kernel-link.ts).
+import { u64Of32 } from '../devices/pci/le.js';
 import { pcinet } from './wire.js';
 
 export const ABI_VERSION = 4;
@@ -53,7 +54,6 @@ export const PUSH_F_INDIRECT = 1;
 // One source for the limits the models and the sim use too; abi.test.ts checks them against C.
 export { MAX_PUSH_RULES, PUSH_MAX_BYTES } from '../devices/push.js';
 
-import { u64Of32 } from '../devices/pci/le.js';
 /** sizeof(struct pcinet_w_push_rule). */
 export const PUSH_RULE_SIZE = 72;
 /** W_VIRTQ_DONE (docs/PUSH.md, "Virtqueue rounds"): its flags and size. */

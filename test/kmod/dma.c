@@ -199,7 +199,7 @@ int op_dma_sg(struct ptest *t, u64 npages, u64 seed, char *result)
 	u32 size = npages * PAGE_SIZE, crc = ~0U, got, i;
 	struct page **pages = NULL;
 	struct scatterlist *sgl = NULL, *sg;
-	int status = -ENOMEM, mapped = 0, ret;
+	int status = -ENOMEM, mapped = 0;
 	u8 *want = NULL;
 	dma_addr_t base;
 
@@ -244,7 +244,12 @@ int op_dma_sg(struct ptest *t, u64 npages, u64 seed, char *result)
 	}
 	test_pattern(want, size, seed);
 	status = dma_command(t, CMD_DMA_WRITE, base, size, seed);
-	for (i = 0; status == STATUS_DONE && i < npages; i++) {
+	if (status != STATUS_DONE) {
+		snprintf(result, RESULT_LEN, "fail pages=%llu write status=%#x\n", npages, status);
+		status = status < 0 ? status : -EIO;
+		goto out;
+	}
+	for (i = 0; i < npages; i++) {
 		if (memcmp(page_address(pages[2 * i]), want + i * PAGE_SIZE, PAGE_SIZE)) {
 			snprintf(result, RESULT_LEN, "fail pages=%llu write differs in page %u\n",
 				 npages, i);
@@ -252,16 +257,10 @@ int op_dma_sg(struct ptest *t, u64 npages, u64 seed, char *result)
 			goto out;
 		}
 	}
-	if (status != STATUS_DONE) {
-		snprintf(result, RESULT_LEN, "fail pages=%llu write status=%#x\n", npages, status);
-		status = status < 0 ? status : -EIO;
-		goto out;
-	}
 	snprintf(result, RESULT_LEN, "ok pages=%llu segments=%d contiguous crc=%#010x\n", npages,
 		 mapped, got);
 	status = 0;
 out:
-	ret = status;
 	if (mapped)
 		dma_unmap_sg(dev, sgl, npages, DMA_BIDIRECTIONAL);
 	for (i = 0; pages && i < 2 * npages; i++)
@@ -270,5 +269,5 @@ out:
 	kvfree(want);
 	kfree(sgl);
 	kfree(pages);
-	return ret;
+	return status;
 }
