@@ -2,7 +2,8 @@
 // NIC's traffic itself travels (guest → QEMU user networking → the card's loopback), in the same
 // lab run. Two NICs: one with checksum and TSO offloads (the default), one with offloads=off (every
 // frame at most the MTU), and the upload once more with the guest's TSO floor raised
-// (net.ipv4.tcp_min_tso_segs). Prints a table and the ratio; asserts nothing.
+// (net.ipv4.tcp_min_tso_segs) and once with virtio_net's TX NAPI off (frames orphaned at transmit).
+// Prints a table and the ratio; asserts nothing.
 //
 //   node dist/bench/net.js [--seconds 10] [--rounds 3] [--tls] [--no-link] [--chart FILE] [--log]
 //
@@ -37,6 +38,11 @@ const IPERF_SLACK_S = 60;
  *  segment costs the NIC a round: the upload is also measured with the floor at a full 64 KiB
  *  segment (docs/devices.md, "Tuning"). */
 const TSO_FLOOR = 44;
+/** With TX NAPI (virtio_net's default) a sent frame holds its socket's send budget until the
+ *  device completes it, and TCP small queues keep ~1 ms of the pacing rate (about two 64 KiB
+ *  segments) waiting for that completion: the upload is also measured with it off (`ethtool -C
+ *  tx-frames 0`, only while the interface is down; docs/devices.md, "Tuning"). */
+const NAPI_OFF = 'nicnonapi';
 
 /** Per frame the driver sent (up) or received (down), from the endpoint's counters. */
 const PER_FRAME = [
@@ -76,6 +82,7 @@ function breakdown(stats: Map<string, Counters>, rounds: number): void {
   const runs = [
     ...NICS.flatMap((n) => (['up', 'down'] as const).map((dir) => ({ label: n.label, dir }))),
     { label: 'nictso', dir: 'up' as const },
+    { label: NAPI_OFF, dir: 'up' as const },
   ];
   for (const { label, dir } of runs) {
     const phase = `${label} ${dir}`;
@@ -124,12 +131,21 @@ async function main(): Promise<void> {
   // deadline and show nothing): one that fails or overruns says so, and the report names it.
   const iperf = (label: string, target: string, extra: string) =>
     `{ timeout -s INT ${seconds + IPERF_SLACK_S} iperf3 -c ${target} ${extra} -t ${seconds} -f m || echo "${label} FAILED $?"; } 2>&1 | grep -E "(sender|receiver|FAILED [0-9]+)$|^iperf3: " | sed "s/^/${label} /"`;
+  // virtio_net switches TX NAPI only while the interface is down (EBUSY otherwise); checked after.
+  const napiTx = (frames: 0 | 1) => [
+    'ip link set $nicifc down',
+    `ethtool -C $nicifc tx-frames ${frames}`,
+    'ip link set $nicifc up',
+    'for i in $(seq 100); do [ "$(cat /sys/class/net/$nicifc/carrier)" = 1 ] && break; sleep 0.1; done',
+    `ping -c 2 -W 2 ${NICS[0].net}.1 > /dev/null`,
+    `[ "$(ethtool -c $nicifc | sed -n 's/^tx-frames: *//p')" = ${frames} ]`,
+  ];
   const r = await runInLab({
     assets,
     insecure: !args.tls,
     kernelLink: !args['no-link'],
     devices: NICS.map((n) => `virtio-net:tap=${n.tap},mac=${n.mac}${n.spec}`),
-    timeoutMs: ((5 * rounds + 2) * 3 * seconds + 150) * 1000,
+    timeoutMs: ((6 * rounds + 2) * 3 * seconds + 150) * 1000,
     command: [
       statsShell,
       // The lab's host-agent (its log is its standard output) answers SIGUSR1 with the endpoint's
@@ -140,6 +156,7 @@ async function main(): Promise<void> {
       ...NICS.flatMap((n) => [
         `ifc=$(grep -lx ${n.mac} /sys/class/net/*/address | cut -d/ -f5)`,
         `ip addr add ${n.net}.2/24 dev $ifc && ip link set $ifc up`,
+        ...(n.label === 'nic' ? ['nicifc=$ifc'] : []),
         'for i in $(seq 100); do [ "$(cat /sys/class/net/$ifc/carrier)" = 1 ] && break; sleep 0.1; done',
         `ping -c 3 -W 2 ${n.net}.1 > /dev/null`,
         `ethtool -k $ifc 2>/dev/null | grep -E "^(tx-checksumming|tcp-segmentation-offload|rx-checksumming):" | sed "s/^/${n.label}-offload /" || true`,
@@ -158,6 +175,11 @@ async function main(): Promise<void> {
                 iperf(`nictso-up-r${round}`, `${NICS[0].net}.1`, ''),
                 `stats $ha $halog nictso up r${round} after`,
                 'sysctl -q -w net.ipv4.tcp_min_tso_segs=$tso0',
+                ...napiTx(0),
+                `stats $ha $halog ${NAPI_OFF} up r${round} before`,
+                iperf(`${NAPI_OFF}-up-r${round}`, `${NICS[0].net}.1`, ''),
+                `stats $ha $halog ${NAPI_OFF} up r${round} after`,
+                ...napiTx(1),
               ]
             : []),
           iperf(`direct-${dir}-r${round}`, '10.0.2.2', `-p ${DIRECT_PORT}${dir === 'down' ? ' -R' : ''}`),
@@ -175,7 +197,7 @@ async function main(): Promise<void> {
       ]) {
         const [cmd, ...rest] = card.wrap([
           'timeout',
-          String((5 * rounds + 2) * 3 * seconds + 60),
+          String((6 * rounds + 2) * 3 * seconds + 60),
           'iperf3',
           ...args,
         ]);
@@ -209,6 +231,7 @@ async function main(): Promise<void> {
       what: dir === 'up' ? 'guest → card' : 'card → guest',
       nic,
       tso: dir === 'up' ? rates('nictso', dir, rounds) : undefined,
+      nonapi: dir === 'up' ? rates(NAPI_OFF, dir, rounds) : undefined,
       direct,
       plain: rate(`plain-${dir}-r1`),
     };
@@ -218,22 +241,24 @@ async function main(): Promise<void> {
     `bench/net: iperf3 TCP, ${seconds} s each, ${rounds} alternating round(s), lab guest (QEMU TCG, 2 vCPUs); pcinet NIC: ${path}`,
   );
   console.log(
-    `direction       pcinet NIC   no offloads   min TSO ${TSO_FLOOR}   transport path   ratio   ratio, min TSO   (medians)`,
+    `direction       pcinet NIC   no offloads   min TSO ${TSO_FLOOR}   TX NAPI off   transport path   ratio   ratio, min TSO   ratio, NAPI off   (medians)`,
   );
   const mb = (v: number, w: number) => `${v.toFixed(1).padStart(w)} Mb/s`;
   const ratio = (a: number | undefined, b: number) => (a === undefined ? '   —' : (a / b).toFixed(2));
   const med = (v: number[] | undefined) => (v ? median(v) : undefined);
   const orDash = (v: number | undefined, w: number) => (v === undefined ? '—'.padStart(w + 5) : mb(v, w));
-  for (const { what, nic, tso, plain, direct } of rows) {
+  for (const { what, nic, tso, nonapi, plain, direct } of rows) {
     console.log(
-      `${what.padEnd(14)}  ${mb(median(nic), 7)}  ${mb(plain, 7)}  ${orDash(med(tso), 7)}  ${mb(median(direct), 9)}   ${ratio(median(nic), median(direct))}   ${ratio(med(tso), median(direct)).padStart(14)}`,
+      `${what.padEnd(14)}  ${mb(median(nic), 7)}  ${mb(plain, 7)}  ${orDash(med(tso), 7)}  ${orDash(med(nonapi), 7)}  ${mb(median(direct), 9)}   ${ratio(median(nic), median(direct))}   ${ratio(med(tso), median(direct)).padStart(14)}   ${ratio(med(nonapi), median(direct)).padStart(15)}`,
     );
   }
-  console.log(`\nround  direction      pcinet NIC   min TSO ${TSO_FLOOR}   transport path   ratio`);
+  console.log(
+    `\nround  direction      pcinet NIC   min TSO ${TSO_FLOOR}   TX NAPI off   transport path   ratio`,
+  );
   for (let k = 0; k < rounds; k++) {
-    for (const { what, nic, tso, direct } of rows) {
+    for (const { what, nic, tso, nonapi, direct } of rows) {
       console.log(
-        `${String(k + 1).padStart(5)}  ${what.padEnd(13)}  ${mb(nic[k]!, 7)}  ${orDash(tso?.[k], 7)}  ${mb(direct[k]!, 9)}   ${ratio(nic[k], direct[k]!)}`,
+        `${String(k + 1).padStart(5)}  ${what.padEnd(13)}  ${mb(nic[k]!, 7)}  ${orDash(tso?.[k], 7)}  ${orDash(nonapi?.[k], 7)}  ${mb(direct[k]!, 9)}   ${ratio(nic[k], direct[k]!)}`,
       );
     }
   }
@@ -249,12 +274,13 @@ async function main(): Promise<void> {
       'pcinet NIC',
       'pcinet NIC, offloads=off',
       `pcinet NIC, tcp_min_tso_segs=${TSO_FLOOR}`,
+      'pcinet NIC, TX NAPI off',
       'transport path',
     ],
-    groups: rows.map(({ what, nic, tso, plain, direct }) => ({
+    groups: rows.map(({ what, nic, tso, nonapi, plain, direct }) => ({
       label: what,
       unit: 'Mb/s',
-      values: [median(nic), plain, med(tso), median(direct)],
+      values: [median(nic), plain, med(tso), med(nonapi), median(direct)],
     })),
     scale: args.log ? 'log' : 'linear',
   });

@@ -46,12 +46,32 @@ function nvmeRows(seconds: number): Row[] {
 
 const NIC = { tap: 'pab0', mac: '52:54:00:be:4c:0a', net: '10.79.0' } as const;
 
+/** virtio_net's TX NAPI switched (only while the interface is down), then checked; bench/net. */
+function napiTx(frames: 0 | 1): string {
+  return [
+    'ip link set $ifc down',
+    `ethtool -C $ifc tx-frames ${frames}`,
+    'ip link set $ifc up',
+    'for i in $(seq 100); do [ "$(cat /sys/class/net/$ifc/carrier)" = 1 ] && break; sleep 0.1; done',
+    `ping -c 2 -W 2 ${NIC.net}.1 > /dev/null`,
+    `[ "$(ethtool -c $ifc | sed -n 's/^tx-frames: *//p')" = ${frames} ]`,
+  ].join(' && ');
+}
+
 function nicRows(seconds: number): Row[] {
-  return (['down', 'up'] as const).map((dir) => ({
+  return (['down', 'up', 'up-nonapi'] as const).map((dir) => ({
     key: dir,
-    label: dir === 'up' ? 'iperf3 guest → card' : 'iperf3 card → guest',
+    label:
+      dir === 'down'
+        ? 'iperf3 card → guest'
+        : dir === 'up'
+          ? 'iperf3 guest → card'
+          : 'iperf3 guest → card, TX NAPI off',
     unit: 'Mb/s',
-    sh: `iperf3 -c ${NIC.net}.1 ${dir === 'down' ? '-R ' : ''}-t ${seconds} -f m 2>&1 | grep receiver`,
+    sh:
+      dir === 'up-nonapi'
+        ? `{ ${napiTx(0)} && iperf3 -c ${NIC.net}.1 -t ${seconds} -f m 2>&1 | grep receiver; ${napiTx(1)}; }`
+        : `iperf3 -c ${NIC.net}.1 ${dir === 'down' ? '-R ' : ''}-t ${seconds} -f m 2>&1 | grep receiver`,
     figure: (lines) => {
       for (const l of lines) {
         const m = /([\d.]+) Mbits\/sec.*receiver/.exec(l);

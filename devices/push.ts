@@ -8,7 +8,7 @@ export const PUSH_PAGE = 4096;
 /** Rule ids a device may use: 0..MAX_PUSH_RULES-1 (PCINET_MAX_PUSH_RULES). */
 export const MAX_PUSH_RULES = 128;
 /** Most bytes pushed for one doorbell write (PCINET_PUSH_MAX_BYTES). */
-export const PUSH_MAX_BYTES = 256 << 10;
+export const PUSH_MAX_BYTES = 2048 << 10;
 
 /** An NVMe submission queue: SQEs from the tail doorbell, and the data of NVM Writes. */
 export interface NvmeSqRule {

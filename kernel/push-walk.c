@@ -213,7 +213,7 @@ static void walk_nvme(struct pcinet_push_walker *w, u32 id, struct pcinet_push_r
 }
 
 /*
- * How far from r->last towards `tail` one doorbell's pushes fit PCINET_PUSH_MAX_BYTES: the tail
+ * How far from r->last towards `tail` one doorbell's pushes fit `budget` bytes: the tail
  * after the last entry that fits, at least one entry past r->last. What an entry costs is
  * estimated from its SQE as walk_nvme_rw() would push it (the SQE, a PRP list's entries, a
  * write's data up to data_max); an unreadable SQE costs its 64 bytes. For a doorbell the module
@@ -222,7 +222,7 @@ static void walk_nvme(struct pcinet_push_walker *w, u32 id, struct pcinet_push_r
  * write.
  */
 u32 pcinet_push_nvme_fits(const struct pcinet_push_walk_ops *ops, void *ctx,
-			  const struct pcinet_push_rule *r, u32 tail)
+			  const struct pcinet_push_rule *r, u32 tail, u32 budget)
 {
 	u32 e = r->last, n = 0;
 	u64 used = 0;
@@ -242,7 +242,7 @@ u32 pcinet_push_nvme_fits(const struct pcinet_push_walk_ops *ops, void *ctx,
 			if (sqe[0] == NVME_CMD_WRITE && len <= r->data_max)
 				cost += len;
 		}
-		if (n && used + cost > PCINET_PUSH_MAX_BYTES)
+		if (n && used + cost > budget)
 			break;
 		used += cost;
 		n++;

@@ -21,6 +21,12 @@
  */
 #define PCINET_PUSH_MAX_STEPS	(1u << 17)
 
+/*
+ * Most bytes of one part of a doorbell the module rings for the driver (quiet SQs): a smaller
+ * budget than a doorbell's, so the device starts on the first part while the others travel.
+ */
+#define PCINET_PUSH_PART_BYTES	(256u * 1024)
+
 /* One rule of a function; kind PCINET_PUSH_NONE marks an unused slot. */
 struct pcinet_push_rule {
 	u32 kind;
@@ -56,7 +62,7 @@ struct pcinet_push_walker {
 	const struct pcinet_push_walk_ops *ops;
 	void *ctx;
 	bool dry;		/* push nothing, only move `last` on (the reader is behind) */
-	u32 left;		/* bytes that may still be pushed: PCINET_PUSH_MAX_BYTES at first */
+	u32 left;		/* bytes that may still be pushed: the budget at first */
 	u32 steps;		/* units of work left: PCINET_PUSH_MAX_STEPS at first */
 	/* Out: */
 	u32 over_budget;	/* ranges (or whole NVMe writes) that did not fit `left` */
@@ -71,6 +77,6 @@ struct pcinet_push_walker {
 void pcinet_push_walk(struct pcinet_push_walker *w, u32 id, struct pcinet_push_rule *r,
 		      const void *val, u32 size);
 u32 pcinet_push_nvme_fits(const struct pcinet_push_walk_ops *ops, void *ctx,
-			  const struct pcinet_push_rule *r, u32 tail);
+			  const struct pcinet_push_rule *r, u32 tail, u32 budget);
 
 #endif /* PCINET_PUSH_WALK_H */

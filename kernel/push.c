@@ -35,10 +35,27 @@ module_param(push_defer, bool, 0644);
 MODULE_PARM_DESC(push_defer,
 		 "Data pushes are copied when their record is sent, not in the doorbell's trap (docs/PUSH.md)");
 
+static uint push_budget = PCINET_PUSH_MAX_BYTES;
+module_param(push_budget, uint, 0644);
+MODULE_PARM_DESC(push_budget,
+		 "Most bytes pushed per doorbell write, 65536..PCINET_PUSH_MAX_BYTES (docs/PUSH.md)");
+
 static bool sq_quiet = true;
 module_param(sq_quiet, bool, 0644);
 MODULE_PARM_DESC(sq_quiet,
 		 "NVMe SQs with shadow doorbells go quiet while a tail doorbell is unanswered (docs/PUSH.md)");
+
+/* One doorbell write's budget: push_budget within its bounds. */
+static u32 pcinet_push_budget(void)
+{
+	return clamp_t(u32, READ_ONCE(push_budget), PCINET_MAX_DATA, PCINET_PUSH_MAX_BYTES);
+}
+
+/* One part of a doorbell rung for the driver: PCINET_PUSH_PART_BYTES within the budget. */
+static u32 pcinet_push_part(void)
+{
+	return min_t(u32, pcinet_push_budget(), PCINET_PUSH_PART_BYTES);
+}
 
 /* The event index of a quiet SQ: past any tail, so the driver rings only when its tail wraps. */
 #define PCINET_SQ_QUIET_EI	0xffff
@@ -386,7 +403,7 @@ static bool pcinet_push_peek(void *ctx, u64 iova, void *buf, u32 len)
  * A stable range (push-walk.h) is only checked here: its record is the header alone, and gets
  * its bytes when it is sent (pcinet_push_fill()). The trap, which runs with interrupts off, and
  * push_lock, which every doorbell and the receive thread's rounds take, are then held for the
- * walk only, not for allocating and copying up to PCINET_PUSH_MAX_BYTES of a write's data. Such
+ * walk only, not for allocating and copying up to a budget of a write's data. Such
  * a record holds stable bytes only.
  */
 static u32 pcinet_push_copy(void *ctx, u32 rule, u64 iova, u32 len, bool stable)
@@ -610,7 +627,7 @@ static bool pcinet_sq_ring(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule
 	struct pcinet_push_walker w = {
 		.ops = &pcinet_push_ops,
 		.ctx = &c,
-		.left = PCINET_PUSH_MAX_BYTES,
+		.left = pcinet_push_budget(),
 		.steps = PCINET_PUSH_MAX_STEPS,
 	};
 	struct pcinet_counters *s = &fn->stats;
@@ -651,8 +668,8 @@ static bool pcinet_sq_ring(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule
 
 /*
  * Rings the driver's shadow tail for it: what it submitted unrung may be many commands, so it
- * goes as several doorbells if one's push budget would not hold their entries and write data
- * (pcinet_push_nvme_fits()), each pushed whole, in order. Under push_lock.
+ * goes as several doorbells of at most a part's bytes of entries and write data
+ * (pcinet_push_nvme_fits(), pcinet_push_part()), each pushed whole, in order. Under push_lock.
  */
 static void pcinet_sq_kick(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule *r, u32 tail)
 {
@@ -663,7 +680,8 @@ static void pcinet_sq_kick(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule
 	for (i = 0; i < r->entries && r->last != tail; i++) {
 		u32 from = r->last;
 
-		if (!pcinet_sq_ring(fn, id, r, pcinet_push_nvme_fits(&pcinet_push_ops, &c, r, tail)) ||
+		if (!pcinet_sq_ring(fn, id, r, pcinet_push_nvme_fits(&pcinet_push_ops, &c, r, tail,
+								 pcinet_push_part())) ||
 		    r->last == from)
 			return;
 	}
@@ -717,7 +735,7 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 	struct pcinet_push_walker w = {
 		.ops = &pcinet_push_ops,
 		.ctx = &c,
-		.left = PCINET_PUSH_MAX_BYTES,
+		.left = pcinet_push_budget(),
 		.steps = PCINET_PUSH_MAX_STEPS,
 	};
 	struct pcinet_counters *s = &fn->stats;

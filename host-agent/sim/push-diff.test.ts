@@ -10,13 +10,15 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { PushRule } from '../../devices/push.js';
+import { PUSH_MAX_BYTES, type PushRule } from '../../devices/push.js';
 import { PushRules } from './push.js';
 
 /** Seeds compared: a fixed count, so the test does the same work on any machine. */
 const SEEDS = 50;
 /** Size of each seed's memory image; IOVA = offset in it. */
 const MEM = 1 << 20;
+/** Doorbell byte budgets the seeds take in turn (pcinet.ko's push_budget; the harness's `budget`). */
+const BUDGETS = [64 << 10, 256 << 10, PUSH_MAX_BYTES];
 
 /** The repository root: the nearest ancestor holding kernel/test-push (works from dist/ too). */
 function repoRoot(): string {
@@ -223,7 +225,9 @@ function scenario(seed: number) {
     for (let i = 0; i < Math.min(size, 4); i++) data[i] = (tail >> (8 * i)) & 0xff;
     writes.push({ offset, data, pokes });
   }
-  return { mem, maps, lines, rules, writes };
+  // The byte budget from the seed, not from r: budgets small enough for 1 MiB of memory to run out.
+  const budget = BUDGETS[seed % BUDGETS.length]!;
+  return { mem, maps, lines, rules, writes, budget };
 }
 
 const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
@@ -231,8 +235,8 @@ const hex = (b: Uint8Array) => Buffer.from(b).toString('hex');
 /** The sim's output for one seed, in the harness's line format, and the harness's script. */
 function simulate(s: ReturnType<typeof scenario>): { script: string; expected: string[] } {
   const input = s.maps.map((m) => `map ${m.iova.toString(16)} ${m.len.toString(16)} ${m.readable ? 1 : 0}`);
-  input.push(...s.lines);
-  const sim = new PushRules();
+  input.push(`budget ${s.budget}`, ...s.lines);
+  const sim = new PushRules(s.budget);
   for (const [id, rule] of s.rules) sim.set(id, rule);
   const mem = s.mem.slice();
   const readable = (iova: bigint, len: number) => {

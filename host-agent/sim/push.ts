@@ -47,6 +47,9 @@ const PAGE = BigInt(PUSH_PAGE);
  *  whose chains are walked fits the byte budget, so it has at most 16384 descriptors. A hostile
  *  ring (chains sharing descriptors) would otherwise cost entries x entries steps per doorbell. */
 export const PUSH_MAX_STEPS = 1 << 17;
+/** Most bytes of one part of a doorbell rung for a quiet SQ (PCINET_PUSH_PART_BYTES): smaller than a
+ *  doorbell's budget, so the device starts on the first part while the others travel. */
+export const PUSH_PART_BYTES = 256 << 10;
 
 /** Copies `len` bytes at `iova` if every one of them is in live mappings the device may read;
  *  undefined otherwise. Must not throw. */
@@ -135,11 +138,19 @@ function sameRing(old: PushRule, r: PushRule): boolean {
 }
 
 export class PushRules {
+  /** Most bytes pushed per doorbell write: PUSH_MAX_BYTES, or less (pcinet.ko's push_budget). */
+  readonly budget: number;
   readonly #slots: (Slot | undefined)[] = new Array(MAX_PUSH_RULES).fill(undefined);
   #count = 0;
   /** Rules with an event index: without any, a write looks for none. */
   #withEventIdx = 0;
   #skipped = 0;
+
+  constructor(budget = PUSH_MAX_BYTES) {
+    if (!Number.isInteger(budget) || budget < PUSH_RECORD_BYTES || budget > PUSH_MAX_BYTES)
+      throw new RangeError(`push budget ${budget} is not in ${PUSH_RECORD_BYTES}..${PUSH_MAX_BYTES}`);
+    this.budget = budget;
+  }
 
   /** Rules installed. */
   get size(): number {
@@ -189,8 +200,9 @@ export class PushRules {
     return this.#slots[id]?.last;
   }
 
-  /** How far from NVMe rule `id`'s `last` towards `tail` one doorbell's pushes fit PUSH_MAX_BYTES
-   *  (kernel/push-walk.c pcinet_push_nvme_fits(), the same estimate): the tail after the last entry
+  /** How far from NVMe rule `id`'s `last` towards `tail` one part's pushes fit (PUSH_PART_BYTES, or
+   *  the budget if smaller; kernel/push-walk.c pcinet_push_nvme_fits(), the same estimate): the tail
+   *  after the last entry
    *  that fits, at least one entry on. A quiet SQ's ring for the driver goes as doorbells split at
    *  these tails (docs/PUSH.md "Quiet submission queues"). */
   nvmeFits(id: number, tail: number, peek: Peek): number {
@@ -198,6 +210,7 @@ export class PushRules {
     const r = s?.rule;
     if (!s || r?.kind !== 'nvme-sq' || tail >= r.entries || s.last >= r.entries || r.lbaShift > 12)
       return tail;
+    const part = Math.min(this.budget, PUSH_PART_BYTES);
     let [e, n, used] = [s.last, 0, 0];
     while (e !== tail) {
       let cost = SQE_SIZE;
@@ -207,7 +220,7 @@ export class PushRules {
         if (len > 2 * PUSH_PAGE) cost += 8 * Math.ceil(len / PUSH_PAGE);
         if (sqe[0] === NVME_CMD_WRITE && len <= r.dataMax) cost += len;
       }
-      if (n && used + cost > PUSH_MAX_BYTES) break;
+      if (n && used + cost > part) break;
       used += cost;
       n++;
       e = e + 1 === r.entries ? 0 : e + 1;
@@ -247,12 +260,11 @@ export class PushRules {
   }
 
   /** The driver wrote `data` at `bar` + `offset`: what to push in front of that write, in order.
-   *  Rules whose doorbell is the write's first byte run in id order and share one budget of
-   *  PUSH_MAX_BYTES. Consecutive pushes of one rule that continue each other in memory are merged,
+   *  Rules whose doorbell is the write's first byte run in id order and share one budget. Consecutive pushes of one rule that continue each other in memory are merged,
    *  then cut into pieces of at most PUSH_RECORD_BYTES. */
   onWrite(bar: number, offset: number, data: Uint8Array, peek: Peek): Push[] {
     if (this.#count === 0) return [];
-    const d: Doorbell = { peek, left: PUSH_MAX_BYTES, steps: PUSH_MAX_STEPS, exhausted: false, runs: [] };
+    const d: Doorbell = { peek, left: this.budget, steps: PUSH_MAX_STEPS, exhausted: false, runs: [] };
     for (let id = 0; id < MAX_PUSH_RULES; id++) {
       const s = this.#slots[id];
       if (!s || s.rule.bar !== bar || doorbellOf(s.rule) !== offset) continue;

@@ -94,6 +94,8 @@ static u32 push(void *ctx, u32 rule, u64 iova, u32 len, bool stable)
 }
 
 static const struct pcinet_push_walk_ops ops = { .peek = peek, .push = push };
+/* A doorbell's byte budget: PCINET_PUSH_MAX_BYTES unless a `budget` line lowers it. */
+static u32 budget = PCINET_PUSH_MAX_BYTES;
 static struct pcinet_push_rule rules[PCINET_MAX_PUSH_RULES];
 
 static int hexval(int c)
@@ -104,7 +106,7 @@ static int hexval(int c)
 static void do_write(const char *args)
 {
 	static char hex[64];
-	struct pcinet_push_walker w = { .ops = &ops, .left = PCINET_PUSH_MAX_BYTES,
+	struct pcinet_push_walker w = { .ops = &ops, .left = budget,
 					.steps = PCINET_PUSH_MAX_STEPS };
 	unsigned bar;
 	unsigned long long off;
@@ -142,7 +144,9 @@ static void do_write(const char *args)
 	for (id = 0; id < PCINET_MAX_PUSH_RULES; id++)
 		if (rules[id].kind == PCINET_PUSH_NVME_SQ)
 			printf("F %u %u\n", id, pcinet_push_nvme_fits(&ops, NULL, &rules[id],
-					(rules[id].last + rules[id].entries - 1) % rules[id].entries));
+					(rules[id].last + rules[id].entries - 1) % rules[id].entries,
+					budget < PCINET_PUSH_PART_BYTES ?
+					budget : PCINET_PUSH_PART_BYTES));
 	fprintf(stderr, "S %u %u\n", w.over_budget, w.unreadable);
 	printf("E%s\n", w.exhausted ? " exhausted" : "");
 }
@@ -194,6 +198,13 @@ static int script(const char *memfile)
 					die("poke outside the memory image");
 				mem[a + i] = hexval(hex[2 * i]) << 4 | hexval(hex[2 * i + 1]);
 			}
+		} else if (!strncmp(line, "budget ", 7)) {
+			unsigned int b;
+
+			if (sscanf(line + 7, "%u", &b) != 1 || b < PCINET_MAX_DATA ||
+			    b > PCINET_PUSH_MAX_BYTES)
+				die("bad budget line");
+			budget = b;
 		} else if (!strncmp(line, "write ", 6)) {
 			do_write(line + 6);
 		} else if (line[0] != '\n') {

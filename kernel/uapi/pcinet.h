@@ -141,8 +141,11 @@ struct pcinet_w_interrupt {
  * W_PUSH_RULE applied is answered by R_PUSH_RULE_SET.
  */
 #define PCINET_MAX_PUSH_RULES	128
-/* Most bytes pushed for one doorbell write, all records together. */
-#define PCINET_PUSH_MAX_BYTES	(256 * 1024)
+/*
+ * Most bytes pushed for one doorbell write, all records together (pcinet.ko's parameter
+ * push_budget may set a lower budget).
+ */
+#define PCINET_PUSH_MAX_BYTES	(2048 * 1024)
 
 enum pcinet_push_kind {
 	PCINET_PUSH_NONE = 0,		/* removes rule `id` */
