@@ -1,9 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
- * pcinet: what the parts of the module share. core.c owns the file, the bus and config space;
- * mmio.c traps the BAR mappings and serve.c serves their accesses; msix.c keeps the MSI-X table and delivers
- * interrupts; dma.c is the DMA sandbox; push.c (with push-walk.c) pushes what a doorbell makes
- * the device read; link.c carries the data plane on a TCP connection of its own (W_CONNECT).
+ * pcinet: what the parts of the module share. file.c owns the file, core.c the bus and config
+ * space; mmio.c traps the BAR mappings and serve.c serves their accesses; msix.c keeps the MSI-X
+ * table and delivers interrupts; dma.c is the DMA sandbox; push.c (with push-walk.c and
+ * push-sq.c) pushes what a doorbell makes the device read; link.c carries the data plane on a TCP
+ * connection of its own (W_CONNECT).
  * Records: uapi/pcinet.h, docs/KERNEL-ABI.md.
  *
  * Spinlocks that nest, outermost first: cfg_lock, msix_lock; cfg_lock, push_lock, the DMA table's
@@ -261,9 +262,21 @@ static inline void pcinet_hdr(struct pcinet_hdr *h, u16 type, size_t len)
 	h->len = cpu_to_le32(len);
 }
 
-/* core.c */
-int pcinet_link_record(struct pcinet_fn *fn, const void *buf, size_t len);
+/* core.c: what the host-agent's records do to the function (file.c applies them) */
+int pcinet_attach(struct pcinet_fn *fn, const struct pcinet_w_attach *a);
+int pcinet_range(struct pcinet_fn *fn, const struct pcinet_w_range *r);
+int pcinet_shadow(struct pcinet_fn *fn, const struct pcinet_w_shadow *s, size_t len);
+int pcinet_start(struct pcinet_fn *fn);
+void pcinet_add_work(struct work_struct *work);
 int pcinet_link_down(struct pcinet_fn *fn);
+int pcinet_link_up(struct pcinet_fn *fn);
+void pcinet_link_down_work(struct work_struct *work);
+void pcinet_link_up_work(struct work_struct *work);
+void pcinet_remove(struct pcinet_fn *fn);
+
+/* file.c: /dev/pcinet */
+extern const struct file_operations pcinet_fops;
+int pcinet_link_record(struct pcinet_fn *fn, const void *buf, size_t len);
 
 static inline struct pcinet_fn *pcinet_fn_of(struct pci_bus *bus)
 {

@@ -5,6 +5,7 @@
  * pcinet_push_doorbell() before it queues the R_MMIO_WRITE, and the bytes the device is about to
  * read go in front of it as R_PUSH records, copied from the DMA sandbox at that moment. Which
  * bytes is push-walk.c's business; this file keeps the rules, copies, builds and queues records.
+ * NVMe shadow doorbells (event indices, quiet SQs rung for the driver) are push-sq.c's.
  *
  * Pushes are an optimisation: they never wait and never fail the write. When the read queue is
  * full they are skipped; when memory is short (GFP_ATOMIC: this runs in the MMIO fault path with
@@ -29,6 +30,7 @@
 #include <uapi/linux/virtio_ring.h>
 
 #include "internal.h"
+#include "push.h"
 
 static bool push_defer = true;
 module_param(push_defer, bool, 0644);
@@ -40,28 +42,11 @@ module_param(push_budget, uint, 0644);
 MODULE_PARM_DESC(push_budget,
 		 "Most bytes pushed per doorbell write, 65536..PCINET_PUSH_MAX_BYTES (docs/PUSH.md)");
 
-static bool sq_quiet = true;
-module_param(sq_quiet, bool, 0644);
-MODULE_PARM_DESC(sq_quiet,
-		 "NVMe SQs with shadow doorbells go quiet while a tail doorbell is unanswered (docs/PUSH.md)");
-
 /* One doorbell write's budget: push_budget within its bounds. */
-static u32 pcinet_push_budget(void)
+u32 pcinet_push_budget(void)
 {
 	return clamp_t(u32, READ_ONCE(push_budget), PCINET_MAX_DATA, PCINET_PUSH_MAX_BYTES);
 }
-
-/* One part of a doorbell rung for the driver: PCINET_PUSH_PART_BYTES within the budget. */
-static u32 pcinet_push_part(void)
-{
-	return min_t(u32, pcinet_push_budget(), PCINET_PUSH_PART_BYTES);
-}
-
-/* The event index of a quiet SQ: past any tail, so the driver rings only when its tail wraps. */
-#define PCINET_SQ_QUIET_EI	0xffff
-
-static void pcinet_sq_unquiet(struct pcinet_fn *fn, struct pcinet_push_rule *r);
-static void pcinet_sq_round(struct pcinet_fn *fn, u32 id, u32 taken);
 
 /* ---- W_PUSH_RULE ---- */
 
@@ -337,19 +322,6 @@ int pcinet_virtq_done(struct pcinet_fn *fn, const struct pcinet_w_virtq_done *w)
 
 /* ---- building R_PUSH records ---- */
 
-/* One doorbell write's records, built with push_lock held, queued all at once. */
-struct pcinet_push_ctx {
-	struct pcinet_fn *fn;
-	struct list_head recs;		/* finished records, in order */
-	struct pcinet_rec *cur;		/* the record being filled; off the list, it may move */
-	u32 cap;			/* data bytes cur has room for */
-	u32 rule, size;			/* cur's rule and data bytes so far */
-	u64 iova;			/* cur's first byte */
-	bool fill;			/* cur's bytes are copied when it is sent */
-	u64 records, bytes;
-	u32 refused, nomem;
-};
-
 static struct pcinet_r_push *pcinet_push_of(struct pcinet_rec *r)
 {
 	return (struct pcinet_r_push *)r->data;
@@ -364,7 +336,7 @@ static struct pcinet_rec *pcinet_push_alloc(struct pcinet_rec *old, u32 cap)
 			GFP_ATOMIC | __GFP_NOWARN);
 }
 
-static void pcinet_push_close(struct pcinet_push_ctx *c)
+void pcinet_push_close(struct pcinet_push_ctx *c)
 {
 	struct pcinet_rec *r = c->cur;
 	struct pcinet_r_push *p;
@@ -472,7 +444,7 @@ nomem:
 	return done;
 }
 
-static const struct pcinet_push_walk_ops pcinet_push_ops = {
+const struct pcinet_push_walk_ops pcinet_push_ops = {
 	.peek = pcinet_push_peek,
 	.push = pcinet_push_copy,
 };
@@ -523,24 +495,9 @@ dropped:
 	return false;
 }
 
-/*
- * An NVMe rule with an event index (docs/PUSH.md, "Shadow doorbells"): the value the driver just
- * wrote to the SQ tail doorbell goes to the SQ's shadow-doorbell EventIdx, before the driver goes
- * on, so its next submission sees the index at its old tail and rings. It is the device's own
- * write, made here because over the network it would come too late; a range the device may not
- * write is refused and counted like any DMA write of its.
- */
-static void pcinet_push_event_idx(struct pcinet_fn *fn, u64 iova, const void *val, u32 size)
-{
-	__le32 v = 0;
-
-	memcpy(&v, val, min_t(u32, size, sizeof(v)));
-	pcinet_dma_store(fn, iova, &v, sizeof(v));
-}
-
 /* A doorbell's walk, counted: what it pushed, and what it skipped and why. */
-static void pcinet_push_count_walk(struct pcinet_fn *fn, const struct pcinet_push_ctx *c,
-				   const struct pcinet_push_walker *w)
+void pcinet_push_count_walk(struct pcinet_fn *fn, const struct pcinet_push_ctx *c,
+			    const struct pcinet_push_walker *w)
 {
 	struct pcinet_counters *s = &fn->stats;
 
@@ -556,172 +513,6 @@ static void pcinet_push_count_walk(struct pcinet_fn *fn, const struct pcinet_pus
 		atomic64_add(w->over_budget + w->exhausted, &s->push_over_budget);
 	if (c->nomem)
 		atomic64_add(c->nomem, &s->push_nomem);
-}
-
-/* ---- quiet submission queues (docs/PUSH.md) ---- */
-
-/*
- * A tail doorbell of NVMe rule r is going to the device (the driver's, or one rung for it), with
- * its pushes: the event index the driver reads next. Unanswered and allowed, the SQ goes quiet:
- * the driver stops ringing, and the device's round for this doorbell brings us back to look at
- * the shadow tail (pcinet_sq_round()). Otherwise, as always, the index at the new tail: the next
- * submission rings. Under push_lock.
- */
-static void pcinet_sq_rung(struct pcinet_fn *fn, struct pcinet_push_rule *r, const void *val,
-			   u32 size)
-{
-	__le32 v = 0;
-
-	memcpy(&v, val, min_t(u32, size, sizeof(v)));
-	r->quiet = r->shadow && READ_ONCE(sq_quiet) && le32_to_cpu(v) != r->answered;
-	if (r->quiet)
-		v = cpu_to_le32(PCINET_SQ_QUIET_EI);
-	pcinet_push_event_idx(fn, r->avail, &v, sizeof(v));
-}
-
-/* The driver's shadow tail of rule r; false if unreadable or not a slot of the SQ. */
-static bool pcinet_sq_shadow(struct pcinet_fn *fn, const struct pcinet_push_rule *r, u32 *tail)
-{
-	__le32 v;
-
-	/* Our event index write before the read: pairs with the driver's full barrier between
-	 * writing its shadow and reading the index. One of us sees the other.
-	 */
-	smp_mb();
-	if (!pcinet_dma_peek(fn, r->shadow, &v, sizeof(v), false))
-		return false;
-	*tail = le32_to_cpu(v);
-	return *tail < r->entries;
-}
-
-/*
- * A quiet SQ whose device forgets it (reset, link loss) or whose rule goes: the index back at the
- * driver's tail, so its next submission rings. The driver may move the shadow meanwhile, hence
- * the loop (bounded: a driver that outruns it still crosses an index at one of its tails). Under
- * push_lock.
- */
-static void pcinet_sq_unquiet(struct pcinet_fn *fn, struct pcinet_push_rule *r)
-{
-	u32 tail = r->last, now;
-	__le32 v;
-	int i;
-
-	if (r->kind != PCINET_PUSH_NVME_SQ || !r->quiet)
-		return;
-	r->quiet = false;
-	for (i = 0; i < 4; i++) {
-		v = cpu_to_le32(tail);
-		pcinet_push_event_idx(fn, r->avail, &v, sizeof(v));
-		if (!pcinet_sq_shadow(fn, r, &now) || now == tail)
-			break;
-		tail = now;
-	}
-}
-
-/* Rings `tail` of rule r on the driver's behalf: its pushes, then the doorbell write, queued
- * together under push_lock. False if out of memory (the SQ is no longer quiet then).
- */
-static bool pcinet_sq_ring(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule *r, u32 tail)
-{
-	struct pcinet_push_ctx c = { .fn = fn };
-	struct pcinet_push_walker w = {
-		.ops = &pcinet_push_ops,
-		.ctx = &c,
-		.left = pcinet_push_budget(),
-		.steps = PCINET_PUSH_MAX_STEPS,
-	};
-	struct pcinet_counters *s = &fn->stats;
-	struct pcinet_r_mmio_write *m;
-	size_t len = ALIGN(sizeof(*m) + sizeof(__le32), 8);
-	__le32 v = cpu_to_le32(tail);
-	struct pcinet_rec *rec;
-
-	rec = kmalloc(struct_size(rec, data, len), GFP_ATOMIC | __GFP_NOWARN);
-	if (!rec) {
-		/* The driver's next crossing of the index rings it; meanwhile it waits. */
-		atomic64_inc(&s->lost_records);
-		pcinet_sq_unquiet(fn, r);
-		return false;
-	}
-	INIT_LIST_HEAD(&c.recs);
-	w.dry = READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES;
-	pcinet_push_walk(&w, id, r, &v, sizeof(v));
-	pcinet_sq_rung(fn, r, &v, sizeof(v));
-	pcinet_push_close(&c);
-
-	rec->len = len;
-	m = (struct pcinet_r_mmio_write *)rec->data;
-	memset(m, 0, len);
-	pcinet_hdr(&m->hdr, PCINET_R_MMIO_WRITE, len);
-	m->bar = cpu_to_le32(r->bar);
-	m->size = cpu_to_le32(sizeof(v));
-	m->offset = cpu_to_le64(r->offset);
-	memcpy(m + 1, &v, sizeof(v));
-	list_add_tail(&rec->node, &c.recs);
-	pcinet_rec_add_list(fn, &c.recs);
-
-	atomic64_inc(&s->mmio_writes);
-	atomic64_inc(&s->vq_kicks);
-	pcinet_push_count_walk(fn, &c, &w);
-	return true;
-}
-
-/*
- * Rings the driver's shadow tail for it: what it submitted unrung may be many commands, so it
- * goes as several doorbells of at most a part's bytes of entries and write data
- * (pcinet_push_nvme_fits(), pcinet_push_part()), each pushed whole, in order. Under push_lock.
- */
-static void pcinet_sq_kick(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule *r, u32 tail)
-{
-	struct pcinet_push_ctx c = { .fn = fn };
-	u32 i;
-
-	/* At most one doorbell per entry: each one moves `last` on by at least one. */
-	for (i = 0; i < r->entries && r->last != tail; i++) {
-		u32 from = r->last;
-
-		if (!pcinet_sq_ring(fn, id, r, pcinet_push_nvme_fits(&pcinet_push_ops, &c, r, tail,
-								 pcinet_push_part())) ||
-		    r->last == from)
-			return;
-	}
-}
-
-/*
- * The device's round of NVMe rule `id`: it took the SQ up to `taken`. What the driver submitted
- * meanwhile without ringing is rung now; with nothing left unanswered the SQ stops being quiet:
- * the index goes back to the tail, then the shadow is read once more, since the driver may have
- * submitted before it saw the index (it writes its shadow, then reads the index; we write the
- * index, then read its shadow). Without bus mastering nothing is rung: the rule stays as it is,
- * as for a doorbell. Under push_lock.
- */
-static void pcinet_sq_round(struct pcinet_fn *fn, u32 id, u32 taken)
-{
-	struct pcinet_push_rule *r = &fn->push_rules[id];
-	u32 tail;
-	__le32 v;
-	int i;
-
-	r->answered = taken;
-	if (!(READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MASTER))
-		return;
-	for (i = 0; i < 4 && pcinet_sq_shadow(fn, r, &tail); i++) {
-		if (tail != r->last) {
-			pcinet_sq_kick(fn, id, r, tail);
-			if (r->quiet)
-				return;		/* this kick's round comes back here */
-			continue;
-		}
-		if (!r->quiet)
-			return;
-		if (r->last != r->answered)
-			return;		/* a doorbell is still unanswered: its round comes */
-		r->quiet = false;
-		v = cpu_to_le32(r->last);
-		pcinet_push_event_idx(fn, r->avail, &v, sizeof(v));
-	}
-	/* Unreadable shadow or a driver outrunning us: ringing is the driver's again. */
-	pcinet_sq_unquiet(fn, r);
 }
 
 /*

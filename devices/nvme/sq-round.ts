@@ -1,6 +1,6 @@
 // The host's half of quiet NVMe submission queues (docs/PUSH.md "Quiet submission queues"), as
-// pcinet.ko keeps it (kernel/push.c, pcinet_sq_*): the sim channel and the test fakes keep it with
-// this class, so the model's unit tests and the sim run against the rules the module follows.
+// pcinet.ko keeps it (kernel/push-sq.c, pcinet_sq_*): the sim channel and the test fakes keep it
+// with this class, so the model's unit tests and the sim run against the rules the module follows.
 //
 // A push rule that names the SQ tail's shadow doorbell (NvmeSqRule.shadow) comes with the device's
 // promise of a round for every tail doorbell write. While a doorbell is unanswered the host sets
