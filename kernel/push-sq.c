@@ -110,12 +110,7 @@ void pcinet_sq_unquiet(struct pcinet_fn *fn, struct pcinet_push_rule *r)
 static bool pcinet_sq_ring(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule *r, u32 tail)
 {
 	struct pcinet_push_ctx c = { .fn = fn };
-	struct pcinet_push_walker w = {
-		.ops = &pcinet_push_ops,
-		.ctx = &c,
-		.left = pcinet_push_budget(),
-		.steps = PCINET_PUSH_MAX_STEPS,
-	};
+	struct pcinet_push_walker w;
 	struct pcinet_counters *s = &fn->stats;
 	struct pcinet_r_mmio_write *m;
 	size_t len = ALIGN(sizeof(*m) + sizeof(__le32), 8);
@@ -129,8 +124,7 @@ static bool pcinet_sq_ring(struct pcinet_fn *fn, u32 id, struct pcinet_push_rule
 		pcinet_sq_unquiet(fn, r);
 		return false;
 	}
-	INIT_LIST_HEAD(&c.recs);
-	w.dry = READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES;
+	pcinet_push_start(&w, &c);
 	pcinet_push_walk(&w, id, r, &v, sizeof(v));
 	pcinet_sq_rung(fn, r, &v, sizeof(v));
 	pcinet_push_close(&c);

@@ -48,6 +48,26 @@ u32 pcinet_push_budget(void)
 	return clamp_t(u32, READ_ONCE(push_budget), PCINET_MAX_DATA, PCINET_PUSH_MAX_BYTES);
 }
 
+/*
+ * A doorbell write's walk, its records to go into c (whose fn is set): the budget, the steps,
+ * and whether it may push at all.
+ */
+void pcinet_push_start(struct pcinet_push_walker *w, struct pcinet_push_ctx *c)
+{
+	INIT_LIST_HEAD(&c->recs);
+	*w = (struct pcinet_push_walker){
+		.ops = &pcinet_push_ops,
+		.ctx = c,
+		.left = pcinet_push_budget(),
+		.steps = PCINET_PUSH_MAX_STEPS,
+		/* The reader is behind: push nothing, but move `last` on as if pushed, so a later
+		 * doorbell does not push entries the device has long read (stale bytes it might be
+		 * served later).
+		 */
+		.dry = READ_ONCE(c->fn->queued) > PCINET_QUEUE_BYTES,
+	};
+}
+
 /* ---- W_PUSH_RULE ---- */
 
 /*
@@ -523,12 +543,7 @@ void pcinet_push_count_walk(struct pcinet_fn *fn, const struct pcinet_push_ctx *
 void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *val, u32 size)
 {
 	struct pcinet_push_ctx c = { .fn = fn };
-	struct pcinet_push_walker w = {
-		.ops = &pcinet_push_ops,
-		.ctx = &c,
-		.left = pcinet_push_budget(),
-		.steps = PCINET_PUSH_MAX_STEPS,
-	};
+	struct pcinet_push_walker w;
 	struct pcinet_counters *s = &fn->stats;
 	unsigned long flags;
 	bool hit = false, ei_done = false;
@@ -542,11 +557,7 @@ void pcinet_push_doorbell(struct pcinet_fn *fn, u32 bar, u64 off, const void *va
 	 */
 	if (!(READ_ONCE(fn->config[PCI_COMMAND]) & PCI_COMMAND_MASTER))
 		return;
-	INIT_LIST_HEAD(&c.recs);
-	/* The reader is behind: push nothing, but move `last` on as if pushed, so a later doorbell
-	 * does not push entries the device has long read (stale bytes it might be served later).
-	 */
-	w.dry = READ_ONCE(fn->queued) > PCINET_QUEUE_BYTES;
+	pcinet_push_start(&w, &c);
 
 	start = ktime_get_ns();
 	spin_lock_irqsave(&fn->push_lock, flags);

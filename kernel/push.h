@@ -24,6 +24,7 @@ struct pcinet_push_ctx {
 /* push.c */
 extern const struct pcinet_push_walk_ops pcinet_push_ops;
 u32 pcinet_push_budget(void);
+void pcinet_push_start(struct pcinet_push_walker *w, struct pcinet_push_ctx *c);
 void pcinet_push_close(struct pcinet_push_ctx *c);
 void pcinet_push_count_walk(struct pcinet_fn *fn, const struct pcinet_push_ctx *c,
 			    const struct pcinet_push_walker *w);
