@@ -40,7 +40,7 @@ MODULE_PARM_DESC(push_defer,
 static uint push_budget = PCINET_PUSH_MAX_BYTES;
 module_param(push_budget, uint, 0644);
 MODULE_PARM_DESC(push_budget,
-		 "Most bytes pushed per doorbell write, 65536..PCINET_PUSH_MAX_BYTES (docs/PUSH.md)");
+		 "Most bytes pushed per doorbell write, 65536..2097152 (docs/PUSH.md)");
 
 /* One doorbell write's budget: push_budget within its bounds. */
 u32 pcinet_push_budget(void)
