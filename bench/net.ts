@@ -24,6 +24,7 @@ import { parseBenchArgs } from './args.js';
 import { writeChart } from './chart.js';
 import { type Counters, counterDelta, parseStats, statsShell } from './guest-stats.js';
 import { median } from './measure.js';
+import { napiTxShell } from './napi.js';
 
 /** The NICs: TAP on the card, MAC, subnet, device options. */
 const NICS = [
@@ -131,15 +132,7 @@ async function main(): Promise<void> {
   // deadline and show nothing): one that fails or overruns says so, and the report names it.
   const iperf = (label: string, target: string, extra: string) =>
     `{ timeout -s INT ${seconds + IPERF_SLACK_S} iperf3 -c ${target} ${extra} -t ${seconds} -f m || echo "${label} FAILED $?"; } 2>&1 | grep -E "(sender|receiver|FAILED [0-9]+)$|^iperf3: " | sed "s/^/${label} /"`;
-  // virtio_net switches TX NAPI only while the interface is down (EBUSY otherwise); checked after.
-  const napiTx = (frames: 0 | 1) => [
-    'ip link set $nicifc down',
-    `ethtool -C $nicifc tx-frames ${frames}`,
-    'ip link set $nicifc up',
-    'for i in $(seq 100); do [ "$(cat /sys/class/net/$nicifc/carrier)" = 1 ] && break; sleep 0.1; done',
-    `ping -c 2 -W 2 ${NICS[0].net}.1 > /dev/null`,
-    `[ "$(ethtool -c $nicifc | sed -n 's/^tx-frames: *//p')" = ${frames} ]`,
-  ];
+  const napiTx = (frames: 0 | 1) => napiTxShell('$nicifc', `${NICS[0].net}.1`, frames);
   const r = await runInLab({
     assets,
     insecure: !args.tls,

@@ -17,6 +17,7 @@ import { ensurePackages, prepareLab } from '../lab/prepare.js';
 import { type LabCard, runInLab } from '../lab/run.js';
 import { formatValue } from './chart.js';
 import { measured, median, parseTiming, perEvent, roundOrder, table } from './measure.js';
+import { napiTxShell } from './napi.js';
 import { command, phaseBoundS, tests } from './nvme-guest.js';
 
 /** A row of the table: the shell command a round runs (its output is what `figure` reads). */
@@ -46,17 +47,8 @@ function nvmeRows(seconds: number): Row[] {
 
 const NIC = { tap: 'pab0', mac: '52:54:00:be:4c:0a', net: '10.79.0' } as const;
 
-/** virtio_net's TX NAPI switched (only while the interface is down), then checked; bench/net. */
-function napiTx(frames: 0 | 1): string {
-  return [
-    'ip link set $ifc down',
-    `ethtool -C $ifc tx-frames ${frames}`,
-    'ip link set $ifc up',
-    'for i in $(seq 100); do [ "$(cat /sys/class/net/$ifc/carrier)" = 1 ] && break; sleep 0.1; done',
-    `ping -c 2 -W 2 ${NIC.net}.1 > /dev/null`,
-    `[ "$(ethtool -c $ifc | sed -n 's/^tx-frames: *//p')" = ${frames} ]`,
-  ].join(' && ');
-}
+/** virtio_net's TX NAPI switched and checked (bench/napi.ts), as one shell condition. */
+const napiTx = (frames: 0 | 1) => napiTxShell('$ifc', `${NIC.net}.1`, frames).join(' && ');
 
 function nicRows(seconds: number): Row[] {
   return (['down', 'up', 'up-nonapi'] as const).map((dir) => ({

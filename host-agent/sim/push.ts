@@ -202,8 +202,7 @@ export class PushRules {
 
   /** How far from NVMe rule `id`'s `last` towards `tail` one part's pushes fit (PUSH_PART_BYTES, or
    *  the budget if smaller; kernel/push-walk.c pcinet_push_nvme_fits(), the same estimate): the tail
-   *  after the last entry
-   *  that fits, at least one entry on. A quiet SQ's ring for the driver goes as doorbells split at
+   *  after the last entry that fits, at least one entry on. A quiet SQ's ring for the driver goes as doorbells split at
    *  these tails (docs/PUSH.md "Quiet submission queues"). */
   nvmeFits(id: number, tail: number, peek: Peek): number {
     const s = this.#slots[id];
@@ -260,8 +259,8 @@ export class PushRules {
   }
 
   /** The driver wrote `data` at `bar` + `offset`: what to push in front of that write, in order.
-   *  Rules whose doorbell is the write's first byte run in id order and share one budget. Consecutive pushes of one rule that continue each other in memory are merged,
-   *  then cut into pieces of at most PUSH_RECORD_BYTES. */
+   *  Rules whose doorbell is the write's first byte run in id order and share one budget. Consecutive pushes of one rule that continue each
+   *  other in memory are merged, then cut into pieces of at most PUSH_RECORD_BYTES. */
   onWrite(bar: number, offset: number, data: Uint8Array, peek: Peek): Push[] {
     if (this.#count === 0) return [];
     const d: Doorbell = { peek, left: this.budget, steps: PUSH_MAX_STEPS, exhausted: false, runs: [] };
